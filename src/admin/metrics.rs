@@ -1,0 +1,163 @@
+//! Prometheus metrics: created once at start; labels are topics, channels, rule ids
+//! and reason codes — never a user, phone, token or card.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Every metric herald exports.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Messages taken from source topics, per topic.
+    pub events_consumed: IntCounterVec,
+    /// Messages sent to the dead-letter topic, per reason.
+    pub dead_letters: IntCounterVec,
+    /// Rule matches, per rule.
+    pub rule_matches: IntCounterVec,
+    /// Conditions that could not be evaluated, per rule.
+    pub condition_errors: IntCounterVec,
+    /// Decisions per channel and status (`sent`, `suppressed`, `failed`).
+    pub decisions: IntCounterVec,
+    /// Suppressions per reason code.
+    pub suppressions: IntCounterVec,
+    /// Provider retries per channel.
+    pub retries: IntCounterVec,
+    /// Provider request latency per channel, seconds.
+    pub provider_latency: HistogramVec,
+    /// From event time to provider request sent, seconds.
+    pub event_to_send: Histogram,
+    /// From consume to provider request sent, seconds.
+    pub consume_to_send: Histogram,
+    /// Rule reloads by result (`ok`, `error`).
+    pub rule_reloads: IntCounterVec,
+    /// Loaded rules.
+    pub rules_loaded: IntGauge,
+    /// Profiles held.
+    pub profiles: IntGauge,
+    /// Profile records refused.
+    pub profile_errors: IntCounter,
+    /// Partitions this instance owns.
+    pub partitions_assigned: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let provider_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "herald_provider_latency_seconds",
+                "Provider request latency",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["channel"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(provider_latency.clone()))
+            .expect("unique metric");
+        let profile_errors =
+            IntCounter::new("herald_profile_errors_total", "Profile records refused")
+                .expect("valid metric");
+        registry
+            .register(Box::new(profile_errors.clone()))
+            .expect("unique metric");
+        Metrics {
+            events_consumed: counter_vec(
+                "herald_events_consumed_total",
+                "Messages consumed from source topics",
+                &["topic"],
+            ),
+            dead_letters: counter_vec(
+                "herald_dead_letters_total",
+                "Messages sent to the dead-letter topic",
+                &["reason"],
+            ),
+            rule_matches: counter_vec("herald_rule_matches_total", "Rule matches", &["rule"]),
+            condition_errors: counter_vec(
+                "herald_condition_errors_total",
+                "Conditions that failed to evaluate",
+                &["rule"],
+            ),
+            decisions: counter_vec(
+                "herald_decisions_total",
+                "Decisions per channel and status",
+                &["channel", "status"],
+            ),
+            suppressions: counter_vec(
+                "herald_suppressions_total",
+                "Suppressed messages per reason",
+                &["reason"],
+            ),
+            retries: counter_vec(
+                "herald_provider_retries_total",
+                "Provider request retries",
+                &["channel"],
+            ),
+            provider_latency,
+            event_to_send: histogram(
+                "herald_event_to_send_seconds",
+                "Event time to provider request sent",
+            ),
+            consume_to_send: histogram(
+                "herald_consume_to_send_seconds",
+                "Consume to provider request sent",
+            ),
+            rule_reloads: counter_vec(
+                "herald_rule_reloads_total",
+                "Rule reloads by result",
+                &["result"],
+            ),
+            rules_loaded: gauge("herald_rules_loaded", "Rules in the active rule set"),
+            profiles: gauge("herald_profiles", "Profiles held in memory"),
+            profile_errors,
+            partitions_assigned: gauge(
+                "herald_partitions_assigned",
+                "Source partitions owned by this instance",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

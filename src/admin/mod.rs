@@ -1,0 +1,117 @@
+//! admin: the operator's HTTP endpoints — `/metrics`, `/healthz`, `/readyz`, `GET /rules`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+mod metrics;
+pub use metrics::Metrics;
+
+use crate::ingest::ConsumerHealth;
+use crate::profile::{ProfileTable, TableStatus};
+use crate::rules::LiveRules;
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub rules: Arc<LiveRules>,
+    pub profiles: Arc<ProfileTable>,
+    pub consumer: Arc<ConsumerHealth>,
+}
+
+/// Binds the admin listener (so the port is known before serving).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves the admin endpoints until `shutdown` changes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/rules", get(rules))
+        .with_state(state);
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// 200 when rules are loaded, profiles caught up, partitions assigned and the
+/// broker answering; otherwise 503 with what is missing.
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let profiles = state.profiles.status() == TableStatus::CaughtUp;
+    let assigned = state.consumer.assigned.load(Ordering::Acquire);
+    let broker = state.consumer.broker_ok.load(Ordering::Acquire);
+    let body = json!({
+        "rules_loaded": true,
+        "profiles_caught_up": profiles,
+        "partitions_assigned": assigned,
+        "broker_reachable": broker,
+    });
+    let code = if profiles && assigned && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let loaded = state.rules.current();
+    let status = state.rules.status();
+    let rules: Vec<_> = loaded
+        .set
+        .rules
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "description": r.description,
+                "file": r.file,
+                "version": r.version,
+                "status": if r.enabled { "active" } else { "disabled" },
+                "sources": r.sources,
+                "channels": r.channels,
+                "category": r.category,
+                "condition": r.condition.as_ref().map(|c| c.source.as_str()),
+            })
+        })
+        .collect();
+    let last_error = status
+        .last_error
+        .as_ref()
+        .map(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>());
+    Json(json!({
+        "dir": state.rules.dir().display().to_string(),
+        "generation": loaded.generation,
+        "loaded_ms": loaded.loaded_ms,
+        "files": loaded.set.files,
+        "rules": rules,
+        "last_reload_error": last_error,
+        "last_reload_error_ms": status.last_error_ms,
+    }))
+}

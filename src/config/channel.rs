@@ -1,0 +1,184 @@
+//! Configuration of one delivery channel: its provider, endpoint, credentials and bounds.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Which provider API a channel speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Firebase Cloud Messaging HTTP v1 (push to android, ios and web tokens).
+    Fcm,
+    /// Twilio Programmable Messaging (SMS).
+    Twilio,
+    /// A JSON POST signed with HMAC-SHA256.
+    Webhook,
+    /// Prints the rendered message to standard output (demo, development).
+    Console,
+}
+
+/// One channel, e.g. `[channels.push]`. Credentials are named by environment
+/// variable, never written here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// `fcm`, `twilio`, `webhook` or `console`.
+    pub provider: ProviderKind,
+    /// Provider base URL (scheme and host), e.g. `https://fcm.googleapis.com`;
+    /// tests point it at a local server. For `webhook`, the full URL to POST to.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// FCM: the Firebase project id.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    /// FCM: environment variable holding the OAuth 2.0 bearer access token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Twilio: environment variable holding the Account SID.
+    #[serde(default)]
+    pub account_sid_env: Option<String>,
+    /// Twilio: environment variable holding the Auth Token.
+    #[serde(default)]
+    pub auth_token_env: Option<String>,
+    /// Twilio: sender number in E.164 (`From`); or use `messaging_service_sid`.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Twilio: Messaging Service SID (`MessagingServiceSid`), instead of `from`.
+    #[serde(default)]
+    pub messaging_service_sid: Option<String>,
+    /// Webhook: environment variable holding the HMAC-SHA256 signing secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Most requests in flight at once on this channel.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Time allowed for one request, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts per message, the first included, for 429, 5xx and transport errors.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubled per attempt, with jitter.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Longest delay between attempts (also caps `Retry-After`), in milliseconds.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+fn default_concurrency() -> usize {
+    32
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_attempts() -> u32 {
+    4
+}
+fn default_backoff_ms() -> u64 {
+    100
+}
+fn default_max_backoff_ms() -> u64 {
+    5_000
+}
+
+impl ChannelConfig {
+    /// A channel that prints to the console, with defaults.
+    pub fn console() -> ChannelConfig {
+        ChannelConfig {
+            provider: ProviderKind::Console,
+            base_url: None,
+            project_id: None,
+            token_env: None,
+            account_sid_env: None,
+            auth_token_env: None,
+            from: None,
+            messaging_service_sid: None,
+            secret_env: None,
+            concurrency: default_concurrency(),
+            timeout_ms: default_timeout_ms(),
+            max_attempts: default_max_attempts(),
+            backoff_ms: default_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+
+    /// Request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Problems with this channel's settings, each naming `channels.<name>`.
+    pub fn validate(&self, name: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut need = |field: &str, value: &Option<String>, example: &str| {
+            if value.as_deref().is_none_or(str::is_empty) {
+                problems.push(format!(
+                    "channels.{name}: provider \"{}\" needs `{field}`, e.g. `{field} = \"{example}\"`",
+                    self.provider
+                ));
+            }
+        };
+        match self.provider {
+            ProviderKind::Fcm => {
+                need("base_url", &self.base_url, "https://fcm.googleapis.com");
+                need("project_id", &self.project_id, "my-firebase-project");
+                need("token_env", &self.token_env, "HERALD_FCM_ACCESS_TOKEN");
+            }
+            ProviderKind::Twilio => {
+                need("base_url", &self.base_url, "https://api.twilio.com");
+                need(
+                    "account_sid_env",
+                    &self.account_sid_env,
+                    "TWILIO_ACCOUNT_SID",
+                );
+                need("auth_token_env", &self.auth_token_env, "TWILIO_AUTH_TOKEN");
+                if self.from.is_none() && self.messaging_service_sid.is_none() {
+                    problems.push(format!(
+                        "channels.{name}: provider \"twilio\" needs `from = \"+15005550006\"` or `messaging_service_sid = \"MG…\"`"
+                    ));
+                }
+            }
+            ProviderKind::Webhook => {
+                need(
+                    "base_url",
+                    &self.base_url,
+                    "https://hooks.example.com/herald",
+                );
+                need("secret_env", &self.secret_env, "HERALD_WEBHOOK_SECRET");
+            }
+            ProviderKind::Console => {}
+        }
+        if let Some(url) = &self.base_url {
+            if self.provider != ProviderKind::Console
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                problems.push(format!(
+                    "channels.{name}: base_url must include a scheme and host, e.g. `https://fcm.googleapis.com`; got `{url}`"
+                ));
+            }
+        }
+        for var in [
+            &self.token_env,
+            &self.account_sid_env,
+            &self.auth_token_env,
+            &self.secret_env,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if std::env::var_os(var).is_none() {
+                problems.push(format!(
+                    "channels.{name}: environment variable {var} is not set (it holds this channel's credential)"
+                ));
+            }
+        }
+        if self.concurrency == 0 || self.max_attempts == 0 {
+            problems.push(format!(
+                "channels.{name}: concurrency and max_attempts must be at least 1"
+            ));
+        }
+        problems
+    }
+}

@@ -1,0 +1,402 @@
+//! herald's one configuration file (TOML): Kafka, sources, topics, rules, channels, admin.
+//!
+//! Every struct denies unknown keys, every field has its default here and in the
+//! README's configuration table. [`Config::load`] parses, then [`Config::validate`]
+//! collects every semantic error at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+mod channel;
+pub use channel::{ChannelConfig, ProviderKind};
+
+/// Everything herald needs to run one instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection and consumer-group settings.
+    pub kafka: KafkaConfig,
+    /// Source topics to consume, keyed by topic name.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Names of herald's own topics.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// Where the rule files live and how they are reloaded.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// Delivery channels, keyed by the channel name rules refer to (`push`, `sms`, …).
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelConfig>,
+    /// The admin HTTP server (metrics, health, rules).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Limits on the per-event path.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Kafka connection; `properties` passes any librdkafka setting through unchanged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:19092`.
+    pub bootstrap_servers: String,
+    /// Consumer group id; every instance of one deployment shares it.
+    #[serde(default = "defaults::group_id")]
+    pub group_id: String,
+    /// Extra librdkafka properties (e.g. `security.protocol = "SASL_SSL"`,
+    /// `sasl.mechanisms`, `sasl.username`). A value of the form `env:NAME` is read
+    /// from the environment variable NAME, so secrets stay out of the file.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// How one source topic's JSON maps onto herald's event fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Field that names the user to notify (dotted path allowed: `card.holder_id`).
+    pub user_field: String,
+    /// Field with the event time, RFC 3339 or epoch milliseconds. Without it the
+    /// Kafka message timestamp is used.
+    #[serde(default)]
+    pub time_field: Option<String>,
+    /// Field holding the state key; default: the Kafka message key.
+    #[serde(default)]
+    pub key_field: Option<String>,
+    /// Field holding the event type, used by the rule index (e.g. `status`).
+    #[serde(default)]
+    pub type_field: Option<String>,
+}
+
+/// herald's own topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Compacted topic of user profiles keyed by user id.
+    #[serde(default = "defaults::profiles_topic")]
+    pub profiles: String,
+    /// One JSON record per decision.
+    #[serde(default = "defaults::outcomes_topic")]
+    pub outcomes: String,
+    /// Messages herald could not process, and sends that finally failed.
+    #[serde(default = "defaults::dead_letter_topic")]
+    pub dead_letter: String,
+}
+
+/// Rule files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Directory searched recursively for `*.yaml` / `*.yml` rule files.
+    #[serde(default = "defaults::rules_dir")]
+    pub dir: PathBuf,
+    /// Watch the directory and reload on change.
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+    /// How long file changes are gathered before one reload, in milliseconds.
+    #[serde(default = "defaults::reload_debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+/// Admin HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address; port 0 picks a free port (logged at start).
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: SocketAddr,
+}
+
+/// Bounds on the per-event path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted event in bytes; larger ones are dead-lettered.
+    #[serde(default = "defaults::max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Number of processing lanes; events of one key always share a lane.
+    #[serde(default = "defaults::lanes")]
+    pub lanes: usize,
+    /// Events queued per lane before the consumer waits.
+    #[serde(default = "defaults::lane_queue")]
+    pub lane_queue: usize,
+    /// On shutdown, how long in-flight work may take before it is abandoned
+    /// (uncommitted, so it is processed again after restart), in milliseconds.
+    #[serde(default = "defaults::shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+pub(crate) mod defaults {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    pub fn group_id() -> String {
+        "herald".into()
+    }
+    pub fn profiles_topic() -> String {
+        "profiles".into()
+    }
+    pub fn outcomes_topic() -> String {
+        "herald.outcomes".into()
+    }
+    pub fn dead_letter_topic() -> String {
+        "herald.dlq".into()
+    }
+    pub fn rules_dir() -> PathBuf {
+        PathBuf::from("rules")
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn reload_debounce_ms() -> u64 {
+        300
+    }
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9464))
+    }
+    pub fn max_event_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn lanes() -> usize {
+        64
+    }
+    pub fn lane_queue() -> usize {
+        256
+    }
+    pub fn shutdown_grace_ms() -> u64 {
+        10_000
+    }
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            profiles: defaults::profiles_topic(),
+            outcomes: defaults::outcomes_topic(),
+            dead_letter: defaults::dead_letter_topic(),
+        }
+    }
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            dir: defaults::rules_dir(),
+            watch: true,
+            debounce_ms: defaults::reload_debounce_ms(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: defaults::admin_listen(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_event_bytes: defaults::max_event_bytes(),
+            lanes: defaults::lanes(),
+            lane_queue: defaults::lane_queue(),
+            shutdown_grace_ms: defaults::shutdown_grace_ms(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The shutdown grace period as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// A configuration file that could not be used; lists every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or named an unknown key.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The file parsed but its values do not fit together.
+    #[error("{path}: {}", .problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths in it (the rules
+    /// directory) are resolved against the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        if config.rules.dir.is_relative() {
+            if let Some(parent) = path.parent() {
+                config.rules.dir = parent.join(&config.rules.dir);
+            }
+        }
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Parses TOML text without touching the file system.
+    pub fn parse(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Every semantic problem in the config, empty when it can be used.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            problems.push(
+                "kafka.bootstrap_servers must name at least one broker, e.g. `127.0.0.1:19092`"
+                    .into(),
+            );
+        }
+        if self.sources.is_empty() {
+            problems.push(
+                "no [sources.<topic>] table: herald needs at least one source topic to consume"
+                    .into(),
+            );
+        }
+        for (name, channel) in &self.channels {
+            problems.extend(channel.validate(name));
+        }
+        if self.limits.lanes == 0 || self.limits.lane_queue == 0 {
+            problems.push("limits.lanes and limits.lane_queue must be at least 1".into());
+        }
+        for (key, value) in &self.kafka.properties {
+            if let Some(var) = value.strip_prefix("env:") {
+                if std::env::var_os(var).is_none() {
+                    problems.push(format!(
+                        "kafka.properties.\"{key}\" reads environment variable {var}, which is not set"
+                    ));
+                }
+            }
+        }
+        problems
+    }
+
+    /// The configured source topics, in a stable order.
+    pub fn source_topics(&self) -> Vec<String> {
+        self.sources.keys().cloned().collect()
+    }
+}
+
+/// librdkafka properties with `env:NAME` values resolved. Used for every client.
+pub fn kafka_properties(kafka: &KafkaConfig) -> Vec<(String, String)> {
+    kafka
+        .properties
+        .iter()
+        .map(|(k, v)| {
+            let value = match v.strip_prefix("env:") {
+                Some(var) => std::env::var(var).unwrap_or_default(),
+                None => v.clone(),
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProviderKind::Fcm => "fcm",
+            ProviderKind::Twilio => "twilio",
+            ProviderKind::Webhook => "webhook",
+            ProviderKind::Console => "console",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+
+[sources.transactions]
+user_field = "user_id"
+time_field = "ts"
+"#;
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.kafka.group_id, "herald");
+        assert_eq!(config.topics.dead_letter, "herald.dlq");
+        assert_eq!(config.limits.max_event_bytes, 65536);
+        assert!(config.validate().is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_position() {
+        let text = format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n");
+        let err = Config::parse(&text).unwrap_err();
+        assert!(err.message().contains("unknown field `listn`"), "{err}");
+        let (line, _) = line_col(&text, err.span().unwrap().start);
+        assert_eq!(line, 11);
+    }
+
+    #[test]
+    fn missing_env_var_for_secret_is_reported() {
+        let text = format!(
+            "{MINIMAL}\n[kafka.properties]\n\"sasl.password\" = \"env:HERALD_TEST_SURELY_UNSET_VAR\"\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("HERALD_TEST_SURELY_UNSET_VAR"));
+    }
+}

@@ -1,0 +1,279 @@
+//! deliver: one adapter per provider behind the [`Provider`] trait, with bounded
+//! concurrency, connection reuse, timeouts and retries (see [`retry`]).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+
+use crate::config::{ChannelConfig, ProviderKind};
+use crate::profile::{Profile, ProfileTable};
+use crate::rules::model::Priority;
+
+mod console;
+mod fcm;
+pub mod retry;
+mod twilio;
+mod webhook;
+
+pub use retry::{send_with_retry, Attempted};
+
+/// A rendered message, ready for a provider.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub rule_id: String,
+    pub category: String,
+    pub priority: Priority,
+    /// Push title (push only).
+    pub title: Option<String>,
+    /// Push body or SMS text.
+    pub body: String,
+    /// Replaces an earlier message with the same key on the device.
+    pub collapse_key: Option<String>,
+    pub ttl_seconds: Option<u32>,
+    /// Stable per (rule, event, channel, recipient): the same event never makes two keys.
+    pub idempotency_key: String,
+    /// Extra key/value data for the app (push `data`, webhook JSON).
+    pub data: BTreeMap<String, String>,
+    /// The user the message is for.
+    pub user: String,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone)]
+pub enum Address {
+    /// A push registration token.
+    Push(crate::profile::PushToken),
+    /// A phone number in E.164.
+    Phone(String),
+    /// The user id (webhook, console).
+    User(String),
+}
+
+impl Address {
+    /// The address as it may appear in a log or an outcome: masked.
+    pub fn masked(&self) -> String {
+        match self {
+            Address::Push(t) => crate::util::mask_token(&t.token),
+            Address::Phone(p) => crate::util::mask_phone(p),
+            Address::User(u) => format!("user:{}", crate::util::fingerprint(u)),
+        }
+    }
+}
+
+/// What the provider answered to an accepted request.
+#[derive(Debug, Clone, Default)]
+pub struct Delivered {
+    /// The provider's id for the message (FCM `name`, Twilio `sid`).
+    pub provider_message_id: Option<String>,
+}
+
+/// Why one request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// 429, 5xx, a timeout or a transport error: worth another attempt.
+    #[error("retryable: {detail}")]
+    Retryable {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    /// Any other 4xx: the request itself is wrong; retrying will not help.
+    #[error("rejected: {detail}")]
+    Rejected { status: u16, detail: String },
+    /// The push token is no longer registered (FCM `UNREGISTERED`).
+    #[error("push token unregistered")]
+    Unregistered,
+}
+
+impl SendError {
+    /// The short reason code used in outcomes and dead-letter records.
+    pub fn reason(&self) -> String {
+        match self {
+            SendError::Retryable {
+                status: Some(s), ..
+            } => format!("provider_status:{s}"),
+            SendError::Retryable { status: None, .. } => "provider_unreachable".into(),
+            SendError::Rejected { status, .. } => format!("provider_rejected:{status}"),
+            SendError::Unregistered => "token_unregistered".into(),
+        }
+    }
+}
+
+/// A boxed send future, so providers can sit behind one trait object.
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Delivered, SendError>> + Send + 'a>>;
+
+/// One provider API. `send` makes exactly one request; retries are the caller's.
+pub trait Provider: Send + Sync {
+    /// Which API this is.
+    fn kind(&self) -> ProviderKind;
+    /// Makes one request.
+    fn send<'a>(&'a self, message: &'a Message, to: &'a Address) -> SendFuture<'a>;
+}
+
+/// A configured channel: its name, provider, concurrency bound and retry policy.
+pub struct Channel {
+    pub name: String,
+    pub provider: Arc<dyn Provider>,
+    pub permits: Arc<Semaphore>,
+    pub policy: retry::RetryPolicy,
+}
+
+/// Why a user cannot be reached on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoAddress {
+    /// No push token, no phone…
+    Missing,
+    /// Every push token was found unregistered.
+    AllTokensDead,
+}
+
+impl Channel {
+    /// Builds a channel from its config, reading credentials from the environment.
+    pub fn from_config(
+        name: &str,
+        config: &ChannelConfig,
+        http: reqwest::Client,
+    ) -> Result<Channel, String> {
+        let secret = |var: &Option<String>| -> Result<SecretString, String> {
+            let var = var
+                .as_deref()
+                .ok_or_else(|| format!("channels.{name}: credential variable not named"))?;
+            std::env::var(var)
+                .map(SecretString::from)
+                .map_err(|_| format!("channels.{name}: environment variable {var} is not set"))
+        };
+        let base = config
+            .base_url
+            .clone()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string();
+        let provider: Arc<dyn Provider> = match config.provider {
+            ProviderKind::Fcm => Arc::new(fcm::Fcm {
+                http,
+                url: format!(
+                    "{base}/v1/projects/{}/messages:send",
+                    config.project_id.clone().unwrap_or_default()
+                ),
+                token: secret(&config.token_env)?,
+                timeout: config.timeout(),
+            }),
+            ProviderKind::Twilio => {
+                let sid = secret(&config.account_sid_env)?;
+                Arc::new(twilio::Twilio {
+                    http,
+                    url: format!(
+                        "{base}/2010-04-01/Accounts/{}/Messages.json",
+                        secrecy::ExposeSecret::expose_secret(&sid)
+                    ),
+                    account_sid: sid,
+                    auth_token: secret(&config.auth_token_env)?,
+                    from: config.from.clone(),
+                    messaging_service_sid: config.messaging_service_sid.clone(),
+                    timeout: config.timeout(),
+                })
+            }
+            ProviderKind::Webhook => Arc::new(webhook::Webhook {
+                http,
+                url: base,
+                secret: secret(&config.secret_env)?,
+                timeout: config.timeout(),
+            }),
+            ProviderKind::Console => Arc::new(console::Console),
+        };
+        Ok(Channel {
+            name: name.to_string(),
+            provider,
+            permits: Arc::new(Semaphore::new(config.concurrency)),
+            policy: retry::RetryPolicy::from_config(config),
+        })
+    }
+
+    /// The address to use for `profile` on this channel.
+    pub fn address(&self, profile: &Profile, table: &ProfileTable) -> Result<Address, NoAddress> {
+        match self.provider.kind() {
+            ProviderKind::Fcm => {
+                if profile.push_tokens.is_empty() {
+                    return Err(NoAddress::Missing);
+                }
+                profile
+                    .push_tokens
+                    .iter()
+                    .find(|t| !table.is_token_dead(&t.token))
+                    .cloned()
+                    .map(Address::Push)
+                    .ok_or(NoAddress::AllTokensDead)
+            }
+            ProviderKind::Twilio => profile
+                .phone
+                .clone()
+                .map(Address::Phone)
+                .ok_or(NoAddress::Missing),
+            ProviderKind::Webhook | ProviderKind::Console => {
+                Ok(Address::User(profile.user_id.clone()))
+            }
+        }
+    }
+}
+
+/// One HTTP client for every provider: pooled keep-alive connections.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the TLS backend initialises")
+}
+
+/// Reads a `Retry-After` header given in seconds (HTTP dates are treated as absent).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// Classifies a non-success HTTP status: 429 and 5xx retry, other 4xx are final.
+pub(crate) fn classify(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    detail: String,
+) -> SendError {
+    if status.as_u16() == 429 || status.is_server_error() {
+        SendError::Retryable {
+            status: Some(status.as_u16()),
+            retry_after: retry_after(headers),
+            detail,
+        }
+    } else {
+        SendError::Rejected {
+            status: status.as_u16(),
+            detail,
+        }
+    }
+}
+
+/// A transport error (connect, timeout) as a retryable failure.
+pub(crate) fn transport(e: reqwest::Error) -> SendError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "transport error"
+    };
+    SendError::Retryable {
+        status: None,
+        retry_after: None,
+        detail: what.to_string(),
+    }
+}

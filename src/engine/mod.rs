@@ -1,0 +1,431 @@
+//! engine: the per-event path — decode, match, policy, render, deliver, record — for one message.
+//!
+//! [`Pipeline::handle`] returns only when every decision for the message is
+//! final and recorded (or the message is dead-lettered), so the caller may then
+//! store its offset.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use sha2::{Digest, Sha256};
+use tracing::{trace, warn};
+
+use crate::admin::Metrics;
+use crate::config::{ProviderKind, SourceConfig};
+use crate::deliver::{send_with_retry, Address, Channel, Message, SendError};
+use crate::ingest::decode::{decode, Event, Origin};
+use crate::outcome::{DeadLetter, Outcome, Recorder, SourceRef, Status, Timings};
+use crate::policy::{admit, Suppression};
+use crate::profile::ProfileTable;
+use crate::render::RuleScope;
+use crate::rules::{LiveRules, Rule, Verdict};
+use crate::util::now_ms;
+
+mod dedup;
+pub use dedup::RecentSends;
+
+/// A Kafka message handed to the pipeline, owned.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub timestamp_ms: Option<i64>,
+    pub consumed_ms: i64,
+}
+
+/// A channel with its metric handles, made once.
+pub struct ChannelRuntime {
+    pub channel: Channel,
+    sent: IntCounter,
+    suppressed: IntCounter,
+    failed: IntCounter,
+    retries: IntCounter,
+    latency: prometheus::Histogram,
+}
+
+impl ChannelRuntime {
+    /// Wraps a channel and makes its metric handles.
+    pub fn new(channel: Channel, metrics: &Metrics) -> ChannelRuntime {
+        let name = channel.name.clone();
+        ChannelRuntime {
+            sent: metrics.decisions.with_label_values(&[&name, "sent"]),
+            suppressed: metrics.decisions.with_label_values(&[&name, "suppressed"]),
+            failed: metrics.decisions.with_label_values(&[&name, "failed"]),
+            retries: metrics.retries.with_label_values(&[&name]),
+            latency: metrics.provider_latency.with_label_values(&[&name]),
+            channel,
+        }
+    }
+}
+
+/// Everything the per-event path needs, shared by all lanes.
+pub struct Pipeline {
+    pub rules: Arc<LiveRules>,
+    pub profiles: Arc<ProfileTable>,
+    pub channels: HashMap<String, ChannelRuntime>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Source topic → (interned name, field mapping, consumed counter).
+    pub sources: HashMap<String, (Arc<str>, SourceConfig, IntCounter)>,
+    pub max_event_bytes: usize,
+    pub recent: RecentSends,
+    suppression_counters: HashMap<&'static str, IntCounter>,
+}
+
+impl Pipeline {
+    /// Assembles a pipeline.
+    pub fn new(
+        rules: Arc<LiveRules>,
+        profiles: Arc<ProfileTable>,
+        channels: HashMap<String, ChannelRuntime>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        sources: &BTreeMap<String, SourceConfig>,
+        max_event_bytes: usize,
+    ) -> Pipeline {
+        let sources = sources
+            .iter()
+            .map(|(topic, mapping)| {
+                let counter = metrics.events_consumed.with_label_values(&[topic]);
+                (
+                    topic.clone(),
+                    (Arc::from(topic.as_str()), mapping.clone(), counter),
+                )
+            })
+            .collect();
+        let suppression_counters = Suppression::CODES
+            .iter()
+            .map(|code| (*code, metrics.suppressions.with_label_values(&[code])))
+            .collect();
+        Pipeline {
+            rules,
+            profiles,
+            channels,
+            recorder,
+            metrics,
+            sources,
+            max_event_bytes,
+            recent: RecentSends::new(100_000, Duration::from_secs(24 * 3600)),
+            suppression_counters,
+        }
+    }
+
+    /// Handles one message to the end: every decision recorded, or dead-lettered.
+    pub async fn handle(&self, msg: Incoming) {
+        let Some((source, mapping, consumed)) = self.sources.get(&msg.topic) else {
+            return;
+        };
+        consumed.inc();
+        let origin = Origin {
+            topic: &msg.topic,
+            partition: msg.partition,
+            offset: msg.offset,
+            key: msg.key.as_deref(),
+            timestamp_ms: msg.timestamp_ms,
+        };
+        let event = match decode(
+            source,
+            mapping,
+            origin,
+            msg.payload.as_deref(),
+            self.max_event_bytes,
+            msg.consumed_ms,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                trace!(topic = %msg.topic, partition = msg.partition, offset = msg.offset, reason = e.reason(), "dead letter");
+                let record = DeadLetter {
+                    reason: e.reason().to_string(),
+                    detail: e.to_string(),
+                    topic: msg.topic.clone(),
+                    partition: msg.partition,
+                    offset: msg.offset,
+                    key_base64: DeadLetter::encode(msg.key.as_deref()),
+                    payload_base64: DeadLetter::encode(msg.payload.as_deref()),
+                    rule: None,
+                    channel: None,
+                    at_ms: now_ms(),
+                };
+                self.dead_letter(&record).await;
+                return;
+            }
+        };
+        let loaded = self.rules.current();
+        let set = &loaded.set;
+        let profile = self.profiles.get(&event.user);
+        let candidates = set.candidates(&event.source, &event.fields);
+        if candidates.is_empty() {
+            return;
+        }
+        let scope = set.conditions.scope(&event.fields, profile.as_deref());
+        let mut matched = Vec::new();
+        for i in candidates {
+            match set.check(i, &event.fields, &scope) {
+                Verdict::Match => {
+                    loaded.matches[i].inc();
+                    matched.push(i);
+                }
+                Verdict::NoMatch => {}
+                Verdict::Error(_) => loaded.condition_errors[i].inc(),
+            }
+        }
+        let matched_ms = now_ms();
+        let mut decisions = Vec::new();
+        for &i in &matched {
+            let rule = &set.rules[i];
+            for channel_name in &rule.channels {
+                if let Some(channel) = self.channels.get(channel_name) {
+                    decisions.push(self.decide(
+                        &event,
+                        rule,
+                        &set.templates,
+                        channel,
+                        profile.as_deref(),
+                        matched_ms,
+                    ));
+                }
+            }
+        }
+        // Decisions for one event run concurrently; the lane waits for all of
+        // them, which keeps a key's events in order.
+        for outcome in futures::future::join_all(decisions).await {
+            self.record(&outcome).await;
+        }
+    }
+
+    /// One (rule, channel) decision for an event.
+    async fn decide(
+        &self,
+        event: &Event,
+        rule: &Rule,
+        templates: &crate::render::Templates,
+        channel: &ChannelRuntime,
+        profile: Option<&crate::profile::Profile>,
+        matched_ms: i64,
+    ) -> Outcome {
+        let mut outcome = Outcome {
+            rule: rule.id.clone(),
+            rule_version: rule.version.clone(),
+            category: rule.category.clone(),
+            user: event.user.clone(),
+            channel: channel.channel.name.clone(),
+            status: Status::Suppressed,
+            reason: None,
+            idempotency_key: String::new(),
+            recipient: None,
+            provider_message_id: None,
+            attempts: 0,
+            source: SourceRef {
+                topic: event.source.to_string(),
+                partition: event.partition,
+                offset: event.offset,
+            },
+            timings: Timings {
+                event_ms: event.time_ms,
+                consumed_ms: event.consumed_ms,
+                matched_ms,
+                ..Timings::default()
+            },
+        };
+        let address = match admit(profile, &rule.category, &channel.channel, &self.profiles) {
+            Ok(a) => a,
+            Err(s) => return self.suppress(outcome, channel, s),
+        };
+        outcome.recipient = Some(address.masked());
+        outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &address);
+        let message = match render(
+            rule,
+            templates,
+            event,
+            profile,
+            channel,
+            &outcome.idempotency_key,
+        ) {
+            Ok(m) => m,
+            Err(detail) => {
+                outcome.status = Status::Failed;
+                outcome.reason = Some("render_error".into());
+                channel.failed.inc();
+                let record = self.failed_send_record(event, rule, channel, "render_error", detail);
+                self.dead_letter(&record).await;
+                return outcome;
+            }
+        };
+        if !self.recent.first_time(&outcome.idempotency_key) {
+            return self.suppress(outcome, channel, Suppression::Duplicate);
+        }
+        let attempted =
+            send_with_retry(&channel.channel, &message, &address, &channel.retries).await;
+        outcome.attempts = attempted.attempts;
+        outcome.timings.request_sent_ms = attempted.request_sent_ms;
+        outcome.timings.answered_ms = attempted.answered_ms;
+        channel
+            .latency
+            .observe((attempted.answered_ms - attempted.request_sent_ms).max(0) as f64 / 1000.0);
+        match attempted.result {
+            Ok(delivered) => {
+                outcome.status = Status::Sent;
+                outcome.provider_message_id = delivered.provider_message_id;
+                channel.sent.inc();
+                let sent = attempted.request_sent_ms;
+                self.metrics
+                    .event_to_send
+                    .observe((sent - event.time_ms).max(0) as f64 / 1000.0);
+                self.metrics
+                    .consume_to_send
+                    .observe((sent - event.consumed_ms).max(0) as f64 / 1000.0);
+            }
+            Err(e) => {
+                self.recent.forget(&outcome.idempotency_key);
+                if let (SendError::Unregistered, Address::Push(token)) = (&e, &address) {
+                    self.profiles.mark_token_dead(&token.token);
+                }
+                outcome.status = Status::Failed;
+                outcome.reason = Some(e.reason());
+                channel.failed.inc();
+                warn!(rule = %rule.id, channel = %channel.channel.name, reason = %e.reason(), attempts = attempted.attempts, "send failed");
+                let record =
+                    self.failed_send_record(event, rule, channel, &e.reason(), e.to_string());
+                self.dead_letter(&record).await;
+            }
+        }
+        outcome
+    }
+
+    fn suppress(
+        &self,
+        mut outcome: Outcome,
+        channel: &ChannelRuntime,
+        why: Suppression,
+    ) -> Outcome {
+        channel.suppressed.inc();
+        if let Some(c) = self.suppression_counters.get(why.code()) {
+            c.inc();
+        }
+        outcome.status = Status::Suppressed;
+        outcome.reason = Some(why.to_string());
+        outcome
+    }
+
+    fn failed_send_record(
+        &self,
+        event: &Event,
+        rule: &Rule,
+        channel: &ChannelRuntime,
+        reason: &str,
+        detail: String,
+    ) -> DeadLetter {
+        self.metrics
+            .dead_letters
+            .with_label_values(&["send_failed"])
+            .inc();
+        DeadLetter {
+            reason: format!("send_failed:{reason}"),
+            detail,
+            topic: event.source.to_string(),
+            partition: event.partition,
+            offset: event.offset,
+            key_base64: None,
+            payload_base64: None,
+            rule: Some(rule.id.clone()),
+            channel: Some(channel.channel.name.clone()),
+            at_ms: now_ms(),
+        }
+    }
+
+    /// Writes an outcome, retrying until the broker takes it: a decision is
+    /// never dropped, and its offset is not stored before it is written.
+    async fn record(&self, outcome: &Outcome) {
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = self.recorder.outcome(outcome).await {
+            warn!(error = %e, "outcome not written yet; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn dead_letter(&self, record: &DeadLetter) {
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = self.recorder.dead_letter(record).await {
+            warn!(error = %e, "dead letter not written yet; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Renders the rule's templates for a channel: push gets title and body, other
+/// channels the SMS text (falling back to the body).
+fn render(
+    rule: &Rule,
+    templates: &crate::render::Templates,
+    event: &Event,
+    profile: Option<&crate::profile::Profile>,
+    channel: &ChannelRuntime,
+    idempotency_key: &str,
+) -> Result<Message, String> {
+    let scope = RuleScope {
+        id: &rule.id,
+        category: &rule.category,
+        description: &rule.description,
+    };
+    let part = |name: &str| {
+        templates
+            .render(
+                &format!("{}/{name}", rule.id),
+                &event.fields,
+                profile,
+                &scope,
+            )
+            .map_err(|e| format!("template.{name}: {e}"))
+    };
+    let push = channel.channel.provider.kind() == ProviderKind::Fcm;
+    let body_part = match (push, rule.has_body, rule.has_text) {
+        (true, true, _) | (false, true, false) => "body",
+        _ => "text",
+    };
+    let title = if rule.has_title {
+        Some(part("title")?)
+    } else {
+        None
+    };
+    Ok(Message {
+        rule_id: rule.id.clone(),
+        category: rule.category.clone(),
+        priority: rule.priority,
+        title,
+        body: part(body_part)?,
+        collapse_key: rule.collapse_key.clone(),
+        ttl_seconds: rule.ttl_seconds,
+        idempotency_key: idempotency_key.to_string(),
+        data: BTreeMap::new(),
+        user: event.user.clone(),
+    })
+}
+
+/// Stable per (rule, triggering event, channel, recipient): a re-delivered
+/// event yields the same key.
+fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> String {
+    let recipient = match to {
+        Address::Push(t) => t.token.as_str(),
+        Address::Phone(p) => p.as_str(),
+        Address::User(u) => u.as_str(),
+    };
+    let mut h = Sha256::new();
+    for part in [rule.id.as_str(), &event.source, channel, recipient] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.update(event.partition.to_be_bytes());
+    h.update(event.offset.to_be_bytes());
+    hex::encode(&h.finalize()[..16])
+}

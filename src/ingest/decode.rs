@@ -1,0 +1,232 @@
+//! decode: one Kafka message to an [`Event`], or a [`DecodeError`] with the reason it is unusable.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::config::SourceConfig;
+
+/// One event from a source topic, with the fields herald needs pulled out.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The source topic.
+    pub source: Arc<str>,
+    /// Kafka partition and offset it came from.
+    pub partition: i32,
+    pub offset: i64,
+    /// State key: the mapped key field, else the Kafka message key.
+    pub key: Option<String>,
+    /// The user to notify.
+    pub user: String,
+    /// Event time, epoch milliseconds.
+    pub time_ms: i64,
+    /// Event type from the source's `type_field`, for the rule index.
+    pub event_type: Option<String>,
+    /// The whole JSON object.
+    pub fields: Map<String, Value>,
+    /// When herald took it from Kafka, epoch milliseconds.
+    pub consumed_ms: i64,
+}
+
+/// Why a message cannot become an event. `reason()` is the dead-letter reason code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message has no payload")]
+    Empty,
+    #[error("message is {size} bytes, above the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    #[error("payload is JSON but not an object")]
+    NotObject,
+    #[error("required field `{0}` is missing")]
+    MissingField(String),
+    #[error("field `{field}` is not a valid time (RFC 3339 or epoch milliseconds)")]
+    BadTime { field: String },
+}
+
+impl DecodeError {
+    /// Short, stable reason code used as the metric label and in dead-letter records.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Empty => "empty",
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::NotJson(_) => "not_json",
+            DecodeError::NotObject => "not_object",
+            DecodeError::MissingField(_) => "missing_field",
+            DecodeError::BadTime { .. } => "bad_time",
+        }
+    }
+}
+
+/// Where a message came from, as Kafka reported it.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    /// Kafka timestamp in epoch ms, when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Decodes a payload with the source's field mapping.
+pub fn decode(
+    source: &Arc<str>,
+    mapping: &SourceConfig,
+    origin: Origin<'_>,
+    payload: Option<&[u8]>,
+    max_bytes: usize,
+    consumed_ms: i64,
+) -> Result<Event, DecodeError> {
+    let payload = payload.ok_or(DecodeError::Empty)?;
+    if payload.len() > max_bytes {
+        return Err(DecodeError::TooLarge {
+            size: payload.len(),
+            limit: max_bytes,
+        });
+    }
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let Value::Object(fields) = value else {
+        return Err(DecodeError::NotObject);
+    };
+    let user = lookup(&fields, &mapping.user_field)
+        .and_then(scalar_string)
+        .ok_or_else(|| DecodeError::MissingField(mapping.user_field.clone()))?;
+    let time_ms = match &mapping.time_field {
+        Some(field) => {
+            let v =
+                lookup(&fields, field).ok_or_else(|| DecodeError::MissingField(field.clone()))?;
+            parse_time(v).ok_or_else(|| DecodeError::BadTime {
+                field: field.clone(),
+            })?
+        }
+        None => origin.timestamp_ms.unwrap_or(consumed_ms),
+    };
+    let key = match &mapping.key_field {
+        Some(field) => Some(
+            lookup(&fields, field)
+                .and_then(scalar_string)
+                .ok_or_else(|| DecodeError::MissingField(field.clone()))?,
+        ),
+        None => origin.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+    };
+    let event_type = mapping
+        .type_field
+        .as_ref()
+        .and_then(|f| lookup(&fields, f))
+        .and_then(scalar_string);
+    Ok(Event {
+        source: Arc::clone(source),
+        partition: origin.partition,
+        offset: origin.offset,
+        key,
+        user,
+        time_ms,
+        event_type,
+        fields,
+        consumed_ms,
+    })
+}
+
+/// Follows a dotted path (`card.holder`) into a JSON object.
+pub fn lookup<'a>(fields: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut current = fields.get(parts.next()?)?;
+    for part in parts {
+        current = current.as_object()?.get(part)?;
+    }
+    Some(current)
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// RFC 3339 text or epoch milliseconds to epoch milliseconds.
+pub fn parse_time(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_millisecond())
+            .or_else(|| s.parse::<i64>().ok()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping() -> SourceConfig {
+        SourceConfig {
+            user_field: "user_id".into(),
+            time_field: Some("ts".into()),
+            key_field: None,
+            type_field: Some("status".into()),
+        }
+    }
+
+    fn origin() -> Origin<'static> {
+        Origin {
+            topic: "transactions",
+            partition: 1,
+            offset: 7,
+            key: Some(b"card-1"),
+            timestamp_ms: Some(5),
+        }
+    }
+
+    fn run(payload: &[u8]) -> Result<Event, DecodeError> {
+        decode(
+            &Arc::from("transactions"),
+            &mapping(),
+            origin(),
+            Some(payload),
+            200,
+            99,
+        )
+    }
+
+    #[test]
+    fn decodes_a_swipe() {
+        let e = run(
+            br#"{"user_id":"u1","ts":"2026-11-24T10:00:00Z","status":"approved","amount":12.5}"#,
+        )
+        .unwrap();
+        assert_eq!(e.user, "u1");
+        assert_eq!(e.key.as_deref(), Some("card-1"));
+        assert_eq!(e.time_ms, 1_795_514_400_000);
+        assert_eq!(e.event_type.as_deref(), Some("approved"));
+        assert_eq!((e.partition, e.offset, e.consumed_ms), (1, 7, 99));
+    }
+
+    #[test]
+    fn epoch_millis_and_numeric_user() {
+        let e = run(br#"{"user_id":42,"ts":1700000000123}"#).unwrap();
+        assert_eq!(e.user, "42");
+        assert_eq!(e.time_ms, 1_700_000_000_123);
+    }
+
+    #[test]
+    fn bad_input_has_a_reason() {
+        assert_eq!(run(b"not json").unwrap_err().reason(), "not_json");
+        assert_eq!(run(b"[1,2]").unwrap_err().reason(), "not_object");
+        assert_eq!(
+            run(br#"{"ts":1}"#).unwrap_err(),
+            DecodeError::MissingField("user_id".into())
+        );
+        assert_eq!(
+            run(br#"{"user_id":"u","ts":true}"#).unwrap_err().reason(),
+            "bad_time"
+        );
+        assert_eq!(run(&[b' '; 300]).unwrap_err().reason(), "too_large");
+    }
+}

@@ -1,0 +1,36 @@
+//! herald: Kafka events in, analyst rules from files, push notifications and SMS out — within milliseconds.
+//!
+//! # Layout
+//!
+//! The modules follow the pipeline, in order:
+//!
+//! - [`config`] — the one TOML file: Kafka, sources, topics, rules, channels, admin.
+//! - [`ingest`] — the consumer group, lanes that keep each key in order, offsets
+//!   stored only when a message's decisions are final; [`ingest::decode`] turns a
+//!   message into an event or a dead-letter reason.
+//! - [`profile`] — the profile table, filled from the compacted profiles topic.
+//! - [`rules`] — YAML rule files compiled into an indexed, immutable set with CEL
+//!   conditions, swapped atomically on reload.
+//! - [`policy`] — consent, preferences and addresses: may this user get this message here?
+//! - [`render`] — minijinja templates with money, masking and local-time filters.
+//! - [`deliver`] — FCM, Twilio, webhook and console adapters; bounded, retried.
+//! - [`outcome`] — one record per decision on the outcomes topic; dead letters.
+//! - [`engine`] — the per-event path that ties the stages together.
+//! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/rules`.
+//! - [`kafka`] — client settings shared by every Kafka client.
+
+pub mod admin;
+pub mod config;
+pub mod deliver;
+pub mod engine;
+pub mod ingest;
+pub mod kafka;
+pub mod outcome;
+pub mod policy;
+pub mod profile;
+pub mod render;
+pub mod rules;
+pub mod util;
+
+mod service;
+pub use service::{run, start, Error, Running};

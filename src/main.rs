@@ -1,0 +1,54 @@
+//! The `herald` command: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// herald — Kafka events in, rules from files, push and SMS out.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "herald.toml")]
+        config: PathBuf,
+    },
+    /// Work with rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Check every rule file under DIR; print every error, or a summary per file.
+    Check {
+        /// The rules directory.
+        #[arg(default_value = "rules")]
+        dir: PathBuf,
+        /// Also check channel and source names against this config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Command::Run { config } => cli::run(&config),
+        Command::Rules {
+            command: RulesCommand::Check { dir, config },
+        } => cli::check(&dir, config.as_deref()),
+    }
+}

@@ -1,0 +1,198 @@
+//! The in-memory profile table, filled from the compacted profiles topic and followed live.
+//!
+//! Every instance reads every partition of the profiles topic from the start
+//! (profiles are small and every instance may need any user); the instance is
+//! ready only once each partition has reached its end once.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::{DashMap, DashSet};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use super::Profile;
+use crate::admin::Metrics;
+use crate::util::fingerprint;
+
+/// All known profiles, by user id, and the push tokens found dead.
+#[derive(Default)]
+pub struct ProfileTable {
+    profiles: DashMap<String, Arc<Profile>>,
+    dead_tokens: DashSet<String>,
+    caught_up: AtomicBool,
+}
+
+/// Whether the table may be trusted yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableStatus {
+    Loading,
+    CaughtUp,
+}
+
+impl ProfileTable {
+    /// An empty table.
+    pub fn new() -> Arc<ProfileTable> {
+        Arc::new(ProfileTable::default())
+    }
+
+    /// The profile of `user`, if any.
+    pub fn get(&self, user: &str) -> Option<Arc<Profile>> {
+        self.profiles.get(user).map(|p| Arc::clone(&p))
+    }
+
+    /// Inserts or replaces a profile.
+    pub fn upsert(&self, profile: Profile) {
+        self.profiles
+            .insert(profile.user_id.clone(), Arc::new(profile));
+    }
+
+    /// Removes a user (a tombstone on the topic).
+    pub fn remove(&self, user: &str) {
+        self.profiles.remove(user);
+    }
+
+    /// Number of profiles held.
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// Whether the table holds no profile.
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+
+    /// Marks a push token as no longer registered (FCM `UNREGISTERED`), so it is
+    /// not used again. Only its fingerprint is kept.
+    pub fn mark_token_dead(&self, token: &str) {
+        self.dead_tokens.insert(fingerprint(token));
+    }
+
+    /// Whether a push token was found dead.
+    pub fn is_token_dead(&self, token: &str) -> bool {
+        !self.dead_tokens.is_empty() && self.dead_tokens.contains(&fingerprint(token))
+    }
+
+    /// Loading until every partition of the topic was read to its end once.
+    pub fn status(&self) -> TableStatus {
+        if self.caught_up.load(Ordering::Acquire) {
+            TableStatus::CaughtUp
+        } else {
+            TableStatus::Loading
+        }
+    }
+
+    /// Applies one record of the profiles topic: a value upserts, a tombstone deletes.
+    /// Returns false when the record was refused (counted and logged without content).
+    pub fn apply(&self, key: Option<&[u8]>, value: Option<&[u8]>, metrics: &Metrics) -> bool {
+        let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+            metrics.profile_errors.inc();
+            warn!("profile record without a UTF-8 key ignored");
+            return false;
+        };
+        match value {
+            None => {
+                self.remove(key);
+                true
+            }
+            Some(bytes) => match Profile::parse(key, bytes) {
+                Ok(profile) => {
+                    self.upsert(profile);
+                    true
+                }
+                Err(e) => {
+                    metrics.profile_errors.inc();
+                    warn!(user = %fingerprint(key), error = %e, "profile record refused");
+                    false
+                }
+            },
+        }
+    }
+
+    /// Reads the profiles topic from the beginning into this table, marks the
+    /// table caught up when every partition reached its end, then follows it
+    /// until `shutdown` resolves. Retries while the topic or broker is missing.
+    pub async fn follow(
+        self: Arc<Self>,
+        client: ClientConfig,
+        topic: String,
+        metrics: Arc<Metrics>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut shutdown = shutdown;
+        let consumer: StreamConsumer = match client
+            .clone()
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot create the profiles consumer");
+                return;
+            }
+        };
+        let partitions = loop {
+            match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+                Ok(md) => {
+                    let parts: Vec<i32> = md
+                        .topics()
+                        .iter()
+                        .filter(|t| t.name() == topic && t.error().is_none())
+                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                        .collect();
+                    if !parts.is_empty() {
+                        break parts;
+                    }
+                    warn!(%topic, "profiles topic not found yet; retrying");
+                }
+                Err(e) => {
+                    warn!(%topic, error = %e, "cannot read profiles topic metadata; retrying")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let _ = tpl.add_partition_offset(&topic, *p, Offset::Beginning);
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            warn!(error = %e, "cannot assign the profiles partitions");
+            return;
+        }
+        let mut at_end: HashSet<i32> = HashSet::new();
+        info!(%topic, partitions = partitions.len(), "loading profiles");
+        loop {
+            let next = tokio::select! {
+                m = consumer.recv() => m,
+                _ = shutdown.changed() => return,
+            };
+            match next {
+                Ok(message) => {
+                    self.apply(message.key(), message.payload(), &metrics);
+                    metrics.profiles.set(self.len() as i64);
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    if at_end.insert(p)
+                        && at_end.len() == partitions.len()
+                        && !self.caught_up.swap(true, Ordering::AcqRel)
+                    {
+                        info!(profiles = self.len(), "profiles caught up");
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "profiles consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}

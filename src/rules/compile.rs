@@ -1,0 +1,226 @@
+//! Compiles one [`RuleSpec`] into a [`Rule`]: checks every field, compiles the
+//! condition and templates, and reports each problem at its file position.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::condition::{Condition, Conditions};
+use super::error::RuleError;
+use super::model::{Priority, RuleSpec, Scalar};
+use crate::render::Templates;
+
+/// A compiled, immutable rule.
+pub struct Rule {
+    pub id: String,
+    pub description: String,
+    pub enabled: bool,
+    /// The file it came from, relative to the rules directory.
+    pub file: String,
+    pub sources: Vec<String>,
+    /// Exact-match fields, sorted by field name.
+    pub match_fields: Vec<(String, Scalar)>,
+    pub condition: Option<Condition>,
+    pub channels: Vec<String>,
+    pub category: String,
+    pub priority: Priority,
+    pub collapse_key: Option<String>,
+    pub ttl_seconds: Option<u32>,
+    /// Template names present for this rule (`<id>/title`, `<id>/body`, `<id>/text`).
+    pub has_title: bool,
+    pub has_body: bool,
+    pub has_text: bool,
+    /// SHA-256 prefix of the rule's definition, to tell versions apart.
+    pub version: String,
+}
+
+/// What the compiler checks names against.
+pub struct Known<'a> {
+    /// Channel names from the config; `None` when checking without a config.
+    pub channels: Option<&'a BTreeSet<String>>,
+    /// Source topics from the config; `None` when checking without a config.
+    pub sources: Option<&'a BTreeSet<String>>,
+}
+
+/// What compiling a rule set shares between its rules.
+pub struct Compiler<'a> {
+    pub conditions: &'a Conditions,
+    pub templates: &'a mut Templates,
+    pub known: &'a Known<'a>,
+}
+
+/// Compiles one rule, adding its templates to `templates`. All problems of the
+/// rule are pushed to `errors`; `None` when there was any.
+pub fn compile_rule(
+    compiler: &mut Compiler<'_>,
+    spec: RuleSpec,
+    file: &Path,
+    text: &str,
+    version: String,
+    errors: &mut Vec<RuleError>,
+) -> Option<Rule> {
+    let Compiler {
+        conditions,
+        templates,
+        known,
+    } = compiler;
+    let before = errors.len();
+    let id = spec.id.value.clone();
+    let err = |loc: &Location, message: String| RuleError {
+        file: file.to_owned(),
+        line: loc.line() as usize,
+        column: loc.column() as usize,
+        rule: Some(id.clone()),
+        message,
+    };
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+    {
+        errors.push(err(
+            &spec.id.referenced,
+            "id must be lowercase letters, digits, `-`, `_` or `.`, e.g. `declined-velocity`"
+                .into(),
+        ));
+    }
+    if spec.sources.value.is_empty() {
+        errors.push(err(
+            &spec.sources.referenced,
+            "sources must name at least one topic".into(),
+        ));
+    }
+    if let Some(known_sources) = known.sources {
+        for s in &spec.sources.value {
+            if !known_sources.contains(s) {
+                errors.push(err(
+                    &spec.sources.referenced,
+                    format!(
+                        "source `{s}` is not configured; configured sources: {}",
+                        list(known_sources)
+                    ),
+                ));
+            }
+        }
+    }
+    if spec.channels.value.is_empty() {
+        errors.push(err(
+            &spec.channels.referenced,
+            "channels must name at least one channel, e.g. [push]".into(),
+        ));
+    }
+    if let Some(known_channels) = known.channels {
+        for c in &spec.channels.value {
+            if !known_channels.contains(c) {
+                errors.push(err(
+                    &spec.channels.referenced,
+                    format!(
+                        "channel `{c}` is not configured; configured channels: {}",
+                        list(known_channels)
+                    ),
+                ));
+            }
+        }
+    }
+    if spec.category.value.trim().is_empty() {
+        errors.push(err(
+            &spec.category.referenced,
+            "category must not be empty, e.g. transactional".into(),
+        ));
+    }
+    let condition = spec
+        .condition
+        .as_ref()
+        .and_then(|c| match conditions.compile(&c.value) {
+            Ok(compiled) => Some(compiled),
+            Err(e) => {
+                let (line, column) = inner_position(text, c, e.line, e.column);
+                errors.push(RuleError {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    rule: Some(id.clone()),
+                    message: format!("condition: {}", e.message),
+                });
+                None
+            }
+        });
+    let t = &spec.template;
+    if t.body.is_none() && t.text.is_none() {
+        errors.push(err(
+            &spec.id.referenced,
+            "template needs a `body` (push) or a `text` (SMS)".into(),
+        ));
+    }
+    let mut add = |part: &str, source: &Option<Spanned<String>>| -> bool {
+        let Some(source) = source else { return false };
+        match templates.add(format!("{id}/{part}"), source.value.clone()) {
+            Ok(()) => true,
+            Err(e) => {
+                let (line, column) = inner_position(text, source, e.line, e.column);
+                errors.push(RuleError {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    rule: Some(id.clone()),
+                    message: format!("template.{part}: {}", e.message),
+                });
+                false
+            }
+        }
+    };
+    let has_title = add("title", &t.title);
+    let has_body = add("body", &t.body);
+    let has_text = add("text", &t.text);
+    if errors.len() > before {
+        return None;
+    }
+    Some(Rule {
+        id,
+        description: spec.description,
+        enabled: spec.enabled,
+        file: file.display().to_string(),
+        sources: spec.sources.value,
+        match_fields: spec.match_fields.into_iter().collect(),
+        condition,
+        channels: spec.channels.value,
+        category: spec.category.value,
+        priority: spec.priority,
+        collapse_key: spec.collapse_key,
+        ttl_seconds: spec.ttl_seconds,
+        has_title,
+        has_body,
+        has_text,
+        version,
+    })
+}
+
+fn list(names: &BTreeSet<String>) -> String {
+    names
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Maps a 1-based position inside a scalar's text to the file. Exact for plain
+/// and quoted one-line scalars and for literal blocks (`|`), whose lines keep
+/// their indentation; for folded text the line is exact, the column approximate.
+fn inner_position(
+    text: &str,
+    scalar: &Spanned<String>,
+    line: usize,
+    column: usize,
+) -> (usize, usize) {
+    let start_line = scalar.referenced.line() as usize;
+    let start_col = scalar.referenced.column() as usize;
+    let first = scalar
+        .referenced
+        .span()
+        .byte_offset()
+        .and_then(|o| text.as_bytes().get(o as usize).copied());
+    let quoted = matches!(first, Some(b'"' | b'\'')) && line == 1;
+    let shift = usize::from(quoted);
+    (start_line + line - 1, start_col + column - 1 + shift)
+}

@@ -1,0 +1,186 @@
+//! The live rule set: loaded at start, reloaded when files change, swapped atomically.
+//!
+//! A reload that finds any error keeps the running set untouched, counts the
+//! failure and keeps the errors for `GET /rules`; readers never take a lock.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use prometheus::IntCounter;
+use tracing::{error, info, warn};
+
+use super::compile::Known;
+use super::error::{RuleError, RuleErrors};
+use super::load::load_dir;
+use super::set::RuleSet;
+use crate::admin::Metrics;
+use crate::util::now_ms;
+
+/// A rule set with its per-rule metric handles, made once per load.
+pub struct Loaded {
+    pub set: RuleSet,
+    /// `herald_rule_matches_total{rule}` per rule, by rule index.
+    pub matches: Vec<IntCounter>,
+    /// `herald_condition_errors_total{rule}` per rule, by rule index.
+    pub condition_errors: Vec<IntCounter>,
+    /// Counts loads; 1 is the first.
+    pub generation: u64,
+    /// When this set was loaded, epoch ms.
+    pub loaded_ms: i64,
+}
+
+/// What the last reload attempt found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Errors of the last failed reload, cleared by the next good one.
+    pub last_error: Option<Vec<RuleError>>,
+    /// When the last failed reload happened, epoch ms.
+    pub last_error_ms: Option<i64>,
+}
+
+/// The active rules of a running instance.
+pub struct LiveRules {
+    current: ArcSwap<Loaded>,
+    status: Mutex<ReloadStatus>,
+    dir: PathBuf,
+    channels: BTreeSet<String>,
+    sources: BTreeSet<String>,
+    metrics: Arc<Metrics>,
+}
+
+impl LiveRules {
+    /// Loads the rules once; fails with every error when the files are broken.
+    pub fn load(
+        dir: PathBuf,
+        channels: BTreeSet<String>,
+        sources: BTreeSet<String>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<LiveRules>, RuleErrors> {
+        let known = Known {
+            channels: Some(&channels),
+            sources: Some(&sources),
+        };
+        let set = load_dir(&dir, &known)?;
+        let loaded = with_metrics(set, &metrics, 1);
+        info!(rules = loaded.set.rules.len(), dir = %dir.display(), "rules loaded");
+        Ok(Arc::new(LiveRules {
+            current: ArcSwap::from_pointee(loaded),
+            status: Mutex::new(ReloadStatus::default()),
+            dir,
+            channels,
+            sources,
+            metrics,
+        }))
+    }
+
+    /// The active set; cheap, lock-free, and stable for as long as it is held.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.current.load_full()
+    }
+
+    /// The last reload's status.
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The watched directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Loads the files again and swaps the set in if they are all valid.
+    pub fn reload(&self) -> Result<(), RuleErrors> {
+        let known = Known {
+            channels: Some(&self.channels),
+            sources: Some(&self.sources),
+        };
+        match load_dir(&self.dir, &known) {
+            Ok(set) => {
+                let generation = self.current.load().generation + 1;
+                let loaded = with_metrics(set, &self.metrics, generation);
+                info!(rules = loaded.set.rules.len(), generation, "rules reloaded");
+                self.current.store(Arc::new(loaded));
+                self.metrics.rule_reloads.with_label_values(&["ok"]).inc();
+                if let Ok(mut s) = self.status.lock() {
+                    *s = ReloadStatus::default();
+                }
+                Ok(())
+            }
+            Err(errors) => {
+                self.metrics
+                    .rule_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                for e in &errors.0 {
+                    error!(error = %e, "rule reload refused; the previous rules keep running");
+                }
+                if let Ok(mut s) = self.status.lock() {
+                    s.last_error = Some(errors.0.clone());
+                    s.last_error_ms = Some(now_ms());
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// Watches the rules directory and reloads after changes settle for
+    /// `debounce`, until `shutdown` changes.
+    pub async fn watch(
+        self: Arc<Self>,
+        debounce: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(16);
+        let mut watcher =
+            match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.try_send(());
+                }
+            }) {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(error = %e, "cannot watch the rules directory; hot reload is off");
+                    return;
+                }
+            };
+        if let Err(e) = watcher.watch(&self.dir, RecursiveMode::Recursive) {
+            warn!(error = %e, dir = %self.dir.display(), "cannot watch the rules directory; hot reload is off");
+            return;
+        }
+        loop {
+            tokio::select! {
+                changed = rx.recv() => if changed.is_none() { return },
+                _ = shutdown.changed() => return,
+            }
+            // Let an editor finish writing (several events per save), then load once.
+            tokio::time::sleep(debounce).await;
+            while rx.try_recv().is_ok() {}
+            let _ = self.reload();
+        }
+    }
+}
+
+fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
+    let matches = set
+        .rules
+        .iter()
+        .map(|r| metrics.rule_matches.with_label_values(&[r.id.as_str()]))
+        .collect();
+    let condition_errors = set
+        .rules
+        .iter()
+        .map(|r| metrics.condition_errors.with_label_values(&[r.id.as_str()]))
+        .collect();
+    metrics.rules_loaded.set(set.rules.len() as i64);
+    Loaded {
+        set,
+        matches,
+        condition_errors,
+        generation,
+        loaded_ms: now_ms(),
+    }
+}

@@ -1,0 +1,19 @@
+//! rules: analyst-owned YAML files compiled into an indexed, immutable rule set, reloaded live.
+//!
+//! [`model`] is the file format, [`load`] reads a directory, [`compile`] checks
+//! and compiles one rule, [`condition`] wraps CEL, [`set`] is the index and
+//! matcher, and [`live`] swaps sets on reload.
+
+pub mod compile;
+pub mod condition;
+pub mod error;
+pub mod live;
+pub mod load;
+pub mod model;
+pub mod set;
+
+pub use compile::{Known, Rule};
+pub use error::{RuleError, RuleErrors};
+pub use live::{LiveRules, Loaded};
+pub use load::{load_dir, FileSummary};
+pub use set::{RuleSet, Verdict};

@@ -1,0 +1,122 @@
+//! The rule file format as analysts write it: YAML, several rules per file, positions kept.
+//!
+//! ```yaml
+//! rules:
+//!   - id: purchase-notice
+//!     description: Tell the cardholder about every approved swipe.
+//!     sources: [transactions]
+//!     match: { status: approved }
+//!     condition: event.amount > 0
+//!     channels: [push]
+//!     category: transactional
+//!     template:
+//!       title: "Purchase at {{ event.merchant }}"
+//!       body: "{{ event.amount | money(event.currency) }} on card {{ event.card_last4 | mask_card }}"
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// One rule file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// The rules in this file, evaluated in order.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// How urgent a message is; passed to the provider (FCM `android.priority`,
+/// APNs `apns-priority`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Delivered at once, waking the device (fraud, transactional).
+    High,
+    /// May be batched by the device to save power (marketing).
+    #[default]
+    Normal,
+}
+
+/// One rule as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Unique id across all files: lowercase letters, digits, `-`, `_`, `.`.
+    pub id: Spanned<String>,
+    /// What the rule is for, in one sentence.
+    #[serde(default)]
+    pub description: String,
+    /// A disabled rule is loaded and checked but never matches.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Source topics the rule listens to.
+    pub sources: Spanned<Vec<String>>,
+    /// Exact field values an event must have (`status: declined`); used by the
+    /// rule index, so prefer it to a condition for equality tests.
+    #[serde(default, rename = "match")]
+    pub match_fields: BTreeMap<String, Scalar>,
+    /// A CEL expression over `event` and `profile` that must be true.
+    #[serde(default)]
+    pub condition: Option<Spanned<String>>,
+    /// Channels to send on (names of `[channels.*]` in the config).
+    pub channels: Spanned<Vec<String>>,
+    /// Message category (`transactional`, `fraud`, `marketing`, …), for preferences.
+    pub category: Spanned<String>,
+    /// Provider priority.
+    #[serde(default)]
+    pub priority: Priority,
+    /// The message text.
+    pub template: TemplateSpec,
+    /// Messages with the same collapse key replace each other on the device.
+    #[serde(default)]
+    pub collapse_key: Option<String>,
+    /// How long the provider may hold an undelivered push, in seconds.
+    #[serde(default)]
+    pub ttl_seconds: Option<u32>,
+}
+
+/// Templates (minijinja) with `event`, `profile` and `rule` in scope.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    /// Push notification title.
+    #[serde(default)]
+    pub title: Option<Spanned<String>>,
+    /// Push notification body.
+    #[serde(default)]
+    pub body: Option<Spanned<String>>,
+    /// SMS text (and console/webhook text); defaults to the body.
+    #[serde(default)]
+    pub text: Option<Spanned<String>>,
+}
+
+/// A scalar value in a `match` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Scalar {
+    /// The value as the index compares it: text as is, numbers and booleans in
+    /// their JSON spelling.
+    pub fn index_key(&self) -> String {
+        match self {
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string())
+            }
+            Scalar::Text(s) => s.clone(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}

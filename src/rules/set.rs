@@ -1,0 +1,236 @@
+//! The compiled, immutable rule set and its index; swapped whole on reload.
+//!
+//! Matching an event: the index picks candidate rules by source topic and by
+//! exact-match fields (`match:`), then each candidate's remaining match fields
+//! and CEL condition are checked. Rules that match are returned in file order.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::compile::Rule;
+use super::condition::{Conditions, EvalError, Scope};
+use super::load::FileSummary;
+use super::model::Scalar;
+use crate::ingest::decode::lookup;
+use crate::render::Templates;
+
+/// All rules of one load, with their index, templates and condition environment.
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub templates: Templates,
+    pub conditions: Conditions,
+    pub files: Vec<FileSummary>,
+    index: HashMap<String, SourceIndex>,
+}
+
+/// Per source topic: rules with no `match:` (always candidates), and rules
+/// indexed under the value of their first match field.
+#[derive(Default)]
+struct SourceIndex {
+    always: Vec<usize>,
+    by_field: Vec<(String, HashMap<String, Vec<usize>>)>,
+}
+
+/// The outcome of checking one candidate rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Match,
+    NoMatch,
+    /// The condition could not be evaluated for this event.
+    Error(EvalError),
+}
+
+impl RuleSet {
+    /// Builds the index over compiled rules; disabled rules are left out of it.
+    pub fn new(
+        rules: Vec<Rule>,
+        templates: Templates,
+        conditions: Conditions,
+        files: Vec<FileSummary>,
+    ) -> RuleSet {
+        let mut index: HashMap<String, SourceIndex> = HashMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            if !rule.enabled {
+                continue;
+            }
+            for source in &rule.sources {
+                let entry = index.entry(source.clone()).or_default();
+                match rule.match_fields.first() {
+                    None => entry.always.push(i),
+                    Some((field, value)) => {
+                        let slot = match entry.by_field.iter().position(|(f, _)| f == field) {
+                            Some(p) => p,
+                            None => {
+                                entry.by_field.push((field.clone(), HashMap::new()));
+                                entry.by_field.len() - 1
+                            }
+                        };
+                        entry.by_field[slot]
+                            .1
+                            .entry(value.index_key())
+                            .or_default()
+                            .push(i);
+                    }
+                }
+            }
+        }
+        RuleSet {
+            rules,
+            templates,
+            conditions,
+            files,
+            index,
+        }
+    }
+
+    /// An empty rule set (before the first load).
+    pub fn empty() -> RuleSet {
+        RuleSet::new(
+            Vec::new(),
+            Templates::new(),
+            Conditions::default(),
+            Vec::new(),
+        )
+    }
+
+    /// Candidate rules for an event of `source`, in file order, without duplicates.
+    pub fn candidates(&self, source: &str, fields: &Map<String, Value>) -> Vec<usize> {
+        let Some(index) = self.index.get(source) else {
+            return Vec::new();
+        };
+        let mut out = index.always.clone();
+        for (field, by_value) in &index.by_field {
+            if let Some(key) = lookup(fields, field).and_then(index_key) {
+                if let Some(rules) = by_value.get(&key) {
+                    out.extend_from_slice(rules);
+                }
+            }
+        }
+        if !index.by_field.is_empty() {
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+
+    /// Checks one candidate: all its match fields, then its condition.
+    pub fn check(&self, rule: usize, fields: &Map<String, Value>, scope: &Scope) -> Verdict {
+        let rule = &self.rules[rule];
+        for (field, expected) in &rule.match_fields {
+            if !lookup(fields, field).is_some_and(|v| scalar_eq(expected, v)) {
+                return Verdict::NoMatch;
+            }
+        }
+        match &rule.condition {
+            None => Verdict::Match,
+            Some(condition) => match self.conditions.eval(condition, scope) {
+                Ok(true) => Verdict::Match,
+                Ok(false) => Verdict::NoMatch,
+                Err(e) => Verdict::Error(e),
+            },
+        }
+    }
+
+    /// Finds a rule by id.
+    pub fn get(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+}
+
+fn index_key(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn scalar_eq(expected: &Scalar, v: &Value) -> bool {
+    match (expected, v) {
+        (Scalar::Text(a), Value::String(b)) => a == b,
+        (Scalar::Bool(a), Value::Bool(b)) => a == b,
+        (Scalar::Int(a), Value::Number(n)) => {
+            n.as_i64() == Some(*a) || n.as_f64() == Some(*a as f64)
+        }
+        (Scalar::Float(a), Value::Number(n)) => n.as_f64() == Some(*a),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::json;
+
+    use crate::rules::compile::Known;
+    use crate::rules::load::load_texts;
+
+    const FILE: &str = r#"
+rules:
+  - id: every-swipe
+    sources: [transactions]
+    channels: [push]
+    category: transactional
+    template: { body: "{{ event.amount }}" }
+  - id: declined
+    sources: [transactions]
+    match: { status: declined }
+    channels: [push]
+    category: fraud
+    template: { body: "declined" }
+  - id: big-declined
+    sources: [transactions]
+    match: { status: declined }
+    condition: event.amount >= 500.0
+    channels: [sms]
+    category: fraud
+    template: { text: "big" }
+  - id: off
+    enabled: false
+    sources: [transactions]
+    channels: [push]
+    category: fraud
+    template: { body: "x" }
+"#;
+
+    fn set() -> super::RuleSet {
+        let known = Known {
+            channels: None,
+            sources: None,
+        };
+        load_texts(&[(PathBuf::from("rules/a.yaml"), FILE.to_string())], &known).unwrap()
+    }
+
+    fn matching(set: &super::RuleSet, event: serde_json::Value) -> Vec<&str> {
+        let fields = event.as_object().unwrap();
+        let scope = set.conditions.scope(fields, None);
+        set.candidates("transactions", fields)
+            .into_iter()
+            .filter(|&i| set.check(i, fields, &scope) == super::Verdict::Match)
+            .map(|i| set.rules[i].id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn index_picks_candidates_and_conditions_decide() {
+        let set = set();
+        assert_eq!(
+            matching(&set, json!({"status": "approved", "amount": 10.0})),
+            vec!["every-swipe"]
+        );
+        assert_eq!(
+            matching(&set, json!({"status": "declined", "amount": 10.0})),
+            vec!["every-swipe", "declined"]
+        );
+        assert_eq!(
+            matching(&set, json!({"status": "declined", "amount": 900.0})),
+            vec!["every-swipe", "declined", "big-declined"]
+        );
+        assert!(set
+            .candidates("sensors", json!({}).as_object().unwrap())
+            .is_empty());
+    }
+}

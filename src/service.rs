@@ -1,0 +1,205 @@
+//! Starting and stopping one herald instance: wires the stages, serves admin, drains on shutdown.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::admin::{self, AdminState, Metrics};
+use crate::config::Config;
+use crate::deliver::{http_client, Channel};
+use crate::engine::{ChannelRuntime, Pipeline};
+use crate::ingest::offsets::OffsetTracker;
+use crate::ingest::{consume, ConsumerHealth, HeraldContext};
+use crate::kafka;
+use crate::outcome::Recorder;
+use crate::profile::ProfileTable;
+use crate::rules::{LiveRules, RuleErrors};
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("rule files have errors:\n{0}")]
+    Rules(#[from] RuleErrors),
+    #[error("{0}")]
+    Channel(String),
+    #[error("kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("admin listener on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started instance.
+pub struct Running {
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    consumer: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Where the admin server listens (useful with port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops fetching, drains in-flight sends (bounded by the shutdown grace),
+    /// commits offsets and stops every task.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.consumer.await;
+        for task in self.background {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+        info!("stopped");
+    }
+}
+
+/// Runs an instance until `shutdown` resolves, then stops it cleanly.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let running = start(config).await?;
+    shutdown.await;
+    running.stop().await;
+    Ok(())
+}
+
+/// Starts an instance: loads rules (refusing to start on any error), connects
+/// to Kafka, follows profiles, watches the rules, serves admin and consumes.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let metrics = Arc::new(Metrics::new());
+    let channel_names: BTreeSet<String> = config.channels.keys().cloned().collect();
+    let source_names: BTreeSet<String> = config.sources.keys().cloned().collect();
+    let rules = LiveRules::load(
+        config.rules.dir.clone(),
+        channel_names,
+        source_names,
+        Arc::clone(&metrics),
+    )?;
+
+    let http = http_client();
+    let mut channels = HashMap::new();
+    for (name, channel_config) in &config.channels {
+        let channel =
+            Channel::from_config(name, channel_config, http.clone()).map_err(Error::Channel)?;
+        channels.insert(name.clone(), ChannelRuntime::new(channel, &metrics));
+    }
+
+    let producer: FutureProducer = kafka::producer_config(&config.kafka).create()?;
+    let recorder = Recorder::new(
+        producer,
+        config.topics.outcomes.clone(),
+        config.topics.dead_letter.clone(),
+    );
+    let profiles = ProfileTable::new();
+    let tracker = Arc::new(OffsetTracker::default());
+    let health = Arc::new(ConsumerHealth::default());
+    let context = HeraldContext {
+        tracker: Arc::clone(&tracker),
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        revoke_wait: config.limits.shutdown_grace(),
+    };
+    let consumer: StreamConsumer<HeraldContext> =
+        kafka::consumer_config(&config.kafka).create_with_context(context)?;
+    let topics: Vec<String> = config.source_topics();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    let consumer = Arc::new(consumer);
+
+    let listener = admin::bind(config.admin.listen)
+        .await
+        .map_err(|source| Error::Admin {
+            addr: config.admin.listen,
+            source,
+        })?;
+    let admin_addr = listener.local_addr().map_err(|source| Error::Admin {
+        addr: config.admin.listen,
+        source,
+    })?;
+    info!(%admin_addr, topics = ?topics, "herald starting");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut background = Vec::new();
+    background.push(tokio::spawn(Arc::clone(&profiles).follow(
+        kafka::profile_reader_config(&config.kafka),
+        config.topics.profiles.clone(),
+        Arc::clone(&metrics),
+        shutdown_rx.clone(),
+    )));
+    if config.rules.watch {
+        background.push(tokio::spawn(Arc::clone(&rules).watch(
+            Duration::from_millis(config.rules.debounce_ms),
+            shutdown_rx.clone(),
+        )));
+    }
+    let state = AdminState {
+        metrics: Arc::clone(&metrics),
+        rules: Arc::clone(&rules),
+        profiles: Arc::clone(&profiles),
+        consumer: Arc::clone(&health),
+    };
+    background.push(tokio::spawn(admin::serve(
+        listener,
+        state,
+        shutdown_rx.clone(),
+    )));
+    background.push(tokio::spawn(watch_broker(
+        Arc::clone(&consumer),
+        Arc::clone(&health),
+        shutdown_rx.clone(),
+    )));
+
+    let pipeline = Arc::new(Pipeline::new(
+        rules,
+        profiles,
+        channels,
+        recorder,
+        Arc::clone(&metrics),
+        &config.sources,
+        config.limits.max_event_bytes,
+    ));
+    let limits = config.limits.clone();
+    let consumer_task = tokio::spawn(async move {
+        consume(consumer, pipeline, tracker, health, &limits, shutdown_rx).await;
+    });
+    Ok(Running {
+        admin_addr,
+        shutdown: shutdown_tx,
+        consumer: consumer_task,
+        background,
+    })
+}
+
+/// Asks the broker for metadata every two seconds; readiness reports the result.
+async fn watch_broker(
+    consumer: Arc<StreamConsumer<HeraldContext>>,
+    health: Arc<ConsumerHealth>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let c = Arc::clone(&consumer);
+        let ok = tokio::task::spawn_blocking(move || {
+            c.fetch_metadata(None, Duration::from_secs(2)).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        health
+            .broker_ok
+            .store(ok, std::sync::atomic::Ordering::Release);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
