@@ -113,8 +113,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let consumer: StreamConsumer<HeraldContext> =
         kafka::consumer_config(&config.kafka).create_with_context(context)?;
     let topics: Vec<String> = config.source_topics();
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topic_refs)?;
     let consumer = Arc::new(consumer);
 
     let listener = admin::bind(config.admin.listen)
@@ -127,7 +125,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         addr: config.admin.listen,
         source,
     })?;
-    info!(%admin_addr, topics = ?topics, "herald starting");
+    info!(%admin_addr, "herald starting; loading profiles");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut background = Vec::new();
@@ -160,6 +158,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         shutdown_rx.clone(),
     )));
 
+    let table = Arc::clone(&profiles);
     let pipeline = Arc::new(Pipeline::new(
         rules,
         profiles,
@@ -170,7 +169,20 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.limits.max_event_bytes,
     ));
     let limits = config.limits.clone();
+    let mut stop = shutdown_rx.clone();
     let consumer_task = tokio::spawn(async move {
+        // Events are matched against profiles, so none is taken before the
+        // profile table has caught up with its topic.
+        tokio::select! {
+            _ = table.wait_caught_up() => {}
+            _ = stop.changed() => return,
+        }
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        if let Err(e) = consumer.subscribe(&topic_refs) {
+            tracing::error!(error = %e, "cannot subscribe to the source topics");
+            return;
+        }
+        info!(topics = ?topics, "profiles loaded; consuming");
         consume(consumer, pipeline, tracker, health, &limits, shutdown_rx).await;
     });
     Ok(Running {

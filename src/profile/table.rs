@@ -25,6 +25,7 @@ pub struct ProfileTable {
     profiles: DashMap<String, Arc<Profile>>,
     dead_tokens: DashSet<String>,
     caught_up: AtomicBool,
+    caught_up_signal: tokio::sync::watch::Sender<bool>,
 }
 
 /// Whether the table may be trusted yet.
@@ -83,6 +84,16 @@ impl ProfileTable {
             TableStatus::CaughtUp
         } else {
             TableStatus::Loading
+        }
+    }
+
+    /// Waits until the table has caught up with the topic.
+    pub async fn wait_caught_up(&self) {
+        let mut signal = self.caught_up_signal.subscribe();
+        // The timeout is a safety net: a wake-up from the profile reader's
+        // worker has been seen to arrive late under tokio's LIFO scheduling.
+        while self.status() != TableStatus::CaughtUp {
+            let _ = tokio::time::timeout(Duration::from_millis(100), signal.changed()).await;
         }
     }
 

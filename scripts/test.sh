@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+#! The test command: installs and starts the local broker, runs every test, stops the broker.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export HERALD_BROKER_PORT="${HERALD_BROKER_PORT:-19092}"
+scripts/broker.sh start
+trap 'scripts/broker.sh stop' EXIT
+export HERALD_TEST_BROKERS="127.0.0.1:$HERALD_BROKER_PORT"
+cargo test --all-targets "$@"

@@ -1,0 +1,342 @@
+//! End to end on the real broker: events in, provider requests out, outcomes and dead letters recorded.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::provider::Provider;
+use support::*;
+
+struct Harness {
+    topics: Topics,
+    provider: Provider,
+    _rules: tempfile::TempDir,
+    running: herald::Running,
+}
+
+async fn harness(profiles: &[(&str, Vec<u8>)]) -> Harness {
+    let topics = Topics::create(3).await;
+    let provider = Provider::start().await;
+    let rules = sample_rules(&topics);
+    let producer = producer();
+    for (user, p) in profiles {
+        publish(&producer, &topics.profiles, user, p).await;
+    }
+    let text = config_text(&topics, rules.path(), &provider.base_url(), "");
+    let (_, config) = load_config(rules.path(), &text);
+    let running = herald::start(config).await.expect("herald starts");
+    Harness {
+        topics,
+        provider,
+        _rules: rules,
+        running,
+    }
+}
+
+fn outcomes(h: &Harness, want: usize) -> Vec<Value> {
+    read_json(&h.topics.outcomes, want, Duration::from_secs(20), |_| true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_swipe_becomes_an_fcm_push_with_rendered_text() {
+    let h = harness(&[("u-1", profile("u-1", true, true))]).await;
+    wait_ready(h.running.admin_addr()).await;
+    publish(
+        &producer(),
+        &h.topics.transactions,
+        "card-1",
+        &swipe("u-1", 12.5, "approved", "US"),
+    )
+    .await;
+
+    let got = eventually(Duration::from_secs(20), || {
+        let r = h.provider.received_by("fcm");
+        (!r.is_empty()).then_some(r)
+    })
+    .await
+    .expect("an FCM request");
+    let req = &got[0];
+    assert!(req.auth_ok, "bearer token from the environment");
+    assert_eq!(req.account, "herald-test");
+    assert_eq!(req.json["message"]["token"], "fcm-token-u-1");
+    assert_eq!(
+        req.json["message"]["notification"]["title"],
+        "$12.50 at Blue Bottle"
+    );
+    let body = req.json["message"]["notification"]["body"]
+        .as_str()
+        .unwrap();
+    assert!(body.starts_with("Card •••• 4242 was used at "), "{body}");
+    assert_eq!(req.json["message"]["android"]["priority"], "HIGH");
+    assert_eq!(req.json["message"]["android"]["collapse_key"], "purchase");
+    assert_eq!(req.json["message"]["android"]["ttl"], "600s");
+    assert_eq!(
+        req.json["message"]["apns"]["headers"]["apns-collapse-id"],
+        "purchase"
+    );
+
+    let sent = outcomes(&h, 1);
+    assert_eq!(sent.len(), 1, "one decision: the purchase notice");
+    let o = &sent[0];
+    assert_eq!(o["rule"], "purchase-notice");
+    assert_eq!(o["status"], "sent");
+    assert_eq!(o["channel"], "push");
+    assert!(o["provider_message_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("projects/herald-test/messages/"));
+    let t = &o["timings"];
+    for stage in [
+        "event_ms",
+        "consumed_ms",
+        "matched_ms",
+        "request_sent_ms",
+        "answered_ms",
+    ] {
+        assert!(t[stage].as_i64().unwrap() > 0, "timing {stage} recorded");
+    }
+    let raw = o.to_string();
+    assert!(
+        !raw.contains("fcm-token-u-1"),
+        "no push token in clear: {raw}"
+    );
+    assert!(!raw.contains("+14155552671"), "no phone in clear");
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_purchase_becomes_a_twilio_sms_with_form_fields() {
+    let h = harness(&[("u-2", profile("u-2", false, true))]).await;
+    publish(
+        &producer(),
+        &h.topics.transactions,
+        "card-2",
+        &swipe("u-2", 80.0, "approved", "FR"),
+    )
+    .await;
+
+    let got = eventually(Duration::from_secs(25), || {
+        let r = h.provider.received_by("twilio");
+        (!r.is_empty()).then_some(r)
+    })
+    .await
+    .expect("a Twilio request");
+    let req = &got[0];
+    assert!(
+        req.auth_ok,
+        "HTTP basic auth with the account SID and token"
+    );
+    assert_eq!(req.account, TWILIO_SID);
+    assert_eq!(req.content_type, "application/x-www-form-urlencoded");
+    assert_eq!(req.form["To"], "+14155552671");
+    assert_eq!(req.form["From"], "+15005550006");
+    assert_eq!(
+        req.form["Body"],
+        "herald: $80.00 at Blue Bottle (FR) on card •••• 4242. Not you? Call the number on your card."
+    );
+    // The purchase notice is also matched but push consent is off.
+    let all = outcomes(&h, 2);
+    let push = all
+        .iter()
+        .find(|o| o["rule"] == "purchase-notice")
+        .expect("push decision");
+    assert_eq!(push["status"], "suppressed");
+    assert_eq!(push["reason"], "no_consent:push");
+    let sms = all
+        .iter()
+        .find(|o| o["rule"] == "large-or-foreign-purchase")
+        .unwrap();
+    assert_eq!(sms["status"], "sent");
+    assert_eq!(sms["recipient"], "+141******71");
+    assert!(
+        h.provider.received_by("fcm").is_empty(),
+        "no push without consent"
+    );
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_without_profile_or_consent_is_suppressed_without_a_request() {
+    let h = harness(&[("u-3", profile("u-3", false, false))]).await;
+    let p = producer();
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-3",
+        &swipe("u-3", 2000.0, "approved", "US"),
+    )
+    .await;
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-4",
+        &swipe("nobody", 5.0, "declined", "US"),
+    )
+    .await;
+
+    let all = outcomes(&h, 3);
+    assert_eq!(all.len(), 3, "{all:?}");
+    let reason = |rule: &str| {
+        all.iter()
+            .find(|o| o["rule"] == rule)
+            .map(|o| {
+                (
+                    o["status"].as_str().unwrap().to_string(),
+                    o["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        reason("purchase-notice"),
+        ("suppressed".into(), "no_consent:push".into())
+    );
+    assert_eq!(
+        reason("large-or-foreign-purchase"),
+        ("suppressed".into(), "no_consent:sms".into())
+    );
+    assert_eq!(
+        reason("declined-transaction"),
+        ("suppressed".into(), "no_profile".into())
+    );
+    assert!(
+        h.provider.received().is_empty(),
+        "no provider request at all"
+    );
+    let (_, metrics) = admin_get(h.running.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("herald_suppressions_total{reason=\"no_consent\"} 2"),
+        "{metrics}"
+    );
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
+    let h = harness(&[("u-5", profile("u-5", true, false))]).await;
+    let p = producer();
+    // Same key, so the valid event is behind the bad ones in the same partition.
+    publish(&p, &h.topics.transactions, "card-5", b"this is not json").await;
+    publish(&p, &h.topics.transactions, "card-5", &vec![b'x'; 4096]).await;
+    publish(&p, &h.topics.transactions, "card-5", b"[1, 2, 3]").await;
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-5",
+        br#"{"amount": 3.0, "ts": 1}"#,
+    )
+    .await;
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-5",
+        &swipe("u-5", 7.0, "approved", "US"),
+    )
+    .await;
+
+    let dead = read_json(&h.topics.dlq, 4, Duration::from_secs(25), |_| true);
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert_eq!(
+        reasons,
+        vec!["not_json", "too_large", "not_object", "missing_field"]
+    );
+    let first = &dead[0];
+    assert_eq!(first["topic"], h.topics.transactions.as_str());
+    assert!(first["offset"].as_i64().is_some() && first["partition"].as_i64().is_some());
+    use base64::Engine;
+    let original = base64::engine::general_purpose::STANDARD
+        .decode(first["payload_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(original, b"this is not json");
+    assert!(dead[3]["detail"].as_str().unwrap().contains("user_id"));
+
+    let sent = eventually(Duration::from_secs(20), || {
+        let r = h.provider.received_by("fcm");
+        (!r.is_empty()).then_some(r)
+    })
+    .await
+    .expect("the valid event after the bad ones is still sent");
+    assert_eq!(sent[0].json["message"]["token"], "fcm-token-u-5");
+    let (_, metrics) = admin_get(h.running.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("herald_dead_letters_total{reason=\"not_json\"} 1"),
+        "{metrics}"
+    );
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_503_twice_then_200_is_one_send_and_400_is_failed() {
+    let h = harness(&[("u-6", profile("u-6", true, false))]).await;
+    h.provider.plan(&[503, 503]);
+    let p = producer();
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-6",
+        &swipe("u-6", 9.0, "approved", "US"),
+    )
+    .await;
+    let first = read_json(&h.topics.outcomes, 1, Duration::from_secs(25), |_| true);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["status"], "sent");
+    assert_eq!(first[0]["attempts"], 3);
+    let requests = h.provider.received_by("fcm");
+    assert_eq!(requests.len(), 3, "two retried 503s and one success");
+    let keys: Vec<&Value> = requests
+        .iter()
+        .map(|r| &r.json["message"]["data"]["idempotency_key"])
+        .collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] == w[1]),
+        "retries carry the same idempotency key"
+    );
+
+    h.provider.plan(&[400]);
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-6",
+        &swipe("u-6", 10.0, "approved", "US"),
+    )
+    .await;
+    let all = read_json(&h.topics.outcomes, 2, Duration::from_secs(25), |_| true);
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1]["status"], "failed");
+    assert_eq!(all[1]["reason"], "provider_rejected:400");
+    assert_eq!(all[1]["attempts"], 1, "a 400 is not retried");
+    let dead = read_json(&h.topics.dlq, 1, Duration::from_secs(10), |_| true);
+    assert_eq!(dead[0]["reason"], "send_failed:provider_rejected:400");
+    assert_eq!(dead[0]["rule"], "purchase-notice");
+    assert_eq!(h.provider.received_by("fcm").len(), 4);
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_token_is_not_used_again() {
+    let h = harness(&[("u-7", profile("u-7", true, false))]).await;
+    h.provider.plan(&[404]);
+    let p = producer();
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-7",
+        &swipe("u-7", 1.0, "approved", "US"),
+    )
+    .await;
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-7",
+        &swipe("u-7", 2.0, "approved", "US"),
+    )
+    .await;
+    let all = read_json(&h.topics.outcomes, 2, Duration::from_secs(25), |_| true);
+    assert_eq!(all[0]["status"], "failed");
+    assert_eq!(all[0]["reason"], "token_unregistered");
+    assert_eq!(all[1]["status"], "suppressed");
+    assert_eq!(all[1]["reason"], "dead_tokens:push");
+    assert_eq!(h.provider.received_by("fcm").len(), 1);
+    h.running.stop().await;
+}

@@ -1,0 +1,329 @@
+//! Shared helpers for the black-box tests: the real local broker, random topic
+//! names, a provider stand-in that speaks FCM v1 and Twilio, and herald itself.
+#![allow(dead_code)]
+
+pub mod provider;
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+
+pub const FCM_TOKEN: &str = "test-fcm-access-token";
+pub const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+pub const TWILIO_TOKEN: &str = "test-twilio-auth-token";
+
+/// The broker the test command started (`scripts/test.sh` sets HERALD_TEST_BROKERS).
+pub fn brokers() -> String {
+    std::env::var("HERALD_TEST_BROKERS").expect(
+        "HERALD_TEST_BROKERS is not set: run the tests with scripts/test.sh, which starts the local broker",
+    )
+}
+
+/// Sets the provider credentials herald reads from the environment, once per process.
+pub fn credentials() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+        std::env::set_var("HERALD_TEST_FCM_TOKEN", FCM_TOKEN);
+        std::env::set_var("HERALD_TEST_TWILIO_SID", TWILIO_SID);
+        std::env::set_var("HERALD_TEST_TWILIO_TOKEN", TWILIO_TOKEN);
+    });
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// Topics of one test.
+pub struct Topics {
+    pub transactions: String,
+    pub sensors: String,
+    pub profiles: String,
+    pub outcomes: String,
+    pub dlq: String,
+}
+
+impl Topics {
+    /// Creates a fresh set of topics on the broker.
+    pub async fn create(partitions: i32) -> Topics {
+        let t = Topics {
+            transactions: unique("transactions"),
+            sensors: unique("sensors"),
+            profiles: unique("profiles"),
+            outcomes: unique("outcomes"),
+            dlq: unique("dlq"),
+        };
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .expect("admin client");
+        let specs = [
+            (&t.transactions, partitions),
+            (&t.sensors, partitions),
+            (&t.profiles, 1),
+            (&t.outcomes, 1),
+            (&t.dlq, 1),
+        ];
+        let new: Vec<NewTopic> = specs
+            .iter()
+            .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
+            .collect();
+        let results = admin
+            .create_topics(&new, &AdminOptions::new())
+            .await
+            .expect("create topics");
+        for r in results {
+            r.expect("topic created");
+        }
+        t
+    }
+}
+
+/// A producer for test input.
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer")
+}
+
+/// Publishes one record and waits for the broker's acknowledgement.
+pub async fn publish(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("publish");
+}
+
+/// Reads records of `topic` from the beginning until `want` records match
+/// `keep` or `limit` passes; returns the matching JSON values.
+pub fn read_json(
+    topic: &str,
+    want: usize,
+    limit: Duration,
+    keep: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if let Some(v) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+            {
+                if keep(&v) {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `limit` passes.
+pub async fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// herald.toml text for a test: the test's topics, rules dir and provider stand-in.
+pub fn config_text(topics: &Topics, rules_dir: &Path, provider_base: &str, extra: &str) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = "{brokers}"
+group_id = "{group}"
+
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+
+[sources.{tx}]
+user_field = "user_id"
+time_field = "ts"
+type_field = "status"
+
+[sources.{sensors}]
+user_field = "owner_id"
+time_field = "ts"
+
+[topics]
+profiles = "{profiles}"
+outcomes = "{outcomes}"
+dead_letter = "{dlq}"
+
+[rules]
+dir = "{rules}"
+debounce_ms = 200
+
+[admin]
+listen = "127.0.0.1:0"
+
+[limits]
+max_event_bytes = 2048
+shutdown_grace_ms = 5000
+
+[channels.push]
+provider = "fcm"
+base_url = "{base}"
+project_id = "herald-test"
+token_env = "HERALD_TEST_FCM_TOKEN"
+timeout_ms = 2000
+backoff_ms = 20
+max_backoff_ms = 200
+
+[channels.sms]
+provider = "twilio"
+base_url = "{base}"
+account_sid_env = "HERALD_TEST_TWILIO_SID"
+auth_token_env = "HERALD_TEST_TWILIO_TOKEN"
+from = "+15005550006"
+timeout_ms = 2000
+backoff_ms = 20
+max_backoff_ms = 200
+{extra}
+"#,
+        brokers = brokers(),
+        group = unique("herald"),
+        tx = topics.transactions,
+        sensors = topics.sensors,
+        profiles = topics.profiles,
+        outcomes = topics.outcomes,
+        dlq = topics.dlq,
+        rules = rules_dir.display(),
+        base = provider_base,
+    )
+}
+
+/// Copies the sample rules into a fresh folder, pointing them at this test's topics.
+pub fn sample_rules(topics: &Topics) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    for entry in std::fs::read_dir(samples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("[transactions]", &format!("[{}]", topics.transactions))
+                .replace("[sensors]", &format!("[{}]", topics.sensors));
+            std::fs::write(dir.path().join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    dir
+}
+
+/// Writes a config file into `dir` and loads it the way `herald run` does.
+pub fn load_config(dir: &Path, text: &str) -> (PathBuf, herald::config::Config) {
+    credentials();
+    let path = dir.join("herald.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = herald::config::Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
+    (path, config)
+}
+
+/// A card swipe as the payment system publishes it.
+pub fn swipe(user: &str, amount: f64, status: &str, country: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "user_id": user,
+        "ts": herald::util::now_ms(),
+        "card_last4": "4242",
+        "merchant": "Blue Bottle",
+        "category": "books",
+        "amount": amount,
+        "currency": "USD",
+        "country": country,
+        "home_country": "US",
+        "status": status,
+        "balance_after": 2500.0,
+    }))
+    .unwrap()
+}
+
+/// A profile with the given consents.
+pub fn profile(user: &str, push: bool, sms: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "user_id": user,
+        "push_tokens": [{"token": format!("fcm-token-{user}"), "platform": "android"}],
+        "phone": "+14155552671",
+        "time_zone": "America/Chicago",
+        "locale": "en-US",
+        "consent": {"push": push, "sms": sms},
+        "preferences": {"marketing": false},
+    }))
+    .unwrap()
+}
+
+/// Admin GET, body as text.
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .expect("admin answers");
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Waits until `/readyz` answers 200.
+pub async fn wait_ready(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, body) = admin_get(addr, "/readyz").await;
+    panic!("herald did not become ready within 30 s: {body}");
+}
