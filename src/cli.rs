@@ -34,7 +34,7 @@ pub fn run(config_path: &Path) -> ExitCode {
 
 /// `herald rules check`: every error in every file, exit 1 if any; else one line per file.
 pub fn check(dir: &Path, config_path: Option<&Path>) -> ExitCode {
-    let config = match config_path.map(Config::load).transpose() {
+    let config = match config_path.map(Config::read).transpose() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

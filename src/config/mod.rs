@@ -248,9 +248,24 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file. Relative paths in it (the rules
-    /// directory) are resolved against the file's folder.
+    /// Reads, parses and validates a config file: what `herald run` uses.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Reads and parses a config file without checking the environment (for
+    /// `rules check`, which needs only names). Relative paths in it (the rules
+    /// directory) are resolved against the file's folder.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -269,15 +284,7 @@ impl Config {
                 config.rules.dir = parent.join(&config.rules.dir);
             }
         }
-        let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
-        }
+        Ok(config)
     }
 
     /// Parses TOML text without touching the file system.

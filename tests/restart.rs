@@ -1,0 +1,161 @@
+//! Stop the real `herald` binary with SIGTERM mid-stream and start it again:
+//! every event is handled exactly once — nothing sent twice, nothing missed.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::provider::Provider;
+use support::*;
+
+const EVENTS: usize = 600;
+
+fn spawn_herald(config: &std::path::Path, log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("HERALD_TEST_FCM_TOKEN", FCM_TOKEN)
+        .env("HERALD_TEST_TWILIO_SID", TWILIO_SID)
+        .env("HERALD_TEST_TWILIO_TOKEN", TWILIO_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("herald starts")
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+fn seq_counts(provider: &Provider) -> BTreeMap<u64, usize> {
+    let mut counts = BTreeMap::new();
+    for r in provider.received_by("fcm") {
+        let seq: u64 = r.json["message"]["notification"]["title"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        *counts.entry(seq).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_then_restart_handles_every_event_exactly_once() {
+    let topics = Topics::create(3).await;
+    let provider = Provider::start().await;
+    provider.delay(Duration::from_millis(50));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("every.yaml"),
+        format!(
+            "rules:\n  - id: every-swipe\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      title: \"{{{{ event.seq }}}}\"\n      body: \"swipe\"\n",
+            topics.transactions
+        ),
+    )
+    .unwrap();
+    let p = producer();
+    for u in 0..10 {
+        publish(
+            &p,
+            &topics.profiles,
+            &format!("u-{u}"),
+            &profile(&format!("u-{u}"), true, false),
+        )
+        .await;
+    }
+    let (config, _) = load_config(
+        dir.path(),
+        &config_text(&topics, &rules, &provider.base_url(), ""),
+    );
+
+    let mut first = spawn_herald(&config, &dir.path().join("first.log"));
+    let tx = topics.transactions.clone();
+    let publisher = tokio::spawn(async move {
+        let p = producer();
+        for seq in 0..EVENTS {
+            let user = format!("u-{}", seq % 10);
+            let event = serde_json::json!({"user_id": user, "ts": herald::util::now_ms(), "seq": seq, "status": "approved"});
+            publish(
+                &p,
+                &tx,
+                &format!("card-{}", seq % 10),
+                &serde_json::to_vec(&event).unwrap(),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+
+    // Stop it once it is busy sending.
+    let busy = eventually(Duration::from_secs(30), || {
+        (provider.received_by("fcm").len() >= 40).then_some(())
+    })
+    .await;
+    assert!(
+        busy.is_some(),
+        "first instance started sending: {}",
+        std::fs::read_to_string(dir.path().join("first.log")).unwrap()
+    );
+    let pid = first.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut first, Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(
+        code,
+        Some(0),
+        "clean exit on SIGTERM: {}",
+        std::fs::read_to_string(dir.path().join("first.log")).unwrap()
+    );
+    let sent_before = provider.received_by("fcm").len();
+    assert!(
+        sent_before < EVENTS,
+        "stopped mid-stream ({sent_before} sent)"
+    );
+    publisher.await.unwrap();
+
+    let mut second = spawn_herald(&config, &dir.path().join("second.log"));
+    let all = eventually(Duration::from_secs(60), || {
+        (seq_counts(&provider).len() == EVENTS).then_some(())
+    })
+    .await;
+    // Give a duplicate, if any, time to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut second, Duration::from_secs(20)))
+        .await
+        .unwrap();
+    let counts = seq_counts(&provider);
+    assert!(
+        all.is_some(),
+        "every event sent: {} of {EVENTS}",
+        counts.len()
+    );
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "sent twice after restart: {repeated:?}"
+    );
+    assert_eq!(provider.received_by("fcm").len(), EVENTS);
+    assert_eq!(code, Some(0));
+}

@@ -1,0 +1,124 @@
+//! `herald rules check`: the sample rules pass; each broken fixture prints its exact error and exits 1.
+
+use std::path::Path;
+use std::process::Command;
+
+fn check(path: &str) -> (i32, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["rules", "check", path])
+        .current_dir(root)
+        .output()
+        .expect("herald runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn sample_rules_pass_with_a_summary_per_file() {
+    let (code, out) = check("rules");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        "rules/cold-chain.yaml: ok, 1 rules (1 enabled)\n\
+         rules/offers.yaml: ok, 1 rules (1 enabled)\n\
+         rules/payments.yaml: ok, 4 rules (4 enabled)\n\
+         6 rules in 3 files\n"
+    );
+}
+
+#[test]
+fn sample_rules_pass_against_the_sample_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["rules", "check", "rules", "--config", "config/herald.toml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn expect_error(fixture: &str, expected: &str) {
+    let path = format!("tests/fixtures/broken/{fixture}");
+    let (code, out) = check(&path);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out, format!("{expected}\n"));
+}
+
+#[test]
+fn unknown_field() {
+    expect_error(
+        "unknown-field.yaml",
+        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, sources, match, condition, channels, category, priority, template, collapse_key, ttl_seconds",
+    );
+}
+
+#[test]
+fn cel_syntax_error() {
+    expect_error(
+        "cel-syntax.yaml",
+        "tests/fixtures/broken/cel-syntax.yaml:4:30: rule \"big-spend\": condition: Syntax error: mismatched input '<EOF>' expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}",
+    );
+}
+
+#[test]
+fn unknown_function() {
+    expect_error(
+        "unknown-function.yaml",
+        "tests/fixtures/broken/unknown-function.yaml:4:40: rule \"abroad\": condition: unknown function `is_abroad`; available: CEL's standard functions and lower, upper, abs, max, min",
+    );
+}
+
+#[test]
+fn template_error() {
+    expect_error(
+        "template-error.yaml",
+        "tests/fixtures/broken/template-error.yaml:8:54: rule \"purchase\": template.body: unexpected `}`, expected end of variable block",
+    );
+}
+
+#[test]
+fn duplicate_id() {
+    expect_error(
+        "duplicate-id.yaml",
+        "tests/fixtures/broken/duplicate-id.yaml:8:9: rule \"purchase\": duplicate rule id; first defined at tests/fixtures/broken/duplicate-id.yaml:2:9",
+    );
+}
+
+#[test]
+fn every_error_of_a_file_is_reported_at_once() {
+    expect_error(
+        "several-errors.yaml",
+        "tests/fixtures/broken/several-errors.yaml:2:9: rule \"Bad Id\": id must be lowercase letters, digits, `-`, `_` or `.`, e.g. `declined-velocity`\n\
+         tests/fixtures/broken/several-errors.yaml:2:9: rule \"Bad Id\": template needs a `body` (push) or a `text` (SMS)\n\
+         tests/fixtures/broken/several-errors.yaml:3:14: rule \"Bad Id\": sources must name at least one topic\n\
+         tests/fixtures/broken/several-errors.yaml:5:15: rule \"Bad Id\": category must not be empty, e.g. transactional\n\
+         tests/fixtures/broken/several-errors.yaml:12:9: rule \"ok-rule\": condition: unknown function `nope`; available: CEL's standard functions and lower, upper, abs, max, min\n\
+         tests/fixtures/broken/several-errors.yaml:16:20: rule \"ok-rule\": template.body: unexpected end of block",
+    );
+}
+
+#[test]
+fn errors_in_several_files_are_all_reported() {
+    let (code, out) = check("tests/fixtures/broken");
+    assert_eq!(code, 1);
+    for f in [
+        "cel-syntax",
+        "duplicate-id",
+        "several-errors",
+        "template-error",
+        "unknown-field",
+        "unknown-function",
+    ] {
+        assert!(
+            out.contains(&format!("tests/fixtures/broken/{f}.yaml:")),
+            "{f} missing from:\n{out}"
+        );
+    }
+}
