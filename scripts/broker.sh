@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-CACHE="${HERALD_CACHE:-$ROOT/.cache}"
+CACHE="${HERALD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald}"
 PORT="${HERALD_BROKER_PORT:-19092}"
 BIN="$CACHE/tansu/tansu"
 PIDFILE="$CACHE/tansu/broker.pid"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-#! The test command: installs and starts the local broker, runs every test, stops the broker.
+#! The test command: installs what is missing, starts the local broker, runs
+#! every test (unit, end-to-end on the broker, CLI), stops the broker.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+scripts/install-deps.sh
 export HERALD_BROKER_PORT="${HERALD_BROKER_PORT:-19092}"
 scripts/broker.sh start
 trap 'scripts/broker.sh stop' EXIT

@@ -18,6 +18,7 @@
 //! - [`engine`] — the per-event path that ties the stages together.
 //! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/rules`.
 //! - [`kafka`] — client settings shared by every Kafka client.
+//! - [`simulate`] — a seeded generator of realistic events and profiles.
 
 pub mod admin;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod policy;
 pub mod profile;
 pub mod render;
 pub mod rules;
+pub mod simulate;
 pub mod util;
 
 mod service;

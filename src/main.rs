@@ -23,6 +23,8 @@ enum Command {
         #[arg(long, short, default_value = "herald.toml")]
         config: PathBuf,
     },
+    /// Publish realistic transactions, sensor readings and location pings.
+    Simulate(cli::SimulateArgs),
     /// Work with rule files.
     Rules {
         #[command(subcommand)]
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
         Command::Run { config } => cli::run(&config),
+        Command::Simulate(args) => cli::simulate(&args),
         Command::Rules {
             command: RulesCommand::Check { dir, config },
         } => cli::check(&dir, config.as_deref()),
