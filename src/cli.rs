@@ -183,3 +183,97 @@ pub fn simulate(args: &SimulateArgs) -> ExitCode {
         }
     })
 }
+
+/// Arguments of `herald demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Kafka bootstrap servers (scripts/demo.sh starts a local broker).
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    brokers: String,
+    /// Seconds of event stream.
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Events per second.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Cardholders.
+    #[arg(long, default_value_t = 50)]
+    users: usize,
+    /// Rules directory.
+    #[arg(long, default_value = "rules")]
+    rules: std::path::PathBuf,
+}
+
+/// `herald demo`.
+pub fn demo(args: &DemoArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,librdkafka=off,rdkafka=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let credentials = herald::demo::credentials();
+    herald::demo::export_credentials(&credentials);
+    let options = herald::demo::DemoOptions {
+        brokers: args.brokers.clone(),
+        duration: Duration::from_secs(args.duration),
+        rate: args.rate,
+        seed: args.seed,
+        users: args.users,
+        rules_dir: std::fs::canonicalize(&args.rules).unwrap_or_else(|_| args.rules.clone()),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+        println!("\n(stopping: Ctrl-C)");
+    };
+    match runtime.block_on(herald::demo::run(options, credentials, stop)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Arguments of `herald standin`.
+#[derive(clap::Args)]
+pub struct StandinArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    listen: std::net::SocketAddr,
+}
+
+/// `herald standin`: credentials from HERALD_FCM_ACCESS_TOKEN, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN.
+pub fn standin(args: &StandinArgs) -> ExitCode {
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let credentials = herald::standin::Credentials {
+        fcm_token: var("HERALD_FCM_ACCESS_TOKEN"),
+        twilio_sid: var("TWILIO_ACCOUNT_SID"),
+        twilio_token: var("TWILIO_AUTH_TOKEN"),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        let standin = match herald::standin::StandIn::start(args.listen, credentials).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("provider stand-in (FCM v1, Twilio) on {}", standin.base_url());
+        let mut arrivals = standin.arrivals();
+        loop {
+            tokio::select! {
+                a = arrivals.recv() => if let Ok(a) = a {
+                    let late = a.event_ms.map(|e| format!(" {} ms after the event", a.at_ms - e)).unwrap_or_default();
+                    println!("{} {} {}{}: {}", a.api, a.rule.as_deref().unwrap_or("-"), a.recipient, late, a.text);
+                },
+                _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+            }
+        }
+    })
+}

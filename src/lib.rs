@@ -19,10 +19,13 @@
 //! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/rules`.
 //! - [`kafka`] — client settings shared by every Kafka client.
 //! - [`simulate`] — a seeded generator of realistic events and profiles.
+//! - [`standin`] — a local FCM/Twilio stand-in for the demo and the load bench.
+//! - [`demo`] — `herald demo`: the product end to end, with a live feed and a summary.
 
 pub mod admin;
 pub mod config;
 pub mod deliver;
+pub mod demo;
 pub mod engine;
 pub mod ingest;
 pub mod kafka;
@@ -32,6 +35,7 @@ pub mod profile;
 pub mod render;
 pub mod rules;
 pub mod simulate;
+pub mod standin;
 pub mod util;
 
 mod service;

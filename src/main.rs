@@ -23,6 +23,10 @@ enum Command {
         #[arg(long, short, default_value = "herald.toml")]
         config: PathBuf,
     },
+    /// Run the demo: sample rules, a realistic stream, a provider stand-in, a live feed.
+    Demo(cli::DemoArgs),
+    /// Serve a local stand-in for FCM v1 and Twilio (prints each request, masked).
+    Standin(cli::StandinArgs),
     /// Publish realistic transactions, sensor readings and location pings.
     Simulate(cli::SimulateArgs),
     /// Work with rule files.
@@ -50,6 +54,8 @@ fn main() -> ExitCode {
     match args.command {
         Command::Run { config } => cli::run(&config),
         Command::Simulate(args) => cli::simulate(&args),
+        Command::Demo(args) => cli::demo(&args),
+        Command::Standin(args) => cli::standin(&args),
         Command::Rules {
             command: RulesCommand::Check { dir, config },
         } => cli::check(&dir, config.as_deref()),

@@ -43,6 +43,7 @@ pub enum Error {
 /// A started instance.
 pub struct Running {
     admin_addr: SocketAddr,
+    pipeline: Arc<Pipeline>,
     shutdown: watch::Sender<bool>,
     consumer: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -52,6 +53,18 @@ impl Running {
     /// Where the admin server listens (useful with port 0).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Every decision from now on, with its rendered text (for the demo).
+    pub fn watch_decisions(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<Arc<crate::engine::Decision>> {
+        self.pipeline.watch_decisions()
+    }
+
+    /// The instance's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.pipeline.metrics
     }
 
     /// Stops fetching, drains in-flight sends (bounded by the shutdown grace),
@@ -169,6 +182,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.limits.max_event_bytes,
     ));
     let limits = config.limits.clone();
+    let handle = Arc::clone(&pipeline);
     let mut stop = shutdown_rx.clone();
     let consumer_task = tokio::spawn(async move {
         // Events are matched against profiles, so none is taken before the
@@ -187,6 +201,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     });
     Ok(Running {
         admin_addr,
+        pipeline: handle,
         shutdown: shutdown_tx,
         consumer: consumer_task,
         background,

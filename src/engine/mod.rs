@@ -38,6 +38,15 @@ pub struct Incoming {
     pub consumed_ms: i64,
 }
 
+/// A decision with the rendered text, for watchers in the same process (the
+/// demo prints them). Not written anywhere: outcomes never carry message text.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub title: Option<String>,
+    pub text: Option<String>,
+}
+
 /// A channel with its metric handles, made once.
 pub struct ChannelRuntime {
     pub channel: Channel,
@@ -75,6 +84,7 @@ pub struct Pipeline {
     pub max_event_bytes: usize,
     pub recent: RecentSends,
     suppression_counters: HashMap<&'static str, IntCounter>,
+    decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
 }
 
 impl Pipeline {
@@ -112,6 +122,7 @@ impl Pipeline {
             max_event_bytes,
             recent: RecentSends::new(100_000, Duration::from_secs(24 * 3600)),
             suppression_counters,
+            decisions: tokio::sync::broadcast::channel(4096).0,
         }
     }
 
@@ -197,9 +208,22 @@ impl Pipeline {
         }
         // Decisions for one event run concurrently; the lane waits for all of
         // them, which keeps a key's events in order.
-        for outcome in futures::future::join_all(decisions).await {
+        for (outcome, message) in futures::future::join_all(decisions).await {
             self.record(&outcome).await;
+            if self.decisions.receiver_count() > 0 {
+                let (title, text) = message.map_or((None, None), |m| (m.title, Some(m.body)));
+                let _ = self.decisions.send(Arc::new(Decision {
+                    outcome,
+                    title,
+                    text,
+                }));
+            }
         }
+    }
+
+    /// Every decision from now on, with its text (for the demo).
+    pub fn watch_decisions(&self) -> tokio::sync::broadcast::Receiver<Arc<Decision>> {
+        self.decisions.subscribe()
     }
 
     /// One (rule, channel) decision for an event.
@@ -211,7 +235,7 @@ impl Pipeline {
         channel: &ChannelRuntime,
         profile: Option<&crate::profile::Profile>,
         matched_ms: i64,
-    ) -> Outcome {
+    ) -> (Outcome, Option<Message>) {
         let mut outcome = Outcome {
             rule: rule.id.clone(),
             rule_version: rule.version.clone(),
@@ -238,7 +262,7 @@ impl Pipeline {
         };
         let address = match admit(profile, &rule.category, &channel.channel, &self.profiles) {
             Ok(a) => a,
-            Err(s) => return self.suppress(outcome, channel, s),
+            Err(s) => return (self.suppress(outcome, channel, s), None),
         };
         outcome.recipient = Some(address.masked());
         outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &address);
@@ -257,11 +281,14 @@ impl Pipeline {
                 channel.failed.inc();
                 let record = self.failed_send_record(event, rule, channel, "render_error", detail);
                 self.dead_letter(&record).await;
-                return outcome;
+                return (outcome, None);
             }
         };
         if !self.recent.first_time(&outcome.idempotency_key) {
-            return self.suppress(outcome, channel, Suppression::Duplicate);
+            return (
+                self.suppress(outcome, channel, Suppression::Duplicate),
+                Some(message),
+            );
         }
         let attempted =
             send_with_retry(&channel.channel, &message, &address, &channel.retries).await;
@@ -298,7 +325,7 @@ impl Pipeline {
                 self.dead_letter(&record).await;
             }
         }
-        outcome
+        (outcome, Some(message))
     }
 
     fn suppress(
@@ -407,7 +434,9 @@ fn render(
         collapse_key: rule.collapse_key.clone(),
         ttl_seconds: rule.ttl_seconds,
         idempotency_key: idempotency_key.to_string(),
-        data: BTreeMap::new(),
+        // The event time travels with the message so the app (and the
+        // stand-in provider) can tell how fresh it is.
+        data: BTreeMap::from([("event_ms".to_string(), event.time_ms.to_string())]),
         user: event.user.clone(),
     })
 }

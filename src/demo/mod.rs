@@ -1,0 +1,342 @@
+//! `herald demo`: the whole product in one command — topics, profiles, the
+//! sample rules, a realistic event stream, a provider stand-in, a live feed of
+//! every message sent or suppressed, and a summary with latency percentiles.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::FutureRecord;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+use prometheus::core::Collector;
+
+use crate::config::Config;
+use crate::outcome::Status;
+use crate::simulate::{self, Generator, Schedule, StreamTopics};
+use crate::standin::{Credentials, StandIn};
+
+pub mod stats;
+use stats::{Latencies, Tally};
+
+/// What the demo runs against and for how long.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub brokers: String,
+    pub duration: Duration,
+    pub rate: f64,
+    pub seed: u64,
+    pub users: usize,
+    pub rules_dir: PathBuf,
+}
+
+/// Environment variables the demo's channels read their credentials from.
+pub const ENV_FCM: &str = "HERALD_DEMO_FCM_TOKEN";
+pub const ENV_SID: &str = "HERALD_DEMO_TWILIO_SID";
+pub const ENV_TOKEN: &str = "HERALD_DEMO_TWILIO_TOKEN";
+
+/// Demo credentials: made up for this run, shared by herald and the stand-in.
+pub fn credentials() -> Credentials {
+    Credentials {
+        fcm_token: format!("demo-fcm-{:x}", rand::random::<u64>()),
+        twilio_sid: format!("AC{:032x}", rand::random::<u128>()),
+        twilio_token: format!("{:032x}", rand::random::<u128>()),
+    }
+}
+
+/// Creates topics, ignoring those that exist. Profiles are compacted.
+pub async fn create_topics(brokers: &str, names: &[(&str, i32, bool)]) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("admin client: {e}"))?;
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|(name, partitions, compact)| {
+            let t = NewTopic::new(name, *partitions, TopicReplication::Fixed(1));
+            if *compact {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .map_err(|e| format!("cannot create topics on {brokers}: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, e)) => return Err(format!("cannot create topic {name}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn config_text(brokers: &str, standin: &str, rules: &std::path::Path) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = "{brokers}"
+group_id = "herald-demo-{group:x}"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+[sources.transactions]
+user_field = "user_id"
+time_field = "ts"
+type_field = "status"
+[sources.sensors]
+user_field = "owner_id"
+time_field = "ts"
+[sources.locations]
+user_field = "user_id"
+time_field = "ts"
+[rules]
+dir = "{rules}"
+[admin]
+listen = "127.0.0.1:0"
+[channels.push]
+provider = "fcm"
+base_url = "{standin}"
+project_id = "herald-demo"
+token_env = "{ENV_FCM}"
+[channels.sms]
+provider = "twilio"
+base_url = "{standin}"
+account_sid_env = "{ENV_SID}"
+auth_token_env = "{ENV_TOKEN}"
+from = "+15005550006"
+"#,
+        group = rand::random::<u32>(),
+        rules = rules.display(),
+    )
+}
+
+/// Runs the demo; `stop` ends the event stream early (Ctrl-C). The
+/// credentials must already be in the environment (see [`ENV_FCM`]).
+pub async fn run(
+    options: DemoOptions,
+    credentials: Credentials,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let brokers = options.brokers.as_str();
+    println!(
+        "herald demo — broker {brokers}, rules {}, {:.0} events/s for {} s",
+        options.rules_dir.display(),
+        options.rate,
+        options.duration.as_secs()
+    );
+    create_topics(
+        brokers,
+        &[
+            ("transactions", 3, false),
+            ("sensors", 3, false),
+            ("locations", 3, false),
+            ("profiles", 1, true),
+            ("herald.outcomes", 1, false),
+            ("herald.dlq", 1, false),
+        ],
+    )
+    .await?;
+    let standin = StandIn::start(([127, 0, 0, 1], 0).into(), credentials)
+        .await
+        .map_err(|e| format!("provider stand-in: {e}"))?;
+    println!(
+        "provider stand-in (FCM v1 + Twilio) on {}",
+        standin.base_url()
+    );
+
+    let producer = simulate::producer(brokers, &[]).map_err(|e| e.to_string())?;
+    let mut generator = Generator::new(options.seed, options.users, 5);
+    let profiles = simulate::publish_profiles(&producer, "profiles", &mut generator)
+        .await
+        .map_err(|e| format!("publishing profiles: {e}"))?;
+    println!("published {profiles} profiles");
+
+    let mut config = Config::parse(&config_text(
+        brokers,
+        &standin.base_url(),
+        &options.rules_dir,
+    ))
+    .map_err(|e| e.to_string())?;
+    config.rules.watch = true;
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let running = crate::start(config).await.map_err(|e| e.to_string())?;
+    println!(
+        "herald admin on http://{} (metrics, readyz, rules)",
+        running.admin_addr()
+    );
+    wait_ready(running.admin_addr()).await?;
+
+    let mut decisions = running.watch_decisions();
+    let mut arrivals = standin.arrivals();
+    let printer = tokio::spawn(async move {
+        let mut sent = Tally::default();
+        let mut suppressed = Tally::default();
+        let mut failed = Tally::default();
+        let mut latency = Latencies::default();
+        while let Ok(d) = decisions.recv().await {
+            let o = &d.outcome;
+            let to = o.recipient.as_deref().unwrap_or("-");
+            match o.status {
+                Status::Sent => {
+                    let ms = (o.timings.request_sent_ms - o.timings.event_ms) as f64;
+                    latency.push(ms);
+                    sent.add(format!("{} → {}", o.rule, o.channel));
+                    let text = match (&d.title, &d.text) {
+                        (Some(t), Some(b)) => format!("{t} — {b}"),
+                        (None, Some(b)) => b.clone(),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "  sent        {:<5} {:<26} {:<22} {:>4} ms  {}",
+                        o.channel, o.rule, to, ms, text
+                    );
+                }
+                Status::Suppressed => {
+                    let reason = o.reason.clone().unwrap_or_default();
+                    println!(
+                        "  suppressed  {:<5} {:<26} {:<22}          {}",
+                        o.channel, o.rule, to, reason
+                    );
+                    suppressed.add(reason);
+                }
+                Status::Failed => {
+                    let reason = o.reason.clone().unwrap_or_default();
+                    println!(
+                        "  FAILED      {:<5} {:<26} {:<22}          {}",
+                        o.channel, o.rule, to, reason
+                    );
+                    failed.add(reason);
+                }
+            }
+        }
+        (sent, suppressed, failed, latency)
+    });
+    let at_door = Arc::new(Mutex::new(Latencies::default()));
+    let door_samples = Arc::clone(&at_door);
+    let door = tokio::spawn(async move {
+        while let Ok(a) = arrivals.recv().await {
+            if let Some(event_ms) = a.event_ms {
+                door_samples
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((a.at_ms - event_ms) as f64);
+            }
+        }
+    });
+
+    // A few broken messages, as real producers sometimes send: they go to the
+    // dead-letter topic and the stream goes on.
+    for (key, bad) in [
+        ("bad-1", b"{not json".to_vec()),
+        ("bad-2", br#"{"amount": 3}"#.to_vec()),
+        ("bad-3", b"[1,2,3]".to_vec()),
+    ] {
+        let _ = producer
+            .send(
+                FutureRecord::to("transactions").key(key).payload(&bad),
+                Duration::from_secs(5),
+            )
+            .await;
+    }
+    let schedule = Schedule {
+        rate: options.rate,
+        duration: Some(options.duration),
+        count: None,
+    };
+    let report = simulate::run(
+        &producer,
+        &StreamTopics::default(),
+        &mut generator,
+        schedule,
+        stop,
+    )
+    .await;
+    // Let the last events through, then stop herald (drains in-flight sends).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dead_letters: u64 = running
+        .metrics()
+        .dead_letters
+        .collect()
+        .iter()
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value() as u64)
+        })
+        .sum();
+    running.stop().await;
+    drop(standin);
+    let (sent, suppressed, failed, latency) = printer.await.map_err(|e| e.to_string())?;
+    door.abort();
+
+    println!("\n== summary ({:.1} s)", report.elapsed.as_secs_f64());
+    println!(
+        "events in: {} ({})",
+        report.total() + 3,
+        report
+            .sent
+            .iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("messages out: {}", sent.total());
+    for (k, n) in &sent.0 {
+        println!("  {n:>6}  {k}");
+    }
+    println!("suppressed: {}", suppressed.total());
+    for (k, n) in &suppressed.0 {
+        println!("  {n:>6}  {k}");
+    }
+    if failed.total() > 0 {
+        println!("failed: {}", failed.total());
+        for (k, n) in &failed.0 {
+            println!("  {n:>6}  {k}");
+        }
+    }
+    println!("dead letters: {dead_letters}");
+    let p = latency.percentiles();
+    println!(
+        "end-to-end latency, event time → provider request sent (ms): p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}  ({} messages)",
+        p.p50, p.p90, p.p99, p.max, p.count
+    );
+    let d = at_door
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .percentiles();
+    println!(
+        "event produced → push request received at the provider (ms):  p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}  ({} pushes)",
+        d.p50, d.p90, d.p99, d.max, d.count
+    );
+    Ok(())
+}
+
+async fn wait_ready(addr: std::net::SocketAddr) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("herald did not become ready within 30 s (is the broker up?)".into())
+}
+
+/// Puts the demo credentials where the channels read them. Call before any
+/// thread is started.
+pub fn export_credentials(c: &Credentials) {
+    std::env::set_var(ENV_FCM, &c.fcm_token);
+    std::env::set_var(ENV_SID, &c.twilio_sid);
+    std::env::set_var(ENV_TOKEN, &c.twilio_token);
+}

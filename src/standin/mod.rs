@@ -1,0 +1,246 @@
+//! A local stand-in for the push and SMS providers (FCM HTTP v1, Twilio Messages)
+//! for the demo, the load bench and docker-compose: it checks auth and request
+//! shape like the real APIs, answers like them, and records when each request
+//! arrived, so latency can be measured at the provider's door.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::util::{mask_phone, mask_token, now_ms};
+
+/// Credentials the stand-in accepts.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub fcm_token: String,
+    pub twilio_sid: String,
+    pub twilio_token: String,
+}
+
+/// One request as the stand-in saw it; the recipient is masked.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    /// `fcm` or `twilio`.
+    pub api: &'static str,
+    /// When it arrived, epoch ms.
+    pub at_ms: i64,
+    /// The triggering event's time, when the request carries it (FCM `data.event_ms`).
+    pub event_ms: Option<i64>,
+    /// The rule that sent it (FCM `data.rule`).
+    pub rule: Option<String>,
+    pub recipient: String,
+    pub title: Option<String>,
+    pub text: String,
+}
+
+struct Inner {
+    credentials: Credentials,
+    arrivals: broadcast::Sender<Arrival>,
+    count: Mutex<u64>,
+}
+
+/// A running stand-in.
+pub struct StandIn {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+impl StandIn {
+    /// Serves on `listen` (port 0 for any) until the process ends.
+    pub async fn start(listen: SocketAddr, credentials: Credentials) -> std::io::Result<StandIn> {
+        let (arrivals, _) = broadcast::channel(65_536);
+        let inner = Arc::new(Inner {
+            credentials,
+            arrivals,
+            count: Mutex::new(0),
+        });
+        let app = Router::new()
+            .route("/v1/projects/{project}/messages:send", post(fcm))
+            .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
+            .with_state(Arc::clone(&inner));
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(StandIn { addr, inner })
+    }
+
+    /// Every request from now on.
+    pub fn arrivals(&self) -> broadcast::Receiver<Arrival> {
+        self.inner.arrivals.subscribe()
+    }
+
+    /// Base URL for channel configs.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn next_id(inner: &Inner) -> u64 {
+    let mut n = inner.count.lock().unwrap_or_else(|p| p.into_inner());
+    *n += 1;
+    *n
+}
+
+async fn fcm(
+    State(inner): State<Arc<Inner>>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at_ms = now_ms();
+    let bearer = format!("Bearer {}", inner.credentials.fcm_token);
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+        return fcm_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", None);
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return fcm_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", None);
+    };
+    let message = &request["message"];
+    let Some(token) = message["token"].as_str() else {
+        return fcm_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", None);
+    };
+    if token.starts_with("dead:") {
+        return fcm_error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("UNREGISTERED"));
+    }
+    let data = &message["data"];
+    let _ = inner.arrivals.send(Arrival {
+        api: "fcm",
+        at_ms,
+        event_ms: data["event_ms"].as_str().and_then(|s| s.parse().ok()),
+        rule: data["rule"].as_str().map(str::to_string),
+        recipient: mask_token(token),
+        title: message["notification"]["title"]
+            .as_str()
+            .map(str::to_string),
+        text: message["notification"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    });
+    let id = next_id(&inner);
+    Json(json!({ "name": format!("projects/{project}/messages/0:{at_ms}{id:06}") })).into_response()
+}
+
+fn fcm_error(status: StatusCode, name: &str, code: Option<&str>) -> Response {
+    let mut error = json!({"code": status.as_u16(), "message": name, "status": name});
+    if let Some(code) = code {
+        error["details"] = json!([{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}]);
+    }
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+async fn twilio(
+    State(inner): State<Arc<Inner>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at_ms = now_ms();
+    let c = &inner.credentials;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", c.twilio_sid, c.twilio_token))
+    );
+    if sid != c.twilio_sid
+        || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str())
+    {
+        return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
+    }
+    let form: Vec<(String, String)> = form_urlencoded_pairs(&body);
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let (Some(to), Some(text)) = (field("To"), field("Body")) else {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21604,
+            "A 'To' phone number and a 'Body' are required.",
+        );
+    };
+    if field("From").is_none() && field("MessagingServiceSid").is_none() {
+        return twilio_error(
+            StatusCode::BAD_REQUEST,
+            21603,
+            "A 'From' or 'MessagingServiceSid' parameter is required.",
+        );
+    }
+    let _ = inner.arrivals.send(Arrival {
+        api: "twilio",
+        at_ms,
+        event_ms: None,
+        rule: None,
+        recipient: mask_phone(&to),
+        title: None,
+        text: text.clone(),
+    });
+    let id = next_id(&inner);
+    (
+        StatusCode::CREATED,
+        Json(json!({"sid": format!("SM{id:032x}"), "account_sid": sid, "status": "queued", "num_segments": "1"})),
+    )
+        .into_response()
+}
+
+fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"code": code, "message": message, "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": status.as_u16()})),
+    )
+        .into_response()
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body.
+fn form_urlencoded_pairs(body: &[u8]) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decodes_forms() {
+        let pairs =
+            super::form_urlencoded_pairs(b"To=%2B14155552671&Body=Hi+there%21&From=%2B1500");
+        assert_eq!(pairs[0], ("To".into(), "+14155552671".into()));
+        assert_eq!(pairs[1], ("Body".into(), "Hi there!".into()));
+    }
+}
