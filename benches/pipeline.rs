@@ -40,11 +40,9 @@ fn rules(n: usize) -> RuleSet {
     ];
     let mut text = String::from("rules:\n");
     for i in 0..n {
-        let merchant = if i < 8 {
-            merchants[i].to_string()
-        } else {
-            format!("Merchant {i}")
-        };
+        let merchant = merchants
+            .get(i)
+            .map_or_else(|| format!("Merchant {i}"), |m| m.to_string());
         text.push_str(&format!(
             "  - id: rule-{i}\n    sources: [transactions]\n    match: {{ merchant: \"{merchant}\" }}\n    condition: event.amount > {}.0\n    channels: [push]\n    category: transactional\n    template: {{ title: \"{{{{ event.merchant }}}}\", body: \"{{{{ event.amount | money(event.currency) }}}} on {{{{ event.card_last4 | mask_card }}}}\" }}\n",
             i % 50
