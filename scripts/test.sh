@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 scripts/install-deps.sh
-export HERALD_BROKER_PORT="${HERALD_BROKER_PORT:-19092}"
+export HERALD_BROKER_PORT="${HERALD_BROKER_PORT:-$(scripts/broker.sh free-port)}"
 scripts/broker.sh start
 trap 'scripts/broker.sh stop' EXIT
 export HERALD_TEST_BROKERS="127.0.0.1:$HERALD_BROKER_PORT"
