@@ -165,7 +165,14 @@ pub fn simulate(args: &SimulateArgs) -> ExitCode {
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        let report = simulate::run(&producer, &topics, &mut generator, schedule, stop).await;
+        let report = simulate::run(
+            &producer,
+            &topics,
+            |now| generator.next(now),
+            schedule,
+            stop,
+        )
+        .await;
         for (topic, n) in &report.sent {
             println!("{topic}: {n} events");
         }
@@ -276,4 +283,70 @@ pub fn standin(args: &StandinArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// Arguments of `herald loadtest`.
+#[derive(clap::Args)]
+pub struct LoadtestArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    brokers: String,
+    /// Offered events per second (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// `sample`, or a number of generated rules added to the sample rules (1000, 10000).
+    #[arg(long, default_value = "sample")]
+    rules: String,
+    /// Partitions of the source topic.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Cardholders.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Where the JSON, SVG and PNG go.
+    #[arg(long, default_value = "target/loadtest")]
+    out: std::path::PathBuf,
+}
+
+/// `herald loadtest`.
+pub fn loadtest(args: &LoadtestArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,librdkafka=off,rdkafka=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rules = match args.rules.as_str() {
+        "sample" => herald::loadtest::RuleLoad::Sample,
+        n => match n.parse() {
+            Ok(n) => herald::loadtest::RuleLoad::Generated(n),
+            Err(_) => {
+                eprintln!("error: --rules takes `sample` or a number, e.g. 1000; got `{n}`");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let credentials = herald::demo::credentials();
+    herald::demo::export_credentials(&credentials);
+    let options = herald::loadtest::LoadOptions {
+        brokers: args.brokers.clone(),
+        rate: args.rate,
+        duration: Duration::from_secs(args.duration),
+        rules,
+        sample_rules: std::path::PathBuf::from("rules"),
+        out_dir: args.out.clone(),
+        partitions: args.partitions,
+        users: args.users,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(herald::loadtest::run(options, credentials)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -21,6 +21,7 @@
 //! - [`simulate`] — a seeded generator of realistic events and profiles.
 //! - [`standin`] — a local FCM/Twilio stand-in for the demo and the load bench.
 //! - [`demo`] — `herald demo`: the product end to end, with a live feed and a summary.
+//! - [`loadtest`] — `herald loadtest`: herald against a bare consumer, same broker, same run.
 
 pub mod admin;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod engine;
 pub mod ingest;
 pub mod kafka;
+pub mod loadtest;
 pub mod outcome;
 pub mod policy;
 pub mod profile;

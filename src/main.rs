@@ -27,6 +27,8 @@ enum Command {
     Demo(cli::DemoArgs),
     /// Serve a local stand-in for FCM v1 and Twilio (prints each request, masked).
     Standin(cli::StandinArgs),
+    /// Measure latency and throughput against a bare rdkafka consumer (see BENCHMARKS.md).
+    Loadtest(cli::LoadtestArgs),
     /// Publish realistic transactions, sensor readings and location pings.
     Simulate(cli::SimulateArgs),
     /// Work with rule files.
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Run { config } => cli::run(&config),
         Command::Simulate(args) => cli::simulate(&args),
         Command::Demo(args) => cli::demo(&args),
+        Command::Loadtest(args) => cli::loadtest(&args),
         Command::Standin(args) => cli::standin(&args),
         Command::Rules {
             command: RulesCommand::Check { dir, config },

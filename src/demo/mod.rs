@@ -255,7 +255,7 @@ pub async fn run(
     let report = simulate::run(
         &producer,
         &StreamTopics::default(),
-        &mut generator,
+        |now| generator.next(now),
         schedule,
         stop,
     )

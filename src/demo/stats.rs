@@ -43,7 +43,8 @@ impl Latencies {
             if s.is_empty() {
                 return 0.0;
             }
-            let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+            // The epsilon keeps 99.9% of 1000 at rank 999 despite float rounding.
+            let rank = ((p / 100.0) * s.len() as f64 - 1e-9).ceil() as usize;
             s[rank.clamp(1, s.len()) - 1]
         };
         Percentiles {

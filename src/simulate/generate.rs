@@ -122,7 +122,7 @@ impl Generator {
         self.seq += 1;
         let roll: f64 = self.rng.random();
         if roll < 0.7 {
-            self.transaction(now_ms)
+            self.card_swipe(now_ms)
         } else if roll < 0.9 {
             self.sensor(now_ms)
         } else {
@@ -130,7 +130,13 @@ impl Generator {
         }
     }
 
-    fn transaction(&mut self, now_ms: i64) -> Record {
+    /// The next card transaction only.
+    pub fn transaction(&mut self, now_ms: i64) -> Record {
+        self.seq += 1;
+        self.card_swipe(now_ms)
+    }
+
+    fn card_swipe(&mut self, now_ms: i64) -> Record {
         let i = self.rng.random_range(0..self.users);
         let user = Self::user_id(i);
         let last4 = format!("{:04}", (i * 7919) % 10_000);

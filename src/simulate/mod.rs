@@ -112,7 +112,7 @@ pub struct Schedule {
 pub async fn run(
     producer: &FutureProducer,
     topics: &StreamTopics,
-    generator: &mut Generator,
+    mut next: impl FnMut(i64) -> Record,
     schedule: Schedule,
     stop: impl std::future::Future<Output = ()>,
 ) -> Report {
@@ -133,7 +133,7 @@ pub async fn run(
             due = due.min(c);
         }
         while due_sent < due {
-            let record = generator.next(crate::util::now_ms());
+            let record = next(crate::util::now_ms());
             let topic = topics.name(record.topic).to_string();
             let payload = serde_json::to_vec(&record.value).unwrap_or_default();
             loop {

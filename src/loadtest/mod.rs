@@ -1,0 +1,505 @@
+//! `herald loadtest`: open-loop load against the real broker, measuring herald
+//! (produce → request received at the provider stand-in) against the floor (a
+//! bare rdkafka consumer that only decodes the same events) in the same run.
+//!
+//! Not a timed test: it reports figures; BENCHMARKS.md records them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::core::Collector;
+use serde::Serialize;
+
+use crate::demo::stats::{Latencies, Percentiles};
+use crate::demo::{create_topics, ENV_FCM, ENV_SID, ENV_TOKEN};
+use crate::simulate::{self, Generator, Schedule, StreamTopics};
+use crate::standin::{Credentials, StandIn};
+
+mod floor;
+pub mod plot;
+
+/// Which rules herald runs under load.
+#[derive(Debug, Clone, Copy)]
+pub enum RuleLoad {
+    /// The sample rules in `rules/`.
+    Sample,
+    /// The sample rules plus this many generated rules, each keyed on a merchant
+    /// that does not occur (a large rule base where each rule is about one thing).
+    Generated(usize),
+}
+
+impl RuleLoad {
+    fn label(self) -> String {
+        match self {
+            RuleLoad::Sample => "sample".into(),
+            RuleLoad::Generated(n) => format!("{n}"),
+        }
+    }
+}
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub brokers: String,
+    pub rate: f64,
+    pub duration: Duration,
+    pub rules: RuleLoad,
+    pub sample_rules: PathBuf,
+    pub out_dir: PathBuf,
+    pub partitions: i32,
+    pub users: usize,
+}
+
+/// One side of the comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Side {
+    pub label: String,
+    pub offered_rate: f64,
+    pub events: u64,
+    /// Events handled per second from the first produce to the last handled.
+    pub sustained_rate: f64,
+    /// Latency samples in ms: produce → consumed (floor) or → request received (herald).
+    pub latency_ms: Percentiles,
+    /// Floor only: events per second draining a backlog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_consume_rate: Option<f64>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub rules: String,
+    pub rule_count: usize,
+    pub duration_s: f64,
+    pub partitions: i32,
+    pub floor: Side,
+    pub herald: Side,
+    /// herald ÷ floor, per percentile.
+    pub ratio: Ratios,
+}
+
+/// Latency ratios herald ÷ floor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratios {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+/// Runs both sides and writes `loadtest-<rules>-<rate>.{json,svg,png}` in the out dir.
+pub async fn run(options: LoadOptions, credentials: Credentials) -> Result<Report, String> {
+    let id = format!("{:08x}", rand::random::<u32>());
+    let count = (options.rate * options.duration.as_secs_f64()).round() as u64;
+    println!(
+        "loadtest {id}: {count} events at {:.0}/s over {} partitions, rules: {}",
+        options.rate,
+        options.partitions,
+        options.rules.label()
+    );
+
+    let floor = measure_floor(&options, &id, count).await?;
+    let f = &floor.0.latency_ms;
+    println!(
+        "floor:  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        f.p50, f.p99, f.max
+    );
+    let (herald, rule_count, herald_sorted, floor_sorted) =
+        measure_herald(&options, &id, count, credentials, floor.1).await?;
+    let floor = floor.0;
+    let ratio = |h: f64, f: f64| if f > 0.0 { h / f } else { 0.0 };
+    let report = Report {
+        rules: options.rules.label(),
+        rule_count,
+        duration_s: options.duration.as_secs_f64(),
+        partitions: options.partitions,
+        ratio: Ratios {
+            p50: ratio(herald.latency_ms.p50, floor.latency_ms.p50),
+            p90: ratio(herald.latency_ms.p90, floor.latency_ms.p90),
+            p99: ratio(herald.latency_ms.p99, floor.latency_ms.p99),
+            p999: ratio(herald.latency_ms.p999, floor.latency_ms.p999),
+        },
+        floor,
+        herald,
+    };
+    print_table(&report);
+    std::fs::create_dir_all(&options.out_dir).map_err(|e| e.to_string())?;
+    let stem = options
+        .out_dir
+        .join(format!("loadtest-{}-{:.0}", report.rules, options.rate));
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(stem.with_extension("json"), json).map_err(|e| e.to_string())?;
+    let title = format!(
+        "herald vs bare consumer, {:.0} events/s, {} rules",
+        options.rate, rule_count
+    );
+    let curves = [
+        plot::Curve {
+            label: "floor: bare rdkafka consumer (produce → consumed)",
+            color: "#888888",
+            sorted_ms: &floor_sorted,
+        },
+        plot::Curve {
+            label: "herald (produce → push request at provider)",
+            color: "#d9480f",
+            sorted_ms: &herald_sorted,
+        },
+    ];
+    plot::write(&plot::svg(&title, &curves), &stem.with_extension("png"))?;
+    println!("wrote {}.json, .svg and .png", stem.display());
+    Ok(report)
+}
+
+async fn measure_floor(
+    options: &LoadOptions,
+    id: &str,
+    count: u64,
+) -> Result<(Side, Vec<f64>), String> {
+    let brokers = &options.brokers;
+    let topic = format!("lt-{id}-floor");
+    let backlog = format!("lt-{id}-backlog");
+    create_topics(
+        brokers,
+        &[
+            (&topic, options.partitions, false),
+            (&backlog, options.partitions, false),
+        ],
+    )
+    .await?;
+    let consumer = floor::consumer(brokers, &topic)?;
+    floor::wait_assigned(&consumer).await?;
+    let producer = simulate::producer(brokers, &[]).map_err(|e| e.to_string())?;
+    let topics = StreamTopics {
+        transactions: topic.clone(),
+        ..StreamTopics::default()
+    };
+    let mut generator = Generator::new(7, options.users, 5);
+    let start = Instant::now();
+    let schedule = Schedule {
+        rate: options.rate,
+        duration: None,
+        count: Some(count),
+    };
+    let produce = simulate::run(
+        &producer,
+        &topics,
+        |now| generator.transaction(now),
+        schedule,
+        std::future::pending(),
+    );
+    let consume = floor::measure(&consumer, count, options.duration + Duration::from_secs(30));
+    let (_, (latency, span)) = tokio::join!(produce, consume);
+    let handled = latency.len() as u64;
+    let sustained = span.map_or(0.0, |(_, last)| {
+        handled as f64 / (last - start).as_secs_f64()
+    });
+
+    // Maximum consume rate: drain a backlog as fast as the consumer can.
+    let backlog_count = count.max(20_000);
+    let topics = StreamTopics {
+        transactions: backlog.clone(),
+        ..StreamTopics::default()
+    };
+    let schedule = Schedule {
+        rate: 1e9,
+        duration: None,
+        count: Some(backlog_count),
+    };
+    simulate::run(
+        &producer,
+        &topics,
+        |now| generator.transaction(now),
+        schedule,
+        std::future::pending(),
+    )
+    .await;
+    let drain = floor::consumer(brokers, &backlog)?;
+    let (drained, span) = floor::measure(&drain, backlog_count, Duration::from_secs(120)).await;
+    let max_rate =
+        span.map(|(first, last)| drained.len() as f64 / (last - first).as_secs_f64().max(1e-6));
+    let sorted = latency.sorted();
+    Ok((
+        Side {
+            label: "bare rdkafka consumer".into(),
+            offered_rate: options.rate,
+            events: handled,
+            sustained_rate: sustained,
+            latency_ms: latency.percentiles(),
+            max_consume_rate: max_rate,
+        },
+        sorted,
+    ))
+}
+
+async fn measure_herald(
+    options: &LoadOptions,
+    id: &str,
+    count: u64,
+    credentials: Credentials,
+    floor_sorted: Vec<f64>,
+) -> Result<(Side, usize, Vec<f64>, Vec<f64>), String> {
+    let brokers = &options.brokers;
+    let tx = format!("lt-{id}-transactions");
+    let profiles = format!("lt-{id}-profiles");
+    let outcomes = format!("lt-{id}-outcomes");
+    let dlq = format!("lt-{id}-dlq");
+    let sensors = format!("lt-{id}-sensors");
+    create_topics(
+        brokers,
+        &[
+            (&tx, options.partitions, false),
+            (&sensors, 1, false),
+            (&profiles, 1, true),
+            (&outcomes, options.partitions, false),
+            (&dlq, 1, false),
+        ],
+    )
+    .await?;
+    let standin = StandIn::start(([127, 0, 0, 1], 0).into(), credentials)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rules = tempfile_dir(id)?;
+    let rule_count = write_rules(
+        &options.sample_rules,
+        &rules,
+        (&tx, &sensors),
+        options.rules,
+    )?;
+    let producer = simulate::producer(brokers, &[]).map_err(|e| e.to_string())?;
+    let mut generator = Generator::new(7, options.users, 5);
+    simulate::publish_profiles(&producer, &profiles, &mut generator)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{brokers}"
+group_id = "lt-{id}"
+[kafka.properties]
+"session.timeout.ms" = "6000"
+[sources.{tx}]
+user_field = "user_id"
+time_field = "ts"
+type_field = "status"
+[sources.{sensors}]
+user_field = "owner_id"
+time_field = "ts"
+[topics]
+profiles = "{profiles}"
+outcomes = "{outcomes}"
+dead_letter = "{dlq}"
+[rules]
+dir = "{rules}"
+watch = false
+[admin]
+listen = "127.0.0.1:0"
+[channels.push]
+provider = "fcm"
+base_url = "{base}"
+project_id = "loadtest"
+token_env = "{ENV_FCM}"
+concurrency = 256
+[channels.sms]
+provider = "twilio"
+base_url = "{base}"
+account_sid_env = "{ENV_SID}"
+auth_token_env = "{ENV_TOKEN}"
+from = "+15005550006"
+concurrency = 64
+"#,
+        rules = rules.display(),
+        base = standin.base_url(),
+    );
+    let config = crate::config::Config::parse(&text).map_err(|e| e.to_string())?;
+    let running = crate::start(config).await.map_err(|e| e.to_string())?;
+    wait_ready(running.admin_addr()).await?;
+
+    let samples = Arc::new(Mutex::new(Latencies::default()));
+    let sink = Arc::clone(&samples);
+    let mut arrivals = standin.arrivals();
+    let collector = tokio::spawn(async move {
+        while let Ok(a) = arrivals.recv().await {
+            if let (Some(e), "fcm") = (a.event_ms, a.api) {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((a.at_ms - e) as f64);
+            }
+        }
+    });
+    let topics = StreamTopics {
+        transactions: tx.clone(),
+        ..StreamTopics::default()
+    };
+    let start = Instant::now();
+    let schedule = Schedule {
+        rate: options.rate,
+        duration: None,
+        count: Some(count),
+    };
+    let mut generator = Generator::new(11, options.users, 5);
+    simulate::run(
+        &producer,
+        &topics,
+        |now| generator.transaction(now),
+        schedule,
+        std::future::pending(),
+    )
+    .await;
+    let consumed = || -> u64 {
+        running
+            .metrics()
+            .events_consumed
+            .collect()
+            .iter()
+            .flat_map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|m| m.get_counter().get_value() as u64)
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done_at = None;
+    while Instant::now() < deadline {
+        let n = consumed();
+        if n >= count {
+            done_at = Some(Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let handled = consumed();
+    running.stop().await;
+    collector.abort();
+    let _ = std::fs::remove_dir_all(&rules);
+    let latency = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let sustained = done_at.map_or(0.0, |t| handled as f64 / (t - start).as_secs_f64());
+    let sorted = latency.sorted();
+    Ok((
+        Side {
+            label: format!("herald ({} rules)", rule_count),
+            offered_rate: options.rate,
+            events: handled,
+            sustained_rate: sustained,
+            latency_ms: latency.percentiles(),
+            max_consume_rate: None,
+        },
+        rule_count,
+        sorted,
+        floor_sorted,
+    ))
+}
+
+fn tempfile_dir(id: &str) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("herald-loadtest-{id}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+/// Copies the sample rules (pointed at `topic`) and adds generated ones; returns the rule count.
+fn write_rules(
+    samples: &Path,
+    dir: &Path,
+    (topic, sensors): (&str, &str),
+    load: RuleLoad,
+) -> Result<usize, String> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(samples).map_err(|e| format!("{}: {e}", samples.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        count += text.matches("\n  - id:").count();
+        std::fs::write(
+            dir.join(path.file_name().unwrap_or_default()),
+            text.replace("[transactions]", &format!("[{topic}]"))
+                .replace("[sensors]", &format!("[{sensors}]")),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    if let RuleLoad::Generated(n) = load {
+        let mut text = String::from(
+            "# Generated for the load test: each rule watches one merchant.\nrules:\n",
+        );
+        for i in 0..n {
+            text += &format!(
+                "  - id: generated-{i}\n    sources: [{topic}]\n    match: {{ merchant: \"Merchant {i}\" }}\n    condition: event.amount > {}.0\n    channels: [push]\n    category: marketing\n    template: {{ title: \"Offer {i}\", body: \"{{{{ event.merchant }}}}\" }}\n",
+                i % 100
+            );
+        }
+        std::fs::write(dir.join("generated.yaml"), text).map_err(|e| e.to_string())?;
+        count += n;
+    }
+    Ok(count)
+}
+
+async fn wait_ready(addr: std::net::SocketAddr) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("herald did not become ready within 60 s".into())
+}
+
+fn print_table(r: &Report) {
+    let (f, h) = (&r.floor, &r.herald);
+    println!(
+        "\n{:<28} {:>22} {:>22} {:>8}",
+        "",
+        "floor (bare consumer)",
+        format!("herald ({} rules)", r.rule_count),
+        "ratio"
+    );
+    println!(
+        "{:<28} {:>22.0} {:>22.0}",
+        "offered rate (events/s)", f.offered_rate, h.offered_rate
+    );
+    println!("{:<28} {:>22} {:>22}", "events handled", f.events, h.events);
+    println!(
+        "{:<28} {:>22.0} {:>22.0}",
+        "sustained (events/s)", f.sustained_rate, h.sustained_rate
+    );
+    for (name, a, b, ratio) in [
+        (
+            "latency p50 (ms)",
+            f.latency_ms.p50,
+            h.latency_ms.p50,
+            r.ratio.p50,
+        ),
+        (
+            "latency p90 (ms)",
+            f.latency_ms.p90,
+            h.latency_ms.p90,
+            r.ratio.p90,
+        ),
+        (
+            "latency p99 (ms)",
+            f.latency_ms.p99,
+            h.latency_ms.p99,
+            r.ratio.p99,
+        ),
+        (
+            "latency p99.9 (ms)",
+            f.latency_ms.p999,
+            h.latency_ms.p999,
+            r.ratio.p999,
+        ),
+    ] {
+        println!("{name:<28} {a:>22.1} {b:>22.1} {ratio:>7.2}x");
+    }
+    println!(
+        "{:<28} {:>22.1} {:>22.1}",
+        "latency max (ms)", f.latency_ms.max, h.latency_ms.max
+    );
+    if let Some(m) = f.max_consume_rate {
+        println!("{:<28} {:>22.0}", "max consume rate (events/s)", m);
+    }
+}
