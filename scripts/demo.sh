@@ -12,4 +12,4 @@ cargo build --release --quiet
 export HERALD_BROKER_PORT="${HERALD_BROKER_PORT:-$(scripts/broker.sh free-port)}"
 scripts/broker.sh start
 trap 'scripts/broker.sh stop' EXIT
-./target/release/herald demo --brokers "127.0.0.1:$HERALD_BROKER_PORT" "$@"
+"${CARGO_TARGET_DIR:-target}/release/herald" demo --brokers "127.0.0.1:$HERALD_BROKER_PORT" "$@"

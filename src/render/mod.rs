@@ -228,6 +228,30 @@ mod tests {
     }
 
     #[test]
+    fn readme_template_examples_render() {
+        let profile = Profile::parse("u", br#"{"attributes": {"first_name": "Ada"}}"#).unwrap();
+        let event = serde_json::json!({"amount": 900.0});
+        assert_eq!(
+            render(
+                "Hi {{ profile.attributes.first_name }}, {{ rule.id }}",
+                event.clone(),
+                Some(&profile)
+            )
+            .unwrap(),
+            "Hi Ada, r"
+        );
+        assert_eq!(
+            render(
+                "{% if event.amount > 500 %}Large purchase{% else %}Purchase{% endif %}",
+                event,
+                None
+            )
+            .unwrap(),
+            "Large purchase"
+        );
+    }
+
+    #[test]
     fn missing_field_fails_instead_of_leaving_a_hole() {
         assert!(render("Hi {{ event.name }}", serde_json::json!({}), None).is_err());
         assert_eq!(

@@ -180,6 +180,28 @@ mod tests {
     }
 
     #[test]
+    fn readme_examples_evaluate() {
+        let c = Conditions::default();
+        let event = json!({"amount": 250.0, "merchant": "Blue Bottle Coffee", "country": "FR", "balance_after": 40.0});
+        let profile =
+            crate::profile::Profile::parse("u", br#"{"preferences": {"marketing": true}}"#)
+                .unwrap();
+        let scope = c.scope(event.as_object().unwrap(), Some(&profile));
+        for src in [
+            "event.amount > 100.0",
+            "has(event.balance_after) && event.balance_after < 100.0",
+            "lower(event.merchant).contains(\"coffee\")",
+            "profile.preferences.marketing == true",
+            "event.country in [\"FR\", \"MX\", \"GB\"]",
+        ] {
+            let cond = c
+                .compile(src)
+                .unwrap_or_else(|e| panic!("{src}: {}", e.message));
+            assert_eq!(c.eval(&cond, &scope), Ok(true), "{src}");
+        }
+    }
+
+    #[test]
     fn missing_field_is_an_error_not_a_match() {
         assert_eq!(eval("event.amount > 1", json!({})), Err(EvalError::Failed));
         assert_eq!(

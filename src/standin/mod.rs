@@ -244,3 +244,102 @@ mod tests {
         assert_eq!(pairs[1], ("Body".into(), "Hi there!".into()));
     }
 }
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+
+    fn creds() -> Credentials {
+        Credentials {
+            fcm_token: "t".into(),
+            twilio_sid: "AC1".into(),
+            twilio_token: "s".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn checks_auth_and_shape_like_the_real_apis() {
+        let standin = StandIn::start(([127, 0, 0, 1], 0).into(), creds())
+            .await
+            .unwrap();
+        let mut arrivals = standin.arrivals();
+        let http = reqwest::Client::new();
+        let fcm = format!("{}/v1/projects/p/messages:send", standin.base_url());
+        let body = json!({"message": {"token": "abc", "notification": {"title": "T", "body": "B"}, "data": {"event_ms": "5", "rule": "r"}}});
+        let unauthorised = http
+            .post(&fcm)
+            .bearer_auth("wrong")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unauthorised.status(), 401);
+        let ok = http
+            .post(&fcm)
+            .bearer_auth("t")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        assert!(ok.json::<Value>().await.unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("projects/p/messages/"));
+        let a = arrivals.recv().await.unwrap();
+        assert_eq!(
+            (a.api, a.event_ms, a.rule.as_deref(), a.text.as_str()),
+            ("fcm", Some(5), Some("r"), "B")
+        );
+        let bad = http
+            .post(&fcm)
+            .bearer_auth("t")
+            .json(&json!({"message": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400);
+
+        let twilio = format!(
+            "{}/2010-04-01/Accounts/AC1/Messages.json",
+            standin.base_url()
+        );
+        let sent = http
+            .post(&twilio)
+            .basic_auth("AC1", Some("s"))
+            .form(&[
+                ("To", "+14155552671"),
+                ("From", "+15005550006"),
+                ("Body", "hi"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 201);
+        assert!(sent.json::<Value>().await.unwrap()["sid"]
+            .as_str()
+            .unwrap()
+            .starts_with("SM"));
+        let a = arrivals.recv().await.unwrap();
+        assert_eq!(
+            (a.api, a.recipient.as_str(), a.text.as_str()),
+            ("twilio", "+141******71", "hi")
+        );
+        let no_from = http
+            .post(&twilio)
+            .basic_auth("AC1", Some("s"))
+            .form(&[("To", "+1"), ("Body", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(no_from.status(), 400);
+        let wrong = http
+            .post(&twilio)
+            .basic_auth("AC1", Some("x"))
+            .form(&[("To", "+1")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401);
+    }
+}

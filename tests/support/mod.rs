@@ -164,6 +164,41 @@ pub fn read_json(
     out
 }
 
+/// Reads every record of `topic` from the beginning, stopping once nothing new
+/// has arrived for `quiet` (after the first record) or after `limit`.
+pub fn read_all_json(topic: &str, quiet: Duration, limit: Duration) -> Vec<Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + limit;
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while Instant::now() < deadline && (out.is_empty() || last.elapsed() < quiet) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            if let Some(v) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+            {
+                out.push(v);
+                last = Instant::now();
+            }
+        }
+    }
+    out
+}
+
 /// Polls `check` every 50 ms until it returns `Some` or `limit` passes.
 pub async fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
