@@ -106,7 +106,7 @@ fn bench_match(c: &mut Criterion) {
                 for f in &fields {
                     let scope = set.conditions.scope(f, None);
                     for i in 0..set.rules.len() {
-                        hits += usize::from(set.check(i, f, &scope) == Verdict::Match);
+                        hits += usize::from(set.check(i, f, Some(&scope)) == Verdict::Match);
                     }
                 }
                 black_box(hits)
@@ -118,7 +118,7 @@ fn bench_match(c: &mut Criterion) {
                 for f in &fields {
                     let scope = set.conditions.scope(f, None);
                     for i in set.candidates("transactions", f) {
-                        hits += usize::from(set.check(i, f, &scope) == Verdict::Match);
+                        hits += usize::from(set.check(i, f, Some(&scope)) == Verdict::Match);
                     }
                 }
                 black_box(hits)

@@ -16,7 +16,7 @@ use crate::admin::Metrics;
 use crate::config::{ProviderKind, SourceConfig};
 use crate::deliver::{send_with_retry, Address, Channel, Message, SendError};
 use crate::ingest::decode::{decode, Event, Origin};
-use crate::outcome::{DeadLetter, Outcome, Recorder, SourceRef, Status, Timings};
+use crate::outcome::{DeadLetter, Outcome, Pending, Recorder, SourceRef, Status, Timings};
 use crate::policy::{admit, Suppression};
 use crate::profile::ProfileTable;
 use crate::render::RuleScope;
@@ -45,6 +45,23 @@ pub struct Decision {
     pub outcome: Outcome,
     pub title: Option<String>,
     pub text: Option<String>,
+}
+
+/// One (rule, channel) decision and what must be written for it.
+struct Decided {
+    outcome: Outcome,
+    message: Option<Message>,
+    dead_letter: Option<DeadLetter>,
+}
+
+impl Decided {
+    fn new(outcome: Outcome, message: Option<Message>, dead_letter: Option<DeadLetter>) -> Decided {
+        Decided {
+            outcome,
+            message,
+            dead_letter,
+        }
+    }
 }
 
 /// A channel with its metric handles, made once.
@@ -126,10 +143,12 @@ impl Pipeline {
         }
     }
 
-    /// Handles one message to the end: every decision recorded, or dead-lettered.
-    pub async fn handle(&self, msg: Incoming) {
+    /// Handles one message: matches, decides and sends, and hands every
+    /// decision (or the dead letter) to the producer. The message is final once
+    /// all returned writes have resolved.
+    pub async fn handle(&self, msg: Incoming) -> Vec<Pending> {
         let Some((source, mapping, consumed)) = self.sources.get(&msg.topic) else {
-            return;
+            return Vec::new();
         };
         consumed.inc();
         let origin = Origin {
@@ -166,8 +185,7 @@ impl Pipeline {
                     channel: None,
                     at_ms: now_ms(),
                 };
-                self.dead_letter(&record).await;
-                return;
+                return vec![self.recorder.dead_letter(&record)];
             }
         };
         let loaded = self.rules.current();
@@ -175,18 +193,28 @@ impl Pipeline {
         let profile = self.profiles.get(&event.user);
         let candidates = set.candidates(&event.source, &event.fields);
         if candidates.is_empty() {
-            return;
+            return Vec::new();
         }
-        let scope = set.conditions.scope(&event.fields, profile.as_deref());
         let mut matched = Vec::new();
-        for i in candidates {
-            match set.check(i, &event.fields, &scope) {
-                Verdict::Match => {
-                    loaded.matches[i].inc();
-                    matched.push(i);
+        {
+            // Built only if a candidate has a condition; dropped before any await.
+            let mut scope = None;
+            for i in candidates {
+                let scope = match (&set.rules[i].condition, &scope) {
+                    (None, _) => None,
+                    (Some(_), Some(s)) => Some(s),
+                    (Some(_), None) => Some(
+                        &*scope.insert(set.conditions.scope(&event.fields, profile.as_deref())),
+                    ),
+                };
+                match set.check(i, &event.fields, scope) {
+                    Verdict::Match => {
+                        loaded.matches[i].inc();
+                        matched.push(i);
+                    }
+                    Verdict::NoMatch => {}
+                    Verdict::Error(_) => loaded.condition_errors[i].inc(),
                 }
-                Verdict::NoMatch => {}
-                Verdict::Error(_) => loaded.condition_errors[i].inc(),
             }
         }
         let matched_ms = now_ms();
@@ -208,17 +236,24 @@ impl Pipeline {
         }
         // Decisions for one event run concurrently; the lane waits for all of
         // them, which keeps a key's events in order.
-        for (outcome, message) in futures::future::join_all(decisions).await {
-            self.record(&outcome).await;
+        let mut writes = Vec::with_capacity(decisions.len() + 1);
+        for decided in futures::future::join_all(decisions).await {
+            if let Some(record) = &decided.dead_letter {
+                writes.push(self.recorder.dead_letter(record));
+            }
+            writes.push(self.recorder.outcome(&decided.outcome));
             if self.decisions.receiver_count() > 0 {
-                let (title, text) = message.map_or((None, None), |m| (m.title, Some(m.body)));
+                let (title, text) = decided
+                    .message
+                    .map_or((None, None), |m| (m.title, Some(m.body)));
                 let _ = self.decisions.send(Arc::new(Decision {
-                    outcome,
+                    outcome: decided.outcome,
                     title,
                     text,
                 }));
             }
         }
+        writes
     }
 
     /// Every decision from now on, with its text (for the demo).
@@ -235,7 +270,7 @@ impl Pipeline {
         channel: &ChannelRuntime,
         profile: Option<&crate::profile::Profile>,
         matched_ms: i64,
-    ) -> (Outcome, Option<Message>) {
+    ) -> Decided {
         let mut outcome = Outcome {
             rule: rule.id.clone(),
             rule_version: rule.version.clone(),
@@ -262,7 +297,7 @@ impl Pipeline {
         };
         let address = match admit(profile, &rule.category, &channel.channel, &self.profiles) {
             Ok(a) => a,
-            Err(s) => return (self.suppress(outcome, channel, s), None),
+            Err(s) => return Decided::new(self.suppress(outcome, channel, s), None, None),
         };
         outcome.recipient = Some(address.masked());
         outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &address);
@@ -280,15 +315,12 @@ impl Pipeline {
                 outcome.reason = Some("render_error".into());
                 channel.failed.inc();
                 let record = self.failed_send_record(event, rule, channel, "render_error", detail);
-                self.dead_letter(&record).await;
-                return (outcome, None);
+                return Decided::new(outcome, None, Some(record));
             }
         };
         if !self.recent.first_time(&outcome.idempotency_key) {
-            return (
-                self.suppress(outcome, channel, Suppression::Duplicate),
-                Some(message),
-            );
+            let outcome = self.suppress(outcome, channel, Suppression::Duplicate);
+            return Decided::new(outcome, Some(message), None);
         }
         let attempted =
             send_with_retry(&channel.channel, &message, &address, &channel.retries).await;
@@ -298,6 +330,7 @@ impl Pipeline {
         channel
             .latency
             .observe((attempted.answered_ms - attempted.request_sent_ms).max(0) as f64 / 1000.0);
+        let mut dead_letter = None;
         match attempted.result {
             Ok(delivered) => {
                 outcome.status = Status::Sent;
@@ -320,12 +353,12 @@ impl Pipeline {
                 outcome.reason = Some(e.reason());
                 channel.failed.inc();
                 warn!(rule = %rule.id, channel = %channel.channel.name, reason = %e.reason(), attempts = attempted.attempts, "send failed");
-                let record =
-                    self.failed_send_record(event, rule, channel, &e.reason(), e.to_string());
-                self.dead_letter(&record).await;
+                let reason = e.reason();
+                dead_letter =
+                    Some(self.failed_send_record(event, rule, channel, &reason, e.to_string()));
             }
         }
-        (outcome, Some(message))
+        Decided::new(outcome, Some(message), dead_letter)
     }
 
     fn suppress(
@@ -366,26 +399,6 @@ impl Pipeline {
             rule: Some(rule.id.clone()),
             channel: Some(channel.channel.name.clone()),
             at_ms: now_ms(),
-        }
-    }
-
-    /// Writes an outcome, retrying until the broker takes it: a decision is
-    /// never dropped, and its offset is not stored before it is written.
-    async fn record(&self, outcome: &Outcome) {
-        let mut wait = Duration::from_millis(100);
-        while let Err(e) = self.recorder.outcome(outcome).await {
-            warn!(error = %e, "outcome not written yet; retrying");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    async fn dead_letter(&self, record: &DeadLetter) {
-        let mut wait = Duration::from_millis(100);
-        while let Err(e) = self.recorder.dead_letter(record).await {
-            warn!(error = %e, "dead letter not written yet; retrying");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -22,6 +22,7 @@ use super::offsets::OffsetTracker;
 use crate::admin::Metrics;
 use crate::config::LimitsConfig;
 use crate::engine::{Incoming, Pipeline};
+use crate::outcome::Pending;
 use crate::util::now_ms;
 
 /// What the readiness check needs to know about the consumer.
@@ -89,13 +90,14 @@ pub async fn consume(
 ) {
     let (lanes, grace) = (limits.lanes, limits.shutdown_grace());
     let mut senders = Vec::with_capacity(lanes);
-    let mut tasks = Vec::with_capacity(lanes);
+    let mut tasks = Vec::with_capacity(2 * lanes);
     for _ in 0..lanes {
         let (tx, rx) = mpsc::channel::<Incoming>(limits.lane_queue);
+        let (written_tx, written_rx) = mpsc::channel::<Handled>(limits.lane_queue);
         senders.push(tx);
-        tasks.push(tokio::spawn(lane(
-            rx,
-            Arc::clone(&pipeline),
+        tasks.push(tokio::spawn(lane(rx, Arc::clone(&pipeline), written_tx)));
+        tasks.push(tokio::spawn(acknowledge(
+            written_rx,
             Arc::clone(&tracker),
             Arc::clone(&consumer),
         )));
@@ -162,25 +164,58 @@ fn lane_of(m: &Incoming, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
+/// A handled message whose outcome and dead-letter writes may still be in flight.
+struct Handled {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    writes: Vec<Pending>,
+}
+
+/// Handles a lane's messages one at a time: a key's sends happen in order.
+/// The writes of each message are awaited by the lane's acknowledger, so the
+/// next message does not wait for the broker's acknowledgement of the last.
 async fn lane(
     mut rx: mpsc::Receiver<Incoming>,
     pipeline: Arc<Pipeline>,
-    tracker: Arc<OffsetTracker>,
-    consumer: Arc<StreamConsumer<HeraldContext>>,
+    written: mpsc::Sender<Handled>,
 ) {
     while let Some(m) = rx.recv().await {
         let (topic, partition, offset) = (m.topic.clone(), m.partition, m.offset);
-        pipeline.handle(m).await;
-        if let Some(next) = tracker.complete(&topic, partition, offset) {
+        let writes = pipeline.handle(m).await;
+        let handled = Handled {
+            topic,
+            partition,
+            offset,
+            writes,
+        };
+        if written.send(handled).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits for each handled message's writes, in order, then marks it final and
+/// stores the partition's offset when it advanced.
+async fn acknowledge(
+    mut rx: mpsc::Receiver<Handled>,
+    tracker: Arc<OffsetTracker>,
+    consumer: Arc<StreamConsumer<HeraldContext>>,
+) {
+    while let Some(h) = rx.recv().await {
+        for write in h.writes {
+            write.await;
+        }
+        if let Some(next) = tracker.complete(&h.topic, h.partition, h.offset) {
             let mut tpl = TopicPartitionList::new();
             if tpl
-                .add_partition_offset(&topic, partition, Offset::Offset(next))
+                .add_partition_offset(&h.topic, h.partition, Offset::Offset(next))
                 .is_ok()
             {
                 // Fails only for a partition no longer assigned; its next owner
                 // resumes from the last commit.
                 if let Err(e) = consumer.store_offsets(&tpl) {
-                    debug!(error = %e, %topic, partition, "offset not stored");
+                    debug!(error = %e, topic = %h.topic, partition = h.partition, "offset not stored");
                 }
             }
         }

@@ -421,16 +421,20 @@ fn write_rules(
         .map_err(|e| e.to_string())?;
     }
     if let RuleLoad::Generated(n) = load {
-        let mut text = String::from(
-            "# Generated for the load test: each rule watches one merchant.\nrules:\n",
-        );
-        for i in 0..n {
-            text += &format!(
-                "  - id: generated-{i}\n    sources: [{topic}]\n    match: {{ merchant: \"Merchant {i}\" }}\n    condition: event.amount > {}.0\n    channels: [push]\n    category: marketing\n    template: {{ title: \"Offer {i}\", body: \"{{{{ event.merchant }}}}\" }}\n",
-                i % 100
+        // 500 rules a file keeps each file well under the 1 MiB rule-file limit.
+        for (file, first) in (0..n).step_by(500).enumerate() {
+            let mut text = String::from(
+                "# Generated for the load test: each rule watches one merchant.\nrules:\n",
             );
+            for i in first..(first + 500).min(n) {
+                text += &format!(
+                    "  - id: generated-{i}\n    sources: [{topic}]\n    match: {{ merchant: \"Merchant {i}\" }}\n    condition: event.amount > {}.0\n    channels: [push]\n    category: marketing\n    template: {{ title: \"Offer {i}\", body: \"{{{{ event.merchant }}}}\" }}\n",
+                    i % 100
+                );
+            }
+            std::fs::write(dir.join(format!("generated-{file:03}.yaml")), text)
+                .map_err(|e| e.to_string())?;
         }
-        std::fs::write(dir.join("generated.yaml"), text).map_err(|e| e.to_string())?;
         count += n;
     }
     Ok(count)

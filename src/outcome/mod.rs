@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
+use tracing::warn;
 
 /// What became of one (rule, channel) decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -102,17 +103,13 @@ impl DeadLetter {
     }
 }
 
-/// Why a record could not be written.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write to {topic}: {source}")]
-pub struct PublishError {
-    pub topic: String,
-    #[source]
-    pub source: rdkafka::error::KafkaError,
-}
+/// A write that has been handed to the producer; resolves once the broker
+/// has acknowledged it. It retries until it succeeds: a decision is never dropped.
+pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// Writes outcomes and dead letters, waiting for the broker's acknowledgement
-/// so a decision is durable before its offset is stored.
+/// Writes outcomes and dead letters. Each write is enqueued at once (so writes
+/// keep their order) and acknowledged later: the caller stores a message's
+/// offset only after all of its writes resolved.
 #[derive(Clone)]
 pub struct Recorder {
     producer: FutureProducer,
@@ -135,32 +132,43 @@ impl Recorder {
     }
 
     /// Writes one outcome keyed by user, so a user's outcomes stay in order.
-    pub async fn outcome(&self, outcome: &Outcome) -> Result<(), PublishError> {
+    pub fn outcome(&self, outcome: &Outcome) -> Pending {
         let payload = serde_json::to_vec(outcome).unwrap_or_default();
-        self.write(&self.outcomes_topic, &outcome.user, &payload)
-            .await
+        self.write(self.outcomes_topic.clone(), outcome.user.clone(), payload)
     }
 
     /// Writes one dead-letter record keyed by source topic and partition.
-    pub async fn dead_letter(&self, record: &DeadLetter) -> Result<(), PublishError> {
+    pub fn dead_letter(&self, record: &DeadLetter) -> Pending {
         let payload = serde_json::to_vec(record).unwrap_or_default();
         let key = format!("{}/{}", record.topic, record.partition);
-        self.write(&self.dead_letter_topic, &key, &payload).await
+        self.write(self.dead_letter_topic.clone(), key, payload)
     }
 
-    async fn write(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), PublishError> {
-        // Retried by librdkafka up to message.timeout.ms; the queue timeout only
-        // bounds waiting for room in the local queue.
-        self.producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(payload),
-                Duration::from_secs(5),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(source, _)| PublishError {
-                topic: topic.to_string(),
-                source,
-            })
+    fn write(&self, topic: String, key: String, payload: Vec<u8>) -> Pending {
+        let producer = self.producer.clone();
+        let mut attempt = producer
+            .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
+            .map_err(|(e, _)| e);
+        Box::pin(async move {
+            let mut wait = Duration::from_millis(100);
+            loop {
+                let error = match attempt {
+                    Ok(delivery) => match delivery.await {
+                        Ok(Ok(_)) => return,
+                        Ok(Err((e, _))) => e,
+                        Err(_) => rdkafka::error::KafkaError::Canceled,
+                    },
+                    Err(e) => e,
+                };
+                // librdkafka already retried for message.timeout.ms; keep
+                // trying, with the lane's offset held back meanwhile.
+                warn!(%topic, error = %error, "record not written yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                attempt = producer
+                    .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
+                    .map_err(|(e, _)| e);
+            }
+        })
     }
 }

@@ -46,10 +46,10 @@ impl Default for Conditions {
     }
 }
 
-/// The values one event offers to conditions, converted once per event.
+/// The values one event offers to conditions, converted once per event, in a
+/// CEL context shared by every candidate rule of that event.
 pub struct Scope {
-    event: Value,
-    profile: Value,
+    context: Context<'static, 'static>,
 }
 
 impl Conditions {
@@ -99,21 +99,19 @@ impl Conditions {
         event: &serde_json::Map<String, serde_json::Value>,
         profile: Option<&crate::profile::Profile>,
     ) -> Scope {
-        Scope {
-            event: cel::to_value(event).unwrap_or(Value::Null),
-            profile: profile
-                .and_then(|p| cel::to_value(p).ok())
-                .unwrap_or_else(|| cel::to_value(serde_json::Map::new()).unwrap_or(Value::Null)),
-        }
+        let mut context = Context::with_env(Arc::clone(&self.env));
+        add_helpers(&mut context);
+        context.add_variable_from_value("event", cel::to_value(event).unwrap_or(Value::Null));
+        let profile = profile
+            .and_then(|p| cel::to_value(p).ok())
+            .unwrap_or_else(|| cel::to_value(serde_json::Map::new()).unwrap_or(Value::Null));
+        context.add_variable_from_value("profile", profile);
+        Scope { context }
     }
 
     /// Evaluates a condition in a scope.
     pub fn eval(&self, condition: &Condition, scope: &Scope) -> Result<bool, EvalError> {
-        let mut context = Context::with_env(Arc::clone(&self.env));
-        add_helpers(&mut context);
-        context.add_variable_from_value("event", scope.event.clone());
-        context.add_variable_from_value("profile", scope.profile.clone());
-        match condition.program.execute(&context) {
+        match condition.program.execute(&scope.context) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(_) => Err(EvalError::NotBool),
             Err(_) => Err(EvalError::Failed),

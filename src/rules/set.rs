@@ -114,21 +114,28 @@ impl RuleSet {
         out
     }
 
-    /// Checks one candidate: all its match fields, then its condition.
-    pub fn check(&self, rule: usize, fields: &Map<String, Value>, scope: &Scope) -> Verdict {
+    /// Checks one candidate: all its match fields, then its condition. The
+    /// scope is needed only for a rule with a condition (a [`Scope`] is costly to build, so callers make one only when needed).
+    pub fn check(
+        &self,
+        rule: usize,
+        fields: &Map<String, Value>,
+        scope: Option<&Scope>,
+    ) -> Verdict {
         let rule = &self.rules[rule];
         for (field, expected) in &rule.match_fields {
             if !lookup(fields, field).is_some_and(|v| scalar_eq(expected, v)) {
                 return Verdict::NoMatch;
             }
         }
-        match &rule.condition {
-            None => Verdict::Match,
-            Some(condition) => match self.conditions.eval(condition, scope) {
+        match (&rule.condition, scope) {
+            (None, _) => Verdict::Match,
+            (Some(condition), Some(scope)) => match self.conditions.eval(condition, scope) {
                 Ok(true) => Verdict::Match,
                 Ok(false) => Verdict::NoMatch,
                 Err(e) => Verdict::Error(e),
             },
+            (Some(_), None) => Verdict::Error(EvalError::Failed),
         }
     }
 
@@ -209,7 +216,7 @@ rules:
         let scope = set.conditions.scope(fields, None);
         set.candidates("transactions", fields)
             .into_iter()
-            .filter(|&i| set.check(i, fields, &scope) == super::Verdict::Match)
+            .filter(|&i| set.check(i, fields, Some(&scope)) == super::Verdict::Match)
             .map(|i| set.rules[i].id.as_str())
             .collect()
     }
