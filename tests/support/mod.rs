@@ -18,6 +18,7 @@ use serde_json::Value;
 pub const FCM_TOKEN: &str = "test-fcm-access-token";
 pub const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
 pub const TWILIO_TOKEN: &str = "test-twilio-auth-token";
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
 
 /// The broker the test command started (`scripts/test.sh` sets HERALD_TEST_BROKERS).
 pub fn brokers() -> String {
@@ -39,6 +40,7 @@ pub fn credentials() {
         std::env::set_var("HERALD_TEST_FCM_TOKEN", FCM_TOKEN);
         std::env::set_var("HERALD_TEST_TWILIO_SID", TWILIO_SID);
         std::env::set_var("HERALD_TEST_TWILIO_TOKEN", TWILIO_TOKEN);
+        std::env::set_var("HERALD_TEST_WEBHOOK_SECRET", WEBHOOK_SECRET);
     });
 }
 
@@ -132,8 +134,19 @@ pub fn read_json(
     limit: Duration,
     keep: impl Fn(&Value) -> bool,
 ) -> Vec<Value> {
+    read_json_from(&brokers(), topic, want, limit, keep)
+}
+
+/// [`read_json`] from a given cluster (the mock cluster of the fault tests).
+pub fn read_json_from(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+    limit: Duration,
+    keep: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()

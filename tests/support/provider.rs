@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{FCM_TOKEN, TWILIO_SID, TWILIO_TOKEN};
+use super::{FCM_TOKEN, TWILIO_SID, TWILIO_TOKEN, WEBHOOK_SECRET};
 
 /// One request the stand-in received.
 #[derive(Debug, Clone)]
@@ -54,6 +54,7 @@ impl Provider {
         let app = Router::new()
             .route("/v1/projects/{project}/messages:send", post(fcm))
             .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
+            .route("/hook", post(webhook))
             .with_state(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -219,6 +220,37 @@ async fn twilio(
         )
             .into_response(),
     }
+}
+
+/// Checks `X-Herald-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+async fn webhook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    use hmac::{Hmac, Mac};
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let timestamp = header("x-herald-timestamp");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(&body);
+    let expected = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
+    let auth_ok = header("x-herald-signature") == expected && !header("idempotency-key").is_empty();
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    inner.received.lock().unwrap().push(Received {
+        api: "webhook",
+        account: String::new(),
+        auth_ok,
+        json,
+        form: BTreeMap::new(),
+        content_type: content_type(&headers),
+    });
+    if !auth_ok {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    Json(json!({"id": "hook-1"})).into_response()
 }
 
 fn url_decode_form(body: &[u8]) -> BTreeMap<String, String> {

@@ -1,0 +1,125 @@
+//! Delivery edge cases on the real broker: a signed webhook, and a provider
+//! that hangs (the request times out, the decision is recorded, nothing is lost).
+
+mod support;
+
+use std::time::Duration;
+
+use support::provider::Provider;
+use support::*;
+
+async fn start(
+    topics: &Topics,
+    provider: &Provider,
+    rules: &str,
+    timeout_ms: u32,
+) -> (tempfile::TempDir, herald::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    let extra = format!(
+        "[channels.hook]\nprovider = \"webhook\"\nbase_url = \"{}/hook\"\nsecret_env = \"HERALD_TEST_WEBHOOK_SECRET\"\n",
+        provider.base_url()
+    );
+    let text = config_text(topics, dir.path(), &provider.base_url(), &extra)
+        .replace("timeout_ms = 2000", &format!("timeout_ms = {timeout_ms}"));
+    let (_, config) = load_config(dir.path(), &text);
+    let running = herald::start(config).await.expect("herald starts");
+    (dir, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_is_signed_and_carries_the_message() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    let mut p =
+        serde_json::from_slice::<serde_json::Value>(&profile("site-1", false, false)).unwrap();
+    p["consent"]["hook"] = true.into();
+    publish(
+        &producer(),
+        &topics.profiles,
+        "site-1",
+        p.to_string().as_bytes(),
+    )
+    .await;
+    let rules = format!(
+        "rules:\n  - id: freezer-hook\n    sources: [{}]\n    condition: event.value > event.limit\n    channels: [hook]\n    category: operations\n    template:\n      title: \"{{{{ event.device_id }}}}\"\n      text: \"{{{{ event.value }}}} above {{{{ event.limit }}}}\"\n",
+        topics.sensors
+    );
+    let (_dir, running) = start(&topics, &provider, &rules, 2000).await;
+    let reading = serde_json::json!({"device_id": "freezer-1", "owner_id": "site-1", "ts": herald::util::now_ms(), "value": -4.0, "limit": -10.0});
+    publish(
+        &producer(),
+        &topics.sensors,
+        "freezer-1",
+        reading.to_string().as_bytes(),
+    )
+    .await;
+    let got = eventually(Duration::from_secs(20), || {
+        let r = provider.received_by("webhook");
+        (!r.is_empty()).then_some(r)
+    })
+    .await
+    .expect("a webhook request");
+    assert!(
+        got[0].auth_ok,
+        "HMAC-SHA256 signature and idempotency key verified"
+    );
+    assert_eq!(got[0].content_type, "application/json");
+    assert_eq!(got[0].json["rule"], "freezer-hook");
+    assert_eq!(got[0].json["user"], "site-1");
+    assert_eq!(got[0].json["title"], "freezer-1");
+    assert_eq!(got[0].json["body"], "-4.0 above -10.0");
+    let outcome = read_json(&topics.outcomes, 1, Duration::from_secs(10), |_| true);
+    assert_eq!(outcome[0]["status"], "sent");
+    assert_eq!(outcome[0]["provider_message_id"], "hook-1");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_provider_times_out_is_recorded_and_the_stream_goes_on() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    publish(
+        &producer(),
+        &topics.profiles,
+        "u-1",
+        &profile("u-1", true, false),
+    )
+    .await;
+    let rules = format!(
+        "rules:\n  - id: every-swipe\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      body: \"{{{{ event.amount }}}}\"\n",
+        topics.transactions
+    );
+    let (_dir, running) = start(&topics, &provider, &rules, 300).await;
+    wait_ready(running.admin_addr()).await;
+    provider.delay(Duration::from_secs(2));
+    let p = producer();
+    publish(
+        &p,
+        &topics.transactions,
+        "card",
+        &swipe("u-1", 1.0, "approved", "US"),
+    )
+    .await;
+    let first = read_json(&topics.outcomes, 1, Duration::from_secs(20), |_| true);
+    assert_eq!(first[0]["status"], "failed");
+    assert_eq!(first[0]["reason"], "provider_unreachable");
+    assert_eq!(first[0]["attempts"], 4, "every attempt timed out");
+    let dead = read_json(&topics.dlq, 1, Duration::from_secs(10), |_| true);
+    assert_eq!(dead[0]["reason"], "send_failed:provider_unreachable");
+
+    provider.delay(Duration::ZERO);
+    publish(
+        &p,
+        &topics.transactions,
+        "card",
+        &swipe("u-1", 2.0, "approved", "US"),
+    )
+    .await;
+    let both = read_json(&topics.outcomes, 2, Duration::from_secs(20), |_| true);
+    assert_eq!(
+        both[1]["status"], "sent",
+        "the next event is delivered once the provider answers"
+    );
+    running.stop().await;
+}

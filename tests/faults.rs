@@ -1,0 +1,155 @@
+//! A broker that goes away, on librdkafka's in-process mock cluster (which can
+//! take a broker down and up again): herald reports not ready, keeps retrying,
+//! and resumes without losing or duplicating a send.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use support::provider::Provider;
+use support::*;
+
+fn seqs(provider: &Provider) -> BTreeMap<u64, usize> {
+    let mut counts = BTreeMap::new();
+    for r in provider.received_by("fcm") {
+        let seq = r.json["message"]["notification"]["body"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        *counts.entry(seq).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let mock_brokers = mock.bootstrap_servers();
+    let topics = Topics {
+        transactions: unique("tx"),
+        sensors: unique("sensors"),
+        profiles: unique("profiles"),
+        outcomes: unique("outcomes"),
+        dlq: unique("dlq"),
+    };
+    for (t, parts) in [
+        (&topics.transactions, 2),
+        (&topics.sensors, 1),
+        (&topics.profiles, 1),
+        (&topics.outcomes, 1),
+        (&topics.dlq, 1),
+    ] {
+        mock.create_topic(t, parts, 1).expect("topic");
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &mock_brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let send = |key: &str, payload: Vec<u8>, topic: &str| {
+        producer
+            .send_result(FutureRecord::to(topic).key(key).payload(&payload))
+            .map_err(|(e, _)| e)
+            .expect("queued")
+    };
+    send("u-1", profile("u-1", true, false), &topics.profiles)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        format!(
+            "rules:\n  - id: every-swipe\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      body: \"{{{{ event.seq }}}}\"\n",
+            topics.transactions
+        ),
+    )
+    .unwrap();
+    let text = config_text(&topics, dir.path(), &provider.base_url(), "")
+        .replace(&brokers(), &mock_brokers);
+    let (_, config) = load_config(dir.path(), &text);
+    let running = herald::start(config).await.expect("herald starts");
+    let addr = running.admin_addr();
+    wait_ready(addr).await;
+
+    let event = |seq: u64| {
+        serde_json::to_vec(
+            &serde_json::json!({"user_id": "u-1", "ts": herald::util::now_ms(), "seq": seq}),
+        )
+        .unwrap()
+    };
+    for seq in 0..10 {
+        send(
+            &format!("card-{}", seq % 3),
+            event(seq),
+            &topics.transactions,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || (seqs(&provider).len() == 10)
+            .then_some(()))
+        .await
+        .is_some()
+    );
+
+    mock.broker_down(1).unwrap();
+    let mut not_ready = false;
+    for _ in 0..100 {
+        if admin_get(addr, "/readyz").await.0 == 503 {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(not_ready, "readyz reports the broker outage");
+    // Published during the outage: the producer holds them until the broker is back.
+    let pending: Vec<_> = (10..20)
+        .map(|seq| {
+            send(
+                &format!("card-{}", seq % 3),
+                event(seq),
+                &topics.transactions,
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mock.broker_up(1).unwrap();
+    for p in pending {
+        p.await.unwrap().expect("delivered after the outage");
+    }
+
+    let all = eventually(Duration::from_secs(40), || {
+        (seqs(&provider).len() == 20).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = seqs(&provider);
+    assert!(
+        all.is_some(),
+        "every event sent after the outage: {counts:?}"
+    );
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "nothing sent twice: {counts:?}"
+    );
+    assert_eq!(admin_get(addr, "/readyz").await.0, 200, "ready again");
+    let outcomes = read_json_from(
+        &mock_brokers,
+        &topics.outcomes,
+        20,
+        Duration::from_secs(20),
+        |o| o["status"] == "sent",
+    );
+    assert_eq!(outcomes.len(), 20, "every decision recorded");
+    running.stop().await;
+}
