@@ -73,6 +73,16 @@ pub fn check(dir: &Path, config_path: Option<&Path>) -> ExitCode {
     }
 }
 
+/// Warnings only, for commands whose output is the point (demo, loadtest).
+fn init_quiet_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,librdkafka=off,rdkafka=off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
@@ -216,12 +226,7 @@ pub struct DemoArgs {
 
 /// `herald demo`.
 pub fn demo(args: &DemoArgs) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,librdkafka=off,rdkafka=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_quiet_logging();
     let credentials = herald::demo::credentials();
     herald::demo::export_credentials(&credentials);
     let options = herald::demo::DemoOptions {
@@ -313,12 +318,7 @@ pub struct LoadtestArgs {
 
 /// `herald loadtest`.
 pub fn loadtest(args: &LoadtestArgs) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,librdkafka=off,rdkafka=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    init_quiet_logging();
     let rules = match args.rules.as_str() {
         "sample" => herald::loadtest::RuleLoad::Sample,
         n => match n.parse() {

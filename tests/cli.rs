@@ -62,6 +62,7 @@ async fn standin_command_serves_fcm_and_twilio_with_credentials_from_the_environ
     let printed = lines.next().unwrap().unwrap();
     assert_eq!(printed, "twilio - +141******71: hi");
     child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]

@@ -173,7 +173,7 @@ pub async fn run(
         "herald admin on http://{} (metrics, readyz, rules)",
         running.admin_addr()
     );
-    wait_ready(running.admin_addr()).await?;
+    wait_ready(running.admin_addr(), Duration::from_secs(30)).await?;
 
     let mut decisions = running.watch_decisions();
     let mut arrivals = standin.arrivals();
@@ -320,9 +320,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn wait_ready(addr: std::net::SocketAddr) -> Result<(), String> {
+/// Waits until an instance's `/readyz` answers 200, up to `limit`.
+pub async fn wait_ready(addr: std::net::SocketAddr, limit: Duration) -> Result<(), String> {
     let client = reqwest::Client::new();
-    for _ in 0..300 {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
         if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await {
             if r.status().is_success() {
                 return Ok(());
@@ -330,7 +332,10 @@ async fn wait_ready(addr: std::net::SocketAddr) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err("herald did not become ready within 30 s (is the broker up?)".into())
+    Err(format!(
+        "herald did not become ready within {} s (is the broker up?)",
+        limit.as_secs()
+    ))
 }
 
 /// Puts the demo credentials where the channels read them. Call before any

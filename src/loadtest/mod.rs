@@ -12,7 +12,7 @@ use prometheus::core::Collector;
 use serde::Serialize;
 
 use crate::demo::stats::{Latencies, Percentiles};
-use crate::demo::{create_topics, ENV_FCM, ENV_SID, ENV_TOKEN};
+use crate::demo::{create_topics, wait_ready, ENV_FCM, ENV_SID, ENV_TOKEN};
 use crate::simulate::{self, Generator, Schedule, StreamTopics};
 use crate::standin::{Credentials, StandIn};
 
@@ -313,7 +313,7 @@ concurrency = 64
     );
     let config = crate::config::Config::parse(&text).map_err(|e| e.to_string())?;
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
-    wait_ready(running.admin_addr()).await?;
+    wait_ready(running.admin_addr(), Duration::from_secs(60)).await?;
 
     let samples = Arc::new(Mutex::new(Latencies::default()));
     let sink = Arc::clone(&samples);
@@ -438,19 +438,6 @@ fn write_rules(
         count += n;
     }
     Ok(count)
-}
-
-async fn wait_ready(addr: std::net::SocketAddr) -> Result<(), String> {
-    let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err("herald did not become ready within 60 s".into())
 }
 
 fn print_table(r: &Report) {

@@ -200,7 +200,7 @@ fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
 }
 
 /// Decodes an `application/x-www-form-urlencoded` body.
-fn form_urlencoded_pairs(body: &[u8]) -> Vec<(String, String)> {
+pub fn form_urlencoded_pairs(body: &[u8]) -> Vec<(String, String)> {
     fn decode(s: &str) -> String {
         let bytes = s.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());

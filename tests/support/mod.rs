@@ -126,6 +126,26 @@ pub async fn publish(producer: &FutureProducer, topic: &str, key: &str, payload:
         .expect("publish");
 }
 
+/// A consumer assigned to every partition of `topic`, from the beginning.
+fn reader(brokers: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
 /// Reads records of `topic` from the beginning until `want` records match
 /// `keep` or `limit` passes; returns the matching JSON values.
 pub fn read_json(
@@ -145,21 +165,7 @@ pub fn read_json_from(
     limit: Duration,
     keep: impl Fn(&Value) -> bool,
 ) -> Vec<Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).expect("assign");
+    let consumer = reader(brokers, topic);
     let deadline = Instant::now() + limit;
     let mut out = Vec::new();
     while out.len() < want && Instant::now() < deadline {
@@ -180,21 +186,7 @@ pub fn read_json_from(
 /// Reads every record of `topic` from the beginning, stopping once nothing new
 /// has arrived for `quiet` (after the first record) or after `limit`.
 pub fn read_all_json(topic: &str, quiet: Duration, limit: Duration) -> Vec<Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .expect("metadata");
-    let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).expect("assign");
+    let consumer = reader(&brokers(), topic);
     let deadline = Instant::now() + limit;
     let mut last = Instant::now();
     let mut out = Vec::new();
