@@ -178,8 +178,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         channels,
         recorder,
         Arc::clone(&metrics),
-        &config.sources,
-        config.limits.max_event_bytes,
+        &config,
     ));
     let limits = config.limits.clone();
     let handle = Arc::clone(&pipeline);

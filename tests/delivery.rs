@@ -123,3 +123,64 @@ async fn hanging_provider_times_out_is_recorded_and_the_stream_goes_on() {
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_and_capped_messages_are_suppressed_with_their_reasons() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    let mut opted_in =
+        serde_json::from_slice::<serde_json::Value>(&profile("u-1", true, false)).unwrap();
+    opted_in["preferences"]["marketing"] = true.into();
+    publish(
+        &producer(),
+        &topics.profiles,
+        "u-1",
+        opted_in.to_string().as_bytes(),
+    )
+    .await;
+    // Marketing: the default caps (3/day, 1/hour) and freshness (1 h) apply;
+    // quiet hours are turned off so the test does not depend on the clock.
+    let rules = format!(
+        "rules:\n  - id: offer\n    sources: [{}]\n    channels: [push]\n    category: marketing\n    policy: {{ quiet_hours: \"off\" }}\n    template:\n      body: \"offer {{{{ event.amount }}}}\"\n",
+        topics.transactions
+    );
+    let (_dir, running) = start(&topics, &provider, &rules, 2000).await;
+    let p = producer();
+    let old = serde_json::json!({"user_id": "u-1", "ts": herald::util::now_ms() - 7_200_000, "amount": 1.0});
+    publish(&p, &topics.transactions, "card", old.to_string().as_bytes()).await;
+    publish(
+        &p,
+        &topics.transactions,
+        "card",
+        &swipe("u-1", 2.0, "approved", "US"),
+    )
+    .await;
+    publish(
+        &p,
+        &topics.transactions,
+        "card",
+        &swipe("u-1", 3.0, "approved", "US"),
+    )
+    .await;
+    let all = read_json(&topics.outcomes, 3, Duration::from_secs(25), |_| true);
+    let reasons: Vec<&str> = all
+        .iter()
+        .map(|o| o["reason"].as_str().unwrap_or("sent"))
+        .collect();
+    assert!(
+        reasons[0].starts_with("stale:72") && reasons[0].ends_with("s>3600s"),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[1..], ["sent", "cap:marketing:1/hour"]);
+    assert_eq!(provider.received_by("fcm").len(), 1);
+    let (_, metrics) = admin_get(running.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("herald_suppressions_total{reason=\"cap\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_suppressions_total{reason=\"stale\"} 1"),
+        "{metrics}"
+    );
+    running.stop().await;
+}

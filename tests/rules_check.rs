@@ -55,7 +55,7 @@ fn expect_error(fixture: &str, expected: &str) {
 fn unknown_field() {
     expect_error(
         "unknown-field.yaml",
-        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, sources, match, condition, channels, category, priority, template, collapse_key, ttl_seconds",
+        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, sources, match, condition, channels, category, priority, template, collapse_key, ttl_seconds, policy",
     );
 }
 
@@ -80,6 +80,14 @@ fn template_error() {
     expect_error(
         "template-error.yaml",
         "tests/fixtures/broken/template-error.yaml:8:54: rule \"purchase\": template.body: unexpected `}`, expected end of variable block",
+    );
+}
+
+#[test]
+fn bad_policy_value() {
+    expect_error(
+        "bad-policy.yaml",
+        "tests/fixtures/broken/bad-policy.yaml:8:14: rule \"nightly-offer\": cap unit `fortnight` is not one of minute, hour, day, week",
     );
 }
 

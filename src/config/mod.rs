@@ -39,6 +39,9 @@ pub struct Config {
     /// Limits on the per-event path.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Delivery policy: freshness, quiet hours and caps per category.
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// Kafka connection; `properties` passes any librdkafka setting through unchanged.

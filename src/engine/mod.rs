@@ -13,11 +13,11 @@ use sha2::{Digest, Sha256};
 use tracing::{trace, warn};
 
 use crate::admin::Metrics;
-use crate::config::{ProviderKind, SourceConfig};
+use crate::config::{Config, ProviderKind, SourceConfig};
 use crate::deliver::{send_with_retry, Address, Channel, Message, SendError};
 use crate::ingest::decode::{decode, Event, Origin};
 use crate::outcome::{DeadLetter, Outcome, Pending, Recorder, SourceRef, Status, Timings};
-use crate::policy::{admit, Suppression};
+use crate::policy::{address, Policy, Subject, Suppression};
 use crate::profile::ProfileTable;
 use crate::render::RuleScope;
 use crate::rules::{LiveRules, Rule, Verdict};
@@ -100,6 +100,7 @@ pub struct Pipeline {
     pub sources: HashMap<String, (Arc<str>, SourceConfig, IntCounter)>,
     pub max_event_bytes: usize,
     pub recent: RecentSends,
+    pub policy: Policy,
     suppression_counters: HashMap<&'static str, IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
 }
@@ -112,10 +113,10 @@ impl Pipeline {
         channels: HashMap<String, ChannelRuntime>,
         recorder: Recorder,
         metrics: Arc<Metrics>,
-        sources: &BTreeMap<String, SourceConfig>,
-        max_event_bytes: usize,
+        config: &Config,
     ) -> Pipeline {
-        let sources = sources
+        let sources = config
+            .sources
             .iter()
             .map(|(topic, mapping)| {
                 let counter = metrics.events_consumed.with_label_values(&[topic]);
@@ -136,8 +137,9 @@ impl Pipeline {
             recorder,
             metrics,
             sources,
-            max_event_bytes,
+            max_event_bytes: config.limits.max_event_bytes,
             recent: RecentSends::new(100_000, Duration::from_secs(24 * 3600)),
+            policy: Policy::new(config.policy.clone()),
             suppression_counters,
             decisions: tokio::sync::broadcast::channel(4096).0,
         }
@@ -295,7 +297,18 @@ impl Pipeline {
                 ..Timings::default()
             },
         };
-        let address = match admit(profile, &rule.category, &channel.channel, &self.profiles) {
+        let subject = Subject {
+            rule: &rule.id,
+            category: &rule.category,
+            rule_policy: &rule.policy,
+            event_ms: event.time_ms,
+        };
+        let now = now_ms();
+        let admitted = self
+            .policy
+            .admit(profile, &subject, &channel.channel, now)
+            .and_then(|p| address(p, &channel.channel, &self.profiles));
+        let address = match admitted {
             Ok(a) => a,
             Err(s) => return Decided::new(self.suppress(outcome, channel, s), None, None),
         };
@@ -322,6 +335,13 @@ impl Pipeline {
             let outcome = self.suppress(outcome, channel, Suppression::Duplicate);
             return Decided::new(outcome, Some(message), None);
         }
+        let reservation = match self.policy.reserve(&event.user, &subject, now) {
+            Ok(r) => r,
+            Err(s) => {
+                self.recent.forget(&outcome.idempotency_key);
+                return Decided::new(self.suppress(outcome, channel, s), Some(message), None);
+            }
+        };
         let attempted =
             send_with_retry(&channel.channel, &message, &address, &channel.retries).await;
         outcome.attempts = attempted.attempts;
@@ -346,6 +366,9 @@ impl Pipeline {
             }
             Err(e) => {
                 self.recent.forget(&outcome.idempotency_key);
+                if let Some(r) = &reservation {
+                    self.policy.release(r);
+                }
                 if let (SendError::Unregistered, Address::Push(token)) = (&e, &address) {
                     self.profiles.mark_token_dead(&token.token);
                 }

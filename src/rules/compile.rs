@@ -27,6 +27,8 @@ pub struct Rule {
     pub priority: Priority,
     pub collapse_key: Option<String>,
     pub ttl_seconds: Option<u32>,
+    /// Per-rule policy overrides.
+    pub policy: crate::policy::RulePolicy,
     /// Template names present for this rule (`<id>/title`, `<id>/body`, `<id>/text`).
     pub has_title: bool,
     pub has_body: bool,
@@ -189,6 +191,7 @@ pub fn compile_rule(
         priority: spec.priority,
         collapse_key: spec.collapse_key,
         ttl_seconds: spec.ttl_seconds,
+        policy: spec.policy,
         has_title,
         has_body,
         has_text,

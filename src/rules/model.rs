@@ -75,6 +75,9 @@ pub struct RuleSpec {
     /// How long the provider may hold an undelivered push, in seconds.
     #[serde(default)]
     pub ttl_seconds: Option<u32>,
+    /// Overrides of the category's delivery policy for this rule.
+    #[serde(default)]
+    pub policy: crate::policy::RulePolicy,
 }
 
 /// Templates (minijinja) with `event`, `profile` and `rule` in scope.
