@@ -340,3 +340,36 @@ async fn unregistered_token_is_not_used_again() {
     assert_eq!(h.provider.received_by("fcm").len(), 1);
     h.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profile_with_an_invalid_phone_is_kept_and_sms_is_suppressed_with_the_reason() {
+    let mut p: Value = serde_json::from_slice(&profile("u-8", true, true)).unwrap();
+    p["phone"] = "+1 555".into();
+    p["time_zone"] = "Mars/Olympus".into();
+    let h = harness(&[("u-8", p.to_string().into_bytes())]).await;
+    publish(
+        &producer(),
+        &h.topics.transactions,
+        "card-8",
+        &swipe("u-8", 50.0, "approved", "FR"),
+    )
+    .await;
+    let all = outcomes(&h, 2);
+    let by_rule = |rule: &str| all.iter().find(|o| o["rule"] == rule).unwrap().clone();
+    assert_eq!(
+        by_rule("purchase-notice")["status"],
+        "sent",
+        "the valid parts of the profile are used"
+    );
+    assert_eq!(
+        by_rule("large-or-foreign-purchase")["reason"],
+        "invalid_phone:sms"
+    );
+    assert!(h.provider.received_by("twilio").is_empty());
+    let (_, metrics) = admin_get(h.running.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("herald_profile_errors_total 2"),
+        "phone and time zone reported"
+    );
+    h.running.stop().await;
+}

@@ -97,6 +97,8 @@ async fn publishes_profiles_and_a_repeatable_stream() {
     assert_eq!(profiles.len(), 22);
     for p in profiles {
         let user = p["user_id"].as_str().unwrap().to_string();
-        herald::profile::Profile::parse(&user, p.to_string().as_bytes()).expect("a valid profile");
+        let (_, problems) =
+            herald::profile::Profile::parse(&user, p.to_string().as_bytes()).expect("a profile");
+        assert!(problems.is_empty(), "{problems:?}");
     }
 }

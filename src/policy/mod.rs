@@ -25,12 +25,30 @@ pub use settings::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Suppression {
     NoProfile,
-    NoConsent { channel: String },
-    CategoryOff { category: String },
-    NoAddress { channel: String },
-    DeadTokens { channel: String },
-    Stale { age_s: i64, max_s: u64 },
-    QuietHours { window: QuietHours, zone: String },
+    NoConsent {
+        channel: String,
+    },
+    CategoryOff {
+        category: String,
+    },
+    NoAddress {
+        channel: String,
+    },
+    DeadTokens {
+        channel: String,
+    },
+    /// The profile's phone was given but is not a valid number.
+    InvalidPhone {
+        channel: String,
+    },
+    Stale {
+        age_s: i64,
+        max_s: u64,
+    },
+    QuietHours {
+        window: QuietHours,
+        zone: String,
+    },
     Capped(CapHit),
     Duplicate,
 }
@@ -45,6 +63,7 @@ impl Suppression {
         "quiet_hours",
         "no_address",
         "dead_tokens",
+        "invalid_phone",
         "cap",
         "duplicate",
     ];
@@ -57,6 +76,7 @@ impl Suppression {
             Suppression::CategoryOff { .. } => "category_off",
             Suppression::NoAddress { .. } => "no_address",
             Suppression::DeadTokens { .. } => "dead_tokens",
+            Suppression::InvalidPhone { .. } => "invalid_phone",
             Suppression::Stale { .. } => "stale",
             Suppression::QuietHours { .. } => "quiet_hours",
             Suppression::Capped(_) => "cap",
@@ -73,6 +93,7 @@ impl fmt::Display for Suppression {
             Suppression::CategoryOff { category } => write!(f, "category_off:{category}"),
             Suppression::NoAddress { channel } => write!(f, "no_address:{channel}"),
             Suppression::DeadTokens { channel } => write!(f, "dead_tokens:{channel}"),
+            Suppression::InvalidPhone { channel } => write!(f, "invalid_phone:{channel}"),
             Suppression::Stale { age_s, max_s } => write!(f, "stale:{age_s}s>{max_s}s"),
             Suppression::QuietHours { window, zone } => write!(f, "quiet_hours:{window} {zone}"),
             Suppression::Capped(CapHit::All(cap)) => write!(f, "cap:all:{cap}"),
@@ -194,6 +215,14 @@ pub fn address(
     table: &ProfileTable,
 ) -> Result<Address, Suppression> {
     channel.address(profile, table).map_err(|e| match e {
+        NoAddress::Missing
+            if profile.phone_invalid
+                && channel.provider.kind() == crate::config::ProviderKind::Twilio =>
+        {
+            Suppression::InvalidPhone {
+                channel: channel.name.clone(),
+            }
+        }
         NoAddress::Missing => Suppression::NoAddress {
             channel: channel.name.clone(),
         },
@@ -264,6 +293,9 @@ mod tests {
                 channel: "c".into(),
             },
             Suppression::DeadTokens {
+                channel: "c".into(),
+            },
+            Suppression::InvalidPhone {
                 channel: "c".into(),
             },
             Suppression::Capped(CapHit::All(cap)),

@@ -57,35 +57,109 @@ pub struct Profile {
     /// Free-form attributes (name, tier, …) for conditions and templates.
     #[serde(default)]
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// A phone was given but is not valid (so SMS is suppressed with that reason).
+    #[serde(skip)]
+    pub phone_invalid: bool,
 }
 
-/// Why a profile record was refused.
+/// Why a profile record was refused as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("profile is not valid JSON for the profile shape: {0}")]
-    Shape(#[from] serde_json::Error),
-    #[error("phone is not a valid E.164 number (expected e.g. +14155550100)")]
+    #[error("profile is not a JSON object: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("profile is JSON but not an object")]
+    NotObject,
+}
+
+/// A part of an accepted profile that was left out; the rest is used. Never
+/// carries the bad value itself (it may be a phone number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileProblem {
+    /// The phone is not a valid E.164 number; SMS to this user is suppressed
+    /// with `invalid_phone:<channel>`.
     Phone,
-    #[error("time_zone {0:?} is not an IANA time zone name (e.g. America/Chicago)")]
-    TimeZone(String),
+    /// The time zone is not an IANA name; UTC is used for quiet hours and times.
+    TimeZone,
+    /// A field has the wrong shape (e.g. `consent: "yes"`), or is unknown.
+    Field(String),
+}
+
+impl std::fmt::Display for ProfileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProfileProblem::Phone => {
+                f.write_str("phone is not a valid E.164 number (e.g. +14155550100)")
+            }
+            ProfileProblem::TimeZone => {
+                f.write_str("time_zone is not an IANA time zone name (e.g. America/Chicago)")
+            }
+            ProfileProblem::Field(name) => {
+                write!(f, "field `{name}` is unknown or has the wrong shape")
+            }
+        }
+    }
 }
 
 impl Profile {
-    /// Parses and validates one profile record.
-    pub fn parse(user_id: &str, bytes: &[u8]) -> Result<Profile, ProfileError> {
-        let mut profile: Profile = serde_json::from_slice(bytes)?;
+    /// Parses one profile record, keeping every valid part: a bad phone, time
+    /// zone or field is left out and reported, not fatal.
+    pub fn parse(
+        user_id: &str,
+        bytes: &[u8],
+    ) -> Result<(Profile, Vec<ProfileProblem>), ProfileError> {
+        let serde_json::Value::Object(fields) = serde_json::from_slice(bytes)? else {
+            return Err(ProfileError::NotObject);
+        };
+        let mut profile = Profile::default();
+        let mut problems = Vec::new();
+        for (name, value) in fields {
+            if let Err(()) = profile.set(&name, value) {
+                problems.push(ProfileProblem::Field(name));
+            }
+        }
         if profile.user_id.is_empty() {
             profile.user_id = user_id.to_string();
         }
-        if let Some(phone) = &profile.phone {
-            profile.phone = Some(normalize_e164(phone).ok_or(ProfileError::Phone)?);
-        }
-        if let Some(tz) = &profile.time_zone {
-            if jiff::tz::TimeZone::get(tz).is_err() {
-                return Err(ProfileError::TimeZone(tz.clone()));
+        if let Some(phone) = profile.phone.take() {
+            match normalize_e164(&phone) {
+                Some(valid) => profile.phone = Some(valid),
+                None => {
+                    profile.phone_invalid = true;
+                    problems.push(ProfileProblem::Phone);
+                }
             }
         }
-        Ok(profile)
+        if profile
+            .time_zone
+            .as_deref()
+            .is_some_and(|tz| jiff::tz::TimeZone::get(tz).is_err())
+        {
+            profile.time_zone = None;
+            problems.push(ProfileProblem::TimeZone);
+        }
+        Ok((profile, problems))
+    }
+
+    /// Sets one field from JSON; `Err` when the name is unknown or the shape wrong.
+    fn set(&mut self, name: &str, value: serde_json::Value) -> Result<(), ()> {
+        fn take<T: serde::de::DeserializeOwned>(
+            slot: &mut T,
+            value: serde_json::Value,
+        ) -> Result<(), ()> {
+            *slot = serde_json::from_value(value).map_err(|_| ())?;
+            Ok(())
+        }
+        match name {
+            "user_id" => take(&mut self.user_id, value),
+            "push_tokens" => take(&mut self.push_tokens, value),
+            "phone" => take(&mut self.phone, value),
+            "time_zone" => take(&mut self.time_zone, value),
+            "locale" => take(&mut self.locale, value),
+            "consent" => take(&mut self.consent, value),
+            "preferences" => take(&mut self.preferences, value),
+            "attributes" => take(&mut self.attributes, value),
+            _ => Err(()),
+        }
     }
 
     /// Whether the user consented to messages on `channel`.
@@ -118,13 +192,14 @@ mod tests {
 
     #[test]
     fn parses_a_full_profile() {
-        let p = Profile::parse(
+        let (p, problems) = Profile::parse(
             "u1",
             br#"{"push_tokens":[{"token":"t1","platform":"android"}],"phone":"+1 415 555 2671",
                 "time_zone":"America/Chicago","locale":"en-US","consent":{"push":true},
                 "preferences":{"marketing":false},"attributes":{"first_name":"Ada"}}"#,
         )
         .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(p.user_id, "u1");
         assert_eq!(p.phone.as_deref(), Some("+14155552671"));
         assert!(p.consents_to("push"));
@@ -134,22 +209,42 @@ mod tests {
     }
 
     #[test]
-    fn refuses_invalid_phone_and_zone() {
+    fn bad_parts_are_left_out_and_reported_not_fatal() {
+        let (p, problems) = Profile::parse(
+            "u",
+            br#"{"phone":"+1 555","time_zone":"Mars/Olympus","consent":"yes","phon":"x","push_tokens":[{"token":"t","platform":"android"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.phone, None);
+        assert!(p.phone_invalid);
+        assert_eq!(p.time_zone, None);
+        assert!(p.consent.is_empty());
+        assert_eq!(p.push_tokens.len(), 1, "the valid parts are kept");
+        assert_eq!(
+            problems,
+            vec![
+                ProfileProblem::Field("consent".into()),
+                ProfileProblem::Field("phon".into()),
+                ProfileProblem::Phone,
+                ProfileProblem::TimeZone
+            ]
+        );
+        assert!(
+            !problems.iter().any(|p| p.to_string().contains("+1 555")),
+            "no phone in a problem"
+        );
+        let (p, problems) = Profile::parse("u", br#"{"phone":"4155552671"}"#).unwrap();
+        assert!(
+            p.phone_invalid && problems == vec![ProfileProblem::Phone],
+            "E.164 needs the + and country code"
+        );
         assert!(matches!(
-            Profile::parse("u", br#"{"phone":"+1 555"}"#),
-            Err(ProfileError::Phone)
+            Profile::parse("u", b"[1]"),
+            Err(ProfileError::NotObject)
         ));
         assert!(matches!(
-            Profile::parse("u", br#"{"phone":"4155552671"}"#),
-            Err(ProfileError::Phone)
-        ));
-        assert!(matches!(
-            Profile::parse("u", br#"{"time_zone":"Mars/Olympus"}"#),
-            Err(ProfileError::TimeZone(_))
-        ));
-        assert!(matches!(
-            Profile::parse("u", br#"{"phon":"x"}"#),
-            Err(ProfileError::Shape(_))
+            Profile::parse("u", b"{"),
+            Err(ProfileError::NotJson(_))
         ));
     }
 }

@@ -111,7 +111,11 @@ impl ProfileTable {
                 true
             }
             Some(bytes) => match Profile::parse(key, bytes) {
-                Ok(profile) => {
+                Ok((profile, problems)) => {
+                    for problem in &problems {
+                        metrics.profile_errors.inc();
+                        warn!(user = %fingerprint(key), %problem, "profile part left out");
+                    }
                     self.upsert(profile);
                     true
                 }

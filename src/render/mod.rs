@@ -229,7 +229,9 @@ mod tests {
 
     #[test]
     fn readme_template_examples_render() {
-        let profile = Profile::parse("u", br#"{"attributes": {"first_name": "Ada"}}"#).unwrap();
+        let profile = Profile::parse("u", br#"{"attributes": {"first_name": "Ada"}}"#)
+            .unwrap()
+            .0;
         let event = serde_json::json!({"amount": 900.0});
         assert_eq!(
             render(

@@ -183,7 +183,8 @@ mod tests {
         let event = json!({"amount": 250.0, "merchant": "Blue Bottle Coffee", "country": "FR", "balance_after": 40.0});
         let profile =
             crate::profile::Profile::parse("u", br#"{"preferences": {"marketing": true}}"#)
-                .unwrap();
+                .unwrap()
+                .0;
         let scope = c.scope(event.as_object().unwrap(), Some(&profile));
         for src in [
             "event.amount > 100.0",

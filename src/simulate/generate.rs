@@ -248,6 +248,7 @@ mod tests {
         let mut g = Generator::new(1, 200, 10);
         for (user, p) in g.profiles() {
             Profile::parse(&user, &serde_json::to_vec(&p).unwrap())
+                .map(|(_, problems)| assert!(problems.is_empty(), "{problems:?}"))
                 .unwrap_or_else(|e| panic!("{user}: {e}"));
         }
     }
