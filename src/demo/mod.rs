@@ -2,7 +2,7 @@
 //! sample rules, a realistic event stream, a provider stand-in, a live feed of
 //! every message sent or suppressed, and a summary with latency percentiles.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,7 +77,53 @@ pub async fn create_topics(brokers: &str, names: &[(&str, i32, bool)]) -> Result
     Ok(())
 }
 
-fn config_text(brokers: &str, standin: &str, rules: &std::path::Path) -> String {
+/// Copies the sample rule files into `dir`, pointing their `sources` at other
+/// topic names (`[transactions]` → `[demo-1a2b-transactions]`). Returns the rule count.
+pub fn copy_rules(samples: &Path, dir: &Path, renames: &[(&str, &str)]) -> Result<usize, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut count = 0;
+    for entry in std::fs::read_dir(samples).map_err(|e| format!("{}: {e}", samples.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let mut text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        count += text.matches("\n  - id:").count();
+        for (from, to) in renames {
+            text = text.replace(&format!("[{from}]"), &format!("[{to}]"));
+        }
+        std::fs::write(dir.join(path.file_name().unwrap_or_default()), text)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(count)
+}
+
+/// The topics of one demo run: fresh names, so a broker that outlives a run
+/// does not replay the last run's events into this one.
+struct DemoTopics {
+    transactions: String,
+    sensors: String,
+    locations: String,
+    profiles: String,
+    outcomes: String,
+    dlq: String,
+}
+
+impl DemoTopics {
+    fn new(run: &str) -> DemoTopics {
+        let name = |t: &str| format!("demo-{run}-{t}");
+        DemoTopics {
+            transactions: name("transactions"),
+            sensors: name("sensors"),
+            locations: name("locations"),
+            profiles: name("profiles"),
+            outcomes: name("outcomes"),
+            dlq: name("dlq"),
+        }
+    }
+}
+
+fn config_text(brokers: &str, standin: &str, rules: &Path, t: &DemoTopics) -> String {
     format!(
         r#"
 [kafka]
@@ -85,16 +131,20 @@ bootstrap_servers = "{brokers}"
 group_id = "herald-demo-{group:x}"
 [kafka.properties]
 "session.timeout.ms" = "6000"
-[sources.transactions]
+[sources.{tx}]
 user_field = "user_id"
 time_field = "ts"
 type_field = "status"
-[sources.sensors]
+[sources.{sensors}]
 user_field = "owner_id"
 time_field = "ts"
-[sources.locations]
+[sources.{locations}]
 user_field = "user_id"
 time_field = "ts"
+[topics]
+profiles = "{profiles}"
+outcomes = "{outcomes}"
+dead_letter = "{dlq}"
 [rules]
 dir = "{rules}"
 [admin]
@@ -113,6 +163,12 @@ from = "+15005550006"
 "#,
         group = rand::random::<u32>(),
         rules = rules.display(),
+        tx = t.transactions,
+        sensors = t.sensors,
+        locations = t.locations,
+        profiles = t.profiles,
+        outcomes = t.outcomes,
+        dlq = t.dlq,
     )
 }
 
@@ -130,18 +186,31 @@ pub async fn run(
         options.rate,
         options.duration.as_secs()
     );
+    let run = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let topics = DemoTopics::new(&run);
     create_topics(
         brokers,
         &[
-            ("transactions", 3, false),
-            ("sensors", 3, false),
-            ("locations", 3, false),
-            ("profiles", 1, true),
-            ("herald.outcomes", 1, false),
-            ("herald.dlq", 1, false),
+            (&topics.transactions, 3, false),
+            (&topics.sensors, 3, false),
+            (&topics.locations, 3, false),
+            (&topics.profiles, 1, true),
+            (&topics.outcomes, 1, false),
+            (&topics.dlq, 1, false),
         ],
     )
     .await?;
+    // The sample rules, pointed at this run's topics.
+    let rules = std::env::temp_dir().join(format!("herald-demo-{run}"));
+    copy_rules(
+        &options.rules_dir,
+        &rules,
+        &[
+            ("transactions", &topics.transactions),
+            ("sensors", &topics.sensors),
+        ],
+    )?;
+    println!("topics demo-{run}-*: transactions, sensors, locations, profiles, outcomes, dlq");
     let standin = StandIn::start(([127, 0, 0, 1], 0).into(), credentials)
         .await
         .map_err(|e| format!("provider stand-in: {e}"))?;
@@ -152,18 +221,13 @@ pub async fn run(
 
     let producer = simulate::producer(brokers, &[]).map_err(|e| e.to_string())?;
     let mut generator = Generator::new(options.seed, options.users, 5);
-    let profiles = simulate::publish_profiles(&producer, "profiles", &mut generator)
+    let profiles = simulate::publish_profiles(&producer, &topics.profiles, &mut generator)
         .await
         .map_err(|e| format!("publishing profiles: {e}"))?;
     println!("published {profiles} profiles");
 
-    let mut config = Config::parse(&config_text(
-        brokers,
-        &standin.base_url(),
-        &options.rules_dir,
-    ))
-    .map_err(|e| e.to_string())?;
-    config.rules.watch = true;
+    let config = Config::parse(&config_text(brokers, &standin.base_url(), &rules, &topics))
+        .map_err(|e| e.to_string())?;
     let problems = config.validate();
     if !problems.is_empty() {
         return Err(problems.join("; "));
@@ -242,7 +306,9 @@ pub async fn run(
     ] {
         let _ = producer
             .send(
-                FutureRecord::to("transactions").key(key).payload(&bad),
+                FutureRecord::to(&topics.transactions)
+                    .key(key)
+                    .payload(&bad),
                 Duration::from_secs(5),
             )
             .await;
@@ -254,7 +320,11 @@ pub async fn run(
     };
     let report = simulate::run(
         &producer,
-        &StreamTopics::default(),
+        &StreamTopics {
+            transactions: topics.transactions.clone(),
+            sensors: topics.sensors.clone(),
+            locations: topics.locations.clone(),
+        },
         |now| generator.next(now),
         schedule,
         stop,
@@ -275,6 +345,7 @@ pub async fn run(
         .sum();
     running.stop().await;
     drop(standin);
+    let _ = std::fs::remove_dir_all(&rules);
     let (sent, suppressed, failed, latency) = printer.await.map_err(|e| e.to_string())?;
     door.abort();
 
@@ -285,7 +356,7 @@ pub async fn run(
         report
             .sent
             .iter()
-            .map(|(t, n)| format!("{t} {n}"))
+            .map(|(t, n)| format!("{} {n}", t.rsplit('-').next().unwrap_or(t)))
             .collect::<Vec<_>>()
             .join(", ")
     );

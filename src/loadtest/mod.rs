@@ -12,7 +12,7 @@ use prometheus::core::Collector;
 use serde::Serialize;
 
 use crate::demo::stats::{Latencies, Percentiles};
-use crate::demo::{create_topics, wait_ready, ENV_FCM, ENV_SID, ENV_TOKEN};
+use crate::demo::{copy_rules, create_topics, wait_ready, ENV_FCM, ENV_SID, ENV_TOKEN};
 use crate::simulate::{self, Generator, Schedule, StreamTopics};
 use crate::standin::{Credentials, StandIn};
 
@@ -405,21 +405,11 @@ fn write_rules(
     (topic, sensors): (&str, &str),
     load: RuleLoad,
 ) -> Result<usize, String> {
-    let mut count = 0;
-    for entry in std::fs::read_dir(samples).map_err(|e| format!("{}: {e}", samples.display()))? {
-        let path = entry.map_err(|e| e.to_string())?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
-        count += text.matches("\n  - id:").count();
-        std::fs::write(
-            dir.join(path.file_name().unwrap_or_default()),
-            text.replace("[transactions]", &format!("[{topic}]"))
-                .replace("[sensors]", &format!("[{sensors}]")),
-        )
-        .map_err(|e| e.to_string())?;
-    }
+    let mut count = copy_rules(
+        samples,
+        dir,
+        &[("transactions", topic), ("sensors", sensors)],
+    )?;
     if let RuleLoad::Generated(n) = load {
         // 500 rules a file keeps each file well under the 1 MiB rule-file limit.
         for (file, first) in (0..n).step_by(500).enumerate() {
