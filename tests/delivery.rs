@@ -31,8 +31,7 @@ async fn start(
 async fn webhook_is_signed_and_carries_the_message() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
-    let mut p =
-        serde_json::from_slice::<serde_json::Value>(&profile("site-1", false, false)).unwrap();
+    let mut p = profile_json("site-1", false, false);
     p["consent"]["hook"] = true.into();
     publish(
         &producer(),
@@ -128,8 +127,7 @@ async fn hanging_provider_times_out_is_recorded_and_the_stream_goes_on() {
 async fn stale_and_capped_messages_are_suppressed_with_their_reasons() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
-    let mut opted_in =
-        serde_json::from_slice::<serde_json::Value>(&profile("u-1", true, false)).unwrap();
+    let mut opted_in = profile_json("u-1", true, false);
     opted_in["preferences"]["marketing"] = true.into();
     publish(
         &producer(),

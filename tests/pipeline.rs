@@ -343,7 +343,7 @@ async fn unregistered_token_is_not_used_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_with_an_invalid_phone_is_kept_and_sms_is_suppressed_with_the_reason() {
-    let mut p: Value = serde_json::from_slice(&profile("u-8", true, true)).unwrap();
+    let mut p = profile_json("u-8", true, true);
     p["phone"] = "+1 555".into();
     p["time_zone"] = "Mars/Olympus".into();
     let h = harness(&[("u-8", p.to_string().into_bytes())]).await;

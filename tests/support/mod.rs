@@ -333,7 +333,12 @@ pub fn swipe(user: &str, amount: f64, status: &str, country: &str) -> Vec<u8> {
 
 /// A profile with the given consents.
 pub fn profile(user: &str, push: bool, sms: bool) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
+    serde_json::to_vec(&profile_json(user, push, sms)).unwrap()
+}
+
+/// [`profile`] as JSON, to change before publishing.
+pub fn profile_json(user: &str, push: bool, sms: bool) -> Value {
+    serde_json::json!({
         "user_id": user,
         "push_tokens": [{"token": format!("fcm-token-{user}"), "platform": "android"}],
         "phone": "+14155552671",
@@ -341,8 +346,7 @@ pub fn profile(user: &str, push: bool, sms: bool) -> Vec<u8> {
         "locale": "en-US",
         "consent": {"push": push, "sms": sms},
         "preferences": {"marketing": false},
-    }))
-    .unwrap()
+    })
 }
 
 /// Admin GET, body as text.
