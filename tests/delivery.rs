@@ -177,6 +177,10 @@ async fn stale_and_capped_messages_are_suppressed_with_their_reasons() {
         "{metrics}"
     );
     assert!(
+        metrics.contains("herald_rule_decisions_total{rule=\"offer\",status=\"suppressed\"} 2"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("herald_suppressions_total{reason=\"stale\"} 1"),
         "{metrics}"
     );

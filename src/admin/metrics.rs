@@ -14,6 +14,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Rule matches, per rule.
     pub rule_matches: IntCounterVec,
+    /// Decisions per rule and status (`sent`, `suppressed`, `failed`).
+    pub rule_decisions: IntCounterVec,
     /// Conditions that could not be evaluated, per rule.
     pub condition_errors: IntCounterVec,
     /// Decisions per channel and status (`sent`, `suppressed`, `failed`).
@@ -102,6 +104,11 @@ impl Metrics {
                 &["reason"],
             ),
             rule_matches: counter_vec("herald_rule_matches_total", "Rule matches", &["rule"]),
+            rule_decisions: counter_vec(
+                "herald_rule_decisions_total",
+                "Decisions per rule and status",
+                &["rule", "status"],
+            ),
             condition_errors: counter_vec(
                 "herald_condition_errors_total",
                 "Conditions that failed to evaluate",

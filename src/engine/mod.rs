@@ -225,21 +225,28 @@ impl Pipeline {
             let rule = &set.rules[i];
             for channel_name in &rule.channels {
                 if let Some(channel) = self.channels.get(channel_name) {
-                    decisions.push(self.decide(
+                    let decided = self.decide(
                         &event,
                         rule,
                         &set.templates,
                         channel,
                         profile.as_deref(),
                         matched_ms,
-                    ));
+                    );
+                    decisions.push(async move { (i, decided.await) });
                 }
             }
         }
         // Decisions for one event run concurrently; the lane waits for all of
         // them, which keeps a key's events in order.
         let mut writes = Vec::with_capacity(decisions.len() + 1);
-        for decided in futures::future::join_all(decisions).await {
+        for (rule, decided) in futures::future::join_all(decisions).await {
+            let status = match decided.outcome.status {
+                Status::Sent => 0,
+                Status::Suppressed => 1,
+                Status::Failed => 2,
+            };
+            loaded.decisions[rule][status].inc();
             if let Some(record) = &decided.dead_letter {
                 writes.push(self.recorder.dead_letter(record));
             }

@@ -27,6 +27,9 @@ pub struct Loaded {
     pub matches: Vec<IntCounter>,
     /// `herald_condition_errors_total{rule}` per rule, by rule index.
     pub condition_errors: Vec<IntCounter>,
+    /// `herald_rule_decisions_total{rule,status}` per rule, by rule index:
+    /// sent, suppressed, failed.
+    pub decisions: Vec<[IntCounter; 3]>,
     /// Counts loads; 1 is the first.
     pub generation: u64,
     /// When this set was loaded, epoch ms.
@@ -175,11 +178,23 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
         .iter()
         .map(|r| metrics.condition_errors.with_label_values(&[r.id.as_str()]))
         .collect();
+    let decisions = set
+        .rules
+        .iter()
+        .map(|r| {
+            ["sent", "suppressed", "failed"].map(|status| {
+                metrics
+                    .rule_decisions
+                    .with_label_values(&[r.id.as_str(), status])
+            })
+        })
+        .collect();
     metrics.rules_loaded.set(set.rules.len() as i64);
     Loaded {
         set,
         matches,
         condition_errors,
+        decisions,
         generation,
         loaded_ms: now_ms(),
     }
