@@ -5,7 +5,6 @@
 //! ready only once each partition has reached its end once.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +23,8 @@ use crate::util::fingerprint;
 pub struct ProfileTable {
     profiles: DashMap<String, Arc<Profile>>,
     dead_tokens: DashSet<String>,
-    caught_up: AtomicBool,
-    caught_up_signal: tokio::sync::watch::Sender<bool>,
+    /// True once every partition of the topic was read to its end.
+    caught_up: tokio::sync::watch::Sender<bool>,
 }
 
 /// Whether the table may be trusted yet.
@@ -80,7 +79,7 @@ impl ProfileTable {
 
     /// Loading until every partition of the topic was read to its end once.
     pub fn status(&self) -> TableStatus {
-        if self.caught_up.load(Ordering::Acquire) {
+        if *self.caught_up.borrow() {
             TableStatus::CaughtUp
         } else {
             TableStatus::Loading
@@ -89,12 +88,8 @@ impl ProfileTable {
 
     /// Waits until the table has caught up with the topic.
     pub async fn wait_caught_up(&self) {
-        let mut signal = self.caught_up_signal.subscribe();
-        // The timeout is a safety net: a wake-up from the profile reader's
-        // worker has been seen to arrive late under tokio's LIFO scheduling.
-        while self.status() != TableStatus::CaughtUp {
-            let _ = tokio::time::timeout(Duration::from_millis(100), signal.changed()).await;
-        }
+        let mut signal = self.caught_up.subscribe();
+        let _ = signal.wait_for(|caught_up| *caught_up).await;
     }
 
     /// Applies one record of the profiles topic: a value upserts, a tombstone deletes.
@@ -198,7 +193,7 @@ impl ProfileTable {
                 Err(KafkaError::PartitionEOF(p)) => {
                     if at_end.insert(p)
                         && at_end.len() == partitions.len()
-                        && !self.caught_up.swap(true, Ordering::AcqRel)
+                        && !self.caught_up.send_replace(true)
                     {
                         info!(profiles = self.len(), "profiles caught up");
                     }
