@@ -372,6 +372,7 @@ impl Pipeline {
                     .observe((sent - event.consumed_ms).max(0) as f64 / 1000.0);
             }
             Err(e) => {
+                let reason = e.reason();
                 self.recent.forget(&outcome.idempotency_key);
                 if let Some(r) = &reservation {
                     self.policy.release(r);
@@ -379,13 +380,12 @@ impl Pipeline {
                 if let (SendError::Unregistered, Address::Push(token)) = (&e, &address) {
                     self.profiles.mark_token_dead(&token.token);
                 }
-                outcome.status = Status::Failed;
-                outcome.reason = Some(e.reason());
+                warn!(rule = %rule.id, channel = %channel.channel.name, %reason, attempts = attempted.attempts, "send failed");
                 channel.failed.inc();
-                warn!(rule = %rule.id, channel = %channel.channel.name, reason = %e.reason(), attempts = attempted.attempts, "send failed");
-                let reason = e.reason();
                 dead_letter =
                     Some(self.failed_send_record(event, rule, channel, &reason, e.to_string()));
+                outcome.status = Status::Failed;
+                outcome.reason = Some(reason);
             }
         }
         Decided::new(outcome, Some(message), dead_letter)
