@@ -98,21 +98,22 @@ pub fn copy_rules(samples: &Path, dir: &Path, renames: &[(&str, &str)]) -> Resul
     Ok(count)
 }
 
-/// The topics of one demo run: fresh names, so a broker that outlives a run
-/// does not replay the last run's events into this one.
-struct DemoTopics {
-    transactions: String,
-    sensors: String,
-    locations: String,
-    profiles: String,
-    outcomes: String,
-    dlq: String,
+/// The topics of one run of the demo or the load test: fresh names, so a
+/// broker that outlives a run does not replay the last run's events into this one.
+pub struct RunTopics {
+    pub transactions: String,
+    pub sensors: String,
+    pub locations: String,
+    pub profiles: String,
+    pub outcomes: String,
+    pub dlq: String,
 }
 
-impl DemoTopics {
-    fn new(run: &str) -> DemoTopics {
-        let name = |t: &str| format!("demo-{run}-{t}");
-        DemoTopics {
+impl RunTopics {
+    /// `<prefix>-transactions`, `<prefix>-sensors`, …
+    pub fn new(prefix: &str) -> RunTopics {
+        let name = |t: &str| format!("{prefix}-{t}");
+        RunTopics {
             transactions: name("transactions"),
             sensors: name("sensors"),
             locations: name("locations"),
@@ -121,14 +122,59 @@ impl DemoTopics {
             dlq: name("dlq"),
         }
     }
-}
 
-fn config_text(brokers: &str, standin: &str, rules: &Path, t: &DemoTopics) -> String {
-    format!(
-        r#"
+    /// Creates them: the streams and outcomes with `partitions`, the profiles
+    /// compacted, the dead-letter topic with one partition.
+    pub async fn create(&self, brokers: &str, partitions: i32) -> Result<(), String> {
+        create_topics(
+            brokers,
+            &[
+                (&self.transactions, partitions, false),
+                (&self.sensors, partitions, false),
+                (&self.locations, partitions, false),
+                (&self.profiles, 1, true),
+                (&self.outcomes, partitions, false),
+                (&self.dlq, 1, false),
+            ],
+        )
+        .await
+    }
+
+    /// The streams, for the simulator.
+    pub fn streams(&self) -> StreamTopics {
+        StreamTopics {
+            transactions: self.transactions.clone(),
+            sensors: self.sensors.clone(),
+            locations: self.locations.clone(),
+        }
+    }
+
+    /// The sample rules copied into `dir`, pointed at these topics; returns the rule count.
+    pub fn copy_rules(&self, samples: &Path, dir: &Path) -> Result<usize, String> {
+        copy_rules(
+            samples,
+            dir,
+            &[
+                ("transactions", &self.transactions),
+                ("sensors", &self.sensors),
+            ],
+        )
+    }
+
+    /// Config for an in-process herald on these topics, sending to the stand-in
+    /// at `standin` with the demo credentials (see [`ENV_FCM`]).
+    pub fn config(
+        &self,
+        brokers: &str,
+        standin: &str,
+        rules: &Path,
+        watch: bool,
+    ) -> Result<Config, String> {
+        let text = format!(
+            r#"
 [kafka]
 bootstrap_servers = "{brokers}"
-group_id = "herald-demo-{group:x}"
+group_id = "herald-{group:x}"
 [kafka.properties]
 "session.timeout.ms" = "6000"
 [sources.{tx}]
@@ -147,6 +193,7 @@ outcomes = "{outcomes}"
 dead_letter = "{dlq}"
 [rules]
 dir = "{rules}"
+watch = {watch}
 [admin]
 listen = "127.0.0.1:0"
 [channels.push]
@@ -154,22 +201,32 @@ provider = "fcm"
 base_url = "{standin}"
 project_id = "herald-demo"
 token_env = "{ENV_FCM}"
+concurrency = 256
 [channels.sms]
 provider = "twilio"
 base_url = "{standin}"
 account_sid_env = "{ENV_SID}"
 auth_token_env = "{ENV_TOKEN}"
 from = "+15005550006"
+concurrency = 64
 "#,
-        group = rand::random::<u32>(),
-        rules = rules.display(),
-        tx = t.transactions,
-        sensors = t.sensors,
-        locations = t.locations,
-        profiles = t.profiles,
-        outcomes = t.outcomes,
-        dlq = t.dlq,
-    )
+            group = rand::random::<u32>(),
+            rules = rules.display(),
+            tx = self.transactions,
+            sensors = self.sensors,
+            locations = self.locations,
+            profiles = self.profiles,
+            outcomes = self.outcomes,
+            dlq = self.dlq,
+        );
+        let config = Config::parse(&text).map_err(|e| e.to_string())?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems.join("; "))
+        }
+    }
 }
 
 /// Runs the demo; `stop` ends the event stream early (Ctrl-C). The
@@ -187,29 +244,11 @@ pub async fn run(
         options.duration.as_secs()
     );
     let run = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-    let topics = DemoTopics::new(&run);
-    create_topics(
-        brokers,
-        &[
-            (&topics.transactions, 3, false),
-            (&topics.sensors, 3, false),
-            (&topics.locations, 3, false),
-            (&topics.profiles, 1, true),
-            (&topics.outcomes, 1, false),
-            (&topics.dlq, 1, false),
-        ],
-    )
-    .await?;
+    let topics = RunTopics::new(&format!("demo-{run}"));
+    topics.create(brokers, 3).await?;
     // The sample rules, pointed at this run's topics.
     let rules = std::env::temp_dir().join(format!("herald-demo-{run}"));
-    copy_rules(
-        &options.rules_dir,
-        &rules,
-        &[
-            ("transactions", &topics.transactions),
-            ("sensors", &topics.sensors),
-        ],
-    )?;
+    topics.copy_rules(&options.rules_dir, &rules)?;
     println!("topics demo-{run}-*: transactions, sensors, locations, profiles, outcomes, dlq");
     let standin = StandIn::start(([127, 0, 0, 1], 0).into(), credentials)
         .await
@@ -226,12 +265,7 @@ pub async fn run(
         .map_err(|e| format!("publishing profiles: {e}"))?;
     println!("published {profiles} profiles");
 
-    let config = Config::parse(&config_text(brokers, &standin.base_url(), &rules, &topics))
-        .map_err(|e| e.to_string())?;
-    let problems = config.validate();
-    if !problems.is_empty() {
-        return Err(problems.join("; "));
-    }
+    let config = topics.config(brokers, &standin.base_url(), &rules, true)?;
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     println!(
         "herald admin on http://{} (metrics, readyz, rules)",
@@ -320,11 +354,7 @@ pub async fn run(
     };
     let report = simulate::run(
         &producer,
-        &StreamTopics {
-            transactions: topics.transactions.clone(),
-            sensors: topics.sensors.clone(),
-            locations: topics.locations.clone(),
-        },
+        &topics.streams(),
         |now| generator.next(now),
         schedule,
         stop,

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::core::Collector;
+use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
 use crate::demo::stats::{Latencies, Percentiles};
-use crate::demo::{copy_rules, create_topics, wait_ready, ENV_FCM, ENV_SID, ENV_TOKEN};
+use crate::demo::{create_topics, wait_ready, RunTopics};
 use crate::simulate::{self, Generator, Schedule, StreamTopics};
 use crate::standin::{Credentials, StandIn};
 
@@ -170,24 +171,8 @@ async fn measure_floor(
     let consumer = floor::consumer(brokers, &topic)?;
     floor::wait_assigned(&consumer).await?;
     let producer = simulate::producer(brokers, &[]).map_err(|e| e.to_string())?;
-    let topics = StreamTopics {
-        transactions: topic.clone(),
-        ..StreamTopics::default()
-    };
-    let mut generator = Generator::new(7, options.users, 5);
     let start = Instant::now();
-    let schedule = Schedule {
-        rate: options.rate,
-        duration: None,
-        count: Some(count),
-    };
-    let produce = simulate::run(
-        &producer,
-        &topics,
-        |now| generator.transaction(now),
-        schedule,
-        std::future::pending(),
-    );
+    let produce = publish_transactions(&producer, &topic, options, 7, options.rate, count);
     let consume = floor::measure(&consumer, count, options.duration + Duration::from_secs(30));
     let (_, (latency, span)) = tokio::join!(produce, consume);
     let handled = latency.len() as u64;
@@ -197,23 +182,7 @@ async fn measure_floor(
 
     // Maximum consume rate: drain a backlog as fast as the consumer can.
     let backlog_count = count.max(20_000);
-    let topics = StreamTopics {
-        transactions: backlog.clone(),
-        ..StreamTopics::default()
-    };
-    let schedule = Schedule {
-        rate: 1e9,
-        duration: None,
-        count: Some(backlog_count),
-    };
-    simulate::run(
-        &producer,
-        &topics,
-        |now| generator.transaction(now),
-        schedule,
-        std::future::pending(),
-    )
-    .await;
+    publish_transactions(&producer, &backlog, options, 8, 1e9, backlog_count).await;
     let drain = floor::consumer(brokers, &backlog)?;
     let (drained, span) = floor::measure(&drain, backlog_count, Duration::from_secs(120)).await;
     let max_rate =
@@ -240,78 +209,19 @@ async fn measure_herald(
     floor_sorted: Vec<f64>,
 ) -> Result<(Side, usize, Vec<f64>, Vec<f64>), String> {
     let brokers = &options.brokers;
-    let tx = format!("lt-{id}-transactions");
-    let profiles = format!("lt-{id}-profiles");
-    let outcomes = format!("lt-{id}-outcomes");
-    let dlq = format!("lt-{id}-dlq");
-    let sensors = format!("lt-{id}-sensors");
-    create_topics(
-        brokers,
-        &[
-            (&tx, options.partitions, false),
-            (&sensors, 1, false),
-            (&profiles, 1, true),
-            (&outcomes, options.partitions, false),
-            (&dlq, 1, false),
-        ],
-    )
-    .await?;
+    let topics = RunTopics::new(&format!("lt-{id}"));
+    topics.create(brokers, options.partitions).await?;
     let standin = StandIn::start(([127, 0, 0, 1], 0).into(), credentials)
         .await
         .map_err(|e| e.to_string())?;
     let rules = tempfile_dir(id)?;
-    let rule_count = write_rules(
-        &options.sample_rules,
-        &rules,
-        (&tx, &sensors),
-        options.rules,
-    )?;
+    let rule_count = write_rules(&options.sample_rules, &rules, &topics, options.rules)?;
     let producer = simulate::producer(brokers, &[]).map_err(|e| e.to_string())?;
     let mut generator = Generator::new(7, options.users, 5);
-    simulate::publish_profiles(&producer, &profiles, &mut generator)
+    simulate::publish_profiles(&producer, &topics.profiles, &mut generator)
         .await
         .map_err(|e| e.to_string())?;
-    let text = format!(
-        r#"
-[kafka]
-bootstrap_servers = "{brokers}"
-group_id = "lt-{id}"
-[kafka.properties]
-"session.timeout.ms" = "6000"
-[sources.{tx}]
-user_field = "user_id"
-time_field = "ts"
-type_field = "status"
-[sources.{sensors}]
-user_field = "owner_id"
-time_field = "ts"
-[topics]
-profiles = "{profiles}"
-outcomes = "{outcomes}"
-dead_letter = "{dlq}"
-[rules]
-dir = "{rules}"
-watch = false
-[admin]
-listen = "127.0.0.1:0"
-[channels.push]
-provider = "fcm"
-base_url = "{base}"
-project_id = "loadtest"
-token_env = "{ENV_FCM}"
-concurrency = 256
-[channels.sms]
-provider = "twilio"
-base_url = "{base}"
-account_sid_env = "{ENV_SID}"
-auth_token_env = "{ENV_TOKEN}"
-from = "+15005550006"
-concurrency = 64
-"#,
-        rules = rules.display(),
-        base = standin.base_url(),
-    );
-    let config = crate::config::Config::parse(&text).map_err(|e| e.to_string())?;
+    let config = topics.config(brokers, &standin.base_url(), &rules, false)?;
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     wait_ready(running.admin_addr(), Duration::from_secs(60)).await?;
 
@@ -327,23 +237,14 @@ concurrency = 64
             }
         }
     });
-    let topics = StreamTopics {
-        transactions: tx.clone(),
-        ..StreamTopics::default()
-    };
     let start = Instant::now();
-    let schedule = Schedule {
-        rate: options.rate,
-        duration: None,
-        count: Some(count),
-    };
-    let mut generator = Generator::new(11, options.users, 5);
-    simulate::run(
+    publish_transactions(
         &producer,
-        &topics,
-        |now| generator.transaction(now),
-        schedule,
-        std::future::pending(),
+        &topics.transactions,
+        options,
+        11,
+        options.rate,
+        count,
     )
     .await;
     let consumed = || -> u64 {
@@ -398,18 +299,45 @@ fn tempfile_dir(id: &str) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// Copies the sample rules (pointed at `topic`) and adds generated ones; returns the rule count.
+/// Publishes `count` card transactions to `topic` at `rate` events per second,
+/// open loop, from a generator seeded with `seed`.
+async fn publish_transactions(
+    producer: &FutureProducer,
+    topic: &str,
+    options: &LoadOptions,
+    seed: u64,
+    rate: f64,
+    count: u64,
+) {
+    let topics = StreamTopics {
+        transactions: topic.to_string(),
+        ..StreamTopics::default()
+    };
+    let mut generator = Generator::new(seed, options.users, 5);
+    let schedule = Schedule {
+        rate,
+        duration: None,
+        count: Some(count),
+    };
+    simulate::run(
+        producer,
+        &topics,
+        |now| generator.transaction(now),
+        schedule,
+        std::future::pending(),
+    )
+    .await;
+}
+
+/// Copies the sample rules (pointed at the run's topics) and adds generated ones; returns the rule count.
 fn write_rules(
     samples: &Path,
     dir: &Path,
-    (topic, sensors): (&str, &str),
+    topics: &RunTopics,
     load: RuleLoad,
 ) -> Result<usize, String> {
-    let mut count = copy_rules(
-        samples,
-        dir,
-        &[("transactions", topic), ("sensors", sensors)],
-    )?;
+    let mut count = topics.copy_rules(samples, dir)?;
+    let topic = &topics.transactions;
     if let RuleLoad::Generated(n) = load {
         // 500 rules a file keeps each file well under the 1 MiB rule-file limit.
         for (file, first) in (0..n).step_by(500).enumerate() {
