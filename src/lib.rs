@@ -11,7 +11,8 @@
 //! - [`profile`] — the profile table, filled from the compacted profiles topic.
 //! - [`rules`] — YAML rule files compiled into an indexed, immutable set with CEL
 //!   conditions, swapped atomically on reload.
-//! - [`policy`] — consent, preferences and addresses: may this user get this message here?
+//! - [`policy`] — consent, preferences, freshness, quiet hours, caps: may this user get this message here, now?
+//! - [`feedback`] — engagement, SMS keywords (STOP/START/HELP), replies and push actions coming back.
 //! - [`render`] — minijinja templates with money, masking and local-time filters.
 //! - [`deliver`] — FCM, Twilio, webhook and console adapters; bounded, retried.
 //! - [`outcome`] — one record per decision on the outcomes topic; dead letters.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod engine;
+pub mod feedback;
 pub mod ingest;
 pub mod kafka;
 pub mod loadtest;

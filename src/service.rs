@@ -16,6 +16,7 @@ use crate::admin::{self, AdminState, Metrics};
 use crate::config::Config;
 use crate::deliver::{http_client, Channel};
 use crate::engine::{ChannelRuntime, Pipeline};
+use crate::feedback::FeedbackState;
 use crate::ingest::offsets::OffsetTracker;
 use crate::ingest::{consume, ConsumerHealth, HeraldContext};
 use crate::kafka;
@@ -115,6 +116,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.topics.dead_letter.clone(),
     );
     let profiles = ProfileTable::new();
+    let feedback = FeedbackState::new(
+        kafka::profile_reader_config(&config.kafka),
+        config.topics.feedback.clone(),
+        config.topics.consent.clone(),
+        config.feedback.lookback.ms(),
+    );
     let tracker = Arc::new(OffsetTracker::default());
     let health = Arc::new(ConsumerHealth::default());
     let context = HeraldContext {
@@ -125,7 +132,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let consumer: StreamConsumer<HeraldContext> =
         kafka::consumer_config(&config.kafka).create_with_context(context)?;
-    let topics: Vec<String> = config.source_topics();
+    let topics: Vec<String> = config.consumed_topics();
     let consumer = Arc::new(consumer);
 
     let listener = admin::bind(config.admin.listen)
@@ -148,6 +155,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Arc::clone(&metrics),
         shutdown_rx.clone(),
     )));
+    background.push(tokio::spawn(
+        Arc::clone(&feedback).follow(shutdown_rx.clone(), crate::util::now_ms()),
+    ));
     if config.rules.watch {
         background.push(tokio::spawn(Arc::clone(&rules).watch(
             Duration::from_millis(config.rules.debounce_ms),
@@ -158,6 +168,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         metrics: Arc::clone(&metrics),
         rules: Arc::clone(&rules),
         profiles: Arc::clone(&profiles),
+        feedback: Arc::clone(&feedback),
         consumer: Arc::clone(&health),
     };
     background.push(tokio::spawn(admin::serve(
@@ -172,22 +183,27 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     )));
 
     let table = Arc::clone(&profiles);
+    let state_loaded = Arc::clone(&feedback);
     let pipeline = Arc::new(Pipeline::new(
         rules,
         profiles,
+        feedback,
         channels,
         recorder,
         Arc::clone(&metrics),
         &config,
     ));
+    background.push(tokio::spawn(
+        Arc::clone(&pipeline).release_held(shutdown_rx.clone()),
+    ));
     let limits = config.limits.clone();
     let handle = Arc::clone(&pipeline);
     let mut stop = shutdown_rx.clone();
     let consumer_task = tokio::spawn(async move {
-        // Events are matched against profiles, so none is taken before the
-        // profile table has caught up with its topic.
+        // Events are matched against profiles, opt-outs and engagement, so
+        // none is taken before those have caught up with their topics.
         tokio::select! {
-            _ = table.wait_caught_up() => {}
+            _ = async { tokio::join!(table.wait_caught_up(), state_loaded.wait_caught_up()) } => {}
             _ = stop.changed() => return,
         }
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -195,7 +211,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             tracing::error!(error = %e, "cannot subscribe to the source topics");
             return;
         }
-        info!(topics = ?topics, "profiles loaded; consuming");
+        info!(topics = ?topics, "profiles and feedback loaded; consuming");
         consume(consumer, pipeline, tracker, health, &limits, shutdown_rx).await;
     });
     Ok(Running {

@@ -40,9 +40,84 @@ pub fn mask_token(token: &str) -> String {
     format!("token:{}", fingerprint(token))
 }
 
+/// Parses a duration as analysts write it: a whole number and a unit, `90s`,
+/// `5m`, `2h`, `7d` (also `ms`). Returns milliseconds; zero is refused.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit_ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "duration `{text}` must be a whole number with a unit: ms, s, m, h or d (e.g. `5m`)"
+            ))
+        }
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("duration `{text}` must start with a whole number (e.g. `5m`)"))?;
+    if n == 0 {
+        return Err(format!("duration `{text}` must be longer than zero"));
+    }
+    n.checked_mul(unit_ms)
+        .ok_or_else(|| format!("duration `{text}` is too long"))
+}
+
+/// A positive duration in YAML or TOML, written `90s`, `5m`, `2h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Span(pub u64);
+
+impl Span {
+    /// Milliseconds.
+    pub fn ms(self) -> i64 {
+        self.0 as i64
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0;
+        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if ms % size == 0 {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration_ms(&text)
+            .map(Span)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("5m"), Ok(300_000));
+        assert_eq!(parse_duration_ms(" 2h "), Ok(7_200_000));
+        assert_eq!(parse_duration_ms("7d"), Ok(604_800_000));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert!(parse_duration_ms("0s").unwrap_err().contains("longer than zero"));
+        assert!(parse_duration_ms("-5m").is_err());
+        assert!(parse_duration_ms("5 minutes").unwrap_err().contains("unit"));
+        assert!(parse_duration_ms("m").is_err());
+        assert_eq!(Span(7_200_000).to_string(), "2h");
+        assert_eq!(Span(90_000).to_string(), "90s");
+    }
 
     #[test]
     fn masks_hide_the_middle() {

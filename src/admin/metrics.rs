@@ -22,6 +22,19 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     /// Suppressions per reason code.
     pub suppressions: IntCounterVec,
+    /// Suppressions per rule and reason code.
+    pub rule_suppressions: IntCounterVec,
+    /// Messages held for the end of quiet hours, now.
+    pub held: IntGauge,
+    /// Held messages by how they ended (`sent`, `stale`, `suppressed`, `failed`, `collapsed`, `shutdown`).
+    pub held_released: IntCounterVec,
+    /// Feedback records per kind (`engagement`, `stop`, `start`, `help`, `reply`,
+    /// `push_action`) and result (`applied`, `unknown_message`, `invalid`).
+    pub feedback: IntCounterVec,
+    /// Phone numbers opted out of SMS by keyword.
+    pub sms_opt_outs: IntGauge,
+    /// SMS that could not wait for the feedback topic to be read (consent unknown).
+    pub consent_waits_failed: IntCounter,
     /// Provider retries per channel.
     pub retries: IntCounterVec,
     /// Provider request latency per channel, seconds.
@@ -92,6 +105,14 @@ impl Metrics {
         registry
             .register(Box::new(profile_errors.clone()))
             .expect("unique metric");
+        let consent_waits_failed = IntCounter::new(
+            "herald_consent_waits_failed_total",
+            "SMS not sent because the feedback topic could not be read in time",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(consent_waits_failed.clone()))
+            .expect("unique metric");
         Metrics {
             events_consumed: counter_vec(
                 "herald_events_consumed_total",
@@ -124,6 +145,30 @@ impl Metrics {
                 "Suppressed messages per reason",
                 &["reason"],
             ),
+            rule_suppressions: counter_vec(
+                "herald_rule_suppressions_total",
+                "Suppressed messages per rule and reason",
+                &["rule", "reason"],
+            ),
+            held: gauge(
+                "herald_held_messages",
+                "Messages held until quiet hours end",
+            ),
+            held_released: counter_vec(
+                "herald_held_released_total",
+                "Held messages by how they ended",
+                &["result"],
+            ),
+            feedback: counter_vec(
+                "herald_feedback_total",
+                "Feedback records per kind and result",
+                &["kind", "result"],
+            ),
+            sms_opt_outs: gauge(
+                "herald_sms_opt_outs",
+                "Phone numbers opted out of SMS by keyword",
+            ),
+            consent_waits_failed,
             retries: counter_vec(
                 "herald_provider_retries_total",
                 "Provider request retries",

@@ -25,6 +25,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub rules: Arc<LiveRules>,
     pub profiles: Arc<ProfileTable>,
+    pub feedback: Arc<crate::feedback::FeedbackState>,
     pub consumer: Arc<ConsumerHealth>,
 }
 
@@ -60,19 +61,21 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// 200 when rules are loaded, profiles caught up, partitions assigned and the
-/// broker answering; otherwise 503 with what is missing.
+/// 200 when rules are loaded, profiles and feedback caught up, partitions
+/// assigned and the broker answering; otherwise 503 with what is missing.
 async fn readyz(State(state): State<AdminState>) -> Response {
     let profiles = state.profiles.status() == TableStatus::CaughtUp;
+    let feedback = state.feedback.is_caught_up();
     let assigned = state.consumer.assigned.load(Ordering::Acquire);
     let broker = state.consumer.broker_ok.load(Ordering::Acquire);
     let body = json!({
         "rules_loaded": true,
         "profiles_caught_up": profiles,
+        "feedback_caught_up": feedback,
         "partitions_assigned": assigned,
         "broker_reachable": broker,
     });
-    let code = if profiles && assigned && broker {
+    let code = if profiles && feedback && assigned && broker {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -96,6 +99,8 @@ async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
                 "status": if r.enabled { "active" } else { "disabled" },
                 "sources": r.sources,
                 "channels": r.channels,
+                "fallback": r.fallback,
+                "campaign": r.campaign,
                 "category": r.category,
                 "condition": r.condition.as_ref().map(|c| c.source.as_str()),
             })

@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 mod channel;
 pub use channel::{ChannelConfig, ProviderKind};
+mod feedback;
+pub use feedback::FeedbackConfig;
 
 /// Everything herald needs to run one instance.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +44,9 @@ pub struct Config {
     /// Delivery policy: freshness, quiet hours and caps per category.
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
+    /// Feedback: engagement look-back, SMS keywords and the HELP reply.
+    #[serde(default)]
+    pub feedback: FeedbackConfig,
 }
 
 /// Kafka connection; `properties` passes any librdkafka setting through unchanged.
@@ -91,6 +96,19 @@ pub struct TopicsConfig {
     /// Messages herald could not process, and sends that finally failed.
     #[serde(default = "defaults::dead_letter_topic")]
     pub dead_letter: String,
+    /// Engagement events (email opened, push delivered, …), inbound SMS in
+    /// Twilio's webhook fields, and push action presses.
+    #[serde(default = "defaults::feedback_topic")]
+    pub feedback: String,
+    /// Consent changes herald made (STOP, START), keyed by phone number,
+    /// compacted; herald reads it back at start, and the CRM follows it.
+    #[serde(default = "defaults::consent_topic")]
+    pub consent: String,
+    /// Replies to messages (YES/NO to "was this you?") and push action
+    /// presses, as events carrying the original message's rule, key and
+    /// idempotency key. Add it to `[sources]` to let rules react to replies.
+    #[serde(default = "defaults::replies_topic")]
+    pub replies: String,
 }
 
 /// Rule files.
@@ -152,6 +170,15 @@ pub(crate) mod defaults {
     pub fn dead_letter_topic() -> String {
         "herald.dlq".into()
     }
+    pub fn feedback_topic() -> String {
+        "herald.feedback".into()
+    }
+    pub fn consent_topic() -> String {
+        "herald.consent".into()
+    }
+    pub fn replies_topic() -> String {
+        "herald.replies".into()
+    }
     pub fn rules_dir() -> PathBuf {
         PathBuf::from("rules")
     }
@@ -184,6 +211,9 @@ impl Default for TopicsConfig {
             profiles: defaults::profiles_topic(),
             outcomes: defaults::outcomes_topic(),
             dead_letter: defaults::dead_letter_topic(),
+            feedback: defaults::feedback_topic(),
+            consent: defaults::consent_topic(),
+            replies: defaults::replies_topic(),
         }
     }
 }
@@ -313,6 +343,17 @@ impl Config {
         for (name, channel) in &self.channels {
             problems.extend(channel.validate(name));
         }
+        if let Some(help) = &self.feedback.help_channel {
+            match self.channels.get(help) {
+                Some(c) if c.provider == ProviderKind::Twilio => {}
+                Some(_) => problems.push(format!(
+                    "feedback.help_channel `{help}` must be a twilio channel (HELP is answered by SMS)"
+                )),
+                None => problems.push(format!(
+                    "feedback.help_channel `{help}` is not a configured channel"
+                )),
+            }
+        }
         if self.limits.lanes == 0 || self.limits.lane_queue == 0 {
             problems.push("limits.lanes and limits.lane_queue must be at least 1".into());
         }
@@ -331,6 +372,15 @@ impl Config {
     /// The configured source topics, in a stable order.
     pub fn source_topics(&self) -> Vec<String> {
         self.sources.keys().cloned().collect()
+    }
+
+    /// Every topic the consumer group takes: the sources and the feedback topic.
+    pub fn consumed_topics(&self) -> Vec<String> {
+        let mut topics = self.source_topics();
+        if !topics.contains(&self.topics.feedback) {
+            topics.push(self.topics.feedback.clone());
+        }
+        topics
     }
 }
 

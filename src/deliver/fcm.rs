@@ -35,6 +35,9 @@ pub fn request_body(message: &Message, token: &str) -> Value {
     if let Some(key) = &message.collapse_key {
         android.insert("collapse_key".into(), json!(key));
     }
+    if let Some(category) = &message.action_category {
+        android.insert("notification".into(), json!({ "click_action": category }));
+    }
     let mut apns_headers = serde_json::Map::new();
     apns_headers.insert(
         "apns-priority".into(),
@@ -62,13 +65,17 @@ pub fn request_body(message: &Message, token: &str) -> Value {
     }
     data.insert("rule".into(), json!(message.rule_id));
     data.insert("idempotency_key".into(), json!(message.idempotency_key));
+    let mut apns = json!({ "headers": apns_headers });
+    if let Some(category) = &message.action_category {
+        apns["payload"] = json!({ "aps": { "category": category } });
+    }
     json!({
         "message": {
             "token": token,
             "notification": notification,
             "data": data,
             "android": android,
-            "apns": { "headers": apns_headers },
+            "apns": apns,
         }
     })
 }

@@ -35,6 +35,9 @@ pub struct Message {
     /// Replaces an earlier message with the same key on the device.
     pub collapse_key: Option<String>,
     pub ttl_seconds: Option<u32>,
+    /// Interactive push: the category the app registered with its buttons
+    /// (APNs `aps.category`, FCM `click_action`).
+    pub action_category: Option<String>,
     /// Stable per (rule, event, channel, recipient): the same event never makes two keys.
     pub idempotency_key: String,
     /// Extra key/value data for the app (push `data`, webhook JSON).

@@ -298,6 +298,13 @@ pub async fn run(
                         o.channel, o.rule, to, ms, text
                     );
                 }
+                Status::Held => {
+                    println!(
+                        "  held        {:<5} {:<26} {:<22}          until quiet hours end",
+                        o.channel, o.rule, to
+                    );
+                    suppressed.add("held for quiet hours");
+                }
                 Status::Suppressed => {
                     let reason = o.reason.clone().unwrap_or_default();
                     println!(

@@ -4,27 +4,31 @@
 //! final and recorded (or the message is dead-lettered), so the caller may then
 //! store its offset.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use sha2::{Digest, Sha256};
-use tracing::{trace, warn};
+use tracing::trace;
 
 use crate::admin::Metrics;
-use crate::config::{Config, ProviderKind, SourceConfig};
-use crate::deliver::{send_with_retry, Address, Channel, Message, SendError};
-use crate::ingest::decode::{decode, Event, Origin};
-use crate::outcome::{DeadLetter, Outcome, Pending, Recorder, SourceRef, Status, Timings};
-use crate::policy::{address, Policy, Subject, Suppression};
+use crate::config::{Config, FeedbackConfig, SourceConfig, TopicsConfig};
+use crate::deliver::Channel;
+use crate::feedback::FeedbackState;
+use crate::ingest::decode::{decode, Origin};
+use crate::outcome::{DeadLetter, Outcome, Pending, Recorder};
+use crate::policy::{Policy, Suppression};
 use crate::profile::ProfileTable;
-use crate::render::RuleScope;
-use crate::rules::{LiveRules, Rule, Verdict};
+use crate::rules::{LiveRules, Verdict};
 use crate::util::now_ms;
 
+mod decide;
 mod dedup;
+mod held;
+mod replies;
+pub use decide::{Decided, Job};
 pub use dedup::RecentSends;
+pub use held::{AlreadyHeld, Held, HeldMessage, HeldQueue};
 
 /// A Kafka message handed to the pipeline, owned.
 #[derive(Debug, Clone)]
@@ -45,23 +49,6 @@ pub struct Decision {
     pub outcome: Outcome,
     pub title: Option<String>,
     pub text: Option<String>,
-}
-
-/// One (rule, channel) decision and what must be written for it.
-struct Decided {
-    outcome: Outcome,
-    message: Option<Message>,
-    dead_letter: Option<DeadLetter>,
-}
-
-impl Decided {
-    fn new(outcome: Outcome, message: Option<Message>, dead_letter: Option<DeadLetter>) -> Decided {
-        Decided {
-            outcome,
-            message,
-            dead_letter,
-        }
-    }
 }
 
 /// A channel with its metric handles, made once.
@@ -101,6 +88,11 @@ pub struct Pipeline {
     pub max_event_bytes: usize,
     pub recent: RecentSends,
     pub policy: Policy,
+    /// Engagement, opt-outs and recent sends, fed by the feedback topic.
+    pub feedback: Arc<FeedbackState>,
+    feedback_config: FeedbackConfig,
+    topics: TopicsConfig,
+    held: HeldQueue<HeldMessage>,
     suppression_counters: HashMap<&'static str, IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
 }
@@ -110,6 +102,7 @@ impl Pipeline {
     pub fn new(
         rules: Arc<LiveRules>,
         profiles: Arc<ProfileTable>,
+        feedback: Arc<FeedbackState>,
         channels: HashMap<String, ChannelRuntime>,
         recorder: Recorder,
         metrics: Arc<Metrics>,
@@ -140,6 +133,10 @@ impl Pipeline {
             max_event_bytes: config.limits.max_event_bytes,
             recent: RecentSends::new(100_000, Duration::from_secs(24 * 3600)),
             policy: Policy::new(config.policy.clone()),
+            feedback,
+            feedback_config: config.feedback.clone(),
+            topics: config.topics.clone(),
+            held: HeldQueue::default(),
             suppression_counters,
             decisions: tokio::sync::broadcast::channel(4096).0,
         }
@@ -149,6 +146,9 @@ impl Pipeline {
     /// decision (or the dead letter) to the producer. The message is final once
     /// all returned writes have resolved.
     pub async fn handle(&self, msg: Incoming) -> Vec<Pending> {
+        if msg.topic == self.topics.feedback && !self.sources.contains_key(&msg.topic) {
+            return self.handle_feedback(msg).await;
+        }
         let Some((source, mapping, consumed)) = self.sources.get(&msg.topic) else {
             return Vec::new();
         };
@@ -168,26 +168,10 @@ impl Pipeline {
             self.max_event_bytes,
             msg.consumed_ms,
         ) {
-            Ok(e) => e,
+            Ok(e) => Arc::new(e),
             Err(e) => {
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&[e.reason()])
-                    .inc();
                 trace!(topic = %msg.topic, partition = msg.partition, offset = msg.offset, reason = e.reason(), "dead letter");
-                let record = DeadLetter {
-                    reason: e.reason().to_string(),
-                    detail: e.to_string(),
-                    topic: msg.topic.clone(),
-                    partition: msg.partition,
-                    offset: msg.offset,
-                    key_base64: DeadLetter::encode(msg.key.as_deref()),
-                    payload_base64: DeadLetter::encode(msg.payload.as_deref()),
-                    rule: None,
-                    channel: None,
-                    at_ms: now_ms(),
-                };
-                return vec![self.recorder.dead_letter(&record)];
+                return vec![self.dead_letter(&msg, e.reason(), e.to_string())];
             }
         };
         let loaded = self.rules.current();
@@ -220,284 +204,76 @@ impl Pipeline {
             }
         }
         let matched_ms = now_ms();
-        let mut decisions = Vec::new();
-        for &i in &matched {
-            let rule = &set.rules[i];
-            for channel_name in &rule.channels {
-                if let Some(channel) = self.channels.get(channel_name) {
-                    let decided = self.decide(
-                        &event,
-                        rule,
-                        &set.templates,
-                        channel,
-                        profile.as_deref(),
-                        matched_ms,
-                    );
-                    decisions.push(async move { (i, decided.await) });
+        let jobs: Vec<Job> = matched
+            .iter()
+            .map(|&rule| Job {
+                loaded: Arc::clone(&loaded),
+                rule,
+                event: Arc::clone(&event),
+                profile: profile.clone(),
+                matched_ms,
+            })
+            .collect();
+        let mut chains = Vec::new();
+        for job in &jobs {
+            let rule = &set.rules[job.rule];
+            if rule.fallback {
+                chains.push(self.run_chain(job, &rule.channels, Vec::new()));
+            } else {
+                for channel in &rule.channels {
+                    chains.push(self.run_chain(job, std::slice::from_ref(channel), Vec::new()));
                 }
             }
         }
         // Decisions for one event run concurrently; the lane waits for all of
         // them, which keeps a key's events in order.
-        let mut writes = Vec::with_capacity(decisions.len() + 1);
-        for (rule, decided) in futures::future::join_all(decisions).await {
-            let status = match decided.outcome.status {
-                Status::Sent => 0,
-                Status::Suppressed => 1,
-                Status::Failed => 2,
-            };
-            loaded.decisions[rule][status].inc();
-            if let Some(record) = &decided.dead_letter {
-                writes.push(self.recorder.dead_letter(record));
-            }
-            writes.push(self.recorder.outcome(&decided.outcome));
-            if self.decisions.receiver_count() > 0 {
-                let (title, text) = decided
-                    .message
-                    .map_or((None, None), |m| (m.title, Some(m.body)));
-                let _ = self.decisions.send(Arc::new(Decision {
-                    outcome: decided.outcome,
-                    title,
-                    text,
-                }));
+        let mut writes = Vec::with_capacity(chains.len() + 1);
+        for decided in futures::future::join_all(chains).await {
+            for d in decided {
+                self.record(d, &mut writes);
             }
         }
         writes
+    }
+
+    /// Counts a decision and hands its records to the producer.
+    fn record(&self, decided: Decided, writes: &mut Vec<Pending>) {
+        decided.counters[decided.outcome.status.index()].inc();
+        if let Some(record) = &decided.dead_letter {
+            writes.push(self.recorder.dead_letter(record));
+        }
+        writes.push(self.recorder.outcome(&decided.outcome));
+        if self.decisions.receiver_count() > 0 {
+            let (title, text) = decided
+                .message
+                .map_or((None, None), |m| (m.title, Some(m.body)));
+            let _ = self.decisions.send(Arc::new(Decision {
+                outcome: decided.outcome,
+                title,
+                text,
+            }));
+        }
+    }
+
+    /// Dead-letters a message that cannot be used, with its reason.
+    fn dead_letter(&self, msg: &Incoming, reason: &str, detail: String) -> Pending {
+        self.metrics.dead_letters.with_label_values(&[reason]).inc();
+        self.recorder.dead_letter(&DeadLetter {
+            reason: reason.to_string(),
+            detail,
+            topic: msg.topic.clone(),
+            partition: msg.partition,
+            offset: msg.offset,
+            key_base64: DeadLetter::encode(msg.key.as_deref()),
+            payload_base64: DeadLetter::encode(msg.payload.as_deref()),
+            rule: None,
+            channel: None,
+            at_ms: now_ms(),
+        })
     }
 
     /// Every decision from now on, with its text (for the demo).
     pub fn watch_decisions(&self) -> tokio::sync::broadcast::Receiver<Arc<Decision>> {
         self.decisions.subscribe()
     }
-
-    /// One (rule, channel) decision for an event.
-    async fn decide(
-        &self,
-        event: &Event,
-        rule: &Rule,
-        templates: &crate::render::Templates,
-        channel: &ChannelRuntime,
-        profile: Option<&crate::profile::Profile>,
-        matched_ms: i64,
-    ) -> Decided {
-        let mut outcome = Outcome {
-            rule: rule.id.clone(),
-            rule_version: rule.version.clone(),
-            category: rule.category.clone(),
-            user: event.user.clone(),
-            channel: channel.channel.name.clone(),
-            status: Status::Suppressed,
-            reason: None,
-            idempotency_key: String::new(),
-            recipient: None,
-            provider_message_id: None,
-            attempts: 0,
-            source: SourceRef {
-                topic: event.source.to_string(),
-                partition: event.partition,
-                offset: event.offset,
-            },
-            timings: Timings {
-                event_ms: event.time_ms,
-                consumed_ms: event.consumed_ms,
-                matched_ms,
-                ..Timings::default()
-            },
-        };
-        let subject = Subject {
-            rule: &rule.id,
-            category: &rule.category,
-            rule_policy: &rule.policy,
-            event_ms: event.time_ms,
-        };
-        let now = now_ms();
-        let admitted = self
-            .policy
-            .admit(profile, &subject, &channel.channel, now)
-            .and_then(|p| address(p, &channel.channel, &self.profiles));
-        let address = match admitted {
-            Ok(a) => a,
-            Err(s) => return Decided::new(self.suppress(outcome, channel, s), None, None),
-        };
-        outcome.recipient = Some(address.masked());
-        outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &address);
-        let message = match render(
-            rule,
-            templates,
-            event,
-            profile,
-            channel,
-            &outcome.idempotency_key,
-        ) {
-            Ok(m) => m,
-            Err(detail) => {
-                outcome.status = Status::Failed;
-                outcome.reason = Some("render_error".into());
-                channel.failed.inc();
-                let record = self.failed_send_record(event, rule, channel, "render_error", detail);
-                return Decided::new(outcome, None, Some(record));
-            }
-        };
-        if !self.recent.first_time(&outcome.idempotency_key) {
-            let outcome = self.suppress(outcome, channel, Suppression::Duplicate);
-            return Decided::new(outcome, Some(message), None);
-        }
-        let reservation = match self.policy.reserve(&event.user, &subject, now) {
-            Ok(r) => r,
-            Err(s) => {
-                self.recent.forget(&outcome.idempotency_key);
-                return Decided::new(self.suppress(outcome, channel, s), Some(message), None);
-            }
-        };
-        let attempted =
-            send_with_retry(&channel.channel, &message, &address, &channel.retries).await;
-        outcome.attempts = attempted.attempts;
-        outcome.timings.request_sent_ms = attempted.request_sent_ms;
-        outcome.timings.answered_ms = attempted.answered_ms;
-        channel
-            .latency
-            .observe((attempted.answered_ms - attempted.request_sent_ms).max(0) as f64 / 1000.0);
-        let mut dead_letter = None;
-        match attempted.result {
-            Ok(delivered) => {
-                outcome.status = Status::Sent;
-                outcome.provider_message_id = delivered.provider_message_id;
-                channel.sent.inc();
-                let sent = attempted.request_sent_ms;
-                self.metrics
-                    .event_to_send
-                    .observe((sent - event.time_ms).max(0) as f64 / 1000.0);
-                self.metrics
-                    .consume_to_send
-                    .observe((sent - event.consumed_ms).max(0) as f64 / 1000.0);
-            }
-            Err(e) => {
-                let reason = e.reason();
-                self.recent.forget(&outcome.idempotency_key);
-                if let Some(r) = &reservation {
-                    self.policy.release(r);
-                }
-                if let (SendError::Unregistered, Address::Push(token)) = (&e, &address) {
-                    self.profiles.mark_token_dead(&token.token);
-                }
-                warn!(rule = %rule.id, channel = %channel.channel.name, %reason, attempts = attempted.attempts, "send failed");
-                channel.failed.inc();
-                dead_letter =
-                    Some(self.failed_send_record(event, rule, channel, &reason, e.to_string()));
-                outcome.status = Status::Failed;
-                outcome.reason = Some(reason);
-            }
-        }
-        Decided::new(outcome, Some(message), dead_letter)
-    }
-
-    fn suppress(
-        &self,
-        mut outcome: Outcome,
-        channel: &ChannelRuntime,
-        why: Suppression,
-    ) -> Outcome {
-        channel.suppressed.inc();
-        if let Some(c) = self.suppression_counters.get(why.code()) {
-            c.inc();
-        }
-        outcome.status = Status::Suppressed;
-        outcome.reason = Some(why.to_string());
-        outcome
-    }
-
-    fn failed_send_record(
-        &self,
-        event: &Event,
-        rule: &Rule,
-        channel: &ChannelRuntime,
-        reason: &str,
-        detail: String,
-    ) -> DeadLetter {
-        self.metrics
-            .dead_letters
-            .with_label_values(&["send_failed"])
-            .inc();
-        DeadLetter {
-            reason: format!("send_failed:{reason}"),
-            detail,
-            topic: event.source.to_string(),
-            partition: event.partition,
-            offset: event.offset,
-            key_base64: None,
-            payload_base64: None,
-            rule: Some(rule.id.clone()),
-            channel: Some(channel.channel.name.clone()),
-            at_ms: now_ms(),
-        }
-    }
-}
-
-/// Renders the rule's templates for a channel: push gets title and body, other
-/// channels the SMS text (falling back to the body).
-fn render(
-    rule: &Rule,
-    templates: &crate::render::Templates,
-    event: &Event,
-    profile: Option<&crate::profile::Profile>,
-    channel: &ChannelRuntime,
-    idempotency_key: &str,
-) -> Result<Message, String> {
-    let scope = RuleScope {
-        id: &rule.id,
-        category: &rule.category,
-        description: &rule.description,
-    };
-    let part = |name: &str| {
-        templates
-            .render(
-                &format!("{}/{name}", rule.id),
-                &event.fields,
-                profile,
-                &scope,
-            )
-            .map_err(|e| format!("template.{name}: {e}"))
-    };
-    let push = channel.channel.provider.kind() == ProviderKind::Fcm;
-    let body_part = match (push, rule.has_body, rule.has_text) {
-        (true, true, _) | (false, true, false) => "body",
-        _ => "text",
-    };
-    let title = if rule.has_title {
-        Some(part("title")?)
-    } else {
-        None
-    };
-    Ok(Message {
-        rule_id: rule.id.clone(),
-        category: rule.category.clone(),
-        priority: rule.priority,
-        title,
-        body: part(body_part)?,
-        collapse_key: rule.collapse_key.clone(),
-        ttl_seconds: rule.ttl_seconds,
-        idempotency_key: idempotency_key.to_string(),
-        // The event time travels with the message so the app (and the
-        // stand-in provider) can tell how fresh it is.
-        data: BTreeMap::from([("event_ms".to_string(), event.time_ms.to_string())]),
-        user: event.user.clone(),
-    })
-}
-
-/// Stable per (rule, triggering event, channel, recipient): a re-delivered
-/// event yields the same key.
-fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> String {
-    let recipient = match to {
-        Address::Push(t) => t.token.as_str(),
-        Address::Phone(p) => p.as_str(),
-        Address::User(u) => u.as_str(),
-    };
-    let mut h = Sha256::new();
-    for part in [rule.id.as_str(), &event.source, channel, recipient] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    h.update(event.partition.to_be_bytes());
-    h.update(event.offset.to_be_bytes());
-    hex::encode(&h.finalize()[..16])
 }

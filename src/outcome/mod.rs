@@ -18,6 +18,9 @@ pub enum Status {
     Sent,
     Suppressed,
     Failed,
+    /// Held for the end of quiet hours; a later outcome with the same
+    /// idempotency key tells how it ended.
+    Held,
 }
 
 impl Status {
@@ -27,8 +30,22 @@ impl Status {
             Status::Sent => "sent",
             Status::Suppressed => "suppressed",
             Status::Failed => "failed",
+            Status::Held => "held",
         }
     }
+
+    /// Index into per-status counter arrays: sent, suppressed, failed, held.
+    pub fn index(self) -> usize {
+        match self {
+            Status::Sent => 0,
+            Status::Suppressed => 1,
+            Status::Failed => 2,
+            Status::Held => 3,
+        }
+    }
+
+    /// Every status, in [`Status::index`] order.
+    pub const ALL: [Status; 4] = [Status::Sent, Status::Suppressed, Status::Failed, Status::Held];
 }
 
 /// Milliseconds since the epoch at each stage; 0 where a stage was not reached.
@@ -69,8 +86,27 @@ pub struct Outcome {
     pub provider_message_id: Option<String>,
     /// Provider requests made.
     pub attempts: u32,
+    /// The triggering event's state key (e.g. a card id), for replies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The channels of a fallback chain tried before this one, with why each was passed over.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<Hop>,
+    /// With a fallback chain: the channel tried next because this one could not take the message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_channel: Option<String>,
+    /// For `held`: when the message is due to be sent, epoch ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_ms: Option<i64>,
     pub source: SourceRef,
     pub timings: Timings,
+}
+
+/// One passed-over channel of a fallback chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hop {
+    pub channel: String,
+    pub reason: String,
 }
 
 /// A message herald could not process, as written to the dead-letter topic.
@@ -142,6 +178,11 @@ impl Recorder {
         let payload = serde_json::to_vec(record).unwrap_or_default();
         let key = format!("{}/{}", record.topic, record.partition);
         self.write(self.dead_letter_topic.clone(), key, payload)
+    }
+
+    /// Writes one record to any topic (consent changes, reply events).
+    pub fn publish(&self, topic: &str, key: &str, payload: Vec<u8>) -> Pending {
+        self.write(topic.to_string(), key.to_string(), payload)
     }
 
     fn write(&self, topic: String, key: String, payload: Vec<u8>) -> Pending {

@@ -17,7 +17,8 @@ pub mod settings;
 
 pub use caps::{CapHit, FrequencyCaps, Limits, Reservation};
 pub use settings::{
-    Cap, CategoryPolicy, PolicyConfig, QuietHours, QuietHoursSetting, RulePolicy, Step,
+    Cap, CategoryPolicy, EngagementGuard, PolicyConfig, QuietAction, QuietHours,
+    QuietHoursSetting, RulePolicy, Step,
 };
 
 /// Why a message was not sent. `code()` is the bounded metric label; the
@@ -26,6 +27,10 @@ pub use settings::{
 pub enum Suppression {
     NoProfile,
     NoConsent {
+        channel: String,
+    },
+    /// The number replied STOP (herald's own opt-out list).
+    OptedOut {
         channel: String,
     },
     CategoryOff {
@@ -48,9 +53,15 @@ pub enum Suppression {
     QuietHours {
         window: QuietHours,
         zone: String,
+        /// When the window ends, epoch ms (a held message is released then).
+        until_ms: i64,
     },
     Capped(CapHit),
     Duplicate,
+    /// The user engaged another way (e.g. opened the campaign's email).
+    SuppressedBy {
+        engagement: String,
+    },
 }
 
 impl Suppression {
@@ -66,13 +77,14 @@ impl Suppression {
         "invalid_phone",
         "cap",
         "duplicate",
+        "suppressed_by",
     ];
 
     /// The reason code without detail.
     pub fn code(&self) -> &'static str {
         match self {
             Suppression::NoProfile => "no_profile",
-            Suppression::NoConsent { .. } => "no_consent",
+            Suppression::NoConsent { .. } | Suppression::OptedOut { .. } => "no_consent",
             Suppression::CategoryOff { .. } => "category_off",
             Suppression::NoAddress { .. } => "no_address",
             Suppression::DeadTokens { .. } => "dead_tokens",
@@ -81,7 +93,22 @@ impl Suppression {
             Suppression::QuietHours { .. } => "quiet_hours",
             Suppression::Capped(_) => "cap",
             Suppression::Duplicate => "duplicate",
+            Suppression::SuppressedBy { .. } => "suppressed_by",
         }
+    }
+
+    /// Whether the next channel of a fallback chain may be tried: the reason
+    /// is about this channel (no consent, no address, dead tokens), not about
+    /// the message or the user (stale, quiet hours, caps, duplicate, …).
+    pub fn is_channel_specific(&self) -> bool {
+        matches!(
+            self,
+            Suppression::NoConsent { .. }
+                | Suppression::OptedOut { .. }
+                | Suppression::NoAddress { .. }
+                | Suppression::DeadTokens { .. }
+                | Suppression::InvalidPhone { .. }
+        )
     }
 }
 
@@ -90,18 +117,22 @@ impl fmt::Display for Suppression {
         match self {
             Suppression::NoProfile => f.write_str("no_profile"),
             Suppression::NoConsent { channel } => write!(f, "no_consent:{channel}"),
+            Suppression::OptedOut { channel } => write!(f, "no_consent:{channel}:opted_out"),
             Suppression::CategoryOff { category } => write!(f, "category_off:{category}"),
             Suppression::NoAddress { channel } => write!(f, "no_address:{channel}"),
             Suppression::DeadTokens { channel } => write!(f, "dead_tokens:{channel}"),
             Suppression::InvalidPhone { channel } => write!(f, "invalid_phone:{channel}"),
             Suppression::Stale { age_s, max_s } => write!(f, "stale:{age_s}s>{max_s}s"),
-            Suppression::QuietHours { window, zone } => write!(f, "quiet_hours:{window} {zone}"),
+            Suppression::QuietHours { window, zone, .. } => {
+                write!(f, "quiet_hours:{window} {zone}")
+            }
             Suppression::Capped(CapHit::All(cap)) => write!(f, "cap:all:{cap}"),
             Suppression::Capped(CapHit::Category(category, cap)) => {
                 write!(f, "cap:{category}:{cap}")
             }
             Suppression::Capped(CapHit::Rule(rule, cap)) => write!(f, "cap:rule:{rule}:{cap}"),
             Suppression::Duplicate => f.write_str("duplicate"),
+            Suppression::SuppressedBy { engagement } => write!(f, "suppressed_by:{engagement}"),
         }
     }
 }
@@ -151,7 +182,7 @@ impl Policy {
             });
         }
         let category = self.settings.category(subject.category);
-        if let Some(max_s) = subject.rule_policy.max_age_s.or(category.max_age_s) {
+        if let Some(max_s) = self.max_age_s(subject) {
             let age_ms = now_ms - subject.event_ms;
             if age_ms > (max_s as i64) * 1000 {
                 return Err(Suppression::Stale {
@@ -162,44 +193,101 @@ impl Policy {
         }
         let quiet = match &subject.rule_policy.quiet_hours {
             Some(QuietHoursSetting::Off) => None,
-            Some(QuietHoursSetting::Window(w)) => Some(*w),
             None if category.bypass.contains(&Step::QuietHours) => None,
+            Some(QuietHoursSetting::Window(w)) => Some(*w),
             None => category.quiet_hours,
         };
-        if let Some(window) = quiet {
+        // The user's own window replaces whichever applies, never adds one.
+        if let Some(window) = quiet.map(|w| profile.quiet_hours.unwrap_or(w)) {
             let zone = profile.time_zone.as_deref().unwrap_or("UTC");
-            if window.contains(local_minute(now_ms, zone)) {
+            let tz = jiff::tz::TimeZone::get(zone).unwrap_or(jiff::tz::TimeZone::UTC);
+            let local = jiff::Timestamp::from_millisecond(now_ms)
+                .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+                .to_zoned_datetime(tz);
+            if window.contains(local.hour() as u16 * 60 + local.minute() as u16) {
                 return Err(Suppression::QuietHours {
                     window,
                     zone: zone.to_string(),
+                    until_ms: quiet_end_ms(&local, window),
                 });
             }
         }
         Ok(profile)
     }
 
+    /// Whether a message stopped by quiet hours is held rather than dropped.
+    pub fn holds(&self, subject: &Subject<'_>) -> bool {
+        let action = subject
+            .rule_policy
+            .on_quiet_hours
+            .unwrap_or(self.settings.category(subject.category).on_quiet_hours);
+        action == QuietAction::Hold
+    }
+
+    /// The freshness limit of a message, in seconds (rule over category).
+    pub fn max_age_s(&self, subject: &Subject<'_>) -> Option<u64> {
+        subject
+            .rule_policy
+            .max_age_s
+            .or(self.settings.category(subject.category).max_age_s)
+    }
+
     /// Reserves a place under the caps that apply (global, category, rule).
     /// `None` when the category bypasses caps and the rule sets none.
+    /// A user's own caps (`caps` in the profile) replace the global and the
+    /// category's caps for that user.
     pub fn reserve(
         &self,
-        user: &str,
+        profile: &Profile,
         subject: &Subject<'_>,
         now_ms: i64,
     ) -> Result<Option<Reservation>, Suppression> {
         let category = self.settings.category(subject.category);
         let bypass = category.bypass.contains(&Step::Caps);
+        fn own<'a>(profile: &'a Profile, key: &str, default: &'a [Cap]) -> &'a [Cap] {
+            profile.caps.get(key).map_or(default, Vec::as_slice)
+        }
         let limits = Limits {
-            global: if bypass { &[] } else { &self.settings.caps },
-            category: if bypass { &[] } else { &category.caps },
+            global: if bypass {
+                &[]
+            } else {
+                own(profile, "all", &self.settings.caps)
+            },
+            category: if bypass {
+                &[]
+            } else {
+                own(profile, subject.category, &category.caps)
+            },
             rule: &subject.rule_policy.caps,
         };
         if limits.global.is_empty() && limits.category.is_empty() && limits.rule.is_empty() {
             return Ok(None);
         }
         self.caps
-            .reserve(user, subject.category, subject.rule, &limits, now_ms)
+            .reserve(&profile.user_id, subject.category, subject.rule, &limits, now_ms)
             .map(Some)
             .map_err(Suppression::Capped)
+    }
+
+    /// Cross-channel suppression: `Err` when the user engaged as a rule's
+    /// `suppress_if` describes (e.g. opened the campaign's email in the last 2h).
+    pub fn engaged_elsewhere(
+        &self,
+        feedback: &crate::feedback::FeedbackState,
+        user: &str,
+        rule_policy: &RulePolicy,
+        campaign: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), Suppression> {
+        for guard in &rule_policy.suppress_if {
+            let campaign = if guard.same_campaign { campaign } else { None };
+            if feedback.engaged(user, &guard.engaged, campaign, now_ms - guard.within.ms()) {
+                return Err(Suppression::SuppressedBy {
+                    engagement: guard.engaged.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Gives back a reservation whose send did not happen.
@@ -232,231 +320,27 @@ pub fn address(
     })
 }
 
-/// Minutes after local midnight at `now_ms` in the IANA zone (UTC if unknown).
-fn local_minute(now_ms: i64, zone: &str) -> u16 {
-    let tz = jiff::tz::TimeZone::get(zone).unwrap_or(jiff::tz::TimeZone::UTC);
-    let local = jiff::Timestamp::from_millisecond(now_ms)
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        .to_zoned_datetime(tz);
-    local.hour() as u16 * 60 + local.minute() as u16
+/// When the quiet window that `local` falls in ends: the next local `end`
+/// time, in the same zone. A local time skipped by a daylight-saving change
+/// resolves to the instant after the gap.
+fn quiet_end_ms(local: &jiff::ZonedDateTime, window: QuietHours) -> i64 {
+    let end = jiff::civil::time((window.end / 60) as i8, (window.end % 60) as i8, 0, 0);
+    let at = |date: jiff::civil::Date| {
+        date.to_datetime(end)
+            .to_zoned_datetime(local.time_zone().clone())
+            .map(|z| z.timestamp().as_millisecond())
+    };
+    let today = at(local.date()).unwrap_or(i64::MAX);
+    if today > local.timestamp().as_millisecond() {
+        return today;
+    }
+    local
+        .date()
+        .tomorrow()
+        .ok()
+        .and_then(|d| at(d).ok())
+        .unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ChannelConfig;
-
-    fn console(name: &str) -> Channel {
-        Channel::from_config(name, &ChannelConfig::console(), reqwest::Client::new()).unwrap()
-    }
-
-    fn ms(rfc3339: &str) -> i64 {
-        rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
-    }
-
-    fn subject<'a>(category: &'a str, rule_policy: &'a RulePolicy, event_ms: i64) -> Subject<'a> {
-        Subject {
-            rule: "r",
-            category,
-            rule_policy,
-            event_ms,
-        }
-    }
-
-    fn profile(zone: &str) -> Profile {
-        let mut p = Profile {
-            user_id: "u1".into(),
-            time_zone: Some(zone.into()),
-            ..Profile::default()
-        };
-        p.consent.insert("push".into(), true);
-        p
-    }
-
-    #[test]
-    fn every_reason_code_has_a_metric_handle() {
-        let cap = "1/day".parse().unwrap();
-        let all = [
-            Suppression::NoProfile,
-            Suppression::NoConsent {
-                channel: "c".into(),
-            },
-            Suppression::CategoryOff {
-                category: "c".into(),
-            },
-            Suppression::Stale { age_s: 1, max_s: 0 },
-            Suppression::QuietHours {
-                window: "21:00-08:00".parse().unwrap(),
-                zone: "UTC".into(),
-            },
-            Suppression::NoAddress {
-                channel: "c".into(),
-            },
-            Suppression::DeadTokens {
-                channel: "c".into(),
-            },
-            Suppression::InvalidPhone {
-                channel: "c".into(),
-            },
-            Suppression::Capped(CapHit::All(cap)),
-            Suppression::Duplicate,
-        ];
-        for s in &all {
-            assert!(
-                Suppression::CODES.contains(&s.code()),
-                "{} is missing from CODES",
-                s.code()
-            );
-        }
-        assert_eq!(all.len(), Suppression::CODES.len());
-    }
-
-    #[test]
-    fn consent_and_preferences_come_first() {
-        let policy = Policy::default();
-        let ch = console("push");
-        let none = RulePolicy::default();
-        let now = ms("2026-07-01T15:00:00Z");
-        let s = subject("fraud", &none, now);
-        assert_eq!(
-            policy.admit(None, &s, &ch, now).unwrap_err().to_string(),
-            "no_profile"
-        );
-        let mut p = Profile {
-            user_id: "u1".into(),
-            ..Profile::default()
-        };
-        assert_eq!(
-            policy
-                .admit(Some(&p), &s, &ch, now)
-                .unwrap_err()
-                .to_string(),
-            "no_consent:push"
-        );
-        p.consent.insert("push".into(), true);
-        p.preferences.insert("marketing".into(), false);
-        let m = subject("marketing", &none, now);
-        assert_eq!(
-            policy
-                .admit(Some(&p), &m, &ch, now)
-                .unwrap_err()
-                .to_string(),
-            "category_off:marketing"
-        );
-        assert!(policy.admit(Some(&p), &s, &ch, now).is_ok());
-        assert_eq!(
-            address(&p, &console("sms"), &ProfileTable::default())
-                .unwrap()
-                .masked()
-                .len(),
-            17
-        );
-    }
-
-    #[test]
-    fn stale_messages_are_dropped_by_event_age() {
-        let policy = Policy::default();
-        let ch = console("push");
-        let p = profile("UTC");
-        let event = ms("2026-07-01T15:00:00Z");
-        let tight = RulePolicy {
-            max_age_s: Some(30),
-            ..RulePolicy::default()
-        };
-        let s = subject("transactional", &tight, event);
-        assert!(
-            policy.admit(Some(&p), &s, &ch, event + 30_000).is_ok(),
-            "exactly at the limit is fresh"
-        );
-        let late = policy.admit(Some(&p), &s, &ch, event + 42_000).unwrap_err();
-        assert_eq!(late.to_string(), "stale:42s>30s");
-        // Without a rule override, the category's ten minutes apply.
-        let none = RulePolicy::default();
-        let s = subject("transactional", &none, event);
-        assert!(policy.admit(Some(&p), &s, &ch, event + 599_000).is_ok());
-        assert_eq!(
-            policy
-                .admit(Some(&p), &s, &ch, event + 601_000)
-                .unwrap_err()
-                .code(),
-            "stale"
-        );
-    }
-
-    #[test]
-    fn quiet_hours_follow_the_recipient_zone_across_daylight_saving() {
-        let policy = Policy::default();
-        let ch = console("push");
-        let p = profile("America/Chicago");
-        let none = RulePolicy::default();
-        let at = |t: &str| {
-            let now = ms(t);
-            policy
-                .admit(Some(&p), &subject("marketing", &none, now), &ch, now)
-                .map(|_| ())
-        };
-        // 02:30 UTC on 8 March 2026 is 20:30 CST (UTC-6) the evening before: allowed.
-        assert!(at("2026-03-08T02:30:00Z").is_ok());
-        // 02:30 UTC on 9 March is 21:30 CDT (UTC-5), after the spring change: quiet.
-        assert_eq!(
-            at("2026-03-09T02:30:00Z").unwrap_err().to_string(),
-            "quiet_hours:21:00-08:00 America/Chicago"
-        );
-        // 13:30 UTC is 08:30 CDT in summer (sendable) but 07:30 CST in winter (quiet).
-        assert!(at("2026-07-01T13:30:00Z").is_ok());
-        assert_eq!(
-            at("2026-12-01T13:30:00Z").unwrap_err().code(),
-            "quiet_hours"
-        );
-        // Fraud bypasses quiet hours explicitly; a rule can turn them off.
-        let now = ms("2026-12-01T13:30:00Z");
-        assert!(policy
-            .admit(Some(&p), &subject("fraud", &none, now), &ch, now)
-            .is_ok());
-        let off = RulePolicy {
-            quiet_hours: Some(QuietHoursSetting::Off),
-            ..RulePolicy::default()
-        };
-        assert!(policy
-            .admit(Some(&p), &subject("marketing", &off, now), &ch, now)
-            .is_ok());
-    }
-
-    #[test]
-    fn caps_apply_unless_the_category_bypasses_them() {
-        let policy = Policy::default();
-        let none = RulePolicy::default();
-        let t0 = ms("2026-07-01T15:00:00Z");
-        let m = subject("marketing", &none, t0);
-        assert!(policy.reserve("u", &m, t0).unwrap().is_some());
-        assert_eq!(
-            policy.reserve("u", &m, t0 + 1000).unwrap_err().to_string(),
-            "cap:marketing:1/hour"
-        );
-        let f = subject("fraud", &none, t0);
-        for i in 0..50 {
-            assert!(
-                policy.reserve("u", &f, t0 + i).unwrap().is_none(),
-                "fraud is never capped"
-            );
-        }
-        let once = RulePolicy {
-            caps: vec!["1/day".parse().unwrap()],
-            ..RulePolicy::default()
-        };
-        let r = Subject {
-            rule: "once",
-            category: "fraud",
-            rule_policy: &once,
-            event_ms: t0,
-        };
-        assert!(
-            policy.reserve("u", &r, t0).unwrap().is_some(),
-            "a rule's own cap applies even to fraud"
-        );
-        assert_eq!(
-            policy.reserve("u", &r, t0 + 5).unwrap_err().to_string(),
-            "cap:rule:once:1/day"
-        );
-    }
-}
+mod tests;

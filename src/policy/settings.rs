@@ -43,6 +43,39 @@ pub struct CategoryPolicy {
     /// Explicit, so that e.g. fraud alerts reach people at night on purpose.
     #[serde(default)]
     pub bypass: Vec<Step>,
+    /// What happens to a message that falls in quiet hours: `drop` it, or
+    /// `hold` it and send it when they end (if still fresh).
+    #[serde(default)]
+    pub on_quiet_hours: QuietAction,
+}
+
+/// What quiet hours do to a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuietAction {
+    /// Suppressed with `quiet_hours:…`.
+    #[default]
+    Drop,
+    /// Held, then sent when the quiet hours end, unless stale by then.
+    Hold,
+}
+
+/// "Not if the user already engaged": suppress when the user's feedback shows
+/// an engagement of this type within the window (`suppressed_by:<type>`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngagementGuard {
+    /// Engagement type from the feedback topic (`email_opened`, `push_opened`, `link_clicked`, …).
+    pub engaged: String,
+    /// How far back to look, e.g. `2h`.
+    pub within: crate::util::Span,
+    /// Count only engagements with the rule's `campaign` (when it has one).
+    #[serde(default = "yes")]
+    pub same_campaign: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A step that a category may bypass.
@@ -66,6 +99,13 @@ pub struct RulePolicy {
     /// Caps on this rule's own sends, per user, on top of the category's.
     #[serde(default)]
     pub caps: Vec<Cap>,
+    /// Replaces the category's `on_quiet_hours` (`drop` or `hold`).
+    #[serde(default)]
+    pub on_quiet_hours: Option<QuietAction>,
+    /// Cross-channel suppression: skip the message when the user engaged
+    /// with this campaign another way (e.g. opened the email) recently.
+    #[serde(default)]
+    pub suppress_if: Vec<EngagementGuard>,
 }
 
 /// A rule's quiet-hours setting: a window, or `off`.
@@ -138,6 +178,12 @@ impl FromStr for Cap {
     }
 }
 
+impl serde::Serialize for Cap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Cap {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
@@ -200,6 +246,12 @@ impl FromStr for QuietHours {
     }
 }
 
+impl serde::Serialize for QuietHours {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for QuietHours {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
@@ -232,6 +284,7 @@ fn default_categories() -> BTreeMap<String, CategoryPolicy> {
         quiet_hours: None,
         caps: Vec::new(),
         bypass: vec![Step::QuietHours, Step::Caps],
+        on_quiet_hours: QuietAction::Drop,
     };
     BTreeMap::from([
         (
@@ -247,6 +300,7 @@ fn default_categories() -> BTreeMap<String, CategoryPolicy> {
                     Cap::new(1, "hour").expect("valid unit"),
                 ],
                 bypass: Vec::new(),
+                on_quiet_hours: QuietAction::Drop,
             },
         ),
         ("transactional".to_string(), urgent.clone()),

@@ -54,6 +54,15 @@ pub struct Profile {
     /// Category preferences (`marketing: false`). A category not listed is on.
     #[serde(default)]
     pub preferences: BTreeMap<String, bool>,
+    /// The user's own quiet hours (`"22:00-07:00"`): replace the category's
+    /// window wherever quiet hours apply; they never add quiet hours to a
+    /// category that bypasses them (fraud alerts still arrive).
+    #[serde(default)]
+    pub quiet_hours: Option<crate::policy::QuietHours>,
+    /// The user's own caps per category (`{"marketing": ["1/day"]}`); the key
+    /// `all` replaces the caps across all categories. Bypassed categories stay uncapped.
+    #[serde(default)]
+    pub caps: BTreeMap<String, Vec<crate::policy::Cap>>,
     /// Free-form attributes (name, tier, …) for conditions and templates.
     #[serde(default)]
     pub attributes: serde_json::Map<String, serde_json::Value>,
@@ -157,6 +166,8 @@ impl Profile {
             "locale" => take(&mut self.locale, value),
             "consent" => take(&mut self.consent, value),
             "preferences" => take(&mut self.preferences, value),
+            "quiet_hours" => take(&mut self.quiet_hours, value),
+            "caps" => take(&mut self.caps, value),
             "attributes" => take(&mut self.attributes, value),
             _ => Err(()),
         }

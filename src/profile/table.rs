@@ -4,18 +4,15 @@
 //! (profiles are small and every instance may need any user); the instance is
 //! ready only once each partition has reached its end once.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use dashmap::{DashMap, DashSet};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use tracing::{debug, info, warn};
+use rdkafka::{ClientConfig, Message};
+use tracing::{info, warn};
 
 use super::Profile;
 use crate::admin::Metrics;
+use crate::ingest::follow::{Follower, Start};
 use crate::util::fingerprint;
 
 /// All known profiles, by user id, and the push tokens found dead.
@@ -133,76 +130,20 @@ impl ProfileTable {
         metrics: Arc<Metrics>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut shutdown = shutdown;
-        let consumer: StreamConsumer = match client
-            .clone()
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .create()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "cannot create the profiles consumer");
-                return;
-            }
+        let follower = Follower::new(topic, client);
+        let reading = follower.run(Start::Beginning, shutdown, |m| {
+            self.apply(m.key(), m.payload(), &metrics);
+            metrics.profiles.set(self.len() as i64);
+        });
+        let caught_up = async {
+            follower.wait_caught_up().await;
+            self.caught_up.send_replace(true);
+            info!(profiles = self.len(), "profiles caught up");
+            std::future::pending::<()>().await
         };
-        let partitions = loop {
-            match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
-                Ok(md) => {
-                    let parts: Vec<i32> = md
-                        .topics()
-                        .iter()
-                        .filter(|t| t.name() == topic && t.error().is_none())
-                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                        .collect();
-                    if !parts.is_empty() {
-                        break parts;
-                    }
-                    warn!(%topic, "profiles topic not found yet; retrying");
-                }
-                Err(e) => {
-                    warn!(%topic, error = %e, "cannot read profiles topic metadata; retrying")
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
-            }
-        };
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            let _ = tpl.add_partition_offset(&topic, *p, Offset::Beginning);
-        }
-        if let Err(e) = consumer.assign(&tpl) {
-            warn!(error = %e, "cannot assign the profiles partitions");
-            return;
-        }
-        let mut at_end: HashSet<i32> = HashSet::new();
-        info!(%topic, partitions = partitions.len(), "loading profiles");
-        loop {
-            let next = tokio::select! {
-                m = consumer.recv() => m,
-                _ = shutdown.changed() => return,
-            };
-            match next {
-                Ok(message) => {
-                    self.apply(message.key(), message.payload(), &metrics);
-                    metrics.profiles.set(self.len() as i64);
-                }
-                Err(KafkaError::PartitionEOF(p)) => {
-                    if at_end.insert(p)
-                        && at_end.len() == partitions.len()
-                        && !self.caught_up.send_replace(true)
-                    {
-                        info!(profiles = self.len(), "profiles caught up");
-                    }
-                }
-                Err(e) => {
-                    debug!(error = %e, "profiles consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
+        tokio::select! {
+            _ = reading => {}
+            _ = caught_up => {}
         }
     }
 }

@@ -22,7 +22,12 @@ pub struct Rule {
     /// Exact-match fields, sorted by field name.
     pub match_fields: Vec<(String, Scalar)>,
     pub condition: Option<Condition>,
+    /// The channels to send on; with `fallback`, a chain tried in order.
     pub channels: Vec<String>,
+    /// Whether `channels` is a fallback chain (one message) rather than a list (one each).
+    pub fallback: bool,
+    pub campaign: Option<String>,
+    pub push_actions: Option<super::model::PushActionsSpec>,
     pub category: String,
     pub priority: Priority,
     pub collapse_key: Option<String>,
@@ -100,29 +105,68 @@ pub fn compile_rule(
                     &spec.sources.referenced,
                     format!(
                         "source `{s}` is not configured; configured sources: {}",
-                        list(known_sources)
+                        list_names(known_sources)
                     ),
                 ));
             }
         }
     }
-    if spec.channels.value.is_empty() {
-        errors.push(err(
-            &spec.channels.referenced,
-            "channels must name at least one channel, e.g. [push]".into(),
-        ));
-    }
-    if let Some(known_channels) = known.channels {
-        for c in &spec.channels.value {
-            if !known_channels.contains(c) {
+    let (channels, fallback) = match (&spec.channels, &spec.fallback) {
+        (Some(_), Some(f)) => {
+            errors.push(err(
+                &f.referenced,
+                "give either `channels` (send on each) or `fallback` (the first that can take it), not both".into(),
+            ));
+            (Vec::new(), false)
+        }
+        (None, None) => {
+            errors.push(err(
+                &spec.id.referenced,
+                "rule needs `channels: [push]` or a `fallback: [push, sms]` chain".into(),
+            ));
+            (Vec::new(), false)
+        }
+        (Some(list), None) | (None, Some(list)) => {
+            let fallback = spec.fallback.is_some();
+            if list.value.is_empty() || (fallback && list.value.len() < 2) {
                 errors.push(err(
-                    &spec.channels.referenced,
-                    format!(
-                        "channel `{c}` is not configured; configured channels: {}",
-                        list(known_channels)
-                    ),
+                    &list.referenced,
+                    if fallback {
+                        "fallback needs at least two channels, e.g. [push, sms]".into()
+                    } else {
+                        "channels must name at least one channel, e.g. [push]".into()
+                    },
                 ));
             }
+            let mut seen = BTreeSet::new();
+            for c in &list.value {
+                if !seen.insert(c) {
+                    errors.push(err(&list.referenced, format!("channel `{c}` is listed twice")));
+                }
+                if let Some(known_channels) = known.channels {
+                    if !known_channels.contains(c) {
+                        errors.push(err(
+                            &list.referenced,
+                            format!(
+                                "channel `{c}` is not configured; configured channels: {}",
+                                list_names(known_channels)
+                            ),
+                        ));
+                    }
+                }
+            }
+            (list.value.clone(), fallback)
+        }
+    };
+    for guard in &spec.policy.suppress_if {
+        if guard.same_campaign && spec.campaign.is_none() {
+            errors.push(err(
+                &spec.id.referenced,
+                format!(
+                    "policy.suppress_if `{}` looks at the same campaign, but the rule has no `campaign`; add one or set `same_campaign: false`",
+                    guard.engaged
+                ),
+            ));
         }
     }
     if spec.category.value.trim().is_empty() {
@@ -186,7 +230,10 @@ pub fn compile_rule(
         sources: spec.sources.value,
         match_fields: spec.match_fields.into_iter().collect(),
         condition,
-        channels: spec.channels.value,
+        channels,
+        fallback,
+        campaign: spec.campaign,
+        push_actions: spec.push_actions,
         category: spec.category.value,
         priority: spec.priority,
         collapse_key: spec.collapse_key,
@@ -199,7 +246,7 @@ pub fn compile_rule(
     })
 }
 
-fn list(names: &BTreeSet<String>) -> String {
+fn list_names(names: &BTreeSet<String>) -> String {
     names
         .iter()
         .map(String::as_str)

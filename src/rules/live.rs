@@ -28,8 +28,8 @@ pub struct Loaded {
     /// `herald_condition_errors_total{rule}` per rule, by rule index.
     pub condition_errors: Vec<IntCounter>,
     /// `herald_rule_decisions_total{rule,status}` per rule, by rule index:
-    /// sent, suppressed, failed.
-    pub decisions: Vec<[IntCounter; 3]>,
+    /// sent, suppressed, failed, held (see `Status::index`).
+    pub decisions: Vec<[IntCounter; 4]>,
     /// Counts loads; 1 is the first.
     pub generation: u64,
     /// When this set was loaded, epoch ms.
@@ -182,10 +182,10 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
         .rules
         .iter()
         .map(|r| {
-            ["sent", "suppressed", "failed"].map(|status| {
+            crate::outcome::Status::ALL.map(|status| {
                 metrics
                     .rule_decisions
-                    .with_label_values(&[r.id.as_str(), status])
+                    .with_label_values(&[r.id.as_str(), status.as_str()])
             })
         })
         .collect();

@@ -60,8 +60,22 @@ pub struct RuleSpec {
     /// A CEL expression over `event` and `profile` that must be true.
     #[serde(default)]
     pub condition: Option<Spanned<String>>,
-    /// Channels to send on (names of `[channels.*]` in the config).
-    pub channels: Spanned<Vec<String>>,
+    /// Channels to send on, each of them (names of `[channels.*]` in the config).
+    #[serde(default)]
+    pub channels: Option<Spanned<Vec<String>>>,
+    /// Instead of `channels`: one message, on the first channel of the chain
+    /// that can take it (`[push, sms]`: SMS when there is no push token, no
+    /// push consent, or the push fails). Each hop's reason is in the outcome.
+    #[serde(default)]
+    pub fallback: Option<Spanned<Vec<String>>>,
+    /// The campaign this rule's messages belong to, for `policy.suppress_if`
+    /// and for engagement events that name a campaign.
+    #[serde(default)]
+    pub campaign: Option<String>,
+    /// Buttons on the push notification; a press comes back on the feedback
+    /// topic and is published on the replies topic.
+    #[serde(default)]
+    pub push_actions: Option<PushActionsSpec>,
     /// Message category (`transactional`, `fraud`, `marketing`, …), for preferences.
     pub category: Spanned<String>,
     /// Provider priority.
@@ -78,6 +92,18 @@ pub struct RuleSpec {
     /// Overrides of the category's delivery policy for this rule.
     #[serde(default)]
     pub policy: crate::policy::RulePolicy,
+}
+
+/// Interactive push: the notification category the app registered (APNs
+/// `aps.category`, FCM `android.notification.click_action`) and its button ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushActionsSpec {
+    /// The category identifier the app registered with its buttons, e.g. `FRAUD_CHECK`.
+    pub category: String,
+    /// The action ids of its buttons, e.g. `[confirm, deny]`; sent in the push `data`.
+    #[serde(default)]
+    pub buttons: Vec<String>,
 }
 
 /// Templates (minijinja) with `event`, `profile` and `rule` in scope.

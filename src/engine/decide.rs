@@ -1,0 +1,472 @@
+//! One message's decision, in the documented policy order, and fallback chains.
+//!
+//! Order for each channel: consent (the profile's, then herald's own SMS
+//! opt-out list) → category preference → freshness → quiet hours (drop, or
+//! hold until they end) → an address on the channel → rendering →
+//! cross-channel suppression (`suppress_if`) → de-duplication → frequency caps
+//! → send. A fallback chain moves to its next channel only when the reason is
+//! about the channel (no consent, no address, dead tokens, a failed send).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use super::held::{Held, HeldMessage};
+use super::{ChannelRuntime, Pipeline};
+use crate::config::ProviderKind;
+use crate::deliver::{send_with_retry, Address, Message, SendError};
+use crate::feedback::SentRef;
+use crate::ingest::decode::Event;
+use crate::outcome::{DeadLetter, Hop, Outcome, SourceRef, Status, Timings};
+use crate::policy::{address, Subject, Suppression};
+use crate::profile::Profile;
+use crate::render::RuleScope;
+use crate::rules::{Loaded, Rule};
+use crate::util::now_ms;
+
+/// The inputs of one rule's decision for one event, owned so a held message
+/// can keep them until its release.
+#[derive(Clone)]
+pub struct Job {
+    pub loaded: Arc<Loaded>,
+    pub rule: usize,
+    pub event: Arc<Event>,
+    pub profile: Option<Arc<Profile>>,
+    pub matched_ms: i64,
+}
+
+impl Job {
+    fn rule(&self) -> &Rule {
+        &self.loaded.set.rules[self.rule]
+    }
+}
+
+/// One (rule, channel) decision and what must be written for it.
+pub struct Decided {
+    pub outcome: Outcome,
+    pub message: Option<Message>,
+    pub dead_letter: Option<DeadLetter>,
+    /// The rule's decision counters (sent, suppressed, failed, held).
+    pub counters: [IntCounter; 4],
+    /// A fallback chain may try its next channel after this decision.
+    may_hop: bool,
+    /// Quiet hours: hold the message until then, epoch ms.
+    hold_until: Option<i64>,
+}
+
+impl Pipeline {
+    /// Decides `chain` in order for one rule and event: each channel's decision,
+    /// stopping at the first that is not passed over.
+    pub(super) async fn run_chain(
+        &self,
+        job: &Job,
+        chain: &[String],
+        mut hops: Vec<Hop>,
+    ) -> Vec<Decided> {
+        let mut decided = Vec::new();
+        for (i, name) in chain.iter().enumerate() {
+            let Some(channel) = self.channels.get(name) else {
+                continue;
+            };
+            let mut d = self.decide(job, channel).await;
+            d.outcome.hops = hops.clone();
+            if let Some(release_ms) = d.hold_until {
+                let held = Held {
+                    release_ms,
+                    idempotency_key: d.outcome.idempotency_key.clone(),
+                    collapse: job
+                        .rule()
+                        .collapse_key
+                        .as_ref()
+                        .map(|c| format!("{}\u{0}{}\u{0}{c}", job.event.user, job.rule().id)),
+                    item: HeldMessage {
+                        job: job.clone(),
+                        chain: chain[i..].to_vec(),
+                        hops: hops.clone(),
+                        outcome: d.outcome.clone(),
+                    },
+                };
+                match self.held.hold(held) {
+                    Ok(replaced) => {
+                        self.metrics.held.set(self.held.len() as i64);
+                        if let Some(old) = replaced {
+                            decided.push(self.collapsed(old.item));
+                        }
+                        decided.push(d);
+                    }
+                    Err(_) => {
+                        let outcome = self.suppress(d.outcome, channel, Suppression::Duplicate);
+                        decided.push(Decided {
+                            outcome,
+                            hold_until: None,
+                            ..d
+                        });
+                    }
+                }
+                break;
+            }
+            let next = chain.get(i + 1);
+            let hop = d.may_hop && next.is_some();
+            if hop {
+                d.outcome.next_channel = next.cloned();
+                hops.push(Hop {
+                    channel: name.clone(),
+                    reason: d.outcome.reason.clone().unwrap_or_default(),
+                });
+            }
+            decided.push(d);
+            if !hop {
+                break;
+            }
+        }
+        decided
+    }
+
+    /// The outcome of a held message replaced by a newer one with its collapse key.
+    fn collapsed(&self, old: HeldMessage) -> Decided {
+        let mut outcome = old.outcome;
+        outcome.status = Status::Suppressed;
+        outcome.reason = Some("collapsed".into());
+        outcome.release_ms = None;
+        self.metrics
+            .held_released
+            .with_label_values(&["collapsed"])
+            .inc();
+        if let Some(c) = self.channels.get(&outcome.channel) {
+            c.suppressed.inc();
+        }
+        Decided {
+            outcome,
+            message: None,
+            dead_letter: None,
+            counters: old.job.loaded.decisions[old.job.rule].clone(),
+            may_hop: false,
+            hold_until: None,
+        }
+    }
+
+    /// One (rule, channel) decision for an event.
+    async fn decide(&self, job: &Job, channel: &ChannelRuntime) -> Decided {
+        let (event, rule) = (&*job.event, job.rule());
+        let counters = job.loaded.decisions[job.rule].clone();
+        let mut outcome = Outcome {
+            rule: rule.id.clone(),
+            rule_version: rule.version.clone(),
+            category: rule.category.clone(),
+            user: event.user.clone(),
+            channel: channel.channel.name.clone(),
+            status: Status::Suppressed,
+            reason: None,
+            idempotency_key: String::new(),
+            recipient: None,
+            provider_message_id: None,
+            attempts: 0,
+            key: event.key.clone(),
+            hops: Vec::new(),
+            next_channel: None,
+            release_ms: None,
+            source: SourceRef {
+                topic: event.source.to_string(),
+                partition: event.partition,
+                offset: event.offset,
+            },
+            timings: Timings {
+                event_ms: event.time_ms,
+                consumed_ms: event.consumed_ms,
+                matched_ms: job.matched_ms,
+                ..Timings::default()
+            },
+        };
+        let done = |outcome, message, dead_letter, may_hop| Decided {
+            outcome,
+            message,
+            dead_letter,
+            counters: counters.clone(),
+            may_hop,
+            hold_until: None,
+        };
+        let subject = Subject {
+            rule: &rule.id,
+            category: &rule.category,
+            rule_policy: &rule.policy,
+            event_ms: event.time_ms,
+        };
+        let now = now_ms();
+        let profile = job.profile.as_deref();
+        let admitted = self
+            .policy
+            .admit(profile, &subject, &channel.channel, now)
+            .and_then(|p| Ok((p, address(p, &channel.channel, &self.profiles)?)));
+        let (profile, address) = match admitted {
+            Ok(found) => found,
+            Err(Suppression::QuietHours { until_ms, .. })
+                if self.policy.holds(&subject)
+                    && self
+                        .policy
+                        .max_age_s(&subject)
+                        .is_none_or(|max| until_ms - event.time_ms <= max as i64 * 1000) =>
+            {
+                outcome.status = Status::Held;
+                outcome.release_ms = Some(until_ms);
+                if let Some(p) = profile {
+                    if let Ok(a) = address(p, &channel.channel, &self.profiles) {
+                        outcome.recipient = Some(a.masked());
+                        outcome.idempotency_key =
+                            idempotency_key(rule, event, &channel.channel.name, &a);
+                    }
+                }
+                if outcome.idempotency_key.is_empty() {
+                    let to = Address::User(event.user.clone());
+                    outcome.idempotency_key =
+                        idempotency_key(rule, event, &channel.channel.name, &to);
+                }
+                return Decided {
+                    hold_until: Some(until_ms),
+                    ..done(outcome, None, None, false)
+                };
+            }
+            Err(s) => {
+                let hop = s.is_channel_specific();
+                return done(self.suppress(outcome, channel, s), None, None, hop);
+            }
+        };
+        outcome.recipient = Some(address.masked());
+        outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &address);
+        if let Address::Phone(phone) = &address {
+            // herald's own opt-out list: wait until every STOP written so far was read.
+            let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
+            if let Err(e) = self.feedback.consent_barrier(wait).await {
+                self.metrics.consent_waits_failed.inc();
+                outcome.status = Status::Failed;
+                outcome.reason = Some("consent_unknown".into());
+                channel.failed.inc();
+                let record =
+                    self.failed_send_record(event, rule, channel, "consent_unknown", e.to_string());
+                return done(outcome, None, Some(record), false);
+            }
+            if self.feedback.opted_out(phone) {
+                let s = Suppression::OptedOut {
+                    channel: channel.channel.name.clone(),
+                };
+                return done(self.suppress(outcome, channel, s), None, None, true);
+            }
+        }
+        let message = match render(
+            rule,
+            &job.loaded.set.templates,
+            event,
+            Some(profile),
+            channel,
+            &outcome.idempotency_key,
+        ) {
+            Ok(m) => m,
+            Err(detail) => {
+                outcome.status = Status::Failed;
+                outcome.reason = Some("render_error".into());
+                channel.failed.inc();
+                let record = self.failed_send_record(event, rule, channel, "render_error", detail);
+                return done(outcome, None, Some(record), false);
+            }
+        };
+        if let Err(s) = self.policy.engaged_elsewhere(
+            &self.feedback,
+            &event.user,
+            &rule.policy,
+            rule.campaign.as_deref(),
+            now,
+        ) {
+            return done(self.suppress(outcome, channel, s), Some(message), None, false);
+        }
+        if !self.recent.first_time(&outcome.idempotency_key) {
+            let outcome = self.suppress(outcome, channel, Suppression::Duplicate);
+            return done(outcome, Some(message), None, false);
+        }
+        let reservation = match self.policy.reserve(profile, &subject, now) {
+            Ok(r) => r,
+            Err(s) => {
+                self.recent.forget(&outcome.idempotency_key);
+                return done(self.suppress(outcome, channel, s), Some(message), None, false);
+            }
+        };
+        let attempted =
+            send_with_retry(&channel.channel, &message, &address, &channel.retries).await;
+        outcome.attempts = attempted.attempts;
+        outcome.timings.request_sent_ms = attempted.request_sent_ms;
+        outcome.timings.answered_ms = attempted.answered_ms;
+        channel
+            .latency
+            .observe((attempted.answered_ms - attempted.request_sent_ms).max(0) as f64 / 1000.0);
+        match attempted.result {
+            Ok(delivered) => {
+                outcome.status = Status::Sent;
+                outcome.provider_message_id = delivered.provider_message_id;
+                channel.sent.inc();
+                let sent = attempted.request_sent_ms;
+                self.metrics
+                    .event_to_send
+                    .observe((sent - event.time_ms).max(0) as f64 / 1000.0);
+                self.metrics
+                    .consume_to_send
+                    .observe((sent - event.consumed_ms).max(0) as f64 / 1000.0);
+                let phone = match &address {
+                    Address::Phone(p) => Some(p.as_str()),
+                    _ => None,
+                };
+                self.feedback.sent.record(
+                    SentRef {
+                        user: event.user.clone(),
+                        rule: rule.id.clone(),
+                        key: event.key.clone(),
+                        idempotency_key: outcome.idempotency_key.clone(),
+                        channel: channel.channel.name.clone(),
+                        sent_ms: sent,
+                    },
+                    phone,
+                );
+                done(outcome, Some(message), None, false)
+            }
+            Err(e) => {
+                let reason = e.reason();
+                self.recent.forget(&outcome.idempotency_key);
+                if let Some(r) = &reservation {
+                    self.policy.release(r);
+                }
+                if let (SendError::Unregistered, Address::Push(token)) = (&e, &address) {
+                    self.profiles.mark_token_dead(&token.token);
+                }
+                warn!(rule = %rule.id, channel = %channel.channel.name, %reason, attempts = attempted.attempts, "send failed");
+                channel.failed.inc();
+                let record = self.failed_send_record(event, rule, channel, &reason, e.to_string());
+                outcome.status = Status::Failed;
+                outcome.reason = Some(reason);
+                done(outcome, Some(message), Some(record), true)
+            }
+        }
+    }
+
+    pub(super) fn suppress(
+        &self,
+        mut outcome: Outcome,
+        channel: &ChannelRuntime,
+        why: Suppression,
+    ) -> Outcome {
+        channel.suppressed.inc();
+        if let Some(c) = self.suppression_counters.get(why.code()) {
+            c.inc();
+        }
+        self.metrics
+            .rule_suppressions
+            .with_label_values(&[outcome.rule.as_str(), why.code()])
+            .inc();
+        outcome.status = Status::Suppressed;
+        outcome.reason = Some(why.to_string());
+        outcome
+    }
+
+    pub(super) fn failed_send_record(
+        &self,
+        event: &Event,
+        rule: &Rule,
+        channel: &ChannelRuntime,
+        reason: &str,
+        detail: String,
+    ) -> DeadLetter {
+        self.metrics
+            .dead_letters
+            .with_label_values(&["send_failed"])
+            .inc();
+        DeadLetter {
+            reason: format!("send_failed:{reason}"),
+            detail,
+            topic: event.source.to_string(),
+            partition: event.partition,
+            offset: event.offset,
+            key_base64: None,
+            payload_base64: None,
+            rule: Some(rule.id.clone()),
+            channel: Some(channel.channel.name.clone()),
+            at_ms: now_ms(),
+        }
+    }
+}
+
+/// Renders the rule's templates for a channel: push gets title and body, other
+/// channels the SMS text (falling back to the body).
+fn render(
+    rule: &Rule,
+    templates: &crate::render::Templates,
+    event: &Event,
+    profile: Option<&Profile>,
+    channel: &ChannelRuntime,
+    idempotency_key: &str,
+) -> Result<Message, String> {
+    let scope = RuleScope {
+        id: &rule.id,
+        category: &rule.category,
+        description: &rule.description,
+    };
+    let part = |name: &str| {
+        templates
+            .render(
+                &format!("{}/{name}", rule.id),
+                &event.fields,
+                profile,
+                &scope,
+            )
+            .map_err(|e| format!("template.{name}: {e}"))
+    };
+    let push = channel.channel.provider.kind() == ProviderKind::Fcm;
+    let body_part = match (push, rule.has_body, rule.has_text) {
+        (true, true, _) | (false, true, false) => "body",
+        _ => "text",
+    };
+    let title = if rule.has_title {
+        Some(part("title")?)
+    } else {
+        None
+    };
+    // The event time travels with the message so the app (and the stand-in
+    // provider) can tell how fresh it is; rule and key let a push action or
+    // reply name the message it answers.
+    let mut data = BTreeMap::from([("event_ms".to_string(), event.time_ms.to_string())]);
+    if let Some(key) = &event.key {
+        data.insert("key".into(), key.clone());
+    }
+    if let Some(actions) = &rule.push_actions {
+        data.insert("actions".into(), actions.buttons.join(","));
+    }
+    Ok(Message {
+        rule_id: rule.id.clone(),
+        category: rule.category.clone(),
+        priority: rule.priority,
+        title,
+        body: part(body_part)?,
+        collapse_key: rule.collapse_key.clone(),
+        ttl_seconds: rule.ttl_seconds,
+        action_category: rule.push_actions.as_ref().map(|a| a.category.clone()),
+        idempotency_key: idempotency_key.to_string(),
+        data,
+        user: event.user.clone(),
+    })
+}
+
+/// Stable per (rule, triggering event, channel, recipient): a re-delivered
+/// event yields the same key.
+fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> String {
+    let recipient = match to {
+        Address::Push(t) => t.token.as_str(),
+        Address::Phone(p) => p.as_str(),
+        Address::User(u) => u.as_str(),
+    };
+    let mut h = Sha256::new();
+    for part in [rule.id.as_str(), &event.source, channel, recipient] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.update(event.partition.to_be_bytes());
+    h.update(event.offset.to_be_bytes());
+    hex::encode(&h.finalize()[..16])
+}

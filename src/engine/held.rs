@@ -1,0 +1,267 @@
+//! Messages held through quiet hours: ordered by release time, one per
+//! idempotency key, a newer message with the same collapse key replacing an
+//! older one, and released by [`Pipeline::release_held`] when due.
+//!
+//! Held messages live in this instance's memory. On a clean stop each one
+//! still held is recorded as `failed: held_at_shutdown` and dead-lettered with
+//! its source offset, so it can be replayed; nothing is dropped silently.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tracing::info;
+
+use super::decide::Job;
+use super::Pipeline;
+use crate::outcome::{DeadLetter, Hop, Outcome, Status};
+use crate::util::now_ms;
+
+/// One held message and what it needs at release.
+#[derive(Debug)]
+pub struct Held<T> {
+    pub release_ms: i64,
+    /// One entry per idempotency key: a re-delivered event is not held twice.
+    pub idempotency_key: String,
+    /// `user` + rule collapse key: a newer message replaces the held one.
+    pub collapse: Option<String>,
+    pub item: T,
+}
+
+/// Held messages by release time.
+pub struct HeldQueue<T> {
+    inner: Mutex<Inner<T>>,
+    wake: Notify,
+}
+
+struct Inner<T> {
+    by_time: BTreeMap<(i64, u64), Held<T>>,
+    by_key: HashMap<String, (i64, u64)>,
+    by_collapse: HashMap<String, (i64, u64)>,
+    seq: u64,
+}
+
+/// The same message is already held.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AlreadyHeld;
+
+impl<T> Default for HeldQueue<T> {
+    fn default() -> Self {
+        HeldQueue {
+            inner: Mutex::new(Inner {
+                by_time: BTreeMap::new(),
+                by_key: HashMap::new(),
+                by_collapse: HashMap::new(),
+                seq: 0,
+            }),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl<T> HeldQueue<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds a message. Returns the older message it replaces (same collapse
+    /// key), which the caller records as collapsed.
+    pub fn hold(&self, held: Held<T>) -> Result<Option<Held<T>>, AlreadyHeld> {
+        let mut inner = self.lock();
+        if inner.by_key.contains_key(&held.idempotency_key) {
+            return Err(AlreadyHeld);
+        }
+        let replaced = held
+            .collapse
+            .as_ref()
+            .and_then(|c| inner.by_collapse.remove(c))
+            .and_then(|slot| inner.by_time.remove(&slot));
+        if let Some(old) = &replaced {
+            inner.by_key.remove(&old.idempotency_key);
+        }
+        inner.seq += 1;
+        let slot = (held.release_ms, inner.seq);
+        inner.by_key.insert(held.idempotency_key.clone(), slot);
+        if let Some(c) = &held.collapse {
+            inner.by_collapse.insert(c.clone(), slot);
+        }
+        inner.by_time.insert(slot, held);
+        drop(inner);
+        self.wake.notify_one();
+        Ok(replaced)
+    }
+
+    /// Takes every message due at `now_ms`.
+    pub fn due(&self, now_ms: i64) -> Vec<Held<T>> {
+        let mut inner = self.lock();
+        let later = inner.by_time.split_off(&(now_ms + 1, 0));
+        let due = std::mem::replace(&mut inner.by_time, later);
+        for held in due.values() {
+            inner.by_key.remove(&held.idempotency_key);
+            if let Some(c) = &held.collapse {
+                inner.by_collapse.remove(c);
+            }
+        }
+        due.into_values().collect()
+    }
+
+    /// When the next message is due.
+    pub fn next_ms(&self) -> Option<i64> {
+        self.lock().by_time.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Takes every message (at shutdown).
+    pub fn drain(&self) -> Vec<Held<T>> {
+        self.due(i64::MAX - 1)
+    }
+
+    /// Messages held now.
+    pub fn len(&self) -> usize {
+        self.lock().by_time.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a held message carries: the decision's inputs, the rest of its
+/// fallback chain and the `held` outcome (for the shutdown record).
+pub struct HeldMessage {
+    pub job: Job,
+    pub chain: Vec<String>,
+    pub hops: Vec<Hop>,
+    pub outcome: Outcome,
+}
+
+impl Pipeline {
+    /// Releases held messages when due, until `shutdown`; then records each
+    /// one still held as failed (`held_at_shutdown`) and dead-letters it.
+    pub async fn release_held(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let wait = self.held.next_ms().map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64)
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.held.wake.notified() => continue,
+                _ = shutdown.changed() => break,
+            }
+            for held in self.held.due(now_ms()) {
+                self.metrics.held.set(self.held.len() as i64);
+                let pipeline = Arc::clone(&self);
+                tokio::spawn(async move { pipeline.release(held.item).await });
+            }
+        }
+        let left = self.held.drain();
+        if !left.is_empty() {
+            info!(
+                held = left.len(),
+                "stopping with held messages; recording them as failed"
+            );
+        }
+        let mut writes = Vec::new();
+        for held in left {
+            let mut outcome = held.item.outcome;
+            outcome.status = Status::Failed;
+            outcome.reason = Some("held_at_shutdown".into());
+            outcome.release_ms = None;
+            self.metrics
+                .held_released
+                .with_label_values(&["shutdown"])
+                .inc();
+            writes.push(self.recorder.dead_letter(&DeadLetter {
+                reason: "held_at_shutdown".into(),
+                detail: format!(
+                    "held for quiet hours until {} when herald stopped; replay the source offset to send it",
+                    held.release_ms
+                ),
+                topic: outcome.source.topic.clone(),
+                partition: outcome.source.partition,
+                offset: outcome.source.offset,
+                key_base64: None,
+                payload_base64: None,
+                rule: Some(outcome.rule.clone()),
+                channel: Some(outcome.channel.clone()),
+                at_ms: now_ms(),
+            }));
+            writes.push(self.recorder.outcome(&outcome));
+        }
+        self.metrics.held.set(0);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::future::join_all(writes),
+        )
+        .await;
+    }
+
+    /// Runs a held message's decision again, now that its quiet hours ended:
+    /// consent, freshness and caps are checked anew with the current profile.
+    async fn release(&self, mut held: HeldMessage) {
+        held.job.profile = self.profiles.get(&held.job.event.user);
+        let decided = self
+            .run_chain(&held.job, &held.chain, held.hops.clone())
+            .await;
+        let mut writes = Vec::new();
+        for d in decided {
+            let result = match (d.outcome.status, d.outcome.reason.as_deref()) {
+                (Status::Sent, _) => "sent",
+                (Status::Held, _) => "held_again",
+                (Status::Suppressed, Some(r)) if r.starts_with("stale") => "stale",
+                (Status::Suppressed, _) => "suppressed",
+                (Status::Failed, _) => "failed",
+            };
+            self.metrics
+                .held_released
+                .with_label_values(&[result])
+                .inc();
+            self.record(d, &mut writes);
+        }
+        futures::future::join_all(writes).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(key: &str, at: i64, collapse: Option<&str>) -> Held<&'static str> {
+        Held {
+            release_ms: at,
+            idempotency_key: key.into(),
+            collapse: collapse.map(str::to_string),
+            item: "m",
+        }
+    }
+
+    #[test]
+    fn released_in_time_order_when_due() {
+        let q = HeldQueue::default();
+        q.hold(held("b", 200, None)).unwrap();
+        q.hold(held("a", 100, None)).unwrap();
+        assert_eq!(q.next_ms(), Some(100));
+        assert!(q.due(99).is_empty(), "not before its time");
+        let due: Vec<_> = q.due(100).into_iter().map(|h| h.idempotency_key).collect();
+        assert_eq!(due, ["a"], "exactly at its time");
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.drain().len(), 1);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn one_per_key_and_newest_per_collapse_key() {
+        let q = HeldQueue::default();
+        q.hold(held("a", 100, Some("u1/balance"))).unwrap();
+        assert_eq!(q.hold(held("a", 100, None)).unwrap_err(), AlreadyHeld);
+        let replaced = q.hold(held("b", 150, Some("u1/balance"))).unwrap();
+        assert_eq!(replaced.unwrap().idempotency_key, "a");
+        assert_eq!(q.len(), 1);
+        q.hold(held("c", 150, Some("u2/balance"))).unwrap();
+        assert_eq!(q.len(), 2, "other users are not collapsed");
+        // The replaced key may be held again later.
+        q.hold(held("a", 300, None)).unwrap();
+        assert_eq!(q.len(), 3);
+    }
+}

@@ -1,0 +1,237 @@
+//! Acting on the feedback topic, once per record across the consumer group:
+//! publishing consent changes (STOP/START), answering HELP, and turning
+//! replies and push action presses into events on the replies topic.
+//!
+//! The state side (opt-out list, engagement) is applied on every instance by
+//! [`crate::feedback::FeedbackState::follow`]; this side writes things out.
+
+use serde_json::{Map, Value};
+use tracing::{info, warn};
+
+use super::{Incoming, Pipeline};
+use crate::deliver::{send_with_retry, Address, Message};
+use crate::feedback::state::ConsentChange;
+use crate::feedback::{reply_event, Feedback, InboundSms, Keyword, PushAction, SentRef};
+use crate::outcome::{Outcome, Pending, SourceRef, Status, Timings};
+use crate::rules::model::Priority;
+use crate::util::{fingerprint, now_ms};
+
+impl Pipeline {
+    /// Handles one feedback record; the returned writes make it final.
+    pub(super) async fn handle_feedback(&self, msg: Incoming) -> Vec<Pending> {
+        let fallback_ms = msg.timestamp_ms.unwrap_or(msg.consumed_ms);
+        let record = match msg.payload.as_deref().map(|p| Feedback::parse(p, fallback_ms)) {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                self.count_feedback("invalid", "invalid");
+                let reason = format!("feedback_{}", e.reason());
+                return vec![self.dead_letter(&msg, &reason, e.to_string())];
+            }
+            None => {
+                self.count_feedback("invalid", "invalid");
+                return vec![self.dead_letter(
+                    &msg,
+                    "feedback_empty",
+                    "feedback record has no payload".into(),
+                )];
+            }
+        };
+        let now = now_ms();
+        match record {
+            Feedback::Inbound(sms) => self.inbound_sms(&msg, sms, now).await,
+            Feedback::PushAction(action) => self.push_action(action, now),
+            Feedback::Engagement(e) => {
+                let known = e.user.is_some()
+                    || e.message
+                        .as_deref()
+                        .is_some_and(|k| self.feedback.sent.by_key(k, now).is_some());
+                self.count_feedback(
+                    "engagement",
+                    if known { "applied" } else { "unknown_message" },
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn count_feedback(&self, kind: &str, result: &str) {
+        self.metrics
+            .feedback
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
+    async fn inbound_sms(&self, msg: &Incoming, sms: InboundSms, now: i64) -> Vec<Pending> {
+        let original = self.feedback.sent.last_sms_to(&sms.from, now);
+        match Keyword::of(&sms.body) {
+            Some(keyword @ (Keyword::OptOut | Keyword::OptIn)) => {
+                let consent = keyword == Keyword::OptIn;
+                // At once here too: this instance may read the record before
+                // its state reader does.
+                self.feedback.set_opt_out(&sms.from, !consent, sms.time_ms);
+                self.metrics
+                    .sms_opt_outs
+                    .set(self.feedback.opt_out_count() as i64);
+                self.count_feedback(if consent { "start" } else { "stop" }, "applied");
+                info!(phone = %fingerprint(&sms.from), consent, "SMS consent changed by keyword");
+                let change = ConsentChange {
+                    phone: sms.from.clone(),
+                    channel: "sms".into(),
+                    consent,
+                    keyword: sms.body.trim().to_ascii_uppercase(),
+                    at_ms: sms.time_ms,
+                    user: original.map(|o| o.user.clone()),
+                };
+                let payload = serde_json::to_vec(&change).unwrap_or_default();
+                vec![self
+                    .recorder
+                    .publish(&self.topics.consent, &sms.from, payload)]
+            }
+            Some(Keyword::Help) => {
+                self.count_feedback("help", "applied");
+                self.answer_help(msg, &sms, original.as_deref()).await
+            }
+            None => {
+                let Some(original) = original else {
+                    self.count_feedback("reply", "unknown_message");
+                    return Vec::new();
+                };
+                self.count_feedback("reply", "applied");
+                let mut extra = Map::new();
+                extra.insert("text".into(), Value::from(sms.body.trim()));
+                extra.insert("reply_ms".into(), Value::from(sms.time_ms));
+                self.publish_reply("sms_reply", &original, extra)
+            }
+        }
+    }
+
+    fn push_action(&self, action: PushAction, now: i64) -> Vec<Pending> {
+        // The app echoes the push's data; the message itself is looked up when
+        // this instance sent it, else the echoed rule and user are used.
+        let original = self
+            .feedback
+            .sent
+            .by_key(&action.idempotency_key, now)
+            .map(|s| (*s).clone())
+            .or_else(|| {
+                let rule = action.rule.clone()?;
+                self.rules.current().set.get(&rule)?;
+                Some(SentRef {
+                    user: action.user.clone()?,
+                    rule,
+                    key: action.key.clone(),
+                    idempotency_key: action.idempotency_key.clone(),
+                    channel: "push".into(),
+                    sent_ms: action.time_ms,
+                })
+            });
+        let Some(original) = original else {
+            self.count_feedback("push_action", "unknown_message");
+            return Vec::new();
+        };
+        self.count_feedback("push_action", "applied");
+        let mut extra = Map::new();
+        extra.insert("action".into(), Value::from(action.action));
+        extra.insert("reply_ms".into(), Value::from(action.time_ms));
+        self.publish_reply("push_action", &original, extra)
+    }
+
+    fn publish_reply(&self, kind: &str, original: &SentRef, extra: Map<String, Value>) -> Vec<Pending> {
+        let event = reply_event(kind, original, extra);
+        let payload = serde_json::to_vec(&event).unwrap_or_default();
+        vec![self
+            .recorder
+            .publish(&self.topics.replies, &original.user, payload)]
+    }
+
+    /// Answers HELP on the help channel, whatever the opt-out list says (as
+    /// carriers require), once per feedback record, and records the outcome.
+    async fn answer_help(
+        &self,
+        msg: &Incoming,
+        sms: &InboundSms,
+        original: Option<&SentRef>,
+    ) -> Vec<Pending> {
+        let Some(channel) = self
+            .feedback_config
+            .help_channel
+            .as_ref()
+            .and_then(|c| self.channels.get(c))
+        else {
+            return Vec::new();
+        };
+        let key = {
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::digest(
+                format!("herald.help\0{}\0{}\0{}", msg.topic, msg.partition, msg.offset).as_bytes(),
+            );
+            hex::encode(&digest[..16])
+        };
+        let user = original.map_or_else(|| format!("phone:{}", fingerprint(&sms.from)), |o| o.user.clone());
+        let mut outcome = Outcome {
+            rule: "herald.help".into(),
+            rule_version: String::new(),
+            category: "transactional".into(),
+            user: user.clone(),
+            channel: channel.channel.name.clone(),
+            status: Status::Suppressed,
+            reason: None,
+            idempotency_key: key.clone(),
+            recipient: Some(crate::util::mask_phone(&sms.from)),
+            provider_message_id: None,
+            attempts: 0,
+            key: None,
+            hops: Vec::new(),
+            next_channel: None,
+            release_ms: None,
+            source: SourceRef {
+                topic: msg.topic.clone(),
+                partition: msg.partition,
+                offset: msg.offset,
+            },
+            timings: Timings {
+                event_ms: sms.time_ms,
+                consumed_ms: msg.consumed_ms,
+                matched_ms: now_ms(),
+                ..Timings::default()
+            },
+        };
+        if !self.recent.first_time(&key) {
+            outcome.reason = Some("duplicate".into());
+            return vec![self.recorder.outcome(&outcome)];
+        }
+        let message = Message {
+            rule_id: "herald.help".into(),
+            category: "transactional".into(),
+            priority: Priority::High,
+            title: None,
+            body: self.feedback_config.help_text.clone(),
+            collapse_key: None,
+            ttl_seconds: None,
+            action_category: None,
+            idempotency_key: key.clone(),
+            data: Default::default(),
+            user,
+        };
+        let to = Address::Phone(sms.from.clone());
+        let attempted = send_with_retry(&channel.channel, &message, &to, &channel.retries).await;
+        outcome.attempts = attempted.attempts;
+        outcome.timings.request_sent_ms = attempted.request_sent_ms;
+        outcome.timings.answered_ms = attempted.answered_ms;
+        match attempted.result {
+            Ok(d) => {
+                outcome.status = Status::Sent;
+                outcome.provider_message_id = d.provider_message_id;
+                channel.sent.inc();
+            }
+            Err(e) => {
+                self.recent.forget(&key);
+                warn!(reason = %e.reason(), "HELP answer failed");
+                outcome.status = Status::Failed;
+                outcome.reason = Some(e.reason());
+                channel.failed.inc();
+            }
+        }
+        vec![self.recorder.outcome(&outcome)]
+    }
+}

@@ -1,0 +1,252 @@
+//! feedback: what comes back from users — engagement (opened, delivered,
+//! clicked), inbound SMS with STOP/START/HELP, replies, push action presses.
+//!
+//! One record on the feedback topic is one of three shapes:
+//! - an inbound SMS in the fields of Twilio's inbound webhook
+//!   (`{"MessageSid": "SM…", "From": "+14155552671", "To": "+1…", "Body": "STOP"}`);
+//! - a push action pressed in the app (`{"type": "push_action", "action": "deny",
+//!   "idempotency_key": "…", "rule": "…", "key": "…", "user": "u1"}`), echoing
+//!   the `data` herald put in the push;
+//! - an engagement (`{"type": "email_opened", "user": "u1", "campaign": "spring",
+//!   "time": "2026-11-24T10:00:00Z"}`), where `message` (an idempotency key)
+//!   may stand in for `user`.
+
+use serde_json::{Map, Value};
+
+pub mod sent;
+pub mod state;
+
+pub use sent::{SentIndex, SentRef};
+pub use state::FeedbackState;
+
+/// One decoded feedback record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Feedback {
+    Inbound(InboundSms),
+    PushAction(PushAction),
+    Engagement(Engagement),
+}
+
+/// An SMS a user sent to one of our numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundSms {
+    /// The sender, E.164.
+    pub from: String,
+    pub body: String,
+    /// Twilio's message sid, when given.
+    pub sid: Option<String>,
+    pub time_ms: i64,
+}
+
+/// A button pressed on a push notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushAction {
+    pub action: String,
+    pub idempotency_key: String,
+    pub rule: Option<String>,
+    pub key: Option<String>,
+    pub user: Option<String>,
+    pub time_ms: i64,
+}
+
+/// The user engaged with a message or campaign.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Engagement {
+    /// `email_opened`, `push_opened`, `push_delivered`, `sms_delivered`, `link_clicked`, …
+    pub kind: String,
+    pub user: Option<String>,
+    pub campaign: Option<String>,
+    /// The idempotency key of the message engaged with.
+    pub message: Option<String>,
+    pub time_ms: i64,
+}
+
+/// What an inbound SMS asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyword {
+    /// STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT: no more SMS to this number.
+    OptOut,
+    /// START, UNSTOP: SMS allowed again.
+    OptIn,
+    /// HELP, INFO: answer with the configured help text.
+    Help,
+}
+
+impl Keyword {
+    /// The keyword of a message body, matched as carriers do: the whole body,
+    /// any case, surrounding spaces and a final `.` or `!` ignored.
+    pub fn of(body: &str) -> Option<Keyword> {
+        let word = body
+            .trim()
+            .trim_end_matches(['.', '!'])
+            .trim()
+            .to_ascii_uppercase();
+        match word.as_str() {
+            "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" => Some(Keyword::OptOut),
+            "START" | "UNSTOP" => Some(Keyword::OptIn),
+            "HELP" | "INFO" => Some(Keyword::Help),
+            _ => None,
+        }
+    }
+}
+
+/// Why a feedback record could not be used. `reason()` is the dead-letter code.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("feedback is not a JSON object")]
+    NotObject,
+    #[error("feedback needs `type` (an engagement or `push_action`) or Twilio's `From` and `Body`")]
+    NoType,
+    #[error("feedback field `{0}` is missing or not text")]
+    MissingField(&'static str),
+    #[error("inbound SMS `From` is not a valid E.164 number")]
+    BadPhone,
+    #[error("field `time` is not a valid time (RFC 3339 or epoch milliseconds)")]
+    BadTime,
+}
+
+impl FeedbackError {
+    /// Short, stable reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FeedbackError::NotObject => "not_object",
+            FeedbackError::NoType => "no_type",
+            FeedbackError::MissingField(_) => "missing_field",
+            FeedbackError::BadPhone => "bad_phone",
+            FeedbackError::BadTime => "bad_time",
+        }
+    }
+}
+
+impl Feedback {
+    /// Decodes one record; `fallback_ms` (the Kafka timestamp) is used when it has no `time`.
+    pub fn parse(payload: &[u8], fallback_ms: i64) -> Result<Feedback, FeedbackError> {
+        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(payload) else {
+            return Err(FeedbackError::NotObject);
+        };
+        let text = |name: &str| fields.get(name).and_then(Value::as_str).map(str::to_string);
+        let time_ms = match fields.get("time") {
+            None => fallback_ms,
+            Some(v) => crate::ingest::decode::parse_time(v).ok_or(FeedbackError::BadTime)?,
+        };
+        if let (Some(from), Some(body)) = (text("From"), text("Body")) {
+            let from = crate::profile::normalize_e164(&from).ok_or(FeedbackError::BadPhone)?;
+            return Ok(Feedback::Inbound(InboundSms {
+                from,
+                body,
+                sid: text("MessageSid"),
+                time_ms,
+            }));
+        }
+        let kind = text("type").ok_or(FeedbackError::NoType)?;
+        if kind == "push_action" {
+            return Ok(Feedback::PushAction(PushAction {
+                action: text("action").ok_or(FeedbackError::MissingField("action"))?,
+                idempotency_key: text("idempotency_key")
+                    .ok_or(FeedbackError::MissingField("idempotency_key"))?,
+                rule: text("rule"),
+                key: text("key"),
+                user: text("user"),
+                time_ms,
+            }));
+        }
+        let engagement = Engagement {
+            kind,
+            user: text("user"),
+            campaign: text("campaign"),
+            message: text("message"),
+            time_ms,
+        };
+        if engagement.user.is_none() && engagement.message.is_none() {
+            return Err(FeedbackError::MissingField("user"));
+        }
+        Ok(Feedback::Engagement(engagement))
+    }
+}
+
+/// The event herald publishes on the replies topic for a reply or a push action.
+pub fn reply_event(kind: &str, original: &SentRef, extra: Map<String, Value>) -> Value {
+    let mut record = Map::new();
+    record.insert("type".into(), Value::from(kind));
+    record.insert("user".into(), Value::from(original.user.as_str()));
+    record.insert("rule".into(), Value::from(original.rule.as_str()));
+    record.insert(
+        "key".into(),
+        original.key.as_deref().map_or(Value::Null, Value::from),
+    );
+    record.insert(
+        "idempotency_key".into(),
+        Value::from(original.idempotency_key.as_str()),
+    );
+    record.insert("channel".into(), Value::from(original.channel.as_str()));
+    record.extend(extra);
+    Value::Object(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_match_the_whole_body_in_any_case() {
+        for stop in ["STOP", "stop", " Stop. ", "STOPALL", "unsubscribe", "Cancel", "END", "quit!"] {
+            assert_eq!(Keyword::of(stop), Some(Keyword::OptOut), "{stop}");
+        }
+        assert_eq!(Keyword::of("start"), Some(Keyword::OptIn));
+        assert_eq!(Keyword::of("UNSTOP"), Some(Keyword::OptIn));
+        assert_eq!(Keyword::of("help"), Some(Keyword::Help));
+        assert_eq!(Keyword::of("please stop"), None, "a sentence is a reply");
+        assert_eq!(Keyword::of("YES"), None);
+        assert_eq!(Keyword::of("NO"), None);
+    }
+
+    #[test]
+    fn parses_each_shape() {
+        let twilio = br#"{"MessageSid":"SM1","AccountSid":"AC1","From":"+1 415 555 2671","To":"+15005550006","Body":"STOP","NumMedia":"0"}"#;
+        assert_eq!(
+            Feedback::parse(twilio, 7).unwrap(),
+            Feedback::Inbound(InboundSms {
+                from: "+14155552671".into(),
+                body: "STOP".into(),
+                sid: Some("SM1".into()),
+                time_ms: 7
+            })
+        );
+        let opened = br#"{"type":"email_opened","user":"u1","campaign":"spring","time":"2026-11-24T10:00:00Z"}"#;
+        let Feedback::Engagement(e) = Feedback::parse(opened, 0).unwrap() else {
+            panic!("an engagement")
+        };
+        assert_eq!(e.kind, "email_opened");
+        assert_eq!(
+            e.time_ms,
+            "2026-11-24T10:00:00Z".parse::<jiff::Timestamp>().unwrap().as_millisecond()
+        );
+        let action = br#"{"type":"push_action","action":"deny","idempotency_key":"k1","rule":"r","key":"card-1","user":"u1"}"#;
+        assert!(matches!(
+            Feedback::parse(action, 0).unwrap(),
+            Feedback::PushAction(PushAction { ref action, .. }) if action == "deny"
+        ));
+    }
+
+    #[test]
+    fn unusable_records_say_why() {
+        assert_eq!(Feedback::parse(b"[1]", 0), Err(FeedbackError::NotObject));
+        assert_eq!(Feedback::parse(b"{}", 0), Err(FeedbackError::NoType));
+        assert_eq!(
+            Feedback::parse(br#"{"From":"+1 555","Body":"STOP"}"#, 0),
+            Err(FeedbackError::BadPhone)
+        );
+        assert_eq!(
+            Feedback::parse(br#"{"type":"email_opened"}"#, 0),
+            Err(FeedbackError::MissingField("user"))
+        );
+        assert_eq!(
+            Feedback::parse(br#"{"type":"push_action","idempotency_key":"k"}"#, 0),
+            Err(FeedbackError::MissingField("action"))
+        );
+        assert_eq!(
+            Feedback::parse(br#"{"type":"email_opened","user":"u","time":"yesterday"}"#, 0),
+            Err(FeedbackError::BadTime)
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! The messages this instance sent recently, so that feedback naming a message
+//! (an engagement by idempotency key, an SMS reply by phone number) finds it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+
+/// What a reply needs to know about the message it answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRef {
+    pub user: String,
+    pub rule: String,
+    /// The state key of the triggering event (e.g. the card id).
+    pub key: Option<String>,
+    pub idempotency_key: String,
+    pub channel: String,
+    pub sent_ms: i64,
+}
+
+/// Bounded by count and age; the oldest are forgotten first.
+pub struct SentIndex {
+    by_key: DashMap<String, Arc<SentRef>>,
+    /// The last SMS to each phone number (E.164).
+    by_phone: DashMap<String, Arc<SentRef>>,
+    order: Mutex<VecDeque<(String, Option<String>)>>,
+    capacity: usize,
+    max_age_ms: i64,
+}
+
+impl Default for SentIndex {
+    /// 200,000 messages, a week.
+    fn default() -> Self {
+        SentIndex::new(200_000, 7 * 86_400_000)
+    }
+}
+
+impl SentIndex {
+    /// Holds at most `capacity` messages, each at most `max_age_ms`.
+    pub fn new(capacity: usize, max_age_ms: i64) -> SentIndex {
+        SentIndex {
+            by_key: DashMap::new(),
+            by_phone: DashMap::new(),
+            order: Mutex::new(VecDeque::new()),
+            capacity,
+            max_age_ms,
+        }
+    }
+
+    /// Remembers a sent message; `phone` for SMS.
+    pub fn record(&self, sent: SentRef, phone: Option<&str>) {
+        let sent = Arc::new(sent);
+        let key = sent.idempotency_key.clone();
+        self.by_key.insert(key.clone(), Arc::clone(&sent));
+        if let Some(phone) = phone {
+            self.by_phone.insert(phone.to_string(), sent);
+        }
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        order.push_back((key, phone.map(str::to_string)));
+        while order.len() > self.capacity {
+            if let Some((old, phone)) = order.pop_front() {
+                self.by_key.remove(&old);
+                if let Some(phone) = phone {
+                    self.by_phone.remove_if(&phone, |_, s| s.idempotency_key == old);
+                }
+            }
+        }
+    }
+
+    /// The message with this idempotency key, if sent within the age limit.
+    pub fn by_key(&self, key: &str, now_ms: i64) -> Option<Arc<SentRef>> {
+        let found = self.by_key.get(key).map(|s| Arc::clone(&s))?;
+        (now_ms - found.sent_ms <= self.max_age_ms).then_some(found)
+    }
+
+    /// The last SMS to this number, if sent within the age limit.
+    pub fn last_sms_to(&self, phone: &str, now_ms: i64) -> Option<Arc<SentRef>> {
+        let found = self.by_phone.get(phone).map(|s| Arc::clone(&s))?;
+        (now_ms - found.sent_ms <= self.max_age_ms).then_some(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(key: &str, at: i64) -> SentRef {
+        SentRef {
+            user: "u1".into(),
+            rule: "r".into(),
+            key: Some("card-1".into()),
+            idempotency_key: key.into(),
+            channel: "sms".into(),
+            sent_ms: at,
+        }
+    }
+
+    #[test]
+    fn finds_by_key_and_by_phone_within_bounds() {
+        let index = SentIndex::new(2, 1_000);
+        index.record(sent("a", 0), Some("+14155552671"));
+        index.record(sent("b", 10), Some("+14155552671"));
+        assert_eq!(index.last_sms_to("+14155552671", 20).unwrap().idempotency_key, "b");
+        assert_eq!(index.by_key("a", 20).unwrap().idempotency_key, "a");
+        assert!(index.by_key("a", 1_001).is_none(), "too old");
+        index.record(sent("c", 30), None);
+        assert!(index.by_key("a", 40).is_none(), "evicted by count");
+        assert_eq!(
+            index.last_sms_to("+14155552671", 40).unwrap().idempotency_key,
+            "b",
+            "evicting an older message keeps the phone's newer one"
+        );
+    }
+}

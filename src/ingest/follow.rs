@@ -1,0 +1,263 @@
+//! Following a whole topic on every instance (profiles, consent, feedback state):
+//! all partitions, from the start or from a point in time, with the read
+//! position kept so a caller can wait until everything written so far was read.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// Where reading starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// Every record still on the topic (compacted state topics).
+    Beginning,
+    /// Records from this time on, epoch ms (event streams, with a look-back).
+    Since(i64),
+}
+
+/// The progress of one followed topic.
+pub struct Follower {
+    topic: String,
+    /// Next offset to read, per partition.
+    positions: Mutex<HashMap<i32, i64>>,
+    /// True once every partition was read to its end once.
+    caught_up: watch::Sender<bool>,
+    /// For watermark queries; made on the first [`Follower::barrier`].
+    client: ClientConfig,
+    watermarks: Mutex<Option<std::sync::Arc<BaseConsumer>>>,
+}
+
+/// Why a barrier could not be passed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BarrierError {
+    #[error("cannot read the end offsets of `{topic}`: {detail}")]
+    Watermarks { topic: String, detail: String },
+    #[error("`{topic}` was not read to its end within {waited_ms} ms")]
+    Behind { topic: String, waited_ms: u64 },
+}
+
+impl Follower {
+    /// A follower of `topic`; `client` is used for its consumer.
+    pub fn new(topic: String, client: ClientConfig) -> Follower {
+        Follower {
+            topic,
+            positions: Mutex::new(HashMap::new()),
+            caught_up: watch::Sender::new(false),
+            client,
+            watermarks: Mutex::new(None),
+        }
+    }
+
+    /// The followed topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Whether every partition was read to its end once.
+    pub fn is_caught_up(&self) -> bool {
+        *self.caught_up.borrow()
+    }
+
+    /// Waits until every partition was read to its end once.
+    pub async fn wait_caught_up(&self) {
+        let mut signal = self.caught_up.subscribe();
+        let _ = signal.wait_for(|c| *c).await;
+    }
+
+    /// Waits until every record written to the topic before this call has been
+    /// read (and applied) by [`Follower::run`]: asks the broker for each
+    /// partition's end offset, then waits for the read position to reach it.
+    pub async fn barrier(&self, timeout: Duration) -> Result<(), BarrierError> {
+        let began = Instant::now();
+        let consumer = {
+            let mut slot = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(c) => std::sync::Arc::clone(c),
+                None => {
+                    let c: BaseConsumer =
+                        self.client
+                            .create()
+                            .map_err(|e: KafkaError| BarrierError::Watermarks {
+                                topic: self.topic.clone(),
+                                detail: e.to_string(),
+                            })?;
+                    let c = std::sync::Arc::new(c);
+                    *slot = Some(std::sync::Arc::clone(&c));
+                    c
+                }
+            }
+        };
+        let partitions: Vec<i32> = self.positions().keys().copied().collect();
+        if partitions.is_empty() {
+            return Err(BarrierError::Behind {
+                topic: self.topic.clone(),
+                waited_ms: 0,
+            });
+        }
+        let topic = self.topic.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            partitions
+                .iter()
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, *p, timeout)
+                        .map(|(_, high)| (*p, high))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| BarrierError::Watermarks {
+            topic: self.topic.clone(),
+            detail: e.to_string(),
+        })?
+        .map_err(|e| BarrierError::Watermarks {
+            topic: self.topic.clone(),
+            detail: e.to_string(),
+        })?;
+        loop {
+            let reached = {
+                let positions = self.positions();
+                ends.iter()
+                    .all(|(p, end)| positions.get(p).is_some_and(|at| at >= end))
+            };
+            if reached {
+                return Ok(());
+            }
+            if began.elapsed() >= timeout {
+                return Err(BarrierError::Behind {
+                    topic: self.topic.clone(),
+                    waited_ms: began.elapsed().as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn positions(&self) -> std::sync::MutexGuard<'_, HashMap<i32, i64>> {
+        self.positions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn advance(&self, partition: i32, next: i64) {
+        let mut positions = self.positions();
+        let at = positions.entry(partition).or_insert(next);
+        *at = (*at).max(next);
+    }
+
+    /// Reads every partition from `start`, handing each record to `apply`,
+    /// until `shutdown`. Retries while the topic or the broker is missing.
+    pub async fn run(
+        &self,
+        start: Start,
+        mut shutdown: watch::Receiver<bool>,
+        mut apply: impl FnMut(&BorrowedMessage<'_>),
+    ) {
+        let consumer: StreamConsumer = match self
+            .client
+            .clone()
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(topic = %self.topic, error = %e, "cannot create a topic reader");
+                return;
+            }
+        };
+        let topic = &self.topic;
+        let partitions = loop {
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                Ok(md) => {
+                    let parts: Vec<i32> = md
+                        .topics()
+                        .iter()
+                        .filter(|t| t.name() == topic && t.error().is_none())
+                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                        .collect();
+                    if !parts.is_empty() {
+                        break parts;
+                    }
+                    warn!(%topic, "topic not found yet; retrying");
+                }
+                Err(e) => warn!(%topic, error = %e, "cannot read topic metadata; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let offset = match start {
+                Start::Beginning => Offset::Beginning,
+                Start::Since(ms) => Offset::Offset(ms),
+            };
+            let _ = tpl.add_partition_offset(topic, *p, offset);
+        }
+        if let Start::Since(_) = start {
+            match consumer.offsets_for_times(tpl.clone(), Duration::from_secs(10)) {
+                Ok(found) => tpl = found,
+                Err(e) => {
+                    warn!(%topic, error = %e, "cannot find offsets by time; reading from the start");
+                    tpl = TopicPartitionList::new();
+                    for p in &partitions {
+                        let _ = tpl.add_partition_offset(topic, *p, Offset::Beginning);
+                    }
+                }
+            }
+        }
+        for p in &partitions {
+            self.advance(*p, 0);
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            warn!(%topic, error = %e, "cannot assign the partitions");
+            return;
+        }
+        let mut at_end: HashSet<i32> = HashSet::new();
+        info!(%topic, partitions = partitions.len(), "reading topic");
+        loop {
+            let next = tokio::select! {
+                m = consumer.recv() => m,
+                _ = shutdown.changed() => return,
+            };
+            match next {
+                Ok(message) => {
+                    apply(&message);
+                    self.advance(
+                        rdkafka::Message::partition(&message),
+                        rdkafka::Message::offset(&message) + 1,
+                    );
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    // At the end: the fetch position is the end offset.
+                    if let Ok(position) = consumer.position() {
+                        if let Some(Offset::Offset(o)) = position
+                            .find_partition(topic, p)
+                            .map(|e| e.offset())
+                        {
+                            self.advance(p, o);
+                        }
+                    }
+                    if at_end.insert(p)
+                        && at_end.len() == partitions.len()
+                        && !self.caught_up.send_replace(true)
+                    {
+                        info!(%topic, "topic read to its end");
+                    }
+                }
+                Err(e) => {
+                    debug!(%topic, error = %e, "topic reader error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
