@@ -36,6 +36,9 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
         profiles: unique("profiles"),
         outcomes: unique("outcomes"),
         dlq: unique("dlq"),
+        feedback: unique("feedback"),
+        consent: unique("consent"),
+        replies: unique("replies"),
     };
     for (t, parts) in [
         (&topics.transactions, 2),
@@ -43,6 +46,9 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
         (&topics.profiles, 1),
         (&topics.outcomes, 1),
         (&topics.dlq, 1),
+        (&topics.feedback, 1),
+        (&topics.consent, 1),
+        (&topics.replies, 1),
     ] {
         mock.create_topic(t, parts, 1).expect("topic");
     }

@@ -107,6 +107,9 @@ pub struct RunTopics {
     pub profiles: String,
     pub outcomes: String,
     pub dlq: String,
+    pub feedback: String,
+    pub consent: String,
+    pub replies: String,
 }
 
 impl RunTopics {
@@ -120,11 +123,14 @@ impl RunTopics {
             profiles: name("profiles"),
             outcomes: name("outcomes"),
             dlq: name("dlq"),
+            feedback: name("feedback"),
+            consent: name("consent"),
+            replies: name("replies"),
         }
     }
 
-    /// Creates them: the streams and outcomes with `partitions`, the profiles
-    /// compacted, the dead-letter topic with one partition.
+    /// Creates them: the streams, outcomes and feedback with `partitions`, the
+    /// profiles and consent compacted, dead letters and replies with one partition.
     pub async fn create(&self, brokers: &str, partitions: i32) -> Result<(), String> {
         create_topics(
             brokers,
@@ -135,6 +141,9 @@ impl RunTopics {
                 (&self.profiles, 1, true),
                 (&self.outcomes, partitions, false),
                 (&self.dlq, 1, false),
+                (&self.feedback, partitions, false),
+                (&self.consent, 1, true),
+                (&self.replies, 1, false),
             ],
         )
         .await
@@ -191,6 +200,9 @@ time_field = "ts"
 profiles = "{profiles}"
 outcomes = "{outcomes}"
 dead_letter = "{dlq}"
+feedback = "{feedback}"
+consent = "{consent}"
+replies = "{replies}"
 [rules]
 dir = "{rules}"
 watch = {watch}
@@ -218,6 +230,9 @@ concurrency = 64
             profiles = self.profiles,
             outcomes = self.outcomes,
             dlq = self.dlq,
+            feedback = self.feedback,
+            consent = self.consent,
+            replies = self.replies,
         );
         let config = Config::parse(&text).map_err(|e| e.to_string())?;
         let problems = config.validate();

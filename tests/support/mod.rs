@@ -68,6 +68,9 @@ pub struct Topics {
     pub profiles: String,
     pub outcomes: String,
     pub dlq: String,
+    pub feedback: String,
+    pub consent: String,
+    pub replies: String,
 }
 
 impl Topics {
@@ -79,6 +82,9 @@ impl Topics {
             profiles: unique("profiles"),
             outcomes: unique("outcomes"),
             dlq: unique("dlq"),
+            feedback: unique("feedback"),
+            consent: unique("consent"),
+            replies: unique("replies"),
         };
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers())
@@ -90,6 +96,9 @@ impl Topics {
             (&t.profiles, 1),
             (&t.outcomes, 1),
             (&t.dlq, 1),
+            (&t.feedback, partitions),
+            (&t.consent, 1),
+            (&t.replies, 1),
         ];
         let new: Vec<NewTopic> = specs
             .iter()
@@ -243,6 +252,9 @@ time_field = "ts"
 profiles = "{profiles}"
 outcomes = "{outcomes}"
 dead_letter = "{dlq}"
+feedback = "{feedback}"
+consent = "{consent}"
+replies = "{replies}"
 
 [rules]
 dir = "{rules}"
@@ -282,6 +294,9 @@ max_backoff_ms = 200
         profiles = topics.profiles,
         outcomes = topics.outcomes,
         dlq = topics.dlq,
+        feedback = topics.feedback,
+        consent = topics.consent,
+        replies = topics.replies,
         rules = rules_dir.display(),
         base = provider_base,
     )
