@@ -197,6 +197,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Arc::clone(&pipeline).release_held(shutdown_rx.clone()),
     ));
     let limits = config.limits.clone();
+    let seed_client = kafka::profile_reader_config(&config.kafka);
+    let outcomes_topic = config.topics.outcomes.clone();
     let handle = Arc::clone(&pipeline);
     let mut stop = shutdown_rx.clone();
     let consumer_task = tokio::spawn(async move {
@@ -205,6 +207,22 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         tokio::select! {
             _ = async { tokio::join!(table.wait_caught_up(), state_loaded.wait_caught_up()) } => {}
             _ = stop.changed() => return,
+        }
+        // Sends made just before a crash are in the outcomes topic; their
+        // events may come again (past the last commit) and must not resend.
+        let seeder = Arc::clone(&pipeline);
+        let seeded = tokio::task::spawn_blocking(move || {
+            seeder
+                .recent
+                .seed_from_outcomes(&seed_client, &outcomes_topic, 20_000)
+        })
+        .await;
+        match seeded {
+            Ok(Ok(n)) => info!(sends = n, "recent sends read back from the outcomes topic"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read recent sends back; duplicates after a crash are possible")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read recent sends back"),
         }
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         if let Err(e) = consumer.subscribe(&topic_refs) {

@@ -82,7 +82,12 @@ impl Span {
 impl std::fmt::Display for Span {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0;
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms % size == 0 {
                 return write!(f, "{}{unit}", ms / size);
             }
@@ -111,7 +116,9 @@ mod tests {
         assert_eq!(parse_duration_ms(" 2h "), Ok(7_200_000));
         assert_eq!(parse_duration_ms("7d"), Ok(604_800_000));
         assert_eq!(parse_duration_ms("250ms"), Ok(250));
-        assert!(parse_duration_ms("0s").unwrap_err().contains("longer than zero"));
+        assert!(parse_duration_ms("0s")
+            .unwrap_err()
+            .contains("longer than zero"));
         assert!(parse_duration_ms("-5m").is_err());
         assert!(parse_duration_ms("5 minutes").unwrap_err().contains("unit"));
         assert!(parse_duration_ms("m").is_err());

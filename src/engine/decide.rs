@@ -271,6 +271,23 @@ impl Pipeline {
                 return done(outcome, None, Some(record), false);
             }
         };
+        if !rule.policy.suppress_if.is_empty() {
+            // Engagement written before the trigger must be seen.
+            let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
+            if let Err(e) = self.feedback.consent_barrier(wait).await {
+                outcome.status = Status::Failed;
+                outcome.reason = Some("engagement_unknown".into());
+                channel.failed.inc();
+                let record = self.failed_send_record(
+                    event,
+                    rule,
+                    channel,
+                    "engagement_unknown",
+                    e.to_string(),
+                );
+                return done(outcome, Some(message), Some(record), false);
+            }
+        }
         if let Err(s) = self.policy.engaged_elsewhere(
             &self.feedback,
             &event.user,
@@ -278,7 +295,12 @@ impl Pipeline {
             rule.campaign.as_deref(),
             now,
         ) {
-            return done(self.suppress(outcome, channel, s), Some(message), None, false);
+            return done(
+                self.suppress(outcome, channel, s),
+                Some(message),
+                None,
+                false,
+            );
         }
         if !self.recent.first_time(&outcome.idempotency_key) {
             let outcome = self.suppress(outcome, channel, Suppression::Duplicate);
@@ -288,7 +310,12 @@ impl Pipeline {
             Ok(r) => r,
             Err(s) => {
                 self.recent.forget(&outcome.idempotency_key);
-                return done(self.suppress(outcome, channel, s), Some(message), None, false);
+                return done(
+                    self.suppress(outcome, channel, s),
+                    Some(message),
+                    None,
+                    false,
+                );
             }
         };
         let attempted =

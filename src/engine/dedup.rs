@@ -1,5 +1,9 @@
 //! Recently sent idempotency keys, so a message re-delivered by Kafka (a
-//! rebalance, a retry upstream) is not sent a second time by this instance.
+//! rebalance, a retry upstream, a restart after a crash) is not sent twice.
+//!
+//! At start the set is seeded from the tail of the outcomes topic, so the
+//! events re-delivered after a crash (those past the last committed offset)
+//! find their earlier sends.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -43,6 +47,66 @@ impl RecentSends {
             }
         }
         true
+    }
+
+    /// Seeds the set from the last `per_partition` records of each partition of
+    /// the outcomes topic: every `sent` outcome's key. Returns how many were
+    /// seeded. Blocking; run it off the async threads.
+    pub fn seed_from_outcomes(
+        &self,
+        client: &rdkafka::ClientConfig,
+        topic: &str,
+        per_partition: i64,
+    ) -> Result<usize, rdkafka::error::KafkaError> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{Message, Offset, TopicPartitionList};
+        let consumer: BaseConsumer = client.clone().set("enable.auto.commit", "false").create()?;
+        let timeout = Duration::from_secs(10);
+        let md = consumer.fetch_metadata(Some(topic), timeout)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = std::collections::HashMap::new();
+        for t in md.topics().iter().filter(|t| t.error().is_none()) {
+            for p in t.partitions() {
+                let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
+                if high > low {
+                    tpl.add_partition_offset(
+                        topic,
+                        p.id(),
+                        Offset::Offset((high - per_partition).max(low)),
+                    )?;
+                    ends.insert(p.id(), high);
+                }
+            }
+        }
+        if ends.is_empty() {
+            return Ok(0);
+        }
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seeded = 0;
+        while !ends.is_empty() && Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
+                ends.remove(&m.partition());
+            }
+            #[derive(serde::Deserialize)]
+            struct Seen<'a> {
+                status: &'a str,
+                idempotency_key: &'a str,
+            }
+            if let Some(seen) = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Seen<'_>>(p).ok())
+            {
+                if seen.status == "sent" && !seen.idempotency_key.is_empty() {
+                    self.first_time(seen.idempotency_key);
+                    seeded += 1;
+                }
+            }
+        }
+        Ok(seeded)
     }
 
     /// Forgets a key whose send failed, so a later redelivery may try again.

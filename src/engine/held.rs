@@ -190,11 +190,8 @@ impl Pipeline {
             writes.push(self.recorder.outcome(&outcome));
         }
         self.metrics.held.set(0);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            futures::future::join_all(writes),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(writes)).await;
     }
 
     /// Runs a held message's decision again, now that its quiet hours ended:

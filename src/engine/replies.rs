@@ -20,7 +20,11 @@ impl Pipeline {
     /// Handles one feedback record; the returned writes make it final.
     pub(super) async fn handle_feedback(&self, msg: Incoming) -> Vec<Pending> {
         let fallback_ms = msg.timestamp_ms.unwrap_or(msg.consumed_ms);
-        let record = match msg.payload.as_deref().map(|p| Feedback::parse(p, fallback_ms)) {
+        let record = match msg
+            .payload
+            .as_deref()
+            .map(|p| Feedback::parse(p, fallback_ms))
+        {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
                 self.count_feedback("invalid", "invalid");
@@ -136,7 +140,12 @@ impl Pipeline {
         self.publish_reply("push_action", &original, extra)
     }
 
-    fn publish_reply(&self, kind: &str, original: &SentRef, extra: Map<String, Value>) -> Vec<Pending> {
+    fn publish_reply(
+        &self,
+        kind: &str,
+        original: &SentRef,
+        extra: Map<String, Value>,
+    ) -> Vec<Pending> {
         let event = reply_event(kind, original, extra);
         let payload = serde_json::to_vec(&event).unwrap_or_default();
         vec![self
@@ -163,11 +172,18 @@ impl Pipeline {
         let key = {
             use sha2::{Digest, Sha256};
             let digest = Sha256::digest(
-                format!("herald.help\0{}\0{}\0{}", msg.topic, msg.partition, msg.offset).as_bytes(),
+                format!(
+                    "herald.help\0{}\0{}\0{}",
+                    msg.topic, msg.partition, msg.offset
+                )
+                .as_bytes(),
             );
             hex::encode(&digest[..16])
         };
-        let user = original.map_or_else(|| format!("phone:{}", fingerprint(&sms.from)), |o| o.user.clone());
+        let user = original.map_or_else(
+            || format!("phone:{}", fingerprint(&sms.from)),
+            |o| o.user.clone(),
+        );
         let mut outcome = Outcome {
             rule: "herald.help".into(),
             rule_version: String::new(),

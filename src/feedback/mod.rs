@@ -95,7 +95,9 @@ impl Keyword {
 pub enum FeedbackError {
     #[error("feedback is not a JSON object")]
     NotObject,
-    #[error("feedback needs `type` (an engagement or `push_action`) or Twilio's `From` and `Body`")]
+    #[error(
+        "feedback needs `type` (an engagement or `push_action`) or Twilio's `From` and `Body`"
+    )]
     NoType,
     #[error("feedback field `{0}` is missing or not text")]
     MissingField(&'static str),
@@ -189,7 +191,16 @@ mod tests {
 
     #[test]
     fn keywords_match_the_whole_body_in_any_case() {
-        for stop in ["STOP", "stop", " Stop. ", "STOPALL", "unsubscribe", "Cancel", "END", "quit!"] {
+        for stop in [
+            "STOP",
+            "stop",
+            " Stop. ",
+            "STOPALL",
+            "unsubscribe",
+            "Cancel",
+            "END",
+            "quit!",
+        ] {
             assert_eq!(Keyword::of(stop), Some(Keyword::OptOut), "{stop}");
         }
         assert_eq!(Keyword::of("start"), Some(Keyword::OptIn));
@@ -219,7 +230,10 @@ mod tests {
         assert_eq!(e.kind, "email_opened");
         assert_eq!(
             e.time_ms,
-            "2026-11-24T10:00:00Z".parse::<jiff::Timestamp>().unwrap().as_millisecond()
+            "2026-11-24T10:00:00Z"
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+                .as_millisecond()
         );
         let action = br#"{"type":"push_action","action":"deny","idempotency_key":"k1","rule":"r","key":"card-1","user":"u1"}"#;
         assert!(matches!(
@@ -245,7 +259,10 @@ mod tests {
             Err(FeedbackError::MissingField("action"))
         );
         assert_eq!(
-            Feedback::parse(br#"{"type":"email_opened","user":"u","time":"yesterday"}"#, 0),
+            Feedback::parse(
+                br#"{"type":"email_opened","user":"u","time":"yesterday"}"#,
+                0
+            ),
             Err(FeedbackError::BadTime)
         );
     }

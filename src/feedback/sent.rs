@@ -61,7 +61,8 @@ impl SentIndex {
             if let Some((old, phone)) = order.pop_front() {
                 self.by_key.remove(&old);
                 if let Some(phone) = phone {
-                    self.by_phone.remove_if(&phone, |_, s| s.idempotency_key == old);
+                    self.by_phone
+                        .remove_if(&phone, |_, s| s.idempotency_key == old);
                 }
             }
         }
@@ -100,13 +101,22 @@ mod tests {
         let index = SentIndex::new(2, 1_000);
         index.record(sent("a", 0), Some("+14155552671"));
         index.record(sent("b", 10), Some("+14155552671"));
-        assert_eq!(index.last_sms_to("+14155552671", 20).unwrap().idempotency_key, "b");
+        assert_eq!(
+            index
+                .last_sms_to("+14155552671", 20)
+                .unwrap()
+                .idempotency_key,
+            "b"
+        );
         assert_eq!(index.by_key("a", 20).unwrap().idempotency_key, "a");
         assert!(index.by_key("a", 1_001).is_none(), "too old");
         index.record(sent("c", 30), None);
         assert!(index.by_key("a", 40).is_none(), "evicted by count");
         assert_eq!(
-            index.last_sms_to("+14155552671", 40).unwrap().idempotency_key,
+            index
+                .last_sms_to("+14155552671", 40)
+                .unwrap()
+                .idempotency_key,
             "b",
             "evicting an older message keeps the phone's newer one"
         );

@@ -238,7 +238,10 @@ mod tests {
         assert!(s.engaged("u1", "email_opened", Some("spring"), 1_000));
         assert!(s.engaged("u1", "email_opened", None, 0));
         assert!(!s.engaged("u1", "email_opened", Some("autumn"), 0));
-        assert!(!s.engaged("u1", "email_opened", None, 1_001), "before the window");
+        assert!(
+            !s.engaged("u1", "email_opened", None, 1_001),
+            "before the window"
+        );
         assert!(!s.engaged("u1", "push_opened", None, 0));
         // By message reference: known message → its user; unknown → dropped.
         s.sent.record(

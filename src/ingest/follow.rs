@@ -239,9 +239,8 @@ impl Follower {
                 Err(KafkaError::PartitionEOF(p)) => {
                     // At the end: the fetch position is the end offset.
                     if let Ok(position) = consumer.position() {
-                        if let Some(Offset::Offset(o)) = position
-                            .find_partition(topic, p)
-                            .map(|e| e.offset())
+                        if let Some(Offset::Offset(o)) =
+                            position.find_partition(topic, p).map(|e| e.offset())
                         {
                             self.advance(p, o);
                         }

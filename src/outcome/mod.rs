@@ -45,7 +45,12 @@ impl Status {
     }
 
     /// Every status, in [`Status::index`] order.
-    pub const ALL: [Status; 4] = [Status::Sent, Status::Suppressed, Status::Failed, Status::Held];
+    pub const ALL: [Status; 4] = [
+        Status::Sent,
+        Status::Suppressed,
+        Status::Failed,
+        Status::Held,
+    ];
 }
 
 /// Milliseconds since the epoch at each stage; 0 where a stage was not reached.

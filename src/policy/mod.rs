@@ -17,8 +17,8 @@ pub mod settings;
 
 pub use caps::{CapHit, FrequencyCaps, Limits, Reservation};
 pub use settings::{
-    Cap, CategoryPolicy, EngagementGuard, PolicyConfig, QuietAction, QuietHours,
-    QuietHoursSetting, RulePolicy, Step,
+    Cap, CategoryPolicy, EngagementGuard, PolicyConfig, QuietAction, QuietHours, QuietHoursSetting,
+    RulePolicy, Step,
 };
 
 /// Why a message was not sent. `code()` is the bounded metric label; the
@@ -264,7 +264,13 @@ impl Policy {
             return Ok(None);
         }
         self.caps
-            .reserve(&profile.user_id, subject.category, subject.rule, &limits, now_ms)
+            .reserve(
+                &profile.user_id,
+                subject.category,
+                subject.rule,
+                &limits,
+                now_ms,
+            )
             .map(Some)
             .map_err(Suppression::Capped)
     }

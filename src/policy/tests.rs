@@ -191,7 +191,10 @@ fn caps_apply_unless_the_category_bypasses_them() {
     let m = subject("marketing", &none, t0);
     assert!(policy.reserve(&user, &m, t0).unwrap().is_some());
     assert_eq!(
-        policy.reserve(&user, &m, t0 + 1000).unwrap_err().to_string(),
+        policy
+            .reserve(&user, &m, t0 + 1000)
+            .unwrap_err()
+            .to_string(),
         "cap:marketing:1/hour"
     );
     let f = subject("fraud", &none, t0);
@@ -221,9 +224,20 @@ fn caps_apply_unless_the_category_bypasses_them() {
     );
 }
 
-fn quiet(policy: &Policy, p: &Profile, category: &str, rule: &RulePolicy, now: i64) -> Result<(), Suppression> {
+fn quiet(
+    policy: &Policy,
+    p: &Profile,
+    category: &str,
+    rule: &RulePolicy,
+    now: i64,
+) -> Result<(), Suppression> {
     policy
-        .admit(Some(p), &subject(category, rule, now), &console("push"), now)
+        .admit(
+            Some(p),
+            &subject(category, rule, now),
+            &console("push"),
+            now,
+        )
         .map(|_| ())
 }
 
@@ -302,12 +316,19 @@ fn a_held_message_is_released_at_the_end_unless_it_went_stale() {
     let event = ms("2026-12-02T04:00:00Z"); // 22:00 CST
     let s = subject("marketing", &hold, event);
     assert!(policy.holds(&s));
-    assert!(!policy.holds(&subject("marketing", &RulePolicy::default(), event)), "drop by default");
+    assert!(
+        !policy.holds(&subject("marketing", &RulePolicy::default(), event)),
+        "drop by default"
+    );
     let end = until(quiet(&policy, &p, "marketing", &hold, event));
     assert_eq!(end, ms("2026-12-02T14:00:00Z"));
     // At release the same steps run again: a minute before the end it is still quiet,
     // at the end it passes.
-    let check = |now| policy.admit(Some(&p), &s, &console("push"), now).map(|_| ());
+    let check = |now| {
+        policy
+            .admit(Some(&p), &s, &console("push"), now)
+            .map(|_| ())
+    };
     assert_eq!(check(end - 60_000).unwrap_err().code(), "quiet_hours");
     assert!(check(end).is_ok());
     // With a freshness limit shorter than the night, the held message is stale at release.
@@ -335,7 +356,10 @@ fn caps_count_up_to_their_exact_boundary_and_users_can_tighten_them() {
     let user = profile("UTC");
     policy.reserve(&user, &m, t0).unwrap();
     assert_eq!(
-        policy.reserve(&user, &m, t0 + 3_599_999).unwrap_err().to_string(),
+        policy
+            .reserve(&user, &m, t0 + 3_599_999)
+            .unwrap_err()
+            .to_string(),
         "cap:marketing:1/hour",
         "one millisecond inside the hour"
     );
@@ -345,11 +369,18 @@ fn caps_count_up_to_their_exact_boundary_and_users_can_tighten_them() {
     );
     let mut strict = profile("UTC");
     strict.user_id = "u2".into();
-    strict.caps.insert("marketing".into(), vec!["1/day".parse().unwrap()]);
-    strict.caps.insert("all".into(), vec!["2/day".parse().unwrap()]);
+    strict
+        .caps
+        .insert("marketing".into(), vec!["1/day".parse().unwrap()]);
+    strict
+        .caps
+        .insert("all".into(), vec!["2/day".parse().unwrap()]);
     policy.reserve(&strict, &m, t0).unwrap();
     assert_eq!(
-        policy.reserve(&strict, &m, t0 + 7_200_000).unwrap_err().to_string(),
+        policy
+            .reserve(&strict, &m, t0 + 7_200_000)
+            .unwrap_err()
+            .to_string(),
         "cap:marketing:1/day",
         "the user's own cap replaces 1/hour"
     );

@@ -141,7 +141,10 @@ pub fn compile_rule(
             let mut seen = BTreeSet::new();
             for c in &list.value {
                 if !seen.insert(c) {
-                    errors.push(err(&list.referenced, format!("channel `{c}` is listed twice")));
+                    errors.push(err(
+                        &list.referenced,
+                        format!("channel `{c}` is listed twice"),
+                    ));
                 }
                 if let Some(known_channels) = known.channels {
                     if !known_channels.contains(c) {

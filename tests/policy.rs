@@ -1,0 +1,442 @@
+//! The policy stage end to end on the real broker: STOP/START/HELP and replies
+//! on the feedback topic, fallback chains, cross-channel suppression, held
+//! messages and de-duplication across a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::provider::Provider;
+use support::*;
+
+const PHONE: &str = "+14155552671";
+
+struct Harness {
+    topics: Topics,
+    provider: Provider,
+    rules: tempfile::TempDir,
+    running: herald::Running,
+}
+
+async fn harness(rules_yaml: &str, profiles: &[(&str, Value)], extra: &str) -> Harness {
+    let topics = Topics::create(2).await;
+    let provider = Provider::start().await;
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("rules.yaml"),
+        rules_yaml.replace("SOURCE", &topics.transactions),
+    )
+    .unwrap();
+    let producer = producer();
+    for (user, p) in profiles {
+        publish(&producer, &topics.profiles, user, p.to_string().as_bytes()).await;
+    }
+    let running = start(&topics, &rules, &provider, extra).await;
+    Harness {
+        topics,
+        provider,
+        rules,
+        running,
+    }
+}
+
+async fn start(
+    topics: &Topics,
+    rules: &tempfile::TempDir,
+    provider: &Provider,
+    extra: &str,
+) -> herald::Running {
+    let text = config_text(topics, rules.path(), &provider.base_url(), extra);
+    let (_, config) = load_config(rules.path(), &text);
+    let running = herald::start(config).await.expect("herald starts");
+    wait_ready(running.admin_addr()).await;
+    running
+}
+
+/// Outcomes of `user`, waiting until there are `want`.
+fn outcomes_of(h: &Harness, user: &str, want: usize) -> Vec<Value> {
+    read_json(&h.topics.outcomes, want, Duration::from_secs(20), |o| {
+        o["user"] == user
+    })
+}
+
+async fn feedback(h: &Harness, key: &str, record: Value) {
+    publish(
+        &producer(),
+        &h.topics.feedback,
+        key,
+        record.to_string().as_bytes(),
+    )
+    .await;
+}
+
+async fn metric(h: &Harness, line: &str) -> bool {
+    admin_get(h.running.admin_addr(), "/metrics")
+        .await
+        .1
+        .lines()
+        .any(|l| l == line)
+}
+
+const FRAUD_SMS: &str = r#"
+rules:
+  - id: foreign-sms
+    sources: [SOURCE]
+    match: { status: approved }
+    channels: [sms]
+    category: fraud
+    template:
+      text: "{{ event.amount | money(event.currency) }} at {{ event.merchant }}. Was this you? Reply YES or NO."
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_blocks_the_very_next_sms_start_restores_help_answers_and_replies_become_events() {
+    let h = harness(
+        FRAUD_SMS,
+        &[("u-1", profile_json("u-1", false, true))],
+        "[feedback]\nhelp_channel = \"sms\"\n",
+    )
+    .await;
+    let twilio_to = |h: &Harness| -> Vec<String> {
+        h.provider
+            .received_by("twilio")
+            .iter()
+            .map(|r| r.form["Body"].clone())
+            .collect()
+    };
+
+    // STOP, and at once a transaction: no SMS.
+    let inbound = |body: &str| {
+        json!({"MessageSid": "SM1", "AccountSid": TWILIO_SID, "From": PHONE,
+               "To": "+15005550006", "Body": body, "NumMedia": "0"})
+    };
+    feedback(&h, PHONE, inbound("Stop")).await;
+    publish(
+        &producer(),
+        &h.topics.transactions,
+        "card-1",
+        &swipe("u-1", 40.0, "approved", "US"),
+    )
+    .await;
+    let first = outcomes_of(&h, "u-1", 1);
+    assert_eq!(first[0]["status"], "suppressed", "{first:?}");
+    assert_eq!(first[0]["reason"], "no_consent:sms:opted_out");
+    assert!(twilio_to(&h).is_empty(), "no SMS after STOP");
+    let consent = read_json(&h.topics.consent, 1, Duration::from_secs(10), |_| true);
+    assert_eq!(consent[0]["phone"], PHONE, "published for the CRM");
+    assert_eq!(consent[0]["consent"], false);
+    assert_eq!(consent[0]["keyword"], "STOP");
+
+    // START, then a transaction: the SMS goes out.
+    feedback(&h, PHONE, inbound("START")).await;
+    publish(
+        &producer(),
+        &h.topics.transactions,
+        "card-1",
+        &swipe("u-1", 41.0, "approved", "US"),
+    )
+    .await;
+    let both = outcomes_of(&h, "u-1", 2);
+    assert_eq!(both[1]["status"], "sent", "{both:?}");
+    assert_eq!(twilio_to(&h).len(), 1);
+
+    // HELP is answered with the configured help text.
+    feedback(&h, PHONE, inbound("help")).await;
+    let bodies = eventually(Duration::from_secs(10), || {
+        let b = twilio_to(&h);
+        (b.len() == 2).then_some(b)
+    })
+    .await
+    .expect("a HELP answer");
+    assert!(
+        bodies[1].contains("Reply STOP to unsubscribe"),
+        "{bodies:?}"
+    );
+
+    // NO to "was this you?" becomes an event naming the message it answers.
+    feedback(&h, PHONE, inbound("NO")).await;
+    let replies = read_json(&h.topics.replies, 1, Duration::from_secs(10), |_| true);
+    let reply = &replies[0];
+    assert_eq!(reply["type"], "sms_reply");
+    assert_eq!(reply["text"], "NO");
+    assert_eq!(reply["user"], "u-1");
+    assert_eq!(reply["rule"], "foreign-sms");
+    assert_eq!(reply["key"], "card-1");
+    assert_eq!(reply["idempotency_key"], both[1]["idempotency_key"]);
+    assert!(!reply.to_string().contains(PHONE), "no phone in the event");
+
+    assert!(
+        metric(
+            &h,
+            "herald_feedback_total{kind=\"stop\",result=\"applied\"} 1"
+        )
+        .await
+    );
+    assert!(
+        metric(
+            &h,
+            "herald_rule_suppressions_total{reason=\"no_consent\",rule=\"foreign-sms\"} 1"
+        )
+        .await
+    );
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_to_sms_when_there_is_no_push_token_with_each_hop_recorded() {
+    let mut tokenless = profile_json("u-2", true, true);
+    tokenless["push_tokens"] = json!([]);
+    let h = harness(
+        r#"
+rules:
+  - id: purchase
+    sources: [SOURCE]
+    match: { status: approved }
+    fallback: [push, sms]
+    category: transactional
+    template:
+      title: "Purchase"
+      body: "{{ event.amount | money(event.currency) }} at {{ event.merchant }}"
+"#,
+        &[("u-2", tokenless), ("u-3", profile_json("u-3", true, true))],
+        "",
+    )
+    .await;
+    let p = producer();
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-2",
+        &swipe("u-2", 9.0, "approved", "US"),
+    )
+    .await;
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-3",
+        &swipe("u-3", 9.0, "approved", "US"),
+    )
+    .await;
+
+    let hops = outcomes_of(&h, "u-2", 2);
+    assert_eq!(hops[0]["channel"], "push");
+    assert_eq!(hops[0]["status"], "suppressed");
+    assert_eq!(hops[0]["reason"], "no_address:push");
+    assert_eq!(hops[0]["next_channel"], "sms");
+    assert_eq!(hops[1]["channel"], "sms");
+    assert_eq!(hops[1]["status"], "sent");
+    assert_eq!(
+        hops[1]["hops"],
+        json!([{"channel": "push", "reason": "no_address:push"}])
+    );
+    let with_token = outcomes_of(&h, "u-3", 1);
+    assert_eq!(with_token[0]["channel"], "push");
+    assert_eq!(with_token[0]["status"], "sent");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        outcomes_of(&h, "u-3", 2).len(),
+        1,
+        "the chain stops at the first send"
+    );
+    assert_eq!(h.provider.received_by("twilio").len(), 1);
+    assert_eq!(h.provider.received_by("fcm").len(), 1);
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opened_email_suppresses_the_push_and_a_push_action_becomes_an_event() {
+    let h = harness(
+        r#"
+rules:
+  - id: spring-offer
+    sources: [SOURCE]
+    match: { status: approved }
+    channels: [push]
+    category: promotions
+    campaign: spring-sale
+    push_actions: { category: OFFER, buttons: [claim, dismiss] }
+    policy:
+      suppress_if:
+        - { engaged: email_opened, within: 2h }
+    template:
+      body: "Spring sale at {{ event.merchant }}"
+"#,
+        &[
+            ("u-4", profile_json("u-4", true, false)),
+            ("u-5", profile_json("u-5", true, false)),
+        ],
+        "",
+    )
+    .await;
+    feedback(
+        &h,
+        "u-4",
+        json!({"type": "email_opened", "user": "u-4", "campaign": "spring-sale"}),
+    )
+    .await;
+    feedback(
+        &h,
+        "u-5",
+        json!({"type": "email_opened", "user": "u-5", "campaign": "winter-sale"}),
+    )
+    .await;
+    feedback(
+        &h,
+        "x",
+        json!({"type": "email_opened", "message": "no-such-message"}),
+    )
+    .await;
+    publish(&producer(), &h.topics.feedback, "x", b"not json").await;
+    let p = producer();
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-4",
+        &swipe("u-4", 5.0, "approved", "US"),
+    )
+    .await;
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-5",
+        &swipe("u-5", 5.0, "approved", "US"),
+    )
+    .await;
+
+    let u4 = outcomes_of(&h, "u-4", 1);
+    assert_eq!(u4[0]["status"], "suppressed");
+    assert_eq!(u4[0]["reason"], "suppressed_by:email_opened");
+    let u5 = outcomes_of(&h, "u-5", 1);
+    assert_eq!(
+        u5[0]["status"], "sent",
+        "another campaign's email does not count"
+    );
+    let push = h.provider.received_by("fcm");
+    assert_eq!(push.len(), 1);
+    let m = &push[0].json["message"];
+    assert_eq!(m["apns"]["payload"]["aps"]["category"], "OFFER");
+    assert_eq!(m["android"]["notification"]["click_action"], "OFFER");
+    assert_eq!(m["data"]["actions"], "claim,dismiss");
+    assert_eq!(m["data"]["key"], "card-5");
+
+    // The app echoes the push data when a button is pressed.
+    feedback(
+        &h,
+        "u-5",
+        json!({"type": "push_action", "action": "claim", "user": "u-5",
+               "rule": m["data"]["rule"], "key": m["data"]["key"],
+               "idempotency_key": m["data"]["idempotency_key"]}),
+    )
+    .await;
+    let replies = read_json(&h.topics.replies, 1, Duration::from_secs(10), |_| true);
+    assert_eq!(replies[0]["type"], "push_action");
+    assert_eq!(replies[0]["action"], "claim");
+    assert_eq!(replies[0]["rule"], "spring-offer");
+    assert_eq!(replies[0]["key"], "card-5");
+    assert_eq!(replies[0]["idempotency_key"], u5[0]["idempotency_key"]);
+
+    let dead = read_json(&h.topics.dlq, 1, Duration::from_secs(10), |_| true);
+    assert_eq!(dead[0]["reason"], "feedback_not_object");
+    assert!(
+        metric(
+            &h,
+            "herald_feedback_total{kind=\"engagement\",result=\"unknown_message\"} 1"
+        )
+        .await
+    );
+    assert!(metric(&h, "herald_suppressions_total{reason=\"suppressed_by\"} 1").await);
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_quiet_hours_is_held_and_sent_when_they_end() {
+    // Quiet hours from this minute to the next, in UTC: the release comes
+    // within a minute. Start early in a minute so the event lands inside.
+    while jiff::Timestamp::now().as_second() % 60 > 45 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
+    let next = now.checked_add(jiff::Span::new().minutes(1)).unwrap();
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        now.hour(),
+        now.minute(),
+        next.hour(),
+        next.minute()
+    );
+    let mut utc = profile_json("u-6", true, false);
+    utc["time_zone"] = json!("UTC");
+    let h = harness(
+        &format!(
+            r#"
+rules:
+  - id: evening-offer
+    sources: [SOURCE]
+    match: {{ status: approved }}
+    channels: [push]
+    category: promotions
+    policy: {{ quiet_hours: "{window}", on_quiet_hours: hold, max_age_s: 600 }}
+    template:
+      body: "Thanks for shopping at {{{{ event.merchant }}}}"
+"#
+        ),
+        &[("u-6", utc)],
+        "",
+    )
+    .await;
+    publish(
+        &producer(),
+        &h.topics.transactions,
+        "card-6",
+        &swipe("u-6", 5.0, "approved", "US"),
+    )
+    .await;
+    let held = outcomes_of(&h, "u-6", 1);
+    assert_eq!(held[0]["status"], "held", "{held:?}");
+    let release = held[0]["release_ms"].as_i64().unwrap();
+    assert!(release > held[0]["timings"]["event_ms"].as_i64().unwrap());
+    assert!(
+        h.provider.received_by("fcm").is_empty(),
+        "nothing sent in quiet hours"
+    );
+    assert!(metric(&h, "herald_held_messages 1").await);
+
+    let both = read_json(&h.topics.outcomes, 2, Duration::from_secs(90), |o| {
+        o["user"] == "u-6"
+    });
+    assert_eq!(both.len(), 2, "released: {both:?}");
+    assert_eq!(both[1]["status"], "sent");
+    assert_eq!(both[1]["idempotency_key"], held[0]["idempotency_key"]);
+    assert!(both[1]["timings"]["request_sent_ms"].as_i64().unwrap() >= release);
+    assert_eq!(h.provider.received_by("fcm").len(), 1);
+    assert!(metric(&h, "herald_held_released_total{result=\"sent\"} 1").await);
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_delivered_again_after_a_restart_is_not_sent_twice() {
+    let h = harness(FRAUD_SMS, &[("u-7", profile_json("u-7", false, true))], "").await;
+    publish(
+        &producer(),
+        &h.topics.transactions,
+        "card-7",
+        &swipe("u-7", 7.0, "approved", "US"),
+    )
+    .await;
+    assert_eq!(outcomes_of(&h, "u-7", 1)[0]["status"], "sent");
+    h.running.stop().await;
+
+    // A new consumer group reads the topic from the start again, as after a
+    // crash before the commit: the same event comes a second time.
+    let again = start(&h.topics, &h.rules, &h.provider, "").await;
+    let both = read_json(&h.topics.outcomes, 2, Duration::from_secs(20), |o| {
+        o["user"] == "u-7"
+    });
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[1]["status"], "suppressed");
+    assert_eq!(both[1]["reason"], "duplicate");
+    assert_eq!(both[1]["idempotency_key"], both[0]["idempotency_key"]);
+    assert_eq!(h.provider.received_by("twilio").len(), 1, "one SMS only");
+    again.stop().await;
+}
