@@ -124,11 +124,17 @@ fn services_files_and_ports_exist_and_agree() {
         config.topics.profiles.clone(),
         config.topics.outcomes.clone(),
         config.topics.dead_letter.clone(),
+        config.topics.feedback.clone(),
+        config.topics.consent.clone(),
+        config.topics.replies.clone(),
     ]);
     for topic in wanted {
         assert!(script.contains(&topic), "topic {topic} is created");
     }
     assert!(script.contains("--topic profiles --partitions 1 --config cleanup.policy=compact"));
+    assert!(
+        script.contains("--topic herald.consent --partitions 1 --config cleanup.policy=compact")
+    );
 
     // Prometheus scrapes herald's admin port.
     let prom = std::fs::read_to_string(root().join("config/prometheus.yml")).unwrap();

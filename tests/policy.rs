@@ -245,6 +245,83 @@ rules:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_without_a_delivery_receipt_in_time_falls_back_to_sms() {
+    let h = harness(
+        r#"
+rules:
+  - id: purchase
+    sources: [SOURCE]
+    match: { status: approved }
+    fallback: [push, sms]
+    await_delivery: 1s
+    category: transactional
+    template:
+      body: "{{ event.amount | money(event.currency) }} at {{ event.merchant }}"
+"#,
+        &[
+            ("u-8", profile_json("u-8", true, true)),
+            ("u-9", profile_json("u-9", true, true)),
+        ],
+        "",
+    )
+    .await;
+    let p = producer();
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-8",
+        &swipe("u-8", 3.0, "approved", "US"),
+    )
+    .await;
+    let pushed = outcomes_of(&h, "u-8", 1);
+    assert_eq!(pushed[0]["status"], "sent");
+    // The app reports delivery of u-8's push at once.
+    feedback(
+        &h,
+        "u-8",
+        json!({"type": "push_delivered", "user": "u-8",
+               "message": pushed[0]["idempotency_key"]}),
+    )
+    .await;
+    publish(
+        &p,
+        &h.topics.transactions,
+        "card-9",
+        &swipe("u-9", 3.0, "approved", "US"),
+    )
+    .await;
+    let fell_back = outcomes_of(&h, "u-9", 2);
+    assert_eq!(fell_back[0]["channel"], "push");
+    assert_eq!(fell_back[0]["status"], "sent");
+    assert_eq!(fell_back[1]["channel"], "sms");
+    assert_eq!(fell_back[1]["status"], "sent");
+    assert_eq!(
+        fell_back[1]["hops"],
+        json!([{"channel": "push", "reason": "not_delivered:push:1s"}])
+    );
+    assert!(
+        fell_back[1]["timings"]["request_sent_ms"].as_i64().unwrap()
+            >= fell_back[0]["timings"]["request_sent_ms"].as_i64().unwrap() + 1000
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        let m = read_json(&h.topics.outcomes, 3, Duration::from_millis(300), |o| {
+            o["user"] == "u-8"
+        });
+        (m.len() == 1).then_some(())
+    })
+    .await
+    .is_some());
+    assert!(metric(&h, "herald_held_released_total{result=\"delivered\"} 1").await);
+    let sms: Vec<_> = h.provider.received_by("twilio");
+    assert_eq!(
+        sms.len(),
+        1,
+        "only u-9, whose push was not confirmed, gets the SMS"
+    );
+    h.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opened_email_suppresses_the_push_and_a_push_action_becomes_an_event() {
     let h = harness(
         r#"

@@ -24,9 +24,10 @@ pub struct Metrics {
     pub suppressions: IntCounterVec,
     /// Suppressions per rule and reason code.
     pub rule_suppressions: IntCounterVec,
-    /// Messages held for the end of quiet hours, now.
+    /// Messages held now: for the end of quiet hours, or awaiting a delivery receipt.
     pub held: IntGauge,
-    /// Held messages by how they ended (`sent`, `stale`, `suppressed`, `failed`, `collapsed`, `shutdown`).
+    /// Held messages by how they ended (`sent`, `stale`, `suppressed`,
+    /// `failed`, `collapsed`, `shutdown`), and delivery waits that ended `delivered`.
     pub held_released: IntCounterVec,
     /// Feedback records per kind (`engagement`, `stop`, `start`, `help`, `reply`,
     /// `push_action`) and result (`applied`, `unknown_message`, `invalid`).
@@ -152,7 +153,7 @@ impl Metrics {
             ),
             held: gauge(
                 "herald_held_messages",
-                "Messages held until quiet hours end",
+                "Messages held for quiet hours or awaiting a delivery receipt",
             ),
             held_released: counter_vec(
                 "herald_held_released_total",

@@ -87,6 +87,7 @@ impl Pipeline {
                         chain: chain[i..].to_vec(),
                         hops: hops.clone(),
                         outcome: d.outcome.clone(),
+                        unless_heard_of: None,
                     },
                 };
                 match self.held.hold(held) {
@@ -109,6 +110,13 @@ impl Pipeline {
                 break;
             }
             let next = chain.get(i + 1);
+            if let (Status::Sent, Some(next), Some(wait)) =
+                (d.outcome.status, next, job.rule().await_delivery_ms)
+            {
+                self.await_delivery(job, &d.outcome, &chain[i + 1..], hops, next, wait);
+                decided.push(d);
+                break;
+            }
             let hop = d.may_hop && next.is_some();
             if hop {
                 d.outcome.next_channel = next.cloned();
@@ -123,6 +131,48 @@ impl Pipeline {
             }
         }
         decided
+    }
+
+    /// After a send on a fallback chain with `await_delivery`: schedules the
+    /// rest of the chain, to run unless a delivery receipt arrives in time.
+    fn await_delivery(
+        &self,
+        job: &Job,
+        sent: &Outcome,
+        rest: &[String],
+        mut hops: Vec<Hop>,
+        next: &str,
+        wait_ms: i64,
+    ) {
+        hops.push(Hop {
+            channel: sent.channel.clone(),
+            reason: format!(
+                "not_delivered:{}:{}",
+                sent.channel,
+                crate::util::Span(wait_ms as u64)
+            ),
+        });
+        let mut outcome = sent.clone();
+        outcome.channel = next.to_string();
+        outcome.status = Status::Held;
+        outcome.hops = hops.clone();
+        let release_ms = now_ms() + wait_ms;
+        outcome.release_ms = Some(release_ms);
+        let held = Held {
+            release_ms,
+            idempotency_key: format!("{}/awaiting-delivery", sent.idempotency_key),
+            collapse: None,
+            item: HeldMessage {
+                job: job.clone(),
+                chain: rest.to_vec(),
+                hops,
+                outcome,
+                unless_heard_of: Some(sent.idempotency_key.clone()),
+            },
+        };
+        if self.held.hold(held).is_ok() {
+            self.metrics.held.set(self.held.len() as i64);
+        }
     }
 
     /// The outcome of a held message replaced by a newer one with its collapse key.

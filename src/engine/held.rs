@@ -1,6 +1,7 @@
-//! Messages held through quiet hours: ordered by release time, one per
-//! idempotency key, a newer message with the same collapse key replacing an
-//! older one, and released by [`Pipeline::release_held`] when due.
+//! Messages held through quiet hours, and fallback steps waiting for a
+//! delivery receipt: ordered by release time, one per idempotency key, a newer
+//! message with the same collapse key replacing an older one, and released by
+//! [`Pipeline::release_held`] when due.
 //!
 //! Held messages live in this instance's memory. On a clean stop each one
 //! still held is recorded as `failed: held_at_shutdown` and dead-lettered with
@@ -134,6 +135,9 @@ pub struct HeldMessage {
     pub chain: Vec<String>,
     pub hops: Vec<Hop>,
     pub outcome: Outcome,
+    /// Waiting for a delivery receipt of this message (idempotency key): when
+    /// one arrived by release time, the rest of the chain is not needed.
+    pub unless_heard_of: Option<String>,
 }
 
 impl Pipeline {
@@ -197,6 +201,18 @@ impl Pipeline {
     /// Runs a held message's decision again, now that its quiet hours ended:
     /// consent, freshness and caps are checked anew with the current profile.
     async fn release(&self, mut held: HeldMessage) {
+        if let Some(key) = &held.unless_heard_of {
+            let wait = Duration::from_millis(self.feedback_config.consent_wait_ms);
+            // Unsure (feedback unreadable) counts as not delivered: reach the user.
+            let _ = self.feedback.consent_barrier(wait).await;
+            if self.feedback.heard_of(&held.job.event.user, key) {
+                self.metrics
+                    .held_released
+                    .with_label_values(&["delivered"])
+                    .inc();
+                return;
+            }
+        }
         held.job.profile = self.profiles.get(&held.job.event.user);
         let decided = self
             .run_chain(&held.job, &held.chain, held.hops.clone())

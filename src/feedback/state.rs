@@ -25,6 +25,8 @@ const PER_USER: usize = 64;
 struct Engaged {
     kind: Arc<str>,
     campaign: Option<Arc<str>>,
+    /// The idempotency key of the message engaged with, when named.
+    message: Option<Arc<str>>,
     at_ms: i64,
 }
 
@@ -127,12 +129,24 @@ impl FeedbackState {
                     Some(self.sent.by_key(key, now_ms)?.user.clone())
                 });
                 if let Some(user) = user {
-                    self.engaged_now(&user, &e.kind, e.campaign.as_deref(), e.time_ms);
+                    self.record(
+                        &user,
+                        &e.kind,
+                        e.campaign.as_deref(),
+                        e.message.as_deref(),
+                        e.time_ms,
+                    );
                 }
             }
             Feedback::PushAction(a) => {
                 if let Some(user) = &a.user {
-                    self.engaged_now(user, "push_action", None, a.time_ms);
+                    self.record(
+                        user,
+                        "push_action",
+                        None,
+                        Some(&a.idempotency_key),
+                        a.time_ms,
+                    );
                 }
             }
         }
@@ -140,6 +154,17 @@ impl FeedbackState {
 
     /// Records that `user` engaged (`kind`) at `at_ms`.
     pub fn engaged_now(&self, user: &str, kind: &str, campaign: Option<&str>, at_ms: i64) {
+        self.record(user, kind, campaign, None, at_ms);
+    }
+
+    fn record(
+        &self,
+        user: &str,
+        kind: &str,
+        campaign: Option<&str>,
+        message: Option<&str>,
+        at_ms: i64,
+    ) {
         let mut list = self.engagements.entry(user.to_string()).or_default();
         let horizon = at_ms - self.lookback_ms;
         while list.front().is_some_and(|e| e.at_ms < horizon) {
@@ -148,6 +173,7 @@ impl FeedbackState {
         list.push_back(Engaged {
             kind: Arc::from(kind),
             campaign: campaign.map(Arc::from),
+            message: message.map(Arc::from),
             at_ms,
         });
         if list.len() > PER_USER {
@@ -164,6 +190,13 @@ impl FeedbackState {
                     && campaign.is_none_or(|c| e.campaign.as_deref() == Some(c))
             })
         })
+    }
+
+    /// Whether any feedback named this message (delivered, opened, clicked, …).
+    pub fn heard_of(&self, user: &str, message: &str) -> bool {
+        self.engagements
+            .get(user)
+            .is_some_and(|list| list.iter().any(|e| e.message.as_deref() == Some(message)))
     }
 
     /// Sets a number's opt-out, unless a later change is already known.

@@ -42,6 +42,8 @@ pub enum Suppression {
     DeadTokens {
         channel: String,
     },
+    /// Quiet hours apply but the profile's time zone is not a valid IANA name.
+    InvalidTimeZone,
     /// The profile's phone was given but is not a valid number.
     InvalidPhone {
         channel: String,
@@ -78,6 +80,7 @@ impl Suppression {
         "cap",
         "duplicate",
         "suppressed_by",
+        "invalid_time_zone",
     ];
 
     /// The reason code without detail.
@@ -94,6 +97,7 @@ impl Suppression {
             Suppression::Capped(_) => "cap",
             Suppression::Duplicate => "duplicate",
             Suppression::SuppressedBy { .. } => "suppressed_by",
+            Suppression::InvalidTimeZone => "invalid_time_zone",
         }
     }
 
@@ -133,6 +137,7 @@ impl fmt::Display for Suppression {
             Suppression::Capped(CapHit::Rule(rule, cap)) => write!(f, "cap:rule:{rule}:{cap}"),
             Suppression::Duplicate => f.write_str("duplicate"),
             Suppression::SuppressedBy { engagement } => write!(f, "suppressed_by:{engagement}"),
+            Suppression::InvalidTimeZone => f.write_str("invalid_time_zone"),
         }
     }
 }
@@ -199,6 +204,9 @@ impl Policy {
         };
         // The user's own window replaces whichever applies, never adds one.
         if let Some(window) = quiet.map(|w| profile.quiet_hours.unwrap_or(w)) {
+            if profile.time_zone_invalid {
+                return Err(Suppression::InvalidTimeZone);
+            }
             let zone = profile.time_zone.as_deref().unwrap_or("UTC");
             let tz = jiff::tz::TimeZone::get(zone).unwrap_or(jiff::tz::TimeZone::UTC);
             let local = jiff::Timestamp::from_millisecond(now_ms)

@@ -60,6 +60,7 @@ fn every_reason_code_has_a_metric_handle() {
         Suppression::SuppressedBy {
             engagement: "email_opened".into(),
         },
+        Suppression::InvalidTimeZone,
     ];
     for s in &all {
         assert!(
@@ -437,5 +438,27 @@ fn engagement_elsewhere_suppresses_within_its_window() {
             .engaged_elsewhere(&feedback, "u1", &rule, Some("spring"), later)
             .is_ok(),
         "a millisecond past the window"
+    );
+}
+
+#[test]
+fn a_bad_time_zone_suppresses_only_what_quiet_hours_govern() {
+    let policy = Policy::default();
+    let none = RulePolicy::default();
+    let (p, _) = Profile::parse(
+        "u1",
+        br#"{"time_zone":"Mars/Olympus","consent":{"push":true}}"#,
+    )
+    .unwrap();
+    let now = ms("2026-07-01T15:00:00Z");
+    assert_eq!(
+        quiet(&policy, &p, "marketing", &none, now)
+            .unwrap_err()
+            .to_string(),
+        "invalid_time_zone"
+    );
+    assert!(
+        quiet(&policy, &p, "fraud", &none, now).is_ok(),
+        "fraud bypasses quiet hours, so the zone is not needed"
     );
 }

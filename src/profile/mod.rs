@@ -69,6 +69,10 @@ pub struct Profile {
     /// A phone was given but is not valid (so SMS is suppressed with that reason).
     #[serde(skip)]
     pub phone_invalid: bool,
+    /// A time zone was given but is not an IANA name (so messages under quiet
+    /// hours are suppressed rather than timed by a guess).
+    #[serde(skip)]
+    pub time_zone_invalid: bool,
 }
 
 /// Why a profile record was refused as a whole.
@@ -87,7 +91,8 @@ pub enum ProfileProblem {
     /// The phone is not a valid E.164 number; SMS to this user is suppressed
     /// with `invalid_phone:<channel>`.
     Phone,
-    /// The time zone is not an IANA name; UTC is used for quiet hours and times.
+    /// The time zone is not an IANA name: messages under quiet hours are
+    /// suppressed with `invalid_time_zone`; templates show UTC times.
     TimeZone,
     /// A field has the wrong shape (e.g. `consent: "yes"`), or is unknown.
     Field(String),
@@ -144,6 +149,7 @@ impl Profile {
             .is_some_and(|tz| jiff::tz::TimeZone::get(tz).is_err())
         {
             profile.time_zone = None;
+            profile.time_zone_invalid = true;
             problems.push(ProfileProblem::TimeZone);
         }
         Ok((profile, problems))

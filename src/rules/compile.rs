@@ -26,6 +26,8 @@ pub struct Rule {
     pub channels: Vec<String>,
     /// Whether `channels` is a fallback chain (one message) rather than a list (one each).
     pub fallback: bool,
+    /// With `fallback`: how long to wait for a delivery receipt before the next channel, ms.
+    pub await_delivery_ms: Option<i64>,
     pub campaign: Option<String>,
     pub push_actions: Option<super::model::PushActionsSpec>,
     pub category: String,
@@ -161,6 +163,12 @@ pub fn compile_rule(
             (list.value.clone(), fallback)
         }
     };
+    if let (Some(wait), false) = (&spec.await_delivery, fallback) {
+        errors.push(err(
+            &wait.referenced,
+            "await_delivery needs a `fallback` chain to fall back along".into(),
+        ));
+    }
     for guard in &spec.policy.suppress_if {
         if guard.same_campaign && spec.campaign.is_none() {
             errors.push(err(
@@ -235,6 +243,7 @@ pub fn compile_rule(
         condition,
         channels,
         fallback,
+        await_delivery_ms: spec.await_delivery.map(|w| w.value.ms()),
         campaign: spec.campaign,
         push_actions: spec.push_actions,
         category: spec.category.value,

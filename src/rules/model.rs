@@ -68,6 +68,11 @@ pub struct RuleSpec {
     /// push consent, or the push fails). Each hop's reason is in the outcome.
     #[serde(default)]
     pub fallback: Option<Spanned<Vec<String>>>,
+    /// With `fallback`: after a send, wait this long for a delivery receipt
+    /// (any feedback naming the message: `push_delivered`, `push_opened`, …);
+    /// without one, the next channel of the chain is tried (`not_delivered:push`).
+    #[serde(default)]
+    pub await_delivery: Option<Spanned<crate::util::Span>>,
     /// The campaign this rule's messages belong to, for `policy.suppress_if`
     /// and for engagement events that name a campaign.
     #[serde(default)]
