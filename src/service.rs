@@ -193,8 +193,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Arc::clone(&metrics),
         &config,
     ));
+    let held_reader = Arc::clone(&pipeline);
+    let held_shutdown = shutdown_rx.clone();
+    background.push(tokio::spawn(async move {
+        held_reader.held_log.follow(held_shutdown).await
+    }));
     background.push(tokio::spawn(
-        Arc::clone(&pipeline).release_held(shutdown_rx.clone()),
+        Arc::clone(&pipeline).release_held(Arc::clone(&health), shutdown_rx.clone()),
     ));
     let limits = config.limits.clone();
     let seed_client = kafka::profile_reader_config(&config.kafka);

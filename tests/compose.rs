@@ -127,6 +127,7 @@ fn services_files_and_ports_exist_and_agree() {
         config.topics.feedback.clone(),
         config.topics.consent.clone(),
         config.topics.replies.clone(),
+        config.topics.held.clone(),
     ]);
     for topic in wanted {
         assert!(script.contains(&topic), "topic {topic} is created");

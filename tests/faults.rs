@@ -39,6 +39,7 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
         feedback: unique("feedback"),
         consent: unique("consent"),
         replies: unique("replies"),
+        held: unique("held"),
     };
     for (t, parts) in [
         (&topics.transactions, 2),
@@ -49,6 +50,7 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
         (&topics.feedback, 1),
         (&topics.consent, 1),
         (&topics.replies, 1),
+        (&topics.held, 1),
     ] {
         mock.create_topic(t, parts, 1).expect("topic");
     }

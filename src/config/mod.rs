@@ -109,6 +109,11 @@ pub struct TopicsConfig {
     /// idempotency key. Add it to `[sources]` to let rules react to replies.
     #[serde(default = "defaults::replies_topic")]
     pub replies: String,
+    /// Messages held for quiet hours (and fallbacks awaiting a delivery
+    /// receipt), compacted: they survive a restart and move with their
+    /// source partition to its next owner.
+    #[serde(default = "defaults::held_topic")]
+    pub held: String,
 }
 
 /// Rule files.
@@ -179,6 +184,9 @@ pub(crate) mod defaults {
     pub fn replies_topic() -> String {
         "herald.replies".into()
     }
+    pub fn held_topic() -> String {
+        "herald.held".into()
+    }
     pub fn rules_dir() -> PathBuf {
         PathBuf::from("rules")
     }
@@ -214,6 +222,7 @@ impl Default for TopicsConfig {
             feedback: defaults::feedback_topic(),
             consent: defaults::consent_topic(),
             replies: defaults::replies_topic(),
+            held: defaults::held_topic(),
         }
     }
 }

@@ -110,6 +110,7 @@ pub struct RunTopics {
     pub feedback: String,
     pub consent: String,
     pub replies: String,
+    pub held: String,
 }
 
 impl RunTopics {
@@ -126,11 +127,12 @@ impl RunTopics {
             feedback: name("feedback"),
             consent: name("consent"),
             replies: name("replies"),
+            held: name("held"),
         }
     }
 
     /// Creates them: the streams, outcomes and feedback with `partitions`, the
-    /// profiles and consent compacted, dead letters and replies with one partition.
+    /// profiles, consent and held compacted, dead letters and replies with one partition.
     pub async fn create(&self, brokers: &str, partitions: i32) -> Result<(), String> {
         create_topics(
             brokers,
@@ -144,6 +146,7 @@ impl RunTopics {
                 (&self.feedback, partitions, false),
                 (&self.consent, 1, true),
                 (&self.replies, 1, false),
+                (&self.held, 1, true),
             ],
         )
         .await
@@ -203,6 +206,7 @@ dead_letter = "{dlq}"
 feedback = "{feedback}"
 consent = "{consent}"
 replies = "{replies}"
+held = "{held}"
 [rules]
 dir = "{rules}"
 watch = {watch}
@@ -233,6 +237,7 @@ concurrency = 64
             feedback = self.feedback,
             consent = self.consent,
             replies = self.replies,
+            held = self.held,
         );
         let config = Config::parse(&text).map_err(|e| e.to_string())?;
         let problems = config.validate();

@@ -20,7 +20,7 @@ use crate::config::ProviderKind;
 use crate::deliver::{send_with_retry, Address, Message, SendError};
 use crate::feedback::SentRef;
 use crate::ingest::decode::Event;
-use crate::outcome::{DeadLetter, Hop, Outcome, SourceRef, Status, Timings};
+use crate::outcome::{DeadLetter, Hop, Outcome, Pending, SourceRef, Status, Timings};
 use crate::policy::{address, Subject, Suppression};
 use crate::profile::Profile;
 use crate::render::RuleScope;
@@ -55,6 +55,8 @@ pub struct Decided {
     may_hop: bool,
     /// Quiet hours: hold the message until then, epoch ms.
     hold_until: Option<i64>,
+    /// Writes besides the outcome and dead letter (the held topic).
+    pub writes: Vec<Pending>,
 }
 
 impl Pipeline {
@@ -90,11 +92,19 @@ impl Pipeline {
                         unless_heard_of: None,
                     },
                 };
+                let record = self.persist(&held);
                 match self.held.hold(held) {
                     Ok(replaced) => {
                         self.metrics.held.set(self.held.len() as i64);
+                        d.writes.push(record);
                         if let Some(old) = replaced {
-                            decided.push(self.collapsed(old.item));
+                            let mut gone = self.collapsed(old.item);
+                            self.held_log.forget(&old.idempotency_key);
+                            gone.writes.push(
+                                self.recorder
+                                    .tombstone(&self.held_log.topic, &old.idempotency_key),
+                            );
+                            decided.push(gone);
                         }
                         decided.push(d);
                     }
@@ -113,7 +123,9 @@ impl Pipeline {
             if let (Status::Sent, Some(next), Some(wait)) =
                 (d.outcome.status, next, job.rule().await_delivery_ms)
             {
-                self.await_delivery(job, &d.outcome, &chain[i + 1..], hops, next, wait);
+                let record =
+                    self.await_delivery(job, &d.outcome, &chain[i + 1..], hops, next, wait);
+                d.writes.extend(record);
                 decided.push(d);
                 break;
             }
@@ -143,7 +155,7 @@ impl Pipeline {
         mut hops: Vec<Hop>,
         next: &str,
         wait_ms: i64,
-    ) {
+    ) -> Option<Pending> {
         hops.push(Hop {
             channel: sent.channel.clone(),
             reason: format!(
@@ -170,9 +182,18 @@ impl Pipeline {
                 unless_heard_of: Some(sent.idempotency_key.clone()),
             },
         };
-        if self.held.hold(held).is_ok() {
-            self.metrics.held.set(self.held.len() as i64);
-        }
+        let record = self.persist(&held);
+        self.held.hold(held).ok()?;
+        self.metrics.held.set(self.held.len() as i64);
+        Some(record)
+    }
+
+    /// Writes a held message to the held topic.
+    fn persist(&self, held: &Held<HeldMessage>) -> Pending {
+        let record = super::held_log::HeldRecord::of(held);
+        let payload = serde_json::to_vec(&record).unwrap_or_default();
+        self.recorder
+            .publish(&self.held_log.topic, &held.idempotency_key, payload)
     }
 
     /// The outcome of a held message replaced by a newer one with its collapse key.
@@ -195,6 +216,7 @@ impl Pipeline {
             counters: old.job.loaded.decisions[old.job.rule].clone(),
             may_hop: false,
             hold_until: None,
+            writes: Vec::new(),
         }
     }
 
@@ -237,6 +259,7 @@ impl Pipeline {
             counters: counters.clone(),
             may_hop,
             hold_until: None,
+            writes: Vec::new(),
         };
         let subject = Subject {
             rule: &rule.id,

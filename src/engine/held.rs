@@ -3,20 +3,20 @@
 //! message with the same collapse key replacing an older one, and released by
 //! [`Pipeline::release_held`] when due.
 //!
-//! Held messages live in this instance's memory. On a clean stop each one
-//! still held is recorded as `failed: held_at_shutdown` and dead-lettered with
-//! its source offset, so it can be replayed; nothing is dropped silently.
+//! The queue is this instance's share; the held topic ([`super::held_log`])
+//! is the durable copy that survives restarts and follows partition moves.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::decide::Job;
 use super::Pipeline;
-use crate::outcome::{DeadLetter, Hop, Outcome, Status};
+use crate::ingest::ConsumerHealth;
+use crate::outcome::{Hop, Outcome, Pending, Status};
 use crate::util::now_ms;
 
 /// One held message and what it needs at release.
@@ -117,6 +117,11 @@ impl<T> HeldQueue<T> {
         self.due(i64::MAX - 1)
     }
 
+    /// Whether a message with this key is held here.
+    pub fn contains(&self, key: &str) -> bool {
+        self.lock().by_key.contains_key(key)
+    }
+
     /// Messages held now.
     pub fn len(&self) -> usize {
         self.lock().by_time.len()
@@ -141,10 +146,17 @@ pub struct HeldMessage {
 }
 
 impl Pipeline {
-    /// Releases held messages when due, until `shutdown`; then records each
-    /// one still held as failed (`held_at_shutdown`) and dead-letters it.
-    pub async fn release_held(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Releases held messages when due, until `shutdown`: the ones this
+    /// instance held, and the ones it adopts from the held topic for the
+    /// source partitions it owns. What is still held at shutdown stays on the
+    /// held topic for the next owner.
+    pub async fn release_held(
+        self: Arc<Self>,
+        health: Arc<ConsumerHealth>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
+            self.adopt(&health);
             let wait = self.held.next_ms().map_or(Duration::from_secs(1), |at| {
                 Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64)
             });
@@ -155,52 +167,86 @@ impl Pipeline {
             }
             for held in self.held.due(now_ms()) {
                 self.metrics.held.set(self.held.len() as i64);
+                let event = &held.item.job.event;
+                if !health.owns(&event.source, event.partition) {
+                    // Its partition moved: the new owner adopts it from the held topic.
+                    continue;
+                }
+                // Not to be adopted again from the held topic meanwhile.
+                self.held_log.forget(&held.idempotency_key);
                 let pipeline = Arc::clone(&self);
-                tokio::spawn(async move { pipeline.release(held.item).await });
+                tokio::spawn(async move { pipeline.release(held).await });
             }
         }
-        let left = self.held.drain();
-        if !left.is_empty() {
+        if !self.held.is_empty() {
             info!(
-                held = left.len(),
-                "stopping with held messages; recording them as failed"
+                held = self.held.len(),
+                "stopping with held messages; they stay on the held topic"
             );
         }
-        let mut writes = Vec::new();
-        for held in left {
-            let mut outcome = held.item.outcome;
-            outcome.status = Status::Failed;
-            outcome.reason = Some("held_at_shutdown".into());
-            outcome.release_ms = None;
-            self.metrics
-                .held_released
-                .with_label_values(&["shutdown"])
-                .inc();
-            writes.push(self.recorder.dead_letter(&DeadLetter {
-                reason: "held_at_shutdown".into(),
-                detail: format!(
-                    "held for quiet hours until {} when herald stopped; replay the source offset to send it",
-                    held.release_ms
-                ),
-                topic: outcome.source.topic.clone(),
-                partition: outcome.source.partition,
-                offset: outcome.source.offset,
-                key_base64: None,
-                payload_base64: None,
-                rule: Some(outcome.rule.clone()),
-                channel: Some(outcome.channel.clone()),
-                at_ms: now_ms(),
-            }));
-            writes.push(self.recorder.outcome(&outcome));
-        }
         self.metrics.held.set(0);
-        let _ =
-            tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(writes)).await;
+    }
+
+    /// Takes over held records of owned partitions that are not queued here.
+    fn adopt(&self, health: &ConsumerHealth) {
+        let records = self.held_log.adoptable(
+            |topic, partition| health.owns(topic, partition),
+            |key| self.held.contains(key),
+        );
+        if records.is_empty() {
+            return;
+        }
+        let loaded = self.rules.current();
+        for record in records {
+            let Some(rule) = loaded.set.position(&record.rule) else {
+                warn!(rule = %record.rule, "held message of a rule that no longer exists; dropped");
+                self.held_log.forget(&record.key);
+                self.metrics
+                    .held_released
+                    .with_label_values(&["rule_removed"])
+                    .inc();
+                tokio::spawn(self.recorder.tombstone(&self.held_log.topic, &record.key));
+                continue;
+            };
+            let held = Held {
+                release_ms: record.release_ms,
+                idempotency_key: record.key.clone(),
+                collapse: record.collapse.clone(),
+                item: HeldMessage {
+                    job: Job {
+                        loaded: Arc::clone(&loaded),
+                        rule,
+                        event: Arc::new(record.event.to_event()),
+                        profile: None,
+                        matched_ms: record.outcome.timings.matched_ms,
+                    },
+                    chain: record.chain.clone(),
+                    hops: record.hops.clone(),
+                    outcome: record.outcome.clone(),
+                    unless_heard_of: record.unless_heard_of.clone(),
+                },
+            };
+            if self.held.hold(held).is_ok() {
+                info!(rule = %record.rule, release_ms = record.release_ms, "adopted a held message");
+            }
+        }
+        self.metrics.held.set(self.held.len() as i64);
     }
 
     /// Runs a held message's decision again, now that its quiet hours ended:
     /// consent, freshness and caps are checked anew with the current profile.
-    async fn release(&self, mut held: HeldMessage) {
+    async fn release(&self, entry: Held<HeldMessage>) {
+        let key = entry.idempotency_key;
+        let mut writes = Vec::new();
+        self.release_one(entry.item, &mut writes).await;
+        // Re-held (quiet again): its new record replaced the old one.
+        if !self.held.contains(&key) {
+            writes.push(self.recorder.tombstone(&self.held_log.topic, &key));
+        }
+        futures::future::join_all(writes).await;
+    }
+
+    async fn release_one(&self, mut held: HeldMessage, writes: &mut Vec<Pending>) {
         if let Some(key) = &held.unless_heard_of {
             let wait = Duration::from_millis(self.feedback_config.consent_wait_ms);
             // Unsure (feedback unreadable) counts as not delivered: reach the user.
@@ -217,7 +263,6 @@ impl Pipeline {
         let decided = self
             .run_chain(&held.job, &held.chain, held.hops.clone())
             .await;
-        let mut writes = Vec::new();
         for d in decided {
             let result = match (d.outcome.status, d.outcome.reason.as_deref()) {
                 (Status::Sent, _) => "sent",
@@ -230,9 +275,8 @@ impl Pipeline {
                 .held_released
                 .with_label_values(&[result])
                 .inc();
-            self.record(d, &mut writes);
+            self.record(d, writes);
         }
-        futures::future::join_all(writes).await;
     }
 }
 

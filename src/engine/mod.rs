@@ -25,10 +25,12 @@ use crate::util::now_ms;
 mod decide;
 mod dedup;
 mod held;
+mod held_log;
 mod replies;
 pub use decide::{Decided, Job};
 pub use dedup::RecentSends;
 pub use held::{AlreadyHeld, Held, HeldMessage, HeldQueue};
+pub use held_log::{HeldLog, HeldRecord};
 
 /// A Kafka message handed to the pipeline, owned.
 #[derive(Debug, Clone)]
@@ -93,6 +95,8 @@ pub struct Pipeline {
     feedback_config: FeedbackConfig,
     topics: TopicsConfig,
     held: HeldQueue<HeldMessage>,
+    /// The durable copy of held messages, shared by all instances.
+    pub held_log: HeldLog,
     suppression_counters: HashMap<&'static str, IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
 }
@@ -137,6 +141,10 @@ impl Pipeline {
             feedback_config: config.feedback.clone(),
             topics: config.topics.clone(),
             held: HeldQueue::default(),
+            held_log: HeldLog::new(
+                config.topics.held.clone(),
+                crate::kafka::profile_reader_config(&config.kafka),
+            ),
             suppression_counters,
             decisions: tokio::sync::broadcast::channel(4096).0,
         }
@@ -237,8 +245,9 @@ impl Pipeline {
     }
 
     /// Counts a decision and hands its records to the producer.
-    fn record(&self, decided: Decided, writes: &mut Vec<Pending>) {
+    fn record(&self, mut decided: Decided, writes: &mut Vec<Pending>) {
         decided.counters[decided.outcome.status.index()].inc();
+        writes.append(&mut decided.writes);
         if let Some(record) = &decided.dead_letter {
             writes.push(self.recorder.dead_letter(record));
         }

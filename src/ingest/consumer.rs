@@ -32,6 +32,23 @@ pub struct ConsumerHealth {
     pub assigned: AtomicBool,
     /// The last broker call succeeded.
     pub broker_ok: AtomicBool,
+    /// The partitions this instance owns now; held messages of a source
+    /// partition are released by its owner only.
+    owned: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+}
+
+impl ConsumerHealth {
+    /// Whether this instance owns `topic`/`partition` now.
+    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(topic.to_string(), partition))
+    }
+
+    fn set_owned(&self, parts: Vec<(String, i32)>) {
+        *self.owned.lock().unwrap_or_else(|p| p.into_inner()) = parts.into_iter().collect();
+    }
 }
 
 /// Consumer callbacks: before partitions are taken away, wait for their
@@ -49,6 +66,15 @@ impl ConsumerContext for HeraldContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions(tpl);
+            // No longer ours from here on: held messages stay for the next owner.
+            let kept = consumer
+                .assignment()
+                .map(|a| partitions(&a))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| !parts.contains(p))
+                .collect();
+            self.health.set_owned(kept);
             if !self.tracker.wait_idle(&parts, self.revoke_wait) {
                 warn!(in_flight = self.tracker.in_flight(&parts), "partitions revoked with messages in flight; they will be handled again by the next owner");
             }
@@ -60,7 +86,12 @@ impl ConsumerContext for HeraldContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        let assignment = consumer
+            .assignment()
+            .map(|a| partitions(&a))
+            .unwrap_or_default();
+        let owned = assignment.len();
+        self.health.set_owned(assignment);
         self.metrics.partitions_assigned.set(owned as i64);
         self.health.assigned.store(owned > 0, Ordering::Release);
         match rebalance {

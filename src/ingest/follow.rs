@@ -13,6 +13,25 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+/// Reader callbacks: reaching the end of a partition is how a follower knows
+/// it caught up, not an error worth a log line.
+struct EndIsNormal;
+
+impl rdkafka::ClientContext for EndIsNormal {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let at_end = matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        );
+        if !at_end {
+            warn!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndIsNormal {}
+
 /// Where reading starts.
 #[derive(Debug, Clone, Copy)]
 pub enum Start {
@@ -158,13 +177,13 @@ impl Follower {
         mut shutdown: watch::Receiver<bool>,
         mut apply: impl FnMut(&BorrowedMessage<'_>),
     ) {
-        let consumer: StreamConsumer = match self
+        let consumer: StreamConsumer<EndIsNormal> = match self
             .client
             .clone()
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .create()
+            .create_with_context(EndIsNormal)
         {
             Ok(c) => c,
             Err(e) => {

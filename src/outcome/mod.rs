@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 /// What became of one (rule, channel) decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Sent,
@@ -54,7 +54,7 @@ impl Status {
 }
 
 /// Milliseconds since the epoch at each stage; 0 where a stage was not reached.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {
     pub event_ms: i64,
     pub consumed_ms: i64,
@@ -64,7 +64,7 @@ pub struct Timings {
 }
 
 /// Where the triggering event came from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceRef {
     pub topic: String,
     pub partition: i32,
@@ -72,7 +72,7 @@ pub struct SourceRef {
 }
 
 /// One decision.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub rule: String,
     pub rule_version: String,
@@ -81,34 +81,34 @@ pub struct Outcome {
     pub channel: String,
     pub status: Status,
     /// Why it was suppressed or failed (`no_consent:sms`, `provider_rejected:400`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub idempotency_key: String,
     /// The recipient, masked (`+141******71`, `token:ab12…`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_message_id: Option<String>,
     /// Provider requests made.
     pub attempts: u32,
     /// The triggering event's state key (e.g. a card id), for replies.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// The channels of a fallback chain tried before this one, with why each was passed over.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hops: Vec<Hop>,
     /// With a fallback chain: the channel tried next because this one could not take the message.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_channel: Option<String>,
     /// For `held`: when the message is due to be sent, epoch ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_ms: Option<i64>,
     pub source: SourceRef,
     pub timings: Timings,
 }
 
 /// One passed-over channel of a fallback chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hop {
     pub channel: String,
     pub reason: String,
@@ -175,25 +175,45 @@ impl Recorder {
     /// Writes one outcome keyed by user, so a user's outcomes stay in order.
     pub fn outcome(&self, outcome: &Outcome) -> Pending {
         let payload = serde_json::to_vec(outcome).unwrap_or_default();
-        self.write(self.outcomes_topic.clone(), outcome.user.clone(), payload)
+        self.write(
+            self.outcomes_topic.clone(),
+            outcome.user.clone(),
+            Some(payload),
+        )
     }
 
     /// Writes one dead-letter record keyed by source topic and partition.
     pub fn dead_letter(&self, record: &DeadLetter) -> Pending {
         let payload = serde_json::to_vec(record).unwrap_or_default();
         let key = format!("{}/{}", record.topic, record.partition);
-        self.write(self.dead_letter_topic.clone(), key, payload)
+        self.write(self.dead_letter_topic.clone(), key, Some(payload))
     }
 
     /// Writes one record to any topic (consent changes, reply events).
     pub fn publish(&self, topic: &str, key: &str, payload: Vec<u8>) -> Pending {
-        self.write(topic.to_string(), key.to_string(), payload)
+        self.write(topic.to_string(), key.to_string(), Some(payload))
     }
 
-    fn write(&self, topic: String, key: String, payload: Vec<u8>) -> Pending {
+    /// Writes a tombstone (a key without a value) to a compacted topic.
+    pub fn tombstone(&self, topic: &str, key: &str) -> Pending {
+        self.write(topic.to_string(), key.to_string(), None)
+    }
+
+    fn write(&self, topic: String, key: String, payload: Option<Vec<u8>>) -> Pending {
+        fn record<'a>(
+            topic: &'a str,
+            key: &'a str,
+            payload: &'a Option<Vec<u8>>,
+        ) -> FutureRecord<'a, str, [u8]> {
+            let r = FutureRecord::to(topic).key(key);
+            match payload {
+                Some(p) => r.payload(p.as_slice()),
+                None => r,
+            }
+        }
         let producer = self.producer.clone();
         let mut attempt = producer
-            .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
+            .send_result(record(&topic, &key, &payload))
             .map_err(|(e, _)| e);
         Box::pin(async move {
             let mut wait = Duration::from_millis(100);
@@ -212,7 +232,7 @@ impl Recorder {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
                 attempt = producer
-                    .send_result(FutureRecord::to(&topic).key(&key).payload(&payload))
+                    .send_result(record(&topic, &key, &payload))
                     .map_err(|(e, _)| e);
             }
         })

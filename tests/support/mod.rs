@@ -71,6 +71,7 @@ pub struct Topics {
     pub feedback: String,
     pub consent: String,
     pub replies: String,
+    pub held: String,
 }
 
 impl Topics {
@@ -85,6 +86,7 @@ impl Topics {
             feedback: unique("feedback"),
             consent: unique("consent"),
             replies: unique("replies"),
+            held: unique("held"),
         };
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers())
@@ -99,6 +101,7 @@ impl Topics {
             (&t.feedback, partitions),
             (&t.consent, 1),
             (&t.replies, 1),
+            (&t.held, 1),
         ];
         let new: Vec<NewTopic> = specs
             .iter()
@@ -255,6 +258,7 @@ dead_letter = "{dlq}"
 feedback = "{feedback}"
 consent = "{consent}"
 replies = "{replies}"
+held = "{held}"
 
 [rules]
 dir = "{rules}"
@@ -297,6 +301,7 @@ max_backoff_ms = 200
         feedback = topics.feedback,
         consent = topics.consent,
         replies = topics.replies,
+        held = topics.held,
         rules = rules_dir.display(),
         base = provider_base,
     )

@@ -1,0 +1,173 @@
+//! The held topic: every held message is also a record on a compacted topic,
+//! keyed by its hold key, and a tombstone once it is released or replaced.
+//!
+//! Every instance reads the whole topic. An instance releases only the held
+//! messages whose source partition it owns: after a restart, or when a
+//! rebalance moves the partition, the next owner adopts them from here. The
+//! event's offset is committed only after its hold record is written, so a
+//! held message is never lost between the two.
+
+use std::sync::Arc;
+
+use dashmap::{DashMap, DashSet};
+use rdkafka::{ClientConfig, Message};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use super::held::{Held, HeldMessage};
+use crate::ingest::decode::Event;
+use crate::ingest::follow::{Follower, Start};
+use crate::outcome::{Hop, Outcome};
+
+/// One held message as written to the held topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldRecord {
+    pub key: String,
+    pub release_ms: i64,
+    #[serde(default)]
+    pub collapse: Option<String>,
+    pub rule: String,
+    pub event: EventRecord,
+    pub chain: Vec<String>,
+    #[serde(default)]
+    pub hops: Vec<Hop>,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub unless_heard_of: Option<String>,
+}
+
+/// The triggering event, enough to decide again at release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub source: String,
+    pub partition: i32,
+    pub offset: i64,
+    #[serde(default)]
+    pub key: Option<String>,
+    pub user: String,
+    pub time_ms: i64,
+    #[serde(default)]
+    pub event_type: Option<String>,
+    pub fields: Map<String, Value>,
+    pub consumed_ms: i64,
+}
+
+impl EventRecord {
+    /// The event as the pipeline saw it.
+    pub fn to_event(&self) -> Event {
+        Event {
+            source: Arc::from(self.source.as_str()),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.clone(),
+            user: self.user.clone(),
+            time_ms: self.time_ms,
+            event_type: self.event_type.clone(),
+            fields: self.fields.clone(),
+            consumed_ms: self.consumed_ms,
+        }
+    }
+}
+
+impl HeldRecord {
+    /// The record of a held message.
+    pub fn of(held: &Held<HeldMessage>) -> HeldRecord {
+        let m = &held.item;
+        let e = &m.job.event;
+        HeldRecord {
+            key: held.idempotency_key.clone(),
+            release_ms: held.release_ms,
+            collapse: held.collapse.clone(),
+            rule: m.job.loaded.set.rules[m.job.rule].id.clone(),
+            event: EventRecord {
+                source: e.source.to_string(),
+                partition: e.partition,
+                offset: e.offset,
+                key: e.key.clone(),
+                user: e.user.clone(),
+                time_ms: e.time_ms,
+                event_type: e.event_type.clone(),
+                fields: e.fields.clone(),
+                consumed_ms: e.consumed_ms,
+            },
+            chain: m.chain.clone(),
+            hops: m.hops.clone(),
+            outcome: m.outcome.clone(),
+            unless_heard_of: m.unless_heard_of.clone(),
+        }
+    }
+}
+
+/// What the held topic says is held, on every instance.
+pub struct HeldLog {
+    pub topic: String,
+    /// Held records by key, whoever holds them.
+    dormant: DashMap<String, Arc<HeldRecord>>,
+    /// Keys this instance released or replaced whose tombstone it has not
+    /// read back yet: a late copy of their record must not be adopted.
+    gone: DashSet<String>,
+    follower: Follower,
+}
+
+impl HeldLog {
+    /// A log over `topic`.
+    pub fn new(topic: String, client: ClientConfig) -> HeldLog {
+        HeldLog {
+            dormant: DashMap::new(),
+            gone: DashSet::new(),
+            follower: Follower::new(topic.clone(), client),
+            topic,
+        }
+    }
+
+    /// Reads the held topic from the start until `shutdown`.
+    pub async fn follow(&self, shutdown: watch::Receiver<bool>) {
+        self.follower
+            .run(Start::Beginning, shutdown, |m| {
+                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    return;
+                };
+                match m.payload() {
+                    None => {
+                        self.dormant.remove(key);
+                        self.gone.remove(key);
+                    }
+                    Some(p) => {
+                        if self.gone.contains(key) {
+                            return;
+                        }
+                        if let Ok(record) = serde_json::from_slice::<HeldRecord>(p) {
+                            self.dormant.insert(key.to_string(), Arc::new(record));
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Whether the topic was read to its end once.
+    pub fn is_caught_up(&self) -> bool {
+        self.follower.is_caught_up()
+    }
+
+    /// This instance released or replaced `key`: not to be adopted again.
+    pub fn forget(&self, key: &str) {
+        self.gone.insert(key.to_string());
+        self.dormant.remove(key);
+    }
+
+    /// Held records this instance should take over: their source partition is
+    /// owned here and they are not in its queue yet.
+    pub fn adoptable(
+        &self,
+        owns: impl Fn(&str, i32) -> bool,
+        queued: impl Fn(&str) -> bool,
+    ) -> Vec<Arc<HeldRecord>> {
+        self.dormant
+            .iter()
+            .filter(|r| owns(&r.event.source, r.event.partition) && !queued(r.key()))
+            .map(|r| Arc::clone(r.value()))
+            .collect()
+    }
+}
