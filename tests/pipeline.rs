@@ -133,7 +133,7 @@ async fn foreign_purchase_becomes_a_twilio_sms_with_form_fields() {
     assert_eq!(req.form["From"], "+15005550006");
     assert_eq!(
         req.form["Body"],
-        "herald: $80.00 at Blue Bottle (FR) on card •••• 4242. Not you? Call the number on your card."
+        "herald: $80.00 at Blue Bottle (FR) on card •••• 4242. Not you? Reply NO."
     );
     // The purchase notice is also matched but push consent is off.
     let all = outcomes(&h, 2);
