@@ -130,3 +130,18 @@ fn errors_in_several_files_are_all_reported() {
         );
     }
 }
+
+#[test]
+fn delivery_choices_that_cannot_work_are_refused() {
+    expect_error(
+        "bad-delivery.yaml",
+        "tests/fixtures/broken/bad-delivery.yaml:5:15: rule \"both-lists\": give either `channels` (send on each) or `fallback` (the first that can take it), not both\n\
+         tests/fixtures/broken/bad-delivery.yaml:10:15: rule \"chain-of-one\": fallback needs at least two channels, e.g. [push, sms]\n\
+         tests/fixtures/broken/bad-delivery.yaml:14:9: rule \"no-campaign\": policy.suppress_if `email_opened` looks at the same campaign, but the rule has no `campaign`; add one or set `same_campaign: false`\n\
+         tests/fixtures/broken/bad-delivery.yaml:17:21: rule \"no-campaign\": await_delivery needs a `fallback` chain to fall back along",
+    );
+    expect_error(
+        "zero-wait.yaml",
+        "tests/fixtures/broken/zero-wait.yaml:5:21: rule \"impatient\": duration `0s` must be longer than zero",
+    );
+}

@@ -51,6 +51,9 @@ pub struct Follower {
     /// For watermark queries; made on the first [`Follower::barrier`].
     client: ClientConfig,
     watermarks: Mutex<Option<std::sync::Arc<BaseConsumer>>>,
+    /// The last end offsets fetched and when the fetch began: callers that
+    /// began waiting before it share it (one broker round trip for many SMS).
+    last_ends: tokio::sync::Mutex<Option<(Instant, Vec<(i32, i64)>)>>,
 }
 
 /// Why a barrier could not be passed.
@@ -71,6 +74,7 @@ impl Follower {
             caught_up: watch::Sender::new(false),
             client,
             watermarks: Mutex::new(None),
+            last_ends: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -120,26 +124,19 @@ impl Follower {
                 waited_ms: 0,
             });
         }
-        let topic = self.topic.clone();
-        let ends = tokio::task::spawn_blocking(move || {
-            partitions
-                .iter()
-                .map(|p| {
-                    consumer
-                        .fetch_watermarks(&topic, *p, timeout)
-                        .map(|(_, high)| (*p, high))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| BarrierError::Watermarks {
-            topic: self.topic.clone(),
-            detail: e.to_string(),
-        })?
-        .map_err(|e| BarrierError::Watermarks {
-            topic: self.topic.clone(),
-            detail: e.to_string(),
-        })?;
+        let ends = {
+            let mut last = self.last_ends.lock().await;
+            match &*last {
+                // Fetched after this call began: it covers every record written before.
+                Some((fetched, ends)) if *fetched >= began => ends.clone(),
+                _ => {
+                    let fetched = Instant::now();
+                    let ends = self.fetch_ends(consumer, partitions, timeout).await?;
+                    *last = Some((fetched, ends.clone()));
+                    ends
+                }
+            }
+        };
         loop {
             let reached = {
                 let positions = self.positions();
@@ -157,6 +154,33 @@ impl Follower {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+    }
+
+    /// Each partition's end offset, from the broker.
+    async fn fetch_ends(
+        &self,
+        consumer: std::sync::Arc<BaseConsumer>,
+        partitions: Vec<i32>,
+        timeout: Duration,
+    ) -> Result<Vec<(i32, i64)>, BarrierError> {
+        let topic = self.topic.clone();
+        let failed = |detail: String| BarrierError::Watermarks {
+            topic: self.topic.clone(),
+            detail,
+        };
+        tokio::task::spawn_blocking(move || {
+            partitions
+                .iter()
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&topic, *p, timeout)
+                        .map(|(_, high)| (*p, high))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.to_string()))
     }
 
     fn positions(&self) -> std::sync::MutexGuard<'_, HashMap<i32, i64>> {

@@ -213,7 +213,8 @@ mod tests {
             "u1",
             br#"{"push_tokens":[{"token":"t1","platform":"android"}],"phone":"+1 415 555 2671",
                 "time_zone":"America/Chicago","locale":"en-US","consent":{"push":true},
-                "preferences":{"marketing":false},"attributes":{"first_name":"Ada"}}"#,
+                "preferences":{"marketing":false},"attributes":{"first_name":"Ada"},
+                "quiet_hours":"22:00-07:00","caps":{"marketing":["1/day"],"all":["10/day"]}}"#,
         )
         .unwrap();
         assert!(problems.is_empty(), "{problems:?}");
@@ -223,6 +224,22 @@ mod tests {
         assert!(!p.consents_to("sms"));
         assert!(!p.accepts_category("marketing"));
         assert!(p.accepts_category("fraud"));
+        assert_eq!(p.quiet_hours.unwrap().to_string(), "22:00-07:00");
+        assert_eq!(p.caps["marketing"][0].to_string(), "1/day");
+        let (p, problems) = Profile::parse(
+            "u1",
+            br#"{"quiet_hours":"late","caps":{"marketing":["3/fortnight"]},"consent":{"sms":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            problems,
+            vec![
+                ProfileProblem::Field("caps".into()),
+                ProfileProblem::Field("quiet_hours".into())
+            ],
+            "a bad override is left out, the rest is kept"
+        );
+        assert!(p.quiet_hours.is_none() && p.caps.is_empty() && p.consents_to("sms"));
     }
 
     #[test]
