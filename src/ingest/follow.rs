@@ -41,6 +41,9 @@ pub enum Start {
     Since(i64),
 }
 
+/// End offset per partition.
+type Ends = Vec<(i32, i64)>;
+
 /// The progress of one followed topic.
 pub struct Follower {
     topic: String,
@@ -53,7 +56,7 @@ pub struct Follower {
     watermarks: Mutex<Option<std::sync::Arc<BaseConsumer>>>,
     /// The last end offsets fetched and when the fetch began: callers that
     /// began waiting before it share it (one broker round trip for many SMS).
-    last_ends: tokio::sync::Mutex<Option<(Instant, Vec<(i32, i64)>)>>,
+    last_ends: tokio::sync::Mutex<Option<(Instant, Ends)>>,
 }
 
 /// Why a barrier could not be passed.
@@ -162,7 +165,7 @@ impl Follower {
         consumer: std::sync::Arc<BaseConsumer>,
         partitions: Vec<i32>,
         timeout: Duration,
-    ) -> Result<Vec<(i32, i64)>, BarrierError> {
+    ) -> Result<Ends, BarrierError> {
         let topic = self.topic.clone();
         let failed = |detail: String| BarrierError::Watermarks {
             topic: self.topic.clone(),
