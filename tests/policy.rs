@@ -69,6 +69,29 @@ async fn feedback(h: &Harness, key: &str, record: Value) {
     .await;
 }
 
+/// An approved card swipe of `amount` USD on `card`, for `user`.
+async fn approved_swipe(h: &Harness, card: &str, user: &str, amount: f64) {
+    publish(
+        &producer(),
+        &h.topics.transactions,
+        card,
+        &swipe(user, amount, "approved", "US"),
+    )
+    .await;
+}
+
+/// A push decision (`push_status`) followed by an SMS sent in its place, with the hop's reason.
+fn assert_fell_back_to_sms(outcomes: &[Value], push_status: &str, reason: &str) {
+    assert_eq!(outcomes[0]["channel"], "push", "{outcomes:?}");
+    assert_eq!(outcomes[0]["status"], push_status);
+    assert_eq!(outcomes[1]["channel"], "sms");
+    assert_eq!(outcomes[1]["status"], "sent");
+    assert_eq!(
+        outcomes[1]["hops"],
+        json!([{"channel": "push", "reason": reason}])
+    );
+}
+
 async fn metric(h: &Harness, line: &str) -> bool {
     admin_get(h.running.admin_addr(), "/metrics")
         .await
@@ -110,13 +133,7 @@ async fn stop_blocks_the_very_next_sms_start_restores_help_answers_and_replies_b
                "To": "+15005550006", "Body": body, "NumMedia": "0"})
     };
     feedback(&h, PHONE, inbound("Stop")).await;
-    publish(
-        &producer(),
-        &h.topics.transactions,
-        "card-1",
-        &swipe("u-1", 40.0, "approved", "US"),
-    )
-    .await;
+    approved_swipe(&h, "card-1", "u-1", 40.0).await;
     let first = outcomes_of(&h, "u-1", 1);
     assert_eq!(first[0]["status"], "suppressed", "{first:?}");
     assert_eq!(first[0]["reason"], "no_consent:sms:opted_out");
@@ -128,13 +145,7 @@ async fn stop_blocks_the_very_next_sms_start_restores_help_answers_and_replies_b
 
     // START, then a transaction: the SMS goes out.
     feedback(&h, PHONE, inbound("START")).await;
-    publish(
-        &producer(),
-        &h.topics.transactions,
-        "card-1",
-        &swipe("u-1", 41.0, "approved", "US"),
-    )
-    .await;
+    approved_swipe(&h, "card-1", "u-1", 41.0).await;
     let both = outcomes_of(&h, "u-1", 2);
     assert_eq!(both[1]["status"], "sent", "{both:?}");
     assert_eq!(twilio_to(&h).len(), 1);
@@ -201,33 +212,13 @@ rules:
         "",
     )
     .await;
-    let p = producer();
-    publish(
-        &p,
-        &h.topics.transactions,
-        "card-2",
-        &swipe("u-2", 9.0, "approved", "US"),
-    )
-    .await;
-    publish(
-        &p,
-        &h.topics.transactions,
-        "card-3",
-        &swipe("u-3", 9.0, "approved", "US"),
-    )
-    .await;
+    approved_swipe(&h, "card-2", "u-2", 9.0).await;
+    approved_swipe(&h, "card-3", "u-3", 9.0).await;
 
     let hops = outcomes_of(&h, "u-2", 2);
-    assert_eq!(hops[0]["channel"], "push");
-    assert_eq!(hops[0]["status"], "suppressed");
+    assert_fell_back_to_sms(&hops, "suppressed", "no_address:push");
     assert_eq!(hops[0]["reason"], "no_address:push");
     assert_eq!(hops[0]["next_channel"], "sms");
-    assert_eq!(hops[1]["channel"], "sms");
-    assert_eq!(hops[1]["status"], "sent");
-    assert_eq!(
-        hops[1]["hops"],
-        json!([{"channel": "push", "reason": "no_address:push"}])
-    );
     let with_token = outcomes_of(&h, "u-3", 1);
     assert_eq!(with_token[0]["channel"], "push");
     assert_eq!(with_token[0]["status"], "sent");
@@ -263,14 +254,7 @@ rules:
         "",
     )
     .await;
-    let p = producer();
-    publish(
-        &p,
-        &h.topics.transactions,
-        "card-8",
-        &swipe("u-8", 3.0, "approved", "US"),
-    )
-    .await;
+    approved_swipe(&h, "card-8", "u-8", 3.0).await;
     let pushed = outcomes_of(&h, "u-8", 1);
     assert_eq!(pushed[0]["status"], "sent");
     // The app reports delivery of u-8's push at once.
@@ -281,22 +265,9 @@ rules:
                "message": pushed[0]["idempotency_key"]}),
     )
     .await;
-    publish(
-        &p,
-        &h.topics.transactions,
-        "card-9",
-        &swipe("u-9", 3.0, "approved", "US"),
-    )
-    .await;
+    approved_swipe(&h, "card-9", "u-9", 3.0).await;
     let fell_back = outcomes_of(&h, "u-9", 2);
-    assert_eq!(fell_back[0]["channel"], "push");
-    assert_eq!(fell_back[0]["status"], "sent");
-    assert_eq!(fell_back[1]["channel"], "sms");
-    assert_eq!(fell_back[1]["status"], "sent");
-    assert_eq!(
-        fell_back[1]["hops"],
-        json!([{"channel": "push", "reason": "not_delivered:push:1s"}])
-    );
+    assert_fell_back_to_sms(&fell_back, "sent", "not_delivered:push:1s");
     assert!(
         fell_back[1]["timings"]["request_sent_ms"].as_i64().unwrap()
             >= fell_back[0]["timings"]["request_sent_ms"].as_i64().unwrap() + 1000
@@ -356,21 +327,8 @@ rules:
     )
     .await;
     publish(&producer(), &h.topics.feedback, "x", b"not json").await;
-    let p = producer();
-    publish(
-        &p,
-        &h.topics.transactions,
-        "card-4",
-        &swipe("u-4", 5.0, "approved", "US"),
-    )
-    .await;
-    publish(
-        &p,
-        &h.topics.transactions,
-        "card-5",
-        &swipe("u-5", 5.0, "approved", "US"),
-    )
-    .await;
+    approved_swipe(&h, "card-4", "u-4", 5.0).await;
+    approved_swipe(&h, "card-5", "u-5", 5.0).await;
 
     let u4 = outcomes_of(&h, "u-4", 1);
     assert_eq!(u4[0]["status"], "suppressed");
@@ -453,13 +411,7 @@ rules:
         "",
     )
     .await;
-    publish(
-        &producer(),
-        &h.topics.transactions,
-        "card-6",
-        &swipe("u-6", 5.0, "approved", "US"),
-    )
-    .await;
+    approved_swipe(&h, "card-6", "u-6", 5.0).await;
     let held = outcomes_of(&h, "u-6", 1);
     assert_eq!(held[0]["status"], "held", "{held:?}");
     let release = held[0]["release_ms"].as_i64().unwrap();
@@ -503,13 +455,7 @@ rules:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_delivered_again_after_a_restart_is_not_sent_twice() {
     let h = harness(FRAUD_SMS, &[("u-7", profile_json("u-7", false, true))], "").await;
-    publish(
-        &producer(),
-        &h.topics.transactions,
-        "card-7",
-        &swipe("u-7", 7.0, "approved", "US"),
-    )
-    .await;
+    approved_swipe(&h, "card-7", "u-7", 7.0).await;
     assert_eq!(outcomes_of(&h, "u-7", 1)[0]["status"], "sent");
     h.running.stop().await;
 
