@@ -11,6 +11,7 @@
 //! - [`profile`] — the profile table, filled from the compacted profiles topic.
 //! - [`rules`] — YAML rule files compiled into an indexed, immutable set with CEL
 //!   conditions, swapped atomically on reload.
+//! - [`patterns`] — windows, runs, sequences, absences, crossings and geofences per rule and key.
 //! - [`policy`] — consent, preferences, freshness, quiet hours, caps: may this user get this message here, now?
 //! - [`feedback`] — engagement, SMS keywords (STOP/START/HELP), replies and push actions coming back.
 //! - [`render`] — minijinja templates with money, masking and local-time filters.
@@ -34,6 +35,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod loadtest;
 pub mod outcome;
+pub mod patterns;
 pub mod policy;
 pub mod profile;
 pub mod render;

@@ -36,6 +36,8 @@ pub struct Rule {
     pub ttl_seconds: Option<u32>,
     /// Per-rule policy overrides.
     pub policy: crate::policy::RulePolicy,
+    /// Context over time, when the rule has a `pattern`.
+    pub pattern: Option<std::sync::Arc<crate::patterns::Pattern>>,
     /// Template names present for this rule (`<id>/title`, `<id>/body`, `<id>/text`).
     pub has_title: bool,
     pub has_body: bool,
@@ -203,6 +205,41 @@ pub fn compile_rule(
                 None
             }
         });
+    let pattern = match &spec.pattern {
+        None => {
+            if let Some(k) = &spec.key {
+                errors.push(err(
+                    &k.referenced,
+                    "`key` belongs to a rule with a `pattern`".into(),
+                ));
+            }
+            None
+        }
+        Some(p) => {
+            let stepped = p.sequence.is_some() || p.absence.is_some();
+            if stepped && (!spec.match_fields.is_empty() || spec.condition.is_some()) {
+                errors.push(err(
+                    &spec.id.referenced,
+                    "a sequence or absence takes `match` and `condition` in its steps, not on the rule".into(),
+                ));
+            }
+            let dir = file.parent().unwrap_or(Path::new("."));
+            match crate::patterns::compile(
+                p,
+                spec.key.as_ref(),
+                &spec.sources.value,
+                dir,
+                conditions,
+                spec.id.referenced,
+            ) {
+                Ok(compiled) => Some(std::sync::Arc::new(compiled)),
+                Err(problems) => {
+                    errors.extend(crate::patterns::errors(problems, file, &id));
+                    None
+                }
+            }
+        }
+    };
     let t = &spec.template;
     if t.body.is_none() && t.text.is_none() {
         errors.push(err(
@@ -251,6 +288,7 @@ pub fn compile_rule(
         collapse_key: spec.collapse_key,
         ttl_seconds: spec.ttl_seconds,
         policy: spec.policy,
+        pattern,
         has_title,
         has_body,
         has_text,

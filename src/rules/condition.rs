@@ -109,6 +109,28 @@ impl Conditions {
         Scope { context }
     }
 
+    /// A scope with `steps` too: the earlier steps' events of a sequence, by name.
+    pub fn scope_with(
+        &self,
+        event: &serde_json::Map<String, serde_json::Value>,
+        profile: Option<&crate::profile::Profile>,
+        steps: &serde_json::Map<String, serde_json::Value>,
+    ) -> Scope {
+        let mut scope = self.scope(event, profile);
+        scope
+            .context
+            .add_variable_from_value("steps", cel::to_value(steps).unwrap_or(Value::Null));
+        scope
+    }
+
+    /// Evaluates an expression to a value (a pattern's key).
+    pub fn value(&self, expression: &Condition, scope: &Scope) -> Result<Value, EvalError> {
+        expression
+            .program
+            .execute(&scope.context)
+            .map_err(|_| EvalError::Failed)
+    }
+
     /// Evaluates a condition in a scope.
     pub fn eval(&self, condition: &Condition, scope: &Scope) -> Result<bool, EvalError> {
         match condition.program.execute(&scope.context) {

@@ -94,6 +94,14 @@ pub struct RuleSpec {
     /// How long the provider may hold an undelivered push, in seconds.
     #[serde(default)]
     pub ttl_seconds: Option<u32>,
+    /// Context over time: a window, run, sequence, absence, crossing or
+    /// geofence that must complete before the rule sends (see `patterns::spec`).
+    #[serde(default)]
+    pub pattern: Option<crate::patterns::PatternSpec>,
+    /// The pattern's key, a CEL expression over `event` giving text or a
+    /// number (e.g. `event.card_id`); default: the source's state key.
+    #[serde(default)]
+    pub key: Option<Spanned<String>>,
     /// Overrides of the category's delivery policy for this rule.
     #[serde(default)]
     pub policy: crate::policy::RulePolicy,

@@ -54,9 +54,10 @@ impl RuleSet {
             if !rule.enabled {
                 continue;
             }
+            let sees_all = rule.pattern.as_ref().is_some_and(|p| p.sees_all_events());
             for source in &rule.sources {
                 let entry = index.entry(source.clone()).or_default();
-                match rule.match_fields.first() {
+                match rule.match_fields.first().filter(|_| !sees_all) {
                     None => entry.always.push(i),
                     Some((field, value)) => {
                         let slot = match entry.by_field.iter().position(|(f, _)| f == field) {
