@@ -147,12 +147,12 @@ fn bench_render(c: &mut Criterion) {
             for f in &fields {
                 black_box(
                     set.templates
-                        .render("rule-0/title", f, None, &scope)
+                        .render("rule-0/title", f, None, &scope, None)
                         .unwrap(),
                 );
                 black_box(
                     set.templates
-                        .render("rule-0/body", f, None, &scope)
+                        .render("rule-0/body", f, None, &scope, None)
                         .unwrap(),
                 );
             }

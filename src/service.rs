@@ -201,6 +201,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     background.push(tokio::spawn(
         Arc::clone(&pipeline).release_held(Arc::clone(&health), shutdown_rx.clone()),
     ));
+    background.push(tokio::spawn(
+        Arc::clone(&pipeline).run_patterns(shutdown_rx.clone()),
+    ));
     let limits = config.limits.clone();
     let seed_client = kafka::profile_reader_config(&config.kafka);
     let outcomes_topic = config.topics.outcomes.clone();

@@ -33,6 +33,7 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
     let topics = Topics {
         transactions: unique("tx"),
         sensors: unique("sensors"),
+        locations: unique("locations"),
         profiles: unique("profiles"),
         outcomes: unique("outcomes"),
         dlq: unique("dlq"),
@@ -44,6 +45,7 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
     for (t, parts) in [
         (&topics.transactions, 2),
         (&topics.sensors, 1),
+        (&topics.locations, 1),
         (&topics.profiles, 1),
         (&topics.outcomes, 1),
         (&topics.dlq, 1),

@@ -23,9 +23,9 @@ fn sample_rules_pass_with_a_summary_per_file() {
     assert_eq!(
         out,
         "rules/cold-chain.yaml: ok, 1 rules (1 enabled)\n\
-         rules/offers.yaml: ok, 1 rules (1 enabled)\n\
-         rules/payments.yaml: ok, 4 rules (4 enabled)\n\
-         6 rules in 3 files\n"
+         rules/offers.yaml: ok, 2 rules (2 enabled)\n\
+         rules/payments.yaml: ok, 6 rules (6 enabled)\n\
+         9 rules in 3 files\n"
     );
 }
 
@@ -55,7 +55,7 @@ fn expect_error(fixture: &str, expected: &str) {
 fn unknown_field() {
     expect_error(
         "unknown-field.yaml",
-        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, policy",
+        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, pattern, key, policy",
     );
 }
 

@@ -36,6 +36,14 @@ pub struct Metrics {
     pub sms_opt_outs: IntGauge,
     /// SMS that could not wait for the feedback topic to be read (consent unknown).
     pub consent_waits_failed: IntCounter,
+    /// Events later than a pattern's allowed lateness, per rule.
+    pub late_events: IntCounterVec,
+    /// Pattern keys evicted at the per-rule cap, per rule.
+    pub pattern_evicted: IntCounterVec,
+    /// Keys holding pattern state.
+    pub pattern_keys: IntGauge,
+    /// Approximate bytes of pattern state.
+    pub pattern_state_bytes: IntGauge,
     /// Provider retries per channel.
     pub retries: IntCounterVec,
     /// Provider request latency per channel, seconds.
@@ -170,6 +178,21 @@ impl Metrics {
                 "Phone numbers opted out of SMS by keyword",
             ),
             consent_waits_failed,
+            late_events: counter_vec(
+                "herald_late_events_total",
+                "Events later than a pattern's allowed lateness",
+                &["rule"],
+            ),
+            pattern_evicted: counter_vec(
+                "herald_pattern_keys_evicted_total",
+                "Pattern keys evicted at the per-rule cap",
+                &["rule"],
+            ),
+            pattern_keys: gauge("herald_pattern_keys", "Keys holding pattern state"),
+            pattern_state_bytes: gauge(
+                "herald_pattern_state_bytes",
+                "Approximate bytes of pattern state",
+            ),
             retries: counter_vec(
                 "herald_provider_retries_total",
                 "Provider request retries",

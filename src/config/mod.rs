@@ -157,6 +157,10 @@ pub struct LimitsConfig {
     /// (uncommitted, so it is processed again after restart), in milliseconds.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Keys of pattern state per rule; past it the least recently seen are
+    /// evicted (logged, `herald_pattern_keys_evicted_total{rule}`).
+    #[serde(default = "defaults::pattern_keys_per_rule")]
+    pub pattern_keys_per_rule: usize,
 }
 
 pub(crate) mod defaults {
@@ -211,6 +215,9 @@ pub(crate) mod defaults {
     pub fn shutdown_grace_ms() -> u64 {
         10_000
     }
+    pub fn pattern_keys_per_rule() -> usize {
+        1_000_000
+    }
 }
 
 impl Default for TopicsConfig {
@@ -252,6 +259,7 @@ impl Default for LimitsConfig {
             lanes: defaults::lanes(),
             lane_queue: defaults::lane_queue(),
             shutdown_grace_ms: defaults::shutdown_grace_ms(),
+            pattern_keys_per_rule: defaults::pattern_keys_per_rule(),
         }
     }
 }

@@ -84,18 +84,48 @@ pub fn copy_rules(samples: &Path, dir: &Path, renames: &[(&str, &str)]) -> Resul
     let mut count = 0;
     for entry in std::fs::read_dir(samples).map_err(|e| format!("{}: {e}", samples.display()))? {
         let path = entry.map_err(|e| e.to_string())?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+        let target = dir.join(path.file_name().unwrap_or_default());
+        if path.is_dir() {
+            // Geofence files (and anything else the rules refer to) come along.
+            count += copy_rules(&path, &target, renames)?;
             continue;
         }
-        let mut text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
-        count += text.matches("\n  - id:").count();
-        for (from, to) in renames {
-            text = text.replace(&format!("[{from}]"), &format!("[{to}]"));
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            std::fs::copy(&path, &target).map_err(|e| format!("{}: {e}", path.display()))?;
+            continue;
         }
-        std::fs::write(dir.join(path.file_name().unwrap_or_default()), text)
-            .map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+        count += text.matches("\n  - id:").count();
+        std::fs::write(target, rename_sources(&text, renames)).map_err(|e| e.to_string())?;
     }
     Ok(count)
+}
+
+/// Renames topics in every `sources: [a, b]` list of a rule file.
+fn rename_sources(text: &str, renames: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let Some((head, rest)) = line.split_once("sources: [") else {
+            out.push_str(line);
+            continue;
+        };
+        let Some((list, tail)) = rest.split_once(']') else {
+            out.push_str(line);
+            continue;
+        };
+        let renamed: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .map(|t| {
+                renames
+                    .iter()
+                    .find(|(from, _)| *from == t)
+                    .map_or(t, |(_, to)| *to)
+            })
+            .collect();
+        out.push_str(&format!("{head}sources: [{}]{tail}", renamed.join(", ")));
+    }
+    out
 }
 
 /// The topics of one run of the demo or the load test: fresh names, so a
@@ -169,6 +199,7 @@ impl RunTopics {
             &[
                 ("transactions", &self.transactions),
                 ("sensors", &self.sensors),
+                ("locations", &self.locations),
             ],
         )
     }

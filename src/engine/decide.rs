@@ -36,6 +36,8 @@ pub struct Job {
     pub event: Arc<Event>,
     pub profile: Option<Arc<Profile>>,
     pub matched_ms: i64,
+    /// For a rule with a pattern: what completed it.
+    pub pattern: Option<Arc<crate::patterns::Fired>>,
 }
 
 impl Job {
@@ -240,6 +242,7 @@ impl Pipeline {
             hops: Vec::new(),
             next_channel: None,
             release_ms: None,
+            pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
             source: SourceRef {
                 topic: event.source.to_string(),
                 partition: event.partition,
@@ -327,14 +330,7 @@ impl Pipeline {
                 return done(self.suppress(outcome, channel, s), None, None, true);
             }
         }
-        let message = match render(
-            rule,
-            &job.loaded.set.templates,
-            event,
-            Some(profile),
-            channel,
-            &outcome.idempotency_key,
-        ) {
+        let message = match render(job, Some(profile), channel, &outcome.idempotency_key) {
             Ok(m) => m,
             Err(detail) => {
                 outcome.status = Status::Failed;
@@ -496,13 +492,13 @@ impl Pipeline {
 /// Renders the rule's templates for a channel: push gets title and body, other
 /// channels the SMS text (falling back to the body).
 fn render(
-    rule: &Rule,
-    templates: &crate::render::Templates,
-    event: &Event,
+    job: &Job,
     profile: Option<&Profile>,
     channel: &ChannelRuntime,
     idempotency_key: &str,
 ) -> Result<Message, String> {
+    let (rule, event, templates) = (job.rule(), &*job.event, &job.loaded.set.templates);
+    let pattern = job.pattern.as_ref().map(|p| &p.context);
     let scope = RuleScope {
         id: &rule.id,
         category: &rule.category,
@@ -515,6 +511,7 @@ fn render(
                 &event.fields,
                 profile,
                 &scope,
+                pattern,
             )
             .map_err(|e| format!("template.{name}: {e}"))
     };

@@ -219,6 +219,14 @@ impl Pipeline {
                         event: Arc::new(record.event.to_event()),
                         profile: None,
                         matched_ms: record.outcome.timings.matched_ms,
+                        pattern: record.pattern_context.as_ref().map(|context| {
+                            let event = Arc::new(record.event.to_event());
+                            Arc::new(crate::patterns::Fired {
+                                event,
+                                context: context.clone(),
+                                summary: record.outcome.pattern.clone().unwrap_or_default(),
+                            })
+                        }),
                     },
                     chain: record.chain.clone(),
                     hops: record.hops.clone(),

@@ -35,6 +35,9 @@ pub struct HeldRecord {
     pub outcome: Outcome,
     #[serde(default)]
     pub unless_heard_of: Option<String>,
+    /// What completed the rule's pattern, for templates at release.
+    #[serde(default)]
+    pub pattern_context: Option<Value>,
 }
 
 /// The triggering event, enough to decide again at release.
@@ -95,6 +98,7 @@ impl HeldRecord {
             hops: m.hops.clone(),
             outcome: m.outcome.clone(),
             unless_heard_of: m.unless_heard_of.clone(),
+            pattern_context: m.job.pattern.as_ref().map(|p| p.context.clone()),
         }
     }
 }

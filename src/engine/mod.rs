@@ -26,6 +26,7 @@ mod decide;
 mod dedup;
 mod held;
 mod held_log;
+mod patterns;
 mod replies;
 pub use decide::{Decided, Job};
 pub use dedup::RecentSends;
@@ -97,6 +98,8 @@ pub struct Pipeline {
     held: HeldQueue<HeldMessage>,
     /// The durable copy of held messages, shared by all instances.
     pub held_log: HeldLog,
+    /// Per (rule, key) state of rules with a pattern.
+    pub patterns: crate::patterns::PatternStore,
     suppression_counters: HashMap<&'static str, IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
 }
@@ -145,6 +148,7 @@ impl Pipeline {
                 config.topics.held.clone(),
                 crate::kafka::profile_reader_config(&config.kafka),
             ),
+            patterns: crate::patterns::PatternStore::new(config.limits.pattern_keys_per_rule),
             suppression_counters,
             decisions: tokio::sync::broadcast::channel(4096).0,
         }
@@ -190,29 +194,55 @@ impl Pipeline {
             return Vec::new();
         }
         let mut matched = Vec::new();
+        let mut fired = Vec::new();
+        let mut writes = Vec::new();
         {
-            // Built only if a candidate has a condition; dropped before any await.
-            let mut scope = None;
+            // Built only if a candidate needs it; dropped before any await.
+            let mut built = None;
             for i in candidates {
-                let scope = match (&set.rules[i].condition, &scope) {
-                    (None, _) => None,
-                    (Some(_), Some(s)) => Some(s),
-                    (Some(_), None) => Some(
-                        &*scope.insert(set.conditions.scope(&event.fields, profile.as_deref())),
-                    ),
+                let rule = &set.rules[i];
+                let needs = rule.condition.is_some()
+                    || rule.pattern.as_ref().is_some_and(|p| p.key.is_some());
+                let scope = if needs {
+                    Some(&*built.get_or_insert_with(|| {
+                        set.conditions.scope(&event.fields, profile.as_deref())
+                    }))
+                } else {
+                    None
                 };
-                match set.check(i, &event.fields, scope) {
-                    Verdict::Match => {
+                let verdict = set.check(i, &event.fields, scope);
+                if let Verdict::Error(_) = verdict {
+                    loaded.condition_errors[i].inc();
+                }
+                let Some(pattern) = &rule.pattern else {
+                    if verdict == Verdict::Match {
                         loaded.matches[i].inc();
                         matched.push(i);
                     }
-                    Verdict::NoMatch => {}
-                    Verdict::Error(_) => loaded.condition_errors[i].inc(),
+                    continue;
+                };
+                let is_match = verdict == Verdict::Match;
+                match self.observe_pattern(
+                    &loaded,
+                    i,
+                    pattern,
+                    &event,
+                    is_match,
+                    profile.as_deref(),
+                    scope,
+                ) {
+                    Ok(done) => {
+                        for f in done {
+                            loaded.matches[i].inc();
+                            fired.push((i, f));
+                        }
+                    }
+                    Err(dead_letter) => writes.push(dead_letter),
                 }
             }
         }
         let matched_ms = now_ms();
-        let jobs: Vec<Job> = matched
+        let mut jobs: Vec<Job> = matched
             .iter()
             .map(|&rule| Job {
                 loaded: Arc::clone(&loaded),
@@ -220,28 +250,42 @@ impl Pipeline {
                 event: Arc::clone(&event),
                 profile: profile.clone(),
                 matched_ms,
+                pattern: None,
             })
             .collect();
+        jobs.extend(
+            fired
+                .into_iter()
+                .map(|(i, f)| self.fired_job(&loaded, i, f)),
+        );
         let mut chains = Vec::new();
         for job in &jobs {
-            let rule = &set.rules[job.rule];
-            if rule.fallback {
-                chains.push(self.run_chain(job, &rule.channels, Vec::new()));
-            } else {
-                for channel in &rule.channels {
-                    chains.push(self.run_chain(job, std::slice::from_ref(channel), Vec::new()));
-                }
-            }
+            chains.extend(self.chains(job));
         }
         // Decisions for one event run concurrently; the lane waits for all of
         // them, which keeps a key's events in order.
-        let mut writes = Vec::with_capacity(chains.len() + 1);
         for decided in futures::future::join_all(chains).await {
             for d in decided {
                 self.record(d, &mut writes);
             }
         }
         writes
+    }
+
+    /// The decision chains of one job: one per channel, or one fallback chain.
+    fn chains<'a>(
+        &'a self,
+        job: &'a Job,
+    ) -> Vec<impl std::future::Future<Output = Vec<Decided>> + 'a> {
+        let rule = &job.loaded.set.rules[job.rule];
+        if rule.fallback {
+            vec![self.run_chain(job, &rule.channels, Vec::new())]
+        } else {
+            rule.channels
+                .iter()
+                .map(|channel| self.run_chain(job, std::slice::from_ref(channel), Vec::new()))
+                .collect()
+        }
     }
 
     /// Counts a decision and hands its records to the producer.

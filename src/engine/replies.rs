@@ -200,6 +200,7 @@ impl Pipeline {
             hops: Vec::new(),
             next_channel: None,
             release_ms: None,
+            pattern: None,
             source: SourceRef {
                 topic: msg.topic.clone(),
                 partition: msg.partition,

@@ -103,6 +103,10 @@ pub struct Outcome {
     /// For `held`: when the message is due to be sent, epoch ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_ms: Option<i64>,
+    /// For a rule with a pattern: its kind, counts and the events that
+    /// completed it (topic, partition, offset, time; no event fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<serde_json::Value>,
     pub source: SourceRef,
     pub timings: Timings,
 }

@@ -65,19 +65,22 @@ impl Templates {
         self.env.get_template(name).is_ok()
     }
 
-    /// Renders the named template with `event`, `profile` and `rule` in scope.
+    /// Renders the named template with `event`, `profile`, `rule` and, for a
+    /// rule with a pattern, `pattern` (counts, first and last events, steps) in scope.
     pub fn render(
         &self,
         name: &str,
         event: &serde_json::Map<String, serde_json::Value>,
         profile: Option<&crate::profile::Profile>,
         rule: &RuleScope<'_>,
+        pattern: Option<&serde_json::Value>,
     ) -> Result<String, Error> {
         let template = self.env.get_template(name)?;
         let ctx = minijinja::context! {
             event => Serde(event),
             profile => Serde(profile),
             rule => Serde(rule),
+            pattern => Serde(pattern),
         };
         template.render(ctx).map(|s| s.trim().to_string())
     }
@@ -185,7 +188,7 @@ mod tests {
             category: "transactional",
             description: "",
         };
-        t.render("r/body", event.as_object().unwrap(), profile, &scope)
+        t.render("r/body", event.as_object().unwrap(), profile, &scope, None)
     }
 
     #[test]

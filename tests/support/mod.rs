@@ -65,6 +65,7 @@ fn rand_u64() -> u64 {
 pub struct Topics {
     pub transactions: String,
     pub sensors: String,
+    pub locations: String,
     pub profiles: String,
     pub outcomes: String,
     pub dlq: String,
@@ -80,6 +81,7 @@ impl Topics {
         let t = Topics {
             transactions: unique("transactions"),
             sensors: unique("sensors"),
+            locations: unique("locations"),
             profiles: unique("profiles"),
             outcomes: unique("outcomes"),
             dlq: unique("dlq"),
@@ -95,6 +97,7 @@ impl Topics {
         let specs = [
             (&t.transactions, partitions),
             (&t.sensors, partitions),
+            (&t.locations, partitions),
             (&t.profiles, 1),
             (&t.outcomes, 1),
             (&t.dlq, 1),
@@ -251,6 +254,10 @@ type_field = "status"
 user_field = "owner_id"
 time_field = "ts"
 
+[sources.{locations}]
+user_field = "user_id"
+time_field = "ts"
+
 [topics]
 profiles = "{profiles}"
 outcomes = "{outcomes}"
@@ -295,6 +302,7 @@ max_backoff_ms = 200
         group = unique("herald"),
         tx = topics.transactions,
         sensors = topics.sensors,
+        locations = topics.locations,
         profiles = topics.profiles,
         outcomes = topics.outcomes,
         dlq = topics.dlq,
@@ -311,16 +319,16 @@ max_backoff_ms = 200
 pub fn sample_rules(topics: &Topics) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    for entry in std::fs::read_dir(samples).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
-            let text = std::fs::read_to_string(&path)
-                .unwrap()
-                .replace("[transactions]", &format!("[{}]", topics.transactions))
-                .replace("[sensors]", &format!("[{}]", topics.sensors));
-            std::fs::write(dir.path().join(path.file_name().unwrap()), text).unwrap();
-        }
-    }
+    herald::demo::copy_rules(
+        &samples,
+        dir.path(),
+        &[
+            ("transactions", &topics.transactions),
+            ("sensors", &topics.sensors),
+            ("locations", &topics.locations),
+        ],
+    )
+    .unwrap();
     dir
 }
 

@@ -1,0 +1,164 @@
+//! Rules with a pattern in the per-event path: the key, the state update, the
+//! firings; and the task that runs absence and dwell timers and expiry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{Job, Pipeline};
+use crate::ingest::decode::Event;
+use crate::outcome::{DeadLetter, Pending};
+use crate::patterns::detect::Input;
+use crate::patterns::{Fired, Pattern};
+use crate::profile::Profile;
+use crate::rules::condition::Scope;
+use crate::rules::Loaded;
+use crate::util::now_ms;
+
+/// How often timers are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// How often expired state is swept.
+const SWEEP: Duration = Duration::from_secs(10);
+
+impl Pipeline {
+    /// Applies an event to rule `i`'s pattern. `Err` is the dead letter of an
+    /// event whose key cannot be computed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn observe_pattern(
+        &self,
+        loaded: &Loaded,
+        i: usize,
+        pattern: &Pattern,
+        event: &Arc<Event>,
+        matched: bool,
+        profile: Option<&Profile>,
+        scope: Option<&Scope>,
+    ) -> Result<Vec<Fired>, Pending> {
+        if !matched && !pattern.sees_all_events() {
+            return Ok(Vec::new());
+        }
+        let rule = &loaded.set.rules[i];
+        let key = match &pattern.key {
+            None => event.key.clone().ok_or_else(|| {
+                "the event has no state key: set `key:` on the rule, `key_field` on the source, or key the Kafka messages".to_string()
+            }),
+            Some(expression) => scope
+                .and_then(|s| loaded.set.conditions.value(expression, s).ok())
+                .and_then(|v| match v {
+                    cel::Value::String(s) => Some(s.to_string()),
+                    cel::Value::Int(n) => Some(n.to_string()),
+                    cel::Value::UInt(n) => Some(n.to_string()),
+                    cel::Value::Float(f) => Some(f.to_string()),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    format!("key `{}` did not give text or a number for this event", expression.source)
+                }),
+        };
+        let key = match key {
+            Ok(k) => k,
+            Err(detail) => {
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&["key_error"])
+                    .inc();
+                return Err(self.recorder.dead_letter(&DeadLetter {
+                    reason: "key_error".into(),
+                    detail,
+                    topic: event.source.to_string(),
+                    partition: event.partition,
+                    offset: event.offset,
+                    key_base64: None,
+                    payload_base64: DeadLetter::encode(Some(
+                        &serde_json::to_vec(&event.fields).unwrap_or_default(),
+                    )),
+                    rule: Some(rule.id.clone()),
+                    channel: None,
+                    at_ms: now_ms(),
+                }));
+            }
+        };
+        let input = Input {
+            event,
+            matched,
+            profile,
+            conditions: &loaded.set.conditions,
+        };
+        match self
+            .patterns
+            .observe(&rule.id, pattern, &key, &input, now_ms())
+        {
+            Ok((observed, evicted)) => {
+                if evicted > 0 {
+                    self.metrics
+                        .pattern_evicted
+                        .with_label_values(&[rule.id.as_str()])
+                        .inc_by(evicted as u64);
+                }
+                Ok(observed.fired)
+            }
+            Err(_late) => {
+                self.metrics
+                    .late_events
+                    .with_label_values(&[rule.id.as_str()])
+                    .inc();
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// The job of a firing of rule `i`.
+    pub(super) fn fired_job(&self, loaded: &Arc<Loaded>, i: usize, fired: Fired) -> Job {
+        Job {
+            loaded: Arc::clone(loaded),
+            rule: i,
+            profile: self.profiles.get(&fired.event.user),
+            event: Arc::clone(&fired.event),
+            matched_ms: now_ms(),
+            pattern: Some(Arc::new(fired)),
+        }
+    }
+
+    /// Runs due timers (absences, dwell) and sweeps expired state, until `shutdown`.
+    pub async fn run_patterns(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut swept = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+            let loaded = self.rules.current();
+            let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
+            let due = self.patterns.due(now_ms(), pattern_of);
+            if !due.is_empty() {
+                let jobs: Vec<Job> = due
+                    .into_iter()
+                    .filter_map(|(id, fired)| {
+                        let i = loaded.set.position(&id)?;
+                        loaded.matches[i].inc();
+                        Some(self.fired_job(&loaded, i, fired))
+                    })
+                    .collect();
+                let mut chains = Vec::new();
+                for job in &jobs {
+                    chains.extend(self.chains(job));
+                }
+                let mut writes = Vec::new();
+                for decided in futures::future::join_all(chains).await {
+                    for d in decided {
+                        self.record(d, &mut writes);
+                    }
+                }
+                futures::future::join_all(writes).await;
+            }
+            if swept.elapsed() >= SWEEP {
+                swept = Instant::now();
+                self.patterns.sweep(now_ms(), pattern_of);
+                let (keys, bytes) = self.patterns.size();
+                self.metrics.pattern_keys.set(keys as i64);
+                self.metrics.pattern_state_bytes.set(bytes as i64);
+            }
+        }
+    }
+}
