@@ -498,3 +498,72 @@ fn mistakes_in_patterns_point_at_the_rule() {
     assert!(check(&format!("{head}    key: event.card\n"))
         .contains("`key` belongs to a rule with a `pattern`"));
 }
+
+#[test]
+fn a_sequence_of_a_geofence_enter_then_a_swipe() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mall.geojson"), MALL).unwrap();
+    let set = rules_in(
+        dir.path(),
+        r#"
+rules:
+  - id: swiped-after-entering
+    sources: [loc, tx]
+    key: event.user_id
+    pattern:
+      sequence:
+        within: 10m
+        steps:
+          - { name: entered, sources: [loc], geofence: { file: mall.geojson, on: enter } }
+          - { name: swiped, sources: [tx], match: { status: approved } }
+    channels: [push]
+    category: marketing
+    template: { body: "{{ pattern.steps.swiped.merchant }}" }
+"#,
+    );
+    let store = PatternStore::new(1000);
+    let from = |source: &str, n: i64, at: i64, fields: Value| {
+        let mut e = (*event(n, at, fields)).clone();
+        e.source = Arc::from(source);
+        Arc::new(e)
+    };
+    let ping = |n, at, lon: f64| {
+        from(
+            "loc",
+            n,
+            at,
+            json!({"user_id": "u1", "lat": 0.0009, "lon": lon}),
+        )
+    };
+    let swipe = |n, at| {
+        from(
+            "tx",
+            n,
+            at,
+            json!({"user_id": "u1", "status": "approved", "merchant": "Gap"}),
+        )
+    };
+    assert!(
+        feed(&set, &store, &swipe(1, 0), 0).unwrap().is_empty(),
+        "a swipe before entering"
+    );
+    assert!(
+        feed(&set, &store, &ping(2, MIN, -0.001), 0)
+            .unwrap()
+            .is_empty(),
+        "outside"
+    );
+    assert!(
+        feed(&set, &store, &ping(3, 2 * MIN, 0.0009), 0)
+            .unwrap()
+            .is_empty(),
+        "entered"
+    );
+    let fired = feed(&set, &store, &swipe(4, 9 * MIN), 0).unwrap();
+    assert_eq!(fired.len(), 1, "swiped seven minutes after entering");
+    assert_eq!(fired[0].context["steps"]["swiped"]["merchant"], "Gap");
+    // Still inside, so no new enter: a later swipe does not fire again.
+    assert!(feed(&set, &store, &swipe(5, 10 * MIN), 0)
+        .unwrap()
+        .is_empty());
+}
