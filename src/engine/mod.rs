@@ -202,7 +202,10 @@ impl Pipeline {
             for i in candidates {
                 let rule = &set.rules[i];
                 let needs = rule.condition.is_some()
-                    || rule.pattern.as_ref().is_some_and(|p| p.key.is_some());
+                    || rule
+                        .pattern
+                        .as_ref()
+                        .is_some_and(|p| p.key.is_some() || p.has_step_conditions());
                 let scope = if needs {
                     Some(&*built.get_or_insert_with(|| {
                         set.conditions.scope(&event.fields, profile.as_deref())

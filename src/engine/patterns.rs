@@ -84,6 +84,7 @@ impl Pipeline {
             matched,
             profile,
             conditions: &loaded.set.conditions,
+            scope,
         };
         match self
             .patterns

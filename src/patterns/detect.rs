@@ -10,7 +10,7 @@ use super::window::{Entry, Measure, Window};
 use super::{Fired, Geo, Kind, Pattern, Step};
 use crate::ingest::decode::{lookup, Event};
 use crate::profile::Profile;
-use crate::rules::condition::Conditions;
+use crate::rules::condition::{Conditions, Scope};
 use crate::rules::model::Scalar;
 
 /// The state of one (rule, key).
@@ -53,6 +53,8 @@ pub struct Input<'a> {
     pub matched: bool,
     pub profile: Option<&'a Profile>,
     pub conditions: &'a Conditions,
+    /// The event's condition scope, when the caller built one (else built here if a step needs it).
+    pub scope: Option<&'a Scope>,
 }
 
 impl KeyState {
@@ -429,10 +431,15 @@ fn step_matches(
         .zip(earlier)
         .map(|(s, e)| (s.name.clone(), Value::Object(e.fields.clone())))
         .collect();
-    let scope = input
-        .conditions
-        .scope_with(&event.fields, input.profile, &named);
-    input.conditions.eval(condition, &scope) == Ok(true)
+    let built;
+    let scope = match input.scope {
+        Some(s) => s,
+        None => {
+            built = input.conditions.scope(&event.fields, input.profile);
+            &built
+        }
+    };
+    input.conditions.eval_with_steps(condition, scope, &named) == Ok(true)
 }
 
 fn scalar_is(expected: &Scalar, actual: &Value) -> bool {

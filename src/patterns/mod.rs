@@ -103,6 +103,16 @@ impl Pattern {
         )
     }
 
+    /// Whether its steps have conditions (so the event's condition scope is needed).
+    pub fn has_step_conditions(&self) -> bool {
+        let has = |s: &Step| s.condition.is_some();
+        match &self.kind {
+            Kind::Sequence { steps, .. } => steps.iter().any(has),
+            Kind::Absence { after, missing, .. } => has(after) || has(missing),
+            _ => false,
+        }
+    }
+
     /// The kind's name, for outcomes and `/rules`.
     pub fn kind_name(&self) -> &'static str {
         match self.kind {

@@ -60,6 +60,7 @@ fn feed(
         matched,
         profile: None,
         conditions: &set.conditions,
+        scope: None,
     };
     store
         .observe(&rule.id, pattern, "card-1", &input, now_ms)
@@ -442,6 +443,7 @@ fn keys_are_capped_and_state_moves_out_and_back_by_partition() {
             matched: true,
             profile: None,
             conditions: &set.conditions,
+            scope: None,
         };
         evicted += store
             .observe(&rule.id, pattern, &format!("card-{n}"), &input, n)

@@ -109,18 +109,22 @@ impl Conditions {
         Scope { context }
     }
 
-    /// A scope with `steps` too: the earlier steps' events of a sequence, by name.
-    pub fn scope_with(
+    /// Evaluates a condition in a scope, with `steps` (the earlier steps'
+    /// events of a sequence, by name) added in an inner scope: the event is
+    /// not converted again.
+    pub fn eval_with_steps(
         &self,
-        event: &serde_json::Map<String, serde_json::Value>,
-        profile: Option<&crate::profile::Profile>,
+        condition: &Condition,
+        scope: &Scope,
         steps: &serde_json::Map<String, serde_json::Value>,
-    ) -> Scope {
-        let mut scope = self.scope(event, profile);
-        scope
-            .context
-            .add_variable_from_value("steps", cel::to_value(steps).unwrap_or(Value::Null));
-        scope
+    ) -> Result<bool, EvalError> {
+        let mut inner = scope.context.new_inner_scope();
+        inner.add_variable_from_value("steps", cel::to_value(steps).unwrap_or(Value::Null));
+        match condition.program.execute(&inner) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(_) => Err(EvalError::NotBool),
+            Err(_) => Err(EvalError::Failed),
+        }
     }
 
     /// Evaluates an expression to a value (a pattern's key).
