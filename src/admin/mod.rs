@@ -103,6 +103,11 @@ async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
                 "campaign": r.campaign,
                 "category": r.category,
                 "condition": r.condition.as_ref().map(|c| c.source.as_str()),
+                "pattern": r.pattern.as_ref().map(|p| json!({
+                    "kind": p.kind_name(),
+                    "fingerprint": p.fingerprint,
+                    "lateness_ms": p.lateness_ms,
+                })),
             })
         })
         .collect();
