@@ -73,6 +73,69 @@ pub fn check(dir: &Path, config_path: Option<&Path>) -> ExitCode {
     }
 }
 
+/// `herald rules test`: runs the rule tests; a diff with file:line per failing
+/// case; exit 1 if any fails, 2 if a test file cannot be run.
+pub fn rules_test(path: &Path, config_path: &Path) -> ExitCode {
+    let config = match Config::read(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (rules_dir, files) = match herald::analyst::ruletest::test_files(path) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if files.is_empty() {
+        eprintln!("error: no test files in {}/tests", path.display());
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for file in &files {
+        let results = runtime.block_on(herald::analyst::ruletest::run_file(
+            &config, &rules_dir, file,
+        ));
+        match results {
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            Ok(results) => {
+                for r in results {
+                    let at = format!("{}:{}", r.file.display(), r.line);
+                    match r.failure {
+                        None => {
+                            passed += 1;
+                            println!("ok    {at}  {}", r.name);
+                        }
+                        Some(diff) => {
+                            failed += 1;
+                            println!("FAIL  {at}  {}\n{diff}", r.name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// Warnings only, for commands whose output is the point (demo, loadtest).
 fn init_quiet_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -19,6 +19,7 @@
 //! - [`outcome`] — one record per decision on the outcomes topic; dead letters.
 //! - [`engine`] — the per-event path that ties the stages together.
 //! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/rules`.
+//! - [`analyst`] — the pipeline offline on a virtual clock, for rule tests.
 //! - [`kafka`] — client settings shared by every Kafka client.
 //! - [`simulate`] — a seeded generator of realistic events and profiles.
 //! - [`standin`] — a local FCM/Twilio stand-in for the demo and the load bench.
@@ -26,6 +27,7 @@
 //! - [`loadtest`] — `herald loadtest`: herald against a bare consumer, same broker, same run.
 
 pub mod admin;
+pub mod analyst;
 pub mod config;
 pub mod deliver;
 pub mod demo;

@@ -49,6 +49,16 @@ enum RulesCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run the rule tests in PATH/tests/*.yaml (or one test file) on a virtual
+    /// clock, sending nothing; exit 1 if any fails.
+    Test {
+        /// The rules directory, or one test file.
+        #[arg(default_value = "rules")]
+        path: PathBuf,
+        /// Channels, sources and policy come from this config file.
+        #[arg(long, short, default_value = "config/herald.toml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,5 +72,8 @@ fn main() -> ExitCode {
         Command::Rules {
             command: RulesCommand::Check { dir, config },
         } => cli::check(&dir, config.as_deref()),
+        Command::Rules {
+            command: RulesCommand::Test { path, config },
+        } => cli::rules_test(&path, &config),
     }
 }

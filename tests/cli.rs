@@ -85,3 +85,73 @@ fn sample_config_files_load() {
         assert!(!config.channels.is_empty(), "{file} has channels");
     }
 }
+
+fn herald(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_sample_rules_pass_their_rule_tests() {
+    let (code, out, err) = herald(&["rules", "test"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with(" passed, 0 failed\n"), "{out}");
+    for file in ["cold-chain", "offers", "payments"] {
+        assert!(
+            out.contains(&format!("ok    rules/tests/{file}.yaml:")),
+            "{file}: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_rule_test_shows_expected_against_got_at_its_line() {
+    let (code, out, _) = herald(&["rules", "test", "tests/fixtures/ruletest"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        out,
+        "ok    tests/fixtures/ruletest/tests/cases.yaml:2  the title is right\n\
+         FAIL  tests/fixtures/ruletest/tests/cases.yaml:10  the analyst expected another merchant\n\
+         \x20   decision 1 (line 16):\n\
+         \x20     title: expected \"$12.50 at Chevron\", got \"$12.50 at Shell\"\n\
+         \x20   expected:\n\
+         \x20     - purchase-notice push sent \"$12.50 at Chevron\"\n\
+         \x20   got:\n\
+         \x20     - purchase-notice push sent \"$12.50 at Shell\" \"Card •••• 4242\"\n\
+         \n\
+         ok    tests/fixtures/ruletest/tests/cases.yaml:18  without consent the notice is suppressed\n\
+         2 passed, 1 failed\n"
+    );
+}
+
+#[test]
+fn a_rule_test_that_cannot_be_trusted_stops_with_its_reason() {
+    let (code, _, err) = herald(&[
+        "rules",
+        "test",
+        "tests/fixtures/ruletest-broken/tests/unknown-rule.yaml",
+    ]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: tests/fixtures/ruletest-broken/tests/unknown-rule.yaml:6: test \"refers to a rule that is not there\": rule `purchase-notise` does not exist\n"
+    );
+    let (code, _, err) = herald(&[
+        "rules",
+        "test",
+        "tests/fixtures/ruletest-broken/tests/no-time.yaml",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no-time.yaml:4: test \"an event without its time\": every event needs `at`"),
+        "{err}"
+    );
+}

@@ -25,7 +25,6 @@ use crate::policy::{address, Subject, Suppression};
 use crate::profile::Profile;
 use crate::render::RuleScope;
 use crate::rules::{Loaded, Rule};
-use crate::util::now_ms;
 
 /// The inputs of one rule's decision for one event, owned so a held message
 /// can keep them until its release.
@@ -170,7 +169,7 @@ impl Pipeline {
         outcome.channel = next.to_string();
         outcome.status = Status::Held;
         outcome.hops = hops.clone();
-        let release_ms = now_ms() + wait_ms;
+        let release_ms = self.clock.now_ms() + wait_ms;
         outcome.release_ms = Some(release_ms);
         let held = Held {
             release_ms,
@@ -270,7 +269,7 @@ impl Pipeline {
             rule_policy: &rule.policy,
             event_ms: event.time_ms,
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let profile = job.profile.as_deref();
         let admitted = self
             .policy
@@ -484,7 +483,7 @@ impl Pipeline {
             payload_base64: None,
             rule: Some(rule.id.clone()),
             channel: Some(channel.channel.name.clone()),
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
         }
     }
 }

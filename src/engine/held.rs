@@ -17,7 +17,6 @@ use super::decide::Job;
 use super::Pipeline;
 use crate::ingest::ConsumerHealth;
 use crate::outcome::{Hop, Outcome, Pending, Status};
-use crate::util::now_ms;
 
 /// One held message and what it needs at release.
 #[derive(Debug)]
@@ -158,14 +157,14 @@ impl Pipeline {
         loop {
             self.adopt(&health);
             let wait = self.held.next_ms().map_or(Duration::from_secs(1), |at| {
-                Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64)
+                Duration::from_millis((at - self.clock.now_ms()).clamp(0, 1000) as u64)
             });
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.held.wake.notified() => continue,
                 _ = shutdown.changed() => break,
             }
-            for held in self.held.due(now_ms()) {
+            for held in self.held.due(self.clock.now_ms()) {
                 self.metrics.held.set(self.held.len() as i64);
                 let event = &held.item.job.event;
                 if !health.owns(&event.source, event.partition) {
@@ -243,7 +242,7 @@ impl Pipeline {
 
     /// Runs a held message's decision again, now that its quiet hours ended:
     /// consent, freshness and caps are checked anew with the current profile.
-    async fn release(&self, entry: Held<HeldMessage>) {
+    pub(super) async fn release(&self, entry: Held<HeldMessage>) {
         let key = entry.idempotency_key;
         let mut writes = Vec::new();
         self.release_one(entry.item, &mut writes).await;

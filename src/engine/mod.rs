@@ -20,7 +20,6 @@ use crate::outcome::{DeadLetter, Outcome, Pending, Recorder};
 use crate::policy::{Policy, Suppression};
 use crate::profile::ProfileTable;
 use crate::rules::{LiveRules, Verdict};
-use crate::util::now_ms;
 
 mod decide;
 mod dedup;
@@ -100,6 +99,8 @@ pub struct Pipeline {
     pub held_log: HeldLog,
     /// Per (rule, key) state of rules with a pattern.
     pub patterns: crate::patterns::PatternStore,
+    /// The time decisions are made at (the wall clock in service).
+    pub clock: Arc<dyn crate::util::Clock>,
     suppression_counters: HashMap<&'static str, IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
 }
@@ -149,6 +150,7 @@ impl Pipeline {
                 crate::kafka::profile_reader_config(&config.kafka),
             ),
             patterns: crate::patterns::PatternStore::new(config.limits.pattern_keys_per_rule),
+            clock: Arc::new(crate::util::SystemClock),
             suppression_counters,
             decisions: tokio::sync::broadcast::channel(4096).0,
         }
@@ -244,7 +246,7 @@ impl Pipeline {
                 }
             }
         }
-        let matched_ms = now_ms();
+        let matched_ms = self.clock.now_ms();
         let mut jobs: Vec<Job> = matched
             .iter()
             .map(|&rule| Job {
@@ -324,7 +326,7 @@ impl Pipeline {
             payload_base64: DeadLetter::encode(msg.payload.as_deref()),
             rule: None,
             channel: None,
-            at_ms: now_ms(),
+            at_ms: self.clock.now_ms(),
         })
     }
 

@@ -14,7 +14,6 @@ use crate::patterns::{Fired, Pattern};
 use crate::profile::Profile;
 use crate::rules::condition::Scope;
 use crate::rules::Loaded;
-use crate::util::now_ms;
 
 /// How often timers are checked.
 const TICK: Duration = Duration::from_millis(250);
@@ -75,7 +74,7 @@ impl Pipeline {
                     )),
                     rule: Some(rule.id.clone()),
                     channel: None,
-                    at_ms: now_ms(),
+                    at_ms: self.clock.now_ms(),
                 }));
             }
         };
@@ -88,7 +87,7 @@ impl Pipeline {
         };
         match self
             .patterns
-            .observe(&rule.id, pattern, &key, &input, now_ms())
+            .observe(&rule.id, pattern, &key, &input, self.clock.now_ms())
         {
             Ok((observed, evicted)) => {
                 if evicted > 0 {
@@ -116,9 +115,54 @@ impl Pipeline {
             rule: i,
             profile: self.profiles.get(&fired.event.user),
             event: Arc::clone(&fired.event),
-            matched_ms: now_ms(),
+            matched_ms: self.clock.now_ms(),
             pattern: Some(Arc::new(fired)),
         }
+    }
+
+    /// Fires the pattern timers due now (absences, dwell) and records their decisions.
+    pub async fn fire_due_patterns(&self) {
+        let loaded = self.rules.current();
+        let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
+        let due = self.patterns.due(self.clock.now_ms(), pattern_of);
+        if due.is_empty() {
+            return;
+        }
+        let jobs: Vec<Job> = due
+            .into_iter()
+            .filter_map(|(id, fired)| {
+                let i = loaded.set.position(&id)?;
+                loaded.matches[i].inc();
+                Some(self.fired_job(&loaded, i, fired))
+            })
+            .collect();
+        let mut chains = Vec::new();
+        for job in &jobs {
+            chains.extend(self.chains(job));
+        }
+        let mut writes = Vec::new();
+        for decided in futures::future::join_all(chains).await {
+            for d in decided {
+                self.record(d, &mut writes);
+            }
+        }
+        futures::future::join_all(writes).await;
+    }
+
+    /// Runs what is due at the clock's time, in place of the background
+    /// tasks (rule tests and replays, on a virtual clock): pattern timers, then
+    /// held messages.
+    pub async fn tick(&self) {
+        self.fire_due_patterns().await;
+        for held in self.held.due(self.clock.now_ms()) {
+            self.held_log.forget(&held.idempotency_key);
+            self.release(held).await;
+        }
+    }
+
+    /// Whether a timer or a held message is waiting.
+    pub fn has_pending(&self) -> bool {
+        self.patterns.has_timers() || !self.held.is_empty()
     }
 
     /// Runs due timers (absences, dwell) and sweeps expired state, until `shutdown`.
@@ -129,33 +173,12 @@ impl Pipeline {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = shutdown.changed() => return,
             }
-            let loaded = self.rules.current();
-            let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
-            let due = self.patterns.due(now_ms(), pattern_of);
-            if !due.is_empty() {
-                let jobs: Vec<Job> = due
-                    .into_iter()
-                    .filter_map(|(id, fired)| {
-                        let i = loaded.set.position(&id)?;
-                        loaded.matches[i].inc();
-                        Some(self.fired_job(&loaded, i, fired))
-                    })
-                    .collect();
-                let mut chains = Vec::new();
-                for job in &jobs {
-                    chains.extend(self.chains(job));
-                }
-                let mut writes = Vec::new();
-                for decided in futures::future::join_all(chains).await {
-                    for d in decided {
-                        self.record(d, &mut writes);
-                    }
-                }
-                futures::future::join_all(writes).await;
-            }
+            self.fire_due_patterns().await;
             if swept.elapsed() >= SWEEP {
                 swept = Instant::now();
-                self.patterns.sweep(now_ms(), pattern_of);
+                let loaded = self.rules.current();
+                let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
+                self.patterns.sweep(self.clock.now_ms(), pattern_of);
                 let (keys, bytes) = self.patterns.size();
                 self.metrics.pattern_keys.set(keys as i64);
                 self.metrics.pattern_state_bytes.set(bytes as i64);

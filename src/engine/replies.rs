@@ -14,7 +14,7 @@ use crate::feedback::state::ConsentChange;
 use crate::feedback::{reply_event, Feedback, InboundSms, Keyword, PushAction, SentRef};
 use crate::outcome::{Outcome, Pending, SourceRef, Status, Timings};
 use crate::rules::model::Priority;
-use crate::util::{fingerprint, now_ms};
+use crate::util::fingerprint;
 
 impl Pipeline {
     /// Handles one feedback record; the returned writes make it final.
@@ -40,7 +40,7 @@ impl Pipeline {
                 )];
             }
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match record {
             Feedback::Inbound(sms) => self.inbound_sms(&msg, sms, now).await,
             Feedback::PushAction(action) => self.push_action(action, now),
@@ -209,7 +209,7 @@ impl Pipeline {
             timings: Timings {
                 event_ms: sms.time_ms,
                 consumed_ms: msg.consumed_ms,
-                matched_ms: now_ms(),
+                matched_ms: self.clock.now_ms(),
                 ..Timings::default()
             },
         };

@@ -157,10 +157,20 @@ pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send
 /// offset only after all of its writes resolved.
 #[derive(Clone)]
 pub struct Recorder {
-    producer: FutureProducer,
+    sink: Sink,
     outcomes_topic: String,
     dead_letter_topic: String,
 }
+
+/// Where records go: Kafka, or memory (rule tests, replays, evaluation).
+#[derive(Clone)]
+enum Sink {
+    Kafka(FutureProducer),
+    Memory(Written),
+}
+
+/// Records kept in memory, in write order: (topic, key, value; `None` a tombstone).
+pub type Written = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Option<Vec<u8>>)>>>;
 
 impl Recorder {
     /// A recorder over an existing producer.
@@ -170,10 +180,21 @@ impl Recorder {
         dead_letter_topic: String,
     ) -> Recorder {
         Recorder {
-            producer,
+            sink: Sink::Kafka(producer),
             outcomes_topic,
             dead_letter_topic,
         }
+    }
+
+    /// A recorder that keeps every record in memory and sends nothing.
+    pub fn in_memory(outcomes_topic: String, dead_letter_topic: String) -> (Recorder, Written) {
+        let written = Written::default();
+        let recorder = Recorder {
+            sink: Sink::Memory(std::sync::Arc::clone(&written)),
+            outcomes_topic,
+            dead_letter_topic,
+        };
+        (recorder, written)
     }
 
     /// Writes one outcome keyed by user, so a user's outcomes stay in order.
@@ -204,6 +225,16 @@ impl Recorder {
     }
 
     fn write(&self, topic: String, key: String, payload: Option<Vec<u8>>) -> Pending {
+        let producer = match &self.sink {
+            Sink::Kafka(p) => p.clone(),
+            Sink::Memory(written) => {
+                written
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((topic, key, payload));
+                return Box::pin(std::future::ready(()));
+            }
+        };
         fn record<'a>(
             topic: &'a str,
             key: &'a str,
@@ -215,7 +246,6 @@ impl Recorder {
                 None => r,
             }
         }
-        let producer = self.producer.clone();
         let mut attempt = producer
             .send_result(record(&topic, &key, &payload))
             .map_err(|(e, _)| e);

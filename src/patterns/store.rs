@@ -277,6 +277,15 @@ impl PatternStore {
         (keys, bytes)
     }
 
+    /// Whether any timer is waiting.
+    pub fn has_timers(&self) -> bool {
+        !self
+            .timers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// Keys held for one rule.
     pub fn keys_of(&self, rule: &str) -> usize {
         self.rules.get(rule).map_or(0, |r| r.keys.len())

@@ -1,0 +1,195 @@
+//! analyst: running the real pipeline without a broker and without sending —
+//! rules, patterns, policy and templates on a virtual clock, with providers
+//! replaced by a recorder. Rule tests ([`ruletest`]) are built on it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::admin::Metrics;
+use crate::config::{Config, ProviderKind};
+use crate::deliver::{
+    retry::RetryPolicy, Address, Channel, Delivered, Message, Provider, SendFuture,
+};
+use crate::engine::{ChannelRuntime, Decision, Incoming, Pipeline};
+use crate::feedback::FeedbackState;
+use crate::outcome::Recorder;
+use crate::profile::ProfileTable;
+use crate::rules::{LiveRules, RuleErrors};
+use crate::util::ManualClock;
+
+pub mod ruletest;
+
+/// A provider that sends nothing: it answers every request as delivered.
+struct Recording {
+    kind: ProviderKind,
+    sent: Arc<Mutex<u64>>,
+}
+
+impl Provider for Recording {
+    fn kind(&self) -> ProviderKind {
+        self.kind
+    }
+
+    fn send<'a>(&'a self, _message: &'a Message, _to: &'a Address) -> SendFuture<'a> {
+        Box::pin(async move {
+            let mut n = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+            *n += 1;
+            Ok(Delivered {
+                provider_message_id: Some(format!("recorded-{n}")),
+            })
+        })
+    }
+}
+
+/// One decision as seen offline: the outcome record and the rendered text.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub outcome: Value,
+    pub title: Option<String>,
+    pub text: Option<String>,
+}
+
+/// The pipeline on a virtual clock, recording instead of sending.
+pub struct Offline {
+    pub pipeline: Arc<Pipeline>,
+    pub clock: Arc<ManualClock>,
+    pub profiles: Arc<ProfileTable>,
+    metrics: Arc<Metrics>,
+    decisions: Mutex<tokio::sync::broadcast::Receiver<Arc<Decision>>>,
+    offsets: Mutex<HashMap<String, i64>>,
+    feedback_topic: String,
+}
+
+impl Offline {
+    /// The rules of `rules_dir`, with the channels, sources and policy of
+    /// `config` (its credentials are not needed: nothing is sent).
+    pub fn new(config: &Config, rules_dir: &Path) -> Result<Offline, RuleErrors> {
+        let metrics = Arc::new(Metrics::new());
+        let rules = LiveRules::load(
+            rules_dir.to_path_buf(),
+            config.channels.keys().cloned().collect(),
+            config.sources.keys().cloned().collect(),
+            Arc::clone(&metrics),
+        )?;
+        let sent = Arc::new(Mutex::new(0));
+        let channels = config
+            .channels
+            .iter()
+            .map(|(name, c)| {
+                let channel = Channel {
+                    name: name.clone(),
+                    provider: Arc::new(Recording {
+                        kind: c.provider,
+                        sent: Arc::clone(&sent),
+                    }),
+                    permits: Arc::new(Semaphore::new(c.concurrency.max(1))),
+                    policy: RetryPolicy::from_config(c),
+                };
+                (name.clone(), ChannelRuntime::new(channel, &metrics))
+            })
+            .collect();
+        let (recorder, _written) = Recorder::in_memory(
+            config.topics.outcomes.clone(),
+            config.topics.dead_letter.clone(),
+        );
+        let profiles = ProfileTable::new();
+        let feedback = FeedbackState::offline(config.feedback.lookback.ms());
+        let mut pipeline = Pipeline::new(
+            rules,
+            Arc::clone(&profiles),
+            feedback,
+            channels,
+            recorder,
+            Arc::clone(&metrics),
+            config,
+        );
+        let clock = Arc::new(ManualClock::default());
+        pipeline.clock = Arc::clone(&clock) as Arc<dyn crate::util::Clock>;
+        let decisions = Mutex::new(pipeline.watch_decisions());
+        Ok(Offline {
+            pipeline: Arc::new(pipeline),
+            clock,
+            profiles,
+            metrics,
+            decisions,
+            offsets: Mutex::new(HashMap::new()),
+            feedback_topic: config.topics.feedback.clone(),
+        })
+    }
+
+    /// Adds a profile (as the profiles topic would).
+    pub fn profile(&self, user: &str, json: &Value) -> bool {
+        let bytes = serde_json::to_vec(json).unwrap_or_default();
+        self.profiles
+            .apply(Some(user.as_bytes()), Some(&bytes), &self.metrics)
+    }
+
+    /// Moves the clock to `to_ms`, firing timers and releasing held messages
+    /// on the way, each at its time (one-second steps while any is waiting).
+    pub async fn advance(&self, to_ms: i64) {
+        loop {
+            let now = crate::util::Clock::now_ms(&*self.clock);
+            if !self.pipeline.has_pending() || now + 1000 >= to_ms {
+                self.clock.set(to_ms.max(now));
+                self.pipeline.tick().await;
+                return;
+            }
+            self.clock.set(now + 1000);
+            self.pipeline.tick().await;
+        }
+    }
+
+    /// One event arriving on `topic` at `at_ms` (virtual time), decided at once.
+    /// A feedback record also updates the feedback state, as every instance's
+    /// reader of the feedback topic would.
+    pub async fn event(&self, topic: &str, key: Option<&str>, payload: &[u8], at_ms: i64) {
+        self.advance(at_ms).await;
+        if topic == self.feedback_topic {
+            if let Ok(record) = crate::feedback::Feedback::parse(payload, at_ms) {
+                self.pipeline.feedback.apply(&record, at_ms);
+            }
+        }
+        let offset = {
+            let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
+            let next = offsets.entry(topic.to_string()).or_insert(0);
+            *next += 1;
+            *next - 1
+        };
+        let writes = self
+            .pipeline
+            .handle(Incoming {
+                topic: topic.to_string(),
+                partition: 0,
+                offset,
+                key: key.map(|k| k.as_bytes().to_vec()),
+                payload: Some(payload.to_vec()),
+                timestamp_ms: Some(at_ms),
+                consumed_ms: at_ms,
+            })
+            .await;
+        futures::future::join_all(writes).await;
+    }
+
+    /// The decisions made since the last call, in order.
+    pub fn take(&self) -> Vec<Seen> {
+        let mut rx = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            out.push(Seen {
+                outcome: serde_json::to_value(&d.outcome).unwrap_or(Value::Null),
+                title: d.title.clone(),
+                text: d.text.clone(),
+            });
+        }
+        out
+    }
+
+    /// The dead-letter reasons counted so far.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
