@@ -49,6 +49,9 @@ enum RulesCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Evaluate one event by hand: which rules match, what each would send,
+    /// why any would be suppressed. Sends nothing.
+    Eval(cli::EvalArgs),
     /// Run the rule tests in PATH/tests/*.yaml (or one test file) on a virtual
     /// clock, sending nothing; exit 1 if any fails.
     Test {
@@ -75,5 +78,8 @@ fn main() -> ExitCode {
         Command::Rules {
             command: RulesCommand::Test { path, config },
         } => cli::rules_test(&path, &config),
+        Command::Rules {
+            command: RulesCommand::Eval(args),
+        } => cli::rules_eval(&args),
     }
 }

@@ -169,6 +169,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         rules: Arc::clone(&rules),
         profiles: Arc::clone(&profiles),
         feedback: Arc::clone(&feedback),
+        config: Arc::new(config.clone()),
         consumer: Arc::clone(&health),
     };
     background.push(tokio::spawn(admin::serve(

@@ -155,3 +155,41 @@ fn a_rule_test_that_cannot_be_trusted_stops_with_its_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn rules_eval_prints_what_each_rule_would_do() {
+    let (code, out, err) = herald(&[
+        "rules",
+        "eval",
+        "--event",
+        "tests/fixtures/eval/event.json",
+        "--profile",
+        "tests/fixtures/eval/profile.json",
+        "--key",
+        "card-1",
+        "--at",
+        "2026-11-24T15:00:00Z",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        answer["matched"],
+        serde_json::json!([
+            "purchase-notice",
+            "large-or-foreign-purchase",
+            "low-balance"
+        ])
+    );
+    let d = &answer["decisions"];
+    assert_eq!(d[0]["text"], "Card •••• 4242 was used at 09:00.");
+    assert_eq!(d[1]["reason"], "no_consent:sms");
+    assert_eq!(d[2]["title"], "Low balance");
+    let (code, _, err) = herald(&[
+        "rules",
+        "eval",
+        "--event",
+        "tests/fixtures/eval/profile.json",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("the event has no `user_id`"), "{err}");
+}

@@ -373,3 +373,59 @@ async fn profile_with_an_invalid_phone_is_kept_and_sms_is_suppressed_with_the_re
     );
     h.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluate_answers_what_would_be_sent_without_sending_or_counting() {
+    let h = harness(&[("u-9", profile("u-9", true, false))]).await;
+    wait_ready(h.running.admin_addr()).await;
+    let event = serde_json::json!({"user_id": "u-9", "card_last4": "4242", "merchant": "Harrods",
+        "amount": 80.0, "currency": "USD", "country": "GB", "home_country": "US", "status": "approved"});
+    let answer: Value = reqwest::Client::new()
+        .post(format!("http://{}/rules/evaluate", h.running.admin_addr()))
+        .json(&serde_json::json!({"topic": h.topics.transactions, "key": "card-9", "event": event}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["user"], "u-9");
+    let decisions = answer["decisions"].as_array().unwrap();
+    let notice = decisions
+        .iter()
+        .find(|d| d["rule"] == "purchase-notice")
+        .expect("the purchase notice");
+    assert_eq!(notice["would"], "send");
+    assert_eq!(notice["title"], "$80.00 at Harrods");
+    let foreign = decisions
+        .iter()
+        .find(|d| d["rule"] == "large-or-foreign-purchase")
+        .expect("the foreign purchase SMS");
+    assert_eq!(foreign["would"], "suppressed");
+    assert_eq!(
+        foreign["reason"], "no_consent:sms",
+        "the live profile was used"
+    );
+    let bad: Value = reqwest::Client::new()
+        .post(format!("http://{}/rules/evaluate", h.running.admin_addr()))
+        .json(&serde_json::json!({"topic": "nope", "event": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bad["error"], "`nope` is not a configured source");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.provider.received().is_empty(), "nothing sent");
+    let (_, metrics) = admin_get(h.running.admin_addr(), "/metrics").await;
+    assert!(
+        !metrics.contains("herald_rule_matches_total{rule=\"purchase-notice\"} 1"),
+        "live counters untouched"
+    );
+    assert!(
+        read_json(&h.topics.outcomes, 1, Duration::from_secs(1), |_| true).is_empty(),
+        "no outcome written"
+    );
+    h.running.stop().await;
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -26,6 +26,8 @@ pub struct AdminState {
     pub rules: Arc<LiveRules>,
     pub profiles: Arc<ProfileTable>,
     pub feedback: Arc<crate::feedback::FeedbackState>,
+    /// The instance's config (channels, sources, policy) for evaluations.
+    pub config: Arc<crate::config::Config>,
     pub consumer: Arc<ConsumerHealth>,
 }
 
@@ -45,6 +47,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/rules", get(rules))
+        .route("/rules/evaluate", post(evaluate))
         .with_state(state);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -124,4 +127,33 @@ async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "last_reload_error": last_error,
         "last_reload_error_ms": status.last_error_ms,
     }))
+}
+
+/// `POST /rules/evaluate`: one event (and optionally a profile; else the live
+/// profile of its user) through the rules on disk, sending nothing and
+/// touching no live state. 400 with `{"error": …}` on bad input.
+async fn evaluate(
+    State(state): State<AdminState>,
+    Json(mut request): Json<crate::analyst::evaluate::Request>,
+) -> Response {
+    if request.profile.is_none() {
+        let user = state
+            .config
+            .sources
+            .get(&request.topic)
+            .and_then(|m| {
+                request
+                    .event
+                    .as_object()
+                    .and_then(|f| crate::ingest::decode::lookup(f, &m.user_field))
+            })
+            .and_then(|v| v.as_str().map(str::to_string));
+        if let Some(profile) = user.and_then(|u| state.profiles.get(&u)) {
+            request.profile = serde_json::to_value(&*profile).ok();
+        }
+    }
+    match crate::analyst::evaluate::evaluate(&state.config, state.rules.dir(), &request).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response(),
+    }
 }

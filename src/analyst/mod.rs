@@ -1,6 +1,7 @@
 //! analyst: running the real pipeline without a broker and without sending —
 //! rules, patterns, policy and templates on a virtual clock, with providers
-//! replaced by a recorder. Rule tests ([`ruletest`]) are built on it.
+//! replaced by a recorder. Rule tests ([`ruletest`]) and the evaluation of one
+//! event by hand ([`evaluate`]) are built on it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +22,7 @@ use crate::profile::ProfileTable;
 use crate::rules::{LiveRules, RuleErrors};
 use crate::util::ManualClock;
 
+pub mod evaluate;
 pub mod ruletest;
 
 /// A provider that sends nothing: it answers every request as delivered.
@@ -62,6 +64,8 @@ pub struct Offline {
     decisions: Mutex<tokio::sync::broadcast::Receiver<Arc<Decision>>>,
     offsets: Mutex<HashMap<String, i64>>,
     feedback_topic: String,
+    dead_letter_topic: String,
+    written: crate::outcome::Written,
 }
 
 impl Offline {
@@ -75,6 +79,11 @@ impl Offline {
             config.sources.keys().cloned().collect(),
             Arc::clone(&metrics),
         )?;
+        Ok(Offline::with_rules(config, rules, metrics))
+    }
+
+    /// The same over rules already loaded (with their own metrics registry).
+    fn with_rules(config: &Config, rules: Arc<LiveRules>, metrics: Arc<Metrics>) -> Offline {
         let sent = Arc::new(Mutex::new(0));
         let channels = config
             .channels
@@ -92,7 +101,7 @@ impl Offline {
                 (name.clone(), ChannelRuntime::new(channel, &metrics))
             })
             .collect();
-        let (recorder, _written) = Recorder::in_memory(
+        let (recorder, written) = Recorder::in_memory(
             config.topics.outcomes.clone(),
             config.topics.dead_letter.clone(),
         );
@@ -110,7 +119,7 @@ impl Offline {
         let clock = Arc::new(ManualClock::default());
         pipeline.clock = Arc::clone(&clock) as Arc<dyn crate::util::Clock>;
         let decisions = Mutex::new(pipeline.watch_decisions());
-        Ok(Offline {
+        Offline {
             pipeline: Arc::new(pipeline),
             clock,
             profiles,
@@ -118,7 +127,20 @@ impl Offline {
             decisions,
             offsets: Mutex::new(HashMap::new()),
             feedback_topic: config.topics.feedback.clone(),
-        })
+            dead_letter_topic: config.topics.dead_letter.clone(),
+            written,
+        }
+    }
+
+    /// The dead-letter records written so far (as JSON).
+    pub fn dead_letters(&self) -> Vec<Value> {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(topic, _, _)| *topic == self.dead_letter_topic)
+            .filter_map(|(_, _, v)| v.as_deref().and_then(|b| serde_json::from_slice(b).ok()))
+            .collect()
     }
 
     /// Adds a profile (as the profiles topic would).
