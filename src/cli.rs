@@ -136,6 +136,34 @@ pub fn rules_test(path: &Path, config_path: &Path) -> ExitCode {
     }
 }
 
+/// `herald rules diff`: reads the outcomes topic since `since` and compares
+/// the users reached by two rules.
+pub fn rules_diff(old: &str, new: &str, since: &str, config_path: &Path) -> ExitCode {
+    use herald::analyst::diff;
+    let result = (|| {
+        let config = Config::read(config_path).map_err(|e| e.to_string())?;
+        let back = herald::util::parse_duration_ms(since)? as i64;
+        let client = herald::kafka::profile_reader_config(&config.kafka);
+        let outcomes = diff::read_outcomes(
+            &client,
+            &config.topics.outcomes,
+            herald::util::now_ms() - back,
+        )?;
+        let (a, b) = (diff::reach(&outcomes, old), diff::reach(&outcomes, new));
+        Ok::<_, String>(diff::report(old, &a, new, &b))
+    })();
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `herald rules eval`.
 #[derive(clap::Args)]
 pub struct EvalArgs {

@@ -49,6 +49,22 @@ enum RulesCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Compare two rules over a window of the outcomes topic: who the new
+    /// (shadow) rule would reach that the old one does not, and the reverse.
+    Diff {
+        /// The rule running now.
+        #[arg(long)]
+        old: String,
+        /// The rule to compare (usually its shadow successor).
+        #[arg(long)]
+        new: String,
+        /// How far back to read the outcomes topic, e.g. `1h`, `7d`.
+        #[arg(long, default_value = "1h")]
+        since: String,
+        /// Brokers and the outcomes topic come from this config file.
+        #[arg(long, short, default_value = "config/herald.toml")]
+        config: PathBuf,
+    },
     /// Evaluate one event by hand: which rules match, what each would send,
     /// why any would be suppressed. Sends nothing.
     Eval(cli::EvalArgs),
@@ -81,5 +97,14 @@ fn main() -> ExitCode {
         Command::Rules {
             command: RulesCommand::Eval(args),
         } => cli::rules_eval(&args),
+        Command::Rules {
+            command:
+                RulesCommand::Diff {
+                    old,
+                    new,
+                    since,
+                    config,
+                },
+        } => cli::rules_diff(&old, &new, &since, &config),
     }
 }

@@ -55,7 +55,7 @@ fn expect_error(fixture: &str, expected: &str) {
 fn unknown_field() {
     expect_error(
         "unknown-field.yaml",
-        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, pattern, key, policy",
+        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, pattern, key, policy",
     );
 }
 

@@ -99,7 +99,11 @@ async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
                 "description": r.description,
                 "file": r.file,
                 "version": r.version,
-                "status": if r.enabled { "active" } else { "disabled" },
+                "status": match (r.enabled, r.shadow) {
+                    (false, _) => "disabled",
+                    (true, true) => "shadow",
+                    (true, false) => "active",
+                },
                 "sources": r.sources,
                 "channels": r.channels,
                 "fallback": r.fallback,

@@ -22,6 +22,7 @@ use crate::profile::ProfileTable;
 use crate::rules::{LiveRules, RuleErrors};
 use crate::util::ManualClock;
 
+pub mod diff;
 pub mod evaluate;
 pub mod ruletest;
 

@@ -121,9 +121,12 @@ impl Pipeline {
                 break;
             }
             let next = chain.get(i + 1);
-            if let (Status::Sent, Some(next), Some(wait)) =
-                (d.outcome.status, next, job.rule().await_delivery_ms)
-            {
+            if let (Status::Sent, Some(next), Some(wait), false) = (
+                d.outcome.status,
+                next,
+                job.rule().await_delivery_ms,
+                d.outcome.shadow,
+            ) {
                 let record =
                     self.await_delivery(job, &d.outcome, &chain[i + 1..], hops, next, wait);
                 d.writes.extend(record);
@@ -242,6 +245,7 @@ impl Pipeline {
             next_channel: None,
             release_ms: None,
             pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
+            shadow: false,
             source: SourceRef {
                 topic: event.source.to_string(),
                 partition: event.partition,
@@ -386,6 +390,16 @@ impl Pipeline {
                 );
             }
         };
+        if rule.shadow {
+            // Would be sent: recorded as such, marked shadow; nothing leaves,
+            // and no place under the caps is kept.
+            if let Some(r) = &reservation {
+                self.policy.release(r);
+            }
+            outcome.status = Status::Sent;
+            outcome.shadow = true;
+            return done(outcome, Some(message), None, false);
+        }
         let attempted =
             send_with_retry(&channel.channel, &message, &address, &channel.retries).await;
         outcome.attempts = attempted.attempts;

@@ -84,13 +84,17 @@ impl RecentSends {
         consumer.assign(&tpl)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seeded = 0;
+        // To the end of each partition, found by reaching it (not by the
+        // watermark: some brokers under-report it after batched writes).
         while !ends.is_empty() && Instant::now() < deadline {
-            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
+            let m = match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => m,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    ends.remove(&p);
+                    continue;
+                }
+                _ => continue,
             };
-            if m.offset() + 1 >= ends.get(&m.partition()).copied().unwrap_or(0) {
-                ends.remove(&m.partition());
-            }
             #[derive(serde::Deserialize)]
             struct Seen<'a> {
                 status: &'a str,

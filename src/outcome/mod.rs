@@ -107,6 +107,9 @@ pub struct Outcome {
     /// completed it (topic, partition, offset, time; no event fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<serde_json::Value>,
+    /// A shadow rule's would-be decision: nothing was sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
     pub source: SourceRef,
     pub timings: Timings,
 }

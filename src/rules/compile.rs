@@ -16,6 +16,8 @@ pub struct Rule {
     pub id: String,
     pub description: String,
     pub enabled: bool,
+    /// Runs without sending (see `RuleSpec::shadow`).
+    pub shadow: bool,
     /// The file it came from, relative to the rules directory.
     pub file: String,
     pub sources: Vec<String>,
@@ -274,6 +276,7 @@ pub fn compile_rule(
         id,
         description: spec.description,
         enabled: spec.enabled,
+        shadow: spec.shadow,
         file: file.display().to_string(),
         sources: spec.sources.value,
         match_fields: spec.match_fields.into_iter().collect(),

@@ -51,6 +51,11 @@ pub struct RuleSpec {
     /// A disabled rule is loaded and checked but never matches.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// A shadow rule runs on live traffic but never sends: its would-be
+    /// outcomes are written marked `"shadow": true` and counted per rule.
+    /// Promote it by removing the line (the file hot-reloads).
+    #[serde(default)]
+    pub shadow: bool,
     /// Source topics the rule listens to.
     pub sources: Spanned<Vec<String>>,
     /// Exact field values an event must have (`status: declined`); used by the
