@@ -60,7 +60,11 @@ impl RecentSends {
     ) -> Result<usize, rdkafka::error::KafkaError> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::{Message, Offset, TopicPartitionList};
-        let consumer: BaseConsumer = client.clone().set("enable.auto.commit", "false").create()?;
+        let consumer: BaseConsumer = client
+            .clone()
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()?;
         let timeout = Duration::from_secs(10);
         let md = consumer.fetch_metadata(Some(topic), timeout)?;
         let mut tpl = TopicPartitionList::new();
