@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 #! Installs what building herald needs beyond the Rust toolchain: a C compiler,
 #! pkg-config, OpenSSL and zlib headers (librdkafka is built from source by rdkafka-sys),
-#! and Python (to unpack the broker wheel). Does nothing when all are present.
+#! Python (to unpack the broker wheel), and Chromium (the live rules page is
+#! tested in headless Chromium). Does nothing when all are present.
 set -euo pipefail
 missing=()
 command -v cc >/dev/null || missing+=(gcc)
 command -v make >/dev/null || missing+=(make)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
+command -v chromium >/dev/null || missing+=(chromium)
 if command -v dpkg-query >/dev/null; then
   for pkg in libssl-dev zlib1g-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

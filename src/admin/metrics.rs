@@ -44,6 +44,8 @@ pub struct Metrics {
     pub pattern_keys: IntGauge,
     /// Approximate bytes of pattern state.
     pub pattern_state_bytes: IntGauge,
+    /// Per-rule activity over the last minute and hour (the live rules page).
+    pub activity: super::activity::Activity,
     /// Provider retries per channel.
     pub retries: IntCounterVec,
     /// Provider request latency per channel, seconds.
@@ -219,6 +221,7 @@ impl Metrics {
                 "herald_partitions_assigned",
                 "Source partitions owned by this instance",
             ),
+            activity: super::activity::Activity::default(),
             registry,
         }
     }

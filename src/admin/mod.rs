@@ -12,6 +12,7 @@ use axum::Router;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+pub mod activity;
 mod metrics;
 pub use metrics::Metrics;
 
@@ -46,6 +47,8 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/", get(page))
+        .route("/rules/live", get(live))
         .route("/rules", get(rules))
         .route("/rules/evaluate", post(evaluate))
         .with_state(state);
@@ -99,11 +102,7 @@ async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
                 "description": r.description,
                 "file": r.file,
                 "version": r.version,
-                "status": match (r.enabled, r.shadow) {
-                    (false, _) => "disabled",
-                    (true, true) => "shadow",
-                    (true, false) => "active",
-                },
+                "status": status_of(r),
                 "sources": r.sources,
                 "channels": r.channels,
                 "fallback": r.fallback,
@@ -159,5 +158,58 @@ async fn evaluate(
     match crate::analyst::evaluate::evaluate(&state.config, state.rules.dir(), &request).await {
         Ok(answer) => Json(answer).into_response(),
         Err(error) => (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response(),
+    }
+}
+
+/// `GET /`: the live rules page (one HTML file, no build step).
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("page.html"),
+    )
+        .into_response()
+}
+
+/// `GET /rules/live`: each rule with its status and its activity over the
+/// last minute and hour; the last reload error in full.
+async fn live(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let loaded = state.rules.current();
+    let status = state.rules.status();
+    let now = crate::util::now_ms();
+    let rules: Vec<_> = loaded
+        .set
+        .rules
+        .iter()
+        .map(|r| {
+            let activity = state.metrics.activity.summary(&r.id, now);
+            json!({
+                "id": r.id,
+                "file": r.file,
+                "status": status_of(r),
+                "pattern": r.pattern.as_ref().map(|p| p.kind_name()),
+                "minute": activity["minute"],
+                "hour": activity["hour"],
+            })
+        })
+        .collect();
+    Json(json!({
+        "generated_ms": now,
+        "dir": state.rules.dir().display().to_string(),
+        "generation": loaded.generation,
+        "rules": rules,
+        "last_reload_error": status
+            .last_error
+            .as_ref()
+            .map(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        "last_reload_error_ms": status.last_error_ms,
+    }))
+}
+
+/// A rule's status as the pages show it.
+fn status_of(rule: &crate::rules::Rule) -> &'static str {
+    match (rule.enabled, rule.shadow) {
+        (false, _) => "disabled",
+        (true, true) => "shadow",
+        (true, false) => "active",
     }
 }

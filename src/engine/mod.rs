@@ -11,6 +11,7 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tracing::trace;
 
+use crate::admin::activity::Happened;
 use crate::admin::Metrics;
 use crate::config::{Config, FeedbackConfig, SourceConfig, TopicsConfig};
 use crate::deliver::Channel;
@@ -221,7 +222,7 @@ impl Pipeline {
                 }
                 let Some(pattern) = &rule.pattern else {
                     if verdict == Verdict::Match {
-                        loaded.matches[i].inc();
+                        self.count_match(&loaded, i);
                         matched.push(i);
                     }
                     continue;
@@ -238,7 +239,7 @@ impl Pipeline {
                 ) {
                     Ok(done) => {
                         for f in done {
-                            loaded.matches[i].inc();
+                            self.count_match(&loaded, i);
                             fired.push((i, f));
                         }
                     }
@@ -296,6 +297,25 @@ impl Pipeline {
     /// Counts a decision and hands its records to the producer.
     fn record(&self, mut decided: Decided, writes: &mut Vec<Pending>) {
         decided.counters[decided.outcome.status.index()].inc();
+        let o = &decided.outcome;
+        let happened = match o.status {
+            crate::outcome::Status::Sent => Happened::Sent {
+                latency_ms: o.timings.request_sent_ms.max(o.timings.matched_ms)
+                    - o.timings.event_ms,
+            },
+            crate::outcome::Status::Suppressed => Happened::Suppressed {
+                code: o
+                    .reason
+                    .as_deref()
+                    .and_then(|r| r.split(':').next())
+                    .unwrap_or(""),
+            },
+            crate::outcome::Status::Failed => Happened::Failed,
+            crate::outcome::Status::Held => Happened::Held,
+        };
+        self.metrics
+            .activity
+            .decided(&o.rule, happened, self.clock.now_ms());
         writes.append(&mut decided.writes);
         if let Some(record) = &decided.dead_letter {
             writes.push(self.recorder.dead_letter(record));
@@ -311,6 +331,14 @@ impl Pipeline {
                 text,
             }));
         }
+    }
+
+    /// Counts a match (or a pattern firing) of rule `i`.
+    fn count_match(&self, loaded: &crate::rules::Loaded, i: usize) {
+        loaded.matches[i].inc();
+        self.metrics
+            .activity
+            .matched(&loaded.set.rules[i].id, self.clock.now_ms());
     }
 
     /// Dead-letters a message that cannot be used, with its reason.

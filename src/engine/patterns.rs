@@ -132,7 +132,7 @@ impl Pipeline {
             .into_iter()
             .filter_map(|(id, fired)| {
                 let i = loaded.set.position(&id)?;
-                loaded.matches[i].inc();
+                self.count_match(&loaded, i);
                 Some(self.fired_job(&loaded, i, fired))
             })
             .collect();
