@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod cli_replay;
 
 /// herald — Kafka events in, rules from files, push and SMS out.
 #[derive(Parser)]
@@ -31,6 +32,9 @@ enum Command {
     Loadtest(cli::LoadtestArgs),
     /// Publish realistic transactions, sensor readings and location pings.
     Simulate(cli::SimulateArgs),
+    /// Replay recorded events (a JSON-lines file or a time range of a source
+    /// topic) through the rules, sending nothing: a report per rule.
+    Replay(cli_replay::ReplayArgs),
     /// Work with rule files.
     Rules {
         #[command(subcommand)]
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo(&args),
         Command::Loadtest(args) => cli::loadtest(&args),
         Command::Standin(args) => cli::standin(&args),
+        Command::Replay(args) => cli_replay::replay(&args),
         Command::Rules {
             command: RulesCommand::Check { dir, config },
         } => cli::check(&dir, config.as_deref()),

@@ -115,3 +115,77 @@ rules:
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reads_a_time_range_of_a_topic_and_refuses_one_that_is_empty() {
+    let topics = Topics::create(2).await;
+    let provider = Provider::start().await;
+    let rules = sample_rules(&topics);
+    let p = producer();
+    publish(&p, &topics.profiles, "u-1", &profile("u-1", true, true)).await;
+    for amount in [5.0, 1500.0] {
+        publish(
+            &p,
+            &topics.transactions,
+            "card-1",
+            &swipe("u-1", amount, "approved", "US"),
+        )
+        .await;
+    }
+    let text = config_text(&topics, rules.path(), &provider.base_url(), "");
+    let (config_path, _) = load_config(rules.path(), &text);
+    let replay = |since: &str, topic: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "replay",
+                "--from-topic",
+                topic,
+                "--since",
+                since,
+                "--config",
+            ])
+            .arg(&config_path)
+            .arg("--rules")
+            .arg(rules.path())
+            .output()
+            .unwrap()
+    };
+    let hour_ago = jiff::Timestamp::now()
+        .checked_sub(jiff::Span::new().hours(1))
+        .unwrap()
+        .to_string();
+    let out = replay(&hour_ago, &topics.transactions);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("2 events replayed"), "{stdout}");
+    assert!(
+        stdout.contains("purchase-notice\n  matches           2\n  would send        2 to 1 users"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "large-or-foreign-purchase\n  matches           1\n  would send        1 to 1 users"
+        ),
+        "{stdout}"
+    );
+    assert!(provider.received().is_empty(), "a replay sends nothing");
+
+    let later = jiff::Timestamp::now()
+        .checked_add(jiff::Span::new().hours(1))
+        .unwrap()
+        .to_string();
+    let out = replay(&later, &topics.transactions);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no events in"));
+    let out = replay(&hour_ago, "no-such-topic");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`no-such-topic` does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,13 +1,10 @@
 //! `herald rules diff`: over a window of the outcomes topic, who a new
 //! (shadow) rule would reach that the old one does not, and the reverse.
 
+use rdkafka::ClientConfig;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
-
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use serde_json::Value;
 
 /// Messages per user of one rule (sent, or would be sent for a shadow rule).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -87,61 +84,16 @@ pub fn report(old_rule: &str, old: &Reach, new_rule: &str, new: &Reach) -> Strin
     out
 }
 
-/// Every outcome written to `topic` since `since_ms`, read with a fresh
-/// consumer that commits nothing, up to the end of each partition.
+/// Every outcome written to `topic` since `since_ms`.
 pub fn read_outcomes(
     client: &ClientConfig,
     topic: &str,
     since_ms: i64,
 ) -> Result<Vec<Value>, String> {
-    let consumer: BaseConsumer = client
-        .clone()
-        .set("group.id", format!("herald-diff-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let timeout = Duration::from_secs(10);
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| e.to_string())?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(format!("topic `{topic}` not found"));
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(since_ms))
-            .map_err(|e| e.to_string())?;
-    }
-    // Partitions with nothing since then come back as the end offset.
-    let start = consumer
-        .offsets_for_times(tpl, timeout)
-        .map_err(|e| e.to_string())?;
-    consumer.assign(&start).map_err(|e| e.to_string())?;
-    let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while !open.is_empty() && std::time::Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                if let Some(v) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-                    out.push(v);
-                }
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                open.remove(&p);
-            }
-            Some(Err(e)) => return Err(e.to_string()),
-            None => {}
-        }
-    }
-    Ok(out)
+    Ok(super::read_since(client, topic, since_ms, i64::MAX)?
+        .into_iter()
+        .filter_map(|r| serde_json::from_slice(&r.payload).ok())
+        .collect())
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::util::ManualClock;
 
 pub mod diff;
 pub mod evaluate;
+pub mod replay;
 pub mod ruletest;
 
 /// A provider that sends nothing: it answers every request as delivered.
@@ -215,4 +216,91 @@ impl Offline {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+}
+
+/// One record read back from a topic.
+pub struct Read {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub timestamp_ms: i64,
+}
+
+/// The records of every partition of `topic` with a timestamp in
+/// `[since_ms, until_ms)`, read with a fresh consumer that commits nothing, up
+/// to the end of each partition (found by reaching it: some brokers
+/// under-report the high watermark after batched writes).
+pub fn read_since(
+    client: &rdkafka::ClientConfig,
+    topic: &str,
+    since_ms: i64,
+    until_ms: i64,
+) -> Result<Vec<Read>, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message as _, Offset, TopicPartitionList};
+    use std::time::Duration;
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("group.id", format!("herald-read-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let timeout = Duration::from_secs(10);
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| e.to_string())?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(format!("topic `{topic}` does not exist"));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(since_ms))
+            .map_err(|e| e.to_string())?;
+    }
+    // Partitions with nothing since then come back at their end.
+    let start = consumer
+        .offsets_for_times(tpl, timeout)
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&start).map_err(|e| e.to_string())?;
+    let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while !open.is_empty() && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let ts = m.timestamp().to_millis().unwrap_or(0);
+                // Not every broker finds the offset by time exactly: check.
+                if ts < since_ms {
+                    continue;
+                }
+                if ts >= until_ms {
+                    open.remove(&m.partition());
+                    continue;
+                }
+                if let Some(p) = m.payload() {
+                    out.push(Read {
+                        key: m
+                            .key()
+                            .and_then(|k| std::str::from_utf8(k).ok())
+                            .map(str::to_string),
+                        payload: p.to_vec(),
+                        timestamp_ms: ts,
+                    });
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => {}
+        }
+    }
+    out.sort_by_key(|r| r.timestamp_ms);
+    Ok(out)
 }

@@ -1,0 +1,253 @@
+//! `herald replay`: a rule set over recorded events — a JSON-lines file or a
+//! time range of a source topic — on a virtual clock, sending nothing; a
+//! report per rule (matches, would-be sends, suppressions by reason, users
+//! reached, the busiest users, messages per user per day, estimated cost) and
+//! the would-be outcomes as JSON lines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{BufRead, Write};
+
+use serde_json::Value;
+
+use super::Offline;
+use crate::config::Config;
+use crate::ingest::decode::{lookup, parse_time};
+
+/// One event to replay.
+pub struct Recorded {
+    pub topic: String,
+    pub key: Option<String>,
+    pub event: Value,
+}
+
+/// Reads a JSON-lines file: each line `{"topic", "key", "event"}`, or a bare
+/// event of `default_topic`. Malformed lines are reported with their number
+/// (and the rest goes on).
+pub fn read_lines(
+    reader: impl BufRead,
+    default_topic: Option<&str>,
+    mut bad: impl FnMut(usize, String),
+) -> Vec<Recorded> {
+    let mut out = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line_no = n + 1;
+        let Ok(line) = line else {
+            bad(line_no, "not text".into());
+            continue;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                bad(line_no, format!("not JSON ({e})"));
+                continue;
+            }
+        };
+        let enveloped = value.get("event").is_some() && value.get("topic").is_some();
+        if enveloped {
+            out.push(Recorded {
+                topic: value["topic"].as_str().unwrap_or_default().to_string(),
+                key: value["key"].as_str().map(str::to_string),
+                event: value["event"].clone(),
+            });
+        } else if let Some(topic) = default_topic {
+            out.push(Recorded {
+                topic: topic.to_string(),
+                key: None,
+                event: value,
+            });
+        } else {
+            bad(
+                line_no,
+                "not {\"topic\", \"key\", \"event\"}; give --topic for bare events".into(),
+            );
+        }
+    }
+    out
+}
+
+/// Totals of one rule.
+#[derive(Default)]
+struct RuleTotals {
+    matches: u64,
+    sent: u64,
+    suppressed: BTreeMap<String, u64>,
+    failed: u64,
+    held: u64,
+    /// Messages per user, and per (user, day).
+    per_user: HashMap<String, u64>,
+    per_user_day: HashMap<(String, i64), u64>,
+    per_channel: BTreeMap<String, u64>,
+}
+
+/// The result of a replay.
+pub struct Report {
+    pub events: usize,
+    pub text: String,
+    /// Per rule: (would-be sends, suppressions by reason).
+    pub totals: BTreeMap<String, (u64, BTreeMap<String, u64>)>,
+}
+
+/// Replays `events` (in order, each at its own event time) with the rules of
+/// `rules_dir`; writes each would-be outcome to `out` as a JSON line;
+/// `progress` is called with the number done. `prices` are per channel.
+pub async fn replay(
+    config: &Config,
+    rules_dir: &std::path::Path,
+    profiles: &[(String, Value)],
+    events: &[Recorded],
+    prices: &BTreeMap<String, f64>,
+    mut out: Option<&mut dyn Write>,
+    mut progress: impl FnMut(usize),
+) -> Result<Report, String> {
+    let offline = Offline::new(config, rules_dir).map_err(|e| e.to_string())?;
+    for (user, p) in profiles {
+        offline.profile(user, p);
+    }
+    let mut totals: BTreeMap<String, RuleTotals> = BTreeMap::new();
+    let mut last_ms = 0;
+    for (i, r) in events.iter().enumerate() {
+        let mapping = config.sources.get(&r.topic);
+        let at_ms = mapping
+            .and_then(|m| m.time_field.as_deref())
+            .and_then(|f| r.event.as_object().and_then(|o| lookup(o, f)))
+            .and_then(parse_time)
+            .unwrap_or(last_ms)
+            .max(last_ms);
+        last_ms = at_ms;
+        let payload = serde_json::to_vec(&r.event).unwrap_or_default();
+        offline
+            .event(&r.topic, r.key.as_deref(), &payload, at_ms)
+            .await;
+        for seen in offline.take() {
+            tally(&mut totals, &seen.outcome, &mut out)?;
+        }
+        if i % 1000 == 0 {
+            progress(i);
+        }
+    }
+    // Let timers and held messages finish: a day past the last event.
+    offline.advance(last_ms + 86_400_000).await;
+    for seen in offline.take() {
+        tally(&mut totals, &seen.outcome, &mut out)?;
+    }
+    progress(events.len());
+    let loaded = offline.pipeline.rules.current();
+    for (i, rule) in loaded.set.rules.iter().enumerate() {
+        totals.entry(rule.id.clone()).or_default().matches = loaded.matches[i].get();
+    }
+    Ok(render(events.len(), &totals, prices))
+}
+
+fn tally(
+    totals: &mut BTreeMap<String, RuleTotals>,
+    o: &Value,
+    out: &mut Option<&mut dyn Write>,
+) -> Result<(), String> {
+    if let Some(w) = out.as_mut() {
+        writeln!(w, "{o}").map_err(|e| e.to_string())?;
+    }
+    let t = totals
+        .entry(o["rule"].as_str().unwrap_or("").to_string())
+        .or_default();
+    let user = o["user"].as_str().unwrap_or("").to_string();
+    match o["status"].as_str() {
+        Some("sent") => {
+            t.sent += 1;
+            *t.per_user.entry(user.clone()).or_default() += 1;
+            let day = o["timings"]["event_ms"]
+                .as_i64()
+                .unwrap_or(0)
+                .div_euclid(86_400_000);
+            *t.per_user_day.entry((user, day)).or_default() += 1;
+            *t.per_channel
+                .entry(o["channel"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+        Some("suppressed") => {
+            let reason = o["reason"]
+                .as_str()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            *t.suppressed.entry(reason).or_default() += 1;
+        }
+        Some("held") => t.held += 1,
+        _ => t.failed += 1,
+    }
+    Ok(())
+}
+
+fn render(
+    events: usize,
+    totals: &BTreeMap<String, RuleTotals>,
+    prices: &BTreeMap<String, f64>,
+) -> Report {
+    let mut text = String::new();
+    let _ = writeln!(text, "{events} events replayed\n");
+    let mut summary = BTreeMap::new();
+    for (rule, t) in totals {
+        let _ = writeln!(text, "{rule}");
+        let _ = writeln!(text, "  matches           {}", t.matches);
+        let _ = writeln!(
+            text,
+            "  would send        {} to {} users",
+            t.sent,
+            t.per_user.len()
+        );
+        if t.held > 0 {
+            let _ = writeln!(text, "  held (quiet hours, awaiting delivery) {}", t.held);
+        }
+        for (reason, n) in &t.suppressed {
+            let _ = writeln!(text, "  suppressed        {n} {reason}");
+        }
+        if t.failed > 0 {
+            let _ = writeln!(text, "  failed            {}", t.failed);
+        }
+        let mut busiest: Vec<(&String, &u64)> = t.per_user.iter().collect();
+        busiest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        if !busiest.is_empty() {
+            let top: Vec<String> = busiest
+                .iter()
+                .take(5)
+                .map(|(u, n)| format!("{u} ({n})"))
+                .collect();
+            let _ = writeln!(text, "  busiest users     {}", top.join(", "));
+            let mut spread = [0u64; 5];
+            for n in t.per_user_day.values() {
+                let slot = match n {
+                    1 => 0,
+                    2 => 1,
+                    3 => 2,
+                    4..=5 => 3,
+                    _ => 4,
+                };
+                spread[slot] += 1;
+            }
+            let _ = writeln!(
+                text,
+                "  per user per day  1: {}  2: {}  3: {}  4-5: {}  6+: {}",
+                spread[0], spread[1], spread[2], spread[3], spread[4]
+            );
+        }
+        let cost: f64 = t
+            .per_channel
+            .iter()
+            .filter_map(|(c, n)| prices.get(c).map(|p| p * *n as f64))
+            .sum();
+        if !prices.is_empty() && t.sent > 0 {
+            let _ = writeln!(text, "  estimated cost    {cost:.2}");
+        }
+        summary.insert(rule.clone(), (t.sent, t.suppressed.clone()));
+    }
+    Report {
+        events,
+        text,
+        totals: summary,
+    }
+}

@@ -1,0 +1,195 @@
+//! `herald replay`: the command-line side (reading input, progress, report).
+
+use std::collections::BTreeMap;
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use herald::analyst::replay::{read_lines, replay as run_replay, Recorded};
+use herald::config::Config;
+
+/// `herald replay`.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// A JSON-lines file: `{"topic", "key", "event"}` per line, or bare events with --topic.
+    #[arg(long, conflicts_with = "from_topic")]
+    input: Option<PathBuf>,
+    /// The source topic of bare events in --input.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Read a time range of this source topic instead (a fresh consumer that commits nothing).
+    #[arg(long)]
+    from_topic: Option<String>,
+    /// Start of the range (RFC 3339), with --from-topic.
+    #[arg(long)]
+    since: Option<String>,
+    /// End of the range (RFC 3339, exclusive); default: the end of the topic.
+    #[arg(long)]
+    until: Option<String>,
+    /// Profiles as JSON lines (each with `user_id`); default with --from-topic:
+    /// the profiles topic of the config.
+    #[arg(long)]
+    profiles: Option<PathBuf>,
+    /// The rules directory.
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
+    /// Channels, sources, policy and brokers come from this config file.
+    #[arg(long, short, default_value = "config/herald.toml")]
+    config: PathBuf,
+    /// Write the would-be outcomes here, one JSON line each.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Price per message by channel for the cost estimate, e.g. `sms=0.0079,push=0`.
+    #[arg(long)]
+    price: Option<String>,
+}
+
+fn time(text: &str) -> Result<i64, String> {
+    text.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| format!("`{text}` is not an RFC 3339 time"))
+}
+
+/// Runs a replay; exit 2 when it cannot be trusted (no input, a missing topic, an empty range).
+pub fn replay(args: &ReplayArgs) -> ExitCode {
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &ReplayArgs) -> Result<(), String> {
+    let config = Config::read(&args.config).map_err(|e| e.to_string())?;
+    let client = herald::kafka::profile_reader_config(&config.kafka);
+    let mut malformed = 0;
+    let events: Vec<Recorded> = match (&args.input, &args.from_topic) {
+        (Some(path), _) => {
+            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            read_lines(BufReader::new(file), args.topic.as_deref(), |line, why| {
+                malformed += 1;
+                eprintln!("{}:{line}: {why}; skipped", path.display());
+            })
+        }
+        (None, Some(topic)) => {
+            let since = time(args.since.as_deref().ok_or("--from-topic needs --since")?)?;
+            let until = args
+                .until
+                .as_deref()
+                .map(time)
+                .transpose()?
+                .unwrap_or(i64::MAX);
+            let records = herald::analyst::read_since(&client, topic, since, until)?;
+            if records.is_empty() {
+                return Err(format!("no events in `{topic}` in that range"));
+            }
+            let mut out = Vec::new();
+            for (n, r) in records.into_iter().enumerate() {
+                match serde_json::from_slice(&r.payload) {
+                    Ok(event) => out.push(Recorded {
+                        topic: topic.clone(),
+                        key: r.key,
+                        event,
+                    }),
+                    Err(e) => {
+                        malformed += 1;
+                        eprintln!("{topic} record {n}: not JSON ({e}); skipped");
+                    }
+                }
+            }
+            out
+        }
+        (None, None) => return Err("give --input FILE or --from-topic TOPIC --since TIME".into()),
+    };
+    let profiles: Vec<(String, serde_json::Value)> = match (&args.profiles, &args.from_topic) {
+        (Some(path), _) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|p| Some((p["user_id"].as_str()?.to_string(), p)))
+                .collect()
+        }
+        (None, Some(_)) => {
+            herald::analyst::read_since(&client, &config.topics.profiles, 0, i64::MAX)?
+                .into_iter()
+                .filter_map(|r| Some((r.key?, serde_json::from_slice(&r.payload).ok()?)))
+                .collect()
+        }
+        (None, None) => {
+            eprintln!("warning: no --profiles: every message will be suppressed as no_profile");
+            Vec::new()
+        }
+    };
+    let prices: BTreeMap<String, f64> = args
+        .price
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (c, v) = p
+                .split_once('=')
+                .ok_or(format!("price `{p}` must look like sms=0.0079"))?;
+            let v: f64 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("price `{p}`: not a number"))?;
+            Ok((c.trim().to_string(), v))
+        })
+        .collect::<Result<_, String>>()?;
+    let mut out_file = args
+        .out
+        .as_ref()
+        .map(|p| {
+            std::fs::File::create(p)
+                .map(std::io::BufWriter::new)
+                .map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .transpose()?;
+    let total = events.len();
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut shown = std::time::Instant::now();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let report = runtime.block_on(run_replay(
+        &config,
+        &args.rules,
+        &profiles,
+        &events,
+        &prices,
+        out_file.as_mut().map(|w| w as &mut dyn Write),
+        |done| {
+            if shown.elapsed().as_millis() >= 500 || done == total {
+                shown = std::time::Instant::now();
+                let pct = if total == 0 { 100 } else { done * 100 / total };
+                let bar = "#".repeat(pct / 5);
+                let end = if tty { "\r" } else { "\n" };
+                eprint!("replay [{bar:<20}] {pct:>3}% {done}/{total} events{end}");
+            }
+        },
+    ))?;
+    if tty {
+        eprintln!();
+    }
+    if let Some(mut w) = out_file {
+        w.flush().map_err(|e| e.to_string())?;
+    }
+    print!("{}", report.text);
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    println!(
+        "{} events in {:.1} s ({:.0} events/s){}",
+        report.events,
+        secs,
+        report.events as f64 / secs,
+        if malformed > 0 {
+            format!("; {malformed} malformed lines skipped")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
