@@ -165,7 +165,7 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
         |done| {
             if shown.elapsed().as_millis() >= 500 || done == total {
                 shown = std::time::Instant::now();
-                let pct = if total == 0 { 100 } else { done * 100 / total };
+                let pct = (done * 100).checked_div(total).unwrap_or(100);
                 let bar = "#".repeat(pct / 5);
                 let end = if tty { "\r" } else { "\n" };
                 eprint!("replay [{bar:<20}] {pct:>3}% {done}/{total} events{end}");
