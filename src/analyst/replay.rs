@@ -139,7 +139,24 @@ pub async fn replay(
     for (i, rule) in loaded.set.rules.iter().enumerate() {
         totals.entry(rule.id.clone()).or_default().matches = loaded.matches[i].get();
     }
-    Ok(render(events.len(), &totals, prices))
+    let mut report = render(events.len(), &totals, prices);
+    // Events that could not be used (or had no key for a pattern), by reason and rule.
+    let mut dead: BTreeMap<String, u64> = BTreeMap::new();
+    for d in offline.dead_letters() {
+        let reason = d["reason"].as_str().unwrap_or("").to_string();
+        let label = match d["rule"].as_str() {
+            Some(rule) => format!("{reason} ({rule})"),
+            None => reason,
+        };
+        *dead.entry(label).or_default() += 1;
+    }
+    if !dead.is_empty() {
+        let _ = writeln!(report.text, "dead letters");
+        for (label, n) in &dead {
+            let _ = writeln!(report.text, "  {n} {label}");
+        }
+    }
+    Ok(report)
 }
 
 fn tally(
