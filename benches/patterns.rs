@@ -114,19 +114,7 @@ rules:
 
 /// 10,000 fences on a 100 × 100 grid of 0.01° cells, each 0.005° square.
 fn fences_file(dir: &Path) {
-    let mut features = Vec::new();
-    for i in 0..10_000 {
-        let (x, y) = ((i % 100) as f64 * 0.01, (i / 100) as f64 * 0.01);
-        features.push(format!(
-            r#"{{"type":"Feature","id":"f{i}","properties":{{}},"geometry":{{"type":"Polygon","coordinates":[[[{x},{y}],[{x1},{y}],[{x1},{y1}],[{x},{y1}],[{x},{y}]]]}}}}"#,
-            x1 = x + 0.005,
-            y1 = y + 0.005
-        ));
-    }
-    let text = format!(
-        r#"{{"type":"FeatureCollection","features":[{}]}}"#,
-        features.join(",")
-    );
+    let text = herald::patterns::geofence::grid_geojson(100);
     std::fs::write(dir.join("grid.geojson"), text).unwrap();
 }
 

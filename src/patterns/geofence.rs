@@ -239,6 +239,24 @@ pub fn haversine_m(a: [f64; 2], b: [f64; 2]) -> f64 {
     2.0 * 6_371_008.8 * h.sqrt().asin()
 }
 
+/// A FeatureCollection of `side × side` square fences (`f0`, `f1`, …), each
+/// 0.005° wide on a 0.01° grid from (0, 0): for benches and tests at scale.
+pub fn grid_geojson(side: usize) -> String {
+    let mut features = Vec::with_capacity(side * side);
+    for i in 0..side * side {
+        let (x, y) = ((i % side) as f64 * 0.01, (i / side) as f64 * 0.01);
+        features.push(format!(
+            r#"{{"type":"Feature","id":"f{i}","properties":{{}},"geometry":{{"type":"Polygon","coordinates":[[[{x},{y}],[{x1},{y}],[{x1},{y1}],[{x},{y1}],[{x},{y}]]]}}}}"#,
+            x1 = x + 0.005,
+            y1 = y + 0.005
+        ));
+    }
+    format!(
+        r#"{{"type":"FeatureCollection","features":[{}]}}"#,
+        features.join(",")
+    )
+}
+
 /// What a ping did to a key's presence in one fence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Crossing {
@@ -400,19 +418,7 @@ mod tests {
 
     #[test]
     fn ten_thousand_fences_find_the_one_a_ping_is_in() {
-        let mut features = Vec::new();
-        for i in 0..10_000 {
-            let (x, y) = ((i % 100) as f64 * 0.01, (i / 100) as f64 * 0.01);
-            features.push(format!(
-                r#"{{"type":"Feature","id":"f{i}","properties":{{}},"geometry":{{"type":"Polygon","coordinates":[[[{x},{y}],[{x1},{y}],[{x1},{y1}],[{x},{y1}],[{x},{y}]]]}}}}"#,
-                x1 = x + 0.005,
-                y1 = y + 0.005
-            ));
-        }
-        let text = format!(
-            r#"{{"type":"FeatureCollection","features":[{}]}}"#,
-            features.join(",")
-        );
+        let text = grid_geojson(100);
         let f = Fences::parse(&text, 25.0).unwrap();
         let mut p = Presence::default();
         let hits = p.ping(&f, &tolerance(), 0.3725, 0.4525, None, 0);
