@@ -30,30 +30,8 @@ fn seqs(provider: &Provider) -> BTreeMap<u64, usize> {
 async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() {
     let mock = MockCluster::new(1).expect("mock cluster");
     let mock_brokers = mock.bootstrap_servers();
-    let topics = Topics {
-        transactions: unique("tx"),
-        sensors: unique("sensors"),
-        locations: unique("locations"),
-        profiles: unique("profiles"),
-        outcomes: unique("outcomes"),
-        dlq: unique("dlq"),
-        feedback: unique("feedback"),
-        consent: unique("consent"),
-        replies: unique("replies"),
-        held: unique("held"),
-    };
-    for (t, parts) in [
-        (&topics.transactions, 2),
-        (&topics.sensors, 1),
-        (&topics.locations, 1),
-        (&topics.profiles, 1),
-        (&topics.outcomes, 1),
-        (&topics.dlq, 1),
-        (&topics.feedback, 1),
-        (&topics.consent, 1),
-        (&topics.replies, 1),
-        (&topics.held, 1),
-    ] {
+    let topics = Topics::fresh();
+    for (t, parts) in topics.specs(2) {
         mock.create_topic(t, parts, 1).expect("topic");
     }
     let producer: FutureProducer = ClientConfig::new()

@@ -68,6 +68,28 @@ impl FeedbackState {
         consent_topic: String,
         lookback_ms: i64,
     ) -> Arc<FeedbackState> {
+        Self::build(client, feedback_topic, consent_topic, lookback_ms, false)
+    }
+
+    /// State with no topics behind it, fed only through [`FeedbackState::apply`]
+    /// (rule tests, replays, evaluation).
+    pub fn offline(lookback_ms: i64) -> Arc<FeedbackState> {
+        Self::build(
+            ClientConfig::new(),
+            String::new(),
+            String::new(),
+            lookback_ms,
+            true,
+        )
+    }
+
+    fn build(
+        client: ClientConfig,
+        feedback_topic: String,
+        consent_topic: String,
+        lookback_ms: i64,
+        offline: bool,
+    ) -> Arc<FeedbackState> {
         Arc::new(FeedbackState {
             engagements: DashMap::new(),
             opt_outs: DashMap::new(),
@@ -75,23 +97,8 @@ impl FeedbackState {
             lookback_ms,
             feedback: Follower::new(feedback_topic, client.clone()),
             consent: Follower::new(consent_topic, client),
-            offline: false,
+            offline,
         })
-    }
-
-    /// State with no topics behind it, fed only through [`FeedbackState::apply`]
-    /// (rule tests, replays, evaluation).
-    pub fn offline(lookback_ms: i64) -> Arc<FeedbackState> {
-        let mut state = FeedbackState::new(
-            ClientConfig::new(),
-            String::new(),
-            String::new(),
-            lookback_ms,
-        );
-        if let Some(s) = Arc::get_mut(&mut state) {
-            s.offline = true;
-        }
-        state
     }
 
     /// True once both topics were read to their end once.

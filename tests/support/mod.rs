@@ -76,9 +76,9 @@ pub struct Topics {
 }
 
 impl Topics {
-    /// Creates a fresh set of topics on the broker.
-    pub async fn create(partitions: i32) -> Topics {
-        let t = Topics {
+    /// Fresh names, not created anywhere yet.
+    pub fn fresh() -> Topics {
+        Topics {
             transactions: unique("transactions"),
             sensors: unique("sensors"),
             locations: unique("locations"),
@@ -89,23 +89,34 @@ impl Topics {
             consent: unique("consent"),
             replies: unique("replies"),
             held: unique("held"),
-        };
+        }
+    }
+
+    /// Every topic with its partition count: the streams and the feedback
+    /// topic get `partitions`, herald's own topics one.
+    pub fn specs(&self, partitions: i32) -> Vec<(&String, i32)> {
+        vec![
+            (&self.transactions, partitions),
+            (&self.sensors, partitions),
+            (&self.locations, partitions),
+            (&self.profiles, 1),
+            (&self.outcomes, 1),
+            (&self.dlq, 1),
+            (&self.feedback, partitions),
+            (&self.consent, 1),
+            (&self.replies, 1),
+            (&self.held, 1),
+        ]
+    }
+
+    /// Creates a fresh set of topics on the broker.
+    pub async fn create(partitions: i32) -> Topics {
+        let t = Topics::fresh();
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers())
             .create()
             .expect("admin client");
-        let specs = [
-            (&t.transactions, partitions),
-            (&t.sensors, partitions),
-            (&t.locations, partitions),
-            (&t.profiles, 1),
-            (&t.outcomes, 1),
-            (&t.dlq, 1),
-            (&t.feedback, partitions),
-            (&t.consent, 1),
-            (&t.replies, 1),
-            (&t.held, 1),
-        ];
+        let specs = t.specs(partitions);
         let new: Vec<NewTopic> = specs
             .iter()
             .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
