@@ -81,7 +81,12 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
                 .map(time)
                 .transpose()?
                 .unwrap_or(i64::MAX);
-            let records = herald::analyst::read_since(&client, topic, since, until)?;
+            let records = herald::analyst::read_back(
+                &client,
+                topic,
+                herald::analyst::ReadFrom::Time(since),
+                until,
+            )?;
             if records.is_empty() {
                 return Err(format!("no events in `{topic}` in that range"));
             }
@@ -113,12 +118,15 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
                 .filter_map(|p| Some((p["user_id"].as_str()?.to_string(), p)))
                 .collect()
         }
-        (None, Some(_)) => {
-            herald::analyst::read_since(&client, &config.topics.profiles, 0, i64::MAX)?
-                .into_iter()
-                .filter_map(|r| Some((r.key?, serde_json::from_slice(&r.payload).ok()?)))
-                .collect()
-        }
+        (None, Some(_)) => herald::analyst::read_back(
+            &client,
+            &config.topics.profiles,
+            herald::analyst::ReadFrom::Time(0),
+            i64::MAX,
+        )?
+        .into_iter()
+        .filter_map(|r| Some((r.key?, serde_json::from_slice(&r.payload).ok()?)))
+        .collect(),
         (None, None) => {
             eprintln!("warning: no --profiles: every message will be suppressed as no_profile");
             Vec::new()

@@ -57,57 +57,21 @@ impl RecentSends {
         client: &rdkafka::ClientConfig,
         topic: &str,
         per_partition: i64,
-    ) -> Result<usize, rdkafka::error::KafkaError> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        use rdkafka::{Message, Offset, TopicPartitionList};
-        let consumer: BaseConsumer = client
-            .clone()
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create()?;
-        let timeout = Duration::from_secs(10);
-        let md = consumer.fetch_metadata(Some(topic), timeout)?;
-        let mut tpl = TopicPartitionList::new();
-        let mut ends = std::collections::HashMap::new();
-        for t in md.topics().iter().filter(|t| t.error().is_none()) {
-            for p in t.partitions() {
-                let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout)?;
-                if high > low {
-                    tpl.add_partition_offset(
-                        topic,
-                        p.id(),
-                        Offset::Offset((high - per_partition).max(low)),
-                    )?;
-                    ends.insert(p.id(), high);
-                }
-            }
+    ) -> Result<usize, String> {
+        #[derive(serde::Deserialize)]
+        struct Seen<'a> {
+            status: &'a str,
+            idempotency_key: &'a str,
         }
-        if ends.is_empty() {
-            return Ok(0);
-        }
-        consumer.assign(&tpl)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let records = crate::ingest::follow::read_back(
+            client,
+            topic,
+            crate::ingest::follow::ReadFrom::Last(per_partition),
+            i64::MAX,
+        )?;
         let mut seeded = 0;
-        // To the end of each partition, found by reaching it (not by the
-        // watermark: some brokers under-report it after batched writes).
-        while !ends.is_empty() && Instant::now() < deadline {
-            let m = match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => m,
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                    ends.remove(&p);
-                    continue;
-                }
-                _ => continue,
-            };
-            #[derive(serde::Deserialize)]
-            struct Seen<'a> {
-                status: &'a str,
-                idempotency_key: &'a str,
-            }
-            if let Some(seen) = m
-                .payload()
-                .and_then(|p| serde_json::from_slice::<Seen<'_>>(p).ok())
-            {
+        for r in &records {
+            if let Ok(seen) = serde_json::from_slice::<Seen<'_>>(&r.payload) {
                 if seen.status == "sent" && !seen.idempotency_key.is_empty() {
                     self.first_time(seen.idempotency_key);
                     seeded += 1;
