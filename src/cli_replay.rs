@@ -44,6 +44,9 @@ pub struct ReplayArgs {
     price: Option<String>,
 }
 
+/// The longest a topic read may take (a large range of a busy topic).
+const READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 fn time(text: &str) -> Result<i64, String> {
     text.parse::<jiff::Timestamp>()
         .map(|t| t.as_millisecond())
@@ -86,6 +89,7 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
                 topic,
                 herald::analyst::ReadFrom::Time(since),
                 until,
+                READ_LIMIT,
             )?;
             if records.is_empty() {
                 return Err(format!("no events in `{topic}` in that range"));
@@ -123,6 +127,7 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
             &config.topics.profiles,
             herald::analyst::ReadFrom::Time(0),
             i64::MAX,
+            READ_LIMIT,
         )?
         .into_iter()
         .filter_map(|r| Some((r.key?, serde_json::from_slice(&r.payload).ok()?)))

@@ -90,12 +90,16 @@ pub fn read_outcomes(
     topic: &str,
     since_ms: i64,
 ) -> Result<Vec<Value>, String> {
-    Ok(
-        super::read_back(client, topic, super::ReadFrom::Time(since_ms), i64::MAX)?
-            .into_iter()
-            .filter_map(|r| serde_json::from_slice(&r.payload).ok())
-            .collect(),
-    )
+    Ok(super::read_back(
+        client,
+        topic,
+        super::ReadFrom::Time(since_ms),
+        i64::MAX,
+        std::time::Duration::from_secs(600),
+    )?
+    .into_iter()
+    .filter_map(|r| serde_json::from_slice(&r.payload).ok())
+    .collect())
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ impl RecentSends {
             topic,
             crate::ingest::follow::ReadFrom::Last(per_partition),
             i64::MAX,
+            Duration::from_secs(30),
         )?;
         let mut seeded = 0;
         for r in &records {

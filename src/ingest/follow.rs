@@ -326,13 +326,14 @@ pub enum ReadFrom {
 /// The records of every partition of `topic` from `from`, with a timestamp
 /// before `until_ms`, read once with a fresh consumer that commits nothing,
 /// up to the end of each partition — found by reaching it, not by the high
-/// watermark, which some brokers under-report after batched writes. Sorted by
-/// timestamp. Blocking.
+/// watermark, which some brokers under-report after batched writes — or until
+/// `limit` has passed. Sorted by timestamp. Blocking.
 pub fn read_back(
     client: &ClientConfig,
     topic: &str,
     from: ReadFrom,
     until_ms: i64,
+    limit: Duration,
 ) -> Result<Vec<Read>, String> {
     use rdkafka::Message as _;
     let consumer: BaseConsumer = client
@@ -382,7 +383,7 @@ pub fn read_back(
     };
     let mut open: HashSet<i32> = partitions.into_iter().collect();
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = Instant::now() + limit;
     while !open.is_empty() && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
