@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::admin::Metrics;
 use crate::config::{Config, ProviderKind};
+use crate::deliver::breaker::Breaker;
 use crate::deliver::{
     retry::RetryPolicy, Address, Channel, Delivered, Message, Provider, SendFuture,
 };
@@ -99,6 +100,12 @@ impl Offline {
                     }),
                     permits: Arc::new(Semaphore::new(c.concurrency.max(1))),
                     policy: RetryPolicy::from_config(c),
+                    // The recording provider never fails: no circuit to open.
+                    breaker: Arc::new(Breaker::new(
+                        0,
+                        std::time::Duration::from_secs(1),
+                        metrics.circuit_open.with_label_values(&[name]),
+                    )),
                 };
                 (name.clone(), ChannelRuntime::new(channel, &metrics))
             })

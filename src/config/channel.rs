@@ -56,15 +56,27 @@ pub struct ChannelConfig {
     /// Time allowed for one request, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Attempts per message, the first included, for 429, 5xx and transport errors.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
+    /// Attempts per message, the first included, for 429, 5xx and transport
+    /// errors. Unset (the default): retried for as long as the message is
+    /// fresh (its rule's or category's `max_age_s`, else `retry_for_ms`).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
     /// First retry delay in milliseconds; doubled per attempt, with jitter.
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
-    /// Longest delay between attempts (also caps `Retry-After`), in milliseconds.
+    /// Longest delay between attempts of herald's choosing, in milliseconds;
+    /// also how often an open circuit sends a probe. A provider's
+    /// `Retry-After` may ask for longer and is honoured.
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// How long a message is retried when its rule and category set no
+    /// `max_age_s`, in milliseconds; then it fails `stale_after_outage`.
+    #[serde(default = "default_retry_for_ms")]
+    pub retry_for_ms: u64,
+    /// Retryable failures in a row that open the channel's circuit: sends
+    /// then wait and one probe goes out every `max_backoff_ms`; 0 never opens it.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
 }
 
 fn default_concurrency() -> usize {
@@ -73,8 +85,11 @@ fn default_concurrency() -> usize {
 fn default_timeout_ms() -> u64 {
     5_000
 }
-fn default_max_attempts() -> u32 {
-    4
+fn default_retry_for_ms() -> u64 {
+    600_000
+}
+fn default_breaker_failures() -> u32 {
+    5
 }
 fn default_backoff_ms() -> u64 {
     100
@@ -98,9 +113,11 @@ impl ChannelConfig {
             secret_env: None,
             concurrency: default_concurrency(),
             timeout_ms: default_timeout_ms(),
-            max_attempts: default_max_attempts(),
+            max_attempts: None,
             backoff_ms: default_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
+            retry_for_ms: default_retry_for_ms(),
+            breaker_failures: default_breaker_failures(),
         }
     }
 
@@ -174,7 +191,7 @@ impl ChannelConfig {
                 ));
             }
         }
-        if self.concurrency == 0 || self.max_attempts == 0 {
+        if self.concurrency == 0 || self.max_attempts == Some(0) {
             problems.push(format!(
                 "channels.{name}: concurrency and max_attempts must be at least 1"
             ));

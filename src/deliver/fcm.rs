@@ -5,7 +5,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-use super::{classify, transport, Address, Delivered, Message, Provider, SendError, SendFuture};
+use super::{
+    classify, retry_after, transport, Address, Delivered, Message, Provider, SendError, SendFuture,
+};
 use crate::config::ProviderKind;
 use crate::rules::model::Priority;
 
@@ -113,8 +115,18 @@ impl Provider for Fcm {
                         .map(str::to_string),
                 });
             }
-            if fcm_error_code(&body) == Some("UNREGISTERED") {
+            let code = fcm_error_code(&body);
+            if code == Some("UNREGISTERED") {
                 return Err(SendError::Unregistered);
+            }
+            if code == Some("QUOTA_EXCEEDED") {
+                // FCM asks for at least 60 s before retrying an exceeded quota.
+                let asked = retry_after(&headers).unwrap_or_default();
+                return Err(SendError::Retryable {
+                    status: Some(status.as_u16()),
+                    retry_after: Some(asked.max(QUOTA_BACKOFF)),
+                    detail: format!("fcm {}: QUOTA_EXCEEDED", status.as_u16()),
+                });
             }
             let detail = body
                 .pointer("/error/status")
@@ -129,6 +141,9 @@ impl Provider for Fcm {
         })
     }
 }
+
+/// FCM's documented minimum wait after `QUOTA_EXCEEDED`.
+const QUOTA_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The `errorCode` of an FCM v1 error (`UNREGISTERED`, `QUOTA_EXCEEDED`, …).
 fn fcm_error_code(body: &Value) -> Option<&str> {

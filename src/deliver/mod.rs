@@ -14,6 +14,7 @@ use crate::config::{ChannelConfig, ProviderKind};
 use crate::profile::{Profile, ProfileTable};
 use crate::rules::model::Priority;
 
+pub mod breaker;
 mod console;
 mod fcm;
 pub mod retry;
@@ -91,6 +92,14 @@ pub enum SendError {
     /// The push token is no longer registered (FCM `UNREGISTERED`).
     #[error("push token unregistered")]
     Unregistered,
+    /// Still failing when the message stopped being fresh (its `max_age_s`,
+    /// or the channel's `retry_for_ms`): the provider was down or refusing.
+    #[error("not sent while fresh; last failure: {last}")]
+    Stale {
+        /// The last failure's reason code, or `circuit_open` when the
+        /// message never got a request out.
+        last: String,
+    },
 }
 
 impl SendError {
@@ -103,6 +112,14 @@ impl SendError {
             SendError::Retryable { status: None, .. } => "provider_unreachable".into(),
             SendError::Rejected { status, .. } => format!("provider_rejected:{status}"),
             SendError::Unregistered => "token_unregistered".into(),
+            SendError::Stale { last } => format!("stale_after_outage:{last}"),
+        }
+    }
+
+    /// The failure of a message whose freshness ran out, after `last`.
+    pub fn stale(last: Option<SendError>) -> SendError {
+        SendError::Stale {
+            last: last.map_or_else(|| "circuit_open".to_string(), |e| e.reason()),
         }
     }
 }
@@ -118,12 +135,14 @@ pub trait Provider: Send + Sync {
     fn send<'a>(&'a self, message: &'a Message, to: &'a Address) -> SendFuture<'a>;
 }
 
-/// A configured channel: its name, provider, concurrency bound and retry policy.
+/// A configured channel: its name, provider, concurrency bound, retry policy
+/// and circuit breaker.
 pub struct Channel {
     pub name: String,
     pub provider: Arc<dyn Provider>,
     pub permits: Arc<Semaphore>,
     pub policy: retry::RetryPolicy,
+    pub breaker: Arc<breaker::Breaker>,
 }
 
 /// Why a user cannot be reached on a channel.
@@ -136,11 +155,13 @@ pub enum NoAddress {
 }
 
 impl Channel {
-    /// Builds a channel from its config, reading credentials from the environment.
+    /// Builds a channel from its config, reading credentials from the
+    /// environment; `circuit` is its breaker's gauge (1 while open).
     pub fn from_config(
         name: &str,
         config: &ChannelConfig,
         http: reqwest::Client,
+        circuit: prometheus::IntGauge,
     ) -> Result<Channel, String> {
         let secret = |var: &Option<String>| -> Result<SecretString, String> {
             let var = var
@@ -194,6 +215,11 @@ impl Channel {
             provider,
             permits: Arc::new(Semaphore::new(config.concurrency)),
             policy: retry::RetryPolicy::from_config(config),
+            breaker: Arc::new(breaker::Breaker::new(
+                config.breaker_failures,
+                Duration::from_millis(config.max_backoff_ms),
+                circuit,
+            )),
         })
     }
 

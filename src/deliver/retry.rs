@@ -1,10 +1,11 @@
-//! Retries with exponential backoff and jitter that honour `Retry-After`, a bounded number of times.
+//! Retries with exponential backoff and jitter that honour `Retry-After`, for as long as the message is fresh.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use rand::Rng;
 
+use super::breaker::Admission;
 use super::{Address, Channel, Delivered, Message, SendError};
 use crate::config::ChannelConfig;
 use crate::util::now_ms;
@@ -12,13 +13,15 @@ use crate::util::now_ms;
 /// How a channel retries.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub max_attempts: u32,
+    /// Attempts in all, the first included; `None`: as many as freshness allows.
+    pub max_attempts: Option<u32>,
     /// Delay before the first retry; doubled each time.
     pub base: Duration,
-    /// Longest delay, also the cap on a provider's `Retry-After`, so one
-    /// message can never hold its key's lane for long.
+    /// Longest delay between attempts of our own choosing. A provider's
+    /// `Retry-After` may ask for longer; only the message's deadline caps that.
     pub max: Duration,
+    /// How long a message whose rule and category set no `max_age_s` is retried.
+    pub retry_for: Duration,
 }
 
 impl RetryPolicy {
@@ -28,12 +31,13 @@ impl RetryPolicy {
             max_attempts: config.max_attempts,
             base: Duration::from_millis(config.backoff_ms),
             max: Duration::from_millis(config.max_backoff_ms),
+            retry_for: Duration::from_millis(config.retry_for_ms),
         }
     }
 
     /// Delay before attempt `attempt + 1` (attempt counts from 1): full jitter over
-    /// the upper half of the exponential step, or the provider's `Retry-After`
-    /// when it asks for longer; never above `max`.
+    /// the upper half of the exponential step (never above `max`), or the
+    /// provider's `Retry-After` when it asks for longer.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let step = self
             .base
@@ -46,7 +50,7 @@ impl RetryPolicy {
             half + rand::rng().random_range(Duration::ZERO..=half)
         };
         match retry_after {
-            Some(asked) if asked > jittered => asked.min(self.max),
+            Some(asked) if asked > jittered => asked,
             _ => jittered,
         }
     }
@@ -58,7 +62,7 @@ pub struct Attempted {
     pub result: Result<Delivered, SendError>,
     /// Requests made.
     pub attempts: u32,
-    /// When the first request was sent, epoch ms.
+    /// When the first request was sent, epoch ms (0 if none was).
     pub request_sent_ms: i64,
     /// When the last answer (or failure) came, epoch ms.
     pub answered_ms: i64,
@@ -66,16 +70,39 @@ pub struct Attempted {
 
 /// Sends `message` to `to` on `channel`: one permit of the channel's
 /// concurrency bound per attempt (not held while backing off), retrying
-/// retryable failures up to the policy's limit.
+/// retryable failures for `budget` (what is left of the message's freshness)
+/// or up to the attempt limit. While the channel's circuit is open the message
+/// waits for it rather than sending. A message still unsent when its budget
+/// is spent fails with [`SendError::Stale`], carrying the last failure.
 pub async fn send_with_retry(
     channel: &Channel,
     message: &Message,
     to: &Address,
     retries: &IntCounter,
+    budget: Duration,
 ) -> Attempted {
+    let deadline = Instant::now() + budget;
     let mut attempts = 0;
     let mut request_sent_ms = 0;
+    let mut last: Option<SendError> = None;
+    let stale = |attempts, request_sent_ms, last| Attempted {
+        result: Err(SendError::stale(last)),
+        attempts,
+        request_sent_ms,
+        answered_ms: now_ms(),
+    };
     loop {
+        match channel.breaker.admit() {
+            Admission::Wait(probe_in) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return stale(attempts, request_sent_ms, last);
+                }
+                channel.breaker.wait(probe_in.min(left)).await;
+                continue;
+            }
+            Admission::Send | Admission::Probe => {}
+        }
         attempts += 1;
         let result = {
             let _permit = channel
@@ -83,18 +110,25 @@ pub async fn send_with_retry(
                 .acquire()
                 .await
                 .expect("semaphore is never closed");
-            if attempts == 1 {
+            if request_sent_ms == 0 {
                 request_sent_ms = now_ms();
             }
             channel.provider.send(message, to).await
         };
         let retry_after = match &result {
-            Err(SendError::Retryable { retry_after, .. })
-                if attempts < channel.policy.max_attempts =>
-            {
+            Err(SendError::Retryable { retry_after, .. }) => {
+                channel.breaker.failed();
                 *retry_after
             }
             _ => {
+                channel.breaker.answered();
+                None
+            }
+        };
+        let out_of_attempts = channel.policy.max_attempts.is_some_and(|m| attempts >= m);
+        match result {
+            Err(e @ SendError::Retryable { .. }) if !out_of_attempts => last = Some(e),
+            result => {
                 return Attempted {
                     result,
                     attempts,
@@ -102,9 +136,15 @@ pub async fn send_with_retry(
                     answered_ms: now_ms(),
                 }
             }
-        };
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let wait = channel.policy.delay(attempts, retry_after);
+        if wait >= left {
+            // The next attempt would come too late to be welcome.
+            return stale(attempts, request_sent_ms, last);
+        }
         retries.inc();
-        tokio::time::sleep(channel.policy.delay(attempts, retry_after)).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -115,9 +155,10 @@ mod tests {
     #[test]
     fn delay_grows_is_jittered_capped_and_honours_retry_after() {
         let p = RetryPolicy {
-            max_attempts: 5,
+            max_attempts: Some(5),
             base: Duration::from_millis(100),
             max: Duration::from_millis(1000),
+            retry_for: Duration::from_secs(60),
         };
         for _ in 0..50 {
             let d1 = p.delay(1, None);
@@ -132,7 +173,8 @@ mod tests {
         );
         assert_eq!(
             p.delay(1, Some(Duration::from_secs(60))),
-            Duration::from_millis(1000)
+            Duration::from_secs(60),
+            "a provider's Retry-After wins over our own cap (FCM asks 60 s for QUOTA_EXCEEDED)"
         );
     }
 }

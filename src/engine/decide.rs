@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
@@ -400,8 +401,24 @@ impl Pipeline {
             outcome.shadow = true;
             return done(outcome, Some(message), None, false);
         }
-        let attempted =
-            send_with_retry(&channel.channel, &message, &address, &channel.retries).await;
+        // Retried while the message is fresh: its freshness limit by event
+        // time, or the channel's retry window when it has none.
+        // (on the pipeline's clock, so replays on a virtual clock agree).
+        let budget = match self.policy.max_age_s(&subject) {
+            Some(max) => {
+                let fresh_until = event.time_ms.saturating_add(max as i64 * 1000);
+                Duration::from_millis(fresh_until.saturating_sub(now).max(0) as u64)
+            }
+            None => channel.channel.policy.retry_for,
+        };
+        let attempted = send_with_retry(
+            &channel.channel,
+            &message,
+            &address,
+            &channel.retries,
+            budget,
+        )
+        .await;
         outcome.attempts = attempted.attempts;
         outcome.timings.request_sent_ms = attempted.request_sent_ms;
         outcome.timings.answered_ms = attempted.answered_ms;
@@ -493,8 +510,7 @@ impl Pipeline {
             topic: event.source.to_string(),
             partition: event.partition,
             offset: event.offset,
-            key_base64: None,
-            payload_base64: None,
+            original: crate::outcome::Original::default(),
             rule: Some(rule.id.clone()),
             channel: Some(channel.channel.name.clone()),
             at_ms: self.clock.now_ms(),

@@ -232,7 +232,9 @@ impl Pipeline {
             user,
         };
         let to = Address::Phone(sms.from.clone());
-        let attempted = send_with_retry(&channel.channel, &message, &to, &channel.retries).await;
+        let budget = channel.channel.policy.retry_for;
+        let attempted =
+            send_with_retry(&channel.channel, &message, &to, &channel.retries, budget).await;
         outcome.attempts = attempted.attempts;
         outcome.timings.request_sent_ms = attempted.request_sent_ms;
         outcome.timings.answered_ms = attempted.answered_ms;

@@ -3,7 +3,14 @@ use super::*;
 use crate::config::ChannelConfig;
 
 fn console(name: &str) -> Channel {
-    Channel::from_config(name, &ChannelConfig::console(), reqwest::Client::new()).unwrap()
+    let circuit = prometheus::IntGauge::new("circuit", "circuit").unwrap();
+    Channel::from_config(
+        name,
+        &ChannelConfig::console(),
+        reqwest::Client::new(),
+        circuit,
+    )
+    .unwrap()
 }
 
 fn ms(rfc3339: &str) -> i64 {
