@@ -68,10 +68,10 @@ impl Pipeline {
                     topic: event.source.to_string(),
                     partition: event.partition,
                     offset: event.offset,
-                    key_base64: None,
-                    payload_base64: DeadLetter::encode(Some(
-                        &serde_json::to_vec(&event.fields).unwrap_or_default(),
-                    )),
+                    original: crate::outcome::Original::of(
+                        None,
+                        Some(&serde_json::to_vec(&event.fields).unwrap_or_default()),
+                    ),
                     rule: Some(rule.id.clone()),
                     channel: None,
                     at_ms: self.clock.now_ms(),

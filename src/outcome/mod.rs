@@ -4,12 +4,11 @@
 //! recipient and the timings of every stage; never a phone number, token or
 //! card number in clear.
 
-use std::time::Duration;
-
 use base64::Engine;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+
+mod producer;
+pub use producer::{KafkaWriter, WriteHealth};
 
 /// What became of one (rule, channel) decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,11 +130,9 @@ pub struct DeadLetter {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    /// The original key and payload, base64.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_base64: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload_base64: Option<String>,
+    /// The original key and payload, bounded.
+    #[serde(flatten)]
+    pub original: Original,
     /// For failed sends: the rule and channel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -144,10 +141,48 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
-impl DeadLetter {
-    /// Base64 of raw bytes, for the record.
-    pub fn encode(bytes: Option<&[u8]>) -> Option<String> {
-        bytes.map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+/// The original record's key and payload in a dead letter, base64. A payload
+/// longer than [`Original::PAYLOAD_LIMIT`] bytes keeps only its first bytes,
+/// with its whole length and SHA-256, so a dead letter always fits under the
+/// broker's default record limit (1 MiB) however large the original was.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Original {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// The payload's length in bytes, before any truncation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_bytes: Option<usize>,
+    /// Hex SHA-256 of the whole payload, to find the original in the source topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_sha256: Option<String>,
+    /// Only the first [`Original::PAYLOAD_LIMIT`] bytes are in `payload_base64`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub payload_truncated: bool,
+    /// Only the first [`Original::KEY_LIMIT`] bytes are in `key_base64`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub key_truncated: bool,
+}
+
+impl Original {
+    /// Bytes of the original payload kept in a dead letter.
+    pub const PAYLOAD_LIMIT: usize = 64 * 1024;
+    /// Bytes of the original key kept in a dead letter.
+    pub const KEY_LIMIT: usize = 1024;
+
+    /// The bounded copy of a record's key and payload.
+    pub fn of(key: Option<&[u8]>, payload: Option<&[u8]>) -> Original {
+        use sha2::Digest;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        Original {
+            key_base64: key.map(|k| b64(&k[..k.len().min(Self::KEY_LIMIT)])),
+            key_truncated: key.is_some_and(|k| k.len() > Self::KEY_LIMIT),
+            payload_base64: payload.map(|p| b64(&p[..p.len().min(Self::PAYLOAD_LIMIT)])),
+            payload_bytes: payload.map(<[u8]>::len),
+            payload_sha256: payload.map(|p| hex::encode(sha2::Sha256::digest(p))),
+            payload_truncated: payload.is_some_and(|p| p.len() > Self::PAYLOAD_LIMIT),
+        }
     }
 }
 
@@ -168,7 +203,7 @@ pub struct Recorder {
 /// Where records go: Kafka, or memory (rule tests, replays, evaluation).
 #[derive(Clone)]
 enum Sink {
-    Kafka(FutureProducer),
+    Kafka(std::sync::Arc<KafkaWriter>),
     Memory(Written),
 }
 
@@ -176,14 +211,14 @@ enum Sink {
 pub type Written = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Option<Vec<u8>>)>>>;
 
 impl Recorder {
-    /// A recorder over an existing producer.
+    /// A recorder over a Kafka writer.
     pub fn new(
-        producer: FutureProducer,
+        writer: std::sync::Arc<KafkaWriter>,
         outcomes_topic: String,
         dead_letter_topic: String,
     ) -> Recorder {
         Recorder {
-            sink: Sink::Kafka(producer),
+            sink: Sink::Kafka(writer),
             outcomes_topic,
             dead_letter_topic,
         }
@@ -228,50 +263,15 @@ impl Recorder {
     }
 
     fn write(&self, topic: String, key: String, payload: Option<Vec<u8>>) -> Pending {
-        let producer = match &self.sink {
-            Sink::Kafka(p) => p.clone(),
+        match &self.sink {
+            Sink::Kafka(writer) => writer.write(topic, key, payload),
             Sink::Memory(written) => {
                 written
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((topic, key, payload));
-                return Box::pin(std::future::ready(()));
-            }
-        };
-        fn record<'a>(
-            topic: &'a str,
-            key: &'a str,
-            payload: &'a Option<Vec<u8>>,
-        ) -> FutureRecord<'a, str, [u8]> {
-            let r = FutureRecord::to(topic).key(key);
-            match payload {
-                Some(p) => r.payload(p.as_slice()),
-                None => r,
+                Box::pin(std::future::ready(()))
             }
         }
-        let mut attempt = producer
-            .send_result(record(&topic, &key, &payload))
-            .map_err(|(e, _)| e);
-        Box::pin(async move {
-            let mut wait = Duration::from_millis(100);
-            loop {
-                let error = match attempt {
-                    Ok(delivery) => match delivery.await {
-                        Ok(Ok(_)) => return,
-                        Ok(Err((e, _))) => e,
-                        Err(_) => rdkafka::error::KafkaError::Canceled,
-                    },
-                    Err(e) => e,
-                };
-                // librdkafka already retried for message.timeout.ms; keep
-                // trying, with the lane's offset held back meanwhile.
-                warn!(%topic, error = %error, "record not written yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-                attempt = producer
-                    .send_result(record(&topic, &key, &payload))
-                    .map_err(|(e, _)| e);
-            }
-        })
     }
 }
