@@ -28,6 +28,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
             ("auto.offset.reset", "earliest"),
             ("fetch.wait.max.ms", "50"),
             ("session.timeout.ms", "10000"),
+            // Incremental rebalancing: when an instance joins or leaves, only
+            // the partitions that move stop; the rest keep flowing.
+            ("partition.assignment.strategy", "cooperative-sticky"),
         ],
     );
     config.set("group.id", &kafka.group_id);

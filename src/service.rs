@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -20,7 +19,7 @@ use crate::feedback::FeedbackState;
 use crate::ingest::offsets::OffsetTracker;
 use crate::ingest::{consume, ConsumerHealth, HeraldContext};
 use crate::kafka;
-use crate::outcome::Recorder;
+use crate::outcome::{KafkaWriter, Recorder, WriteHealth};
 use crate::profile::ProfileTable;
 use crate::rules::{LiveRules, RuleErrors};
 
@@ -33,6 +32,8 @@ pub enum Error {
     Channel(String),
     #[error("kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot go on: {0}")]
+    Fatal(String),
     #[error("admin listener on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -45,6 +46,8 @@ pub enum Error {
 pub struct Running {
     admin_addr: SocketAddr,
     pipeline: Arc<Pipeline>,
+    health: Arc<ConsumerHealth>,
+    grace: Duration,
     shutdown: watch::Sender<bool>,
     consumer: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -68,24 +71,41 @@ impl Running {
         &self.pipeline.metrics
     }
 
-    /// Stops fetching, drains in-flight sends (bounded by the shutdown grace),
-    /// commits offsets and stops every task.
+    /// Resolves when the instance cannot go on (its consumer failed fatally),
+    /// with the reason.
+    pub async fn failed(&self) -> String {
+        self.health.failed().await
+    }
+
+    /// Stops fetching, drains in-flight sends, commits offsets and stops every
+    /// task, all within one bound: `limits.shutdown_grace_ms` from now.
     pub async fn stop(self) {
+        let deadline = self.health.shutdown_within(self.grace);
         let _ = self.shutdown.send(true);
         let _ = self.consumer.await;
-        for task in self.background {
-            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-        }
+        // Background tasks stop on the same signal; a second or so beyond the
+        // grace lets them close their clients cleanly.
+        let limit = deadline + Duration::from_secs(1);
+        let _ =
+            tokio::time::timeout_at(limit.into(), futures::future::join_all(self.background)).await;
         info!("stopped");
     }
 }
 
-/// Runs an instance until `shutdown` resolves, then stops it cleanly.
+/// Runs an instance until `shutdown` resolves, then stops it cleanly. Returns
+/// an error, after stopping, when the instance could not go on (a fatal
+/// consumer error), so the process exits non-zero and is restarted.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let running = start(config).await?;
-    shutdown.await;
+    let fatal = tokio::select! {
+        _ = shutdown => None,
+        reason = running.failed() => Some(reason),
+    };
     running.stop().await;
-    Ok(())
+    match fatal {
+        Some(reason) => Err(Error::Fatal(reason)),
+        None => Ok(()),
+    }
 }
 
 /// Starts an instance: loads rules (refusing to start on any error), connects
@@ -103,15 +123,25 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let http = http_client();
     let mut channels = HashMap::new();
+    let mut breakers = Vec::new();
     for (name, channel_config) in &config.channels {
-        let channel =
-            Channel::from_config(name, channel_config, http.clone()).map_err(Error::Channel)?;
+        let circuit = metrics.circuit_open.with_label_values(&[name]);
+        let channel = Channel::from_config(name, channel_config, http.clone(), circuit)
+            .map_err(Error::Channel)?;
+        breakers.push((name.clone(), Arc::clone(&channel.breaker)));
         channels.insert(name.clone(), ChannelRuntime::new(channel, &metrics));
     }
 
-    let producer: FutureProducer = kafka::producer_config(&config.kafka).create()?;
+    let writes = Arc::new(WriteHealth::new(
+        metrics.writes_failing.clone(),
+        metrics.producer_rebuilds.clone(),
+    ));
+    let writer = Arc::new(KafkaWriter::new(
+        kafka::producer_config(&config.kafka),
+        Arc::clone(&writes),
+    )?);
     let recorder = Recorder::new(
-        producer,
+        writer,
         config.topics.outcomes.clone(),
         config.topics.dead_letter.clone(),
     );
@@ -171,6 +201,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         feedback: Arc::clone(&feedback),
         config: Arc::new(config.clone()),
         consumer: Arc::clone(&health),
+        writes,
+        breakers,
     };
     background.push(tokio::spawn(admin::serve(
         listener,
@@ -206,6 +238,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Arc::clone(&pipeline).run_patterns(shutdown_rx.clone()),
     ));
     let limits = config.limits.clone();
+    let health_handle = Arc::clone(&health);
     let seed_client = kafka::profile_reader_config(&config.kafka);
     let outcomes_topic = config.topics.outcomes.clone();
     let handle = Arc::clone(&pipeline);
@@ -220,12 +253,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         // Sends made just before a crash are in the outcomes topic; their
         // events may come again (past the last commit) and must not resend.
         let seeder = Arc::clone(&pipeline);
-        let seeded = tokio::task::spawn_blocking(move || {
+        let seeding = tokio::task::spawn_blocking(move || {
             seeder
                 .recent
                 .seed_from_outcomes(&seed_client, &outcomes_topic, 20_000)
-        })
-        .await;
+        });
+        // A shutdown during start-up never joins the group.
+        let seeded = tokio::select! {
+            seeded = seeding => seeded,
+            _ = stop.changed() => return,
+        };
         match seeded {
             Ok(Ok(n)) => info!(sends = n, "recent sends read back from the outcomes topic"),
             Ok(Err(e)) => {
@@ -244,6 +281,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     Ok(Running {
         admin_addr,
         pipeline: handle,
+        health: health_handle,
+        grace: config.limits.shutdown_grace(),
         shutdown: shutdown_tx,
         consumer: consumer_task,
         background,

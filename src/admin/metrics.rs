@@ -2,7 +2,8 @@
 //! and reason codes — never a user, phone, token or card.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Every metric herald exports.
@@ -64,6 +65,17 @@ pub struct Metrics {
     pub profile_errors: IntCounter,
     /// Partitions this instance owns.
     pub partitions_assigned: IntGauge,
+    /// 1 while a channel's circuit is open (its provider failing), per channel.
+    pub circuit_open: IntGaugeVec,
+    /// Records (outcomes, dead letters, …) that failed to write and are being retried.
+    pub writes_failing: IntGauge,
+    /// Producers rebuilt after a fatal error.
+    pub producer_rebuilds: IntCounter,
+    /// 1 while fetching is paused because processing is backed up (a provider
+    /// outage, an unwritable record).
+    pub fetch_paused: IntGauge,
+    /// Source messages waiting for a lane while fetching is paused.
+    pub parked: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -124,7 +136,40 @@ impl Metrics {
         registry
             .register(Box::new(consent_waits_failed.clone()))
             .expect("unique metric");
+        let circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "herald_channel_circuit_open",
+                "1 while the channel's circuit is open (provider failing; sends wait)",
+            ),
+            &["channel"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(circuit_open.clone()))
+            .expect("unique metric");
+        let producer_rebuilds = IntCounter::new(
+            "herald_producer_rebuilds_total",
+            "Producers rebuilt after a fatal error",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(producer_rebuilds.clone()))
+            .expect("unique metric");
         Metrics {
+            circuit_open,
+            producer_rebuilds,
+            writes_failing: gauge(
+                "herald_writes_failing",
+                "Records that failed to write and are being retried (their offsets held back)",
+            ),
+            fetch_paused: gauge(
+                "herald_fetch_paused",
+                "1 while fetching is paused because processing is backed up",
+            ),
+            parked: gauge(
+                "herald_parked_messages",
+                "Messages fetched before a pause, waiting for their lane",
+            ),
             events_consumed: counter_vec(
                 "herald_events_consumed_total",
                 "Messages consumed from source topics",

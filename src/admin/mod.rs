@@ -30,6 +30,10 @@ pub struct AdminState {
     /// The instance's config (channels, sources, policy) for evaluations.
     pub config: Arc<crate::config::Config>,
     pub consumer: Arc<ConsumerHealth>,
+    /// Whether herald's own records (outcomes, dead letters) are being written.
+    pub writes: Arc<crate::outcome::WriteHealth>,
+    /// Each channel's circuit breaker.
+    pub breakers: Vec<(String, Arc<crate::deliver::breaker::Breaker>)>,
 }
 
 /// Binds the admin listener (so the port is known before serving).
@@ -67,21 +71,62 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// 200 when rules are loaded, profiles and feedback caught up, partitions
-/// assigned and the broker answering; otherwise 503 with what is missing.
+/// 200 when herald can make progress: rules loaded, profiles and feedback
+/// caught up, partitions assigned, the broker answering, its records being
+/// written, and at least one channel's provider answering. Otherwise 503, with
+/// every reason in `not_ready`.
 async fn readyz(State(state): State<AdminState>) -> Response {
     let profiles = state.profiles.status() == TableStatus::CaughtUp;
     let feedback = state.feedback.is_caught_up();
     let assigned = state.consumer.assigned.load(Ordering::Acquire);
     let broker = state.consumer.broker_ok.load(Ordering::Acquire);
+    let paused = state.metrics.fetch_paused.get() > 0;
+    let open: Vec<String> = state
+        .breakers
+        .iter()
+        .filter_map(|(name, b)| {
+            b.open_for()
+                .map(|d| format!("{name} (open {} s)", d.as_secs()))
+        })
+        .collect();
+    let mut not_ready = Vec::new();
+    if !profiles {
+        not_ready.push("profiles are still loading".to_string());
+    }
+    if !feedback {
+        not_ready.push("the feedback topic is still being read".to_string());
+    }
+    if !assigned {
+        not_ready.push("no source partition assigned".to_string());
+    }
+    if !broker {
+        not_ready.push("the broker does not answer".to_string());
+    }
+    if let Some(problem) = state.writes.problem() {
+        not_ready.push(problem);
+    }
+    if !state.breakers.is_empty() && open.len() == state.breakers.len() {
+        not_ready.push(format!(
+            "every channel's provider is failing; circuits open: {}",
+            open.join(", ")
+        ));
+    }
+    if let Some(e) = state.consumer.fatal() {
+        not_ready.push(format!("the consumer failed fatally: {e}"));
+    }
     let body = json!({
+        "ready": not_ready.is_empty(),
+        "not_ready": not_ready,
         "rules_loaded": true,
         "profiles_caught_up": profiles,
         "feedback_caught_up": feedback,
         "partitions_assigned": assigned,
         "broker_reachable": broker,
+        "writes_failing": state.metrics.writes_failing.get(),
+        "circuits_open": open,
+        "fetch_paused": paused,
     });
-    let code = if profiles && feedback && assigned && broker {
+    let code = if not_ready.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

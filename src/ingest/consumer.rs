@@ -3,20 +3,24 @@
 //!
 //! A lane is a tokio task that handles its messages one at a time, so a key's
 //! events are handled in order while different keys proceed in parallel. The
-//! lane queues are bounded: a slow provider slows fetching, never memory.
+//! lane queues are bounded: when one is full (a provider outage, a record
+//! that cannot be written), the consumer pauses every assigned partition and
+//! parks what it already fetched, but keeps polling, so it stays in the group
+//! however long the wait; it resumes once the parked messages have a place.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::offsets::OffsetTracker;
 use crate::admin::Metrics;
@@ -35,9 +39,50 @@ pub struct ConsumerHealth {
     /// The partitions this instance owns now; held messages of a source
     /// partition are released by its owner only.
     owned: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+    /// The consumer's fatal error, once it had one: the instance must exit.
+    fatal: std::sync::Mutex<Option<String>>,
+    fatal_seen: tokio::sync::Notify,
+    /// When shutdown must be over: every wait during shutdown (draining the
+    /// lanes, the revoke callback) shares this one bound.
+    deadline: std::sync::Mutex<Option<Instant>>,
 }
 
 impl ConsumerHealth {
+    /// The consumer's fatal error, if it had one.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Resolves with the consumer's fatal error, once it has one.
+    pub async fn failed(&self) -> String {
+        loop {
+            let seen = self.fatal_seen.notified();
+            if let Some(e) = self.fatal() {
+                return e;
+            }
+            seen.await;
+        }
+    }
+
+    fn set_fatal(&self, error: String) {
+        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+        self.fatal_seen.notify_waiters();
+    }
+
+    /// Starts the shutdown clock: everything still to wait for shares `grace`.
+    pub fn shutdown_within(&self, grace: Duration) -> Instant {
+        let mut deadline = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        *deadline.get_or_insert_with(|| Instant::now() + grace)
+    }
+
+    /// How long a wait may take now: `limit`, or less once shutdown has begun.
+    fn bounded(&self, limit: Duration) -> Duration {
+        match *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(d) => limit.min(d.saturating_duration_since(Instant::now())),
+            None => limit,
+        }
+    }
+
     /// Whether this instance owns `topic`/`partition` now.
     pub fn owns(&self, topic: &str, partition: i32) -> bool {
         self.owned
@@ -75,7 +120,12 @@ impl ConsumerContext for HeraldContext {
                 .filter(|p| !parts.contains(p))
                 .collect();
             self.health.set_owned(kept);
-            if !self.tracker.wait_idle(&parts, self.revoke_wait) {
+            // Lanes skip queued messages of these partitions (see `lane`), so
+            // this waits only for the messages being handled right now.
+            if !self
+                .tracker
+                .wait_idle(&parts, self.health.bounded(self.revoke_wait))
+            {
                 warn!(in_flight = self.tracker.in_flight(&parts), "partitions revoked with messages in flight; they will be handled again by the next owner");
             }
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -109,8 +159,9 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// Consumes until `shutdown` changes, then drains the lanes (up to `grace`),
-/// stores and commits offsets, and returns.
+/// Consumes until `shutdown` changes, then drains the lanes (within the
+/// shutdown bound), stores and commits offsets, and returns. A fatal consumer
+/// error ends it early and is reported through `health`.
 pub async fn consume(
     consumer: Arc<StreamConsumer<HeraldContext>>,
     pipeline: Arc<Pipeline>,
@@ -119,60 +170,96 @@ pub async fn consume(
     limits: &LimitsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (lanes, grace) = (limits.lanes, limits.shutdown_grace());
+    let lanes = limits.lanes;
+    let metrics = Arc::clone(&pipeline.metrics);
     let mut senders = Vec::with_capacity(lanes);
     let mut tasks = Vec::with_capacity(2 * lanes);
     for _ in 0..lanes {
         let (tx, rx) = mpsc::channel::<Incoming>(limits.lane_queue);
         let (written_tx, written_rx) = mpsc::channel::<Handled>(limits.lane_queue);
         senders.push(tx);
-        tasks.push(tokio::spawn(lane(rx, Arc::clone(&pipeline), written_tx)));
+        tasks.push(tokio::spawn(lane(
+            rx,
+            Arc::clone(&pipeline),
+            Arc::clone(&health),
+            written_tx,
+        )));
         tasks.push(tokio::spawn(acknowledge(
             written_rx,
             Arc::clone(&tracker),
             Arc::clone(&consumer),
         )));
     }
+    let mut fetch = Fetch {
+        consumer: &consumer,
+        tracker: &tracker,
+        health: &health,
+        metrics: &metrics,
+        parked: VecDeque::new(),
+    };
     loop {
-        let next = tokio::select! {
+        let lane = fetch.parked.front().map(|(lane, _)| *lane);
+        let received = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            permit = async { senders[lane.unwrap_or(0)].reserve().await }, if lane.is_some() => {
+                let Ok(permit) = permit else { break };
+                fetch.unpark(permit);
+                continue;
+            }
             m = consumer.recv() => m,
         };
-        match next {
-            Ok(m) => {
-                health.broker_ok.store(true, Ordering::Release);
-                let incoming = Incoming {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    consumed_ms: now_ms(),
-                };
-                drop(m);
-                tracker.begin(&incoming.topic, incoming.partition, incoming.offset);
-                let lane = lane_of(&incoming, lanes);
-                tokio::select! {
-                    biased;
-                    sent = senders[lane].send(incoming) => if sent.is_err() { break },
-                    _ = shutdown.changed() => break,
-                }
-            }
+        let m = match received {
+            Ok(m) => m,
             Err(e) => {
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    error!(?code, %reason, "consumer failed fatally; stopping so the instance is restarted");
+                    health.set_fatal(format!("{code:?}: {reason}"));
+                    break;
+                }
                 warn!(error = %e, "consumer error; retrying");
                 health.broker_ok.store(false, Ordering::Release);
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
+        };
+        health.broker_ok.store(true, Ordering::Release);
+        let incoming = Incoming {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            timestamp_ms: m.timestamp().to_millis(),
+            consumed_ms: now_ms(),
+        };
+        drop(m);
+        let lane = lane_of(&incoming, lanes);
+        if !fetch.parked.is_empty() {
+            // Fetched before the pause took effect, or from a partition
+            // assigned since: behind the parked ones, in order.
+            fetch.park(lane, incoming);
+            continue;
+        }
+        match senders[lane].try_reserve() {
+            Ok(permit) => {
+                tracker.begin(&incoming.topic, incoming.partition, incoming.offset);
+                permit.send(incoming);
+            }
+            Err(mpsc::error::TrySendError::Full(())) => fetch.park(lane, incoming),
+            Err(mpsc::error::TrySendError::Closed(())) => break,
         }
     }
+    let deadline = health.shutdown_within(limits.shutdown_grace());
     info!("stopping: no more fetching; draining in-flight messages");
     drop(senders);
     let drain = futures::future::join_all(tasks.iter_mut());
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    if tokio::time::timeout_at(deadline.into(), drain)
+        .await
+        .is_err()
+    {
         warn!(
-            grace_ms = grace.as_millis() as u64,
+            grace_ms = limits.shutdown_grace_ms,
             "in-flight messages did not finish in time; they will be handled again after restart"
         );
         for t in &tasks {
@@ -184,6 +271,57 @@ pub async fn consume(
         Err(e) => debug!(error = %e, "final commit"),
     }
     consumer.unsubscribe();
+}
+
+/// The fetching side of [`consume`]: messages parked while every lane they
+/// need is full, and the pause that goes with them.
+struct Fetch<'a> {
+    consumer: &'a StreamConsumer<HeraldContext>,
+    tracker: &'a OffsetTracker,
+    health: &'a ConsumerHealth,
+    metrics: &'a crate::admin::Metrics,
+    parked: VecDeque<(usize, Incoming)>,
+}
+
+impl Fetch<'_> {
+    /// Parks a message and makes sure every assigned partition is paused.
+    fn park(&mut self, lane: usize, m: Incoming) {
+        if self.parked.is_empty() {
+            debug!("lanes full; pausing fetch");
+            self.metrics.fetch_paused.set(1);
+        }
+        // Also pauses partitions assigned since the last call.
+        if let Ok(assigned) = self.consumer.assignment() {
+            if let Err(e) = self.consumer.pause(&assigned) {
+                warn!(error = %e, "cannot pause fetching");
+            }
+        }
+        self.parked.push_back((lane, m));
+        self.metrics.parked.set(self.parked.len() as i64);
+    }
+
+    /// Hands the first parked message to its lane (dropping it unhandled if
+    /// its partition was revoked meanwhile: the next owner reads it from the
+    /// committed offset); resumes fetching once none is left.
+    fn unpark(&mut self, permit: mpsc::Permit<'_, Incoming>) {
+        let Some((_, m)) = self.parked.pop_front() else {
+            return;
+        };
+        if self.health.owns(&m.topic, m.partition) {
+            self.tracker.begin(&m.topic, m.partition, m.offset);
+            permit.send(m);
+        }
+        self.metrics.parked.set(self.parked.len() as i64);
+        if self.parked.is_empty() {
+            debug!("lanes have room; resuming fetch");
+            if let Ok(assigned) = self.consumer.assignment() {
+                if let Err(e) = self.consumer.resume(&assigned) {
+                    warn!(error = %e, "cannot resume fetching");
+                }
+            }
+            self.metrics.fetch_paused.set(0);
+        }
+    }
 }
 
 /// Messages of one key (or, without a key, of one partition) share a lane.
@@ -201,24 +339,37 @@ struct Handled {
     partition: i32,
     offset: i64,
     writes: Vec<Pending>,
+    /// Not handled: its partition was revoked while it waited in the lane.
+    skipped: bool,
 }
 
 /// Handles a lane's messages one at a time: a key's sends happen in order.
 /// The writes of each message are awaited by the lane's acknowledger, so the
 /// next message does not wait for the broker's acknowledgement of the last.
+///
+/// A message whose partition was revoked while it waited is skipped: its
+/// partition's next owner handles it, so this instance must not (that would
+/// be a duplicate), and no offset at or past it is stored.
 async fn lane(
     mut rx: mpsc::Receiver<Incoming>,
     pipeline: Arc<Pipeline>,
+    health: Arc<ConsumerHealth>,
     written: mpsc::Sender<Handled>,
 ) {
     while let Some(m) = rx.recv().await {
         let (topic, partition, offset) = (m.topic.clone(), m.partition, m.offset);
-        let writes = pipeline.handle(m).await;
+        let skipped = !health.owns(&topic, partition);
+        let writes = if skipped {
+            Vec::new()
+        } else {
+            pipeline.handle(m).await
+        };
         let handled = Handled {
             topic,
             partition,
             offset,
             writes,
+            skipped,
         };
         if written.send(handled).await.is_err() {
             return;
@@ -234,6 +385,10 @@ async fn acknowledge(
     consumer: Arc<StreamConsumer<HeraldContext>>,
 ) {
     while let Some(h) = rx.recv().await {
+        if h.skipped {
+            tracker.skip(&h.topic, h.partition, h.offset);
+            continue;
+        }
         for write in h.writes {
             write.await;
         }

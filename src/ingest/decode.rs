@@ -98,9 +98,11 @@ pub fn decode(
         Some(field) => {
             let v =
                 lookup(&fields, field).ok_or_else(|| DecodeError::MissingField(field.clone()))?;
-            parse_time(v).ok_or_else(|| DecodeError::BadTime {
-                field: field.clone(),
-            })?
+            parse_time(v)
+                .filter(|&t| plausible_time(t, consumed_ms))
+                .ok_or_else(|| DecodeError::BadTime {
+                    field: field.clone(),
+                })?
         }
         None => origin.timestamp_ms.unwrap_or(consumed_ms),
     };
@@ -148,10 +150,27 @@ fn scalar_string(v: &Value) -> Option<String> {
     }
 }
 
-/// RFC 3339 text or epoch milliseconds to epoch milliseconds.
+/// The latest an event time may be ahead of the moment it is consumed: clocks
+/// drift, but an event from tomorrow is a broken producer.
+pub const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+/// Whether an event time can be real: not before 1970, not more than
+/// [`MAX_FUTURE_MS`] ahead of `now_ms`. Times such as 1e300 or i64::MIN would
+/// otherwise pass freshness checks (a negative age is never stale).
+pub fn plausible_time(time_ms: i64, now_ms: i64) -> bool {
+    time_ms >= 0 && time_ms <= now_ms.saturating_add(MAX_FUTURE_MS)
+}
+
+/// RFC 3339 text or epoch milliseconds to epoch milliseconds; `None` for a
+/// number that is not finite or does not fit.
+
 pub fn parse_time(v: &Value) -> Option<i64> {
     match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        }),
         Value::String(s) => s
             .parse::<jiff::Timestamp>()
             .ok()
@@ -191,7 +210,7 @@ mod tests {
             origin(),
             Some(payload),
             200,
-            99,
+            1_795_514_400_000,
         )
     }
 
@@ -205,7 +224,10 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("card-1"));
         assert_eq!(e.time_ms, 1_795_514_400_000);
         assert_eq!(e.event_type.as_deref(), Some("approved"));
-        assert_eq!((e.partition, e.offset, e.consumed_ms), (1, 7, 99));
+        assert_eq!(
+            (e.partition, e.offset, e.consumed_ms),
+            (1, 7, 1_795_514_400_000)
+        );
     }
 
     #[test]
@@ -228,5 +250,28 @@ mod tests {
             "bad_time"
         );
         assert_eq!(run(&[b' '; 300]).unwrap_err().reason(), "too_large");
+    }
+
+    #[test]
+    fn impossible_event_times_are_bad_time() {
+        for ts in [
+            "1e300",
+            "-9223372036854775808",
+            "-1",
+            "1e400",
+            "\"9999999999999999\"",
+        ] {
+            let payload = format!(r#"{{"user_id":"u","ts":{ts}}}"#);
+            let got = run(payload.as_bytes());
+            let reason = got.as_ref().map_err(DecodeError::reason).err();
+            assert!(
+                matches!(reason, Some("bad_time") | Some("not_json")),
+                "ts {ts}: {got:?}"
+            );
+        }
+        // A day ahead of the consumer's clock is tolerated as drift; more is not.
+        let consumed = 1_795_514_400_000_i64;
+        assert!(plausible_time(consumed + MAX_FUTURE_MS, consumed));
+        assert!(!plausible_time(consumed + MAX_FUTURE_MS + 1, consumed));
     }
 }

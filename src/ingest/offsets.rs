@@ -15,6 +15,9 @@ struct Track {
     next: i64,
     /// The last offset handed out for storing.
     stored: i64,
+    /// The lowest offset skipped unhandled (its partition was being revoked):
+    /// nothing at or past it may be stored, so its next owner handles it.
+    ceiling: Option<i64>,
 }
 
 /// In-flight offsets of every partition this instance is working on.
@@ -44,7 +47,10 @@ impl OffsetTracker {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
         let track = parts.get_mut(&(topic.to_string(), partition))?;
         track.in_flight.remove(&offset);
-        let committable = track.in_flight.first().copied().unwrap_or(track.next);
+        let mut committable = track.in_flight.first().copied().unwrap_or(track.next);
+        if let Some(ceiling) = track.ceiling {
+            committable = committable.min(ceiling);
+        }
         let advanced = committable > track.stored;
         if advanced {
             track.stored = committable;
@@ -53,6 +59,21 @@ impl OffsetTracker {
             self.idle.notify_all();
         }
         advanced.then_some(committable)
+    }
+
+    /// Records that a message was dropped unhandled because its partition is
+    /// being revoked: it is no longer in flight, and no offset at or past it
+    /// will be stored, so the partition's next owner handles it.
+    pub fn skip(&self, topic: &str, partition: i32, offset: i64) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(track) = parts.get_mut(&(topic.to_string(), partition)) else {
+            return;
+        };
+        track.in_flight.remove(&offset);
+        track.ceiling = Some(track.ceiling.map_or(offset, |c| c.min(offset)));
+        if track.in_flight.is_empty() {
+            self.idle.notify_all();
+        }
     }
 
     /// Messages in flight for the given partitions.
@@ -117,6 +138,23 @@ mod tests {
         assert_eq!(t.complete("tx", 0, 10), Some(11));
         assert_eq!(t.complete("tx", 0, 13), None);
         assert_eq!(t.complete("tx", 0, 11), Some(14));
+        assert!(t.wait_idle(&[("tx".into(), 0)], Duration::ZERO));
+    }
+
+    #[test]
+    fn a_skipped_message_is_never_stored_past() {
+        let t = OffsetTracker::default();
+        for o in 0..4 {
+            t.begin("tx", 0, o);
+        }
+        t.skip("tx", 0, 2);
+        t.skip("tx", 0, 3);
+        assert_eq!(t.complete("tx", 0, 1), None, "0 is still in flight");
+        assert_eq!(
+            t.complete("tx", 0, 0),
+            Some(2),
+            "stored up to the first skipped message, which the next owner handles"
+        );
         assert!(t.wait_idle(&[("tx".into(), 0)], Duration::ZERO));
     }
 }
