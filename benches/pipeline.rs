@@ -73,6 +73,7 @@ fn bench_decode(c: &mut Criterion) {
             }
         })
     });
+    let now = herald::util::now_ms();
     group.bench_function("herald_decode", |b| {
         b.iter(|| {
             for (i, p) in payloads.iter().enumerate() {
@@ -83,7 +84,7 @@ fn bench_decode(c: &mut Criterion) {
                     key: Some(b"card"),
                     timestamp_ms: None,
                 };
-                black_box(decode(&source, &mapping, origin, Some(p), 65536, 0).unwrap());
+                black_box(decode(&source, &mapping, origin, Some(p), 65536, now).unwrap());
             }
         })
     });

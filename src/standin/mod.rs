@@ -1,9 +1,12 @@
 //! A local stand-in for the push and SMS providers (FCM HTTP v1, Twilio Messages)
 //! for the demo, the load bench and docker-compose: it checks auth and request
 //! shape like the real APIs, answers like them, and records when each request
-//! arrived, so latency can be measured at the provider's door.
+//! arrived, so latency can be measured at the provider's door. The fault
+//! suite also makes it fail on demand (a share of requests answered 503, or
+//! all of them: the provider down) and keeps every request it saw.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -40,12 +43,38 @@ pub struct Arrival {
     pub recipient: String,
     pub title: Option<String>,
     pub text: String,
+    /// The HTTP status the stand-in answered (200/201, or 503 when failing).
+    pub status: u16,
 }
 
 struct Inner {
     credentials: Credentials,
     arrivals: broadcast::Sender<Arrival>,
     count: Mutex<u64>,
+    /// Requests answered 503, per thousand (1000: the provider is down).
+    fail_per_mille: AtomicU32,
+    /// Every request since [`StandIn::record`], when recording.
+    recorded: Mutex<Option<Vec<Arrival>>>,
+}
+
+impl Inner {
+    /// Whether to fail this request, by the configured share.
+    fn fails(&self) -> bool {
+        let share = self.fail_per_mille.load(Ordering::Relaxed);
+        share > 0 && rand::random_range(0..1000) < share
+    }
+
+    fn arrived(&self, arrival: Arrival) {
+        if let Some(all) = self
+            .recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            all.push(arrival.clone());
+        }
+        let _ = self.arrivals.send(arrival);
+    }
 }
 
 /// A running stand-in.
@@ -62,6 +91,8 @@ impl StandIn {
             credentials,
             arrivals,
             count: Mutex::new(0),
+            fail_per_mille: AtomicU32::new(0),
+            recorded: Mutex::new(None),
         });
         let app = Router::new()
             .route("/v1/projects/{project}/messages:send", post(fcm))
@@ -78,6 +109,33 @@ impl StandIn {
     /// Every request from now on.
     pub fn arrivals(&self) -> broadcast::Receiver<Arrival> {
         self.inner.arrivals.subscribe()
+    }
+
+    /// Answers this share of requests (per thousand) with 503, as a failing
+    /// provider would; 1000 is a provider that is down, 0 a healthy one.
+    pub fn fail_per_mille(&self, share: u32) {
+        self.inner
+            .fail_per_mille
+            .store(share.min(1000), Ordering::Relaxed);
+    }
+
+    /// Keeps every request from now on, for [`StandIn::recorded`].
+    pub fn record(&self) {
+        *self
+            .inner
+            .recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
+    /// Every request kept since [`StandIn::record`], in arrival order.
+    pub fn recorded(&self) -> Vec<Arrival> {
+        self.inner
+            .recorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
     }
 
     /// Base URL for channel configs.
@@ -114,7 +172,8 @@ async fn fcm(
         return fcm_error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("UNREGISTERED"));
     }
     let data = &message["data"];
-    let _ = inner.arrivals.send(Arrival {
+    let fails = inner.fails();
+    inner.arrived(Arrival {
         api: "fcm",
         at_ms,
         event_ms: data["event_ms"].as_str().and_then(|s| s.parse().ok()),
@@ -127,7 +186,11 @@ async fn fcm(
             .as_str()
             .unwrap_or("")
             .to_string(),
+        status: if fails { 503 } else { 200 },
     });
+    if fails {
+        return fcm_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", None);
+    }
     let id = next_id(&inner);
     Json(json!({ "name": format!("projects/{project}/messages/0:{at_ms}{id:06}") })).into_response()
 }
@@ -174,7 +237,8 @@ async fn twilio(
             "A 'From' or 'MessagingServiceSid' parameter is required.",
         );
     }
-    let _ = inner.arrivals.send(Arrival {
+    let fails = inner.fails();
+    inner.arrived(Arrival {
         api: "twilio",
         at_ms,
         event_ms: None,
@@ -182,7 +246,15 @@ async fn twilio(
         recipient: mask_phone(&to),
         title: None,
         text: text.clone(),
+        status: if fails { 503 } else { 201 },
     });
+    if fails {
+        return twilio_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            20503,
+            "Service unavailable",
+        );
+    }
     let id = next_id(&inner);
     (
         StatusCode::CREATED,

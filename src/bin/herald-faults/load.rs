@@ -1,0 +1,303 @@
+//! What a scenario feeds herald: its topics, config and rule, the users'
+//! profiles, and a steady stream of card swipes, each stamped with a unique id.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tokio::sync::watch;
+
+use super::world::Broker;
+
+/// Users that receive the notices; events go round them.
+pub const USERS: usize = 40;
+
+/// The topics of one scenario, with fresh names.
+pub struct Topics {
+    pub transactions: String,
+    pub profiles: String,
+    pub outcomes: String,
+    pub dead_letter: String,
+    pub feedback: String,
+    pub consent: String,
+    pub replies: String,
+    pub held: String,
+}
+
+impl Topics {
+    /// Fresh names under `prefix` (the scenario and run).
+    pub fn fresh(prefix: &str) -> Topics {
+        let t = |name: &str| format!("{prefix}-{name}");
+        Topics {
+            transactions: t("transactions"),
+            profiles: t("profiles"),
+            outcomes: t("outcomes"),
+            dead_letter: t("dlq"),
+            feedback: t("feedback"),
+            consent: t("consent"),
+            replies: t("replies"),
+            held: t("held"),
+        }
+    }
+
+    /// Creates them: six source partitions, three for feedback, one for the rest.
+    pub async fn create(&self, broker: &Broker) -> Result<(), String> {
+        broker
+            .create_topics(&[
+                (&self.transactions, 6),
+                (&self.profiles, 1),
+                (&self.outcomes, 3),
+                (&self.dead_letter, 1),
+                (&self.feedback, 3),
+                (&self.consent, 1),
+                (&self.replies, 1),
+                (&self.held, 1),
+            ])
+            .await
+    }
+}
+
+/// What every instance of a scenario shares in its config.
+pub struct Setup<'a> {
+    pub bootstrap: &'a str,
+    pub topics: &'a Topics,
+    pub group: &'a str,
+    /// The stand-in's base URL.
+    pub provider: &'a str,
+    /// More `[kafka.properties]` lines (the eager-rebalance comparison).
+    pub extra_kafka: &'a str,
+}
+
+impl Setup<'_> {
+    /// Writes the rule and instance `n`'s config (admin on `admin`) into
+    /// `dir`; returns the config's path.
+    pub fn write(
+        &self,
+        dir: &Path,
+        admin: std::net::SocketAddr,
+        n: usize,
+    ) -> Result<PathBuf, String> {
+        let (topics, extra_kafka, group, provider) =
+            (self.topics, self.extra_kafka, self.group, self.provider);
+        let rules = dir.join("rules");
+        std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
+        let rule = format!(
+            r#"rules:
+  - id: purchase-notice
+    description: Every approved swipe, at once (the fault suite counts these).
+    sources: [{source}]
+    match: {{ status: approved }}
+    channels: [push]
+    category: transactional
+    priority: high
+    template:
+      title: "{{{{ event.amount }}}} at {{{{ event.merchant }}}}"
+      body: "eid={{{{ event.eid }}}} card {{{{ event.card | mask_card }}}}"
+"#,
+            source = topics.transactions
+        );
+        std::fs::write(rules.join("notices.yaml"), rule).map_err(|e| e.to_string())?;
+        let config = format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+
+[kafka.properties]
+"session.timeout.ms" = "6000"
+{extra_kafka}
+
+[sources.{transactions}]
+user_field = "user_id"
+time_field = "ts"
+
+[topics]
+profiles = "{profiles}"
+outcomes = "{outcomes}"
+dead_letter = "{dead_letter}"
+feedback = "{feedback}"
+consent = "{consent}"
+replies = "{replies}"
+held = "{held}"
+
+[rules]
+dir = "{rules}"
+watch = false
+
+[admin]
+listen = "{admin}"
+
+[limits]
+shutdown_grace_ms = 5000
+
+[channels.push]
+provider = "fcm"
+base_url = "{provider}"
+project_id = "herald-faults"
+token_env = "HERALD_FAULTS_FCM_TOKEN"
+concurrency = 32
+"#,
+            bootstrap = self.bootstrap,
+            transactions = topics.transactions,
+            profiles = topics.profiles,
+            outcomes = topics.outcomes,
+            dead_letter = topics.dead_letter,
+            feedback = topics.feedback,
+            consent = topics.consent,
+            replies = topics.replies,
+            held = topics.held,
+            rules = rules.display(),
+        );
+        let path = dir.join(format!("herald-{n}.toml"));
+        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+}
+
+/// A producer that waits out broker faults rather than dropping events.
+pub fn producer(broker: &Broker) -> Result<FutureProducer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "600000")
+        .create()
+        .map_err(|e| e.to_string())
+}
+
+/// Publishes every user's profile (a push token, consent to push).
+pub async fn publish_profiles(producer: &FutureProducer, topics: &Topics) -> Result<(), String> {
+    for u in 0..USERS {
+        let user = format!("u{u}");
+        let profile = serde_json::json!({
+            "user_id": user,
+            "push_tokens": [{"token": format!("fcm-token-{user}"), "platform": "android"}],
+            "time_zone": "Europe/Paris",
+            "locale": "fr-FR",
+            "consent": {"push": true, "sms": false},
+        });
+        let payload = serde_json::to_vec(&profile).map_err(|e| e.to_string())?;
+        producer
+            .send(
+                FutureRecord::to(&topics.profiles)
+                    .key(&user)
+                    .payload(&payload),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// One event the producer wrote, and where the broker put it.
+#[derive(Debug, Clone)]
+pub struct Produced {
+    pub eid: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// A valid event herald should notify about (not a hostile record).
+    pub valid: bool,
+    /// For a hostile record: the dead-letter reason expected.
+    pub expect: Option<&'static str>,
+}
+
+/// Everything produced so far, shared with the tally.
+pub type Ledger = Arc<Mutex<Vec<Produced>>>;
+
+/// A valid swipe of user `n % USERS`, stamped `eid`.
+pub fn swipe(eid: &str, n: usize) -> (String, Vec<u8>) {
+    let u = n % USERS;
+    let event = serde_json::json!({
+        "eid": eid,
+        "user_id": format!("u{u}"),
+        "card": format!("4000000000{u:06}"),
+        "ts": herald::util::now_ms(),
+        "status": "approved",
+        "amount": 12.5 + (n % 7) as f64,
+        "merchant": "Corner Shop",
+    });
+    (
+        format!("card-{u}"),
+        serde_json::to_vec(&event).expect("json"),
+    )
+}
+
+/// Writes one record and notes where it went.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    ledger: &Ledger,
+    eid: String,
+    key: Option<&str>,
+    payload: Option<&[u8]>,
+    expect: Option<&'static str>,
+) -> Result<(), String> {
+    let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    let delivery = producer
+        .send(record, Duration::from_secs(600))
+        .await
+        .map_err(|(e, _)| format!("producing {eid}: {e}"))?;
+    ledger
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Produced {
+            eid,
+            partition: delivery.partition,
+            offset: delivery.offset,
+            valid: expect.is_none(),
+            expect,
+        });
+    Ok(())
+}
+
+/// Produces swipes at `rate` per second until `stop` turns true; each write is
+/// awaited in the background so a slow broker delays acknowledgements, not the pace.
+pub async fn stream(
+    producer: FutureProducer,
+    topic: String,
+    ledger: Ledger,
+    prefix: String,
+    rate: u32,
+    mut stop: watch::Receiver<bool>,
+) -> usize {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate as u64));
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut n = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let eid = format!("{prefix}-{n}");
+        let (key, payload) = swipe(&eid, n);
+        let (producer, topic, ledger) = (producer.clone(), topic.clone(), Arc::clone(&ledger));
+        inflight.spawn(async move {
+            if let Err(e) = send(
+                &producer,
+                &topic,
+                &ledger,
+                eid,
+                Some(&key),
+                Some(&payload),
+                None,
+            )
+            .await
+            {
+                eprintln!("faults: {e}");
+            }
+        });
+        n += 1;
+        while inflight.try_join_next().is_some() {}
+    }
+    while inflight.join_next().await.is_some() {}
+    n
+}

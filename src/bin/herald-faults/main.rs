@@ -1,0 +1,284 @@
+//! `herald-faults`: the fault suite. Real herald processes (the release
+//! binary) on real Apache Kafka, a provider stand-in that records every
+//! request and fails on demand, and a producer that stamps every event with a
+//! unique id; each scenario reports lost, duplicate, failed and recovery
+//! figures, and the run fails when a guarantee does not hold.
+//!
+//! Run it with `scripts/faults.sh` (full; writes RELIABILITY.md) or
+//! `scripts/faults.sh --short` (what CI runs).
+
+mod load;
+mod scenarios;
+mod scene;
+mod tally;
+mod world;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use scene::Report;
+use world::Broker;
+
+/// The access token herald and the stand-in share in the suite.
+pub const FCM_TOKEN: &str = "herald-faults-token";
+
+/// The suite's options.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "herald-faults", about = "herald's fault suite on Apache Kafka")]
+pub struct Options {
+    /// The short version (CI): fewer kills, shorter outages.
+    #[arg(long)]
+    short: bool,
+    /// Run only these scenarios (kill9, sigterm, group, group-eager,
+    /// broker-leader, broker-freeze, provider-down, provider-flaky, hostile).
+    #[arg(long = "only")]
+    only: Vec<String>,
+    /// The herald binary under test.
+    #[arg(long, default_value = "target/release/herald")]
+    herald: PathBuf,
+    /// The project root (for scripts/broker.sh).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Where scenarios keep their configs and herald logs.
+    #[arg(long, default_value = "target/faults")]
+    work: PathBuf,
+    /// Write the results table (markdown) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let opts = Options::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = std::time::Instant::now();
+    let reports = match runtime.block_on(run(&opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("faults: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = table(&reports, &opts, started.elapsed());
+    println!("{table}");
+    if let Some(out) = &opts.out {
+        if let Err(e) = std::fs::write(out, &table) {
+            eprintln!("faults: {}: {e}", out.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut failed = false;
+    for r in &reports {
+        for why in r.failures() {
+            eprintln!("FAIL {}: {why}", r.name);
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        eprintln!("faults: every guarantee held");
+        ExitCode::SUCCESS
+    }
+}
+
+fn wanted(opts: &Options, name: &str) -> bool {
+    opts.only.is_empty() || opts.only.iter().any(|o| o == name)
+}
+
+async fn run(opts: &Options) -> Result<Vec<Report>, String> {
+    let short = opts.short;
+    let mut reports = Vec::new();
+    let single = [
+        "kill9",
+        "sigterm",
+        "group",
+        "group-eager",
+        "broker-freeze",
+        "provider-down",
+        "provider-flaky",
+        "hostile",
+    ];
+    if single.iter().any(|s| wanted(opts, s)) {
+        let broker = tokio::task::block_in_place(|| Broker::single(&opts.root))?;
+        let step = |name: &str| {
+            eprintln!("faults: == {name}");
+            wanted(opts, name)
+        };
+        if step("hostile") {
+            reports.push(scenarios::hostile(opts, &broker).await?);
+        }
+        if step("kill9") {
+            reports.push(scenarios::kill9(opts, &broker, if short { 4 } else { 20 }).await?);
+        }
+        if step("sigterm") {
+            reports.push(scenarios::sigterm(opts, &broker, if short { 3 } else { 20 }).await?);
+        }
+        if step("group") {
+            reports.push(scenarios::group(opts, &broker, false).await?);
+        }
+        if !short && step("group-eager") {
+            reports.push(scenarios::group(opts, &broker, true).await?);
+        }
+        if step("provider-down") {
+            reports
+                .push(scenarios::provider_down(opts, &broker, if short { 20 } else { 60 }).await?);
+        }
+        if step("provider-flaky") {
+            reports
+                .push(scenarios::provider_flaky(opts, &broker, if short { 15 } else { 45 }).await?);
+        }
+        if step("broker-freeze") {
+            reports.push(scenarios::freeze(opts, &broker, if short { 20 } else { 60 }).await?);
+        }
+    }
+    if wanted(opts, "broker-leader") {
+        eprintln!("faults: == broker-leader (three nodes)");
+        let cluster = tokio::task::block_in_place(|| Broker::cluster(&opts.root))?;
+        reports.push(scenarios::leader(opts, &cluster, if short { 10 } else { 20 }).await?);
+    }
+    Ok(reports)
+}
+
+/// What RELIABILITY.md says before the figures (it is written whole by the suite).
+const PREAMBLE: &str = "# Reliability: herald under faults
+
+The figures below come from herald's fault suite (`src/bin/herald-faults/`):
+real herald processes (the release binary) on real Apache Kafka started by
+`scripts/broker.sh`, a provider stand-in (FCM HTTP v1) that records every
+request with its arrival time and fails on demand, and a producer that stamps
+every swipe with a unique id. One rule sends a push for every approved swipe.
+
+- **lost**: no successful provider request and no final outcome with a reason.
+- **duplicate**: more than one successful provider request for one event; in
+  brackets, those with a kill between the two requests (a request in flight, or
+  sent but not yet committed, when the process died).
+- **failed / suppressed**: never sent, with the outcome's reason.
+- **recovery**: from the end of each fault (restart issued, broker resumed,
+  provider back) to the first successful request after it.
+- **longest pause**: the longest gap between successful requests from each
+  fault's start to 30 s later (or to 10 s after its end).
+- **readiness**: the first `/readyz` 503 seen during a fault, with its reasons.
+
+The run fails (exit 1) on any lost event, any duplicate not explained by a
+kill, and any hostile record not dead-lettered with its expected reason.
+This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`
+(fewer kills, shorter outages) runs in CI.
+
+";
+
+/// The results as a markdown table, with the command that produced them.
+fn table(reports: &[Report], opts: &Options, took: std::time::Duration) -> String {
+    let mut out = String::from(PREAMBLE);
+    let command = if opts.short {
+        "scripts/faults.sh --short"
+    } else {
+        "scripts/faults.sh"
+    };
+    out.push_str(&format!(
+        "Produced by `{command}` on {} in {:.0} min (herald release build, Apache Kafka {}, {} swipes/s).\n\n",
+        jiff::Timestamp::now().strftime("%Y-%m-%d"),
+        took.as_secs_f64() / 60.0,
+        kafka_version(&opts.root),
+        50
+    ));
+    out.push_str("| scenario | events | sent once | duplicates (across a kill) | failed / suppressed | lost | recovery after fault: median / max | longest pause in sends | readiness during the fault |\n");
+    out.push_str("|---|---:|---:|---:|---|---:|---|---|---|\n");
+    for r in reports {
+        let f = &r.figures;
+        let failed = if f.failed.is_empty() {
+            "0".to_string()
+        } else {
+            f.failed
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut rec = f.recovery_ms.clone();
+        rec.sort_unstable();
+        let recovery = match (rec.get(rec.len() / 2), rec.last()) {
+            (Some(m), Some(x)) => format!("{:.1} s / {:.1} s", *m as f64 / 1e3, *x as f64 / 1e3),
+            _ => "—".into(),
+        };
+        let pause = r
+            .pauses_ms
+            .iter()
+            .max()
+            .map_or("—".into(), |p| format!("{:.1} s", *p as f64 / 1e3));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} |\n",
+            r.name,
+            f.events,
+            f.sent_once,
+            f.duplicates,
+            f.duplicates_across_fault,
+            failed,
+            f.lost.len(),
+            recovery,
+            pause,
+            r.not_ready
+                .as_deref()
+                .map_or("—".into(), |s| format!("503: {s}")),
+        ));
+    }
+    out.push_str("\nPer scenario:\n\n");
+    for r in reports {
+        out.push_str(&format!("- **{}**:", r.name));
+        let f = &r.figures;
+        if f.duplicates_across_fault > 0 {
+            out.push_str(&format!(
+                " every duplicate's first request came at most {} ms before a kill (in flight, or sent but its offset not yet committed);",
+                f.duplicate_lead_ms
+            ));
+        }
+        if f.refused_requests > 0 {
+            out.push_str(&format!(
+                " {} requests answered 503 by the stand-in;",
+                f.refused_requests
+            ));
+        }
+        if f.dead_lettered_as_expected > 0 {
+            out.push_str(&format!(
+                " {} hostile records dead-lettered with the expected reason;",
+                f.dead_lettered_as_expected
+            ));
+        }
+        for n in &r.notes {
+            out.push_str(&format!(" {n};"));
+        }
+        if r.name.starts_with("group") {
+            let pauses: Vec<String> = r
+                .faults
+                .iter()
+                .zip(&r.pauses_ms)
+                .map(|(f, p)| format!("{} {} ms", f.what, p))
+                .collect();
+            out.push_str(&format!(
+                " longest pause after each change: {};",
+                pauses.join(", ")
+            ));
+        }
+        for why in r.failures() {
+            out.push_str(&format!(" **FAILED: {why}**;"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn kafka_version(root: &std::path::Path) -> String {
+    std::fs::read_to_string(root.join("scripts/kafka/pom.xml"))
+        .ok()
+        .and_then(|pom| {
+            let start = pom.find("<kafka.version>")? + "<kafka.version>".len();
+            let end = pom[start..].find('<')? + start;
+            Some(pom[start..end].to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}

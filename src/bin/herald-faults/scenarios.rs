@@ -1,0 +1,307 @@
+//! The scenarios: each sets a stage, runs herald under one kind of fault while
+//! swipes stream in, and reports what happened to every event.
+
+use std::time::Duration;
+
+use herald::util::now_ms;
+use rand::Rng;
+use tokio::time::sleep;
+
+use super::load;
+use super::scene::{Report, Scene};
+use super::world::Broker;
+use super::Options;
+
+/// Swipes per second during a scenario.
+const RATE: u32 = 50;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn random_ms(low: u64, high: u64) -> Duration {
+    Duration::from_millis(rand::rng().random_range(low..high))
+}
+
+/// Settles and counts, with the suite's usual patience.
+async fn close(s: Scene, duplicates_across_kills: bool) -> Result<Report, String> {
+    s.settle(secs(40), secs(240)).await;
+    s.finish(duplicates_across_kills).await
+}
+
+/// kill -9 of the only instance at random moments, restarted at once.
+pub async fn kill9(opts: &Options, broker: &Broker, kills: usize) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "kill9", "").await?;
+    let mut i = s.spawn()?;
+    s.ready(i).await?;
+    s.start_load(RATE);
+    for k in 0..kills {
+        sleep(random_ms(1_000, 6_000)).await;
+        let start = now_ms();
+        s.instances[i].kill9();
+        s.instances[i].exited(secs(10)).await;
+        i = s.spawn()?;
+        s.fault(format!("kill -9 #{}", k + 1), start);
+    }
+    s.ready(i).await?;
+    sleep(secs(5)).await;
+    s.stop_load().await;
+    close(s, true).await
+}
+
+/// SIGTERM of the only instance at random moments (start-up included),
+/// restarted once it has exited.
+pub async fn sigterm(opts: &Options, broker: &Broker, stops: usize) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "sigterm", "").await?;
+    let mut i = s.spawn()?;
+    s.ready(i).await?;
+    s.start_load(RATE);
+    let (mut longest, mut codes) = (Duration::ZERO, Vec::new());
+    for k in 0..stops {
+        sleep(random_ms(500, 6_000)).await;
+        let start = now_ms();
+        let began = std::time::Instant::now();
+        s.instances[i].sigterm();
+        match s.instances[i].exited(secs(30)).await {
+            Some(code) => codes.push(code),
+            None => {
+                s.notes
+                    .push(format!("stop #{}: not exited 30 s after SIGTERM", k + 1));
+                s.instances[i].kill9();
+            }
+        }
+        longest = longest.max(began.elapsed());
+        i = s.spawn()?;
+        s.fault(format!("SIGTERM #{}", k + 1), start);
+    }
+    s.ready(i).await?;
+    sleep(secs(5)).await;
+    s.stop_load().await;
+    let clean = codes.iter().filter(|&&c| c == 0).count();
+    s.notes.push(format!(
+        "{clean}/{} exits with code 0; longest SIGTERM-to-exit {:.1} s (shutdown_grace_ms 5000)",
+        codes.len(),
+        longest.as_secs_f64()
+    ));
+    if clean != stops {
+        s.notes.push(format!("exit codes: {codes:?}"));
+    }
+    close(s, false).await
+}
+
+/// Three instances join one by one, then one leaves by SIGTERM and one by
+/// kill -9. `eager` uses the eager `range` assignor, for comparison.
+pub async fn group(opts: &Options, broker: &Broker, eager: bool) -> Result<Report, String> {
+    let (name, extra) = if eager {
+        (
+            "group-eager",
+            "\"partition.assignment.strategy\" = \"range\"",
+        )
+    } else {
+        ("group", "")
+    };
+    let mut s = Scene::new(opts, broker, name, extra).await?;
+    let a = s.spawn()?;
+    s.ready(a).await?;
+    s.start_load(RATE);
+    sleep(secs(8)).await;
+    for who in ["B", "C"] {
+        let start = now_ms();
+        let n = s.spawn()?;
+        s.ready(n).await?;
+        s.fault(format!("{who} joins"), start);
+        sleep(secs(10)).await;
+    }
+    let start = now_ms();
+    s.instances[1].sigterm();
+    let code = s.instances[1].exited(secs(30)).await;
+    s.fault("B leaves (SIGTERM)".into(), start);
+    s.notes.push(format!("B exit code {code:?}"));
+    sleep(secs(10)).await;
+    let start = now_ms();
+    s.instances[2].kill9();
+    s.instances[2].exited(secs(10)).await;
+    s.fault("C leaves (kill -9)".into(), start);
+    sleep(secs(15)).await;
+    s.stop_load().await;
+    close(s, true).await
+}
+
+/// On three brokers: kill -9 of the broker leading most source partitions,
+/// restarted 20 s later.
+pub async fn leader(opts: &Options, broker: &Broker, down: u64) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "broker-leader", "").await?;
+    let i = s.spawn()?;
+    s.ready(i).await?;
+    s.start_load(RATE);
+    sleep(secs(8)).await;
+    let node = broker.busiest_leader(&s.topics.transactions)?;
+    let start = now_ms();
+    tokio::task::block_in_place(|| broker.kill_node(node))?;
+    sleep(secs(down)).await;
+    tokio::task::block_in_place(|| broker.restart_node(node))?;
+    s.fault(
+        format!("broker {node} (leader) kill -9, restarted after {down} s"),
+        start,
+    );
+    sleep(secs(10)).await;
+    s.stop_load().await;
+    close(s, false).await
+}
+
+/// The (single) broker frozen by SIGSTOP, then resumed.
+pub async fn freeze(opts: &Options, broker: &Broker, frozen: u64) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "broker-freeze", "").await?;
+    let i = s.spawn()?;
+    s.ready(i).await?;
+    s.start_load(RATE);
+    sleep(secs(8)).await;
+    let start = now_ms();
+    tokio::task::block_in_place(|| broker.freeze())?;
+    sleep(secs(frozen)).await;
+    tokio::task::block_in_place(|| broker.thaw())?;
+    s.fault(format!("broker SIGSTOP {frozen} s"), start);
+    sleep(secs(15)).await;
+    s.stop_load().await;
+    if !s.instances[i].alive() {
+        s.notes.push("herald exited during the freeze".into());
+    }
+    close(s, false).await
+}
+
+/// The provider answering 503 to every request for a while.
+pub async fn provider_down(opts: &Options, broker: &Broker, down: u64) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "provider-down", "").await?;
+    let i = s.spawn()?;
+    s.ready(i).await?;
+    s.start_load(RATE);
+    sleep(secs(8)).await;
+    let start = now_ms();
+    s.standin.fail_per_mille(1000);
+    sleep(secs(down)).await;
+    s.standin.fail_per_mille(0);
+    s.fault(format!("provider down (503) {down} s"), start);
+    sleep(secs(10)).await;
+    s.stop_load().await;
+    close(s, false).await
+}
+
+/// 20 % of provider requests answered 503 throughout.
+pub async fn provider_flaky(opts: &Options, broker: &Broker, run: u64) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "provider-503-20pct", "").await?;
+    let i = s.spawn()?;
+    s.ready(i).await?;
+    s.standin.fail_per_mille(200);
+    s.start_load(RATE);
+    sleep(secs(run)).await;
+    s.stop_load().await;
+    s.settle(secs(30), secs(120)).await;
+    s.standin.fail_per_mille(0);
+    close(s, false).await
+}
+
+/// Hostile records on the source topic, each followed by a valid swipe.
+pub async fn hostile(opts: &Options, broker: &Broker) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "hostile", "").await?;
+    let i = s.spawn()?;
+    s.ready(i).await?;
+    let now = now_ms();
+    let nested = format!("{}1{}", "{\"a\":".repeat(5_000), "}".repeat(5_000));
+    let oversize = format!(
+        r#"{{"eid":"big","user_id":"u1","ts":{now},"status":"approved","pad":"{}"}}"#,
+        "x".repeat(900_000)
+    );
+    let with =
+        |field: &str| format!(r#"{{"user_id":"u1","ts":{now},"status":"approved",{field}}}"#);
+    let mut bad_utf8 = with(r#""merchant":"AB""#).into_bytes();
+    let at = bad_utf8.len() - 3;
+    bad_utf8[at] = 0xff;
+    let cases: Vec<(&str, Option<Vec<u8>>, &'static str)> = vec![
+        ("oversize-900KB", Some(oversize.into_bytes()), "too_large"),
+        ("nested-5000", Some(nested.into_bytes()), "not_json"),
+        ("invalid-utf8", Some(bad_utf8), "not_json"),
+        (
+            "nan",
+            Some(with(r#""amount":NaN"#).into_bytes()),
+            "not_json",
+        ),
+        (
+            "infinity",
+            Some(with(r#""amount":Infinity"#).into_bytes()),
+            "not_json",
+        ),
+        (
+            "1e400",
+            Some(with(r#""amount":1e400"#).into_bytes()),
+            "not_json",
+        ),
+        (
+            "ts-1e300",
+            Some(
+                r#"{"user_id":"u1","ts":1e300,"status":"approved"}"#
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            "bad_time",
+        ),
+        (
+            "ts-i64-min",
+            Some(
+                r#"{"user_id":"u1","ts":-9223372036854775808,"status":"approved"}"#
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            "bad_time",
+        ),
+        ("empty-value", Some(Vec::new()), "not_json"),
+        ("tombstone", None, "empty"),
+    ];
+    let topic = s.topics.transactions.clone();
+    for (n, (what, payload, expect)) in cases.into_iter().enumerate() {
+        let eid = format!("hostile-{what}");
+        load::send(
+            &s.producer,
+            &topic,
+            &s.ledger,
+            eid,
+            Some("card-1"),
+            payload.as_deref(),
+            Some(expect),
+        )
+        .await?;
+        let eid = format!("hostile-after-{what}");
+        let (key, payload) = load::swipe(&eid, n);
+        load::send(
+            &s.producer,
+            &topic,
+            &s.ledger,
+            eid,
+            Some(&key),
+            Some(&payload),
+            None,
+        )
+        .await?;
+    }
+    let (_, payload) = load::swipe("hostile-no-key", 3);
+    load::send(
+        &s.producer,
+        &topic,
+        &s.ledger,
+        "hostile-no-key".into(),
+        None,
+        Some(&payload),
+        None,
+    )
+    .await?;
+    s.settle(secs(20), secs(60)).await;
+    let alive = s.instances[i].alive();
+    s.notes.push(format!(
+        "herald {} after the hostile records",
+        if alive { "still running" } else { "EXITED" }
+    ));
+    let report = s.finish(false).await?;
+    if !alive {
+        return Err("herald exited on hostile input".into());
+    }
+    Ok(report)
+}

@@ -1,0 +1,351 @@
+//! One scenario's stage: fresh topics and profiles, the provider stand-in,
+//! herald instances, the event stream, a readiness watcher, and the final tally.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald::standin::{Credentials, StandIn};
+use herald::util::now_ms;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::load::{self, Ledger, Topics};
+use super::tally::{self, Fault, Figures};
+use super::world::{free_addr, Broker, Herald};
+use super::Options;
+
+/// A readiness answer seen during the scenario: when, which instance, status, body.
+type Seen = (i64, String, u16, String);
+
+/// What one scenario found, for the report.
+pub struct Report {
+    pub name: String,
+    pub figures: Figures,
+    pub faults: Vec<Fault>,
+    /// Longest pause in successful sends after each fault began, ms.
+    pub pauses_ms: Vec<i64>,
+    /// The first not-ready answer seen during a fault, if any.
+    pub not_ready: Option<String>,
+    pub notes: Vec<String>,
+    /// Duplicates are acceptable here when a fault lies between the two requests
+    /// (kill -9: a request in flight or not yet committed at the kill).
+    pub duplicates_allowed_across_faults: bool,
+}
+
+impl Report {
+    /// Why this scenario fails the suite, if it does.
+    pub fn failures(&self) -> Vec<String> {
+        let f = &self.figures;
+        let mut out = Vec::new();
+        if !f.lost.is_empty() {
+            let some: Vec<&str> = f.lost.iter().take(5).map(String::as_str).collect();
+            out.push(format!("{} lost (e.g. {})", f.lost.len(), some.join(", ")));
+        }
+        let unexplained = if self.duplicates_allowed_across_faults {
+            f.duplicates - f.duplicates_across_fault
+        } else {
+            f.duplicates
+        };
+        if unexplained > 0 {
+            out.push(format!(
+                "{unexplained} duplicate(s) not explained by a kill"
+            ));
+        }
+        out.extend(f.dead_letter_mismatch.iter().cloned());
+        if f.events == 0 {
+            out.push("no events produced".into());
+        }
+        out
+    }
+}
+
+/// A scenario in progress.
+pub struct Scene {
+    pub name: String,
+    dir: PathBuf,
+    pub topics: Topics,
+    pub standin: StandIn,
+    pub producer: FutureProducer,
+    pub ledger: Ledger,
+    pub http: reqwest::Client,
+    pub instances: Vec<Herald>,
+    pub faults: Vec<Fault>,
+    pub notes: Vec<String>,
+    bootstrap: String,
+    herald_bin: PathBuf,
+    group: String,
+    extra_kafka: String,
+    watched: Arc<Mutex<Vec<(String, std::net::SocketAddr)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    watcher: JoinHandle<()>,
+    load: Option<(watch::Sender<bool>, JoinHandle<usize>)>,
+    spawned: usize,
+}
+
+impl Scene {
+    /// Sets the stage on `broker`: topics, profiles, a recording stand-in.
+    pub async fn new(
+        opts: &Options,
+        broker: &Broker,
+        name: &str,
+        extra_kafka: &str,
+    ) -> Result<Scene, String> {
+        let run = format!("{name}-{:x}", now_ms());
+        let dir = opts.work.join(&run);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let topics = Topics::fresh(&format!("faults-{run}"));
+        topics.create(broker).await?;
+        let producer = load::producer(broker)?;
+        load::publish_profiles(&producer, &topics).await?;
+        let standin = StandIn::start(
+            ([127, 0, 0, 1], 0).into(),
+            Credentials {
+                fcm_token: super::FCM_TOKEN.into(),
+                twilio_sid: "AC0".into(),
+                twilio_token: "unused".into(),
+            },
+        )
+        .await
+        .map_err(|e| format!("stand-in: {e}"))?;
+        standin.record();
+        let http = reqwest::Client::new();
+        let watched = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let watcher = tokio::spawn(watch_readiness(
+            http.clone(),
+            Arc::clone(&watched),
+            Arc::clone(&seen),
+        ));
+        Ok(Scene {
+            name: name.to_string(),
+            dir,
+            topics,
+            standin,
+            producer,
+            ledger: Ledger::default(),
+            http,
+            instances: Vec::new(),
+            faults: Vec::new(),
+            notes: Vec::new(),
+            bootstrap: broker.bootstrap.clone(),
+            herald_bin: opts.herald.clone(),
+            group: format!("herald-faults-{run}"),
+            extra_kafka: extra_kafka.to_string(),
+            watched,
+            seen,
+            watcher,
+            load: None,
+            spawned: 0,
+        })
+    }
+
+    /// Starts one more herald instance; its index in `instances`.
+    pub fn spawn(&mut self) -> Result<usize, String> {
+        let admin = free_addr();
+        let n = self.spawned;
+        self.spawned += 1;
+        let provider = self.standin.base_url();
+        let setup = load::Setup {
+            bootstrap: &self.bootstrap,
+            topics: &self.topics,
+            group: &self.group,
+            provider: &provider,
+            extra_kafka: &self.extra_kafka,
+        };
+        let config = setup.write(&self.dir, admin, n)?;
+        let name = format!("herald-{n}");
+        let log = self.dir.join(format!("{name}.log"));
+        let h = Herald::spawn(&self.herald_bin, &name, &config, admin, &log)?;
+        self.watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, admin));
+        self.instances.push(h);
+        Ok(self.instances.len() - 1)
+    }
+
+    /// Waits until instance `i` is ready.
+    pub async fn ready(&mut self, i: usize) -> Result<Duration, String> {
+        self.instances[i]
+            .wait_ready(&self.http, Duration::from_secs(90))
+            .await
+    }
+
+    /// Starts producing swipes at `rate` per second.
+    pub fn start_load(&mut self, rate: u32) {
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(load::stream(
+            self.producer.clone(),
+            self.topics.transactions.clone(),
+            Arc::clone(&self.ledger),
+            self.name.clone(),
+            rate,
+            rx,
+        ));
+        self.load = Some((tx, task));
+    }
+
+    /// Stops producing and waits for every event to be acknowledged.
+    pub async fn stop_load(&mut self) {
+        if let Some((stop, task)) = self.load.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+    }
+
+    /// Records a fault that began at `start_ms` and ended now.
+    pub fn fault(&mut self, what: String, start_ms: i64) {
+        self.faults.push(Fault {
+            what,
+            start_ms,
+            end_ms: now_ms(),
+        });
+    }
+
+    /// Waits until every valid event was sent or has a final outcome, or
+    /// nothing changed for `quiet`, or `limit` passed.
+    pub async fn settle(&self, quiet: Duration, limit: Duration) {
+        let valid = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|p| p.valid)
+            .count();
+        let start = Instant::now();
+        let (mut last, mut since) = (usize::MAX, Instant::now());
+        while start.elapsed() < limit {
+            let sent = tally::sent_count(&self.standin.recorded());
+            if sent >= valid {
+                return;
+            }
+            if sent != last {
+                (last, since) = (sent, Instant::now());
+            } else if since.elapsed() >= quiet {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops every instance (SIGTERM), reads outcomes and dead letters back,
+    /// and counts.
+    pub async fn finish(
+        mut self,
+        duplicates_allowed_across_faults: bool,
+    ) -> Result<Report, String> {
+        self.stop_load().await;
+        for h in &mut self.instances {
+            if h.alive() {
+                h.sigterm();
+                if h.exited(Duration::from_secs(30)).await.is_none() {
+                    self.notes
+                        .push(format!("{} did not stop within 30 s of SIGTERM", h.name));
+                    h.kill9();
+                }
+            }
+        }
+        self.watcher.abort();
+        let (bootstrap, outcomes, dlq) = (
+            self.bootstrap.clone(),
+            self.topics.outcomes.clone(),
+            self.topics.dead_letter.clone(),
+        );
+        let (outcomes, dead) = tokio::task::spawn_blocking(move || {
+            Ok::<_, String>((
+                tally::read_all(&bootstrap, &outcomes)?,
+                tally::read_all(&bootstrap, &dlq)?,
+            ))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let arrivals = self.standin.recorded();
+        let produced = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let figures = tally::figures(
+            &produced,
+            &arrivals,
+            &outcomes,
+            &dead,
+            &self.topics.transactions,
+            &self.faults,
+        );
+        let pauses_ms = self
+            .faults
+            .iter()
+            .map(|f| {
+                tally::longest_gap(
+                    &arrivals,
+                    f.start_ms,
+                    30_000.max(f.end_ms - f.start_ms + 10_000),
+                )
+            })
+            .collect();
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let not_ready = seen
+            .iter()
+            .find(|(at, _, status, _)| {
+                *status == 503
+                    && self
+                        .faults
+                        .iter()
+                        .any(|f| *at >= f.start_ms && *at <= f.end_ms + 5_000)
+            })
+            .map(|(_, who, _, body)| format!("{who}: {}", reasons(body)));
+        Ok(Report {
+            name: self.name.clone(),
+            figures,
+            faults: self.faults.clone(),
+            pauses_ms,
+            not_ready,
+            notes: self.notes.clone(),
+            duplicates_allowed_across_faults,
+        })
+    }
+}
+
+/// The `not_ready` reasons of a readiness body.
+fn reasons(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v["not_ready"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// Polls every instance's `/readyz` twice a second.
+async fn watch_readiness(
+    http: reqwest::Client,
+    watched: Arc<Mutex<Vec<(String, std::net::SocketAddr)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) {
+    loop {
+        let targets = watched.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (name, addr) in targets {
+            let answer = http
+                .get(format!("http://{addr}/readyz"))
+                .timeout(Duration::from_millis(800))
+                .send()
+                .await;
+            if let Ok(r) = answer {
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap_or_default();
+                seen.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((now_ms(), name, status, body));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,211 @@
+//! What herald does when it cannot make progress, on the real broker: a
+//! provider outage opens the circuit and sends wait, then go out once; a record
+//! it cannot write makes `/readyz` say so until it is written; a fatally
+//! failed producer is rebuilt and loses nothing.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::outcome::{KafkaWriter, WriteHealth};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::Producer;
+use rdkafka::ClientConfig;
+use support::provider::Provider;
+use support::*;
+
+fn every_swipe(topics: &Topics) -> String {
+    format!(
+        "rules:\n  - id: every-swipe\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      body: \"{{{{ event.amount }}}}\"\n",
+        topics.transactions
+    )
+}
+
+async fn start(
+    topics: &Topics,
+    provider: &Provider,
+    edit: impl Fn(String) -> String,
+) -> (tempfile::TempDir, herald::Running) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), every_swipe(topics)).unwrap();
+    let text = edit(config_text(topics, dir.path(), &provider.base_url(), ""));
+    let (_, config) = load_config(dir.path(), &text);
+    let running = herald::start(config).await.expect("herald starts");
+    (dir, running)
+}
+
+/// Polls an admin endpoint until `done` holds (30 s at most); its body then.
+async fn admin_until(
+    addr: std::net::SocketAddr,
+    path: &str,
+    done: impl Fn(u16, &str) -> bool,
+) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let (code, body) = admin_get(addr, path).await;
+        if done(code, &body) {
+            return Some(body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outage_opens_the_circuit_and_every_message_goes_out_once_after_it() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    publish(
+        &producer(),
+        &topics.profiles,
+        "u-1",
+        &profile("u-1", true, false),
+    )
+    .await;
+    let (_dir, running) = start(&topics, &provider, |t| t).await;
+    let addr = running.admin_addr();
+    wait_ready(addr).await;
+    // The next 40 requests fail: far more than the 4 attempts a message used
+    // to get before it was given up.
+    provider.plan(&[503; 40]);
+    let p = producer();
+    for amount in 1..=10 {
+        publish(
+            &p,
+            &topics.transactions,
+            "card",
+            &swipe("u-1", amount as f64, "approved", "US"),
+        )
+        .await;
+    }
+    let open = admin_until(addr, "/metrics", |_, m| {
+        m.contains("herald_channel_circuit_open{channel=\"push\"} 1")
+    })
+    .await;
+    assert!(open.is_some(), "the push circuit opens during the outage");
+    let (_, ready) = admin_get(addr, "/readyz").await;
+    assert!(ready.contains("\"push (open"), "{ready}");
+
+    let outcomes = read_json(&topics.outcomes, 10, Duration::from_secs(60), |_| true);
+    assert!(
+        outcomes.iter().all(|o| o["status"] == "sent"),
+        "every message sent once the provider answers, none failed: {outcomes:?}"
+    );
+    // The 40 planned failures, then one successful request per message.
+    assert_eq!(
+        provider.received_by("fcm").len(),
+        40 + 10,
+        "each message sent once after the outage"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_herald_cannot_write_makes_it_not_ready_until_it_is_written() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    publish(
+        &producer(),
+        &topics.profiles,
+        "u-1",
+        &profile("u-1", true, false),
+    )
+    .await;
+    // The dead-letter topic does not exist (and the broker creates none).
+    let missing = unique("dlq-missing");
+    let (_dir, running) = start(&topics, &provider, |t| {
+        t.replace(&topics.dlq, &missing).replace(
+            "[kafka.properties]",
+            "[kafka.properties]\n\"message.timeout.ms\" = \"2000\"",
+        )
+    })
+    .await;
+    let addr = running.admin_addr();
+    wait_ready(addr).await;
+    publish(&producer(), &topics.transactions, "card", b"not json").await;
+    let stuck = admin_until(addr, "/readyz", |code, body| {
+        code == 503 && body.contains(&missing)
+    })
+    .await;
+    let body = stuck.expect("readyz names the topic it cannot write to");
+    assert!(body.contains("not written"), "{body}");
+    let (_, metrics) = admin_get(addr, "/metrics").await;
+    assert!(metrics.contains("herald_writes_failing 1"), "{metrics}");
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new(&missing, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let dead = read_json(&missing, 1, Duration::from_secs(30), |_| true);
+    assert_eq!(
+        dead[0]["reason"], "not_json",
+        "written once the topic exists"
+    );
+    let ready = admin_until(addr, "/readyz", |code, _| code == 200).await;
+    assert!(ready.is_some(), "ready again once the record is written");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatally_failed_producer_is_rebuilt_and_every_record_arrives() {
+    let topic = unique("rebuilt");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let failing = prometheus::IntGauge::new("failing", "failing").unwrap();
+    let rebuilds = prometheus::IntCounter::new("rebuilds", "rebuilds").unwrap();
+    let health = Arc::new(WriteHealth::new(failing.clone(), rebuilds.clone()));
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    let writer = Arc::new(KafkaWriter::new(config, Arc::clone(&health)).unwrap());
+    writer
+        .write(topic.clone(), "k".into(), Some(b"1".to_vec()))
+        .await;
+
+    // What librdkafka offers to test this path: a fabricated fatal error in
+    // the idempotent producer, as a fenced or out-of-sequence producer gets.
+    let broken = writer.producer();
+    let reason = std::ffi::CString::new("test: fenced").unwrap();
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            broken.client().native_ptr(),
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+            reason.as_ptr(),
+        );
+    }
+    assert!(broken.client().fatal_error().is_some());
+    let writes: Vec<_> = (2..=5)
+        .map(|n| writer.write(topic.clone(), "k".into(), Some(n.to_string().into_bytes())))
+        .collect();
+    tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(writes))
+        .await
+        .expect("every write completes on the rebuilt producer");
+    assert_eq!(rebuilds.get(), 1, "one rebuild for all the failed writes");
+    assert_eq!(failing.get(), 0, "nothing left failing");
+    assert!(health.problem().is_none());
+    let values: Vec<String> = read_json(&topic, 5, Duration::from_secs(10), |_| true)
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(values, ["1", "2", "3", "4", "5"], "every record, in order");
+}
