@@ -107,39 +107,46 @@ impl Provider for Fcm {
             let status = response.status();
             let headers = response.headers().clone();
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            if status.is_success() {
-                return Ok(Delivered {
-                    provider_message_id: body
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
-                });
-            }
-            let code = fcm_error_code(&body);
-            if code == Some("UNREGISTERED") {
-                return Err(SendError::Unregistered);
-            }
-            if code == Some("QUOTA_EXCEEDED") {
-                // FCM asks for at least 60 s before retrying an exceeded quota.
-                let asked = retry_after(&headers).unwrap_or_default();
-                return Err(SendError::Retryable {
-                    status: Some(status.as_u16()),
-                    retry_after: Some(asked.max(QUOTA_BACKOFF)),
-                    detail: format!("fcm {}: QUOTA_EXCEEDED", status.as_u16()),
-                });
-            }
-            let detail = body
-                .pointer("/error/status")
-                .and_then(Value::as_str)
-                .unwrap_or("error")
-                .to_string();
-            Err(classify(
-                status,
-                &headers,
-                format!("fcm {}: {detail}", status.as_u16()),
-            ))
+            answer(status, &headers, &body)
         })
     }
+}
+
+/// What an FCM answer means: the message id, or why it failed and whether to
+/// retry (and when).
+fn answer(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+) -> Result<Delivered, SendError> {
+    if status.is_success() {
+        return Ok(Delivered {
+            provider_message_id: body.get("name").and_then(Value::as_str).map(str::to_string),
+        });
+    }
+    let code = fcm_error_code(body);
+    if code == Some("UNREGISTERED") {
+        return Err(SendError::Unregistered);
+    }
+    if code == Some("QUOTA_EXCEEDED") {
+        // FCM asks for at least 60 s before retrying an exceeded quota.
+        let asked = retry_after(headers).unwrap_or_default();
+        return Err(SendError::Retryable {
+            status: Some(status.as_u16()),
+            retry_after: Some(asked.max(QUOTA_BACKOFF)),
+            detail: format!("fcm {}: QUOTA_EXCEEDED", status.as_u16()),
+        });
+    }
+    let detail = body
+        .pointer("/error/status")
+        .and_then(Value::as_str)
+        .unwrap_or("error")
+        .to_string();
+    Err(classify(
+        status,
+        headers,
+        format!("fcm {}: {detail}", status.as_u16()),
+    ))
 }
 
 /// FCM's documented minimum wait after `QUOTA_EXCEEDED`.
@@ -151,4 +158,73 @@ fn fcm_error_code(body: &Value) -> Option<&str> {
         .as_array()?
         .iter()
         .find_map(|d| d.get("errorCode").and_then(Value::as_str))
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+    use reqwest::StatusCode;
+    use serde_json::json;
+
+    fn error(status: u16, code: &str) -> Value {
+        json!({"error": {"code": status, "status": "RESOURCE_EXHAUSTED", "details": [
+            {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}
+        ]}})
+    }
+
+    #[test]
+    fn quota_exceeded_waits_at_least_sixty_seconds() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        let got = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            &error(429, "QUOTA_EXCEEDED"),
+        );
+        match got {
+            Err(SendError::Retryable { retry_after, .. }) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(60)))
+            }
+            other => panic!("{other:?}"),
+        }
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+        let got = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            &error(429, "QUOTA_EXCEEDED"),
+        );
+        assert!(
+            matches!(got, Err(SendError::Retryable { retry_after: Some(d), .. }) if d == Duration::from_secs(120)),
+            "a longer Retry-After wins"
+        );
+    }
+
+    #[test]
+    fn unregistered_marks_the_token_and_other_4xx_are_final() {
+        let none = HeaderMap::new();
+        assert!(matches!(
+            answer(StatusCode::NOT_FOUND, &none, &error(404, "UNREGISTERED")),
+            Err(SendError::Unregistered)
+        ));
+        assert!(matches!(
+            answer(
+                StatusCode::BAD_REQUEST,
+                &none,
+                &error(400, "INVALID_ARGUMENT")
+            ),
+            Err(SendError::Rejected { status: 400, .. })
+        ));
+        assert!(matches!(
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &none,
+                &error(503, "UNAVAILABLE")
+            ),
+            Err(SendError::Retryable {
+                status: Some(503),
+                ..
+            })
+        ));
+    }
 }

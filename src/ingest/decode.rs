@@ -163,7 +163,6 @@ pub fn plausible_time(time_ms: i64, now_ms: i64) -> bool {
 
 /// RFC 3339 text or epoch milliseconds to epoch milliseconds; `None` for a
 /// number that is not finite or does not fit.
-
 pub fn parse_time(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64().or_else(|| {

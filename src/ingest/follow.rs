@@ -336,12 +336,12 @@ pub fn read_back(
     limit: Duration,
 ) -> Result<Vec<Read>, String> {
     use rdkafka::Message as _;
-    let consumer: BaseConsumer = client
+    let consumer: BaseConsumer<EndIsNormal> = client
         .clone()
         .set("group.id", format!("herald-read-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(EndIsNormal)
         .map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(10);
     let md = consumer

@@ -175,11 +175,13 @@ This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`
 /// The results as a markdown table, with the command that produced them.
 fn table(reports: &[Report], opts: &Options, took: std::time::Duration) -> String {
     let mut out = String::from(PREAMBLE);
-    let command = if opts.short {
-        "scripts/faults.sh --short"
-    } else {
-        "scripts/faults.sh"
-    };
+    let mut command = String::from("scripts/faults.sh");
+    if opts.short {
+        command.push_str(" --short");
+    }
+    for only in &opts.only {
+        command.push_str(&format!(" --only {only}"));
+    }
     out.push_str(&format!(
         "Produced by `{command}` on {} in {:.0} min (herald release build, Apache Kafka {}, {} swipes/s).\n\n",
         jiff::Timestamp::now().strftime("%Y-%m-%d"),

@@ -46,6 +46,9 @@ pub async fn kill9(opts: &Options, broker: &Broker, kills: usize) -> Result<Repo
     s.ready(i).await?;
     sleep(secs(5)).await;
     s.stop_load().await;
+    s.notes.push(format!(
+        "{kills} kills at random moments 1–6 s after each start (some during start-up); recovery includes start-up and the group's wait for the dead member's session (6 s)"
+    ));
     close(s, true).await
 }
 
