@@ -100,6 +100,7 @@ pub async fn run(options: LoadOptions, credentials: Credentials) -> Result<Repor
         options.rules.label()
     );
 
+    warm_up(&options, &id).await?;
     let floor = measure_floor(&options, &id, count).await?;
     let f = &floor.0.latency_ms;
     println!(
@@ -150,6 +151,22 @@ pub async fn run(options: LoadOptions, credentials: Credentials) -> Result<Repor
     plot::write(&plot::svg(&title, &curves), &stem.with_extension("png"))?;
     println!("wrote {}.json, .svg and .png", stem.display());
     Ok(report)
+}
+
+/// Three seconds of the offered rate through a bare consumer, not measured:
+/// Apache Kafka's JVM compiles its produce and fetch paths in the first
+/// seconds, and whichever side ran first would otherwise pay for it.
+async fn warm_up(options: &LoadOptions, id: &str) -> Result<(), String> {
+    let topic = format!("lt-{id}-warmup");
+    create_topics(&options.brokers, &[(&topic, options.partitions, false)]).await?;
+    let consumer = floor::consumer(&options.brokers, &topic)?;
+    floor::wait_assigned(&consumer).await?;
+    let producer = simulate::producer(&options.brokers, &[]).map_err(|e| e.to_string())?;
+    let count = (options.rate * 3.0).round() as u64;
+    let produce = publish_transactions(&producer, &topic, options, 6, options.rate, count);
+    let consume = floor::measure(&consumer, count, Duration::from_secs(30));
+    tokio::join!(produce, consume);
+    Ok(())
 }
 
 async fn measure_floor(
