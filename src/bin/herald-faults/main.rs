@@ -170,6 +170,15 @@ kill, and any hostile record not dead-lettered with its expected reason.
 This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`
 (fewer kills, shorter outages) runs in CI.
 
+The suite fails where herald did: run against the release binary of commit
+a402d14 (before the fixes of the Apache Kafka issue) with
+`herald-faults --herald <old binary> --short --only hostile --only provider-down`,
+the 900 KB record got no dead letter (its base64 copy exceeded the broker's
+1 MiB limit and was retried for ever, its partition's offset frozen, `/readyz`
+200), the event times 1e300 and i64::MIN passed decoding, and a 20 s provider
+outage failed 804 of 1,901 notifications (`provider_status:503`) with `/readyz`
+200 throughout.
+
 ";
 
 /// The results as a markdown table, with the command that produced them.
