@@ -192,3 +192,40 @@ async fn stale_and_capped_messages_are_suppressed_with_their_reasons() {
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_over_fcms_4096_byte_limit_fails_before_sending() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    publish(
+        &producer(),
+        &topics.profiles,
+        "u-1",
+        &profile("u-1", true, false),
+    )
+    .await;
+    let rules = format!(
+        "rules:\n  - id: long-note\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      body: \"{{% for i in range(600) %}}{{{{ event.note }}}}{{% endfor %}}\"\n",
+        topics.transactions
+    );
+    let (_dir, running) = start(&topics, &provider, &rules, 2000).await;
+    wait_ready(running.admin_addr()).await;
+    let event = serde_json::json!({
+        "user_id": "u-1", "ts": herald::util::now_ms(), "status": "approved", "note": "0123456789",
+    });
+    publish(
+        &producer(),
+        &topics.transactions,
+        "card",
+        event.to_string().as_bytes(),
+    )
+    .await;
+    let outcome = read_json(&topics.outcomes, 1, Duration::from_secs(20), |_| true);
+    assert_eq!(outcome[0]["status"], "failed");
+    assert_eq!(outcome[0]["reason"], "payload_too_large");
+    assert!(
+        provider.received_by("fcm").is_empty(),
+        "FCM would refuse it; nothing sent"
+    );
+    running.stop().await;
+}

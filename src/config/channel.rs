@@ -32,9 +32,18 @@ pub struct ChannelConfig {
     /// FCM: the Firebase project id.
     #[serde(default)]
     pub project_id: Option<String>,
-    /// FCM: environment variable holding the OAuth 2.0 bearer access token.
+    /// FCM: environment variable holding an OAuth 2.0 bearer access token
+    /// (refreshed by your platform). Or use a service account:
     #[serde(default)]
     pub token_env: Option<String>,
+    /// FCM: path of a Google service-account key file (JSON); herald mints and
+    /// refreshes its own access tokens with it.
+    #[serde(default)]
+    pub service_account_file: Option<std::path::PathBuf>,
+    /// FCM: environment variable holding the path of a service-account key
+    /// file, e.g. `GOOGLE_APPLICATION_CREDENTIALS`.
+    #[serde(default)]
+    pub service_account_env: Option<String>,
     /// Twilio: environment variable holding the Account SID.
     #[serde(default)]
     pub account_sid_env: Option<String>,
@@ -106,6 +115,8 @@ impl ChannelConfig {
             base_url: None,
             project_id: None,
             token_env: None,
+            service_account_file: None,
+            service_account_env: None,
             account_sid_env: None,
             auth_token_env: None,
             from: None,
@@ -119,6 +130,17 @@ impl ChannelConfig {
             retry_for_ms: default_retry_for_ms(),
             breaker_failures: default_breaker_failures(),
         }
+    }
+
+    /// FCM: the service-account key file, from `service_account_file` or
+    /// the variable `service_account_env` names.
+    pub fn service_account_path(&self) -> Option<std::path::PathBuf> {
+        self.service_account_file.clone().or_else(|| {
+            self.service_account_env
+                .as_ref()
+                .and_then(std::env::var_os)
+                .map(std::path::PathBuf::from)
+        })
     }
 
     /// Request timeout.
@@ -141,7 +163,28 @@ impl ChannelConfig {
             ProviderKind::Fcm => {
                 need("base_url", &self.base_url, "https://fcm.googleapis.com");
                 need("project_id", &self.project_id, "my-firebase-project");
-                need("token_env", &self.token_env, "HERALD_FCM_ACCESS_TOKEN");
+                let credentials = [
+                    self.token_env.is_some(),
+                    self.service_account_file.is_some(),
+                    self.service_account_env.is_some(),
+                ];
+                match credentials.iter().filter(|c| **c).count() {
+                    0 => problems.push(format!(
+                        "channels.{name}: provider \"fcm\" needs credentials: `service_account_file = \"/etc/herald/fcm-key.json\"`, `service_account_env = \"GOOGLE_APPLICATION_CREDENTIALS\"` or `token_env = \"HERALD_FCM_ACCESS_TOKEN\"`"
+                    )),
+                    1 => {}
+                    _ => problems.push(format!(
+                        "channels.{name}: give one of `service_account_file`, `service_account_env` and `token_env`, not several"
+                    )),
+                }
+                if let Some(path) = self.service_account_path() {
+                    if !path.is_file() {
+                        problems.push(format!(
+                            "channels.{name}: service-account key {} is not a readable file",
+                            path.display()
+                        ));
+                    }
+                }
             }
             ProviderKind::Twilio => {
                 need("base_url", &self.base_url, "https://api.twilio.com");
@@ -178,6 +221,7 @@ impl ChannelConfig {
         }
         for var in [
             &self.token_env,
+            &self.service_account_env,
             &self.account_sid_env,
             &self.auth_token_env,
             &self.secret_env,

@@ -329,9 +329,17 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        if config.rules.dir.is_relative() {
-            if let Some(parent) = path.parent() {
+        if let Some(parent) = path.parent() {
+            // Paths in the file are relative to the file.
+            if config.rules.dir.is_relative() {
                 config.rules.dir = parent.join(&config.rules.dir);
+            }
+            for channel in config.channels.values_mut() {
+                if let Some(key) = &mut channel.service_account_file {
+                    if key.is_relative() {
+                        *key = parent.join(&*key);
+                    }
+                }
             }
         }
         Ok(config)
@@ -475,5 +483,28 @@ time_field = "ts"
         let problems = config.validate();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("HERALD_TEST_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn fcm_needs_exactly_one_kind_of_credential_and_a_key_file_that_exists() {
+        let fcm = |creds: &str| {
+            let text = format!(
+                "{MINIMAL}\n[channels.push]\nprovider = \"fcm\"\nbase_url = \"https://fcm.googleapis.com\"\nproject_id = \"p\"\n{creds}\n"
+            );
+            Config::parse(&text).unwrap().validate()
+        };
+        let none = fcm("");
+        assert_eq!(none.len(), 1, "{none:?}");
+        assert!(
+            none[0].contains("needs credentials: `service_account_file"),
+            "{none:?}"
+        );
+        let missing = fcm("service_account_file = \"/surely/not/here.json\"");
+        assert_eq!(
+            missing,
+            ["channels.push: service-account key /surely/not/here.json is not a readable file"]
+        );
+        let both = fcm("service_account_file = \"/k.json\"\ntoken_env = \"PATH\"");
+        assert!(both.iter().any(|p| p.contains("not several")), "{both:?}");
     }
 }

@@ -2,21 +2,23 @@
 
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
+use super::google::FcmAuth;
 use super::{
     classify, retry_after, transport, Address, Delivered, Message, Provider, SendError, SendFuture,
 };
 use crate::config::ProviderKind;
 use crate::rules::model::Priority;
 
-/// The FCM v1 adapter. `token` is an OAuth 2.0 access token for the project.
+/// The FCM v1 adapter, authenticated with an OAuth 2.0 access token: a
+/// static one, or minted from a service-account key.
 pub struct Fcm {
     pub http: reqwest::Client,
     /// `{base}/v1/projects/{project}/messages:send`.
     pub url: String,
-    pub token: SecretString,
+    pub auth: FcmAuth,
     pub timeout: Duration,
 }
 
@@ -95,18 +97,36 @@ impl Provider for Fcm {
                     detail: "fcm needs a push token".into(),
                 });
             };
+            let request = request_body(message, &token.token);
+            let bytes = payload_bytes(&request);
+            if bytes > MAX_PAYLOAD_BYTES {
+                return Err(SendError::TooLarge {
+                    bytes,
+                    limit: MAX_PAYLOAD_BYTES,
+                });
+            }
+            let bearer = self.auth.bearer().await?;
             let response = self
                 .http
                 .post(&self.url)
-                .bearer_auth(self.token.expose_secret())
+                .bearer_auth(bearer.expose_secret())
                 .timeout(self.timeout)
-                .json(&request_body(message, &token.token))
+                .json(&request)
                 .send()
                 .await
                 .map_err(transport)?;
             let status = response.status();
             let headers = response.headers().clone();
             let body: Value = response.json().await.unwrap_or(Value::Null);
+            if status == reqwest::StatusCode::UNAUTHORIZED && self.auth.refused().await {
+                // A minted token refused (revoked, or the clock was off):
+                // the retry mints a new one.
+                return Err(SendError::Retryable {
+                    status: Some(401),
+                    retry_after: None,
+                    detail: "fcm 401: access token refused; minting a new one".into(),
+                });
+            }
             answer(status, &headers, &body)
         })
     }
@@ -125,7 +145,8 @@ fn answer(
         });
     }
     let code = fcm_error_code(body);
-    if code == Some("UNREGISTERED") {
+    // The token no longer belongs to an app of this project: never again.
+    if matches!(code, Some("UNREGISTERED" | "SENDER_ID_MISMATCH")) {
         return Err(SendError::Unregistered);
     }
     if code == Some("QUOTA_EXCEEDED") {
@@ -147,6 +168,19 @@ fn answer(
         headers,
         format!("fcm {}: {detail}", status.as_u16()),
     ))
+}
+
+/// FCM's limit on a message's payload (notification and data), in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+
+/// The bytes FCM counts against [`MAX_PAYLOAD_BYTES`]: the notification and
+/// the data, as sent.
+fn payload_bytes(request: &Value) -> usize {
+    let message = &request["message"];
+    ["notification", "data"]
+        .iter()
+        .map(|part| serde_json::to_vec(&message[*part]).map_or(0, |v| v.len()))
+        .sum()
 }
 
 /// FCM's documented minimum wait after `QUOTA_EXCEEDED`.
@@ -205,6 +239,14 @@ mod answer_tests {
         let none = HeaderMap::new();
         assert!(matches!(
             answer(StatusCode::NOT_FOUND, &none, &error(404, "UNREGISTERED")),
+            Err(SendError::Unregistered)
+        ));
+        assert!(matches!(
+            answer(
+                StatusCode::FORBIDDEN,
+                &none,
+                &error(403, "SENDER_ID_MISMATCH")
+            ),
             Err(SendError::Unregistered)
         ));
         assert!(matches!(

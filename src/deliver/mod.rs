@@ -17,6 +17,7 @@ use crate::rules::model::Priority;
 pub mod breaker;
 mod console;
 mod fcm;
+pub mod google;
 pub mod retry;
 mod twilio;
 mod webhook;
@@ -92,6 +93,14 @@ pub enum SendError {
     /// The push token is no longer registered (FCM `UNREGISTERED`).
     #[error("push token unregistered")]
     Unregistered,
+    /// The message is larger than the provider takes (FCM: 4,096 bytes of
+    /// notification and data); found before sending.
+    #[error("payload of {bytes} bytes, over the provider's {limit}")]
+    TooLarge { bytes: usize, limit: usize },
+    /// The provider's credentials were refused or could not be had (a wrong
+    /// service-account key, a revoked key): final, with the reason.
+    #[error("credentials refused: {detail}")]
+    Auth { detail: String },
     /// Still failing when the message stopped being fresh (its `max_age_s`,
     /// or the channel's `retry_for_ms`): the provider was down or refusing.
     #[error("not sent while fresh; last failure: {last}")]
@@ -113,6 +122,8 @@ impl SendError {
             SendError::Rejected { status, .. } => format!("provider_rejected:{status}"),
             SendError::Unregistered => "token_unregistered".into(),
             SendError::Stale { last } => format!("stale_after_outage:{last}"),
+            SendError::Auth { .. } => "auth_failed".into(),
+            SendError::TooLarge { .. } => "payload_too_large".into(),
         }
     }
 
@@ -178,15 +189,24 @@ impl Channel {
             .trim_end_matches('/')
             .to_string();
         let provider: Arc<dyn Provider> = match config.provider {
-            ProviderKind::Fcm => Arc::new(fcm::Fcm {
-                http,
-                url: format!(
-                    "{base}/v1/projects/{}/messages:send",
-                    config.project_id.clone().unwrap_or_default()
-                ),
-                token: secret(&config.token_env)?,
-                timeout: config.timeout(),
-            }),
+            ProviderKind::Fcm => {
+                let auth = match config.service_account_path() {
+                    Some(path) => google::FcmAuth::ServiceAccount(
+                        google::ServiceAccount::from_file(&path, http.clone(), config.timeout())
+                            .map_err(|e| format!("channels.{name}: {e}"))?,
+                    ),
+                    None => google::FcmAuth::Static(secret(&config.token_env)?),
+                };
+                Arc::new(fcm::Fcm {
+                    http,
+                    url: format!(
+                        "{base}/v1/projects/{}/messages:send",
+                        config.project_id.clone().unwrap_or_default()
+                    ),
+                    auth,
+                    timeout: config.timeout(),
+                })
+            }
             ProviderKind::Twilio => {
                 let sid = secret(&config.account_sid_env)?;
                 Arc::new(twilio::Twilio {
