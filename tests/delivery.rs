@@ -85,10 +85,7 @@ async fn hanging_provider_is_retried_while_fresh_then_recorded_and_the_stream_go
         &profile("u-1", true, false),
     )
     .await;
-    let rules = format!(
-        "rules:\n  - id: every-swipe\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    policy: {{ max_age_s: 5 }}\n    template:\n      body: \"{{{{ event.amount }}}}\"\n",
-        topics.transactions
-    );
+    let rules = every_swipe_rule(&topics.transactions, "policy: { max_age_s: 5 }");
     let (_dir, running) = start(&topics, &provider, &rules, 300).await;
     wait_ready(running.admin_addr()).await;
     provider.delay(Duration::from_secs(3));

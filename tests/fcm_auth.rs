@@ -107,10 +107,7 @@ async fn start(
 ) -> herald::Running {
     std::fs::write(
         dir.path().join("rules.yaml"),
-        format!(
-            "rules:\n  - id: every-swipe\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      body: \"{{{{ event.amount }}}}\"\n",
-            topics.transactions
-        ),
+        every_swipe_rule(&topics.transactions, ""),
     )
     .unwrap();
     let text = config_text(topics, dir.path(), &provider.base_url(), "").replace(
@@ -163,26 +160,27 @@ async fn a_service_account_mints_verified_tokens_and_refreshes_them_before_expir
         provider.received_by("fcm").iter().all(|r| r.auth_ok),
         "FCM got the minted token as the bearer"
     );
-    let e = state.lock().unwrap();
-    assert_eq!(e.refused, Vec::<String>::new());
-    assert_eq!(
-        e.granted.len(),
-        2,
-        "one token per lifetime: {:?}",
-        e.granted
-    );
-    let claims = &e.granted[0];
-    assert_eq!(
-        claims["scope"],
-        "https://www.googleapis.com/auth/firebase.messaging"
-    );
-    assert_eq!(claims["kid"], "0123456789abcdef0123456789abcdef01234567");
-    assert_eq!(
-        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-        3600,
-        "an assertion valid for one hour, as Google allows at most"
-    );
-    drop(e);
+    {
+        let e = state.lock().unwrap();
+        assert_eq!(e.refused, Vec::<String>::new());
+        assert_eq!(
+            e.granted.len(),
+            2,
+            "one token per lifetime: {:?}",
+            e.granted
+        );
+        let claims = &e.granted[0];
+        assert_eq!(
+            claims["scope"],
+            "https://www.googleapis.com/auth/firebase.messaging"
+        );
+        assert_eq!(claims["kid"], "0123456789abcdef0123456789abcdef01234567");
+        assert_eq!(
+            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+            3600,
+            "an assertion valid for one hour, as Google allows at most"
+        );
+    }
     running.stop().await;
 }
 

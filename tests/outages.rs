@@ -16,20 +16,17 @@ use rdkafka::ClientConfig;
 use support::provider::Provider;
 use support::*;
 
-fn every_swipe(topics: &Topics) -> String {
-    format!(
-        "rules:\n  - id: every-swipe\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      body: \"{{{{ event.amount }}}}\"\n",
-        topics.transactions
-    )
-}
-
 async fn start(
     topics: &Topics,
     provider: &Provider,
     edit: impl Fn(String) -> String,
 ) -> (tempfile::TempDir, herald::Running) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rules.yaml"), every_swipe(topics)).unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        every_swipe_rule(&topics.transactions, ""),
+    )
+    .unwrap();
     let text = edit(config_text(topics, dir.path(), &provider.base_url(), ""));
     let (_, config) = load_config(dir.path(), &text);
     let running = herald::start(config).await.expect("herald starts");

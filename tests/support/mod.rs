@@ -132,6 +132,19 @@ impl Topics {
     }
 }
 
+/// A rule file with one rule that pushes every event of `source`, its amount
+/// as the body; `policy` adds a policy line (e.g. `policy: { max_age_s: 5 }`).
+pub fn every_swipe_rule(source: &str, policy: &str) -> String {
+    let policy = if policy.is_empty() {
+        String::new()
+    } else {
+        format!("    {policy}\n")
+    };
+    format!(
+        "rules:\n  - id: every-swipe\n    sources: [{source}]\n    channels: [push]\n    category: transactional\n{policy}    template:\n      body: \"{{{{ event.amount }}}}\"\n"
+    )
+}
+
 /// A producer for test input.
 pub fn producer() -> FutureProducer {
     ClientConfig::new()
