@@ -145,6 +145,26 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         config.topics.outcomes.clone(),
         config.topics.dead_letter.clone(),
     );
+    let twilio_hooks = admin::twilio::TwilioHooks {
+        channels: config
+            .channels
+            .iter()
+            .filter_map(|(name, c)| {
+                let url = c.public_url.as_ref()?;
+                let token = std::env::var(c.auth_token_env.as_ref()?).ok()?;
+                Some((
+                    name.clone(),
+                    admin::twilio::Hook {
+                        auth_token: token.into(),
+                        public_url: url.trim_end_matches('/').to_string(),
+                    },
+                ))
+            })
+            .collect(),
+        recorder: recorder.clone(),
+        feedback_topic: config.topics.feedback.clone(),
+        counted: metrics.twilio_webhooks.clone(),
+    };
     let profiles = ProfileTable::new();
     let feedback = FeedbackState::new(
         kafka::profile_reader_config(&config.kafka),
@@ -203,6 +223,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         consumer: Arc::clone(&health),
         writes,
         breakers,
+        twilio: Arc::new(twilio_hooks),
     };
     background.push(tokio::spawn(admin::serve(
         listener,

@@ -76,6 +76,9 @@ pub struct Metrics {
     pub fetch_paused: IntGauge,
     /// Source messages waiting for a lane while fetching is paused.
     pub parked: IntGauge,
+    /// Twilio webhook posts per channel, kind (`inbound`, `status`) and result
+    /// (`accepted`, `bad_signature`, `malformed`).
+    pub twilio_webhooks: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -156,6 +159,11 @@ impl Metrics {
             .register(Box::new(producer_rebuilds.clone()))
             .expect("unique metric");
         Metrics {
+            twilio_webhooks: counter_vec(
+                "herald_twilio_webhooks_total",
+                "Twilio webhook posts per channel, kind and result",
+                &["channel", "kind", "result"],
+            ),
             circuit_open,
             producer_rebuilds,
             writes_failing: gauge(

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 pub mod activity;
 mod metrics;
+pub mod twilio;
 pub use metrics::Metrics;
 
 use crate::ingest::ConsumerHealth;
@@ -34,6 +35,8 @@ pub struct AdminState {
     pub writes: Arc<crate::outcome::WriteHealth>,
     /// Each channel's circuit breaker.
     pub breakers: Vec<(String, Arc<crate::deliver::breaker::Breaker>)>,
+    /// Twilio channels with webhooks (inbound SMS, status callbacks).
+    pub twilio: Arc<twilio::TwilioHooks>,
 }
 
 /// Binds the admin listener (so the port is known before serving).
@@ -55,6 +58,8 @@ pub async fn serve(
         .route("/rules/live", get(live))
         .route("/rules", get(rules))
         .route("/rules/evaluate", post(evaluate))
+        .route("/twilio/{channel}/inbound", post(twilio::inbound))
+        .route("/twilio/{channel}/status", post(twilio::status))
         .with_state(state);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -56,6 +56,12 @@ pub struct ChannelConfig {
     /// Twilio: Messaging Service SID (`MessagingServiceSid`), instead of `from`.
     #[serde(default)]
     pub messaging_service_sid: Option<String>,
+    /// Twilio: the URL at which Twilio reaches herald's admin listener (your
+    /// proxy's, e.g. `https://herald.example.com`). Turns on the webhooks
+    /// `{public_url}/twilio/{channel}/inbound` and `…/status`, and sends carry
+    /// `StatusCallback`. Signatures are checked against this URL.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// Webhook: environment variable holding the HMAC-SHA256 signing secret.
     #[serde(default)]
     pub secret_env: Option<String>,
@@ -121,6 +127,7 @@ impl ChannelConfig {
             auth_token_env: None,
             from: None,
             messaging_service_sid: None,
+            public_url: None,
             secret_env: None,
             concurrency: default_concurrency(),
             timeout_ms: default_timeout_ms(),
@@ -209,6 +216,18 @@ impl ChannelConfig {
                 need("secret_env", &self.secret_env, "HERALD_WEBHOOK_SECRET");
             }
             ProviderKind::Console => {}
+        }
+        if let Some(url) = &self.public_url {
+            if self.provider != ProviderKind::Twilio {
+                problems.push(format!(
+                    "channels.{name}: `public_url` is for Twilio's webhooks; provider \"{}\" has none",
+                    self.provider
+                ));
+            } else if !url.starts_with("https://") && !url.starts_with("http://") {
+                problems.push(format!(
+                    "channels.{name}: public_url must include a scheme and host, e.g. `https://herald.example.com`; got `{url}`"
+                ));
+            }
         }
         if let Some(url) = &self.base_url {
             if self.provider != ProviderKind::Console

@@ -93,6 +93,12 @@ pub enum SendError {
     /// The push token is no longer registered (FCM `UNREGISTERED`).
     #[error("push token unregistered")]
     Unregistered,
+    /// Twilio 21211: the number is not a valid phone number.
+    #[error("invalid phone number (Twilio 21211)")]
+    InvalidPhone,
+    /// Twilio 21610: the number replied STOP to this sender at Twilio.
+    #[error("the number opted out at the provider (Twilio 21610)")]
+    OptedOutAtProvider,
     /// The message is larger than the provider takes (FCM: 4,096 bytes of
     /// notification and data); found before sending.
     #[error("payload of {bytes} bytes, over the provider's {limit}")]
@@ -123,6 +129,8 @@ impl SendError {
             SendError::Unregistered => "token_unregistered".into(),
             SendError::Stale { last } => format!("stale_after_outage:{last}"),
             SendError::Auth { .. } => "auth_failed".into(),
+            SendError::InvalidPhone => "invalid_phone".into(),
+            SendError::OptedOutAtProvider => "opted_out_at_provider".into(),
             SendError::TooLarge { .. } => "payload_too_large".into(),
         }
     }
@@ -219,6 +227,10 @@ impl Channel {
                     auth_token: secret(&config.auth_token_env)?,
                     from: config.from.clone(),
                     messaging_service_sid: config.messaging_service_sid.clone(),
+                    status_callback: config
+                        .public_url
+                        .as_ref()
+                        .map(|u| format!("{}/twilio/{name}/status", u.trim_end_matches('/'))),
                     timeout: config.timeout(),
                 })
             }

@@ -17,6 +17,8 @@ pub struct Twilio {
     pub auth_token: SecretString,
     pub from: Option<String>,
     pub messaging_service_sid: Option<String>,
+    /// `{public_url}/twilio/{channel}/status`, when the webhooks are on.
+    pub status_callback: Option<String>,
     pub timeout: Duration,
 }
 
@@ -39,6 +41,15 @@ impl Provider for Twilio {
                 (Some(service), _) => form.push(("MessagingServiceSid", service)),
                 (None, Some(from)) => form.push(("From", from)),
                 (None, None) => {}
+            }
+            // The idempotency key in the callback URL: Twilio's receipts name
+            // the message herald knows, whichever instance gets them.
+            let callback = self
+                .status_callback
+                .as_ref()
+                .map(|base| format!("{base}?message={}", message.idempotency_key));
+            if let Some(url) = &callback {
+                form.push(("StatusCallback", url));
             }
             let response = self
                 .http
@@ -64,6 +75,13 @@ impl Provider for Twilio {
                 });
             }
             let code = body.get("code").and_then(Value::as_i64).unwrap_or(0);
+            if status.as_u16() == 400 {
+                match code {
+                    21211 => return Err(SendError::InvalidPhone),
+                    21610 => return Err(SendError::OptedOutAtProvider),
+                    _ => {}
+                }
+            }
             Err(classify(
                 status,
                 &headers,

@@ -463,12 +463,30 @@ impl Pipeline {
                 if let (SendError::Unregistered, Address::Push(token)) = (&e, &address) {
                     self.profiles.mark_token_dead(&token.token);
                 }
+                let mut writes = Vec::new();
+                if let (SendError::OptedOutAtProvider, Address::Phone(phone)) = (&e, &address) {
+                    // The number said STOP at Twilio: record it as the STOP it
+                    // was, so every instance and the consent topic learn it.
+                    self.feedback.set_opt_out(phone, true, now);
+                    let stop = serde_json::json!({
+                        "From": phone, "Body": "STOP", "MessageSid": "",
+                        "herald_source": "twilio_error_21610",
+                    });
+                    writes.push(self.recorder.publish(
+                        &self.topics.feedback,
+                        phone,
+                        serde_json::to_vec(&stop).unwrap_or_default(),
+                    ));
+                }
                 warn!(rule = %rule.id, channel = %channel.channel.name, %reason, attempts = attempted.attempts, "send failed");
                 channel.failed.inc();
                 let record = self.failed_send_record(event, rule, channel, &reason, e.to_string());
                 outcome.status = Status::Failed;
                 outcome.reason = Some(reason);
-                done(outcome, Some(message), Some(record), true)
+                Decided {
+                    writes,
+                    ..done(outcome, Some(message), Some(record), true)
+                }
             }
         }
     }

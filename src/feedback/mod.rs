@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 pub mod sent;
 pub mod state;
+pub mod twilio;
 
 pub use sent::{SentIndex, SentRef};
 pub use state::FeedbackState;

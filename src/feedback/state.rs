@@ -220,11 +220,15 @@ impl FeedbackState {
         })
     }
 
-    /// Whether any feedback named this message (delivered, opened, clicked, …).
+    /// Whether any feedback named this message as having arrived (delivered,
+    /// opened, clicked, …). Provider statuses that say it has not arrived yet
+    /// or never will (Twilio's `sms_sent`, `sms_undelivered`, `sms_failed`, …)
+    /// are not receipts.
     pub fn heard_of(&self, user: &str, message: &str) -> bool {
-        self.engagements
-            .get(user)
-            .is_some_and(|list| list.iter().any(|e| e.message.as_deref() == Some(message)))
+        self.engagements.get(user).is_some_and(|list| {
+            list.iter()
+                .any(|e| e.message.as_deref() == Some(message) && arrived(&e.kind))
+        })
     }
 
     /// Sets a number's opt-out, unless a later change is already known.
@@ -247,6 +251,23 @@ impl FeedbackState {
     pub fn opt_out_count(&self) -> usize {
         self.opt_outs.iter().filter(|e| e.0).count()
     }
+}
+
+/// Statuses that say a message has not reached the device (yet).
+const NOT_ARRIVED: [&str; 8] = [
+    "_queued",
+    "_accepted",
+    "_scheduled",
+    "_sending",
+    "_sent",
+    "_undelivered",
+    "_failed",
+    "_canceled",
+];
+
+/// Whether an engagement of this kind means the message reached the user.
+fn arrived(kind: &str) -> bool {
+    !NOT_ARRIVED.iter().any(|suffix| kind.ends_with(suffix))
 }
 
 #[cfg(test)]
@@ -320,5 +341,26 @@ mod tests {
         assert!(s.engaged("u2", "email_opened", None, 0));
         s.apply(&opened(None, Some("nope"), 5), 5);
         assert_eq!(s.engagements.len(), 2);
+    }
+
+    #[test]
+    fn only_statuses_of_arrival_count_as_receipts() {
+        let s = state();
+        let status = |kind: &str| {
+            Feedback::Engagement(Engagement {
+                kind: kind.into(),
+                user: Some("u1".into()),
+                campaign: None,
+                message: Some("k1".into()),
+                time_ms: 1_000,
+            })
+        };
+        for kind in ["sms_queued", "sms_sent", "sms_undelivered", "sms_failed"] {
+            s.apply(&status(kind), 1_000);
+            assert!(!s.heard_of("u1", "k1"), "{kind} is not a receipt");
+        }
+        s.apply(&status("sms_delivered"), 1_000);
+        assert!(s.heard_of("u1", "k1"));
+        assert!(arrived("push_opened") && arrived("push_delivered"));
     }
 }

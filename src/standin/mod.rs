@@ -221,7 +221,7 @@ async fn twilio(
     {
         return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
     }
-    let form: Vec<(String, String)> = form_urlencoded_pairs(&body);
+    let form: Vec<(String, String)> = crate::feedback::twilio::form_pairs(&body);
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let (Some(to), Some(text)) = (field("To"), field("Body")) else {
         return twilio_error(
@@ -271,47 +271,12 @@ fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
         .into_response()
 }
 
-/// Decodes an `application/x-www-form-urlencoded` body.
-pub fn form_urlencoded_pairs(body: &[u8]) -> Vec<(String, String)> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                        Some(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        None => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn decodes_forms() {
         let pairs =
-            super::form_urlencoded_pairs(b"To=%2B14155552671&Body=Hi+there%21&From=%2B1500");
+            crate::feedback::twilio::form_pairs(b"To=%2B14155552671&Body=Hi+there%21&From=%2B1500");
         assert_eq!(pairs[0], ("To".into(), "+14155552671".into()));
         assert_eq!(pairs[1], ("Body".into(), "Hi there!".into()));
     }

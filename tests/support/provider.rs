@@ -69,7 +69,8 @@ impl Provider {
         format!("http://{}", self.addr)
     }
 
-    /// Answers the next requests with these statuses, then succeeds.
+    /// Answers the next requests with these statuses, then succeeds. For
+    /// Twilio, a value of 20000 or more is a Twilio error code, sent with 400.
     pub fn plan(&self, statuses: &[u16]) {
         self.inner
             .plan
@@ -214,6 +215,12 @@ async fn twilio(
             Json(json!({"sid": format!("SM{n:032}"), "status": "queued", "to": form.get("To"), "body": form.get("Body")})),
         )
             .into_response(),
+        // A Twilio error code planned as the status: a 400 carrying it.
+        code if code >= 20000 => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"code": code, "message": "error", "status": 400})),
+        )
+            .into_response(),
         s => (
             StatusCode::from_u16(s).unwrap(),
             Json(json!({"code": 21211, "message": "error", "status": s})),
@@ -254,7 +261,7 @@ async fn webhook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
 }
 
 fn url_decode_form(body: &[u8]) -> BTreeMap<String, String> {
-    herald::standin::form_urlencoded_pairs(body)
+    herald::feedback::twilio::form_pairs(body)
         .into_iter()
         .collect()
 }

@@ -1,0 +1,138 @@
+//! Twilio's webhooks on herald's HTTP server: `POST /twilio/{channel}/inbound`
+//! (an SMS to the channel's number) and `POST /twilio/{channel}/status` (a
+//! message's delivery status). Each is checked against `X-Twilio-Signature`
+//! with the channel's Auth Token and the channel's `public_url`, then written
+//! to the feedback topic, where STOP, HELP, replies and receipts are handled
+//! once for every instance. Twilio is answered 200 only once the record is
+//! written, so a failed write is retried by Twilio rather than lost.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus::IntCounterVec;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::AdminState;
+use crate::feedback::twilio::{form_pairs, inbound_record, status_record, verify};
+use crate::outcome::Recorder;
+
+/// One Twilio channel's webhook settings.
+pub struct Hook {
+    pub auth_token: SecretString,
+    /// The URL Twilio calls herald at, without a trailing slash.
+    pub public_url: String,
+}
+
+/// Every Twilio channel with webhooks, and where their records go.
+pub struct TwilioHooks {
+    pub channels: HashMap<String, Hook>,
+    pub recorder: Recorder,
+    pub feedback_topic: String,
+    /// `herald_twilio_webhooks_total{channel,kind,result}`.
+    pub counted: IntCounterVec,
+}
+
+const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
+
+/// `POST /twilio/{channel}/inbound`.
+pub async fn inbound(
+    State(state): State<AdminState>,
+    Path(channel): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    receive(&state, &channel, "inbound", query, &headers, &body).await
+}
+
+/// `POST /twilio/{channel}/status?message=<idempotency key>`.
+pub async fn status(
+    State(state): State<AdminState>,
+    Path(channel): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    receive(&state, &channel, "status", query, &headers, &body).await
+}
+
+async fn receive(
+    state: &AdminState,
+    channel: &str,
+    kind: &'static str,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let hooks = &state.twilio;
+    let Some(hook) = hooks.channels.get(channel) else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no Twilio channel with webhooks by that name\n",
+        )
+            .into_response();
+    };
+    let count = |result: &str| {
+        hooks
+            .counted
+            .with_label_values(&[channel, kind, result])
+            .inc()
+    };
+    let url = match &query {
+        Some(q) => format!("{}/twilio/{channel}/{kind}?{q}", hook.public_url),
+        None => format!("{}/twilio/{channel}/{kind}", hook.public_url),
+    };
+    let params = form_pairs(body);
+    let signed = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|s| verify(hook.auth_token.expose_secret().as_bytes(), &url, &params, s));
+    if !signed {
+        count("bad_signature");
+        tracing::warn!(%channel, kind, "Twilio webhook refused: X-Twilio-Signature does not match (check the channel's auth token and public_url)");
+        return (StatusCode::FORBIDDEN, "signature does not match\n").into_response();
+    }
+    let (key, record) = if kind == "inbound" {
+        let from = params
+            .iter()
+            .find(|(k, _)| k == "From")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        (from, inbound_record(&params))
+    } else {
+        let message = query
+            .as_deref()
+            .and_then(|q| {
+                form_pairs(q.as_bytes())
+                    .into_iter()
+                    .find(|(k, _)| k == "message")
+            })
+            .map(|(_, v)| v);
+        let record = message.as_deref().and_then(|m| status_record(m, &params));
+        match (message, record) {
+            (Some(m), Some(r)) => (m, r),
+            _ => {
+                count("malformed");
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "a status callback needs ?message=<idempotency key> and MessageStatus\n",
+                )
+                    .into_response();
+            }
+        }
+    };
+    let payload = serde_json::to_vec(&record).unwrap_or_default();
+    hooks
+        .recorder
+        .publish(&hooks.feedback_topic, &key, payload)
+        .await;
+    count("accepted");
+    if kind == "inbound" {
+        ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()
+    } else {
+        StatusCode::OK.into_response()
+    }
+}
