@@ -122,14 +122,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     )?;
 
     let http = http_client();
-    let mut channels = HashMap::new();
-    let mut breakers = Vec::new();
+    let mut built = std::collections::BTreeMap::new();
     for (name, channel_config) in &config.channels {
         let circuit = metrics.circuit_open.with_label_values(&[name]);
         let channel = Channel::from_config(name, channel_config, http.clone(), circuit)
             .map_err(Error::Channel)?;
+        built.insert(name.clone(), channel);
+    }
+    crate::deliver::route_ios_tokens(&mut built);
+    let mut channels = HashMap::new();
+    let mut breakers = Vec::new();
+    for (name, channel) in built {
         breakers.push((name.clone(), Arc::clone(&channel.breaker)));
-        channels.insert(name.clone(), ChannelRuntime::new(channel, &metrics));
+        channels.insert(name, ChannelRuntime::new(channel, &metrics));
     }
 
     let writes = Arc::new(WriteHealth::new(

@@ -10,6 +10,10 @@ use serde::Deserialize;
 pub enum ProviderKind {
     /// Firebase Cloud Messaging HTTP v1 (push to android, ios and web tokens).
     Fcm,
+    /// Apple Push Notification service, HTTP/2 with a `.p8` signing key (ios
+    /// tokens). With an APNs channel configured, FCM channels hand their ios
+    /// tokens to it.
+    Apns,
     /// Twilio Programmable Messaging (SMS).
     Twilio,
     /// A JSON POST signed with HMAC-SHA256.
@@ -44,6 +48,18 @@ pub struct ChannelConfig {
     /// file, e.g. `GOOGLE_APPLICATION_CREDENTIALS`.
     #[serde(default)]
     pub service_account_env: Option<String>,
+    /// APNs: the `.p8` signing key Apple gives (relative to the config file).
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// APNs: the key's id (10 characters, shown beside the key at Apple).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// APNs: the developer team id.
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// APNs: the app's bundle id (`apns-topic`), e.g. `com.example.bank`.
+    #[serde(default)]
+    pub topic: Option<String>,
     /// Twilio: environment variable holding the Account SID.
     #[serde(default)]
     pub account_sid_env: Option<String>,
@@ -123,6 +139,10 @@ impl ChannelConfig {
             token_env: None,
             service_account_file: None,
             service_account_env: None,
+            key_file: None,
+            key_id: None,
+            team_id: None,
+            topic: None,
             account_sid_env: None,
             auth_token_env: None,
             from: None,
@@ -191,6 +211,22 @@ impl ChannelConfig {
                             path.display()
                         ));
                     }
+                }
+            }
+            ProviderKind::Apns => {
+                need("base_url", &self.base_url, "https://api.push.apple.com");
+                need("key_id", &self.key_id, "ABC123DEFG");
+                need("team_id", &self.team_id, "DEF123GHIJ");
+                need("topic", &self.topic, "com.example.bank");
+                match &self.key_file {
+                    None => problems.push(format!(
+                        "channels.{name}: provider \"apns\" needs `key_file`, e.g. `key_file = \"AuthKey_ABC123DEFG.p8\"`"
+                    )),
+                    Some(path) if !path.is_file() => problems.push(format!(
+                        "channels.{name}: APNs key {} is not a readable file",
+                        path.display()
+                    )),
+                    Some(_) => {}
                 }
             }
             ProviderKind::Twilio => {

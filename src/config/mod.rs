@@ -335,7 +335,10 @@ impl Config {
                 config.rules.dir = parent.join(&config.rules.dir);
             }
             for channel in config.channels.values_mut() {
-                if let Some(key) = &mut channel.service_account_file {
+                for key in [&mut channel.service_account_file, &mut channel.key_file]
+                    .into_iter()
+                    .flatten()
+                {
                     if key.is_relative() {
                         *key = parent.join(&*key);
                     }
@@ -436,6 +439,7 @@ impl fmt::Display for ProviderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             ProviderKind::Fcm => "fcm",
+            ProviderKind::Apns => "apns",
             ProviderKind::Twilio => "twilio",
             ProviderKind::Webhook => "webhook",
             ProviderKind::Console => "console",

@@ -14,6 +14,7 @@ use crate::config::{ChannelConfig, ProviderKind};
 use crate::profile::{Profile, ProfileTable};
 use crate::rules::model::Priority;
 
+mod apns;
 pub mod breaker;
 mod console;
 mod fcm;
@@ -93,6 +94,9 @@ pub enum SendError {
     /// The push token is no longer registered (FCM `UNREGISTERED`).
     #[error("push token unregistered")]
     Unregistered,
+    /// A final refusal with the provider's reason (APNs `BadCollapseId`, …).
+    #[error("refused ({status}): {reason}")]
+    Refused { status: u16, reason: String },
     /// Twilio 21211: the number is not a valid phone number.
     #[error("invalid phone number (Twilio 21211)")]
     InvalidPhone,
@@ -129,6 +133,7 @@ impl SendError {
             SendError::Unregistered => "token_unregistered".into(),
             SendError::Stale { last } => format!("stale_after_outage:{last}"),
             SendError::Auth { .. } => "auth_failed".into(),
+            SendError::Refused { status, reason } => format!("provider_rejected:{status}:{reason}"),
             SendError::InvalidPhone => "invalid_phone".into(),
             SendError::OptedOutAtProvider => "opted_out_at_provider".into(),
             SendError::TooLarge { .. } => "payload_too_large".into(),
@@ -234,6 +239,22 @@ impl Channel {
                     timeout: config.timeout(),
                 })
             }
+            ProviderKind::Apns => {
+                let key = config.key_file.clone().unwrap_or_default();
+                let token = apns::ProviderToken::from_file(
+                    &key,
+                    config.key_id.as_deref().unwrap_or_default(),
+                    config.team_id.as_deref().unwrap_or_default(),
+                )
+                .map_err(|e| format!("channels.{name}: {e}"))?;
+                Arc::new(apns::Apns {
+                    http: http2_client(),
+                    base,
+                    topic: config.topic.clone().unwrap_or_default(),
+                    token,
+                    timeout: config.timeout(),
+                })
+            }
             ProviderKind::Webhook => Arc::new(webhook::Webhook {
                 http,
                 url: base,
@@ -258,13 +279,18 @@ impl Channel {
     /// The address to use for `profile` on this channel.
     pub fn address(&self, profile: &Profile, table: &ProfileTable) -> Result<Address, NoAddress> {
         match self.provider.kind() {
-            ProviderKind::Fcm => {
-                if profile.push_tokens.is_empty() {
+            kind @ (ProviderKind::Fcm | ProviderKind::Apns) => {
+                // An APNs channel named by a rule reaches ios devices only.
+                let usable = |t: &&crate::profile::PushToken| {
+                    kind == ProviderKind::Fcm || t.platform == crate::profile::Platform::Ios
+                };
+                if !profile.push_tokens.iter().any(|t| usable(&t)) {
                     return Err(NoAddress::Missing);
                 }
                 profile
                     .push_tokens
                     .iter()
+                    .filter(usable)
                     .find(|t| !table.is_token_dead(&t.token))
                     .cloned()
                     .map(Address::Push)
@@ -280,6 +306,60 @@ impl Channel {
             }
         }
     }
+}
+
+/// Sends ios tokens to APNs and every other token to FCM: what an FCM
+/// channel becomes when an APNs channel is configured, so one rule with
+/// `channels: [push]` reaches every device the way its platform prefers.
+pub struct PushRouter {
+    pub fcm: Arc<dyn Provider>,
+    pub apns: Arc<dyn Provider>,
+}
+
+impl Provider for PushRouter {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Fcm
+    }
+
+    fn send<'a>(&'a self, message: &'a Message, to: &'a Address) -> SendFuture<'a> {
+        match to {
+            Address::Push(t) if t.platform == crate::profile::Platform::Ios => {
+                self.apns.send(message, to)
+            }
+            _ => self.fcm.send(message, to),
+        }
+    }
+}
+
+/// Hands the ios tokens of every FCM channel to the first APNs channel, if
+/// one is configured (channels in name order).
+pub fn route_ios_tokens(channels: &mut std::collections::BTreeMap<String, Channel>) {
+    let Some(apns) = channels
+        .values()
+        .find(|c| c.provider.kind() == ProviderKind::Apns)
+        .map(|c| Arc::clone(&c.provider))
+    else {
+        return;
+    };
+    for channel in channels.values_mut() {
+        if channel.provider.kind() == ProviderKind::Fcm {
+            channel.provider = Arc::new(PushRouter {
+                fcm: Arc::clone(&channel.provider),
+                apns: Arc::clone(&apns),
+            });
+        }
+    }
+}
+
+/// An HTTP/2-only client (APNs): prior knowledge over plain TCP, ALPN `h2`
+/// over TLS.
+fn http2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .pool_idle_timeout(Duration::from_secs(600))
+        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the TLS backend initialises")
 }
 
 /// One HTTP client for every provider: pooled keep-alive connections.

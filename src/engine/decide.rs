@@ -562,7 +562,10 @@ fn render(
             )
             .map_err(|e| format!("template.{name}: {e}"))
     };
-    let push = channel.channel.provider.kind() == ProviderKind::Fcm;
+    let push = matches!(
+        channel.channel.provider.kind(),
+        ProviderKind::Fcm | ProviderKind::Apns
+    );
     let body_part = match (push, rule.has_body, rule.has_text) {
         (true, true, _) | (false, true, false) => "body",
         _ => "text",
