@@ -228,14 +228,13 @@ async fn one_push_rule_reaches_ios_through_apns_and_android_through_fcm() {
         1,
         "only the android token went to FCM"
     );
-    let seen = seen.lock().unwrap();
-    assert_eq!(seen.requests.len(), 3, "the ios tokens went to APNs");
-    for (token, problems, body) in &seen.requests {
+    let requests = std::mem::take(&mut seen.lock().unwrap().requests);
+    assert_eq!(requests.len(), 3, "the ios tokens went to APNs");
+    for (token, problems, body) in &requests {
         assert!(problems.is_empty(), "{token}: {problems:?}");
         assert_eq!(body["aps"]["alert"]["body"], "3.0");
         assert_eq!(body["aps"]["sound"], "default");
         assert_eq!(body["rule"], "every-swipe");
     }
-    drop(seen);
     running.stop().await;
 }
