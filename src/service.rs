@@ -168,6 +168,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             .collect(),
         recorder: recorder.clone(),
         feedback_topic: config.topics.feedback.clone(),
+        outcomes_topic: config.topics.outcomes.clone(),
         counted: metrics.twilio_webhooks.clone(),
     };
     let profiles = ProfileTable::new();

@@ -96,10 +96,19 @@ async fn device(
         problems.push("aps.alert.body".into());
     }
     let ok = problems.is_empty();
-    seen.lock()
-        .unwrap()
-        .requests
-        .push((token.clone(), problems, body));
+    let earlier = {
+        let mut seen = seen.lock().unwrap();
+        let earlier = seen.requests.iter().filter(|(t, _, _)| *t == token).count();
+        seen.requests.push((token.clone(), problems, body));
+        earlier
+    };
+    if token.starts_with("expire-once") && earlier == 0 {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"reason": "ExpiredProviderToken"})),
+        )
+            .into_response();
+    }
     if !ok {
         return (
             StatusCode::FORBIDDEN,
@@ -176,6 +185,13 @@ async fn one_push_rule_reaches_ios_through_apns_and_android_through_fcm() {
         &ios_profile("u-odd", "odd-token"),
     )
     .await;
+    publish(
+        &p,
+        &topics.profiles,
+        "u-exp",
+        &ios_profile("u-exp", "expire-once"),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("rules.yaml"),
@@ -195,7 +211,7 @@ async fn one_push_rule_reaches_ios_through_apns_and_android_through_fcm() {
     let (_, config) = load_config(dir.path(), &text);
     let running = herald::start(config).await.expect("herald starts");
     wait_ready(running.admin_addr()).await;
-    for user in ["u-ios", "u-android", "u-gone", "u-odd"] {
+    for user in ["u-ios", "u-android", "u-gone", "u-odd", "u-exp"] {
         publish(
             &p,
             &topics.transactions,
@@ -204,7 +220,7 @@ async fn one_push_rule_reaches_ios_through_apns_and_android_through_fcm() {
         )
         .await;
     }
-    let outcomes = read_json(&topics.outcomes, 4, Duration::from_secs(20), |_| true);
+    let outcomes = read_json(&topics.outcomes, 5, Duration::from_secs(20), |_| true);
     let of = |user: &str| outcomes.iter().find(|o| o["user"] == user).unwrap().clone();
     assert_eq!(of("u-ios")["status"], "sent");
     assert_eq!(
@@ -229,7 +245,15 @@ async fn one_push_rule_reaches_ios_through_apns_and_android_through_fcm() {
         "only the android token went to FCM"
     );
     let requests = std::mem::take(&mut seen.lock().unwrap().requests);
-    assert_eq!(requests.len(), 3, "the ios tokens went to APNs");
+    assert_eq!(
+        (
+            of("u-exp")["status"].as_str(),
+            of("u-exp")["attempts"].as_u64()
+        ),
+        (Some("sent"), Some(2)),
+        "ExpiredProviderToken: signed anew and sent"
+    );
+    assert_eq!(requests.len(), 5, "the ios tokens went to APNs (one twice)");
     for (token, problems, body) in &requests {
         assert!(problems.is_empty(), "{token}: {problems:?}");
         assert_eq!(body["aps"]["alert"]["body"], "3.0");

@@ -25,6 +25,8 @@ const PUBLIC: &str = include_str!("fixtures/fcm-test-service-account.pub.pem");
 #[derive(Default)]
 struct Endpoint {
     refuse: bool,
+    /// `expires_in` of the tokens granted (0: 2 s, so tests see a refresh).
+    lifetime: u64,
     uri: String,
     granted: Vec<Value>,
     refused: Vec<String>,
@@ -56,7 +58,8 @@ async fn token(
             claims["kid"] = json!(data.header.kid);
             e.granted.push(claims);
             // Short-lived, so the test sees a refresh.
-            Json(json!({"access_token": FCM_TOKEN, "expires_in": 2, "token_type": "Bearer"}))
+            let lifetime = if e.lifetime == 0 { 2 } else { e.lifetime };
+            Json(json!({"access_token": FCM_TOKEN, "expires_in": lifetime, "token_type": "Bearer"}))
                 .into_response()
         }
         Ok(_) => {
@@ -236,5 +239,55 @@ async fn a_refused_key_fails_the_message_with_auth_failed_and_the_stream_goes_on
     .await;
     let both = read_json(&topics.outcomes, 2, Duration::from_secs(20), |_| true);
     assert_eq!(both[1]["status"], "sent");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_fcm_refuses_is_replaced_and_the_message_still_goes_out() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, key) = endpoint(dir.path(), false).await;
+    state.lock().unwrap().lifetime = 3600;
+    publish(
+        &producer(),
+        &topics.profiles,
+        "u-1",
+        &profile("u-1", true, false),
+    )
+    .await;
+    let running = start(&topics, &provider, &dir, &key).await;
+    wait_ready(running.admin_addr()).await;
+    let p = producer();
+    publish(
+        &p,
+        &topics.transactions,
+        "card",
+        &swipe("u-1", 1.0, "approved", "US"),
+    )
+    .await;
+    read_json(&topics.outcomes, 1, Duration::from_secs(20), |_| true);
+    assert_eq!(
+        state.lock().unwrap().granted.len(),
+        1,
+        "an hour-long token is reused"
+    );
+    // FCM refuses the token (revoked, or the clocks disagree).
+    provider.plan(&[401]);
+    publish(
+        &p,
+        &topics.transactions,
+        "card",
+        &swipe("u-1", 2.0, "approved", "US"),
+    )
+    .await;
+    let both = read_json(&topics.outcomes, 2, Duration::from_secs(20), |_| true);
+    assert_eq!(both[1]["status"], "sent");
+    assert_eq!(both[1]["attempts"], 2, "refused once, then sent");
+    assert_eq!(
+        state.lock().unwrap().granted.len(),
+        2,
+        "the refused token was dropped and a new one minted"
+    );
     running.stop().await;
 }

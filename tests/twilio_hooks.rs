@@ -179,6 +179,15 @@ async fn an_sms_carries_its_status_callback_and_the_receipt_reaches_the_feedback
             .0,
         200
     );
+    assert_eq!(
+        outcome[0]["delivery"], "queued",
+        "Twilio's status when it accepted the message"
+    );
+    let records = read_json(&topics.outcomes, 2, Duration::from_secs(10), |_| true);
+    assert_eq!(records[1]["record"], "delivery");
+    assert_eq!(records[1]["idempotency_key"], key.as_str());
+    assert_eq!(records[1]["delivery_status"], "delivered");
+    assert_eq!(records[1]["final"], true);
     let receipts = read_json(&topics.feedback, 1, Duration::from_secs(10), |_| true);
     assert_eq!(receipts[0]["type"], "sms_delivered");
     assert_eq!(receipts[0]["message"], key.as_str());

@@ -31,8 +31,36 @@ pub struct TwilioHooks {
     pub channels: HashMap<String, Hook>,
     pub recorder: Recorder,
     pub feedback_topic: String,
+    /// Where delivery records go, beside the decisions.
+    pub outcomes_topic: String,
     /// `herald_twilio_webhooks_total{channel,kind,result}`.
     pub counted: IntCounterVec,
+}
+
+/// The delivery record of a status callback's feedback record.
+fn delivery_record(
+    channel: &str,
+    message: &str,
+    record: &serde_json::Value,
+) -> crate::outcome::DeliveryRecord {
+    let status = record["type"]
+        .as_str()
+        .and_then(|t| t.strip_prefix("sms_"))
+        .unwrap_or("")
+        .to_string();
+    crate::outcome::DeliveryRecord {
+        record: "delivery".into(),
+        channel: channel.to_string(),
+        idempotency_key: message.to_string(),
+        provider_message_id: record["provider_message_id"].as_str().map(str::to_string),
+        is_final: matches!(
+            status.as_str(),
+            "delivered" | "undelivered" | "failed" | "canceled"
+        ),
+        delivery_status: status,
+        error_code: record["error_code"].as_str().map(str::to_string),
+        at_ms: crate::util::now_ms(),
+    }
 }
 
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
@@ -95,6 +123,7 @@ async fn receive(
         tracing::warn!(%channel, kind, "Twilio webhook refused: X-Twilio-Signature does not match (check the channel's auth token and public_url)");
         return (StatusCode::FORBIDDEN, "signature does not match\n").into_response();
     }
+    let mut delivery = None;
     let (key, record) = if kind == "inbound" {
         let from = params
             .iter()
@@ -113,7 +142,10 @@ async fn receive(
             .map(|(_, v)| v);
         let record = message.as_deref().and_then(|m| status_record(m, &params));
         match (message, record) {
-            (Some(m), Some(r)) => (m, r),
+            (Some(m), Some(r)) => {
+                delivery = Some(delivery_record(channel, &m, &r));
+                (m, r)
+            }
             _ => {
                 count("malformed");
                 return (
@@ -125,10 +157,14 @@ async fn receive(
         }
     };
     let payload = serde_json::to_vec(&record).unwrap_or_default();
-    hooks
-        .recorder
-        .publish(&hooks.feedback_topic, &key, payload)
-        .await;
+    let written = hooks.recorder.publish(&hooks.feedback_topic, &key, payload);
+    if let Some(d) = delivery {
+        let payload = serde_json::to_vec(&d).unwrap_or_default();
+        let beside = hooks.recorder.publish(&hooks.outcomes_topic, &key, payload);
+        futures::future::join(written, beside).await;
+    } else {
+        written.await;
+    }
     count("accepted");
     if kind == "inbound" {
         ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()

@@ -44,6 +44,7 @@ impl Provider for Recording {
             let mut n = self.sent.lock().unwrap_or_else(|p| p.into_inner());
             *n += 1;
             Ok(Delivered {
+                delivery: None,
                 provider_message_id: Some(format!("recorded-{n}")),
             })
         })

@@ -48,6 +48,11 @@ impl ProviderToken {
         })
     }
 
+    /// Apple called the token expired (clocks disagree): sign a new one next.
+    fn expire(&self) {
+        *self.signed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// The current token, signed anew when it is 30 minutes old.
     fn bearer(&self) -> Result<String, SendError> {
         let mut signed = self.signed.lock().unwrap_or_else(|p| p.into_inner());
@@ -174,6 +179,7 @@ impl Provider for Apns {
             let headers = response.headers().clone();
             if status.is_success() {
                 return Ok(Delivered {
+                    delivery: None,
                     provider_message_id: headers
                         .get("apns-id")
                         .and_then(|v| v.to_str().ok())
@@ -182,6 +188,14 @@ impl Provider for Apns {
             }
             let body: Value = response.json().await.unwrap_or(Value::Null);
             let reason = body["reason"].as_str().unwrap_or("").to_string();
+            if status.as_u16() == 403 && reason == "ExpiredProviderToken" {
+                self.token.expire();
+                return Err(SendError::Retryable {
+                    status: Some(403),
+                    retry_after: None,
+                    detail: "apns 403: ExpiredProviderToken; signing a new one".into(),
+                });
+            }
             answer(status, &headers, reason)
         })
     }

@@ -28,6 +28,7 @@ impl Provider for Console {
             );
             let _ = std::io::stdout().lock().write_all(line.as_bytes());
             Ok(Delivered {
+                delivery: None,
                 provider_message_id: Some(format!(
                     "console-{}",
                     &message.idempotency_key[..12.min(message.idempotency_key.len())]

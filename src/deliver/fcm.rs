@@ -141,6 +141,7 @@ fn answer(
 ) -> Result<Delivered, SendError> {
     if status.is_success() {
         return Ok(Delivered {
+            delivery: None,
             provider_message_id: body.get("name").and_then(Value::as_str).map(str::to_string),
         });
     }

@@ -76,6 +76,9 @@ impl Address {
 pub struct Delivered {
     /// The provider's id for the message (FCM `name`, Twilio `sid`).
     pub provider_message_id: Option<String>,
+    /// What the provider said of the message on accepting it: Twilio's
+    /// `status` (`queued`, `accepted`); `None` for providers that only accept.
+    pub delivery: Option<String>,
 }
 
 /// Why one request failed.

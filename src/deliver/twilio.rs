@@ -72,6 +72,10 @@ impl Provider for Twilio {
                         .get("sid")
                         .and_then(Value::as_str)
                         .map(str::to_string),
+                    delivery: body
+                        .get("status")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                 });
             }
             let code = body.get("code").and_then(Value::as_i64).unwrap_or(0);

@@ -73,6 +73,7 @@ impl Provider for Webhook {
             if status.is_success() {
                 let body: Value = response.json().await.unwrap_or(Value::Null);
                 return Ok(Delivered {
+                    delivery: None,
                     provider_message_id: body.get("id").and_then(Value::as_str).map(str::to_string),
                 });
             }

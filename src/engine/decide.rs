@@ -246,6 +246,7 @@ impl Pipeline {
             next_channel: None,
             release_ms: None,
             pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
+            delivery: None,
             shadow: false,
             source: SourceRef {
                 topic: event.source.to_string(),
@@ -429,6 +430,7 @@ impl Pipeline {
             Ok(delivered) => {
                 outcome.status = Status::Sent;
                 outcome.provider_message_id = delivered.provider_message_id;
+                outcome.delivery = Some(delivered.delivery.unwrap_or_else(|| "accepted".into()));
                 channel.sent.inc();
                 let sent = attempted.request_sent_ms;
                 self.metrics

@@ -201,6 +201,7 @@ impl Pipeline {
             next_channel: None,
             release_ms: None,
             pattern: None,
+            delivery: None,
             shadow: false,
             source: SourceRef {
                 topic: msg.topic.clone(),

@@ -106,11 +106,38 @@ pub struct Outcome {
     /// completed it (topic, partition, offset, time; no event fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<serde_json::Value>,
+    /// For `sent`: the delivery status when the provider accepted it
+    /// (`accepted` for push and webhooks, Twilio's `queued`); later statuses
+    /// arrive as delivery records (see [`DeliveryRecord`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
     /// A shadow rule's would-be decision: nothing was sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
     pub source: SourceRef,
     pub timings: Timings,
+}
+
+/// A provider's later word on a sent message (a Twilio status callback),
+/// written to the outcomes topic keyed by the message's idempotency key.
+/// Callbacks may come in any order: `final` marks the statuses after which
+/// nothing changes (`delivered`, `undelivered`, `failed`), and a reader keeps
+/// a final one over any other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// Always `delivery`, to tell these apart from decisions.
+    pub record: String,
+    pub channel: String,
+    pub idempotency_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    /// The provider's status word (`sent`, `delivered`, `undelivered`, `failed`).
+    pub delivery_status: String,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    pub at_ms: i64,
 }
 
 /// One passed-over channel of a fallback chain.
