@@ -60,6 +60,9 @@ pub fn check(dir: &Path, config_path: Option<&Path>) -> ExitCode {
                     file.path, file.rules, file.enabled
                 );
             }
+            for warning in set.rules.iter().flat_map(|r| &r.warnings) {
+                println!("warning: {warning}");
+            }
             println!("{} rules in {} files", set.rules.len(), set.files.len());
             ExitCode::SUCCESS
         }

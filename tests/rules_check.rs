@@ -145,3 +145,15 @@ fn delivery_choices_that_cannot_work_are_refused() {
         "tests/fixtures/broken/zero-wait.yaml:5:21: rule \"impatient\": duration `0s` must be longer than zero",
     );
 }
+
+#[test]
+fn a_push_template_that_can_outgrow_fcms_payload_is_a_warning_not_an_error() {
+    let (code, out) = check("tests/fixtures/warnings/push-loop.yaml");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        "tests/fixtures/warnings/push-loop.yaml: ok, 1 rules (1 enabled)\n\
+         warning: tests/fixtures/warnings/push-loop.yaml:10:13: rule \"basket-receipt\": template.body has a loop: its output can grow past FCM's 4096-byte payload, and such pushes fail `payload_too_large`\n\
+         1 rules in 1 files\n"
+    );
+}

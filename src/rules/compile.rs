@@ -46,6 +46,8 @@ pub struct Rule {
     pub has_text: bool,
     /// SHA-256 prefix of the rule's definition, to tell versions apart.
     pub version: String,
+    /// Not errors, but worth the analyst's eye (`herald rules check` prints them).
+    pub warnings: Vec<String>,
 }
 
 /// What the compiler checks names against.
@@ -266,6 +268,7 @@ pub fn compile_rule(
             }
         }
     };
+    let warnings = push_size_warnings(file, &id, t);
     let has_title = add("title", &t.title);
     let has_body = add("body", &t.body);
     let has_text = add("text", &t.text);
@@ -296,7 +299,41 @@ pub fn compile_rule(
         has_body,
         has_text,
         version,
+        warnings,
     })
+}
+
+/// FCM's payload limit, which push templates should stay well under.
+const PUSH_PAYLOAD_BYTES: usize = 4096;
+
+/// Warnings for push templates that can obviously exceed FCM's payload limit:
+/// text over the limit on its own, or a loop whose output can grow past it.
+fn push_size_warnings(
+    file: &std::path::Path,
+    id: &str,
+    t: &super::model::TemplateSpec,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (part, source) in [("title", &t.title), ("body", &t.body)] {
+        let Some(source) = source else { continue };
+        let at = format!(
+            "{}:{}:{}: rule \"{id}\": template.{part}",
+            file.display(),
+            source.referenced.line(),
+            source.referenced.column()
+        );
+        if source.value.len() > PUSH_PAYLOAD_BYTES {
+            warnings.push(format!(
+                "{at} is {} bytes before any value is filled in, over FCM's {PUSH_PAYLOAD_BYTES}-byte payload; such pushes fail `payload_too_large`",
+                source.value.len()
+            ));
+        } else if source.value.contains("{% for") || source.value.contains("{%- for") {
+            warnings.push(format!(
+                "{at} has a loop: its output can grow past FCM's {PUSH_PAYLOAD_BYTES}-byte payload, and such pushes fail `payload_too_large`"
+            ));
+        }
+    }
+    warnings
 }
 
 fn list_names(names: &BTreeSet<String>) -> String {
