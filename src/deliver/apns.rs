@@ -19,6 +19,9 @@ use crate::rules::model::Priority;
 /// How long a signed provider token is used before signing a new one.
 const RESIGN_AFTER: Duration = Duration::from_secs(30 * 60);
 
+/// Apple refuses (`TooManyProviderTokenUpdates`) tokens signed more often.
+const RESIGN_FLOOR: Duration = Duration::from_secs(20 * 60);
+
 /// APNs' limit on `apns-collapse-id`, in bytes.
 const COLLAPSE_ID_BYTES: usize = 64;
 
@@ -28,6 +31,8 @@ pub struct ProviderToken {
     key_id: String,
     team_id: String,
     signed: Mutex<Option<(String, Instant)>>,
+    /// When Apple last made herald sign early (`ExpiredProviderToken`).
+    forced: Mutex<Option<Instant>>,
 }
 
 impl ProviderToken {
@@ -45,12 +50,22 @@ impl ProviderToken {
             key_id: key_id.to_string(),
             team_id: team_id.to_string(),
             signed: Mutex::new(None),
+            forced: Mutex::new(None),
         })
     }
 
-    /// Apple called the token expired (clocks disagree): sign a new one next.
-    fn expire(&self) {
+    /// Apple called the token expired: sign a new one next, unless Apple
+    /// already made herald do so in the last 20 minutes (then the clocks
+    /// disagree, a new token would not help, and signing again would be
+    /// refused as too frequent). Returns whether a new one will be signed.
+    fn expire(&self) -> bool {
+        let mut forced = self.forced.lock().unwrap_or_else(|p| p.into_inner());
+        if forced.is_some_and(|at| at.elapsed() < RESIGN_FLOOR) {
+            return false;
+        }
+        *forced = Some(Instant::now());
         *self.signed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        true
     }
 
     /// The current token, signed anew when it is 30 minutes old.
@@ -188,8 +203,7 @@ impl Provider for Apns {
             }
             let body: Value = response.json().await.unwrap_or(Value::Null);
             let reason = body["reason"].as_str().unwrap_or("").to_string();
-            if status.as_u16() == 403 && reason == "ExpiredProviderToken" {
-                self.token.expire();
+            if status.as_u16() == 403 && reason == "ExpiredProviderToken" && self.token.expire() {
                 return Err(SendError::Retryable {
                     status: Some(403),
                     retry_after: None,
