@@ -78,13 +78,7 @@ async fn webhook_is_signed_and_carries_the_message() {
 async fn hanging_provider_is_retried_while_fresh_then_recorded_and_the_stream_goes_on() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
-    publish(
-        &producer(),
-        &topics.profiles,
-        "u-1",
-        &profile("u-1", true, false),
-    )
-    .await;
+    publish_profile(&topics, "u-1", true, false).await;
     let rules = every_swipe_rule(&topics.transactions, "policy: { max_age_s: 5 }");
     let (_dir, running) = start(&topics, &provider, &rules, 300).await;
     wait_ready(running.admin_addr()).await;
@@ -194,13 +188,7 @@ async fn stale_and_capped_messages_are_suppressed_with_their_reasons() {
 async fn a_push_over_fcms_4096_byte_limit_fails_before_sending() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
-    publish(
-        &producer(),
-        &topics.profiles,
-        "u-1",
-        &profile("u-1", true, false),
-    )
-    .await;
+    publish_profile(&topics, "u-1", true, false).await;
     let rules = format!(
         "rules:\n  - id: long-note\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      body: \"{{% for i in range(600) %}}{{{{ event.note }}}}{{% endfor %}}\"\n",
         topics.transactions

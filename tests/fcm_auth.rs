@@ -127,13 +127,7 @@ async fn a_service_account_mints_verified_tokens_and_refreshes_them_before_expir
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (state, key) = endpoint(dir.path(), false).await;
-    publish(
-        &producer(),
-        &topics.profiles,
-        "u-1",
-        &profile("u-1", true, false),
-    )
-    .await;
+    publish_profile(&topics, "u-1", true, false).await;
     let running = start(&topics, &provider, &dir, &key).await;
     wait_ready(running.admin_addr()).await;
     let p = producer();
@@ -193,13 +187,7 @@ async fn a_refused_key_fails_the_message_with_auth_failed_and_the_stream_goes_on
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (state, key) = endpoint(dir.path(), true).await;
-    publish(
-        &producer(),
-        &topics.profiles,
-        "u-1",
-        &profile("u-1", true, false),
-    )
-    .await;
+    publish_profile(&topics, "u-1", true, false).await;
     let running = start(&topics, &provider, &dir, &key).await;
     wait_ready(running.admin_addr()).await;
     publish(
@@ -249,13 +237,7 @@ async fn a_token_fcm_refuses_is_replaced_and_the_message_still_goes_out() {
     let dir = tempfile::tempdir().unwrap();
     let (state, key) = endpoint(dir.path(), false).await;
     state.lock().unwrap().lifetime = 3600;
-    publish(
-        &producer(),
-        &topics.profiles,
-        "u-1",
-        &profile("u-1", true, false),
-    )
-    .await;
+    publish_profile(&topics, "u-1", true, false).await;
     let running = start(&topics, &provider, &dir, &key).await;
     wait_ready(running.admin_addr()).await;
     let p = producer();

@@ -54,13 +54,7 @@ async fn admin_until(
 async fn a_provider_outage_opens_the_circuit_and_every_message_goes_out_once_after_it() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
-    publish(
-        &producer(),
-        &topics.profiles,
-        "u-1",
-        &profile("u-1", true, false),
-    )
-    .await;
+    publish_profile(&topics, "u-1", true, false).await;
     let (_dir, running) = start(&topics, &provider, |t| t).await;
     let addr = running.admin_addr();
     wait_ready(addr).await;
@@ -103,13 +97,7 @@ async fn a_provider_outage_opens_the_circuit_and_every_message_goes_out_once_aft
 async fn a_record_herald_cannot_write_makes_it_not_ready_until_it_is_written() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
-    publish(
-        &producer(),
-        &topics.profiles,
-        "u-1",
-        &profile("u-1", true, false),
-    )
-    .await;
+    publish_profile(&topics, "u-1", true, false).await;
     // The dead-letter topic does not exist (and the broker creates none).
     let missing = unique("dlq-missing");
     let (_dir, running) = start(&topics, &provider, |t| {

@@ -132,13 +132,7 @@ async fn a_signed_inbound_stop_opts_the_number_out_and_a_forged_one_is_refused()
 async fn an_sms_carries_its_status_callback_and_the_receipt_reaches_the_feedback_topic() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
-    publish(
-        &producer(),
-        &topics.profiles,
-        "u-1",
-        &profile("u-1", false, true),
-    )
-    .await;
+    publish_profile(&topics, "u-1", false, true).await;
     let (_dir, running) = start(&topics, &provider).await;
     let addr = running.admin_addr();
     wait_ready(addr).await;
@@ -199,13 +193,7 @@ async fn an_sms_carries_its_status_callback_and_the_receipt_reaches_the_feedback
 async fn a_number_that_said_stop_at_twilio_is_opted_out_for_the_next_sms() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
-    publish(
-        &producer(),
-        &topics.profiles,
-        "u-1",
-        &profile("u-1", false, true),
-    )
-    .await;
+    publish_profile(&topics, "u-1", false, true).await;
     let (_dir, running) = start(&topics, &provider).await;
     wait_ready(running.admin_addr()).await;
     provider.plan(&[21610]);

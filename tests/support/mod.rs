@@ -145,6 +145,17 @@ pub fn every_swipe_rule(source: &str, policy: &str) -> String {
     )
 }
 
+/// Publishes `user`'s profile ([`profile`]) to the test's profiles topic.
+pub async fn publish_profile(topics: &Topics, user: &str, push: bool, sms: bool) {
+    publish(
+        &producer(),
+        &topics.profiles,
+        user,
+        &profile(user, push, sms),
+    )
+    .await;
+}
+
 /// A producer for test input.
 pub fn producer() -> FutureProducer {
     ClientConfig::new()
