@@ -155,13 +155,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             .channels
             .iter()
             .filter_map(|(name, c)| {
-                let url = c.public_url.as_ref()?;
+                let base = c.webhook_base(name)?;
                 let token = std::env::var(c.auth_token_env.as_ref()?).ok()?;
                 Some((
                     name.clone(),
                     admin::twilio::Hook {
                         auth_token: token.into(),
-                        public_url: url.trim_end_matches('/').to_string(),
+                        base,
                     },
                 ))
             })

@@ -58,8 +58,7 @@ pub async fn serve(
         .route("/rules/live", get(live))
         .route("/rules", get(rules))
         .route("/rules/evaluate", post(evaluate))
-        .route("/twilio/{channel}/inbound", post(twilio::inbound))
-        .route("/twilio/{channel}/status", post(twilio::status))
+        .route("/twilio/{channel}/{kind}", post(twilio::receive))
         .with_state(state);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

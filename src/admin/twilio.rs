@@ -22,8 +22,8 @@ use crate::outcome::Recorder;
 /// One Twilio channel's webhook settings.
 pub struct Hook {
     pub auth_token: SecretString,
-    /// The URL Twilio calls herald at, without a trailing slash.
-    pub public_url: String,
+    /// `{public_url}/twilio/{channel}`: what Twilio calls, and signs.
+    pub base: String,
 }
 
 /// Every Twilio channel with webhooks, and where their records go.
@@ -65,36 +65,21 @@ fn delivery_record(
 
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>";
 
-/// `POST /twilio/{channel}/inbound`.
-pub async fn inbound(
+/// `POST /twilio/{channel}/inbound` (an SMS to the channel's number) and
+/// `POST /twilio/{channel}/status?message=<idempotency key>` (a status callback).
+pub async fn receive(
     State(state): State<AdminState>,
-    Path(channel): Path<String>,
+    Path((channel, kind)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    receive(&state, &channel, "inbound", query, &headers, &body).await
-}
-
-/// `POST /twilio/{channel}/status?message=<idempotency key>`.
-pub async fn status(
-    State(state): State<AdminState>,
-    Path(channel): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    receive(&state, &channel, "status", query, &headers, &body).await
-}
-
-async fn receive(
-    state: &AdminState,
-    channel: &str,
-    kind: &'static str,
-    query: Option<String>,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Response {
+    let kind: &'static str = match kind.as_str() {
+        "inbound" => "inbound",
+        "status" => "status",
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let channel = channel.as_str();
     let hooks = &state.twilio;
     let Some(hook) = hooks.channels.get(channel) else {
         return (
@@ -110,10 +95,10 @@ async fn receive(
             .inc()
     };
     let url = match &query {
-        Some(q) => format!("{}/twilio/{channel}/{kind}?{q}", hook.public_url),
-        None => format!("{}/twilio/{channel}/{kind}", hook.public_url),
+        Some(q) => format!("{}/{kind}?{q}", hook.base),
+        None => format!("{}/{kind}", hook.base),
     };
-    let params = form_pairs(body);
+    let params = form_pairs(&body);
     let signed = headers
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok())

@@ -170,6 +170,14 @@ impl ChannelConfig {
         })
     }
 
+    /// Twilio: `{public_url}/twilio/{name}`, under which Twilio reaches this
+    /// channel's webhooks (`/inbound`, `/status`), when `public_url` is set.
+    pub fn webhook_base(&self, name: &str) -> Option<String> {
+        self.public_url
+            .as_ref()
+            .map(|u| format!("{}/twilio/{name}", u.trim_end_matches('/')))
+    }
+
     /// Request timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)

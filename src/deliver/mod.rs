@@ -235,10 +235,7 @@ impl Channel {
                     auth_token: secret(&config.auth_token_env)?,
                     from: config.from.clone(),
                     messaging_service_sid: config.messaging_service_sid.clone(),
-                    status_callback: config
-                        .public_url
-                        .as_ref()
-                        .map(|u| format!("{}/twilio/{name}/status", u.trim_end_matches('/'))),
+                    status_callback: config.webhook_base(name).map(|b| format!("{b}/status")),
                     timeout: config.timeout(),
                 })
             }

@@ -470,10 +470,13 @@ impl Pipeline {
                     // The number said STOP at Twilio: record it as the STOP it
                     // was, so every instance and the consent topic learn it.
                     self.feedback.set_opt_out(phone, true, now);
-                    let stop = serde_json::json!({
-                        "From": phone, "Body": "STOP", "MessageSid": "",
-                        "herald_source": "twilio_error_21610",
-                    });
+                    let field = |k: &str, v: &str| (k.to_string(), v.to_string());
+                    let stop = crate::feedback::twilio::inbound_record(&[
+                        field("From", phone),
+                        field("Body", "STOP"),
+                        field("MessageSid", ""),
+                        field("herald_source", "twilio_error_21610"),
+                    ]);
                     writes.push(self.recorder.publish(
                         &self.topics.feedback,
                         phone,
