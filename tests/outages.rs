@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald::outcome::{KafkaWriter, WriteHealth};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::Producer;
 use rdkafka::ClientConfig;
 use support::provider::Provider;
@@ -119,17 +117,7 @@ async fn a_record_herald_cannot_write_makes_it_not_ready_until_it_is_written() {
     let (_, metrics) = admin_get(addr, "/metrics").await;
     assert!(metrics.contains("herald_writes_failing 1"), "{metrics}");
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(&missing, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
+    create_topics(&[(&missing, 1)]).await;
     let dead = read_json(&missing, 1, Duration::from_secs(30), |_| true);
     assert_eq!(
         dead[0]["reason"], "not_json",
@@ -143,17 +131,7 @@ async fn a_record_herald_cannot_write_makes_it_not_ready_until_it_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatally_failed_producer_is_rebuilt_and_every_record_arrives() {
     let topic = unique("rebuilt");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
+    create_topics(&[(&topic, 1)]).await;
     let failing = prometheus::IntGauge::new("failing", "failing").unwrap();
     let rebuilds = prometheus::IntCounter::new("rebuilds", "rebuilds").unwrap();
     let health = Arc::new(WriteHealth::new(failing.clone(), rebuilds.clone()));
@@ -193,4 +171,44 @@ async fn a_fatally_failed_producer_is_rebuilt_and_every_record_arrives() {
         .map(|v| v.to_string())
         .collect();
     assert_eq!(values, ["1", "2", "3", "4", "5"], "every record, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_lanes_fill_during_an_outage_fetching_pauses_and_nothing_is_lost() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    publish_profile(&topics, "u-1", true, false).await;
+    // One lane holding one message: the outage fills it at once.
+    let (_dir, running) = start(&topics, &provider, |t| {
+        t.replace("[limits]", "[limits]\nlanes = 1\nlane_queue = 1")
+    })
+    .await;
+    let addr = running.admin_addr();
+    wait_ready(addr).await;
+    provider.plan(&[503; 30]);
+    let p = producer();
+    for amount in 1..=20 {
+        publish(
+            &p,
+            &topics.transactions,
+            "card",
+            &swipe("u-1", amount as f64, "approved", "US"),
+        )
+        .await;
+    }
+    let paused = admin_until(addr, "/metrics", |_, m| m.contains("herald_fetch_paused 1")).await;
+    assert!(paused.is_some(), "fetching pauses while the lane is full");
+    let outcomes = read_json(&topics.outcomes, 20, Duration::from_secs(60), |_| true);
+    assert!(
+        outcomes.iter().all(|o| o["status"] == "sent"),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        provider.received_by("fcm").len(),
+        30 + 20,
+        "the 30 refusals, then each message once"
+    );
+    let resumed = admin_until(addr, "/metrics", |_, m| m.contains("herald_fetch_paused 0")).await;
+    assert!(resumed.is_some(), "fetching resumes");
+    running.stop().await;
 }

@@ -196,6 +196,7 @@ pub async fn consume(
         health: &health,
         metrics: &metrics,
         parked: VecDeque::new(),
+        paused: Vec::new(),
     };
     loop {
         let lane = fetch.parked.front().map(|(lane, _)| *lane);
@@ -281,19 +282,29 @@ struct Fetch<'a> {
     health: &'a ConsumerHealth,
     metrics: &'a crate::admin::Metrics,
     parked: VecDeque<(usize, Incoming)>,
+    /// The partitions paused now (the assignment when they were paused).
+    paused: Vec<(String, i32)>,
 }
 
 impl Fetch<'_> {
-    /// Parks a message and makes sure every assigned partition is paused.
+    /// Parks a message and makes sure its partition, and every other
+    /// assigned one, is paused.
     fn park(&mut self, lane: usize, m: Incoming) {
         if self.parked.is_empty() {
             debug!("lanes full; pausing fetch");
             self.metrics.fetch_paused.set(1);
         }
-        // Also pauses partitions assigned since the last call.
-        if let Ok(assigned) = self.consumer.assignment() {
-            if let Err(e) = self.consumer.pause(&assigned) {
-                warn!(error = %e, "cannot pause fetching");
+        // Pause once, and again only for a partition assigned since.
+        let known = self
+            .paused
+            .iter()
+            .any(|(t, p)| *t == m.topic && *p == m.partition);
+        if !known {
+            if let Ok(assigned) = self.consumer.assignment() {
+                if let Err(e) = self.consumer.pause(&assigned) {
+                    warn!(error = %e, "cannot pause fetching");
+                }
+                self.paused = partitions(&assigned);
             }
         }
         self.parked.push_back((lane, m));
@@ -319,6 +330,7 @@ impl Fetch<'_> {
                     warn!(error = %e, "cannot resume fetching");
                 }
             }
+            self.paused.clear();
             self.metrics.fetch_paused.set(0);
         }
     }

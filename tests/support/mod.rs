@@ -112,23 +112,27 @@ impl Topics {
     /// Creates a fresh set of topics on the broker.
     pub async fn create(partitions: i32) -> Topics {
         let t = Topics::fresh();
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .expect("admin client");
-        let specs = t.specs(partitions);
-        let new: Vec<NewTopic> = specs
-            .iter()
-            .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
-            .collect();
-        let results = admin
-            .create_topics(&new, &AdminOptions::new())
-            .await
-            .expect("create topics");
-        for r in results {
-            r.expect("topic created");
-        }
+        create_topics(&t.specs(partitions)).await;
         t
+    }
+}
+
+/// Creates topics (name, partitions) on the test broker.
+pub async fn create_topics(specs: &[(&String, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = specs
+        .iter()
+        .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
     }
 }
 
