@@ -44,6 +44,7 @@ pub mod render;
 pub mod rules;
 pub mod simulate;
 pub mod standin;
+pub mod state;
 pub mod util;
 
 mod service;

@@ -110,8 +110,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// Starts an instance: loads rules (refusing to start on any error), connects
 /// to Kafka, follows profiles, watches the rules, serves admin and consumes.
-pub async fn start(config: Config) -> Result<Running, Error> {
+pub async fn start(mut config: Config) -> Result<Running, Error> {
     let metrics = Arc::new(Metrics::new());
+    let with_changelog = internal_topics(&mut config).await.map_err(Error::Fatal)?;
     let channel_names: BTreeSet<String> = config.channels.keys().cloned().collect();
     let source_names: BTreeSet<String> = config.sources.keys().cloned().collect();
     let rules = LiveRules::load(
@@ -185,6 +186,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
         revoke_wait: config.limits.shutdown_grace(),
+        stores: std::sync::OnceLock::new(),
     };
     let consumer: StreamConsumer<HeraldContext> =
         kafka::consumer_config(&config.kafka).create_with_context(context)?;
@@ -244,7 +246,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let table = Arc::clone(&profiles);
     let state_loaded = Arc::clone(&feedback);
-    let pipeline = Arc::new(Pipeline::new(
+    let mut pipeline = Pipeline::new(
         rules,
         profiles,
         feedback,
@@ -252,7 +254,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         recorder,
         Arc::clone(&metrics),
         &config,
-    ));
+    );
+    pipeline
+        .pattern_changelogs
+        .retain(|source, _| with_changelog.contains(source));
+    let pipeline = Arc::new(pipeline);
+    let stores: Arc<dyn crate::ingest::PartitionStores> = Arc::clone(&pipeline) as _;
+    let _ = consumer.context().stores.set(stores);
     let held_reader = Arc::clone(&pipeline);
     let held_shutdown = shutdown_rx.clone();
     background.push(tokio::spawn(async move {
@@ -314,6 +322,59 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         consumer: consumer_task,
         background,
     })
+}
+
+/// Creates herald's internal topics when missing: the intents topic, the
+/// send ledger's changelog (as many partitions as the intents topic) and one
+/// pattern-state changelog per source topic (as many as the source). An
+/// existing intents topic keeps its partition count, which then wins over
+/// `topics.intents_partitions`. Returns the sources that have a changelog
+/// (a source topic that does not exist yet has none: its pattern state
+/// lives in memory until the next start, with a warning).
+async fn internal_topics(config: &mut Config) -> Result<BTreeSet<String>, String> {
+    use crate::state::changelog::{ensure_topics, partitions_of, TopicSpec};
+    let client = kafka::client_config(&config.kafka, &[]);
+    let intents = config.intents_topic();
+    if let Some(n) = partitions_of(&client, &intents)? {
+        config.topics.intents_partitions = n;
+    }
+    let n = config.topics.intents_partitions;
+    let compact = || vec![("cleanup.policy", "compact".to_string())];
+    let mut specs = vec![
+        TopicSpec {
+            name: intents,
+            partitions: n,
+            configs: Vec::new(),
+        },
+        TopicSpec {
+            name: config.ledger_changelog(),
+            partitions: n,
+            // Entries matter for a week (the longest cap window): compacted,
+            // and deleted after eight days.
+            configs: vec![
+                ("cleanup.policy", "compact,delete".to_string()),
+                ("retention.ms", crate::state::ledger::HORIZON_MS.to_string()),
+            ],
+        },
+    ];
+    let mut with_changelog = BTreeSet::new();
+    for source in config.sources.keys() {
+        match partitions_of(&client, source)? {
+            Some(p) => {
+                with_changelog.insert(source.clone());
+                specs.push(TopicSpec {
+                    name: config.pattern_changelog(source),
+                    partitions: p,
+                    configs: compact(),
+                });
+            }
+            None => {
+                tracing::warn!(%source, "source topic does not exist yet; its pattern state has no changelog until herald starts again")
+            }
+        }
+    }
+    ensure_topics(&client, &specs).await?;
+    Ok(with_changelog)
 }
 
 /// Asks the broker for metadata every two seconds; readiness reports the result.

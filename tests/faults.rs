@@ -63,6 +63,15 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
     let text = config_text(&topics, dir.path(), &provider.base_url(), "")
         .replace(&brokers(), &mock_brokers);
     let (_, config) = load_config(dir.path(), &text);
+    // The mock cluster cannot create topics through the admin API: herald's
+    // internal topics are made here, as herald would make them.
+    let n = config.topics.intents_partitions;
+    mock.create_topic(&config.intents_topic(), n, 1).unwrap();
+    mock.create_topic(&config.ledger_changelog(), n, 1).unwrap();
+    for source in config.sources.keys() {
+        mock.create_topic(&config.pattern_changelog(source), 2, 1)
+            .unwrap();
+    }
     let running = herald::start(config).await.expect("herald starts");
     let addr = running.admin_addr();
     wait_ready(addr).await;

@@ -142,7 +142,7 @@ async fn a_fatally_failed_producer_is_rebuilt_and_every_record_arrives() {
         .set("acks", "all");
     let writer = Arc::new(KafkaWriter::new(config, Arc::clone(&health)).unwrap());
     writer
-        .write(topic.clone(), "k".into(), Some(b"1".to_vec()))
+        .write(topic.clone(), None, "k".into(), Some(b"1".to_vec()))
         .await;
 
     // What librdkafka offers to test this path: a fabricated fatal error in
@@ -158,7 +158,14 @@ async fn a_fatally_failed_producer_is_rebuilt_and_every_record_arrives() {
     }
     assert!(broken.client().fatal_error().is_some());
     let writes: Vec<_> = (2..=5)
-        .map(|n| writer.write(topic.clone(), "k".into(), Some(n.to_string().into_bytes())))
+        .map(|n| {
+            writer.write(
+                topic.clone(),
+                None,
+                "k".into(),
+                Some(n.to_string().into_bytes()),
+            )
+        })
         .collect();
     tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(writes))
         .await

@@ -45,6 +45,17 @@ pub struct Metrics {
     pub pattern_keys: IntGauge,
     /// Approximate bytes of pattern state.
     pub pattern_state_bytes: IntGauge,
+    /// Send-ledger entries held (intents partitions owned here).
+    pub ledger_entries: IntGauge,
+    /// Sends found attempted without an answer after a crash, per channel
+    /// and what was done (`resend`, `skip`).
+    pub unknown_after_crash: IntCounterVec,
+    /// Store partitions restored from their changelogs, per store.
+    pub restores: IntCounterVec,
+    /// Changelog records read back by restores, per store.
+    pub restored_records: IntCounterVec,
+    /// Time spent restoring store partitions, per store, seconds.
+    pub restore_seconds: prometheus::CounterVec,
     /// Per-rule activity over the last minute and hour (the live rules page).
     pub activity: super::activity::Activity,
     /// Provider retries per channel.
@@ -248,6 +259,37 @@ impl Metrics {
                 "herald_pattern_state_bytes",
                 "Approximate bytes of pattern state",
             ),
+            ledger_entries: gauge(
+                "herald_ledger_entries",
+                "Send-ledger entries held for the intents partitions owned here",
+            ),
+            unknown_after_crash: counter_vec(
+                "herald_unknown_after_crash_total",
+                "Sends found attempted without an answer after a crash, by what was done",
+                &["channel", "action"],
+            ),
+            restores: counter_vec(
+                "herald_store_restores_total",
+                "Store partitions restored from their changelog",
+                &["store"],
+            ),
+            restored_records: counter_vec(
+                "herald_store_restored_records_total",
+                "Changelog records read back by restores",
+                &["store"],
+            ),
+            restore_seconds: {
+                let c = prometheus::CounterVec::new(
+                    prometheus::Opts::new(
+                        "herald_store_restore_seconds_total",
+                        "Time spent restoring store partitions",
+                    ),
+                    &["store"],
+                )
+                .expect("metric");
+                registry.register(Box::new(c.clone())).expect("register");
+                c
+            },
             retries: counter_vec(
                 "herald_provider_retries_total",
                 "Provider request retries",

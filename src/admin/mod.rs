@@ -118,6 +118,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if let Some(e) = state.consumer.fatal() {
         not_ready.push(format!("the consumer failed fatally: {e}"));
     }
+    if let Some(problem) = state.consumer.restore_problem() {
+        not_ready.push(problem);
+    }
     let body = json!({
         "ready": not_ready.is_empty(),
         "not_ready": not_ready,

@@ -107,6 +107,7 @@ impl Offline {
                         std::time::Duration::from_secs(1),
                         metrics.circuit_open.with_label_values(&[name]),
                     )),
+                    on_unknown: c.on_unknown,
                 };
                 (name.clone(), ChannelRuntime::new(channel, &metrics))
             })

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Which provider API a channel speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -108,6 +108,34 @@ pub struct ChannelConfig {
     /// then wait and one probe goes out every `max_backoff_ms`; 0 never opens it.
     #[serde(default = "default_breaker_failures")]
     pub breaker_failures: u32,
+    /// A send found in the ledger as attempted with no answer (its request
+    /// was in flight when the instance that made it died): `resend` repeats
+    /// it (at least once: right for fraud alerts), `skip` does not (at most
+    /// once: right for marketing). Either way the outcome says
+    /// `unknown_after_crash`.
+    #[serde(default)]
+    pub on_unknown: OnUnknown,
+}
+
+/// What to do with a send whose answer nobody heard (see `on_unknown`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnknown {
+    /// Send it again: the user may get it twice, never not at all.
+    #[default]
+    Resend,
+    /// Do not send it again: the user may not get it, never twice.
+    Skip,
+}
+
+impl OnUnknown {
+    /// As written in the config (and the metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnknown::Resend => "resend",
+            OnUnknown::Skip => "skip",
+        }
+    }
 }
 
 fn default_concurrency() -> usize {
@@ -156,6 +184,7 @@ impl ChannelConfig {
             max_backoff_ms: default_max_backoff_ms(),
             retry_for_ms: default_retry_for_ms(),
             breaker_failures: default_breaker_failures(),
+            on_unknown: OnUnknown::default(),
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod channel;
-pub use channel::{ChannelConfig, ProviderKind};
+pub use channel::{ChannelConfig, OnUnknown, ProviderKind};
 mod feedback;
 pub use feedback::FeedbackConfig;
 
@@ -111,9 +111,20 @@ pub struct TopicsConfig {
     pub replies: String,
     /// Messages held for quiet hours (and fallbacks awaiting a delivery
     /// receipt), compacted: they survive a restart and move with their
-    /// source partition to its next owner.
+    /// user's intents partition to its next owner.
     #[serde(default = "defaults::held_topic")]
     pub held: String,
+    /// The internal topic between the two stages: one intent per fired rule
+    /// and user, keyed (and partitioned) by user, so all of a user's messages
+    /// are decided by one owner at a time. Default `<group_id>.intents`.
+    /// herald creates it at start when missing.
+    #[serde(default)]
+    pub intents: Option<String>,
+    /// Partitions of the intents topic when herald creates it: the unit of
+    /// scale-out for stage 2 (more instances than this idle in stage 2).
+    /// Choose a few times the most instances you expect to run.
+    #[serde(default = "defaults::intents_partitions")]
+    pub intents_partitions: i32,
 }
 
 /// Rule files.
@@ -161,6 +172,11 @@ pub struct LimitsConfig {
     /// evicted (logged, `herald_pattern_keys_evicted_total{rule}`).
     #[serde(default = "defaults::pattern_keys_per_rule")]
     pub pattern_keys_per_rule: usize,
+    /// Send-ledger entries held by one instance (over the intents partitions
+    /// it owns); past it the oldest are evicted (logged,
+    /// `herald_ledger_evicted_total`). Entries older than 8 days go anyway.
+    #[serde(default = "defaults::ledger_entries")]
+    pub ledger_entries: usize,
 }
 
 pub(crate) mod defaults {
@@ -190,6 +206,12 @@ pub(crate) mod defaults {
     }
     pub fn held_topic() -> String {
         "herald.held".into()
+    }
+    pub fn intents_partitions() -> i32 {
+        12
+    }
+    pub fn ledger_entries() -> usize {
+        2_000_000
     }
     pub fn rules_dir() -> PathBuf {
         PathBuf::from("rules")
@@ -230,6 +252,8 @@ impl Default for TopicsConfig {
             consent: defaults::consent_topic(),
             replies: defaults::replies_topic(),
             held: defaults::held_topic(),
+            intents: None,
+            intents_partitions: defaults::intents_partitions(),
         }
     }
 }
@@ -260,6 +284,7 @@ impl Default for LimitsConfig {
             lane_queue: defaults::lane_queue(),
             shutdown_grace_ms: defaults::shutdown_grace_ms(),
             pattern_keys_per_rule: defaults::pattern_keys_per_rule(),
+            ledger_entries: defaults::ledger_entries(),
         }
     }
 }
@@ -408,7 +433,27 @@ impl Config {
         if !topics.contains(&self.topics.feedback) {
             topics.push(self.topics.feedback.clone());
         }
+        topics.push(self.intents_topic());
         topics
+    }
+
+    /// The intents topic between stage 1 and stage 2.
+    pub fn intents_topic(&self) -> String {
+        self.topics
+            .intents
+            .clone()
+            .unwrap_or_else(|| format!("{}.intents", self.kafka.group_id))
+    }
+
+    /// The changelog of the send ledger (stage 2), one partition per intents partition.
+    pub fn ledger_changelog(&self) -> String {
+        format!("{}.ledger-changelog", self.kafka.group_id)
+    }
+
+    /// The changelog of the pattern state of one source topic (stage 1), one
+    /// partition per source partition.
+    pub fn pattern_changelog(&self, source: &str) -> String {
+        format!("{}.patterns-{source}-changelog", self.kafka.group_id)
     }
 }
 

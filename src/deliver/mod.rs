@@ -170,6 +170,8 @@ pub struct Channel {
     pub permits: Arc<Semaphore>,
     pub policy: retry::RetryPolicy,
     pub breaker: Arc<breaker::Breaker>,
+    /// A send in flight at a crash: repeated or not.
+    pub on_unknown: crate::config::OnUnknown,
 }
 
 /// Why a user cannot be reached on a channel.
@@ -273,6 +275,7 @@ impl Channel {
                 Duration::from_millis(config.max_backoff_ms),
                 circuit,
             )),
+            on_unknown: config.on_unknown,
         })
     }
 

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use super::held::{Held, HeldMessage};
 use super::{ChannelRuntime, Pipeline};
-use crate::config::ProviderKind;
+use crate::config::{OnUnknown, ProviderKind};
 use crate::deliver::{send_with_retry, Address, Message, SendError};
 use crate::feedback::SentRef;
 use crate::ingest::decode::Event;
@@ -26,11 +26,15 @@ use crate::policy::{address, Subject, Suppression};
 use crate::profile::Profile;
 use crate::render::RuleScope;
 use crate::rules::{Loaded, Rule};
+use crate::state::intent::{EventRecord, FiredRecord};
+use crate::state::{Intent, LedgerEntry, LedgerStatus, Seen};
 
 /// The inputs of one rule's decision for one event, owned so a held message
 /// can keep them until its release.
 #[derive(Clone)]
 pub struct Job {
+    /// The intent's deterministic id: with the channel, its send-ledger key.
+    pub intent: Arc<str>,
     pub loaded: Arc<Loaded>,
     pub rule: usize,
     pub event: Arc<Event>,
@@ -38,11 +42,37 @@ pub struct Job {
     pub matched_ms: i64,
     /// For a rule with a pattern: what completed it.
     pub pattern: Option<Arc<crate::patterns::Fired>>,
+    /// Decided again at the release of a hold (the ledger says `held`).
+    pub release: bool,
 }
 
 impl Job {
     fn rule(&self) -> &Rule {
         &self.loaded.set.rules[self.rule]
+    }
+
+    /// The job as a hold keeps it: decided again at its release.
+    fn for_release(&self) -> Job {
+        Job {
+            release: true,
+            ..self.clone()
+        }
+    }
+
+    /// The intent stage 1 writes for this job.
+    pub fn intent(&self) -> Intent {
+        let rule = self.rule();
+        Intent {
+            id: self.intent.to_string(),
+            rule: rule.id.clone(),
+            rule_version: rule.version.clone(),
+            event: EventRecord::of(&self.event),
+            matched_ms: self.matched_ms,
+            pattern: self.pattern.as_ref().map(|p| FiredRecord {
+                context: p.context.clone(),
+                summary: p.summary.clone(),
+            }),
+        }
     }
 }
 
@@ -59,6 +89,9 @@ pub struct Decided {
     hold_until: Option<i64>,
     /// Writes besides the outcome and dead letter (the held topic).
     pub writes: Vec<Pending>,
+    /// The send-ledger key to record this decision under; `None` for a
+    /// redelivery the ledger already knew.
+    pub ledger_key: Option<String>,
 }
 
 impl Pipeline {
@@ -87,7 +120,7 @@ impl Pipeline {
                         .as_ref()
                         .map(|c| format!("{}\u{0}{}\u{0}{c}", job.event.user, job.rule().id)),
                     item: HeldMessage {
-                        job: job.clone(),
+                        job: job.for_release(),
                         chain: chain[i..].to_vec(),
                         hops: hops.clone(),
                         outcome: d.outcome.clone(),
@@ -112,9 +145,11 @@ impl Pipeline {
                     }
                     Err(_) => {
                         let outcome = self.suppress(d.outcome, channel, Suppression::Duplicate);
+                        // Already held: the held one keeps the ledger's `held`.
                         decided.push(Decided {
                             outcome,
                             hold_until: None,
+                            ledger_key: None,
                             ..d
                         });
                     }
@@ -180,7 +215,7 @@ impl Pipeline {
             idempotency_key: format!("{}/awaiting-delivery", sent.idempotency_key),
             collapse: None,
             item: HeldMessage {
-                job: job.clone(),
+                job: job.for_release(),
                 chain: rest.to_vec(),
                 hops,
                 outcome,
@@ -215,13 +250,14 @@ impl Pipeline {
             c.suppressed.inc();
         }
         Decided {
-            outcome,
             message: None,
             dead_letter: None,
             counters: old.job.loaded.decisions[old.job.rule].clone(),
             may_hop: false,
             hold_until: None,
             writes: Vec::new(),
+            ledger_key: Some(format!("{}/{}", old.job.intent, outcome.channel)),
+            outcome,
         }
     }
 
@@ -248,6 +284,7 @@ impl Pipeline {
             pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
             delivery: None,
             shadow: false,
+            unknown_after_crash: false,
             source: SourceRef {
                 topic: event.source.to_string(),
                 partition: event.partition,
@@ -260,6 +297,57 @@ impl Pipeline {
                 ..Timings::default()
             },
         };
+        let ledger_key = format!("{}/{}", job.intent, channel.channel.name);
+        let mut after_crash = false;
+        match self.ledger.seen(&ledger_key) {
+            Seen::New => {}
+            Seen::Held if job.release => {}
+            Seen::Held | Seen::Decided(_) => {
+                // A redelivered intent (a restart, a rebalance, a replayed
+                // event): decided before, by this owner or the last one.
+                outcome.idempotency_key =
+                    self.ledger.idempotency_key(&ledger_key).unwrap_or_default();
+                let outcome = self.suppress(outcome, channel, Suppression::Duplicate);
+                return Decided {
+                    outcome,
+                    message: None,
+                    dead_letter: None,
+                    counters,
+                    may_hop: false,
+                    hold_until: None,
+                    writes: Vec::new(),
+                    ledger_key: None,
+                };
+            }
+            Seen::InFlight => {
+                // Recorded attempted, never answered: the request was in
+                // flight when its owner died. The channel decides.
+                self.metrics
+                    .unknown_after_crash
+                    .with_label_values(&[
+                        channel.channel.name.as_str(),
+                        channel.channel.on_unknown.as_str(),
+                    ])
+                    .inc();
+                if channel.channel.on_unknown == OnUnknown::Skip {
+                    outcome.idempotency_key =
+                        self.ledger.idempotency_key(&ledger_key).unwrap_or_default();
+                    let outcome = self.suppress(outcome, channel, Suppression::UnknownAfterCrash);
+                    return Decided {
+                        outcome,
+                        message: None,
+                        dead_letter: None,
+                        counters,
+                        may_hop: false,
+                        hold_until: None,
+                        writes: Vec::new(),
+                        ledger_key: Some(ledger_key),
+                    };
+                }
+                after_crash = true;
+            }
+        }
+        outcome.unknown_after_crash = after_crash;
         let done = |outcome, message, dead_letter, may_hop| Decided {
             outcome,
             message,
@@ -268,6 +356,7 @@ impl Pipeline {
             may_hop,
             hold_until: None,
             writes: Vec::new(),
+            ledger_key: Some(ledger_key.clone()),
         };
         let subject = Subject {
             rule: &rule.id,
@@ -376,14 +465,9 @@ impl Pipeline {
                 false,
             );
         }
-        if !self.recent.first_time(&outcome.idempotency_key) {
-            let outcome = self.suppress(outcome, channel, Suppression::Duplicate);
-            return done(outcome, Some(message), None, false);
-        }
         let reservation = match self.policy.reserve(profile, &subject, now) {
             Ok(r) => r,
             Err(s) => {
-                self.recent.forget(&outcome.idempotency_key);
                 return done(
                     self.suppress(outcome, channel, s),
                     Some(message),
@@ -412,6 +496,19 @@ impl Pipeline {
             }
             None => channel.channel.policy.retry_for,
         };
+        // The ledger hears of the request before the provider does: if this
+        // instance dies with the request in flight, the next owner finds it.
+        let attempt = LedgerEntry {
+            user: event.user.clone(),
+            status: LedgerStatus::Attempted,
+            at_ms: now,
+            category: rule.category.clone(),
+            rule: rule.id.clone(),
+            idempotency_key: outcome.idempotency_key.clone(),
+        };
+        if let Some(write) = self.ledger.record(&ledger_key, attempt) {
+            write.await;
+        }
         let attempted = send_with_retry(
             &channel.channel,
             &message,
@@ -458,7 +555,6 @@ impl Pipeline {
             }
             Err(e) => {
                 let reason = e.reason();
-                self.recent.forget(&outcome.idempotency_key);
                 if let Some(r) = &reservation {
                     self.policy.release(r);
                 }

@@ -147,7 +147,7 @@ pub struct HeldMessage {
 impl Pipeline {
     /// Releases held messages when due, until `shutdown`: the ones this
     /// instance held, and the ones it adopts from the held topic for the
-    /// source partitions it owns. What is still held at shutdown stays on the
+    /// users whose intents partitions it owns. What is still held at shutdown stays on the
     /// held topic for the next owner.
     pub async fn release_held(
         self: Arc<Self>,
@@ -166,9 +166,8 @@ impl Pipeline {
             }
             for held in self.held.due(self.clock.now_ms()) {
                 self.metrics.held.set(self.held.len() as i64);
-                let event = &held.item.job.event;
-                if !health.owns(&event.source, event.partition) {
-                    // Its partition moved: the new owner adopts it from the held topic.
+                if !self.owns_user(&health, &held.item.job.event.user) {
+                    // Its user's partition moved: the new owner adopts it from the held topic.
                     continue;
                 }
                 // Not to be adopted again from the held topic meanwhile.
@@ -186,10 +185,19 @@ impl Pipeline {
         self.metrics.held.set(0);
     }
 
+    /// Whether this instance decides for `user` now: it owns the user's
+    /// intents partition (offline, with no broker, it decides for everyone).
+    fn owns_user(&self, health: &ConsumerHealth, user: &str) -> bool {
+        match &self.intents_topic {
+            Some(topic) => health.owns(topic, self.ledger.partition_of(user)),
+            None => true,
+        }
+    }
+
     /// Takes over held records of owned partitions that are not queued here.
     fn adopt(&self, health: &ConsumerHealth) {
         let records = self.held_log.adoptable(
-            |topic, partition| health.owns(topic, partition),
+            |record| self.owns_user(health, &record.event.user),
             |key| self.held.contains(key),
         );
         if records.is_empty() {
@@ -213,6 +221,12 @@ impl Pipeline {
                 collapse: record.collapse.clone(),
                 item: HeldMessage {
                     job: Job {
+                        intent: record
+                            .intent
+                            .clone()
+                            .unwrap_or_else(|| record.key.clone())
+                            .into(),
+                        release: true,
                         loaded: Arc::clone(&loaded),
                         rule,
                         event: Arc::new(record.event.to_event()),

@@ -2,7 +2,7 @@
 //! keyed by its hold key, and a tombstone once it is released or replaced.
 //!
 //! Every instance reads the whole topic. An instance releases only the held
-//! messages whose source partition it owns: after a restart, or when a
+//! messages of users whose intents partition it owns: after a restart, or when a
 //! rebalance moves the partition, the next owner adopts them from here. The
 //! event's offset is committed only after its hold record is written, so a
 //! held message is never lost between the two.
@@ -12,18 +12,21 @@ use std::sync::Arc;
 use dashmap::{DashMap, DashSet};
 use rdkafka::{ClientConfig, Message};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use super::held::{Held, HeldMessage};
-use crate::ingest::decode::Event;
 use crate::ingest::follow::{Follower, Start};
 use crate::outcome::{Hop, Outcome};
+pub use crate::state::intent::EventRecord;
 
 /// One held message as written to the held topic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeldRecord {
     pub key: String,
+    /// The intent held (its send-ledger key with the channel).
+    #[serde(default)]
+    pub intent: Option<String>,
     pub release_ms: i64,
     #[serde(default)]
     pub collapse: Option<String>,
@@ -40,39 +43,6 @@ pub struct HeldRecord {
     pub pattern_context: Option<Value>,
 }
 
-/// The triggering event, enough to decide again at release.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventRecord {
-    pub source: String,
-    pub partition: i32,
-    pub offset: i64,
-    #[serde(default)]
-    pub key: Option<String>,
-    pub user: String,
-    pub time_ms: i64,
-    #[serde(default)]
-    pub event_type: Option<String>,
-    pub fields: Map<String, Value>,
-    pub consumed_ms: i64,
-}
-
-impl EventRecord {
-    /// The event as the pipeline saw it.
-    pub fn to_event(&self) -> Event {
-        Event {
-            source: Arc::from(self.source.as_str()),
-            partition: self.partition,
-            offset: self.offset,
-            key: self.key.clone(),
-            user: self.user.clone(),
-            time_ms: self.time_ms,
-            event_type: self.event_type.clone(),
-            fields: self.fields.clone(),
-            consumed_ms: self.consumed_ms,
-        }
-    }
-}
-
 impl HeldRecord {
     /// The record of a held message.
     pub fn of(held: &Held<HeldMessage>) -> HeldRecord {
@@ -80,20 +50,11 @@ impl HeldRecord {
         let e = &m.job.event;
         HeldRecord {
             key: held.idempotency_key.clone(),
+            intent: Some(m.job.intent.to_string()),
             release_ms: held.release_ms,
             collapse: held.collapse.clone(),
             rule: m.job.loaded.set.rules[m.job.rule].id.clone(),
-            event: EventRecord {
-                source: e.source.to_string(),
-                partition: e.partition,
-                offset: e.offset,
-                key: e.key.clone(),
-                user: e.user.clone(),
-                time_ms: e.time_ms,
-                event_type: e.event_type.clone(),
-                fields: e.fields.clone(),
-                consumed_ms: e.consumed_ms,
-            },
+            event: EventRecord::of(e),
             chain: m.chain.clone(),
             hops: m.hops.clone(),
             outcome: m.outcome.clone(),
@@ -161,16 +122,16 @@ impl HeldLog {
         self.dormant.remove(key);
     }
 
-    /// Held records this instance should take over: their source partition is
-    /// owned here and they are not in its queue yet.
+    /// Held records this instance should take over: their user's partition
+    /// is owned here and they are not in its queue yet.
     pub fn adoptable(
         &self,
-        owns: impl Fn(&str, i32) -> bool,
+        owns: impl Fn(&HeldRecord) -> bool,
         queued: impl Fn(&str) -> bool,
     ) -> Vec<Arc<HeldRecord>> {
         self.dormant
             .iter()
-            .filter(|r| owns(&r.event.source, r.event.partition) && !queued(r.key()))
+            .filter(|r| owns(r.value()) && !queued(r.key()))
             .map(|r| Arc::clone(r.value()))
             .collect()
     }

@@ -21,6 +21,7 @@ use crate::outcome::{DeadLetter, Outcome, Pending, Recorder};
 use crate::policy::{Policy, Suppression};
 use crate::profile::ProfileTable;
 use crate::rules::{LiveRules, Verdict};
+use crate::state::{Changelog, Intent, LedgerEntry, LedgerStatus, SendLedger};
 
 mod decide;
 mod dedup;
@@ -28,6 +29,7 @@ mod held;
 mod held_log;
 mod patterns;
 mod replies;
+mod stores;
 pub use decide::{Decided, Job};
 pub use dedup::RecentSends;
 pub use held::{AlreadyHeld, Held, HeldMessage, HeldQueue};
@@ -104,6 +106,13 @@ pub struct Pipeline {
     pub clock: Arc<dyn crate::util::Clock>,
     suppression_counters: HashMap<&'static str, IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
+    /// The topic between stage 1 and stage 2; `None` offline, where both
+    /// stages run in one process with no broker.
+    pub intents_topic: Option<String>,
+    /// Every stage-2 decision by intent and channel, per intents partition.
+    pub ledger: SendLedger,
+    /// Stage-1 state changes, one changelog per source topic (none offline).
+    pub pattern_changelogs: HashMap<String, Arc<Changelog>>,
 }
 
 impl Pipeline {
@@ -128,6 +137,11 @@ impl Pipeline {
                 )
             })
             .collect();
+        // With Kafka behind the recorder, the two stages meet on the intents
+        // topic and state goes to changelogs; without, all is in memory.
+        let durable = recorder.is_kafka();
+        let recorder_for_state = recorder.clone();
+        let reader = crate::kafka::profile_reader_config(&config.kafka);
         let suppression_counters = Suppression::CODES
             .iter()
             .map(|code| (*code, metrics.suppressions.with_label_values(&[code])))
@@ -154,6 +168,38 @@ impl Pipeline {
             clock: Arc::new(crate::util::SystemClock),
             suppression_counters,
             decisions: tokio::sync::broadcast::channel(4096).0,
+            intents_topic: durable.then(|| config.intents_topic()),
+            ledger: SendLedger::new(
+                config.topics.intents_partitions,
+                if durable {
+                    Changelog::new(
+                        config.ledger_changelog(),
+                        recorder_for_state.clone(),
+                        reader.clone(),
+                    )
+                } else {
+                    Changelog::offline()
+                },
+                config.limits.ledger_entries,
+            ),
+            pattern_changelogs: if durable {
+                config
+                    .sources
+                    .keys()
+                    .map(|s| {
+                        (
+                            s.clone(),
+                            Arc::new(Changelog::new(
+                                config.pattern_changelog(s),
+                                recorder_for_state.clone(),
+                                reader.clone(),
+                            )),
+                        )
+                    })
+                    .collect()
+            } else {
+                HashMap::new()
+            },
         }
     }
 
@@ -163,6 +209,9 @@ impl Pipeline {
     pub async fn handle(&self, msg: Incoming) -> Vec<Pending> {
         if msg.topic == self.topics.feedback && !self.sources.contains_key(&msg.topic) {
             return self.handle_feedback(msg).await;
+        }
+        if self.intents_topic.as_deref() == Some(msg.topic.as_str()) {
+            return self.handle_intent(msg).await;
         }
         let Some((source, mapping, consumed)) = self.sources.get(&msg.topic) else {
             return Vec::new();
@@ -199,6 +248,7 @@ impl Pipeline {
         let mut matched = Vec::new();
         let mut fired = Vec::new();
         let mut writes = Vec::new();
+        let mut changes = Vec::new();
         {
             // Built only if a candidate needs it; dropped before any await.
             let mut built = None;
@@ -236,6 +286,7 @@ impl Pipeline {
                     is_match,
                     profile.as_deref(),
                     scope,
+                    &mut changes,
                 ) {
                     Ok(done) => {
                         for f in done {
@@ -251,30 +302,107 @@ impl Pipeline {
         let mut jobs: Vec<Job> = matched
             .iter()
             .map(|&rule| Job {
+                intent: Intent::id_of(&event, &set.rules[rule].id, false).into(),
                 loaded: Arc::clone(&loaded),
                 rule,
                 event: Arc::clone(&event),
                 profile: profile.clone(),
                 matched_ms,
                 pattern: None,
+                release: false,
             })
             .collect();
         jobs.extend(
             fired
                 .into_iter()
-                .map(|(i, f)| self.fired_job(&loaded, i, f)),
+                .map(|(i, f)| self.fired_job(&loaded, i, f, false)),
         );
+        self.hand_over(jobs, &mut writes).await;
+        Self::after_writes(&mut writes, changes);
+        writes
+    }
+
+    /// The end of stage 1: in service, one intent per job on the intents
+    /// topic (stage 2 decides it wherever its user's partition is owned);
+    /// offline, stage 2 at once, in this process.
+    pub(super) async fn hand_over(&self, jobs: Vec<Job>, writes: &mut Vec<Pending>) {
+        if let Some(topic) = &self.intents_topic {
+            for job in &jobs {
+                let intent = job.intent();
+                let partition = self.ledger.partition_of(&intent.event.user);
+                let payload = serde_json::to_vec(&intent).ok();
+                writes.push(self.recorder.publish_to(
+                    topic,
+                    partition,
+                    &intent.event.user,
+                    payload,
+                ));
+            }
+            return;
+        }
+        self.decide_jobs(&jobs, writes).await;
+    }
+
+    /// Stage 2 for jobs: every decision chain, concurrently; the lane waits
+    /// for all of them, which keeps a user's intents in order.
+    async fn decide_jobs(&self, jobs: &[Job], writes: &mut Vec<Pending>) {
         let mut chains = Vec::new();
-        for job in &jobs {
+        for job in jobs {
             chains.extend(self.chains(job));
         }
-        // Decisions for one event run concurrently; the lane waits for all of
-        // them, which keeps a key's events in order.
         for decided in futures::future::join_all(chains).await {
             for d in decided {
-                self.record(d, &mut writes);
+                self.record(d, writes);
             }
         }
+    }
+
+    /// Stage 2 for one record of the intents topic.
+    async fn handle_intent(&self, msg: Incoming) -> Vec<Pending> {
+        let intent = match msg.payload.as_deref().map(serde_json::from_slice::<Intent>) {
+            Some(Ok(i)) => i,
+            Some(Err(e)) => {
+                return vec![self.dead_letter(
+                    &msg,
+                    "bad_intent",
+                    format!("intent cannot be read (written by another herald version?): {e}"),
+                )]
+            }
+            None => {
+                return vec![self.dead_letter(&msg, "bad_intent", "intent has no payload".into())]
+            }
+        };
+        let loaded = self.rules.current();
+        let Some(rule) = loaded.set.position(&intent.rule) else {
+            return vec![self.dead_letter(
+                &msg,
+                "rule_removed",
+                format!(
+                    "rule `{}` fired in stage 1 but is no longer loaded",
+                    intent.rule
+                ),
+            )];
+        };
+        let event = Arc::new(intent.event.to_event());
+        let job = Job {
+            intent: intent.id.into(),
+            profile: self.profiles.get(&event.user),
+            pattern: intent.pattern.map(|p| {
+                Arc::new(crate::patterns::Fired {
+                    event: Arc::clone(&event),
+                    context: p.context,
+                    summary: p.summary,
+                })
+            }),
+            loaded,
+            rule,
+            event,
+            matched_ms: intent.matched_ms,
+            release: false,
+        };
+        let mut writes = Vec::new();
+        self.decide_jobs(std::slice::from_ref(&job), &mut writes)
+            .await;
         writes
     }
 
@@ -317,6 +445,29 @@ impl Pipeline {
             .activity
             .decided(&o.rule, happened, self.clock.now_ms());
         writes.append(&mut decided.writes);
+        if let Some(key) = decided.ledger_key.take() {
+            let status = match o.status {
+                crate::outcome::Status::Sent if !o.shadow => LedgerStatus::Sent,
+                crate::outcome::Status::Sent | crate::outcome::Status::Suppressed => {
+                    LedgerStatus::Suppressed
+                }
+                crate::outcome::Status::Failed => LedgerStatus::Failed,
+                crate::outcome::Status::Held => LedgerStatus::Held,
+            };
+            let entry = LedgerEntry {
+                user: o.user.clone(),
+                status,
+                at_ms: if status == LedgerStatus::Sent {
+                    o.timings.request_sent_ms
+                } else {
+                    self.clock.now_ms()
+                },
+                category: o.category.clone(),
+                rule: o.rule.clone(),
+                idempotency_key: o.idempotency_key.clone(),
+            };
+            writes.extend(self.ledger.record(&key, entry));
+        }
         if let Some(record) = &decided.dead_letter {
             writes.push(self.recorder.dead_letter(record));
         }

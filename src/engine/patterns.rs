@@ -6,10 +6,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::stores::StateChange;
 use super::{Job, Pipeline};
 use crate::ingest::decode::Event;
 use crate::outcome::{DeadLetter, Pending};
 use crate::patterns::detect::Input;
+use crate::patterns::store::KeyRef;
 use crate::patterns::{Fired, Pattern};
 use crate::profile::Profile;
 use crate::rules::condition::Scope;
@@ -33,6 +35,7 @@ impl Pipeline {
         matched: bool,
         profile: Option<&Profile>,
         scope: Option<&Scope>,
+        changes: &mut Vec<StateChange>,
     ) -> Result<Vec<Fired>, Pending> {
         if !matched && !pattern.sees_all_events() {
             return Ok(Vec::new());
@@ -90,11 +93,21 @@ impl Pipeline {
             .observe(&rule.id, pattern, &key, &input, self.clock.now_ms())
         {
             Ok((observed, evicted)) => {
-                if evicted > 0 {
+                if !evicted.is_empty() {
                     self.metrics
                         .pattern_evicted
                         .with_label_values(&[rule.id.as_str()])
-                        .inc_by(evicted as u64);
+                        .inc_by(evicted.len() as u64);
+                }
+                if !self.pattern_changelogs.is_empty() {
+                    let at = KeyRef {
+                        rule: rule.id.clone(),
+                        key,
+                        source: (Arc::clone(&event.source), event.partition),
+                    };
+                    for gone in evicted.iter().chain([&at]) {
+                        self.pattern_change(gone, changes);
+                    }
                 }
                 Ok(observed.fired)
             }
@@ -109,8 +122,18 @@ impl Pipeline {
     }
 
     /// The job of a firing of rule `i`.
-    pub(super) fn fired_job(&self, loaded: &Arc<Loaded>, i: usize, fired: Fired) -> Job {
+    /// `timer`: a timer fired it (absence, dwell), not an event.
+    pub(super) fn fired_job(
+        &self,
+        loaded: &Arc<Loaded>,
+        i: usize,
+        fired: Fired,
+        timer: bool,
+    ) -> Job {
         Job {
+            intent: crate::state::Intent::id_of(&fired.event, &loaded.set.rules[i].id, timer)
+                .into(),
+            release: false,
             loaded: Arc::clone(loaded),
             rule: i,
             profile: self.profiles.get(&fired.event.user),
@@ -128,24 +151,19 @@ impl Pipeline {
         if due.is_empty() {
             return;
         }
+        let mut changes = Vec::new();
         let jobs: Vec<Job> = due
             .into_iter()
-            .filter_map(|(id, fired)| {
-                let i = loaded.set.position(&id)?;
+            .filter_map(|(at, fired)| {
+                self.pattern_change(&at, &mut changes);
+                let i = loaded.set.position(&at.rule)?;
                 self.count_match(&loaded, i);
-                Some(self.fired_job(&loaded, i, fired))
+                Some(self.fired_job(&loaded, i, fired, true))
             })
             .collect();
-        let mut chains = Vec::new();
-        for job in &jobs {
-            chains.extend(self.chains(job));
-        }
         let mut writes = Vec::new();
-        for decided in futures::future::join_all(chains).await {
-            for d in decided {
-                self.record(d, &mut writes);
-            }
-        }
+        self.hand_over(jobs, &mut writes).await;
+        Self::after_writes(&mut writes, changes);
         futures::future::join_all(writes).await;
     }
 
@@ -178,7 +196,16 @@ impl Pipeline {
                 swept = Instant::now();
                 let loaded = self.rules.current();
                 let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
-                self.patterns.sweep(self.clock.now_ms(), pattern_of);
+                let gone = self.patterns.sweep(self.clock.now_ms(), pattern_of);
+                let mut changes = Vec::new();
+                for at in &gone {
+                    self.pattern_change(at, &mut changes);
+                }
+                let mut writes = Vec::new();
+                Self::after_writes(&mut writes, changes);
+                futures::future::join_all(writes).await;
+                self.ledger.sweep(self.clock.now_ms());
+                self.metrics.ledger_entries.set(self.ledger.len() as i64);
                 let (keys, bytes) = self.patterns.size();
                 self.metrics.pattern_keys.set(keys as i64);
                 self.metrics.pattern_state_bytes.set(bytes as i64);

@@ -203,6 +203,7 @@ impl Pipeline {
             pattern: None,
             delivery: None,
             shadow: false,
+            unknown_after_crash: false,
             source: SourceRef {
                 topic: msg.topic.clone(),
                 partition: msg.partition,

@@ -45,6 +45,19 @@ pub struct ConsumerHealth {
     /// When shutdown must be over: every wait during shutdown (draining the
     /// lanes, the revoke callback) shares this one bound.
     deadline: std::sync::Mutex<Option<Instant>>,
+    /// Why an assigned partition's state cannot be restored now (its
+    /// changelog unreadable): the partition waits, and readiness says so.
+    restoring: std::sync::Mutex<Option<String>>,
+}
+
+/// State that belongs to partitions (pattern windows per source partition,
+/// the send ledger per intents partition): restored before any record of a
+/// newly assigned partition is handled, dropped when it is revoked.
+pub trait PartitionStores: Send + Sync {
+    /// Reads the partition's stores back from their changelogs. Blocking.
+    fn restore(&self, topic: &str, partition: i32) -> Result<(), String>;
+    /// Forgets the partition's stores: another instance owns them now.
+    fn drop_partition(&self, topic: &str, partition: i32);
 }
 
 impl ConsumerHealth {
@@ -91,6 +104,25 @@ impl ConsumerHealth {
             .contains(&(topic.to_string(), partition))
     }
 
+    /// Why a partition's state cannot be restored now, if so.
+    pub fn restore_problem(&self) -> Option<String> {
+        self.restoring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_restore_problem(&self, problem: Option<String>) {
+        *self.restoring.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     fn set_owned(&self, parts: Vec<(String, i32)>) {
         *self.owned.lock().unwrap_or_else(|p| p.into_inner()) = parts.into_iter().collect();
     }
@@ -103,6 +135,39 @@ pub struct HeraldContext {
     pub metrics: Arc<Metrics>,
     pub health: Arc<ConsumerHealth>,
     pub revoke_wait: Duration,
+    /// Set once the stages exist, before subscribing.
+    pub stores: std::sync::OnceLock<Arc<dyn PartitionStores>>,
+}
+
+impl HeraldContext {
+    /// Restores each newly assigned partition's state, retrying while its
+    /// changelog cannot be read (readiness names the reason); the consumer
+    /// hands out none of the partition's records meanwhile.
+    fn restore(&self, partitions: &[(String, i32)]) {
+        let Some(stores) = self.stores.get() else {
+            return;
+        };
+        for (topic, partition) in partitions {
+            let mut wait = Duration::from_millis(200);
+            loop {
+                match stores.restore(topic, *partition) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        error!(%topic, partition, error = %e, "cannot restore the partition's state; its records wait");
+                        self.health.set_restore_problem(Some(format!(
+                            "state of {topic}[{partition}] cannot be restored: {e}"
+                        )));
+                        if self.health.shutting_down() {
+                            break;
+                        }
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        self.health.set_restore_problem(None);
+    }
 }
 
 impl ClientContext for HeraldContext {}
@@ -132,10 +197,20 @@ impl ConsumerContext for HeraldContext {
                 debug!(error = %e, "commit before revoke");
             }
             self.tracker.forget(&parts);
+            // Fenced: from here on this instance neither reads nor writes
+            // the partitions' state; the next owner restores it.
+            if let Some(stores) = self.stores.get() {
+                for (topic, partition) in &parts {
+                    stores.drop_partition(topic, *partition);
+                }
+            }
         }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            self.restore(&partitions(tpl));
+        }
         let assignment = consumer
             .assignment()
             .map(|a| partitions(&a))

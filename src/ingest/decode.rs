@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::config::SourceConfig;
 
 /// One event from a source topic, with the fields herald needs pulled out.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// The source topic.
     pub source: Arc<str>,

@@ -6,4 +6,4 @@ pub mod decode;
 pub mod follow;
 pub mod offsets;
 
-pub use consumer::{consume, ConsumerHealth, HeraldContext};
+pub use consumer::{consume, ConsumerHealth, HeraldContext, PartitionStores};

@@ -114,6 +114,10 @@ pub struct Outcome {
     /// A shadow rule's would-be decision: nothing was sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
+    /// Sent again although the last owner may have sent it: its request was
+    /// in flight when that instance died (the channel's `on_unknown = "resend"`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unknown_after_crash: bool,
     pub source: SourceRef,
     pub timings: Timings,
 }
@@ -289,9 +293,36 @@ impl Recorder {
         self.write(topic.to_string(), key.to_string(), None)
     }
 
+    /// Writes one record (or a tombstone) to a given partition: intents to
+    /// their user's partition, state changes to their store's partition.
+    pub fn publish_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: Option<Vec<u8>>,
+    ) -> Pending {
+        self.send(topic.to_string(), Some(partition), key.to_string(), payload)
+    }
+
+    /// Whether records leave the process (false for rule tests and replays).
+    pub fn is_kafka(&self) -> bool {
+        matches!(self.sink, Sink::Kafka(_))
+    }
+
     fn write(&self, topic: String, key: String, payload: Option<Vec<u8>>) -> Pending {
+        self.send(topic, None, key, payload)
+    }
+
+    fn send(
+        &self,
+        topic: String,
+        partition: Option<i32>,
+        key: String,
+        payload: Option<Vec<u8>>,
+    ) -> Pending {
         match &self.sink {
-            Sink::Kafka(writer) => writer.write(topic, key, payload),
+            Sink::Kafka(writer) => writer.write(topic, partition, key, payload),
             Sink::Memory(written) => {
                 written
                     .lock()

@@ -113,13 +113,14 @@ impl KafkaWriter {
     pub fn write(
         self: &Arc<Self>,
         topic: String,
+        partition: Option<i32>,
         key: String,
         payload: Option<Vec<u8>>,
     ) -> super::Pending {
         let writer = Arc::clone(self);
         let mut producer = writer.producer();
         let mut attempt = producer
-            .send_result(record(&topic, &key, &payload))
+            .send_result(record(&topic, partition, &key, &payload))
             .map_err(|(e, _)| e);
         Box::pin(async move {
             let mut wait = Duration::from_millis(100);
@@ -152,7 +153,7 @@ impl KafkaWriter {
                 wait = (wait * 2).min(Duration::from_secs(5));
                 producer = writer.producer();
                 attempt = producer
-                    .send_result(record(&topic, &key, &payload))
+                    .send_result(record(&topic, partition, &key, &payload))
                     .map_err(|(e, _)| e);
             }
             if counted {
@@ -184,10 +185,15 @@ impl KafkaWriter {
 
 fn record<'a>(
     topic: &'a str,
+    partition: Option<i32>,
     key: &'a str,
     payload: &'a Option<Vec<u8>>,
 ) -> FutureRecord<'a, str, [u8]> {
-    let r = FutureRecord::to(topic).key(key);
+    let mut r = FutureRecord::to(topic).key(key);
+    if let Some(p) = partition {
+        // State records go to the partition of the stage partition they belong to.
+        r = r.partition(p);
+    }
     match payload {
         Some(p) => r.payload(p.as_slice()),
         None => r,

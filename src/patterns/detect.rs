@@ -14,7 +14,7 @@ use crate::rules::condition::{Conditions, Scope};
 use crate::rules::model::Scalar;
 
 /// The state of one (rule, key).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum KeyState {
     Window(Window<Arc<Event>>),
     Consecutive(Vec<Arc<Event>>),
@@ -79,6 +79,23 @@ impl KeyState {
                 presence: Presence::default(),
                 last: None,
             },
+        }
+    }
+
+    /// The deadlines (event time, ms) at which [`expire`] must run for this
+    /// state: re-armed when the state is restored from its changelog.
+    pub fn deadlines(&self, pattern: &Pattern) -> Vec<i64> {
+        match (&pattern.kind, self) {
+            (Kind::Absence { .. }, KeyState::Absence { waiting, .. }) => {
+                waiting.iter().map(|(deadline, _)| *deadline).collect()
+            }
+            (Kind::Geofence(g), KeyState::Geofence { presence, .. }) => {
+                match (g.tolerance.dwell_ms, presence.inside.last()) {
+                    (Some(dwell), Some((_, since, false))) => vec![since + dwell],
+                    _ => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
         }
     }
 

@@ -267,7 +267,7 @@ pub enum Crossing {
 
 /// Where one key is: the fences it is inside, since when, and whether its
 /// dwell already fired for this visit.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Presence {
     pub inside: Vec<(usize, i64, bool)>,
 }

@@ -24,6 +24,38 @@ pub struct Entry {
     pub touched_ms: i64,
     /// The source partition of the last event: state moves with it.
     pub source: (Arc<str>, i32),
+    /// The offset of the last event applied, on that partition.
+    pub applied: i64,
+    /// Restored from the changelog: events of its partition up to `applied`
+    /// were applied by the last owner, and are skipped when redelivered.
+    pub restored: bool,
+}
+
+/// One key's state as written to its source topic's changelog.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PatternRecord {
+    pub rule: String,
+    pub fingerprint: String,
+    pub key: String,
+    pub newest_ms: i64,
+    pub touched_ms: i64,
+    pub applied: i64,
+    pub state: KeyState,
+}
+
+/// One rule's key and the source partition its state belongs to: a key
+/// dropped (swept, evicted) or changed by a timer, whose changelog record
+/// must be written.
+#[derive(Debug, Clone)]
+pub struct KeyRef {
+    pub rule: String,
+    pub key: String,
+    pub source: (Arc<str>, i32),
+}
+
+/// The changelog key of (rule, key).
+pub fn changelog_key(rule: &str, key: &str) -> String {
+    format!("{rule}\u{0}{key}")
 }
 
 struct RuleState {
@@ -86,7 +118,7 @@ impl PatternStore {
 
     /// Applies one event to the state of (`rule`, `key`). `Err(Late)` when the
     /// event is later than the pattern allows and the rule ignores late events.
-    /// Returns also how many keys were evicted to stay under the cap.
+    /// Returns also the keys evicted to stay under the cap, with their partitions.
     pub fn observe(
         &self,
         rule: &str,
@@ -94,7 +126,7 @@ impl PatternStore {
         key: &str,
         input: &Input<'_>,
         now_ms: i64,
-    ) -> Result<(Observed, usize), Late> {
+    ) -> Result<(Observed, Vec<KeyRef>), Late> {
         let event = input.event;
         let state = self.rule(rule, pattern);
         let mut entry = state.keys.entry(key.to_string()).or_insert_with(|| Entry {
@@ -102,7 +134,17 @@ impl PatternStore {
             newest_ms: event.time_ms,
             touched_ms: now_ms,
             source: (Arc::clone(&event.source), event.partition),
+            applied: -1,
+            restored: false,
         });
+        if entry.restored
+            && event.offset <= entry.applied
+            && *entry.source.0 == *event.source
+            && entry.source.1 == event.partition
+        {
+            // Redelivered after a restore: the last owner applied it already.
+            return Ok((Observed::default(), Vec::new()));
+        }
         let behind_ms = entry.newest_ms - event.time_ms;
         if behind_ms > pattern.lateness_ms && pattern.late == LateAction::Ignore {
             return Err(Late { behind_ms });
@@ -111,6 +153,8 @@ impl PatternStore {
         entry.newest_ms = entry.newest_ms.max(event.time_ms);
         entry.touched_ms = now_ms;
         entry.source = (Arc::clone(&event.source), event.partition);
+        entry.applied = event.offset;
+        entry.restored = false;
         let idle = entry.state.is_idle();
         drop(entry);
         if idle {
@@ -129,9 +173,9 @@ impl PatternStore {
     }
 
     /// Evicts the least recently seen keys (a tenth) when over the cap.
-    fn bound(&self, rule: &str, state: &RuleState) -> usize {
+    fn bound(&self, rule: &str, state: &RuleState) -> Vec<KeyRef> {
         if state.keys.len() <= self.max_keys_per_rule {
-            return 0;
+            return Vec::new();
         }
         let mut touched: Vec<(i64, String)> = state
             .keys
@@ -144,11 +188,18 @@ impl PatternStore {
             .max(1)
             .max(excess)
             .min(touched.len());
+        let mut gone = Vec::with_capacity(n);
         for (_, key) in &touched[..n] {
-            state.keys.remove(key);
+            if let Some((key, e)) = state.keys.remove(key) {
+                gone.push(KeyRef {
+                    rule: rule.to_string(),
+                    key,
+                    source: e.source,
+                });
+            }
         }
         warn!(%rule, evicted = n, cap = self.max_keys_per_rule, "pattern key cap reached; least recently seen keys evicted");
-        n
+        gone
     }
 
     /// Fires the timers that are due: by event time (the newest event seen
@@ -158,7 +209,7 @@ impl PatternStore {
         &self,
         now_ms: i64,
         pattern_of: impl Fn(&str) -> Option<Arc<Pattern>>,
-    ) -> Vec<(String, Fired)> {
+    ) -> Vec<(KeyRef, Fired)> {
         let stream = self.stream_ms.load(Ordering::Relaxed);
         let mut fired = Vec::new();
         let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
@@ -185,7 +236,12 @@ impl PatternStore {
             let idle = match state.keys.get_mut(&key) {
                 Some(mut entry) => {
                     for f in detect::expire(&pattern, &mut entry.state, effective) {
-                        fired.push((rule.clone(), f));
+                        let at = KeyRef {
+                            rule: rule.clone(),
+                            key: key.clone(),
+                            source: entry.source.clone(),
+                        };
+                        fired.push((at, f));
                     }
                     entry.state.is_idle()
                 }
@@ -199,8 +255,23 @@ impl PatternStore {
     }
 
     /// Drops the state of rules no longer loaded (or changed), and keys whose
-    /// patterns can no longer complete because their time ran out.
-    pub fn sweep(&self, now_ms: i64, pattern_of: impl Fn(&str) -> Option<Arc<Pattern>>) {
+    /// patterns can no longer complete because their time ran out. Returns
+    /// the keys dropped (their changelog records become tombstones).
+    pub fn sweep(
+        &self,
+        now_ms: i64,
+        pattern_of: impl Fn(&str) -> Option<Arc<Pattern>>,
+    ) -> Vec<KeyRef> {
+        let mut gone = Vec::new();
+        let drop_all = |rule: &str, state: &RuleState, gone: &mut Vec<KeyRef>| {
+            for e in state.keys.iter() {
+                gone.push(KeyRef {
+                    rule: rule.to_string(),
+                    key: e.key().clone(),
+                    source: e.source.clone(),
+                });
+            }
+        };
         self.rules.retain(|rule, state| match pattern_of(rule) {
             Some(p) if p.fingerprint == state.fingerprint => {
                 let horizon = match &p.kind {
@@ -210,18 +281,31 @@ impl PatternStore {
                     _ => None,
                 };
                 if let Some(h) = horizon {
-                    state
-                        .keys
-                        .retain(|_, e| now_ms - e.touched_ms <= h && !e.state.is_idle());
+                    state.keys.retain(|key, e| {
+                        let keep = now_ms - e.touched_ms <= h && !e.state.is_idle();
+                        if !keep {
+                            gone.push(KeyRef {
+                                rule: rule.clone(),
+                                key: key.clone(),
+                                source: e.source.clone(),
+                            });
+                        }
+                        keep
+                    });
                 }
                 true
             }
             Some(_) => {
                 info!(%rule, "the rule's pattern changed; its state starts fresh");
+                drop_all(rule, state, &mut gone);
                 false
             }
-            None => false,
+            None => {
+                drop_all(rule, state, &mut gone);
+                false
+            }
         });
+        gone
     }
 
     /// Takes out the state of every key last seen on a source partition
@@ -262,6 +346,83 @@ impl PatternStore {
                 state.keys.insert(key, entry);
             }
         }
+    }
+
+    /// The changelog value of (rule, key) now: `None` when it holds no state
+    /// (a tombstone).
+    pub fn snapshot(&self, rule: &str, key: &str) -> Option<Vec<u8>> {
+        let state = self.rules.get(rule)?;
+        let entry = state.keys.get(key)?;
+        serde_json::to_vec(&PatternRecord {
+            rule: rule.to_string(),
+            fingerprint: state.fingerprint.clone(),
+            key: key.to_string(),
+            newest_ms: entry.newest_ms,
+            touched_ms: entry.touched_ms,
+            applied: entry.applied,
+            state: entry.state.clone(),
+        })
+        .ok()
+    }
+
+    /// Puts back the state of one source partition read from its changelog
+    /// (newest record per key last; `None` values delete), re-arming its
+    /// timers. Keys of rules no longer loaded, or whose pattern changed, are
+    /// left out. Returns (keys restored, records unreadable).
+    pub fn restore_changelog(
+        &self,
+        topic: &str,
+        partition: i32,
+        changes: Vec<(String, Option<Vec<u8>>)>,
+        pattern_of: impl Fn(&str) -> Option<Arc<Pattern>>,
+    ) -> (usize, usize) {
+        let mut latest: std::collections::HashMap<String, Option<PatternRecord>> =
+            std::collections::HashMap::new();
+        let mut unreadable = 0;
+        for (key, value) in changes {
+            match value.map(|v| serde_json::from_slice::<PatternRecord>(&v)) {
+                None => {
+                    latest.insert(key, None);
+                }
+                Some(Ok(r)) => {
+                    latest.insert(key, Some(r));
+                }
+                Some(Err(_)) => unreadable += 1,
+            }
+        }
+        let source: Arc<str> = Arc::from(topic);
+        let mut restored = 0;
+        for record in latest.into_values().flatten() {
+            let Some(pattern) = pattern_of(&record.rule) else {
+                continue;
+            };
+            if pattern.fingerprint != record.fingerprint {
+                continue;
+            }
+            for deadline in record.state.deadlines(&pattern) {
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                self.timers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((deadline, seq), (record.rule.clone(), record.key.clone()));
+            }
+            let state = self.rule(&record.rule, &pattern);
+            self.stream_ms
+                .fetch_max(record.newest_ms, Ordering::Relaxed);
+            state.keys.insert(
+                record.key,
+                Entry {
+                    state: record.state,
+                    newest_ms: record.newest_ms,
+                    touched_ms: record.touched_ms,
+                    source: (Arc::clone(&source), partition),
+                    applied: record.applied,
+                    restored: true,
+                },
+            );
+            restored += 1;
+        }
+        (restored, unreadable)
     }
 
     /// Keys held and their approximate bytes, over all rules.

@@ -448,7 +448,8 @@ fn keys_are_capped_and_state_moves_out_and_back_by_partition() {
         evicted += store
             .observe(&rule.id, pattern, &format!("card-{n}"), &input, n)
             .unwrap()
-            .1;
+            .1
+            .len();
     }
     assert!(store.keys_of("declined-velocity") <= 10);
     assert_eq!(evicted, 15, "the least recently seen went first");

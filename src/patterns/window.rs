@@ -17,7 +17,7 @@ pub enum Measure {
 
 /// One event in a window: its time, its value (for `sum`), its distinct key
 /// (for `distinct`) and the event itself (`T`), for templates and outcomes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Entry<T> {
     pub at_ms: i64,
     pub value: f64,
@@ -26,7 +26,7 @@ pub struct Entry<T> {
 }
 
 /// The events of one key within the window, oldest first.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Window<T> {
     entries: VecDeque<Entry<T>>,
 }

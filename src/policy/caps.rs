@@ -102,6 +102,31 @@ impl FrequencyCaps {
         })
     }
 
+    /// Counts a send made before this process knew the user (restored from
+    /// the send ledger when the user's partition was assigned).
+    pub fn remember(&self, user: &str, category: &str, rule: &str, at_ms: i64) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut sent = self.users.entry(user.to_string()).or_default();
+        let at = sent.partition_point(|s| s.at_ms <= at_ms);
+        sent.insert(
+            at,
+            Sent {
+                id,
+                at_ms,
+                category: Arc::from(category),
+                rule: Arc::from(rule),
+            },
+        );
+        if sent.len() > PER_USER {
+            sent.pop_front();
+        }
+    }
+
+    /// Forgets a user whose partition moved to another instance.
+    pub fn forget(&self, user: &str) {
+        self.users.remove(user);
+    }
+
     /// Gives back a reservation whose send did not happen.
     pub fn release(&self, reservation: &Reservation) {
         if let Some(mut sent) = self.users.get_mut(&reservation.user) {
@@ -173,6 +198,28 @@ mod tests {
                 t0 + 3 * HOUR
             )
             .is_ok());
+    }
+
+    #[test]
+    fn remembered_sends_count_until_the_user_is_forgotten() {
+        let f = FrequencyCaps::default();
+        let daily = caps(&["2/day"]);
+        let limits = Limits {
+            global: &daily,
+            category: &[],
+            rule: &[],
+        };
+        let t0 = 1_795_514_400_000;
+        f.remember("u", "marketing", "r", t0 + 10);
+        f.remember("u", "marketing", "r", t0);
+        assert_eq!(
+            f.reserve("u", "marketing", "r", &limits, t0 + HOUR)
+                .unwrap_err(),
+            CapHit::All(daily[0]),
+            "two sends restored from the ledger fill a 2/day cap"
+        );
+        f.forget("u");
+        assert!(f.reserve("u", "marketing", "r", &limits, t0 + HOUR).is_ok());
     }
 
     #[test]

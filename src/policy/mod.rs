@@ -60,6 +60,9 @@ pub enum Suppression {
     },
     Capped(CapHit),
     Duplicate,
+    /// The last owner recorded the send as attempted and died before the
+    /// answer; the channel's `on_unknown = "skip"` says not to repeat it.
+    UnknownAfterCrash,
     /// The user engaged another way (e.g. opened the campaign's email).
     SuppressedBy {
         engagement: String,
@@ -79,6 +82,7 @@ impl Suppression {
         "invalid_phone",
         "cap",
         "duplicate",
+        "unknown_after_crash",
         "suppressed_by",
         "invalid_time_zone",
     ];
@@ -96,6 +100,7 @@ impl Suppression {
             Suppression::QuietHours { .. } => "quiet_hours",
             Suppression::Capped(_) => "cap",
             Suppression::Duplicate => "duplicate",
+            Suppression::UnknownAfterCrash => "unknown_after_crash",
             Suppression::SuppressedBy { .. } => "suppressed_by",
             Suppression::InvalidTimeZone => "invalid_time_zone",
         }
@@ -136,6 +141,7 @@ impl fmt::Display for Suppression {
             }
             Suppression::Capped(CapHit::Rule(rule, cap)) => write!(f, "cap:rule:{rule}:{cap}"),
             Suppression::Duplicate => f.write_str("duplicate"),
+            Suppression::UnknownAfterCrash => f.write_str("unknown_after_crash"),
             Suppression::SuppressedBy { engagement } => write!(f, "suppressed_by:{engagement}"),
             Suppression::InvalidTimeZone => f.write_str("invalid_time_zone"),
         }
@@ -307,6 +313,11 @@ impl Policy {
     /// Gives back a reservation whose send did not happen.
     pub fn release(&self, reservation: &Reservation) {
         self.caps.release(reservation);
+    }
+
+    /// The send history of a user's partition, restored from the send ledger.
+    pub fn caps(&self) -> &FrequencyCaps {
+        &self.caps
     }
 }
 

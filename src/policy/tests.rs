@@ -64,6 +64,7 @@ fn every_reason_code_has_a_metric_handle() {
         },
         Suppression::Capped(CapHit::All(cap)),
         Suppression::Duplicate,
+        Suppression::UnknownAfterCrash,
         Suppression::SuppressedBy {
             engagement: "email_opened".into(),
         },

@@ -305,6 +305,7 @@ feedback = "{feedback}"
 consent = "{consent}"
 replies = "{replies}"
 held = "{held}"
+intents_partitions = 4
 
 [rules]
 dir = "{rules}"
@@ -437,4 +438,38 @@ pub async fn wait_ready(addr: std::net::SocketAddr) {
     }
     let (_, body) = admin_get(addr, "/readyz").await;
     panic!("herald did not become ready within 30 s: {body}");
+}
+
+/// The consumer group a config text names.
+pub fn group_of(config_text: &str) -> String {
+    config_text
+        .lines()
+        .find_map(|l| l.strip_prefix("group_id = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("group_id in the config text")
+        .to_string()
+}
+
+/// Commits offset 0 for every partition of `topic` in `group` (no member
+/// running): the next start reads the topic again from the beginning, as
+/// after a crash before any commit.
+pub fn rewind_group(group: &str, topic: &str) {
+    use rdkafka::consumer::CommitMode;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Offset(0))
+            .unwrap();
+    }
+    consumer
+        .commit(&tpl, CommitMode::Sync)
+        .expect("commit offsets");
 }

@@ -1,0 +1,223 @@
+//! Changelog topics: compacted topics that hold every change of a store, one
+//! partition per stage partition, read back to their end when a partition
+//! is assigned; and the creation of herald's internal topics.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::outcome::{Pending, Recorder};
+
+/// One record of a changelog: a key and its newest value (`None`: deleted).
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Why a changelog partition could not be read back.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RestoreError {
+    #[error("changelog {topic}: {source}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("changelog {topic}[{partition}]: read {read} of {expected} records in {waited_s} s; the broker stopped answering")]
+    Incomplete {
+        topic: String,
+        partition: i32,
+        read: i64,
+        expected: i64,
+        waited_s: u64,
+    },
+}
+
+/// A store's changelog: where its changes are written and read back from.
+/// Offline (rule tests, replays) it has no topic and writes nothing.
+#[derive(Clone)]
+pub struct Changelog {
+    pub topic: String,
+    recorder: Option<Recorder>,
+    reader: ClientConfig,
+}
+
+impl Changelog {
+    /// A changelog on `topic`, written through `recorder`, read back with a
+    /// consumer built from `reader` (brokers and security settings).
+    pub fn new(topic: String, recorder: Recorder, reader: ClientConfig) -> Changelog {
+        Changelog {
+            topic,
+            recorder: Some(recorder),
+            reader,
+        }
+    }
+
+    /// No topic behind it: the store lives in memory only.
+    pub fn offline() -> Changelog {
+        Changelog {
+            topic: String::new(),
+            recorder: None,
+            reader: ClientConfig::new(),
+        }
+    }
+
+    /// Whether changes are written anywhere.
+    pub fn is_durable(&self) -> bool {
+        self.recorder.is_some()
+    }
+
+    /// Writes one change to `partition`; resolves once the broker has it.
+    pub fn write(&self, partition: i32, key: &str, value: Option<Vec<u8>>) -> Option<Pending> {
+        let recorder = self.recorder.as_ref()?;
+        Some(recorder.publish_to(&self.topic, partition, key, value))
+    }
+
+    /// Reads `partition` from its start to the end it has now, newest value
+    /// per key last. Blocking: runs in the rebalance callback, before any
+    /// record of the partition is handed out. Gives up with an error when
+    /// the broker stops answering for `patience`.
+    pub fn restore(&self, partition: i32, patience: Duration) -> Result<Vec<Change>, RestoreError> {
+        if !self.is_durable() {
+            return Ok(Vec::new());
+        }
+        let topic = self.topic.clone();
+        let kafka = |source| RestoreError::Kafka {
+            topic: topic.clone(),
+            source,
+        };
+        let consumer: BaseConsumer = self
+            .reader
+            .clone()
+            .set("group.id", format!("herald-restore-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.max.bytes", "52428800")
+            .set("max.partition.fetch.bytes", "10485760")
+            .create()
+            .map_err(kafka)?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.topic, partition, patience)
+            .map_err(kafka)?;
+        let mut out = Vec::new();
+        if high <= low {
+            return Ok(out);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(low))
+            .map_err(kafka)?;
+        consumer.assign(&tpl).map_err(kafka)?;
+        let mut last_progress = Instant::now();
+        let started = Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_progress = Instant::now();
+                    let key = m
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default();
+                    out.push(Change {
+                        key,
+                        value: m.payload().map(<[u8]>::to_vec),
+                    });
+                    if m.offset() + 1 >= high {
+                        return Ok(out);
+                    }
+                }
+                Some(Err(e)) => return Err(kafka(e)),
+                None if last_progress.elapsed() > patience => {
+                    return Err(RestoreError::Incomplete {
+                        topic: self.topic.clone(),
+                        partition,
+                        read: out.len() as i64,
+                        expected: high - low,
+                        waited_s: started.elapsed().as_secs(),
+                    })
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// One internal topic herald needs: name, partitions, topic configs.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub configs: Vec<(&'static str, String)>,
+}
+
+/// Creates the topics that do not exist yet (replication: the broker's
+/// default) and checks the partition count of those that do: a changelog
+/// whose partitions do not match its stage's would restore the wrong state.
+pub async fn ensure_topics(client: &ClientConfig, specs: &[TopicSpec]) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> =
+        client.create().map_err(|e| format!("admin client: {e}"))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| format!("cannot read topic metadata: {e}"))?;
+    let existing = |name: &str| {
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32)
+    };
+    let mut missing = Vec::new();
+    for spec in specs {
+        match existing(&spec.name) {
+            Some(n) if n == spec.partitions => {}
+            Some(n) => {
+                return Err(format!(
+                    "topic {} has {n} partitions, herald needs {}: a changelog has as many partitions as the topic its stage reads (recreate it, or set the intents partition count to {n})",
+                    spec.name, spec.partitions
+                ))
+            }
+            None => missing.push(spec),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|s| {
+            s.configs.iter().fold(
+                NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(-1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .map_err(|e| format!("cannot create topics: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// The partition count of `topic`, from the broker.
+pub fn partitions_of(client: &ClientConfig, topic: &str) -> Result<Option<i32>, String> {
+    let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}

@@ -1,0 +1,97 @@
+//! Intents: what stage 1 hands to stage 2 through the intents topic — one per
+//! fired rule and recipient, keyed by user, with everything stage 2 needs to
+//! decide without the source event's partition.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ingest::decode::Event;
+
+/// The triggering event, enough to decide (again) in stage 2 or at release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub source: String,
+    pub partition: i32,
+    pub offset: i64,
+    #[serde(default)]
+    pub key: Option<String>,
+    pub user: String,
+    pub time_ms: i64,
+    #[serde(default)]
+    pub event_type: Option<String>,
+    pub fields: Map<String, Value>,
+    pub consumed_ms: i64,
+}
+
+impl EventRecord {
+    /// The record of an event.
+    pub fn of(e: &Event) -> EventRecord {
+        EventRecord {
+            source: e.source.to_string(),
+            partition: e.partition,
+            offset: e.offset,
+            key: e.key.clone(),
+            user: e.user.clone(),
+            time_ms: e.time_ms,
+            event_type: e.event_type.clone(),
+            fields: e.fields.clone(),
+            consumed_ms: e.consumed_ms,
+        }
+    }
+
+    /// The event as the pipeline saw it.
+    pub fn to_event(&self) -> Event {
+        Event {
+            source: Arc::from(self.source.as_str()),
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.clone(),
+            user: self.user.clone(),
+            time_ms: self.time_ms,
+            event_type: self.event_type.clone(),
+            fields: self.fields.clone(),
+            consumed_ms: self.consumed_ms,
+        }
+    }
+}
+
+/// What completed a rule's pattern, as stage 2 needs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FiredRecord {
+    /// For templates (`pattern.*`).
+    pub context: Value,
+    /// For the outcome record (no event fields).
+    pub summary: Value,
+}
+
+/// One fired rule for one user: the unit of stage 2.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Intent {
+    /// Deterministic: source topic, partition, offset and rule (marked
+    /// `timer` for a firing a timer made, after that event), so a replayed event
+    /// yields the same id and the send ledger recognises it.
+    pub id: String,
+    pub rule: String,
+    /// The rule's version when stage 1 matched it.
+    pub rule_version: String,
+    pub event: EventRecord,
+    /// When stage 1 matched it, epoch ms.
+    pub matched_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<FiredRecord>,
+}
+
+impl Intent {
+    /// The id of a rule fired by the event at (topic, partition, offset);
+    /// `timer` when a timer fired it (an absence after that event, a dwell
+    /// since that ping), which can happen once per event and rule.
+    pub fn id_of(event: &Event, rule: &str, timer: bool) -> String {
+        let by = if timer { "/timer" } else { "" };
+        format!(
+            "{}/{}/{}/{rule}{by}",
+            event.source, event.partition, event.offset
+        )
+    }
+}
