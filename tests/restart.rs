@@ -4,39 +4,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use support::provider::Provider;
 use support::*;
 
 const EVENTS: usize = 600;
-
-fn spawn_herald(config: &std::path::Path, log: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("HERALD_TEST_FCM_TOKEN", FCM_TOKEN)
-        .env("HERALD_TEST_TWILIO_SID", TWILIO_SID)
-        .env("HERALD_TEST_TWILIO_TOKEN", TWILIO_TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("herald starts")
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    None
-}
 
 fn seq_counts(provider: &Provider) -> BTreeMap<u64, usize> {
     let mut counts = BTreeMap::new();

@@ -128,6 +128,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         "profiles_caught_up": profiles,
         "feedback_caught_up": feedback,
         "partitions_assigned": assigned,
+        "partitions": state.consumer.owned_partitions(),
         "broker_reachable": broker,
         "writes_failing": state.metrics.writes_failing.get(),
         "circuits_open": open,

@@ -123,6 +123,19 @@ impl ConsumerHealth {
             .is_some()
     }
 
+    /// The partitions this instance owns now, as `topic[partition]`, sorted.
+    pub fn owned_partitions(&self) -> Vec<String> {
+        let mut parts: Vec<String> = self
+            .owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(t, p)| format!("{t}[{p}]"))
+            .collect();
+        parts.sort();
+        parts
+    }
+
     fn set_owned(&self, parts: Vec<(String, i32)>) {
         *self.owned.lock().unwrap_or_else(|p| p.into_inner()) = parts.into_iter().collect();
     }

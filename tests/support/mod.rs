@@ -473,3 +473,54 @@ pub fn rewind_group(group: &str, topic: &str) {
         .commit(&tpl, CommitMode::Sync)
         .expect("commit offsets");
 }
+
+/// Runs the real `herald` binary on a config file, its log to `log`.
+pub fn spawn_herald(config: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("HERALD_TEST_FCM_TOKEN", FCM_TOKEN)
+        .env("HERALD_TEST_TWILIO_SID", TWILIO_SID)
+        .env("HERALD_TEST_TWILIO_TOKEN", TWILIO_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("herald starts")
+}
+
+/// Waits for a child to exit (killing it after `limit`); its exit code.
+pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// A loopback port free right now (for an admin listener of a child process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Publishes one record to a given partition of `topic`.
+pub async fn publish_to(topic: &str, partition: i32, key: &str, payload: &[u8]) {
+    producer()
+        .send(
+            FutureRecord::to(topic)
+                .partition(partition)
+                .key(key)
+                .payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("published");
+}

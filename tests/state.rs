@@ -1,0 +1,435 @@
+//! State that survives: frequency caps, pattern windows, the send ledger and
+//! held messages live in Kafka (changelog topics, the intents topic, the held
+//! topic), so they hold across instances, restarts of every instance, and a
+//! kill -9 of the instance that owned them.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::provider::Provider;
+use support::*;
+
+/// Every approved swipe pushes a notice, at most `cap` a day per user; three
+/// declines on one card within five minutes send one SMS.
+fn rules(source: &str, cap: &str) -> String {
+    rules_on(&[source], cap)
+}
+
+fn rules_on(notice_sources: &[&str], cap: &str) -> String {
+    let source = notice_sources[0];
+    let notice = notice_sources.join(", ");
+    format!(
+        r#"rules:
+  - id: notice
+    sources: [{notice}]
+    match: {{ status: approved }}
+    channels: [push]
+    category: transactional
+    policy: {{ caps: ["{cap}"] }}
+    template:
+      body: "{{{{ event.seq }}}}"
+  - id: velocity
+    sources: [{source}]
+    match: {{ status: declined }}
+    pattern: {{ window: {{ count: 3, within: 5m }} }}
+    channels: [sms]
+    category: fraud
+    template:
+      text: "{{{{ pattern.count }}}} declines, last {{{{ event.seq }}}}"
+"#
+    )
+}
+
+fn swipe_of(user: &str, status: &str, seq: u64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "user_id": user,
+        "ts": herald::util::now_ms(),
+        "status": status,
+        "seq": seq,
+        "amount": 10.0,
+    }))
+    .unwrap()
+}
+
+async fn start(dir: &std::path::Path, text: &str) -> herald::Running {
+    let (_, config) = load_config(dir, text);
+    let running = herald::start(config).await.expect("herald starts");
+    wait_ready(running.admin_addr()).await;
+    running
+}
+
+/// The source partitions of `topic` an instance owns now, from `/readyz`.
+async fn owned(addr: std::net::SocketAddr, topic: &str) -> Vec<i32> {
+    let (_, body) = admin_get(addr, "/readyz").await;
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    ready["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            p.as_str()?
+                .strip_prefix(&format!("{topic}["))?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn statuses(outcomes: &[Value]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {} {}",
+                o["rule"].as_str().unwrap(),
+                o["status"].as_str().unwrap(),
+                o["reason"].as_str().unwrap_or("")
+            )
+            .trim_end()
+            .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_two_cards_on_two_instances_is_capped_once_across_both() {
+    let topics = Topics::create(4).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        rules_on(&[&topics.transactions, &topics.locations], "2/day"),
+    )
+    .unwrap();
+    publish_profile(&topics, "u-1", true, false).await;
+    let text = config_text(&topics, dir.path(), &provider.base_url(), "");
+    let a = start(dir.path(), &text).await;
+    let b = start(dir.path(), &text).await;
+    // Each instance owns some of the source partitions: card A's events go
+    // to one of A's, card B's to one of B's.
+    // The notice rule reads transactions and locations; find a partition of
+    // either owned by each instance (the group spreads the 20 partitions of
+    // its topics, not each topic, over the two).
+    let mut split = None;
+    for _ in 0..80 {
+        let mut mine = Vec::new();
+        for addr in [a.admin_addr(), b.admin_addr()] {
+            let mut parts: Vec<(String, i32)> = Vec::new();
+            for topic in [&topics.transactions, &topics.locations] {
+                for p in owned(addr, topic).await {
+                    parts.push((topic.clone(), p));
+                }
+            }
+            mine.push(parts);
+        }
+        if let [pa, pb] = &mine[..] {
+            if !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 8 {
+                split = Some((pa[0].clone(), pb[0].clone()));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (pa, pb) = split.expect("the group spreads the source partitions over both instances");
+    for seq in 0..4u64 {
+        let (card, (topic, partition)) = if seq % 2 == 0 {
+            ("card-a", &pa)
+        } else {
+            ("card-b", &pb)
+        };
+        publish_to(topic, *partition, card, &swipe_of("u-1", "approved", seq)).await;
+    }
+    let outcomes = read_json(&topics.outcomes, 4, Duration::from_secs(40), |o| {
+        o["user"] == "u-1"
+    });
+    let got = statuses(&outcomes);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(
+        got.iter().filter(|s| *s == "notice sent").count(),
+        2,
+        "two sends under a 2/day cap: {got:?}"
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|s| *s == "notice suppressed cap:rule:notice:2/day")
+            .count(),
+        2,
+        "{got:?}"
+    );
+    assert_eq!(provider.received_by("fcm").len(), 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_every_instance_remembers_caps_and_windows() {
+    let topics = Topics::create(2).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        rules(&topics.transactions, "1/day"),
+    )
+    .unwrap();
+    publish_profile(&topics, "u-2", true, true).await;
+    let text = config_text(&topics, dir.path(), &provider.base_url(), "");
+    let first = start(dir.path(), &text).await;
+    let p = producer();
+    publish(
+        &p,
+        &topics.transactions,
+        "card-2",
+        &swipe_of("u-2", "approved", 0),
+    )
+    .await;
+    publish(
+        &p,
+        &topics.transactions,
+        "card-2",
+        &swipe_of("u-2", "declined", 1),
+    )
+    .await;
+    publish(
+        &p,
+        &topics.transactions,
+        "card-2",
+        &swipe_of("u-2", "declined", 2),
+    )
+    .await;
+    let sent = read_json(&topics.outcomes, 1, Duration::from_secs(30), |o| {
+        o["user"] == "u-2"
+    });
+    assert_eq!(statuses(&sent), ["notice sent"]);
+    // Give the two declines time to be handled before the stop drains.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    first.stop().await;
+
+    // Nothing in memory survives: the new process restores from Kafka.
+    let second = start(dir.path(), &text).await;
+    publish(
+        &p,
+        &topics.transactions,
+        "card-2",
+        &swipe_of("u-2", "approved", 3),
+    )
+    .await;
+    publish(
+        &p,
+        &topics.transactions,
+        "card-2",
+        &swipe_of("u-2", "declined", 4),
+    )
+    .await;
+    let all = read_json(&topics.outcomes, 3, Duration::from_secs(30), |o| {
+        o["user"] == "u-2"
+    });
+    assert_eq!(
+        statuses(&all),
+        [
+            "notice sent",
+            "notice suppressed cap:rule:notice:1/day",
+            "velocity sent"
+        ],
+        "the cap counts the send before the restart, the window the declines before it"
+    );
+    let sms = provider.received_by("twilio");
+    assert_eq!(sms.len(), 1);
+    assert!(
+        sms[0].form["Body"].contains("3 declines, last 4"),
+        "{:?}",
+        sms[0].form
+    );
+    second.stop().await;
+}
+
+/// The pattern changelog's records for `card` (newest last).
+fn window_of(topic: &str, card: &str) -> Option<usize> {
+    read_all_json(topic, Duration::from_millis(500), Duration::from_secs(5))
+        .into_iter()
+        .filter(|r| r["key"] == card)
+        .last()
+        .and_then(|r| r["state"]["Window"]["entries"].as_array().map(Vec::len))
+}
+
+fn config_with_admin(topics: &Topics, dir: &std::path::Path, base: &str) -> (String, u16) {
+    let port = free_port();
+    let text =
+        config_text(topics, dir, base, "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    (text, port)
+}
+
+async fn wait_ready_at(port: u16) {
+    wait_ready(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+}
+
+fn kill_9(child: &mut std::process::Child) {
+    assert!(Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_declines_with_a_kill_9_between_the_second_and_third_send_one_sms_from_the_new_owner()
+{
+    let topics = Topics::create(2).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        rules(&topics.transactions, "5/day"),
+    )
+    .unwrap();
+    publish_profile(&topics, "u-3", false, true).await;
+    let (text, port) = config_with_admin(&topics, dir.path(), &provider.base_url());
+    let (config_path, config) = load_config(dir.path(), &text);
+    let changelog = config.pattern_changelog(&topics.transactions);
+
+    let mut owner = spawn_herald(&config_path, &dir.path().join("owner.log"));
+    wait_ready_at(port).await;
+    let p = producer();
+    publish(
+        &p,
+        &topics.transactions,
+        "card-3",
+        &swipe_of("u-3", "declined", 1),
+    )
+    .await;
+    publish(
+        &p,
+        &topics.transactions,
+        "card-3",
+        &swipe_of("u-3", "declined", 2),
+    )
+    .await;
+    let two = eventually(Duration::from_secs(30), || {
+        (window_of(&changelog, "card-3") == Some(2)).then_some(())
+    })
+    .await;
+    assert!(
+        two.is_some(),
+        "the owner recorded two declines in the changelog: {}",
+        std::fs::read_to_string(dir.path().join("owner.log")).unwrap()
+    );
+    kill_9(&mut owner);
+
+    let (_, config) = load_config(dir.path(), &text.replace(&port.to_string(), "0"));
+    let next = herald::start(config).await.expect("herald starts");
+    wait_ready(next.admin_addr()).await;
+    publish(
+        &p,
+        &topics.transactions,
+        "card-3",
+        &swipe_of("u-3", "declined", 3),
+    )
+    .await;
+    let outcomes = read_json(&topics.outcomes, 1, Duration::from_secs(40), |o| {
+        o["user"] == "u-3"
+    });
+    assert_eq!(statuses(&outcomes), ["velocity sent"]);
+    // A redelivered decline (past the dead owner's last commit) must not
+    // count twice nor fire again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sms = provider.received_by("twilio");
+    assert_eq!(sms.len(), 1, "exactly one velocity SMS");
+    assert!(sms[0].form["Body"].contains("3 declines, last 3"));
+    next.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_is_released_once_by_the_new_owner_after_a_kill_9() {
+    // Quiet hours from this minute to the next, in UTC.
+    while jiff::Timestamp::now().as_second() % 60 > 40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
+    let next = now.checked_add(jiff::Span::new().minutes(1)).unwrap();
+    let window = format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        now.hour(),
+        now.minute(),
+        next.hour(),
+        next.minute()
+    );
+    let topics = Topics::create(2).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        format!(
+            r#"rules:
+  - id: evening-offer
+    sources: [{}]
+    match: {{ status: approved }}
+    channels: [push]
+    category: promotions
+    policy: {{ quiet_hours: "{window}", on_quiet_hours: hold, max_age_s: 600 }}
+    template:
+      body: "offer {{{{ event.seq }}}}"
+"#,
+            topics.transactions
+        ),
+    )
+    .unwrap();
+    let mut utc = profile_json("u-4", true, false);
+    utc["time_zone"] = json!("UTC");
+    publish(
+        &producer(),
+        &topics.profiles,
+        "u-4",
+        utc.to_string().as_bytes(),
+    )
+    .await;
+    let (text, port) = config_with_admin(&topics, dir.path(), &provider.base_url());
+    let (config_path, _) = load_config(dir.path(), &text);
+
+    let mut owner = spawn_herald(&config_path, &dir.path().join("owner.log"));
+    wait_ready_at(port).await;
+    publish(
+        &producer(),
+        &topics.transactions,
+        "card-4",
+        &swipe_of("u-4", "approved", 7),
+    )
+    .await;
+    let held = read_json(&topics.outcomes, 1, Duration::from_secs(30), |o| {
+        o["user"] == "u-4"
+    });
+    assert_eq!(held[0]["status"], "held", "{held:?}");
+    kill_9(&mut owner);
+
+    let (_, config) = load_config(dir.path(), &text.replace(&port.to_string(), "0"));
+    let running = herald::start(config).await.expect("herald starts");
+    // The swipe comes again if the dead owner had not committed it: its
+    // intent is known to the ledger as held, so it is a duplicate, not a
+    // second hold. The release is the held message's own.
+    let sent = read_json(&topics.outcomes, 1, Duration::from_secs(100), |o| {
+        o["user"] == "u-4" && o["status"] == "sent"
+    });
+    assert_eq!(sent.len(), 1, "released");
+    assert_eq!(sent[0]["idempotency_key"], held[0]["idempotency_key"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = read_all_json(
+        &topics.outcomes,
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+    );
+    let others: Vec<String> = statuses(&all[1..])
+        .into_iter()
+        .filter(|s| s != "evening-offer sent")
+        .collect();
+    assert!(
+        others
+            .iter()
+            .all(|s| s == "evening-offer suppressed duplicate"),
+        "only duplicates of the redelivered swipe besides the release: {others:?}"
+    );
+    assert_eq!(provider.received_by("fcm").len(), 1, "released once");
+    running.stop().await;
+}
