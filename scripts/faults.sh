@@ -17,7 +17,7 @@ scripts/install-deps.sh
 scripts/broker.sh install
 echo "building herald and herald-faults (release)…" >&2
 cargo build --release --quiet --bin herald --bin herald-faults
-TARGET="${CARGO_TARGET_DIR:-target}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 args=(--herald "$TARGET/release/herald" --root "$ROOT" --work "$TARGET/faults")
 short=false
 for a in "$@"; do [[ "$a" == "--short" || "$a" == "--only" ]] && short=true; done

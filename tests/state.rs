@@ -433,3 +433,59 @@ async fn a_held_message_is_released_once_by_the_new_owner_after_a_kill_9() {
     assert_eq!(provider.received_by("fcm").len(), 1, "released once");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_reaching_another_instance_than_the_sender_finds_the_sms_it_answers() {
+    let topics = Topics::create(2).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        rules(&topics.transactions, "5/day"),
+    )
+    .unwrap();
+    publish_profile(&topics, "u-5", false, true).await;
+    let text = config_text(&topics, dir.path(), &provider.base_url(), "");
+    let sender = start(dir.path(), &text).await;
+    let p = producer();
+    for seq in 1..=3 {
+        publish(
+            &p,
+            &topics.transactions,
+            "card-5",
+            &swipe_of("u-5", "declined", seq),
+        )
+        .await;
+    }
+    let sent = read_json(&topics.outcomes, 1, Duration::from_secs(30), |o| {
+        o["user"] == "u-5" && o["status"] == "sent"
+    });
+    assert_eq!(sent[0]["rule"], "velocity");
+    // Another instance takes over every partition; the sender is gone.
+    let other = start(dir.path(), &text).await;
+    sender.stop().await;
+    let mut took_over = false;
+    for _ in 0..80 {
+        if owned(other.admin_addr(), &topics.feedback).await.len() == 2 {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(took_over, "the other instance owns the feedback topic");
+    let reply = json!({"MessageSid": "SM5", "AccountSid": TWILIO_SID,
+        "From": "+14155552671", "To": "+15005550006", "Body": "NO", "NumMedia": "0"});
+    publish(
+        &p,
+        &topics.feedback,
+        "+14155552671",
+        reply.to_string().as_bytes(),
+    )
+    .await;
+    let replies = read_json(&topics.replies, 1, Duration::from_secs(30), |_| true);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0]["type"], "sms_reply");
+    assert_eq!(replies[0]["rule"], "velocity", "{}", replies[0]);
+    assert_eq!(replies[0]["idempotency_key"], sent[0]["idempotency_key"]);
+    other.stop().await;
+}

@@ -19,7 +19,8 @@ use super::held::{Held, HeldMessage};
 use super::{ChannelRuntime, Pipeline};
 use crate::config::{OnUnknown, ProviderKind};
 use crate::deliver::{send_with_retry, Address, Message, SendError};
-use crate::feedback::SentRef;
+use crate::feedback::sent::phone_sha256;
+use crate::feedback::{SentRecord, SentRef};
 use crate::ingest::decode::Event;
 use crate::outcome::{DeadLetter, Hop, Outcome, Pending, SourceRef, Status, Timings};
 use crate::policy::{address, Subject, Suppression};
@@ -540,18 +541,30 @@ impl Pipeline {
                     Address::Phone(p) => Some(p.as_str()),
                     _ => None,
                 };
-                self.feedback.sent.record(
-                    SentRef {
-                        user: event.user.clone(),
-                        rule: rule.id.clone(),
-                        key: event.key.clone(),
-                        idempotency_key: outcome.idempotency_key.clone(),
-                        channel: channel.channel.name.clone(),
-                        sent_ms: sent,
-                    },
-                    phone,
+                let sent_ref = SentRef {
+                    user: event.user.clone(),
+                    rule: rule.id.clone(),
+                    key: event.key.clone(),
+                    idempotency_key: outcome.idempotency_key.clone(),
+                    channel: channel.channel.name.clone(),
+                    sent_ms: sent,
+                };
+                // Every instance learns of the send from the feedback topic,
+                // so a reply or an engagement finds it wherever it arrives.
+                let record = SentRecord {
+                    sent: sent_ref.clone(),
+                    phone_sha256: phone.map(phone_sha256),
+                };
+                let shared = self.recorder.publish(
+                    &self.topics.feedback,
+                    &event.user,
+                    serde_json::to_vec(&record.to_json()).unwrap_or_default(),
                 );
-                done(outcome, Some(message), None, false)
+                self.feedback.sent.record(sent_ref, phone);
+                Decided {
+                    writes: vec![shared],
+                    ..done(outcome, Some(message), None, false)
+                }
             }
             Err(e) => {
                 let reason = e.reason();

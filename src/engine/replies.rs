@@ -44,6 +44,8 @@ impl Pipeline {
         match record {
             Feedback::Inbound(sms) => self.inbound_sms(&msg, sms, now).await,
             Feedback::PushAction(action) => self.push_action(action, now),
+            // Applied by every instance's feedback reader; nothing to act on.
+            Feedback::Sent(_) => Vec::new(),
             Feedback::Engagement(e) => {
                 let known = e.user.is_some()
                     || e.message
@@ -66,6 +68,11 @@ impl Pipeline {
     }
 
     async fn inbound_sms(&self, msg: &Incoming, sms: InboundSms, now: i64) -> Vec<Pending> {
+        // The SMS it answers may have been sent by another instance: its
+        // `herald_sent` record is on this topic, before the reply. Unsure
+        // (the topic unreadable for now) goes on with what is known.
+        let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
+        let _ = self.feedback.consent_barrier(wait).await;
         let original = self.feedback.sent.last_sms_to(&sms.from, now);
         match Keyword::of(&sms.body) {
             Some(keyword @ (Keyword::OptOut | Keyword::OptIn)) => {

@@ -59,21 +59,26 @@ impl Pipeline {
         }));
     }
 
-    /// Restores the send ledger of one intents partition, and the caps it feeds.
-    fn restore_ledger(&self, partition: i32) -> Result<(), String> {
+    /// Restores the send ledger of intents partitions, and the caps it feeds.
+    fn restore_ledger(&self, partitions: &[i32]) -> Result<(), String> {
         let started = Instant::now();
         let restored = self
             .ledger
-            .restore(partition, self.clock.now_ms(), RESTORE_PATIENCE)
+            .restore(partitions, self.clock.now_ms(), RESTORE_PATIENCE)
             .map_err(|e| e.to_string())?;
+        // Forgotten first, so a restore retried after a failure counts once.
         let caps = self.policy.caps();
+        let mut seen = std::collections::HashSet::new();
         for e in &restored.sends {
+            if seen.insert(e.user.as_str()) {
+                caps.forget(&e.user);
+            }
             caps.remember(&e.user, &e.category, &e.rule, e.at_ms);
         }
         self.count_restore("ledger", restored.records, started);
         self.metrics.ledger_entries.set(self.ledger.len() as i64);
         info!(
-            partition,
+            ?partitions,
             records = restored.records,
             users = restored.users,
             in_flight = restored.in_flight,
@@ -84,29 +89,34 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Restores the pattern state of one source partition.
+    /// Restores the pattern state of source partitions of one topic.
     fn restore_patterns(
         &self,
         topic: &str,
-        partition: i32,
+        partitions: &[i32],
         changelog: &Changelog,
     ) -> Result<(), String> {
         let started = Instant::now();
-        let changes = changelog
-            .restore(partition, RESTORE_PATIENCE)
+        let all = changelog
+            .restore_all(partitions, RESTORE_PATIENCE)
             .map_err(|e| e.to_string())?;
-        let records = changes.len();
         let loaded = self.rules.current();
-        let (keys, unreadable) = self.patterns.restore_changelog(
-            topic,
-            partition,
-            changes.into_iter().map(|c| (c.key, c.value)).collect(),
-            |id| loaded.set.get(id).and_then(|r| r.pattern.clone()),
-        );
+        let (mut records, mut keys, mut unreadable) = (0, 0, 0);
+        for (partition, changes) in all {
+            records += changes.len();
+            let (k, u) = self.patterns.restore_changelog(
+                topic,
+                partition,
+                changes.into_iter().map(|c| (c.key, c.value)).collect(),
+                |id| loaded.set.get(id).and_then(|r| r.pattern.clone()),
+            );
+            keys += k;
+            unreadable += u;
+        }
         self.count_restore("patterns", records, started);
         info!(
             %topic,
-            partition,
+            ?partitions,
             records,
             keys,
             unreadable,
@@ -130,14 +140,19 @@ impl Pipeline {
 }
 
 impl PartitionStores for Pipeline {
-    fn restore(&self, topic: &str, partition: i32) -> Result<(), String> {
-        if self.intents_topic.as_deref() == Some(topic) {
-            return self.restore_ledger(partition);
+    fn restore(&self, partitions: &[(String, i32)]) -> Result<(), String> {
+        let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
+        for (topic, partition) in partitions {
+            by_topic.entry(topic).or_default().push(*partition);
         }
-        match self.pattern_changelogs.get(topic) {
-            Some(changelog) => self.restore_patterns(topic, partition, changelog),
-            None => Ok(()),
+        for (topic, parts) in by_topic {
+            if self.intents_topic.as_deref() == Some(topic) {
+                self.restore_ledger(&parts)?;
+            } else if let Some(changelog) = self.pattern_changelogs.get(topic) {
+                self.restore_patterns(topic, &parts, changelog)?;
+            }
         }
+        Ok(())
     }
 
     fn drop_partition(&self, topic: &str, partition: i32) {

@@ -26,6 +26,35 @@ pub enum Feedback {
     Inbound(InboundSms),
     PushAction(PushAction),
     Engagement(Engagement),
+    /// A message herald sent (`type: herald_sent`), written by the instance
+    /// that sent it so that every instance can match replies and engagement
+    /// to it.
+    Sent(SentRecord),
+}
+
+/// What a `herald_sent` record says: the message, and for an SMS the
+/// SHA-256 of the number (never the number itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentRecord {
+    pub sent: SentRef,
+    pub phone_sha256: Option<String>,
+}
+
+impl SentRecord {
+    /// The feedback record of a send.
+    pub fn to_json(&self) -> Value {
+        let s = &self.sent;
+        serde_json::json!({
+            "type": "herald_sent",
+            "user": s.user,
+            "rule": s.rule,
+            "key": s.key,
+            "idempotency_key": s.idempotency_key,
+            "channel": s.channel,
+            "time": s.sent_ms,
+            "phone_sha256": self.phone_sha256,
+        })
+    }
 }
 
 /// An SMS a user sent to one of our numbers.
@@ -142,6 +171,20 @@ impl Feedback {
             }));
         }
         let kind = text("type").ok_or(FeedbackError::NoType)?;
+        if kind == "herald_sent" {
+            let need = |name: &'static str| text(name).ok_or(FeedbackError::MissingField(name));
+            return Ok(Feedback::Sent(SentRecord {
+                sent: SentRef {
+                    user: need("user")?,
+                    rule: need("rule")?,
+                    key: text("key"),
+                    idempotency_key: need("idempotency_key")?,
+                    channel: need("channel")?,
+                    sent_ms: time_ms,
+                },
+                phone_sha256: text("phone_sha256"),
+            }));
+        }
         if kind == "push_action" {
             return Ok(Feedback::PushAction(PushAction {
                 action: text("action").ok_or(FeedbackError::MissingField("action"))?,

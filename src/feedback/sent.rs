@@ -1,5 +1,7 @@
-//! The messages this instance sent recently, so that feedback naming a message
-//! (an engagement by idempotency key, an SMS reply by phone number) finds it.
+//! The messages herald sent recently — by this instance, and by every other
+//! one through the `herald_sent` records of the feedback topic — so that
+//! feedback naming a message (an engagement by idempotency key, an SMS reply
+//! by phone number) finds it on whichever instance it arrives.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -18,10 +20,17 @@ pub struct SentRef {
     pub sent_ms: i64,
 }
 
+/// The digest a number is known by in `herald_sent` records: SHA-256 of its
+/// E.164 form, hex.
+pub fn phone_sha256(phone: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(phone.as_bytes()))
+}
+
 /// Bounded by count and age; the oldest are forgotten first.
 pub struct SentIndex {
     by_key: DashMap<String, Arc<SentRef>>,
-    /// The last SMS to each phone number (E.164).
+    /// The last SMS to each phone number, by the SHA-256 of its E.164 form.
     by_phone: DashMap<String, Arc<SentRef>>,
     order: Mutex<VecDeque<(String, Option<String>)>>,
     capacity: usize,
@@ -49,14 +58,26 @@ impl SentIndex {
 
     /// Remembers a sent message; `phone` for SMS.
     pub fn record(&self, sent: SentRef, phone: Option<&str>) {
+        self.record_digest(sent, phone.map(phone_sha256));
+    }
+
+    /// [`SentIndex::record`] with the number already digested (a
+    /// `herald_sent` record from the feedback topic). Recording one message
+    /// twice (its own send, then its record read back) keeps one entry.
+    pub fn record_digest(&self, sent: SentRef, phone: Option<String>) {
         let sent = Arc::new(sent);
         let key = sent.idempotency_key.clone();
-        self.by_key.insert(key.clone(), Arc::clone(&sent));
-        if let Some(phone) = phone {
-            self.by_phone.insert(phone.to_string(), sent);
+        if self.by_key.insert(key.clone(), Arc::clone(&sent)).is_some() {
+            if let Some(phone) = phone {
+                self.by_phone.insert(phone, sent);
+            }
+            return;
+        }
+        if let Some(phone) = &phone {
+            self.by_phone.insert(phone.clone(), sent);
         }
         let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
-        order.push_back((key, phone.map(str::to_string)));
+        order.push_back((key, phone));
         while order.len() > self.capacity {
             if let Some((old, phone)) = order.pop_front() {
                 self.by_key.remove(&old);
@@ -76,7 +97,10 @@ impl SentIndex {
 
     /// The last SMS to this number, if sent within the age limit.
     pub fn last_sms_to(&self, phone: &str, now_ms: i64) -> Option<Arc<SentRef>> {
-        let found = self.by_phone.get(phone).map(|s| Arc::clone(&s))?;
+        let found = self
+            .by_phone
+            .get(&phone_sha256(phone))
+            .map(|s| Arc::clone(&s))?;
         (now_ms - found.sent_ms <= self.max_age_ms).then_some(found)
     }
 }

@@ -166,6 +166,9 @@ impl FeedbackState {
                     );
                 }
             }
+            Feedback::Sent(s) => self
+                .sent
+                .record_digest(s.sent.clone(), s.phone_sha256.clone()),
             Feedback::PushAction(a) => {
                 if let Some(user) = &a.user {
                     self.record(

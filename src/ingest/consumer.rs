@@ -54,8 +54,9 @@ pub struct ConsumerHealth {
 /// the send ledger per intents partition): restored before any record of a
 /// newly assigned partition is handled, dropped when it is revoked.
 pub trait PartitionStores: Send + Sync {
-    /// Reads the partition's stores back from their changelogs. Blocking.
-    fn restore(&self, topic: &str, partition: i32) -> Result<(), String>;
+    /// Reads the stores of newly assigned partitions back from their
+    /// changelogs, all at once. Blocking.
+    fn restore(&self, partitions: &[(String, i32)]) -> Result<(), String>;
     /// Forgets the partition's stores: another instance owns them now.
     fn drop_partition(&self, topic: &str, partition: i32);
 }
@@ -160,22 +161,19 @@ impl HeraldContext {
         let Some(stores) = self.stores.get() else {
             return;
         };
-        for (topic, partition) in partitions {
-            let mut wait = Duration::from_millis(200);
-            loop {
-                match stores.restore(topic, *partition) {
-                    Ok(()) => break,
-                    Err(e) => {
-                        error!(%topic, partition, error = %e, "cannot restore the partition's state; its records wait");
-                        self.health.set_restore_problem(Some(format!(
-                            "state of {topic}[{partition}] cannot be restored: {e}"
-                        )));
-                        if self.health.shutting_down() {
-                            break;
-                        }
-                        std::thread::sleep(wait);
-                        wait = (wait * 2).min(Duration::from_secs(5));
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match stores.restore(partitions) {
+                Ok(()) => break,
+                Err(e) => {
+                    error!(error = %e, "cannot restore the state of assigned partitions; their records wait");
+                    self.health
+                        .set_restore_problem(Some(format!("state cannot be restored: {e}")));
+                    if self.health.shutting_down() {
+                        break;
                     }
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! partition per stage partition, read back to their end when a partition
 //! is assigned; and the creation of herald's internal topics.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -82,8 +83,23 @@ impl Changelog {
     /// record of the partition is handed out. Gives up with an error when
     /// the broker stops answering for `patience`.
     pub fn restore(&self, partition: i32, patience: Duration) -> Result<Vec<Change>, RestoreError> {
-        if !self.is_durable() {
-            return Ok(Vec::new());
+        Ok(self
+            .restore_all(&[partition], patience)?
+            .remove(&partition)
+            .unwrap_or_default())
+    }
+
+    /// [`Changelog::restore`] for several partitions at once, with one
+    /// consumer: an assignment of many partitions restores in about the time
+    /// of its largest one.
+    pub fn restore_all(
+        &self,
+        partitions: &[i32],
+        patience: Duration,
+    ) -> Result<HashMap<i32, Vec<Change>>, RestoreError> {
+        let mut out: HashMap<i32, Vec<Change>> = HashMap::new();
+        if !self.is_durable() || partitions.is_empty() {
+            return Ok(out);
         }
         let topic = self.topic.clone();
         let kafka = |source| RestoreError::Kafka {
@@ -96,52 +112,65 @@ impl Changelog {
             .set("group.id", format!("herald-restore-{}", std::process::id()))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "10")
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "10485760")
             .create()
             .map_err(kafka)?;
-        let (low, high) = consumer
-            .fetch_watermarks(&self.topic, partition, patience)
-            .map_err(kafka)?;
-        let mut out = Vec::new();
-        if high <= low {
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for &partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.topic, partition, patience)
+                .map_err(kafka)?;
+            out.insert(partition, Vec::new());
+            if high > low {
+                ends.insert(partition, (high, high - low));
+                tpl.add_partition_offset(&self.topic, partition, Offset::Offset(low))
+                    .map_err(kafka)?;
+            }
+        }
+        if ends.is_empty() {
             return Ok(out);
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(low))
-            .map_err(kafka)?;
         consumer.assign(&tpl).map_err(kafka)?;
         let mut last_progress = Instant::now();
         let started = Instant::now();
-        loop {
-            match consumer.poll(Duration::from_millis(200)) {
+        while !ends.is_empty() {
+            match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     last_progress = Instant::now();
                     let key = m
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
                         .unwrap_or_default();
-                    out.push(Change {
+                    out.entry(m.partition()).or_default().push(Change {
                         key,
                         value: m.payload().map(<[u8]>::to_vec),
                     });
-                    if m.offset() + 1 >= high {
-                        return Ok(out);
+                    if ends
+                        .get(&m.partition())
+                        .is_some_and(|(high, _)| m.offset() + 1 >= *high)
+                    {
+                        ends.remove(&m.partition());
                     }
                 }
                 Some(Err(e)) => return Err(kafka(e)),
                 None if last_progress.elapsed() > patience => {
+                    let (&partition, &(_, expected)) =
+                        ends.iter().next().expect("a partition still open");
                     return Err(RestoreError::Incomplete {
                         topic: self.topic.clone(),
                         partition,
-                        read: out.len() as i64,
-                        expected: high - low,
+                        read: out.get(&partition).map_or(0, Vec::len) as i64,
+                        expected,
                         waited_s: started.elapsed().as_secs(),
-                    })
+                    });
                 }
                 None => {}
             }
         }
+        Ok(out)
     }
 }
 

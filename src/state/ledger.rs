@@ -160,16 +160,44 @@ impl SendLedger {
         n
     }
 
-    /// Reads `partition`'s changelog to its end. Returns the entries caps must
-    /// count (sends made or attempted), in changelog order.
+    /// Reads the changelog of `partitions` to its end. Returns, besides the
+    /// counts, the entries caps must count (sends made or attempted), oldest
+    /// first.
     pub fn restore(
         &self,
-        partition: i32,
+        partitions: &[i32],
         now_ms: i64,
         patience: Duration,
     ) -> Result<Restored, RestoreError> {
-        let changes = self.changelog.restore(partition, patience)?;
         let mut restored = Restored::default();
+        let mut all_users = HashSet::new();
+        for (partition, changes) in self.changelog.restore_all(partitions, patience)? {
+            let users = self.apply(changes, now_ms, &mut restored);
+            all_users.extend(users.iter().cloned());
+            self.users.entry(partition).or_default().extend(users);
+        }
+        for e in self.entries.iter() {
+            if all_users.contains(&e.user) {
+                if e.status == LedgerStatus::Attempted {
+                    restored.in_flight += 1;
+                }
+                if e.counts_for_caps() {
+                    restored.sends.push(e.value().clone());
+                }
+            }
+        }
+        restored.sends.sort_by_key(|e| e.at_ms);
+        restored.users = all_users.len();
+        Ok(restored)
+    }
+
+    /// Applies one partition's changelog records; returns its users.
+    fn apply(
+        &self,
+        changes: Vec<super::Change>,
+        now_ms: i64,
+        restored: &mut Restored,
+    ) -> HashSet<String> {
         let mut users = HashSet::new();
         for change in changes {
             restored.records += 1;
@@ -187,20 +215,7 @@ impl SendLedger {
             users.insert(entry.user.clone());
             self.entries.insert(change.key, entry);
         }
-        for e in self.entries.iter() {
-            if users.contains(&e.user) {
-                if e.status == LedgerStatus::Attempted {
-                    restored.in_flight += 1;
-                }
-                if e.counts_for_caps() {
-                    restored.sends.push(e.value().clone());
-                }
-            }
-        }
-        restored.sends.sort_by_key(|e| e.at_ms);
-        restored.users = users.len();
-        self.users.entry(partition).or_default().extend(users);
-        Ok(restored)
+        users
     }
 
     /// Forgets a revoked partition; returns its users (for the caps).

@@ -96,6 +96,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
     let mut reports = Vec::new();
     let single = [
         "kill9",
+        "kill9-group",
         "sigterm",
         "group",
         "group-eager",
@@ -115,6 +116,9 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         }
         if step("kill9") {
             reports.push(scenarios::kill9(opts, &broker, if short { 4 } else { 20 }).await?);
+        }
+        if step("kill9-group") {
+            reports.push(scenarios::kill9_group(opts, &broker, if short { 3 } else { 20 }).await?);
         }
         if step("sigterm") {
             reports.push(scenarios::sigterm(opts, &broker, if short { 3 } else { 20 }).await?);
@@ -198,7 +202,7 @@ fn table(reports: &[Report], opts: &Options, took: std::time::Duration) -> Strin
         kafka_version(&opts.root),
         50
     ));
-    out.push_str("| scenario | events | sent once | duplicates (across a kill) | failed / suppressed | lost | recovery after fault: median / max | longest pause in sends | readiness during the fault |\n");
+    out.push_str("| scenario | events | sent once | duplicates (reported unknown_after_crash) | failed / suppressed | lost | recovery after fault: median / max | longest pause in sends | readiness during the fault |\n");
     out.push_str("|---|---:|---:|---:|---|---:|---|---|---|\n");
     for r in reports {
         let f = &r.figures;
@@ -228,7 +232,7 @@ fn table(reports: &[Report], opts: &Options, took: std::time::Duration) -> Strin
             f.events,
             f.sent_once,
             f.duplicates,
-            f.duplicates_across_fault,
+            f.duplicates_reported,
             failed,
             f.lost.len(),
             recovery,
@@ -244,8 +248,14 @@ fn table(reports: &[Report], opts: &Options, took: std::time::Duration) -> Strin
         let f = &r.figures;
         if f.duplicates_across_fault > 0 {
             out.push_str(&format!(
-                " every duplicate's first request came at most {} ms before a kill (in flight, or sent but its offset not yet committed);",
+                " every duplicate's first request came at most {} ms before a kill (in flight at the kill);",
                 f.duplicate_lead_ms
+            ));
+        }
+        if f.unknown_after_crash > 0 {
+            out.push_str(&format!(
+                " {} send(s) found attempted without an answer by the next owner, each recorded `unknown_after_crash`;",
+                f.unknown_after_crash
             ));
         }
         if f.refused_requests > 0 {

@@ -52,6 +52,38 @@ pub async fn kill9(opts: &Options, broker: &Broker, kills: usize) -> Result<Repo
     close(s, true).await
 }
 
+/// kill -9 of one member of a three-instance group at random moments,
+/// restarted at once: its partitions, and their stores, move to the others
+/// and back.
+pub async fn kill9_group(opts: &Options, broker: &Broker, kills: usize) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "kill9-group", "").await?;
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        let i = s.spawn()?;
+        s.ready(i).await?;
+        live.push(i);
+    }
+    s.start_load(RATE);
+    for k in 0..kills {
+        sleep(random_ms(2_000, 8_000)).await;
+        let slot = rand::rng().random_range(0..3usize);
+        let start = now_ms();
+        s.instances[live[slot]].kill9();
+        s.instances[live[slot]].exited(secs(10)).await;
+        live[slot] = s.spawn()?;
+        s.fault(format!("kill -9 #{} (member {})", k + 1, slot + 1), start);
+    }
+    for &i in &live {
+        s.ready(i).await?;
+    }
+    sleep(secs(8)).await;
+    s.stop_load().await;
+    s.notes.push(format!(
+        "{kills} kills of a random member of three, 2–8 s apart, each restarted at once"
+    ));
+    close(s, true).await
+}
+
 /// SIGTERM of the only instance at random moments (start-up included),
 /// restarted once it has exited.
 pub async fn sigterm(opts: &Options, broker: &Broker, stops: usize) -> Result<Report, String> {

@@ -43,14 +43,14 @@ impl Report {
             let some: Vec<&str> = f.lost.iter().take(5).map(String::as_str).collect();
             out.push(format!("{} lost (e.g. {})", f.lost.len(), some.join(", ")));
         }
-        let unexplained = if self.duplicates_allowed_across_faults {
-            f.duplicates - f.duplicates_across_fault
-        } else {
-            f.duplicates
-        };
+        // A duplicate is acceptable only when herald reported it: the send
+        // ledger found its first request unanswered after a crash (or a
+        // revoke that outlasted the grace), and the outcome says so.
+        let _ = self.duplicates_allowed_across_faults;
+        let unexplained = f.duplicates - f.duplicates_reported;
         if unexplained > 0 {
             out.push(format!(
-                "{unexplained} duplicate(s) not explained by a kill"
+                "{unexplained} duplicate(s) not reported as unknown_after_crash"
             ));
         }
         out.extend(f.dead_letter_mismatch.iter().cloned());

@@ -89,6 +89,11 @@ pub struct Figures {
     pub duplicates: usize,
     /// Of those, how many had a fault between their first and second request.
     pub duplicates_across_fault: usize,
+    /// Of those, how many herald itself reported: a later send's outcome says
+    /// `unknown_after_crash` (the ledger found the first request unanswered).
+    pub duplicates_reported: usize,
+    /// Sends whose outcome says `unknown_after_crash` (repeated or skipped).
+    pub unknown_after_crash: usize,
     /// For duplicates across a fault: the longest time from the first request to the fault, ms.
     pub duplicate_lead_ms: i64,
     /// Valid events never sent, with a final `failed` or `suppressed` outcome, by reason.
@@ -129,6 +134,7 @@ pub fn figures(
         .map(|p| ((p.partition, p.offset), p))
         .collect();
     let mut final_reason: HashMap<&str, String> = HashMap::new();
+    let mut reported: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (_, _, payload) in outcomes {
         let Ok(o) = serde_json::from_slice::<Value>(payload) else {
             continue;
@@ -142,6 +148,12 @@ pub fn figures(
         );
         let status = o["status"].as_str().unwrap_or("");
         let reason = o["reason"].as_str().unwrap_or("");
+        if o["unknown_after_crash"] == true || reason == "unknown_after_crash" {
+            f.unknown_after_crash += 1;
+            if let Some(p) = by_offset.get(&at) {
+                reported.insert(&p.eid);
+            }
+        }
         // A `duplicate` suppression is final only if the first send happened.
         if (status == "failed" || status == "suppressed") && reason != "duplicate" {
             if let Some(p) = by_offset.get(&at) {
@@ -180,6 +192,9 @@ pub fn figures(
             Some(times) if times.len() == 1 => f.sent_once += 1,
             Some(times) => {
                 f.duplicates += 1;
+                if reported.contains(p.eid.as_str()) {
+                    f.duplicates_reported += 1;
+                }
                 let (first, second) = (times[0], times[1]);
                 if let Some(fault) = faults
                     .iter()

@@ -1,0 +1,143 @@
+//! Restore time of the send ledger: 1,000,000 keys written to one changelog
+//! partition on a real broker, then read back by `SendLedger::restore` (what
+//! an instance does when an intents partition is assigned), beside the bare
+//! read of the same records in the same run.
+//!
+//! Needs a broker: `HERALD_BENCH_BROKERS=127.0.0.1:19092 cargo bench --bench
+//! restore` (`scripts/broker.sh start` runs one). Without it, it says so and
+//! exits 0, so `cargo test --all-targets` passes by it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald::outcome::{KafkaWriter, Recorder, WriteHealth};
+use herald::state::{Changelog, LedgerEntry, LedgerStatus, SendLedger};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+fn main() {
+    let Ok(brokers) = std::env::var("HERALD_BENCH_BROKERS") else {
+        println!(
+            "restore bench skipped: set HERALD_BENCH_BROKERS to a broker (scripts/broker.sh start)"
+        );
+        return;
+    };
+    let keys: usize = std::env::var("HERALD_BENCH_KEYS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let topic = format!("bench-ledger-{}", std::process::id());
+    let client = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .clone();
+    let now = herald::util::now_ms();
+
+    let written = Instant::now();
+    runtime.block_on(async {
+        let producer: FutureProducer = client
+            .clone()
+            .set("linger.ms", "20")
+            .set("batch.size", "1000000")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .unwrap();
+        let mut pending = Vec::with_capacity(50_000);
+        for i in 0..keys {
+            let entry = LedgerEntry {
+                user: format!("user-{}", i % 200_000),
+                status: LedgerStatus::Sent,
+                at_ms: now - (i as i64 % 86_400_000),
+                category: "transactional".into(),
+                rule: "purchase-notice".into(),
+                idempotency_key: format!("{:032x}", i),
+            };
+            let key = format!("transactions/0/{i}/purchase-notice/push");
+            let value = serde_json::to_vec(&entry).unwrap();
+            let record = FutureRecord::to(&topic)
+                .partition(0)
+                .key(&key)
+                .payload(&value);
+            match producer.send_result(record) {
+                Ok(f) => pending.push(f),
+                Err((e, _)) => panic!("produce: {e}"),
+            }
+            if pending.len() == 50_000 {
+                for f in pending.drain(..) {
+                    f.await.unwrap().unwrap();
+                }
+            }
+        }
+        for f in pending.drain(..) {
+            f.await.unwrap().unwrap();
+        }
+    });
+    let written = written.elapsed();
+
+    // The floor: the same records read with a bare consumer, nothing parsed.
+    let bare = Instant::now();
+    let consumer: BaseConsumer = client
+        .clone()
+        .set("group.id", "bench-restore")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .create()
+        .unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut read = 0usize;
+    while read < high as usize {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
+            read += m.payload().map_or(0, |_| 1);
+        }
+    }
+    let bare = bare.elapsed();
+    drop(consumer);
+
+    let health = Arc::new(WriteHealth::new(
+        prometheus::IntGauge::new("g", "g").unwrap(),
+        prometheus::IntCounter::new("c", "c").unwrap(),
+    ));
+    let writer = Arc::new(KafkaWriter::new(client.clone(), health).unwrap());
+    let recorder = Recorder::new(writer, "unused".into(), "unused".into());
+    let ledger = SendLedger::new(
+        1,
+        Changelog::new(topic.clone(), recorder, client.clone()),
+        keys * 2,
+    );
+    let restore = Instant::now();
+    let restored = ledger.restore(0, now, Duration::from_secs(30)).unwrap();
+    let restore = restore.elapsed();
+    assert_eq!(restored.records, keys);
+    assert_eq!(ledger.len(), keys);
+
+    let per_s = |d: Duration| keys as f64 / d.as_secs_f64();
+    println!(
+        "send-ledger restore, {keys} keys on one changelog partition ({} users):",
+        restored.users
+    );
+    println!(
+        "  written in          {:>7.2} s ({:>9.0} records/s)",
+        written.as_secs_f64(),
+        per_s(written)
+    );
+    println!(
+        "  bare read (floor)   {:>7.2} s ({:>9.0} records/s)",
+        bare.as_secs_f64(),
+        per_s(bare)
+    );
+    println!(
+        "  SendLedger::restore {:>7.2} s ({:>9.0} records/s), {} sends for the caps",
+        restore.as_secs_f64(),
+        per_s(restore),
+        restored.sends.len()
+    );
+}
