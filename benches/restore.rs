@@ -114,7 +114,7 @@ fn main() {
         keys * 2,
     );
     let restore = Instant::now();
-    let restored = ledger.restore(0, now, Duration::from_secs(30)).unwrap();
+    let restored = ledger.restore(&[0], now, Duration::from_secs(30)).unwrap();
     let restore = restore.elapsed();
     assert_eq!(restored.records, keys);
     assert_eq!(ledger.len(), keys);
