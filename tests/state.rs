@@ -250,8 +250,7 @@ async fn a_restart_of_every_instance_remembers_caps_and_windows() {
 fn window_of(topic: &str, card: &str) -> Option<usize> {
     read_all_json(topic, Duration::from_millis(500), Duration::from_secs(5))
         .into_iter()
-        .filter(|r| r["key"] == card)
-        .last()
+        .rfind(|r| r["key"] == card)
         .and_then(|r| r["state"]["Window"]["entries"].as_array().map(Vec::len))
 }
 
