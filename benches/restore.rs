@@ -34,6 +34,16 @@ fn main() {
         .clone();
     let now = herald::util::now_ms();
 
+    runtime
+        .block_on(herald::state::changelog::ensure_topics(
+            &client,
+            &[herald::state::changelog::TopicSpec {
+                name: topic.clone(),
+                partitions: 1,
+                configs: vec![("cleanup.policy", "compact".to_string())],
+            }],
+        ))
+        .unwrap();
     let written = Instant::now();
     runtime.block_on(async {
         let producer: FutureProducer = client
