@@ -160,8 +160,10 @@ every swipe with a unique id. One rule sends a push for every approved swipe.
 
 - **lost**: no successful provider request and no final outcome with a reason.
 - **duplicate**: more than one successful provider request for one event; in
-  brackets, those with a kill between the two requests (a request in flight, or
-  sent but not yet committed, when the process died).
+  brackets, those herald itself reported: a later send's outcome says
+  `unknown_after_crash` (the send ledger found the first request recorded
+  `attempted` with no answer: in flight when its instance died; the channel's
+  `on_unknown = \"resend\"`, the default). Any other duplicate fails the run.
 - **failed / suppressed**: never sent, with the outcome's reason.
 - **recovery**: from the end of each fault (restart issued, broker resumed,
   provider back) to the first successful request after it.
@@ -169,8 +171,11 @@ every swipe with a unique id. One rule sends a push for every approved swipe.
   fault's start to 30 s later (or to 10 s after its end).
 - **readiness**: the first `/readyz` 503 seen during a fault, with its reasons.
 
-The run fails (exit 1) on any lost event, any duplicate not explained by a
-kill, and any hostile record not dead-lettered with its expected reason.
+The run fails (exit 1) on any lost event, any duplicate not reported as
+`unknown_after_crash`, and any hostile record not dead-lettered with its
+expected reason. State lives in Kafka (docs/state.md): the send ledger, caps
+and pattern windows are restored by each partition's next owner, so a
+restarted or surviving instance knows every decision made before a kill.
 This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`
 (fewer kills, shorter outages) runs in CI.
 
