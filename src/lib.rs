@@ -17,6 +17,10 @@
 //! - [`render`] — minijinja templates with money, masking and local-time filters.
 //! - [`deliver`] — FCM, Twilio, webhook and console adapters; bounded, retried.
 //! - [`outcome`] — one record per decision on the outcomes topic; dead letters.
+//! - [`state`] — what promises depend on, kept in Kafka: intents between stage 1
+//!   (decode, match, patterns; per source partition) and stage 2 (policy,
+//!   render, deliver; per user), changelog topics restored on assignment, and
+//!   the send ledger that makes sends effectively once.
 //! - [`engine`] — the per-event path that ties the stages together.
 //! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/rules`.
 //! - [`analyst`] — the pipeline offline on a virtual clock, for rule tests.

@@ -377,20 +377,8 @@ rules:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_in_quiet_hours_is_held_through_a_restart_and_sent_when_they_end() {
-    // Quiet hours from this minute to the next, in UTC: the release comes
-    // within a minute. Start early in a minute so the event lands inside.
-    while jiff::Timestamp::now().as_second() % 60 > 45 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
-    let next = now.checked_add(jiff::Span::new().minutes(1)).unwrap();
-    let window = format!(
-        "{:02}:{:02}-{:02}:{:02}",
-        now.hour(),
-        now.minute(),
-        next.hour(),
-        next.minute()
-    );
+    // Quiet hours from this minute to the next: the release comes within a minute.
+    let window = quiet_window_now(45).await;
     let mut utc = profile_json("u-6", true, false);
     utc["time_zone"] = json!("UTC");
     let h = harness(

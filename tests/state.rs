@@ -14,10 +14,6 @@ use support::*;
 
 /// Every approved swipe pushes a notice, at most `cap` a day per user; three
 /// declines on one card within five minutes send one SMS.
-fn rules(source: &str, cap: &str) -> String {
-    rules_on(&[source], cap)
-}
-
 fn rules_on(notice_sources: &[&str], cap: &str) -> String {
     let source = notice_sources[0];
     let notice = notice_sources.join(", ");
@@ -52,6 +48,28 @@ fn swipe_of(user: &str, status: &str, seq: u64) -> Vec<u8> {
         "amount": 10.0,
     }))
     .unwrap()
+}
+
+/// A test's topics, provider and rule folder, with `user`'s profile
+/// published, and the config text every instance of the test shares.
+async fn setup(
+    partitions: i32,
+    cap: &str,
+    user: &str,
+    push: bool,
+    sms: bool,
+) -> (Topics, Provider, tempfile::TempDir, String) {
+    let topics = Topics::create(partitions).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        rules_on(&[&topics.transactions, &topics.locations], cap),
+    )
+    .unwrap();
+    publish_profile(&topics, user, push, sms).await;
+    let text = config_text(&topics, dir.path(), &provider.base_url(), "");
+    (topics, provider, dir, text)
 }
 
 async fn start(dir: &std::path::Path, text: &str) -> herald::Running {
@@ -97,16 +115,7 @@ fn statuses(outcomes: &[Value]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_with_two_cards_on_two_instances_is_capped_once_across_both() {
-    let topics = Topics::create(4).await;
-    let provider = Provider::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.yaml"),
-        rules_on(&[&topics.transactions, &topics.locations], "2/day"),
-    )
-    .unwrap();
-    publish_profile(&topics, "u-1", true, false).await;
-    let text = config_text(&topics, dir.path(), &provider.base_url(), "");
+    let (topics, provider, dir, text) = setup(4, "2/day", "u-1", true, false).await;
     let a = start(dir.path(), &text).await;
     let b = start(dir.path(), &text).await;
     // Each instance owns some of the source partitions: card A's events go
@@ -167,16 +176,7 @@ async fn a_user_with_two_cards_on_two_instances_is_capped_once_across_both() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_of_every_instance_remembers_caps_and_windows() {
-    let topics = Topics::create(2).await;
-    let provider = Provider::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.yaml"),
-        rules(&topics.transactions, "1/day"),
-    )
-    .unwrap();
-    publish_profile(&topics, "u-2", true, true).await;
-    let text = config_text(&topics, dir.path(), &provider.base_url(), "");
+    let (topics, provider, dir, text) = setup(2, "1/day", "u-2", true, true).await;
     let first = start(dir.path(), &text).await;
     let p = producer();
     publish(
@@ -277,15 +277,7 @@ fn kill_9(child: &mut std::process::Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_declines_with_a_kill_9_between_the_second_and_third_send_one_sms_from_the_new_owner()
 {
-    let topics = Topics::create(2).await;
-    let provider = Provider::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.yaml"),
-        rules(&topics.transactions, "5/day"),
-    )
-    .unwrap();
-    publish_profile(&topics, "u-3", false, true).await;
+    let (topics, provider, dir, _) = setup(2, "5/day", "u-3", false, true).await;
     let (text, port) = config_with_admin(&topics, dir.path(), &provider.base_url());
     let (config_path, config) = load_config(dir.path(), &text);
     let changelog = config.pattern_changelog(&topics.transactions);
@@ -343,19 +335,7 @@ async fn three_declines_with_a_kill_9_between_the_second_and_third_send_one_sms_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_message_is_released_once_by_the_new_owner_after_a_kill_9() {
-    // Quiet hours from this minute to the next, in UTC.
-    while jiff::Timestamp::now().as_second() % 60 > 40 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
-    let next = now.checked_add(jiff::Span::new().minutes(1)).unwrap();
-    let window = format!(
-        "{:02}:{:02}-{:02}:{:02}",
-        now.hour(),
-        now.minute(),
-        next.hour(),
-        next.minute()
-    );
+    let window = quiet_window_now(40).await;
     let topics = Topics::create(2).await;
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -435,16 +415,7 @@ async fn a_held_message_is_released_once_by_the_new_owner_after_a_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_reaching_another_instance_than_the_sender_finds_the_sms_it_answers() {
-    let topics = Topics::create(2).await;
-    let provider = Provider::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.yaml"),
-        rules(&topics.transactions, "5/day"),
-    )
-    .unwrap();
-    publish_profile(&topics, "u-5", false, true).await;
-    let text = config_text(&topics, dir.path(), &provider.base_url(), "");
+    let (topics, _provider, dir, text) = setup(2, "5/day", "u-5", false, true).await;
     let sender = start(dir.path(), &text).await;
     let p = producer();
     for seq in 1..=3 {

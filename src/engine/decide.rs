@@ -300,25 +300,27 @@ impl Pipeline {
         };
         let ledger_key = format!("{}/{}", job.intent, channel.channel.name);
         let mut after_crash = false;
+        // Settled by the ledger alone: the outcome, and whether to record it.
+        let settled = |mut outcome: Outcome, why: Suppression, record: bool| {
+            outcome.idempotency_key = self.ledger.idempotency_key(&ledger_key).unwrap_or_default();
+            Decided {
+                outcome: self.suppress(outcome, channel, why),
+                message: None,
+                dead_letter: None,
+                counters: counters.clone(),
+                may_hop: false,
+                hold_until: None,
+                writes: Vec::new(),
+                ledger_key: record.then(|| ledger_key.clone()),
+            }
+        };
         match self.ledger.seen(&ledger_key) {
             Seen::New => {}
             Seen::Held if job.release => {}
+            // A redelivered intent (a restart, a rebalance, a replayed
+            // event): decided before, by this owner or the last one.
             Seen::Held | Seen::Decided(_) => {
-                // A redelivered intent (a restart, a rebalance, a replayed
-                // event): decided before, by this owner or the last one.
-                outcome.idempotency_key =
-                    self.ledger.idempotency_key(&ledger_key).unwrap_or_default();
-                let outcome = self.suppress(outcome, channel, Suppression::Duplicate);
-                return Decided {
-                    outcome,
-                    message: None,
-                    dead_letter: None,
-                    counters,
-                    may_hop: false,
-                    hold_until: None,
-                    writes: Vec::new(),
-                    ledger_key: None,
-                };
+                return settled(outcome, Suppression::Duplicate, false);
             }
             Seen::InFlight => {
                 // Recorded attempted, never answered: the request was in
@@ -331,19 +333,7 @@ impl Pipeline {
                     ])
                     .inc();
                 if channel.channel.on_unknown == OnUnknown::Skip {
-                    outcome.idempotency_key =
-                        self.ledger.idempotency_key(&ledger_key).unwrap_or_default();
-                    let outcome = self.suppress(outcome, channel, Suppression::UnknownAfterCrash);
-                    return Decided {
-                        outcome,
-                        message: None,
-                        dead_letter: None,
-                        counters,
-                        may_hop: false,
-                        hold_until: None,
-                        writes: Vec::new(),
-                        ledger_key: Some(ledger_key),
-                    };
+                    return settled(outcome, Suppression::UnknownAfterCrash, true);
                 }
                 after_crash = true;
             }

@@ -524,3 +524,21 @@ pub async fn publish_to(topic: &str, partition: i32, key: &str, payload: &[u8]) 
         .await
         .expect("published");
 }
+
+/// Quiet hours from this minute to the next, in UTC (`"HH:MM-HH:MM"`), so a
+/// held message is released within a minute. Waits until at most `latest_s`
+/// seconds into the minute, so an event sent now lands inside the window.
+pub async fn quiet_window_now(latest_s: i64) -> String {
+    while jiff::Timestamp::now().as_second() % 60 > latest_s {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let now = jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::UTC);
+    let next = now.checked_add(jiff::Span::new().minutes(1)).unwrap();
+    format!(
+        "{:02}:{:02}-{:02}:{:02}",
+        now.hour(),
+        now.minute(),
+        next.hour(),
+        next.minute()
+    )
+}
