@@ -459,3 +459,40 @@ async fn a_reply_reaching_another_instance_than_the_sender_finds_the_sms_it_answ
     assert_eq!(replies[0]["idempotency_key"], sent[0]["idempotency_key"]);
     other.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_that_cannot_be_read_is_dead_lettered_and_the_stream_goes_on() {
+    let (topics, provider, dir, text) = setup(2, "5/day", "u-6", true, false).await;
+    let (_, config) = load_config(dir.path(), &text);
+    let intents = config.intents_topic();
+    let running = start(dir.path(), &text).await;
+    // As if written by a herald version with another intent schema.
+    publish_to(&intents, 0, "u-6", br#"{"id": 7, "rule": ["notice"]}"#).await;
+    let p = producer();
+    publish(
+        &p,
+        &topics.transactions,
+        "card-6",
+        &swipe_of("u-6", "approved", 1),
+    )
+    .await;
+    let dead = read_json(&topics.dlq, 1, Duration::from_secs(30), |d| {
+        d["reason"] == "bad_intent"
+    });
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["topic"], intents.as_str());
+    assert!(
+        dead[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("intent cannot be read"),
+        "{}",
+        dead[0]
+    );
+    let sent = read_json(&topics.outcomes, 1, Duration::from_secs(30), |o| {
+        o["user"] == "u-6" && o["status"] == "sent"
+    });
+    assert_eq!(sent.len(), 1, "the next intent is decided");
+    assert_eq!(provider.received_by("fcm").len(), 1);
+    running.stop().await;
+}

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub pattern_state_bytes: IntGauge,
     /// Send-ledger entries held (intents partitions owned here).
     pub ledger_entries: IntGauge,
+    /// Send-ledger entries evicted at `limits.ledger_entries`.
+    pub ledger_evicted: IntCounter,
     /// Sends found attempted without an answer after a crash, per channel
     /// and what was done (`resend`, `skip`).
     pub unknown_after_crash: IntCounterVec,
@@ -263,6 +265,15 @@ impl Metrics {
                 "herald_ledger_entries",
                 "Send-ledger entries held for the intents partitions owned here",
             ),
+            ledger_evicted: {
+                let c = IntCounter::new(
+                    "herald_ledger_evicted_total",
+                    "Send-ledger entries evicted at limits.ledger_entries",
+                )
+                .expect("metric");
+                registry.register(Box::new(c.clone())).expect("register");
+                c
+            },
             unknown_after_crash: counter_vec(
                 "herald_unknown_after_crash_total",
                 "Sends found attempted without an answer after a crash, by what was done",

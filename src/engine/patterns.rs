@@ -206,6 +206,11 @@ impl Pipeline {
                 futures::future::join_all(writes).await;
                 self.ledger.sweep(self.clock.now_ms());
                 self.metrics.ledger_entries.set(self.ledger.len() as i64);
+                let evicted = self.ledger.evicted();
+                let counted = self.metrics.ledger_evicted.get();
+                self.metrics
+                    .ledger_evicted
+                    .inc_by(evicted.saturating_sub(counted));
                 let (keys, bytes) = self.patterns.size();
                 self.metrics.pattern_keys.set(keys as i64);
                 self.metrics.pattern_state_bytes.set(bytes as i64);

@@ -79,6 +79,8 @@ pub struct SendLedger {
     users: DashMap<i32, HashSet<String>>,
     /// Most entries held before the oldest are evicted.
     capacity: usize,
+    /// Entries evicted so far (for `herald_ledger_evicted_total`).
+    evicted: std::sync::atomic::AtomicU64,
 }
 
 impl SendLedger {
@@ -90,6 +92,7 @@ impl SendLedger {
             entries: DashMap::new(),
             users: DashMap::new(),
             capacity,
+            evicted: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -157,6 +160,8 @@ impl SendLedger {
             self.entries.remove(key);
         }
         warn!(evicted = n, cap = self.capacity, "send ledger full; oldest entries evicted (a redelivery of those intents would be decided again)");
+        self.evicted
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         n
     }
 
@@ -232,6 +237,11 @@ impl SendLedger {
     /// Forgets entries past the horizon.
     pub fn sweep(&self, now_ms: i64) {
         self.entries.retain(|_, e| now_ms - e.at_ms <= HORIZON_MS);
+    }
+
+    /// Entries evicted at the capacity since start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Entries held now.
