@@ -241,6 +241,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     background.push(tokio::spawn(watch_broker(
         Arc::clone(&consumer),
         Arc::clone(&health),
+        config.consumed_topics(),
         shutdown_rx.clone(),
     )));
 
@@ -377,10 +378,19 @@ async fn internal_topics(config: &mut Config) -> Result<BTreeSet<String>, String
     Ok(with_changelog)
 }
 
-/// Asks the broker for metadata every two seconds; readiness reports the result.
+/// After a lost assignment, how long the consumer may wait for a new one,
+/// with the broker answering, before it is subscribed again.
+const REJOIN_AFTER: Duration = Duration::from_secs(15);
+
+/// Asks the broker for metadata every two seconds; readiness reports the
+/// result. When the assignment was lost at a session timeout (a frozen
+/// broker) and no new one came although the broker answers again, it
+/// subscribes the consumer again: librdkafka's cooperative rejoin was seen
+/// to stall there for good (RELIABILITY.md, broker-freeze).
 async fn watch_broker(
     consumer: Arc<StreamConsumer<HeraldContext>>,
     health: Arc<ConsumerHealth>,
+    topics: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -393,6 +403,15 @@ async fn watch_broker(
         health
             .broker_ok
             .store(ok, std::sync::atomic::Ordering::Release);
+        if ok && health.lost_for().is_some_and(|d| d > REJOIN_AFTER) {
+            tracing::warn!("no partitions since the assignment was lost; subscribing again");
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&refs) {
+                tracing::error!(error = %e, "cannot subscribe again");
+            }
+            health.set_lost(true);
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = shutdown.changed() => return,

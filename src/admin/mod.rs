@@ -121,6 +121,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if let Some(problem) = state.consumer.restore_problem() {
         not_ready.push(problem);
     }
+    if let Some(lost) = state.consumer.lost_for() {
+        not_ready.push(format!(
+            "the assignment was lost {} s ago (group session timed out); rejoining",
+            lost.as_secs()
+        ));
+    }
     let body = json!({
         "ready": not_ready.is_empty(),
         "not_ready": not_ready,

@@ -48,6 +48,9 @@ pub struct ConsumerHealth {
     /// Why an assigned partition's state cannot be restored now (its
     /// changelog unreadable): the partition waits, and readiness says so.
     restoring: std::sync::Mutex<Option<String>>,
+    /// Since when the assignment has been lost (a session that timed out,
+    /// e.g. while the broker was frozen) without a new one.
+    lost_since: std::sync::Mutex<Option<Instant>>,
 }
 
 /// State that belongs to partitions (pattern windows per source partition,
@@ -103,6 +106,19 @@ impl ConsumerHealth {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&(topic.to_string(), partition))
+    }
+
+    /// How long the assignment has been lost without a new one, if it is.
+    pub fn lost_for(&self) -> Option<Duration> {
+        self.lost_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// Marks the assignment lost from now (or found again, with `false`).
+    pub fn set_lost(&self, lost: bool) {
+        *self.lost_since.lock().unwrap_or_else(|p| p.into_inner()) = lost.then(Instant::now);
     }
 
     /// Why a partition's state cannot be restored now, if so.
@@ -186,6 +202,10 @@ impl ClientContext for HeraldContext {}
 impl ConsumerContext for HeraldContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            if consumer.assignment_lost() {
+                warn!("assignment lost (the group session timed out); rejoining");
+                self.health.set_lost(true);
+            }
             let parts = partitions(tpl);
             // No longer ours from here on: held messages stay for the next owner.
             let kept = consumer
@@ -221,6 +241,7 @@ impl ConsumerContext for HeraldContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             self.restore(&partitions(tpl));
+            self.health.set_lost(false);
         }
         let assignment = consumer
             .assignment()
