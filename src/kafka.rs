@@ -31,6 +31,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
             // Incremental rebalancing: when an instance joins or leaves, only
             // the partitions that move stop; the rest keep flowing.
             ("partition.assignment.strategy", "cooperative-sticky"),
+            // An ApiVersion request caught by a frozen broker must not time
+            // out into librdkafka's "broker older than 0.10" fallback.
+            ("api.version.request.timeout.ms", "60000"),
         ],
     );
     config.set("group.id", &kafka.group_id);
