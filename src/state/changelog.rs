@@ -78,20 +78,12 @@ impl Changelog {
         Some(recorder.publish_to(&self.topic, partition, key, value))
     }
 
-    /// Reads `partition` from its start to the end it has now, newest value
-    /// per key last. Blocking: runs in the rebalance callback, before any
-    /// record of the partition is handed out. Gives up with an error when
-    /// the broker stops answering for `patience`.
-    pub fn restore(&self, partition: i32, patience: Duration) -> Result<Vec<Change>, RestoreError> {
-        Ok(self
-            .restore_all(&[partition], patience)?
-            .remove(&partition)
-            .unwrap_or_default())
-    }
-
-    /// [`Changelog::restore`] for several partitions at once, with one
-    /// consumer: an assignment of many partitions restores in about the time
-    /// of its largest one.
+    /// Reads `partitions` from their start to the end they have now, newest
+    /// value per key last, with one consumer: an assignment of many
+    /// partitions restores in about the time of its largest one. Blocking:
+    /// runs in the rebalance callback, before any record of the partitions is
+    /// handed out. Gives up with an error when the broker stops answering for
+    /// `patience`.
     pub fn restore_all(
         &self,
         partitions: &[i32],
