@@ -9,6 +9,8 @@
 //!   stored only when a message's decisions are final; [`ingest::decode`] turns a
 //!   message into an event or a dead-letter reason.
 //! - [`profile`] — the profile table, filled from the compacted profiles topic.
+//! - [`expr`] — CEL conditions compiled to herald's evaluator over the event's
+//!   JSON (the cel crate parses them, and runs what the evaluator leaves to it).
 //! - [`rules`] — YAML rule files compiled into an indexed, immutable set with CEL
 //!   conditions, swapped atomically on reload.
 //! - [`patterns`] — windows, runs, sequences, absences, crossings and geofences per rule and key.
@@ -36,6 +38,7 @@ pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod engine;
+pub mod expr;
 pub mod feedback;
 pub mod ingest;
 pub mod kafka;

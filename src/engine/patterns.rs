@@ -46,14 +46,7 @@ impl Pipeline {
                 "the event has no state key: set `key:` on the rule, `key_field` on the source, or key the Kafka messages".to_string()
             }),
             Some(expression) => scope
-                .and_then(|s| loaded.set.conditions.value(expression, s).ok())
-                .and_then(|v| match v {
-                    cel::Value::String(s) => Some(s.to_string()),
-                    cel::Value::Int(n) => Some(n.to_string()),
-                    cel::Value::UInt(n) => Some(n.to_string()),
-                    cel::Value::Float(f) => Some(f.to_string()),
-                    _ => None,
-                })
+                .and_then(|s| loaded.set.conditions.key(expression, s))
                 .ok_or_else(|| {
                     format!("key `{}` did not give text or a number for this event", expression.source)
                 }),

@@ -54,7 +54,7 @@ pub struct Input<'a> {
     pub profile: Option<&'a Profile>,
     pub conditions: &'a Conditions,
     /// The event's condition scope, when the caller built one (else built here if a step needs it).
-    pub scope: Option<&'a Scope>,
+    pub scope: Option<&'a Scope<'a>>,
 }
 
 impl KeyState {

@@ -73,6 +73,27 @@ pub struct Profile {
     /// hours are suppressed rather than timed by a guess).
     #[serde(skip)]
     pub time_zone_invalid: bool,
+    /// The profile as conditions see it, converted on first use and kept
+    /// with the profile (a cache, not part of the record).
+    #[serde(skip)]
+    pub view: ConditionView,
+}
+
+/// A profile's JSON view for conditions: built once per profile version, not
+/// per event. A clone starts empty, so a changed copy never shows stale fields.
+#[derive(Default)]
+pub struct ConditionView(std::sync::OnceLock<serde_json::Map<String, serde_json::Value>>);
+
+impl Clone for ConditionView {
+    fn clone(&self) -> Self {
+        ConditionView::default()
+    }
+}
+
+impl std::fmt::Debug for ConditionView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConditionView")
+    }
 }
 
 /// Why a profile record was refused as a whole.
@@ -177,6 +198,16 @@ impl Profile {
             "attributes" => take(&mut self.attributes, value),
             _ => Err(()),
         }
+    }
+
+    /// The profile's fields as JSON, as conditions read them.
+    pub fn condition_view(&self) -> &serde_json::Map<String, serde_json::Value> {
+        self.view
+            .0
+            .get_or_init(|| match serde_json::to_value(self) {
+                Ok(serde_json::Value::Object(fields)) => fields,
+                _ => serde_json::Map::new(),
+            })
     }
 
     /// Whether the user consented to messages on `channel`.

@@ -2,14 +2,20 @@
 
 use std::sync::Arc;
 
+use std::cell::OnceCell;
+
 use cel::{Context, Env, Program, Value};
+
+use crate::expr::{Expr, Roots};
 
 /// Functions herald adds to CEL's standard library for conditions.
 pub const HELPER_FUNCTIONS: &[&str] = &["lower", "upper", "abs", "max", "min"];
 
-/// A compiled condition.
+/// A compiled condition: herald's evaluator where it covers the expression,
+/// the cel interpreter otherwise.
 pub struct Condition {
     program: Program,
+    fast: Option<Expr>,
     /// The expression as written, for `GET /rules` and error messages.
     pub source: String,
 }
@@ -46,10 +52,29 @@ impl Default for Conditions {
     }
 }
 
-/// The values one event offers to conditions, converted once per event, in a
-/// CEL context shared by every candidate rule of that event.
-pub struct Scope {
-    context: Context<'static, 'static>,
+/// What one event offers to conditions: the event's fields and the profile's
+/// JSON view, borrowed. The CEL context the interpreter needs is built only
+/// if a condition falls back to it, once per event.
+pub struct Scope<'a> {
+    event: &'a serde_json::Map<String, serde_json::Value>,
+    profile: Option<&'a crate::profile::Profile>,
+    interpreter: OnceCell<Context<'static, 'static>>,
+}
+
+static NO_PROFILE: std::sync::LazyLock<serde_json::Map<String, serde_json::Value>> =
+    std::sync::LazyLock::new(serde_json::Map::new);
+
+impl Scope<'_> {
+    fn roots<'s>(
+        &'s self,
+        steps: Option<&'s serde_json::Map<String, serde_json::Value>>,
+    ) -> Roots<'s> {
+        Roots {
+            event: self.event,
+            profile: self.profile.map_or(&*NO_PROFILE, |p| p.condition_view()),
+            steps,
+        }
+    }
 }
 
 impl Conditions {
@@ -81,6 +106,7 @@ impl Conditions {
             });
         }
         Ok(Condition {
+            fast: Expr::compile(program.expression()),
             program,
             source: source.to_string(),
         })
@@ -93,55 +119,103 @@ impl Conditions {
         probe.add_function(name, || true).is_err()
     }
 
-    /// Converts the event and profile once, for all candidate rules.
-    pub fn scope(
+    /// The scope of one event, for all its candidate rules.
+    pub fn scope<'a>(
         &self,
-        event: &serde_json::Map<String, serde_json::Value>,
-        profile: Option<&crate::profile::Profile>,
-    ) -> Scope {
-        let mut context = Context::with_env(Arc::clone(&self.env));
-        add_helpers(&mut context);
-        context.add_variable_from_value("event", cel::to_value(event).unwrap_or(Value::Null));
-        let profile = profile
-            .and_then(|p| cel::to_value(p).ok())
-            .unwrap_or_else(|| cel::to_value(serde_json::Map::new()).unwrap_or(Value::Null));
-        context.add_variable_from_value("profile", profile);
-        Scope { context }
+        event: &'a serde_json::Map<String, serde_json::Value>,
+        profile: Option<&'a crate::profile::Profile>,
+    ) -> Scope<'a> {
+        Scope {
+            event,
+            profile,
+            interpreter: OnceCell::new(),
+        }
+    }
+
+    /// The interpreter's context for a scope, converted once per event.
+    fn interpreter<'s>(&self, scope: &'s Scope<'_>) -> &'s Context<'static, 'static> {
+        scope.interpreter.get_or_init(|| {
+            let mut context = Context::with_env(Arc::clone(&self.env));
+            add_helpers(&mut context);
+            context.add_variable_from_value(
+                "event",
+                cel::to_value(scope.event).unwrap_or(Value::Null),
+            );
+            let profile = scope
+                .profile
+                .and_then(|p| cel::to_value(p).ok())
+                .unwrap_or_else(|| cel::to_value(serde_json::Map::new()).unwrap_or(Value::Null));
+            context.add_variable_from_value("profile", profile);
+            context
+        })
     }
 
     /// Evaluates a condition in a scope, with `steps` (the earlier steps'
-    /// events of a sequence, by name) added in an inner scope: the event is
-    /// not converted again.
+    /// events of a sequence, by name) visible too.
     pub fn eval_with_steps(
         &self,
         condition: &Condition,
-        scope: &Scope,
+        scope: &Scope<'_>,
         steps: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<bool, EvalError> {
-        let mut inner = scope.context.new_inner_scope();
-        inner.add_variable_from_value("steps", cel::to_value(steps).unwrap_or(Value::Null));
-        match condition.program.execute(&inner) {
-            Ok(Value::Bool(b)) => Ok(b),
-            Ok(_) => Err(EvalError::NotBool),
-            Err(_) => Err(EvalError::Failed),
+        match &condition.fast {
+            Some(fast) => verdict(fast.test(&scope.roots(Some(steps)))),
+            None => {
+                let mut inner = self.interpreter(scope).new_inner_scope();
+                inner.add_variable_from_value("steps", cel::to_value(steps).unwrap_or(Value::Null));
+                interpreted(condition.program.execute(&inner))
+            }
         }
     }
 
-    /// Evaluates an expression to a value (a pattern's key).
-    pub fn value(&self, expression: &Condition, scope: &Scope) -> Result<Value, EvalError> {
-        expression
-            .program
-            .execute(&scope.context)
-            .map_err(|_| EvalError::Failed)
+    /// Evaluates an expression to a key (a pattern's `key:`): text, or a
+    /// number as text; `None` when it fails or gives anything else.
+    pub fn key(&self, expression: &Condition, scope: &Scope<'_>) -> Option<String> {
+        match &expression.fast {
+            Some(fast) => fast.eval(&scope.roots(None)).ok()?.key_text(),
+            None => match expression.program.execute(self.interpreter(scope)).ok()? {
+                Value::String(s) => Some(s.to_string()),
+                Value::Int(n) => Some(n.to_string()),
+                Value::UInt(n) => Some(n.to_string()),
+                Value::Float(f) => Some(f.to_string()),
+                _ => None,
+            },
+        }
     }
 
     /// Evaluates a condition in a scope.
-    pub fn eval(&self, condition: &Condition, scope: &Scope) -> Result<bool, EvalError> {
-        match condition.program.execute(&scope.context) {
-            Ok(Value::Bool(b)) => Ok(b),
-            Ok(_) => Err(EvalError::NotBool),
-            Err(_) => Err(EvalError::Failed),
+    pub fn eval(&self, condition: &Condition, scope: &Scope<'_>) -> Result<bool, EvalError> {
+        match &condition.fast {
+            Some(fast) => verdict(fast.test(&scope.roots(None))),
+            None => self.interpret(condition, scope),
         }
+    }
+
+    /// Evaluates a condition with the cel interpreter alone: the reference
+    /// the differential test holds herald's evaluator to.
+    pub fn interpret(&self, condition: &Condition, scope: &Scope<'_>) -> Result<bool, EvalError> {
+        interpreted(condition.program.execute(self.interpreter(scope)))
+    }
+
+    /// Whether herald's evaluator runs this condition (else the interpreter does).
+    pub fn is_compiled(condition: &Condition) -> bool {
+        condition.fast.is_some()
+    }
+}
+
+fn verdict(result: Result<Option<bool>, crate::expr::Failed>) -> Result<bool, EvalError> {
+    match result {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err(EvalError::NotBool),
+        Err(_) => Err(EvalError::Failed),
+    }
+}
+
+fn interpreted(result: cel::ResolveResult) -> Result<bool, EvalError> {
+    match result {
+        Ok(Value::Bool(b)) => Ok(b),
+        Ok(_) => Err(EvalError::NotBool),
+        Err(_) => Err(EvalError::Failed),
     }
 }
 
