@@ -238,8 +238,10 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         state,
         shutdown_rx.clone(),
     )));
+    let probe = kafka::client_config(&config.kafka, &[]).create().ok();
     background.push(tokio::spawn(watch_broker(
         Arc::clone(&consumer),
+        probe,
         Arc::clone(&health),
         config.consumed_topics(),
         shutdown_rx.clone(),
@@ -382,35 +384,72 @@ async fn internal_topics(config: &mut Config) -> Result<BTreeSet<String>, String
 /// with the broker answering, before it is subscribed again.
 const REJOIN_AFTER: Duration = Duration::from_secs(15);
 
-/// Asks the broker for metadata every two seconds; readiness reports the
-/// result. When the assignment was lost at a session timeout (a frozen
-/// broker) and no new one came although the broker answers again, it
-/// subscribes the consumer again: librdkafka's cooperative rejoin was seen
-/// to stall there for good (RELIABILITY.md, broker-freeze).
+/// After a lost assignment, how long the consumer may stay without one while
+/// the broker answers, before herald gives up on it and exits.
+const WEDGED_AFTER: Duration = Duration::from_secs(60);
+
+/// Asks the broker for metadata every two seconds, through the consumer and
+/// through a client of its own; readiness reports the consumer's answer.
+/// When the assignment was lost at a session timeout (a frozen broker) and no
+/// new one came although the broker answers again, it subscribes the consumer
+/// again: librdkafka's cooperative rejoin was seen to stall there
+/// (RELIABILITY.md, broker-freeze). A consumer that stays without partitions
+/// for [`WEDGED_AFTER`] while the probe reaches the broker — its own
+/// connections were seen stuck in connection setup for good — is fatal: herald
+/// stops and exits non-zero, so its supervisor starts a fresh process, which
+/// restores every store from Kafka; nothing is lost, and the wait is bounded.
 async fn watch_broker(
     consumer: Arc<StreamConsumer<HeraldContext>>,
+    probe: Option<rdkafka::producer::BaseProducer>,
     health: Arc<ConsumerHealth>,
     topics: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let probe = probe.map(Arc::new);
+    let mut resubscribed = None::<std::time::Instant>;
+    let mut answering = None::<std::time::Instant>;
     loop {
         let c = Arc::clone(&consumer);
-        let ok = tokio::task::spawn_blocking(move || {
-            c.fetch_metadata(None, Duration::from_secs(2)).is_ok()
+        let p = probe.clone();
+        let (ok, reachable) = tokio::task::spawn_blocking(move || {
+            let ok = c.fetch_metadata(None, Duration::from_secs(2)).is_ok();
+            let reachable = ok
+                || p.is_some_and(|p| {
+                    rdkafka::producer::Producer::client(&*p)
+                        .fetch_metadata(None, Duration::from_secs(2))
+                        .is_ok()
+                });
+            (ok, reachable)
         })
         .await
-        .unwrap_or(false);
+        .unwrap_or((false, false));
         health
             .broker_ok
             .store(ok, std::sync::atomic::Ordering::Release);
-        if ok && health.lost_for().is_some_and(|d| d > REJOIN_AFTER) {
+        // How long the broker has answered while the consumer has no partitions.
+        if !reachable || health.lost_for().is_none() {
+            answering = None;
+            resubscribed = None;
+        } else if answering.is_none() {
+            answering = Some(std::time::Instant::now());
+        }
+        let waited = answering.map(|t| t.elapsed());
+        let due = resubscribed.is_none_or(|t| t.elapsed() > REJOIN_AFTER);
+        if due && waited.is_some_and(|d| d > REJOIN_AFTER) {
             tracing::warn!("no partitions since the assignment was lost; subscribing again");
             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
             consumer.unsubscribe();
             if let Err(e) = consumer.subscribe(&refs) {
                 tracing::error!(error = %e, "cannot subscribe again");
             }
-            health.set_lost(true);
+            resubscribed = Some(std::time::Instant::now());
+        }
+        if waited.is_some_and(|d| d > WEDGED_AFTER) {
+            health.set_fatal(format!(
+                "the consumer has had no partitions for {} s with the broker answering, since its assignment was lost; exiting so that a fresh process rejoins the group",
+                WEDGED_AFTER.as_secs()
+            ));
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -81,7 +81,8 @@ impl ConsumerHealth {
         }
     }
 
-    fn set_fatal(&self, error: String) {
+    /// Records why this instance cannot go on: `run` stops it and exits non-zero.
+    pub fn set_fatal(&self, error: String) {
         *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
         self.fatal_seen.notify_waiters();
     }

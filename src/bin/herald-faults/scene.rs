@@ -204,16 +204,46 @@ impl Scene {
         });
     }
 
-    /// Waits until every valid event was sent or has a final outcome, or
-    /// nothing changed for `quiet`, or `limit` passed.
-    pub async fn settle(&self, quiet: Duration, limit: Duration) {
-        let valid = self
-            .ledger
+    /// Restarts every instance that exited on its own, as its supervisor
+    /// would, with a note saying so.
+    pub fn supervise(&mut self) -> Result<(), String> {
+        for h in &mut self.instances {
+            if let Some(code) = h.restart_if_exited()? {
+                self.notes.push(format!(
+                    "{} exited on its own (code {code}) and was started again, as a supervisor would",
+                    h.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Supervises the instances for `period`, or until every valid event was sent.
+    pub async fn supervise_for(&mut self, period: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        while start.elapsed() < period {
+            self.supervise()?;
+            if self.load.is_none() && tally::sent_count(&self.standin.recorded()) >= self.valid() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(())
+    }
+
+    fn valid(&self) -> usize {
+        self.ledger
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|p| p.valid)
-            .count();
+            .count()
+    }
+
+    /// Waits until every valid event was sent or has a final outcome, or
+    /// nothing changed for `quiet`, or `limit` passed.
+    pub async fn settle(&self, quiet: Duration, limit: Duration) {
+        let valid = self.valid();
         let start = Instant::now();
         let (mut last, mut since) = (usize::MAX, Instant::now());
         while start.elapsed() < limit {

@@ -163,6 +163,10 @@ pub struct Herald {
     pub name: String,
     pub admin: SocketAddr,
     child: Child,
+    /// How it was started, to start it again.
+    command: (PathBuf, PathBuf, PathBuf),
+    /// Stopped by the suite (kill -9, SIGTERM), not on its own.
+    stopped: bool,
 }
 
 impl Herald {
@@ -174,6 +178,7 @@ impl Herald {
         admin: SocketAddr,
         log: &Path,
     ) -> Result<Herald, String> {
+        let log_path = log;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -193,16 +198,39 @@ impl Herald {
             name: name.to_string(),
             admin,
             child,
+            command: (
+                bin.to_path_buf(),
+                config.to_path_buf(),
+                log_path.to_path_buf(),
+            ),
+            stopped: false,
         })
+    }
+
+    /// What a supervisor does (systemd's `Restart=on-failure`, a Kubernetes
+    /// pod's restart): a process that exited on its own is started again, with
+    /// the same config. Its exit code when it did.
+    pub fn restart_if_exited(&mut self) -> Result<Option<i32>, String> {
+        if self.stopped {
+            return Ok(None);
+        }
+        let Ok(Some(status)) = self.child.try_wait() else {
+            return Ok(None);
+        };
+        let (bin, config, log) = self.command.clone();
+        *self = Herald::spawn(&bin, &self.name, &config, self.admin, &log)?;
+        Ok(Some(status.code().unwrap_or(-1)))
     }
 
     /// kill -9.
     pub fn kill9(&mut self) {
+        self.stopped = true;
         let _ = self.child.start_kill();
     }
 
     /// SIGTERM: the orchestrator's polite stop.
-    pub fn sigterm(&self) {
+    pub fn sigterm(&mut self) {
+        self.stopped = true;
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
