@@ -209,14 +209,22 @@ impl Offline {
 
     /// The decisions made since the last call, in order.
     pub fn take(&self) -> Vec<Seen> {
-        let mut rx = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        while let Ok(d) = rx.try_recv() {
-            out.push(Seen {
+        self.take_decisions()
+            .into_iter()
+            .map(|d| Seen {
                 outcome: serde_json::to_value(&d.outcome).unwrap_or(Value::Null),
                 title: d.title.clone(),
                 text: d.text.clone(),
-            });
+            })
+            .collect()
+    }
+
+    /// The decisions made since the last call, in order, as the pipeline made them.
+    pub fn take_decisions(&self) -> Vec<Arc<crate::engine::Decision>> {
+        let mut rx = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            out.push(d);
         }
         out
     }

@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::Offline;
 use crate::config::Config;
 use crate::ingest::decode::{lookup, parse_time};
+use crate::outcome::{Outcome, Status};
 
 /// One event to replay.
 pub struct Recorded {
@@ -122,8 +123,8 @@ pub async fn replay(
         offline
             .event(&r.topic, r.key.as_deref(), &payload, at_ms)
             .await;
-        for seen in offline.take() {
-            tally(&mut totals, &seen.outcome, &mut out)?;
+        for decision in offline.take_decisions() {
+            tally(&mut totals, &decision.outcome, &mut out)?;
         }
         if i % 1000 == 0 {
             progress(i);
@@ -131,8 +132,8 @@ pub async fn replay(
     }
     // Let timers and held messages finish: a day past the last event.
     offline.advance(last_ms + 86_400_000).await;
-    for seen in offline.take() {
-        tally(&mut totals, &seen.outcome, &mut out)?;
+    for decision in offline.take_decisions() {
+        tally(&mut totals, &decision.outcome, &mut out)?;
     }
     progress(events.len());
     let loaded = offline.pipeline.rules.current();
@@ -161,41 +162,41 @@ pub async fn replay(
 
 fn tally(
     totals: &mut BTreeMap<String, RuleTotals>,
-    o: &Value,
+    o: &Outcome,
     out: &mut Option<&mut dyn Write>,
 ) -> Result<(), String> {
     if let Some(w) = out.as_mut() {
-        writeln!(w, "{o}").map_err(|e| e.to_string())?;
+        serde_json::to_writer(&mut *w, o).map_err(|e| e.to_string())?;
+        writeln!(w).map_err(|e| e.to_string())?;
     }
-    let t = totals
-        .entry(o["rule"].as_str().unwrap_or("").to_string())
-        .or_default();
-    let user = o["user"].as_str().unwrap_or("").to_string();
-    match o["status"].as_str() {
-        Some("sent") => {
+    if !totals.contains_key(&o.rule) {
+        totals.insert(o.rule.clone(), RuleTotals::default());
+    }
+    let t = totals.get_mut(&o.rule).expect("inserted above");
+    match o.status {
+        Status::Sent => {
             t.sent += 1;
-            *t.per_user.entry(user.clone()).or_default() += 1;
-            let day = o["timings"]["event_ms"]
-                .as_i64()
-                .unwrap_or(0)
-                .div_euclid(86_400_000);
-            *t.per_user_day.entry((user, day)).or_default() += 1;
-            *t.per_channel
-                .entry(o["channel"].as_str().unwrap_or("").to_string())
-                .or_default() += 1;
+            *t.per_user.entry(o.user.clone()).or_default() += 1;
+            let day = o.timings.event_ms.div_euclid(86_400_000);
+            *t.per_user_day.entry((o.user.clone(), day)).or_default() += 1;
+            if let Some(n) = t.per_channel.get_mut(&o.channel) {
+                *n += 1;
+            } else {
+                t.per_channel.insert(o.channel.clone(), 1);
+            }
         }
-        Some("suppressed") => {
-            let reason = o["reason"]
-                .as_str()
+        Status::Suppressed => {
+            let reason = o
+                .reason
+                .as_deref()
                 .unwrap_or("")
                 .split(':')
                 .next()
-                .unwrap_or("")
-                .to_string();
-            *t.suppressed.entry(reason).or_default() += 1;
+                .unwrap_or("");
+            *t.suppressed.entry(reason.to_string()).or_default() += 1;
         }
-        Some("held") => t.held += 1,
-        _ => t.failed += 1,
+        Status::Held => t.held += 1,
+        Status::Failed => t.failed += 1,
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ use crate::ingest::decode::Event;
 use crate::outcome::{DeadLetter, Hop, Outcome, Pending, SourceRef, Status, Timings};
 use crate::policy::{address, Subject, Suppression};
 use crate::profile::Profile;
-use crate::render::RuleScope;
+use crate::render::{JsonFields, RuleScope, Templates};
 use crate::rules::{Loaded, Rule};
 use crate::state::intent::{EventRecord, FiredRecord};
 use crate::state::{Intent, LedgerEntry, LedgerStatus, Seen};
@@ -415,7 +415,7 @@ impl Pipeline {
                 return done(self.suppress(outcome, channel, s), None, None, true);
             }
         }
-        let message = match render(job, Some(profile), channel, &outcome.idempotency_key) {
+        let message = match render(job, channel, &outcome.idempotency_key) {
             Ok(m) => m,
             Err(detail) => {
                 outcome.status = Status::Failed;
@@ -642,12 +642,7 @@ impl Pipeline {
 
 /// Renders the rule's templates for a channel: push gets title and body, other
 /// channels the SMS text (falling back to the body).
-fn render(
-    job: &Job,
-    profile: Option<&Profile>,
-    channel: &ChannelRuntime,
-    idempotency_key: &str,
-) -> Result<Message, String> {
+fn render(job: &Job, channel: &ChannelRuntime, idempotency_key: &str) -> Result<Message, String> {
     let (rule, event, templates) = (job.rule(), &*job.event, &job.loaded.set.templates);
     let pattern = job.pattern.as_ref().map(|p| &p.context);
     let scope = RuleScope {
@@ -655,15 +650,15 @@ fn render(
         category: &rule.category,
         description: &rule.description,
     };
+    let seen = Templates::scope(
+        Arc::clone(&job.event) as _,
+        job.profile.clone().map(|p| p as _),
+        &scope,
+        pattern,
+    );
     let part = |name: &str| {
         templates
-            .render(
-                &format!("{}/{name}", rule.id),
-                &event.fields,
-                profile,
-                &scope,
-                pattern,
-            )
+            .render(&format!("{}/{name}", rule.id), &seen)
             .map_err(|e| format!("template.{name}: {e}"))
     };
     let push = matches!(
@@ -720,4 +715,16 @@ fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> S
     h.update(event.partition.to_be_bytes());
     h.update(event.offset.to_be_bytes());
     hex::encode(&h.finalize()[..16])
+}
+
+impl JsonFields for Event {
+    fn json_fields(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.fields
+    }
+}
+
+impl JsonFields for Profile {
+    fn json_fields(&self) -> &serde_json::Map<String, serde_json::Value> {
+        self.condition_view()
+    }
 }

@@ -4,7 +4,9 @@
 //! when the rules load, so a syntax error is a rule-file error and rendering on
 //! the per-event path only looks a template up by name.
 
-use minijinja::value::{Serde, Value};
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Object, ObjectRepr, Serde, Value};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 
 use crate::util;
@@ -65,24 +67,85 @@ impl Templates {
         self.env.get_template(name).is_ok()
     }
 
-    /// Renders the named template with `event`, `profile`, `rule` and, for a
-    /// rule with a pattern, `pattern` (counts, first and last events, steps) in scope.
-    pub fn render(
-        &self,
-        name: &str,
-        event: &serde_json::Map<String, serde_json::Value>,
-        profile: Option<&crate::profile::Profile>,
+    /// Renders the named template in a [`Templates::scope`].
+    pub fn render(&self, name: &str, scope: &Value) -> Result<String, Error> {
+        let template = self.env.get_template(name)?;
+        template.render(scope).map(|s| s.trim().to_string())
+    }
+
+    /// What one message's templates see: `event`, `profile`, `rule` and, for
+    /// a rule with a pattern, `pattern` (counts, first and last events,
+    /// steps). Event and profile are read where they lie, field by field as a
+    /// template asks for them; nothing is converted up front. Built once per
+    /// message, for its title and body alike.
+    pub fn scope(
+        event: Arc<dyn JsonFields>,
+        profile: Option<Arc<dyn JsonFields>>,
         rule: &RuleScope<'_>,
         pattern: Option<&serde_json::Value>,
-    ) -> Result<String, Error> {
-        let template = self.env.get_template(name)?;
-        let ctx = minijinja::context! {
-            event => Serde(event),
-            profile => Serde(profile),
+    ) -> Value {
+        minijinja::context! {
+            event => Value::from_object(Fields(event)),
+            profile => profile.map(|p| Value::from_object(Fields(p))),
             rule => Serde(rule),
             pattern => Serde(pattern),
-        };
-        template.render(ctx).map(|s| s.trim().to_string())
+        }
+    }
+}
+
+/// Something templates read as a JSON object (the event, the profile).
+pub trait JsonFields: Send + Sync + 'static {
+    fn json_fields(&self) -> &serde_json::Map<String, serde_json::Value>;
+}
+
+impl JsonFields for serde_json::Map<String, serde_json::Value> {
+    fn json_fields(&self) -> &serde_json::Map<String, serde_json::Value> {
+        self
+    }
+}
+
+/// A JSON object seen by templates without being converted: each field
+/// becomes a template value when a template reads it.
+struct Fields(Arc<dyn JsonFields>);
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.json_fields().iter()).finish()
+    }
+}
+
+impl Object for Fields {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.0.json_fields().get(key.as_str()?).map(template_value)
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(
+            self.0
+                .json_fields()
+                .keys()
+                .map(|k| Value::from(k.as_str()))
+                .collect(),
+        )
+    }
+}
+
+/// One JSON value as a template value, the way minijinja's serde conversion makes it.
+fn template_value(json: &serde_json::Value) -> Value {
+    match json {
+        serde_json::Value::Null => Value::from(()),
+        serde_json::Value::Bool(b) => Value::from(*b),
+        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Value::from(u),
+            (None, Some(i)) => Value::from(i),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        nested => Value::from(Serde(nested)),
     }
 }
 
@@ -188,7 +251,9 @@ mod tests {
             category: "transactional",
             description: "",
         };
-        t.render("r/body", event.as_object().unwrap(), profile, &scope, None)
+        let event = Arc::new(event.as_object().unwrap().clone());
+        let profile = profile.map(|p| Arc::new(p.clone()) as Arc<dyn JsonFields>);
+        t.render("r/body", &Templates::scope(event, profile, &scope, None))
     }
 
     #[test]
