@@ -137,10 +137,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
             reports
                 .push(scenarios::provider_flaky(opts, &broker, if short { 15 } else { 45 }).await?);
         }
-        // Not in the short (CI) run for now: since the two-stage change the
-        // consumer sometimes never rejoins after a frozen broker (3 of 6 runs;
-        // RELIABILITY.md's notes). The full suite runs it and fails on it.
-        if (!short || opts.only.iter().any(|o| o == "broker-freeze")) && step("broker-freeze") {
+        if step("broker-freeze") {
             reports.push(scenarios::freeze(opts, &broker, if short { 20 } else { 60 }).await?);
         }
     }
