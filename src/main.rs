@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 mod cli;
 mod cli_replay;
 
+/// mimalloc: the per-event path allocates small, short-lived strings and
+/// maps; glibc's malloc and free cost about a quarter of its instructions
+/// (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// herald — Kafka events in, rules from files, push and SMS out.
 #[derive(Parser)]
 #[command(version, about)]
