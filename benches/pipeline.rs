@@ -8,7 +8,7 @@ use std::sync::Arc;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use herald::config::SourceConfig;
 use herald::ingest::decode::{decode, Origin};
-use herald::render::RuleScope;
+use herald::render::{RuleScope, Templates};
 use herald::rules::load::load_texts;
 use herald::rules::{Known, RuleSet, Verdict};
 use herald::simulate::Generator;
@@ -93,9 +93,9 @@ fn bench_decode(c: &mut Criterion) {
 
 fn bench_match(c: &mut Criterion) {
     let payloads = events(200);
-    let fields: Vec<serde_json::Map<String, serde_json::Value>> = payloads
+    let fields: Vec<std::sync::Arc<serde_json::Map<String, serde_json::Value>>> = payloads
         .iter()
-        .map(|p| serde_json::from_slice(p).unwrap())
+        .map(|p| std::sync::Arc::new(serde_json::from_slice(p).unwrap()))
         .collect();
     let mut group = c.benchmark_group("match");
     group.throughput(Throughput::Elements(fields.len() as u64));
@@ -132,9 +132,9 @@ fn bench_match(c: &mut Criterion) {
 fn bench_render(c: &mut Criterion) {
     let set = rules(10);
     let payloads = events(100);
-    let fields: Vec<serde_json::Map<String, serde_json::Value>> = payloads
+    let fields: Vec<std::sync::Arc<serde_json::Map<String, serde_json::Value>>> = payloads
         .iter()
-        .map(|p| serde_json::from_slice(p).unwrap())
+        .map(|p| std::sync::Arc::new(serde_json::from_slice(p).unwrap()))
         .collect();
     let scope = RuleScope {
         id: "rule-0",
@@ -146,16 +146,9 @@ fn bench_render(c: &mut Criterion) {
     group.bench_function("push_title_and_body", |b| {
         b.iter(|| {
             for f in &fields {
-                black_box(
-                    set.templates
-                        .render("rule-0/title", f, None, &scope, None)
-                        .unwrap(),
-                );
-                black_box(
-                    set.templates
-                        .render("rule-0/body", f, None, &scope, None)
-                        .unwrap(),
-                );
+                let seen = Templates::scope(std::sync::Arc::clone(f) as _, None, &scope, None);
+                black_box(set.templates.render("rule-0/title", &seen).unwrap());
+                black_box(set.templates.render("rule-0/body", &seen).unwrap());
             }
         })
     });

@@ -1,6 +1,6 @@
 //! Starting and stopping one herald instance: wires the stages, serves admin, drains on shutdown.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,7 +131,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         built.insert(name.clone(), channel);
     }
     crate::deliver::route_ios_tokens(&mut built);
-    let mut channels = HashMap::new();
+    let mut channels = crate::util::FastMap::default();
     let mut breakers = Vec::new();
     for (name, channel) in built {
         breakers.push((name.clone(), Arc::clone(&channel.breaker)));

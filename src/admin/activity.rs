@@ -5,10 +5,10 @@
 //! Kept in rings of time buckets (60 one-second, 60 one-minute), allocated
 //! only for rules that have activity.
 
+use crate::util::FastDashMap;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use dashmap::DashMap;
 use serde_json::{json, Value};
 
 /// Upper bounds of the latency buckets, ms.
@@ -54,7 +54,7 @@ pub enum Happened<'a> {
 /// Activity of every rule.
 #[derive(Default)]
 pub struct Activity {
-    rules: DashMap<String, Mutex<Rings>>,
+    rules: FastDashMap<String, Mutex<Rings>>,
 }
 
 impl Activity {

@@ -5,15 +5,14 @@
 //! events re-delivered after a crash (those past the last committed offset)
 //! find their earlier sends.
 
+use crate::util::FastDashMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-
 /// A bounded set of keys with a time to live; the oldest are forgotten first.
 pub struct RecentSends {
-    keys: DashMap<String, Instant>,
+    keys: FastDashMap<String, Instant>,
     order: Mutex<VecDeque<String>>,
     capacity: usize,
     ttl: Duration,
@@ -23,7 +22,7 @@ impl RecentSends {
     /// Holds at most `capacity` keys, each for at most `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> RecentSends {
         RecentSends {
-            keys: DashMap::new(),
+            keys: FastDashMap::default(),
             order: Mutex::new(VecDeque::new()),
             capacity,
             ttl,

@@ -6,7 +6,8 @@
 //! The queue is this instance's share; the held topic ([`super::held_log`])
 //! is the durable copy that survives restarts and follows partition moves.
 
-use std::collections::{BTreeMap, HashMap};
+use crate::util::FastMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,8 +38,8 @@ pub struct HeldQueue<T> {
 
 struct Inner<T> {
     by_time: BTreeMap<(i64, u64), Held<T>>,
-    by_key: HashMap<String, (i64, u64)>,
-    by_collapse: HashMap<String, (i64, u64)>,
+    by_key: FastMap<String, (i64, u64)>,
+    by_collapse: FastMap<String, (i64, u64)>,
     seq: u64,
 }
 
@@ -51,8 +52,8 @@ impl<T> Default for HeldQueue<T> {
         HeldQueue {
             inner: Mutex::new(Inner {
                 by_time: BTreeMap::new(),
-                by_key: HashMap::new(),
-                by_collapse: HashMap::new(),
+                by_key: FastMap::default(),
+                by_collapse: FastMap::default(),
                 seq: 0,
             }),
             wake: Notify::new(),

@@ -7,9 +7,10 @@
 //! event's offset is committed only after its hold record is written, so a
 //! held message is never lost between the two.
 
+use crate::util::FastDashMap;
 use std::sync::Arc;
 
-use dashmap::{DashMap, DashSet};
+use dashmap::DashSet;
 use rdkafka::{ClientConfig, Message};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -68,7 +69,7 @@ impl HeldRecord {
 pub struct HeldLog {
     pub topic: String,
     /// Held records by key, whoever holds them.
-    dormant: DashMap<String, Arc<HeldRecord>>,
+    dormant: FastDashMap<String, Arc<HeldRecord>>,
     /// Keys this instance released or replaced whose tombstone it has not
     /// read back yet: a late copy of their record must not be adopted.
     gone: DashSet<String>,
@@ -79,7 +80,7 @@ impl HeldLog {
     /// A log over `topic`.
     pub fn new(topic: String, client: ClientConfig) -> HeldLog {
         HeldLog {
-            dormant: DashMap::new(),
+            dormant: FastDashMap::default(),
             gone: DashSet::new(),
             follower: Follower::new(topic.clone(), client),
             topic,

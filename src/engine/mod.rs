@@ -4,7 +4,7 @@
 //! final and recorded (or the message is dead-lettered), so the caller may then
 //! store its offset.
 
-use std::collections::HashMap;
+use crate::util::FastMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,11 +85,11 @@ impl ChannelRuntime {
 pub struct Pipeline {
     pub rules: Arc<LiveRules>,
     pub profiles: Arc<ProfileTable>,
-    pub channels: HashMap<String, ChannelRuntime>,
+    pub channels: FastMap<String, ChannelRuntime>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Source topic → (interned name, field mapping, consumed counter).
-    pub sources: HashMap<String, (Arc<str>, SourceConfig, IntCounter)>,
+    pub sources: FastMap<String, (Arc<str>, SourceConfig, IntCounter)>,
     pub max_event_bytes: usize,
     pub recent: RecentSends,
     pub policy: Policy,
@@ -104,7 +104,7 @@ pub struct Pipeline {
     pub patterns: crate::patterns::PatternStore,
     /// The time decisions are made at (the wall clock in service).
     pub clock: Arc<dyn crate::util::Clock>,
-    suppression_counters: HashMap<&'static str, IntCounter>,
+    suppression_counters: FastMap<&'static str, IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
     /// The topic between stage 1 and stage 2; `None` offline, where both
     /// stages run in one process with no broker.
@@ -112,7 +112,7 @@ pub struct Pipeline {
     /// Every stage-2 decision by intent and channel, per intents partition.
     pub ledger: SendLedger,
     /// Stage-1 state changes, one changelog per source topic (none offline).
-    pub pattern_changelogs: HashMap<String, Arc<Changelog>>,
+    pub pattern_changelogs: FastMap<String, Arc<Changelog>>,
 }
 
 impl Pipeline {
@@ -121,7 +121,7 @@ impl Pipeline {
         rules: Arc<LiveRules>,
         profiles: Arc<ProfileTable>,
         feedback: Arc<FeedbackState>,
-        channels: HashMap<String, ChannelRuntime>,
+        channels: FastMap<String, ChannelRuntime>,
         recorder: Recorder,
         metrics: Arc<Metrics>,
         config: &Config,
@@ -198,7 +198,7 @@ impl Pipeline {
                     })
                     .collect()
             } else {
-                HashMap::new()
+                FastMap::default()
             },
         }
     }

@@ -3,10 +3,9 @@
 //! feedback naming a message (an engagement by idempotency key, an SMS reply
 //! by phone number) finds it on whichever instance it arrives.
 
+use crate::util::FastDashMap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-
-use dashmap::DashMap;
 
 /// What a reply needs to know about the message it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,9 +28,9 @@ pub fn phone_sha256(phone: &str) -> String {
 
 /// Bounded by count and age; the oldest are forgotten first.
 pub struct SentIndex {
-    by_key: DashMap<String, Arc<SentRef>>,
+    by_key: FastDashMap<String, Arc<SentRef>>,
     /// The last SMS to each phone number, by the SHA-256 of its E.164 form.
-    by_phone: DashMap<String, Arc<SentRef>>,
+    by_phone: FastDashMap<String, Arc<SentRef>>,
     order: Mutex<VecDeque<(String, Option<String>)>>,
     capacity: usize,
     max_age_ms: i64,
@@ -48,8 +47,8 @@ impl SentIndex {
     /// Holds at most `capacity` messages, each at most `max_age_ms`.
     pub fn new(capacity: usize, max_age_ms: i64) -> SentIndex {
         SentIndex {
-            by_key: DashMap::new(),
-            by_phone: DashMap::new(),
+            by_key: FastDashMap::default(),
+            by_phone: FastDashMap::default(),
             order: Mutex::new(VecDeque::new()),
             capacity,
             max_age_ms,

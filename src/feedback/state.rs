@@ -6,11 +6,11 @@
 //! instance as soon as it is read, and [`FeedbackState::consent_barrier`] lets
 //! an SMS wait until every STOP written so far has been read.
 
+use crate::util::FastDashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use rdkafka::{ClientConfig, Message};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -49,9 +49,9 @@ pub struct ConsentChange {
 
 /// Engagement, opt-outs and the messages sent, for the policy stage.
 pub struct FeedbackState {
-    engagements: DashMap<String, VecDeque<Engaged>>,
+    engagements: FastDashMap<String, VecDeque<Engaged>>,
     /// Phone (E.164) → (opted out, when).
-    opt_outs: DashMap<String, (bool, i64)>,
+    opt_outs: FastDashMap<String, (bool, i64)>,
     pub sent: SentIndex,
     lookback_ms: i64,
     feedback: Follower,
@@ -91,8 +91,8 @@ impl FeedbackState {
         offline: bool,
     ) -> Arc<FeedbackState> {
         Arc::new(FeedbackState {
-            engagements: DashMap::new(),
-            opt_outs: DashMap::new(),
+            engagements: FastDashMap::default(),
+            opt_outs: FastDashMap::default(),
             sent: SentIndex::default(),
             lookback_ms,
             feedback: Follower::new(feedback_topic, client.clone()),

@@ -4,11 +4,11 @@
 //! fallback) for absences and dwell, and a per-partition take/restore
 //! interface for snapshots.
 
+use crate::util::FastDashMap;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dashmap::DashMap;
 use tracing::{info, warn};
 
 use super::detect::{self, Input, KeyState, Observed};
@@ -60,7 +60,7 @@ pub fn changelog_key(rule: &str, key: &str) -> String {
 
 struct RuleState {
     fingerprint: String,
-    keys: DashMap<String, Entry>,
+    keys: FastDashMap<String, Entry>,
 }
 
 /// Why an event was not applied.
@@ -72,7 +72,7 @@ pub struct Late {
 
 /// All pattern state of an instance.
 pub struct PatternStore {
-    rules: DashMap<String, Arc<RuleState>>,
+    rules: FastDashMap<String, Arc<RuleState>>,
     /// (deadline in event time, seq) → (rule, key).
     timers: Mutex<BTreeMap<(i64, u64), (String, String)>>,
     seq: AtomicU64,
@@ -86,7 +86,7 @@ impl PatternStore {
     /// A store holding at most `max_keys_per_rule` keys per rule.
     pub fn new(max_keys_per_rule: usize) -> PatternStore {
         PatternStore {
-            rules: DashMap::new(),
+            rules: FastDashMap::default(),
             timers: Mutex::new(BTreeMap::new()),
             seq: AtomicU64::new(0),
             stream_ms: AtomicI64::new(i64::MIN),
@@ -103,14 +103,14 @@ impl PatternStore {
         let mut slot = self.rules.entry(rule.to_string()).or_insert_with(|| {
             Arc::new(RuleState {
                 fingerprint: pattern.fingerprint.clone(),
-                keys: DashMap::new(),
+                keys: FastDashMap::default(),
             })
         });
         if slot.fingerprint != pattern.fingerprint {
             info!(%rule, keys = slot.keys.len(), "the rule's pattern changed; its state starts fresh");
             *slot = Arc::new(RuleState {
                 fingerprint: pattern.fingerprint.clone(),
-                keys: DashMap::new(),
+                keys: FastDashMap::default(),
             });
         }
         Arc::clone(&slot)
@@ -339,7 +339,7 @@ impl PatternStore {
             let state = self.rules.entry(rule).or_insert_with(|| {
                 Arc::new(RuleState {
                     fingerprint: fingerprint.clone(),
-                    keys: DashMap::new(),
+                    keys: FastDashMap::default(),
                 })
             });
             if state.fingerprint == fingerprint {

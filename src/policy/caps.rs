@@ -3,11 +3,10 @@
 //! A send reserves its place before the request and gives it back if the send
 //! fails, so two lanes sending to one user at once cannot both slip past a cap.
 
+use crate::util::FastDashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use dashmap::DashMap;
 
 use super::settings::Cap;
 
@@ -49,7 +48,7 @@ pub struct Reservation {
 /// Recent sends per user.
 #[derive(Default)]
 pub struct FrequencyCaps {
-    users: DashMap<String, VecDeque<Sent>>,
+    users: FastDashMap<String, VecDeque<Sent>>,
     next_id: AtomicU64,
 }
 

@@ -4,9 +4,10 @@
 //! (profiles are small and every instance may need any user); the instance is
 //! ready only once each partition has reached its end once.
 
+use crate::util::FastDashMap;
 use std::sync::Arc;
 
-use dashmap::{DashMap, DashSet};
+use dashmap::DashSet;
 use rdkafka::{ClientConfig, Message};
 use tracing::{info, warn};
 
@@ -18,7 +19,7 @@ use crate::util::fingerprint;
 /// All known profiles, by user id, and the push tokens found dead.
 #[derive(Default)]
 pub struct ProfileTable {
-    profiles: DashMap<String, Arc<Profile>>,
+    profiles: FastDashMap<String, Arc<Profile>>,
     dead_tokens: DashSet<String>,
     /// True once every partition of the topic was read to its end.
     caught_up: tokio::sync::watch::Sender<bool>,

@@ -4,8 +4,7 @@
 //! exact-match fields (`match:`), then each candidate's remaining match fields
 //! and CEL condition are checked. Rules that match are returned in file order.
 
-use std::collections::HashMap;
-
+use crate::util::FastMap;
 use serde_json::{Map, Value};
 
 use super::compile::Rule;
@@ -21,7 +20,7 @@ pub struct RuleSet {
     pub templates: Templates,
     pub conditions: Conditions,
     pub files: Vec<FileSummary>,
-    index: HashMap<String, SourceIndex>,
+    index: FastMap<String, SourceIndex>,
 }
 
 /// Per source topic: rules with no `match:` (always candidates), and rules
@@ -29,7 +28,7 @@ pub struct RuleSet {
 #[derive(Default)]
 struct SourceIndex {
     always: Vec<usize>,
-    by_field: Vec<(String, HashMap<String, Vec<usize>>)>,
+    by_field: Vec<(String, FastMap<String, Vec<usize>>)>,
 }
 
 /// The outcome of checking one candidate rule.
@@ -49,7 +48,7 @@ impl RuleSet {
         conditions: Conditions,
         files: Vec<FileSummary>,
     ) -> RuleSet {
-        let mut index: HashMap<String, SourceIndex> = HashMap::new();
+        let mut index: FastMap<String, SourceIndex> = FastMap::default();
         for (i, rule) in rules.iter().enumerate() {
             if !rule.enabled {
                 continue;
@@ -63,7 +62,7 @@ impl RuleSet {
                         let slot = match entry.by_field.iter().position(|(f, _)| f == field) {
                             Some(p) => p,
                             None => {
-                                entry.by_field.push((field.clone(), HashMap::new()));
+                                entry.by_field.push((field.clone(), FastMap::default()));
                                 entry.by_field.len() - 1
                             }
                         };

@@ -8,10 +8,10 @@
 //! still `attempted` when a new owner restores it is a request whose answer
 //! nobody heard: the channel's `on_unknown` decides whether it is repeated.
 
+use crate::util::FastDashMap;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -74,9 +74,9 @@ pub enum Seen {
 pub struct SendLedger {
     partitions: i32,
     changelog: Changelog,
-    entries: DashMap<String, LedgerEntry>,
+    entries: FastDashMap<String, LedgerEntry>,
     /// Users per owned partition, to drop them on revoke.
-    users: DashMap<i32, HashSet<String>>,
+    users: FastDashMap<i32, HashSet<String>>,
     /// Most entries held before the oldest are evicted.
     capacity: usize,
     /// Entries evicted so far (for `herald_ledger_evicted_total`).
@@ -89,8 +89,8 @@ impl SendLedger {
         SendLedger {
             partitions: partitions.max(1),
             changelog,
-            entries: DashMap::new(),
-            users: DashMap::new(),
+            entries: FastDashMap::default(),
+            users: FastDashMap::default(),
             capacity,
             evicted: std::sync::atomic::AtomicU64::new(0),
         }
