@@ -138,6 +138,16 @@ impl<'de> serde::Deserialize<'de> for Span {
     }
 }
 
+/// A record as JSON bytes, written into a buffer sized for herald's
+/// records at once (growing it by doubling cost more than the writing).
+pub fn json_bytes<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut out, value) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
+}
+
 /// The hasher of herald's in-memory maps: foldhash, seeded per process —
 /// several times cheaper than the standard library's SipHash on the short
 /// string keys (user ids, intent ids, rule ids) of the per-event path.

@@ -119,7 +119,7 @@ pub async fn replay(
             .unwrap_or(last_ms)
             .max(last_ms);
         last_ms = at_ms;
-        let payload = serde_json::to_vec(&r.event).unwrap_or_default();
+        let payload = crate::util::json_bytes(&r.event);
         offline
             .event(&r.topic, r.key.as_deref(), &payload, at_ms)
             .await;

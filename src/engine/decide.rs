@@ -232,7 +232,7 @@ impl Pipeline {
     /// Writes a held message to the held topic.
     fn persist(&self, held: &Held<HeldMessage>) -> Pending {
         let record = super::held_log::HeldRecord::of(held);
-        let payload = serde_json::to_vec(&record).unwrap_or_default();
+        let payload = crate::util::json_bytes(&record);
         self.recorder
             .publish(&self.held_log.topic, &held.idempotency_key, payload)
     }
@@ -545,11 +545,9 @@ impl Pipeline {
                     sent: sent_ref.clone(),
                     phone_sha256: phone.map(phone_sha256),
                 };
-                let shared = self.recorder.publish(
-                    &self.topics.feedback,
-                    &event.user,
-                    serde_json::to_vec(&record.to_json()).unwrap_or_default(),
-                );
+                let shared =
+                    self.recorder
+                        .publish(&self.topics.feedback, &event.user, record.to_bytes());
                 self.feedback.sent.record(sent_ref, phone);
                 Decided {
                     writes: vec![shared],

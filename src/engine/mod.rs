@@ -330,7 +330,7 @@ impl Pipeline {
             for job in &jobs {
                 let intent = job.intent();
                 let partition = self.ledger.partition_of(&intent.event.user);
-                let payload = serde_json::to_vec(&intent).ok();
+                let payload = Some(crate::util::json_bytes(&intent));
                 writes.push(self.recorder.publish_to(
                     topic,
                     partition,

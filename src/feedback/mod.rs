@@ -41,20 +41,38 @@ pub struct SentRecord {
 }
 
 impl SentRecord {
-    /// The feedback record of a send.
-    pub fn to_json(&self) -> Value {
-        let s = &self.sent;
-        serde_json::json!({
-            "type": "herald_sent",
-            "user": s.user,
-            "rule": s.rule,
-            "key": s.key,
-            "idempotency_key": s.idempotency_key,
-            "channel": s.channel,
-            "time": s.sent_ms,
-            "phone_sha256": self.phone_sha256,
-        })
+    /// The feedback record of a send, as the bytes written to the feedback topic.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::util::json_bytes(&self.wire())
     }
+
+    fn wire(&self) -> SentWire<'_> {
+        let s = &self.sent;
+        SentWire {
+            kind: "herald_sent",
+            user: &s.user,
+            rule: &s.rule,
+            key: s.key.as_deref(),
+            idempotency_key: &s.idempotency_key,
+            channel: &s.channel,
+            time: s.sent_ms,
+            phone_sha256: self.phone_sha256.as_deref(),
+        }
+    }
+}
+
+/// A send on the feedback topic: `{"type": "herald_sent", …}`.
+#[derive(serde::Serialize)]
+struct SentWire<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    user: &'a str,
+    rule: &'a str,
+    key: Option<&'a str>,
+    idempotency_key: &'a str,
+    channel: &'a str,
+    time: i64,
+    phone_sha256: Option<&'a str>,
 }
 
 /// An SMS a user sent to one of our numbers.

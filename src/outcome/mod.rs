@@ -268,7 +268,7 @@ impl Recorder {
 
     /// Writes one outcome keyed by user, so a user's outcomes stay in order.
     pub fn outcome(&self, outcome: &Outcome) -> Pending {
-        let payload = serde_json::to_vec(outcome).unwrap_or_default();
+        let payload = crate::util::json_bytes(outcome);
         self.write(
             self.outcomes_topic.clone(),
             outcome.user.clone(),
@@ -278,7 +278,7 @@ impl Recorder {
 
     /// Writes one dead-letter record keyed by source topic and partition.
     pub fn dead_letter(&self, record: &DeadLetter) -> Pending {
-        let payload = serde_json::to_vec(record).unwrap_or_default();
+        let payload = crate::util::json_bytes(record);
         let key = format!("{}/{}", record.topic, record.partition);
         self.write(self.dead_letter_topic.clone(), key, Some(payload))
     }

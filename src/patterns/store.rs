@@ -43,6 +43,18 @@ pub struct PatternRecord {
     pub state: KeyState,
 }
 
+/// A [`PatternRecord`] borrowed from the store, for writing without copying the state.
+#[derive(serde::Serialize)]
+struct PatternRecordRef<'a> {
+    rule: &'a str,
+    fingerprint: &'a str,
+    key: &'a str,
+    newest_ms: i64,
+    touched_ms: i64,
+    applied: i64,
+    state: &'a KeyState,
+}
+
 /// One rule's key and the source partition its state belongs to: a key
 /// dropped (swept, evicted) or changed by a timer, whose changelog record
 /// must be written.
@@ -353,16 +365,15 @@ impl PatternStore {
     pub fn snapshot(&self, rule: &str, key: &str) -> Option<Vec<u8>> {
         let state = self.rules.get(rule)?;
         let entry = state.keys.get(key)?;
-        serde_json::to_vec(&PatternRecord {
-            rule: rule.to_string(),
-            fingerprint: state.fingerprint.clone(),
-            key: key.to_string(),
+        Some(crate::util::json_bytes(&PatternRecordRef {
+            rule,
+            fingerprint: &state.fingerprint,
+            key,
             newest_ms: entry.newest_ms,
             touched_ms: entry.touched_ms,
             applied: entry.applied,
-            state: entry.state.clone(),
-        })
-        .ok()
+            state: &entry.state,
+        }))
     }
 
     /// Puts back the state of one source partition read from its changelog

@@ -133,7 +133,7 @@ impl SendLedger {
     /// it (`None` offline).
     pub fn record(&self, key: &str, entry: LedgerEntry) -> Option<Pending> {
         let partition = self.partition_of(&entry.user);
-        let value = serde_json::to_vec(&entry).ok();
+        let value = Some(crate::util::json_bytes(&entry));
         self.users
             .entry(partition)
             .or_default()
