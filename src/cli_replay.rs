@@ -5,6 +5,7 @@ use std::io::{BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use herald::analyst::parallel::{replay_parallel, Inputs};
 use herald::analyst::replay::{read_lines, replay as run_replay, Recorded};
 use herald::config::Config;
 
@@ -36,6 +37,10 @@ pub struct ReplayArgs {
     /// Channels, sources, policy and brokers come from this config file.
     #[arg(long, short, default_value = "config/herald.toml")]
     config: PathBuf,
+    /// Threads, each replaying the events of a share of the users (0: one per
+    /// core). The results are those of one thread; see `herald::analyst::parallel`.
+    #[arg(long, default_value_t = 0)]
+    jobs: usize,
     /// Write the would-be outcomes here, one JSON line each.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -167,24 +172,41 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let mut shown = std::time::Instant::now();
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let report = runtime.block_on(run_replay(
-        &config,
-        &args.rules,
-        &profiles,
-        &events,
-        &prices,
-        out_file.as_mut().map(|w| w as &mut dyn Write),
-        |done| {
-            if shown.elapsed().as_millis() >= 500 || done == total {
-                shown = std::time::Instant::now();
-                let pct = (done * 100).checked_div(total).unwrap_or(100);
-                let bar = "#".repeat(pct / 5);
-                let end = if tty { "\r" } else { "\n" };
-                eprint!("replay [{bar:<20}] {pct:>3}% {done}/{total} events{end}");
-            }
-        },
-    ))?;
+    let jobs = match args.jobs {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut show = |done: usize| {
+        if shown.elapsed().as_millis() >= 500 || done == total {
+            shown = std::time::Instant::now();
+            let pct = (done * 100).checked_div(total).unwrap_or(100);
+            let bar = "#".repeat(pct / 5);
+            let end = if tty { "\r" } else { "\n" };
+            eprint!("replay [{bar:<20}] {pct:>3}% {done}/{total} events{end}");
+        }
+    };
+    let out = out_file.as_mut().map(|w| w as &mut dyn Write);
+    let report = if jobs > 1 {
+        let inputs = Inputs {
+            config: &config,
+            rules_dir: &args.rules,
+            profiles: &profiles,
+            events: &events,
+            prices: &prices,
+        };
+        replay_parallel(inputs, out, jobs, show)?
+    } else {
+        let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        runtime.block_on(run_replay(
+            &config,
+            &args.rules,
+            &profiles,
+            &events,
+            &prices,
+            out,
+            &mut show,
+        ))?
+    };
     if tty {
         eprintln!();
     }

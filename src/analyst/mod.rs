@@ -25,6 +25,7 @@ use crate::util::ManualClock;
 
 pub mod diff;
 pub mod evaluate;
+pub mod parallel;
 pub mod replay;
 pub mod ruletest;
 
@@ -180,18 +181,32 @@ impl Offline {
     /// A feedback record also updates the feedback state, as every instance's
     /// reader of the feedback topic would.
     pub async fn event(&self, topic: &str, key: Option<&str>, payload: &[u8], at_ms: i64) {
-        self.advance(at_ms).await;
-        if topic == self.feedback_topic {
-            if let Ok(record) = crate::feedback::Feedback::parse(payload, at_ms) {
-                self.pipeline.feedback.apply(&record, at_ms);
-            }
-        }
         let offset = {
             let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
             let next = offsets.entry(topic.to_string()).or_insert(0);
             *next += 1;
             *next - 1
         };
+        self.event_at(topic, key, payload, at_ms, offset).await;
+    }
+
+    /// [`Offline::event`] at a given offset of its topic: a shard of a
+    /// parallel replay gives each event the offset it has in the whole input,
+    /// so intents and idempotency keys are those of a sequential run.
+    pub async fn event_at(
+        &self,
+        topic: &str,
+        key: Option<&str>,
+        payload: &[u8],
+        at_ms: i64,
+        offset: i64,
+    ) {
+        self.advance(at_ms).await;
+        if topic == self.feedback_topic {
+            if let Ok(record) = crate::feedback::Feedback::parse(payload, at_ms) {
+                self.pipeline.feedback.apply(&record, at_ms);
+            }
+        }
         let writes = self
             .pipeline
             .handle(Incoming {

@@ -72,8 +72,8 @@ pub fn read_lines(
 
 /// Totals of one rule.
 #[derive(Default)]
-struct RuleTotals {
-    matches: u64,
+pub(super) struct RuleTotals {
+    pub(super) matches: u64,
     sent: u64,
     suppressed: BTreeMap<String, u64>,
     failed: u64,
@@ -109,16 +109,9 @@ pub async fn replay(
         offline.profile(user, p);
     }
     let mut totals: BTreeMap<String, RuleTotals> = BTreeMap::new();
-    let mut last_ms = 0;
-    for (i, r) in events.iter().enumerate() {
-        let mapping = config.sources.get(&r.topic);
-        let at_ms = mapping
-            .and_then(|m| m.time_field.as_deref())
-            .and_then(|f| r.event.as_object().and_then(|o| lookup(o, f)))
-            .and_then(parse_time)
-            .unwrap_or(last_ms)
-            .max(last_ms);
-        last_ms = at_ms;
+    let times = event_times(config, events);
+    let last_ms = times.last().copied().unwrap_or(0);
+    for (i, (r, &at_ms)) in events.iter().zip(&times).enumerate() {
         let payload = crate::util::json_bytes(&r.event);
         offline
             .event(&r.topic, r.key.as_deref(), &payload, at_ms)
@@ -141,7 +134,32 @@ pub async fn replay(
         totals.entry(rule.id.clone()).or_default().matches = loaded.matches[i].get();
     }
     let mut report = render(events.len(), &totals, prices);
-    // Events that could not be used (or had no key for a pattern), by reason and rule.
+    add_dead_letters(&mut report, dead_letter_counts(&offline));
+    Ok(report)
+}
+
+/// Each event's virtual time: its time field, never earlier than the event before.
+pub(super) fn event_times(config: &Config, events: &[Recorded]) -> Vec<i64> {
+    let mut last_ms = 0;
+    events
+        .iter()
+        .map(|r| {
+            let at_ms = config
+                .sources
+                .get(&r.topic)
+                .and_then(|m| m.time_field.as_deref())
+                .and_then(|f| r.event.as_object().and_then(|o| lookup(o, f)))
+                .and_then(parse_time)
+                .unwrap_or(last_ms)
+                .max(last_ms);
+            last_ms = at_ms;
+            at_ms
+        })
+        .collect()
+}
+
+/// Events that could not be used (or had no key for a pattern), by reason and rule.
+pub(super) fn dead_letter_counts(offline: &Offline) -> BTreeMap<String, u64> {
     let mut dead: BTreeMap<String, u64> = BTreeMap::new();
     for d in offline.dead_letters() {
         let reason = d["reason"].as_str().unwrap_or("").to_string();
@@ -151,16 +169,19 @@ pub async fn replay(
         };
         *dead.entry(label).or_default() += 1;
     }
+    dead
+}
+
+pub(super) fn add_dead_letters(report: &mut Report, dead: BTreeMap<String, u64>) {
     if !dead.is_empty() {
         let _ = writeln!(report.text, "dead letters");
         for (label, n) in &dead {
             let _ = writeln!(report.text, "  {n} {label}");
         }
     }
-    Ok(report)
 }
 
-fn tally(
+pub(super) fn tally(
     totals: &mut BTreeMap<String, RuleTotals>,
     o: &Outcome,
     out: &mut Option<&mut dyn Write>,
@@ -201,7 +222,7 @@ fn tally(
     Ok(())
 }
 
-fn render(
+pub(super) fn render(
     events: usize,
     totals: &BTreeMap<String, RuleTotals>,
     prices: &BTreeMap<String, f64>,
