@@ -97,7 +97,12 @@ impl<T> HeldQueue<T> {
     pub fn due(&self, now_ms: i64) -> Vec<Held<T>> {
         let mut inner = self.lock();
         // Most ticks find nothing due: no split (it copies tree nodes) then.
-        if inner.by_time.keys().next().is_none_or(|(at, _)| *at > now_ms) {
+        if inner
+            .by_time
+            .keys()
+            .next()
+            .is_none_or(|(at, _)| *at > now_ms)
+        {
             return Vec::new();
         }
         let later = inner.by_time.split_off(&(now_ms + 1, 0));

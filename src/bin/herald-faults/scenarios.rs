@@ -24,9 +24,9 @@ fn random_ms(low: u64, high: u64) -> Duration {
 }
 
 /// Settles and counts, with the suite's usual patience.
-async fn close(s: Scene, duplicates_across_kills: bool) -> Result<Report, String> {
+async fn close(s: Scene) -> Result<Report, String> {
     s.settle(secs(40), secs(240)).await;
-    s.finish(duplicates_across_kills).await
+    s.finish().await
 }
 
 /// kill -9 of the only instance at random moments, restarted at once.
@@ -49,7 +49,7 @@ pub async fn kill9(opts: &Options, broker: &Broker, kills: usize) -> Result<Repo
     s.notes.push(format!(
         "{kills} kills at random moments 1–6 s after each start (some during start-up); recovery includes start-up and the group's wait for the dead member's session (6 s)"
     ));
-    close(s, true).await
+    close(s).await
 }
 
 /// kill -9 of one member of a three-instance group at random moments,
@@ -81,7 +81,7 @@ pub async fn kill9_group(opts: &Options, broker: &Broker, kills: usize) -> Resul
     s.notes.push(format!(
         "{kills} kills of a random member of three, 2–8 s apart, each restarted at once"
     ));
-    close(s, true).await
+    close(s).await
 }
 
 /// SIGTERM of the only instance at random moments (start-up included),
@@ -121,7 +121,7 @@ pub async fn sigterm(opts: &Options, broker: &Broker, stops: usize) -> Result<Re
     if clean != stops {
         s.notes.push(format!("exit codes: {codes:?}"));
     }
-    close(s, false).await
+    close(s).await
 }
 
 /// Three instances join one by one, then one leaves by SIGTERM and one by
@@ -159,7 +159,7 @@ pub async fn group(opts: &Options, broker: &Broker, eager: bool) -> Result<Repor
     s.fault("C leaves (kill -9)".into(), start);
     sleep(secs(15)).await;
     s.stop_load().await;
-    close(s, true).await
+    close(s).await
 }
 
 /// On three brokers: kill -9 of the broker leading most source partitions,
@@ -181,7 +181,7 @@ pub async fn leader(opts: &Options, broker: &Broker, down: u64) -> Result<Report
     );
     sleep(secs(10)).await;
     s.stop_load().await;
-    close(s, false).await
+    close(s).await
 }
 
 /// The (single) broker frozen by SIGSTOP, then resumed.
@@ -201,7 +201,7 @@ pub async fn freeze(opts: &Options, broker: &Broker, frozen: u64) -> Result<Repo
     s.supervise_for(secs(15)).await?;
     s.stop_load().await;
     s.supervise_for(secs(100)).await?;
-    close(s, false).await
+    close(s).await
 }
 
 /// The provider answering 503 to every request for a while.
@@ -218,7 +218,7 @@ pub async fn provider_down(opts: &Options, broker: &Broker, down: u64) -> Result
     s.fault(format!("provider down (503) {down} s"), start);
     sleep(secs(10)).await;
     s.stop_load().await;
-    close(s, false).await
+    close(s).await
 }
 
 /// 20 % of provider requests answered 503 throughout.
@@ -232,7 +232,7 @@ pub async fn provider_flaky(opts: &Options, broker: &Broker, run: u64) -> Result
     s.stop_load().await;
     s.settle(secs(30), secs(120)).await;
     s.standin.fail_per_mille(0);
-    close(s, false).await
+    close(s).await
 }
 
 /// Hostile records on the source topic, each followed by a valid swipe.
@@ -334,7 +334,7 @@ pub async fn hostile(opts: &Options, broker: &Broker) -> Result<Report, String> 
         "herald {} after the hostile records",
         if alive { "still running" } else { "EXITED" }
     ));
-    let report = s.finish(false).await?;
+    let report = s.finish().await?;
     if !alive {
         return Err("herald exited on hostile input".into());
     }

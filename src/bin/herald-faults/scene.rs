@@ -29,9 +29,6 @@ pub struct Report {
     /// The first not-ready answer seen during a fault, if any.
     pub not_ready: Option<String>,
     pub notes: Vec<String>,
-    /// Duplicates are acceptable here when a fault lies between the two requests
-    /// (kill -9: a request in flight or not yet committed at the kill).
-    pub duplicates_allowed_across_faults: bool,
 }
 
 impl Report {
@@ -46,7 +43,6 @@ impl Report {
         // A duplicate is acceptable only when herald reported it: the send
         // ledger found its first request unanswered after a crash (or a
         // revoke that outlasted the grace), and the outcome says so.
-        let _ = self.duplicates_allowed_across_faults;
         let unexplained = f.duplicates - f.duplicates_reported;
         if unexplained > 0 {
             out.push(format!(
@@ -262,10 +258,7 @@ impl Scene {
 
     /// Stops every instance (SIGTERM), reads outcomes and dead letters back,
     /// and counts.
-    pub async fn finish(
-        mut self,
-        duplicates_allowed_across_faults: bool,
-    ) -> Result<Report, String> {
+    pub async fn finish(mut self) -> Result<Report, String> {
         self.stop_load().await;
         for h in &mut self.instances {
             if h.alive() {
@@ -334,7 +327,6 @@ impl Scene {
             pauses_ms,
             not_ready,
             notes: self.notes.clone(),
-            duplicates_allowed_across_faults,
         })
     }
 }
