@@ -133,7 +133,11 @@ impl SendLedger {
     /// it (`None` offline).
     pub fn record(&self, key: &str, entry: LedgerEntry) -> Option<Pending> {
         let partition = self.partition_of(&entry.user);
-        let value = Some(crate::util::json_bytes(&entry));
+        // Offline (replays, rule tests) there is no changelog to write to.
+        let value = self
+            .changelog
+            .is_durable()
+            .then(|| crate::util::json_bytes(&entry));
         self.users
             .entry(partition)
             .or_default()
