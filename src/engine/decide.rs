@@ -357,9 +357,31 @@ impl Pipeline {
         };
         let now = self.clock.now_ms();
         let profile = job.profile.as_deref();
+        // herald's own opt-out list belongs with consent, before quiet hours
+        // and caps: wait until every STOP written so far was read, then ask.
+        let phone = profile
+            .filter(|p| p.consents_to(&channel.channel.name))
+            .and_then(|p| match address(p, &channel.channel, &self.profiles) {
+                Ok(Address::Phone(phone)) => Some(phone),
+                _ => None,
+            });
+        let mut opted_out = false;
+        if let Some(phone) = &phone {
+            let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
+            if let Err(e) = self.feedback.consent_barrier(wait).await {
+                self.metrics.consent_waits_failed.inc();
+                outcome.status = Status::Failed;
+                outcome.reason = Some("consent_unknown".into());
+                channel.failed.inc();
+                let record =
+                    self.failed_send_record(event, rule, channel, "consent_unknown", e.to_string());
+                return done(outcome, None, Some(record), false);
+            }
+            opted_out = self.feedback.opted_out(phone);
+        }
         let admitted = self
             .policy
-            .admit(profile, &subject, &channel.channel, now)
+            .admit(profile, &subject, &channel.channel, now, opted_out)
             .and_then(|p| Ok((p, address(p, &channel.channel, &self.profiles)?)));
         let (profile, address) = match admitted {
             Ok(found) => found,
@@ -396,25 +418,6 @@ impl Pipeline {
         };
         outcome.recipient = Some(address.masked());
         outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &address);
-        if let Address::Phone(phone) = &address {
-            // herald's own opt-out list: wait until every STOP written so far was read.
-            let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
-            if let Err(e) = self.feedback.consent_barrier(wait).await {
-                self.metrics.consent_waits_failed.inc();
-                outcome.status = Status::Failed;
-                outcome.reason = Some("consent_unknown".into());
-                channel.failed.inc();
-                let record =
-                    self.failed_send_record(event, rule, channel, "consent_unknown", e.to_string());
-                return done(outcome, None, Some(record), false);
-            }
-            if self.feedback.opted_out(phone) {
-                let s = Suppression::OptedOut {
-                    channel: channel.channel.name.clone(),
-                };
-                return done(self.suppress(outcome, channel, s), None, None, true);
-            }
-        }
         let message = match render(job, channel, &outcome.idempotency_key) {
             Ok(m) => m,
             Err(detail) => {

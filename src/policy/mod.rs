@@ -180,10 +180,17 @@ impl Policy {
         subject: &Subject<'_>,
         channel: &Channel,
         now_ms: i64,
+        opted_out: bool,
     ) -> Result<&'p Profile, Suppression> {
         let profile = profile.ok_or(Suppression::NoProfile)?;
         if !profile.consents_to(&channel.name) {
             return Err(Suppression::NoConsent {
+                channel: channel.name.clone(),
+            });
+        }
+        // The number said STOP (herald's own opt-out list): consent withdrawn.
+        if opted_out {
+            return Err(Suppression::OptedOut {
                 channel: channel.name.clone(),
             });
         }

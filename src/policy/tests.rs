@@ -88,7 +88,10 @@ fn consent_and_preferences_come_first() {
     let now = ms("2026-07-01T15:00:00Z");
     let s = subject("fraud", &none, now);
     assert_eq!(
-        policy.admit(None, &s, &ch, now).unwrap_err().to_string(),
+        policy
+            .admit(None, &s, &ch, now, false)
+            .unwrap_err()
+            .to_string(),
         "no_profile"
     );
     let mut p = Profile {
@@ -97,7 +100,7 @@ fn consent_and_preferences_come_first() {
     };
     assert_eq!(
         policy
-            .admit(Some(&p), &s, &ch, now)
+            .admit(Some(&p), &s, &ch, now, false)
             .unwrap_err()
             .to_string(),
         "no_consent:push"
@@ -107,12 +110,12 @@ fn consent_and_preferences_come_first() {
     let m = subject("marketing", &none, now);
     assert_eq!(
         policy
-            .admit(Some(&p), &m, &ch, now)
+            .admit(Some(&p), &m, &ch, now, false)
             .unwrap_err()
             .to_string(),
         "category_off:marketing"
     );
-    assert!(policy.admit(Some(&p), &s, &ch, now).is_ok());
+    assert!(policy.admit(Some(&p), &s, &ch, now, false).is_ok());
     assert_eq!(
         address(&p, &console("sms"), &ProfileTable::default())
             .unwrap()
@@ -134,21 +137,52 @@ fn stale_messages_are_dropped_by_event_age() {
     };
     let s = subject("transactional", &tight, event);
     assert!(
-        policy.admit(Some(&p), &s, &ch, event + 30_000).is_ok(),
+        policy
+            .admit(Some(&p), &s, &ch, event + 30_000, false)
+            .is_ok(),
         "exactly at the limit is fresh"
     );
-    let late = policy.admit(Some(&p), &s, &ch, event + 42_000).unwrap_err();
+    let late = policy
+        .admit(Some(&p), &s, &ch, event + 42_000, false)
+        .unwrap_err();
     assert_eq!(late.to_string(), "stale:42s>30s");
     // Without a rule override, the category's ten minutes apply.
     let none = RulePolicy::default();
     let s = subject("transactional", &none, event);
-    assert!(policy.admit(Some(&p), &s, &ch, event + 599_000).is_ok());
+    assert!(policy
+        .admit(Some(&p), &s, &ch, event + 599_000, false)
+        .is_ok());
     assert_eq!(
         policy
-            .admit(Some(&p), &s, &ch, event + 601_000)
+            .admit(Some(&p), &s, &ch, event + 601_000, false)
             .unwrap_err()
             .code(),
         "stale"
+    );
+}
+
+#[test]
+fn a_number_that_said_stop_is_refused_as_consent_is_before_quiet_hours_and_caps() {
+    let policy = Policy::default();
+    let ch = console("push");
+    let p = profile("America/Chicago");
+    let none = RulePolicy::default();
+    // 21:30 CDT: marketing is in quiet hours; the STOP decides first.
+    let now = ms("2026-07-02T02:30:00Z");
+    let s = subject("marketing", &none, now);
+    assert_eq!(
+        policy
+            .admit(Some(&p), &s, &ch, now, false)
+            .unwrap_err()
+            .code(),
+        "quiet_hours"
+    );
+    assert_eq!(
+        policy
+            .admit(Some(&p), &s, &ch, now, true)
+            .unwrap_err()
+            .to_string(),
+        "no_consent:push:opted_out"
     );
 }
 
@@ -161,7 +195,7 @@ fn quiet_hours_follow_the_recipient_zone_across_daylight_saving() {
     let at = |t: &str| {
         let now = ms(t);
         policy
-            .admit(Some(&p), &subject("marketing", &none, now), &ch, now)
+            .admit(Some(&p), &subject("marketing", &none, now), &ch, now, false)
             .map(|_| ())
     };
     // 02:30 UTC on 8 March 2026 is 20:30 CST (UTC-6) the evening before: allowed.
@@ -180,14 +214,14 @@ fn quiet_hours_follow_the_recipient_zone_across_daylight_saving() {
     // Fraud bypasses quiet hours explicitly; a rule can turn them off.
     let now = ms("2026-12-01T13:30:00Z");
     assert!(policy
-        .admit(Some(&p), &subject("fraud", &none, now), &ch, now)
+        .admit(Some(&p), &subject("fraud", &none, now), &ch, now, false)
         .is_ok());
     let off = RulePolicy {
         quiet_hours: Some(QuietHoursSetting::Off),
         ..RulePolicy::default()
     };
     assert!(policy
-        .admit(Some(&p), &subject("marketing", &off, now), &ch, now)
+        .admit(Some(&p), &subject("marketing", &off, now), &ch, now, false)
         .is_ok());
 }
 
@@ -246,6 +280,7 @@ fn quiet(
             &subject(category, rule, now),
             &console("push"),
             now,
+            false,
         )
         .map(|_| ())
 }
@@ -335,7 +370,7 @@ fn a_held_message_is_released_at_the_end_unless_it_went_stale() {
     // at the end it passes.
     let check = |now| {
         policy
-            .admit(Some(&p), &s, &console("push"), now)
+            .admit(Some(&p), &s, &console("push"), now, false)
             .map(|_| ())
     };
     assert_eq!(check(end - 60_000).unwrap_err().code(), "quiet_hours");
@@ -349,7 +384,7 @@ fn a_held_message_is_released_at_the_end_unless_it_went_stale() {
     let s = subject("marketing", &short, event);
     assert_eq!(
         policy
-            .admit(Some(&p), &s, &console("push"), end)
+            .admit(Some(&p), &s, &console("push"), end, false)
             .unwrap_err()
             .to_string(),
         "stale:36000s>3600s"
