@@ -238,7 +238,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         state,
         shutdown_rx.clone(),
     )));
-    let probe = kafka::client_config(&config.kafka, &[]).create().ok();
+    let probe = kafka::client_config(&config.kafka, &[]);
     background.push(tokio::spawn(watch_broker(
         Arc::clone(&consumer),
         probe,
@@ -389,7 +389,7 @@ const REJOIN_AFTER: Duration = Duration::from_secs(15);
 const WEDGED_AFTER: Duration = Duration::from_secs(60);
 
 /// Asks the broker for metadata every two seconds, through the consumer and
-/// through a client of its own; readiness reports the consumer's answer.
+/// through a fresh client of its own; readiness reports the consumer's answer.
 /// When the assignment was lost at a session timeout (a frozen broker) and no
 /// new one came although the broker answers again, it subscribes the consumer
 /// again: librdkafka's cooperative rejoin was seen to stall there
@@ -400,12 +400,11 @@ const WEDGED_AFTER: Duration = Duration::from_secs(60);
 /// restores every store from Kafka; nothing is lost, and the wait is bounded.
 async fn watch_broker(
     consumer: Arc<StreamConsumer<HeraldContext>>,
-    probe: Option<rdkafka::producer::BaseProducer>,
+    probe: rdkafka::ClientConfig,
     health: Arc<ConsumerHealth>,
     topics: Vec<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let probe = probe.map(Arc::new);
     let mut resubscribed = None::<std::time::Instant>;
     let mut answering = None::<std::time::Instant>;
     loop {
@@ -413,12 +412,15 @@ async fn watch_broker(
         let p = probe.clone();
         let (ok, reachable) = tokio::task::spawn_blocking(move || {
             let ok = c.fetch_metadata(None, Duration::from_secs(2)).is_ok();
+            // A fresh client each time: a long-lived one was seen stuck in
+            // connection setup with the consumer after a frozen broker.
             let reachable = ok
-                || p.is_some_and(|p| {
-                    rdkafka::producer::Producer::client(&*p)
-                        .fetch_metadata(None, Duration::from_secs(2))
-                        .is_ok()
-                });
+                || p.create::<rdkafka::producer::BaseProducer>()
+                    .is_ok_and(|probe| {
+                        rdkafka::producer::Producer::client(&probe)
+                            .fetch_metadata(None, Duration::from_secs(2))
+                            .is_ok()
+                    });
             (ok, reachable)
         })
         .await
