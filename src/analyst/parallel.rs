@@ -21,7 +21,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::replay::{
-    add_dead_letters, dead_letter_counts, event_times, render, tally, Recorded, Report, RuleTotals,
+    add_dead_letters, dead_letter_counts, drive, event_times, offsets_of, render, rule_matches,
+    tally, Recorded, Report, RuleTotals,
 };
 use super::Offline;
 use crate::config::Config;
@@ -140,19 +141,6 @@ pub fn replay_parallel(
     Ok(report)
 }
 
-/// Each event's offset in its topic, counted over the whole input.
-fn offsets_of(events: &[Recorded]) -> Vec<i64> {
-    let mut next: BTreeMap<&str, i64> = BTreeMap::new();
-    events
-        .iter()
-        .map(|r| {
-            let n = next.entry(r.topic.as_str()).or_insert(0);
-            *n += 1;
-            *n - 1
-        })
-        .collect()
-}
-
 /// Which events a shard owns, with every event's time and offset, and the
 /// count of events done across shards.
 struct Own<'a> {
@@ -183,31 +171,20 @@ async fn run_shard(
         offline.profile(user, p);
     }
     let mut decisions = Vec::new();
-    for (i, r) in events.iter().enumerate() {
-        if owners[i] == shard {
-            let payload = crate::util::json_bytes(&r.event);
-            offline
-                .event_at(&r.topic, r.key.as_deref(), &payload, times[i], offsets[i])
-                .await;
+    drive(
+        &offline,
+        (events, times, offsets),
+        |i| owners[i] == shard,
+        |i, d| {
+            decisions.push((i, d));
+            Ok(())
+        },
+        |_| {
             done.fetch_add(1, Ordering::Relaxed);
-        } else {
-            offline.advance(times[i]).await;
-        }
-        decisions.extend(offline.take_decisions().into_iter().map(|d| (i, d)));
-    }
-    // Let timers and held messages finish: a day past the last event.
-    let last_ms = times.last().copied().unwrap_or(0);
-    offline.advance(last_ms + 86_400_000).await;
-    let end = events.len();
-    decisions.extend(offline.take_decisions().into_iter().map(|d| (end, d)));
-    let loaded = offline.pipeline.rules.current();
-    let matches = loaded
-        .set
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| (rule.id.clone(), loaded.matches[i].get()))
-        .collect();
+        },
+    )
+    .await?;
+    let matches = rule_matches(&offline);
     Ok(Shard {
         decisions,
         matches,

@@ -10,8 +10,11 @@ use std::io::{BufRead, Write};
 
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use super::Offline;
 use crate::config::Config;
+use crate::engine::Decision;
 use crate::ingest::decode::{lookup, parse_time};
 use crate::outcome::{Outcome, Status};
 
@@ -110,32 +113,86 @@ pub async fn replay(
     }
     let mut totals: BTreeMap<String, RuleTotals> = BTreeMap::new();
     let times = event_times(config, events);
-    let last_ms = times.last().copied().unwrap_or(0);
-    for (i, (r, &at_ms)) in events.iter().zip(&times).enumerate() {
-        let payload = crate::util::json_bytes(&r.event);
-        offline
-            .event(&r.topic, r.key.as_deref(), &payload, at_ms)
-            .await;
-        for decision in offline.take_decisions() {
-            tally(&mut totals, &decision.outcome, &mut out)?;
-        }
-        if i % 1000 == 0 {
-            progress(i);
-        }
-    }
-    // Let timers and held messages finish: a day past the last event.
-    offline.advance(last_ms + 86_400_000).await;
-    for decision in offline.take_decisions() {
-        tally(&mut totals, &decision.outcome, &mut out)?;
-    }
+    let offsets = offsets_of(events);
+    drive(
+        &offline,
+        (events, &times, &offsets),
+        |_| true,
+        |_, d| tally(&mut totals, &d.outcome, &mut out),
+        |i| {
+            if i % 1000 == 0 {
+                progress(i);
+            }
+        },
+    )
+    .await?;
     progress(events.len());
-    let loaded = offline.pipeline.rules.current();
-    for (i, rule) in loaded.set.rules.iter().enumerate() {
-        totals.entry(rule.id.clone()).or_default().matches = loaded.matches[i].get();
+    for (rule, n) in rule_matches(&offline) {
+        totals.entry(rule).or_default().matches = n;
     }
     let mut report = render(events.len(), &totals, prices);
     add_dead_letters(&mut report, dead_letter_counts(&offline));
     Ok(report)
+}
+
+/// Runs `events` (with each one's time and offset) through `offline`:
+/// those `owned` are decided, the others only move its clock to their time.
+/// `decided` gets each decision with the index of the event after which it
+/// was made (`events.len()` for those of the final day); `handled` each owned
+/// event's index once it is decided.
+pub(super) async fn drive(
+    offline: &Offline,
+    (events, times, offsets): (&[Recorded], &[i64], &[i64]),
+    owned: impl Fn(usize) -> bool,
+    mut decided: impl FnMut(usize, Arc<Decision>) -> Result<(), String>,
+    mut handled: impl FnMut(usize),
+) -> Result<(), String> {
+    for (i, r) in events.iter().enumerate() {
+        if owned(i) {
+            let payload = crate::util::json_bytes(&r.event);
+            offline
+                .event_at(&r.topic, r.key.as_deref(), &payload, times[i], offsets[i])
+                .await;
+            handled(i);
+        } else {
+            offline.advance(times[i]).await;
+        }
+        for d in offline.take_decisions() {
+            decided(i, d)?;
+        }
+    }
+    // Let timers and held messages finish: a day past the last event.
+    let last_ms = times.last().copied().unwrap_or(0);
+    offline.advance(last_ms + 86_400_000).await;
+    for d in offline.take_decisions() {
+        decided(events.len(), d)?;
+    }
+    Ok(())
+}
+
+/// Each event's offset in its topic, counted over the whole input.
+pub(super) fn offsets_of(events: &[Recorded]) -> Vec<i64> {
+    let mut next: BTreeMap<&str, i64> = BTreeMap::new();
+    events
+        .iter()
+        .map(|r| {
+            let n = next.entry(r.topic.as_str()).or_insert(0);
+            *n += 1;
+            *n - 1
+        })
+        .collect()
+}
+
+/// Matches per rule so far.
+pub(super) fn rule_matches(offline: &Offline) -> Vec<(String, u64)> {
+    let loaded = offline.pipeline.rules.current();
+    loaded
+        .set
+        .rules
+        .iter()
+        .zip(&loaded.matches)
+        .map(|(rule, n)| (rule.id.clone(), n.get()))
+        .collect()
 }
 
 /// Each event's virtual time: its time field, never earlier than the event before.

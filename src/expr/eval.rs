@@ -321,27 +321,22 @@ fn compare(a: &Val<'_>, b: &Val<'_>) -> std::result::Result<Ordering, Failed> {
 
 fn arithmetic<'a>(op: Operator, a: Val<'a>, b: Val<'a>) -> Result<'a> {
     use Operator::*;
+    // int and uint alike: overflow and division by zero fail.
+    macro_rules! checked {
+        ($x:expr, $y:expr) => {
+            match op {
+                Add => $x.checked_add($y),
+                Subtract => $x.checked_sub($y),
+                Multiply => $x.checked_mul($y),
+                Divide => $x.checked_div($y),
+                Modulo => $x.checked_rem($y),
+            }
+            .ok_or(Failed)?
+        };
+    }
     Ok(match (a, b) {
-        (Val::Int(x), Val::Int(y)) => Val::Int(
-            match op {
-                Add => x.checked_add(y),
-                Subtract => x.checked_sub(y),
-                Multiply => x.checked_mul(y),
-                Divide => x.checked_div(y),
-                Modulo => x.checked_rem(y),
-            }
-            .ok_or(Failed)?,
-        ),
-        (Val::UInt(x), Val::UInt(y)) => Val::UInt(
-            match op {
-                Add => x.checked_add(y),
-                Subtract => x.checked_sub(y),
-                Multiply => x.checked_mul(y),
-                Divide => x.checked_div(y),
-                Modulo => x.checked_rem(y),
-            }
-            .ok_or(Failed)?,
-        ),
+        (Val::Int(x), Val::Int(y)) => Val::Int(checked!(x, y)),
+        (Val::UInt(x), Val::UInt(y)) => Val::UInt(checked!(x, y)),
         (Val::Double(x), Val::Double(y)) => Val::Double(match op {
             Add => x + y,
             Subtract => x - y,

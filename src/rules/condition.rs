@@ -1,8 +1,7 @@
 //! CEL conditions: compiled once at load, evaluated per candidate rule against `event` and `profile`.
 
-use std::sync::Arc;
-
 use std::cell::OnceCell;
+use std::sync::Arc;
 
 use cel::{Context, Env, Program, Value};
 
