@@ -410,17 +410,20 @@ async fn watch_broker(
     loop {
         let c = Arc::clone(&consumer);
         let p = probe.clone();
+        // The probe matters only while the assignment is lost.
+        let lost = health.lost_for().is_some();
         let (ok, reachable) = tokio::task::spawn_blocking(move || {
             let ok = c.fetch_metadata(None, Duration::from_secs(2)).is_ok();
             // A fresh client each time: a long-lived one was seen stuck in
             // connection setup with the consumer after a frozen broker.
             let reachable = ok
-                || p.create::<rdkafka::producer::BaseProducer>()
-                    .is_ok_and(|probe| {
-                        rdkafka::producer::Producer::client(&probe)
-                            .fetch_metadata(None, Duration::from_secs(2))
-                            .is_ok()
-                    });
+                || lost
+                    && p.create::<rdkafka::producer::BaseProducer>()
+                        .is_ok_and(|probe| {
+                            rdkafka::producer::Producer::client(&probe)
+                                .fetch_metadata(None, Duration::from_secs(2))
+                                .is_ok()
+                        });
             (ok, reachable)
         })
         .await
