@@ -113,6 +113,25 @@ fn every_error_of_a_file_is_reported_at_once() {
 }
 
 #[test]
+fn six_broken_rules_of_one_file_give_every_error_in_one_run() {
+    let f = "tests/fixtures/broken/six-broken-rules.yaml";
+    expect_error(
+        "six-broken-rules.yaml",
+        &[
+            format!("{f}:5:5: rule \"one\": missing field `category`"),
+            format!("{f}:11:5: rule \"two\": unknown field `colour`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, pattern, key, policy"),
+            format!("{f}:18:30: rule \"three\": condition: Syntax error: mismatched input '<EOF>' expecting {{'[', '{{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}}"),
+            format!("{f}:20:32: rule \"three\": template.body: unknown filter `monee`; herald's filters are money, mask_card, mask_phone and local_time, beside minijinja's (upper, default, round, …)"),
+            format!("{f}:25:15: rule \"four\": unknown variant `urgent`, expected one of high, normal"),
+            format!("{f}:33:31: rule \"five\": template.body: unknown test `oddly` (after `is`)"),
+            format!("{f}:33:54: rule \"five\": template.body: unknown function `nofunc`"),
+            format!("{f}:35:14: rule \"six\": expected sequence start"),
+        ]
+        .join("\n"),
+    );
+}
+
+#[test]
 fn errors_in_several_files_are_all_reported() {
     let (code, out) = check("tests/fixtures/broken");
     assert_eq!(code, 1);

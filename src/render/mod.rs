@@ -11,6 +11,8 @@ use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 
 use crate::util;
 
+mod names;
+
 /// Compiled templates of a rule set, addressed as `"<rule id>/<part>"`.
 pub struct Templates {
     env: Environment<'static>,
@@ -46,20 +48,29 @@ impl Templates {
         Templates { env }
     }
 
-    /// Compiles `source` under `name`.
-    pub fn add(&mut self, name: String, source: String) -> Result<(), TemplateError> {
+    /// Compiles `source` under `name`. A syntax error stops at the first
+    /// problem; otherwise every unknown filter, test and function is reported.
+    pub fn add(&mut self, name: String, source: String) -> Result<(), Vec<TemplateError>> {
         let src_for_pos = source.clone();
-        self.env.add_template_owned(name, source).map_err(|e| {
-            let (line, column) = match e.range() {
-                Some(r) => crate::config::line_col(&src_for_pos, r.start),
-                None => (e.line().unwrap_or(1), 1),
-            };
-            TemplateError {
-                line,
-                column,
-                message: e.detail().unwrap_or("syntax error").to_string(),
-            }
-        })
+        self.env
+            .add_template_owned(name.clone(), source)
+            .map_err(|e| {
+                let (line, column) = match e.range() {
+                    Some(r) => crate::config::line_col(&src_for_pos, r.start),
+                    None => (e.line().unwrap_or(1), 1),
+                };
+                vec![TemplateError {
+                    line,
+                    column,
+                    message: e.detail().unwrap_or("syntax error").to_string(),
+                }]
+            })?;
+        let unknown = names::unknown_names(&self.env, &name);
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        self.env.remove_template(&name);
+        Err(unknown)
     }
 
     /// Whether a template of this name exists.
@@ -340,12 +351,48 @@ mod tests {
         let mut t = Templates::new();
         let err = t
             .add("r/body".into(), "line one\nHi {{ event.name ".into())
-            .unwrap_err();
+            .unwrap_err()
+            .remove(0);
         assert_eq!(err.line, 2);
         assert!(
             err.message.contains("unexpected end of input"),
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn an_unknown_filter_test_or_function_is_a_load_error_with_its_position() {
+        let mut t = Templates::new();
+        let errors = t
+            .add(
+                "r/body".into(),
+                "{{ event.amount | monee }}\n{% if event.x is oddly %}x{% endif %}{{ nofunc(1) }}"
+                    .into(),
+            )
+            .unwrap_err();
+        let found: Vec<(usize, usize, &str)> = errors
+            .iter()
+            .map(|e| (e.line, e.column, e.message.split(';').next().unwrap()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (1, 19, "unknown filter `monee`"),
+                (2, 18, "unknown test `oddly` (after `is`)"),
+                (2, 41, "unknown function `nofunc`"),
+            ]
+        );
+        assert!(!t.has("r/body"), "a rejected template must not stay loaded");
+    }
+
+    #[test]
+    fn known_filters_tests_functions_and_macros_load() {
+        let mut t = Templates::new();
+        let source = "{% macro line(x) %}{{ x | upper }}{% endmacro %}{{ line(event.m) }} \
+            {{ event.amount | money(event.currency) | default('') }} {{ range(2) | length }} \
+            {% if event.m is defined and event.m is string %}{{ event.card | mask_card }}{% endif %} \
+            {% for x in [1, 2] %}{{ loop.index }}{{ loop.cycle('a', 'b') }}{% endfor %}";
+        t.add("r/body".into(), source.into()).unwrap();
     }
 }

@@ -255,15 +255,17 @@ pub fn compile_rule(
         let Some(source) = source else { return false };
         match templates.add(format!("{id}/{part}"), source.value.clone()) {
             Ok(()) => true,
-            Err(e) => {
-                let (line, column) = inner_position(text, source, e.line, e.column);
-                errors.push(RuleError {
-                    file: file.to_owned(),
-                    line,
-                    column,
-                    rule: Some(id.clone()),
-                    message: format!("template.{part}: {}", e.message),
-                });
+            Err(problems) => {
+                for e in problems {
+                    let (line, column) = inner_position(text, source, e.line, e.column);
+                    errors.push(RuleError {
+                        file: file.to_owned(),
+                        line,
+                        column,
+                        rule: Some(id.clone()),
+                        message: format!("template.{part}: {}", e.message),
+                    });
+                }
                 false
             }
         }

@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use super::compile::{compile_rule, Compiler, Known, Rule};
 use super::condition::Conditions;
 use super::error::{RuleError, RuleErrors};
-use super::model::RuleFile;
+use super::model::RuleSpec;
+use super::parse::rule_specs;
 use super::set::RuleSet;
 use crate::render::Templates;
 
@@ -120,16 +121,11 @@ pub fn load_texts(files: &[(PathBuf, String)], known: &Known<'_>) -> Result<Rule
     let mut summaries = Vec::new();
     let mut first_seen: BTreeMap<String, (PathBuf, usize, usize)> = BTreeMap::new();
     for (path, text) in files {
-        let file: RuleFile = match serde_saphyr::from_str(text) {
-            Ok(f) => f,
-            Err(e) => {
-                errors.push(parse_error(path, text, &e));
-                continue;
-            }
-        };
-        let versions = rule_versions(text, &file);
+        let (specs, broken) = rule_specs(path, text);
+        errors.extend(broken);
+        let versions = rule_versions(text, &specs);
         let (mut count, mut enabled) = (0, 0);
-        for (spec, version) in file.rules.into_iter().zip(versions) {
+        for (spec, version) in specs.into_iter().zip(versions) {
             let id = spec.id.value.clone();
             let (line, column) = (
                 spec.id.referenced.line() as usize,
@@ -168,49 +164,16 @@ pub fn load_texts(files: &[(PathBuf, String)], known: &Known<'_>) -> Result<Rule
         });
     }
     if !errors.is_empty() {
+        errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         return Err(RuleErrors(errors));
     }
     Ok(RuleSet::new(rules, templates, conditions, summaries))
 }
 
-/// A YAML or shape error, with the id of the rule it sits in when one can be found.
-fn parse_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> RuleError {
-    let (line, column) = e
-        .location()
-        .map_or((1, 1), |l| (l.line() as usize, l.column() as usize));
-    let mut message = e.without_snippet().to_string();
-    if let Some(cut) = message.rfind(" at line ") {
-        message.truncate(cut);
-    }
-    RuleError {
-        file: path.to_owned(),
-        line,
-        column,
-        rule: enclosing_rule_id(text, line),
-        message,
-    }
-}
-
-/// The id of the rule whose text contains `line`: the nearest `id:` at or above it.
-fn enclosing_rule_id(text: &str, line: usize) -> Option<String> {
-    text.lines()
-        .take(line)
-        .collect::<Vec<_>>()
-        .iter()
-        .rev()
-        .find_map(|l| {
-            let t = l.trim_start().trim_start_matches("- ").trim_start();
-            t.strip_prefix("id:")
-                .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-                .filter(|v| !v.is_empty())
-        })
-}
-
 /// A version per rule: SHA-256 of the rule's own lines (from its `id:` line to
 /// the next rule's), so editing one rule leaves the others' versions alone.
-fn rule_versions(text: &str, file: &RuleFile) -> Vec<String> {
-    let starts: Vec<usize> = file
-        .rules
+fn rule_versions(text: &str, specs: &[RuleSpec]) -> Vec<String> {
+    let starts: Vec<usize> = specs
         .iter()
         .map(|r| {
             let offset = r.id.referenced.span().byte_offset().unwrap_or(0) as usize;

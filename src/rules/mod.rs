@@ -1,6 +1,7 @@
 //! rules: analyst-owned YAML files compiled into an indexed, immutable rule set, reloaded live.
 //!
-//! [`model`] is the file format, [`load`] reads a directory, [`compile`] checks
+//! [`model`] is the file format, [`parse`] reads one file rule by rule,
+//! [`load`] reads a directory, [`compile`] checks
 //! and compiles one rule, [`condition`] wraps CEL, [`set`] is the index and
 //! matcher, and [`live`] swaps sets on reload.
 
@@ -10,6 +11,7 @@ pub mod error;
 pub mod live;
 pub mod load;
 pub mod model;
+pub mod parse;
 pub mod set;
 
 pub use compile::{Known, Rule};
