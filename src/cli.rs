@@ -11,7 +11,6 @@ use herald::simulate::{self, Generator, Schedule, StreamTopics};
 
 /// `herald run`: loads the config, runs until SIGINT or SIGTERM, exits 0 after a clean stop.
 pub fn run(config_path: &Path) -> ExitCode {
-    init_logging();
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -19,6 +18,7 @@ pub fn run(config_path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(config.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -243,16 +243,20 @@ fn init_quiet_logging() {
         .init();
 }
 
-fn init_logging() {
+fn init_logging(format: herald::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    // Colour only on a terminal: log files and collectors get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        herald::config::LogFormat::Json => builder.json().with_current_span(false).init(),
+        herald::config::LogFormat::Text => {
+            // Colour only on a terminal: log files and collectors get plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init()
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -4,16 +4,109 @@ use rdkafka::ClientConfig;
 
 use crate::config::{kafka_properties, KafkaConfig};
 
+/// What a client is, for which configured properties it takes: librdkafka
+/// warns at every start about a consumer property given to a producer and the
+/// other way round, so `[kafka.properties]` is shared and each client gets
+/// only the keys that apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Consumer,
+    Producer,
+    /// Metadata and topic administration (an admin client is a producer
+    /// underneath): neither consumer nor producer settings.
+    Admin,
+}
+
+/// Properties only consumers take ("C" in librdkafka's CONFIGURATION.md, 2.12).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.commit.enable",
+    "auto.offset.reset",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "consume.callback.max.messages",
+];
+
+/// Properties only producers take ("P" in librdkafka's CONFIGURATION.md, 2.12).
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+];
+
+impl Role {
+    fn takes(self, key: &str) -> bool {
+        let consumer_only = CONSUMER_ONLY.contains(&key);
+        let producer_only = PRODUCER_ONLY.contains(&key);
+        match self {
+            Role::Consumer => !producer_only,
+            Role::Producer => !consumer_only,
+            Role::Admin => !consumer_only && !producer_only,
+        }
+    }
+}
+
 /// Base settings: brokers, low-latency defaults, then every configured
-/// property, which wins over herald's defaults (so SASL_SSL, timeouts, … pass through).
-pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+/// property this kind of client takes, which wins over herald's defaults (so
+/// SASL_SSL, timeouts, … pass through).
+pub fn client_config(kafka: &KafkaConfig, role: Role, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
     for (k, v) in defaults {
         config.set(*k, *v);
     }
     for (k, v) in kafka_properties(kafka) {
-        config.set(k, v);
+        if role.takes(&k) {
+            config.set(k, v);
+        }
     }
     config
 }
@@ -22,6 +115,7 @@ pub fn client_config(kafka: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientCo
 pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = client_config(
         kafka,
+        Role::Consumer,
         &[
             ("enable.auto.commit", "true"),
             ("auto.commit.interval.ms", "1000"),
@@ -44,7 +138,7 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
 
 /// The profile reader: its own group id, never committing (it always reads from the start).
 pub fn profile_reader_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut config = client_config(kafka, &[("fetch.wait.max.ms", "100")]);
+    let mut config = client_config(kafka, Role::Consumer, &[("fetch.wait.max.ms", "100")]);
     config.set(
         "group.id",
         format!("{}.profiles.{}", kafka.group_id, std::process::id()),
@@ -56,6 +150,7 @@ pub fn profile_reader_config(kafka: &KafkaConfig) -> ClientConfig {
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     client_config(
         kafka,
+        Role::Producer,
         &[
             ("linger.ms", "1"),
             ("acks", "all"),
@@ -63,4 +158,29 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
             ("message.timeout.ms", "30000"),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_client_gets_only_the_shared_properties_it_takes() {
+        let kafka: KafkaConfig = toml::from_str(
+            "bootstrap_servers = \"b:9092\"\n[properties]\n\"session.timeout.ms\" = \"6000\"\n\"linger.ms\" = \"5\"\n\"security.protocol\" = \"SASL_SSL\"\n",
+        )
+        .unwrap();
+        let producer = producer_config(&kafka);
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("5"));
+        assert_eq!(producer.get("security.protocol"), Some("SASL_SSL"));
+        let consumer = consumer_config(&kafka);
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(consumer.get("security.protocol"), Some("SASL_SSL"));
+        let admin = client_config(&kafka, Role::Admin, &[]);
+        assert_eq!(admin.get("session.timeout.ms"), None);
+        assert_eq!(admin.get("linger.ms"), None);
+        assert_eq!(admin.get("security.protocol"), Some("SASL_SSL"));
+    }
 }

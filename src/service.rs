@@ -238,7 +238,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         state,
         shutdown_rx.clone(),
     )));
-    let probe = kafka::client_config(&config.kafka, &[]);
+    let probe = kafka::client_config(&config.kafka, kafka::Role::Admin, &[]);
     background.push(tokio::spawn(watch_broker(
         Arc::clone(&consumer),
         probe,
@@ -336,7 +336,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
 /// lives in memory until the next start, with a warning).
 async fn internal_topics(config: &mut Config) -> Result<BTreeSet<String>, String> {
     use crate::state::changelog::{ensure_topics, partitions_of, TopicSpec};
-    let client = kafka::client_config(&config.kafka, &[]);
+    let client = kafka::client_config(&config.kafka, kafka::Role::Admin, &[]);
     let intents = config.intents_topic();
     if let Some(n) = partitions_of(&client, &intents)? {
         config.topics.intents_partitions = n;

@@ -133,3 +133,80 @@ async fn sigterm_mid_stream_then_restart_handles_every_event_exactly_once() {
     assert_eq!(provider.received_by("fcm").len(), EVENTS);
     assert_eq!(code, Some(0));
 }
+
+/// `[log] format = "json"`: what a log collector reads from the real binary,
+/// from start to a clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_log_is_one_object_per_line_without_colour_or_start_up_noise() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("every.yaml"),
+        every_swipe_rule(&topics.transactions, ""),
+    )
+    .unwrap();
+    let p = producer();
+    publish(&p, &topics.profiles, "u-1", &profile("u-1", true, false)).await;
+    // The shared properties hold consumer-only keys (session.timeout.ms):
+    // producers must not be handed them.
+    let (config, _) = load_config(
+        dir.path(),
+        &config_text(
+            &topics,
+            &rules,
+            &provider.base_url(),
+            "[log]\nformat = \"json\"\n",
+        ),
+    );
+    let log = dir.path().join("herald.log");
+    let mut herald = spawn_herald(&config, &log);
+    publish(
+        &p,
+        &topics.transactions,
+        "u-1",
+        &swipe("u-1", 12.0, "approved", "US"),
+    )
+    .await;
+    let sent = eventually(Duration::from_secs(60), || {
+        (!provider.received_by("fcm").is_empty()).then_some(())
+    })
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &herald.id().to_string()])
+        .status();
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut herald, Duration::from_secs(20)))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(sent.is_some(), "the swipe was sent: {text}");
+    assert_eq!(code, Some(0), "{text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 3, "{text}");
+    for line in &lines {
+        assert!(
+            line["timestamp"].is_string() && line["level"].is_string(),
+            "{line}"
+        );
+        assert!(line["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "shutdown signal received"),
+        "{text}"
+    );
+    for noise in [
+        "\u{1b}[",
+        "PartitionEOF",
+        "CONFWARN",
+        "is a consumer property",
+    ] {
+        assert!(!text.contains(noise), "log holds {noise:?}:\n{text}");
+    }
+}

@@ -47,6 +47,28 @@ pub struct Config {
     /// Feedback: engagement look-back, SMS keywords and the HELP reply.
     #[serde(default)]
     pub feedback: FeedbackConfig,
+    /// How `herald run` writes its log lines.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The service's log (stderr). Levels come from `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default; colour only on a terminal) or `json`: one JSON object
+    /// per line with `timestamp`, `level`, `target` and `fields`, for a log collector.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Kafka connection; `properties` passes any librdkafka setting through unchanged.

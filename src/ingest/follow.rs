@@ -219,7 +219,11 @@ impl Follower {
             }
         };
         let topic = &self.topic;
+        let mut attempts = 0u32;
         let partitions = loop {
+            // Said once, then once a minute: a topic created later is normal.
+            let say = attempts % 60 == 0;
+            attempts += 1;
             match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
                 Ok(md) => {
                     let parts: Vec<i32> = md
@@ -231,9 +235,14 @@ impl Follower {
                     if !parts.is_empty() {
                         break parts;
                     }
-                    warn!(%topic, "topic not found yet; retrying");
+                    if say {
+                        warn!(%topic, "topic not found yet; retrying every second");
+                    }
                 }
-                Err(e) => warn!(%topic, error = %e, "cannot read topic metadata; retrying"),
+                Err(e) if say => {
+                    warn!(%topic, error = %e, "cannot read topic metadata; retrying every second")
+                }
+                Err(_) => {}
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
