@@ -402,6 +402,19 @@ rules:
     approved_swipe(&h, "card-6", "u-6", 5.0).await;
     let held = outcomes_of(&h, "u-6", 1);
     assert_eq!(held[0]["status"], "held", "{held:?}");
+    let reason = held[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!("quiet_hours:{window}")),
+        "a held outcome says why: {held:?}"
+    );
+    assert!(
+        metric(
+            &h,
+            "herald_decisions_total{channel=\"push\",status=\"held\"} 1"
+        )
+        .await,
+        "the decisions metric counts the held outcome"
+    );
     let release = held[0]["release_ms"].as_i64().unwrap();
     assert!(release > held[0]["timings"]["event_ms"].as_i64().unwrap());
     assert!(

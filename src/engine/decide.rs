@@ -208,6 +208,14 @@ impl Pipeline {
         let mut outcome = sent.clone();
         outcome.channel = next.to_string();
         outcome.status = Status::Held;
+        outcome.reason = Some(format!(
+            "awaiting_delivery:{}:{}",
+            sent.channel,
+            crate::util::Span(wait_ms as u64)
+        ));
+        if let Some(next) = self.channels.get(next) {
+            next.held.inc();
+        }
         outcome.hops = hops.clone();
         let release_ms = self.clock.now_ms() + wait_ms;
         outcome.release_ms = Some(release_ms);
@@ -385,7 +393,7 @@ impl Pipeline {
             .and_then(|p| Ok((p, address(p, &channel.channel, &self.profiles)?)));
         let (profile, address) = match admitted {
             Ok(found) => found,
-            Err(Suppression::QuietHours { until_ms, .. })
+            Err(quiet @ Suppression::QuietHours { until_ms, .. })
                 if self.policy.holds(&subject)
                     && self
                         .policy
@@ -393,7 +401,9 @@ impl Pipeline {
                         .is_none_or(|max| until_ms - event.time_ms <= max as i64 * 1000) =>
             {
                 outcome.status = Status::Held;
+                outcome.reason = Some(quiet.to_string());
                 outcome.release_ms = Some(until_ms);
+                channel.held.inc();
                 if let Some(p) = profile {
                     if let Ok(a) = address(p, &channel.channel, &self.profiles) {
                         outcome.recipient = Some(a.masked());

@@ -62,6 +62,7 @@ pub struct ChannelRuntime {
     sent: IntCounter,
     suppressed: IntCounter,
     failed: IntCounter,
+    held: IntCounter,
     retries: IntCounter,
     latency: prometheus::Histogram,
 }
@@ -74,6 +75,7 @@ impl ChannelRuntime {
             sent: metrics.decisions.with_label_values(&[&name, "sent"]),
             suppressed: metrics.decisions.with_label_values(&[&name, "suppressed"]),
             failed: metrics.decisions.with_label_values(&[&name, "failed"]),
+            held: metrics.decisions.with_label_values(&[&name, "held"]),
             retries: metrics.retries.with_label_values(&[&name]),
             latency: metrics.provider_latency.with_label_values(&[&name]),
             channel,

@@ -79,7 +79,9 @@ pub struct Outcome {
     pub user: String,
     pub channel: String,
     pub status: Status,
-    /// Why it was suppressed or failed (`no_consent:sms`, `provider_rejected:400`).
+    /// Why it was suppressed, failed or held (`no_consent:sms`,
+    /// `provider_rejected:400`, `quiet_hours:22:00-07:00 Europe/Paris`,
+    /// `awaiting_delivery:push:30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub idempotency_key: String,

@@ -473,6 +473,12 @@ fn scalar_is(expected: &Scalar, actual: &Value) -> bool {
 fn fired(kind: &str, events: &[Arc<Event>], stats: Value) -> Fired {
     let first = events.first().expect("a firing has events");
     let last = events.last().expect("a firing has events");
+    let mut stats = stats;
+    if events.len() > 1 {
+        // What the events actually spanned, beside the configured window
+        // (`within_s`): "3 declines in 47 seconds".
+        stats["span_s"] = Value::from((last.time_ms - first.time_ms) as f64 / 1000.0);
+    }
     let mut context = stats.clone();
     context["kind"] = Value::from(kind);
     context["first"] = Value::Object(first.fields.clone());

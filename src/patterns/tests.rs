@@ -113,6 +113,9 @@ fn a_window_fires_at_its_boundary_and_counts_late_events_within_lateness() {
         "the third decline exactly five minutes after the first"
     );
     assert_eq!(fired[0].context["count"], 3);
+    assert_eq!(fired[0].context["within_s"], 300, "the configured window");
+    assert_eq!(fired[0].context["span_s"], 300.0, "first to last decline");
+    assert_eq!(fired[0].summary["span_s"], 300.0);
     assert_eq!(fired[0].context["first"], declined);
     assert_eq!(fired[0].summary["events"][0]["offset"], 1);
     assert_eq!(fired[0].event.offset, 4);
