@@ -224,7 +224,7 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
         &p,
         &h.topics.transactions,
         "card-5",
-        br#"{"amount": 3.0, "ts": 1}"#,
+        br#"{"amount": 3.0, "ts": 1, "pan": "4111 1111 1111 1111"}"#,
     )
     .await;
     publish(
@@ -250,6 +250,15 @@ async fn bad_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on() {
         .unwrap();
     assert_eq!(original, b"this is not json");
     assert!(dead[3]["detail"].as_str().unwrap().contains("user_id"));
+    // A card number is not kept at rest in clear: its last four digits only.
+    let missing_user = base64::engine::general_purpose::STANDARD
+        .decode(dead[3]["payload_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(missing_user).unwrap(),
+        r#"{"amount": 3.0, "ts": 1, "pan": "**** **** **** 1111"}"#
+    );
+    assert_eq!(dead[3]["card_numbers_masked"], true);
 
     let sent = eventually(Duration::from_secs(20), || {
         let r = h.provider.received_by("fcm");

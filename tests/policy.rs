@@ -422,6 +422,15 @@ rules:
         "nothing sent in quiet hours"
     );
     assert!(metric(&h, "herald_held_messages 1").await);
+    // At rest the held message keeps of the event only what its template
+    // reads (the merchant), not the whole transaction.
+    let record = read_json(&h.topics.held, 1, Duration::from_secs(10), |_| true);
+    let kept: Vec<&String> = record[0]["event"]["fields"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(kept, ["merchant"], "{record:?}");
 
     // Stop and start again in the same consumer group: the event is not
     // delivered again; the held message comes back from the held topic.

@@ -48,7 +48,7 @@ pub struct Job {
 }
 
 impl Job {
-    fn rule(&self) -> &Rule {
+    pub(super) fn rule(&self) -> &Rule {
         &self.loaded.set.rules[self.rule]
     }
 

@@ -45,22 +45,37 @@ pub struct HeldRecord {
 }
 
 impl HeldRecord {
-    /// The record of a held message.
+    /// The record of a held message. Of the event and the pattern's context
+    /// it keeps only what the rule's templates read, card numbers masked
+    /// (see docs/engineers/topics.md): a message held overnight does not
+    /// carry the whole transaction at rest.
     pub fn of(held: &Held<HeldMessage>) -> HeldRecord {
         let m = &held.item;
         let e = &m.job.event;
+        let reads = &m.job.rule().reads;
+        let mut event = EventRecord::of(e);
+        event.fields = reads.event.keep(&e.fields);
+        crate::outcome::redact::mask_fields(&mut event.fields);
+        let pattern_context = m.job.pattern.as_ref().map(|p| {
+            let mut context = match &p.context {
+                Value::Object(fields) => Value::Object(reads.pattern.keep(fields)),
+                other => other.clone(),
+            };
+            crate::outcome::redact::mask_json(&mut context);
+            context
+        });
         HeldRecord {
             key: held.idempotency_key.clone(),
             intent: Some(m.job.intent.to_string()),
             release_ms: held.release_ms,
             collapse: held.collapse.clone(),
             rule: m.job.loaded.set.rules[m.job.rule].id.clone(),
-            event: EventRecord::of(e),
+            event,
             chain: m.chain.clone(),
             hops: m.hops.clone(),
             outcome: m.outcome.clone(),
             unless_heard_of: m.unless_heard_of.clone(),
-            pattern_context: m.job.pattern.as_ref().map(|p| p.context.clone()),
+            pattern_context,
         }
     }
 }

@@ -8,6 +8,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 mod producer;
+pub mod redact;
 pub use producer::{KafkaWriter, WriteHealth};
 
 /// What became of one (rule, channel) decision.
@@ -196,6 +197,9 @@ pub struct Original {
     /// Only the first [`Original::KEY_LIMIT`] bytes are in `key_base64`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub key_truncated: bool,
+    /// Card numbers in the payload were masked to their last four digits.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub card_numbers_masked: bool,
 }
 
 impl Original {
@@ -204,17 +208,22 @@ impl Original {
     /// Bytes of the original key kept in a dead letter.
     pub const KEY_LIMIT: usize = 1024;
 
-    /// The bounded copy of a record's key and payload.
+    /// The bounded copy of a record's key and payload, card numbers masked
+    /// ([`redact`]); the SHA-256 is of the payload as it was, to find it in
+    /// the source topic.
     pub fn of(key: Option<&[u8]>, payload: Option<&[u8]>) -> Original {
         use sha2::Digest;
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let kept = payload.map(|p| &p[..p.len().min(Self::PAYLOAD_LIMIT)]);
+        let masked = kept.and_then(redact::card_numbers);
         Original {
             key_base64: key.map(|k| b64(&k[..k.len().min(Self::KEY_LIMIT)])),
             key_truncated: key.is_some_and(|k| k.len() > Self::KEY_LIMIT),
-            payload_base64: payload.map(|p| b64(&p[..p.len().min(Self::PAYLOAD_LIMIT)])),
+            payload_base64: masked.as_deref().or(kept).map(b64),
             payload_bytes: payload.map(<[u8]>::len),
             payload_sha256: payload.map(|p| hex::encode(sha2::Sha256::digest(p))),
             payload_truncated: payload.is_some_and(|p| p.len() > Self::PAYLOAD_LIMIT),
+            card_numbers_masked: masked.is_some(),
         }
     }
 }

@@ -12,6 +12,8 @@ use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 use crate::util;
 
 mod names;
+mod reads;
+pub use reads::Reads;
 
 /// Compiled templates of a rule set, addressed as `"<rule id>/<part>"`.
 pub struct Templates {

@@ -48,6 +48,16 @@ pub struct Rule {
     pub version: String,
     /// Not errors, but worth the analyst's eye (`herald rules check` prints them).
     pub warnings: Vec<String>,
+    /// What the rule's templates read of the event and the pattern: all a
+    /// held message keeps of them at rest.
+    pub reads: TemplateReads,
+}
+
+/// The event fields and pattern context a rule's templates read.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateReads {
+    pub event: crate::render::Reads,
+    pub pattern: crate::render::Reads,
 }
 
 /// What the compiler checks names against.
@@ -277,6 +287,15 @@ pub fn compile_rule(
     if errors.len() > before {
         return None;
     }
+    let names: Vec<String> = [("title", has_title), ("body", has_body), ("text", has_text)]
+        .into_iter()
+        .filter(|(_, has)| *has)
+        .map(|(part, _)| format!("{id}/{part}"))
+        .collect();
+    let reads = TemplateReads {
+        event: crate::render::Reads::of(templates, &names, "event"),
+        pattern: crate::render::Reads::of(templates, &names, "pattern"),
+    };
     Some(Rule {
         id,
         description: spec.description,
@@ -302,6 +321,7 @@ pub fn compile_rule(
         has_text,
         version,
         warnings,
+        reads,
     })
 }
 
