@@ -13,6 +13,7 @@ struct Harness {
     provider: Provider,
     _rules: tempfile::TempDir,
     running: herald::Running,
+    group: String,
 }
 
 async fn harness(profiles: &[(&str, Vec<u8>)]) -> Harness {
@@ -31,6 +32,7 @@ async fn harness(profiles: &[(&str, Vec<u8>)]) -> Harness {
         provider,
         _rules: rules,
         running,
+        group: group_of(&text),
     }
 }
 
@@ -42,11 +44,14 @@ fn outcomes(h: &Harness, want: usize) -> Vec<Value> {
 async fn card_swipe_becomes_an_fcm_push_with_rendered_text() {
     let h = harness(&[("u-1", profile("u-1", true, true))]).await;
     wait_ready(h.running.admin_addr()).await;
+    let mut with_pan: Value =
+        serde_json::from_slice(&swipe("u-1", 12.5, "approved", "US")).unwrap();
+    with_pan["pan"] = "4111 1111 1111 1111".into();
     publish(
         &producer(),
         &h.topics.transactions,
         "card-1",
-        &swipe("u-1", 12.5, "approved", "US"),
+        &serde_json::to_vec(&with_pan).unwrap(),
     )
     .await;
 
@@ -75,6 +80,16 @@ async fn card_swipe_becomes_an_fcm_push_with_rendered_text() {
         req.json["message"]["apns"]["headers"]["apns-collapse-id"],
         "purchase"
     );
+
+    // Between the stages the event is at rest: its card number masked.
+    let intents = read_json(
+        &format!("{}.intents", h.group),
+        1,
+        Duration::from_secs(10),
+        |_| true,
+    );
+    assert_eq!(intents[0]["event"]["fields"]["pan"], "**** **** **** 1111");
+    assert_eq!(intents[0]["event"]["fields"]["card_last4"], "4242");
 
     let sent = outcomes(&h, 1);
     assert_eq!(sent.len(), 1, "one decision: the purchase notice");

@@ -60,18 +60,25 @@ impl Job {
         }
     }
 
-    /// The intent stage 1 writes for this job.
+    /// The intent stage 1 writes for this job, card numbers masked: stage 2
+    /// only renders and sends, and a template shows a card as `mask_card`.
     pub fn intent(&self) -> Intent {
         let rule = self.rule();
+        let mut event = EventRecord::of(&self.event);
+        crate::outcome::redact::mask_fields(&mut event.fields);
         Intent {
             id: self.intent.to_string(),
             rule: rule.id.clone(),
             rule_version: rule.version.clone(),
-            event: EventRecord::of(&self.event),
+            event,
             matched_ms: self.matched_ms,
-            pattern: self.pattern.as_ref().map(|p| FiredRecord {
-                context: p.context.clone(),
-                summary: p.summary.clone(),
+            pattern: self.pattern.as_ref().map(|p| {
+                let mut context = p.context.clone();
+                crate::outcome::redact::mask_json(&mut context);
+                FiredRecord {
+                    context,
+                    summary: p.summary.clone(),
+                }
             }),
         }
     }
