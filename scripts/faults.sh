@@ -13,7 +13,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-scripts/install-deps.sh
+scripts/install-deps.sh demo
 scripts/broker.sh install
 echo "building herald and herald-faults (release)…" >&2
 cargo build --release --quiet --bin herald --bin herald-faults

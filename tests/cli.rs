@@ -193,3 +193,32 @@ fn rules_eval_prints_what_each_rule_would_do() {
     assert_eq!(code, 2);
     assert!(err.contains("the event has no `user_id`"), "{err}");
 }
+
+/// The first command installs what the demo needs and no browser; the
+/// second adds the browser the live-page test runs in.
+#[test]
+fn the_demo_installs_no_browser_and_the_tests_do() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let list = |purpose: &str| -> Vec<String> {
+        let out = std::process::Command::new("bash")
+            .args(["scripts/install-deps.sh", "--list", purpose])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let demo = list("demo");
+    assert!(
+        demo.contains(&"openjdk-17-jre-headless".to_string()),
+        "{demo:?}"
+    );
+    assert!(!demo.contains(&"chromium".to_string()), "{demo:?}");
+    assert!(list("test").contains(&"chromium".to_string()));
+    let demo_script = std::fs::read_to_string(root.join("scripts/demo.sh")).unwrap();
+    assert!(demo_script.contains("scripts/install-deps.sh demo\n"));
+}
