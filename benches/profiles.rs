@@ -2,7 +2,7 @@
 //! profile table (parse, phone and time-zone validation, upsert), as at start-up.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use herald::admin::Metrics;
+use herald::metrics::Metrics;
 use herald::profile::ProfileTable;
 
 fn records(n: usize, phones: bool) -> Vec<(Vec<u8>, Vec<u8>)> {

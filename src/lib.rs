@@ -43,6 +43,7 @@ pub mod feedback;
 pub mod ingest;
 pub mod kafka;
 pub mod loadtest;
+pub mod metrics;
 pub mod outcome;
 pub mod patterns;
 pub mod policy;

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::admin::{self, AdminState, Metrics};
+use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::deliver::{http_client, Channel};
 use crate::engine::{ChannelRuntime, Pipeline};
@@ -19,6 +19,7 @@ use crate::feedback::FeedbackState;
 use crate::ingest::offsets::OffsetTracker;
 use crate::ingest::{consume, ConsumerHealth, HeraldContext};
 use crate::kafka;
+use crate::metrics::Metrics;
 use crate::outcome::{KafkaWriter, Recorder, WriteHealth};
 use crate::profile::ProfileTable;
 use crate::rules::{LiveRules, RuleErrors};

@@ -12,10 +12,9 @@ use axum::Router;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-pub mod activity;
-mod metrics;
 pub mod twilio;
-pub use metrics::Metrics;
+
+use crate::metrics::Metrics;
 
 use crate::ingest::ConsumerHealth;
 use crate::profile::{ProfileTable, TableStatus};

@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::admin::Metrics;
 use crate::config::{Config, ProviderKind};
 use crate::deliver::breaker::Breaker;
 use crate::deliver::{
@@ -18,6 +17,7 @@ use crate::deliver::{
 };
 use crate::engine::{ChannelRuntime, Decision, Incoming, Pipeline};
 use crate::feedback::FeedbackState;
+use crate::metrics::Metrics;
 use crate::outcome::Recorder;
 use crate::profile::ProfileTable;
 use crate::rules::{LiveRules, RuleErrors};

@@ -1,7 +1,7 @@
 //! herald's one configuration file (TOML): Kafka, sources, topics, rules, channels, admin.
 //!
 //! Every struct denies unknown keys, every field has its default here and in the
-//! README's configuration table. [`Config::load`] parses, then [`Config::validate`]
+//! configuration table in docs/operators/configuration.md. [`Config::load`] parses, then [`Config::validate`]
 //! collects every semantic error at once.
 
 use std::collections::BTreeMap;

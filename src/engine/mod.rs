@@ -11,12 +11,12 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tracing::trace;
 
-use crate::admin::activity::Happened;
-use crate::admin::Metrics;
 use crate::config::{Config, FeedbackConfig, SourceConfig, TopicsConfig};
 use crate::deliver::Channel;
 use crate::feedback::FeedbackState;
 use crate::ingest::decode::{decode, Origin};
+use crate::metrics::activity::Happened;
+use crate::metrics::Metrics;
 use crate::outcome::{DeadLetter, Outcome, Pending, Recorder};
 use crate::policy::{Policy, Suppression};
 use crate::profile::ProfileTable;

@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::offsets::OffsetTracker;
-use crate::admin::Metrics;
 use crate::config::LimitsConfig;
 use crate::engine::{Incoming, Pipeline};
+use crate::metrics::Metrics;
 use crate::outcome::Pending;
 use crate::util::now_ms;
 
@@ -388,7 +388,7 @@ struct Fetch<'a> {
     consumer: &'a StreamConsumer<HeraldContext>,
     tracker: &'a OffsetTracker,
     health: &'a ConsumerHealth,
-    metrics: &'a crate::admin::Metrics,
+    metrics: &'a crate::metrics::Metrics,
     parked: VecDeque<(usize, Incoming)>,
     /// The partitions paused now (the assignment when they were paused).
     paused: Vec<(String, i32)>,

@@ -1,5 +1,8 @@
-//! Prometheus metrics: created once at start; labels are topics, channels, rule ids
-//! and reason codes — never a user, phone, token or card.
+//! metrics: the Prometheus handles every stage counts into, created once at
+//! start, and the per-rule activity of the live rules page. Labels are topics,
+//! channels, rule ids and reason codes — never a user, phone, token or card.
+
+pub mod activity;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -59,7 +62,7 @@ pub struct Metrics {
     /// Time spent restoring store partitions, per store, seconds.
     pub restore_seconds: prometheus::CounterVec,
     /// Per-rule activity over the last minute and hour (the live rules page).
-    pub activity: super::activity::Activity,
+    pub activity: activity::Activity,
     /// Provider retries per channel.
     pub retries: IntCounterVec,
     /// Provider request latency per channel, seconds.
@@ -327,7 +330,7 @@ impl Metrics {
                 "herald_partitions_assigned",
                 "Source partitions owned by this instance",
             ),
-            activity: super::activity::Activity::default(),
+            activity: activity::Activity::default(),
             registry,
         }
     }

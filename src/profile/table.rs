@@ -12,8 +12,8 @@ use rdkafka::{ClientConfig, Message};
 use tracing::{info, warn};
 
 use super::Profile;
-use crate::admin::Metrics;
 use crate::ingest::follow::{Follower, Start};
+use crate::metrics::Metrics;
 use crate::util::fingerprint;
 
 /// All known profiles, by user id, and the push tokens found dead.

@@ -17,7 +17,7 @@ use super::compile::Known;
 use super::error::{RuleError, RuleErrors};
 use super::load::load_dir;
 use super::set::RuleSet;
-use crate::admin::Metrics;
+use crate::metrics::Metrics;
 use crate::util::now_ms;
 
 /// A rule set with its per-rule metric handles, made once per load.

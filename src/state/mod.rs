@@ -2,7 +2,7 @@
 //! to a partition, written to compacted changelog topics and restored by
 //! whichever instance owns that partition now (as Kafka Streams does).
 //!
-//! Two stages, two keys (see `docs/state.md`):
+//! Two stages, two keys (see `docs/engineers/state.md`):
 //!
 //! - stage 1 (decode · match · patterns) runs per **source** partition; its
 //!   store is the pattern state of every (rule, key), one changelog per

@@ -173,7 +173,7 @@ every swipe with a unique id. One rule sends a push for every approved swipe.
 
 The run fails (exit 1) on any lost event, any duplicate not reported as
 `unknown_after_crash`, and any hostile record not dead-lettered with its
-expected reason. State lives in Kafka (docs/state.md): the send ledger, caps
+expected reason. State lives in Kafka (docs/engineers/state.md): the send ledger, caps
 and pattern windows are restored by each partition's next owner, so a
 restarted or surviving instance knows every decision made before a kill.
 This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`
