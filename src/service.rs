@@ -315,7 +315,17 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
             return;
         }
         info!(topics = ?topics, "profiles and feedback loaded; consuming");
-        consume(consumer, pipeline, tracker, health, &limits, shutdown_rx).await;
+        let metrics = Arc::clone(&pipeline.metrics);
+        consume(
+            consumer,
+            pipeline,
+            metrics,
+            tracker,
+            health,
+            &limits,
+            shutdown_rx,
+        )
+        .await;
     });
     Ok(Running {
         admin_addr,

@@ -15,8 +15,9 @@ use crate::deliver::breaker::Breaker;
 use crate::deliver::{
     retry::RetryPolicy, Address, Channel, Delivered, Message, Provider, SendFuture,
 };
-use crate::engine::{ChannelRuntime, Decision, Incoming, Pipeline};
+use crate::engine::{ChannelRuntime, Decision, Pipeline};
 use crate::feedback::FeedbackState;
+use crate::ingest::Incoming;
 use crate::metrics::Metrics;
 use crate::outcome::Recorder;
 use crate::profile::ProfileTable;
@@ -250,4 +251,4 @@ impl Offline {
     }
 }
 
-pub use crate::ingest::follow::{read_back, Read, ReadFrom};
+pub use crate::kafka::follow::{read_back, Read, ReadFrom};

@@ -16,6 +16,7 @@ mod channel;
 pub use channel::{ChannelConfig, OnUnknown, ProviderKind};
 mod feedback;
 pub use feedback::FeedbackConfig;
+pub mod policy;
 
 /// Everything herald needs to run one instance.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,7 +44,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Delivery policy: freshness, quiet hours and caps per category.
     #[serde(default)]
-    pub policy: crate::policy::PolicyConfig,
+    pub policy: policy::PolicyConfig,
     /// Feedback: engagement look-back, SMS keywords and the HELP reply.
     #[serde(default)]
     pub feedback: FeedbackConfig,

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::Priority;
 use super::{transport, Address, Delivered, Message, Provider, SendError, SendFuture};
 use crate::config::ProviderKind;
-use crate::rules::model::Priority;
 
 /// How long a signed provider token is used before signing a new one.
 const RESIGN_AFTER: Duration = Duration::from_secs(30 * 60);

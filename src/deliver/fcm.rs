@@ -6,11 +6,11 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::google::FcmAuth;
+use super::Priority;
 use super::{
     classify, retry_after, transport, Address, Delivered, Message, Provider, SendError, SendFuture,
 };
 use crate::config::ProviderKind;
-use crate::rules::model::Priority;
 
 /// The FCM v1 adapter, authenticated with an OAuth 2.0 access token: a
 /// static one, or minted from a service-account key.

@@ -12,7 +12,6 @@ use tokio::sync::Semaphore;
 
 use crate::config::{ChannelConfig, ProviderKind};
 use crate::profile::{Profile, ProfileTable};
-use crate::rules::model::Priority;
 
 mod apns;
 pub mod breaker;
@@ -24,6 +23,18 @@ mod twilio;
 mod webhook;
 
 pub use retry::{send_with_retry, Attempted};
+
+/// How urgent a message is; passed to the provider (FCM `android.priority`,
+/// APNs `apns-priority`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Delivered at once, waking the device (fraud, transactional).
+    High,
+    /// May be batched by the device to save power (marketing).
+    #[default]
+    Normal,
+}
 
 /// A rendered message, ready for a provider.
 #[derive(Debug, Clone)]

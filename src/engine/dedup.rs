@@ -62,10 +62,10 @@ impl RecentSends {
             status: &'a str,
             idempotency_key: &'a str,
         }
-        let records = crate::ingest::follow::read_back(
+        let records = crate::kafka::follow::read_back(
             client,
             topic,
-            crate::ingest::follow::ReadFrom::Last(per_partition),
+            crate::kafka::follow::ReadFrom::Last(per_partition),
             i64::MAX,
             Duration::from_secs(30),
         )?;

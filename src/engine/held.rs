@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use super::decide::Job;
+use super::job::Job;
 use super::Pipeline;
 use crate::ingest::ConsumerHealth;
 use crate::outcome::{Hop, Outcome, Pending, Status};

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::held::{Held, HeldMessage};
-use crate::ingest::follow::{Follower, Start};
+use crate::kafka::follow::{Follower, Start};
 use crate::outcome::{Hop, Outcome};
 pub use crate::state::intent::EventRecord;
 

@@ -15,6 +15,7 @@ use crate::config::{Config, FeedbackConfig, SourceConfig, TopicsConfig};
 use crate::deliver::Channel;
 use crate::feedback::FeedbackState;
 use crate::ingest::decode::{decode, Origin};
+use crate::ingest::Incoming;
 use crate::metrics::activity::Happened;
 use crate::metrics::Metrics;
 use crate::outcome::{DeadLetter, Outcome, Pending, Recorder};
@@ -27,25 +28,15 @@ mod decide;
 mod dedup;
 mod held;
 mod held_log;
+mod job;
 mod patterns;
 mod replies;
 mod stores;
-pub use decide::{Decided, Job};
+pub use decide::Decided;
 pub use dedup::RecentSends;
 pub use held::{AlreadyHeld, Held, HeldMessage, HeldQueue};
 pub use held_log::{HeldLog, HeldRecord};
-
-/// A Kafka message handed to the pipeline, owned.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub timestamp_ms: Option<i64>,
-    pub consumed_ms: i64,
-}
+pub use job::Job;
 
 /// A decision with the rendered text, for watchers in the same process (the
 /// demo prints them). Not written anywhere: outcomes never carry message text.
@@ -513,5 +504,12 @@ impl Pipeline {
     /// Every decision from now on, with its text (for the demo).
     pub fn watch_decisions(&self) -> tokio::sync::broadcast::Receiver<Arc<Decision>> {
         self.decisions.subscribe()
+    }
+}
+
+/// The engine is what ingest hands each consumed record to.
+impl crate::ingest::Handler for Pipeline {
+    fn handle(&self, m: Incoming) -> impl std::future::Future<Output = Vec<Pending>> + Send {
+        Pipeline::handle(self, m)
     }
 }

@@ -8,13 +8,13 @@ use tokio::sync::watch;
 
 use super::stores::StateChange;
 use super::{Job, Pipeline};
+use crate::expr::condition::Scope;
 use crate::ingest::decode::Event;
 use crate::outcome::{DeadLetter, Pending};
 use crate::patterns::detect::Input;
 use crate::patterns::store::KeyRef;
 use crate::patterns::{Fired, Pattern};
 use crate::profile::Profile;
-use crate::rules::condition::Scope;
 use crate::rules::Loaded;
 
 /// How often timers are checked.

@@ -8,12 +8,13 @@
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
-use super::{Incoming, Pipeline};
+use super::Pipeline;
+use crate::deliver::Priority;
 use crate::deliver::{send_with_retry, Address, Message};
 use crate::feedback::state::ConsentChange;
 use crate::feedback::{reply_event, Feedback, InboundSms, Keyword, PushAction, SentRef};
+use crate::ingest::Incoming;
 use crate::outcome::{Outcome, Pending, SourceRef, Status, Timings};
-use crate::rules::model::Priority;
 use crate::util::fingerprint;
 
 impl Pipeline {

@@ -5,15 +5,17 @@
 //! The cel crate stays the reference: it parses every expression, and an
 //! expression using something [`Expr`] does not cover (comprehensions, map
 //! literals, bytes, conversions, `min`/`max`, …) compiles to `None` and is run
-//! by the cel interpreter instead. `tests/cel_differential.rs` checks this
+//! by the cel interpreter instead. `src/expr/tests.rs` checks this
 //! evaluator against the interpreter, result for result, errors included.
 
+pub mod condition;
 mod eval;
 
 use cel::common::ast::{CallExpr, Expr as Ast, LiteralValue};
 use cel::IdedExpr;
 use regex::Regex;
 
+pub use condition::{Condition, Conditions, EvalError, Scalar, Scope};
 pub use eval::{Failed, Roots, Val};
 
 /// The variables a condition can name.

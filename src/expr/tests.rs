@@ -8,8 +8,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
+use crate::expr::condition::{Condition, Conditions};
 use crate::profile::Profile;
-use crate::rules::condition::{Condition, Conditions};
 
 /// Field references a condition may use: present, absent, nested, of every kind.
 const FIELDS: &[&str] = &[

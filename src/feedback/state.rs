@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{Feedback, Keyword, SentIndex};
-use crate::ingest::follow::{BarrierError, Follower, Start};
+use crate::kafka::follow::{BarrierError, Follower, Start};
 
 /// Engagements kept per user; the oldest go first.
 const PER_USER: usize = 64;

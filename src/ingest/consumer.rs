@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use super::offsets::OffsetTracker;
+use super::{Handler, Incoming};
 use crate::config::LimitsConfig;
-use crate::engine::{Incoming, Pipeline};
 use crate::metrics::Metrics;
 use crate::outcome::Pending;
 use crate::util::now_ms;
@@ -270,16 +270,16 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 /// Consumes until `shutdown` changes, then drains the lanes (within the
 /// shutdown bound), stores and commits offsets, and returns. A fatal consumer
 /// error ends it early and is reported through `health`.
-pub async fn consume(
+pub async fn consume<H: Handler>(
     consumer: Arc<StreamConsumer<HeraldContext>>,
-    pipeline: Arc<Pipeline>,
+    handler: Arc<H>,
+    metrics: Arc<Metrics>,
     tracker: Arc<OffsetTracker>,
     health: Arc<ConsumerHealth>,
     limits: &LimitsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let lanes = limits.lanes;
-    let metrics = Arc::clone(&pipeline.metrics);
     let mut senders = Vec::with_capacity(lanes);
     let mut tasks = Vec::with_capacity(2 * lanes);
     for _ in 0..lanes {
@@ -288,7 +288,7 @@ pub async fn consume(
         senders.push(tx);
         tasks.push(tokio::spawn(lane(
             rx,
-            Arc::clone(&pipeline),
+            Arc::clone(&handler),
             Arc::clone(&health),
             written_tx,
         )));
@@ -470,9 +470,9 @@ struct Handled {
 /// A message whose partition was revoked while it waited is skipped: its
 /// partition's next owner handles it, so this instance must not (that would
 /// be a duplicate), and no offset at or past it is stored.
-async fn lane(
+async fn lane<H: Handler>(
     mut rx: mpsc::Receiver<Incoming>,
-    pipeline: Arc<Pipeline>,
+    handler: Arc<H>,
     health: Arc<ConsumerHealth>,
     written: mpsc::Sender<Handled>,
 ) {
@@ -482,7 +482,7 @@ async fn lane(
         let writes = if skipped {
             Vec::new()
         } else {
-            pipeline.handle(m).await
+            handler.handle(m).await
         };
         let handled = Handled {
             topic,

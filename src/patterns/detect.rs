@@ -8,10 +8,10 @@ use serde_json::{json, Map, Value};
 use super::geofence::{Crossing, Presence};
 use super::window::{Entry, Measure, Window};
 use super::{Fired, Geo, Kind, Pattern, Step};
+use crate::expr::condition::{Conditions, Scope};
+use crate::expr::Scalar;
 use crate::ingest::decode::{lookup, Event};
 use crate::profile::Profile;
-use crate::rules::condition::{Conditions, Scope};
-use crate::rules::model::Scalar;
 
 /// The state of one (rule, key).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

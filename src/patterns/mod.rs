@@ -12,10 +12,9 @@ use std::sync::Arc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::expr::condition::{Condition, Conditions};
+use crate::expr::Scalar;
 use crate::ingest::decode::Event;
-use crate::rules::condition::{Condition, Conditions};
-use crate::rules::model::Scalar;
-use crate::rules::RuleError;
 
 pub mod detect;
 pub mod geofence;
@@ -137,8 +136,8 @@ pub struct Fired {
     pub summary: Value,
 }
 
-/// Where a compile problem is, and what.
-type Problem = (serde_saphyr::Location, String);
+/// A problem in a pattern spec, at its position in the rule file.
+pub type Problem = (serde_saphyr::Location, String);
 
 /// Compiles a rule's pattern. `dir` is the rule file's folder (geofence files
 /// are relative to it); `rule_sources` are the rule's sources. Problems are
@@ -401,18 +400,4 @@ pub fn compile(
         late: spec.late,
         fingerprint: hex::encode(&Sha256::digest(canonical.as_bytes())[..8]),
     })
-}
-
-/// Turns compile problems into rule errors at their positions.
-pub fn errors(problems: Vec<Problem>, file: &Path, rule: &str) -> Vec<RuleError> {
-    problems
-        .into_iter()
-        .map(|(loc, message)| RuleError {
-            file: file.to_owned(),
-            line: loc.line() as usize,
-            column: loc.column() as usize,
-            rule: Some(rule.to_string()),
-            message,
-        })
-        .collect()
 }

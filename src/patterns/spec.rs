@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::rules::model::Scalar;
+use crate::expr::Scalar;
 use crate::util::Span;
 
 /// `pattern:` of a rule.

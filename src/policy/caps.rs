@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::settings::Cap;
+use crate::config::policy::Cap;
 
 /// Longest window any cap can have (a week); older sends are forgotten.
 const HORIZON_MS: i64 = 604_800_000;

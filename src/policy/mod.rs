@@ -13,13 +13,12 @@ use crate::deliver::{Address, Channel, NoAddress};
 use crate::profile::{Profile, ProfileTable};
 
 mod caps;
-pub mod settings;
 
-pub use caps::{CapHit, FrequencyCaps, Limits, Reservation};
-pub use settings::{
+pub use crate::config::policy::{
     Cap, CategoryPolicy, EngagementGuard, PolicyConfig, QuietAction, QuietHours, QuietHoursSetting,
     RulePolicy, Step,
 };
+pub use caps::{CapHit, FrequencyCaps, Limits, Reservation};
 
 /// Why a message was not sent. `code()` is the bounded metric label; the
 /// `Display` form is the outcome's reason (`no_consent:sms`).

@@ -58,11 +58,11 @@ pub struct Profile {
     /// window wherever quiet hours apply; they never add quiet hours to a
     /// category that bypasses them (fraud alerts still arrive).
     #[serde(default)]
-    pub quiet_hours: Option<crate::policy::QuietHours>,
+    pub quiet_hours: Option<crate::config::policy::QuietHours>,
     /// The user's own caps per category (`{"marketing": ["1/day"]}`); the key
     /// `all` replaces the caps across all categories. Bypassed categories stay uncapped.
     #[serde(default)]
-    pub caps: BTreeMap<String, Vec<crate::policy::Cap>>,
+    pub caps: BTreeMap<String, Vec<crate::config::policy::Cap>>,
     /// Free-form attributes (name, tier, …) for conditions and templates.
     #[serde(default)]
     pub attributes: serde_json::Map<String, serde_json::Value>,

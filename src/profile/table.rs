@@ -12,7 +12,7 @@ use rdkafka::{ClientConfig, Message};
 use tracing::{info, warn};
 
 use super::Profile;
-use crate::ingest::follow::{Follower, Start};
+use crate::kafka::follow::{Follower, Start};
 use crate::metrics::Metrics;
 use crate::util::fingerprint;
 

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::condition::{Condition, Conditions};
 use super::error::RuleError;
 use super::model::{Priority, RuleSpec, Scalar};
+use crate::expr::condition::{Condition, Conditions};
 use crate::render::Templates;
 
 /// A compiled, immutable rule.
@@ -248,7 +248,7 @@ pub fn compile_rule(
             ) {
                 Ok(compiled) => Some(std::sync::Arc::new(compiled)),
                 Err(problems) => {
-                    errors.extend(crate::patterns::errors(problems, file, &id));
+                    errors.extend(pattern_errors(problems, file, &id));
                     None
                 }
             }
@@ -323,6 +323,24 @@ pub fn compile_rule(
         warnings,
         reads,
     })
+}
+
+/// Turns compile problems into rule errors at their positions.
+fn pattern_errors(
+    problems: Vec<crate::patterns::Problem>,
+    file: &Path,
+    rule: &str,
+) -> Vec<RuleError> {
+    problems
+        .into_iter()
+        .map(|(loc, message)| RuleError {
+            file: file.to_owned(),
+            line: loc.line() as usize,
+            column: loc.column() as usize,
+            rule: Some(rule.to_string()),
+            message,
+        })
+        .collect()
 }
 
 /// FCM's payload limit, which push templates should stay well under.

@@ -6,23 +6,15 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::compile::{compile_rule, Compiler, Known, Rule};
-use super::condition::Conditions;
 use super::error::{RuleError, RuleErrors};
 use super::model::RuleSpec;
 use super::parse::rule_specs;
-use super::set::RuleSet;
+use super::set::{FileSummary, RuleSet};
+use crate::expr::condition::Conditions;
 use crate::render::Templates;
 
 /// Largest rule file accepted, in bytes.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
-
-/// One loaded file, for `rules check` and `GET /rules`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FileSummary {
-    pub path: String,
-    pub rules: usize,
-    pub enabled: usize,
-}
 
 /// Finds rule files: `*.yaml` and `*.yml` below `dir`, recursively, in path
 /// order. Folders named `tests` hold rule tests, not rules, and are skipped.

@@ -1,12 +1,12 @@
 //! rules: analyst-owned YAML files compiled into an indexed, immutable rule set, reloaded live.
 //!
 //! [`model`] is the file format, [`parse`] reads one file rule by rule,
-//! [`load`] reads a directory, [`compile`] checks
-//! and compiles one rule, [`condition`] wraps CEL, [`set`] is the index and
-//! matcher, and [`live`] swaps sets on reload.
+//! [`load`] reads a directory, [`compile`] checks and compiles one rule
+//! (conditions through `crate::expr`, templates through `crate::render`,
+//! patterns through `crate::patterns`), [`set`] is the index and matcher, and
+//! [`live`] swaps sets on reload.
 
 pub mod compile;
-pub mod condition;
 pub mod error;
 pub mod live;
 pub mod load;
@@ -17,5 +17,6 @@ pub mod set;
 pub use compile::{Known, Rule};
 pub use error::{RuleError, RuleErrors};
 pub use live::{LiveRules, Loaded};
-pub use load::{load_dir, FileSummary};
+pub use load::load_dir;
+pub use set::FileSummary;
 pub use set::{RuleSet, Verdict};

@@ -19,24 +19,15 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub use crate::deliver::Priority;
+pub use crate::expr::Scalar;
+
 /// One rule file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFile {
     /// The rules in this file, evaluated in order.
     pub rules: Vec<RuleSpec>,
-}
-
-/// How urgent a message is; passed to the provider (FCM `android.priority`,
-/// APNs `apns-priority`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    /// Delivered at once, waking the device (fraud, transactional).
-    High,
-    /// May be batched by the device to save power (marketing).
-    #[default]
-    Normal,
 }
 
 /// One rule as written.
@@ -137,31 +128,6 @@ pub struct TemplateSpec {
     /// SMS text (and console/webhook text); defaults to the body.
     #[serde(default)]
     pub text: Option<Spanned<String>>,
-}
-
-/// A scalar value in a `match` table.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum Scalar {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Text(String),
-}
-
-impl Scalar {
-    /// The value as the index compares it: text as is, numbers and booleans in
-    /// their JSON spelling.
-    pub fn index_key(&self) -> String {
-        match self {
-            Scalar::Bool(b) => b.to_string(),
-            Scalar::Int(i) => i.to_string(),
-            Scalar::Float(f) => {
-                serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string())
-            }
-            Scalar::Text(s) => s.clone(),
-        }
-    }
 }
 
 fn yes() -> bool {

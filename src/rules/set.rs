@@ -8,11 +8,18 @@ use crate::util::FastMap;
 use serde_json::{Map, Value};
 
 use super::compile::Rule;
-use super::condition::{Conditions, EvalError, Scope};
-use super::load::FileSummary;
 use super::model::Scalar;
+use crate::expr::condition::{Conditions, EvalError, Scope};
 use crate::ingest::decode::lookup;
 use crate::render::Templates;
+
+/// One loaded file, for `rules check` and `GET /rules`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileSummary {
+    pub path: String,
+    pub rules: usize,
+    pub enabled: usize,
+}
 
 /// All rules of one load, with their index, templates and condition environment.
 pub struct RuleSet {

@@ -1,4 +1,7 @@
-//! Kafka client settings shared by the source consumer, the profile reader and the producer.
+//! kafka: client settings shared by the source consumer, the profile reader
+//! and the producer, and [`follow`], which reads a whole topic and keeps up.
+
+pub mod follow;
 
 use rdkafka::ClientConfig;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cel::{Context, Env, Program, Value};
 
-use crate::expr::{Expr, Roots};
+use super::{Expr, Roots};
 
 /// Functions herald adds to CEL's standard library for conditions.
 pub const HELPER_FUNCTIONS: &[&str] = &["lower", "upper", "abs", "max", "min"];
@@ -233,6 +233,31 @@ fn position_of(source: &str, name: &str) -> (usize, usize) {
         .or_else(|| source.find(name))
         .unwrap_or(0);
     crate::config::line_col(source, offset)
+}
+
+/// A scalar value in a `match` table.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Scalar {
+    /// The value as the index compares it: text as is, numbers and booleans in
+    /// their JSON spelling.
+    pub fn index_key(&self) -> String {
+        match self {
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string())
+            }
+            Scalar::Text(s) => s.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

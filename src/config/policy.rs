@@ -1,6 +1,7 @@
-//! Policy settings: global defaults and per-category settings from the config,
-//! per-rule overrides from rule files, and the small value types they use
-//! (`"3/day"` caps, `"21:00-08:00"` quiet hours).
+//! Delivery-policy settings, below the stages that read them: global defaults
+//! and per-category settings from the config, per-rule overrides from rule
+//! files, and the small value types profiles use too (`"3/day"` caps,
+//! `"21:00-08:00"` quiet hours). `crate::policy` applies them.
 
 use std::collections::BTreeMap;
 use std::fmt;
