@@ -5,7 +5,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
-RUN cargo build --release --locked --bin herald
+# The service alone by default: no demo, load test, stand-in or plot renderer
+# (the `tools` feature). docker-compose.yml builds its stand-in with FEATURES="".
+ARG FEATURES="--no-default-features"
+RUN cargo build --release --locked $FEATURES --bin herald
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g && rm -rf /var/lib/apt/lists/*

@@ -48,12 +48,14 @@ pub mod admin;
 pub mod analyst;
 pub mod config;
 pub mod deliver;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod engine;
 pub mod expr;
 pub mod feedback;
 pub mod ingest;
 pub mod kafka;
+#[cfg(feature = "tools")]
 pub mod loadtest;
 pub mod metrics;
 pub mod outcome;
@@ -62,7 +64,9 @@ pub mod policy;
 pub mod profile;
 pub mod render;
 pub mod rules;
+#[cfg(feature = "tools")]
 pub mod simulate;
+#[cfg(feature = "tools")]
 pub mod standin;
 pub mod state;
 pub mod util;

@@ -31,7 +31,11 @@ fn services_files_and_ports_exist_and_agree() {
             s.get("image").is_some() || s.get("build").is_some(),
             "{name} has an image or a build"
         );
-        if let Some(build) = s.get("build").and_then(Value::as_str) {
+        let context = s.get("build").and_then(|b| {
+            b.as_str()
+                .or_else(|| b.get("context").and_then(Value::as_str))
+        });
+        if let Some(build) = context {
             assert!(
                 root().join(build).join("Dockerfile").is_file(),
                 "{name}: Dockerfile in {build}"

@@ -54,7 +54,7 @@ fn modules() -> BTreeMap<String, Vec<PathBuf>> {
     for entry in std::fs::read_dir(src()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        if ["lib", "main", "bin", "cli", "cli_replay"].contains(&name.as_str()) {
+        if ["lib", "main", "bin", "cmd"].contains(&name.as_str()) {
             continue;
         }
         let files = if path.is_dir() {

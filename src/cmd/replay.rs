@@ -1,9 +1,12 @@
-//! `herald replay`: the command-line side (reading input, progress, report).
+//! `herald replay`: recorded events through the rules, sending nothing: reads
+//! the input, shows progress, prints a report per rule.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use super::{Failure, Outcome};
 
 use herald::analyst::parallel::{replay_parallel, Inputs};
 use herald::analyst::replay::{read_lines, replay as run_replay, Recorded};
@@ -59,14 +62,10 @@ fn time(text: &str) -> Result<i64, String> {
 }
 
 /// Runs a replay; exit 2 when it cannot be trusted (no input, a missing topic, an empty range).
-pub fn replay(args: &ReplayArgs) -> ExitCode {
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+pub fn replay(args: &ReplayArgs) -> Outcome {
+    run(args)
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(Failure::input)
 }
 
 fn run(args: &ReplayArgs) -> Result<(), String> {
