@@ -1,6 +1,8 @@
 //! The live rules page in headless Chromium (installed by scripts/install-deps.sh):
-//! the numbers it shows are the ones `/metrics` counts, and a failed reload
-//! is shown in full.
+//! the numbers it shows are the ones `/metrics` counts, latency percentiles
+//! are the measured ones of the outcomes, the operator's strip shows
+//! readiness, dead letters, consumer lag and held messages, a screenshot is
+//! taken, and a failed reload is shown in full.
 
 mod support;
 
@@ -36,6 +38,44 @@ fn rendered(url: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A screenshot of the page as headless Chromium renders it, PNG.
+fn screenshot(url: &str, path: &std::path::Path) -> Vec<u8> {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1280,900",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--screenshot={}", path.display()))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(path).expect("the screenshot was written")
+}
+
+/// The inner HTML of the element with `id`, up to its closing tag.
+fn element(dom: &str, id: &str) -> String {
+    let marker = format!(r#"id="{id}">"#);
+    let start = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id} in {dom}"))
+        + marker.len();
+    let end = start + dom[start..].find("</div>").unwrap();
+    dom[start..end].to_string()
 }
 
 /// The text of the cell `data-rule=… data-field=…`.
@@ -79,7 +119,16 @@ async fn the_rules_page_shows_what_metrics_count_and_the_last_reload_error() {
         )
         .await;
     }
-    read_json(&topics.outcomes, 3, Duration::from_secs(20), |_| true);
+    publish(&p, &topics.transactions, "u-9", b"not json at all").await;
+    let outcomes = read_json(&topics.outcomes, 3, Duration::from_secs(20), |_| true);
+    read_json(&topics.dlq, 1, Duration::from_secs(20), |_| true);
+    // librdkafka reports lag every 5 s.
+    eventually(Duration::from_secs(20), || {
+        let text = running.metrics().render();
+        text.contains("herald_consumer_lag{").then_some(())
+    })
+    .await
+    .expect("consumer lag is reported");
 
     let dom = rendered(&format!("http://{addr}/"));
     let (_, metrics) = admin_get(addr, "/metrics").await;
@@ -109,7 +158,50 @@ async fn the_rules_page_shows_what_metrics_count_and_the_last_reload_error() {
         format!("{suppressed} / {suppressed}")
     );
     assert!(dom.contains("no_consent 1"), "suppressions by reason");
-    assert!(cell(&dom, "purchase-notice", "latency").starts_with('≤'));
+    // Measured percentiles of the two sends, not bucket bounds.
+    let mut latencies: Vec<i64> = outcomes
+        .iter()
+        .filter(|o| o["status"] == "sent")
+        .map(|o| {
+            let t = &o["timings"];
+            t["request_sent_ms"]
+                .as_i64()
+                .unwrap()
+                .max(t["matched_ms"].as_i64().unwrap())
+                - t["event_ms"].as_i64().unwrap()
+        })
+        .collect();
+    latencies.sort_unstable();
+    assert_eq!(
+        cell(&dom, "purchase-notice", "latency"),
+        format!("{} / {} ms", latencies[0], latencies[1])
+    );
+    assert_eq!(cell(&dom, "purchase-notice", "held"), "0");
+    assert!(element(&dom, "readiness").contains("ready"), "{dom}");
+    assert!(!element(&dom, "readiness").contains("not ready"), "{dom}");
+    assert_eq!(element(&dom, "dead-letters"), "not_json 1");
+    let lag = element(&dom, "lag");
+    for partition in 0..2 {
+        assert!(
+            lag.contains(&format!("{}[{partition}] 0", topics.transactions)),
+            "every owned partition with its lag: {lag}"
+        );
+    }
+    assert_eq!(element(&dom, "held"), "0");
+    let shot = std::env::temp_dir().join(format!("herald-page-{}.png", std::process::id()));
+    let png = screenshot(&format!("http://{addr}/"), &shot);
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let (width, height) = (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    );
+    assert_eq!((width, height), (1280, 900));
+    assert!(
+        png.len() > 20_000,
+        "the page is drawn, not blank: {} bytes",
+        png.len()
+    );
+    eprintln!("screenshot of the live page: {}", shot.display());
     assert_eq!(cell(&dom, "declined-velocity", "sent"), "0 / 0");
     assert!(
         dom.contains(r#"<pre id="reload-error" hidden="">"#),

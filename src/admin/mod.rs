@@ -79,6 +79,17 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
 /// written, and at least one channel's provider answering. Otherwise 503, with
 /// every reason in `not_ready`.
 async fn readyz(State(state): State<AdminState>) -> Response {
+    let body = readiness(&state);
+    let code = if body["ready"] == true {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Whether this instance can make progress, and every reason it cannot.
+fn readiness(state: &AdminState) -> serde_json::Value {
     let profiles = state.profiles.status() == TableStatus::CaughtUp;
     let feedback = state.feedback.is_caught_up();
     let assigned = state.consumer.assigned.load(Ordering::Acquire);
@@ -126,7 +137,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
             lost.as_secs()
         ));
     }
-    let body = json!({
+    json!({
         "ready": not_ready.is_empty(),
         "not_ready": not_ready,
         "rules_loaded": true,
@@ -138,13 +149,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         "writes_failing": state.metrics.writes_failing.get(),
         "circuits_open": open,
         "fetch_paused": paused,
-    });
-    let code = if not_ready.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    })
 }
 
 async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
@@ -187,6 +192,15 @@ async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "rules": rules,
         "last_reload_error": last_error,
         "last_reload_error_ms": status.last_error_ms,
+        "readiness": readiness(&state),
+        "dead_letters": state
+            .metrics
+            .values_of("herald_dead_letters_total")
+            .into_iter()
+            .map(|(labels, n)| (labels["reason"].clone(), n as u64))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        "consumer_lag": consumer_lag(&state),
+        "held": state.metrics.held.get(),
     }))
 }
 
@@ -229,7 +243,9 @@ async fn page() -> Response {
 }
 
 /// `GET /rules/live`: each rule with its status and its activity over the
-/// last minute and hour; the last reload error in full.
+/// last minute and hour; the last reload error in full; and beside them what
+/// an operator looks at first: readiness with its reasons, dead letters by
+/// reason, consumer lag per partition, messages held.
 async fn live(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let loaded = state.rules.current();
     let status = state.rules.status();
@@ -260,7 +276,33 @@ async fn live(State(state): State<AdminState>) -> Json<serde_json::Value> {
             .as_ref()
             .map(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
         "last_reload_error_ms": status.last_error_ms,
+        "readiness": readiness(&state),
+        "dead_letters": state
+            .metrics
+            .values_of("herald_dead_letters_total")
+            .into_iter()
+            .map(|(labels, n)| (labels["reason"].clone(), n as u64))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        "consumer_lag": consumer_lag(&state),
+        "held": state.metrics.held.get(),
     }))
+}
+
+/// Lag per owned partition, by topic then partition.
+fn consumer_lag(state: &AdminState) -> Vec<serde_json::Value> {
+    let mut lags: Vec<(String, i32, i64)> = state
+        .metrics
+        .values_of("herald_consumer_lag")
+        .into_iter()
+        .map(|(labels, n)| {
+            let partition = labels["partition"].parse().unwrap_or(-1);
+            (labels["topic"].clone(), partition, n as i64)
+        })
+        .collect();
+    lags.sort();
+    lags.into_iter()
+        .map(|(topic, partition, lag)| json!({"partition": format!("{topic}[{partition}]"), "lag": lag}))
+        .collect()
 }
 
 /// A rule's status as the pages show it.

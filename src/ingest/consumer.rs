@@ -198,7 +198,36 @@ impl HeraldContext {
     }
 }
 
-impl ClientContext for HeraldContext {}
+impl ClientContext for HeraldContext {
+    /// Consumer lag per owned source partition, from librdkafka's statistics.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                let gauge = self
+                    .metrics
+                    .consumer_lag
+                    .with_label_values(&[topic.as_str(), &partition.to_string()]);
+                // Before the first message of a partition librdkafka has no
+                // application position; the fetch position stands in.
+                let lag = if p.consumer_lag >= 0 {
+                    p.consumer_lag
+                } else if p.next_offset >= 0 && p.hi_offset >= 0 {
+                    (p.hi_offset - p.next_offset).max(0)
+                } else {
+                    -1
+                };
+                if partition >= 0 && lag >= 0 && self.health.owns(topic, partition) {
+                    gauge.set(lag);
+                } else {
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[topic.as_str(), &partition.to_string()]);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for HeraldContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -131,6 +131,8 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
             // An ApiVersion request caught by a frozen broker must not time
             // out into librdkafka's "broker older than 0.10" fallback.
             ("api.version.request.timeout.ms", "60000"),
+            // Consumer lag per partition, for `herald_consumer_lag` and the live page.
+            ("statistics.interval.ms", "5000"),
         ],
     );
     config.set("group.id", &kafka.group_id);

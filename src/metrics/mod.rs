@@ -95,6 +95,9 @@ pub struct Metrics {
     /// Twilio webhook posts per channel, kind (`inbound`, `status`) and result
     /// (`accepted`, `bad_signature`, `malformed`).
     pub twilio_webhooks: IntCounterVec,
+    /// Messages behind the end of each source partition this instance owns
+    /// (librdkafka's statistics, every 5 s).
+    pub consumer_lag: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -165,6 +168,17 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(circuit_open.clone()))
+            .expect("unique metric");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "herald_consumer_lag",
+                "Messages behind the end of each owned source partition",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(consumer_lag.clone()))
             .expect("unique metric");
         let producer_rebuilds = IntCounter::new(
             "herald_producer_rebuilds_total",
@@ -331,8 +345,39 @@ impl Metrics {
                 "Source partitions owned by this instance",
             ),
             activity: activity::Activity::default(),
+            consumer_lag,
             registry,
         }
+    }
+
+    /// Each labelled value of a metric family by name, e.g. dead letters by
+    /// reason: `[({"reason": "not_json"}, 3.0)]`, for the live page.
+    pub fn values_of(&self, name: &str) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
+        self.registry
+            .gather()
+            .into_iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| {
+                let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
+                family
+                    .get_metric()
+                    .iter()
+                    .map(|m| {
+                        let labels = m
+                            .get_label()
+                            .iter()
+                            .map(|l| (l.name().to_string(), l.value().to_string()))
+                            .collect();
+                        let value = if counter {
+                            m.get_counter().get_value()
+                        } else {
+                            m.get_gauge().get_value()
+                        };
+                        (labels, value)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// The Prometheus text exposition of every metric.
