@@ -5,7 +5,7 @@
 //! Folders follow the pipeline's stages, and layers point one way: a module
 //! uses only modules of its own layer or of the layers before it in this list,
 //! and no two modules, nor two files of one module, use each other
-//! (`tests/layers.rs` checks both). Ingest hands records to a handler trait
+//! (`tests/it/layers.rs` checks both). Ingest hands records to a handler trait
 //! ([`ingest::Handler`]), which the engine implements.
 //!
 //! 1. [`util`] — small helpers: durations, masks, fast hashing, JSON bytes.

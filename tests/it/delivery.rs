@@ -1,12 +1,10 @@
 //! Delivery edge cases on the real broker: a signed webhook, and a provider
 //! that hangs (the request times out, the decision is recorded, nothing is lost).
 
-mod support;
-
 use std::time::Duration;
 
-use support::provider::Provider;
-use support::*;
+use crate::support::provider::Provider;
+use crate::support::*;
 
 async fn start(
     topics: &Topics,

@@ -3,16 +3,14 @@
 //! it cannot write makes `/readyz` say so until it is written; a fatally
 //! failed producer is rebuilt and loses nothing.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::provider::Provider;
+use crate::support::*;
 use herald::outcome::{KafkaWriter, WriteHealth};
 use rdkafka::producer::Producer;
 use rdkafka::ClientConfig;
-use support::provider::Provider;
-use support::*;
 
 async fn start(
     topics: &Topics,

@@ -1,14 +1,12 @@
 //! Stop the real `herald` binary with SIGTERM mid-stream and start it again:
 //! every event is handled exactly once — nothing sent twice, nothing missed.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use support::provider::Provider;
-use support::*;
+use crate::support::provider::Provider;
+use crate::support::*;
 
 const EVENTS: usize = 600;
 

@@ -1,13 +1,11 @@
 //! Patterns end to end on the real broker: a velocity window, a sequence with
 //! named steps in the message, and an absence that fires when the key goes silent.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::provider::Provider;
+use crate::support::*;
 use serde_json::{json, Value};
-use support::provider::Provider;
-use support::*;
 
 struct Harness {
     topics: Topics,

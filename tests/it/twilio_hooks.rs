@@ -3,13 +3,11 @@
 //! public URL, reach the feedback topic, and take effect (STOP opts the
 //! number out); every SMS carries a status callback naming its message.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::provider::Provider;
+use crate::support::*;
 use herald::feedback::twilio::signature;
-use support::provider::Provider;
-use support::*;
 
 const PUBLIC_URL: &str = "https://herald.example.com";
 

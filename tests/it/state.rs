@@ -3,14 +3,12 @@
 //! topic), so they hold across instances, restarts of every instance, and a
 //! kill -9 of the instance that owned them.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::provider::Provider;
+use crate::support::*;
 use serde_json::{json, Value};
-use support::provider::Provider;
-use support::*;
 
 /// Every approved swipe pushes a notice, at most `cap` a day per user; three
 /// declines on one card within five minutes send one SMS.

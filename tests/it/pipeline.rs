@@ -1,12 +1,10 @@
 //! End to end on the real broker: events in, provider requests out, outcomes and dead letters recorded.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::provider::Provider;
+use crate::support::*;
 use serde_json::Value;
-use support::provider::Provider;
-use support::*;
 
 struct Harness {
     topics: Topics,

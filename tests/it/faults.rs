@@ -2,16 +2,14 @@
 //! take a broker down and up again): herald reports not ready, keeps retrying,
 //! and resumes without losing or duplicating a send.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::provider::Provider;
+use crate::support::*;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use support::provider::Provider;
-use support::*;
 
 fn seqs(provider: &Provider) -> BTreeMap<u64, usize> {
     let mut counts = BTreeMap::new();

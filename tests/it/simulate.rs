@@ -1,12 +1,10 @@
 //! `herald simulate` on the real broker: it publishes what it says, keyed as
 //! DESIGN.md says, and the same seed gives the same events.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 fn simulate(topics: &Topics, locations: &str, seed: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))

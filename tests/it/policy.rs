@@ -2,13 +2,11 @@
 //! on the feedback topic, fallback chains, cross-channel suppression, held
 //! messages and de-duplication across a restart.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::provider::Provider;
+use crate::support::*;
 use serde_json::{json, Value};
-use support::provider::Provider;
-use support::*;
 
 const PHONE: &str = "+14155552671";
 

@@ -4,13 +4,11 @@
 //! readiness, dead letters, consumer lag and held messages, a screenshot is
 //! taken, and a failed reload is shown in full.
 
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::provider::Provider;
-use support::*;
+use crate::support::provider::Provider;
+use crate::support::*;
 
 /// The page's DOM after its scripts ran, as headless Chromium renders it.
 fn rendered(url: &str) -> String {

@@ -1,11 +1,9 @@
 //! Hot reload on the real broker: a broken rule file never replaces working rules; a fix does.
 
-mod support;
-
 use std::time::Duration;
 
-use support::provider::Provider;
-use support::*;
+use crate::support::provider::Provider;
+use crate::support::*;
 
 fn rule(id: &str, topic: &str, title: &str) -> String {
     format!(

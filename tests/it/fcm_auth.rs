@@ -4,22 +4,20 @@
 //! with the token, and mints a new one before it expires. A refused key fails
 //! the message with `auth_failed`, recorded, and the stream goes on.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::provider::Provider;
+use crate::support::*;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Form, Json, Router};
 use serde_json::{json, Value};
-use support::provider::Provider;
-use support::*;
 
-const KEY: &str = include_str!("fixtures/fcm-test-service-account.json");
-const PUBLIC: &str = include_str!("fixtures/fcm-test-service-account.pub.pem");
+const KEY: &str = include_str!("../fixtures/fcm-test-service-account.json");
+const PUBLIC: &str = include_str!("../fixtures/fcm-test-service-account.pub.pem");
 
 /// The token endpoint's state: whether it grants, and the claims it verified.
 #[derive(Default)]

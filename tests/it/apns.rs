@@ -3,21 +3,19 @@
 //! stand-in checks the ES256 provider token with the key's public half and
 //! every header as Apple does; Apple's reasons decide the token and the outcome.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::provider::Provider;
+use crate::support::*;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use support::provider::Provider;
-use support::*;
 
-const PUBLIC: &str = include_str!("fixtures/apns-test-key.pub.pem");
+const PUBLIC: &str = include_str!("../fixtures/apns-test-key.pub.pem");
 const KEY_ID: &str = "ABC123DEFG";
 const TEAM_ID: &str = "DEF123GHIJ";
 const TOPIC: &str = "com.example.bank";

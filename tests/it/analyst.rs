@@ -1,12 +1,10 @@
 //! Analyst tooling on the real broker: a shadow rule runs beside the live one
 //! without sending, and `herald rules diff` compares the two.
 
-mod support;
-
 use std::time::Duration;
 
-use support::provider::Provider;
-use support::*;
+use crate::support::provider::Provider;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_rule_sends_nothing_and_rules_diff_compares_it_with_the_live_one() {
