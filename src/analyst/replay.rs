@@ -264,14 +264,8 @@ pub(super) fn tally(
             }
         }
         Status::Suppressed => {
-            let reason = o
-                .reason
-                .as_deref()
-                .unwrap_or("")
-                .split(':')
-                .next()
-                .unwrap_or("");
-            *t.suppressed.entry(reason.to_string()).or_default() += 1;
+            let code = o.reason_code.unwrap_or("unknown");
+            *t.suppressed.entry(code.to_string()).or_default() += 1;
         }
         Status::Held => t.held += 1,
         Status::Failed => t.failed += 1,

@@ -154,6 +154,23 @@ impl SendError {
         }
     }
 
+    /// The bounded code of [`SendError::reason`], for metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SendError::Retryable {
+                status: Some(_), ..
+            } => "provider_status",
+            SendError::Retryable { status: None, .. } => "provider_unreachable",
+            SendError::Rejected { .. } | SendError::Refused { .. } => "provider_rejected",
+            SendError::Unregistered => "token_unregistered",
+            SendError::Stale { .. } => "stale_after_outage",
+            SendError::Auth { .. } => "auth_failed",
+            SendError::InvalidPhone => "invalid_phone",
+            SendError::OptedOutAtProvider => "opted_out_at_provider",
+            SendError::TooLarge { .. } => "payload_too_large",
+        }
+    }
+
     /// The failure of a message whose freshness ran out, after `last`.
     pub fn stale(last: Option<SendError>) -> SendError {
         SendError::Stale {

@@ -98,7 +98,7 @@ impl Pipeline {
                         decided.push(d);
                     }
                     Err(_) => {
-                        let outcome = self.suppress(d.outcome, channel, Suppression::Duplicate);
+                        let outcome = self.suppress(d.outcome, Suppression::Duplicate);
                         // Already held: the held one keeps the ledger's `held`.
                         decided.push(Decided {
                             outcome,
@@ -161,14 +161,15 @@ impl Pipeline {
         let mut outcome = sent.clone();
         outcome.channel = next.to_string();
         outcome.status = Status::Held;
-        outcome.reason = Some(format!(
-            "awaiting_delivery:{}:{}",
-            sent.channel,
-            crate::util::Span(wait_ms as u64)
-        ));
-        if let Some(next) = self.channels.get(next) {
-            next.held.inc();
-        }
+        // Not an outcome (the held topic keeps it): no decision is counted.
+        outcome.because(
+            "awaiting_delivery",
+            format!(
+                "awaiting_delivery:{}:{}",
+                sent.channel,
+                crate::util::Span(wait_ms as u64)
+            ),
+        );
         outcome.hops = hops.clone();
         let release_ms = self.clock.now_ms() + wait_ms;
         outcome.release_ms = Some(release_ms);
@@ -202,15 +203,12 @@ impl Pipeline {
     fn collapsed(&self, old: HeldMessage) -> Decided {
         let mut outcome = old.outcome;
         outcome.status = Status::Suppressed;
-        outcome.reason = Some("collapsed".into());
+        outcome.because("collapsed", "collapsed");
         outcome.release_ms = None;
         self.metrics
             .held_released
             .with_label_values(&["collapsed"])
             .inc();
-        if let Some(c) = self.channels.get(&outcome.channel) {
-            c.suppressed.inc();
-        }
         Decided {
             message: None,
             dead_letter: None,
@@ -235,6 +233,7 @@ impl Pipeline {
             channel: channel.channel.name.clone(),
             status: Status::Suppressed,
             reason: None,
+            reason_code: None,
             idempotency_key: String::new(),
             recipient: None,
             provider_message_id: None,
@@ -265,7 +264,7 @@ impl Pipeline {
         let settled = |mut outcome: Outcome, why: Suppression, record: bool| {
             outcome.idempotency_key = self.ledger.idempotency_key(&ledger_key).unwrap_or_default();
             Decided {
-                outcome: self.suppress(outcome, channel, why),
+                outcome: self.suppress(outcome, why),
                 message: None,
                 dead_letter: None,
                 counters: counters.clone(),
@@ -332,8 +331,7 @@ impl Pipeline {
             if let Err(e) = self.feedback.consent_barrier(wait).await {
                 self.metrics.consent_waits_failed.inc();
                 outcome.status = Status::Failed;
-                outcome.reason = Some("consent_unknown".into());
-                channel.failed.inc();
+                outcome.because("consent_unknown", "consent_unknown");
                 let record =
                     self.failed_send_record(event, rule, channel, "consent_unknown", e.to_string());
                 return done(outcome, None, Some(record), false);
@@ -354,9 +352,8 @@ impl Pipeline {
                         .is_none_or(|max| until_ms - event.time_ms <= max as i64 * 1000) =>
             {
                 outcome.status = Status::Held;
-                outcome.reason = Some(quiet.to_string());
+                outcome.because(quiet.code(), quiet.to_string());
                 outcome.release_ms = Some(until_ms);
-                channel.held.inc();
                 if let Some(p) = profile {
                     if let Ok(a) = address(p, &channel.channel, &self.profiles) {
                         outcome.recipient = Some(a.masked());
@@ -376,7 +373,7 @@ impl Pipeline {
             }
             Err(s) => {
                 let hop = s.is_channel_specific();
-                return done(self.suppress(outcome, channel, s), None, None, hop);
+                return done(self.suppress(outcome, s), None, None, hop);
             }
         };
         outcome.recipient = Some(address.masked());
@@ -385,8 +382,7 @@ impl Pipeline {
             Ok(m) => m,
             Err(detail) => {
                 outcome.status = Status::Failed;
-                outcome.reason = Some("render_error".into());
-                channel.failed.inc();
+                outcome.because("render_error", "render_error");
                 let record = self.failed_send_record(event, rule, channel, "render_error", detail);
                 return done(outcome, None, Some(record), false);
             }
@@ -396,8 +392,7 @@ impl Pipeline {
             let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
             if let Err(e) = self.feedback.consent_barrier(wait).await {
                 outcome.status = Status::Failed;
-                outcome.reason = Some("engagement_unknown".into());
-                channel.failed.inc();
+                outcome.because("engagement_unknown", "engagement_unknown");
                 let record = self.failed_send_record(
                     event,
                     rule,
@@ -415,22 +410,12 @@ impl Pipeline {
             rule.campaign.as_deref(),
             now,
         ) {
-            return done(
-                self.suppress(outcome, channel, s),
-                Some(message),
-                None,
-                false,
-            );
+            return done(self.suppress(outcome, s), Some(message), None, false);
         }
         let reservation = match self.policy.reserve(profile, &subject, now) {
             Ok(r) => r,
             Err(s) => {
-                return done(
-                    self.suppress(outcome, channel, s),
-                    Some(message),
-                    None,
-                    false,
-                );
+                return done(self.suppress(outcome, s), Some(message), None, false);
             }
         };
         if rule.shadow {
@@ -485,7 +470,6 @@ impl Pipeline {
                 outcome.status = Status::Sent;
                 outcome.provider_message_id = delivered.provider_message_id;
                 outcome.delivery = Some(delivered.delivery.unwrap_or_else(|| "accepted".into()));
-                channel.sent.inc();
                 let sent = attempted.request_sent_ms;
                 self.metrics
                     .event_to_send
@@ -547,10 +531,9 @@ impl Pipeline {
                     ));
                 }
                 warn!(rule = %rule.id, channel = %channel.channel.name, %reason, attempts = attempted.attempts, "send failed");
-                channel.failed.inc();
                 let record = self.failed_send_record(event, rule, channel, &reason, e.to_string());
                 outcome.status = Status::Failed;
-                outcome.reason = Some(reason);
+                outcome.because(e.code(), reason);
                 Decided {
                     writes,
                     ..done(outcome, Some(message), Some(record), true)
@@ -559,13 +542,7 @@ impl Pipeline {
         }
     }
 
-    pub(super) fn suppress(
-        &self,
-        mut outcome: Outcome,
-        channel: &ChannelRuntime,
-        why: Suppression,
-    ) -> Outcome {
-        channel.suppressed.inc();
+    pub(super) fn suppress(&self, mut outcome: Outcome, why: Suppression) -> Outcome {
         if let Some(c) = self.suppression_counters.get(why.code()) {
             c.inc();
         }
@@ -574,7 +551,7 @@ impl Pipeline {
             .with_label_values(&[outcome.rule.as_str(), why.code()])
             .inc();
         outcome.status = Status::Suppressed;
-        outcome.reason = Some(why.to_string());
+        outcome.because(why.code(), why.to_string());
         outcome
     }
 

@@ -295,10 +295,10 @@ impl Pipeline {
             .run_chain(&held.job, &held.chain, held.hops.clone())
             .await;
         for d in decided {
-            let result = match (d.outcome.status, d.outcome.reason.as_deref()) {
+            let result = match (d.outcome.status, d.outcome.reason_code) {
                 (Status::Sent, _) => "sent",
                 (Status::Held, _) => "held_again",
-                (Status::Suppressed, Some(r)) if r.starts_with("stale") => "stale",
+                (Status::Suppressed, Some("stale")) => "stale",
                 (Status::Suppressed, _) => "suppressed",
                 (Status::Failed, _) => "failed",
             };

@@ -59,6 +59,18 @@ pub struct ChannelRuntime {
 }
 
 impl ChannelRuntime {
+    /// Counts one decision on this channel in `herald_decisions_total`.
+    fn count(&self, status: crate::outcome::Status) {
+        use crate::outcome::Status;
+        match status {
+            Status::Sent => &self.sent,
+            Status::Suppressed => &self.suppressed,
+            Status::Failed => &self.failed,
+            Status::Held => &self.held,
+        }
+        .inc();
+    }
+
     /// Wraps a channel and makes its metric handles.
     pub fn new(channel: Channel, metrics: &Metrics) -> ChannelRuntime {
         let name = channel.name.clone();
@@ -415,21 +427,22 @@ impl Pipeline {
         }
     }
 
-    /// Counts a decision and hands its records to the producer.
+    /// Counts a decision, in this one place for every decision of a rule
+    /// (per rule, per channel, on the live page), and hands its records to
+    /// the producer.
     fn record(&self, mut decided: Decided, writes: &mut Vec<Pending>) {
         decided.counters[decided.outcome.status.index()].inc();
         let o = &decided.outcome;
+        if let (Some(channel), false) = (self.channels.get(&o.channel), o.shadow) {
+            channel.count(o.status);
+        }
         let happened = match o.status {
             crate::outcome::Status::Sent => Happened::Sent {
                 latency_ms: o.timings.request_sent_ms.max(o.timings.matched_ms)
                     - o.timings.event_ms,
             },
             crate::outcome::Status::Suppressed => Happened::Suppressed {
-                code: o
-                    .reason
-                    .as_deref()
-                    .and_then(|r| r.split(':').next())
-                    .unwrap_or(""),
+                code: o.reason_code.unwrap_or("unknown"),
             },
             crate::outcome::Status::Failed => Happened::Failed,
             crate::outcome::Status::Held => Happened::Held,

@@ -200,6 +200,7 @@ impl Pipeline {
             channel: channel.channel.name.clone(),
             status: Status::Suppressed,
             reason: None,
+            reason_code: None,
             idempotency_key: key.clone(),
             recipient: Some(crate::util::mask_phone(&sms.from)),
             provider_message_id: None,
@@ -225,7 +226,7 @@ impl Pipeline {
             },
         };
         if !self.recent.first_time(&key) {
-            outcome.reason = Some("duplicate".into());
+            outcome.because("duplicate", "duplicate");
             return vec![self.recorder.outcome(&outcome)];
         }
         let message = Message {
@@ -258,7 +259,7 @@ impl Pipeline {
                 self.recent.forget(&key);
                 warn!(reason = %e.reason(), "HELP answer failed");
                 outcome.status = Status::Failed;
-                outcome.reason = Some(e.reason());
+                outcome.because(e.code(), e.reason());
                 channel.failed.inc();
             }
         }

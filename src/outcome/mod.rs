@@ -85,6 +85,11 @@ pub struct Outcome {
     /// `awaiting_delivery:push:30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The reason's bounded code (`no_consent`, `stale`, `provider_rejected`),
+    /// carried beside its text for metrics, tallies and the held queue, which
+    /// never parse the text. Not written: `reason` starts with it.
+    #[serde(skip)]
+    pub reason_code: Option<&'static str>,
     pub idempotency_key: String,
     /// The recipient, masked (`+141******71`, `token:ab12…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +128,14 @@ pub struct Outcome {
     pub unknown_after_crash: bool,
     pub source: SourceRef,
     pub timings: Timings,
+}
+
+impl Outcome {
+    /// Says why: the bounded `code` and the outcome's `reason` text, made once here.
+    pub fn because(&mut self, code: &'static str, text: impl Into<String>) {
+        self.reason_code = Some(code);
+        self.reason = Some(text.into());
+    }
 }
 
 /// A provider's later word on a sent message (a Twilio status callback),

@@ -332,6 +332,7 @@ async fn provider_503_twice_then_200_is_one_send_and_400_is_failed() {
     assert_eq!(dead[0]["reason"], "send_failed:provider_rejected:400");
     assert_eq!(dead[0]["rule"], "purchase-notice");
     assert_eq!(h.provider.received_by("fcm").len(), 4);
+    assert_decisions_match_outcomes(h.running.admin_addr(), &all).await;
     h.running.stop().await;
 }
 

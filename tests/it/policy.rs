@@ -413,6 +413,7 @@ rules:
         .await,
         "the decisions metric counts the held outcome"
     );
+    assert_decisions_match_outcomes(h.running.admin_addr(), &held).await;
     let release = held[0]["release_ms"].as_i64().unwrap();
     assert!(release > held[0]["timings"]["event_ms"].as_i64().unwrap());
     assert!(

@@ -550,3 +550,42 @@ pub async fn quiet_window_now(latest_s: i64) -> String {
         next.minute()
     )
 }
+
+/// Asserts that `herald_decisions_total{channel,status}` counts exactly the
+/// decisions the outcomes topic holds (delivery records aside), per channel
+/// and status.
+pub async fn assert_decisions_match_outcomes(addr: std::net::SocketAddr, outcomes: &[Value]) {
+    use std::collections::BTreeMap;
+    let mut written: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for o in outcomes.iter().filter(|o| o.get("record").is_none()) {
+        let key = (
+            o["channel"].as_str().unwrap().to_string(),
+            o["status"].as_str().unwrap().to_string(),
+        );
+        *written.entry(key).or_default() += 1;
+    }
+    let (_, metrics) = admin_get(addr, "/metrics").await;
+    let mut counted: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("herald_decisions_total{"))
+    {
+        let (labels, n) = line.rsplit_once(' ').unwrap();
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap()
+                .to_string()
+        };
+        let n: u64 = n.parse().unwrap();
+        if n > 0 {
+            counted.insert((label("channel"), label("status")), n);
+        }
+    }
+    assert_eq!(
+        counted, written,
+        "herald_decisions_total against the outcomes topic"
+    );
+}
