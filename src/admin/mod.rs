@@ -192,15 +192,6 @@ async fn rules(State(state): State<AdminState>) -> Json<serde_json::Value> {
         "rules": rules,
         "last_reload_error": last_error,
         "last_reload_error_ms": status.last_error_ms,
-        "readiness": readiness(&state),
-        "dead_letters": state
-            .metrics
-            .values_of("herald_dead_letters_total")
-            .into_iter()
-            .map(|(labels, n)| (labels["reason"].clone(), n as u64))
-            .collect::<std::collections::BTreeMap<_, _>>(),
-        "consumer_lag": consumer_lag(&state),
-        "held": state.metrics.held.get(),
     }))
 }
 

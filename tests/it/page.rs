@@ -10,8 +10,9 @@ use std::time::Duration;
 use crate::support::provider::Provider;
 use crate::support::*;
 
-/// The page's DOM after its scripts ran, as headless Chromium renders it.
-fn rendered(url: &str) -> String {
+/// Headless Chromium on `url` with `what` (`--dump-dom`, `--screenshot=…`):
+/// its standard output.
+fn chromium(url: &str, what: &[&str]) -> Vec<u8> {
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new("chromium")
         .args([
@@ -24,8 +25,8 @@ fn rendered(url: &str) -> String {
             "--disable-component-update",
             "--disable-sync",
             "--virtual-time-budget=5000",
-            "--dump-dom",
         ])
+        .args(what)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
         .output()
@@ -35,32 +36,20 @@ fn rendered(url: &str) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out.stdout
 }
 
-/// A screenshot of the page as headless Chromium renders it, PNG.
+/// The page's DOM after its scripts ran, as headless Chromium renders it.
+fn rendered(url: &str) -> String {
+    String::from_utf8_lossy(&chromium(url, &["--dump-dom"])).into_owned()
+}
+
+/// A screenshot of the page as headless Chromium draws it at 1280×900, PNG.
 fn screenshot(url: &str, path: &std::path::Path) -> Vec<u8> {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--window-size=1280,900",
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--screenshot={}", path.display()))
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .output()
-        .expect("chromium runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let target = format!("--screenshot={}", path.display());
+    chromium(
+        url,
+        &["--hide-scrollbars", "--window-size=1280,900", &target],
     );
     std::fs::read(path).expect("the screenshot was written")
 }
