@@ -213,64 +213,55 @@ impl RunTopics {
         rules: &Path,
         watch: bool,
     ) -> Result<Config, String> {
-        let text = format!(
-            r#"
-[kafka]
-bootstrap_servers = "{brokers}"
-group_id = "herald-{group:x}"
-[kafka.properties]
-"session.timeout.ms" = "6000"
-[sources.{tx}]
-user_field = "user_id"
-time_field = "ts"
-type_field = "status"
-[sources.{sensors}]
-user_field = "owner_id"
-time_field = "ts"
-[sources.{locations}]
-user_field = "user_id"
-time_field = "ts"
-[topics]
-profiles = "{profiles}"
-outcomes = "{outcomes}"
-dead_letter = "{dlq}"
-feedback = "{feedback}"
-consent = "{consent}"
-replies = "{replies}"
-held = "{held}"
-[rules]
-dir = "{rules}"
-watch = {watch}
-[admin]
-listen = "127.0.0.1:0"
-[channels.push]
-provider = "fcm"
-base_url = "{standin}"
-project_id = "herald-demo"
-token_env = "{ENV_FCM}"
-concurrency = 256
-[channels.sms]
-provider = "twilio"
-base_url = "{standin}"
-account_sid_env = "{ENV_SID}"
-auth_token_env = "{ENV_TOKEN}"
-from = "+15005550006"
-concurrency = 64
-"#,
-            group = rand::random::<u32>(),
-            rules = rules.display(),
-            tx = self.transactions,
-            sensors = self.sensors,
-            locations = self.locations,
-            profiles = self.profiles,
-            outcomes = self.outcomes,
-            dlq = self.dlq,
-            feedback = self.feedback,
-            consent = self.consent,
-            replies = self.replies,
-            held = self.held,
-        );
-        let config = Config::parse(&text).map_err(|e| e.to_string())?;
+        // Built as a value, so no name or path needs quoting for TOML.
+        let source = |user_field: &str, type_field: Option<&str>| {
+            let mut s = serde_json::json!({ "user_field": user_field, "time_field": "ts" });
+            if let Some(t) = type_field {
+                s["type_field"] = t.into();
+            }
+            s
+        };
+        let mut sources = serde_json::Map::new();
+        sources.insert(self.transactions.clone(), source("user_id", Some("status")));
+        sources.insert(self.sensors.clone(), source("owner_id", None));
+        sources.insert(self.locations.clone(), source("user_id", None));
+        let value = serde_json::json!({
+            "kafka": {
+                "bootstrap_servers": brokers,
+                "group_id": format!("herald-{:x}", rand::random::<u32>()),
+                "properties": { "session.timeout.ms": "6000" },
+            },
+            "sources": sources,
+            "topics": {
+                "profiles": self.profiles,
+                "outcomes": self.outcomes,
+                "dead_letter": self.dlq,
+                "feedback": self.feedback,
+                "consent": self.consent,
+                "replies": self.replies,
+                "held": self.held,
+            },
+            "rules": { "dir": rules, "watch": watch },
+            "admin": { "listen": "127.0.0.1:0" },
+            "channels": {
+                "push": {
+                    "provider": "fcm",
+                    "base_url": standin,
+                    "project_id": "herald-demo",
+                    "token_env": ENV_FCM,
+                    "concurrency": 256,
+                },
+                "sms": {
+                    "provider": "twilio",
+                    "base_url": standin,
+                    "account_sid_env": ENV_SID,
+                    "auth_token_env": ENV_TOKEN,
+                    "from": "+15005550006",
+                    "concurrency": 64,
+                },
+            },
+        });
+        let config: Config = serde_json::from_value(value).map_err(|e| e.to_string())?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)

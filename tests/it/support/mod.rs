@@ -69,35 +69,21 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// Topics of one test.
-pub struct Topics {
-    pub transactions: String,
-    pub sensors: String,
-    pub locations: String,
-    pub profiles: String,
-    pub outcomes: String,
-    pub dlq: String,
-    pub feedback: String,
-    pub consent: String,
-    pub replies: String,
-    pub held: String,
+/// Topics of one test: the demo's and the load test's list of topic names
+/// ([`herald::demo::RunTopics`]), with a fresh prefix.
+pub struct Topics(herald::demo::RunTopics);
+
+impl std::ops::Deref for Topics {
+    type Target = herald::demo::RunTopics;
+    fn deref(&self) -> &herald::demo::RunTopics {
+        &self.0
+    }
 }
 
 impl Topics {
     /// Fresh names, not created anywhere yet.
     pub fn fresh() -> Topics {
-        Topics {
-            transactions: unique("transactions"),
-            sensors: unique("sensors"),
-            locations: unique("locations"),
-            profiles: unique("profiles"),
-            outcomes: unique("outcomes"),
-            dlq: unique("dlq"),
-            feedback: unique("feedback"),
-            consent: unique("consent"),
-            replies: unique("replies"),
-            held: unique("held"),
-        }
+        Topics(herald::demo::RunTopics::new(&unique("t")))
     }
 
     /// Every topic with its partition count: the streams and the feedback
