@@ -3,7 +3,14 @@
 //! shape like the real APIs, answers like them, and records when each request
 //! arrived, so latency can be measured at the provider's door. The fault
 //! suite also makes it fail on demand (a share of requests answered 503, or
-//! all of them: the provider down) and keeps every request it saw.
+//! all of them: the provider down) and keeps every request it saw. The
+//! integration tests use it too ([`script`]: requests kept as they came,
+//! scripted answers, a delay, a signed webhook endpoint): one stand-in.
+
+mod script;
+
+pub use script::Request;
+use script::{content_type, Script};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,6 +62,7 @@ struct Inner {
     fail_per_mille: AtomicU32,
     /// Every request since [`StandIn::record`], when recording.
     recorded: Mutex<Option<Vec<Arrival>>>,
+    script: Script,
 }
 
 impl Inner {
@@ -93,10 +101,12 @@ impl StandIn {
             count: Mutex::new(0),
             fail_per_mille: AtomicU32::new(0),
             recorded: Mutex::new(None),
+            script: Script::default(),
         });
         let app = Router::new()
             .route("/v1/projects/{project}/messages:send", post(fcm))
             .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
+            .route("/hook", post(webhook))
             .with_state(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -142,6 +152,59 @@ impl StandIn {
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Keeps every request from now on as it came, for [`StandIn::requests`].
+    pub fn keep_requests(&self) {
+        *self
+            .inner
+            .script
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
+    /// Every request kept since [`StandIn::keep_requests`], in arrival order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.inner
+            .script
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Answers the next requests with these statuses, then normally. FCM
+    /// 404 is `UNREGISTERED`, 429 and 503 come with `Retry-After: 0`; for
+    /// Twilio a value of 20000 or more is a Twilio error code, sent with 400.
+    pub fn plan(&self, statuses: &[u16]) {
+        self.inner
+            .script
+            .plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(statuses.iter().copied());
+    }
+
+    /// Waits this long before answering each request.
+    pub fn delay(&self, d: std::time::Duration) {
+        *self
+            .inner
+            .script
+            .delay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    /// Accepts webhook calls (`POST /hook`) signed with this secret.
+    pub fn accept_webhooks(&self, secret: &str) {
+        *self
+            .inner
+            .script
+            .webhook_secret
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(secret.to_string());
+    }
 }
 
 fn next_id(inner: &Inner) -> u64 {
@@ -158,10 +221,22 @@ async fn fcm(
 ) -> Response {
     let at_ms = now_ms();
     let bearer = format!("Bearer {}", inner.credentials.fcm_token);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(bearer.as_str()) {
+    let auth_ok =
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(bearer.as_str());
+    let parsed = serde_json::from_slice::<Value>(&body);
+    let n = inner.script.keep(Request {
+        api: "fcm",
+        account: project.clone(),
+        auth_ok,
+        json: parsed.as_ref().cloned().unwrap_or(Value::Null),
+        form: Default::default(),
+        content_type: content_type(&headers),
+    });
+    inner.script.pause().await;
+    if !auth_ok {
         return fcm_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", None);
     }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(request) = parsed else {
         return fcm_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", None);
     };
     let message = &request["message"];
@@ -170,6 +245,9 @@ async fn fcm(
     };
     if token.starts_with("dead:") {
         return fcm_error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("UNREGISTERED"));
+    }
+    if let Some(planned) = inner.script.next() {
+        return planned_fcm(planned, &project, n);
     }
     let data = &message["data"];
     let fails = inner.fails();
@@ -195,6 +273,23 @@ async fn fcm(
     Json(json!({ "name": format!("projects/{project}/messages/0:{at_ms}{id:06}") })).into_response()
 }
 
+/// A planned FCM answer.
+fn planned_fcm(status: u16, project: &str, n: usize) -> Response {
+    match status {
+        200 => Json(json!({"name": format!("projects/{project}/messages/0:{n}")})).into_response(),
+        404 => fcm_error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("UNREGISTERED")),
+        s => {
+            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = fcm_error(status, "UNAVAILABLE", None);
+            if s == 429 || s == 503 {
+                resp.headers_mut()
+                    .insert("retry-after", axum::http::HeaderValue::from_static("0"));
+            }
+            resp
+        }
+    }
+}
+
 fn fcm_error(status: StatusCode, name: &str, code: Option<&str>) -> Response {
     let mut error = json!({"code": status.as_u16(), "message": name, "status": name});
     if let Some(code) = code {
@@ -216,12 +311,21 @@ async fn twilio(
         base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", c.twilio_sid, c.twilio_token))
     );
-    if sid != c.twilio_sid
-        || headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str())
-    {
+    let auth_ok = sid == c.twilio_sid
+        && headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
+    let form: Vec<(String, String)> = crate::feedback::twilio::form_pairs(&body);
+    let n = inner.script.keep(Request {
+        api: "twilio",
+        account: sid.clone(),
+        auth_ok,
+        json: Value::Null,
+        form: form.iter().cloned().collect(),
+        content_type: content_type(&headers),
+    });
+    inner.script.pause().await;
+    if !auth_ok {
         return twilio_error(StatusCode::UNAUTHORIZED, 20003, "Authenticate");
     }
-    let form: Vec<(String, String)> = crate::feedback::twilio::form_pairs(&body);
     let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let (Some(to), Some(text)) = (field("To"), field("Body")) else {
         return twilio_error(
@@ -236,6 +340,17 @@ async fn twilio(
             21603,
             "A 'From' or 'MessagingServiceSid' parameter is required.",
         );
+    }
+    match inner.script.next() {
+        None | Some(201) => {}
+        // A Twilio error code planned as the status: a 400 carrying it.
+        Some(code) if code >= 20000 => {
+            return twilio_error(StatusCode::BAD_REQUEST, u32::from(code), "error")
+        }
+        Some(s) => {
+            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return twilio_error(status, 21211, "error");
+        }
     }
     let fails = inner.fails();
     inner.arrived(Arrival {
@@ -255,12 +370,29 @@ async fn twilio(
             "Service unavailable",
         );
     }
-    let id = next_id(&inner);
+    let id = if n > 0 { n as u64 } else { next_id(&inner) };
     (
         StatusCode::CREATED,
         Json(json!({"sid": format!("SM{id:032x}"), "account_sid": sid, "status": "queued", "num_segments": "1"})),
     )
         .into_response()
+}
+
+/// `POST /hook`: a signed webhook call (see [`Script::webhook_signed`]).
+async fn webhook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth_ok = inner.script.webhook_signed(&headers, &body);
+    inner.script.keep(Request {
+        api: "webhook",
+        account: String::new(),
+        auth_ok,
+        json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        form: Default::default(),
+        content_type: content_type(&headers),
+    });
+    if !auth_ok {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    Json(json!({"id": "hook-1"})).into_response()
 }
 
 fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
