@@ -126,6 +126,9 @@ fn parse_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> RuleError {
     if let Some(cut) = message.rfind(" at line ") {
         message.truncate(cut);
     }
+    if message == "expected sequence start" {
+        message = "expected a list here, e.g. `[transactions]` or one `- item` per line".into();
+    }
     RuleError {
         file: path.to_owned(),
         line,

@@ -125,7 +125,7 @@ fn six_broken_rules_of_one_file_give_every_error_in_one_run() {
             format!("{f}:25:15: rule \"four\": unknown variant `urgent`, expected one of high, normal"),
             format!("{f}:33:31: rule \"five\": template.body: unknown test `oddly` (after `is`)"),
             format!("{f}:33:54: rule \"five\": template.body: unknown function `nofunc`"),
-            format!("{f}:35:14: rule \"six\": expected sequence start"),
+            format!("{f}:35:14: rule \"six\": expected a list here, e.g. `[transactions]` or one `- item` per line"),
         ]
         .join("\n"),
     );
