@@ -268,9 +268,7 @@ async fn live(State(state): State<AdminState>) -> Json<serde_json::Value> {
             .map(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>()),
         "last_reload_error_ms": status.last_error_ms,
         "readiness": readiness(&state),
-        "dead_letters": state
-            .metrics
-            .values_of("herald_dead_letters_total")
+        "dead_letters": Metrics::values_of(&state.metrics.dead_letters)
             .into_iter()
             .map(|(labels, n)| (labels["reason"].clone(), n as u64))
             .collect::<std::collections::BTreeMap<_, _>>(),
@@ -281,9 +279,7 @@ async fn live(State(state): State<AdminState>) -> Json<serde_json::Value> {
 
 /// Lag per owned partition, by topic then partition.
 fn consumer_lag(state: &AdminState) -> Vec<serde_json::Value> {
-    let mut lags: Vec<(String, i32, i64)> = state
-        .metrics
-        .values_of("herald_consumer_lag")
+    let mut lags: Vec<(String, i32, i64)> = Metrics::values_of(&state.metrics.consumer_lag)
         .into_iter()
         .map(|(labels, n)| {
             let partition = labels["partition"].parse().unwrap_or(-1);

@@ -131,16 +131,28 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::run(format!("cannot start the runtime: {e}")))
 }
 
+/// Logs to stderr at `RUST_LOG`, else `default_filter`.
+fn init_logging(default_filter: &str, format: herald::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        herald::config::LogFormat::Json => builder.json().with_current_span(false).init(),
+        herald::config::LogFormat::Text => {
+            // Colour only on a terminal: log files and collectors get plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).init()
+        }
+    }
+}
+
 /// Warnings only, for commands whose output is the point (demo, loadtest).
 #[cfg(feature = "tools")]
 fn init_quiet_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,librdkafka=off,rdkafka=off"));
-    // Colour only on a terminal: log files and collectors get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    init_logging(
+        "warn,librdkafka=off,rdkafka=off",
+        herald::config::LogFormat::Text,
+    );
 }

@@ -203,10 +203,6 @@ impl ClientContext for HeraldContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         for (topic, t) in &statistics.topics {
             for (&partition, p) in &t.partitions {
-                let gauge = self
-                    .metrics
-                    .consumer_lag
-                    .with_label_values(&[topic.as_str(), &partition.to_string()]);
                 // Before the first message of a partition librdkafka has no
                 // application position; the fetch position stands in.
                 let lag = if p.consumer_lag >= 0 {
@@ -216,13 +212,14 @@ impl ClientContext for HeraldContext {
                 } else {
                     -1
                 };
+                let labels = [topic.as_str(), &partition.to_string()];
                 if partition >= 0 && lag >= 0 && self.health.owns(topic, partition) {
-                    gauge.set(lag);
-                } else {
-                    let _ = self
-                        .metrics
+                    self.metrics
                         .consumer_lag
-                        .remove_label_values(&[topic.as_str(), &partition.to_string()]);
+                        .with_label_values(&labels)
+                        .set(lag);
+                } else {
+                    let _ = self.metrics.consumer_lag.remove_label_values(&labels);
                 }
             }
         }

@@ -350,13 +350,14 @@ impl Metrics {
         }
     }
 
-    /// Each labelled value of a metric family by name, e.g. dead letters by
-    /// reason: `[({"reason": "not_json"}, 3.0)]`, for the live page.
-    pub fn values_of(&self, name: &str) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
-        self.registry
-            .gather()
+    /// Each labelled value of one metric, e.g. dead letters by reason:
+    /// `[({"reason": "not_json"}, 3.0)]`, for the live page.
+    pub fn values_of(
+        metric: &impl prometheus::core::Collector,
+    ) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
+        metric
+            .collect()
             .into_iter()
-            .filter(|family| family.name() == name)
             .flat_map(|family| {
                 let counter = family.get_field_type() == prometheus::proto::MetricType::COUNTER;
                 family

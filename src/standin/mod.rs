@@ -224,7 +224,7 @@ async fn fcm(
     let auth_ok =
         headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(bearer.as_str());
     let parsed = serde_json::from_slice::<Value>(&body);
-    let n = inner.script.keep(Request {
+    inner.script.keep(|| Request {
         api: "fcm",
         account: project.clone(),
         auth_ok,
@@ -247,7 +247,7 @@ async fn fcm(
         return fcm_error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("UNREGISTERED"));
     }
     if let Some(planned) = inner.script.next() {
-        return planned_fcm(planned, &project, n);
+        return planned_fcm(planned, &project, next_id(&inner));
     }
     let data = &message["data"];
     let fails = inner.fails();
@@ -274,9 +274,9 @@ async fn fcm(
 }
 
 /// A planned FCM answer.
-fn planned_fcm(status: u16, project: &str, n: usize) -> Response {
+fn planned_fcm(status: u16, project: &str, id: u64) -> Response {
     match status {
-        200 => Json(json!({"name": format!("projects/{project}/messages/0:{n}")})).into_response(),
+        200 => Json(json!({"name": format!("projects/{project}/messages/0:{id}")})).into_response(),
         404 => fcm_error(StatusCode::NOT_FOUND, "NOT_FOUND", Some("UNREGISTERED")),
         s => {
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -314,7 +314,7 @@ async fn twilio(
     let auth_ok = sid == c.twilio_sid
         && headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
     let form: Vec<(String, String)> = crate::feedback::twilio::form_pairs(&body);
-    let n = inner.script.keep(Request {
+    inner.script.keep(|| Request {
         api: "twilio",
         account: sid.clone(),
         auth_ok,
@@ -370,7 +370,7 @@ async fn twilio(
             "Service unavailable",
         );
     }
-    let id = if n > 0 { n as u64 } else { next_id(&inner) };
+    let id = next_id(&inner);
     (
         StatusCode::CREATED,
         Json(json!({"sid": format!("SM{id:032x}"), "account_sid": sid, "status": "queued", "num_segments": "1"})),
@@ -381,7 +381,7 @@ async fn twilio(
 /// `POST /hook`: a signed webhook call (see [`Script::webhook_signed`]).
 async fn webhook(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     let auth_ok = inner.script.webhook_signed(&headers, &body);
-    inner.script.keep(Request {
+    inner.script.keep(|| Request {
         api: "webhook",
         account: String::new(),
         auth_ok,

@@ -40,15 +40,16 @@ pub(super) struct Script {
 }
 
 impl Script {
-    /// Keeps `request` when keeping is on; its number (1 for the first).
-    pub fn keep(&self, request: Request) -> usize {
-        let mut kept = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        match kept.as_mut() {
-            Some(all) => {
-                all.push(request);
-                all.len()
-            }
-            None => 0,
+    /// Keeps the request `made` describes, when keeping is on; built only then,
+    /// so the demo and the load test pay nothing for it.
+    pub fn keep(&self, made: impl FnOnce() -> Request) {
+        if let Some(all) = self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            all.push(made());
         }
     }
 
