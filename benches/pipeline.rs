@@ -8,7 +8,7 @@ use std::sync::Arc;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use herald::config::SourceConfig;
 use herald::ingest::decode::{decode, Origin};
-use herald::render::{RuleScope, Templates};
+use herald::render::{RuleScope, Scope};
 use herald::rules::load::load_texts;
 use herald::rules::{Known, RuleSet, Verdict};
 use herald::simulate::Generator;
@@ -136,17 +136,33 @@ fn bench_render(c: &mut Criterion) {
         .iter()
         .map(|p| std::sync::Arc::new(serde_json::from_slice(p).unwrap()))
         .collect();
-    let scope = RuleScope {
-        id: "rule-0",
-        category: "transactional",
-        description: "",
+    let scope = |f: &std::sync::Arc<serde_json::Map<String, serde_json::Value>>| Scope {
+        event: std::sync::Arc::clone(f) as _,
+        profile: None,
+        rule: RuleScope {
+            id: "rule-0",
+            category: "transactional",
+            description: "",
+        },
+        pattern: None,
     };
     let mut group = c.benchmark_group("render");
     group.throughput(Throughput::Elements(fields.len() as u64));
+    // minijinja's interpreter alone (the baseline), then herald's render: the
+    // planned path for templates of its shape.
+    group.bench_function("push_title_and_body_interpreted", |b| {
+        b.iter(|| {
+            for f in &fields {
+                let seen = scope(f);
+                black_box(set.templates.interpret("rule-0/title", &seen).unwrap());
+                black_box(set.templates.interpret("rule-0/body", &seen).unwrap());
+            }
+        })
+    });
     group.bench_function("push_title_and_body", |b| {
         b.iter(|| {
             for f in &fields {
-                let seen = Templates::scope(std::sync::Arc::clone(f) as _, None, &scope, None);
+                let seen = scope(f);
                 black_box(set.templates.render("rule-0/title", &seen).unwrap());
                 black_box(set.templates.render("rule-0/body", &seen).unwrap());
             }

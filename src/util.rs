@@ -1,6 +1,8 @@
 //! Small shared pieces: clocks, fingerprints and masks that keep personal data out of logs.
 
-use sha2::{Digest, Sha256};
+use std::hash::Hasher as _;
+
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -43,10 +45,25 @@ impl Clock for ManualClock {
 }
 
 /// A short, stable, non-reversible reference to a personal value (user id, token,
-/// phone) for logs and outcome records: the first 12 hex digits of its SHA-256.
+/// phone) for logs and outcome records: the first 12 hex digits of its
+/// [`stable_digest`].
 pub fn fingerprint(value: &str) -> String {
-    let digest = Sha256::digest(value.as_bytes());
-    hex::encode(&digest[..6])
+    hex::encode(&stable_digest(&[value.as_bytes()])[..6])
+}
+
+/// A 128-bit digest of `parts` (each followed by a zero byte) that is the same
+/// on every instance, build and version: SipHash-1-3 with a fixed key, whose
+/// output is specified. Not a cryptographic hash: it names things (idempotency
+/// keys, fingerprints) and must be cheap on the per-event path. A value from a
+/// small space (a phone number) can be found from its digest by trying them
+/// all, with this as with SHA-256; nothing secret is hashed with it.
+pub fn stable_digest(parts: &[&[u8]]) -> [u8; 16] {
+    let mut h = SipHasher13::new_with_keys(0x6865_7261_6c64_0001, 0x6865_7261_6c64_0002);
+    for part in parts {
+        h.write(part);
+        h.write_u8(0);
+    }
+    h.finish128().as_bytes()
 }
 
 /// A phone number with all but the country prefix and last two digits hidden:
@@ -180,12 +197,17 @@ mod tests {
         assert_eq!(Span(90_000).to_string(), "90s");
     }
 
+    const STABLE_U1: &str = "5fc80dc044699bac06844c65fd7460f0";
+
     #[test]
     fn masks_hide_the_middle() {
         assert_eq!(mask_phone("+14155552671"), "+141******71");
         assert_eq!(mask_card("4111 1111 1111 4242"), "•••• 4242");
         assert_eq!(mask_card("42"), "•••• 42");
         assert_eq!(fingerprint("u1").len(), 12);
+        // Fixed for good: idempotency keys and fingerprints must not change
+        // between versions (a redelivered intent must get the key it had).
+        assert_eq!(hex::encode(stable_digest(&[b"u1"])), STABLE_U1);
         assert!(!mask_token("secret-token").contains("secret"));
     }
 }

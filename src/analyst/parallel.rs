@@ -216,11 +216,7 @@ mod tests {
             .unwrap_or(20_000))
             .map(|i| {
                 let r = generator.next(start + i * 500);
-                Recorded {
-                    topic: r.topic.to_string(),
-                    key: Some(r.key),
-                    event: r.value,
-                }
+                Recorded::new(r.topic.to_string(), Some(r.key), r.value)
             })
             .collect();
         let none = BTreeMap::new();

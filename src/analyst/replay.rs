@@ -18,16 +18,47 @@ use crate::engine::Decision;
 use crate::ingest::decode::{lookup, parse_time};
 use crate::outcome::{Outcome, Status};
 
-/// One event to replay.
+/// One event to replay: its bytes as they were recorded, handed to the
+/// pipeline as a consumed record's payload, and the same event parsed, for
+/// its time and user before the run.
 pub struct Recorded {
     pub topic: String,
     pub key: Option<String>,
     pub event: Value,
+    pub payload: Vec<u8>,
+}
+
+impl Recorded {
+    /// An event given as a value (its payload is its JSON text).
+    pub fn new(topic: String, key: Option<String>, event: Value) -> Recorded {
+        let payload = crate::util::json_bytes(&event);
+        Recorded {
+            topic,
+            key,
+            event,
+            payload,
+        }
+    }
+
+    /// An event given as the bytes of its JSON text.
+    pub fn parse(
+        topic: String,
+        key: Option<String>,
+        payload: &[u8],
+    ) -> Result<Recorded, serde_json::Error> {
+        Ok(Recorded {
+            topic,
+            key,
+            event: serde_json::from_slice(payload)?,
+            payload: payload.to_vec(),
+        })
+    }
 }
 
 /// Reads a JSON-lines file: each line `{"topic", "key", "event"}`, or a bare
 /// event of `default_topic`. Malformed lines are reported with their number
-/// (and the rest goes on).
+/// (and the rest goes on). The line is read once for its top level; the
+/// event's own text is kept as it was, not rewritten.
 pub fn read_lines(
     reader: impl BufRead,
     default_topic: Option<&str>,
@@ -43,34 +74,42 @@ pub fn read_lines(
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(e) => {
-                bad(line_no, format!("not JSON ({e})"));
-                continue;
-            }
-        };
-        let enveloped = value.get("event").is_some() && value.get("topic").is_some();
-        if enveloped {
-            out.push(Recorded {
-                topic: value["topic"].as_str().unwrap_or_default().to_string(),
-                key: value["key"].as_str().map(str::to_string),
-                event: value["event"].clone(),
-            });
-        } else if let Some(topic) = default_topic {
-            out.push(Recorded {
-                topic: topic.to_string(),
-                key: None,
-                event: value,
-            });
-        } else {
-            bad(
+        match envelope(&line, default_topic) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => bad(
                 line_no,
                 "not {\"topic\", \"key\", \"event\"}; give --topic for bare events".into(),
-            );
+            ),
+            Err(e) => bad(line_no, format!("not JSON ({e})")),
         }
     }
     out
+}
+
+/// One line as a recorded event: an envelope with `topic` and `event`, else
+/// a bare event of `default_topic` (`None` without one).
+fn envelope(
+    line: &str,
+    default_topic: Option<&str>,
+) -> Result<Option<Recorded>, serde_json::Error> {
+    use serde_json::value::RawValue;
+    let top: Result<HashMap<String, &RawValue>, _> = serde_json::from_str(line);
+    if let Ok(top) = &top {
+        if let (Some(topic), Some(event)) = (top.get("topic"), top.get("event")) {
+            let text = |raw: Option<&&RawValue>| {
+                raw.and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+                    .and_then(|v| v.as_str().map(str::to_string))
+            };
+            let key = text(top.get("key"));
+            let topic = text(Some(topic)).unwrap_or_default();
+            return Recorded::parse(topic, key, event.get().as_bytes()).map(Some);
+        }
+    }
+    match default_topic {
+        Some(topic) => Recorded::parse(topic.to_string(), None, line.as_bytes()).map(Some),
+        // JSON that is no envelope, or not JSON (then say why).
+        None => serde_json::from_str::<serde::de::IgnoredAny>(line).map(|_| None),
+    }
 }
 
 /// Totals of one rule.
@@ -149,9 +188,8 @@ pub(super) async fn drive(
 ) -> Result<(), String> {
     for (i, r) in events.iter().enumerate() {
         if owned(i) {
-            let payload = crate::util::json_bytes(&r.event);
             offline
-                .event_at(&r.topic, r.key.as_deref(), &payload, times[i], offsets[i])
+                .event_at(&r.topic, r.key.as_deref(), &r.payload, times[i], offsets[i])
                 .await;
             handled(i);
         } else {

@@ -100,12 +100,8 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
             }
             let mut out = Vec::new();
             for (n, r) in records.into_iter().enumerate() {
-                match serde_json::from_slice(&r.payload) {
-                    Ok(event) => out.push(Recorded {
-                        topic: topic.clone(),
-                        key: r.key,
-                        event,
-                    }),
+                match Recorded::parse(topic.clone(), r.key, &r.payload) {
+                    Ok(event) => out.push(event),
                     Err(e) => {
                         malformed += 1;
                         eprintln!("{topic} record {n}: not JSON ({e}); skipped");

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use super::held::{Held, HeldMessage};
@@ -26,7 +25,7 @@ use crate::ingest::decode::Event;
 use crate::outcome::{DeadLetter, Hop, Outcome, Pending, SourceRef, Status, Timings};
 use crate::policy::{address, Subject, Suppression};
 use crate::profile::Profile;
-use crate::render::{JsonFields, RuleScope, Templates};
+use crate::render::{JsonFields, RuleScope, Scope};
 use crate::rules::Rule;
 use crate::state::{LedgerEntry, LedgerStatus, Seen};
 
@@ -585,18 +584,16 @@ impl Pipeline {
 /// channels the SMS text (falling back to the body).
 fn render(job: &Job, channel: &ChannelRuntime, idempotency_key: &str) -> Result<Message, String> {
     let (rule, event, templates) = (job.rule(), &*job.event, &job.loaded.set.templates);
-    let pattern = job.pattern.as_ref().map(|p| &p.context);
-    let scope = RuleScope {
-        id: &rule.id,
-        category: &rule.category,
-        description: &rule.description,
+    let seen = Scope {
+        event: Arc::clone(&job.event) as _,
+        profile: job.profile.clone().map(|p| p as _),
+        rule: RuleScope {
+            id: &rule.id,
+            category: &rule.category,
+            description: &rule.description,
+        },
+        pattern: job.pattern.as_ref().map(|p| &p.context),
     };
-    let seen = Templates::scope(
-        Arc::clone(&job.event) as _,
-        job.profile.clone().map(|p| p as _),
-        &scope,
-        pattern,
-    );
     let part = |name: &str| {
         templates
             .render(&format!("{}/{name}", rule.id), &seen)
@@ -648,14 +645,14 @@ fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> S
         Address::Phone(p) => p.as_str(),
         Address::User(u) => u.as_str(),
     };
-    let mut h = Sha256::new();
-    for part in [rule.id.as_str(), &event.source, channel, recipient] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    h.update(event.partition.to_be_bytes());
-    h.update(event.offset.to_be_bytes());
-    hex::encode(&h.finalize()[..16])
+    hex::encode(crate::util::stable_digest(&[
+        rule.id.as_bytes(),
+        event.source.as_bytes(),
+        channel.as_bytes(),
+        recipient.as_bytes(),
+        &event.partition.to_be_bytes(),
+        &event.offset.to_be_bytes(),
+    ]))
 }
 
 impl JsonFields for Event {

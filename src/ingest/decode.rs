@@ -170,13 +170,17 @@ pub fn parse_time(v: &Value) -> Option<i64> {
                 .filter(|f| f.is_finite() && f.abs() < 9.0e15)
                 .map(|f| f as i64)
         }),
-        Value::String(s) => s
-            .parse::<jiff::Timestamp>()
-            .ok()
-            .map(|t| t.as_millisecond())
-            .or_else(|| s.parse::<i64>().ok()),
+        Value::String(s) => parse_time_text(s),
         _ => None,
     }
+}
+
+/// A time given as text: RFC 3339, or epoch milliseconds in digits.
+pub fn parse_time_text(s: &str) -> Option<i64> {
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+        .or_else(|| s.parse::<i64>().ok())
 }
 
 #[cfg(test)]

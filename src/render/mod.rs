@@ -2,7 +2,9 @@
 //!
 //! All templates of one rule set live in one [`Templates`] environment, compiled
 //! when the rules load, so a syntax error is a rule-file error and rendering on
-//! the per-event path only looks a template up by name.
+//! the per-event path only looks a template up by name. The common shape —
+//! text and `{{ event.x | filter }}` — is also planned at load and rendered
+//! without the interpreter ([`plan`]).
 
 use std::sync::Arc;
 
@@ -12,12 +14,30 @@ use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 use crate::util;
 
 mod names;
+mod plan;
 mod reads;
+#[cfg(test)]
+mod tests;
 pub use reads::Reads;
+
+use plan::Plan;
 
 /// Compiled templates of a rule set, addressed as `"<rule id>/<part>"`.
 pub struct Templates {
     env: Environment<'static>,
+    /// The templates of the planned shape, by name.
+    plans: foldhash::HashMap<String, Plan>,
+}
+
+/// What one message's templates see: `event`, `profile`, `rule` and, for a
+/// rule with a pattern, `pattern` (counts, first and last events, steps).
+/// Event and profile are read where they lie, field by field as a template
+/// asks for them; nothing is converted up front.
+pub struct Scope<'a> {
+    pub event: Arc<dyn JsonFields>,
+    pub profile: Option<Arc<dyn JsonFields>>,
+    pub rule: RuleScope<'a>,
+    pub pattern: Option<&'a serde_json::Value>,
 }
 
 /// A template that failed to compile: the message and its 1-based line and
@@ -47,7 +67,10 @@ impl Templates {
         env.add_filter("mask_card", |v: Value| util::mask_card(&v.to_string()));
         env.add_filter("mask_phone", |v: Value| util::mask_phone(&v.to_string()));
         env.add_filter("local_time", local_time);
-        Templates { env }
+        Templates {
+            env,
+            plans: foldhash::HashMap::default(),
+        }
     }
 
     /// Compiles `source` under `name`. A syntax error stops at the first
@@ -69,9 +92,14 @@ impl Templates {
             })?;
         let unknown = names::unknown_names(&self.env, &name);
         if unknown.is_empty() {
+            match Plan::of(&self.env, &name) {
+                Some(plan) => self.plans.insert(name, plan),
+                None => self.plans.remove(&name),
+            };
             return Ok(());
         }
         self.env.remove_template(&name);
+        self.plans.remove(&name);
         Err(unknown)
     }
 
@@ -80,29 +108,30 @@ impl Templates {
         self.env.get_template(name).is_ok()
     }
 
-    /// Renders the named template in a [`Templates::scope`].
-    pub fn render(&self, name: &str, scope: &Value) -> Result<String, Error> {
-        let template = self.env.get_template(name)?;
-        template.render(scope).map(|s| s.trim().to_string())
+    /// Renders the named template: by its plan when it has one and the plan
+    /// can, else on minijinja. Either way the same text, trimmed, or the same error.
+    pub fn render(&self, name: &str, scope: &Scope<'_>) -> Result<String, Error> {
+        if let Some(text) = self.plans.get(name).and_then(|plan| plan.render(scope)) {
+            return Ok(text);
+        }
+        self.interpret(name, scope)
     }
 
-    /// What one message's templates see: `event`, `profile`, `rule` and, for
-    /// a rule with a pattern, `pattern` (counts, first and last events,
-    /// steps). Event and profile are read where they lie, field by field as a
-    /// template asks for them; nothing is converted up front. Built once per
-    /// message, for its title and body alike.
-    pub fn scope(
-        event: Arc<dyn JsonFields>,
-        profile: Option<Arc<dyn JsonFields>>,
-        rule: &RuleScope<'_>,
-        pattern: Option<&serde_json::Value>,
-    ) -> Value {
-        minijinja::context! {
-            event => Value::from_object(Fields(event)),
-            profile => profile.map(|p| Value::from_object(Fields(p))),
-            rule => Serde(rule),
-            pattern => Serde(pattern),
-        }
+    /// Renders the named template on minijinja alone.
+    pub fn interpret(&self, name: &str, scope: &Scope<'_>) -> Result<String, Error> {
+        let template = self.env.get_template(name)?;
+        let context = minijinja::context! {
+            event => Value::from_object(Fields(Arc::clone(&scope.event))),
+            profile => scope.profile.clone().map(|p| Value::from_object(Fields(p))),
+            rule => Serde(&scope.rule),
+            pattern => Serde(scope.pattern),
+        };
+        template.render(context).map(|s| s.trim().to_string())
+    }
+
+    /// Whether the named template is planned (rendered without the interpreter when it can).
+    pub fn is_planned(&self, name: &str) -> bool {
+        self.plans.contains_key(name)
     }
 }
 
@@ -179,9 +208,12 @@ fn money(amount: Value, currency: Option<String>) -> Result<String, Error> {
             .map_err(|_| invalid("money: amount is not a number"))?,
         None => f64::try_from(amount).map_err(|_| invalid("money: amount is not a number"))?,
     };
-    let code = currency
-        .unwrap_or_else(|| "USD".into())
-        .to_ascii_uppercase();
+    Ok(money_text(value, currency.as_deref().unwrap_or("USD")))
+}
+
+/// An amount in a currency, as [`money`] writes it.
+fn money_text(value: f64, currency: &str) -> String {
+    let code = currency.to_ascii_uppercase();
     let (symbol, decimals) = match code.as_str() {
         "USD" => (Some("$"), 2),
         "EUR" => (Some("€"), 2),
@@ -192,10 +224,10 @@ fn money(amount: Value, currency: Option<String>) -> Result<String, Error> {
     };
     let sign = if value < 0.0 { "-" } else { "" };
     let digits = group_thousands(&format!("{:.*}", decimals, value.abs()));
-    Ok(match symbol {
+    match symbol {
         Some(sym) => format!("{sign}{sym}{digits}"),
         None => format!("{sign}{digits} {code}"),
-    })
+    }
 }
 
 fn group_thousands(fixed: &str) -> String {
@@ -229,172 +261,23 @@ fn local_time(state: &State, when: Value, format: Option<String>) -> Result<Stri
         .lookup("profile")
         .and_then(|p| p.get_attr("time_zone").ok())
         .and_then(|z| z.as_str().map(str::to_string));
-    let tz = match tz_name {
+    local_time_text(ms, tz_name.as_deref(), format.as_deref())
+}
+
+/// Epoch milliseconds as [`local_time`] writes them, in `zone` (else UTC).
+fn local_time_text(ms: i64, zone: Option<&str>, format: Option<&str>) -> Result<String, Error> {
+    let tz = match zone {
         Some(name) => {
-            jiff::tz::TimeZone::get(&name).map_err(|_| invalid("local_time: unknown time zone"))?
+            jiff::tz::TimeZone::get(name).map_err(|_| invalid("local_time: unknown time zone"))?
         }
         None => jiff::tz::TimeZone::UTC,
     };
     let ts = jiff::Timestamp::from_millisecond(ms)
         .map_err(|_| invalid("local_time: time out of range"))?;
     let zoned = ts.to_zoned_datetime(tz);
-    Ok(zoned
-        .strftime(format.as_deref().unwrap_or("%H:%M"))
-        .to_string())
+    Ok(zoned.strftime(format.unwrap_or("%H:%M")).to_string())
 }
 
 fn invalid(msg: &'static str) -> Error {
     Error::new(ErrorKind::InvalidOperation, msg)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::profile::Profile;
-
-    fn render(
-        src: &str,
-        event: serde_json::Value,
-        profile: Option<&Profile>,
-    ) -> Result<String, Error> {
-        let mut t = Templates::new();
-        t.add("r/body".into(), src.into()).unwrap();
-        let scope = RuleScope {
-            id: "r",
-            category: "transactional",
-            description: "",
-        };
-        let event = Arc::new(event.as_object().unwrap().clone());
-        let profile = profile.map(|p| Arc::new(p.clone()) as Arc<dyn JsonFields>);
-        t.render("r/body", &Templates::scope(event, profile, &scope, None))
-    }
-
-    #[test]
-    fn money_and_masks() {
-        let out = render(
-            "{{ event.amount | money(event.currency) }} on {{ event.card | mask_card }}",
-            serde_json::json!({"amount": 1234.5, "currency": "usd", "card": "4111111111114242"}),
-            None,
-        )
-        .unwrap();
-        assert_eq!(out, "$1,234.50 on •••• 4242");
-        let out = render(
-            "{{ 1200 | money('JPY') }} {{ 12 | money('CHF') }}",
-            serde_json::json!({}),
-            None,
-        )
-        .unwrap();
-        assert_eq!(out, "¥1,200 12.00 CHF");
-    }
-
-    #[test]
-    fn local_time_uses_the_profile_zone_across_dst() {
-        let profile = Profile {
-            time_zone: Some("America/Chicago".into()),
-            ..Profile::default()
-        };
-        // 2026-07-01 15:00 UTC is 10:00 CDT (UTC-5); 2026-12-01 15:00 UTC is 09:00 CST (UTC-6).
-        let summer = render(
-            "{{ event.ts | local_time }}",
-            serde_json::json!({"ts": "2026-07-01T15:00:00Z"}),
-            Some(&profile),
-        );
-        let winter = render(
-            "{{ event.ts | local_time }}",
-            serde_json::json!({"ts": "2026-12-01T15:00:00Z"}),
-            Some(&profile),
-        );
-        assert_eq!(summer.unwrap(), "10:00");
-        assert_eq!(winter.unwrap(), "09:00");
-    }
-
-    #[test]
-    fn readme_template_examples_render() {
-        let profile = Profile::parse("u", br#"{"attributes": {"first_name": "Ada"}}"#)
-            .unwrap()
-            .0;
-        let event = serde_json::json!({"amount": 900.0});
-        assert_eq!(
-            render(
-                "Hi {{ profile.attributes.first_name }}, {{ rule.id }}",
-                event.clone(),
-                Some(&profile)
-            )
-            .unwrap(),
-            "Hi Ada, r"
-        );
-        assert_eq!(
-            render(
-                "{% if event.amount > 500 %}Large purchase{% else %}Purchase{% endif %}",
-                event,
-                None
-            )
-            .unwrap(),
-            "Large purchase"
-        );
-    }
-
-    #[test]
-    fn missing_field_fails_instead_of_leaving_a_hole() {
-        assert!(render("Hi {{ event.name }}", serde_json::json!({}), None).is_err());
-        assert_eq!(
-            render(
-                "{% if event.name %}x{% endif %}ok",
-                serde_json::json!({}),
-                None
-            )
-            .unwrap(),
-            "ok"
-        );
-    }
-
-    #[test]
-    fn syntax_error_has_a_position() {
-        let mut t = Templates::new();
-        let err = t
-            .add("r/body".into(), "line one\nHi {{ event.name ".into())
-            .unwrap_err()
-            .remove(0);
-        assert_eq!(err.line, 2);
-        assert!(
-            err.message.contains("unexpected end of input"),
-            "{}",
-            err.message
-        );
-    }
-
-    #[test]
-    fn an_unknown_filter_test_or_function_is_a_load_error_with_its_position() {
-        let mut t = Templates::new();
-        let errors = t
-            .add(
-                "r/body".into(),
-                "{{ event.amount | monee }}\n{% if event.x is oddly %}x{% endif %}{{ nofunc(1) }}"
-                    .into(),
-            )
-            .unwrap_err();
-        let found: Vec<(usize, usize, &str)> = errors
-            .iter()
-            .map(|e| (e.line, e.column, e.message.split(';').next().unwrap()))
-            .collect();
-        assert_eq!(
-            found,
-            [
-                (1, 19, "unknown filter `monee`"),
-                (2, 18, "unknown test `oddly` (after `is`)"),
-                (2, 41, "unknown function `nofunc`"),
-            ]
-        );
-        assert!(!t.has("r/body"), "a rejected template must not stay loaded");
-    }
-
-    #[test]
-    fn known_filters_tests_functions_and_macros_load() {
-        let mut t = Templates::new();
-        let source = "{% macro line(x) %}{{ x | upper }}{% endmacro %}{{ line(event.m) }} \
-            {{ event.amount | money(event.currency) | default('') }} {{ range(2) | length }} \
-            {% if event.m is defined and event.m is string %}{{ event.card | mask_card }}{% endif %} \
-            {% for x in [1, 2] %}{{ loop.index }}{{ loop.cycle('a', 'b') }}{% endfor %}";
-        t.add("r/body".into(), source.into()).unwrap();
-    }
 }
