@@ -41,38 +41,24 @@ pub struct SentRecord {
 }
 
 impl SentRecord {
-    /// The feedback record of a send, as the bytes written to the feedback topic.
+    /// The feedback record of a send, as the bytes written to the feedback
+    /// topic: `{"type": "herald_sent", "user", "rule", "key", "idempotency_key",
+    /// "channel", "time", "phone_sha256"}` (`key` and `phone_sha256` may be null).
     pub fn to_bytes(&self) -> Vec<u8> {
-        crate::util::json_bytes(&self.wire())
-    }
-
-    fn wire(&self) -> SentWire<'_> {
         let s = &self.sent;
-        SentWire {
-            kind: "herald_sent",
-            user: &s.user,
-            rule: &s.rule,
-            key: s.key.as_deref(),
-            idempotency_key: &s.idempotency_key,
-            channel: &s.channel,
-            time: s.sent_ms,
-            phone_sha256: self.phone_sha256.as_deref(),
-        }
+        let mut out = Vec::with_capacity(256);
+        let mut o = crate::outcome::json::Obj::open(&mut out);
+        o.str("type", "herald_sent")
+            .str("user", &s.user)
+            .str("rule", &s.rule)
+            .str_or_null("key", s.key.as_deref())
+            .str("idempotency_key", &s.idempotency_key)
+            .str("channel", &s.channel)
+            .int("time", s.sent_ms)
+            .str_or_null("phone_sha256", self.phone_sha256.as_deref());
+        o.close();
+        out
     }
-}
-
-/// A send on the feedback topic: `{"type": "herald_sent", …}`.
-#[derive(serde::Serialize)]
-struct SentWire<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    user: &'a str,
-    rule: &'a str,
-    key: Option<&'a str>,
-    idempotency_key: &'a str,
-    channel: &'a str,
-    time: i64,
-    phone_sha256: Option<&'a str>,
 }
 
 /// An SMS a user sent to one of our numbers.
@@ -271,6 +257,27 @@ mod tests {
         assert_eq!(Keyword::of("please stop"), None, "a sentence is a reply");
         assert_eq!(Keyword::of("YES"), None);
         assert_eq!(Keyword::of("NO"), None);
+    }
+
+    #[test]
+    fn a_send_record_reads_back_as_it_was_written() {
+        for (key, phone) in [(Some("card \"7\"\n"), Some("ab12")), (None, None)] {
+            let record = SentRecord {
+                sent: SentRef {
+                    user: "u-é".into(),
+                    rule: "r\\1".into(),
+                    key: key.map(str::to_string),
+                    idempotency_key: "k1".into(),
+                    channel: "sms".into(),
+                    sent_ms: 1_795_514_400_123,
+                },
+                phone_sha256: phone.map(str::to_string),
+            };
+            let bytes = record.to_bytes();
+            let value: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(value["key"], key.map_or(Value::Null, Value::from));
+            assert_eq!(Feedback::parse(&bytes, 0).unwrap(), Feedback::Sent(record));
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+pub mod json;
 mod producer;
 pub mod redact;
 pub use producer::{KafkaWriter, WriteHealth};
@@ -292,7 +293,7 @@ impl Recorder {
 
     /// Writes one outcome keyed by user, so a user's outcomes stay in order.
     pub fn outcome(&self, outcome: &Outcome) -> Pending {
-        let payload = crate::util::json_bytes(outcome);
+        let payload = outcome.to_json();
         self.write(
             self.outcomes_topic.clone(),
             outcome.user.clone(),
