@@ -64,10 +64,7 @@ static NO_PROFILE: std::sync::LazyLock<serde_json::Map<String, serde_json::Value
     std::sync::LazyLock::new(serde_json::Map::new);
 
 impl Scope<'_> {
-    fn roots<'s>(
-        &'s self,
-        steps: Option<&'s serde_json::Map<String, serde_json::Value>>,
-    ) -> Roots<'s> {
+    fn roots<'s>(&'s self, steps: Option<super::eval::Steps<'s>>) -> Roots<'s> {
         Roots {
             event: self.event,
             profile: self.profile.map_or(&*NO_PROFILE, |p| p.condition_view()),
@@ -155,16 +152,34 @@ impl Conditions {
         &self,
         condition: &Condition,
         scope: &Scope<'_>,
-        steps: &serde_json::Map<String, serde_json::Value>,
+        steps: super::eval::Steps<'_>,
     ) -> Result<bool, EvalError> {
         match &condition.fast {
             Some(fast) => verdict(fast.test(&scope.roots(Some(steps)))),
-            None => {
-                let mut inner = self.interpreter(scope).new_inner_scope();
-                inner.add_variable_from_value("steps", cel::to_value(steps).unwrap_or(Value::Null));
-                interpreted(condition.program.execute(&inner))
-            }
+            None => self.interpret_with_steps(condition, scope, steps),
         }
+    }
+
+    /// [`Conditions::eval_with_steps`] on the cel interpreter alone.
+    pub fn interpret_with_steps(
+        &self,
+        condition: &Condition,
+        scope: &Scope<'_>,
+        steps: super::eval::Steps<'_>,
+    ) -> Result<bool, EvalError> {
+        // The interpreter needs `steps` as one value: the events copied.
+        let named: serde_json::Map<String, serde_json::Value> = steps
+            .iter()
+            .map(|(name, fields)| {
+                (
+                    name.to_string(),
+                    serde_json::Value::Object((*fields).clone()),
+                )
+            })
+            .collect();
+        let mut inner = self.interpreter(scope).new_inner_scope();
+        inner.add_variable_from_value("steps", cel::to_value(&named).unwrap_or(Value::Null));
+        interpreted(condition.program.execute(&inner))
     }
 
     /// Evaluates an expression to a key (a pattern's `key:`): text, or a

@@ -16,8 +16,11 @@ use super::{Case, Comparison, Expr, Find, Operator, Root};
 pub struct Roots<'a> {
     pub event: &'a Map<String, Value>,
     pub profile: &'a Map<String, Value>,
-    pub steps: Option<&'a Map<String, Value>>,
+    pub steps: Option<Steps<'a>>,
 }
+
+/// A sequence's earlier steps: each step's name and its event's fields.
+pub type Steps<'a> = &'a [(&'a str, &'a Map<String, Value>)];
 
 /// The expression could not be evaluated (a missing field, a type mismatch,
 /// an overflow): what the cel interpreter reports as an execution error.
@@ -122,7 +125,15 @@ impl Expr {
             Expr::Text(s) => Val::Text(Cow::Borrowed(s)),
             Expr::Root(Root::Event) => Val::Object(roots.event),
             Expr::Root(Root::Profile) => Val::Object(roots.profile),
-            Expr::Root(Root::Steps) => Val::Object(roots.steps.ok_or(Failed)?),
+            Expr::Step(name) => {
+                let steps = roots.steps.ok_or(Failed)?;
+                let found = steps.iter().find(|(n, _)| **n == **name).ok_or(Failed)?;
+                Val::Object(found.1)
+            }
+            Expr::HasStep(name) => {
+                let steps = roots.steps.ok_or(Failed)?;
+                Val::Bool(steps.iter().any(|(n, _)| **n == **name))
+            }
             Expr::Undeclared => return Err(Failed),
             Expr::List(items) => Val::List(
                 items

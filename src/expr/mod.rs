@@ -23,8 +23,6 @@ pub use eval::{Failed, Roots, Val};
 pub enum Root {
     Event,
     Profile,
-    /// A sequence's earlier steps, by name (only inside a step's condition).
-    Steps,
 }
 
 /// A compiled expression node.
@@ -40,6 +38,12 @@ pub enum Expr {
     /// A name CEL would not find: evaluates to an error, as in cel.
     Undeclared,
     List(Vec<Expr>),
+    /// `steps.home`: the event of a sequence's earlier step, by name (only
+    /// inside a step's condition; `steps` used any other way runs on the
+    /// interpreter).
+    Step(Box<str>),
+    /// `has(steps.home)`
+    HasStep(Box<str>),
     /// `a.b`
     Select(Box<Expr>, Box<str>),
     /// `has(a.b)`
@@ -115,9 +119,18 @@ impl Expr {
             Ast::Ident(name) => match name.as_str() {
                 "event" => Expr::Root(Root::Event),
                 "profile" => Expr::Root(Root::Profile),
-                "steps" => Expr::Root(Root::Steps),
+                // Only as `steps.<name>`, below.
+                "steps" => return None,
                 _ => Expr::Undeclared,
             },
+            Ast::Select(select) if matches!(&select.operand.expr, Ast::Ident(n) if n == "steps") => {
+                let name = select.field.as_str().into();
+                if select.test {
+                    Expr::HasStep(name)
+                } else {
+                    Expr::Step(name)
+                }
+            }
             Ast::Select(select) => {
                 let operand = boxed(&select.operand)?;
                 let field = select.field.as_str().into();

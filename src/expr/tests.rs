@@ -350,3 +350,59 @@ proptest! {
         })?;
     }
 }
+
+/// Conditions of a sequence's later step: `steps.<name>` read in place.
+const STEP_CONDITIONS: &[&str] = &[
+    "event.country != steps.home.country",
+    "steps.home.country == event.country",
+    "has(steps.home)",
+    "has(steps.away)",
+    "has(steps.home.country)",
+    "steps.away.country == 'FR'",
+    "steps.home.amount + event.amount > 100.0",
+    "steps.home.country in ['FR', 'US']",
+    "steps.home.card.last4 == event.card.last4",
+    "steps.home.merchant.startsWith('Blue') || steps.home.status == 'declined'",
+    // `steps` as a whole value runs on the interpreter.
+    "size(steps) == 1",
+    "'home' in steps",
+];
+
+#[test]
+fn herald_evaluates_step_conditions_as_cel_does() {
+    // The interpreter's copy of the step events recurses deeply in a debug
+    // build; the test thread's 2 MiB stack is not enough for nested events.
+    let check = || {
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(200));
+        let inputs = (event(), event(), 0usize..3);
+        runner.run(&inputs, |(event, home, n)| {
+            // The second step's event: the first's, moved abroad.
+            let mut away = home.clone();
+            away.insert("country".into(), json!("FR"));
+            let conditions = Conditions::default();
+            let compiled: Vec<Condition> = STEP_CONDITIONS
+                .iter()
+                .map(|s| conditions.compile(s).unwrap())
+                .collect();
+            let fast = compiled
+                .iter()
+                .filter(|c| Conditions::is_compiled(c))
+                .count();
+            prop_assert_eq!(fast, STEP_CONDITIONS.len() - 2);
+            let named = [("home", &home), ("away", &away)];
+            let steps = &named[..n];
+            let scope = conditions.scope(&event, None);
+            for c in &compiled {
+                let ours = conditions.eval_with_steps(c, &scope, steps);
+                let cel = conditions.interpret_with_steps(c, &scope, steps);
+                prop_assert_eq!(ours, cel, "`{}` with {} steps", c.source, n);
+            }
+            Ok(())
+        })
+    };
+    let thread = std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(check)
+        .unwrap();
+    thread.join().unwrap().unwrap();
+}

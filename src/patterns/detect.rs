@@ -443,10 +443,10 @@ fn step_matches(
     let Some(condition) = &step.condition else {
         return true;
     };
-    let named: Map<String, Value> = steps
+    let named: Vec<(&str, &Map<String, Value>)> = steps
         .iter()
         .zip(earlier)
-        .map(|(s, e)| (s.name.clone(), Value::Object(e.fields.clone())))
+        .map(|(s, e)| (s.name.as_str(), &e.fields))
         .collect();
     let built;
     let scope = match input.scope {
