@@ -257,7 +257,7 @@ impl Pipeline {
                 ..Timings::default()
             },
         };
-        let ledger_key = format!("{}/{}", job.intent, channel.channel.name);
+        let ledger_key = crate::util::slash_joined(&[&job.intent, &channel.channel.name]);
         let mut after_crash = false;
         // Settled by the ledger alone: the outcome, and whether to record it.
         let settled = |mut outcome: Outcome, why: Suppression, record: bool| {
@@ -596,7 +596,7 @@ fn render(job: &Job, channel: &ChannelRuntime, idempotency_key: &str) -> Result<
     };
     let part = |name: &str| {
         templates
-            .render(&format!("{}/{name}", rule.id), &seen)
+            .render(&crate::util::slash_joined(&[&rule.id, name]), &seen)
             .map_err(|e| format!("template.{name}: {e}"))
     };
     let push = matches!(

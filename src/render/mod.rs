@@ -222,28 +222,31 @@ fn money_text(value: f64, currency: &str) -> String {
         "INR" => (Some("₹"), 2),
         _ => (None, 2),
     };
-    let sign = if value < 0.0 { "-" } else { "" };
-    let digits = group_thousands(&format!("{:.*}", decimals, value.abs()));
-    match symbol {
-        Some(sym) => format!("{sign}{sym}{digits}"),
-        None => format!("{sign}{digits} {code}"),
+    use std::fmt::Write as _;
+    let mut fixed = String::with_capacity(24);
+    let _ = write!(fixed, "{:.*}", decimals, value.abs());
+    let (int, frac) = fixed.split_once('.').unwrap_or((&fixed, ""));
+    let mut out = String::with_capacity(fixed.len() + int.len() / 3 + 8);
+    if value < 0.0 {
+        out.push('-');
     }
-}
-
-fn group_thousands(fixed: &str) -> String {
-    let (int, frac) = fixed
-        .split_once('.')
-        .map_or((fixed, None), |(i, f)| (i, Some(f)));
-    let mut out = String::with_capacity(fixed.len() + int.len() / 3);
+    if let Some(sym) = symbol {
+        out.push_str(sym);
+    }
+    // Thousands grouped: 1234567.5 → 1,234,567.50.
     for (i, c) in int.chars().enumerate() {
         if i > 0 && (int.len() - i) % 3 == 0 {
             out.push(',');
         }
         out.push(c);
     }
-    if let Some(f) = frac {
+    if !frac.is_empty() {
         out.push('.');
-        out.push_str(f);
+        out.push_str(frac);
+    }
+    if symbol.is_none() {
+        out.push(' ');
+        out.push_str(&code);
     }
     out
 }

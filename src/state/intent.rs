@@ -88,10 +88,16 @@ impl Intent {
     /// `timer` when a timer fired it (an absence after that event, a dwell
     /// since that ping), which can happen once per event and rule.
     pub fn id_of(event: &Event, rule: &str, timer: bool) -> String {
-        let by = if timer { "/timer" } else { "" };
-        format!(
-            "{}/{}/{}/{rule}{by}",
-            event.source, event.partition, event.offset
-        )
+        let (mut partition, mut offset) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let mut id = crate::util::slash_joined(&[
+            &event.source,
+            partition.format(event.partition),
+            offset.format(event.offset),
+            rule,
+        ]);
+        if timer {
+            id.push_str("/timer");
+        }
+        id
     }
 }
