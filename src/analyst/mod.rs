@@ -27,6 +27,7 @@ use crate::util::ManualClock;
 pub mod diff;
 pub mod evaluate;
 pub mod parallel;
+pub mod recorded;
 pub mod replay;
 pub mod ruletest;
 

@@ -20,14 +20,14 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::recorded::Recorded;
 use super::replay::{
     add_dead_letters, dead_letter_counts, drive, event_times, offsets_of, render, rule_matches,
-    tally, Recorded, Report, RuleTotals,
+    tally, Report, RuleTotals,
 };
 use super::Offline;
 use crate::config::Config;
 use crate::engine::Decision;
-use crate::ingest::decode::lookup;
 
 /// What one shard decided, by the index of the event after which it was
 /// decided, and its counts.
@@ -71,7 +71,7 @@ pub fn replay_parallel(
         .map(|r| {
             let field = config.sources.get(&r.topic).map(|m| m.user_field.as_str());
             field
-                .and_then(|f| r.event.as_object().and_then(|o| lookup(o, f)))
+                .and_then(|f| r.field(f))
                 .and_then(Value::as_str)
                 .map_or(0, shard_of)
         })

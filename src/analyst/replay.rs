@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::{BufRead, Write};
+use std::io::Write;
 
 use serde_json::Value;
 
@@ -15,102 +15,10 @@ use std::sync::Arc;
 use super::Offline;
 use crate::config::Config;
 use crate::engine::Decision;
-use crate::ingest::decode::{lookup, parse_time};
+use crate::ingest::decode::parse_time;
 use crate::outcome::{Outcome, Status};
 
-/// One event to replay: its bytes as they were recorded, handed to the
-/// pipeline as a consumed record's payload, and the same event parsed, for
-/// its time and user before the run.
-pub struct Recorded {
-    pub topic: String,
-    pub key: Option<String>,
-    pub event: Value,
-    pub payload: Vec<u8>,
-}
-
-impl Recorded {
-    /// An event given as a value (its payload is its JSON text).
-    pub fn new(topic: String, key: Option<String>, event: Value) -> Recorded {
-        let payload = crate::util::json_bytes(&event);
-        Recorded {
-            topic,
-            key,
-            event,
-            payload,
-        }
-    }
-
-    /// An event given as the bytes of its JSON text.
-    pub fn parse(
-        topic: String,
-        key: Option<String>,
-        payload: &[u8],
-    ) -> Result<Recorded, serde_json::Error> {
-        Ok(Recorded {
-            topic,
-            key,
-            event: serde_json::from_slice(payload)?,
-            payload: payload.to_vec(),
-        })
-    }
-}
-
-/// Reads a JSON-lines file: each line `{"topic", "key", "event"}`, or a bare
-/// event of `default_topic`. Malformed lines are reported with their number
-/// (and the rest goes on). The line is read once for its top level; the
-/// event's own text is kept as it was, not rewritten.
-pub fn read_lines(
-    reader: impl BufRead,
-    default_topic: Option<&str>,
-    mut bad: impl FnMut(usize, String),
-) -> Vec<Recorded> {
-    let mut out = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line_no = n + 1;
-        let Ok(line) = line else {
-            bad(line_no, "not text".into());
-            continue;
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        match envelope(&line, default_topic) {
-            Ok(Some(r)) => out.push(r),
-            Ok(None) => bad(
-                line_no,
-                "not {\"topic\", \"key\", \"event\"}; give --topic for bare events".into(),
-            ),
-            Err(e) => bad(line_no, format!("not JSON ({e})")),
-        }
-    }
-    out
-}
-
-/// One line as a recorded event: an envelope with `topic` and `event`, else
-/// a bare event of `default_topic` (`None` without one).
-fn envelope(
-    line: &str,
-    default_topic: Option<&str>,
-) -> Result<Option<Recorded>, serde_json::Error> {
-    use serde_json::value::RawValue;
-    let top: Result<HashMap<String, &RawValue>, _> = serde_json::from_str(line);
-    if let Ok(top) = &top {
-        if let (Some(topic), Some(event)) = (top.get("topic"), top.get("event")) {
-            let text = |raw: Option<&&RawValue>| {
-                raw.and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-                    .and_then(|v| v.as_str().map(str::to_string))
-            };
-            let key = text(top.get("key"));
-            let topic = text(Some(topic)).unwrap_or_default();
-            return Recorded::parse(topic, key, event.get().as_bytes()).map(Some);
-        }
-    }
-    match default_topic {
-        Some(topic) => Recorded::parse(topic.to_string(), None, line.as_bytes()).map(Some),
-        // JSON that is no envelope, or not JSON (then say why).
-        None => serde_json::from_str::<serde::de::IgnoredAny>(line).map(|_| None),
-    }
-}
+use super::recorded::Recorded;
 
 /// Totals of one rule.
 #[derive(Default)]
@@ -243,7 +151,7 @@ pub(super) fn event_times(config: &Config, events: &[Recorded]) -> Vec<i64> {
                 .sources
                 .get(&r.topic)
                 .and_then(|m| m.time_field.as_deref())
-                .and_then(|f| r.event.as_object().and_then(|o| lookup(o, f)))
+                .and_then(|f| r.field(f))
                 .and_then(parse_time)
                 .unwrap_or(last_ms)
                 .max(last_ms);

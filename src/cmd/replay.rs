@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use super::{Failure, Outcome};
 
 use herald::analyst::parallel::{replay_parallel, Inputs};
-use herald::analyst::replay::{read_lines, replay as run_replay, Recorded};
+use herald::analyst::recorded::{read_lines, Recorded, Wanted};
+use herald::analyst::replay::replay as run_replay;
 use herald::config::Config;
 
 /// `herald replay`.
@@ -72,13 +73,19 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
     let config = Config::read(&args.config).map_err(|e| e.to_string())?;
     let client = herald::kafka::profile_reader_config(&config.kafka);
     let mut malformed = 0;
+    let wanted = Wanted::of(&config);
     let events: Vec<Recorded> = match (&args.input, &args.from_topic) {
         (Some(path), _) => {
             let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            read_lines(BufReader::new(file), args.topic.as_deref(), |line, why| {
-                malformed += 1;
-                eprintln!("{}:{line}: {why}; skipped", path.display());
-            })
+            read_lines(
+                BufReader::new(file),
+                args.topic.as_deref(),
+                &wanted,
+                |line, why| {
+                    malformed += 1;
+                    eprintln!("{}:{line}: {why}; skipped", path.display());
+                },
+            )
         }
         (None, Some(topic)) => {
             let since = time(args.since.as_deref().ok_or("--from-topic needs --since")?)?;
@@ -100,7 +107,7 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
             }
             let mut out = Vec::new();
             for (n, r) in records.into_iter().enumerate() {
-                match Recorded::parse(topic.clone(), r.key, &r.payload) {
+                match Recorded::parse(topic.clone(), r.key, &r.payload, &wanted) {
                     Ok(event) => out.push(event),
                     Err(e) => {
                         malformed += 1;

@@ -1,0 +1,271 @@
+//! The events a replay reads: JSON lines (`{"topic", "key", "event"}` or bare
+//! events of one topic) or a source topic's records, each kept as the bytes
+//! it was recorded as, with only the fields the replay needs before the run
+//! (each source's user and time field) read out of it.
+
+use std::io::BufRead;
+
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::ingest::decode::lookup;
+
+/// One event to replay: its bytes as they were recorded, handed to the
+/// pipeline as a consumed record's payload, and the top-level fields the
+/// replay reads before the run (its time, its user), parsed.
+pub struct Recorded {
+    pub topic: String,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    /// The top-level fields named by [`Wanted`] (all of them for [`Recorded::new`]).
+    fields: Map<String, Value>,
+}
+
+/// The top-level fields a replay reads of each event before the run: every
+/// source's user and time field (their first segment, for a dotted path).
+pub struct Wanted(Vec<String>);
+
+impl Wanted {
+    pub fn of(config: &Config) -> Wanted {
+        let mut names: Vec<String> = config
+            .sources
+            .values()
+            .flat_map(|m| std::iter::once(&m.user_field).chain(m.time_field.as_ref()))
+            .map(|f| f.split('.').next().unwrap_or(f).to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        Wanted(names)
+    }
+}
+
+impl Recorded {
+    /// An event given as a value (its payload is its JSON text).
+    pub fn new(topic: String, key: Option<String>, event: Value) -> Recorded {
+        let payload = crate::util::json_bytes(&event);
+        let fields = match event {
+            Value::Object(fields) => fields,
+            _ => Map::new(),
+        };
+        Recorded {
+            topic,
+            key,
+            payload,
+            fields,
+        }
+    }
+
+    /// An event given as the bytes of its JSON text. Not JSON is an error;
+    /// JSON that is not an object is kept (the pipeline dead-letters it, as
+    /// it would in service).
+    pub fn parse(
+        topic: String,
+        key: Option<String>,
+        payload: &[u8],
+        wanted: &Wanted,
+    ) -> Result<Recorded, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let fields = match Sparse(&wanted.0)
+            .deserialize(&mut de)
+            .and_then(|f| de.end().map(|_| f))
+        {
+            Ok(fields) => fields,
+            Err(_) => {
+                serde_json::from_slice::<IgnoredAny>(payload)?;
+                Map::new()
+            }
+        };
+        Ok(Recorded {
+            topic,
+            key,
+            payload: payload.to_vec(),
+            fields,
+        })
+    }
+
+    /// A field the replay reads before the run, by its dotted path.
+    pub fn field(&self, path: &str) -> Option<&Value> {
+        lookup(&self.fields, path)
+    }
+}
+
+/// Reads a JSON-lines file: each line `{"topic", "key", "event"}`, or a bare
+/// event of `default_topic`. Malformed lines are reported with their number
+/// (and the rest goes on). The event's own text is kept as it was, not rewritten.
+pub fn read_lines(
+    reader: impl BufRead,
+    default_topic: Option<&str>,
+    wanted: &Wanted,
+    mut bad: impl FnMut(usize, String),
+) -> Vec<Recorded> {
+    let mut out = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line_no = n + 1;
+        let Ok(line) = line else {
+            bad(line_no, "not text".into());
+            continue;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        match envelope(&line, default_topic, wanted) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => bad(
+                line_no,
+                "not {\"topic\", \"key\", \"event\"}; give --topic for bare events".into(),
+            ),
+            Err(e) => bad(line_no, format!("not JSON ({e})")),
+        }
+    }
+    out
+}
+
+/// The envelope's parts, left unparsed.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    key: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+}
+
+/// One line as a recorded event: an envelope with `topic` and `event`, else
+/// a bare event of `default_topic` (`None` without one).
+fn envelope(
+    line: &str,
+    default_topic: Option<&str>,
+    wanted: &Wanted,
+) -> Result<Option<Recorded>, serde_json::Error> {
+    let parts: Result<Envelope<'_>, _> = serde_json::from_str(line);
+    if let Ok(Envelope {
+        topic: Some(topic),
+        key,
+        event: Some(event),
+    }) = parts
+    {
+        let text = |raw: &RawValue| {
+            serde_json::from_str::<Value>(raw.get())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+        };
+        let topic = text(topic).unwrap_or_default();
+        let key = key.and_then(text);
+        return Recorded::parse(topic, key, event.get().as_bytes(), wanted).map(Some);
+    }
+    match default_topic {
+        Some(topic) => Recorded::parse(topic.to_string(), None, line.as_bytes(), wanted).map(Some),
+        // JSON that is no envelope, or not JSON (then say why).
+        None => serde_json::from_str::<IgnoredAny>(line).map(|_| None),
+    }
+}
+
+/// An object's fields named in the list, the rest skipped unparsed.
+struct Sparse<'w>(&'w [String]);
+
+impl<'de> DeserializeSeed<'de> for Sparse<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Sparse<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(KeyIn(self.0))? {
+            match key {
+                Some(i) => {
+                    out.insert(self.0[i].clone(), map.next_value()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A key, as its index in the list (`None` when it is not there), read without allocating.
+struct KeyIn<'w>(&'w [String]);
+
+impl<'de> DeserializeSeed<'de> for KeyIn<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIn<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|w| w == key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted() -> Wanted {
+        Wanted(vec!["ts".into(), "user_id".into()])
+    }
+
+    #[test]
+    fn only_the_wanted_fields_are_read_and_the_bytes_are_kept_as_they_were() {
+        let line = r#"{"topic": "transactions", "key": "card-1", "event": {"user_id": "u-1", "amount": 4.5, "ts": 7, "nested": {"user_id": "x"}}}"#;
+        let read = read_lines(line.as_bytes(), None, &wanted(), |_, why| panic!("{why}"));
+        let r = &read[0];
+        assert_eq!(
+            (r.topic.as_str(), r.key.as_deref()),
+            ("transactions", Some("card-1"))
+        );
+        assert_eq!(
+            r.payload,
+            br#"{"user_id": "u-1", "amount": 4.5, "ts": 7, "nested": {"user_id": "x"}}"#
+        );
+        assert_eq!(r.field("user_id"), Some(&Value::from("u-1")));
+        assert_eq!(r.field("ts"), Some(&Value::from(7)));
+        assert_eq!(r.field("amount"), None, "not wanted, not read");
+    }
+
+    #[test]
+    fn bad_lines_say_why_and_the_rest_go_on() {
+        let lines =
+            "not json\n[1, 2]\n{\"user_id\": \"u\"}\n\n{\"topic\": \"t\", \"event\": [1]}\n";
+        let mut bad = Vec::new();
+        let read = read_lines(lines.as_bytes(), None, &wanted(), |n, why| {
+            bad.push((n, why))
+        });
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert!(bad[0].1.starts_with("not JSON"), "{bad:?}");
+        assert!(bad[1].1.starts_with("not {\"topic\""), "{bad:?}");
+        // An envelope whose event is not an object is kept: the pipeline dead-letters it.
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].payload, b"[1]");
+        let bare = read_lines(
+            "{\"user_id\": \"u\"}\n".as_bytes(),
+            Some("t"),
+            &wanted(),
+            |_, w| panic!("{w}"),
+        );
+        assert_eq!(bare[0].field("user_id"), Some(&Value::from("u")));
+    }
+}
