@@ -491,13 +491,15 @@ impl Pipeline {
                 // Every instance learns of the send from the feedback topic,
                 // so a reply or an engagement finds it wherever it arrives.
                 let record = SentRecord {
-                    sent: sent_ref.clone(),
+                    sent: sent_ref,
                     phone_sha256: phone.map(phone_sha256),
                 };
                 let shared =
                     self.recorder
                         .publish(&self.topics.feedback, &event.user, record.to_bytes());
-                self.feedback.sent.record(sent_ref, phone);
+                self.feedback
+                    .sent
+                    .record_digest(record.sent, record.phone_sha256);
                 Decided {
                     writes: vec![shared],
                     ..done(outcome, Some(message), None, false)

@@ -138,10 +138,11 @@ impl SendLedger {
             .changelog
             .is_durable()
             .then(|| crate::util::json_bytes(&entry));
-        self.users
-            .entry(partition)
-            .or_default()
-            .insert(entry.user.clone());
+        let mut users = self.users.entry(partition).or_default();
+        if !users.contains(&entry.user) {
+            users.insert(entry.user.clone());
+        }
+        drop(users);
         self.entries.insert(key.to_string(), entry);
         self.bound();
         self.changelog.write(partition, key, value)
