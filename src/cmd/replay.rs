@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use super::{Failure, Outcome};
 
 use herald::analyst::parallel::{replay_parallel, Inputs};
-use herald::analyst::recorded::{read_lines, Recorded, Wanted};
+use herald::analyst::recorded::{decode_rate, read_lines, Recorded, Wanted};
 use herald::analyst::replay::replay as run_replay;
 use herald::config::Config;
 
@@ -51,6 +51,10 @@ pub struct ReplayArgs {
     /// Price per message by channel for the cost estimate, e.g. `sms=0.0079,push=0`.
     #[arg(long)]
     price: Option<String>,
+    /// Afterwards, also time decoding alone on the same events and threads:
+    /// the floor the replay's rate is measured against (BENCHMARKS.md).
+    #[arg(long)]
+    floor: bool,
 }
 
 /// The longest a topic read may take (a large range of a busy topic).
@@ -217,16 +221,28 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
     }
     print!("{}", report.text);
     let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let rate = report.events as f64 / secs;
     println!(
-        "{} events in {:.1} s ({:.0} events/s){}",
+        "{} events in {:.1} s ({:.0} events/s on {jobs} thread{}){}",
         report.events,
         secs,
-        report.events as f64 / secs,
+        rate,
+        if jobs == 1 { "" } else { "s" },
         if malformed > 0 {
             format!("; {malformed} malformed lines skipped")
         } else {
             String::new()
         }
+    );
+    if !args.floor {
+        return Ok(());
+    }
+    // The floor, on the same events and threads: decoding alone.
+    let floor = decode_rate(&config, &events, jobs);
+    println!(
+        "decoding alone: {floor:.0} events/s on {jobs} thread{}; the replay ran at {:.0}% of it",
+        if jobs == 1 { "" } else { "s" },
+        100.0 * rate / floor
     );
     Ok(())
 }
