@@ -647,14 +647,17 @@ fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> S
         Address::Phone(p) => p.as_str(),
         Address::User(u) => u.as_str(),
     };
-    hex::encode(crate::util::stable_digest(&[
+    let digest = crate::util::stable_digest(&[
         rule.id.as_bytes(),
         event.source.as_bytes(),
         channel.as_bytes(),
         recipient.as_bytes(),
         &event.partition.to_be_bytes(),
         &event.offset.to_be_bytes(),
-    ]))
+    ]);
+    let mut key = String::with_capacity(32);
+    crate::util::push_hex(&mut key, &digest);
+    key
 }
 
 impl JsonFields for Event {
