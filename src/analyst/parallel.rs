@@ -79,66 +79,91 @@ pub fn replay_parallel(
     let times = event_times(config, events);
     let offsets = offsets_of(events);
     let done = AtomicUsize::new(0);
-    let shards: Vec<Result<Shard, String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..jobs)
-            .map(|shard| {
-                let (owners, times, offsets, done) = (&owners, &times, &offsets, &done);
-                let mine: Vec<&(String, Value)> = profiles
-                    .iter()
-                    .filter(|(u, _)| shard_of(u) == shard)
-                    .collect();
-                scope.spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| e.to_string())?;
-                    let own = Own {
-                        shard,
-                        owners,
-                        times,
-                        offsets,
-                        done,
-                    };
-                    runtime.block_on(run_shard(config, rules_dir, &mine, events, own))
-                })
-            })
-            .collect();
-        while handles.iter().any(|h| !h.is_finished()) {
-            progress(done.load(Ordering::Relaxed));
-            std::thread::sleep(std::time::Duration::from_millis(200));
+    // Each shard keeps its decisions until they are tallied, and frees them
+    // on its own thread: freed on this one, each of their strings would take
+    // the allocator's slow cross-thread path (a sixth of a replay's work).
+    let tallied = std::sync::RwLock::new(());
+    let (sent, results) = std::sync::mpsc::channel::<Result<Arc<Shard>, String>>();
+    let totals = std::thread::scope(|scope| {
+        let hold = tallied.write().unwrap_or_else(|p| p.into_inner());
+        for shard in 0..jobs {
+            let (owners, times, offsets, done) = (&owners, &times, &offsets, &done);
+            let (tallied, sent) = (&tallied, sent.clone());
+            let mine: Vec<&(String, Value)> = profiles
+                .iter()
+                .filter(|(u, _)| shard_of(u) == shard)
+                .collect();
+            scope.spawn(move || {
+                let own = Own {
+                    shard,
+                    owners,
+                    times,
+                    offsets,
+                    done,
+                };
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+                    .and_then(|rt| rt.block_on(run_shard(config, rules_dir, &mine, events, own)))
+                    .map(Arc::new);
+                let kept = result.as_ref().ok().map(Arc::clone);
+                let _ = sent.send(result);
+                // Until every shard's decisions are tallied; then `kept` is
+                // the last reference, dropped here.
+                drop(tallied.read());
+                drop(kept);
+            });
         }
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("a replay shard panicked".into()))
-            })
-            .collect()
-    });
-    progress(events.len());
-    let shards: Vec<Shard> = shards.into_iter().collect::<Result<_, _>>()?;
+        drop(sent);
+        let mut shards = Vec::with_capacity(jobs);
+        while shards.len() < jobs {
+            match results.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(result) => shards.push(result?),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    progress(done.load(Ordering::Relaxed))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("a replay shard panicked".to_string())
+                }
+            }
+        }
+        progress(events.len());
+        let totals = tally_shards(&shards, &mut out);
+        drop(shards);
+        drop(hold);
+        totals
+    })?;
+    let (totals, dead) = totals;
+    let mut report = render(events.len(), &totals, prices);
+    add_dead_letters(&mut report, dead);
+    Ok(report)
+}
+
+/// The shards' decisions tallied (and written) in event order, with their
+/// matches and dead letters.
+fn tally_shards(
+    shards: &[Arc<Shard>],
+    out: &mut Option<&mut dyn Write>,
+) -> Result<(BTreeMap<String, RuleTotals>, BTreeMap<String, u64>), String> {
     let mut decisions: Vec<&(usize, Arc<Decision>)> =
         shards.iter().flat_map(|s| &s.decisions).collect();
     // Stable: within one event's index, each shard's own order is kept.
     decisions.sort_by_key(|(i, _)| *i);
     let mut totals: BTreeMap<String, RuleTotals> = BTreeMap::new();
     for (_, d) in decisions {
-        tally(&mut totals, &d.outcome, &mut out)?;
-    }
-    for shard in &shards {
-        for (rule, n) in &shard.matches {
-            totals.entry(rule.clone()).or_default().matches += n;
-        }
+        tally(&mut totals, &d.outcome, out)?;
     }
     let mut dead = BTreeMap::new();
     for shard in shards {
-        for (label, n) in shard.dead {
-            *dead.entry(label).or_default() += n;
+        for (rule, n) in &shard.matches {
+            totals.entry(rule.clone()).or_default().matches += n;
+        }
+        for (label, n) in &shard.dead {
+            *dead.entry(label.clone()).or_default() += n;
         }
     }
-    let mut report = render(events.len(), &totals, prices);
-    add_dead_letters(&mut report, dead);
-    Ok(report)
+    Ok((totals, dead))
 }
 
 /// Which events a shard owns, with every event's time and offset, and the
