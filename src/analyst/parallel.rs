@@ -140,12 +140,15 @@ pub fn replay_parallel(
     Ok(report)
 }
 
+/// Totals per rule, and dead letters by reason.
+type Tallied = (BTreeMap<String, RuleTotals>, BTreeMap<String, u64>);
+
 /// The shards' decisions tallied (and written) in event order, with their
 /// matches and dead letters.
 fn tally_shards(
     shards: &[Arc<Shard>],
     out: &mut Option<&mut dyn Write>,
-) -> Result<(BTreeMap<String, RuleTotals>, BTreeMap<String, u64>), String> {
+) -> Result<Tallied, String> {
     let mut decisions: Vec<&(usize, Arc<Decision>)> =
         shards.iter().flat_map(|s| &s.decisions).collect();
     // Stable: within one event's index, each shard's own order is kept.
