@@ -25,13 +25,30 @@ use super::recorded::Recorded;
 pub(super) struct RuleTotals {
     pub(super) matches: u64,
     sent: u64,
-    suppressed: BTreeMap<String, u64>,
+    suppressed: BTreeMap<&'static str, u64>,
     failed: u64,
     held: u64,
-    /// Messages per user, and per (user, day).
-    per_user: HashMap<String, u64>,
-    per_user_day: HashMap<(String, i64), u64>,
+    /// Messages per user, and per day of each user's (day, messages).
+    per_user: HashMap<String, PerUser>,
     per_channel: BTreeMap<String, u64>,
+}
+
+/// One user's messages from one rule: in all, and per day (days in the
+/// order first seen; events come in time order, so mostly the last).
+#[derive(Default)]
+struct PerUser {
+    total: u64,
+    days: Vec<(i64, u64)>,
+}
+
+impl PerUser {
+    fn add(&mut self, day: i64) {
+        self.total += 1;
+        match self.days.iter_mut().rev().find(|(d, _)| *d == day) {
+            Some((_, n)) => *n += 1,
+            None => self.days.push((day, 1)),
+        }
+    }
 }
 
 /// The result of a replay.
@@ -190,8 +207,9 @@ pub(super) fn tally(
     out: &mut Option<&mut dyn Write>,
 ) -> Result<(), String> {
     if let Some(w) = out.as_mut() {
-        serde_json::to_writer(&mut *w, o).map_err(|e| e.to_string())?;
-        writeln!(w).map_err(|e| e.to_string())?;
+        let mut line = o.to_json();
+        line.push(b'\n');
+        w.write_all(&line).map_err(|e| e.to_string())?;
     }
     if !totals.contains_key(&o.rule) {
         totals.insert(o.rule.clone(), RuleTotals::default());
@@ -200,9 +218,11 @@ pub(super) fn tally(
     match o.status {
         Status::Sent => {
             t.sent += 1;
-            *t.per_user.entry(o.user.clone()).or_default() += 1;
             let day = o.timings.event_ms.div_euclid(86_400_000);
-            *t.per_user_day.entry((o.user.clone(), day)).or_default() += 1;
+            match t.per_user.get_mut(&o.user) {
+                Some(u) => u.add(day),
+                None => t.per_user.entry(o.user.clone()).or_default().add(day),
+            }
             if let Some(n) = t.per_channel.get_mut(&o.channel) {
                 *n += 1;
             } else {
@@ -211,7 +231,7 @@ pub(super) fn tally(
         }
         Status::Suppressed => {
             let code = o.reason_code.unwrap_or("unknown");
-            *t.suppressed.entry(code.to_string()).or_default() += 1;
+            *t.suppressed.entry(code).or_default() += 1;
         }
         Status::Held => t.held += 1,
         Status::Failed => t.failed += 1,
@@ -245,7 +265,8 @@ pub(super) fn render(
         if t.failed > 0 {
             let _ = writeln!(text, "  failed            {}", t.failed);
         }
-        let mut busiest: Vec<(&String, &u64)> = t.per_user.iter().collect();
+        let mut busiest: Vec<(&String, &u64)> =
+            t.per_user.iter().map(|(u, p)| (u, &p.total)).collect();
         busiest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         if !busiest.is_empty() {
             let top: Vec<String> = busiest
@@ -255,7 +276,7 @@ pub(super) fn render(
                 .collect();
             let _ = writeln!(text, "  busiest users     {}", top.join(", "));
             let mut spread = [0u64; 5];
-            for n in t.per_user_day.values() {
+            for (_, n) in t.per_user.values().flat_map(|p| &p.days) {
                 let slot = match n {
                     1 => 0,
                     2 => 1,
@@ -279,7 +300,8 @@ pub(super) fn render(
         if !prices.is_empty() && t.sent > 0 {
             let _ = writeln!(text, "  estimated cost    {cost:.2}");
         }
-        summary.insert(rule.clone(), (t.sent, t.suppressed.clone()));
+        let suppressed = t.suppressed.iter().map(|(k, n)| (k.to_string(), *n));
+        summary.insert(rule.clone(), (t.sent, suppressed.collect()));
     }
     Report {
         events,
