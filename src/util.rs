@@ -49,8 +49,13 @@ impl Clock for ManualClock {
 /// [`stable_digest`].
 pub fn fingerprint(value: &str) -> String {
     let mut out = String::with_capacity(12);
-    push_hex(&mut out, &stable_digest(&[value.as_bytes()])[..6]);
+    push_fingerprint(&mut out, value);
     out
+}
+
+/// Appends [`fingerprint`]`(value)` to `out`.
+fn push_fingerprint(out: &mut String, value: &str) {
+    push_hex(out, &stable_digest(&[value.as_bytes()])[..6]);
 }
 
 /// Appends `bytes` as lowercase hex, as `hex::encode` writes them (which
@@ -122,7 +127,7 @@ pub fn mask_card(card: &str) -> String {
 pub fn mask_token(token: &str) -> String {
     let mut out = String::with_capacity(18);
     out.push_str("token:");
-    push_hex(&mut out, &stable_digest(&[token.as_bytes()])[..6]);
+    push_fingerprint(&mut out, token);
     out
 }
 
