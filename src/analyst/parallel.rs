@@ -47,6 +47,18 @@ pub struct Inputs<'a> {
     pub prices: &'a BTreeMap<String, f64>,
 }
 
+/// How many threads a replay of `events` asked to use `jobs` runs on: one
+/// when any event is of a topic that is not a source (feedback records, which
+/// every shard would need), else `jobs`.
+pub fn threads_for(config: &Config, events: &[Recorded], jobs: usize) -> usize {
+    let all_sources = events.iter().all(|r| config.sources.contains_key(&r.topic));
+    if all_sources {
+        jobs.max(1)
+    } else {
+        1
+    }
+}
+
 /// Replays the events in `jobs` shards by user, in parallel; writes the
 /// would-be outcomes to `out` in event order, and reports as the sequential
 /// [`super::replay::replay`] does. `progress` gets the events done so far.
@@ -63,8 +75,7 @@ pub fn replay_parallel(
         events,
         prices,
     } = inputs;
-    let all_sources = events.iter().all(|r| config.sources.contains_key(&r.topic));
-    let jobs = if all_sources { jobs.max(1) } else { 1 };
+    let jobs = threads_for(config, events, jobs);
     let shard_of = |user: &str| crate::state::partition_for(user.as_bytes(), jobs as i32) as usize;
     let owners: Vec<usize> = events
         .iter()

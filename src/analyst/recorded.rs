@@ -9,7 +9,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::config::Config;
+use crate::config::{Config, SourceConfig};
 use crate::ingest::decode::lookup;
 
 /// One event to replay: its bytes as they were recorded, handed to the
@@ -95,19 +95,29 @@ impl Recorded {
 /// prints both): every event decoded as the pipeline decodes it, on `jobs`
 /// threads, each a share of the events. Returns events per second.
 pub fn decode_rate(config: &Config, events: &[Recorded], jobs: usize) -> f64 {
+    // Set up before the clock starts, as the pipeline holds them: each
+    // event's time (consumed at its own time, so it is plausible) and each
+    // source's name.
+    let times = super::replay::event_times(config, events);
+    let sources: std::collections::HashMap<&str, (std::sync::Arc<str>, &SourceConfig)> = config
+        .sources
+        .iter()
+        .map(|(topic, mapping)| (topic.as_str(), (topic.as_str().into(), mapping)))
+        .collect();
     let started = std::time::Instant::now();
     let share = events.len().div_ceil(jobs.max(1)).max(1);
     let decoded: usize = std::thread::scope(|scope| {
         let handles: Vec<_> = events
             .chunks(share)
-            .map(|chunk| {
+            .zip(times.chunks(share))
+            .map(|(chunk, times)| {
+                let sources = &sources;
                 scope.spawn(move || {
                     let mut n = 0;
-                    for (offset, r) in chunk.iter().enumerate() {
-                        let Some(mapping) = config.sources.get(&r.topic) else {
+                    for (offset, (r, &at)) in chunk.iter().zip(times).enumerate() {
+                        let Some((source, mapping)) = sources.get(r.topic.as_str()) else {
                             continue;
                         };
-                        let source: std::sync::Arc<str> = r.topic.as_str().into();
                         let origin = crate::ingest::decode::Origin {
                             topic: &r.topic,
                             partition: 0,
@@ -115,19 +125,13 @@ pub fn decode_rate(config: &Config, events: &[Recorded], jobs: usize) -> f64 {
                             key: r.key.as_deref().map(str::as_bytes),
                             timestamp_ms: None,
                         };
-                        // Consumed at its own time, so its time is plausible.
-                        let at = mapping
-                            .time_field
-                            .as_deref()
-                            .and_then(|f| r.field(f))
-                            .and_then(crate::ingest::decode::parse_time);
                         let event = crate::ingest::decode::decode(
-                            &source,
+                            source,
                             mapping,
                             origin,
                             Some(&r.payload),
                             usize::MAX,
-                            at.unwrap_or(0),
+                            at,
                         );
                         n += usize::from(std::hint::black_box(event).is_ok());
                     }

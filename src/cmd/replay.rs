@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use super::{Failure, Outcome};
 
-use herald::analyst::parallel::{replay_parallel, Inputs};
+use herald::analyst::parallel::{replay_parallel, threads_for, Inputs};
 use herald::analyst::recorded::{decode_rate, read_lines, Recorded, Wanted};
 use herald::analyst::replay::replay as run_replay;
 use herald::config::Config;
@@ -178,10 +178,12 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let mut shown = std::time::Instant::now();
-    let jobs = match args.jobs {
+    let asked = match args.jobs {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    // What the replay runs on, so the rate and the floor name the same threads.
+    let jobs = threads_for(&config, &events, asked);
     let mut show = |done: usize| {
         if shown.elapsed().as_millis() >= 500 || done == total {
             shown = std::time::Instant::now();
