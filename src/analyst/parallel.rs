@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::recorded::Recorded;
+use super::recorded::{event_times, Recorded};
 use super::replay::{
-    add_dead_letters, dead_letter_counts, drive, event_times, offsets_of, render, rule_matches,
-    tally, Report, RuleTotals,
+    add_dead_letters, dead_letter_counts, drive, offsets_of, render, rule_matches, tally, Report,
+    RuleTotals,
 };
 use super::Offline;
 use crate::config::Config;

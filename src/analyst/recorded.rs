@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::config::{Config, SourceConfig};
-use crate::ingest::decode::lookup;
+use crate::ingest::decode::{lookup, parse_time};
 
 /// One event to replay: its bytes as they were recorded, handed to the
 /// pipeline as a consumed record's payload, and the top-level fields the
@@ -91,6 +91,26 @@ impl Recorded {
     }
 }
 
+/// Each event's virtual time: its time field, never earlier than the event before.
+pub(super) fn event_times(config: &Config, events: &[Recorded]) -> Vec<i64> {
+    let mut last_ms = 0;
+    events
+        .iter()
+        .map(|r| {
+            let at_ms = config
+                .sources
+                .get(&r.topic)
+                .and_then(|m| m.time_field.as_deref())
+                .and_then(|f| r.field(f))
+                .and_then(parse_time)
+                .unwrap_or(last_ms)
+                .max(last_ms);
+            last_ms = at_ms;
+            at_ms
+        })
+        .collect()
+}
+
 /// Decoding alone, the floor a replay is measured against (`herald replay`
 /// prints both): every event decoded as the pipeline decodes it, on `jobs`
 /// threads, each a share of the events. Returns events per second.
@@ -98,7 +118,7 @@ pub fn decode_rate(config: &Config, events: &[Recorded], jobs: usize) -> f64 {
     // Set up before the clock starts, as the pipeline holds them: each
     // event's time (consumed at its own time, so it is plausible) and each
     // source's name.
-    let times = super::replay::event_times(config, events);
+    let times = event_times(config, events);
     let sources: std::collections::HashMap<&str, (std::sync::Arc<str>, &SourceConfig)> = config
         .sources
         .iter()

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use super::Offline;
 use crate::config::Config;
 use crate::engine::Decision;
-use crate::ingest::decode::parse_time;
 use crate::outcome::{Outcome, Status};
 
+use super::recorded::event_times;
 use super::recorded::Recorded;
 
 /// Totals of one rule.
@@ -155,26 +155,6 @@ pub(super) fn rule_matches(offline: &Offline) -> Vec<(String, u64)> {
         .iter()
         .zip(&loaded.matches)
         .map(|(rule, n)| (rule.id.clone(), n.get()))
-        .collect()
-}
-
-/// Each event's virtual time: its time field, never earlier than the event before.
-pub(super) fn event_times(config: &Config, events: &[Recorded]) -> Vec<i64> {
-    let mut last_ms = 0;
-    events
-        .iter()
-        .map(|r| {
-            let at_ms = config
-                .sources
-                .get(&r.topic)
-                .and_then(|m| m.time_field.as_deref())
-                .and_then(|f| r.field(f))
-                .and_then(parse_time)
-                .unwrap_or(last_ms)
-                .max(last_ms);
-            last_ms = at_ms;
-            at_ms
-        })
         .collect()
 }
 
