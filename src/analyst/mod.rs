@@ -30,6 +30,7 @@ pub mod parallel;
 pub mod recorded;
 pub mod replay;
 pub mod ruletest;
+pub mod scan;
 
 /// A provider that sends nothing: it answers every request as delivered.
 struct Recording {

@@ -5,9 +5,9 @@
 
 use std::io::BufRead;
 
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use super::scan::{NotJson, Scan};
 
 use crate::config::{Config, SourceConfig};
 use crate::ingest::decode::{lookup, parse_time};
@@ -65,18 +65,10 @@ impl Recorded {
         key: Option<String>,
         payload: &[u8],
         wanted: &Wanted,
-    ) -> Result<Recorded, serde_json::Error> {
-        let mut de = serde_json::Deserializer::from_slice(payload);
-        let fields = match Sparse(&wanted.0)
-            .deserialize(&mut de)
-            .and_then(|f| de.end().map(|_| f))
-        {
-            Ok(fields) => fields,
-            Err(_) => {
-                serde_json::from_slice::<IgnoredAny>(payload)?;
-                Map::new()
-            }
-        };
+    ) -> Result<Recorded, NotJson> {
+        let mut scan = Scan::new(payload);
+        let fields = event_fields(&mut scan, wanted)?;
+        scan.end()?;
         Ok(Recorded {
             topic,
             key,
@@ -196,102 +188,96 @@ pub fn read_lines(
     out
 }
 
-/// The envelope's parts, left unparsed.
-#[derive(serde::Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    topic: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    key: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    event: Option<&'a RawValue>,
-}
-
 /// One line as a recorded event: an envelope with `topic` and `event`, else
-/// a bare event of `default_topic` (`None` without one).
+/// a bare event of `default_topic` (`None` without one). The line is read
+/// once: the envelope's parts and the event's wanted fields together.
 fn envelope(
     line: &str,
     default_topic: Option<&str>,
     wanted: &Wanted,
-) -> Result<Option<Recorded>, serde_json::Error> {
-    let parts: Result<Envelope<'_>, _> = serde_json::from_str(line);
-    if let Ok(Envelope {
-        topic: Some(topic),
-        key,
-        event: Some(event),
-    }) = parts
-    {
-        let text = |raw: &RawValue| {
-            serde_json::from_str::<Value>(raw.get())
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-        };
-        let topic = text(topic).unwrap_or_default();
-        let key = key.and_then(text);
-        return Recorded::parse(topic, key, event.get().as_bytes(), wanted).map(Some);
+) -> Result<Option<Recorded>, NotJson> {
+    let text = line.as_bytes();
+    let mut scan = Scan::new(text);
+    if scan.at_object() {
+        let mut parts = Parts::default();
+        scan.fields(|name, scan| {
+            let part = match () {
+                _ if name.is("topic") => &mut parts.topic,
+                _ if name.is("key") => &mut parts.key,
+                _ if name.is("event") => {
+                    let start = scan.next_value_at();
+                    parts.fields = Some(event_fields(scan, wanted)?);
+                    let event = &text[start..scan.next_value_at()];
+                    parts.repeated |= parts.event.replace(event).is_some();
+                    return Ok(());
+                }
+                _ => return scan.value().map(|_| ()),
+            };
+            parts.repeated |= part.replace(scan.value()?).is_some();
+            Ok(())
+        })?;
+        scan.end()?;
+        if let (Some(topic), Some(event), false) = (parts.topic, parts.event, parts.repeated) {
+            return Ok(Some(Recorded {
+                topic: string(topic).unwrap_or_default(),
+                key: parts.key.and_then(string),
+                payload: event.to_vec(),
+                fields: parts.fields.unwrap_or_default(),
+            }));
+        }
+    } else {
+        Scan::whole(text)?;
     }
-    match default_topic {
-        Some(topic) => Recorded::parse(topic.to_string(), None, line.as_bytes(), wanted).map(Some),
-        // JSON that is no envelope, or not JSON (then say why).
-        None => serde_json::from_str::<IgnoredAny>(line).map(|_| None),
-    }
+    // JSON that is no envelope: a bare event, given a topic.
+    default_topic
+        .map(|topic| Recorded::parse(topic.to_string(), None, text, wanted))
+        .transpose()
 }
 
-/// An object's fields named in the list, the rest skipped unparsed.
-struct Sparse<'w>(&'w [String]);
-
-impl<'de> DeserializeSeed<'de> for Sparse<'_> {
-    type Value = Map<String, Value>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
+/// An envelope's parts as their text (the event's wanted fields read out).
+#[derive(Default)]
+struct Parts<'a> {
+    topic: Option<&'a [u8]>,
+    key: Option<&'a [u8]>,
+    event: Option<&'a [u8]>,
+    fields: Option<Map<String, Value>>,
+    /// A part given twice: then the line is not taken as an envelope.
+    repeated: bool,
 }
 
-impl<'de> Visitor<'de> for Sparse<'_> {
-    type Value = Map<String, Value>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object")
+/// A JSON string's text (`None` for any other value).
+fn string(raw: &[u8]) -> Option<String> {
+    if let [b'"', inner @ .., b'"'] = raw {
+        if !inner.contains(&b'\\') {
+            return std::str::from_utf8(inner).ok().map(str::to_string);
+        }
     }
+    serde_json::from_slice::<Value>(raw)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+}
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Map::new();
-        while let Some(key) = map.next_key_seed(KeyIn(self.0))? {
-            match key {
-                Some(i) => {
-                    out.insert(self.0[i].clone(), map.next_value()?);
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+/// Reads the next value, keeping the top-level fields named by `wanted`
+/// when it is an object (a repeated field: its last value, as serde_json
+/// keeps). Any other value is read and gives no fields.
+fn event_fields(scan: &mut Scan<'_>, wanted: &Wanted) -> Result<Map<String, Value>, NotJson> {
+    let mut out = Map::new();
+    if !scan.at_object() {
+        scan.value()?;
+        return Ok(out);
+    }
+    scan.fields(|name, scan| {
+        let value = scan.value()?;
+        if let Some(want) = wanted.0.iter().find(|w| name.is(w)) {
+            // Text the scan took as JSON; only a lone surrogate in a string
+            // still fails here, and such a field is left out.
+            if let Ok(v) = serde_json::from_slice::<Value>(value) {
+                out.insert(want.clone(), v);
             }
         }
-        Ok(out)
-    }
-}
-
-/// A key, as its index in the list (`None` when it is not there), read without allocating.
-struct KeyIn<'w>(&'w [String]);
-
-impl<'de> DeserializeSeed<'de> for KeyIn<'_> {
-    type Value = Option<usize>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyIn<'_> {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a field name")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().position(|w| w == key))
-    }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]
