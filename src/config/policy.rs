@@ -159,9 +159,20 @@ impl Cap {
     }
 }
 
+impl Cap {
+    /// Appends the cap as written in a rule (`3/day`).
+    pub fn push_to(&self, out: &mut String) {
+        out.push_str(itoa::Buffer::new().format(self.count));
+        out.push('/');
+        out.push_str(self.unit);
+    }
+}
+
 impl fmt::Display for Cap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.count, self.unit)
+        let mut text = String::new();
+        self.push_to(&mut text);
+        f.write_str(&text)
     }
 }
 
@@ -212,16 +223,28 @@ impl QuietHours {
     }
 }
 
+impl QuietHours {
+    /// Appends the window as written in a rule (`21:00-08:00`).
+    pub fn push_to(&self, out: &mut String) {
+        let two = |out: &mut String, n: u16| {
+            out.push(char::from(b'0' + (n / 10 % 10) as u8));
+            out.push(char::from(b'0' + (n % 10) as u8));
+        };
+        two(out, self.start / 60);
+        out.push(':');
+        two(out, self.start % 60);
+        out.push('-');
+        two(out, self.end / 60);
+        out.push(':');
+        two(out, self.end % 60);
+    }
+}
+
 impl fmt::Display for QuietHours {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:02}:{:02}-{:02}:{:02}",
-            self.start / 60,
-            self.start % 60,
-            self.end / 60,
-            self.end % 60
-        )
+        let mut text = String::new();
+        self.push_to(&mut text);
+        f.write_str(&text)
     }
 }
 

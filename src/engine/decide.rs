@@ -97,7 +97,7 @@ impl Pipeline {
                         decided.push(d);
                     }
                     Err(_) => {
-                        let outcome = self.suppress(d.outcome, Suppression::Duplicate);
+                        let outcome = self.suppress(job, d.outcome, Suppression::Duplicate);
                         // Already held: the held one keeps the ledger's `held`.
                         decided.push(Decided {
                             outcome,
@@ -263,7 +263,7 @@ impl Pipeline {
         let settled = |mut outcome: Outcome, why: Suppression, record: bool| {
             outcome.idempotency_key = self.ledger.idempotency_key(&ledger_key).unwrap_or_default();
             Decided {
-                outcome: self.suppress(outcome, why),
+                outcome: self.suppress(job, outcome, why),
                 message: None,
                 dead_letter: None,
                 counters: counters.clone(),
@@ -372,7 +372,7 @@ impl Pipeline {
             }
             Err(s) => {
                 let hop = s.is_channel_specific();
-                return done(self.suppress(outcome, s), None, None, hop);
+                return done(self.suppress(job, outcome, s), None, None, hop);
             }
         };
         outcome.recipient = Some(address.masked());
@@ -409,12 +409,12 @@ impl Pipeline {
             rule.campaign.as_deref(),
             now,
         ) {
-            return done(self.suppress(outcome, s), Some(message), None, false);
+            return done(self.suppress(job, outcome, s), Some(message), None, false);
         }
         let reservation = match self.policy.reserve(profile, &subject, now) {
             Ok(r) => r,
             Err(s) => {
-                return done(self.suppress(outcome, s), Some(message), None, false);
+                return done(self.suppress(job, outcome, s), Some(message), None, false);
             }
         };
         if rule.shadow {
@@ -543,16 +543,18 @@ impl Pipeline {
         }
     }
 
-    pub(super) fn suppress(&self, mut outcome: Outcome, why: Suppression) -> Outcome {
-        if let Some(c) = self.suppression_counters.get(why.code()) {
-            c.inc();
-        }
-        self.metrics
-            .rule_suppressions
-            .with_label_values(&[outcome.rule.as_str(), why.code()])
+    pub(super) fn suppress(&self, job: &Job, mut outcome: Outcome, why: Suppression) -> Outcome {
+        let code = why.code_index();
+        self.suppression_counters[code].inc();
+        job.loaded.suppressions[job.rule][code]
+            .get_or_init(|| {
+                self.metrics
+                    .rule_suppressions
+                    .with_label_values(&[job.rule().id.as_str(), why.code()])
+            })
             .inc();
         outcome.status = Status::Suppressed;
-        outcome.because(why.code(), why.to_string());
+        outcome.because(why.code(), why.text());
         outcome
     }
 

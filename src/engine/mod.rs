@@ -109,7 +109,8 @@ pub struct Pipeline {
     pub patterns: crate::patterns::PatternStore,
     /// The time decisions are made at (the wall clock in service).
     pub clock: Arc<dyn crate::util::Clock>,
-    suppression_counters: FastMap<&'static str, IntCounter>,
+    /// `herald_suppressions_total{reason}`, by [`Suppression::code_index`].
+    suppression_counters: Vec<IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
     /// The topic between stage 1 and stage 2; `None` offline, where both
     /// stages run in one process with no broker.
@@ -149,7 +150,7 @@ impl Pipeline {
         let reader = crate::kafka::profile_reader_config(&config.kafka);
         let suppression_counters = Suppression::CODES
             .iter()
-            .map(|code| (*code, metrics.suppressions.with_label_values(&[code])))
+            .map(|code| metrics.suppressions.with_label_values(&[code]))
             .collect();
         Pipeline {
             rules,

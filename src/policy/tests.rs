@@ -70,14 +70,59 @@ fn every_reason_code_has_a_metric_handle() {
         },
         Suppression::InvalidTimeZone,
     ];
-    for s in &all {
-        assert!(
-            Suppression::CODES.contains(&s.code()),
-            "{} is missing from CODES",
-            s.code()
-        );
+    for (i, s) in all.iter().enumerate() {
+        assert_eq!(s.code_index(), i, "{} is out of place in CODES", s.code());
     }
     assert_eq!(all.len(), Suppression::CODES.len());
+    let texts: Vec<String> = all.iter().map(Suppression::text).collect();
+    assert_eq!(
+        texts,
+        [
+            "no_profile",
+            "no_consent:c",
+            "category_off:c",
+            "stale:1s>0s",
+            "quiet_hours:21:00-08:00 UTC",
+            "no_address:c",
+            "dead_tokens:c",
+            "invalid_phone:c",
+            "cap:all:1/day",
+            "duplicate",
+            "unknown_after_crash",
+            "suppressed_by:email_opened",
+            "invalid_time_zone",
+        ]
+    );
+    let more = [
+        Suppression::OptedOut {
+            channel: "sms".into(),
+        },
+        Suppression::Capped(CapHit::Category(
+            "marketing".into(),
+            "12/week".parse().unwrap(),
+        )),
+        Suppression::Capped(CapHit::Rule("fraud".into(), "3/hour".parse().unwrap())),
+        Suppression::Stale {
+            age_s: -5,
+            max_s: 300,
+        },
+        Suppression::QuietHours {
+            window: "07:05-23:59".parse().unwrap(),
+            zone: "Asia/Kolkata".into(),
+            until_ms: 0,
+        },
+    ];
+    let texts: Vec<String> = more.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        texts,
+        [
+            "no_consent:sms:opted_out",
+            "cap:marketing:12/week",
+            "cap:rule:fraud:3/hour",
+            "stale:-5s>300s",
+            "quiet_hours:07:05-23:59 Asia/Kolkata",
+        ]
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,6 +18,7 @@ use super::error::{RuleError, RuleErrors};
 use super::load::load_dir;
 use super::set::RuleSet;
 use crate::metrics::Metrics;
+use crate::policy::Suppression;
 use crate::util::now_ms;
 
 /// A rule set with its per-rule metric handles, made once per load.
@@ -30,6 +31,10 @@ pub struct Loaded {
     /// `herald_rule_decisions_total{rule,status}` per rule, by rule index:
     /// sent, suppressed, failed, held (see `Status::index`).
     pub decisions: Vec<[IntCounter; 4]>,
+    /// `herald_rule_suppressions_total{rule,reason}` per rule, by rule index
+    /// and reason code (`Suppression::code_index`); each made at its first
+    /// use, so a rule shows only the reasons it has met.
+    pub suppressions: Vec<[OnceLock<IntCounter>; Suppression::CODES.len()]>,
     /// Counts loads; 1 is the first.
     pub generation: u64,
     /// When this set was loaded, epoch ms.
@@ -189,12 +194,18 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
             })
         })
         .collect();
+    let suppressions = set
+        .rules
+        .iter()
+        .map(|_| std::array::from_fn(|_| OnceLock::new()))
+        .collect();
     metrics.rules_loaded.set(set.rules.len() as i64);
     Loaded {
         set,
         matches,
         condition_errors,
         decisions,
+        suppressions,
         generation,
         loaded_ms: now_ms(),
     }
