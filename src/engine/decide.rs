@@ -496,7 +496,7 @@ impl Pipeline {
                 };
                 let shared =
                     self.recorder
-                        .publish(&self.topics.feedback, &event.user, record.to_bytes());
+                        .publish_built(&self.topics.feedback, &event.user, || record.to_bytes());
                 self.feedback
                     .sent
                     .record_digest(record.sent, record.phone_sha256);

@@ -280,7 +280,11 @@ impl Recorder {
         }
     }
 
-    /// A recorder that keeps every record in memory and sends nothing.
+    /// A recorder that sends nothing and keeps only the dead letters, in
+    /// memory. The analyst tools take decisions from the pipeline itself and
+    /// read only the dead letters back; keeping every outcome and feedback
+    /// record of a month-long replay would cost memory and the time to
+    /// write them, for nothing.
     pub fn in_memory(outcomes_topic: String, dead_letter_topic: String) -> (Recorder, Written) {
         let written = Written::default();
         let recorder = Recorder {
@@ -291,8 +295,19 @@ impl Recorder {
         (recorder, written)
     }
 
+    /// Whether a record written to `topic` is kept (always, on Kafka).
+    pub fn keeps(&self, topic: &str) -> bool {
+        match &self.sink {
+            Sink::Kafka(_) => true,
+            Sink::Memory(_) => topic == self.dead_letter_topic,
+        }
+    }
+
     /// Writes one outcome keyed by user, so a user's outcomes stay in order.
     pub fn outcome(&self, outcome: &Outcome) -> Pending {
+        if !self.keeps(&self.outcomes_topic) {
+            return Box::pin(std::future::ready(()));
+        }
         let payload = outcome.to_json();
         self.write(
             self.outcomes_topic.clone(),
@@ -311,6 +326,19 @@ impl Recorder {
     /// Writes one record to any topic (consent changes, reply events).
     pub fn publish(&self, topic: &str, key: &str, payload: Vec<u8>) -> Pending {
         self.write(topic.to_string(), key.to_string(), Some(payload))
+    }
+
+    /// [`Recorder::publish`], the payload built only when it is kept.
+    pub fn publish_built(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: impl FnOnce() -> Vec<u8>,
+    ) -> Pending {
+        match self.keeps(topic) {
+            true => self.publish(topic, key, payload()),
+            false => Box::pin(std::future::ready(())),
+        }
     }
 
     /// Writes a tombstone (a key without a value) to a compacted topic.
@@ -348,6 +376,7 @@ impl Recorder {
     ) -> Pending {
         match &self.sink {
             Sink::Kafka(writer) => writer.write(topic, partition, key, payload),
+            Sink::Memory(_) if !self.keeps(&topic) => Box::pin(std::future::ready(())),
             Sink::Memory(written) => {
                 written
                     .lock()
