@@ -213,20 +213,19 @@ fn money(amount: Value, currency: Option<String>) -> Result<String, Error> {
 
 /// An amount in a currency, as [`money`] writes it.
 fn money_text(value: f64, currency: &str) -> String {
-    let code = currency.to_ascii_uppercase();
-    let (symbol, decimals) = match code.as_str() {
-        "USD" => (Some("$"), 2),
-        "EUR" => (Some("€"), 2),
-        "GBP" => (Some("£"), 2),
-        "JPY" => (Some("¥"), 0),
-        "INR" => (Some("₹"), 2),
-        _ => (None, 2),
-    };
-    use std::fmt::Write as _;
-    let mut fixed = String::with_capacity(24);
-    let _ = write!(fixed, "{:.*}", decimals, value.abs());
-    let (int, frac) = fixed.split_once('.').unwrap_or((&fixed, ""));
-    let mut out = String::with_capacity(fixed.len() + int.len() / 3 + 8);
+    let known = [
+        ("USD", "$", 2),
+        ("EUR", "€", 2),
+        ("GBP", "£", 2),
+        ("JPY", "¥", 0),
+        ("INR", "₹", 2),
+    ];
+    let (symbol, decimals) = known
+        .iter()
+        .find(|(code, ..)| code.eq_ignore_ascii_case(currency))
+        .map_or((None, 2), |&(_, symbol, decimals)| (Some(symbol), decimals));
+    let (int, frac) = fixed_digits(value.abs(), decimals);
+    let mut out = String::with_capacity(int.len() + frac.len() + int.len() / 3 + 8);
     if value < 0.0 {
         out.push('-');
     }
@@ -234,7 +233,7 @@ fn money_text(value: f64, currency: &str) -> String {
         out.push_str(sym);
     }
     // Thousands grouped: 1234567.5 → 1,234,567.50.
-    for (i, c) in int.chars().enumerate() {
+    for (i, c) in int.char_indices() {
         if i > 0 && (int.len() - i) % 3 == 0 {
             out.push(',');
         }
@@ -242,13 +241,44 @@ fn money_text(value: f64, currency: &str) -> String {
     }
     if !frac.is_empty() {
         out.push('.');
-        out.push_str(frac);
+        out.push_str(&frac);
     }
     if symbol.is_none() {
         out.push(' ');
-        out.push_str(&code);
+        out.push_str(&currency.to_ascii_uppercase());
     }
     out
+}
+
+/// A non-negative amount's digits before and after the point, rounded to
+/// `decimals` places exactly as `format!("{:.*}", decimals, amount)` rounds.
+/// Amounts below a billion units that are not within a millionth of a
+/// half-way point are scaled and rounded in integers (the product's error
+/// is far below that millionth, so the rounding is the exact one); the rest
+/// go through `format!`.
+fn fixed_digits(amount: f64, decimals: usize) -> (String, String) {
+    let scale = [1.0, 10.0, 100.0][decimals.min(2)];
+    let scaled = amount * scale;
+    let tie = (scaled - scaled.floor() - 0.5).abs() < 1e-6;
+    if decimals <= 2 && scaled < 1e9 && !tie {
+        let units = scaled.round() as u64;
+        let step = scale as u64;
+        let mut buffer = itoa::Buffer::new();
+        let int = buffer.format(units / step).to_string();
+        let frac = match decimals {
+            0 => String::new(),
+            _ => {
+                let digits = buffer.format(step + units % step);
+                digits[1..].to_string()
+            }
+        };
+        return (int, frac);
+    }
+    let fixed = format!("{amount:.decimals$}");
+    match fixed.split_once('.') {
+        Some((int, frac)) => (int.to_string(), frac.to_string()),
+        None => (fixed, String::new()),
+    }
 }
 
 /// `{{ event.ts | local_time }}` → `14:05` in the recipient's time zone

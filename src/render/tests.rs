@@ -464,3 +464,38 @@ fn the_planned_path_renders_what_minijinja_renders() {
         }
     }
 }
+
+/// Amounts rounded as `format!("{:.2}")` rounds them: random amounts, amounts
+/// on and next to half-way points, and large ones, each in every currency shape.
+#[test]
+fn money_rounds_as_format_does() {
+    let by_format = |amount: f64, decimals: usize| {
+        let text = format!("{amount:.decimals$}");
+        match text.split_once('.') {
+            Some((int, frac)) => (int.to_string(), frac.to_string()),
+            None => (text, String::new()),
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut amounts: Vec<f64> = (0..20_000)
+        .map(|i| match i % 4 {
+            0 => rng.random_range(0.0..100.0),
+            1 => f64::from(rng.random_range(0..1_000_000u32)) / 100.0,
+            2 => (f64::from(rng.random_range(0..100_000u32)) + 0.5) / 100.0,
+            _ => rng.random_range(0.0..1e12),
+        })
+        .collect();
+    amounts.extend([0.0, 0.005, 0.015, 0.125, 1.005, 2.675, 0.5, 1.5, 2.5, 9_999_999.995, 1e9, 1e15]);
+    for amount in amounts {
+        for decimals in [0, 2] {
+            assert_eq!(
+                super::fixed_digits(amount, decimals),
+                by_format(amount, decimals),
+                "{amount} to {decimals} places"
+            );
+        }
+    }
+    assert_eq!(super::money_text(-1234.5, "usd"), "-$1,234.50");
+    assert_eq!(super::money_text(1200.4, "JPY"), "¥1,200");
+    assert_eq!(super::money_text(12.0, "chf"), "12.00 CHF");
+}
