@@ -217,6 +217,13 @@ pub type FastDashMap<K, V> = dashmap::DashMap<K, V, FastHasher>;
 /// A map with [`FastHasher`].
 pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
 
+/// The digest a number is known by in `herald_sent` records: SHA-256 of its
+/// E.164 form, hex.
+pub fn phone_sha256(phone: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(phone.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,6 @@ use super::job::Job;
 use super::{ChannelRuntime, Pipeline};
 use crate::config::{OnUnknown, ProviderKind};
 use crate::deliver::{send_with_retry, Address, Message, SendError};
-use crate::feedback::sent::phone_sha256;
 use crate::feedback::{SentRecord, SentRef};
 use crate::ingest::decode::Event;
 use crate::outcome::{DeadLetter, Hop, Outcome, Pending, SourceRef, Status, Timings};
@@ -492,7 +491,7 @@ impl Pipeline {
                 // so a reply or an engagement finds it wherever it arrives.
                 let record = SentRecord {
                     sent: sent_ref,
-                    phone_sha256: phone.map(phone_sha256),
+                    phone_sha256: phone.map(|p| profile.phone_sha256_of(p)),
                 };
                 let shared =
                     self.recorder

@@ -19,12 +19,7 @@ pub struct SentRef {
     pub sent_ms: i64,
 }
 
-/// The digest a number is known by in `herald_sent` records: SHA-256 of its
-/// E.164 form, hex.
-pub fn phone_sha256(phone: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(phone.as_bytes()))
-}
+pub use crate::util::phone_sha256;
 
 /// Bounded by count and age; the oldest are forgotten first.
 pub struct SentIndex {

@@ -69,6 +69,10 @@ pub struct Profile {
     /// A phone was given but is not valid (so SMS is suppressed with that reason).
     #[serde(skip)]
     pub phone_invalid: bool,
+    /// [`crate::util::phone_sha256`] of `phone`, made once when the profile
+    /// is read (every SMS sent records it); see [`Profile::phone_sha256_of`].
+    #[serde(skip)]
+    pub phone_sha256: Option<String>,
     /// A time zone was given but is not an IANA name (so messages under quiet
     /// hours are suppressed rather than timed by a guess).
     #[serde(skip)]
@@ -157,7 +161,10 @@ impl Profile {
         }
         if let Some(phone) = profile.phone.take() {
             match normalize_e164(&phone) {
-                Some(valid) => profile.phone = Some(valid),
+                Some(valid) => {
+                    profile.phone_sha256 = Some(crate::util::phone_sha256(&valid));
+                    profile.phone = Some(valid);
+                }
                 None => {
                     profile.phone_invalid = true;
                     problems.push(ProfileProblem::Phone);
@@ -210,6 +217,15 @@ impl Profile {
             })
     }
 
+    /// The `herald_sent` digest of `phone`: the one made when the profile was
+    /// read, when `phone` is the profile's number, else made now.
+    pub fn phone_sha256_of(&self, phone: &str) -> String {
+        match (&self.phone, &self.phone_sha256) {
+            (Some(mine), Some(digest)) if mine == phone => digest.clone(),
+            _ => crate::util::phone_sha256(phone),
+        }
+    }
+
     /// Whether the user consented to messages on `channel`.
     pub fn consents_to(&self, channel: &str) -> bool {
         self.consent.get(channel).copied().unwrap_or(false)
@@ -251,6 +267,14 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(p.user_id, "u1");
         assert_eq!(p.phone.as_deref(), Some("+14155552671"));
+        // The digest every SMS records is made once, of the E.164 form.
+        let digest = crate::util::phone_sha256("+14155552671");
+        assert_eq!(p.phone_sha256.as_deref(), Some(digest.as_str()));
+        assert_eq!(p.phone_sha256_of("+14155552671"), digest);
+        assert_eq!(
+            p.phone_sha256_of("+14155550100"),
+            crate::util::phone_sha256("+14155550100")
+        );
         assert!(p.consents_to("push"));
         assert!(!p.consents_to("sms"));
         assert!(!p.accepts_category("marketing"));

@@ -485,7 +485,20 @@ fn money_rounds_as_format_does() {
             _ => rng.random_range(0.0..1e12),
         })
         .collect();
-    amounts.extend([0.0, 0.005, 0.015, 0.125, 1.005, 2.675, 0.5, 1.5, 2.5, 9_999_999.995, 1e9, 1e15]);
+    amounts.extend([
+        0.0,
+        0.005,
+        0.015,
+        0.125,
+        1.005,
+        2.675,
+        0.5,
+        1.5,
+        2.5,
+        9_999_999.995,
+        1e9,
+        1e15,
+    ]);
     for amount in amounts {
         for decimals in [0, 2] {
             assert_eq!(
