@@ -191,10 +191,10 @@ impl Pipeline {
 
     /// Writes a held message to the held topic.
     fn persist(&self, held: &Held<HeldMessage>) -> Pending {
-        let record = super::held_log::HeldRecord::of(held);
-        let payload = crate::util::json_bytes(&record);
         self.recorder
-            .publish(&self.held_log.topic, &held.idempotency_key, payload)
+            .publish_built(&self.held_log.topic, &held.idempotency_key, || {
+                crate::util::json_bytes(&super::held_log::HeldRecord::of(held))
+            })
     }
 
     /// The outcome of a held message replaced by a newer one with its collapse key.
