@@ -66,6 +66,11 @@ impl Activity {
     }
 
     fn with_rings(&self, rule: &str, apply: impl FnOnce(&mut Rings)) {
+        // The rule's name is copied only the first time it is seen.
+        if let Some(entry) = self.rules.get(rule) {
+            apply(&mut entry.lock().unwrap_or_else(|p| p.into_inner()));
+            return;
+        }
         let entry = self.rules.entry(rule.to_string()).or_default();
         let mut guard = entry.lock().unwrap_or_else(|p| p.into_inner());
         apply(&mut guard);
@@ -101,9 +106,12 @@ impl Activity {
             }
             Self::count(rings, now_ms, &|b: &mut Bucket| match &happened {
                 Happened::Sent { .. } => b.sent += 1,
-                Happened::Suppressed { code } => {
-                    *b.suppressed.entry(code.to_string()).or_default() += 1
-                }
+                Happened::Suppressed { code } => match b.suppressed.get_mut(*code) {
+                    Some(n) => *n += 1,
+                    None => {
+                        b.suppressed.insert(code.to_string(), 1);
+                    }
+                },
                 Happened::Failed => b.failed += 1,
                 Happened::Held => b.held += 1,
             });
