@@ -207,7 +207,7 @@ fn envelope(
                 _ if name.is("event") => {
                     let start = scan.next_value_at();
                     parts.fields = Some(event_fields(scan, wanted)?);
-                    let event = &text[start..scan.next_value_at()];
+                    let event = &text[start..scan.offset()];
                     parts.repeated |= parts.event.replace(event).is_some();
                     return Ok(());
                 }
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn only_the_wanted_fields_are_read_and_the_bytes_are_kept_as_they_were() {
-        let line = r#"{"topic": "transactions", "key": "card-1", "event": {"user_id": "u-1", "amount": 4.5, "ts": 7, "nested": {"user_id": "x"}}}"#;
+        let line = r#"{"topic": "transactions", "key": "card-1", "event": {"user_id": "u-1", "amount": 4.5, "ts": 7, "nested": {"user_id": "x"}} }"#;
         let read = read_lines(line.as_bytes(), None, &wanted(), |_, why| panic!("{why}"));
         let r = &read[0];
         assert_eq!(

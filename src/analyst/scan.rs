@@ -77,6 +77,11 @@ impl<'a> Scan<'a> {
         }
     }
 
+    /// How far the scan has read, as a byte offset into the text.
+    pub fn offset(&self) -> usize {
+        self.at
+    }
+
     /// Where the next value starts (after any white space), or where the
     /// scan stopped, as a byte offset into the text.
     pub fn next_value_at(&mut self) -> usize {
