@@ -141,13 +141,17 @@ impl PatternStore {
     ) -> Result<(Observed, Vec<KeyRef>), Late> {
         let event = input.event;
         let state = self.rule(rule, pattern);
-        let mut entry = state.keys.entry(key.to_string()).or_insert_with(|| Entry {
-            state: KeyState::new(pattern),
-            newest_ms: event.time_ms,
-            touched_ms: now_ms,
-            source: (Arc::clone(&event.source), event.partition),
-            applied: -1,
-            restored: false,
+        // A key already followed is found without copying its name.
+        let found = state.keys.get_mut(key);
+        let mut entry = found.unwrap_or_else(|| {
+            state.keys.entry(key.to_string()).or_insert_with(|| Entry {
+                state: KeyState::new(pattern),
+                newest_ms: event.time_ms,
+                touched_ms: now_ms,
+                source: (Arc::clone(&event.source), event.partition),
+                applied: -1,
+                restored: false,
+            })
         });
         if entry.restored
             && event.offset <= entry.applied
