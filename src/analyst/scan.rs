@@ -104,9 +104,7 @@ impl<'a> Scan<'a> {
     ) -> Result<(), NotJson> {
         self.space();
         self.expect(b'{', "`{`")?;
-        self.space();
-        if self.peek() == Some(b'}') {
-            self.at += 1;
+        if self.empty(b'}') {
             return Ok(());
         }
         loop {
@@ -118,15 +116,34 @@ impl<'a> Scan<'a> {
             self.space();
             self.expect(b':', "`:`")?;
             field(name, self)?;
-            self.space();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.fail("`,` or `}`")),
+            if !self.more(b'}', "`,` or `}`")? {
+                return Ok(());
             }
+        }
+    }
+
+    /// After an opening bracket: whether `close` follows at once (then read).
+    fn empty(&mut self, close: u8) -> bool {
+        self.space();
+        let empty = self.peek() == Some(close);
+        self.at += usize::from(empty);
+        empty
+    }
+
+    /// After an item of an array or object: `true` past a `,` (another item
+    /// follows), `false` past `close` (the end).
+    fn more(&mut self, close: u8, expected: &'static str) -> Result<bool, NotJson> {
+        self.space();
+        match self.peek() {
+            Some(b',') => {
+                self.at += 1;
+                Ok(true)
+            }
+            Some(b) if b == close => {
+                self.at += 1;
+                Ok(false)
+            }
+            _ => Err(self.fail(expected)),
         }
     }
 
@@ -176,22 +193,14 @@ impl<'a> Scan<'a> {
 
     fn array(&mut self, depth: usize) -> Result<(), NotJson> {
         self.at += 1;
-        self.space();
-        if self.peek() == Some(b']') {
-            self.at += 1;
+        if self.empty(b']') {
             return Ok(());
         }
         loop {
             self.space();
             self.skip(depth + 1)?;
-            self.space();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b']') => {
-                    self.at += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.fail("`,` or `]`")),
+            if !self.more(b']', "`,` or `]`")? {
+                return Ok(());
             }
         }
     }
