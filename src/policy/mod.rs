@@ -130,57 +130,58 @@ impl Suppression {
     /// by piece: a suppressed outcome is the common case, and `format!`'s
     /// machinery cost more than the rest of the suppression.
     pub fn text(&self) -> String {
-        let (code, detail): (&str, &[&str]) = match self {
-            Suppression::NoConsent { channel } => ("no_consent", &[channel]),
-            Suppression::OptedOut { channel } => ("no_consent", &[channel, "opted_out"]),
-            Suppression::CategoryOff { category } => ("category_off", &[category]),
-            Suppression::NoAddress { channel } => ("no_address", &[channel]),
-            Suppression::DeadTokens { channel } => ("dead_tokens", &[channel]),
-            Suppression::InvalidPhone { channel } => ("invalid_phone", &[channel]),
-            Suppression::SuppressedBy { engagement } => ("suppressed_by", &[engagement]),
+        let mut out = String::with_capacity(32);
+        out.push_str(self.code());
+        let part = |out: &mut String, text: &str| {
+            out.push(':');
+            out.push_str(text);
+        };
+        match self {
+            Suppression::NoConsent { channel }
+            | Suppression::NoAddress { channel }
+            | Suppression::DeadTokens { channel }
+            | Suppression::InvalidPhone { channel } => part(&mut out, channel),
+            Suppression::OptedOut { channel } => {
+                part(&mut out, channel);
+                part(&mut out, "opted_out");
+            }
+            Suppression::CategoryOff { category } => part(&mut out, category),
+            Suppression::SuppressedBy { engagement } => part(&mut out, engagement),
             Suppression::Stale { age_s, max_s } => {
-                let mut out = String::from("stale:");
-                out.push_str(itoa::Buffer::new().format(*age_s));
+                part(&mut out, itoa::Buffer::new().format(*age_s));
                 out.push_str("s>");
                 out.push_str(itoa::Buffer::new().format(*max_s));
                 out.push('s');
-                return out;
             }
             Suppression::QuietHours { window, zone, .. } => {
-                let mut out = String::from("quiet_hours:");
+                out.push(':');
                 window.push_to(&mut out);
                 out.push(' ');
                 out.push_str(zone);
-                return out;
             }
             Suppression::Capped(hit) => {
-                let (scope, cap) = match hit {
-                    CapHit::All(cap) => ("all", cap),
-                    CapHit::Category(category, cap) => (category.as_str(), cap),
+                let cap = match hit {
+                    CapHit::All(cap) => {
+                        part(&mut out, "all");
+                        cap
+                    }
+                    CapHit::Category(category, cap) => {
+                        part(&mut out, category);
+                        cap
+                    }
                     CapHit::Rule(rule, cap) => {
-                        let mut out = String::from("cap:rule:");
-                        out.push_str(rule);
-                        out.push(':');
-                        cap.push_to(&mut out);
-                        return out;
+                        part(&mut out, "rule");
+                        part(&mut out, rule);
+                        cap
                     }
                 };
-                let mut out = String::from("cap:");
-                out.push_str(scope);
                 out.push(':');
                 cap.push_to(&mut out);
-                return out;
             }
             Suppression::NoProfile
             | Suppression::Duplicate
             | Suppression::UnknownAfterCrash
-            | Suppression::InvalidTimeZone => (self.code(), &[]),
-        };
-        let mut out = String::with_capacity(32);
-        out.push_str(code);
-        for part in detail {
-            out.push(':');
-            out.push_str(part);
+            | Suppression::InvalidTimeZone => {}
         }
         out
     }
