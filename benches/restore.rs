@@ -57,12 +57,12 @@ fn main() {
         let mut pending = Vec::with_capacity(50_000);
         for i in 0..keys {
             let entry = LedgerEntry {
-                user: format!("user-{}", i % 200_000),
+                user: format!("user-{}", i % 200_000).into(),
                 status: LedgerStatus::Sent,
                 at_ms: now - (i as i64 % 86_400_000),
                 category: "transactional".into(),
                 rule: "purchase-notice".into(),
-                idempotency_key: format!("{:032x}", i),
+                idempotency_key: format!("{:032x}", i).into(),
             };
             let key = format!("transactions/0/{i}/purchase-notice/push");
             let value = serde_json::to_vec(&entry).unwrap();

@@ -70,6 +70,20 @@ pub fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// `bytes` in lower-case hex, in one allocation of its own (an id shared
+/// by an outcome, its ledger entry and its message).
+pub fn hex_arc(bytes: &[u8]) -> std::sync::Arc<str> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 64];
+    let mut len = 0;
+    for &b in bytes.iter().take(32) {
+        text[len] = DIGITS[usize::from(b >> 4)];
+        text[len + 1] = DIGITS[usize::from(b & 0xf)];
+        len += 2;
+    }
+    std::str::from_utf8(&text[..len]).unwrap_or_default().into()
+}
+
 /// `parts` joined by `/` in one allocation: keys and ids built on the
 /// per-event path, where `format!` costs several times as much.
 pub fn slash_joined(parts: &[&str]) -> String {

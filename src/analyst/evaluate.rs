@@ -80,7 +80,7 @@ pub async fn evaluate(
         .iter()
         .enumerate()
         .filter(|(i, _)| loaded.matches[*i].get() > 0)
-        .map(|(_, r)| r.id.as_str())
+        .map(|(_, r)| &*r.id)
         .collect();
     let decisions: Vec<Value> = offline
         .take()

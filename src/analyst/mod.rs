@@ -98,7 +98,7 @@ impl Offline {
             .iter()
             .map(|(name, c)| {
                 let channel = Channel {
-                    name: name.clone(),
+                    name: name.as_str().into(),
                     provider: Arc::new(Recording {
                         kind: c.provider,
                         sent: Arc::clone(&sent),

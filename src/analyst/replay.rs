@@ -154,7 +154,7 @@ pub(super) fn rule_matches(offline: &Offline) -> Vec<(String, u64)> {
         .rules
         .iter()
         .zip(&loaded.matches)
-        .map(|(rule, n)| (rule.id.clone(), n.get()))
+        .map(|(rule, n)| (rule.id.to_string(), n.get()))
         .collect()
 }
 
@@ -191,22 +191,22 @@ pub(super) fn tally(
         line.push(b'\n');
         w.write_all(&line).map_err(|e| e.to_string())?;
     }
-    if !totals.contains_key(&o.rule) {
-        totals.insert(o.rule.clone(), RuleTotals::default());
+    if !totals.contains_key(&*o.rule) {
+        totals.insert(o.rule.to_string(), RuleTotals::default());
     }
-    let t = totals.get_mut(&o.rule).expect("inserted above");
+    let t = totals.get_mut(&*o.rule).expect("inserted above");
     match o.status {
         Status::Sent => {
             t.sent += 1;
             let day = o.timings.event_ms.div_euclid(86_400_000);
-            match t.per_user.get_mut(&o.user) {
+            match t.per_user.get_mut(&*o.user) {
                 Some(u) => u.add(day),
-                None => t.per_user.entry(o.user.clone()).or_default().add(day),
+                None => t.per_user.entry(o.user.to_string()).or_default().add(day),
             }
-            if let Some(n) = t.per_channel.get_mut(&o.channel) {
+            if let Some(n) = t.per_channel.get_mut(&*o.channel) {
                 *n += 1;
             } else {
-                t.per_channel.insert(o.channel.clone(), 1);
+                t.per_channel.insert(o.channel.to_string(), 1);
             }
         }
         Status::Suppressed => {

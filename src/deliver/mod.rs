@@ -39,8 +39,8 @@ pub enum Priority {
 /// A rendered message, ready for a provider.
 #[derive(Debug, Clone)]
 pub struct Message {
-    pub rule_id: String,
-    pub category: String,
+    pub rule_id: Arc<str>,
+    pub category: Arc<str>,
     pub priority: Priority,
     /// Push title (push only).
     pub title: Option<String>,
@@ -53,11 +53,11 @@ pub struct Message {
     /// (APNs `aps.category`, FCM `click_action`).
     pub action_category: Option<String>,
     /// Stable per (rule, event, channel, recipient): the same event never makes two keys.
-    pub idempotency_key: String,
+    pub idempotency_key: Arc<str>,
     /// Extra key/value data for the app (push `data`, webhook JSON).
     pub data: BTreeMap<String, String>,
     /// The user the message is for.
-    pub user: String,
+    pub user: Arc<str>,
 }
 
 /// Where a message goes.
@@ -193,7 +193,7 @@ pub trait Provider: Send + Sync {
 /// A configured channel: its name, provider, concurrency bound, retry policy
 /// and circuit breaker.
 pub struct Channel {
-    pub name: String,
+    pub name: Arc<str>,
     pub provider: Arc<dyn Provider>,
     pub permits: Arc<Semaphore>,
     pub policy: retry::RetryPolicy,
@@ -294,7 +294,7 @@ impl Channel {
             ProviderKind::Console => Arc::new(console::Console),
         };
         Ok(Channel {
-            name: name.to_string(),
+            name: name.into(),
             provider,
             permits: Arc::new(Semaphore::new(config.concurrency)),
             policy: retry::RetryPolicy::from_config(config),

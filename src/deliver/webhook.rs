@@ -40,7 +40,7 @@ impl Provider for Webhook {
         Box::pin(async move {
             let user = match to {
                 Address::User(u) => u.as_str(),
-                _ => message.user.as_str(),
+                _ => &*message.user,
             };
             let body = serde_json::to_vec(&json!({
                 "rule": message.rule_id,
@@ -63,7 +63,7 @@ impl Provider for Webhook {
                     "x-herald-signature",
                     signature(self.secret.expose_secret(), timestamp, &body),
                 )
-                .header("idempotency-key", &message.idempotency_key)
+                .header("idempotency-key", &*message.idempotency_key)
                 .body(body)
                 .send()
                 .await

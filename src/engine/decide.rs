@@ -65,7 +65,7 @@ impl Pipeline {
             if let Some(release_ms) = d.hold_until {
                 let held = Held {
                     release_ms,
-                    idempotency_key: d.outcome.idempotency_key.clone(),
+                    idempotency_key: d.outcome.idempotency_key.to_string(),
                     collapse: job
                         .rule()
                         .collapse_key
@@ -149,7 +149,7 @@ impl Pipeline {
         wait_ms: i64,
     ) -> Option<Pending> {
         hops.push(Hop {
-            channel: sent.channel.clone(),
+            channel: sent.channel.to_string(),
             reason: format!(
                 "not_delivered:{}:{}",
                 sent.channel,
@@ -157,7 +157,7 @@ impl Pipeline {
             ),
         });
         let mut outcome = sent.clone();
-        outcome.channel = next.to_string();
+        outcome.channel = next.into();
         outcome.status = Status::Held;
         // Not an outcome (the held topic keeps it): no decision is counted.
         outcome.because(
@@ -180,7 +180,7 @@ impl Pipeline {
                 chain: rest.to_vec(),
                 hops,
                 outcome,
-                unless_heard_of: Some(sent.idempotency_key.clone()),
+                unless_heard_of: Some(sent.idempotency_key.to_string()),
             },
         };
         let record = self.persist(&held);
@@ -232,7 +232,7 @@ impl Pipeline {
             status: Status::Suppressed,
             reason: None,
             reason_code: None,
-            idempotency_key: String::new(),
+            idempotency_key: Arc::default(),
             recipient: None,
             provider_message_id: None,
             attempts: 0,
@@ -245,7 +245,7 @@ impl Pipeline {
             shadow: false,
             unknown_after_crash: false,
             source: SourceRef {
-                topic: event.source.to_string(),
+                topic: Arc::clone(&event.source),
                 partition: event.partition,
                 offset: event.offset,
             },
@@ -286,7 +286,7 @@ impl Pipeline {
                 self.metrics
                     .unknown_after_crash
                     .with_label_values(&[
-                        channel.channel.name.as_str(),
+                        &*channel.channel.name,
                         channel.channel.on_unknown.as_str(),
                     ])
                     .inc();
@@ -360,7 +360,7 @@ impl Pipeline {
                     }
                 }
                 if outcome.idempotency_key.is_empty() {
-                    let to = Address::User(event.user.clone());
+                    let to = Address::User(event.user.to_string());
                     outcome.idempotency_key =
                         idempotency_key(rule, event, &channel.channel.name, &to);
                 }
@@ -549,7 +549,7 @@ impl Pipeline {
             .get_or_init(|| {
                 self.metrics
                     .rule_suppressions
-                    .with_label_values(&[job.rule().id.as_str(), why.code()])
+                    .with_label_values(&[&*job.rule().id, why.code()])
             })
             .inc();
         outcome.status = Status::Suppressed;
@@ -576,8 +576,8 @@ impl Pipeline {
             partition: event.partition,
             offset: event.offset,
             original: crate::outcome::Original::default(),
-            rule: Some(rule.id.clone()),
-            channel: Some(channel.channel.name.clone()),
+            rule: Some(rule.id.to_string()),
+            channel: Some(channel.channel.name.to_string()),
             at_ms: self.clock.now_ms(),
         }
     }
@@ -585,7 +585,11 @@ impl Pipeline {
 
 /// Renders the rule's templates for a channel: push gets title and body, other
 /// channels the SMS text (falling back to the body).
-fn render(job: &Job, channel: &ChannelRuntime, idempotency_key: &str) -> Result<Message, String> {
+fn render(
+    job: &Job,
+    channel: &ChannelRuntime,
+    idempotency_key: &Arc<str>,
+) -> Result<Message, String> {
     let (rule, event, templates) = (job.rule(), &*job.event, &job.loaded.set.templates);
     let seen = Scope {
         event: Arc::clone(&job.event) as _,
@@ -634,7 +638,7 @@ fn render(job: &Job, channel: &ChannelRuntime, idempotency_key: &str) -> Result<
         collapse_key: rule.collapse_key.clone(),
         ttl_seconds: rule.ttl_seconds,
         action_category: rule.push_actions.as_ref().map(|a| a.category.clone()),
-        idempotency_key: idempotency_key.to_string(),
+        idempotency_key: Arc::clone(idempotency_key),
         data,
         user: event.user.clone(),
     })
@@ -642,7 +646,7 @@ fn render(job: &Job, channel: &ChannelRuntime, idempotency_key: &str) -> Result<
 
 /// Stable per (rule, triggering event, channel, recipient): a re-delivered
 /// event yields the same key.
-fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> String {
+fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> Arc<str> {
     let recipient = match to {
         Address::Push(t) => t.token.as_str(),
         Address::Phone(p) => p.as_str(),
@@ -656,9 +660,7 @@ fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> S
         &event.partition.to_be_bytes(),
         &event.offset.to_be_bytes(),
     ]);
-    let mut key = String::with_capacity(32);
-    crate::util::push_hex(&mut key, &digest);
-    key
+    crate::util::hex_arc(&digest)
 }
 
 impl JsonFields for Event {

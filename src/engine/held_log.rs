@@ -69,7 +69,7 @@ impl HeldRecord {
             intent: Some(m.job.intent.to_string()),
             release_ms: held.release_ms,
             collapse: held.collapse.clone(),
-            rule: m.job.loaded.set.rules[m.job.rule].id.clone(),
+            rule: m.job.loaded.set.rules[m.job.rule].id.to_string(),
             event,
             chain: m.chain.clone(),
             hops: m.hops.clone(),

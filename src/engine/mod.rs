@@ -434,7 +434,7 @@ impl Pipeline {
     fn record(&self, mut decided: Decided, writes: &mut Vec<Pending>) {
         decided.counters[decided.outcome.status.index()].inc();
         let o = &decided.outcome;
-        if let (Some(channel), false) = (self.channels.get(&o.channel), o.shadow) {
+        if let (Some(channel), false) = (self.channels.get(&*o.channel), o.shadow) {
             channel.count(o.status);
         }
         let happened = match o.status {

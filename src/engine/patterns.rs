@@ -68,7 +68,7 @@ impl Pipeline {
                         None,
                         Some(&serde_json::to_vec(&event.fields).unwrap_or_default()),
                     ),
-                    rule: Some(rule.id.clone()),
+                    rule: Some(rule.id.to_string()),
                     channel: None,
                     at_ms: self.clock.now_ms(),
                 }));
@@ -89,12 +89,12 @@ impl Pipeline {
                 if !evicted.is_empty() {
                     self.metrics
                         .pattern_evicted
-                        .with_label_values(&[rule.id.as_str()])
+                        .with_label_values(&[&*rule.id])
                         .inc_by(evicted.len() as u64);
                 }
                 if !self.pattern_changelogs.is_empty() {
                     let at = KeyRef {
-                        rule: rule.id.clone(),
+                        rule: rule.id.to_string(),
                         key,
                         source: (Arc::clone(&event.source), event.partition),
                     };
@@ -107,7 +107,7 @@ impl Pipeline {
             Err(_late) => {
                 self.metrics
                     .late_events
-                    .with_label_values(&[rule.id.as_str()])
+                    .with_label_values(&[&*rule.id])
                     .inc();
                 Ok(Vec::new())
             }

@@ -6,6 +6,7 @@
 //! [`crate::feedback::FeedbackState::follow`]; this side writes things out.
 
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::Pipeline;
@@ -92,7 +93,7 @@ impl Pipeline {
                     consent,
                     keyword: sms.body.trim().to_ascii_uppercase(),
                     at_ms: sms.time_ms,
-                    user: original.map(|o| o.user.clone()),
+                    user: original.map(|o| o.user.to_string()),
                 };
                 let payload = serde_json::to_vec(&change).unwrap_or_default();
                 vec![self
@@ -129,10 +130,10 @@ impl Pipeline {
                 let rule = action.rule.clone()?;
                 self.rules.current().set.get(&rule)?;
                 Some(SentRef {
-                    user: action.user.clone()?,
-                    rule,
+                    user: action.user.as_deref()?.into(),
+                    rule: rule.into(),
                     key: action.key.clone(),
-                    idempotency_key: action.idempotency_key.clone(),
+                    idempotency_key: action.idempotency_key.as_str().into(),
                     channel: "push".into(),
                     sent_ms: action.time_ms,
                 })
@@ -190,11 +191,13 @@ impl Pipeline {
         };
         let user = original.map_or_else(
             || format!("phone:{}", fingerprint(&sms.from)),
-            |o| o.user.clone(),
+            |o| o.user.to_string(),
         );
+        let user: Arc<str> = user.into();
+        let key: Arc<str> = key.into();
         let mut outcome = Outcome {
             rule: "herald.help".into(),
-            rule_version: String::new(),
+            rule_version: "".into(),
             category: "transactional".into(),
             user: user.clone(),
             channel: channel.channel.name.clone(),
@@ -214,7 +217,7 @@ impl Pipeline {
             shadow: false,
             unknown_after_crash: false,
             source: SourceRef {
-                topic: msg.topic.clone(),
+                topic: msg.topic.as_str().into(),
                 partition: msg.partition,
                 offset: msg.offset,
             },

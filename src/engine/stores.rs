@@ -70,7 +70,7 @@ impl Pipeline {
         let caps = self.policy.caps();
         let mut seen = std::collections::HashSet::new();
         for e in &restored.sends {
-            if seen.insert(e.user.as_str()) {
+            if seen.insert(&*e.user) {
                 caps.forget(&e.user);
             }
             caps.remember(&e.user, &e.category, &e.rule, e.at_ms);

@@ -179,11 +179,11 @@ impl Feedback {
             let need = |name: &'static str| text(name).ok_or(FeedbackError::MissingField(name));
             return Ok(Feedback::Sent(SentRecord {
                 sent: SentRef {
-                    user: need("user")?,
-                    rule: need("rule")?,
+                    user: need("user")?.into(),
+                    rule: need("rule")?.into(),
                     key: text("key"),
-                    idempotency_key: need("idempotency_key")?,
-                    channel: need("channel")?,
+                    idempotency_key: need("idempotency_key")?.into(),
+                    channel: need("channel")?.into(),
                     sent_ms: time_ms,
                 },
                 phone_sha256: text("phone_sha256"),
@@ -218,17 +218,17 @@ impl Feedback {
 pub fn reply_event(kind: &str, original: &SentRef, extra: Map<String, Value>) -> Value {
     let mut record = Map::new();
     record.insert("type".into(), Value::from(kind));
-    record.insert("user".into(), Value::from(original.user.as_str()));
-    record.insert("rule".into(), Value::from(original.rule.as_str()));
+    record.insert("user".into(), Value::from(&*original.user));
+    record.insert("rule".into(), Value::from(&*original.rule));
     record.insert(
         "key".into(),
         original.key.as_deref().map_or(Value::Null, Value::from),
     );
     record.insert(
         "idempotency_key".into(),
-        Value::from(original.idempotency_key.as_str()),
+        Value::from(&*original.idempotency_key),
     );
-    record.insert("channel".into(), Value::from(original.channel.as_str()));
+    record.insert("channel".into(), Value::from(&*original.channel));
     record.extend(extra);
     Value::Object(record)
 }

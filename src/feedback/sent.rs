@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 /// What a reply needs to know about the message it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentRef {
-    pub user: String,
-    pub rule: String,
+    pub user: Arc<str>,
+    pub rule: Arc<str>,
     /// The state key of the triggering event (e.g. the card id).
     pub key: Option<String>,
-    pub idempotency_key: String,
-    pub channel: String,
+    pub idempotency_key: Arc<str>,
+    pub channel: Arc<str>,
     pub sent_ms: i64,
 }
 
@@ -23,10 +23,10 @@ pub use crate::util::phone_sha256;
 
 /// Bounded by count and age; the oldest are forgotten first.
 pub struct SentIndex {
-    by_key: FastDashMap<String, Arc<SentRef>>,
+    by_key: FastDashMap<Arc<str>, Arc<SentRef>>,
     /// The last SMS to each phone number, by the SHA-256 of its E.164 form.
     by_phone: FastDashMap<String, Arc<SentRef>>,
-    order: Mutex<VecDeque<(String, Option<String>)>>,
+    order: Mutex<VecDeque<(Arc<str>, Option<String>)>>,
     capacity: usize,
     max_age_ms: i64,
 }
@@ -124,9 +124,9 @@ mod tests {
                 .last_sms_to("+14155552671", 20)
                 .unwrap()
                 .idempotency_key,
-            "b"
+            "b".into()
         );
-        assert_eq!(index.by_key("a", 20).unwrap().idempotency_key, "a");
+        assert_eq!(index.by_key("a", 20).unwrap().idempotency_key, "a".into());
         assert!(index.by_key("a", 1_001).is_none(), "too old");
         index.record(sent("c", 30), None);
         assert!(index.by_key("a", 40).is_none(), "evicted by count");
@@ -135,7 +135,7 @@ mod tests {
                 .last_sms_to("+14155552671", 40)
                 .unwrap()
                 .idempotency_key,
-            "b",
+            "b".into(),
             "evicting an older message keeps the phone's newer one"
         );
     }

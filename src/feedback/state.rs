@@ -154,7 +154,7 @@ impl FeedbackState {
             Feedback::Engagement(e) => {
                 let user = e.user.clone().or_else(|| {
                     let key = e.message.as_deref()?;
-                    Some(self.sent.by_key(key, now_ms)?.user.clone())
+                    Some(self.sent.by_key(key, now_ms)?.user.to_string())
                 });
                 if let Some(user) = user {
                     self.record(

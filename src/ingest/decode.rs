@@ -17,7 +17,7 @@ pub struct Event {
     /// State key: the mapped key field, else the Kafka message key.
     pub key: Option<String>,
     /// The user to notify.
-    pub user: String,
+    pub user: Arc<str>,
     /// Event time, epoch milliseconds.
     pub time_ms: i64,
     /// Event type from the source's `type_field`, for the rule index.
@@ -124,7 +124,7 @@ pub fn decode(
         partition: origin.partition,
         offset: origin.offset,
         key,
-        user,
+        user: user.into(),
         time_ms,
         event_type,
         fields,
@@ -245,7 +245,7 @@ mod tests {
             br#"{"user_id":"u1","ts":"2026-11-24T10:00:00Z","status":"approved","amount":12.5}"#,
         )
         .unwrap();
-        assert_eq!(e.user, "u1");
+        assert_eq!(&*e.user, "u1");
         assert_eq!(e.key.as_deref(), Some("card-1"));
         assert_eq!(e.time_ms, 1_795_514_400_000);
         assert_eq!(e.event_type.as_deref(), Some("approved"));
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn epoch_millis_and_numeric_user() {
         let e = run(br#"{"user_id":42,"ts":1700000000123}"#).unwrap();
-        assert_eq!(e.user, "42");
+        assert_eq!(&*e.user, "42");
         assert_eq!(e.time_ms, 1_700_000_000_123);
     }
 

@@ -260,23 +260,23 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(5);
         for _ in 0..2000 {
             let outcome = Outcome {
-                rule: text(&mut rng),
-                rule_version: text(&mut rng),
-                category: text(&mut rng),
-                user: text(&mut rng),
-                channel: text(&mut rng),
+                rule: text(&mut rng).into(),
+                rule_version: text(&mut rng).into(),
+                category: text(&mut rng).into(),
+                user: text(&mut rng).into(),
+                channel: text(&mut rng).into(),
                 status: Status::ALL[rng.random_range(0..4)],
                 reason: maybe(&mut rng),
                 reason_code: None,
-                idempotency_key: text(&mut rng),
+                idempotency_key: text(&mut rng).into(),
                 recipient: maybe(&mut rng),
                 provider_message_id: maybe(&mut rng),
                 attempts: rng.random(),
                 key: maybe(&mut rng),
                 hops: (0..rng.random_range(0..3))
                     .map(|_| Hop {
-                        channel: text(&mut rng),
-                        reason: text(&mut rng),
+                        channel: text(&mut rng).into(),
+                        reason: text(&mut rng).into(),
                     })
                     .collect(),
                 next_channel: maybe(&mut rng),
@@ -288,7 +288,7 @@ mod tests {
                 shadow: rng.random(),
                 unknown_after_crash: rng.random(),
                 source: SourceRef {
-                    topic: text(&mut rng),
+                    topic: text(&mut rng).into(),
                     partition: rng.random(),
                     offset: rng.random(),
                 },

@@ -6,6 +6,7 @@
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 pub mod json;
 mod producer;
@@ -67,7 +68,7 @@ pub struct Timings {
 /// Where the triggering event came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceRef {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -75,11 +76,11 @@ pub struct SourceRef {
 /// One decision.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
-    pub rule: String,
-    pub rule_version: String,
-    pub category: String,
-    pub user: String,
-    pub channel: String,
+    pub rule: Arc<str>,
+    pub rule_version: Arc<str>,
+    pub category: Arc<str>,
+    pub user: Arc<str>,
+    pub channel: Arc<str>,
     pub status: Status,
     /// Why it was suppressed, failed or held (`no_consent:sms`,
     /// `provider_rejected:400`, `quiet_hours:22:00-07:00 Europe/Paris`,
@@ -91,7 +92,7 @@ pub struct Outcome {
     /// never parse the text. Not written: `reason` starts with it.
     #[serde(skip)]
     pub reason_code: Option<&'static str>,
-    pub idempotency_key: String,
+    pub idempotency_key: Arc<str>,
     /// The recipient, masked (`+141******71`, `token:ab12…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
@@ -311,7 +312,7 @@ impl Recorder {
         let payload = outcome.to_json();
         self.write(
             self.outcomes_topic.clone(),
-            outcome.user.clone(),
+            outcome.user.to_string(),
             Some(payload),
         )
     }

@@ -8,6 +8,7 @@
 //! Each step that stops a message gives a [`Suppression`] with its reason.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::deliver::{Address, Channel, NoAddress};
 use crate::profile::{Profile, ProfileTable};
@@ -26,26 +27,26 @@ pub use caps::{CapHit, FrequencyCaps, Limits, Reservation};
 pub enum Suppression {
     NoProfile,
     NoConsent {
-        channel: String,
+        channel: Arc<str>,
     },
     /// The number replied STOP (herald's own opt-out list).
     OptedOut {
-        channel: String,
+        channel: Arc<str>,
     },
     CategoryOff {
-        category: String,
+        category: Arc<str>,
     },
     NoAddress {
-        channel: String,
+        channel: Arc<str>,
     },
     DeadTokens {
-        channel: String,
+        channel: Arc<str>,
     },
     /// Quiet hours apply but the profile's time zone is not a valid IANA name.
     InvalidTimeZone,
     /// The profile's phone was given but is not a valid number.
     InvalidPhone {
-        channel: String,
+        channel: Arc<str>,
     },
     Stale {
         age_s: i64,
@@ -241,7 +242,7 @@ impl Policy {
         }
         if !profile.accepts_category(subject.category) {
             return Err(Suppression::CategoryOff {
-                category: subject.category.to_string(),
+                category: subject.category.into(),
             });
         }
         let category = self.settings.category(subject.category);

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_saphyr::{Location, Spanned};
 
@@ -13,7 +14,7 @@ use crate::render::Templates;
 
 /// A compiled, immutable rule.
 pub struct Rule {
-    pub id: String,
+    pub id: Arc<str>,
     pub description: String,
     pub enabled: bool,
     /// Runs without sending (see `RuleSpec::shadow`).
@@ -32,7 +33,7 @@ pub struct Rule {
     pub await_delivery_ms: Option<i64>,
     pub campaign: Option<String>,
     pub push_actions: Option<super::model::PushActionsSpec>,
-    pub category: String,
+    pub category: Arc<str>,
     pub priority: Priority,
     pub collapse_key: Option<String>,
     pub ttl_seconds: Option<u32>,
@@ -45,7 +46,7 @@ pub struct Rule {
     pub has_body: bool,
     pub has_text: bool,
     /// SHA-256 prefix of the rule's definition, to tell versions apart.
-    pub version: String,
+    pub version: Arc<str>,
     /// Not errors, but worth the analyst's eye (`herald rules check` prints them).
     pub warnings: Vec<String>,
     /// What the rule's templates read of the event and the pattern: all a
@@ -297,7 +298,7 @@ pub fn compile_rule(
         pattern: crate::render::Reads::of(templates, &names, "pattern"),
     };
     Some(Rule {
-        id,
+        id: id.into(),
         description: spec.description,
         enabled: spec.enabled,
         shadow: spec.shadow,
@@ -310,7 +311,7 @@ pub fn compile_rule(
         await_delivery_ms: spec.await_delivery.map(|w| w.value.ms()),
         campaign: spec.campaign,
         push_actions: spec.push_actions,
-        category: spec.category.value,
+        category: spec.category.value.into(),
         priority: spec.priority,
         collapse_key: spec.collapse_key,
         ttl_seconds: spec.ttl_seconds,
@@ -319,7 +320,7 @@ pub fn compile_rule(
         has_title,
         has_body,
         has_text,
-        version,
+        version: version.into(),
         warnings,
         reads,
     })

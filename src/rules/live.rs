@@ -176,12 +176,12 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
     let matches = set
         .rules
         .iter()
-        .map(|r| metrics.rule_matches.with_label_values(&[r.id.as_str()]))
+        .map(|r| metrics.rule_matches.with_label_values(&[&*r.id]))
         .collect();
     let condition_errors = set
         .rules
         .iter()
-        .map(|r| metrics.condition_errors.with_label_values(&[r.id.as_str()]))
+        .map(|r| metrics.condition_errors.with_label_values(&[&*r.id]))
         .collect();
     let decisions = set
         .rules
@@ -190,7 +190,7 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
             crate::outcome::Status::ALL.map(|status| {
                 metrics
                     .rule_decisions
-                    .with_label_values(&[r.id.as_str(), status.as_str()])
+                    .with_label_values(&[&*r.id, status.as_str()])
             })
         })
         .collect();

@@ -148,12 +148,12 @@ impl RuleSet {
 
     /// Finds a rule by id.
     pub fn get(&self, id: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.id == id)
+        self.rules.iter().find(|r| &*r.id == id)
     }
 
     /// The index of the rule with this id.
     pub fn position(&self, id: &str) -> Option<usize> {
-        self.rules.iter().position(|r| r.id == id)
+        self.rules.iter().position(|r| &*r.id == id)
     }
 }
 
@@ -229,7 +229,7 @@ rules:
         set.candidates("transactions", fields)
             .into_iter()
             .filter(|&i| set.check(i, fields, Some(&scope)) == super::Verdict::Match)
-            .map(|i| set.rules[i].id.as_str())
+            .map(|i| &*set.rules[i].id)
             .collect()
     }
 

@@ -17,7 +17,7 @@ pub struct EventRecord {
     pub offset: i64,
     #[serde(default)]
     pub key: Option<String>,
-    pub user: String,
+    pub user: Arc<str>,
     pub time_ms: i64,
     #[serde(default)]
     pub event_type: Option<String>,
@@ -73,9 +73,9 @@ pub struct Intent {
     /// `timer` for a firing a timer made, after that event), so a replayed event
     /// yields the same id and the send ledger recognises it.
     pub id: String,
-    pub rule: String,
+    pub rule: Arc<str>,
     /// The rule's version when stage 1 matched it.
-    pub rule_version: String,
+    pub rule_version: Arc<str>,
     pub event: EventRecord,
     /// When stage 1 matched it, epoch ms.
     pub matched_ms: i64,

@@ -10,6 +10,7 @@
 
 use crate::util::FastDashMap;
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -38,16 +39,16 @@ pub enum LedgerStatus {
 /// One decision of one intent on one channel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
-    pub user: String,
+    pub user: Arc<str>,
     pub status: LedgerStatus,
     /// When it was decided (for `attempted`: when the request was made), epoch ms.
     pub at_ms: i64,
-    pub category: String,
-    pub rule: String,
+    pub category: Arc<str>,
+    pub rule: Arc<str>,
     /// The decision's idempotency key (a hash; empty when it was suppressed
     /// before an address was chosen), for the outcome of a redelivery.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub idempotency_key: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub idempotency_key: Arc<str>,
 }
 
 impl LedgerEntry {
@@ -112,7 +113,7 @@ impl SendLedger {
     }
 
     /// The idempotency key recorded for `key`, if any.
-    pub fn idempotency_key(&self, key: &str) -> Option<String> {
+    pub fn idempotency_key(&self, key: &str) -> Option<Arc<str>> {
         self.entries
             .get(key)
             .map(|e| e.idempotency_key.clone())
@@ -139,8 +140,8 @@ impl SendLedger {
             .is_durable()
             .then(|| crate::util::json_bytes(&entry));
         let mut users = self.users.entry(partition).or_default();
-        if !users.contains(&entry.user) {
-            users.insert(entry.user.clone());
+        if !users.contains(&*entry.user) {
+            users.insert(entry.user.to_string());
         }
         drop(users);
         self.entries.insert(key.to_string(), entry);
@@ -187,7 +188,7 @@ impl SendLedger {
             self.users.entry(partition).or_default().extend(users);
         }
         for e in self.entries.iter() {
-            if all_users.contains(&e.user) {
+            if all_users.contains(&*e.user) {
                 if e.status == LedgerStatus::Attempted {
                     restored.in_flight += 1;
                 }
@@ -222,7 +223,7 @@ impl SendLedger {
             if now_ms - entry.at_ms > HORIZON_MS {
                 continue;
             }
-            users.insert(entry.user.clone());
+            users.insert(entry.user.to_string());
             self.entries.insert(change.key, entry);
         }
         users
@@ -235,7 +236,7 @@ impl SendLedger {
             .remove(&partition)
             .map(|(_, u)| u)
             .unwrap_or_default();
-        self.entries.retain(|_, e| !users.contains(&e.user));
+        self.entries.retain(|_, e| !users.contains(&*e.user));
         users
     }
 
@@ -286,7 +287,7 @@ mod tests {
             at_ms,
             category: "marketing".into(),
             rule: "offer".into(),
-            idempotency_key: String::new(),
+            idempotency_key: "".into(),
         }
     }
 
