@@ -275,8 +275,8 @@ mod tests {
                 key: maybe(&mut rng),
                 hops: (0..rng.random_range(0..3))
                     .map(|_| Hop {
-                        channel: text(&mut rng).into(),
-                        reason: text(&mut rng).into(),
+                        channel: text(&mut rng),
+                        reason: text(&mut rng),
                     })
                     .collect(),
                 next_channel: maybe(&mut rng),
