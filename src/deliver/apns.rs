@@ -143,7 +143,7 @@ pub fn payload(message: &Message) -> Value {
     }
     let mut body = json!({ "aps": aps });
     for (k, v) in &message.data {
-        body[k] = json!(v);
+        body[*k] = json!(v);
     }
     body["rule"] = json!(message.rule_id);
     body["idempotency_key"] = json!(message.idempotency_key);

@@ -65,7 +65,7 @@ pub fn request_body(message: &Message, token: &str) -> Value {
     notification.insert("body".into(), json!(message.body));
     let mut data = serde_json::Map::new();
     for (k, v) in &message.data {
-        data.insert(k.clone(), json!(v));
+        data.insert(k.to_string(), json!(v));
     }
     data.insert("rule".into(), json!(message.rule_id));
     data.insert("idempotency_key".into(), json!(message.idempotency_key));

@@ -55,7 +55,7 @@ pub struct Message {
     /// Stable per (rule, event, channel, recipient): the same event never makes two keys.
     pub idempotency_key: Arc<str>,
     /// Extra key/value data for the app (push `data`, webhook JSON).
-    pub data: BTreeMap<String, String>,
+    pub data: BTreeMap<&'static str, String>,
     /// The user the message is for.
     pub user: Arc<str>,
 }

@@ -601,9 +601,15 @@ fn render(
         },
         pattern: job.pattern.as_ref().map(|p| &p.context),
     };
+    let names = &rule.template_names;
     let part = |name: &str| {
+        let full = match name {
+            "title" => &names.title,
+            "body" => &names.body,
+            _ => &names.text,
+        };
         templates
-            .render(&crate::util::slash_joined(&[&rule.id, name]), &seen)
+            .render(full, &seen)
             .map_err(|e| format!("template.{name}: {e}"))
     };
     let push = matches!(
@@ -622,12 +628,12 @@ fn render(
     // The event time travels with the message so the app (and the stand-in
     // provider) can tell how fresh it is; rule and key let a push action or
     // reply name the message it answers.
-    let mut data = BTreeMap::from([("event_ms".to_string(), event.time_ms.to_string())]);
+    let mut data = BTreeMap::from([("event_ms", event.time_ms.to_string())]);
     if let Some(key) = &event.key {
-        data.insert("key".into(), key.clone());
+        data.insert("key", key.clone());
     }
     if let Some(actions) = &rule.push_actions {
-        data.insert("actions".into(), actions.buttons.join(","));
+        data.insert("actions", actions.buttons.join(","));
     }
     Ok(Message {
         rule_id: rule.id.clone(),

@@ -247,6 +247,22 @@ impl Original {
 /// has acknowledged it. It retries until it succeeds: a decision is never dropped.
 pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// A write with nothing to wait for (a record not kept offline): a future
+/// of no size, so boxing it allocates nothing.
+pub fn done() -> Pending {
+    struct Done;
+    impl std::future::Future for Done {
+        type Output = ();
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            std::task::Poll::Ready(())
+        }
+    }
+    Box::pin(Done)
+}
+
 /// Writes outcomes and dead letters. Each write is enqueued at once (so writes
 /// keep their order) and acknowledged later: the caller stores a message's
 /// offset only after all of its writes resolved.
@@ -307,7 +323,7 @@ impl Recorder {
     /// Writes one outcome keyed by user, so a user's outcomes stay in order.
     pub fn outcome(&self, outcome: &Outcome) -> Pending {
         if !self.keeps(&self.outcomes_topic) {
-            return Box::pin(std::future::ready(()));
+            return done();
         }
         let payload = outcome.to_json();
         self.write(
@@ -338,7 +354,7 @@ impl Recorder {
     ) -> Pending {
         match self.keeps(topic) {
             true => self.publish(topic, key, payload()),
-            false => Box::pin(std::future::ready(())),
+            false => done(),
         }
     }
 
@@ -377,13 +393,13 @@ impl Recorder {
     ) -> Pending {
         match &self.sink {
             Sink::Kafka(writer) => writer.write(topic, partition, key, payload),
-            Sink::Memory(_) if !self.keeps(&topic) => Box::pin(std::future::ready(())),
+            Sink::Memory(_) if !self.keeps(&topic) => done(),
             Sink::Memory(written) => {
                 written
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((topic, key, payload));
-                Box::pin(std::future::ready(()))
+                done()
             }
         }
     }

@@ -45,6 +45,8 @@ pub struct Rule {
     pub has_title: bool,
     pub has_body: bool,
     pub has_text: bool,
+    /// The templates' names (`<id>/title`, `<id>/body`, `<id>/text`), made once.
+    pub template_names: TemplateNames,
     /// SHA-256 prefix of the rule's definition, to tell versions apart.
     pub version: Arc<str>,
     /// Not errors, but worth the analyst's eye (`herald rules check` prints them).
@@ -52,6 +54,23 @@ pub struct Rule {
     /// What the rule's templates read of the event and the pattern: all a
     /// held message keeps of them at rest.
     pub reads: TemplateReads,
+}
+
+/// A rule's template names, by part, whether or not the rule has that part.
+pub struct TemplateNames {
+    pub title: String,
+    pub body: String,
+    pub text: String,
+}
+
+impl TemplateNames {
+    fn of(id: &str) -> TemplateNames {
+        TemplateNames {
+            title: format!("{id}/title"),
+            body: format!("{id}/body"),
+            text: format!("{id}/text"),
+        }
+    }
 }
 
 /// The event fields and pattern context a rule's templates read.
@@ -297,6 +316,7 @@ pub fn compile_rule(
         event: crate::render::Reads::of(templates, &names, "event"),
         pattern: crate::render::Reads::of(templates, &names, "pattern"),
     };
+    let template_names = TemplateNames::of(&id);
     Some(Rule {
         id: id.into(),
         description: spec.description,
@@ -320,6 +340,7 @@ pub fn compile_rule(
         has_title,
         has_body,
         has_text,
+        template_names,
         version: version.into(),
         warnings,
         reads,
