@@ -8,6 +8,7 @@ use std::cmp::Ordering;
 use serde_json::{Map, Number, Value};
 
 use super::{Case, Comparison, Expr, Find, Operator, Root};
+use crate::ingest::decode::field as field_of;
 
 /// What an expression can see: the event's fields, the profile's JSON view
 /// (an object, empty without a profile) and, in a sequence step, the earlier
@@ -142,11 +143,11 @@ impl Expr {
                     .collect::<std::result::Result<_, _>>()?,
             ),
             Expr::Select(operand, field) => match operand.eval(roots)? {
-                Val::Object(o) => Val::of(o.get(&**field).ok_or(Failed)?),
+                Val::Object(o) => Val::of(field_of(o, field).ok_or(Failed)?),
                 _ => return Err(Failed),
             },
             Expr::Has(operand, field) => match operand.eval(roots)? {
-                Val::Object(o) => Val::Bool(o.contains_key(&**field)),
+                Val::Object(o) => Val::Bool(field_of(o, field).is_some()),
                 _ => return Err(Failed),
             },
             Expr::Index(container, index) => {
@@ -240,7 +241,7 @@ fn logical<'a>(a: &'a Expr, b: &'a Expr, or: bool, roots: &Roots<'a>) -> Result<
 
 fn index_into<'a>(container: Val<'a>, index: Val<'a>) -> Result<'a> {
     match (&container, index) {
-        (Val::Object(o), Val::Text(key)) => o.get(&*key).map(Val::of).ok_or(Failed),
+        (Val::Object(o), Val::Text(key)) => field_of(o, &key).map(Val::of).ok_or(Failed),
         (Val::Array(_) | Val::List(_), Val::Int(i)) => usize::try_from(i)
             .ok()
             .and_then(|i| container.item(i))

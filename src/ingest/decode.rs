@@ -153,7 +153,7 @@ const WALKED: usize = 16;
 /// most names differ in length from the one sought: walking them and
 /// comparing lengths first takes a third of the instructions of the map's
 /// ordered search, which compares every name it passes byte by byte.
-fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     if object.len() > WALKED {
         return object.get(name);
     }

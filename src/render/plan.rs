@@ -20,6 +20,7 @@ use minijinja::Environment;
 use serde_json::Value;
 
 use super::Scope;
+use crate::ingest::decode::field;
 use crate::util;
 
 /// A template as straight-line text and outputs.
@@ -204,9 +205,9 @@ fn lookup<'a>(root: Root, path: &'a [String], scope: &'a Scope<'_>) -> Option<Va
             return Some(Val::Str(Cow::Borrowed(text)));
         }
     };
-    let mut current = fields.get(first)?;
+    let mut current = field(fields, first)?;
     for part in rest {
-        current = current.as_object()?.get(part)?;
+        current = field(current.as_object()?, part)?;
     }
     json_val(current)
 }
