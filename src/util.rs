@@ -231,6 +231,27 @@ pub type FastDashMap<K, V> = dashmap::DashMap<K, V, FastHasher>;
 /// A map with [`FastHasher`].
 pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
 
+/// An IANA time zone by name, from a per-thread map in front of jiff's
+/// database, whose lookup searches the zone names on every call (quiet hours
+/// and `local_time` ask once per decision). Only zones found are kept, so
+/// the map holds at most the IANA names in use; a zone's rules are those
+/// read when this thread first asked for it (a tzdata update applies after
+/// a restart).
+pub fn time_zone(name: &str) -> Option<jiff::tz::TimeZone> {
+    thread_local! {
+        static ZONES: std::cell::RefCell<FastMap<Box<str>, jiff::tz::TimeZone>> =
+            std::cell::RefCell::new(FastMap::default());
+    }
+    ZONES.with(|zones| {
+        if let Some(tz) = zones.borrow().get(name) {
+            return Some(tz.clone());
+        }
+        let tz = jiff::tz::TimeZone::get(name).ok()?;
+        zones.borrow_mut().insert(name.into(), tz.clone());
+        Some(tz)
+    })
+}
+
 /// The digest a number is known by in `herald_sent` records: SHA-256 of its
 /// E.164 form, hex.
 pub fn phone_sha256(phone: &str) -> String {

@@ -356,7 +356,17 @@ impl Pipeline {
         for job in jobs {
             chains.extend(self.chains(job));
         }
-        for decided in futures::future::join_all(chains).await {
+        // One chain (one rule, one channel) is awaited as it is, not moved
+        // into a join of one.
+        let all = match chains.pop() {
+            Some(only) if chains.is_empty() => vec![only.await],
+            Some(last) => {
+                chains.push(last);
+                futures::future::join_all(chains).await
+            }
+            None => Vec::new(),
+        };
+        for decided in all {
             for d in decided {
                 self.record(d, writes);
             }

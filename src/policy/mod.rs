@@ -267,7 +267,7 @@ impl Policy {
                 return Err(Suppression::InvalidTimeZone);
             }
             let zone = profile.time_zone.as_deref().unwrap_or("UTC");
-            let tz = jiff::tz::TimeZone::get(zone).unwrap_or(jiff::tz::TimeZone::UTC);
+            let tz = crate::util::time_zone(zone).unwrap_or(jiff::tz::TimeZone::UTC);
             let local = jiff::Timestamp::from_millisecond(now_ms)
                 .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
                 .to_zoned_datetime(tz);

@@ -174,7 +174,7 @@ impl Profile {
         if profile
             .time_zone
             .as_deref()
-            .is_some_and(|tz| jiff::tz::TimeZone::get(tz).is_err())
+            .is_some_and(|tz| crate::util::time_zone(tz).is_none())
         {
             profile.time_zone = None;
             profile.time_zone_invalid = true;

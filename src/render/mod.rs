@@ -301,7 +301,7 @@ fn local_time(state: &State, when: Value, format: Option<String>) -> Result<Stri
 fn local_time_text(ms: i64, zone: Option<&str>, format: Option<&str>) -> Result<String, Error> {
     let tz = match zone {
         Some(name) => {
-            jiff::tz::TimeZone::get(name).map_err(|_| invalid("local_time: unknown time zone"))?
+            util::time_zone(name).ok_or_else(|| invalid("local_time: unknown time zone"))?
         }
         None => jiff::tz::TimeZone::UTC,
     };
