@@ -139,7 +139,7 @@ fn pings(n: usize) -> Vec<Arc<Event>> {
                 source: Arc::from("locations"),
                 partition: 0,
                 offset: i as i64,
-                key: Some(format!("phone-{}", i % 1000)),
+                key: Some(format!("phone-{}", i % 1000).into()),
                 user: format!("u-{}", i % 1000).into(),
                 time_ms: T0 + i as i64 * 50,
                 event_type: None,

@@ -630,7 +630,7 @@ fn render(
     // reply name the message it answers.
     let mut data = BTreeMap::from([("event_ms", event.time_ms.to_string())]);
     if let Some(key) = &event.key {
-        data.insert("key", key.clone());
+        data.insert("key", key.to_string());
     }
     if let Some(actions) = &rule.push_actions {
         data.insert("actions", actions.buttons.join(","));

@@ -42,7 +42,7 @@ impl Pipeline {
         }
         let rule = &loaded.set.rules[i];
         let key = match &pattern.key {
-            None => event.key.clone().ok_or_else(|| {
+            None => event.key.as_deref().map(str::to_string).ok_or_else(|| {
                 "the event has no state key: set `key:` on the rule, `key_field` on the source, or key the Kafka messages".to_string()
             }),
             Some(expression) => scope

@@ -132,7 +132,7 @@ impl Pipeline {
                 Some(SentRef {
                     user: action.user.as_deref()?.into(),
                     rule: rule.into(),
-                    key: action.key.clone(),
+                    key: action.key.as_deref().map(Arc::from),
                     idempotency_key: action.idempotency_key.as_str().into(),
                     channel: "push".into(),
                     sent_ms: action.time_ms,

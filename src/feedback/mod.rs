@@ -181,7 +181,7 @@ impl Feedback {
                 sent: SentRef {
                     user: need("user")?.into(),
                     rule: need("rule")?.into(),
-                    key: text("key"),
+                    key: text("key").map(std::sync::Arc::from),
                     idempotency_key: need("idempotency_key")?.into(),
                     channel: need("channel")?.into(),
                     sent_ms: time_ms,
@@ -266,7 +266,7 @@ mod tests {
                 sent: SentRef {
                     user: "u-é".into(),
                     rule: "r\\1".into(),
-                    key: key.map(str::to_string),
+                    key: key.map(std::sync::Arc::from),
                     idempotency_key: "k1".into(),
                     channel: "sms".into(),
                     sent_ms: 1_795_514_400_123,

@@ -13,7 +13,7 @@ pub struct SentRef {
     pub user: Arc<str>,
     pub rule: Arc<str>,
     /// The state key of the triggering event (e.g. the card id).
-    pub key: Option<String>,
+    pub key: Option<Arc<str>>,
     pub idempotency_key: Arc<str>,
     pub channel: Arc<str>,
     pub sent_ms: i64,

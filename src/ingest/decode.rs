@@ -15,7 +15,7 @@ pub struct Event {
     pub partition: i32,
     pub offset: i64,
     /// State key: the mapped key field, else the Kafka message key.
-    pub key: Option<String>,
+    pub key: Option<Arc<str>>,
     /// The user to notify.
     pub user: Arc<str>,
     /// Event time, epoch milliseconds.
@@ -91,8 +91,7 @@ pub fn decode(
     let Value::Object(fields) = value else {
         return Err(DecodeError::NotObject);
     };
-    let user = lookup(&fields, &mapping.user_field)
-        .and_then(scalar_string)
+    let user = scalar_text(lookup(&fields, &mapping.user_field))
         .ok_or_else(|| DecodeError::MissingField(mapping.user_field.clone()))?;
     let time_ms = match &mapping.time_field {
         Some(field) => {
@@ -106,13 +105,12 @@ pub fn decode(
         }
         None => origin.timestamp_ms.unwrap_or(consumed_ms),
     };
-    let key = match &mapping.key_field {
+    let key: Option<Arc<str>> = match &mapping.key_field {
         Some(field) => Some(
-            lookup(&fields, field)
-                .and_then(scalar_string)
+            scalar_text(lookup(&fields, field))
                 .ok_or_else(|| DecodeError::MissingField(field.clone()))?,
         ),
-        None => origin.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+        None => origin.key.map(|k| String::from_utf8_lossy(k).into()),
     };
     let event_type = mapping
         .type_field
@@ -124,7 +122,7 @@ pub fn decode(
         partition: origin.partition,
         offset: origin.offset,
         key,
-        user: user.into(),
+        user,
         time_ms,
         event_type,
         fields,
@@ -162,6 +160,14 @@ pub fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value
         .iter()
         .find(|(k, _)| k.len() == name.len() && k.as_bytes() == name)
         .map(|(_, v)| v)
+}
+
+/// [`scalar_string`] as the shared text an event keeps (one allocation).
+fn scalar_text(v: Option<&Value>) -> Option<Arc<str>> {
+    match v? {
+        Value::String(s) if !s.is_empty() => Some(s.as_str().into()),
+        other => scalar_string(other).map(Arc::from),
+    }
 }
 
 fn scalar_string(v: &Value) -> Option<String> {

@@ -272,7 +272,7 @@ mod tests {
                 recipient: maybe(&mut rng),
                 provider_message_id: maybe(&mut rng),
                 attempts: rng.random(),
-                key: maybe(&mut rng),
+                key: maybe(&mut rng).map(std::sync::Arc::from),
                 hops: (0..rng.random_range(0..3))
                     .map(|_| Hop {
                         channel: text(&mut rng),

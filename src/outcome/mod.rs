@@ -102,7 +102,7 @@ pub struct Outcome {
     pub attempts: u32,
     /// The triggering event's state key (e.g. a card id), for replies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub key: Option<Arc<str>>,
     /// The channels of a fallback chain tried before this one, with why each was passed over.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hops: Vec<Hop>,

@@ -109,7 +109,7 @@ impl RuleSet {
         let mut out = index.always.clone();
         for (field, by_value) in &index.by_field {
             if let Some(key) = lookup(fields, field).and_then(index_key) {
-                if let Some(rules) = by_value.get(&key) {
+                if let Some(rules) = by_value.get(&*key) {
                     out.extend_from_slice(rules);
                 }
             }
@@ -157,11 +157,12 @@ impl RuleSet {
     }
 }
 
-fn index_key(v: &Value) -> Option<String> {
+/// A field's value as the index keys it (a string as it is, borrowed).
+fn index_key(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) => Some(std::borrow::Cow::Borrowed(s)),
+        Value::Number(n) => Some(n.to_string().into()),
+        Value::Bool(b) => Some(b.to_string().into()),
         _ => None,
     }
 }

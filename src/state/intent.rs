@@ -16,7 +16,7 @@ pub struct EventRecord {
     pub partition: i32,
     pub offset: i64,
     #[serde(default)]
-    pub key: Option<String>,
+    pub key: Option<Arc<str>>,
     pub user: Arc<str>,
     pub time_ms: i64,
     #[serde(default)]
