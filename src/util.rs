@@ -116,6 +116,15 @@ pub fn stable_digest(parts: &[&[u8]]) -> [u8; 16] {
 /// A phone number with all but the country prefix and last two digits hidden:
 /// `+1415*****71`.
 pub fn mask_phone(phone: &str) -> String {
+    if phone.is_ascii() && phone.len() > 6 {
+        // Byte for byte: the common case, an E.164 number.
+        let n = phone.len();
+        let mut out = String::with_capacity(n);
+        out.push_str(&phone[..4]);
+        out.extend(std::iter::repeat_n('*', n - 6));
+        out.push_str(&phone[n - 2..]);
+        return out;
+    }
     let n = phone.chars().count();
     if n <= 6 {
         return "*".repeat(n);
@@ -129,11 +138,16 @@ pub fn mask_phone(phone: &str) -> String {
 
 /// A card number (or any digit string) reduced to its last four digits: `•••• 4242`.
 pub fn mask_card(card: &str) -> String {
-    let digits: Vec<u8> = card.bytes().filter(u8::is_ascii_digit).collect();
-    let last4 = &digits[digits.len().saturating_sub(4)..];
+    // The last four digits, found from the end, in their order.
+    let mut last4 = [0u8; 4];
+    let mut found = 0;
+    for d in card.bytes().rev().filter(u8::is_ascii_digit).take(4) {
+        found += 1;
+        last4[4 - found] = d;
+    }
     let mut out = String::with_capacity(17);
     out.push_str("•••• ");
-    out.extend(last4.iter().map(|&d| char::from(d)));
+    out.extend(last4[4 - found..].iter().map(|&d| char::from(d)));
     out
 }
 
@@ -281,6 +295,31 @@ mod tests {
     }
 
     const STABLE_U1: &str = "5fc80dc044699bac06844c65fd7460f0";
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The masks' quick paths give what the plain, char-by-char
+        /// definitions give, for ASCII and for any other text.
+        #[test]
+        fn masks_match_their_plain_definitions(
+            text in proptest::prop_oneof!["[+0-9 ]{0,20}", "\\PC{0,20}", "(\\PC|[+0-9]){0,20}"]
+        ) {
+            let n = text.chars().count();
+            let phone: String = if n <= 6 {
+                "*".repeat(n)
+            } else {
+                text.chars()
+                    .enumerate()
+                    .map(|(i, c)| if i < 4 || i >= n - 2 { c } else { '*' })
+                    .collect()
+            };
+            proptest::prop_assert_eq!(mask_phone(&text), phone);
+            let digits: Vec<u8> = text.bytes().filter(u8::is_ascii_digit).collect();
+            let last4 = &digits[digits.len().saturating_sub(4)..];
+            let card = format!("•••• {}", String::from_utf8_lossy(last4));
+            proptest::prop_assert_eq!(mask_card(&text), card);
+        }
+    }
 
     #[test]
     fn masks_hide_the_middle() {

@@ -144,7 +144,14 @@ impl SendLedger {
             users.insert(entry.user.to_string());
         }
         drop(users);
-        self.entries.insert(key.to_string(), entry);
+        // A send's final entry replaces its `attempted` one under the same
+        // key, which is then not copied again.
+        match self.entries.get_mut(key) {
+            Some(mut known) => *known = entry,
+            None => {
+                self.entries.insert(key.to_string(), entry);
+            }
+        }
         self.bound();
         self.changelog.write(partition, key, value)
     }
