@@ -143,7 +143,7 @@ fn pings(n: usize) -> Vec<Arc<Event>> {
                 user: format!("u-{}", i % 1000).into(),
                 time_ms: T0 + i as i64 * 50,
                 event_type: None,
-                fields: fields.as_object().unwrap().clone(),
+                fields: fields.as_object().unwrap().clone().into(),
                 consumed_ms: T0,
             })
         })

@@ -93,9 +93,10 @@ fn bench_decode(c: &mut Criterion) {
 
 fn bench_match(c: &mut Criterion) {
     let payloads = events(200);
-    let fields: Vec<std::sync::Arc<serde_json::Map<String, serde_json::Value>>> = payloads
+    // Each event's fields as the pipeline holds them.
+    let fields: Vec<herald::ingest::fields::Fields> = payloads
         .iter()
-        .map(|p| std::sync::Arc::new(serde_json::from_slice(p).unwrap()))
+        .map(|p| serde_json::from_slice(p).unwrap())
         .collect();
     let mut group = c.benchmark_group("match");
     group.throughput(Throughput::Elements(fields.len() as u64));
@@ -132,11 +133,12 @@ fn bench_match(c: &mut Criterion) {
 fn bench_render(c: &mut Criterion) {
     let set = rules(10);
     let payloads = events(100);
-    let fields: Vec<std::sync::Arc<serde_json::Map<String, serde_json::Value>>> = payloads
+    // Each event's fields as the pipeline holds them.
+    let fields: Vec<std::sync::Arc<herald::ingest::fields::Fields>> = payloads
         .iter()
         .map(|p| std::sync::Arc::new(serde_json::from_slice(p).unwrap()))
         .collect();
-    let scope = |f: &std::sync::Arc<serde_json::Map<String, serde_json::Value>>| Scope {
+    let scope = |f: &std::sync::Arc<herald::ingest::fields::Fields>| Scope {
         event: std::sync::Arc::clone(f) as _,
         profile: None,
         rule: RuleScope {

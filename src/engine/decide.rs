@@ -670,13 +670,21 @@ fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> A
 }
 
 impl JsonFields for Event {
-    fn json_fields(&self) -> &serde_json::Map<String, serde_json::Value> {
-        &self.fields
+    fn json_field(&self, name: &str) -> Option<&serde_json::Value> {
+        self.fields.get(name)
+    }
+
+    fn json_entries(&self) -> Vec<(&str, &serde_json::Value)> {
+        self.fields.iter().collect()
     }
 }
 
 impl JsonFields for Profile {
-    fn json_fields(&self) -> &serde_json::Map<String, serde_json::Value> {
-        self.condition_view()
+    fn json_field(&self, name: &str) -> Option<&serde_json::Value> {
+        self.condition_view().json_field(name)
+    }
+
+    fn json_entries(&self) -> Vec<(&str, &serde_json::Value)> {
+        self.condition_view().json_entries()
     }
 }

@@ -55,7 +55,7 @@ impl Default for Conditions {
 /// JSON view, borrowed. The CEL context the interpreter needs is built only
 /// if a condition falls back to it, once per event.
 pub struct Scope<'a> {
-    event: &'a serde_json::Map<String, serde_json::Value>,
+    event: super::eval::Obj<'a>,
     profile: Option<&'a crate::profile::Profile>,
     interpreter: OnceCell<Context<'static, 'static>>,
 }
@@ -118,11 +118,11 @@ impl Conditions {
     /// The scope of one event, for all its candidate rules.
     pub fn scope<'a>(
         &self,
-        event: &'a serde_json::Map<String, serde_json::Value>,
+        event: impl Into<super::eval::Obj<'a>>,
         profile: Option<&'a crate::profile::Profile>,
     ) -> Scope<'a> {
         Scope {
-            event,
+            event: event.into(),
             profile,
             interpreter: OnceCell::new(),
         }
@@ -135,7 +135,11 @@ impl Conditions {
             add_helpers(&mut context);
             context.add_variable_from_value(
                 "event",
-                cel::to_value(scope.event).unwrap_or(Value::Null),
+                match scope.event {
+                    super::eval::Obj::Map(map) => cel::to_value(map),
+                    super::eval::Obj::Fields(fields) => cel::to_value(fields),
+                }
+                .unwrap_or(Value::Null),
             );
             let profile = scope
                 .profile
@@ -170,12 +174,7 @@ impl Conditions {
         // The interpreter needs `steps` as one value: the events copied.
         let named: serde_json::Map<String, serde_json::Value> = steps
             .iter()
-            .map(|(name, fields)| {
-                (
-                    name.to_string(),
-                    serde_json::Value::Object((*fields).clone()),
-                )
-            })
+            .map(|(name, fields)| (name.to_string(), serde_json::Value::Object(fields.to_map())))
             .collect();
         let mut inner = self.interpreter(scope).new_inner_scope();
         inner.add_variable_from_value("steps", cel::to_value(&named).unwrap_or(Value::Null));

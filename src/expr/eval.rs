@@ -9,19 +9,63 @@ use serde_json::{Map, Number, Value};
 
 use super::{Case, Comparison, Expr, Find, Operator, Root};
 use crate::ingest::decode::field as field_of;
+use crate::ingest::fields::Fields;
 
 /// What an expression can see: the event's fields, the profile's JSON view
 /// (an object, empty without a profile) and, in a sequence step, the earlier
 /// steps' events by name.
 #[derive(Clone, Copy)]
 pub struct Roots<'a> {
-    pub event: &'a Map<String, Value>,
+    pub event: Obj<'a>,
     pub profile: &'a Map<String, Value>,
     pub steps: Option<Steps<'a>>,
 }
 
 /// A sequence's earlier steps: each step's name and its event's fields.
-pub type Steps<'a> = &'a [(&'a str, &'a Map<String, Value>)];
+pub type Steps<'a> = &'a [(&'a str, &'a Fields)];
+
+/// A JSON object an expression reads: an event's fields, or a map (the
+/// profile's view, a nested object).
+#[derive(Debug, Clone, Copy)]
+pub enum Obj<'a> {
+    Map(&'a Map<String, Value>),
+    Fields(&'a Fields),
+}
+
+impl<'a> From<&'a Map<String, Value>> for Obj<'a> {
+    fn from(map: &'a Map<String, Value>) -> Obj<'a> {
+        Obj::Map(map)
+    }
+}
+
+impl<'a> From<&'a Fields> for Obj<'a> {
+    fn from(fields: &'a Fields) -> Obj<'a> {
+        Obj::Fields(fields)
+    }
+}
+
+impl<'a> Obj<'a> {
+    fn get(self, name: &str) -> Option<&'a Value> {
+        match self {
+            Obj::Map(m) => field_of(m, name),
+            Obj::Fields(f) => f.get(name),
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Obj::Map(m) => m.len(),
+            Obj::Fields(f) => f.len(),
+        }
+    }
+
+    fn entries(self) -> Box<dyn Iterator<Item = (&'a str, &'a Value)> + 'a> {
+        match self {
+            Obj::Map(m) => Box::new(m.iter().map(|(k, v)| (k.as_str(), v))),
+            Obj::Fields(f) => Box::new(f.iter()),
+        }
+    }
+}
 
 /// The expression could not be evaluated (a missing field, a type mismatch,
 /// an overflow): what the cel interpreter reports as an execution error.
@@ -37,7 +81,7 @@ pub enum Val<'a> {
     UInt(u64),
     Double(f64),
     Text(Cow<'a, str>),
-    Object(&'a Map<String, Value>),
+    Object(Obj<'a>),
     Array(&'a [Value]),
     /// A list built by the expression (a literal, a concatenation).
     List(Vec<Val<'a>>),
@@ -56,7 +100,7 @@ impl<'a> Val<'a> {
             Value::Number(n) => number(n),
             Value::String(s) => Val::Text(Cow::Borrowed(s)),
             Value::Array(a) => Val::Array(a),
-            Value::Object(o) => Val::Object(o),
+            Value::Object(o) => Val::Object(Obj::Map(o)),
         }
     }
 
@@ -125,11 +169,11 @@ impl Expr {
             Expr::Double(d) => Val::Double(*d),
             Expr::Text(s) => Val::Text(Cow::Borrowed(s)),
             Expr::Root(Root::Event) => Val::Object(roots.event),
-            Expr::Root(Root::Profile) => Val::Object(roots.profile),
+            Expr::Root(Root::Profile) => Val::Object(Obj::Map(roots.profile)),
             Expr::Step(name) => {
                 let steps = roots.steps.ok_or(Failed)?;
                 let found = steps.iter().find(|(n, _)| **n == **name).ok_or(Failed)?;
-                Val::Object(found.1)
+                Val::Object(Obj::Fields(found.1))
             }
             Expr::HasStep(name) => {
                 let steps = roots.steps.ok_or(Failed)?;
@@ -143,11 +187,11 @@ impl Expr {
                     .collect::<std::result::Result<_, _>>()?,
             ),
             Expr::Select(operand, field) => match operand.eval(roots)? {
-                Val::Object(o) => Val::of(field_of(o, field).ok_or(Failed)?),
+                Val::Object(o) => Val::of(o.get(field).ok_or(Failed)?),
                 _ => return Err(Failed),
             },
             Expr::Has(operand, field) => match operand.eval(roots)? {
-                Val::Object(o) => Val::Bool(field_of(o, field).is_some()),
+                Val::Object(o) => Val::Bool(o.get(field).is_some()),
                 _ => return Err(Failed),
             },
             Expr::Index(container, index) => {
@@ -241,7 +285,7 @@ fn logical<'a>(a: &'a Expr, b: &'a Expr, or: bool, roots: &Roots<'a>) -> Result<
 
 fn index_into<'a>(container: Val<'a>, index: Val<'a>) -> Result<'a> {
     match (&container, index) {
-        (Val::Object(o), Val::Text(key)) => field_of(o, &key).map(Val::of).ok_or(Failed),
+        (Val::Object(o), Val::Text(key)) => o.get(&key).map(Val::of).ok_or(Failed),
         (Val::Array(_) | Val::List(_), Val::Int(i)) => usize::try_from(i)
             .ok()
             .and_then(|i| container.item(i))
@@ -270,7 +314,7 @@ fn equals(a: &Val<'_>, b: &Val<'_>) -> bool {
         (Val::Text(x), Val::Text(y)) => x == y,
         (Val::Object(x), Val::Object(y)) => {
             x.len() == y.len()
-                && x.iter()
+                && x.entries()
                     .all(|(k, v)| y.get(k).is_some_and(|w| equals(&Val::of(v), &Val::of(w))))
         }
         _ => match (numeric(a), numeric(b)) {
@@ -374,7 +418,7 @@ fn contains(haystack: &Val<'_>, needle: &Val<'_>) -> std::result::Result<bool, F
         // JSON keys are strings; other numbers and booleans are lookup keys
         // that are never found, anything else is no key at all.
         Val::Object(o) => match needle {
-            Val::Text(key) => Ok(o.contains_key(&**key)),
+            Val::Text(key) => Ok(o.get(key).is_some()),
             Val::Bool(_) | Val::Int(_) | Val::UInt(_) | Val::Double(_) => Ok(false),
             _ => Err(Failed),
         },

@@ -16,7 +16,7 @@ use cel::IdedExpr;
 use regex::Regex;
 
 pub use condition::{Condition, Conditions, EvalError, Scalar, Scope};
-pub use eval::{Failed, Roots, Val};
+pub use eval::{Failed, Obj, Roots, Val};
 
 /// The variables a condition can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

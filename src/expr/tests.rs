@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
 use crate::expr::condition::{Condition, Conditions};
+use crate::ingest::fields::Fields;
 use crate::profile::Profile;
 
 /// Field references a condition may use: present, absent, nested, of every kind.
@@ -339,10 +340,14 @@ proptest! {
         thread_local! {
             static CORPUS: Vec<Condition> = corpus(&Conditions::default());
         }
+        // The event as the pipeline holds it (its fields), and as a map.
+        let fields = Fields::from(event.clone());
         CORPUS.with(|corpus| {
-            let scope = conditions.scope(&event, profile.as_ref());
+            let scope = conditions.scope(&fields, profile.as_ref());
+            let as_map = conditions.scope(&event, profile.as_ref());
             for c in corpus {
                 let ours = conditions.eval(c, &scope);
+                prop_assert_eq!(&ours, &conditions.eval(c, &as_map), "`{}`: fields and map", c.source);
                 let cel = conditions.interpret(c, &scope);
                 prop_assert_eq!(ours, cel, "`{}` on {} with {}", c.source, Value::Object(event.clone()), profile.as_ref().map(|p| Value::Object(p.condition_view().clone())).unwrap_or_default());
             }
@@ -389,9 +394,11 @@ fn herald_evaluates_step_conditions_as_cel_does() {
                 .filter(|c| Conditions::is_compiled(c))
                 .count();
             prop_assert_eq!(fast, STEP_CONDITIONS.len() - 2);
+            let (home, away) = (Fields::from(home), Fields::from(away));
             let named = [("home", &home), ("away", &away)];
             let steps = &named[..n];
-            let scope = conditions.scope(&event, None);
+            let fields = Fields::from(event);
+            let scope = conditions.scope(&fields, None);
             for c in &compiled {
                 let ours = conditions.eval_with_steps(c, &scope, steps);
                 let cel = conditions.interpret_with_steps(c, &scope, steps);

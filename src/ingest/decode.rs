@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::fields::{Fields, Top};
 use crate::config::SourceConfig;
 
 /// One event from a source topic, with the fields herald needs pulled out.
@@ -23,7 +24,7 @@ pub struct Event {
     /// Event type from the source's `type_field`, for the rule index.
     pub event_type: Option<String>,
     /// The whole JSON object.
-    pub fields: Map<String, Value>,
+    pub fields: Fields,
     /// When herald took it from Kafka, epoch milliseconds.
     pub consumed_ms: i64,
 }
@@ -86,9 +87,9 @@ pub fn decode(
             limit: max_bytes,
         });
     }
-    let value: Value =
+    let top: Top =
         serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    let Value::Object(fields) = value else {
+    let Top::Object(fields) = top else {
         return Err(DecodeError::NotObject);
     };
     let user = scalar_text(lookup(&fields, &mapping.user_field))
@@ -131,16 +132,43 @@ pub fn decode(
 }
 
 /// Follows a dotted path (`card.holder`) into a JSON object.
-pub fn lookup<'a>(fields: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+pub fn lookup<'a, O: Object + ?Sized>(fields: &'a O, path: &str) -> Option<&'a Value> {
     if !path.as_bytes().contains(&b'.') {
-        return field(fields, path);
+        return fields.field(path);
     }
     let mut parts = path.split('.');
-    let mut current = field(fields, parts.next()?)?;
+    let mut current = fields.field(parts.next()?)?;
     for part in parts {
         current = field(current.as_object()?, part)?;
     }
     Some(current)
+}
+
+/// A JSON object's fields by name: an event's [`Fields`], or a `serde_json` map.
+pub trait Object {
+    fn field(&self, name: &str) -> Option<&Value>;
+    /// The whole object as a `serde_json` map (a copy).
+    fn to_map(&self) -> Map<String, Value>;
+}
+
+impl Object for Map<String, Value> {
+    fn field(&self, name: &str) -> Option<&Value> {
+        field(self, name)
+    }
+
+    fn to_map(&self) -> Map<String, Value> {
+        self.clone()
+    }
+}
+
+impl Object for Fields {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+
+    fn to_map(&self) -> Map<String, Value> {
+        Fields::to_map(self)
+    }
 }
 
 /// Up to this many fields, an object is searched by walking its fields in

@@ -3,6 +3,7 @@
 
 pub mod consumer;
 pub mod decode;
+pub mod fields;
 pub mod offsets;
 
 pub use consumer::{consume, ConsumerHealth, HeraldContext, PartitionStores};

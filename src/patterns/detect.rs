@@ -11,6 +11,7 @@ use super::{Fired, Geo, Kind, Pattern, Step};
 use crate::expr::condition::{Conditions, Scope};
 use crate::expr::Scalar;
 use crate::ingest::decode::{lookup, Event};
+use crate::ingest::fields::Fields;
 use crate::profile::Profile;
 
 /// The state of one (rule, key).
@@ -270,7 +271,7 @@ pub fn observe(pattern: &Pattern, state: &mut KeyState, input: &Input<'_>) -> Ob
                 let named: Map<String, Value> = steps
                     .iter()
                     .zip(&events)
-                    .map(|(s, e)| (s.name.clone(), Value::Object(e.fields.clone())))
+                    .map(|(s, e)| (s.name.clone(), Value::Object(e.fields.to_map())))
                     .collect();
                 let mut f = fired("sequence", &events, json!({ "within_s": within_ms / 1000 }));
                 f.context["steps"] = Value::Object(named);
@@ -443,7 +444,7 @@ fn step_matches(
     let Some(condition) = &step.condition else {
         return true;
     };
-    let named: Vec<(&str, &Map<String, Value>)> = steps
+    let named: Vec<(&str, &Fields)> = steps
         .iter()
         .zip(earlier)
         .map(|(s, e)| (s.name.as_str(), &e.fields))
@@ -481,11 +482,11 @@ fn fired(kind: &str, events: &[Arc<Event>], stats: Value) -> Fired {
     }
     let mut context = stats.clone();
     context["kind"] = Value::from(kind);
-    context["first"] = Value::Object(first.fields.clone());
-    context["last"] = Value::Object(last.fields.clone());
+    context["first"] = Value::Object(first.fields.to_map());
+    context["last"] = Value::Object(last.fields.to_map());
     context["events"] = events
         .iter()
-        .map(|e| Value::Object(e.fields.clone()))
+        .map(|e| Value::Object(e.fields.to_map()))
         .collect();
     let mut summary = stats;
     summary["kind"] = Value::from(kind);

@@ -39,7 +39,7 @@ fn event(n: i64, at_ms: i64, fields: Value) -> Arc<Event> {
         user: "u1".into(),
         time_ms: at_ms,
         event_type: None,
-        fields: fields.as_object().unwrap().clone(),
+        fields: fields.as_object().unwrap().clone().into(),
         consumed_ms: at_ms,
     })
 }

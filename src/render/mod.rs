@@ -137,12 +137,29 @@ impl Templates {
 
 /// Something templates read as a JSON object (the event, the profile).
 pub trait JsonFields: Send + Sync + 'static {
-    fn json_fields(&self) -> &serde_json::Map<String, serde_json::Value>;
+    /// One top-level field.
+    fn json_field(&self, name: &str) -> Option<&serde_json::Value>;
+    /// Every top-level field, for a template that walks the object.
+    fn json_entries(&self) -> Vec<(&str, &serde_json::Value)>;
 }
 
 impl JsonFields for serde_json::Map<String, serde_json::Value> {
-    fn json_fields(&self) -> &serde_json::Map<String, serde_json::Value> {
-        self
+    fn json_field(&self, name: &str) -> Option<&serde_json::Value> {
+        crate::ingest::decode::field(self, name)
+    }
+
+    fn json_entries(&self) -> Vec<(&str, &serde_json::Value)> {
+        self.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
+}
+
+impl JsonFields for crate::ingest::fields::Fields {
+    fn json_field(&self, name: &str) -> Option<&serde_json::Value> {
+        self.get(name)
+    }
+
+    fn json_entries(&self) -> Vec<(&str, &serde_json::Value)> {
+        self.iter().collect()
     }
 }
 
@@ -152,7 +169,7 @@ struct Fields(Arc<dyn JsonFields>);
 
 impl std::fmt::Debug for Fields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.0.json_fields().iter()).finish()
+        f.debug_map().entries(self.0.json_entries()).finish()
     }
 }
 
@@ -162,15 +179,15 @@ impl Object for Fields {
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        self.0.json_fields().get(key.as_str()?).map(template_value)
+        self.0.json_field(key.as_str()?).map(template_value)
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         Enumerator::Values(
             self.0
-                .json_fields()
-                .keys()
-                .map(|k| Value::from(k.as_str()))
+                .json_entries()
+                .into_iter()
+                .map(|(k, _)| Value::from(k))
                 .collect(),
         )
     }

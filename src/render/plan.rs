@@ -190,10 +190,10 @@ fn eval<'a>(expr: &'a Expr, scope: &'a Scope<'_>) -> Option<Val<'a>> {
 
 fn lookup<'a>(root: Root, path: &'a [String], scope: &'a Scope<'_>) -> Option<Val<'a>> {
     let (first, rest) = path.split_first()?;
-    let fields = match root {
-        Root::Event => scope.event.json_fields(),
-        Root::Profile => scope.profile.as_ref()?.json_fields(),
-        Root::Pattern => scope.pattern?.as_object()?,
+    let top = match root {
+        Root::Event => scope.event.json_field(first)?,
+        Root::Profile => scope.profile.as_ref()?.json_field(first)?,
+        Root::Pattern => field(scope.pattern?.as_object()?, first)?,
         Root::Rule => {
             let rule = &scope.rule;
             let text = match (first.as_str(), rest) {
@@ -205,7 +205,7 @@ fn lookup<'a>(root: Root, path: &'a [String], scope: &'a Scope<'_>) -> Option<Va
             return Some(Val::Str(Cow::Borrowed(text)));
         }
     };
-    let mut current = field(fields, first)?;
+    let mut current = top;
     for part in rest {
         current = field(current.as_object()?, part)?;
     }
@@ -295,7 +295,7 @@ fn apply(
             let zone = scope
                 .profile
                 .as_ref()
-                .and_then(|p| p.json_fields().get("time_zone"))
+                .and_then(|p| p.json_field("time_zone"))
                 .and_then(Value::as_str);
             let format = arg.as_ref().map(text);
             super::local_time_text(ms, zone, format.as_deref()).ok()

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::Templates;
+use crate::ingest::decode::Object;
 
 /// A tree of the paths read below one root; an empty tree where a path ends
 /// means "all of it".
@@ -50,14 +51,14 @@ impl Reads {
     }
 
     /// `fields` with only what is read.
-    pub fn keep(&self, fields: &Map<String, Value>) -> Map<String, Value> {
+    pub fn keep<O: Object + ?Sized>(&self, fields: &O) -> Map<String, Value> {
         if self.keeps_everything() {
-            return fields.clone();
+            return fields.to_map();
         }
         self.0
             .iter()
             .filter_map(|(name, below)| {
-                let kept = match fields.get(name)? {
+                let kept = match fields.field(name)? {
                     Value::Object(inner) => Value::Object(below.keep(inner)),
                     other => other.clone(),
                 };

@@ -5,12 +5,12 @@
 //! and CEL condition are checked. Rules that match are returned in file order.
 
 use crate::util::FastMap;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::compile::Rule;
 use super::model::Scalar;
 use crate::expr::condition::{Conditions, EvalError, Scope};
-use crate::ingest::decode::lookup;
+use crate::ingest::decode::{lookup, Object};
 use crate::render::Templates;
 
 /// One loaded file, for `rules check` and `GET /rules`.
@@ -102,7 +102,7 @@ impl RuleSet {
     }
 
     /// Candidate rules for an event of `source`, in file order, without duplicates.
-    pub fn candidates(&self, source: &str, fields: &Map<String, Value>) -> Vec<usize> {
+    pub fn candidates<O: Object + ?Sized>(&self, source: &str, fields: &O) -> Vec<usize> {
         let Some(index) = self.index.get(source) else {
             return Vec::new();
         };
@@ -123,10 +123,10 @@ impl RuleSet {
 
     /// Checks one candidate: all its match fields, then its condition. The
     /// scope is needed only for a rule with a condition (a [`Scope`] is costly to build, so callers make one only when needed).
-    pub fn check(
+    pub fn check<O: Object + ?Sized>(
         &self,
         rule: usize,
-        fields: &Map<String, Value>,
+        fields: &O,
         scope: Option<&Scope>,
     ) -> Verdict {
         let rule = &self.rules[rule];

@@ -36,7 +36,7 @@ impl EventRecord {
             user: e.user.clone(),
             time_ms: e.time_ms,
             event_type: e.event_type.clone(),
-            fields: e.fields.clone(),
+            fields: e.fields.to_map(),
             consumed_ms: e.consumed_ms,
         }
     }
@@ -51,7 +51,7 @@ impl EventRecord {
             user: self.user.clone(),
             time_ms: self.time_ms,
             event_type: self.event_type.clone(),
-            fields: self.fields.clone(),
+            fields: self.fields.clone().into(),
             consumed_ms: self.consumed_ms,
         }
     }
