@@ -242,6 +242,31 @@ pub type FastHasher = foldhash::fast::RandomState;
 /// A concurrent map with [`FastHasher`].
 pub type FastDashMap<K, V> = dashmap::DashMap<K, V, FastHasher>;
 
+/// When a capped map may have outgrown its cap, without counting it on
+/// every insert (a `DashMap` counts by locking each of its shards): the
+/// last count plus the keys inserted since is never below the map's size,
+/// so the map needs counting only once that sum passes the cap. A count
+/// racing an insert may miss it; the next insert makes up for it.
+#[derive(Debug, Default)]
+pub struct SizeWatch(std::sync::atomic::AtomicUsize);
+
+impl SizeWatch {
+    /// After a new key went in: whether the map may now hold more than `cap`.
+    pub fn grew_past(&self, cap: usize) -> bool {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 > cap
+    }
+
+    /// A new key went in where no cap is checked (state restored).
+    pub fn inserted(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The map was counted (`len` keys): the sum starts again from it.
+    pub fn counted(&self, len: usize) {
+        self.0.store(len, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A map with [`FastHasher`].
 pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
 

@@ -73,6 +73,8 @@ pub fn changelog_key(rule: &str, key: &str) -> String {
 struct RuleState {
     fingerprint: String,
     keys: FastDashMap<String, Entry>,
+    /// When `keys` may have passed the cap per rule.
+    size: crate::util::SizeWatch,
 }
 
 /// Why an event was not applied.
@@ -116,6 +118,7 @@ impl PatternStore {
             Arc::new(RuleState {
                 fingerprint: pattern.fingerprint.clone(),
                 keys: FastDashMap::default(),
+                size: crate::util::SizeWatch::default(),
             })
         });
         if slot.fingerprint != pattern.fingerprint {
@@ -123,6 +126,7 @@ impl PatternStore {
             *slot = Arc::new(RuleState {
                 fingerprint: pattern.fingerprint.clone(),
                 keys: FastDashMap::default(),
+                size: crate::util::SizeWatch::default(),
             });
         }
         Arc::clone(&slot)
@@ -143,7 +147,9 @@ impl PatternStore {
         let state = self.rule(rule, pattern);
         // A key already followed is found without copying its name.
         let found = state.keys.get_mut(key);
+        let mut new_key = false;
         let mut entry = found.unwrap_or_else(|| {
+            new_key = true;
             state.keys.entry(key.to_string()).or_insert_with(|| Entry {
                 state: KeyState::new(pattern),
                 newest_ms: event.time_ms,
@@ -184,13 +190,18 @@ impl PatternStore {
                 .insert((deadline, seq), (rule.to_string(), key.to_string()));
         }
         self.stream_ms.fetch_max(event.time_ms, Ordering::Relaxed);
-        let evicted = self.bound(rule, &state);
+        let evicted = match new_key && state.size.grew_past(self.max_keys_per_rule) {
+            true => self.bound(rule, &state),
+            false => Vec::new(),
+        };
         Ok((observed, evicted))
     }
 
     /// Evicts the least recently seen keys (a tenth) when over the cap.
     fn bound(&self, rule: &str, state: &RuleState) -> Vec<KeyRef> {
-        if state.keys.len() <= self.max_keys_per_rule {
+        let len = state.keys.len();
+        state.size.counted(len);
+        if len <= self.max_keys_per_rule {
             return Vec::new();
         }
         let mut touched: Vec<(i64, String)> = state
@@ -214,6 +225,7 @@ impl PatternStore {
                 });
             }
         }
+        state.size.counted(state.keys.len());
         warn!(%rule, evicted = n, cap = self.max_keys_per_rule, "pattern key cap reached; least recently seen keys evicted");
         gone
     }
@@ -356,10 +368,11 @@ impl PatternStore {
                 Arc::new(RuleState {
                     fingerprint: fingerprint.clone(),
                     keys: FastDashMap::default(),
+                    size: crate::util::SizeWatch::default(),
                 })
             });
-            if state.fingerprint == fingerprint {
-                state.keys.insert(key, entry);
+            if state.fingerprint == fingerprint && state.keys.insert(key, entry).is_none() {
+                state.size.inserted();
             }
         }
     }
@@ -424,17 +437,17 @@ impl PatternStore {
             let state = self.rule(&record.rule, &pattern);
             self.stream_ms
                 .fetch_max(record.newest_ms, Ordering::Relaxed);
-            state.keys.insert(
-                record.key,
-                Entry {
-                    state: record.state,
-                    newest_ms: record.newest_ms,
-                    touched_ms: record.touched_ms,
-                    source: (Arc::clone(&source), partition),
-                    applied: record.applied,
-                    restored: true,
-                },
-            );
+            let entry = Entry {
+                state: record.state,
+                newest_ms: record.newest_ms,
+                touched_ms: record.touched_ms,
+                source: (Arc::clone(&source), partition),
+                applied: record.applied,
+                restored: true,
+            };
+            if state.keys.insert(record.key, entry).is_none() {
+                state.size.inserted();
+            }
             restored += 1;
         }
         (restored, unreadable)

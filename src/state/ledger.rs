@@ -76,6 +76,8 @@ pub struct SendLedger {
     partitions: i32,
     changelog: Changelog,
     entries: FastDashMap<String, LedgerEntry>,
+    /// When `entries` may have passed `capacity`.
+    size: crate::util::SizeWatch,
     /// Users per owned partition, to drop them on revoke.
     users: FastDashMap<i32, HashSet<String>>,
     /// Most entries held before the oldest are evicted.
@@ -91,6 +93,7 @@ impl SendLedger {
             partitions: partitions.max(1),
             changelog,
             entries: FastDashMap::default(),
+            size: crate::util::SizeWatch::default(),
             users: FastDashMap::default(),
             capacity,
             evicted: std::sync::atomic::AtomicU64::new(0),
@@ -150,16 +153,20 @@ impl SendLedger {
             Some(mut known) => *known = entry,
             None => {
                 self.entries.insert(key.to_string(), entry);
+                if self.size.grew_past(self.capacity) {
+                    self.bound();
+                }
             }
         }
-        self.bound();
         self.changelog.write(partition, key, value)
     }
 
     /// Evicts the oldest tenth when over capacity, with a log line; the
     /// caller counts it.
     fn bound(&self) -> usize {
-        if self.entries.len() <= self.capacity {
+        let len = self.entries.len();
+        self.size.counted(len);
+        if len <= self.capacity {
             return 0;
         }
         let mut ages: Vec<(i64, String)> = self
@@ -172,6 +179,7 @@ impl SendLedger {
         for (_, key) in &ages[..n] {
             self.entries.remove(key);
         }
+        self.size.counted(self.entries.len());
         warn!(evicted = n, cap = self.capacity, "send ledger full; oldest entries evicted (a redelivery of those intents would be decided again)");
         self.evicted
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -206,6 +214,7 @@ impl SendLedger {
         }
         restored.sends.sort_by_key(|e| e.at_ms);
         restored.users = all_users.len();
+        self.size.counted(self.entries.len());
         Ok(restored)
     }
 
