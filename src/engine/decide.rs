@@ -60,7 +60,10 @@ impl Pipeline {
             let Some(channel) = self.channels.get(name) else {
                 continue;
             };
-            let mut d = self.decide(job, channel).await;
+            // Boxed: a decision holds much across its awaits, and a chain
+            // future that held it inline would be copied whole each time it
+            // moves (into the list of chains, into the join).
+            let mut d = Box::pin(self.decide(job, channel)).await;
             d.outcome.hops = hops.clone();
             if let Some(release_ms) = d.hold_until {
                 let held = Held {
