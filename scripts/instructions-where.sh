@@ -8,6 +8,8 @@
 #   scripts/instructions-where.sh [N] [TOP]              the TOP functions (default 60)
 #   CALLEES='decide::\{\{closure\}\}' scripts/instructions-where.sh   what the matching functions call
 # HERALD_BIN (default target/release/herald) is the binary; needs valgrind and python3.
+# WORK=<dir> keeps callgrind's files there; with REUSE=1 as well, a second
+# call reads them again instead of running callgrind (another CALLEES query).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${HERALD_BIN:-$root/target/release/herald}
@@ -17,11 +19,13 @@ gen="$root/../shared/tools/gen-replay-input.py"
 [[ -x $bin ]] || { echo "no herald binary at $bin (cargo build --release)"; exit 2; }
 [[ -f $gen ]] || { echo "no $gen (the shared tools sit beside the project)"; exit 2; }
 command -v valgrind >/dev/null || { echo "valgrind missing: apt-get install -y valgrind"; exit 2; }
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+work=${WORK:-$(mktemp -d)}
+mkdir -p "$work"
+[[ -n ${WORK:-} ]] || trap 'rm -rf "$work"' EXIT
 python3 "$gen" "$work" $((2 * n)) >/dev/null
 head -n "$n" "$work/events.jsonl" >"$work/half.jsonl"
 for run in half events; do
+  [[ -n ${REUSE:-} && -f $work/$run.tree ]] && continue
   (cd "$root" && valgrind --tool=callgrind --callgrind-out-file="$work/$run.out" "$bin" replay \
     --input "$work/$run.jsonl" --profiles "$work/profiles.jsonl" --config config/herald.toml \
     --rules rules >/dev/null 2>"$work/$run.err") || { tail -5 "$work/$run.err"; exit 1; }
