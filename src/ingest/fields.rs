@@ -28,7 +28,7 @@ impl Fields {
     }
 
     /// The field called `name`, to change it.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
+    fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
         self.0
             .iter_mut()
             .find(|(k, _)| k.as_str() == name)
@@ -41,11 +41,6 @@ impl Fields {
             Some(old) => *old = value,
             None => self.0.push((name, value)),
         }
-    }
-
-    /// Keeps only the fields `keep` says yes to.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut Value) -> bool) {
-        self.0.retain_mut(|(k, v)| keep(k, v));
     }
 
     pub fn len(&self) -> usize {
