@@ -270,12 +270,16 @@ impl SizeWatch {
 /// A map with [`FastHasher`].
 pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHasher>;
 
+/// How many zone names [`time_zone`] keeps per thread: the IANA names
+/// (about 600) in any spelling a profile may use, with room to spare.
+pub const ZONES_KEPT: usize = 4096;
+
 /// An IANA time zone by name, from a per-thread map in front of jiff's
 /// database, whose lookup searches the zone names on every call (quiet hours
-/// and `local_time` ask once per decision). Only zones found are kept, so
-/// the map holds at most the IANA names in use; a zone's rules are those
-/// read when this thread first asked for it (a tzdata update applies after
-/// a restart).
+/// and `local_time` ask once per decision). Only zones found are kept, at
+/// most [`ZONES_KEPT`] spellings (then the map starts again); a zone's rules
+/// are those read when this thread first asked for it (a tzdata update
+/// applies after a restart).
 pub fn time_zone(name: &str) -> Option<jiff::tz::TimeZone> {
     thread_local! {
         static ZONES: std::cell::RefCell<FastMap<Box<str>, jiff::tz::TimeZone>> =
@@ -286,7 +290,11 @@ pub fn time_zone(name: &str) -> Option<jiff::tz::TimeZone> {
             return Some(tz.clone());
         }
         let tz = jiff::tz::TimeZone::get(name).ok()?;
-        zones.borrow_mut().insert(name.into(), tz.clone());
+        let mut zones = zones.borrow_mut();
+        if zones.len() >= ZONES_KEPT {
+            zones.clear();
+        }
+        zones.insert(name.into(), tz.clone());
         Some(tz)
     })
 }
