@@ -62,26 +62,26 @@ fn push_fingerprint(out: &mut String, value: &str) {
 /// goes a character at a time through an iterator, too slow for the
 /// per-event path).
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.reserve(bytes.len() * 2);
     for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        out.extend(hex_pair(b).map(char::from));
     }
 }
 
-/// `bytes` in lower-case hex, in one allocation of its own (an id shared
-/// by an outcome, its ledger entry and its message).
-pub fn hex_arc(bytes: &[u8]) -> std::sync::Arc<str> {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 64];
-    let mut len = 0;
-    for &b in bytes.iter().take(32) {
-        text[len] = DIGITS[usize::from(b >> 4)];
-        text[len + 1] = DIGITS[usize::from(b & 0xf)];
-        len += 2;
+/// A [`stable_digest`] in lower-case hex, in one allocation of its own (an
+/// id shared by an outcome, its ledger entry and its message).
+pub fn digest_hex(digest: &[u8; 16]) -> std::sync::Arc<str> {
+    let mut text = [0u8; 32];
+    for (pair, &b) in text.chunks_exact_mut(2).zip(digest) {
+        pair.copy_from_slice(&hex_pair(b));
     }
-    std::str::from_utf8(&text[..len]).unwrap_or_default().into()
+    std::str::from_utf8(&text).unwrap_or_default().into()
+}
+
+/// One byte's two lower-case hex digits.
+fn hex_pair(b: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]
 }
 
 /// `parts` joined by `/` in one allocation: keys and ids built on the
@@ -366,6 +366,8 @@ mod tests {
         let mut ours = String::new();
         push_hex(&mut ours, &[0x00, 0x0f, 0xa5, 0xff, 0x10]);
         assert_eq!(ours, hex::encode([0x00, 0x0f, 0xa5, 0xff, 0x10]));
+        let digest = stable_digest(&[b"u1"]);
+        assert_eq!(&*digest_hex(&digest), STABLE_U1);
         assert!(!mask_token("secret-token").contains("secret"));
     }
 }

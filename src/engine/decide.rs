@@ -669,7 +669,7 @@ fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> A
         &event.partition.to_be_bytes(),
         &event.offset.to_be_bytes(),
     ]);
-    crate::util::hex_arc(&digest)
+    crate::util::digest_hex(&digest)
 }
 
 impl JsonFields for Event {

@@ -358,13 +358,9 @@ impl Pipeline {
         }
         // One chain (one rule, one channel) is awaited as it is, not moved
         // into a join of one.
-        let all = match chains.pop() {
-            Some(only) if chains.is_empty() => vec![only.await],
-            Some(last) => {
-                chains.push(last);
-                futures::future::join_all(chains).await
-            }
-            None => Vec::new(),
+        let all = match <[_; 1]>::try_from(chains) {
+            Ok([only]) => vec![only.await],
+            Err(chains) => futures::future::join_all(chains).await,
         };
         for decided in all {
             for d in decided {
