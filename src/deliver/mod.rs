@@ -202,6 +202,30 @@ pub struct Channel {
     pub on_unknown: crate::config::OnUnknown,
 }
 
+/// What kind of channel a provider is, which is all policy and stage 2 need
+/// to know of it: how a recipient is addressed and which parts of a rule's
+/// text it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// Push to devices by token (title and body).
+    Push,
+    /// Text messages to a phone number (the rule's `text`, else its body).
+    Sms,
+    /// Delivered to the user id (a webhook, the console).
+    User,
+}
+
+impl ChannelKind {
+    /// The kind of a provider's channel.
+    pub fn of(provider: ProviderKind) -> ChannelKind {
+        match provider {
+            ProviderKind::Fcm | ProviderKind::Apns => ChannelKind::Push,
+            ProviderKind::Twilio => ChannelKind::Sms,
+            ProviderKind::Webhook | ProviderKind::Console => ChannelKind::User,
+        }
+    }
+}
+
 /// Why a user cannot be reached on a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoAddress {
@@ -305,6 +329,11 @@ impl Channel {
             )),
             on_unknown: config.on_unknown,
         })
+    }
+
+    /// What kind of channel this is.
+    pub fn kind(&self) -> ChannelKind {
+        ChannelKind::of(self.provider.kind())
     }
 
     /// The address to use for `profile` on this channel.

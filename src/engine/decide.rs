@@ -1,11 +1,7 @@
-//! One message's decision, in the documented policy order, and fallback chains.
-//!
-//! Order for each channel: consent (the profile's, then herald's own SMS
-//! opt-out list) → category preference → freshness → quiet hours (drop, or
-//! hold until they end) → an address on the channel → rendering →
-//! cross-channel suppression (`suppress_if`) → de-duplication → frequency caps
-//! → send. A fallback chain moves to its next channel only when the reason is
-//! about the channel (no consent, no address, dead tokens, a failed send).
+//! Stage 2's decision for one rule and event: per channel the send ledger,
+//! the policy chain (`crate::policy`), rendering and the send; and fallback
+//! chains, which move to their next channel only when the reason is about
+//! the channel (no consent, no address, dead tokens, a failed send).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,15 +10,15 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tracing::warn;
 
-use super::held::{Held, HeldMessage};
+use super::held::{AlreadyHeld, Held, HeldMessage};
 use super::job::Job;
 use super::{ChannelRuntime, Pipeline};
-use crate::config::{OnUnknown, ProviderKind};
-use crate::deliver::{send_with_retry, Address, Message, SendError};
+use crate::config::OnUnknown;
+use crate::deliver::{send_with_retry, Address, ChannelKind, Message, SendError};
 use crate::feedback::{SentRecord, SentRef};
 use crate::ingest::decode::Event;
 use crate::outcome::{DeadLetter, Hop, Outcome, Pending, SourceRef, Status, Timings};
-use crate::policy::{address, Subject, Suppression};
+use crate::policy::{Draft, Suppression, Unknown, Verdict};
 use crate::profile::Profile;
 use crate::render::{JsonFields, RuleScope, Scope};
 use crate::rules::Rule;
@@ -37,13 +33,29 @@ pub struct Decided {
     pub counters: [IntCounter; 4],
     /// A fallback chain may try its next channel after this decision.
     may_hop: bool,
-    /// Quiet hours: hold the message until then, epoch ms.
+    /// Deferred: hold the message until then, epoch ms.
     hold_until: Option<i64>,
     /// Writes besides the outcome and dead letter (the held topic).
     pub writes: Vec<Pending>,
     /// The send-ledger key to record this decision under; `None` for a
     /// redelivery the ledger already knew.
     pub ledger_key: Option<String>,
+}
+
+impl Decided {
+    /// A decision not yet made, recorded under `ledger_key`.
+    fn new(job: &Job, outcome: Outcome, ledger_key: String) -> Decided {
+        Decided {
+            outcome,
+            message: None,
+            dead_letter: None,
+            counters: job.loaded.decisions[job.rule].clone(),
+            may_hop: false,
+            hold_until: None,
+            writes: Vec::new(),
+            ledger_key: Some(ledger_key),
+        }
+    }
 }
 
 impl Pipeline {
@@ -82,10 +94,8 @@ impl Pipeline {
                         unless_heard_of: None,
                     },
                 };
-                let record = self.persist(&held);
-                match self.held.hold(held) {
-                    Ok(replaced) => {
-                        self.metrics.held.set(self.held.len() as i64);
+                match self.defer(held) {
+                    Ok((record, replaced)) => {
                         d.writes.push(record);
                         if let Some(old) = replaced {
                             let mut gone = self.collapsed(old.item);
@@ -99,14 +109,13 @@ impl Pipeline {
                         decided.push(d);
                     }
                     Err(_) => {
-                        let outcome = self.suppress(job, d.outcome, Suppression::Duplicate);
                         // Already held: the held one keeps the ledger's `held`.
-                        decided.push(Decided {
-                            outcome,
+                        let d = Decided {
                             hold_until: None,
                             ledger_key: None,
                             ..d
-                        });
+                        };
+                        decided.push(self.suppressed(job, d, Suppression::Duplicate));
                     }
                 }
                 break;
@@ -140,7 +149,7 @@ impl Pipeline {
         decided
     }
 
-    /// After a send on a fallback chain with `await_delivery`: schedules the
+    /// After a send on a fallback chain with `await_delivery`: defers the
     /// rest of the chain, to run unless a delivery receipt arrives in time.
     fn await_delivery(
         &self,
@@ -151,26 +160,16 @@ impl Pipeline {
         next: &str,
         wait_ms: i64,
     ) -> Option<Pending> {
+        let what = format!("{}:{}", sent.channel, crate::util::Span(wait_ms as u64));
         hops.push(Hop {
             channel: sent.channel.to_string(),
-            reason: format!(
-                "not_delivered:{}:{}",
-                sent.channel,
-                crate::util::Span(wait_ms as u64)
-            ),
+            reason: format!("not_delivered:{what}"),
         });
         let mut outcome = sent.clone();
         outcome.channel = next.into();
         outcome.status = Status::Held;
         // Not an outcome (the held topic keeps it): no decision is counted.
-        outcome.because(
-            "awaiting_delivery",
-            format!(
-                "awaiting_delivery:{}:{}",
-                sent.channel,
-                crate::util::Span(wait_ms as u64)
-            ),
-        );
+        outcome.because("awaiting_delivery", format!("awaiting_delivery:{what}"));
         outcome.hops = hops.clone();
         let release_ms = self.clock.now_ms() + wait_ms;
         outcome.release_ms = Some(release_ms);
@@ -186,18 +185,26 @@ impl Pipeline {
                 unless_heard_of: Some(sent.idempotency_key.to_string()),
             },
         };
-        let record = self.persist(&held);
-        self.held.hold(held).ok()?;
-        self.metrics.held.set(self.held.len() as i64);
-        Some(record)
+        self.defer(held).ok().map(|(record, _)| record)
     }
 
-    /// Writes a held message to the held topic.
-    fn persist(&self, held: &Held<HeldMessage>) -> Pending {
-        self.recorder
-            .publish_built(&self.held_log.topic, &held.idempotency_key, || {
-                crate::util::json_bytes(&super::held_log::HeldRecord::of(held))
-            })
+    /// Defers a decision: holds the message until its release time, when
+    /// its chain runs again from the first policy step, and writes it to the
+    /// held topic. The one mechanism behind every deferral (quiet hours, a
+    /// wait for a delivery receipt). Returns the held topic's write and the
+    /// message it replaced (same collapse key), or [`AlreadyHeld`].
+    pub(super) fn defer(
+        &self,
+        held: Held<HeldMessage>,
+    ) -> Result<(Pending, Option<Held<HeldMessage>>), AlreadyHeld> {
+        let record =
+            self.recorder
+                .publish_built(&self.held_log.topic, &held.idempotency_key, || {
+                    crate::util::json_bytes(&super::held_log::HeldRecord::of(&held))
+                });
+        let replaced = self.held.hold(held)?;
+        self.metrics.held.set(self.held.len() as i64);
+        Ok((record, replaced))
     }
 
     /// The outcome of a held message replaced by a newer one with its collapse key.
@@ -210,339 +217,334 @@ impl Pipeline {
             .held_released
             .with_label_values(&["collapsed"])
             .inc();
-        Decided {
-            message: None,
-            dead_letter: None,
-            counters: old.job.loaded.decisions[old.job.rule].clone(),
-            may_hop: false,
-            hold_until: None,
-            writes: Vec::new(),
-            ledger_key: Some(format!("{}/{}", old.job.intent, outcome.channel)),
-            outcome,
-        }
+        let key = format!("{}/{}", old.job.intent, outcome.channel);
+        Decided::new(&old.job, outcome, key)
     }
 
-    /// One (rule, channel) decision for an event.
+    /// One (rule, channel) decision for an event: the send ledger, the
+    /// policy chain, rendering, the send.
     async fn decide(&self, job: &Job, channel: &ChannelRuntime) -> Decided {
-        let (event, rule) = (&*job.event, job.rule());
-        let counters = job.loaded.decisions[job.rule].clone();
-        let mut outcome = Outcome {
-            rule: rule.id.clone(),
-            rule_version: rule.version.clone(),
-            category: rule.category.clone(),
-            user: event.user.clone(),
-            channel: channel.channel.name.clone(),
-            status: Status::Suppressed,
-            reason: None,
-            reason_code: None,
-            idempotency_key: Arc::default(),
-            recipient: None,
-            provider_message_id: None,
-            attempts: 0,
-            key: event.key.clone(),
-            hops: Vec::new(),
-            next_channel: None,
-            release_ms: None,
-            pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
-            delivery: None,
-            shadow: false,
-            unknown_after_crash: false,
-            source: SourceRef {
-                topic: Arc::clone(&event.source),
-                partition: event.partition,
-                offset: event.offset,
-            },
-            timings: Timings {
-                event_ms: event.time_ms,
-                consumed_ms: event.consumed_ms,
-                matched_ms: job.matched_ms,
-                ..Timings::default()
-            },
-        };
         let ledger_key = crate::util::slash_joined(&[&job.intent, &channel.channel.name]);
-        let mut after_crash = false;
-        // Settled by the ledger alone: the outcome, and whether to record it.
-        let settled = |mut outcome: Outcome, why: Suppression, record: bool| {
-            outcome.idempotency_key = self.ledger.idempotency_key(&ledger_key).unwrap_or_default();
-            Decided {
-                outcome: self.suppress(job, outcome, why),
-                message: None,
-                dead_letter: None,
-                counters: counters.clone(),
-                may_hop: false,
-                hold_until: None,
-                writes: Vec::new(),
-                ledger_key: record.then(|| ledger_key.clone()),
-            }
-        };
-        match self.ledger.seen(&ledger_key) {
-            Seen::New => {}
-            Seen::Held if job.release => {}
-            // A redelivered intent (a restart, a rebalance, a replayed
-            // event): decided before, by this owner or the last one.
-            Seen::Held | Seen::Decided(_) => {
-                return settled(outcome, Suppression::Duplicate, false);
-            }
-            Seen::InFlight => {
-                // Recorded attempted, never answered: the request was in
-                // flight when its owner died. The channel decides.
-                self.metrics
-                    .unknown_after_crash
-                    .with_label_values(&[
-                        &*channel.channel.name,
-                        channel.channel.on_unknown.as_str(),
-                    ])
-                    .inc();
-                if channel.channel.on_unknown == OnUnknown::Skip {
-                    return settled(outcome, Suppression::UnknownAfterCrash, true);
-                }
-                after_crash = true;
-            }
+        let mut d = Decided::new(job, outcome_of(job, channel), ledger_key);
+        if let Some(why) = self.settled_by_ledger(job, channel, &mut d) {
+            return self.suppressed(job, d, why);
         }
-        outcome.unknown_after_crash = after_crash;
-        let done = |outcome, message, dead_letter, may_hop| Decided {
-            outcome,
-            message,
-            dead_letter,
-            counters: counters.clone(),
-            may_hop,
-            hold_until: None,
-            writes: Vec::new(),
-            ledger_key: Some(ledger_key.clone()),
-        };
-        let subject = Subject {
+        let (event, rule) = (&*job.event, job.rule());
+        let mut draft = Draft {
             rule: &rule.id,
             category: &rule.category,
             rule_policy: &rule.policy,
+            campaign: rule.campaign.as_deref(),
+            user: &event.user,
             event_ms: event.time_ms,
+            profile: job.profile.as_deref(),
+            channel: &channel.channel,
+            now_ms: self.clock.now_ms(),
+            address: None,
+            reservation: None,
         };
-        let now = self.clock.now_ms();
-        let profile = job.profile.as_deref();
-        // herald's own opt-out list belongs with consent, before quiet hours
-        // and caps: wait until every STOP written so far was read, then ask.
-        let phone = profile
-            .filter(|p| p.consents_to(&channel.channel.name))
-            .and_then(|p| match address(p, &channel.channel, &self.profiles) {
-                Ok(Address::Phone(phone)) => Some(phone),
-                _ => None,
-            });
-        let mut opted_out = false;
-        if let Some(phone) = &phone {
-            let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
-            if let Err(e) = self.feedback.consent_barrier(wait).await {
-                self.metrics.consent_waits_failed.inc();
-                outcome.status = Status::Failed;
-                outcome.because("consent_unknown", "consent_unknown");
-                let record =
-                    self.failed_send_record(event, rule, channel, "consent_unknown", e.to_string());
-                return done(outcome, None, Some(record), false);
-            }
-            opted_out = self.feedback.opted_out(phone);
+        let wait = Duration::from_millis(self.feedback_config.consent_wait_ms);
+        let cx = self.policy.context(&self.feedback, &self.profiles, wait);
+        let verdict = self.policy.run(&mut draft, &cx).await;
+        // Once the address is known, the outcome names the (masked)
+        // recipient and the key, whatever later steps say.
+        if let Some(address) = &draft.address {
+            d.outcome.recipient = Some(address.masked());
+            d.outcome.idempotency_key =
+                idempotency_key(rule, event, &channel.channel.name, address);
         }
-        let admitted = self
-            .policy
-            .admit(profile, &subject, &channel.channel, now, opted_out)
-            .and_then(|p| Ok((p, address(p, &channel.channel, &self.profiles)?)));
-        let (profile, address) = match admitted {
-            Ok(found) => found,
-            Err(quiet @ Suppression::QuietHours { until_ms, .. })
-                if self.policy.holds(&subject)
-                    && self
-                        .policy
-                        .max_age_s(&subject)
-                        .is_none_or(|max| until_ms - event.time_ms <= max as i64 * 1000) =>
-            {
-                outcome.status = Status::Held;
-                outcome.because(quiet.code(), quiet.to_string());
-                outcome.release_ms = Some(until_ms);
-                if let Some(p) = profile {
-                    if let Ok(a) = address(p, &channel.channel, &self.profiles) {
-                        outcome.recipient = Some(a.masked());
-                        outcome.idempotency_key =
-                            idempotency_key(rule, event, &channel.channel.name, &a);
-                    }
-                }
-                if outcome.idempotency_key.is_empty() {
-                    let to = Address::User(event.user.to_string());
-                    outcome.idempotency_key =
-                        idempotency_key(rule, event, &channel.channel.name, &to);
-                }
-                return Decided {
-                    hold_until: Some(until_ms),
-                    ..done(outcome, None, None, false)
-                };
-            }
-            Err(s) => {
-                let hop = s.is_channel_specific();
-                return done(self.suppress(job, outcome, s), None, None, hop);
-            }
+        if verdict != Verdict::Continue {
+            return self.stopped(job, channel, d, verdict);
+        }
+        let Some(address) = draft.address.take() else {
+            // A chain without the address step: nowhere to send.
+            let s = Suppression::NoAddress {
+                channel: channel.channel.name.clone(),
+            };
+            self.policy.give_back(&mut draft);
+            return self.suppressed(job, d, s);
         };
-        outcome.recipient = Some(address.masked());
-        outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &address);
-        let message = match render(job, channel, &outcome.idempotency_key) {
+        let message = match render(job, channel, &d.outcome.idempotency_key) {
             Ok(m) => m,
             Err(detail) => {
-                outcome.status = Status::Failed;
-                outcome.because("render_error", "render_error");
-                let record = self.failed_send_record(event, rule, channel, "render_error", detail);
-                return done(outcome, None, Some(record), false);
+                self.policy.give_back(&mut draft);
+                return self.failed(job, channel, d, "render_error", detail);
             }
         };
-        if !rule.policy.suppress_if.is_empty() {
-            // Engagement written before the trigger must be seen.
-            let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
-            if let Err(e) = self.feedback.consent_barrier(wait).await {
-                outcome.status = Status::Failed;
-                outcome.because("engagement_unknown", "engagement_unknown");
-                let record = self.failed_send_record(
-                    event,
-                    rule,
-                    channel,
-                    "engagement_unknown",
-                    e.to_string(),
-                );
-                return done(outcome, Some(message), Some(record), false);
-            }
-        }
-        if let Err(s) = self.policy.engaged_elsewhere(
-            &self.feedback,
-            &event.user,
-            &rule.policy,
-            rule.campaign.as_deref(),
-            now,
-        ) {
-            return done(self.suppress(job, outcome, s), Some(message), None, false);
-        }
-        let reservation = match self.policy.reserve(profile, &subject, now) {
-            Ok(r) => r,
-            Err(s) => {
-                return done(self.suppress(job, outcome, s), Some(message), None, false);
-            }
-        };
+        d.message = Some(message);
         if rule.shadow {
             // Would be sent: recorded as such, marked shadow; nothing leaves,
             // and no place under the caps is kept.
-            if let Some(r) = &reservation {
-                self.policy.release(r);
-            }
-            outcome.status = Status::Sent;
-            outcome.shadow = true;
-            return done(outcome, Some(message), None, false);
+            self.policy.give_back(&mut draft);
+            d.outcome.status = Status::Sent;
+            d.outcome.shadow = true;
+            d.ledger_key = None;
+            return d;
         }
-        // Retried while the message is fresh: its freshness limit by event
-        // time, or the channel's retry window when it has none.
-        // (on the pipeline's clock, so replays on a virtual clock agree).
-        let budget = match self.policy.max_age_s(&subject) {
+        self.send(job, channel, d, &mut draft, address).await
+    }
+
+    /// The send ledger's word: the reason when it settles the decision (a
+    /// redelivered intent, not recorded again; a send in flight at a crash
+    /// that the channel says not to repeat, recorded), `None` to go on.
+    fn settled_by_ledger(
+        &self,
+        job: &Job,
+        channel: &ChannelRuntime,
+        d: &mut Decided,
+    ) -> Option<Suppression> {
+        let key = d.ledger_key.as_deref().unwrap_or_default();
+        let settled = match self.ledger.seen(key) {
+            Seen::New => return None,
+            Seen::Held if job.release => return None,
+            // A redelivered intent (a restart, a rebalance, a replayed
+            // event): decided before, by this owner or the last one.
+            Seen::Held | Seen::Decided(_) => Suppression::Duplicate,
+            Seen::InFlight => {
+                // Recorded attempted, never answered: the request was in
+                // flight when its owner died. The channel decides.
+                let on_unknown = channel.channel.on_unknown;
+                self.metrics
+                    .unknown_after_crash
+                    .with_label_values(&[&*channel.channel.name, on_unknown.as_str()])
+                    .inc();
+                if on_unknown != OnUnknown::Skip {
+                    d.outcome.unknown_after_crash = true;
+                    return None;
+                }
+                Suppression::UnknownAfterCrash
+            }
+        };
+        d.outcome.idempotency_key = self.ledger.idempotency_key(key).unwrap_or_default();
+        if settled == Suppression::Duplicate {
+            d.ledger_key = None;
+        }
+        Some(settled)
+    }
+
+    /// The decision when the policy chain stopped the message.
+    fn stopped(
+        &self,
+        job: &Job,
+        channel: &ChannelRuntime,
+        d: Decided,
+        verdict: Verdict,
+    ) -> Decided {
+        match verdict {
+            Verdict::Continue => d,
+            Verdict::Suppress(s) => {
+                let hop = s.is_channel_specific();
+                Decided {
+                    may_hop: hop,
+                    ..self.suppressed(job, d, s)
+                }
+            }
+            Verdict::Defer { until_ms, because } => {
+                self.deferred(job, channel, d, until_ms, because)
+            }
+            Verdict::Fail(unknown, detail) => {
+                if unknown == Unknown::Consent {
+                    self.metrics.consent_waits_failed.inc();
+                }
+                self.failed(job, channel, d, unknown.code(), detail)
+            }
+        }
+    }
+
+    /// A decision the chain deferred (quiet hours with `hold`): recorded
+    /// `held` until `until_ms`, when [`Pipeline::run_chain`] holds it. Its
+    /// idempotency key names the recipient when one is known.
+    fn deferred(
+        &self,
+        job: &Job,
+        channel: &ChannelRuntime,
+        mut d: Decided,
+        until_ms: i64,
+        because: Suppression,
+    ) -> Decided {
+        let (rule, event) = (job.rule(), &*job.event);
+        d.outcome.status = Status::Held;
+        d.outcome.because(because.code(), because.text());
+        d.outcome.release_ms = Some(until_ms);
+        let to = job
+            .profile
+            .as_deref()
+            .and_then(|p| crate::policy::address(p, &channel.channel, &self.profiles).ok());
+        if let Some(a) = &to {
+            d.outcome.recipient = Some(a.masked());
+        }
+        let to = to.unwrap_or_else(|| Address::User(event.user.to_string()));
+        d.outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &to);
+        d.hold_until = Some(until_ms);
+        d
+    }
+
+    /// Sends: the ledger hears of the request before the provider does, so
+    /// that if this instance dies with the request in flight, the next owner
+    /// finds it. Retried while the message is fresh (its freshness limit by
+    /// event time, on the pipeline's clock so replays agree), or for the
+    /// channel's retry window when it has none.
+    async fn send(
+        &self,
+        job: &Job,
+        channel: &ChannelRuntime,
+        mut d: Decided,
+        draft: &mut Draft<'_>,
+        address: Address,
+    ) -> Decided {
+        let (event, rule, now) = (&*job.event, job.rule(), draft.now_ms);
+        let budget = match self.policy.max_age_s(draft) {
             Some(max) => {
                 let fresh_until = event.time_ms.saturating_add(max as i64 * 1000);
                 Duration::from_millis(fresh_until.saturating_sub(now).max(0) as u64)
             }
             None => channel.channel.policy.retry_for,
         };
-        // The ledger hears of the request before the provider does: if this
-        // instance dies with the request in flight, the next owner finds it.
         let attempt = LedgerEntry {
             user: event.user.clone(),
             status: LedgerStatus::Attempted,
             at_ms: now,
             category: rule.category.clone(),
             rule: rule.id.clone(),
-            idempotency_key: outcome.idempotency_key.clone(),
+            idempotency_key: d.outcome.idempotency_key.clone(),
         };
-        if let Some(write) = self.ledger.record(&ledger_key, attempt) {
+        let key = d.ledger_key.as_deref().unwrap_or_default();
+        if let Some(write) = self.ledger.record(key, attempt) {
             write.await;
         }
+        let Some(message) = &d.message else {
+            return d;
+        };
         let attempted = send_with_retry(
             &channel.channel,
-            &message,
+            message,
             &address,
             &channel.retries,
             budget,
         )
         .await;
-        outcome.attempts = attempted.attempts;
-        outcome.timings.request_sent_ms = attempted.request_sent_ms;
-        outcome.timings.answered_ms = attempted.answered_ms;
+        d.outcome.attempts = attempted.attempts;
+        d.outcome.timings.request_sent_ms = attempted.request_sent_ms;
+        d.outcome.timings.answered_ms = attempted.answered_ms;
         channel
             .latency
             .observe((attempted.answered_ms - attempted.request_sent_ms).max(0) as f64 / 1000.0);
         match attempted.result {
             Ok(delivered) => {
-                outcome.status = Status::Sent;
-                outcome.provider_message_id = delivered.provider_message_id;
-                outcome.delivery = Some(delivered.delivery.unwrap_or_else(|| "accepted".into()));
-                let sent = attempted.request_sent_ms;
-                self.metrics
-                    .event_to_send
-                    .observe((sent - event.time_ms).max(0) as f64 / 1000.0);
-                self.metrics
-                    .consume_to_send
-                    .observe((sent - event.consumed_ms).max(0) as f64 / 1000.0);
-                let phone = match &address {
-                    Address::Phone(p) => Some(p.as_str()),
-                    _ => None,
-                };
-                let sent_ref = SentRef {
-                    user: event.user.clone(),
-                    rule: rule.id.clone(),
-                    key: event.key.clone(),
-                    idempotency_key: outcome.idempotency_key.clone(),
-                    channel: channel.channel.name.clone(),
-                    sent_ms: sent,
-                };
-                // Every instance learns of the send from the feedback topic,
-                // so a reply or an engagement finds it wherever it arrives.
-                let record = SentRecord {
-                    sent: sent_ref,
-                    phone_sha256: phone.map(|p| profile.phone_sha256_of(p)),
-                };
-                let shared =
-                    self.recorder
-                        .publish_built(&self.topics.feedback, &event.user, || record.to_bytes());
-                self.feedback
-                    .sent
-                    .record_digest(record.sent, record.phone_sha256);
-                Decided {
-                    writes: vec![shared],
-                    ..done(outcome, Some(message), None, false)
-                }
+                d.outcome.status = Status::Sent;
+                d.outcome.provider_message_id = delivered.provider_message_id;
+                d.outcome.delivery = Some(delivered.delivery.unwrap_or_else(|| "accepted".into()));
+                self.sent(job, d, &address, attempted.request_sent_ms)
             }
             Err(e) => {
-                let reason = e.reason();
-                if let Some(r) = &reservation {
-                    self.policy.release(r);
-                }
-                if let (SendError::Unregistered, Address::Push(token)) = (&e, &address) {
-                    self.profiles.mark_token_dead(&token.token);
-                }
-                let mut writes = Vec::new();
-                if let (SendError::OptedOutAtProvider, Address::Phone(phone)) = (&e, &address) {
-                    // The number said STOP at Twilio: record it as the STOP it
-                    // was, so every instance and the consent topic learn it.
-                    self.feedback.set_opt_out(phone, true, now);
-                    let field = |k: &str, v: &str| (k.to_string(), v.to_string());
-                    let stop = crate::feedback::twilio::inbound_record(&[
-                        field("From", phone),
-                        field("Body", "STOP"),
-                        field("MessageSid", ""),
-                        field("herald_source", "twilio_error_21610"),
-                    ]);
-                    writes.push(self.recorder.publish(
-                        &self.topics.feedback,
-                        phone,
-                        serde_json::to_vec(&stop).unwrap_or_default(),
-                    ));
-                }
-                warn!(rule = %rule.id, channel = %channel.channel.name, %reason, attempts = attempted.attempts, "send failed");
-                let record = self.failed_send_record(event, rule, channel, &reason, e.to_string());
-                outcome.status = Status::Failed;
-                outcome.because(e.code(), reason);
-                Decided {
-                    writes,
-                    ..done(outcome, Some(message), Some(record), true)
-                }
+                self.policy.give_back(draft);
+                warn!(rule = %rule.id, channel = %channel.channel.name, reason = %e.reason(), attempts = attempted.attempts, "send failed");
+                self.send_failed(job, channel, d, &address, e, now)
             }
         }
+    }
+
+    /// A send the provider took: timed, and shared on the feedback topic, so
+    /// that every instance learns of it and a reply or an engagement finds
+    /// it wherever it arrives.
+    fn sent(&self, job: &Job, mut d: Decided, address: &Address, sent_ms: i64) -> Decided {
+        let event = &*job.event;
+        self.metrics
+            .event_to_send
+            .observe((sent_ms - event.time_ms).max(0) as f64 / 1000.0);
+        self.metrics
+            .consume_to_send
+            .observe((sent_ms - event.consumed_ms).max(0) as f64 / 1000.0);
+        let phone = match address {
+            Address::Phone(p) => Some(p.as_str()),
+            _ => None,
+        };
+        let o = &d.outcome;
+        let sent_ref = SentRef {
+            user: event.user.clone(),
+            rule: o.rule.clone(),
+            key: event.key.clone(),
+            idempotency_key: o.idempotency_key.clone(),
+            channel: o.channel.clone(),
+            sent_ms,
+        };
+        let record = SentRecord {
+            sent: sent_ref,
+            phone_sha256: phone
+                .zip(job.profile.as_deref())
+                .map(|(p, profile)| profile.phone_sha256_of(p)),
+        };
+        let shared = self
+            .recorder
+            .publish_built(&self.topics.feedback, &event.user, || record.to_bytes());
+        self.feedback
+            .sent
+            .record_digest(record.sent, record.phone_sha256);
+        d.writes.push(shared);
+        d
+    }
+
+    /// A send that failed after its retries: a dead token is marked dead, a
+    /// number that said STOP at the provider is recorded as the STOP it was.
+    fn send_failed(
+        &self,
+        job: &Job,
+        channel: &ChannelRuntime,
+        mut d: Decided,
+        address: &Address,
+        e: SendError,
+        now: i64,
+    ) -> Decided {
+        if let (SendError::Unregistered, Address::Push(token)) = (&e, address) {
+            self.profiles.mark_token_dead(&token.token);
+        }
+        if let (SendError::OptedOutAtProvider, Address::Phone(phone)) = (&e, address) {
+            // So every instance and the consent topic learn it.
+            self.feedback.set_opt_out(phone, true, now);
+            let field = |k: &str, v: &str| (k.to_string(), v.to_string());
+            let stop = crate::feedback::twilio::inbound_record(&[
+                field("From", phone),
+                field("Body", "STOP"),
+                field("MessageSid", ""),
+                field("herald_source", "twilio_error_21610"),
+            ]);
+            d.writes.push(self.recorder.publish(
+                &self.topics.feedback,
+                phone,
+                serde_json::to_vec(&stop).unwrap_or_default(),
+            ));
+        }
+        let reason = e.reason();
+        let record =
+            self.failed_send_record(&job.event, job.rule(), channel, &reason, e.to_string());
+        d.outcome.status = Status::Failed;
+        d.outcome.because(e.code(), reason);
+        d.dead_letter = Some(record);
+        d.may_hop = true;
+        d
+    }
+
+    /// A decision that fails before the send (rendering, unreadable
+    /// feedback state): `failed`, dead-lettered with the detail.
+    fn failed(
+        &self,
+        job: &Job,
+        channel: &ChannelRuntime,
+        mut d: Decided,
+        code: &'static str,
+        detail: String,
+    ) -> Decided {
+        d.outcome.status = Status::Failed;
+        d.outcome.because(code, code);
+        d.dead_letter =
+            Some(self.failed_send_record(&job.event, job.rule(), channel, code, detail));
+        d
+    }
+
+    /// A suppressed decision, counted by reason.
+    fn suppressed(&self, job: &Job, mut d: Decided, why: Suppression) -> Decided {
+        d.outcome = self.suppress(job, d.outcome, why);
+        d
     }
 
     pub(super) fn suppress(&self, job: &Job, mut outcome: Outcome, why: Suppression) -> Outcome {
@@ -586,6 +588,44 @@ impl Pipeline {
     }
 }
 
+/// The outcome of a decision not yet made: suppressed, with no reason yet.
+fn outcome_of(job: &Job, channel: &ChannelRuntime) -> Outcome {
+    let (event, rule) = (&*job.event, job.rule());
+    Outcome {
+        rule: rule.id.clone(),
+        rule_version: rule.version.clone(),
+        category: rule.category.clone(),
+        user: event.user.clone(),
+        channel: channel.channel.name.clone(),
+        status: Status::Suppressed,
+        reason: None,
+        reason_code: None,
+        idempotency_key: Arc::default(),
+        recipient: None,
+        provider_message_id: None,
+        attempts: 0,
+        key: event.key.clone(),
+        hops: Vec::new(),
+        next_channel: None,
+        release_ms: None,
+        pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
+        delivery: None,
+        shadow: false,
+        unknown_after_crash: false,
+        source: SourceRef {
+            topic: Arc::clone(&event.source),
+            partition: event.partition,
+            offset: event.offset,
+        },
+        timings: Timings {
+            event_ms: event.time_ms,
+            consumed_ms: event.consumed_ms,
+            matched_ms: job.matched_ms,
+            ..Timings::default()
+        },
+    }
+}
+
 /// Renders the rule's templates for a channel: push gets title and body, other
 /// channels the SMS text (falling back to the body).
 fn render(
@@ -615,10 +655,7 @@ fn render(
             .render(full, &seen)
             .map_err(|e| format!("template.{name}: {e}"))
     };
-    let push = matches!(
-        channel.channel.provider.kind(),
-        ProviderKind::Fcm | ProviderKind::Apns
-    );
+    let push = channel.channel.kind() == ChannelKind::Push;
     let body_part = match (push, rule.has_body, rule.has_text) {
         (true, true, _) | (false, true, false) => "body",
         _ => "text",

@@ -19,7 +19,7 @@ use crate::ingest::Incoming;
 use crate::metrics::activity::Happened;
 use crate::metrics::Metrics;
 use crate::outcome::{DeadLetter, Outcome, Pending, Recorder};
-use crate::policy::{Policy, Suppression};
+use crate::policy::{Policy, SuppressionCode};
 use crate::profile::ProfileTable;
 use crate::rules::{LiveRules, Verdict};
 use crate::state::{Changelog, Intent, LedgerEntry, LedgerStatus, SendLedger};
@@ -148,9 +148,9 @@ impl Pipeline {
         let durable = recorder.is_kafka();
         let recorder_for_state = recorder.clone();
         let reader = crate::kafka::profile_reader_config(&config.kafka);
-        let suppression_counters = Suppression::CODES
+        let suppression_counters = SuppressionCode::ALL
             .iter()
-            .map(|code| metrics.suppressions.with_label_values(&[code]))
+            .map(|code| metrics.suppressions.with_label_values(&[code.as_str()]))
             .collect();
         Pipeline {
             rules,

@@ -1,6 +1,8 @@
 //! Unit tests of the policy steps, each with an injected clock.
 use super::*;
 use crate::config::ChannelConfig;
+use crate::deliver::Channel;
+use crate::profile::{Profile, ProfileTable};
 
 fn console(name: &str) -> Channel {
     let circuit = prometheus::IntGauge::new("circuit", "circuit").unwrap();
@@ -13,8 +15,31 @@ fn console(name: &str) -> Channel {
     .unwrap()
 }
 
+/// A Twilio channel (never sent to here), for steps that care about SMS.
+fn twilio(name: &str) -> Channel {
+    let circuit = prometheus::IntGauge::new("circuit", "circuit").unwrap();
+    std::env::set_var("HERALD_POLICY_TEST_SID", "AC0000");
+    std::env::set_var("HERALD_POLICY_TEST_TOKEN", "secret");
+    let config = ChannelConfig {
+        provider: crate::config::ProviderKind::Twilio,
+        account_sid_env: Some("HERALD_POLICY_TEST_SID".into()),
+        auth_token_env: Some("HERALD_POLICY_TEST_TOKEN".into()),
+        from: Some("+15005550006".into()),
+        ..ChannelConfig::console()
+    };
+    Channel::from_config(name, &config, reqwest::Client::new(), circuit).unwrap()
+}
+
 fn ms(rfc3339: &str) -> i64 {
     rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+}
+
+/// What one decision is about (the rule's side of a draft).
+struct Subject<'a> {
+    rule: &'a str,
+    category: &'a str,
+    rule_policy: &'a RulePolicy,
+    event_ms: i64,
 }
 
 fn subject<'a>(category: &'a str, rule_policy: &'a RulePolicy, event_ms: i64) -> Subject<'a> {
@@ -23,6 +48,89 @@ fn subject<'a>(category: &'a str, rule_policy: &'a RulePolicy, event_ms: i64) ->
         category,
         rule_policy,
         event_ms,
+    }
+}
+
+fn draft<'a>(
+    profile: Option<&'a Profile>,
+    s: &'a Subject<'a>,
+    channel: &'a Channel,
+    now_ms: i64,
+) -> Draft<'a> {
+    Draft {
+        rule: s.rule,
+        category: s.category,
+        rule_policy: s.rule_policy,
+        campaign: None,
+        user: profile.map_or("u1", |p| &*p.user_id),
+        event_ms: s.event_ms,
+        profile,
+        channel,
+        now_ms,
+        address: None,
+        reservation: None,
+    }
+}
+
+/// The verdict of the chain's steps from `from` up to (not including)
+/// `until`, by name, in the chain's order, with no broker behind the
+/// feedback state.
+fn verdict(
+    policy: &Policy,
+    feedback: &FeedbackState,
+    d: &mut Draft<'_>,
+    from: &str,
+    until: &str,
+) -> Verdict {
+    let table = ProfileTable::default();
+    let cx = policy.context(feedback, &table, std::time::Duration::ZERO);
+    policy
+        .steps
+        .iter()
+        .skip_while(|s| s.name() != from)
+        .take_while(|s| s.name() != until)
+        .map(|s| s.check(d, &cx))
+        .find(|v| *v != Verdict::Continue)
+        .unwrap_or(Verdict::Continue)
+}
+
+/// The steps before the address (consent, category, freshness, quiet
+/// hours); a deferral reads as its reason.
+fn admit(
+    policy: &Policy,
+    profile: Option<&Profile>,
+    s: &Subject<'_>,
+    ch: &Channel,
+    now: i64,
+) -> Result<(), Suppression> {
+    let feedback = FeedbackState::offline(86_400_000);
+    match verdict(
+        policy,
+        &feedback,
+        &mut draft(profile, s, ch, now),
+        "consent",
+        "address",
+    ) {
+        Verdict::Continue => Ok(()),
+        Verdict::Suppress(s) | Verdict::Defer { because: s, .. } => Err(s),
+        Verdict::Fail(..) => panic!("no step fails offline"),
+    }
+}
+
+/// The caps step alone: `Some` when it took a place under a cap.
+fn reserve(
+    policy: &Policy,
+    profile: &Profile,
+    s: &Subject<'_>,
+    now: i64,
+) -> Result<Option<Reservation>, Suppression> {
+    let feedback = FeedbackState::offline(86_400_000);
+    let ch = console("push");
+    let mut d = draft(Some(profile), s, &ch, now);
+    match verdict(policy, &feedback, &mut d, "caps", "") {
+        Verdict::Continue => Ok(d.reservation),
+        Verdict::Suppress(s) => Err(s),
+        other => panic!("caps only suppress, got {other:?}"),
     }
 }
 
@@ -71,9 +179,10 @@ fn every_reason_code_has_a_metric_handle() {
         Suppression::InvalidTimeZone,
     ];
     for (i, s) in all.iter().enumerate() {
-        assert_eq!(s.code_index(), i, "{} is out of place in CODES", s.code());
+        assert_eq!(s.code_index(), i, "{} is out of place in ALL", s.code());
+        assert_eq!(SuppressionCode::ALL[i].as_str(), s.code());
     }
-    assert_eq!(all.len(), Suppression::CODES.len());
+    assert_eq!(all.len(), SuppressionCode::ALL.len());
     let texts: Vec<String> = all.iter().map(Suppression::text).collect();
     assert_eq!(
         texts,
@@ -133,10 +242,7 @@ fn consent_and_preferences_come_first() {
     let now = ms("2026-07-01T15:00:00Z");
     let s = subject("fraud", &none, now);
     assert_eq!(
-        policy
-            .admit(None, &s, &ch, now, false)
-            .unwrap_err()
-            .to_string(),
+        admit(&policy, None, &s, &ch, now).unwrap_err().to_string(),
         "no_profile"
     );
     let mut p = Profile {
@@ -144,8 +250,7 @@ fn consent_and_preferences_come_first() {
         ..Profile::default()
     };
     assert_eq!(
-        policy
-            .admit(Some(&p), &s, &ch, now, false)
+        admit(&policy, Some(&p), &s, &ch, now)
             .unwrap_err()
             .to_string(),
         "no_consent:push"
@@ -154,13 +259,12 @@ fn consent_and_preferences_come_first() {
     p.preferences.insert("marketing".into(), false);
     let m = subject("marketing", &none, now);
     assert_eq!(
-        policy
-            .admit(Some(&p), &m, &ch, now, false)
+        admit(&policy, Some(&p), &m, &ch, now)
             .unwrap_err()
             .to_string(),
         "category_off:marketing"
     );
-    assert!(policy.admit(Some(&p), &s, &ch, now, false).is_ok());
+    assert!(admit(&policy, Some(&p), &s, &ch, now).is_ok());
     assert_eq!(
         address(&p, &console("sms"), &ProfileTable::default())
             .unwrap()
@@ -182,24 +286,17 @@ fn stale_messages_are_dropped_by_event_age() {
     };
     let s = subject("transactional", &tight, event);
     assert!(
-        policy
-            .admit(Some(&p), &s, &ch, event + 30_000, false)
-            .is_ok(),
+        admit(&policy, Some(&p), &s, &ch, event + 30_000).is_ok(),
         "exactly at the limit is fresh"
     );
-    let late = policy
-        .admit(Some(&p), &s, &ch, event + 42_000, false)
-        .unwrap_err();
+    let late = admit(&policy, Some(&p), &s, &ch, event + 42_000).unwrap_err();
     assert_eq!(late.to_string(), "stale:42s>30s");
     // Without a rule override, the category's ten minutes apply.
     let none = RulePolicy::default();
     let s = subject("transactional", &none, event);
-    assert!(policy
-        .admit(Some(&p), &s, &ch, event + 599_000, false)
-        .is_ok());
+    assert!(admit(&policy, Some(&p), &s, &ch, event + 599_000).is_ok());
     assert_eq!(
-        policy
-            .admit(Some(&p), &s, &ch, event + 601_000, false)
+        admit(&policy, Some(&p), &s, &ch, event + 601_000)
             .unwrap_err()
             .code(),
         "stale"
@@ -209,25 +306,53 @@ fn stale_messages_are_dropped_by_event_age() {
 #[test]
 fn a_number_that_said_stop_is_refused_as_consent_is_before_quiet_hours_and_caps() {
     let policy = Policy::default();
-    let ch = console("push");
-    let p = profile("America/Chicago");
+    let sms = twilio("sms");
+    let mut p = profile("America/Chicago");
+    p.consent.insert("sms".into(), true);
+    p.phone = Some("+14155552671".into());
     let none = RulePolicy::default();
     // 21:30 CDT: marketing is in quiet hours; the STOP decides first.
     let now = ms("2026-07-02T02:30:00Z");
     let s = subject("marketing", &none, now);
+    let feedback = FeedbackState::offline(86_400_000);
+    let chain = |feedback: &FeedbackState| {
+        let mut d = draft(Some(&p), &s, &sms, now);
+        let consent = policy.steps.iter().find(|s| s.name() == "consent").unwrap();
+        let reads = consent.reads_feedback(&d);
+        (
+            reads,
+            verdict(&policy, feedback, &mut d, "consent", "address"),
+        )
+    };
+    let (reads, before) = chain(&feedback);
     assert_eq!(
-        policy
-            .admit(Some(&p), &s, &ch, now, false)
-            .unwrap_err()
-            .code(),
-        "quiet_hours"
+        reads,
+        Some(Unknown::Consent),
+        "the STOP list is read for SMS"
+    );
+    let Verdict::Suppress(quiet) = before else {
+        panic!("marketing at 21:30 is dropped by default, got {before:?}");
+    };
+    assert_eq!(quiet.code(), "quiet_hours");
+    feedback.set_opt_out("+14155552671", true, now - 1);
+    assert_eq!(
+        chain(&feedback).1,
+        Verdict::Suppress(Suppression::OptedOut {
+            channel: "sms".into()
+        })
     );
     assert_eq!(
-        policy
-            .admit(Some(&p), &s, &ch, now, true)
-            .unwrap_err()
-            .to_string(),
-        "no_consent:push:opted_out"
+        Suppression::OptedOut {
+            channel: "sms".into()
+        }
+        .to_string(),
+        "no_consent:sms:opted_out"
+    );
+    // A push channel has no phone: the STOP list is neither read nor waited for.
+    let push = console("push");
+    assert_eq!(
+        policy.steps[0].reads_feedback(&draft(Some(&p), &s, &push, now)),
+        None
     );
 }
 
@@ -239,9 +364,14 @@ fn quiet_hours_follow_the_recipient_zone_across_daylight_saving() {
     let none = RulePolicy::default();
     let at = |t: &str| {
         let now = ms(t);
-        policy
-            .admit(Some(&p), &subject("marketing", &none, now), &ch, now, false)
-            .map(|_| ())
+        admit(
+            &policy,
+            Some(&p),
+            &subject("marketing", &none, now),
+            &ch,
+            now,
+        )
+        .map(|_| ())
     };
     // 02:30 UTC on 8 March 2026 is 20:30 CST (UTC-6) the evening before: allowed.
     assert!(at("2026-03-08T02:30:00Z").is_ok());
@@ -258,16 +388,19 @@ fn quiet_hours_follow_the_recipient_zone_across_daylight_saving() {
     );
     // Fraud bypasses quiet hours explicitly; a rule can turn them off.
     let now = ms("2026-12-01T13:30:00Z");
-    assert!(policy
-        .admit(Some(&p), &subject("fraud", &none, now), &ch, now, false)
-        .is_ok());
+    assert!(admit(&policy, Some(&p), &subject("fraud", &none, now), &ch, now).is_ok());
     let off = RulePolicy {
         quiet_hours: Some(QuietHoursSetting::Off),
         ..RulePolicy::default()
     };
-    assert!(policy
-        .admit(Some(&p), &subject("marketing", &off, now), &ch, now, false)
-        .is_ok());
+    assert!(admit(
+        &policy,
+        Some(&p),
+        &subject("marketing", &off, now),
+        &ch,
+        now
+    )
+    .is_ok());
 }
 
 #[test]
@@ -277,10 +410,9 @@ fn caps_apply_unless_the_category_bypasses_them() {
     let none = RulePolicy::default();
     let t0 = ms("2026-07-01T15:00:00Z");
     let m = subject("marketing", &none, t0);
-    assert!(policy.reserve(&user, &m, t0).unwrap().is_some());
+    assert!(reserve(&policy, &user, &m, t0).unwrap().is_some());
     assert_eq!(
-        policy
-            .reserve(&user, &m, t0 + 1000)
+        reserve(&policy, &user, &m, t0 + 1000)
             .unwrap_err()
             .to_string(),
         "cap:marketing:1/hour"
@@ -288,7 +420,7 @@ fn caps_apply_unless_the_category_bypasses_them() {
     let f = subject("fraud", &none, t0);
     for i in 0..50 {
         assert!(
-            policy.reserve(&user, &f, t0 + i).unwrap().is_none(),
+            reserve(&policy, &user, &f, t0 + i).unwrap().is_none(),
             "fraud is never capped"
         );
     }
@@ -303,11 +435,11 @@ fn caps_apply_unless_the_category_bypasses_them() {
         event_ms: t0,
     };
     assert!(
-        policy.reserve(&user, &r, t0).unwrap().is_some(),
+        reserve(&policy, &user, &r, t0).unwrap().is_some(),
         "a rule's own cap applies even to fraud"
     );
     assert_eq!(
-        policy.reserve(&user, &r, t0 + 5).unwrap_err().to_string(),
+        reserve(&policy, &user, &r, t0 + 5).unwrap_err().to_string(),
         "cap:rule:once:1/day"
     );
 }
@@ -319,15 +451,13 @@ fn quiet(
     rule: &RulePolicy,
     now: i64,
 ) -> Result<(), Suppression> {
-    policy
-        .admit(
-            Some(p),
-            &subject(category, rule, now),
-            &console("push"),
-            now,
-            false,
-        )
-        .map(|_| ())
+    admit(
+        policy,
+        Some(p),
+        &subject(category, rule, now),
+        &console("push"),
+        now,
+    )
 }
 
 #[test]
@@ -404,20 +534,30 @@ fn a_held_message_is_released_at_the_end_unless_it_went_stale() {
     };
     let event = ms("2026-12-02T04:00:00Z"); // 22:00 CST
     let s = subject("marketing", &hold, event);
-    assert!(policy.holds(&s));
+    let feedback = FeedbackState::offline(86_400_000);
+    let push = console("push");
+    let quiet_step = |s: &Subject<'_>| {
+        verdict(
+            &policy,
+            &feedback,
+            &mut draft(Some(&p), s, &push, event),
+            "quiet_hours",
+            "address",
+        )
+    };
+    assert!(matches!(quiet_step(&s), Verdict::Defer { .. }), "held");
     assert!(
-        !policy.holds(&subject("marketing", &RulePolicy::default(), event)),
+        matches!(
+            quiet_step(&subject("marketing", &RulePolicy::default(), event)),
+            Verdict::Suppress(Suppression::QuietHours { .. })
+        ),
         "drop by default"
     );
     let end = until(quiet(&policy, &p, "marketing", &hold, event));
     assert_eq!(end, ms("2026-12-02T14:00:00Z"));
     // At release the same steps run again: a minute before the end it is still quiet,
     // at the end it passes.
-    let check = |now| {
-        policy
-            .admit(Some(&p), &s, &console("push"), now, false)
-            .map(|_| ())
-    };
+    let check = |now| admit(&policy, Some(&p), &s, &console("push"), now).map(|_| ());
     assert_eq!(check(end - 60_000).unwrap_err().code(), "quiet_hours");
     assert!(check(end).is_ok());
     // With a freshness limit shorter than the night, the held message is stale at release.
@@ -428,8 +568,7 @@ fn a_held_message_is_released_at_the_end_unless_it_went_stale() {
     };
     let s = subject("marketing", &short, event);
     assert_eq!(
-        policy
-            .admit(Some(&p), &s, &console("push"), end, false)
+        admit(&policy, Some(&p), &s, &console("push"), end)
             .unwrap_err()
             .to_string(),
         "stale:36000s>3600s"
@@ -443,17 +582,18 @@ fn caps_count_up_to_their_exact_boundary_and_users_can_tighten_them() {
     let t0 = ms("2026-07-01T15:00:00Z");
     let m = subject("marketing", &none, t0);
     let user = profile("UTC");
-    policy.reserve(&user, &m, t0).unwrap();
+    reserve(&policy, &user, &m, t0).unwrap();
     assert_eq!(
-        policy
-            .reserve(&user, &m, t0 + 3_599_999)
+        reserve(&policy, &user, &m, t0 + 3_599_999)
             .unwrap_err()
             .to_string(),
         "cap:marketing:1/hour",
         "one millisecond inside the hour"
     );
     assert!(
-        policy.reserve(&user, &m, t0 + 3_600_000).unwrap().is_some(),
+        reserve(&policy, &user, &m, t0 + 3_600_000)
+            .unwrap()
+            .is_some(),
         "exactly one hour later the first send has left the window"
     );
     let mut strict = profile("UTC");
@@ -464,10 +604,9 @@ fn caps_count_up_to_their_exact_boundary_and_users_can_tighten_them() {
     strict
         .caps
         .insert("all".into(), vec!["2/day".parse().unwrap()]);
-    policy.reserve(&strict, &m, t0).unwrap();
+    reserve(&policy, &strict, &m, t0).unwrap();
     assert_eq!(
-        policy
-            .reserve(&strict, &m, t0 + 7_200_000)
+        reserve(&policy, &strict, &m, t0 + 7_200_000)
             .unwrap_err()
             .to_string(),
         "cap:marketing:1/day",
@@ -479,14 +618,16 @@ fn caps_count_up_to_their_exact_boundary_and_users_can_tighten_them() {
         ..RulePolicy::default()
     };
     let c = subject("news", &capped, t0);
-    assert!(policy.reserve(&strict, &c, t0 + 1).unwrap().is_some());
+    assert!(reserve(&policy, &strict, &c, t0 + 1).unwrap().is_some());
     assert_eq!(
-        policy.reserve(&strict, &c, t0 + 2).unwrap_err().to_string(),
+        reserve(&policy, &strict, &c, t0 + 2)
+            .unwrap_err()
+            .to_string(),
         "cap:all:2/day",
         "the user's own cap across categories"
     );
     assert!(
-        policy.reserve(&strict, &t, t0 + 3).unwrap().is_none(),
+        reserve(&policy, &strict, &t, t0 + 3).unwrap().is_none(),
         "transactional still bypasses caps"
     );
 }
@@ -505,7 +646,19 @@ fn engagement_elsewhere_suppresses_within_its_window() {
     }))
     .unwrap();
     let now = ms("2026-07-01T15:00:00Z");
-    let check = |campaign| policy.engaged_elsewhere(&feedback, "u1", &rule, campaign, now);
+    let push = console("push");
+    let engaged = |user: &str, campaign: Option<&str>, now: i64| -> Result<(), Suppression> {
+        let s = subject("marketing", &rule, now);
+        let mut d = draft(None, &s, &push, now);
+        d.user = user;
+        d.campaign = campaign;
+        match verdict(&policy, &feedback, &mut d, "engagement", "caps") {
+            Verdict::Continue => Ok(()),
+            Verdict::Suppress(s) => Err(s),
+            other => panic!("engagement only suppresses, got {other:?}"),
+        }
+    };
+    let check = |campaign| engaged("u1", campaign, now);
     assert!(check(Some("spring")).is_ok());
     feedback.engaged_now("u1", "email_opened", Some("spring"), now - 7_200_000);
     assert_eq!(
@@ -514,17 +667,9 @@ fn engagement_elsewhere_suppresses_within_its_window() {
         "exactly two hours ago is within"
     );
     assert!(check(Some("autumn")).is_ok(), "another campaign");
+    assert!(engaged("u2", Some("spring"), now).is_ok(), "another user");
     assert!(
-        policy
-            .engaged_elsewhere(&feedback, "u2", &rule, Some("spring"), now)
-            .is_ok(),
-        "another user"
-    );
-    let later = now + 1;
-    assert!(
-        policy
-            .engaged_elsewhere(&feedback, "u1", &rule, Some("spring"), later)
-            .is_ok(),
+        engaged("u1", Some("spring"), now + 1).is_ok(),
         "a millisecond past the window"
     );
 }
@@ -549,4 +694,19 @@ fn a_bad_time_zone_suppresses_only_what_quiet_hours_govern() {
         quiet(&policy, &p, "fraud", &none, now).is_ok(),
         "fraud bypasses quiet hours, so the zone is not needed"
     );
+}
+
+#[test]
+fn the_documented_order_is_the_order_the_chain_runs() {
+    let doc = include_str!("../../docs/analysts/policy.md");
+    let documented: Vec<&str> = doc
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            let number = cells.next()?;
+            let name = cells.next()?;
+            (number.parse::<u32>().is_ok() && name.starts_with('`')).then(|| name.trim_matches('`'))
+        })
+        .collect();
+    assert_eq!(documented, Policy::default().step_names());
 }

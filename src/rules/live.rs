@@ -18,7 +18,7 @@ use super::error::{RuleError, RuleErrors};
 use super::load::load_dir;
 use super::set::RuleSet;
 use crate::metrics::Metrics;
-use crate::policy::Suppression;
+use crate::policy::SuppressionCode;
 use crate::util::now_ms;
 
 /// A rule set with its per-rule metric handles, made once per load.
@@ -34,7 +34,7 @@ pub struct Loaded {
     /// `herald_rule_suppressions_total{rule,reason}` per rule, by rule index
     /// and reason code (`Suppression::code_index`); each made at its first
     /// use, so a rule shows only the reasons it has met.
-    pub suppressions: Vec<[OnceLock<IntCounter>; Suppression::CODES.len()]>,
+    pub suppressions: Vec<[OnceLock<IntCounter>; SuppressionCode::ALL.len()]>,
     /// Counts loads; 1 is the first.
     pub generation: u64,
     /// When this set was loaded, epoch ms.

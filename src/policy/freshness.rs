@@ -1,0 +1,36 @@
+//! Policy step: the event is not too old to be worth a message (`max_age_s`, by event time).
+
+use super::step::{Context, Draft, Step, Verdict};
+use super::{PolicyConfig, Suppression};
+
+/// A late contextual message is worse than none.
+pub struct Freshness;
+
+/// The freshness limit of a draft, in seconds: the rule's, else its
+/// category's; `None` for no limit.
+pub fn max_age_s(settings: &PolicyConfig, draft: &Draft<'_>) -> Option<u64> {
+    draft
+        .rule_policy
+        .max_age_s
+        .or(settings.category(draft.category).max_age_s)
+}
+
+impl Step for Freshness {
+    fn name(&self) -> &'static str {
+        "freshness"
+    }
+
+    fn check(&self, draft: &mut Draft<'_>, cx: &Context<'_>) -> Verdict {
+        let Some(max_s) = max_age_s(cx.settings, draft) else {
+            return Verdict::Continue;
+        };
+        let age_ms = draft.now_ms - draft.event_ms;
+        if age_ms > (max_s as i64) * 1000 {
+            return Verdict::Suppress(Suppression::Stale {
+                age_s: age_ms / 1000,
+                max_s,
+            });
+        }
+        Verdict::Continue
+    }
+}

@@ -1,0 +1,83 @@
+//! Policy step: quiet hours in the recipient's time zone — drop the message, or hold it until they end.
+
+use super::freshness::max_age_s;
+use super::step::{Context, Draft, Step, Verdict};
+use super::{Bypass, QuietAction, QuietHours, QuietHoursSetting, Suppression};
+
+/// The window is the rule's (`quiet_hours`, or `off`), else its category's
+/// unless the category bypasses quiet hours; the user's own window replaces
+/// whichever applies but never adds one. A held message is released when the
+/// window ends, if it will still be fresh then; otherwise it is dropped now.
+pub struct QuietHoursStep;
+
+impl Step for QuietHoursStep {
+    fn name(&self) -> &'static str {
+        "quiet_hours"
+    }
+
+    fn check(&self, draft: &mut Draft<'_>, cx: &Context<'_>) -> Verdict {
+        let Some(profile) = draft.profile else {
+            return Verdict::Continue;
+        };
+        let category = cx.settings.category(draft.category);
+        let quiet = match &draft.rule_policy.quiet_hours {
+            Some(QuietHoursSetting::Off) => None,
+            None if category.bypass.contains(&Bypass::QuietHours) => None,
+            Some(QuietHoursSetting::Window(w)) => Some(*w),
+            None => category.quiet_hours,
+        };
+        let Some(window) = quiet.map(|w| profile.quiet_hours.unwrap_or(w)) else {
+            return Verdict::Continue;
+        };
+        if profile.time_zone_invalid {
+            return Verdict::Suppress(Suppression::InvalidTimeZone);
+        }
+        let zone = profile.time_zone.as_deref().unwrap_or("UTC");
+        let tz = crate::util::time_zone(zone).unwrap_or(jiff::tz::TimeZone::UTC);
+        let local = jiff::Timestamp::from_millisecond(draft.now_ms)
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+            .to_zoned_datetime(tz);
+        if !window.contains(local.hour() as u16 * 60 + local.minute() as u16) {
+            return Verdict::Continue;
+        }
+        let until_ms = quiet_end_ms(&local, window);
+        let because = Suppression::QuietHours {
+            window,
+            zone: zone.to_string(),
+            until_ms,
+        };
+        let action = draft
+            .rule_policy
+            .on_quiet_hours
+            .unwrap_or(category.on_quiet_hours);
+        let fresh_then = max_age_s(cx.settings, draft)
+            .is_none_or(|max| until_ms - draft.event_ms <= max as i64 * 1000);
+        if action == QuietAction::Hold && fresh_then {
+            Verdict::Defer { until_ms, because }
+        } else {
+            Verdict::Suppress(because)
+        }
+    }
+}
+
+/// When the quiet window that `local` falls in ends: the next local `end`
+/// time, in the same zone. A local time skipped by a daylight-saving change
+/// resolves to the instant after the gap.
+fn quiet_end_ms(local: &jiff::ZonedDateTime, window: QuietHours) -> i64 {
+    let end = jiff::civil::time((window.end / 60) as i8, (window.end % 60) as i8, 0, 0);
+    let at = |date: jiff::civil::Date| {
+        date.to_datetime(end)
+            .to_zoned_datetime(local.time_zone().clone())
+            .map(|z| z.timestamp().as_millisecond())
+    };
+    let today = at(local.date()).unwrap_or(i64::MAX);
+    if today > local.timestamp().as_millisecond() {
+        return today;
+    }
+    local
+        .date()
+        .tomorrow()
+        .ok()
+        .and_then(|d| at(d).ok())
+        .unwrap_or(i64::MAX)
+}
