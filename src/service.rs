@@ -14,7 +14,7 @@ use tracing::info;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::deliver::{http_client, Channel};
-use crate::engine::{ChannelRuntime, Pipeline};
+use crate::engine::{ChannelRuntime, Engine, StageContext};
 use crate::feedback::FeedbackState;
 use crate::ingest::offsets::OffsetTracker;
 use crate::ingest::{consume, ConsumerHealth, HeraldContext};
@@ -46,7 +46,8 @@ pub enum Error {
 /// A started instance.
 pub struct Running {
     admin_addr: SocketAddr,
-    pipeline: Arc<Pipeline>,
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
     health: Arc<ConsumerHealth>,
     grace: Duration,
     shutdown: watch::Sender<bool>,
@@ -64,12 +65,12 @@ impl Running {
     pub fn watch_decisions(
         &self,
     ) -> tokio::sync::broadcast::Receiver<Arc<crate::engine::Decision>> {
-        self.pipeline.watch_decisions()
+        self.engine.watch_decisions()
     }
 
     /// The instance's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.pipeline.metrics
+        &self.metrics
     }
 
     /// Resolves when the instance cannot go on (its consumer failed fatally),
@@ -250,37 +251,28 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
 
     let table = Arc::clone(&profiles);
     let state_loaded = Arc::clone(&feedback);
-    let mut pipeline = Pipeline::new(
-        rules,
-        profiles,
+    let parts = crate::engine::Parts {
+        context: StageContext {
+            rules,
+            profiles,
+            recorder,
+            metrics: Arc::clone(&metrics),
+            clock: Arc::new(crate::util::SystemClock),
+        },
         feedback,
         channels,
-        recorder,
-        Arc::clone(&metrics),
-        &config,
-    );
-    pipeline
-        .pattern_changelogs
-        .retain(|source, _| with_changelog.contains(source));
-    let pipeline = Arc::new(pipeline);
-    let stores: Arc<dyn crate::ingest::PartitionStores> = Arc::clone(&pipeline) as _;
+        changelogs: Some(with_changelog),
+    };
+    let engine = Arc::new(Engine::new(parts, &config));
+    let stores: Arc<dyn crate::ingest::PartitionStores> = Arc::clone(&engine) as _;
     let _ = consumer.context().stores.set(stores);
-    let held_reader = Arc::clone(&pipeline);
-    let held_shutdown = shutdown_rx.clone();
-    background.push(tokio::spawn(async move {
-        held_reader.held_log.follow(held_shutdown).await
-    }));
-    background.push(tokio::spawn(
-        Arc::clone(&pipeline).release_held(Arc::clone(&health), shutdown_rx.clone()),
-    ));
-    background.push(tokio::spawn(
-        Arc::clone(&pipeline).run_patterns(shutdown_rx.clone()),
-    ));
+    background.extend(engine.spawn_tasks(Arc::clone(&health), shutdown_rx.clone()));
     let limits = config.limits.clone();
     let health_handle = Arc::clone(&health);
     let seed_client = kafka::profile_reader_config(&config.kafka);
     let outcomes_topic = config.topics.outcomes.clone();
-    let handle = Arc::clone(&pipeline);
+    let handle = Arc::clone(&engine);
+    let consume_metrics = Arc::clone(&metrics);
     let mut stop = shutdown_rx.clone();
     let consumer_task = tokio::spawn(async move {
         // Events are matched against profiles, opt-outs and engagement, so
@@ -291,11 +283,9 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         }
         // Sends made just before a crash are in the outcomes topic; their
         // events may come again (past the last commit) and must not resend.
-        let seeder = Arc::clone(&pipeline);
+        let seeder = Arc::clone(&engine);
         let seeding = tokio::task::spawn_blocking(move || {
-            seeder
-                .recent
-                .seed_from_outcomes(&seed_client, &outcomes_topic, 20_000)
+            seeder.seed_recent_sends(&seed_client, &outcomes_topic, 20_000)
         });
         // A shutdown during start-up never joins the group.
         let seeded = tokio::select! {
@@ -315,11 +305,10 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
             return;
         }
         info!(topics = ?topics, "profiles and feedback loaded; consuming");
-        let metrics = Arc::clone(&pipeline.metrics);
         consume(
             consumer,
-            pipeline,
-            metrics,
+            engine,
+            consume_metrics,
             tracker,
             health,
             &limits,
@@ -329,7 +318,8 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     });
     Ok(Running {
         admin_addr,
-        pipeline: handle,
+        engine: handle,
+        metrics,
         health: health_handle,
         grace: config.limits.shutdown_grace(),
         shutdown: shutdown_tx,

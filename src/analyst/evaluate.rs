@@ -73,7 +73,7 @@ pub async fn evaluate(
     offline
         .event(&request.topic, request.key.as_deref(), &payload, at_ms)
         .await;
-    let loaded = offline.pipeline.rules.current();
+    let loaded = offline.rules.current();
     let matched: Vec<&str> = loaded
         .set
         .rules

@@ -15,7 +15,7 @@ use crate::deliver::breaker::Breaker;
 use crate::deliver::{
     retry::RetryPolicy, Address, Channel, Delivered, Message, Provider, SendFuture,
 };
-use crate::engine::{ChannelRuntime, Decision, Pipeline};
+use crate::engine::{ChannelRuntime, Decision, Engine, Parts, StageContext};
 use crate::feedback::FeedbackState;
 use crate::ingest::Incoming;
 use crate::metrics::Metrics;
@@ -65,7 +65,10 @@ pub struct Seen {
 
 /// The pipeline on a virtual clock, recording instead of sending.
 pub struct Offline {
-    pub pipeline: Arc<Pipeline>,
+    pub engine: Arc<Engine>,
+    /// The rules the engine runs.
+    pub rules: Arc<LiveRules>,
+    feedback: Arc<FeedbackState>,
     pub clock: Arc<ManualClock>,
     pub profiles: Arc<ProfileTable>,
     metrics: Arc<Metrics>,
@@ -122,20 +125,25 @@ impl Offline {
         );
         let profiles = ProfileTable::new();
         let feedback = FeedbackState::offline(config.feedback.lookback.ms());
-        let mut pipeline = Pipeline::new(
-            rules,
-            Arc::clone(&profiles),
-            feedback,
-            channels,
-            recorder,
-            Arc::clone(&metrics),
-            config,
-        );
         let clock = Arc::new(ManualClock::default());
-        pipeline.clock = Arc::clone(&clock) as Arc<dyn crate::util::Clock>;
-        let decisions = Mutex::new(pipeline.watch_decisions());
+        let parts = Parts {
+            context: StageContext {
+                rules: Arc::clone(&rules),
+                profiles: Arc::clone(&profiles),
+                recorder,
+                metrics: Arc::clone(&metrics),
+                clock: Arc::clone(&clock) as Arc<dyn crate::util::Clock>,
+            },
+            feedback: Arc::clone(&feedback),
+            channels,
+            changelogs: None,
+        };
+        let engine = Engine::new(parts, config);
+        let decisions = Mutex::new(engine.watch_decisions());
         Offline {
-            pipeline: Arc::new(pipeline),
+            engine: Arc::new(engine),
+            rules,
+            feedback,
             clock,
             profiles,
             metrics,
@@ -170,13 +178,13 @@ impl Offline {
     pub async fn advance(&self, to_ms: i64) {
         loop {
             let now = crate::util::Clock::now_ms(&*self.clock);
-            if !self.pipeline.has_pending() || now + 1000 >= to_ms {
+            if !self.engine.has_pending() || now + 1000 >= to_ms {
                 self.clock.set(to_ms.max(now));
-                self.pipeline.tick().await;
+                self.engine.tick().await;
                 return;
             }
             self.clock.set(now + 1000);
-            self.pipeline.tick().await;
+            self.engine.tick().await;
         }
     }
 
@@ -207,11 +215,11 @@ impl Offline {
         self.advance(at_ms).await;
         if topic == self.feedback_topic {
             if let Ok(record) = crate::feedback::Feedback::parse(payload, at_ms) {
-                self.pipeline.feedback.apply(&record, at_ms);
+                self.feedback.apply(&record, at_ms);
             }
         }
         let writes = self
-            .pipeline
+            .engine
             .handle(Incoming {
                 topic: topic.to_string(),
                 partition: 0,

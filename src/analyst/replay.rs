@@ -148,7 +148,7 @@ pub(super) fn offsets_of(events: &[Recorded]) -> Vec<i64> {
 
 /// Matches per rule so far.
 pub(super) fn rule_matches(offline: &Offline) -> Vec<(String, u64)> {
-    let loaded = offline.pipeline.rules.current();
+    let loaded = offline.rules.current();
     loaded
         .set
         .rules

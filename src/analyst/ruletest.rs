@@ -136,7 +136,7 @@ pub async fn run_file(
     let mut results = Vec::new();
     for case in parsed.tests {
         let offline = Offline::new(config, rules_dir).map_err(|e| e.to_string())?;
-        let known = |id: &str| offline.pipeline.rules.current().set.get(id).is_some();
+        let known = |id: &str| offline.rules.current().set.get(id).is_some();
         let at = |line: usize, msg: String| format!("{}:{line}: {msg}", file.display());
         let line = case.name.referenced.line() as usize;
         for e in &case.expect {

@@ -7,226 +7,36 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::IntCounter;
 use tracing::warn;
 
-use super::held::{AlreadyHeld, Held, HeldMessage};
+use super::decider::Decided;
 use super::job::Job;
-use super::{ChannelRuntime, Pipeline};
+use super::{ChannelRuntime, Decider};
 use crate::config::OnUnknown;
 use crate::deliver::{send_with_retry, Address, ChannelKind, Message, SendError};
 use crate::feedback::{SentRecord, SentRef};
 use crate::ingest::decode::Event;
-use crate::outcome::{DeadLetter, Hop, Outcome, Pending, SourceRef, Status, Timings};
+use crate::outcome::{DeadLetter, Outcome, SourceRef, Status, Timings};
 use crate::policy::{Draft, Suppression, Unknown, Verdict};
 use crate::profile::Profile;
 use crate::render::{JsonFields, RuleScope, Scope};
 use crate::rules::Rule;
 use crate::state::{LedgerEntry, LedgerStatus, Seen};
 
-/// One (rule, channel) decision and what must be written for it.
-pub struct Decided {
-    pub outcome: Outcome,
-    pub message: Option<Message>,
-    pub dead_letter: Option<DeadLetter>,
-    /// The rule's decision counters (sent, suppressed, failed, held).
-    pub counters: [IntCounter; 4],
-    /// A fallback chain may try its next channel after this decision.
-    may_hop: bool,
-    /// Deferred: hold the message until then, epoch ms.
-    hold_until: Option<i64>,
-    /// Writes besides the outcome and dead letter (the held topic).
-    pub writes: Vec<Pending>,
-    /// The send-ledger key to record this decision under; `None` for a
-    /// redelivery the ledger already knew.
-    pub ledger_key: Option<String>,
-}
-
-impl Decided {
-    /// A decision not yet made, recorded under `ledger_key`.
-    fn new(job: &Job, outcome: Outcome, ledger_key: String) -> Decided {
-        Decided {
-            outcome,
-            message: None,
-            dead_letter: None,
-            counters: job.loaded.decisions[job.rule].clone(),
-            may_hop: false,
-            hold_until: None,
-            writes: Vec::new(),
-            ledger_key: Some(ledger_key),
-        }
-    }
-}
-
-impl Pipeline {
-    /// Decides `chain` in order for one rule and event: each channel's decision,
-    /// stopping at the first that is not passed over.
-    pub(super) async fn run_chain(
-        &self,
-        job: &Job,
-        chain: &[String],
-        mut hops: Vec<Hop>,
-    ) -> Vec<Decided> {
-        let mut decided = Vec::new();
-        for (i, name) in chain.iter().enumerate() {
-            let Some(channel) = self.channels.get(name) else {
-                continue;
-            };
-            // Boxed: a decision holds much across its awaits, and a chain
-            // future that held it inline would be copied whole each time it
-            // moves (into the list of chains, into the join).
-            let mut d = Box::pin(self.decide(job, channel)).await;
-            d.outcome.hops = hops.clone();
-            if let Some(release_ms) = d.hold_until {
-                let held = Held {
-                    release_ms,
-                    idempotency_key: d.outcome.idempotency_key.to_string(),
-                    collapse: job
-                        .rule()
-                        .collapse_key
-                        .as_ref()
-                        .map(|c| format!("{}\u{0}{}\u{0}{c}", job.event.user, job.rule().id)),
-                    item: HeldMessage {
-                        job: job.for_release(),
-                        chain: chain[i..].to_vec(),
-                        hops: hops.clone(),
-                        outcome: d.outcome.clone(),
-                        unless_heard_of: None,
-                    },
-                };
-                match self.defer(held) {
-                    Ok((record, replaced)) => {
-                        d.writes.push(record);
-                        if let Some(old) = replaced {
-                            let mut gone = self.collapsed(old.item);
-                            self.held_log.forget(&old.idempotency_key);
-                            gone.writes.push(
-                                self.recorder
-                                    .tombstone(&self.held_log.topic, &old.idempotency_key),
-                            );
-                            decided.push(gone);
-                        }
-                        decided.push(d);
-                    }
-                    Err(_) => {
-                        // Already held: the held one keeps the ledger's `held`.
-                        let d = Decided {
-                            hold_until: None,
-                            ledger_key: None,
-                            ..d
-                        };
-                        decided.push(self.suppressed(job, d, Suppression::Duplicate));
-                    }
-                }
-                break;
-            }
-            let next = chain.get(i + 1);
-            if let (Status::Sent, Some(next), Some(wait), false) = (
-                d.outcome.status,
-                next,
-                job.rule().await_delivery_ms,
-                d.outcome.shadow,
-            ) {
-                let record =
-                    self.await_delivery(job, &d.outcome, &chain[i + 1..], hops, next, wait);
-                d.writes.extend(record);
-                decided.push(d);
-                break;
-            }
-            let hop = d.may_hop && next.is_some();
-            if hop {
-                d.outcome.next_channel = next.cloned();
-                hops.push(Hop {
-                    channel: name.clone(),
-                    reason: d.outcome.reason.clone().unwrap_or_default(),
-                });
-            }
-            decided.push(d);
-            if !hop {
-                break;
-            }
-        }
-        decided
-    }
-
-    /// After a send on a fallback chain with `await_delivery`: defers the
-    /// rest of the chain, to run unless a delivery receipt arrives in time.
-    fn await_delivery(
-        &self,
-        job: &Job,
-        sent: &Outcome,
-        rest: &[String],
-        mut hops: Vec<Hop>,
-        next: &str,
-        wait_ms: i64,
-    ) -> Option<Pending> {
-        let what = format!("{}:{}", sent.channel, crate::util::Span(wait_ms as u64));
-        hops.push(Hop {
-            channel: sent.channel.to_string(),
-            reason: format!("not_delivered:{what}"),
-        });
-        let mut outcome = sent.clone();
-        outcome.channel = next.into();
-        outcome.status = Status::Held;
-        // Not an outcome (the held topic keeps it): no decision is counted.
-        outcome.because("awaiting_delivery", format!("awaiting_delivery:{what}"));
-        outcome.hops = hops.clone();
-        let release_ms = self.clock.now_ms() + wait_ms;
-        outcome.release_ms = Some(release_ms);
-        let held = Held {
-            release_ms,
-            idempotency_key: format!("{}/awaiting-delivery", sent.idempotency_key),
-            collapse: None,
-            item: HeldMessage {
-                job: job.for_release(),
-                chain: rest.to_vec(),
-                hops,
-                outcome,
-                unless_heard_of: Some(sent.idempotency_key.to_string()),
-            },
-        };
-        self.defer(held).ok().map(|(record, _)| record)
-    }
-
-    /// Defers a decision: holds the message until its release time, when
-    /// its chain runs again from the first policy step, and writes it to the
-    /// held topic. The one mechanism behind every deferral (quiet hours, a
-    /// wait for a delivery receipt). Returns the held topic's write and the
-    /// message it replaced (same collapse key), or [`AlreadyHeld`].
-    pub(super) fn defer(
-        &self,
-        held: Held<HeldMessage>,
-    ) -> Result<(Pending, Option<Held<HeldMessage>>), AlreadyHeld> {
-        let record =
-            self.recorder
-                .publish_built(&self.held_log.topic, &held.idempotency_key, || {
-                    crate::util::json_bytes(&super::held_log::HeldRecord::of(&held))
-                });
-        let replaced = self.held.hold(held)?;
-        self.metrics.held.set(self.held.len() as i64);
-        Ok((record, replaced))
-    }
-
-    /// The outcome of a held message replaced by a newer one with its collapse key.
-    fn collapsed(&self, old: HeldMessage) -> Decided {
-        let mut outcome = old.outcome;
-        outcome.status = Status::Suppressed;
-        outcome.because("collapsed", "collapsed");
-        outcome.release_ms = None;
-        self.metrics
-            .held_released
-            .with_label_values(&["collapsed"])
-            .inc();
-        let key = format!("{}/{}", old.job.intent, outcome.channel);
-        Decided::new(&old.job, outcome, key)
-    }
-
+impl Decider {
     /// One (rule, channel) decision for an event: the send ledger, the
     /// policy chain, rendering, the send.
-    async fn decide(&self, job: &Job, channel: &ChannelRuntime) -> Decided {
+    pub(super) async fn decide(&self, job: &Job, channel: &ChannelRuntime) -> Decided {
         let ledger_key = crate::util::slash_joined(&[&job.intent, &channel.channel.name]);
         let mut d = Decided::new(job, outcome_of(job, channel), ledger_key);
-        if let Some(why) = self.settled_by_ledger(job, channel, &mut d) {
+        self.decide_into(job, channel, &mut d).await;
+        d
+    }
+
+    /// [`Decider::decide`] into a decision made in one place and filled in
+    /// where it is (a decision is large: moving it costs more than most steps).
+    async fn decide_into(&self, job: &Job, channel: &ChannelRuntime, d: &mut Decided) {
+        if let Some(why) = self.settled_by_ledger(job, channel, d) {
             return self.suppressed(job, d, why);
         }
         let (event, rule) = (&*job.event, job.rule());
@@ -239,12 +49,12 @@ impl Pipeline {
             event_ms: event.time_ms,
             profile: job.profile.as_deref(),
             channel: &channel.channel,
-            now_ms: self.clock.now_ms(),
+            now_ms: self.cx.clock.now_ms(),
             address: None,
             reservation: None,
         };
         let wait = Duration::from_millis(self.feedback_config.consent_wait_ms);
-        let cx = self.policy.context(&self.feedback, &self.profiles, wait);
+        let cx = self.policy.context(&self.feedback, &self.cx.profiles, wait);
         let verdict = self.policy.run(&mut draft, &cx).await;
         // Once the address is known, the outcome names the (masked)
         // recipient and the key, whatever later steps say.
@@ -279,9 +89,9 @@ impl Pipeline {
             d.outcome.status = Status::Sent;
             d.outcome.shadow = true;
             d.ledger_key = None;
-            return d;
+            return;
         }
-        self.send(job, channel, d, &mut draft, address).await
+        self.send(job, channel, d, &mut draft, address).await;
     }
 
     /// The send ledger's word: the reason when it settles the decision (a
@@ -304,7 +114,8 @@ impl Pipeline {
                 // Recorded attempted, never answered: the request was in
                 // flight when its owner died. The channel decides.
                 let on_unknown = channel.channel.on_unknown;
-                self.metrics
+                self.cx
+                    .metrics
                     .unknown_after_crash
                     .with_label_values(&[&*channel.channel.name, on_unknown.as_str()])
                     .inc();
@@ -323,28 +134,19 @@ impl Pipeline {
     }
 
     /// The decision when the policy chain stopped the message.
-    fn stopped(
-        &self,
-        job: &Job,
-        channel: &ChannelRuntime,
-        d: Decided,
-        verdict: Verdict,
-    ) -> Decided {
+    fn stopped(&self, job: &Job, channel: &ChannelRuntime, d: &mut Decided, verdict: Verdict) {
         match verdict {
-            Verdict::Continue => d,
+            Verdict::Continue => {}
             Verdict::Suppress(s) => {
-                let hop = s.is_channel_specific();
-                Decided {
-                    may_hop: hop,
-                    ..self.suppressed(job, d, s)
-                }
+                d.may_hop = s.is_channel_specific();
+                self.suppressed(job, d, s);
             }
             Verdict::Defer { until_ms, because } => {
                 self.deferred(job, channel, d, until_ms, because)
             }
             Verdict::Fail(unknown, detail) => {
                 if unknown == Unknown::Consent {
-                    self.metrics.consent_waits_failed.inc();
+                    self.cx.metrics.consent_waits_failed.inc();
                 }
                 self.failed(job, channel, d, unknown.code(), detail)
             }
@@ -352,16 +154,16 @@ impl Pipeline {
     }
 
     /// A decision the chain deferred (quiet hours with `hold`): recorded
-    /// `held` until `until_ms`, when [`Pipeline::run_chain`] holds it. Its
+    /// `held` until `until_ms`, when [`Decider::run_chain`] holds it. Its
     /// idempotency key names the recipient when one is known.
     fn deferred(
         &self,
         job: &Job,
         channel: &ChannelRuntime,
-        mut d: Decided,
+        d: &mut Decided,
         until_ms: i64,
         because: Suppression,
-    ) -> Decided {
+    ) {
         let (rule, event) = (job.rule(), &*job.event);
         d.outcome.status = Status::Held;
         d.outcome.because(because.code(), because.text());
@@ -369,14 +171,13 @@ impl Pipeline {
         let to = job
             .profile
             .as_deref()
-            .and_then(|p| crate::policy::address(p, &channel.channel, &self.profiles).ok());
+            .and_then(|p| crate::policy::address(p, &channel.channel, &self.cx.profiles).ok());
         if let Some(a) = &to {
             d.outcome.recipient = Some(a.masked());
         }
         let to = to.unwrap_or_else(|| Address::User(event.user.to_string()));
         d.outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &to);
         d.hold_until = Some(until_ms);
-        d
     }
 
     /// Sends: the ledger hears of the request before the provider does, so
@@ -388,10 +189,10 @@ impl Pipeline {
         &self,
         job: &Job,
         channel: &ChannelRuntime,
-        mut d: Decided,
+        d: &mut Decided,
         draft: &mut Draft<'_>,
         address: Address,
-    ) -> Decided {
+    ) {
         let (event, rule, now) = (&*job.event, job.rule(), draft.now_ms);
         let budget = match self.policy.max_age_s(draft) {
             Some(max) => {
@@ -413,7 +214,7 @@ impl Pipeline {
             write.await;
         }
         let Some(message) = &d.message else {
-            return d;
+            return;
         };
         let attempted = send_with_retry(
             &channel.channel,
@@ -447,12 +248,14 @@ impl Pipeline {
     /// A send the provider took: timed, and shared on the feedback topic, so
     /// that every instance learns of it and a reply or an engagement finds
     /// it wherever it arrives.
-    fn sent(&self, job: &Job, mut d: Decided, address: &Address, sent_ms: i64) -> Decided {
+    fn sent(&self, job: &Job, d: &mut Decided, address: &Address, sent_ms: i64) {
         let event = &*job.event;
-        self.metrics
+        self.cx
+            .metrics
             .event_to_send
             .observe((sent_ms - event.time_ms).max(0) as f64 / 1000.0);
-        self.metrics
+        self.cx
+            .metrics
             .consume_to_send
             .observe((sent_ms - event.consumed_ms).max(0) as f64 / 1000.0);
         let phone = match address {
@@ -475,13 +278,13 @@ impl Pipeline {
                 .map(|(p, profile)| profile.phone_sha256_of(p)),
         };
         let shared = self
+            .cx
             .recorder
-            .publish_built(&self.topics.feedback, &event.user, || record.to_bytes());
+            .publish_built(&self.feedback_topic, &event.user, || record.to_bytes());
         self.feedback
             .sent
             .record_digest(record.sent, record.phone_sha256);
         d.writes.push(shared);
-        d
     }
 
     /// A send that failed after its retries: a dead token is marked dead, a
@@ -490,13 +293,13 @@ impl Pipeline {
         &self,
         job: &Job,
         channel: &ChannelRuntime,
-        mut d: Decided,
+        d: &mut Decided,
         address: &Address,
         e: SendError,
         now: i64,
-    ) -> Decided {
+    ) {
         if let (SendError::Unregistered, Address::Push(token)) = (&e, address) {
-            self.profiles.mark_token_dead(&token.token);
+            self.cx.profiles.mark_token_dead(&token.token);
         }
         if let (SendError::OptedOutAtProvider, Address::Phone(phone)) = (&e, address) {
             // So every instance and the consent topic learn it.
@@ -508,8 +311,8 @@ impl Pipeline {
                 field("MessageSid", ""),
                 field("herald_source", "twilio_error_21610"),
             ]);
-            d.writes.push(self.recorder.publish(
-                &self.topics.feedback,
+            d.writes.push(self.cx.recorder.publish(
+                &self.feedback_topic,
                 phone,
                 serde_json::to_vec(&stop).unwrap_or_default(),
             ));
@@ -521,7 +324,6 @@ impl Pipeline {
         d.outcome.because(e.code(), reason);
         d.dead_letter = Some(record);
         d.may_hop = true;
-        d
     }
 
     /// A decision that fails before the send (rendering, unreadable
@@ -530,36 +332,31 @@ impl Pipeline {
         &self,
         job: &Job,
         channel: &ChannelRuntime,
-        mut d: Decided,
+        d: &mut Decided,
         code: &'static str,
         detail: String,
-    ) -> Decided {
+    ) {
         d.outcome.status = Status::Failed;
         d.outcome.because(code, code);
         d.dead_letter =
             Some(self.failed_send_record(&job.event, job.rule(), channel, code, detail));
-        d
     }
 
     /// A suppressed decision, counted by reason.
-    fn suppressed(&self, job: &Job, mut d: Decided, why: Suppression) -> Decided {
-        d.outcome = self.suppress(job, d.outcome, why);
-        d
-    }
-
-    pub(super) fn suppress(&self, job: &Job, mut outcome: Outcome, why: Suppression) -> Outcome {
+    pub(super) fn suppressed(&self, job: &Job, d: &mut Decided, why: Suppression) {
+        let outcome = &mut d.outcome;
         let code = why.code_index();
         self.suppression_counters[code].inc();
         job.loaded.suppressions[job.rule][code]
             .get_or_init(|| {
-                self.metrics
+                self.cx
+                    .metrics
                     .rule_suppressions
                     .with_label_values(&[&*job.rule().id, why.code()])
             })
             .inc();
         outcome.status = Status::Suppressed;
         outcome.because(why.code(), why.text());
-        outcome
     }
 
     pub(super) fn failed_send_record(
@@ -570,7 +367,8 @@ impl Pipeline {
         reason: &str,
         detail: String,
     ) -> DeadLetter {
-        self.metrics
+        self.cx
+            .metrics
             .dead_letters
             .with_label_values(&["send_failed"])
             .inc();
@@ -583,7 +381,7 @@ impl Pipeline {
             original: crate::outcome::Original::default(),
             rule: Some(rule.id.to_string()),
             channel: Some(channel.channel.name.to_string()),
-            at_ms: self.clock.now_ms(),
+            at_ms: self.cx.clock.now_ms(),
         }
     }
 }

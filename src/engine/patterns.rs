@@ -1,51 +1,43 @@
-//! Rules with a pattern in the per-event path: the key, the state update, the
-//! firings; and the task that runs absence and dwell timers and expiry.
+//! Stage 1's rules with a pattern: the key, the state update, the firings; the timers (absence, dwell) and the sweep of expired state.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::watch;
-
+use super::matcher::{Matched, Seen};
 use super::stores::StateChange;
-use super::{Job, Pipeline};
-use crate::expr::condition::Scope;
+use super::{Job, Matcher};
 use crate::ingest::decode::Event;
 use crate::outcome::{DeadLetter, Pending};
 use crate::patterns::detect::Input;
-use crate::patterns::store::KeyRef;
+use crate::patterns::store::{changelog_key, KeyRef};
 use crate::patterns::{Fired, Pattern};
-use crate::profile::Profile;
 use crate::rules::Loaded;
 
 /// How often timers are checked.
-const TICK: Duration = Duration::from_millis(250);
+pub(super) const TICK: Duration = Duration::from_millis(250);
 /// How often expired state is swept.
-const SWEEP: Duration = Duration::from_secs(10);
+pub(super) const SWEEP: Duration = Duration::from_secs(10);
 
-impl Pipeline {
+impl Matcher {
     /// Applies an event to rule `i`'s pattern. `Err` is the dead letter of an
     /// event whose key cannot be computed.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn observe_pattern(
         &self,
         loaded: &Loaded,
         i: usize,
         pattern: &Pattern,
-        event: &Arc<Event>,
-        matched: bool,
-        profile: Option<&Profile>,
-        scope: Option<&Scope>,
+        seen: &Seen<'_>,
         changes: &mut Vec<StateChange>,
     ) -> Result<Vec<Fired>, Pending> {
-        if !matched && !pattern.sees_all_events() {
+        if !seen.matched && !pattern.sees_all_events() {
             return Ok(Vec::new());
         }
-        let rule = &loaded.set.rules[i];
+        let (rule, event) = (&loaded.set.rules[i], seen.event);
         let key = match &pattern.key {
             None => event.key.as_deref().map(str::to_string).ok_or_else(|| {
                 "the event has no state key: set `key:` on the rule, `key_field` on the source, or key the Kafka messages".to_string()
             }),
-            Some(expression) => scope
+            Some(expression) => seen.scope
                 .and_then(|s| loaded.set.conditions.key(expression, s))
                 .ok_or_else(|| {
                     format!("key `{}` did not give text or a number for this event", expression.source)
@@ -53,46 +45,26 @@ impl Pipeline {
         };
         let key = match key {
             Ok(k) => k,
-            Err(detail) => {
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&["key_error"])
-                    .inc();
-                return Err(self.recorder.dead_letter(&DeadLetter {
-                    reason: "key_error".into(),
-                    detail,
-                    topic: event.source.to_string(),
-                    partition: event.partition,
-                    offset: event.offset,
-                    original: crate::outcome::Original::of(
-                        None,
-                        Some(&serde_json::to_vec(&event.fields).unwrap_or_default()),
-                    ),
-                    rule: Some(rule.id.to_string()),
-                    channel: None,
-                    at_ms: self.clock.now_ms(),
-                }));
-            }
+            Err(detail) => return Err(self.key_error(event, &rule.id, detail)),
         };
         let input = Input {
             event,
-            matched,
-            profile,
+            matched: seen.matched,
+            profile: seen.profile,
             conditions: &loaded.set.conditions,
-            scope,
+            scope: seen.scope,
         };
-        match self
-            .patterns
-            .observe(&rule.id, pattern, &key, &input, self.clock.now_ms())
-        {
+        let now = self.cx.clock.now_ms();
+        match self.patterns.observe(&rule.id, pattern, &key, &input, now) {
             Ok((observed, evicted)) => {
                 if !evicted.is_empty() {
-                    self.metrics
+                    self.cx
+                        .metrics
                         .pattern_evicted
                         .with_label_values(&[&*rule.id])
                         .inc_by(evicted.len() as u64);
                 }
-                if !self.pattern_changelogs.is_empty() {
+                if !self.changelogs.is_empty() {
                     let at = KeyRef {
                         rule: rule.id.to_string(),
                         key,
@@ -105,13 +77,37 @@ impl Pipeline {
                 Ok(observed.fired)
             }
             Err(_late) => {
-                self.metrics
+                self.cx
+                    .metrics
                     .late_events
                     .with_label_values(&[&*rule.id])
                     .inc();
                 Ok(Vec::new())
             }
         }
+    }
+
+    /// The dead letter of an event whose pattern key cannot be computed.
+    fn key_error(&self, event: &Event, rule: &str, detail: String) -> Pending {
+        self.cx
+            .metrics
+            .dead_letters
+            .with_label_values(&["key_error"])
+            .inc();
+        self.cx.recorder.dead_letter(&DeadLetter {
+            reason: "key_error".into(),
+            detail,
+            topic: event.source.to_string(),
+            partition: event.partition,
+            offset: event.offset,
+            original: crate::outcome::Original::of(
+                None,
+                Some(&serde_json::to_vec(&event.fields).unwrap_or_default()),
+            ),
+            rule: Some(rule.to_string()),
+            channel: None,
+            at_ms: self.cx.clock.now_ms(),
+        })
     }
 
     /// The job of a firing of rule `i`.
@@ -129,85 +125,56 @@ impl Pipeline {
             release: false,
             loaded: Arc::clone(loaded),
             rule: i,
-            profile: self.profiles.get(&fired.event.user),
+            profile: self.cx.profiles.get(&fired.event.user),
             event: Arc::clone(&fired.event),
-            matched_ms: self.clock.now_ms(),
+            matched_ms: self.cx.clock.now_ms(),
             pattern: Some(Arc::new(fired)),
         }
     }
 
-    /// Fires the pattern timers due now (absences, dwell) and records their decisions.
-    pub async fn fire_due_patterns(&self) {
-        let loaded = self.rules.current();
+    /// The pattern timers due now (absences, dwell): their jobs, and the
+    /// state changes they make.
+    pub fn due(&self) -> Matched {
+        let loaded = self.cx.rules.current();
         let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
-        let due = self.patterns.due(self.clock.now_ms(), pattern_of);
-        if due.is_empty() {
-            return;
+        let due = self.patterns.due(self.cx.clock.now_ms(), pattern_of);
+        let mut out = Matched::default();
+        for (at, fired) in due {
+            self.pattern_change(&at, &mut out.changes);
+            let Some(i) = loaded.set.position(&at.rule) else {
+                continue;
+            };
+            self.count_match(&loaded, i);
+            out.jobs.push(self.fired_job(&loaded, i, fired, true));
         }
+        out
+    }
+
+    /// Sweeps expired pattern state; the changes to write for it.
+    pub(super) fn sweep(&self) -> Vec<StateChange> {
+        let loaded = self.cx.rules.current();
+        let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
+        let gone = self.patterns.sweep(self.cx.clock.now_ms(), pattern_of);
         let mut changes = Vec::new();
-        let jobs: Vec<Job> = due
-            .into_iter()
-            .filter_map(|(at, fired)| {
-                self.pattern_change(&at, &mut changes);
-                let i = loaded.set.position(&at.rule)?;
-                self.count_match(&loaded, i);
-                Some(self.fired_job(&loaded, i, fired, true))
-            })
-            .collect();
-        let mut writes = Vec::new();
-        self.hand_over(jobs, &mut writes).await;
-        Self::after_writes(&mut writes, changes);
-        futures::future::join_all(writes).await;
-    }
-
-    /// Runs what is due at the clock's time, in place of the background
-    /// tasks (rule tests and replays, on a virtual clock): pattern timers, then
-    /// held messages.
-    pub async fn tick(&self) {
-        self.fire_due_patterns().await;
-        for held in self.held.due(self.clock.now_ms()) {
-            self.held_log.forget(&held.idempotency_key);
-            self.release(held).await;
+        for at in &gone {
+            self.pattern_change(at, &mut changes);
         }
+        let (keys, bytes) = self.patterns.size();
+        self.cx.metrics.pattern_keys.set(keys as i64);
+        self.cx.metrics.pattern_state_bytes.set(bytes as i64);
+        changes
     }
 
-    /// Whether a timer or a held message is waiting.
-    pub fn has_pending(&self) -> bool {
-        self.patterns.has_timers() || !self.held.is_empty()
-    }
-
-    /// Runs due timers (absences, dwell) and sweeps expired state, until `shutdown`.
-    pub async fn run_patterns(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut swept = Instant::now();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
-                _ = shutdown.changed() => return,
-            }
-            self.fire_due_patterns().await;
-            if swept.elapsed() >= SWEEP {
-                swept = Instant::now();
-                let loaded = self.rules.current();
-                let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
-                let gone = self.patterns.sweep(self.clock.now_ms(), pattern_of);
-                let mut changes = Vec::new();
-                for at in &gone {
-                    self.pattern_change(at, &mut changes);
-                }
-                let mut writes = Vec::new();
-                Self::after_writes(&mut writes, changes);
-                futures::future::join_all(writes).await;
-                self.ledger.sweep(self.clock.now_ms());
-                self.metrics.ledger_entries.set(self.ledger.len() as i64);
-                let evicted = self.ledger.evicted();
-                let counted = self.metrics.ledger_evicted.get();
-                self.metrics
-                    .ledger_evicted
-                    .inc_by(evicted.saturating_sub(counted));
-                let (keys, bytes) = self.patterns.size();
-                self.metrics.pattern_keys.set(keys as i64);
-                self.metrics.pattern_state_bytes.set(bytes as i64);
-            }
-        }
+    /// The change of (rule, key) now, if its source topic has a changelog.
+    fn pattern_change(&self, at: &KeyRef, changes: &mut Vec<StateChange>) {
+        let Some(changelog) = self.changelogs.get(&*at.source.0) else {
+            return;
+        };
+        changes.push(StateChange {
+            changelog: Arc::clone(changelog),
+            partition: at.source.1,
+            key: changelog_key(&at.rule, &at.key),
+            value: self.patterns.snapshot(&at.rule, &at.key),
+        });
     }
 }

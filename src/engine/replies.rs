@@ -9,18 +9,63 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 use tracing::{info, warn};
 
-use super::Pipeline;
+use super::{ChannelRuntime, RecentSends, StageContext};
+use crate::config::{Config, FeedbackConfig};
 use crate::deliver::Priority;
 use crate::deliver::{send_with_retry, Address, Message};
 use crate::feedback::state::ConsentChange;
+use crate::feedback::FeedbackState;
 use crate::feedback::{reply_event, Feedback, InboundSms, Keyword, PushAction, SentRef};
 use crate::ingest::Incoming;
 use crate::outcome::{Outcome, Pending, SourceRef, Status, Timings};
 use crate::util::fingerprint;
+use crate::util::FastMap;
 
-impl Pipeline {
+/// The replies path. Its state: the HELP answers sent lately (one answer
+/// per feedback record, also after a crash).
+pub struct Replies {
+    cx: StageContext,
+    feedback: Arc<FeedbackState>,
+    feedback_config: FeedbackConfig,
+    channels: Arc<FastMap<String, ChannelRuntime>>,
+    consent_topic: String,
+    replies_topic: String,
+    recent: RecentSends,
+}
+
+impl Replies {
+    /// The replies path with the configured topics and HELP channel.
+    pub fn new(
+        cx: StageContext,
+        feedback: Arc<FeedbackState>,
+        channels: Arc<FastMap<String, ChannelRuntime>>,
+        config: &Config,
+    ) -> Replies {
+        Replies {
+            cx,
+            feedback,
+            feedback_config: config.feedback.clone(),
+            channels,
+            consent_topic: config.topics.consent.clone(),
+            replies_topic: config.topics.replies.clone(),
+            recent: RecentSends::new(100_000, std::time::Duration::from_secs(24 * 3600)),
+        }
+    }
+
+    /// The HELP answers sent lately, read back from the tail of the
+    /// outcomes topic (blocking).
+    pub fn seed_recent_sends(
+        &self,
+        client: &rdkafka::ClientConfig,
+        outcomes_topic: &str,
+        per_partition: i64,
+    ) -> Result<usize, String> {
+        self.recent
+            .seed_from_outcomes(client, outcomes_topic, per_partition)
+    }
+
     /// Handles one feedback record; the returned writes make it final.
-    pub(super) async fn handle_feedback(&self, msg: Incoming) -> Vec<Pending> {
+    pub async fn handle(&self, msg: Incoming) -> Vec<Pending> {
         let fallback_ms = msg.timestamp_ms.unwrap_or(msg.consumed_ms);
         let record = match msg
             .payload
@@ -31,18 +76,18 @@ impl Pipeline {
             Some(Err(e)) => {
                 self.count_feedback("invalid", "invalid");
                 let reason = format!("feedback_{}", e.reason());
-                return vec![self.dead_letter(&msg, &reason, e.to_string())];
+                return vec![self.cx.dead_letter(&msg, &reason, e.to_string())];
             }
             None => {
                 self.count_feedback("invalid", "invalid");
-                return vec![self.dead_letter(
+                return vec![self.cx.dead_letter(
                     &msg,
                     "feedback_empty",
                     "feedback record has no payload".into(),
                 )];
             }
         };
-        let now = self.clock.now_ms();
+        let now = self.cx.clock.now_ms();
         match record {
             Feedback::Inbound(sms) => self.inbound_sms(&msg, sms, now).await,
             Feedback::PushAction(action) => self.push_action(action, now),
@@ -63,7 +108,8 @@ impl Pipeline {
     }
 
     fn count_feedback(&self, kind: &str, result: &str) {
-        self.metrics
+        self.cx
+            .metrics
             .feedback
             .with_label_values(&[kind, result])
             .inc();
@@ -82,7 +128,8 @@ impl Pipeline {
                 // At once here too: this instance may read the record before
                 // its state reader does.
                 self.feedback.set_opt_out(&sms.from, !consent, sms.time_ms);
-                self.metrics
+                self.cx
+                    .metrics
                     .sms_opt_outs
                     .set(self.feedback.opt_out_count() as i64);
                 self.count_feedback(if consent { "start" } else { "stop" }, "applied");
@@ -97,8 +144,9 @@ impl Pipeline {
                 };
                 let payload = serde_json::to_vec(&change).unwrap_or_default();
                 vec![self
+                    .cx
                     .recorder
-                    .publish(&self.topics.consent, &sms.from, payload)]
+                    .publish(&self.consent_topic, &sms.from, payload)]
             }
             Some(Keyword::Help) => {
                 self.count_feedback("help", "applied");
@@ -128,7 +176,7 @@ impl Pipeline {
             .map(|s| (*s).clone())
             .or_else(|| {
                 let rule = action.rule.clone()?;
-                self.rules.current().set.get(&rule)?;
+                self.cx.rules.current().set.get(&rule)?;
                 Some(SentRef {
                     user: action.user.as_deref()?.into(),
                     rule: rule.into(),
@@ -158,8 +206,9 @@ impl Pipeline {
         let event = reply_event(kind, original, extra);
         let payload = serde_json::to_vec(&event).unwrap_or_default();
         vec![self
+            .cx
             .recorder
-            .publish(&self.topics.replies, &original.user, payload)]
+            .publish(&self.replies_topic, &original.user, payload)]
     }
 
     /// Answers HELP on the help channel, whatever the opt-out list says (as
@@ -224,13 +273,13 @@ impl Pipeline {
             timings: Timings {
                 event_ms: sms.time_ms,
                 consumed_ms: msg.consumed_ms,
-                matched_ms: self.clock.now_ms(),
+                matched_ms: self.cx.clock.now_ms(),
                 ..Timings::default()
             },
         };
         if !self.recent.first_time(&key) {
             outcome.because("duplicate", "duplicate");
-            return vec![self.recorder.outcome(&outcome)];
+            return vec![self.cx.recorder.outcome(&outcome)];
         }
         let message = Message {
             rule_id: "herald.help".into(),
@@ -266,6 +315,6 @@ impl Pipeline {
                 channel.failed.inc();
             }
         }
-        vec![self.recorder.outcome(&outcome)]
+        vec![self.cx.recorder.outcome(&outcome)]
     }
 }

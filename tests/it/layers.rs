@@ -1,7 +1,8 @@
 //! The layering `src/lib.rs` states under `# Layout` is true of the code:
 //! every module uses only modules of its own layer or earlier ones, no two
 //! modules use each other (directly or around a loop), and no two files of
-//! one module do.
+//! one module do — also when one takes the other's type through the
+//! parent's `pub use` re-export.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,12 +14,7 @@ fn src() -> PathBuf {
 /// A file's code as the build sees it outside tests: comments dropped, and
 /// everything from the first `#[cfg(test)]` on (herald keeps tests last).
 fn code(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap();
-    let text = text.split("#[cfg(test)]").next().unwrap();
-    text.lines()
-        .map(|l| l.split("//").next().unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
+    code_of(&std::fs::read_to_string(path).unwrap())
 }
 
 /// Names that follow `prefix` in `text`: `crate::policy::X` gives `policy`;
@@ -165,6 +161,65 @@ fn modules_use_only_their_own_layer_and_earlier_ones_and_never_each_other() {
     assert_eq!(has_cycle(&graph), None, "modules that use each other");
 }
 
+/// The names `mod.rs` re-exports from its own files: `pub use held::{Held,
+/// HeldQueue}` gives `Held` → `held` and `HeldQueue` → `held`.
+fn re_exports(mod_rs: &Path) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string(mod_rs) else {
+        return names;
+    };
+    for rest in code_of(&text).split("pub use ").skip(1) {
+        let statement = rest.split(';').next().unwrap();
+        let Some((file, items)) = statement.split_once("::") else {
+            continue;
+        };
+        if file.starts_with("crate") || file.starts_with("super") {
+            continue;
+        }
+        let items = items.trim_start_matches('{').trim_end_matches('}');
+        for item in items.split(',') {
+            let item = item.split(" as ").last().unwrap().trim();
+            if item.starts_with(|c: char| c.is_ascii_uppercase()) {
+                names.insert(item.to_string(), file.trim().to_string());
+            }
+        }
+    }
+    names
+}
+
+/// [`code`] of a text in hand.
+fn code_of(text: &str) -> String {
+    let text = text.split("#[cfg(test)]").next().unwrap();
+    text.lines()
+        .map(|l| l.split("//").next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The type names a file takes from `super::` directly: `super::{Job,
+/// held::Held}` gives `Job` (a path through a sibling is counted as that
+/// sibling, by [`names_after`]).
+fn parent_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for rest in text.split("super::").skip(1) {
+        let group = match rest.strip_prefix('{') {
+            Some(g) => g.split('}').next().unwrap().to_string(),
+            None => rest
+                .split(|c: char| !c.is_alphanumeric() && c != '_')
+                .next()
+                .unwrap()
+                .to_string(),
+        };
+        for part in group.split(',') {
+            let part = part.trim();
+            if part.starts_with(|c: char| c.is_ascii_uppercase()) {
+                names.insert(part.split(" as ").next().unwrap().trim().to_string());
+            }
+        }
+    }
+    names
+}
+
 #[test]
 fn no_two_files_of_a_module_use_each_other() {
     for (module, files) in modules() {
@@ -173,6 +228,9 @@ fn no_two_files_of_a_module_use_each_other() {
             .map(|f| f.file_stem().unwrap().to_string_lossy().to_string())
             .filter(|f| f != "mod")
             .collect();
+        // A file that takes a sibling's type through the parent's re-export
+        // (`use super::Decider;`) uses that sibling all the same.
+        let exported = re_exports(&src().join(&module).join("mod.rs"));
         let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for file in &files {
             let name = file.file_stem().unwrap().to_string_lossy().to_string();
@@ -182,6 +240,9 @@ fn no_two_files_of_a_module_use_each_other() {
             let text = code(file);
             let mut used = names_after(&text, "super::");
             used.extend(names_after(&text, &format!("crate::{module}::")));
+            for item in parent_names(&text) {
+                used.extend(exported.get(&item).cloned());
+            }
             for other in used.intersection(&siblings) {
                 if *other != name {
                     graph.entry(name.clone()).or_default().insert(other.clone());
@@ -194,4 +255,24 @@ fn no_two_files_of_a_module_use_each_other() {
             "files of {module} that use each other"
         );
     }
+}
+
+#[test]
+fn a_child_taking_a_siblings_type_through_the_parent_is_seen() {
+    let mod_rs = std::env::temp_dir().join(format!("herald-layers-{}.rs", std::process::id()));
+    std::fs::write(
+        &mod_rs,
+        "mod decide;\nmod decider;\npub use decider::{Decider, Other as Renamed};\npub use crate::x::Y;\n",
+    )
+    .unwrap();
+    let exported = re_exports(&mod_rs);
+    std::fs::remove_file(&mod_rs).unwrap();
+    assert_eq!(exported.get("Decider").map(String::as_str), Some("decider"));
+    assert_eq!(exported.get("Renamed").map(String::as_str), Some("decider"));
+    assert_eq!(exported.get("Y"), None, "not a file of this module");
+    let child = code_of("use super::{ChannelRuntime, Decider};\nuse super::job::Job;\n");
+    assert_eq!(
+        parent_names(&child),
+        BTreeSet::from(["ChannelRuntime".to_string(), "Decider".to_string()])
+    );
 }

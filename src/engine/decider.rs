@@ -1,0 +1,700 @@
+//! Stage 2: an intent decided for each of its rule's channels — the send ledger, the policy chain, rendering, the send — recorded, and held when deferred.
+//!
+//! Stage 2 owns every user of its intents partitions. Its state: the send
+//! ledger (every intent and channel decided, with its changelog), the caps'
+//! send history it restores, and the messages held until later (the held
+//! topic is their durable copy).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::held::{AlreadyHeld, Held, HeldMessage, HeldQueue};
+use super::held_log::HeldLog;
+use super::job::Job;
+use super::{stores, ChannelRuntime, Decision, StageContext};
+use crate::config::{Config, FeedbackConfig};
+use crate::deliver::Message;
+use crate::feedback::FeedbackState;
+use crate::ingest::{ConsumerHealth, Incoming};
+use crate::metrics::activity::Happened;
+use crate::outcome::{DeadLetter, Hop, Outcome, Pending, Status};
+use crate::policy::{Policy, Suppression, SuppressionCode};
+use crate::state::{Changelog, Intent, LedgerEntry, LedgerStatus, SendLedger};
+use crate::util::FastMap;
+
+/// How long a restore waits for a broker that stops answering.
+const RESTORE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// One (rule, channel) decision and what must be written for it.
+pub struct Decided {
+    pub outcome: Outcome,
+    pub message: Option<Message>,
+    pub dead_letter: Option<DeadLetter>,
+    /// The rule's decision counters (sent, suppressed, failed, held).
+    pub counters: [IntCounter; 4],
+    /// A fallback chain may try its next channel after this decision.
+    pub(super) may_hop: bool,
+    /// Deferred: hold the message until then, epoch ms.
+    pub(super) hold_until: Option<i64>,
+    /// Writes besides the outcome and dead letter (the held topic).
+    pub writes: Vec<Pending>,
+    /// The send-ledger key to record this decision under; `None` for a
+    /// redelivery the ledger already knew.
+    pub ledger_key: Option<String>,
+}
+
+impl Decided {
+    /// A decision not yet made, recorded under `ledger_key`.
+    pub(super) fn new(job: &Job, outcome: Outcome, ledger_key: String) -> Decided {
+        Decided {
+            outcome,
+            message: None,
+            dead_letter: None,
+            counters: job.loaded.decisions[job.rule].clone(),
+            may_hop: false,
+            hold_until: None,
+            writes: Vec::new(),
+            ledger_key: Some(ledger_key),
+        }
+    }
+}
+
+/// Stage 2.
+pub struct Decider {
+    pub(super) cx: StageContext,
+    pub(super) channels: Arc<FastMap<String, ChannelRuntime>>,
+    pub(super) policy: Policy,
+    /// Engagement, opt-outs and recent sends, fed by the feedback topic.
+    pub(super) feedback: Arc<FeedbackState>,
+    pub(super) feedback_config: FeedbackConfig,
+    /// Where every instance learns of a send (`herald_sent`) and of a STOP.
+    pub(super) feedback_topic: String,
+    held: HeldQueue<HeldMessage>,
+    /// The durable copy of held messages, shared by all instances.
+    held_log: Arc<HeldLog>,
+    /// Every decision by intent and channel, per intents partition.
+    pub(super) ledger: SendLedger,
+    /// The intents topic, whose partitions say which users this instance
+    /// decides for; `None` offline (all of them).
+    intents_topic: Option<String>,
+    /// `herald_suppressions_total{reason}`, by [`Suppression::code_index`].
+    pub(super) suppression_counters: Vec<IntCounter>,
+    decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
+}
+
+impl Decider {
+    /// Stage 2 for the configured channels and policy.
+    pub fn new(
+        cx: StageContext,
+        feedback: Arc<FeedbackState>,
+        channels: Arc<FastMap<String, ChannelRuntime>>,
+        intents_topic: Option<String>,
+        config: &Config,
+    ) -> Decider {
+        let reader = crate::kafka::profile_reader_config(&config.kafka);
+        let changelog = if intents_topic.is_some() {
+            Changelog::new(
+                config.ledger_changelog(),
+                cx.recorder.clone(),
+                reader.clone(),
+            )
+        } else {
+            Changelog::offline()
+        };
+        let suppression_counters = SuppressionCode::ALL
+            .iter()
+            .map(|code| cx.metrics.suppressions.with_label_values(&[code.as_str()]))
+            .collect();
+        Decider {
+            channels,
+            policy: Policy::new(config.policy.clone()),
+            feedback,
+            feedback_config: config.feedback.clone(),
+            feedback_topic: config.topics.feedback.clone(),
+            held: HeldQueue::default(),
+            held_log: Arc::new(HeldLog::new(config.topics.held.clone(), reader)),
+            ledger: SendLedger::new(
+                config.topics.intents_partitions,
+                changelog,
+                config.limits.ledger_entries,
+            ),
+            intents_topic,
+            suppression_counters,
+            decisions: tokio::sync::broadcast::channel(4096).0,
+            cx,
+        }
+    }
+
+    /// The intents partition of a user.
+    pub fn partition_of(&self, user: &str) -> i32 {
+        self.ledger.partition_of(user)
+    }
+
+    /// Every decision from now on, with its text (for the demo).
+    pub fn watch_decisions(&self) -> tokio::sync::broadcast::Receiver<Arc<Decision>> {
+        self.decisions.subscribe()
+    }
+
+    /// Stage 2 for jobs: every decision chain, concurrently; the lane waits
+    /// for all of them, which keeps a user's intents in order.
+    pub(super) async fn decide_jobs(&self, jobs: &[Job], writes: &mut Vec<Pending>) {
+        let mut chains = Vec::new();
+        for job in jobs {
+            chains.extend(self.chains(job));
+        }
+        // One chain (one rule, one channel) is awaited as it is, not moved
+        // into a join of one.
+        let all = match <[_; 1]>::try_from(chains) {
+            Ok([only]) => vec![only.await],
+            Err(chains) => futures::future::join_all(chains).await,
+        };
+        for decided in all {
+            for d in decided {
+                self.record(d, writes);
+            }
+        }
+    }
+
+    /// Stage 2 for one record of the intents topic.
+    pub async fn handle_intent(&self, msg: Incoming) -> Vec<Pending> {
+        let intent = match msg.payload.as_deref().map(serde_json::from_slice::<Intent>) {
+            Some(Ok(i)) => i,
+            Some(Err(e)) => {
+                return vec![self.cx.dead_letter(
+                    &msg,
+                    "bad_intent",
+                    format!("intent cannot be read (written by another herald version?): {e}"),
+                )]
+            }
+            None => {
+                return vec![self.cx.dead_letter(
+                    &msg,
+                    "bad_intent",
+                    "intent has no payload".into(),
+                )]
+            }
+        };
+        let loaded = self.cx.rules.current();
+        let Some(rule) = loaded.set.position(&intent.rule) else {
+            return vec![self.cx.dead_letter(
+                &msg,
+                "rule_removed",
+                format!(
+                    "rule `{}` fired in stage 1 but is no longer loaded",
+                    intent.rule
+                ),
+            )];
+        };
+        let event = Arc::new(intent.event.to_event());
+        let job = Job {
+            intent: intent.id.into(),
+            profile: self.cx.profiles.get(&event.user),
+            pattern: intent.pattern.map(|p| {
+                Arc::new(crate::patterns::Fired {
+                    event: Arc::clone(&event),
+                    context: p.context,
+                    summary: p.summary,
+                })
+            }),
+            loaded,
+            rule,
+            event,
+            matched_ms: intent.matched_ms,
+            release: false,
+        };
+        let mut writes = Vec::new();
+        self.decide_jobs(std::slice::from_ref(&job), &mut writes)
+            .await;
+        writes
+    }
+
+    /// The decision chains of one job: one per channel, or one fallback chain.
+    fn chains<'a>(
+        &'a self,
+        job: &'a Job,
+    ) -> Vec<impl std::future::Future<Output = Vec<Decided>> + 'a> {
+        let rule = &job.loaded.set.rules[job.rule];
+        if rule.fallback {
+            vec![self.run_chain(job, &rule.channels, Vec::new())]
+        } else {
+            rule.channels
+                .iter()
+                .map(|channel| self.run_chain(job, std::slice::from_ref(channel), Vec::new()))
+                .collect()
+        }
+    }
+
+    /// Counts a decision, in this one place for every decision of a rule
+    /// (per rule, per channel, on the live page), and hands its records to
+    /// the producer.
+    fn record(&self, mut decided: Decided, writes: &mut Vec<Pending>) {
+        decided.counters[decided.outcome.status.index()].inc();
+        let o = &decided.outcome;
+        if let (Some(channel), false) = (self.channels.get(&*o.channel), o.shadow) {
+            channel.count(o.status);
+        }
+        let happened = match o.status {
+            crate::outcome::Status::Sent => Happened::Sent {
+                latency_ms: o.timings.request_sent_ms.max(o.timings.matched_ms)
+                    - o.timings.event_ms,
+            },
+            crate::outcome::Status::Suppressed => Happened::Suppressed {
+                code: o.reason_code.unwrap_or("unknown"),
+            },
+            crate::outcome::Status::Failed => Happened::Failed,
+            crate::outcome::Status::Held => Happened::Held,
+        };
+        self.cx
+            .metrics
+            .activity
+            .decided(&o.rule, happened, self.cx.clock.now_ms());
+        writes.append(&mut decided.writes);
+        if let Some(key) = decided.ledger_key.take() {
+            let status = match o.status {
+                crate::outcome::Status::Sent if !o.shadow => LedgerStatus::Sent,
+                crate::outcome::Status::Sent | crate::outcome::Status::Suppressed => {
+                    LedgerStatus::Suppressed
+                }
+                crate::outcome::Status::Failed => LedgerStatus::Failed,
+                crate::outcome::Status::Held => LedgerStatus::Held,
+            };
+            let entry = LedgerEntry {
+                user: o.user.clone(),
+                status,
+                at_ms: if status == LedgerStatus::Sent {
+                    o.timings.request_sent_ms
+                } else {
+                    self.cx.clock.now_ms()
+                },
+                category: o.category.clone(),
+                rule: o.rule.clone(),
+                idempotency_key: o.idempotency_key.clone(),
+            };
+            writes.extend(self.ledger.record(&key, entry));
+        }
+        if let Some(record) = &decided.dead_letter {
+            writes.push(self.cx.recorder.dead_letter(record));
+        }
+        writes.push(self.cx.recorder.outcome(&decided.outcome));
+        if self.decisions.receiver_count() > 0 {
+            let (title, text) = decided
+                .message
+                .map_or((None, None), |m| (m.title, Some(m.body)));
+            let _ = self.decisions.send(Arc::new(Decision {
+                outcome: decided.outcome,
+                title,
+                text,
+            }));
+        }
+    }
+
+    /// Decides `chain` in order for one rule and event: each channel's decision,
+    /// stopping at the first that is not passed over.
+    pub(super) async fn run_chain(
+        &self,
+        job: &Job,
+        chain: &[String],
+        mut hops: Vec<Hop>,
+    ) -> Vec<Decided> {
+        let mut decided = Vec::new();
+        for (i, name) in chain.iter().enumerate() {
+            let Some(channel) = self.channels.get(name) else {
+                continue;
+            };
+            // Boxed: a decision holds much across its awaits, and a chain
+            // future that held it inline would be copied whole each time it
+            // moves (into the list of chains, into the join).
+            let mut d = Box::pin(self.decide(job, channel)).await;
+            d.outcome.hops = hops.clone();
+            if let Some(release_ms) = d.hold_until {
+                let held = Held {
+                    release_ms,
+                    idempotency_key: d.outcome.idempotency_key.to_string(),
+                    collapse: job
+                        .rule()
+                        .collapse_key
+                        .as_ref()
+                        .map(|c| format!("{}\u{0}{}\u{0}{c}", job.event.user, job.rule().id)),
+                    item: HeldMessage {
+                        job: job.for_release(),
+                        chain: chain[i..].to_vec(),
+                        hops: hops.clone(),
+                        outcome: d.outcome.clone(),
+                        unless_heard_of: None,
+                    },
+                };
+                match self.defer(held) {
+                    Ok((record, replaced)) => {
+                        d.writes.push(record);
+                        if let Some(old) = replaced {
+                            let mut gone = self.collapsed(old.item);
+                            self.held_log.forget(&old.idempotency_key);
+                            gone.writes.push(
+                                self.cx
+                                    .recorder
+                                    .tombstone(&self.held_log.topic, &old.idempotency_key),
+                            );
+                            decided.push(gone);
+                        }
+                        decided.push(d);
+                    }
+                    Err(_) => {
+                        // Already held: the held one keeps the ledger's `held`.
+                        d.hold_until = None;
+                        d.ledger_key = None;
+                        self.suppressed(job, &mut d, Suppression::Duplicate);
+                        decided.push(d);
+                    }
+                }
+                break;
+            }
+            let next = chain.get(i + 1);
+            if let (Status::Sent, Some(next), Some(wait), false) = (
+                d.outcome.status,
+                next,
+                job.rule().await_delivery_ms,
+                d.outcome.shadow,
+            ) {
+                let record =
+                    self.await_delivery(job, &d.outcome, &chain[i + 1..], hops, next, wait);
+                d.writes.extend(record);
+                decided.push(d);
+                break;
+            }
+            let hop = d.may_hop && next.is_some();
+            if hop {
+                d.outcome.next_channel = next.cloned();
+                hops.push(Hop {
+                    channel: name.clone(),
+                    reason: d.outcome.reason.clone().unwrap_or_default(),
+                });
+            }
+            decided.push(d);
+            if !hop {
+                break;
+            }
+        }
+        decided
+    }
+
+    /// After a send on a fallback chain with `await_delivery`: defers the
+    /// rest of the chain, to run unless a delivery receipt arrives in time.
+    fn await_delivery(
+        &self,
+        job: &Job,
+        sent: &Outcome,
+        rest: &[String],
+        mut hops: Vec<Hop>,
+        next: &str,
+        wait_ms: i64,
+    ) -> Option<Pending> {
+        let what = format!("{}:{}", sent.channel, crate::util::Span(wait_ms as u64));
+        hops.push(Hop {
+            channel: sent.channel.to_string(),
+            reason: format!("not_delivered:{what}"),
+        });
+        let mut outcome = sent.clone();
+        outcome.channel = next.into();
+        outcome.status = Status::Held;
+        // Not an outcome (the held topic keeps it): no decision is counted.
+        outcome.because("awaiting_delivery", format!("awaiting_delivery:{what}"));
+        outcome.hops = hops.clone();
+        let release_ms = self.cx.clock.now_ms() + wait_ms;
+        outcome.release_ms = Some(release_ms);
+        let held = Held {
+            release_ms,
+            idempotency_key: format!("{}/awaiting-delivery", sent.idempotency_key),
+            collapse: None,
+            item: HeldMessage {
+                job: job.for_release(),
+                chain: rest.to_vec(),
+                hops,
+                outcome,
+                unless_heard_of: Some(sent.idempotency_key.to_string()),
+            },
+        };
+        self.defer(held).ok().map(|(record, _)| record)
+    }
+
+    /// Defers a decision: holds the message until its release time, when
+    /// its chain runs again from the first policy step, and writes it to the
+    /// held topic. The one mechanism behind every deferral (quiet hours, a
+    /// wait for a delivery receipt). Returns the held topic's write and the
+    /// message it replaced (same collapse key), or [`AlreadyHeld`].
+    pub(super) fn defer(
+        &self,
+        held: Held<HeldMessage>,
+    ) -> Result<(Pending, Option<Held<HeldMessage>>), AlreadyHeld> {
+        let record =
+            self.cx
+                .recorder
+                .publish_built(&self.held_log.topic, &held.idempotency_key, || {
+                    crate::util::json_bytes(&super::held_log::HeldRecord::of(&held))
+                });
+        let replaced = self.held.hold(held)?;
+        self.cx.metrics.held.set(self.held.len() as i64);
+        Ok((record, replaced))
+    }
+
+    /// The outcome of a held message replaced by a newer one with its collapse key.
+    fn collapsed(&self, old: HeldMessage) -> Decided {
+        let mut outcome = old.outcome;
+        outcome.status = Status::Suppressed;
+        outcome.because("collapsed", "collapsed");
+        outcome.release_ms = None;
+        self.cx
+            .metrics
+            .held_released
+            .with_label_values(&["collapsed"])
+            .inc();
+        let key = format!("{}/{}", old.job.intent, outcome.channel);
+        Decided::new(&old.job, outcome, key)
+    }
+
+    /// Releases held messages when due, until `shutdown`: the ones this
+    /// instance held, and the ones it adopts from the held topic for the
+    /// users whose intents partitions it owns. What is still held at shutdown stays on the
+    /// held topic for the next owner.
+    pub async fn release_held(
+        self: Arc<Self>,
+        health: Arc<ConsumerHealth>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            self.adopt(&health);
+            let wait = self.held.next_ms().map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis((at - self.cx.clock.now_ms()).clamp(0, 1000) as u64)
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.held.woken() => continue,
+                _ = shutdown.changed() => break,
+            }
+            for held in self.held.due(self.cx.clock.now_ms()) {
+                self.cx.metrics.held.set(self.held.len() as i64);
+                if !self.owns_user(&health, &held.item.job.event.user) {
+                    // Its user's partition moved: the new owner adopts it from the held topic.
+                    continue;
+                }
+                // Not to be adopted again from the held topic meanwhile.
+                self.held_log.forget(&held.idempotency_key);
+                let pipeline = Arc::clone(&self);
+                tokio::spawn(async move { pipeline.release(held).await });
+            }
+        }
+        if !self.held.is_empty() {
+            info!(
+                held = self.held.len(),
+                "stopping with held messages; they stay on the held topic"
+            );
+        }
+        self.cx.metrics.held.set(0);
+    }
+
+    /// Whether this instance decides for `user` now: it owns the user's
+    /// intents partition (offline, with no broker, it decides for everyone).
+    fn owns_user(&self, health: &ConsumerHealth, user: &str) -> bool {
+        match &self.intents_topic {
+            Some(topic) => health.owns(topic, self.ledger.partition_of(user)),
+            None => true,
+        }
+    }
+
+    /// Takes over held records of owned partitions that are not queued here.
+    fn adopt(&self, health: &ConsumerHealth) {
+        let records = self.held_log.adoptable(
+            |record| self.owns_user(health, &record.event.user),
+            |key| self.held.contains(key),
+        );
+        if records.is_empty() {
+            return;
+        }
+        let loaded = self.cx.rules.current();
+        for record in records {
+            let Some(rule) = loaded.set.position(&record.rule) else {
+                warn!(rule = %record.rule, "held message of a rule that no longer exists; dropped");
+                self.held_log.forget(&record.key);
+                self.cx
+                    .metrics
+                    .held_released
+                    .with_label_values(&["rule_removed"])
+                    .inc();
+                tokio::spawn(
+                    self.cx
+                        .recorder
+                        .tombstone(&self.held_log.topic, &record.key),
+                );
+                continue;
+            };
+            let held = Held {
+                release_ms: record.release_ms,
+                idempotency_key: record.key.clone(),
+                collapse: record.collapse.clone(),
+                item: HeldMessage {
+                    job: Job {
+                        intent: record
+                            .intent
+                            .clone()
+                            .unwrap_or_else(|| record.key.clone())
+                            .into(),
+                        release: true,
+                        loaded: Arc::clone(&loaded),
+                        rule,
+                        event: Arc::new(record.event.to_event()),
+                        profile: None,
+                        matched_ms: record.outcome.timings.matched_ms,
+                        pattern: record.pattern_context.as_ref().map(|context| {
+                            let event = Arc::new(record.event.to_event());
+                            Arc::new(crate::patterns::Fired {
+                                event,
+                                context: context.clone(),
+                                summary: record.outcome.pattern.clone().unwrap_or_default(),
+                            })
+                        }),
+                    },
+                    chain: record.chain.clone(),
+                    hops: record.hops.clone(),
+                    outcome: record.outcome.clone(),
+                    unless_heard_of: record.unless_heard_of.clone(),
+                },
+            };
+            if self.held.hold(held).is_ok() {
+                info!(rule = %record.rule, release_ms = record.release_ms, "adopted a held message");
+            }
+        }
+        self.cx.metrics.held.set(self.held.len() as i64);
+    }
+
+    /// Runs a held message's decision again, now that its quiet hours ended:
+    /// consent, freshness and caps are checked anew with the current profile.
+    pub(super) async fn release(&self, entry: Held<HeldMessage>) {
+        let key = entry.idempotency_key;
+        let mut writes = Vec::new();
+        self.release_one(entry.item, &mut writes).await;
+        // Re-held (quiet again): its new record replaced the old one.
+        if !self.held.contains(&key) {
+            writes.push(self.cx.recorder.tombstone(&self.held_log.topic, &key));
+        }
+        futures::future::join_all(writes).await;
+    }
+
+    async fn release_one(&self, mut held: HeldMessage, writes: &mut Vec<Pending>) {
+        if let Some(key) = &held.unless_heard_of {
+            let wait = Duration::from_millis(self.feedback_config.consent_wait_ms);
+            // Unsure (feedback unreadable) counts as not delivered: reach the user.
+            let _ = self.feedback.consent_barrier(wait).await;
+            if self.feedback.heard_of(&held.job.event.user, key) {
+                self.cx
+                    .metrics
+                    .held_released
+                    .with_label_values(&["delivered"])
+                    .inc();
+                return;
+            }
+        }
+        held.job.profile = self.cx.profiles.get(&held.job.event.user);
+        let decided = self
+            .run_chain(&held.job, &held.chain, held.hops.clone())
+            .await;
+        for d in decided {
+            let result = match (d.outcome.status, d.outcome.reason_code) {
+                (Status::Sent, _) => "sent",
+                (Status::Held, _) => "held_again",
+                (Status::Suppressed, Some("stale")) => "stale",
+                (Status::Suppressed, _) => "suppressed",
+                (Status::Failed, _) => "failed",
+            };
+            self.cx
+                .metrics
+                .held_released
+                .with_label_values(&[result])
+                .inc();
+            self.record(d, writes);
+        }
+    }
+
+    /// Releases the held messages due at the clock's time, one after the
+    /// other (rule tests and replays, on a virtual clock).
+    pub(super) async fn release_due(&self) {
+        for held in self.held.due(self.cx.clock.now_ms()) {
+            self.held_log.forget(&held.idempotency_key);
+            self.release(held).await;
+        }
+    }
+
+    /// Whether a message is held.
+    pub(super) fn holds_any(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Starts stage 2's background tasks until `shutdown`: the held topic's
+    /// reader, and the release of held messages when due.
+    pub(super) fn spawn_tasks(
+        self: &Arc<Self>,
+        health: Arc<ConsumerHealth>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let log = Arc::clone(&self.held_log);
+        let follow_shutdown = shutdown.clone();
+        vec![
+            tokio::spawn(async move { log.follow(follow_shutdown).await }),
+            tokio::spawn(Arc::clone(self).release_held(health, shutdown)),
+        ]
+    }
+
+    /// Restores the send ledger of intents partitions, and the caps it feeds.
+    pub(super) fn restore(&self, partitions: &[i32]) -> Result<(), String> {
+        let started = Instant::now();
+        let restored = self
+            .ledger
+            .restore(partitions, self.cx.clock.now_ms(), RESTORE_PATIENCE)
+            .map_err(|e| e.to_string())?;
+        // Forgotten first, so a restore retried after a failure counts once.
+        let caps = self.policy.caps();
+        let mut seen = std::collections::HashSet::new();
+        for e in &restored.sends {
+            if seen.insert(&*e.user) {
+                caps.forget(&e.user);
+            }
+            caps.remember(&e.user, &e.category, &e.rule, e.at_ms);
+        }
+        stores::count_restore(&self.cx.metrics, "ledger", restored.records, started);
+        self.cx.metrics.ledger_entries.set(self.ledger.len() as i64);
+        info!(
+            ?partitions,
+            records = restored.records,
+            users = restored.users,
+            in_flight = restored.in_flight,
+            unreadable = restored.unreadable,
+            ms = started.elapsed().as_millis() as u64,
+            "send ledger restored"
+        );
+        Ok(())
+    }
+
+    /// Forgets an intents partition's ledger and caps: another instance owns it.
+    pub(super) fn drop_partition(&self, partition: i32) {
+        let caps = self.policy.caps();
+        for user in self.ledger.drop_partition(partition) {
+            caps.forget(&user);
+        }
+        self.cx.metrics.ledger_entries.set(self.ledger.len() as i64);
+    }
+
+    /// Sweeps the ledger's entries past their horizon.
+    pub(super) fn sweep(&self) {
+        let metrics = &self.cx.metrics;
+        self.ledger.sweep(self.cx.clock.now_ms());
+        metrics.ledger_entries.set(self.ledger.len() as i64);
+        let evicted = self.ledger.evicted();
+        let counted = metrics.ledger_evicted.get();
+        metrics
+            .ledger_evicted
+            .inc_by(evicted.saturating_sub(counted));
+    }
+}

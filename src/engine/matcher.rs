@@ -1,0 +1,270 @@
+//! Stage 1: a source record decoded, matched against the rules, its patterns' state updated; the jobs of the rules it fired.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use tracing::{info, trace};
+
+use super::stores::{self, StateChange};
+use super::{Job, StageContext};
+use crate::config::{Config, SourceConfig};
+use crate::expr::condition::Scope;
+use crate::ingest::decode::{decode, Event, Origin};
+use crate::ingest::Incoming;
+use crate::outcome::Pending;
+use crate::patterns::PatternStore;
+use crate::profile::Profile;
+use crate::rules::Verdict;
+use crate::state::{Changelog, Intent};
+use crate::util::FastMap;
+
+/// How long a restore waits for a broker that stops answering.
+const RESTORE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Stage 1. Its state: pattern windows per (rule, key), one store per
+/// source partition, each with its changelog topic.
+pub struct Matcher {
+    pub(super) cx: StageContext,
+    /// Source topic → (interned name, field mapping, consumed counter).
+    sources: FastMap<String, (Arc<str>, SourceConfig, IntCounter)>,
+    max_event_bytes: usize,
+    /// Per (rule, key) state of rules with a pattern.
+    pub(super) patterns: PatternStore,
+    /// Pattern-state changes, one changelog per source topic (none offline).
+    pub(super) changelogs: FastMap<String, Arc<Changelog>>,
+}
+
+/// An event as a pattern sees it.
+pub(super) struct Seen<'a> {
+    pub event: &'a Arc<Event>,
+    /// Whether the rule's match and condition hold for it.
+    pub matched: bool,
+    pub profile: Option<&'a Profile>,
+    pub scope: Option<&'a Scope<'a>>,
+}
+
+/// What stage 1 made of a record (or of the timers due): the jobs of the
+/// rules it fired, the writes it needs (dead letters), and the pattern
+/// state changes to write once those are written.
+#[derive(Default)]
+pub struct Matched {
+    pub jobs: Vec<Job>,
+    pub writes: Vec<Pending>,
+    pub(super) changes: Vec<StateChange>,
+}
+
+impl Matcher {
+    /// Stage 1 for the configured sources; `changelogs` names the source
+    /// topics whose pattern state has a changelog (`None`: all in memory).
+    pub fn new(
+        cx: StageContext,
+        changelogs: Option<&BTreeSet<String>>,
+        config: &Config,
+    ) -> Matcher {
+        let sources = config
+            .sources
+            .iter()
+            .map(|(topic, mapping)| {
+                let counter = cx.metrics.events_consumed.with_label_values(&[topic]);
+                let entry = (Arc::from(topic.as_str()), mapping.clone(), counter);
+                (topic.clone(), entry)
+            })
+            .collect();
+        let reader = crate::kafka::profile_reader_config(&config.kafka);
+        let changelogs = changelogs
+            .into_iter()
+            .flatten()
+            .filter(|s| config.sources.contains_key(*s))
+            .map(|s| {
+                let log = Changelog::new(
+                    config.pattern_changelog(s),
+                    cx.recorder.clone(),
+                    reader.clone(),
+                );
+                (s.clone(), Arc::new(log))
+            })
+            .collect();
+        Matcher {
+            patterns: PatternStore::new(config.limits.pattern_keys_per_rule),
+            sources,
+            max_event_bytes: config.limits.max_event_bytes,
+            changelogs,
+            cx,
+        }
+    }
+
+    /// Whether `topic` is one of the sources.
+    pub fn reads(&self, topic: &str) -> bool {
+        self.sources.contains_key(topic)
+    }
+
+    /// Decodes a source record and matches it: every candidate rule's
+    /// condition, every pattern it moves. A record that cannot be decoded
+    /// is dead-lettered with its reason.
+    pub fn observe(&self, msg: &Incoming) -> Matched {
+        let mut out = Matched::default();
+        let Some((source, mapping, consumed)) = self.sources.get(&msg.topic) else {
+            return out;
+        };
+        consumed.inc();
+        let origin = Origin {
+            topic: &msg.topic,
+            partition: msg.partition,
+            offset: msg.offset,
+            key: msg.key.as_deref(),
+            timestamp_ms: msg.timestamp_ms,
+        };
+        let decoded = decode(
+            source,
+            mapping,
+            origin,
+            msg.payload.as_deref(),
+            self.max_event_bytes,
+            msg.consumed_ms,
+        );
+        let event = match decoded {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                trace!(topic = %msg.topic, partition = msg.partition, offset = msg.offset, reason = e.reason(), "dead letter");
+                out.writes
+                    .push(self.cx.dead_letter(msg, e.reason(), e.to_string()));
+                return out;
+            }
+        };
+        let loaded = self.cx.rules.current();
+        let set = &loaded.set;
+        let profile = self.cx.profiles.get(&event.user);
+        let candidates = set.candidates(&event.source, &event.fields);
+        if candidates.is_empty() {
+            return out;
+        }
+        let mut matched = Vec::new();
+        let mut fired = Vec::new();
+        {
+            // Built only if a candidate needs it; dropped before the jobs.
+            let mut built = None;
+            for i in candidates {
+                let rule = &set.rules[i];
+                let needs = rule.condition.is_some()
+                    || rule
+                        .pattern
+                        .as_ref()
+                        .is_some_and(|p| p.key.is_some() || p.has_step_conditions());
+                let scope = if needs {
+                    Some(&*built.get_or_insert_with(|| {
+                        set.conditions.scope(&event.fields, profile.as_deref())
+                    }))
+                } else {
+                    None
+                };
+                let verdict = set.check(i, &event.fields, scope);
+                if let Verdict::Error(_) = verdict {
+                    loaded.condition_errors[i].inc();
+                }
+                let is_match = verdict == Verdict::Match;
+                let Some(pattern) = &rule.pattern else {
+                    if is_match {
+                        self.count_match(&loaded, i);
+                        matched.push(i);
+                    }
+                    continue;
+                };
+                let seen = Seen {
+                    event: &event,
+                    matched: is_match,
+                    profile: profile.as_deref(),
+                    scope,
+                };
+                match self.observe_pattern(&loaded, i, pattern, &seen, &mut out.changes) {
+                    Ok(done) => {
+                        for f in done {
+                            self.count_match(&loaded, i);
+                            fired.push((i, f));
+                        }
+                    }
+                    Err(dead_letter) => out.writes.push(dead_letter),
+                }
+            }
+        }
+        let matched_ms = self.cx.clock.now_ms();
+        out.jobs = matched
+            .iter()
+            .map(|&rule| Job {
+                intent: Intent::id_of(&event, &set.rules[rule].id, false).into(),
+                loaded: Arc::clone(&loaded),
+                rule,
+                event: Arc::clone(&event),
+                profile: profile.clone(),
+                matched_ms,
+                pattern: None,
+                release: false,
+            })
+            .collect();
+        out.jobs.extend(
+            fired
+                .into_iter()
+                .map(|(i, f)| self.fired_job(&loaded, i, f, false)),
+        );
+        out
+    }
+
+    /// Counts a match (or a pattern firing) of rule `i`.
+    pub(super) fn count_match(&self, loaded: &crate::rules::Loaded, i: usize) {
+        loaded.matches[i].inc();
+        let now = self.cx.clock.now_ms();
+        self.cx
+            .metrics
+            .activity
+            .matched(&loaded.set.rules[i].id, now);
+    }
+
+    /// Whether a pattern timer (absence, dwell) is waiting.
+    pub fn has_timers(&self) -> bool {
+        self.patterns.has_timers()
+    }
+
+    /// Restores the pattern state of source partitions of one topic from its
+    /// changelog (a topic without one has nothing to restore).
+    pub fn restore(&self, topic: &str, partitions: &[i32]) -> Result<(), String> {
+        let Some(changelog) = self.changelogs.get(topic) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let all = changelog
+            .restore_all(partitions, RESTORE_PATIENCE)
+            .map_err(|e| e.to_string())?;
+        let loaded = self.cx.rules.current();
+        let (mut records, mut keys, mut unreadable) = (0, 0, 0);
+        for (partition, changes) in all {
+            records += changes.len();
+            let (k, u) = self.patterns.restore_changelog(
+                topic,
+                partition,
+                changes.into_iter().map(|c| (c.key, c.value)).collect(),
+                |id| loaded.set.get(id).and_then(|r| r.pattern.clone()),
+            );
+            keys += k;
+            unreadable += u;
+        }
+        stores::count_restore(&self.cx.metrics, "patterns", records, started);
+        info!(
+            %topic,
+            ?partitions,
+            records,
+            keys,
+            unreadable,
+            ms = started.elapsed().as_millis() as u64,
+            "pattern state restored"
+        );
+        Ok(())
+    }
+
+    /// Forgets a source partition's pattern state: another instance owns it.
+    pub fn drop_partition(&self, topic: &str, partition: i32) {
+        if self.changelogs.contains_key(topic) {
+            drop(self.patterns.take_partition(topic, partition));
+        }
+    }
+}
