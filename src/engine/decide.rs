@@ -16,7 +16,9 @@ use crate::config::OnUnknown;
 use crate::deliver::{send_with_retry, Address, ChannelKind, Message, SendError};
 use crate::feedback::{SentRecord, SentRef};
 use crate::ingest::decode::Event;
-use crate::outcome::{DeadLetter, Outcome, SourceRef, Status, Timings};
+use crate::outcome::{
+    DeadLetter, DeadLetterCode, DeadLetterReason, Outcome, SourceRef, Status, Timings,
+};
 use crate::policy::{Draft, Suppression, Unknown, Verdict};
 use crate::profile::Profile;
 use crate::render::{JsonFields, RuleScope, Scope};
@@ -367,13 +369,12 @@ impl Decider {
         reason: &str,
         detail: String,
     ) -> DeadLetter {
-        self.cx
-            .metrics
-            .dead_letters
-            .with_label_values(&["send_failed"])
-            .inc();
+        self.cx.count_dead_letter(DeadLetterCode::SendFailed);
         DeadLetter {
-            reason: format!("send_failed:{reason}"),
+            reason: DeadLetterReason {
+                code: DeadLetterCode::SendFailed,
+                cause: Some(reason.to_string()),
+            },
             detail,
             topic: event.source.to_string(),
             partition: event.partition,

@@ -22,7 +22,7 @@ use crate::deliver::Message;
 use crate::feedback::FeedbackState;
 use crate::ingest::{ConsumerHealth, Incoming};
 use crate::metrics::activity::Happened;
-use crate::outcome::{DeadLetter, Hop, Outcome, Pending, Status};
+use crate::outcome::{DeadLetter, DeadLetterCode, Hop, Outcome, Pending, Status};
 use crate::policy::{Policy, Suppression, SuppressionCode};
 use crate::state::{Changelog, Intent, LedgerEntry, LedgerStatus, SendLedger};
 use crate::util::FastMap;
@@ -167,14 +167,14 @@ impl Decider {
             Some(Err(e)) => {
                 return vec![self.cx.dead_letter(
                     &msg,
-                    "bad_intent",
+                    DeadLetterCode::BadIntent,
                     format!("intent cannot be read (written by another herald version?): {e}"),
                 )]
             }
             None => {
                 return vec![self.cx.dead_letter(
                     &msg,
-                    "bad_intent",
+                    DeadLetterCode::BadIntent,
                     "intent has no payload".into(),
                 )]
             }
@@ -183,7 +183,7 @@ impl Decider {
         let Some(rule) = loaded.set.position(&intent.rule) else {
             return vec![self.cx.dead_letter(
                 &msg,
-                "rule_removed",
+                DeadLetterCode::RuleRemoved,
                 format!(
                     "rule `{}` fired in stage 1 but is no longer loaded",
                     intent.rule

@@ -127,7 +127,7 @@ impl Matcher {
         let event = match decoded {
             Ok(e) => Arc::new(e),
             Err(e) => {
-                trace!(topic = %msg.topic, partition = msg.partition, offset = msg.offset, reason = e.reason(), "dead letter");
+                trace!(topic = %msg.topic, partition = msg.partition, offset = msg.offset, reason = e.reason().as_str(), "dead letter");
                 out.writes
                     .push(self.cx.dead_letter(msg, e.reason(), e.to_string()));
                 return out;

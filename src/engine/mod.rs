@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::feedback::FeedbackState;
 use crate::ingest::{ConsumerHealth, Incoming, PartitionStores};
 use crate::metrics::Metrics;
-use crate::outcome::{DeadLetter, Outcome, Pending, Recorder};
+use crate::outcome::{DeadLetter, DeadLetterCode, Outcome, Pending, Recorder};
 use crate::profile::ProfileTable;
 use crate::rules::LiveRules;
 use crate::util::{Clock, FastMap};
@@ -73,11 +73,22 @@ pub struct StageContext {
 }
 
 impl StageContext {
+    /// Counts a dead letter by its reason code.
+    pub(super) fn count_dead_letter(&self, reason: DeadLetterCode) {
+        let label = reason.as_str();
+        self.metrics.dead_letters.with_label_values(&[label]).inc();
+    }
+
     /// Dead-letters a record that cannot be used, with its reason.
-    pub(super) fn dead_letter(&self, msg: &Incoming, reason: &str, detail: String) -> Pending {
-        self.metrics.dead_letters.with_label_values(&[reason]).inc();
+    pub(super) fn dead_letter(
+        &self,
+        msg: &Incoming,
+        reason: DeadLetterCode,
+        detail: String,
+    ) -> Pending {
+        self.count_dead_letter(reason);
         self.recorder.dead_letter(&DeadLetter {
-            reason: reason.to_string(),
+            reason: reason.into(),
             detail,
             topic: msg.topic.clone(),
             partition: msg.partition,

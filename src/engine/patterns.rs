@@ -7,7 +7,7 @@ use super::matcher::{Matched, Seen};
 use super::stores::StateChange;
 use super::{Job, Matcher};
 use crate::ingest::decode::Event;
-use crate::outcome::{DeadLetter, Pending};
+use crate::outcome::{DeadLetter, DeadLetterCode, Pending};
 use crate::patterns::detect::Input;
 use crate::patterns::store::{changelog_key, KeyRef};
 use crate::patterns::{Fired, Pattern};
@@ -89,13 +89,9 @@ impl Matcher {
 
     /// The dead letter of an event whose pattern key cannot be computed.
     fn key_error(&self, event: &Event, rule: &str, detail: String) -> Pending {
-        self.cx
-            .metrics
-            .dead_letters
-            .with_label_values(&["key_error"])
-            .inc();
+        self.cx.count_dead_letter(DeadLetterCode::KeyError);
         self.cx.recorder.dead_letter(&DeadLetter {
-            reason: "key_error".into(),
+            reason: DeadLetterCode::KeyError.into(),
             detail,
             topic: event.source.to_string(),
             partition: event.partition,

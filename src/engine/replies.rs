@@ -17,7 +17,7 @@ use crate::feedback::state::ConsentChange;
 use crate::feedback::FeedbackState;
 use crate::feedback::{reply_event, Feedback, InboundSms, Keyword, PushAction, SentRef};
 use crate::ingest::Incoming;
-use crate::outcome::{Outcome, Pending, SourceRef, Status, Timings};
+use crate::outcome::{DeadLetterCode, Outcome, Pending, SourceRef, Status, Timings};
 use crate::util::fingerprint;
 use crate::util::FastMap;
 
@@ -75,14 +75,13 @@ impl Replies {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
                 self.count_feedback("invalid", "invalid");
-                let reason = format!("feedback_{}", e.reason());
-                return vec![self.cx.dead_letter(&msg, &reason, e.to_string())];
+                return vec![self.cx.dead_letter(&msg, e.reason(), e.to_string())];
             }
             None => {
                 self.count_feedback("invalid", "invalid");
                 return vec![self.cx.dead_letter(
                     &msg,
-                    "feedback_empty",
+                    DeadLetterCode::FeedbackEmpty,
                     "feedback record has no payload".into(),
                 )];
             }

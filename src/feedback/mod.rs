@@ -13,6 +13,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::outcome::DeadLetterCode;
+
 pub mod sent;
 pub mod state;
 pub mod twilio;
@@ -142,14 +144,14 @@ pub enum FeedbackError {
 }
 
 impl FeedbackError {
-    /// Short, stable reason code.
-    pub fn reason(&self) -> &'static str {
+    /// The dead letter's reason code (and the metric label).
+    pub fn reason(&self) -> DeadLetterCode {
         match self {
-            FeedbackError::NotObject => "not_object",
-            FeedbackError::NoType => "no_type",
-            FeedbackError::MissingField(_) => "missing_field",
-            FeedbackError::BadPhone => "bad_phone",
-            FeedbackError::BadTime => "bad_time",
+            FeedbackError::NotObject => DeadLetterCode::FeedbackNotObject,
+            FeedbackError::NoType => DeadLetterCode::FeedbackNoType,
+            FeedbackError::MissingField(_) => DeadLetterCode::FeedbackMissingField,
+            FeedbackError::BadPhone => DeadLetterCode::FeedbackBadPhone,
+            FeedbackError::BadTime => DeadLetterCode::FeedbackBadTime,
         }
     }
 }

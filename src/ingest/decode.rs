@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::fields::{Fields, Top};
 use crate::config::SourceConfig;
+use crate::outcome::DeadLetterCode;
 
 /// One event from a source topic, with the fields herald needs pulled out.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -47,15 +48,15 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// Short, stable reason code used as the metric label and in dead-letter records.
-    pub fn reason(&self) -> &'static str {
+    /// The dead letter's reason code (and the metric label).
+    pub fn reason(&self) -> DeadLetterCode {
         match self {
-            DecodeError::Empty => "empty",
-            DecodeError::TooLarge { .. } => "too_large",
-            DecodeError::NotJson(_) => "not_json",
-            DecodeError::NotObject => "not_object",
-            DecodeError::MissingField(_) => "missing_field",
-            DecodeError::BadTime { .. } => "bad_time",
+            DecodeError::Empty => DeadLetterCode::Empty,
+            DecodeError::TooLarge { .. } => DeadLetterCode::TooLarge,
+            DecodeError::NotJson(_) => DeadLetterCode::NotJson,
+            DecodeError::NotObject => DeadLetterCode::NotObject,
+            DecodeError::MissingField(_) => DeadLetterCode::MissingField,
+            DecodeError::BadTime { .. } => DeadLetterCode::BadTime,
         }
     }
 }
@@ -298,17 +299,17 @@ mod tests {
 
     #[test]
     fn bad_input_has_a_reason() {
-        assert_eq!(run(b"not json").unwrap_err().reason(), "not_json");
-        assert_eq!(run(b"[1,2]").unwrap_err().reason(), "not_object");
+        assert_eq!(run(b"not json").unwrap_err().reason().as_str(), "not_json");
+        assert_eq!(run(b"[1,2]").unwrap_err().reason().as_str(), "not_object");
         assert_eq!(
             run(br#"{"ts":1}"#).unwrap_err(),
             DecodeError::MissingField("user_id".into())
         );
         assert_eq!(
-            run(br#"{"user_id":"u","ts":true}"#).unwrap_err().reason(),
+            run(br#"{"user_id":"u","ts":true}"#).unwrap_err().reason().as_str(),
             "bad_time"
         );
-        assert_eq!(run(&[b' '; 300]).unwrap_err().reason(), "too_large");
+        assert_eq!(run(&[b' '; 300]).unwrap_err().reason().as_str(), "too_large");
     }
 
     #[test]
@@ -324,7 +325,10 @@ mod tests {
             let got = run(payload.as_bytes());
             let reason = got.as_ref().map_err(DecodeError::reason).err();
             assert!(
-                matches!(reason, Some("bad_time") | Some("not_json")),
+                matches!(
+                    reason,
+                    Some(DeadLetterCode::BadTime | DeadLetterCode::NotJson)
+                ),
                 "ts {ts}: {got:?}"
             );
         }

@@ -169,11 +169,66 @@ pub struct Hop {
     pub reason: String,
 }
 
+crate::reason_codes! {
+    /// Why a record went to the dead-letter topic: the bounded label of
+    /// `herald_dead_letters_total{reason}`, and the start of the record's
+    /// `reason`.
+    pub enum DeadLetterCode {
+        /// A source record with no payload.
+        Empty = "empty",
+        /// A source record over `limits.max_event_bytes`.
+        TooLarge = "too_large",
+        NotJson = "not_json",
+        NotObject = "not_object",
+        /// A field the source's mapping requires (the user, the time).
+        MissingField = "missing_field",
+        /// The event time is neither RFC 3339 nor epoch milliseconds.
+        BadTime = "bad_time",
+        /// A pattern's state key could not be computed for the event.
+        KeyError = "key_error",
+        /// An intent stage 2 cannot read (another herald version?).
+        BadIntent = "bad_intent",
+        /// An intent of a rule no longer loaded.
+        RuleRemoved = "rule_removed",
+        /// A message that failed: `send_failed:<the failure's reason>`.
+        SendFailed = "send_failed",
+        FeedbackEmpty = "feedback_empty",
+        FeedbackNotObject = "feedback_not_object",
+        FeedbackNoType = "feedback_no_type",
+        FeedbackMissingField = "feedback_missing_field",
+        FeedbackBadPhone = "feedback_bad_phone",
+        FeedbackBadTime = "feedback_bad_time",
+    }
+}
+
+/// A dead letter's reason as its record spells it: the code, and for a
+/// failed message what failed (`send_failed:provider_status:503`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterReason {
+    pub code: DeadLetterCode,
+    /// What failed, for [`DeadLetterCode::SendFailed`].
+    pub cause: Option<String>,
+}
+
+impl From<DeadLetterCode> for DeadLetterReason {
+    fn from(code: DeadLetterCode) -> Self {
+        DeadLetterReason { code, cause: None }
+    }
+}
+
+impl Serialize for DeadLetterReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.cause {
+            Some(cause) => s.collect_str(&format_args!("{}:{cause}", self.code)),
+            None => s.serialize_str(self.code.as_str()),
+        }
+    }
+}
+
 /// A message herald could not process, as written to the dead-letter topic.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
-    /// Reason code (`not_json`, `too_large`, `missing_field`, `send_failed`, …).
-    pub reason: String,
+    pub reason: DeadLetterReason,
     /// Human-readable detail.
     pub detail: String,
     pub topic: String,
@@ -402,5 +457,33 @@ impl Recorder {
                 done()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letters_reason_is_its_code_and_for_a_failed_send_what_failed() {
+        let plain = DeadLetterReason::from(DeadLetterCode::NotJson);
+        assert_eq!(serde_json::to_value(&plain).unwrap(), "not_json");
+        let failed = DeadLetterReason {
+            code: DeadLetterCode::SendFailed,
+            cause: Some("provider_status:503".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&failed).unwrap(),
+            "send_failed:provider_status:503"
+        );
+        // Every code is its own metric label, listed once, in order.
+        let labels: Vec<&str> = DeadLetterCode::ALL.iter().map(|c| c.as_str()).collect();
+        let unique: std::collections::BTreeSet<&str> = labels.iter().copied().collect();
+        assert_eq!(unique.len(), labels.len());
+        for (i, code) in DeadLetterCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i);
+        }
+        assert_eq!(labels[0], "empty");
+        assert!(labels.contains(&"feedback_bad_phone"));
     }
 }
