@@ -16,6 +16,7 @@ use crate::config::OnUnknown;
 use crate::deliver::{send_with_retry, Address, ChannelKind, Message, SendError};
 use crate::feedback::{SentRecord, SentRef};
 use crate::ingest::decode::Event;
+use crate::metrics::StageEvent;
 use crate::outcome::{
     DeadLetter, DeadLetterCode, DeadLetterReason, Outcome, SourceRef, Status, Timings,
 };
@@ -39,7 +40,7 @@ impl Decider {
     /// where it is (a decision is large: moving it costs more than most steps).
     async fn decide_into(&self, job: &Job, channel: &ChannelRuntime, d: &mut Decided) {
         if let Some(why) = self.settled_by_ledger(job, channel, d) {
-            return self.suppressed(job, d, why);
+            return self.suppressed(d, why);
         }
         let (event, rule) = (&*job.event, job.rule());
         let mut draft = Draft {
@@ -74,7 +75,7 @@ impl Decider {
                 channel: channel.channel.name.clone(),
             };
             self.policy.give_back(&mut draft);
-            return self.suppressed(job, d, s);
+            return self.suppressed(d, s);
         };
         let message = match render(job, channel, &d.outcome.idempotency_key) {
             Ok(m) => m,
@@ -116,11 +117,10 @@ impl Decider {
                 // Recorded attempted, never answered: the request was in
                 // flight when its owner died. The channel decides.
                 let on_unknown = channel.channel.on_unknown;
-                self.cx
-                    .metrics
-                    .unknown_after_crash
-                    .with_label_values(&[&*channel.channel.name, on_unknown.as_str()])
-                    .inc();
+                self.cx.metrics.emit(StageEvent::UnknownAfterCrash {
+                    channel: &channel.channel.name,
+                    action: on_unknown.as_str(),
+                });
                 if on_unknown != OnUnknown::Skip {
                     d.outcome.unknown_after_crash = true;
                     return None;
@@ -141,14 +141,14 @@ impl Decider {
             Verdict::Continue => {}
             Verdict::Suppress(s) => {
                 d.may_hop = s.is_channel_specific();
-                self.suppressed(job, d, s);
+                self.suppressed(d, s);
             }
             Verdict::Defer { until_ms, because } => {
                 self.deferred(job, channel, d, until_ms, because)
             }
             Verdict::Fail(unknown, detail) => {
                 if unknown == Unknown::Consent {
-                    self.cx.metrics.consent_waits_failed.inc();
+                    self.cx.metrics.emit(StageEvent::ConsentWaitFailed);
                 }
                 self.failed(job, channel, d, unknown.code(), detail)
             }
@@ -229,9 +229,7 @@ impl Decider {
         d.outcome.attempts = attempted.attempts;
         d.outcome.timings.request_sent_ms = attempted.request_sent_ms;
         d.outcome.timings.answered_ms = attempted.answered_ms;
-        channel
-            .latency
-            .observe((attempted.answered_ms - attempted.request_sent_ms).max(0) as f64 / 1000.0);
+        d.requested = true;
         match attempted.result {
             Ok(delivered) => {
                 d.outcome.status = Status::Sent;
@@ -252,14 +250,6 @@ impl Decider {
     /// it wherever it arrives.
     fn sent(&self, job: &Job, d: &mut Decided, address: &Address, sent_ms: i64) {
         let event = &*job.event;
-        self.cx
-            .metrics
-            .event_to_send
-            .observe((sent_ms - event.time_ms).max(0) as f64 / 1000.0);
-        self.cx
-            .metrics
-            .consume_to_send
-            .observe((sent_ms - event.consumed_ms).max(0) as f64 / 1000.0);
         let phone = match address {
             Address::Phone(p) => Some(p.as_str()),
             _ => None,
@@ -344,21 +334,11 @@ impl Decider {
             Some(self.failed_send_record(&job.event, job.rule(), channel, code, detail));
     }
 
-    /// A suppressed decision, counted by reason.
-    pub(super) fn suppressed(&self, job: &Job, d: &mut Decided, why: Suppression) {
-        let outcome = &mut d.outcome;
-        let code = why.code_index();
-        self.suppression_counters[code].inc();
-        job.loaded.suppressions[job.rule][code]
-            .get_or_init(|| {
-                self.cx
-                    .metrics
-                    .rule_suppressions
-                    .with_label_values(&[&*job.rule().id, why.code()])
-            })
-            .inc();
-        outcome.status = Status::Suppressed;
-        outcome.because(why.code(), why.text());
+    /// A suppressed decision, with its reason.
+    pub(super) fn suppressed(&self, d: &mut Decided, why: Suppression) {
+        d.suppression = Some(why.kind());
+        d.outcome.status = Status::Suppressed;
+        d.outcome.because(why.code(), why.text());
     }
 
     pub(super) fn failed_send_record(

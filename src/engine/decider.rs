@@ -16,14 +16,16 @@ use tracing::{info, warn};
 use super::held::{AlreadyHeld, Held, HeldMessage, HeldQueue};
 use super::held_log::HeldLog;
 use super::job::Job;
-use super::{stores, ChannelRuntime, Decision, StageContext};
+use super::{ChannelRuntime, Decision, StageContext};
 use crate::config::{Config, FeedbackConfig};
 use crate::deliver::Message;
 use crate::feedback::FeedbackState;
 use crate::ingest::{ConsumerHealth, Incoming};
 use crate::metrics::activity::Happened;
+use crate::metrics::StageEvent;
 use crate::outcome::{DeadLetter, DeadLetterCode, Hop, Outcome, Pending, Status};
 use crate::policy::{Policy, Suppression, SuppressionCode};
+use crate::rules::Loaded;
 use crate::state::{Changelog, Intent, LedgerEntry, LedgerStatus, SendLedger};
 use crate::util::FastMap;
 
@@ -35,8 +37,14 @@ pub struct Decided {
     pub outcome: Outcome,
     pub message: Option<Message>,
     pub dead_letter: Option<DeadLetter>,
-    /// The rule's decision counters (sent, suppressed, failed, held).
-    pub counters: [IntCounter; 4],
+    /// The rules the decision was made with, and its rule's place there
+    /// (for its counters).
+    loaded: Arc<Loaded>,
+    rule: usize,
+    /// The reason code of a suppressed decision.
+    pub(super) suppression: Option<SuppressionCode>,
+    /// A request went to the provider (its answer is timed).
+    pub(super) requested: bool,
     /// A fallback chain may try its next channel after this decision.
     pub(super) may_hop: bool,
     /// Deferred: hold the message until then, epoch ms.
@@ -55,7 +63,10 @@ impl Decided {
             outcome,
             message: None,
             dead_letter: None,
-            counters: job.loaded.decisions[job.rule].clone(),
+            loaded: Arc::clone(&job.loaded),
+            rule: job.rule,
+            suppression: None,
+            requested: false,
             may_hop: false,
             hold_until: None,
             writes: Vec::new(),
@@ -229,30 +240,61 @@ impl Decider {
         }
     }
 
-    /// Counts a decision, in this one place for every decision of a rule
-    /// (per rule, per channel, on the live page), and hands its records to
-    /// the producer.
-    fn record(&self, mut decided: Decided, writes: &mut Vec<Pending>) {
-        decided.counters[decided.outcome.status.index()].inc();
-        let o = &decided.outcome;
-        if let (Some(channel), false) = (self.channels.get(&*o.channel), o.shadow) {
+    /// Counts a decision: in this one place for every decision of a rule
+    /// (per rule, per channel, per reason, the provider's latency, on the
+    /// live page).
+    fn count(&self, d: &Decided) {
+        let (o, loaded) = (&d.outcome, &d.loaded);
+        loaded.decisions[d.rule][o.status.index()].inc();
+        let channel = self.channels.get(&*o.channel);
+        if let (Some(channel), false) = (channel, o.shadow) {
             channel.count(o.status);
         }
+        if let Some(code) = d.suppression {
+            self.suppression_counters[code.index()].inc();
+            let rule = &loaded.set.rules[d.rule].id;
+            loaded.suppressions[d.rule][code.index()]
+                .get_or_init(|| {
+                    let labels = [&**rule, code.as_str()];
+                    self.cx.metrics.rule_suppressions.with_label_values(&labels)
+                })
+                .inc();
+        }
+        let t = &o.timings;
+        let seconds = |from: i64, to: i64| (to - from).max(0) as f64 / 1000.0;
+        if let (Some(channel), true) = (channel, d.requested) {
+            self.cx.metrics.emit(StageEvent::ProviderAnswered {
+                latency: &channel.latency,
+                seconds: seconds(t.request_sent_ms, t.answered_ms),
+            });
+            if o.status == Status::Sent {
+                self.cx.metrics.emit(StageEvent::Sent {
+                    event_to_send_s: seconds(t.event_ms, t.request_sent_ms),
+                    consume_to_send_s: seconds(t.consumed_ms, t.request_sent_ms),
+                });
+            }
+        }
         let happened = match o.status {
-            crate::outcome::Status::Sent => Happened::Sent {
-                latency_ms: o.timings.request_sent_ms.max(o.timings.matched_ms)
-                    - o.timings.event_ms,
+            Status::Sent => Happened::Sent {
+                latency_ms: t.request_sent_ms.max(t.matched_ms) - t.event_ms,
             },
-            crate::outcome::Status::Suppressed => Happened::Suppressed {
+            Status::Suppressed => Happened::Suppressed {
                 code: o.reason_code.unwrap_or("unknown"),
             },
-            crate::outcome::Status::Failed => Happened::Failed,
-            crate::outcome::Status::Held => Happened::Held,
+            Status::Failed => Happened::Failed,
+            Status::Held => Happened::Held,
         };
-        self.cx
-            .metrics
-            .activity
-            .decided(&o.rule, happened, self.cx.clock.now_ms());
+        self.cx.metrics.emit(StageEvent::Decided {
+            rule: &o.rule,
+            happened,
+            at_ms: self.cx.clock.now_ms(),
+        });
+    }
+
+    /// Counts a decision and hands its records to the producer.
+    fn record(&self, mut decided: Decided, writes: &mut Vec<Pending>) {
+        self.count(&decided);
+        let o = &decided.outcome;
         writes.append(&mut decided.writes);
         if let Some(key) = decided.ledger_key.take() {
             let status = match o.status {
@@ -347,7 +389,7 @@ impl Decider {
                         // Already held: the held one keeps the ledger's `held`.
                         d.hold_until = None;
                         d.ledger_key = None;
-                        self.suppressed(job, &mut d, Suppression::Duplicate);
+                        self.suppressed(&mut d, Suppression::Duplicate);
                         decided.push(d);
                     }
                 }
@@ -437,7 +479,7 @@ impl Decider {
                     crate::util::json_bytes(&super::held_log::HeldRecord::of(&held))
                 });
         let replaced = self.held.hold(held)?;
-        self.cx.metrics.held.set(self.held.len() as i64);
+        self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
         Ok((record, replaced))
     }
 
@@ -447,11 +489,7 @@ impl Decider {
         outcome.status = Status::Suppressed;
         outcome.because("collapsed", "collapsed");
         outcome.release_ms = None;
-        self.cx
-            .metrics
-            .held_released
-            .with_label_values(&["collapsed"])
-            .inc();
+        self.cx.metrics.emit(StageEvent::HeldEnded("collapsed"));
         let key = format!("{}/{}", old.job.intent, outcome.channel);
         Decided::new(&old.job, outcome, key)
     }
@@ -476,7 +514,7 @@ impl Decider {
                 _ = shutdown.changed() => break,
             }
             for held in self.held.due(self.cx.clock.now_ms()) {
-                self.cx.metrics.held.set(self.held.len() as i64);
+                self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
                 if !self.owns_user(&health, &held.item.job.event.user) {
                     // Its user's partition moved: the new owner adopts it from the held topic.
                     continue;
@@ -493,7 +531,7 @@ impl Decider {
                 "stopping with held messages; they stay on the held topic"
             );
         }
-        self.cx.metrics.held.set(0);
+        self.cx.metrics.emit(StageEvent::HeldNow(0));
     }
 
     /// Whether this instance decides for `user` now: it owns the user's
@@ -519,11 +557,7 @@ impl Decider {
             let Some(rule) = loaded.set.position(&record.rule) else {
                 warn!(rule = %record.rule, "held message of a rule that no longer exists; dropped");
                 self.held_log.forget(&record.key);
-                self.cx
-                    .metrics
-                    .held_released
-                    .with_label_values(&["rule_removed"])
-                    .inc();
+                self.cx.metrics.emit(StageEvent::HeldEnded("rule_removed"));
                 tokio::spawn(
                     self.cx
                         .recorder
@@ -567,7 +601,7 @@ impl Decider {
                 info!(rule = %record.rule, release_ms = record.release_ms, "adopted a held message");
             }
         }
-        self.cx.metrics.held.set(self.held.len() as i64);
+        self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
     }
 
     /// Runs a held message's decision again, now that its quiet hours ended:
@@ -589,11 +623,7 @@ impl Decider {
             // Unsure (feedback unreadable) counts as not delivered: reach the user.
             let _ = self.feedback.consent_barrier(wait).await;
             if self.feedback.heard_of(&held.job.event.user, key) {
-                self.cx
-                    .metrics
-                    .held_released
-                    .with_label_values(&["delivered"])
-                    .inc();
+                self.cx.metrics.emit(StageEvent::HeldEnded("delivered"));
                 return;
             }
         }
@@ -609,11 +639,7 @@ impl Decider {
                 (Status::Suppressed, _) => "suppressed",
                 (Status::Failed, _) => "failed",
             };
-            self.cx
-                .metrics
-                .held_released
-                .with_label_values(&[result])
-                .inc();
+            self.cx.metrics.emit(StageEvent::HeldEnded(result));
             self.record(d, writes);
         }
     }
@@ -663,8 +689,12 @@ impl Decider {
             }
             caps.remember(&e.user, &e.category, &e.rule, e.at_ms);
         }
-        stores::count_restore(&self.cx.metrics, "ledger", restored.records, started);
-        self.cx.metrics.ledger_entries.set(self.ledger.len() as i64);
+        self.cx.metrics.emit(StageEvent::Restored {
+            store: "ledger",
+            records: restored.records,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        self.emit_ledger_size();
         info!(
             ?partitions,
             records = restored.records,
@@ -683,18 +713,19 @@ impl Decider {
         for user in self.ledger.drop_partition(partition) {
             caps.forget(&user);
         }
-        self.cx.metrics.ledger_entries.set(self.ledger.len() as i64);
+        self.emit_ledger_size();
     }
 
     /// Sweeps the ledger's entries past their horizon.
     pub(super) fn sweep(&self) {
-        let metrics = &self.cx.metrics;
         self.ledger.sweep(self.cx.clock.now_ms());
-        metrics.ledger_entries.set(self.ledger.len() as i64);
-        let evicted = self.ledger.evicted();
-        let counted = metrics.ledger_evicted.get();
-        metrics
-            .ledger_evicted
-            .inc_by(evicted.saturating_sub(counted));
+        self.emit_ledger_size();
+    }
+
+    fn emit_ledger_size(&self) {
+        self.cx.metrics.emit(StageEvent::LedgerSize {
+            entries: self.ledger.len(),
+            evicted: self.ledger.evicted(),
+        });
     }
 }

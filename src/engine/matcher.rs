@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use tracing::{info, trace};
 
-use super::stores::{self, StateChange};
+use super::stores::StateChange;
 use super::{Job, StageContext};
 use crate::config::{Config, SourceConfig};
 use crate::expr::condition::Scope;
 use crate::ingest::decode::{decode, Event, Origin};
 use crate::ingest::Incoming;
+use crate::metrics::StageEvent;
 use crate::outcome::Pending;
 use crate::patterns::PatternStore;
 use crate::profile::Profile;
@@ -213,11 +214,9 @@ impl Matcher {
     /// Counts a match (or a pattern firing) of rule `i`.
     pub(super) fn count_match(&self, loaded: &crate::rules::Loaded, i: usize) {
         loaded.matches[i].inc();
-        let now = self.cx.clock.now_ms();
-        self.cx
-            .metrics
-            .activity
-            .matched(&loaded.set.rules[i].id, now);
+        let rule = &loaded.set.rules[i].id;
+        let at_ms = self.cx.clock.now_ms();
+        self.cx.metrics.emit(StageEvent::Matched { rule, at_ms });
     }
 
     /// Whether a pattern timer (absence, dwell) is waiting.
@@ -248,7 +247,11 @@ impl Matcher {
             keys += k;
             unreadable += u;
         }
-        stores::count_restore(&self.cx.metrics, "patterns", records, started);
+        self.cx.metrics.emit(StageEvent::Restored {
+            store: "patterns",
+            records,
+            seconds: started.elapsed().as_secs_f64(),
+        });
         info!(
             %topic,
             ?partitions,

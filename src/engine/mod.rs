@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::feedback::FeedbackState;
 use crate::ingest::{ConsumerHealth, Incoming, PartitionStores};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StageEvent};
 use crate::outcome::{DeadLetter, DeadLetterCode, Outcome, Pending, Recorder};
 use crate::profile::ProfileTable;
 use crate::rules::LiveRules;
@@ -75,8 +75,8 @@ pub struct StageContext {
 impl StageContext {
     /// Counts a dead letter by its reason code.
     pub(super) fn count_dead_letter(&self, reason: DeadLetterCode) {
-        let label = reason.as_str();
-        self.metrics.dead_letters.with_label_values(&[label]).inc();
+        let reason = reason.as_str();
+        self.metrics.emit(StageEvent::DeadLettered { reason });
     }
 
     /// Dead-letters a record that cannot be used, with its reason.

@@ -7,6 +7,7 @@ use super::matcher::{Matched, Seen};
 use super::stores::StateChange;
 use super::{Job, Matcher};
 use crate::ingest::decode::Event;
+use crate::metrics::StageEvent;
 use crate::outcome::{DeadLetter, DeadLetterCode, Pending};
 use crate::patterns::detect::Input;
 use crate::patterns::store::{changelog_key, KeyRef};
@@ -58,11 +59,10 @@ impl Matcher {
         match self.patterns.observe(&rule.id, pattern, &key, &input, now) {
             Ok((observed, evicted)) => {
                 if !evicted.is_empty() {
-                    self.cx
-                        .metrics
-                        .pattern_evicted
-                        .with_label_values(&[&*rule.id])
-                        .inc_by(evicted.len() as u64);
+                    self.cx.metrics.emit(StageEvent::PatternKeysEvicted {
+                        rule: &rule.id,
+                        keys: evicted.len() as u64,
+                    });
                 }
                 if !self.changelogs.is_empty() {
                     let at = KeyRef {
@@ -77,11 +77,8 @@ impl Matcher {
                 Ok(observed.fired)
             }
             Err(_late) => {
-                self.cx
-                    .metrics
-                    .late_events
-                    .with_label_values(&[&*rule.id])
-                    .inc();
+                let late = StageEvent::LateEvent { rule: &rule.id };
+                self.cx.metrics.emit(late);
                 Ok(Vec::new())
             }
         }
@@ -156,8 +153,9 @@ impl Matcher {
             self.pattern_change(at, &mut changes);
         }
         let (keys, bytes) = self.patterns.size();
-        self.cx.metrics.pattern_keys.set(keys as i64);
-        self.cx.metrics.pattern_state_bytes.set(bytes as i64);
+        self.cx
+            .metrics
+            .emit(StageEvent::PatternState { keys, bytes });
         changes
     }
 

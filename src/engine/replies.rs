@@ -17,6 +17,7 @@ use crate::feedback::state::ConsentChange;
 use crate::feedback::FeedbackState;
 use crate::feedback::{reply_event, Feedback, InboundSms, Keyword, PushAction, SentRef};
 use crate::ingest::Incoming;
+use crate::metrics::StageEvent;
 use crate::outcome::{DeadLetterCode, Outcome, Pending, SourceRef, Status, Timings};
 use crate::util::fingerprint;
 use crate::util::FastMap;
@@ -106,12 +107,8 @@ impl Replies {
         }
     }
 
-    fn count_feedback(&self, kind: &str, result: &str) {
-        self.cx
-            .metrics
-            .feedback
-            .with_label_values(&[kind, result])
-            .inc();
+    fn count_feedback(&self, kind: &'static str, result: &'static str) {
+        self.cx.metrics.emit(StageEvent::Feedback { kind, result });
     }
 
     async fn inbound_sms(&self, msg: &Incoming, sms: InboundSms, now: i64) -> Vec<Pending> {
@@ -127,10 +124,8 @@ impl Replies {
                 // At once here too: this instance may read the record before
                 // its state reader does.
                 self.feedback.set_opt_out(&sms.from, !consent, sms.time_ms);
-                self.cx
-                    .metrics
-                    .sms_opt_outs
-                    .set(self.feedback.opt_out_count() as i64);
+                let opted_out = self.feedback.opt_out_count();
+                self.cx.metrics.emit(StageEvent::SmsOptOuts(opted_out));
                 self.count_feedback(if consent { "start" } else { "stop" }, "applied");
                 info!(phone = %fingerprint(&sms.from), consent, "SMS consent changed by keyword");
                 let change = ConsentChange {

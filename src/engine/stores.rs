@@ -1,9 +1,7 @@
-//! The stages' state changes on their way to the changelogs, ordered after the intents they caused, and restore counters.
+//! The stages' state changes on their way to the changelogs, ordered after the intents they caused.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use crate::metrics::Metrics;
 use crate::outcome::Pending;
 use crate::state::Changelog;
 
@@ -33,17 +31,4 @@ pub(super) fn after_writes(writes: &mut Vec<Pending>, changes: Vec<StateChange>)
             .collect();
         futures::future::join_all(written).await;
     }));
-}
-
-/// Counts one restore of `store` in the restore metrics.
-pub(super) fn count_restore(metrics: &Metrics, store: &str, records: usize, started: Instant) {
-    metrics.restores.with_label_values(&[store]).inc();
-    metrics
-        .restored_records
-        .with_label_values(&[store])
-        .inc_by(records as u64);
-    metrics
-        .restore_seconds
-        .with_label_values(&[store])
-        .inc_by(started.elapsed().as_secs_f64());
 }

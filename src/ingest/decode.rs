@@ -306,10 +306,16 @@ mod tests {
             DecodeError::MissingField("user_id".into())
         );
         assert_eq!(
-            run(br#"{"user_id":"u","ts":true}"#).unwrap_err().reason().as_str(),
+            run(br#"{"user_id":"u","ts":true}"#)
+                .unwrap_err()
+                .reason()
+                .as_str(),
             "bad_time"
         );
-        assert_eq!(run(&[b' '; 300]).unwrap_err().reason().as_str(), "too_large");
+        assert_eq!(
+            run(&[b' '; 300]).unwrap_err().reason().as_str(),
+            "too_large"
+        );
     }
 
     #[test]

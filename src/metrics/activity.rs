@@ -47,6 +47,7 @@ impl Default for Rings {
 }
 
 /// What happened to one decision, for [`Activity::decided`].
+#[derive(Debug, Clone, Copy)]
 pub enum Happened<'a> {
     Sent { latency_ms: i64 },
     Suppressed { code: &'a str },

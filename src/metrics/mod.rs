@@ -3,6 +3,9 @@
 //! channels, rule ids and reason codes — never a user, phone, token or card.
 
 pub mod activity;
+mod events;
+
+pub use events::StageEvent;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,

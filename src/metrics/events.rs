@@ -1,0 +1,128 @@
+//! What the stages report, as typed events (as Vector's `internal_events`): a stage says what happened, and [`Metrics::emit`] alone turns it into Prometheus series and the live page's activity.
+
+use super::activity::Happened;
+use super::Metrics;
+
+/// One thing a stage reports. Labels are bounded: topics, channels, rule
+/// ids, reason codes — never a user, phone, token or card.
+#[derive(Debug, Clone, Copy)]
+pub enum StageEvent<'a> {
+    /// A record went to the dead-letter topic.
+    DeadLettered { reason: &'static str },
+    /// A rule matched, or its pattern fired.
+    Matched { rule: &'a str, at_ms: i64 },
+    /// A rule's decision, for the live page.
+    Decided {
+        rule: &'a str,
+        happened: Happened<'a>,
+        at_ms: i64,
+    },
+    /// Pattern keys evicted at the per-rule cap.
+    PatternKeysEvicted { rule: &'a str, keys: u64 },
+    /// An event later than its pattern's allowed lateness.
+    LateEvent { rule: &'a str },
+    /// The pattern state held now.
+    PatternState { keys: usize, bytes: usize },
+    /// A send found attempted and never answered, after a crash; `action`
+    /// is what the channel's `on_unknown` did (`resend`, `skip`).
+    UnknownAfterCrash {
+        channel: &'a str,
+        action: &'static str,
+    },
+    /// A decision that could not wait for herald's STOP list to be read.
+    ConsentWaitFailed,
+    /// A provider answered a request (or the retries ended), after
+    /// `seconds`.
+    ProviderAnswered {
+        latency: &'a prometheus::Histogram,
+        seconds: f64,
+    },
+    /// A message went out: how long after its event, and after its
+    /// consumption.
+    Sent {
+        event_to_send_s: f64,
+        consume_to_send_s: f64,
+    },
+    /// Messages held now.
+    HeldNow(usize),
+    /// A held message ended: `sent`, `held_again`, `stale`, `suppressed`,
+    /// `failed`, `collapsed`, `delivered`, `rule_removed`.
+    HeldEnded(&'static str),
+    /// The send ledger's size, and its evictions since start.
+    LedgerSize { entries: usize, evicted: u64 },
+    /// A store's partitions restored from their changelog.
+    Restored {
+        store: &'static str,
+        records: usize,
+        seconds: f64,
+    },
+    /// A feedback record acted on: its kind and the result.
+    Feedback {
+        kind: &'static str,
+        result: &'static str,
+    },
+    /// Phone numbers opted out of SMS now.
+    SmsOptOuts(usize),
+}
+
+impl Metrics {
+    /// Records what a stage reports.
+    pub fn emit(&self, event: StageEvent<'_>) {
+        match event {
+            StageEvent::DeadLettered { reason } => {
+                self.dead_letters.with_label_values(&[reason]).inc()
+            }
+            StageEvent::Matched { rule, at_ms } => self.activity.matched(rule, at_ms),
+            StageEvent::Decided {
+                rule,
+                happened,
+                at_ms,
+            } => self.activity.decided(rule, happened, at_ms),
+            StageEvent::PatternKeysEvicted { rule, keys } => {
+                self.pattern_evicted.with_label_values(&[rule]).inc_by(keys)
+            }
+            StageEvent::LateEvent { rule } => self.late_events.with_label_values(&[rule]).inc(),
+            StageEvent::PatternState { keys, bytes } => {
+                self.pattern_keys.set(keys as i64);
+                self.pattern_state_bytes.set(bytes as i64);
+            }
+            StageEvent::UnknownAfterCrash { channel, action } => self
+                .unknown_after_crash
+                .with_label_values(&[channel, action])
+                .inc(),
+            StageEvent::ConsentWaitFailed => self.consent_waits_failed.inc(),
+            StageEvent::ProviderAnswered { latency, seconds } => latency.observe(seconds),
+            StageEvent::Sent {
+                event_to_send_s,
+                consume_to_send_s,
+            } => {
+                self.event_to_send.observe(event_to_send_s);
+                self.consume_to_send.observe(consume_to_send_s);
+            }
+            StageEvent::HeldNow(n) => self.held.set(n as i64),
+            StageEvent::HeldEnded(how) => self.held_released.with_label_values(&[how]).inc(),
+            StageEvent::LedgerSize { entries, evicted } => {
+                self.ledger_entries.set(entries as i64);
+                let counted = self.ledger_evicted.get();
+                self.ledger_evicted.inc_by(evicted.saturating_sub(counted));
+            }
+            StageEvent::Restored {
+                store,
+                records,
+                seconds,
+            } => {
+                self.restores.with_label_values(&[store]).inc();
+                self.restored_records
+                    .with_label_values(&[store])
+                    .inc_by(records as u64);
+                self.restore_seconds
+                    .with_label_values(&[store])
+                    .inc_by(seconds);
+            }
+            StageEvent::Feedback { kind, result } => {
+                self.feedback.with_label_values(&[kind, result]).inc()
+            }
+            StageEvent::SmsOptOuts(n) => self.sms_opt_outs.set(n as i64),
+        }
+    }
+}
