@@ -328,54 +328,54 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     })
 }
 
-/// Creates herald's internal topics when missing: the intents topic, the
-/// send ledger's changelog (as many partitions as the intents topic) and one
-/// pattern-state changelog per source topic (as many as the source). An
-/// existing intents topic keeps its partition count, which then wins over
+/// Creates herald's internal topics when missing: the intents topic, and
+/// the changelog of every state table the stages declare
+/// ([`Engine::tables`]), with as many partitions as the table's partitioning
+/// (the intents topic's, or its source topic's). An existing intents topic
+/// keeps its partition count, which then wins over
 /// `topics.intents_partitions`. Returns the sources that have a changelog
 /// (a source topic that does not exist yet has none: its pattern state
 /// lives in memory until the next start, with a warning).
 async fn internal_topics(config: &mut Config) -> Result<BTreeSet<String>, String> {
     use crate::state::changelog::{ensure_topics, partitions_of, TopicSpec};
+    use crate::state::Partitioning;
     let client = kafka::client_config(&config.kafka, kafka::Role::Admin, &[]);
     let intents = config.intents_topic();
     if let Some(n) = partitions_of(&client, &intents)? {
         config.topics.intents_partitions = n;
     }
     let n = config.topics.intents_partitions;
-    let compact = || vec![("cleanup.policy", "compact".to_string())];
-    let mut specs = vec![
-        TopicSpec {
-            name: intents,
-            partitions: n,
-            configs: Vec::new(),
-        },
-        TopicSpec {
-            name: config.ledger_changelog(),
-            partitions: n,
-            // Entries matter for a week (the longest cap window): compacted,
-            // and deleted after eight days.
-            configs: vec![
-                ("cleanup.policy", "compact,delete".to_string()),
-                ("retention.ms", crate::state::ledger::HORIZON_MS.to_string()),
-            ],
-        },
-    ];
+    let mut specs = vec![TopicSpec {
+        name: intents,
+        partitions: n,
+        configs: Vec::new(),
+    }];
     let mut with_changelog = BTreeSet::new();
-    for source in config.sources.keys() {
-        match partitions_of(&client, source)? {
-            Some(p) => {
-                with_changelog.insert(source.clone());
-                specs.push(TopicSpec {
-                    name: config.pattern_changelog(source),
-                    partitions: p,
-                    configs: compact(),
-                });
-            }
-            None => {
-                tracing::warn!(%source, "source topic does not exist yet; its pattern state has no changelog until herald starts again")
-            }
-        }
+    for table in Engine::tables(config) {
+        let Some((topic, cleanup, retention_ms)) = table.changelog() else {
+            continue;
+        };
+        let partitions = match &table.partitioning {
+            Partitioning::IntentsPartition => n,
+            Partitioning::Global => 1,
+            Partitioning::Source(source) => match partitions_of(&client, source)? {
+                Some(p) => {
+                    with_changelog.insert(source.clone());
+                    p
+                }
+                None => {
+                    tracing::warn!(%source, "source topic does not exist yet; its pattern state has no changelog until herald starts again");
+                    continue;
+                }
+            },
+        };
+        let mut configs = vec![("cleanup.policy", cleanup.to_string())];
+        configs.extend(retention_ms.map(|ms| ("retention.ms", ms.to_string())));
+        specs.push(TopicSpec {
+            name: topic.to_string(),
+            partitions,
+            configs,
+        });
     }
     ensure_topics(&client, &specs).await?;
     Ok(with_changelog)

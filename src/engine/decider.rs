@@ -26,7 +26,9 @@ use crate::metrics::StageEvent;
 use crate::outcome::{DeadLetter, DeadLetterCode, Hop, Outcome, Pending, Status};
 use crate::policy::{Policy, Suppression, SuppressionCode};
 use crate::rules::Loaded;
-use crate::state::{Changelog, Intent, LedgerEntry, LedgerStatus, SendLedger};
+use crate::state::{
+    Changelog, Intent, Kept, LedgerEntry, LedgerStatus, Partitioning, SendLedger, StateTable,
+};
 use crate::util::FastMap;
 
 /// How long a restore waits for a broker that stops answering.
@@ -139,6 +141,43 @@ impl Decider {
             decisions: tokio::sync::broadcast::channel(4096).0,
             cx,
         }
+    }
+
+    /// Stage 2's state: the send ledger, the caps' send history rebuilt from
+    /// it, and the messages held for later.
+    pub fn tables(config: &Config) -> Vec<StateTable> {
+        vec![
+            StateTable {
+                name: "send ledger",
+                stage: "2",
+                key: "intent id and channel",
+                partitioning: Partitioning::IntentsPartition,
+                kept: Kept::Changelog {
+                    topic: config.ledger_changelog(),
+                    // Entries matter for a week (the longest cap window):
+                    // compacted, and deleted after eight days.
+                    cleanup: "compact,delete",
+                    retention_ms: Some(crate::state::ledger::HORIZON_MS),
+                },
+                bound: "limits.ledger_entries entries; eight days",
+            },
+            StateTable {
+                name: "frequency caps",
+                stage: "2",
+                key: "user",
+                partitioning: Partitioning::IntentsPartition,
+                kept: Kept::DerivedFrom("send ledger"),
+                bound: "512 sends per user; a week",
+            },
+            StateTable {
+                name: "held messages",
+                stage: "2",
+                key: "hold key",
+                partitioning: Partitioning::IntentsPartition,
+                kept: Kept::Topic(config.topics.held.clone()),
+                bound: "one per idempotency key; the newest per collapse key",
+            },
+        ]
     }
 
     /// The intents partition of a user.

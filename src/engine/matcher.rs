@@ -18,7 +18,7 @@ use crate::outcome::Pending;
 use crate::patterns::PatternStore;
 use crate::profile::Profile;
 use crate::rules::Verdict;
-use crate::state::{Changelog, Intent};
+use crate::state::{Changelog, Intent, Kept, Partitioning, StateTable};
 use crate::util::FastMap;
 
 /// How long a restore waits for a broker that stops answering.
@@ -74,17 +74,18 @@ impl Matcher {
             })
             .collect();
         let reader = crate::kafka::profile_reader_config(&config.kafka);
-        let changelogs = changelogs
+        let changelogs = Self::tables(config)
             .into_iter()
-            .flatten()
-            .filter(|s| config.sources.contains_key(*s))
-            .map(|s| {
-                let log = Changelog::new(
-                    config.pattern_changelog(s),
-                    cx.recorder.clone(),
-                    reader.clone(),
-                );
-                (s.clone(), Arc::new(log))
+            .filter_map(|table| {
+                let Partitioning::Source(source) = &table.partitioning else {
+                    return None;
+                };
+                let (topic, _, _) = table.changelog()?;
+                changelogs?.contains(source).then(|| {
+                    let log =
+                        Changelog::new(topic.to_string(), cx.recorder.clone(), reader.clone());
+                    (source.clone(), Arc::new(log))
+                })
             })
             .collect();
         Matcher {
@@ -94,6 +95,27 @@ impl Matcher {
             changelogs,
             cx,
         }
+    }
+
+    /// Stage 1's state: the pattern state of every (rule, key), one table
+    /// per source topic, each with its changelog.
+    pub fn tables(config: &Config) -> Vec<StateTable> {
+        config
+            .sources
+            .keys()
+            .map(|source| StateTable {
+                name: "pattern state",
+                stage: "1",
+                key: "rule and pattern key",
+                partitioning: Partitioning::Source(source.clone()),
+                kept: Kept::Changelog {
+                    topic: config.pattern_changelog(source),
+                    cleanup: "compact",
+                    retention_ms: None,
+                },
+                bound: "limits.pattern_keys_per_rule keys per rule; idle keys swept",
+            })
+            .collect()
     }
 
     /// Whether `topic` is one of the sources.

@@ -154,6 +154,14 @@ impl Engine {
         }
     }
 
+    /// Every stage's state tables, in pipeline order.
+    pub fn tables(config: &Config) -> Vec<crate::state::StateTable> {
+        let mut tables = Matcher::tables(config);
+        tables.extend(Decider::tables(config));
+        tables.extend(Replies::tables(config));
+        tables
+    }
+
     /// Handles one record: hands it to its stage. The record is final once
     /// all returned writes have resolved.
     pub async fn handle(&self, msg: Incoming) -> Vec<Pending> {

@@ -19,6 +19,7 @@ use crate::feedback::{reply_event, Feedback, InboundSms, Keyword, PushAction, Se
 use crate::ingest::Incoming;
 use crate::metrics::StageEvent;
 use crate::outcome::{DeadLetterCode, Outcome, Pending, SourceRef, Status, Timings};
+use crate::state::{Kept, Partitioning, StateTable};
 use crate::util::fingerprint;
 use crate::util::FastMap;
 
@@ -51,6 +52,29 @@ impl Replies {
             replies_topic: config.topics.replies.clone(),
             recent: RecentSends::new(100_000, std::time::Duration::from_secs(24 * 3600)),
         }
+    }
+
+    /// The replies' state: the HELP answers sent lately, and what every
+    /// instance reads whole from the feedback and consent topics.
+    pub fn tables(config: &Config) -> Vec<StateTable> {
+        vec![
+            StateTable {
+                name: "HELP answers",
+                stage: "replies",
+                key: "feedback record",
+                partitioning: Partitioning::Global,
+                kept: Kept::Topic(config.topics.outcomes.clone()),
+                bound: "100,000 keys; a day",
+            },
+            StateTable {
+                name: "STOP list, engagement, sent messages",
+                stage: "replies",
+                key: "phone digest, user, idempotency key",
+                partitioning: Partitioning::Global,
+                kept: Kept::Topic(config.topics.feedback.clone()),
+                bound: "feedback.lookback",
+            },
+        ]
     }
 
     /// The HELP answers sent lately, read back from the tail of the

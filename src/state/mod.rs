@@ -19,10 +19,12 @@
 pub mod changelog;
 pub mod intent;
 pub mod ledger;
+pub mod table;
 
 pub use changelog::{Change, Changelog};
 pub use intent::Intent;
 pub use ledger::{LedgerEntry, LedgerStatus, Seen, SendLedger};
+pub use table::{Kept, Partitioning, StateTable};
 
 /// The partition of `key` among `partitions`, as Kafka's Java clients choose
 /// it (murmur2 of the key bytes, sign bit cleared): a Java or Go producer

@@ -190,3 +190,48 @@ fn the_readme_is_a_five_minute_read_and_every_doc_link_resolves() {
     }
     assert!(broken.is_empty(), "links to nothing: {broken:?}");
 }
+
+#[test]
+fn every_state_table_a_stage_declares_is_in_the_state_doc_in_order() {
+    let doc = read("docs/engineers/state.md");
+    let documented: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| table | stage |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap().trim())
+        .collect();
+    // Parsed, not loaded: the tables need no credentials.
+    let config = herald::config::Config::parse(&read("config/herald.toml")).unwrap();
+    let mut declared: Vec<&str> = Vec::new();
+    let tables = herald::engine::Engine::tables(&config);
+    for table in &tables {
+        if declared.last() != Some(&table.name) {
+            declared.push(table.name);
+        }
+    }
+    assert_eq!(documented, declared);
+    // Each changelog herald creates is named in the doc, as its pattern.
+    for table in &tables {
+        if let Some((topic, cleanup, _)) = table.changelog() {
+            let pattern = topic.replacen(&config.kafka.group_id, "<group>", 1);
+            let pattern = tables
+                .iter()
+                .find_map(|t| match &t.partitioning {
+                    herald::state::Partitioning::Source(s) if pattern.contains(s.as_str()) => {
+                        Some(pattern.replace(s.as_str(), "<source>"))
+                    }
+                    _ => None,
+                })
+                .unwrap_or(pattern);
+            assert!(
+                doc.contains(&format!("`{pattern}`")),
+                "{pattern} not in state.md"
+            );
+            assert!(
+                cleanup.starts_with("compact"),
+                "{topic}: a changelog is compacted"
+            );
+        }
+    }
+}
