@@ -110,14 +110,16 @@ impl Decider {
         config: &Config,
     ) -> Decider {
         let reader = crate::kafka::profile_reader_config(&config.kafka);
-        let changelog = if intents_topic.is_some() {
-            Changelog::new(
-                config.ledger_changelog(),
-                cx.recorder.clone(),
-                reader.clone(),
-            )
-        } else {
-            Changelog::offline()
+        // The ledger's changelog, as its table declares it (offline, none).
+        let ledger_topic = Self::tables(config)
+            .iter()
+            .find(|t| t.name == "send ledger")
+            .and_then(|t| t.changelog().map(|(topic, _, _)| topic.to_string()));
+        let changelog = match ledger_topic {
+            Some(topic) if intents_topic.is_some() => {
+                Changelog::new(topic, cx.recorder.clone(), reader.clone())
+            }
+            _ => Changelog::offline(),
         };
         let suppression_counters = SuppressionCode::ALL
             .iter()
