@@ -153,27 +153,11 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         config.topics.outcomes.clone(),
         config.topics.dead_letter.clone(),
     );
-    let twilio_hooks = admin::twilio::TwilioHooks {
-        channels: config
-            .channels
-            .iter()
-            .filter_map(|(name, c)| {
-                let base = c.webhook_base(name)?;
-                let token = std::env::var(c.auth_token_env.as_ref()?).ok()?;
-                Some((
-                    name.clone(),
-                    admin::twilio::Hook {
-                        auth_token: token.into(),
-                        base,
-                    },
-                ))
-            })
-            .collect(),
-        recorder: recorder.clone(),
-        feedback_topic: config.topics.feedback.clone(),
-        outcomes_topic: config.topics.outcomes.clone(),
-        counted: metrics.twilio_webhooks.clone(),
-    };
+    let twilio_hooks = admin::twilio::TwilioHooks::from_config(
+        &config,
+        recorder.clone(),
+        metrics.twilio_webhooks.clone(),
+    );
     let profiles = ProfileTable::new();
     let feedback = FeedbackState::new(
         kafka::profile_reader_config(&config.kafka),

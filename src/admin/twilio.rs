@@ -37,6 +37,37 @@ pub struct TwilioHooks {
     pub counted: IntCounterVec,
 }
 
+impl TwilioHooks {
+    /// The hooks of every Twilio channel of `config` with a public URL and
+    /// its auth token in the environment (Twilio signs each request with it).
+    pub fn from_config(
+        config: &crate::config::Config,
+        recorder: Recorder,
+        counted: IntCounterVec,
+    ) -> TwilioHooks {
+        let channels = config
+            .channels
+            .iter()
+            .filter_map(|(name, c)| {
+                let base = c.webhook_base(name)?;
+                let token = std::env::var(c.auth_token_env.as_ref()?).ok()?;
+                let hook = Hook {
+                    auth_token: token.into(),
+                    base,
+                };
+                Some((name.clone(), hook))
+            })
+            .collect();
+        TwilioHooks {
+            channels,
+            recorder,
+            feedback_topic: config.topics.feedback.clone(),
+            outcomes_topic: config.topics.outcomes.clone(),
+            counted,
+        }
+    }
+}
+
 /// The delivery record of a status callback's feedback record.
 fn delivery_record(
     channel: &str,

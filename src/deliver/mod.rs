@@ -111,12 +111,14 @@ pub enum SendError {
     /// A final refusal with the provider's reason (APNs `BadCollapseId`, …).
     #[error("refused ({status}): {reason}")]
     Refused { status: u16, reason: String },
-    /// Twilio 21211: the number is not a valid phone number.
-    #[error("invalid phone number (Twilio 21211)")]
-    InvalidPhone,
-    /// Twilio 21610: the number replied STOP to this sender at Twilio.
-    #[error("the number opted out at the provider (Twilio 21610)")]
-    OptedOutAtProvider,
+    /// The provider says the number is not a valid phone number (Twilio
+    /// 21211).
+    #[error("invalid phone number ({provider_code})")]
+    InvalidPhone { provider_code: &'static str },
+    /// The number replied STOP to this sender at the provider (Twilio
+    /// 21610): herald records it as the STOP it was.
+    #[error("the number opted out at the provider ({provider_code})")]
+    OptedOutAtProvider { provider_code: &'static str },
     /// The message is larger than the provider takes (FCM: 4,096 bytes of
     /// notification and data); found before sending.
     #[error("payload of {bytes} bytes, over the provider's {limit}")]
@@ -148,8 +150,8 @@ impl SendError {
             SendError::Stale { last } => format!("stale_after_outage:{last}"),
             SendError::Auth { .. } => "auth_failed".into(),
             SendError::Refused { status, reason } => format!("provider_rejected:{status}:{reason}"),
-            SendError::InvalidPhone => "invalid_phone".into(),
-            SendError::OptedOutAtProvider => "opted_out_at_provider".into(),
+            SendError::InvalidPhone { .. } => "invalid_phone".into(),
+            SendError::OptedOutAtProvider { .. } => "opted_out_at_provider".into(),
             SendError::TooLarge { .. } => "payload_too_large".into(),
         }
     }
@@ -165,8 +167,8 @@ impl SendError {
             SendError::Unregistered => "token_unregistered",
             SendError::Stale { .. } => "stale_after_outage",
             SendError::Auth { .. } => "auth_failed",
-            SendError::InvalidPhone => "invalid_phone",
-            SendError::OptedOutAtProvider => "opted_out_at_provider",
+            SendError::InvalidPhone { .. } => "invalid_phone",
+            SendError::OptedOutAtProvider { .. } => "opted_out_at_provider",
             SendError::TooLarge { .. } => "payload_too_large",
         }
     }

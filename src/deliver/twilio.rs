@@ -81,8 +81,14 @@ impl Provider for Twilio {
             let code = body.get("code").and_then(Value::as_i64).unwrap_or(0);
             if status.as_u16() == 400 {
                 match code {
-                    21211 => return Err(SendError::InvalidPhone),
-                    21610 => return Err(SendError::OptedOutAtProvider),
+                    21211 => {
+                        let provider_code = "twilio_error_21211";
+                        return Err(SendError::InvalidPhone { provider_code });
+                    }
+                    21610 => {
+                        let provider_code = "twilio_error_21610";
+                        return Err(SendError::OptedOutAtProvider { provider_code });
+                    }
                     _ => {}
                 }
             }

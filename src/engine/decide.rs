@@ -293,16 +293,12 @@ impl Decider {
         if let (SendError::Unregistered, Address::Push(token)) = (&e, address) {
             self.cx.profiles.mark_token_dead(&token.token);
         }
-        if let (SendError::OptedOutAtProvider, Address::Phone(phone)) = (&e, address) {
+        if let (SendError::OptedOutAtProvider { provider_code }, Address::Phone(phone)) =
+            (&e, address)
+        {
             // So every instance and the consent topic learn it.
             self.feedback.set_opt_out(phone, true, now);
-            let field = |k: &str, v: &str| (k.to_string(), v.to_string());
-            let stop = crate::feedback::twilio::inbound_record(&[
-                field("From", phone),
-                field("Body", "STOP"),
-                field("MessageSid", ""),
-                field("herald_source", "twilio_error_21610"),
-            ]);
+            let stop = crate::feedback::stop_at_provider(phone, provider_code);
             d.writes.push(self.cx.recorder.publish(
                 &self.feedback_topic,
                 phone,

@@ -126,6 +126,19 @@ impl Keyword {
     }
 }
 
+/// The feedback record of a number that said STOP at the SMS provider (a
+/// send refused with `provider_code`): an inbound STOP as the feedback topic
+/// takes it, marked with where it came from, so every instance and the
+/// consent topic learn it as if the reply had come to herald.
+pub fn stop_at_provider(phone: &str, provider_code: &str) -> Value {
+    serde_json::json!({
+        "From": phone,
+        "Body": "STOP",
+        "MessageSid": "",
+        "herald_source": provider_code,
+    })
+}
+
 /// Why a feedback record could not be used. `reason()` is the dead-letter code.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FeedbackError {
