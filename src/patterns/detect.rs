@@ -1,49 +1,28 @@
-//! The per-key state machine of each pattern kind: what one event (or a timer)
-//! does to a key's state, and when the pattern fires.
+//! What every pattern kind shares: the event it is offered, what it reports, the [`Detector`] contract each kind's module (`kinds/`) implements, the one macro that registers them, and the steps and firings several kinds use.
+//!
+//! A kind's module implements every method of [`Detector`] (none has a
+//! default), and one line in `patterns/mod.rs`'s `kinds!` list registers it:
+//! the per-kind dispatch below is generated from that list, with no `_ =>`
+//! arm, so a kind that forgets its timers or its expiry does not compile.
 
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::geofence::{Crossing, Presence};
-use super::window::{Entry, Measure, Window};
-use super::{Fired, Geo, Kind, Pattern, Step};
+use super::{Fired, Geo, Step};
 use crate::expr::condition::{Conditions, Scope};
 use crate::expr::Scalar;
 use crate::ingest::decode::{lookup, Event};
 use crate::ingest::fields::Fields;
 use crate::profile::Profile;
 
-/// The state of one (rule, key).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub enum KeyState {
-    Window(Window<Arc<Event>>),
-    Consecutive(Vec<Arc<Event>>),
-    Crossing {
-        armed: bool,
-        last: Option<f64>,
-    },
-    Sequence {
-        matched: Vec<Arc<Event>>,
-        presence: Vec<Presence>,
-    },
-    Absence {
-        /// Deadline (event time, ms) and the `after` event, oldest first.
-        waiting: Vec<(i64, Arc<Event>)>,
-        presence: Vec<Presence>,
-    },
-    Geofence {
-        presence: Presence,
-        /// The last ping, for a dwell that a timer fires.
-        last: Option<Arc<Event>>,
-    },
-}
-
 /// What observing one event did.
 #[derive(Debug, Default)]
 pub struct Observed {
     pub fired: Vec<Fired>,
-    /// A deadline (event time, ms) at which [`expire`] must run for this key.
+    /// A deadline (event time, ms) at which the kind's `expire` must run for
+    /// this key.
     pub timer: Option<i64>,
 }
 
@@ -58,318 +37,180 @@ pub struct Input<'a> {
     pub scope: Option<&'a Scope<'a>>,
 }
 
-impl KeyState {
-    /// A fresh state for a pattern.
-    pub fn new(pattern: &Pattern) -> KeyState {
-        match &pattern.kind {
-            Kind::Window { .. } => KeyState::Window(Window::default()),
-            Kind::Consecutive { .. } => KeyState::Consecutive(Vec::new()),
-            Kind::Crossing { .. } => KeyState::Crossing {
-                armed: true,
-                last: None,
-            },
-            Kind::Sequence { steps, .. } => KeyState::Sequence {
-                matched: Vec::new(),
-                presence: vec![Presence::default(); steps.len()],
-            },
-            Kind::Absence { .. } => KeyState::Absence {
-                waiting: Vec::new(),
-                presence: vec![Presence::default(); 2],
-            },
-            Kind::Geofence(_) => KeyState::Geofence {
-                presence: Presence::default(),
-                last: None,
-            },
-        }
-    }
+/// One pattern kind: its compiled settings, and what it does to the state
+/// of one (rule, key).
+pub trait Detector {
+    /// The state of one key. It is written to the changelog as
+    /// `{"<Kind>": <state>}`: changing its shape needs a new name.
+    type State: std::fmt::Debug + Clone + serde::Serialize + serde::de::DeserializeOwned;
 
-    /// The deadlines (event time, ms) at which [`expire`] must run for this
+    /// The kind's name, for outcomes and `/rules`.
+    const NAME: &'static str;
+
+    /// Whether the rule must see every event of its sources (not only the
+    /// ones its `match` selects): runs are broken by non-matching events,
+    /// and steps carry their own match.
+    fn sees_all_events(&self) -> bool;
+
+    /// Whether its steps have conditions (so the event's scope is needed).
+    fn has_step_conditions(&self) -> bool;
+
+    /// How long (event time, before lateness) an untouched key can still
+    /// complete the pattern; `None`: until its state is idle.
+    fn horizon_ms(&self) -> Option<i64>;
+
+    /// A fresh state.
+    fn new_state(&self) -> Self::State;
+
+    /// Applies one event to a key's state (`lateness_ms`: how far behind
+    /// the newest event one may still count).
+    fn observe(&self, state: &mut Self::State, input: &Input<'_>, lateness_ms: i64) -> Observed;
+
+    /// Runs the key's timers up to `now_ms` (event time).
+    fn expire(&self, state: &mut Self::State, now_ms: i64) -> Vec<Fired>;
+
+    /// The deadlines (event time, ms) at which `expire` must run for this
     /// state: re-armed when the state is restored from its changelog.
-    pub fn deadlines(&self, pattern: &Pattern) -> Vec<i64> {
-        match (&pattern.kind, self) {
-            (Kind::Absence { .. }, KeyState::Absence { waiting, .. }) => {
-                waiting.iter().map(|(deadline, _)| *deadline).collect()
+    fn deadlines(&self, state: &Self::State) -> Vec<i64>;
+
+    /// Whether the state holds nothing the pattern could still complete with
+    /// (so it can be dropped: a fresh state behaves the same).
+    fn is_idle(state: &Self::State) -> bool;
+
+    /// Rough bytes held, for the state-size figure.
+    fn approx_bytes(state: &Self::State) -> usize;
+}
+
+/// Registers the pattern kinds: the compiled [`super::Kind`] and the
+/// per-key [`KeyState`] enums, one variant per kind, and the dispatch
+/// between them. A state of another kind than its pattern's cannot be seen
+/// (a kind's change changes the rule's fingerprint, which drops its state);
+/// it is left alone.
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $variant:ident($detector:ty),)+) => {
+        /// The kinds, compiled.
+        pub enum Kind {
+            $($(#[$doc])* $variant($detector),)+
+        }
+
+        /// The state of one (rule, key), as its kind keeps it.
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        pub enum KeyState {
+            $($variant(<$detector as $crate::patterns::detect::Detector>::State),)+
+        }
+
+        impl Kind {
+            /// The kind's name, for outcomes and `/rules`.
+            pub fn name(&self) -> &'static str {
+                use $crate::patterns::detect::Detector;
+                match self {
+                    $(Kind::$variant(_) => <$detector>::NAME,)+
+                }
             }
-            (Kind::Geofence(g), KeyState::Geofence { presence, .. }) => {
-                match (g.tolerance.dwell_ms, presence.inside.last()) {
-                    (Some(dwell), Some((_, since, false))) => vec![since + dwell],
+
+            /// See [`Detector::sees_all_events`].
+            pub fn sees_all_events(&self) -> bool {
+                use $crate::patterns::detect::Detector;
+                match self {
+                    $(Kind::$variant(d) => d.sees_all_events(),)+
+                }
+            }
+
+            /// See [`Detector::has_step_conditions`].
+            pub fn has_step_conditions(&self) -> bool {
+                use $crate::patterns::detect::Detector;
+                match self {
+                    $(Kind::$variant(d) => d.has_step_conditions(),)+
+                }
+            }
+
+            /// See [`Detector::horizon_ms`].
+            pub fn horizon_ms(&self) -> Option<i64> {
+                use $crate::patterns::detect::Detector;
+                match self {
+                    $(Kind::$variant(d) => d.horizon_ms(),)+
+                }
+            }
+
+            /// A fresh state for this kind.
+            pub fn new_state(&self) -> KeyState {
+                use $crate::patterns::detect::Detector;
+                match self {
+                    $(Kind::$variant(d) => KeyState::$variant(d.new_state()),)+
+                }
+            }
+        }
+
+        impl KeyState {
+            /// Applies one event to the state.
+            pub fn observe(
+                &mut self,
+                pattern: &Pattern,
+                input: &$crate::patterns::detect::Input<'_>,
+            ) -> $crate::patterns::detect::Observed {
+                use $crate::patterns::detect::Detector;
+                #[allow(unreachable_patterns)]
+                match (&pattern.kind, self) {
+                    $((Kind::$variant(d), KeyState::$variant(s)) => {
+                        d.observe(s, input, pattern.lateness_ms)
+                    })+
+                    _ => Default::default(),
+                }
+            }
+
+            /// Runs the state's timers up to `now_ms` (event time).
+            pub fn expire(&mut self, pattern: &Pattern, now_ms: i64) -> Vec<Fired> {
+                use $crate::patterns::detect::Detector;
+                #[allow(unreachable_patterns)]
+                match (&pattern.kind, self) {
+                    $((Kind::$variant(d), KeyState::$variant(s)) => d.expire(s, now_ms),)+
                     _ => Vec::new(),
                 }
             }
-            _ => Vec::new(),
-        }
-    }
 
-    /// Whether the state holds nothing a pattern could still complete with
-    /// (so it can be dropped: a fresh state behaves the same).
-    pub fn is_idle(&self) -> bool {
-        let outside = |p: &[Presence]| p.iter().all(|p| p.inside.is_empty());
-        match self {
-            KeyState::Window(w) => w.is_empty(),
-            KeyState::Consecutive(run) => run.is_empty(),
-            KeyState::Crossing { armed, .. } => *armed,
-            KeyState::Sequence { matched, presence } => matched.is_empty() && outside(presence),
-            KeyState::Absence { waiting, presence } => waiting.is_empty() && outside(presence),
-            KeyState::Geofence { presence, .. } => presence.inside.is_empty(),
-        }
-    }
-
-    /// Rough bytes held, for the state-size figure (events are shared with the
-    /// pipeline and counted by their field count).
-    pub fn approx_bytes(&self) -> usize {
-        let event = |e: &Arc<Event>| 64 + e.fields.len() * 48;
-        let presence = |p: &[Presence]| p.iter().map(|p| 24 + p.inside.len() * 24).sum::<usize>();
-        std::mem::size_of::<KeyState>()
-            + match self {
-                KeyState::Window(w) => w.entries().map(|e| 40 + event(&e.item)).sum(),
-                KeyState::Consecutive(run) => run.iter().map(event).sum(),
-                KeyState::Crossing { .. } => 0,
-                KeyState::Sequence {
-                    matched,
-                    presence: p,
-                } => matched.iter().map(event).sum::<usize>() + presence(p),
-                KeyState::Absence {
-                    waiting,
-                    presence: p,
-                } => waiting.iter().map(|(_, e)| 8 + event(e)).sum::<usize>() + presence(p),
-                KeyState::Geofence { presence: p, .. } => presence(std::slice::from_ref(p)),
-            }
-    }
-}
-
-/// Applies one event to a key's state.
-pub fn observe(pattern: &Pattern, state: &mut KeyState, input: &Input<'_>) -> Observed {
-    let event = input.event;
-    let t = event.time_ms;
-    let mut out = Observed::default();
-    match (&pattern.kind, state) {
-        (
-            Kind::Window {
-                measure,
-                field,
-                threshold,
-                within_ms,
-            },
-            KeyState::Window(w),
-        ) => {
-            if !input.matched {
-                return out;
-            }
-            let (value, distinct) = match (measure, field) {
-                (Measure::Sum, Some(f)) => match lookup(&event.fields, f).and_then(Value::as_f64) {
-                    Some(v) => (v, None),
-                    None => return out,
-                },
-                (Measure::Distinct, Some(f)) => match lookup(&event.fields, f) {
-                    Some(v) => (
-                        1.0,
-                        Some(v.as_str().map_or_else(|| v.to_string(), str::to_string)),
-                    ),
-                    None => return out,
-                },
-                _ => (1.0, None),
-            };
-            w.insert(Entry {
-                at_ms: t,
-                value,
-                distinct,
-                item: Arc::clone(event),
-            });
-            if let Some(end) = w.reached(measure, *threshold, t, *within_ms) {
-                let events: Vec<Arc<Event>> = w
-                    .span(end, *within_ms)
-                    .map(|e| Arc::clone(&e.item))
-                    .collect();
-                let stats = json!({
-                    "count": events.len(),
-                    "sum": w.measure(&Measure::Sum, end, *within_ms),
-                    "distinct": w.measure(&Measure::Distinct, end, *within_ms),
-                    "within_s": within_ms / 1000,
-                });
-                w.clear_through(end);
-                out.fired.push(fired("window", &events, stats));
-            }
-            let newest = w.entries().last().map_or(t, |e| e.at_ms);
-            w.evict_before(newest - within_ms - pattern.lateness_ms);
-        }
-        (Kind::Consecutive { count }, KeyState::Consecutive(run)) => {
-            if !input.matched {
-                run.clear();
-                return out;
-            }
-            run.push(Arc::clone(event));
-            if run.len() >= *count as usize {
-                let events = std::mem::take(run);
-                out.fired.push(fired(
-                    "consecutive",
-                    &events,
-                    json!({ "count": events.len() }),
-                ));
-            }
-        }
-        (
-            Kind::Crossing {
-                field,
-                below,
-                threshold,
-                rearm,
-            },
-            KeyState::Crossing { armed, last },
-        ) => {
-            if !input.matched {
-                return out;
-            }
-            let Some(value) = lookup(&event.fields, field).and_then(Value::as_f64) else {
-                return out;
-            };
-            let crossed = if *below {
-                value < *threshold
-            } else {
-                value > *threshold
-            };
-            let back = if *below {
-                value >= threshold + rearm
-            } else {
-                value <= threshold - rearm
-            };
-            if *armed && crossed {
-                *armed = false;
-                let stats = json!({ "value": value, "threshold": threshold, "previous": last });
-                out.fired
-                    .push(fired("crossing", std::slice::from_ref(event), stats));
-            } else if !*armed && back {
-                *armed = true;
-            }
-            *last = Some(value);
-        }
-        (Kind::Sequence { steps, within_ms }, KeyState::Sequence { matched, presence }) => {
-            if matched
-                .first()
-                .is_some_and(|first| t - first.time_ms > *within_ms)
-            {
-                matched.clear();
-            }
-            // Geofence steps see every ping, so their presence stays current.
-            let crossings: Vec<Vec<Crossing>> = steps
-                .iter()
-                .zip(presence.iter_mut())
-                .map(|(s, p)| {
-                    s.geofence
-                        .as_ref()
-                        .map_or_else(Vec::new, |g| ping(g, p, event))
-                })
-                .collect();
-            let next = matched.len();
-            if step_matches(&steps[next], &crossings[next], input, matched, steps) {
-                matched.push(Arc::clone(event));
-            } else if next > 0 && step_matches(&steps[0], &crossings[0], input, &[], steps) {
-                // A newer first step: start again from it.
-                *matched = vec![Arc::clone(event)];
-            }
-            if matched.len() == steps.len() {
-                let events = std::mem::take(matched);
-                let named: Map<String, Value> = steps
-                    .iter()
-                    .zip(&events)
-                    .map(|(s, e)| (s.name.clone(), Value::Object(e.fields.to_map())))
-                    .collect();
-                let mut f = fired("sequence", &events, json!({ "within_s": within_ms / 1000 }));
-                f.context["steps"] = Value::Object(named);
-                f.summary["steps"] = steps.iter().map(|s| Value::from(s.name.as_str())).collect();
-                out.fired.push(f);
-            }
-        }
-        (
-            Kind::Absence {
-                after,
-                missing,
-                within_ms,
-            },
-            KeyState::Absence { waiting, presence },
-        ) => {
-            let (pa, pm) = presence.split_at_mut(1);
-            let after_crossed = after
-                .geofence
-                .as_ref()
-                .map_or_else(Vec::new, |g| ping(g, &mut pa[0], event));
-            let missing_crossed = missing
-                .geofence
-                .as_ref()
-                .map_or_else(Vec::new, |g| ping(g, &mut pm[0], event));
-            if step_matches(missing, &missing_crossed, input, &[], &[]) {
-                // B came: every A it follows within the time is answered.
-                waiting.retain(|(deadline, a)| !(a.time_ms <= t && t <= *deadline));
-            } else if step_matches(after, &after_crossed, input, &[], &[]) {
-                let deadline = t + within_ms;
-                waiting.push((deadline, Arc::clone(event)));
-                out.timer = Some(deadline);
-            }
-        }
-        (Kind::Geofence(g), KeyState::Geofence { presence: p, last }) => {
-            *last = Some(Arc::clone(event));
-            for crossing in ping(g, p, event) {
-                if let Some(f) = fence_fired(g, &crossing, event) {
-                    out.fired.push(f);
+            /// The deadlines at which [`KeyState::expire`] must run.
+            pub fn deadlines(&self, pattern: &Pattern) -> Vec<i64> {
+                use $crate::patterns::detect::Detector;
+                #[allow(unreachable_patterns)]
+                match (&pattern.kind, self) {
+                    $((Kind::$variant(d), KeyState::$variant(s)) => d.deadlines(s),)+
+                    _ => Vec::new(),
                 }
             }
-            if let (Some(dwell), Some((_, since, false))) = (g.tolerance.dwell_ms, p.inside.last())
-            {
-                out.timer = Some(since + dwell);
+
+            /// See [`Detector::is_idle`].
+            pub fn is_idle(&self) -> bool {
+                use $crate::patterns::detect::Detector;
+                match self {
+                    $(KeyState::$variant(s) => <$detector>::is_idle(s),)+
+                }
+            }
+
+            /// See [`Detector::approx_bytes`].
+            pub fn approx_bytes(&self) -> usize {
+                use $crate::patterns::detect::Detector;
+                std::mem::size_of::<KeyState>()
+                    + match self {
+                        $(KeyState::$variant(s) => <$detector>::approx_bytes(s),)+
+                    }
             }
         }
-        _ => {}
-    }
-    out
+    };
+}
+pub(super) use kinds;
+
+/// Rough bytes of an event held by a pattern (events are shared with the
+/// pipeline and counted by their field count).
+pub(super) fn event_bytes(e: &Arc<Event>) -> usize {
+    64 + e.fields.len() * 48
 }
 
-/// Runs the key's timers up to `now_ms` (event time): absences whose time ran
-/// out, dwell reached without a further ping.
-pub fn expire(pattern: &Pattern, state: &mut KeyState, now_ms: i64) -> Vec<Fired> {
-    match (&pattern.kind, state) {
-        (
-            Kind::Absence {
-                missing, within_ms, ..
-            },
-            KeyState::Absence { waiting, .. },
-        ) => {
-            let due: Vec<_> = waiting
-                .iter()
-                .filter(|(d, _)| *d <= now_ms)
-                .cloned()
-                .collect();
-            waiting.retain(|(d, _)| *d > now_ms);
-            due.into_iter()
-                .map(|(_, a)| {
-                    let mut f = fired(
-                        "absence",
-                        std::slice::from_ref(&a),
-                        json!({ "within_s": within_ms / 1000 }),
-                    );
-                    f.context["missing"] = Value::from(missing.name.as_str());
-                    f.summary["missing"] = Value::from(missing.name.as_str());
-                    f
-                })
-                .collect()
-        }
-        (
-            Kind::Geofence(g),
-            KeyState::Geofence {
-                presence,
-                last: Some(last),
-            },
-        ) => match g.tolerance.dwell_ms {
-            Some(dwell) => presence
-                .dwelled(&g.fences, dwell, now_ms)
-                .iter()
-                .filter_map(|c| fence_fired(g, c, last))
-                .collect(),
-            None => Vec::new(),
-        },
-        _ => Vec::new(),
-    }
+/// Rough bytes of geofence presences.
+pub(super) fn presence_bytes(p: &[Presence]) -> usize {
+    p.iter().map(|p| 24 + p.inside.len() * 24).sum()
 }
 
-fn ping(g: &Geo, presence: &mut Presence, event: &Event) -> Vec<Crossing> {
+pub(super) fn ping(g: &Geo, presence: &mut Presence, event: &Event) -> Vec<Crossing> {
     let num = |f: &str| lookup(&event.fields, f).and_then(Value::as_f64);
     match (num(&g.lon), num(&g.lat)) {
         (Some(lon), Some(lat)) => presence.ping(
@@ -384,7 +225,7 @@ fn ping(g: &Geo, presence: &mut Presence, event: &Event) -> Vec<Crossing> {
     }
 }
 
-fn fence_fired(g: &Geo, crossing: &Crossing, event: &Arc<Event>) -> Option<Fired> {
+pub(super) fn fence_fired(g: &Geo, crossing: &Crossing, event: &Arc<Event>) -> Option<Fired> {
     let (on, id) = match crossing {
         Crossing::Enter(id) => (super::FenceEvent::Enter, id),
         Crossing::Exit(id) => (super::FenceEvent::Exit, id),
@@ -407,7 +248,7 @@ fn fence_fired(g: &Geo, crossing: &Crossing, event: &Arc<Event>) -> Option<Fired
 
 /// Whether one step takes this event: its sources, match, geofence crossing
 /// and condition (with the earlier steps' events as `steps`).
-fn step_matches(
+pub(super) fn step_matches(
     step: &Step,
     crossed: &[Crossing],
     input: &Input<'_>,
@@ -471,7 +312,7 @@ fn scalar_is(expected: &Scalar, actual: &Value) -> bool {
 }
 
 /// A firing over `events` (oldest first): the last is the one the message is about.
-fn fired(kind: &str, events: &[Arc<Event>], stats: Value) -> Fired {
+pub(super) fn fired(kind: &str, events: &[Arc<Event>], stats: Value) -> Fired {
     let first = events.first().expect("a firing has events");
     let last = events.last().expect("a firing has events");
     let mut stats = stats;

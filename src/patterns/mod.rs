@@ -2,7 +2,8 @@
 //! sequences, absences, threshold crossings and geofences — per rule and key.
 //!
 //! [`spec`] is what analysts write; [`compile`] checks it at load with file
-//! positions; [`detect`] is the per-key state machine of each kind; [`store`]
+//! positions; each kind is a module of [`kinds`] implementing
+//! [`detect::Detector`], registered in the `kinds!` list below; [`store`]
 //! holds the state of every (rule, key), bounded, with expiry, timers for
 //! absences and dwell, and a per-partition snapshot interface.
 
@@ -18,6 +19,16 @@ use crate::ingest::decode::Event;
 
 pub mod detect;
 pub mod geofence;
+/// The pattern kinds, one module each, each a [`detect::Detector`],
+/// registered in the `kinds!` list below.
+pub mod kinds {
+    pub mod absence;
+    pub mod consecutive;
+    pub mod crossing;
+    pub mod geofence;
+    pub mod sequence;
+    pub mod window;
+}
 pub mod spec;
 pub mod store;
 pub mod window;
@@ -40,34 +51,19 @@ pub struct Pattern {
     pub fingerprint: String,
 }
 
-/// The kinds, compiled.
-pub enum Kind {
-    Window {
-        measure: window::Measure,
-        /// The summed or distinct field.
-        field: Option<String>,
-        threshold: f64,
-        within_ms: i64,
-    },
-    Consecutive {
-        count: u32,
-    },
-    Sequence {
-        steps: Vec<Step>,
-        within_ms: i64,
-    },
-    Absence {
-        after: Box<Step>,
-        missing: Box<Step>,
-        within_ms: i64,
-    },
-    Crossing {
-        field: String,
-        below: bool,
-        threshold: f64,
-        rearm: f64,
-    },
-    Geofence(Geo),
+detect::kinds! {
+    /// Count, sum or distinct count within a sliding window.
+    Window(kinds::window::WindowKind),
+    /// N matching events in a row.
+    Consecutive(kinds::consecutive::ConsecutiveKind),
+    /// Named steps in order within a time.
+    Sequence(kinds::sequence::SequenceKind),
+    /// A and no B within a time.
+    Absence(kinds::absence::AbsenceKind),
+    /// A value crossing a threshold.
+    Crossing(kinds::crossing::CrossingKind),
+    /// Entering, leaving or dwelling in a fence.
+    Geofence(kinds::geofence::GeofenceKind),
 }
 
 /// A geofence watched by a pattern or a step.
@@ -96,32 +92,17 @@ impl Pattern {
     /// ones its `match` selects): runs are broken by non-matching events, and
     /// steps carry their own match.
     pub fn sees_all_events(&self) -> bool {
-        matches!(
-            self.kind,
-            Kind::Consecutive { .. } | Kind::Sequence { .. } | Kind::Absence { .. }
-        )
+        self.kind.sees_all_events()
     }
 
     /// Whether its steps have conditions (so the event's condition scope is needed).
     pub fn has_step_conditions(&self) -> bool {
-        let has = |s: &Step| s.condition.is_some();
-        match &self.kind {
-            Kind::Sequence { steps, .. } => steps.iter().any(has),
-            Kind::Absence { after, missing, .. } => has(after) || has(missing),
-            _ => false,
-        }
+        self.kind.has_step_conditions()
     }
 
     /// The kind's name, for outcomes and `/rules`.
     pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            Kind::Window { .. } => "window",
-            Kind::Consecutive { .. } => "consecutive",
-            Kind::Sequence { .. } => "sequence",
-            Kind::Absence { .. } => "absence",
-            Kind::Crossing { .. } => "crossing",
-            Kind::Geofence(_) => "geofence",
-        }
+        self.kind.name()
     }
 }
 
@@ -294,12 +275,12 @@ pub fn compile(
                 (window::Measure::Count, None, 1.0)
             }
         };
-        Kind::Window {
+        Kind::Window(kinds::window::WindowKind {
             measure,
             field,
             threshold,
             within_ms,
-        }
+        })
     } else if let Some(n) = &spec.consecutive {
         if n.value < 2 {
             problems.push((
@@ -308,7 +289,7 @@ pub fn compile(
             ));
         }
         canonical.push_str(&format!("consecutive {}|", n.value));
-        Kind::Consecutive { count: n.value }
+        Kind::Consecutive(kinds::consecutive::ConsecutiveKind { count: n.value })
     } else if let Some(s) = &spec.sequence {
         if s.steps.value.len() < 2 {
             problems.push((
@@ -332,19 +313,19 @@ pub fn compile(
             .iter()
             .map(|st| step(st, &mut problems, &mut canonical))
             .collect();
-        Kind::Sequence {
+        Kind::Sequence(kinds::sequence::SequenceKind {
             steps,
             within_ms: s.within.value.ms(),
-        }
+        })
     } else if let Some(a) = &spec.absence {
         canonical.push_str(&format!("absence {}|", a.within.value.ms()));
         let after = step(&a.after, &mut problems, &mut canonical);
         let missing = step(&a.missing, &mut problems, &mut canonical);
-        Kind::Absence {
+        Kind::Absence(kinds::absence::AbsenceKind {
             after: Box::new(after),
             missing: Box::new(missing),
             within_ms: a.within.value.ms(),
-        }
+        })
     } else if let Some(c) = &spec.crossing {
         canonical.push_str(&format!(
             "crossing {} {:?} {:?} {:?}|",
@@ -365,16 +346,16 @@ pub fn compile(
         if rearm < 0.0 {
             problems.push((at_rule, "crossing `rearm` must not be negative".into()));
         }
-        Kind::Crossing {
+        Kind::Crossing(kinds::crossing::CrossingKind {
             field: c.value.clone(),
             below,
             threshold,
             rearm,
-        }
+        })
     } else {
         let g = spec.geofence.as_ref().expect("one kind is set");
         match geo(g, &mut problems, &mut canonical) {
-            Some(g) => Kind::Geofence(g),
+            Some(g) => Kind::Geofence(kinds::geofence::GeofenceKind(g)),
             None => return Err(problems),
         }
     };

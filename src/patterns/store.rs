@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
-use super::detect::{self, Input, KeyState, Observed};
-use super::{Fired, Kind, LateAction, Pattern};
+use super::detect::{Input, Observed};
+use super::{Fired, KeyState, LateAction, Pattern};
 
 /// The state of one key of one rule.
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ impl PatternStore {
         let mut entry = found.unwrap_or_else(|| {
             new_key = true;
             state.keys.entry(key.to_string()).or_insert_with(|| Entry {
-                state: KeyState::new(pattern),
+                state: pattern.kind.new_state(),
                 newest_ms: event.time_ms,
                 touched_ms: now_ms,
                 source: (Arc::clone(&event.source), event.partition),
@@ -171,7 +171,7 @@ impl PatternStore {
         if behind_ms > pattern.lateness_ms && pattern.late == LateAction::Ignore {
             return Err(Late { behind_ms });
         }
-        let observed = detect::observe(pattern, &mut entry.state, input);
+        let observed = entry.state.observe(pattern, input);
         entry.newest_ms = entry.newest_ms.max(event.time_ms);
         entry.touched_ms = now_ms;
         entry.source = (Arc::clone(&event.source), event.partition);
@@ -263,7 +263,7 @@ impl PatternStore {
             }
             let idle = match state.keys.get_mut(&key) {
                 Some(mut entry) => {
-                    for f in detect::expire(&pattern, &mut entry.state, effective) {
+                    for f in entry.state.expire(&pattern, effective) {
                         let at = KeyRef {
                             rule: rule.clone(),
                             key: key.clone(),
@@ -302,12 +302,7 @@ impl PatternStore {
         };
         self.rules.retain(|rule, state| match pattern_of(rule) {
             Some(p) if p.fingerprint == state.fingerprint => {
-                let horizon = match &p.kind {
-                    Kind::Window { within_ms, .. } | Kind::Sequence { within_ms, .. } => {
-                        Some(within_ms + p.lateness_ms)
-                    }
-                    _ => None,
-                };
+                let horizon = p.kind.horizon_ms().map(|w| w + p.lateness_ms);
                 if let Some(h) = horizon {
                     state.keys.retain(|key, e| {
                         let keep = now_ms - e.touched_ms <= h && !e.state.is_idle();

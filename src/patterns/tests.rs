@@ -573,3 +573,39 @@ rules:
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn a_keys_state_is_written_to_its_changelog_as_before_the_kinds_had_modules() {
+    use super::kinds::{crossing::CrossingState, sequence::SequenceState};
+    use super::KeyState;
+    // The shapes an earlier herald wrote (one enum of struct variants): a
+    // changelog written by it is restored, not dropped as unreadable.
+    let crossing = KeyState::Crossing(CrossingState {
+        armed: false,
+        last: Some(3.5),
+    });
+    let text = serde_json::to_string(&crossing).unwrap();
+    assert_eq!(text, r#"{"Crossing":{"armed":false,"last":3.5}}"#);
+    let back: KeyState = serde_json::from_str(&text).unwrap();
+    assert!(!back.is_idle(), "a disarmed crossing is not idle");
+    let consecutive = KeyState::Consecutive(Vec::new());
+    assert_eq!(
+        serde_json::to_string(&consecutive).unwrap(),
+        r#"{"Consecutive":[]}"#
+    );
+    let sequence = KeyState::Sequence(SequenceState {
+        matched: Vec::new(),
+        presence: Vec::new(),
+    });
+    assert_eq!(
+        serde_json::to_string(&sequence).unwrap(),
+        r#"{"Sequence":{"matched":[],"presence":[]}}"#
+    );
+    let absence: KeyState =
+        serde_json::from_str(r#"{"Absence":{"waiting":[],"presence":[]}}"#).unwrap();
+    assert!(absence.is_idle());
+    assert!(
+        serde_json::from_str::<KeyState>(r#"{"Rocket":{}}"#).is_err(),
+        "an unknown kind is unreadable, not guessed"
+    );
+}

@@ -1,0 +1,109 @@
+//! Pattern kind `sequence`: named steps in order (A then B then C) within a time, each with its own match, condition or geofence.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::ingest::decode::Event;
+use crate::patterns::detect::{
+    event_bytes, fired, ping, presence_bytes, step_matches, Detector, Input, Observed,
+};
+use crate::patterns::geofence::{Crossing, Presence};
+use crate::patterns::{Fired, Step};
+
+/// `sequence: { steps: [...], within: 10m }`.
+pub struct SequenceKind {
+    pub steps: Vec<Step>,
+    pub within_ms: i64,
+}
+
+/// The events of the steps matched so far, and each step's geofence presence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SequenceState {
+    pub matched: Vec<Arc<Event>>,
+    pub presence: Vec<Presence>,
+}
+
+impl Detector for SequenceKind {
+    type State = SequenceState;
+    const NAME: &'static str = "sequence";
+
+    fn sees_all_events(&self) -> bool {
+        true
+    }
+
+    fn has_step_conditions(&self) -> bool {
+        self.steps.iter().any(|s| s.condition.is_some())
+    }
+
+    fn horizon_ms(&self) -> Option<i64> {
+        Some(self.within_ms)
+    }
+
+    fn new_state(&self) -> Self::State {
+        SequenceState {
+            matched: Vec::new(),
+            presence: vec![Presence::default(); self.steps.len()],
+        }
+    }
+
+    fn observe(&self, s: &mut Self::State, input: &Input<'_>, _lateness_ms: i64) -> Observed {
+        let mut out = Observed::default();
+        let (steps, event) = (&self.steps, input.event);
+        let SequenceState { matched, presence } = s;
+        if matched
+            .first()
+            .is_some_and(|first| event.time_ms - first.time_ms > self.within_ms)
+        {
+            matched.clear();
+        }
+        // Geofence steps see every ping, so their presence stays current.
+        let crossings: Vec<Vec<Crossing>> = steps
+            .iter()
+            .zip(presence.iter_mut())
+            .map(|(s, p)| {
+                s.geofence
+                    .as_ref()
+                    .map_or_else(Vec::new, |g| ping(g, p, event))
+            })
+            .collect();
+        let next = matched.len();
+        if step_matches(&steps[next], &crossings[next], input, matched, steps) {
+            matched.push(Arc::clone(event));
+        } else if next > 0 && step_matches(&steps[0], &crossings[0], input, &[], steps) {
+            // A newer first step: start again from it.
+            *matched = vec![Arc::clone(event)];
+        }
+        if matched.len() == steps.len() {
+            let events = std::mem::take(matched);
+            let named: Map<String, Value> = steps
+                .iter()
+                .zip(&events)
+                .map(|(s, e)| (s.name.clone(), Value::Object(e.fields.to_map())))
+                .collect();
+            let stats = json!({ "within_s": self.within_ms / 1000 });
+            let mut f = fired(Self::NAME, &events, stats);
+            f.context["steps"] = Value::Object(named);
+            f.summary["steps"] = steps.iter().map(|s| Value::from(s.name.as_str())).collect();
+            out.fired.push(f);
+        }
+        out
+    }
+
+    fn expire(&self, _s: &mut Self::State, _now_ms: i64) -> Vec<Fired> {
+        Vec::new()
+    }
+
+    fn deadlines(&self, _s: &Self::State) -> Vec<i64> {
+        Vec::new()
+    }
+
+    fn is_idle(s: &Self::State) -> bool {
+        s.matched.is_empty() && s.presence.iter().all(|p| p.inside.is_empty())
+    }
+
+    fn approx_bytes(s: &Self::State) -> usize {
+        s.matched.iter().map(event_bytes).sum::<usize>() + presence_bytes(&s.presence)
+    }
+}
