@@ -29,8 +29,8 @@ use crate::rules::{LiveRules, RuleErrors};
 pub enum Error {
     #[error("rule files have errors:\n{0}")]
     Rules(#[from] RuleErrors),
-    #[error("{0}")]
-    Channel(String),
+    #[error(transparent)]
+    Channel(#[from] crate::deliver::ChannelError),
     #[error("kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("cannot go on: {0}")]

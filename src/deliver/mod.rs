@@ -237,6 +237,18 @@ pub enum NoAddress {
     AllTokensDead,
 }
 
+/// Why a configured channel cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("channels.{channel}: credential variable not named")]
+    CredentialNotNamed { channel: String },
+    #[error("channels.{channel}: environment variable {var} is not set")]
+    CredentialNotSet { channel: String, var: String },
+    /// A key file (FCM service account, APNs `.p8`) that cannot be used.
+    #[error("channels.{channel}: {detail}")]
+    Key { channel: String, detail: String },
+}
+
 impl Channel {
     /// Builds a channel from its config, reading credentials from the
     /// environment; `circuit` is its breaker's gauge (1 while open).
@@ -245,14 +257,22 @@ impl Channel {
         config: &ChannelConfig,
         http: reqwest::Client,
         circuit: prometheus::IntGauge,
-    ) -> Result<Channel, String> {
-        let secret = |var: &Option<String>| -> Result<SecretString, String> {
+    ) -> Result<Channel, ChannelError> {
+        let channel = || name.to_string();
+        let secret = |var: &Option<String>| -> Result<SecretString, ChannelError> {
             let var = var
                 .as_deref()
-                .ok_or_else(|| format!("channels.{name}: credential variable not named"))?;
+                .ok_or_else(|| ChannelError::CredentialNotNamed { channel: channel() })?;
             std::env::var(var)
                 .map(SecretString::from)
-                .map_err(|_| format!("channels.{name}: environment variable {var} is not set"))
+                .map_err(|_| ChannelError::CredentialNotSet {
+                    channel: channel(),
+                    var: var.to_string(),
+                })
+        };
+        let key_problem = |detail: String| ChannelError::Key {
+            channel: channel(),
+            detail,
         };
         let base = config
             .base_url
@@ -265,7 +285,7 @@ impl Channel {
                 let auth = match config.service_account_path() {
                     Some(path) => google::FcmAuth::ServiceAccount(
                         google::ServiceAccount::from_file(&path, http.clone(), config.timeout())
-                            .map_err(|e| format!("channels.{name}: {e}"))?,
+                            .map_err(key_problem)?,
                     ),
                     None => google::FcmAuth::Static(secret(&config.token_env)?),
                 };
@@ -302,7 +322,7 @@ impl Channel {
                     config.key_id.as_deref().unwrap_or_default(),
                     config.team_id.as_deref().unwrap_or_default(),
                 )
-                .map_err(|e| format!("channels.{name}: {e}"))?;
+                .map_err(key_problem)?;
                 Arc::new(apns::Apns {
                     http: http2_client(),
                     base,

@@ -20,7 +20,7 @@ use super::{ChannelRuntime, Decision, StageContext};
 use crate::config::{Config, FeedbackConfig};
 use crate::deliver::Message;
 use crate::feedback::FeedbackState;
-use crate::ingest::{ConsumerHealth, Incoming};
+use crate::ingest::{ConsumerHealth, Incoming, RestoreFailed};
 use crate::metrics::activity::Happened;
 use crate::metrics::StageEvent;
 use crate::outcome::{DeadLetter, DeadLetterCode, Hop, Outcome, Pending, Status};
@@ -715,12 +715,15 @@ impl Decider {
     }
 
     /// Restores the send ledger of intents partitions, and the caps it feeds.
-    pub(super) fn restore(&self, partitions: &[i32]) -> Result<(), String> {
+    pub(super) fn restore(&self, partitions: &[i32]) -> Result<(), RestoreFailed> {
         let started = Instant::now();
         let restored = self
             .ledger
             .restore(partitions, self.cx.clock.now_ms(), RESTORE_PATIENCE)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RestoreFailed {
+                store: "send ledger",
+                cause: Box::new(e),
+            })?;
         // Forgotten first, so a restore retried after a failure counts once.
         let caps = self.policy.caps();
         let mut seen = std::collections::HashSet::new();

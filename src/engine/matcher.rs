@@ -12,7 +12,7 @@ use super::{Job, StageContext};
 use crate::config::{Config, SourceConfig};
 use crate::expr::condition::Scope;
 use crate::ingest::decode::{decode, Event, Origin};
-use crate::ingest::Incoming;
+use crate::ingest::{Incoming, RestoreFailed};
 use crate::metrics::StageEvent;
 use crate::outcome::Pending;
 use crate::patterns::PatternStore;
@@ -248,14 +248,17 @@ impl Matcher {
 
     /// Restores the pattern state of source partitions of one topic from its
     /// changelog (a topic without one has nothing to restore).
-    pub fn restore(&self, topic: &str, partitions: &[i32]) -> Result<(), String> {
+    pub fn restore(&self, topic: &str, partitions: &[i32]) -> Result<(), RestoreFailed> {
         let Some(changelog) = self.changelogs.get(topic) else {
             return Ok(());
         };
         let started = Instant::now();
         let all = changelog
             .restore_all(partitions, RESTORE_PATIENCE)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RestoreFailed {
+                store: "pattern state",
+                cause: Box::new(e),
+            })?;
         let loaded = self.cx.rules.current();
         let (mut records, mut keys, mut unreadable) = (0, 0, 0);
         for (partition, changes) in all {

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::feedback::FeedbackState;
-use crate::ingest::{ConsumerHealth, Incoming, PartitionStores};
+use crate::ingest::{ConsumerHealth, Incoming, PartitionStores, RestoreFailed};
 use crate::metrics::{Metrics, StageEvent};
 use crate::outcome::{DeadLetter, DeadLetterCode, Outcome, Pending, Recorder};
 use crate::profile::ProfileTable;
@@ -290,7 +290,7 @@ impl crate::ingest::Handler for Engine {
 /// Each stage restores and drops the stores of its own partitions: stage 2
 /// the intents topic's, stage 1 the source topics'.
 impl PartitionStores for Engine {
-    fn restore(&self, partitions: &[(String, i32)]) -> Result<(), String> {
+    fn restore(&self, partitions: &[(String, i32)]) -> Result<(), RestoreFailed> {
         let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
         for (topic, partition) in partitions {
             by_topic.entry(topic).or_default().push(*partition);

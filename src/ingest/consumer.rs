@@ -59,9 +59,19 @@ pub struct ConsumerHealth {
 pub trait PartitionStores: Send + Sync {
     /// Reads the stores of newly assigned partitions back from their
     /// changelogs, all at once. Blocking.
-    fn restore(&self, partitions: &[(String, i32)]) -> Result<(), String>;
+    fn restore(&self, partitions: &[(String, i32)]) -> Result<(), RestoreFailed>;
     /// Forgets the partition's stores: another instance owns them now.
     fn drop_partition(&self, topic: &str, partition: i32);
+}
+
+/// A store that could not be restored from its changelog, with the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{store}: {cause}")]
+pub struct RestoreFailed {
+    /// The state table, as its stage declares it (`send ledger`, …).
+    pub store: &'static str,
+    #[source]
+    pub cause: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl ConsumerHealth {

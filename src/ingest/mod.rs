@@ -6,7 +6,7 @@ pub mod decode;
 pub mod fields;
 pub mod offsets;
 
-pub use consumer::{consume, ConsumerHealth, HeraldContext, PartitionStores};
+pub use consumer::{consume, ConsumerHealth, HeraldContext, PartitionStores, RestoreFailed};
 
 use crate::outcome::Pending;
 
