@@ -16,7 +16,7 @@ use prometheus::IntCounterVec;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::AdminState;
-use crate::feedback::twilio::{form_pairs, inbound_record, status_record, verify};
+use crate::deliver::twilio::inbound::{form_pairs, inbound_record, status_record, verify};
 use crate::outcome::Recorder;
 
 /// One Twilio channel's webhook settings.

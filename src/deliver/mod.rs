@@ -17,9 +17,8 @@ mod apns;
 pub mod breaker;
 mod console;
 mod fcm;
-pub mod google;
 pub mod retry;
-mod twilio;
+pub mod twilio;
 mod webhook;
 
 pub use retry::{send_with_retry, Attempted};
@@ -283,11 +282,11 @@ impl Channel {
         let provider: Arc<dyn Provider> = match config.provider {
             ProviderKind::Fcm => {
                 let auth = match config.service_account_path() {
-                    Some(path) => google::FcmAuth::ServiceAccount(
-                        google::ServiceAccount::from_file(&path, http.clone(), config.timeout())
+                    Some(path) => fcm::auth::FcmAuth::ServiceAccount(
+                        fcm::auth::ServiceAccount::from_file(&path, http.clone(), config.timeout())
                             .map_err(key_problem)?,
                     ),
-                    None => google::FcmAuth::Static(secret(&config.token_env)?),
+                    None => fcm::auth::FcmAuth::Static(secret(&config.token_env)?),
                 };
                 Arc::new(fcm::Fcm {
                     http,

@@ -539,7 +539,7 @@ impl Decider {
     /// instance held, and the ones it adopts from the held topic for the
     /// users whose intents partitions it owns. What is still held at shutdown stays on the
     /// held topic for the next owner.
-    pub async fn release_held(
+    async fn release_held(
         self: Arc<Self>,
         health: Arc<ConsumerHealth>,
         mut shutdown: watch::Receiver<bool>,
@@ -562,8 +562,8 @@ impl Decider {
                 }
                 // Not to be adopted again from the held topic meanwhile.
                 self.held_log.forget(&held.idempotency_key);
-                let pipeline = Arc::clone(&self);
-                tokio::spawn(async move { pipeline.release(held).await });
+                let decider = Arc::clone(&self);
+                tokio::spawn(async move { decider.release(held).await });
             }
         }
         if !self.held.is_empty() {

@@ -17,7 +17,6 @@ use crate::outcome::DeadLetterCode;
 
 pub mod sent;
 pub mod state;
-pub mod twilio;
 
 pub use sent::{SentIndex, SentRef};
 pub use state::FeedbackState;

@@ -313,7 +313,7 @@ async fn twilio(
     );
     let auth_ok = sid == c.twilio_sid
         && headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str());
-    let form: Vec<(String, String)> = crate::feedback::twilio::form_pairs(&body);
+    let form: Vec<(String, String)> = crate::deliver::twilio::inbound::form_pairs(&body);
     inner.script.keep(|| Request {
         api: "twilio",
         account: sid.clone(),
@@ -407,8 +407,9 @@ fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
 mod tests {
     #[test]
     fn decodes_forms() {
-        let pairs =
-            crate::feedback::twilio::form_pairs(b"To=%2B14155552671&Body=Hi+there%21&From=%2B1500");
+        let pairs = crate::deliver::twilio::inbound::form_pairs(
+            b"To=%2B14155552671&Body=Hi+there%21&From=%2B1500",
+        );
         assert_eq!(pairs[0], ("To".into(), "+14155552671".into()));
         assert_eq!(pairs[1], ("Body".into(), "Hi there!".into()));
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::provider::Provider;
 use crate::support::*;
-use herald::feedback::twilio::signature;
+use herald::deliver::twilio::inbound::signature;
 
 const PUBLIC_URL: &str = "https://herald.example.com";
 

@@ -5,8 +5,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::{classify, transport, Address, Delivered, Message, Provider, SendError, SendFuture};
 use crate::config::ProviderKind;
+use crate::deliver::{
+    classify, transport, Address, Delivered, Message, Provider, SendError, SendFuture,
+};
 
 /// The Twilio adapter: HTTP basic auth with the Account SID and Auth Token.
 pub struct Twilio {

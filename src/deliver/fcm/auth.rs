@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use super::SendError;
+use crate::deliver::SendError;
 
 /// The scope FCM HTTP v1 needs.
 pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -149,7 +149,7 @@ impl ServiceAccount {
             ])
             .send()
             .await
-            .map_err(super::transport)?;
+            .map_err(crate::deliver::transport)?;
         let status = response.status();
         if !status.is_success() {
             let headers = response.headers().clone();
@@ -164,7 +164,7 @@ impl ServiceAccount {
                     .unwrap_or_default()
             );
             return Err(if status.as_u16() == 429 || status.is_server_error() {
-                super::classify(status, &headers, detail)
+                crate::deliver::classify(status, &headers, detail)
             } else {
                 SendError::Auth { detail }
             });

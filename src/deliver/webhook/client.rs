@@ -10,8 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{classify, transport, Address, Delivered, Message, Provider, SendFuture};
 use crate::config::ProviderKind;
+use crate::deliver::{classify, transport, Address, Delivered, Message, Provider, SendFuture};
 
 /// The webhook adapter.
 pub struct Webhook {

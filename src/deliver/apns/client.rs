@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::Priority;
-use super::{transport, Address, Delivered, Message, Provider, SendError, SendFuture};
 use crate::config::ProviderKind;
+use crate::deliver::Priority;
+use crate::deliver::{transport, Address, Delivered, Message, Provider, SendError, SendFuture};
 
 /// How long a signed provider token is used before signing a new one.
 const RESIGN_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -225,7 +225,7 @@ fn answer(
         (410, _) | (400, "BadDeviceToken") | (400, "DeviceTokenNotForTopic") => {
             Err(SendError::Unregistered)
         }
-        (429, _) | (500..=599, _) => Err(super::classify(
+        (429, _) | (500..=599, _) => Err(crate::deliver::classify(
             status,
             headers,
             format!("apns {}: {reason}", status.as_u16()),

@@ -5,12 +5,12 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
-use super::google::FcmAuth;
-use super::Priority;
-use super::{
+use super::auth::FcmAuth;
+use crate::config::ProviderKind;
+use crate::deliver::Priority;
+use crate::deliver::{
     classify, retry_after, transport, Address, Delivered, Message, Provider, SendError, SendFuture,
 };
-use crate::config::ProviderKind;
 
 /// The FCM v1 adapter, authenticated with an OAuth 2.0 access token: a
 /// static one, or minted from a service-account key.

@@ -1,0 +1,5 @@
+//! A generic JSON webhook, signed with HMAC-SHA256 (`client.rs`).
+
+mod client;
+
+pub(super) use client::Webhook;
