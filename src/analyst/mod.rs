@@ -262,3 +262,60 @@ impl Offline {
 }
 
 pub use crate::kafka::follow::{read_back, Read, ReadFrom};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ms(rfc3339: &str) -> i64 {
+        rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[tokio::test]
+    async fn a_capped_message_names_its_masked_recipient_and_key_and_is_not_rendered() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("config/herald.toml")).unwrap();
+        let config = Config::parse(&text).unwrap();
+        let offline = Offline::new(&config, &root.join("rules")).unwrap();
+        assert!(offline.profile(
+            "u-1",
+            &json!({
+                "push_tokens": [{ "token": "tok-4f1c9a7e2b", "platform": "android" }],
+                "consent": { "push": true },
+                "preferences": { "marketing": true },
+                "time_zone": "UTC"
+            })
+        ));
+        for at in ["2026-07-01T12:00:00Z", "2026-07-01T12:10:00Z"] {
+            let coffee = json!({
+                "user_id": "u-1", "ts": ms(at), "card_last4": "4242", "merchant": "Blue Bottle",
+                "amount": 4.5, "currency": "USD", "status": "approved", "category": "coffee"
+            });
+            let bytes = serde_json::to_vec(&coffee).unwrap();
+            offline
+                .event("transactions", Some("card-1"), &bytes, ms(at))
+                .await;
+        }
+        let seen: Vec<Seen> = offline
+            .take()
+            .into_iter()
+            .filter(|s| s.outcome["rule"] == "coffee-offer")
+            .collect();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let (first, capped) = (&seen[0].outcome, &seen[1].outcome);
+        assert_eq!(first["status"], "sent");
+        assert_eq!(capped["status"], "suppressed");
+        assert_eq!(capped["reason"], "cap:marketing:1/hour");
+        // The address was found before the cap stopped it: the outcome says
+        // whom it was for (masked) and under which key, as a sent one does.
+        assert_eq!(capped["recipient"], first["recipient"]);
+        let recipient = capped["recipient"].as_str().unwrap();
+        assert!(!recipient.contains("4f1c9a7e2b"), "masked: {recipient}");
+        let key = capped["idempotency_key"].as_str().unwrap();
+        assert_eq!(key.len(), 32, "{key}");
+        assert_ne!(capped["idempotency_key"], first["idempotency_key"]);
+        assert!(seen[0].text.is_some());
+        assert_eq!(seen[1].text, None, "a capped message is not rendered");
+    }
+}
