@@ -111,13 +111,10 @@ impl Decider {
     ) -> Decider {
         let reader = crate::kafka::profile_reader_config(&config.kafka);
         // The ledger's changelog, as its table declares it (offline, none).
-        let ledger_topic = Self::tables(config)
-            .iter()
-            .find(|t| t.name == "send ledger")
-            .and_then(|t| t.changelog().map(|(topic, _, _)| topic.to_string()));
-        let changelog = match ledger_topic {
-            Some(topic) if intents_topic.is_some() => {
-                Changelog::new(topic, cx.recorder.clone(), reader.clone())
+        let ledger = Self::ledger_table(config);
+        let changelog = match ledger.changelog() {
+            Some((topic, _, _)) if intents_topic.is_some() => {
+                Changelog::new(topic.to_string(), cx.recorder.clone(), reader.clone())
             }
             _ => Changelog::offline(),
         };
@@ -149,20 +146,7 @@ impl Decider {
     /// it, and the messages held for later.
     pub fn tables(config: &Config) -> Vec<StateTable> {
         vec![
-            StateTable {
-                name: "send ledger",
-                stage: "2",
-                key: "intent id and channel",
-                partitioning: Partitioning::IntentsPartition,
-                kept: Kept::Changelog {
-                    topic: config.ledger_changelog(),
-                    // Entries matter for a week (the longest cap window):
-                    // compacted, and deleted after eight days.
-                    cleanup: "compact,delete",
-                    retention_ms: Some(crate::state::ledger::HORIZON_MS),
-                },
-                bound: "limits.ledger_entries entries; eight days",
-            },
+            Self::ledger_table(config),
             StateTable {
                 name: "frequency caps",
                 stage: "2",
@@ -180,6 +164,24 @@ impl Decider {
                 bound: "one per idempotency key; the newest per collapse key",
             },
         ]
+    }
+
+    /// The send ledger: every decision by intent and channel.
+    fn ledger_table(config: &Config) -> StateTable {
+        StateTable {
+            name: "send ledger",
+            stage: "2",
+            key: "intent id and channel",
+            partitioning: Partitioning::IntentsPartition,
+            kept: Kept::Changelog {
+                topic: config.ledger_changelog(),
+                // Entries matter for a week (the longest cap window):
+                // compacted, and deleted after eight days.
+                cleanup: "compact,delete",
+                retention_ms: Some(crate::state::ledger::HORIZON_MS),
+            },
+            bound: "limits.ledger_entries entries; eight days",
+        }
     }
 
     /// The intents partition of a user.
