@@ -3,6 +3,7 @@
 use super::step::{Context, Draft, Step, Unknown, Verdict};
 use super::Suppression;
 use crate::deliver::ChannelKind;
+use crate::profile::Profile;
 
 /// Consent is never off: it is the law. A user without a profile has given
 /// none. For SMS, herald's own opt-out list (numbers that replied STOP) is
@@ -10,14 +11,11 @@ use crate::deliver::ChannelKind;
 pub struct Consent;
 
 impl Consent {
-    /// The number an SMS draft goes to, when the profile consents: the one
-    /// whose STOP replies count.
-    fn phone<'a>(draft: &Draft<'a>) -> Option<&'a str> {
-        let profile = draft.profile?;
-        if draft.channel.kind() != ChannelKind::Sms || !profile.consents_to(&draft.channel.name) {
-            return None;
-        }
-        profile.phone.as_deref()
+    /// The number an SMS draft goes to: the one whose STOP replies count.
+    fn sms_phone<'a>(draft: &Draft<'_>, profile: &'a Profile) -> Option<&'a str> {
+        (draft.channel.kind() == ChannelKind::Sms)
+            .then_some(profile.phone.as_deref())
+            .flatten()
     }
 }
 
@@ -27,7 +25,11 @@ impl Step for Consent {
     }
 
     fn reads_feedback(&self, draft: &Draft<'_>) -> Option<Unknown> {
-        Self::phone(draft).map(|_| Unknown::Consent)
+        let profile = draft.profile?;
+        if !profile.consents_to(&draft.channel.name) {
+            return None;
+        }
+        Self::sms_phone(draft, profile).map(|_| Unknown::Consent)
     }
 
     fn check(&self, draft: &mut Draft<'_>, cx: &Context<'_>) -> Verdict {
@@ -40,7 +42,8 @@ impl Step for Consent {
                 channel: channel.clone(),
             });
         }
-        if Self::phone(draft).is_some_and(|phone| cx.feedback.opted_out(phone)) {
+        // Consent is known here: only the number is left to look up.
+        if Self::sms_phone(draft, profile).is_some_and(|phone| cx.feedback.opted_out(phone)) {
             return Verdict::Suppress(Suppression::OptedOut {
                 channel: channel.clone(),
             });
