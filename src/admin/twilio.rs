@@ -49,8 +49,11 @@ impl TwilioHooks {
             .channels
             .iter()
             .filter_map(|(name, c)| {
+                let crate::config::ChannelConfig::Twilio(c) = c else {
+                    return None;
+                };
                 let base = c.webhook_base(name)?;
-                let token = std::env::var(c.auth_token_env.as_ref()?).ok()?;
+                let token = std::env::var(&c.auth_token_env).ok()?;
                 let hook = Hook {
                     auth_token: token.into(),
                     base,

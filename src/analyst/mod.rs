@@ -8,13 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
 use crate::config::{Config, ProviderKind};
-use crate::deliver::breaker::Breaker;
-use crate::deliver::{
-    retry::RetryPolicy, Address, Channel, Delivered, Message, Provider, SendFuture,
-};
+use crate::deliver::{Address, Channel, Delivered, Message, Provider, SendFuture};
 use crate::engine::{ChannelRuntime, Decision, Engine, Parts, StageContext};
 use crate::feedback::FeedbackState;
 use crate::ingest::Incoming;
@@ -100,22 +96,17 @@ impl Offline {
             .channels
             .iter()
             .map(|(name, c)| {
-                let channel = Channel {
-                    name: name.as_str().into(),
-                    provider: Arc::new(Recording {
-                        kind: c.provider,
-                        sent: Arc::clone(&sent),
-                    }),
-                    permits: Arc::new(Semaphore::new(c.concurrency.max(1))),
-                    policy: RetryPolicy::from_config(c),
-                    // The recording provider never fails: no circuit to open.
-                    breaker: Arc::new(Breaker::new(
-                        0,
-                        std::time::Duration::from_secs(1),
-                        metrics.circuit_open.with_label_values(&[name]),
-                    )),
-                    on_unknown: c.on_unknown,
+                let provider = Arc::new(Recording {
+                    kind: c.kind(),
+                    sent: Arc::clone(&sent),
+                });
+                // The recording provider never fails: no circuit to open.
+                let delivery = crate::config::Delivery {
+                    breaker_failures: 0,
+                    ..c.delivery()
                 };
+                let circuit = metrics.circuit_open.with_label_values(&[name]);
+                let channel = Channel::new(name, provider, delivery, circuit);
                 (name.clone(), ChannelRuntime::new(channel, &metrics))
             })
             .collect();

@@ -5,7 +5,6 @@
 //! collects every semantic error at once.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod channel;
-pub use channel::{ChannelConfig, OnUnknown, ProviderKind};
+pub use channel::{
+    ApnsConfig, ChannelConfig, ConsoleConfig, Delivery, FcmConfig, OnUnknown, ProviderKind,
+    TwilioConfig, WebhookConfig,
+};
 mod feedback;
 pub use feedback::FeedbackConfig;
 pub mod policy;
@@ -383,10 +385,7 @@ impl Config {
                 config.rules.dir = parent.join(&config.rules.dir);
             }
             for channel in config.channels.values_mut() {
-                for key in [&mut channel.service_account_file, &mut channel.key_file]
-                    .into_iter()
-                    .flatten()
-                {
+                for key in channel.paths_mut() {
                     if key.is_relative() {
                         *key = parent.join(&*key);
                     }
@@ -421,7 +420,7 @@ impl Config {
         }
         if let Some(help) = &self.feedback.help_channel {
             match self.channels.get(help) {
-                Some(c) if c.provider == ProviderKind::Twilio => {}
+                Some(ChannelConfig::Twilio(_)) => {}
                 Some(_) => problems.push(format!(
                     "feedback.help_channel `{help}` must be a twilio channel (HELP is answered by SMS)"
                 )),
@@ -503,18 +502,6 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProviderKind::Fcm => "fcm",
-            ProviderKind::Apns => "apns",
-            ProviderKind::Twilio => "twilio",
-            ProviderKind::Webhook => "webhook",
-            ProviderKind::Console => "console",
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,6 +531,30 @@ time_field = "ts"
         assert!(err.message().contains("unknown field `listn`"), "{err}");
         let (line, _) = line_col(&text, err.span().unwrap().start);
         assert_eq!(line, 11);
+    }
+
+    #[test]
+    fn a_key_of_another_provider_is_an_unknown_key_at_the_channel() {
+        let text = format!(
+            "{MINIMAL}\n[channels.sms]\nprovider = \"twilio\"\nbase_url = \"https://api.twilio.com\"\nproject_id = \"p\"\n"
+        );
+        let err = Config::parse(&text).unwrap_err();
+        assert!(
+            err.message().contains("unknown field `project_id`")
+                && err.message().contains("`messaging_service_sid`")
+                && err.message().contains("`concurrency`"),
+            "{err}"
+        );
+        let (line, _) = line_col(&text, err.span().unwrap().start);
+        assert_eq!(&text.lines().nth(line - 1).unwrap(), &"[channels.sms]");
+        let unknown = Config::parse(&format!(
+            "{MINIMAL}\n[channels.sms]\nprovider = \"whatsapp\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            unknown.message().contains("unknown variant `whatsapp`"),
+            "{unknown}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
-use crate::config::{ChannelConfig, ProviderKind};
+use crate::config::{ChannelConfig, Delivery, ProviderKind};
 use crate::profile::{Profile, ProfileTable};
 
 mod apns;
@@ -257,99 +257,35 @@ impl Channel {
         http: reqwest::Client,
         circuit: prometheus::IntGauge,
     ) -> Result<Channel, ChannelError> {
-        let channel = || name.to_string();
-        let secret = |var: &Option<String>| -> Result<SecretString, ChannelError> {
-            let var = var
-                .as_deref()
-                .ok_or_else(|| ChannelError::CredentialNotNamed { channel: channel() })?;
-            std::env::var(var)
-                .map(SecretString::from)
-                .map_err(|_| ChannelError::CredentialNotSet {
-                    channel: channel(),
-                    var: var.to_string(),
-                })
+        let provider: Arc<dyn Provider> = match config {
+            ChannelConfig::Fcm(c) => fcm::build(name, c, http)?,
+            ChannelConfig::Apns(c) => apns::build(name, c)?,
+            ChannelConfig::Twilio(c) => twilio::build(name, c, http)?,
+            ChannelConfig::Webhook(c) => webhook::build(name, c, http)?,
+            ChannelConfig::Console(_) => Arc::new(console::Console),
         };
-        let key_problem = |detail: String| ChannelError::Key {
-            channel: channel(),
-            detail,
-        };
-        let base = config
-            .base_url
-            .clone()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_string();
-        let provider: Arc<dyn Provider> = match config.provider {
-            ProviderKind::Fcm => {
-                let auth = match config.service_account_path() {
-                    Some(path) => fcm::auth::FcmAuth::ServiceAccount(
-                        fcm::auth::ServiceAccount::from_file(&path, http.clone(), config.timeout())
-                            .map_err(key_problem)?,
-                    ),
-                    None => fcm::auth::FcmAuth::Static(secret(&config.token_env)?),
-                };
-                Arc::new(fcm::Fcm {
-                    http,
-                    url: format!(
-                        "{base}/v1/projects/{}/messages:send",
-                        config.project_id.clone().unwrap_or_default()
-                    ),
-                    auth,
-                    timeout: config.timeout(),
-                })
-            }
-            ProviderKind::Twilio => {
-                let sid = secret(&config.account_sid_env)?;
-                Arc::new(twilio::Twilio {
-                    http,
-                    url: format!(
-                        "{base}/2010-04-01/Accounts/{}/Messages.json",
-                        secrecy::ExposeSecret::expose_secret(&sid)
-                    ),
-                    account_sid: sid,
-                    auth_token: secret(&config.auth_token_env)?,
-                    from: config.from.clone(),
-                    messaging_service_sid: config.messaging_service_sid.clone(),
-                    status_callback: config.webhook_base(name).map(|b| format!("{b}/status")),
-                    timeout: config.timeout(),
-                })
-            }
-            ProviderKind::Apns => {
-                let key = config.key_file.clone().unwrap_or_default();
-                let token = apns::ProviderToken::from_file(
-                    &key,
-                    config.key_id.as_deref().unwrap_or_default(),
-                    config.team_id.as_deref().unwrap_or_default(),
-                )
-                .map_err(key_problem)?;
-                Arc::new(apns::Apns {
-                    http: http2_client(),
-                    base,
-                    topic: config.topic.clone().unwrap_or_default(),
-                    token,
-                    timeout: config.timeout(),
-                })
-            }
-            ProviderKind::Webhook => Arc::new(webhook::Webhook {
-                http,
-                url: base,
-                secret: secret(&config.secret_env)?,
-                timeout: config.timeout(),
-            }),
-            ProviderKind::Console => Arc::new(console::Console),
-        };
-        Ok(Channel {
+        Ok(Channel::new(name, provider, config.delivery(), circuit))
+    }
+
+    /// A channel of `provider` with its delivery bounds.
+    pub fn new(
+        name: &str,
+        provider: Arc<dyn Provider>,
+        delivery: Delivery,
+        circuit: prometheus::IntGauge,
+    ) -> Channel {
+        Channel {
             name: name.into(),
             provider,
-            permits: Arc::new(Semaphore::new(config.concurrency)),
-            policy: retry::RetryPolicy::from_config(config),
+            permits: Arc::new(Semaphore::new(delivery.concurrency.max(1))),
+            policy: retry::RetryPolicy::from_delivery(&delivery),
             breaker: Arc::new(breaker::Breaker::new(
-                config.breaker_failures,
-                Duration::from_millis(config.max_backoff_ms),
+                delivery.breaker_failures,
+                delivery.max_backoff,
                 circuit,
             )),
-            on_unknown: config.on_unknown,
-        })
+            on_unknown: delivery.on_unknown,
+        }
     }
 
     /// What kind of channel this is.
@@ -430,6 +366,19 @@ pub fn route_ios_tokens(channels: &mut std::collections::BTreeMap<String, Channe
             });
         }
     }
+}
+
+/// The credential in the environment variable `var` names, for channel `name`.
+fn secret(name: &str, var: Option<&str>) -> Result<SecretString, ChannelError> {
+    let var = var.ok_or_else(|| ChannelError::CredentialNotNamed {
+        channel: name.into(),
+    })?;
+    std::env::var(var)
+        .map(SecretString::from)
+        .map_err(|_| ChannelError::CredentialNotSet {
+            channel: name.into(),
+            var: var.to_string(),
+        })
 }
 
 /// An HTTP/2-only client (APNs): prior knowledge over plain TCP, ALPN `h2`

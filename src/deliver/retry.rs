@@ -7,7 +7,7 @@ use rand::Rng;
 
 use super::breaker::Admission;
 use super::{Address, Channel, Delivered, Message, SendError};
-use crate::config::ChannelConfig;
+use crate::config::Delivery;
 use crate::util::now_ms;
 
 /// How a channel retries.
@@ -26,12 +26,12 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// The policy of a configured channel.
-    pub fn from_config(config: &ChannelConfig) -> RetryPolicy {
+    pub fn from_delivery(delivery: &Delivery) -> RetryPolicy {
         RetryPolicy {
-            max_attempts: config.max_attempts,
-            base: Duration::from_millis(config.backoff_ms),
-            max: Duration::from_millis(config.max_backoff_ms),
-            retry_for: Duration::from_millis(config.retry_for_ms),
+            max_attempts: delivery.max_attempts,
+            base: delivery.backoff,
+            max: delivery.max_backoff,
+            retry_for: delivery.retry_for,
         }
     }
 

@@ -20,13 +20,12 @@ fn twilio(name: &str) -> Channel {
     let circuit = prometheus::IntGauge::new("circuit", "circuit").unwrap();
     std::env::set_var("HERALD_POLICY_TEST_SID", "AC0000");
     std::env::set_var("HERALD_POLICY_TEST_TOKEN", "secret");
-    let config = ChannelConfig {
-        provider: crate::config::ProviderKind::Twilio,
-        account_sid_env: Some("HERALD_POLICY_TEST_SID".into()),
-        auth_token_env: Some("HERALD_POLICY_TEST_TOKEN".into()),
+    let config = ChannelConfig::Twilio(crate::config::TwilioConfig {
+        account_sid_env: "HERALD_POLICY_TEST_SID".into(),
+        auth_token_env: "HERALD_POLICY_TEST_TOKEN".into(),
         from: Some("+15005550006".into()),
-        ..ChannelConfig::console()
-    };
+        ..Default::default()
+    });
     Channel::from_config(name, &config, reqwest::Client::new(), circuit).unwrap()
 }
 

@@ -96,7 +96,15 @@ fn services_files_and_ports_exist_and_agree() {
         .ends_with(&format!(":{}:ro", config.rules.dir.display()))));
     assert_eq!(config.kafka.bootstrap_servers, "kafka:9092");
     for channel in config.channels.values() {
-        let base = channel.base_url.as_deref().unwrap();
+        use herald::config::ChannelConfig;
+        let (base, vars): (&str, Vec<&str>) = match channel {
+            ChannelConfig::Fcm(c) => (
+                &c.base_url,
+                c.token_env.iter().map(|v| v.as_str()).collect(),
+            ),
+            ChannelConfig::Twilio(c) => (&c.base_url, vec![&c.account_sid_env, &c.auth_token_env]),
+            other => panic!("the compose file's config has a {} channel", other.kind()),
+        };
         assert!(base.starts_with("http://standin:"), "{base}");
         let port = base.rsplit(':').next().unwrap();
         let standin_cmd = services["standin"]["command"].as_array().unwrap();
@@ -106,16 +114,9 @@ fn services_files_and_ports_exist_and_agree() {
                 .any(|a| a.as_str().unwrap().ends_with(&format!(":{port}"))),
             "stand-in listens on {port}"
         );
-        for var in [
-            &channel.token_env,
-            &channel.account_sid_env,
-            &channel.auth_token_env,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for var in vars {
             assert!(
-                herald["environment"].get(var.as_str()).is_some(),
+                herald["environment"].get(var).is_some(),
                 "herald gets {var}"
             );
         }

@@ -44,15 +44,28 @@ provider = "console"
 /// Every key of one section of the config, as the code accepts them: the
 /// field list of the error an unknown key in that section gives.
 fn config_keys(section: &str) -> Vec<String> {
+    config_keys_of(MINIMAL, section)
+}
+
+/// Every key of a channel whose provider is `provider`.
+fn channel_keys(provider: &str) -> Vec<String> {
+    let minimal = MINIMAL.replace(
+        "provider = \"console\"",
+        &format!("provider = \"{provider}\""),
+    );
+    config_keys_of(&minimal, "channels.push")
+}
+
+fn config_keys_of(minimal: &str, section: &str) -> Vec<String> {
     let text = if section.is_empty() {
-        format!("zz_not_a_key = 1\n{MINIMAL}")
-    } else if MINIMAL.contains(&format!("[{section}]\n")) {
-        MINIMAL.replace(
+        format!("zz_not_a_key = 1\n{minimal}")
+    } else if minimal.contains(&format!("[{section}]\n")) {
+        minimal.replace(
             &format!("[{section}]\n"),
             &format!("[{section}]\nzz_not_a_key = 1\n"),
         )
     } else {
-        format!("{MINIMAL}\n[{section}]\nzz_not_a_key = 1\n")
+        format!("{minimal}\n[{section}]\nzz_not_a_key = 1\n")
     };
     let error = toml::from_str::<herald::config::Config>(&text)
         .expect_err("an unknown key is an error")
@@ -67,7 +80,6 @@ fn every_config_key_is_in_the_configuration_table() {
     // Sections whose keys are names the deployment chooses.
     let named = [
         ("sources.tx", "sources.<topic>"),
-        ("channels.push", "channels.<name>"),
         (
             "policy.categories.marketing",
             "policy.categories.<category>",
@@ -85,6 +97,19 @@ fn every_config_key_is_in_the_configuration_table() {
     }
     sections.push(("policy.default".into(), "policy.default".into()));
     let mut missing = Vec::new();
+    // A channel's keys are its provider's.
+    for provider in ["fcm", "apns", "twilio", "webhook", "console"] {
+        let keys = channel_keys(provider);
+        assert!(
+            keys.contains(&"concurrency".to_string()),
+            "{provider}: {keys:?}"
+        );
+        for key in keys {
+            if !table.contains(&format!("`channels.<name>.{key}`")) {
+                missing.push(format!("channels.<name>.{key} ({provider})"));
+            }
+        }
+    }
     for (section, shown) in &sections {
         if section == "policy" {
             // `policy.categories` and `policy.default` are sections of their own.
