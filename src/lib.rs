@@ -14,8 +14,9 @@
 //!    dead-letter and delivery records and the producer that writes them
 //!    (card numbers masked at rest); the one TOML file, with the delivery-policy
 //!    settings that rule files and profiles share.
-//! 3. [`kafka`] — client settings shared by every client, and the follower
-//!    that reads a whole topic on every instance.
+//! 3. [`kafka`], [`store`] — client settings shared by every client, and the
+//!    follower that reads a whole topic on every instance; the embedded
+//!    key-value store on local disk, each table with the topic offsets it holds.
 //! 4. [`ingest`] — the consumer group, lanes that keep each key in order,
 //!    offsets stored only when a message's decisions are final;
 //!    [`ingest::decode`] turns a message into an event or a dead-letter reason.
@@ -69,6 +70,7 @@ pub mod simulate;
 #[cfg(feature = "tools")]
 pub mod standin;
 pub mod state;
+pub mod store;
 pub mod util;
 
 mod service;

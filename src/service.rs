@@ -158,7 +158,15 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         recorder.clone(),
         metrics.twilio_webhooks.clone(),
     );
-    let profiles = ProfileTable::new();
+    let store = crate::store::Store::open(&config.state.dir, config.state.block_cache_mb << 20)
+        .map_err(|e| Error::Fatal(e.to_string()))?;
+    info!(dir = %store.dir().display(), "state store open");
+    let profiles = ProfileTable::on_disk(
+        store
+            .table("profiles", ProfileTable::FORMAT)
+            .map_err(|e| Error::Fatal(e.to_string()))?,
+        config.state.profile_cache,
+    );
     let feedback = FeedbackState::new(
         kafka::profile_reader_config(&config.kafka),
         config.topics.feedback.clone(),
@@ -212,6 +220,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         metrics: Arc::clone(&metrics),
         rules: Arc::clone(&rules),
         profiles: Arc::clone(&profiles),
+        store: Some(store),
         feedback: Arc::clone(&feedback),
         config: Arc::new(config.clone()),
         consumer: Arc::clone(&health),

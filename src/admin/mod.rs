@@ -26,6 +26,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub rules: Arc<LiveRules>,
     pub profiles: Arc<ProfileTable>,
+    /// The state store on local disk (none in the offline tools).
+    pub store: Option<crate::store::Store>,
     pub feedback: Arc<crate::feedback::FeedbackState>,
     /// The instance's config (channels, sources, policy) for evaluations.
     pub config: Arc<crate::config::Config>,
@@ -104,8 +106,19 @@ fn readiness(state: &AdminState) -> serde_json::Value {
         })
         .collect();
     let mut not_ready = Vec::new();
+    let loading = state.profiles.progress();
     if !profiles {
-        not_ready.push("profiles are still loading".to_string());
+        let mut reason = format!(
+            "profiles are still loading: {} of {} records read",
+            loading.read, loading.total
+        );
+        if let Some(eta) = loading.eta_ms() {
+            reason.push_str(&format!(", about {} s left", eta.div_ceil(1000)));
+        }
+        not_ready.push(reason);
+    }
+    if let Some(fault) = state.store.as_ref().and_then(|s| s.fault()) {
+        not_ready.push(format!("the state store cannot be written: {fault}"));
     }
     if !feedback {
         not_ready.push("the feedback topic is still being read".to_string());
@@ -142,6 +155,11 @@ fn readiness(state: &AdminState) -> serde_json::Value {
         "not_ready": not_ready,
         "rules_loaded": true,
         "profiles_caught_up": profiles,
+        "profiles_loading": {
+            "read": loading.read,
+            "total": loading.total,
+            "eta_ms": loading.eta_ms(),
+        },
         "feedback_caught_up": feedback,
         "partitions_assigned": assigned,
         "partitions": state.consumer.owned_partitions(),

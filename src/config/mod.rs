@@ -53,6 +53,38 @@ pub struct Config {
     /// How `herald run` writes its log lines.
     #[serde(default)]
     pub log: LogConfig,
+    /// The state directory: herald's tables on local disk.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// The state directory: an embedded store on local disk holding herald's
+/// tables (profiles first), each with the topic offsets it holds. A cache of
+/// Kafka: deleting it costs a slower start, never data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Where the store lives (relative to this file's folder). Each running
+    /// instance takes the first free `instance-<n>` slot under it.
+    #[serde(default = "defaults::state_dir")]
+    pub dir: PathBuf,
+    /// Profiles kept in memory (most recently used); the rest are read from
+    /// disk when needed.
+    #[serde(default = "defaults::profile_cache")]
+    pub profile_cache: usize,
+    /// Block cache of the store, in megabytes.
+    #[serde(default = "defaults::block_cache_mb")]
+    pub block_cache_mb: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: defaults::state_dir(),
+            profile_cache: defaults::profile_cache(),
+            block_cache_mb: defaults::block_cache_mb(),
+        }
+    }
 }
 
 /// The service's log (stderr). Levels come from `RUST_LOG` (default `info`).
@@ -208,6 +240,15 @@ pub(crate) mod defaults {
     use std::net::SocketAddr;
     use std::path::PathBuf;
 
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("herald-state")
+    }
+    pub fn profile_cache() -> usize {
+        200_000
+    }
+    pub fn block_cache_mb() -> u64 {
+        256
+    }
     pub fn group_id() -> String {
         "herald".into()
     }
@@ -383,6 +424,9 @@ impl Config {
             // Paths in the file are relative to the file.
             if config.rules.dir.is_relative() {
                 config.rules.dir = parent.join(&config.rules.dir);
+            }
+            if config.state.dir.is_relative() {
+                config.state.dir = parent.join(&config.state.dir);
             }
             for channel in config.channels.values_mut() {
                 for key in channel.paths_mut() {

@@ -33,12 +33,37 @@ impl rdkafka::ClientContext for EndIsNormal {
 impl rdkafka::consumer::ConsumerContext for EndIsNormal {}
 
 /// Where reading starts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Start {
     /// Every record still on the topic (compacted state topics).
     Beginning,
     /// Records from this time on, epoch ms (event streams, with a look-back).
     Since(i64),
+    /// From these next offsets per partition (a table's checkpoint); a
+    /// partition not listed from its beginning. An offset past a partition's
+    /// end (the topic was deleted and made again) is refused: see
+    /// [`Follower::run_with`].
+    Offsets(std::collections::BTreeMap<i32, i64>),
+}
+
+/// What [`Follower::run_with`] tells its caller besides the records.
+pub enum Progress {
+    /// Found once assigned: the records to read to reach every partition's end.
+    ToRead(u64),
+    /// A partition reached its end.
+    PartitionEnd(i32),
+}
+
+/// Why a follower stopped before its shutdown.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FollowError {
+    #[error("`{topic}` partition {partition} ends at offset {end}, before the checkpoint's {checkpoint}: the topic was made again")]
+    CheckpointPastEnd {
+        topic: String,
+        partition: i32,
+        end: i64,
+        checkpoint: i64,
+    },
 }
 
 /// End offset per partition.
@@ -201,9 +226,22 @@ impl Follower {
     pub async fn run(
         &self,
         start: Start,
+        shutdown: watch::Receiver<bool>,
+        apply: impl FnMut(&BorrowedMessage<'_>),
+    ) {
+        let _ = self.run_with(start, shutdown, apply, |_| {}).await;
+    }
+
+    /// As [`Follower::run`], also telling `progress` how many records there
+    /// are to read and when each partition reaches its end. Returns early
+    /// with an error when a checkpoint in `start` is past its partition's end.
+    pub async fn run_with(
+        &self,
+        start: Start,
         mut shutdown: watch::Receiver<bool>,
         mut apply: impl FnMut(&BorrowedMessage<'_>),
-    ) {
+        mut progress: impl FnMut(Progress),
+    ) -> Result<(), FollowError> {
         let consumer: StreamConsumer<EndIsNormal> = match self
             .client
             .clone()
@@ -215,7 +253,7 @@ impl Follower {
             Ok(c) => c,
             Err(e) => {
                 warn!(topic = %self.topic, error = %e, "cannot create a topic reader");
-                return;
+                return Ok(());
             }
         };
         let topic = &self.topic;
@@ -246,17 +284,43 @@ impl Follower {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => return Ok(()),
             }
         };
+        // Where each partition starts and ends: the records there are to read.
+        let mut to_read = 0u64;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            let offset = match start {
+            // Unknown watermarks (a slow broker) check nothing and count nothing.
+            let marks = consumer
+                .fetch_watermarks(topic, *p, Duration::from_secs(10))
+                .ok();
+            let offset = match &start {
                 Start::Beginning => Offset::Beginning,
-                Start::Since(ms) => Offset::Offset(ms),
+                Start::Since(ms) => Offset::Offset(*ms),
+                Start::Offsets(offsets) => match (offsets.get(p), marks) {
+                    (Some(&next), Some((_, high))) if next > high => {
+                        return Err(FollowError::CheckpointPastEnd {
+                            topic: topic.clone(),
+                            partition: *p,
+                            end: high,
+                            checkpoint: next,
+                        });
+                    }
+                    (Some(&next), _) => Offset::Offset(next),
+                    (None, _) => Offset::Beginning,
+                },
             };
+            if let Some((low, high)) = marks {
+                let from = match (&start, offset) {
+                    (Start::Offsets(_), Offset::Offset(next)) => next.max(low),
+                    _ => low,
+                };
+                to_read += (high - from).max(0) as u64;
+            }
             let _ = tpl.add_partition_offset(topic, *p, offset);
         }
+        progress(Progress::ToRead(to_read));
         if let Start::Since(_) = start {
             match consumer.offsets_for_times(tpl.clone(), Duration::from_secs(10)) {
                 Ok(found) => tpl = found,
@@ -274,14 +338,14 @@ impl Follower {
         }
         if let Err(e) = consumer.assign(&tpl) {
             warn!(%topic, error = %e, "cannot assign the partitions");
-            return;
+            return Ok(());
         }
         let mut at_end: HashSet<i32> = HashSet::new();
         info!(%topic, partitions = partitions.len(), "reading topic");
         loop {
             let next = tokio::select! {
                 m = consumer.recv() => m,
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => return Ok(()),
             };
             match next {
                 Ok(message) => {
@@ -300,6 +364,7 @@ impl Follower {
                             self.advance(p, o);
                         }
                     }
+                    progress(Progress::PartitionEnd(p));
                     if at_end.insert(p)
                         && at_end.len() == partitions.len()
                         && !self.caught_up.send_replace(true)

@@ -83,38 +83,45 @@ impl Generator {
 
     /// Profiles for every cardholder and site owner, keyed by user id.
     pub fn profiles(&mut self) -> Vec<(String, Value)> {
-        let mut out = Vec::with_capacity(self.users + self.sites);
-        for i in 0..self.users {
+        (0..self.profile_count()).map(|n| self.profile(n)).collect()
+    }
+
+    /// How many profiles the population has: its users, then its sites.
+    pub fn profile_count(&self) -> usize {
+        self.users + self.sites
+    }
+
+    /// The `n`th profile of [`Generator::profiles`], one at a time (ten
+    /// million profiles are ten gigabytes as JSON values). Call in order
+    /// 0, 1, …: the random draws follow that order.
+    pub fn profile(&mut self, n: usize) -> (String, Value) {
+        if n < self.users {
+            let i = n;
             let user = Self::user_id(i);
             let tz = TIME_ZONES[i % TIME_ZONES.len()];
             let platform = if i % 3 == 0 { "ios" } else { "android" };
-            out.push((
-                user.clone(),
-                json!({
-                    "user_id": user,
-                    "push_tokens": [{"token": format!("fcm:{}:{:016x}", user, self.rng.random::<u64>()), "platform": platform}],
-                    "phone": format!("+1415555{:04}", 2000 + i % 8000),
-                    "time_zone": tz,
-                    "locale": if tz == "Europe/Paris" { "fr-FR" } else { "en-US" },
-                    "consent": {"push": self.rng.random_bool(0.9), "sms": self.rng.random_bool(0.7)},
-                    "preferences": {"marketing": self.rng.random_bool(0.3)},
-                    "attributes": {"first_name": FIRST_NAMES[i % FIRST_NAMES.len()]},
-                }),
-            ));
-        }
-        for i in 0..self.sites {
+            let profile = json!({
+                "user_id": user,
+                "push_tokens": [{"token": format!("fcm:{}:{:016x}", user, self.rng.random::<u64>()), "platform": platform}],
+                "phone": format!("+1415555{:04}", 2000 + i % 8000),
+                "time_zone": tz,
+                "locale": if tz == "Europe/Paris" { "fr-FR" } else { "en-US" },
+                "consent": {"push": self.rng.random_bool(0.9), "sms": self.rng.random_bool(0.7)},
+                "preferences": {"marketing": self.rng.random_bool(0.3)},
+                "attributes": {"first_name": FIRST_NAMES[i % FIRST_NAMES.len()]},
+            });
+            (user, profile)
+        } else {
+            let i = n - self.users;
             let site = Self::site_id(i);
-            out.push((
-                site.clone(),
-                json!({
-                    "user_id": site,
-                    "phone": format!("+1312555{:04}", 2000 + i % 8000),
-                    "time_zone": "America/Chicago",
-                    "consent": {"sms": true, "push": false},
-                }),
-            ));
+            let profile = json!({
+                "user_id": site,
+                "phone": format!("+1312555{:04}", 2000 + i % 8000),
+                "time_zone": "America/Chicago",
+                "consent": {"sms": true, "push": false},
+            });
+            (site, profile)
         }
-        out
     }
 
     /// The next event: about 70% card transactions, 20% sensor readings, 10% location pings.

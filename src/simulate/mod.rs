@@ -80,19 +80,30 @@ pub async fn publish_profiles(
     topic: &str,
     generator: &mut Generator,
 ) -> Result<u64, KafkaError> {
+    // Many in flight at once (a million profiles would take minutes one
+    // acknowledgement at a time), at most CHUNK generated ahead.
+    const CHUNK: usize = 20_000;
+    let total = generator.profile_count();
     let mut n = 0;
-    for (user, profile) in generator.profiles() {
-        let payload = serde_json::to_vec(&profile).unwrap_or_default();
-        producer
-            .send(
-                FutureRecord::to(topic).key(&user).payload(&payload),
-                Duration::from_secs(10),
+    while n < total {
+        let chunk: Vec<(String, Vec<u8>)> = (n..(n + CHUNK).min(total))
+            .map(|i| {
+                let (user, profile) = generator.profile(i);
+                (user, serde_json::to_vec(&profile).unwrap_or_default())
+            })
+            .collect();
+        let sends = chunk.iter().map(|(user, payload)| {
+            producer.send(
+                FutureRecord::to(topic).key(user).payload(payload),
+                Duration::from_secs(60),
             )
-            .await
-            .map_err(|(e, _)| e)?;
-        n += 1;
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| e)?;
+        }
+        n += chunk.len();
     }
-    Ok(n)
+    Ok(n as u64)
 }
 
 /// How long and how fast to publish.

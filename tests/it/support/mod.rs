@@ -130,6 +130,50 @@ pub async fn create_topics(specs: &[(&String, i32)]) {
     }
 }
 
+/// Creates topics; false when the broker refuses (e.g. a deleted topic of
+/// the same name is still being removed).
+pub async fn try_create_topics(specs: &[(&String, i32)]) -> bool {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = specs
+        .iter()
+        .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
+        .collect();
+    match admin.create_topics(&new, &AdminOptions::new()).await {
+        Ok(results) => results.iter().all(|r| r.is_ok()),
+        Err(_) => false,
+    }
+}
+
+/// Deletes topics from the test broker.
+pub async fn delete_topics(names: &[&String]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    for r in admin
+        .delete_topics(&names, &AdminOptions::new())
+        .await
+        .expect("delete topics")
+    {
+        r.expect("topic deleted");
+    }
+}
+
+/// Publishes a tombstone (no value) for `key`.
+pub async fn publish_tombstone(topic: &str, key: &str) {
+    producer()
+        .send(
+            FutureRecord::<str, [u8]>::to(topic).key(key),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("publish tombstone");
+}
+
 /// A rule file with one rule that pushes every event of `source`, its amount
 /// as the body; `policy` adds a policy line (e.g. `policy: { max_age_s: 5 }`).
 pub fn every_swipe_rule(source: &str, policy: &str) -> String {

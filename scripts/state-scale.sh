@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+#! Profiles at scale (BENCHMARKS.md, "State at scale"): publishes N generated
+#! profiles, then times `herald run` from start to `/readyz` 200 with its peak
+#! RSS — the first load, a restart after kill -9, and a start with the state
+#! directory deleted — and prints the bytes on disk per profile.
+#!
+#!   scripts/state-scale.sh N        (the broker must run: scripts/broker.sh start)
+#!
+#! Uses target/release/herald (cargo build --release first); CARGO_TARGET_DIR honoured.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+N="${1:?usage: scripts/state-scale.sh N}"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/herald"
+PORT="${HERALD_BROKER_PORT:-19092}"
+BROKERS="127.0.0.1:$PORT"
+WORK="$(mktemp -d /tmp/herald-scale.XXXXXX)"
+SUFFIX="$(date +%s)"
+PROFILES="scale-profiles-$SUFFIX"
+SOURCE="scale-tx-$SUFFIX"
+ADMIN_PORT=$((20000 + RANDOM % 20000))
+
+"$ROOT/scripts/broker.sh" topics -p 6 "$PROFILES" >/dev/null
+"$ROOT/scripts/broker.sh" topics -p 1 "$SOURCE" "scale-outcomes-$SUFFIX" "scale-dlq-$SUFFIX" \
+  "scale-feedback-$SUFFIX" "scale-consent-$SUFFIX" "scale-replies-$SUFFIX" "scale-held-$SUFFIX" >/dev/null
+
+started=$(date +%s.%N)
+"$BIN" simulate --brokers "$BROKERS" --users "$N" --sites 0 --count 0 --duration 0 \
+  --profiles-topic "$PROFILES" --transactions-topic "$SOURCE" >/dev/null
+echo "published $N profiles in $(echo "$(date +%s.%N) - $started" | bc) s"
+
+mkdir -p "$WORK/rules"
+cat > "$WORK/herald.toml" <<EOF
+[kafka]
+bootstrap_servers = "$BROKERS"
+group_id = "scale-$SUFFIX"
+
+[sources.$SOURCE]
+user_field = "user_id"
+
+[topics]
+profiles = "$PROFILES"
+outcomes = "scale-outcomes-$SUFFIX"
+dead_letter = "scale-dlq-$SUFFIX"
+feedback = "scale-feedback-$SUFFIX"
+consent = "scale-consent-$SUFFIX"
+replies = "scale-replies-$SUFFIX"
+held = "scale-held-$SUFFIX"
+
+[rules]
+dir = "rules"
+watch = false
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[state]
+dir = "state"
+
+[channels.push]
+provider = "console"
+EOF
+
+# Starts herald, waits for /readyz 200; prints seconds and peak RSS; leaves it running.
+start_until_ready() {
+  local label="$1"
+  local t0
+  t0=$(date +%s.%N)
+  "$BIN" run --config "$WORK/herald.toml" 2>>"$WORK/herald.log" >/dev/null &
+  PID=$!
+  until curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; do
+    if ! kill -0 "$PID" 2>/dev/null; then
+      echo "herald exited; log: $WORK/herald.log" >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
+  local t1 rss read
+  t1=$(date +%s.%N)
+  rss=$(awk '/VmHWM/ {print int($2/1024)}' "/proc/$PID/status")
+  read=$(curl -s "http://127.0.0.1:$ADMIN_PORT/readyz" | sed -n 's/.*"read":\([0-9]*\).*/\1/p')
+  printf '%s: ready in %.1f s, peak RSS %s MB, %s profile records read\n' \
+    "$label" "$(echo "$t1 - $t0" | bc)" "$rss" "$read"
+}
+
+start_until_ready "first start ($N profiles)"
+kill -9 "$PID"
+wait "$PID" 2>/dev/null || true
+bytes=$(du -sb "$WORK/state" | cut -f1)
+echo "state directory: $((bytes / 1024 / 1024)) MB, $((bytes / N)) bytes per profile"
+
+start_until_ready "restart after kill -9"
+kill -9 "$PID"
+wait "$PID" 2>/dev/null || true
+
+rm -rf "$WORK/state"
+start_until_ready "start with the state directory deleted"
+kill -TERM "$PID"
+wait "$PID" 2>/dev/null || true
+echo "log: $WORK/herald.log"

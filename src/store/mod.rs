@@ -1,0 +1,392 @@
+//! store: herald's embedded key-value store on local disk (fjall), one per instance under `state.dir` — a cache of Kafka, with the offsets each table holds.
+//!
+//! Every table is filled from a Kafka topic and can be rebuilt from it, so
+//! the directory needs no backup. A table's data and the topic offsets it
+//! holds (its checkpoint) are written in one atomic batch: whatever a crash
+//! leaves, the table is exactly its topic up to the checkpoint, and a restart
+//! reads only the tail past it. A table written by another format, a store
+//! that will not open, or a checkpoint past the topic's end (a topic deleted
+//! and made again) is cleared and rebuilt from the topic, never used as is.
+//!
+//! Why fjall, and the measurements against RocksDB and redb: BENCHMARKS.md,
+//! "State store".
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tracing::warn;
+
+/// Why the store cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {dir}: {detail}")]
+    Open { dir: PathBuf, detail: String },
+    #[error("state table `{table}`: {detail}")]
+    Io { table: String, detail: String },
+}
+
+/// The state directory's one store.
+#[derive(Clone)]
+pub struct Store {
+    db: fjall::Database,
+    meta: fjall::Keyspace,
+    dir: PathBuf,
+    /// The last write error, until a write succeeds again: `/readyz` says it.
+    fault: Arc<Mutex<Option<StoreError>>>,
+}
+
+/// One table of the store, e.g. `profiles`.
+#[derive(Clone)]
+pub struct Table {
+    store: Store,
+    data: fjall::Keyspace,
+    name: String,
+}
+
+/// The next offset to read per partition, for the topic a table is filled from.
+pub type Checkpoint = BTreeMap<i32, i64>;
+
+impl Store {
+    /// Opens (or creates) the store under `dir`, with `cache_bytes` of block
+    /// cache. Each running instance takes the first free slot,
+    /// `dir/instance-1`, `instance-2`, …: every table holds its own
+    /// checkpoint, so any slot is a valid start for any instance of the
+    /// deployment (a global table's rows are the same everywhere). A slot
+    /// that will not open (damaged, or written by an incompatible version)
+    /// is moved aside and started empty: its tables are rebuilt from Kafka.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        const SLOTS: u32 = 16;
+        let failed = |e: &dyn std::fmt::Display| StoreError::Open {
+            dir: dir.to_owned(),
+            detail: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+        for slot in 1..=SLOTS {
+            let path = dir.join(format!("instance-{slot}"));
+            let open = || {
+                fjall::Database::builder(&path)
+                    .cache_size(cache_bytes)
+                    .open()
+            };
+            let db = match open() {
+                Ok(db) => db,
+                Err(fjall::Error::Locked) => continue,
+                Err(e) => {
+                    let aside =
+                        dir.join(format!("instance-{slot}.unusable-{}", std::process::id()));
+                    warn!(dir = %path.display(), error = %e, moved_to = %aside.display(), "state store will not open; starting it empty, to be rebuilt from Kafka");
+                    std::fs::rename(&path, &aside).map_err(|e| failed(&e))?;
+                    open().map_err(|e| failed(&e))?
+                }
+            };
+            let meta = db
+                .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+                .map_err(|e| failed(&e))?;
+            return Ok(Store {
+                db,
+                meta,
+                dir: path,
+                fault: Arc::new(Mutex::new(None)),
+            });
+        }
+        Err(failed(&format_args!(
+            "all {SLOTS} instance slots are in use by running instances"
+        )))
+    }
+
+    /// A store in a fresh temporary directory, removed when the process
+    /// ends cleanly (the offline tools' profiles).
+    pub fn temporary(cache_bytes: u64) -> Result<Store, StoreError> {
+        let dir = std::env::temp_dir().join(format!(
+            "herald-store-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let store = Store::open(&dir, cache_bytes)?;
+        Ok(store)
+    }
+
+    /// This instance's slot in the state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The table `name`, holding records of `format`: a table written with
+    /// another format (an older herald's) is cleared with its checkpoint.
+    pub fn table(&self, name: &str, format: u32) -> Result<Table, StoreError> {
+        let io = |e: fjall::Error| StoreError::Io {
+            table: name.to_string(),
+            detail: e.to_string(),
+        };
+        let data = self
+            .db
+            .keyspace(name, fjall::KeyspaceCreateOptions::default)
+            .map_err(io)?;
+        let table = Table {
+            store: self.clone(),
+            data,
+            name: name.to_string(),
+        };
+        let key = table.meta_key("format");
+        let found = self.meta.get(&key).map_err(io)?;
+        let wanted = format.to_be_bytes();
+        if found.as_deref() != Some(&wanted[..]) {
+            if found.is_some() {
+                warn!(
+                    table = name,
+                    "state table written by another format; rebuilding it from Kafka"
+                );
+            }
+            table.clear()?;
+            self.meta.insert(key, wanted).map_err(io)?;
+        }
+        Ok(table)
+    }
+
+    /// The last write error, if writes are failing now (a full or read-only disk).
+    pub fn fault(&self) -> Option<StoreError> {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn note(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        let mut fault = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(()) => *fault = None,
+            Err(e) => *fault = Some(e.clone()),
+        }
+        result
+    }
+}
+
+impl Table {
+    fn meta_key(&self, what: &str) -> Vec<u8> {
+        format!("{}\0{what}", self.name).into_bytes()
+    }
+
+    fn checkpoint_key(&self, partition: i32) -> Vec<u8> {
+        let mut key = self.meta_key("offset\0");
+        key.extend_from_slice(&partition.to_be_bytes());
+        key
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            table: self.name.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<fjall::Slice>, StoreError> {
+        self.data.get(key).map_err(|e| self.io(e))
+    }
+
+    /// About how many keys the table holds (cheap; exact after compaction).
+    pub fn approximate_len(&self) -> usize {
+        self.data.approximate_len()
+    }
+
+    /// Bytes the table takes on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.data.disk_space()
+    }
+
+    /// The offsets the table holds: the next offset to read per partition.
+    pub fn checkpoint(&self) -> Result<Checkpoint, StoreError> {
+        let prefix = self.meta_key("offset\0");
+        let mut offsets = Checkpoint::new();
+        for kv in self.store.meta.prefix(&prefix) {
+            let (key, value) = kv.into_inner().map_err(|e| self.io(e))?;
+            let (Ok(p), Ok(o)) = (
+                <[u8; 4]>::try_from(&key[prefix.len()..]),
+                <[u8; 8]>::try_from(&value[..]),
+            ) else {
+                return Err(self.io("unreadable checkpoint"));
+            };
+            offsets.insert(i32::from_be_bytes(p), i64::from_be_bytes(o));
+        }
+        Ok(offsets)
+    }
+
+    /// Empties the table and forgets its checkpoint: it is read again from
+    /// the topic's start.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.data.clear().map_err(|e| self.io(e))?;
+        let prefix = self.meta_key("offset\0");
+        for kv in self.store.meta.prefix(&prefix) {
+            let key = kv.key().map_err(|e| self.io(e))?;
+            self.store.meta.remove(key).map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    /// A batch of writes to this table, committed atomically with its checkpoint.
+    pub fn batch(&self) -> TableBatch {
+        TableBatch {
+            table: self.clone(),
+            batch: self.store.db.batch(),
+            offsets: BTreeMap::new(),
+            len: 0,
+        }
+    }
+}
+
+/// Writes to one table and the offsets they bring it to, applied together or
+/// not at all.
+pub struct TableBatch {
+    table: Table,
+    batch: fjall::OwnedWriteBatch,
+    offsets: BTreeMap<i32, i64>,
+    len: usize,
+}
+
+impl TableBatch {
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
+        self.batch.insert(&self.table.data, key, value);
+        self.len += 1;
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &[u8]) {
+        self.batch.remove(&self.table.data, key);
+        self.len += 1;
+    }
+
+    /// Records that the table now holds `partition` up to (not including) `next`.
+    pub fn read_to(&mut self, partition: i32, next: i64) {
+        self.offsets.insert(partition, next);
+    }
+
+    /// Writes in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds no write and no offset.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0 && self.offsets.is_empty()
+    }
+
+    /// Applies the batch: the writes and the checkpoint, atomically. The
+    /// write reaches the operating system before this returns, so it
+    /// survives the process being killed (not a power cut: the table is
+    /// then rebuilt from Kafka past what the disk kept).
+    pub fn commit(self) -> Result<(), StoreError> {
+        let TableBatch {
+            table,
+            mut batch,
+            offsets,
+            ..
+        } = self;
+        for (partition, next) in offsets {
+            batch.insert(
+                &table.store.meta,
+                table.checkpoint_key(partition),
+                next.to_be_bytes(),
+            );
+        }
+        let result = batch.commit().map_err(|e| table.io(e));
+        table.store.note(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_and_its_checkpoint_survive_a_reopen_together() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8 << 20).unwrap();
+            let table = store.table("profiles", 1).unwrap();
+            assert!(table.checkpoint().unwrap().is_empty());
+            let mut batch = table.batch();
+            batch.put(b"u-1", b"one".to_vec());
+            batch.put(b"u-2", b"two".to_vec());
+            batch.read_to(0, 2);
+            batch.read_to(3, 7);
+            batch.commit().unwrap();
+            let mut batch = table.batch();
+            batch.delete(b"u-2");
+            batch.read_to(0, 3);
+            batch.commit().unwrap();
+        }
+        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        assert!(store.dir().ends_with("instance-1"), "{:?}", store.dir());
+        let table = store.table("profiles", 1).unwrap();
+        assert_eq!(table.get(b"u-1").unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(table.get(b"u-2").unwrap(), None);
+        assert_eq!(
+            table.checkpoint().unwrap(),
+            Checkpoint::from([(0, 3), (3, 7)])
+        );
+        assert!(store.fault().is_none());
+    }
+
+    #[test]
+    fn a_table_of_another_format_is_cleared_with_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 8 << 20).unwrap();
+            let table = store.table("profiles", 1).unwrap();
+            let mut batch = table.batch();
+            batch.put(b"u-1", b"old".to_vec());
+            batch.read_to(0, 1);
+            batch.commit().unwrap();
+            let other = store.table("ledger", 1).unwrap();
+            let mut batch = other.batch();
+            batch.put(b"k", b"v".to_vec());
+            batch.commit().unwrap();
+        }
+        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        let table = store.table("profiles", 2).unwrap();
+        assert_eq!(
+            table.get(b"u-1").unwrap(),
+            None,
+            "rebuilt, not read as the new format"
+        );
+        assert!(table.checkpoint().unwrap().is_empty());
+        let other = store.table("ledger", 1).unwrap();
+        assert!(other.get(b"k").unwrap().is_some(), "other tables are kept");
+    }
+
+    #[test]
+    fn a_second_instance_on_one_machine_takes_the_next_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path(), 8 << 20).unwrap();
+        let second = Store::open(dir.path(), 8 << 20).unwrap();
+        assert_ne!(first.dir(), second.dir());
+        assert!(second.dir().ends_with("instance-2"));
+        drop(first);
+        let third = Store::open(dir.path(), 8 << 20).unwrap();
+        assert!(
+            third.dir().ends_with("instance-1"),
+            "a freed slot is taken again"
+        );
+    }
+
+    #[test]
+    fn a_store_that_will_not_open_is_moved_aside_and_started_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = dir.path().join("instance-1");
+        std::fs::create_dir_all(&slot).unwrap();
+        // Not a store: a version marker no fjall wrote.
+        std::fs::write(slot.join("version"), b"garbage").unwrap();
+        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        let table = store.table("profiles", 1).unwrap();
+        assert!(table.checkpoint().unwrap().is_empty());
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("unusable"));
+        assert!(aside, "the unusable store is kept aside for a look");
+    }
+}

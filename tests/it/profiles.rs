@@ -1,0 +1,200 @@
+//! Profiles on local disk: a restart after kill -9 reads only the profile
+//! records written since the table's checkpoint, and decides with the
+//! profiles as the topic has them (updated, deleted, added while stopped); a
+//! profiles topic made again while herald was stopped rebuilds the table.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::provider::Provider;
+use crate::support::*;
+
+/// A config for the real binary, with its admin port, and its address.
+fn binary_config(
+    dir: &std::path::Path,
+    topics: &Topics,
+    rules: &std::path::Path,
+    provider: &Provider,
+) -> (std::path::PathBuf, std::net::SocketAddr) {
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = config_text(topics, rules, &provider.base_url(), "")
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{admin}\""));
+    let (path, _) = load_config(dir, &text);
+    (path, admin)
+}
+
+/// The instance's `/readyz`, once it is ready.
+async fn ready(admin: std::net::SocketAddr) -> Value {
+    wait_ready(admin).await;
+    let (_, body) = admin_get(admin, "/readyz").await;
+    serde_json::from_str(&body).unwrap()
+}
+
+fn kill_9(child: &mut std::process::Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_a_restart_reads_only_the_new_profile_records_and_uses_them() {
+    let topics = Topics::create(2).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("every.yaml"),
+        every_swipe_rule(&topics.transactions, ""),
+    )
+    .unwrap();
+    for u in 0..30 {
+        let user = format!("u-{u}");
+        publish_profile(&topics, &user, true, false).await;
+    }
+    let (config, admin) = binary_config(dir.path(), &topics, &rules, &provider);
+
+    let mut first = spawn_herald(&config, &dir.path().join("first.log"));
+    let readiness = ready(admin).await;
+    assert_eq!(
+        readiness["profiles_loading"]["read"], 30,
+        "the first start reads every profile: {readiness}"
+    );
+    assert!(
+        dir.path().join("herald-state/instance-1").is_dir(),
+        "the store is in the config's folder"
+    );
+    kill_9(&mut first);
+
+    // While it is down: one user withdraws push consent, one is deleted, one is new.
+    let p = producer();
+    publish(&p, &topics.profiles, "u-1", &profile("u-1", false, false)).await;
+    publish_tombstone(&topics.profiles, "u-2").await;
+    publish(&p, &topics.profiles, "u-30", &profile("u-30", true, false)).await;
+
+    let mut second = spawn_herald(&config, &dir.path().join("second.log"));
+    let readiness = ready(admin).await;
+    assert_eq!(
+        readiness["profiles_loading"]["read"],
+        3,
+        "the restart reads only the three records written since the checkpoint: {readiness}\n{}",
+        std::fs::read_to_string(dir.path().join("second.log")).unwrap()
+    );
+
+    for user in ["u-1", "u-2", "u-5", "u-30"] {
+        publish(
+            &p,
+            &topics.transactions,
+            user,
+            &swipe(user, 12.5, "approved", "US"),
+        )
+        .await;
+    }
+    let outcomes = read_json(&topics.outcomes, 4, Duration::from_secs(30), |_| true);
+    kill_9(&mut second);
+    let status = |user: &str| {
+        outcomes
+            .iter()
+            .find(|o| o["user"] == user)
+            .map(|o| {
+                (
+                    o["status"].as_str().unwrap_or("").to_string(),
+                    o["reason"].clone(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no outcome for {user}: {outcomes:?}"))
+    };
+    assert_eq!(status("u-5").0, "sent", "a profile from disk is used");
+    assert_eq!(
+        status("u-30").0,
+        "sent",
+        "a profile added while down is used"
+    );
+    let (u1, why) = status("u-1");
+    assert!(
+        u1 == "suppressed" && why.to_string().contains("consent"),
+        "consent withdrawn while down is honoured: {u1} {why}"
+    );
+    let (u2, why) = status("u-2");
+    assert!(
+        u2 == "suppressed" && why.to_string().contains("no_profile"),
+        "a profile deleted while down is gone: {u2} {why}"
+    );
+    let tokens: Vec<String> = provider
+        .received_by("fcm")
+        .iter()
+        .map(|r| r.json["message"]["token"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profiles_topic_made_again_while_stopped_rebuilds_the_table() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("every.yaml"),
+        every_swipe_rule(&topics.transactions, ""),
+    )
+    .unwrap();
+    for u in 0..20 {
+        publish_profile(&topics, &format!("u-{u}"), true, false).await;
+    }
+    let (config, admin) = binary_config(dir.path(), &topics, &rules, &provider);
+    let mut first = spawn_herald(&config, &dir.path().join("first.log"));
+    ready(admin).await;
+    kill_9(&mut first);
+
+    // The topic is deleted and made again with two profiles: its offsets
+    // start again below the table's checkpoint.
+    delete_topics(&[&topics.profiles]).await;
+    let mut made = false;
+    for _ in 0..60 {
+        if try_create_topics(&[(&topics.profiles, 1)]).await {
+            made = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(made, "profiles topic made again");
+    for u in ["new-1", "new-2"] {
+        publish_profile(&topics, u, true, false).await;
+    }
+
+    let mut second = spawn_herald(&config, &dir.path().join("second.log"));
+    let readiness = ready(admin).await;
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+    assert_eq!(
+        readiness["profiles_loading"]["read"], 2,
+        "read again from the start of the new topic: {readiness}\n{log}"
+    );
+    let p = producer();
+    for user in ["u-3", "new-1"] {
+        publish(
+            &p,
+            &topics.transactions,
+            user,
+            &swipe(user, 3.0, "approved", "US"),
+        )
+        .await;
+    }
+    let outcomes = read_json(&topics.outcomes, 2, Duration::from_secs(30), |_| true);
+    kill_9(&mut second);
+    let status = |user: &str| {
+        outcomes
+            .iter()
+            .find(|o| o["user"] == user)
+            .map(|o| o["status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_else(|| panic!("no outcome for {user}: {outcomes:?}"))
+    };
+    assert_eq!(status("new-1"), "sent");
+    assert_eq!(
+        status("u-3"),
+        "suppressed",
+        "a profile of the old topic is not used"
+    );
+    assert!(log.contains("profile table cleared"), "{log}");
+}
