@@ -160,7 +160,8 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     );
     let store = crate::store::Store::open(&config.state.dir, config.state.block_cache_mb << 20)
         .map_err(|e| Error::Fatal(e.to_string()))?;
-    info!(dir = %store.dir().display(), "state store open");
+    let instance_id = kafka::instance_id(&config.kafka, store.slot());
+    info!(dir = %store.dir().display(), instance_id = instance_id.as_deref().unwrap_or("(dynamic membership)"), "state store open");
     let profiles = ProfileTable::on_disk(
         store
             .table("profiles", ProfileTable::FORMAT)
@@ -183,7 +184,8 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         stores: std::sync::OnceLock::new(),
     };
     let consumer: StreamConsumer<HeraldContext> =
-        kafka::consumer_config(&config.kafka).create_with_context(context)?;
+        kafka::consumer_config(&config.kafka, instance_id.as_deref())
+            .create_with_context(context)?;
     let topics: Vec<String> = config.consumed_topics();
     let consumer = Arc::new(consumer);
 

@@ -115,6 +115,12 @@ pub struct KafkaConfig {
     /// Consumer group id; every instance of one deployment shares it.
     #[serde(default = "defaults::group_id")]
     pub group_id: String,
+    /// Static membership (`group.instance.id`): a restarted instance takes
+    /// its partitions back without a rebalance. Unset: the host name and the
+    /// instance's state slot (`myhost-1`), the same across restarts and
+    /// different for each instance on one host; `""` turns it off.
+    #[serde(default)]
+    pub instance_id: Option<String>,
     /// Extra librdkafka properties (e.g. `security.protocol = "SASL_SSL"`,
     /// `sasl.mechanisms`, `sasl.username`). A value of the form `env:NAME` is read
     /// from the environment variable NAME, so secrets stay out of the file.

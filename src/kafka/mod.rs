@@ -114,8 +114,9 @@ pub fn client_config(kafka: &KafkaConfig, role: Role, defaults: &[(&str, &str)])
     config
 }
 
-/// The source consumer: manual offset store, auto commit of stored offsets.
-pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+/// The source consumer: manual offset store, auto commit of stored offsets;
+/// `instance_id`, when given, makes it a static member of the group.
+pub fn consumer_config(kafka: &KafkaConfig, instance_id: Option<&str>) -> ClientConfig {
     let mut config = client_config(
         kafka,
         Role::Consumer,
@@ -136,9 +137,42 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         ],
     );
     config.set("group.id", &kafka.group_id);
+    if config.get("group.protocol") == Some("consumer") {
+        // KIP-848: the broker owns the session and the assignment; librdkafka
+        // refuses these client-side settings with that protocol.
+        for key in [
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+            "partition.assignment.strategy",
+        ] {
+            config.remove(key);
+        }
+    }
+    if let Some(id) = instance_id {
+        config.set("group.instance.id", id);
+    }
     // Not overridable: herald stores an offset only after the message's work is final.
     config.set("enable.auto.offset.store", "false");
     config
+}
+
+/// This instance's `group.instance.id`: the configured one, else the host
+/// name and `slot` (the instance's state slot, which a restarted instance
+/// takes again); `None` when configured off (`instance_id = ""`).
+pub fn instance_id(kafka: &KafkaConfig, slot: u32) -> Option<String> {
+    match kafka.instance_id.as_deref() {
+        Some("") => None,
+        Some(id) => Some(id.to_string()),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "herald".into());
+            Some(format!("{host}-{slot}"))
+        }
+    }
 }
 
 /// The profile reader: its own group id, never committing (it always reads from the start).
@@ -179,7 +213,7 @@ mod tests {
         assert_eq!(producer.get("session.timeout.ms"), None);
         assert_eq!(producer.get("linger.ms"), Some("5"));
         assert_eq!(producer.get("security.protocol"), Some("SASL_SSL"));
-        let consumer = consumer_config(&kafka);
+        let consumer = consumer_config(&kafka, None);
         assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
         assert_eq!(consumer.get("linger.ms"), None);
         assert_eq!(consumer.get("security.protocol"), Some("SASL_SSL"));

@@ -32,8 +32,20 @@ pub struct Store {
     db: fjall::Database,
     meta: fjall::Keyspace,
     dir: PathBuf,
+    slot: u32,
     /// The last write error, until a write succeeds again: `/readyz` says it.
     fault: Arc<Mutex<Option<StoreError>>>,
+    /// A temporary store's directory, removed with the last handle.
+    removal: Option<Arc<Removal>>,
+}
+
+/// Removes a directory when dropped.
+struct Removal(PathBuf);
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// One table of the store, e.g. `profiles`.
@@ -87,7 +99,9 @@ impl Store {
                 db,
                 meta,
                 dir: path,
+                slot,
                 fault: Arc::new(Mutex::new(None)),
+                removal: None,
             });
         }
         Err(failed(&format_args!(
@@ -95,16 +109,23 @@ impl Store {
         )))
     }
 
-    /// A store in a fresh temporary directory, removed when the process
-    /// ends cleanly (the offline tools' profiles).
+    /// A store in a fresh temporary directory, removed when its last handle
+    /// is dropped (the offline tools' profiles).
     pub fn temporary(cache_bytes: u64) -> Result<Store, StoreError> {
         let dir = std::env::temp_dir().join(format!(
             "herald-store-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
-        let store = Store::open(&dir, cache_bytes)?;
+        let mut store = Store::open(&dir, cache_bytes)?;
+        store.removal = Some(Arc::new(Removal(dir)));
         Ok(store)
+    }
+
+    /// The number of this instance's slot (`instance-<n>`): the same for a
+    /// restarted instance, different for each one running on the host.
+    pub fn slot(&self) -> u32 {
+        self.slot
     }
 
     /// This instance's slot in the state directory.

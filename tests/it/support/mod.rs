@@ -490,7 +490,10 @@ pub fn group_of(config_text: &str) -> String {
 
 /// Commits offset 0 for every partition of `topic` in `group` (no member
 /// running): the next start reads the topic again from the beginning, as
-/// after a crash before any commit.
+/// after a crash before any commit. herald's instances are static members,
+/// which stay in the group until their session times out after they stop:
+/// until then the broker refuses the commit (as it refuses an operator's
+/// offset reset), so this retries for up to 30 s.
 pub fn rewind_group(group: &str, topic: &str) {
     use rdkafka::consumer::CommitMode;
     let consumer: BaseConsumer = ClientConfig::new()
@@ -507,9 +510,16 @@ pub fn rewind_group(group: &str, topic: &str) {
         tpl.add_partition_offset(topic, p.id(), Offset::Offset(0))
             .unwrap();
     }
-    consumer
-        .commit(&tpl, CommitMode::Sync)
-        .expect("commit offsets");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => return,
+            Err(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("commit offsets: {e}"),
+        }
+    }
 }
 
 /// Runs the real `herald` binary on a config file, its log to `log`.
