@@ -288,7 +288,11 @@ impl Follower {
             }
         };
         // Where each partition starts and ends: the records there are to read.
+        // Reaching those ends is being caught up (as Kafka Streams restores
+        // to the end offsets it finds at the start): a topic written to all
+        // the time may never show its end to a reader.
         let mut to_read = 0u64;
+        let mut targets: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             // Unknown watermarks (a slow broker) check nothing and count nothing.
@@ -317,6 +321,7 @@ impl Follower {
                     _ => low,
                 };
                 to_read += (high - from).max(0) as u64;
+                targets.insert(*p, high.max(from));
             }
             let _ = tpl.add_partition_offset(topic, *p, offset);
         }
@@ -341,7 +346,31 @@ impl Follower {
             return Ok(());
         }
         let mut at_end: HashSet<i32> = HashSet::new();
+        let mut applied = 0u64;
         info!(%topic, partitions = partitions.len(), "reading topic");
+        let mut reached = |p: i32, at_end: &mut HashSet<i32>| {
+            progress(Progress::PartitionEnd(p));
+            if at_end.insert(p)
+                && at_end.len() == partitions.len()
+                && !self.caught_up.send_replace(true)
+            {
+                info!(%topic, "topic read to its end");
+            }
+        };
+        // Partitions with nothing to read are at their end already.
+        for p in &partitions {
+            let from = tpl
+                .find_partition(topic, *p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            if let (Some(&end), Some(from)) = (targets.get(p), from) {
+                if from >= end {
+                    reached(*p, &mut at_end);
+                }
+            }
+        }
         loop {
             let next = tokio::select! {
                 m = consumer.recv() => m,
@@ -350,10 +379,21 @@ impl Follower {
             match next {
                 Ok(message) => {
                     apply(&message);
-                    self.advance(
+                    let (p, next) = (
                         rdkafka::Message::partition(&message),
                         rdkafka::Message::offset(&message) + 1,
                     );
+                    self.advance(p, next);
+                    if !at_end.contains(&p) && targets.get(&p).is_some_and(|&end| next >= end) {
+                        reached(p, &mut at_end);
+                    }
+                    // While records keep coming, `recv` is always ready and
+                    // this loop would never give its task back: let whatever
+                    // shares the task (a caller's watcher) run now and then.
+                    applied += 1;
+                    if applied % 256 == 0 {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
                     // At the end: the fetch position is the end offset.
@@ -364,13 +404,7 @@ impl Follower {
                             self.advance(p, o);
                         }
                     }
-                    progress(Progress::PartitionEnd(p));
-                    if at_end.insert(p)
-                        && at_end.len() == partitions.len()
-                        && !self.caught_up.send_replace(true)
-                    {
-                        info!(%topic, "topic read to its end");
-                    }
+                    reached(p, &mut at_end);
                 }
                 Err(e) => {
                     debug!(%topic, error = %e, "topic reader error");
