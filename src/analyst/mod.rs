@@ -79,6 +79,16 @@ impl Offline {
     /// The rules of `rules_dir`, with the channels, sources and policy of
     /// `config` (its credentials are not needed: nothing is sent).
     pub fn new(config: &Config, rules_dir: &Path) -> Result<Offline, RuleErrors> {
+        Offline::with_profiles(config, rules_dir, ProfileTable::new())
+    }
+
+    /// The same over a profile table filled beforehand (a replay's, on disk,
+    /// shared by its shards).
+    pub fn with_profiles(
+        config: &Config,
+        rules_dir: &Path,
+        profiles: Arc<ProfileTable>,
+    ) -> Result<Offline, RuleErrors> {
         let metrics = Arc::new(Metrics::new());
         let rules = LiveRules::load(
             rules_dir.to_path_buf(),
@@ -86,11 +96,16 @@ impl Offline {
             config.sources.keys().cloned().collect(),
             Arc::clone(&metrics),
         )?;
-        Ok(Offline::with_rules(config, rules, metrics))
+        Ok(Offline::with_rules(config, rules, metrics, profiles))
     }
 
     /// The same over rules already loaded (with their own metrics registry).
-    fn with_rules(config: &Config, rules: Arc<LiveRules>, metrics: Arc<Metrics>) -> Offline {
+    fn with_rules(
+        config: &Config,
+        rules: Arc<LiveRules>,
+        metrics: Arc<Metrics>,
+        profiles: Arc<ProfileTable>,
+    ) -> Offline {
         let sent = Arc::new(Mutex::new(0));
         let channels = config
             .channels
@@ -114,7 +129,6 @@ impl Offline {
             config.topics.outcomes.clone(),
             config.topics.dead_letter.clone(),
         );
-        let profiles = ProfileTable::new();
         let feedback = FeedbackState::offline(config.feedback.lookback.ms());
         let clock = Arc::new(ManualClock::default());
         let parts = Parts {

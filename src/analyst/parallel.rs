@@ -28,6 +28,7 @@ use super::replay::{
 use super::Offline;
 use crate::config::Config;
 use crate::engine::Decision;
+use crate::profile::ProfileTable;
 
 /// What one shard decided, by the index of the event after which it was
 /// decided, and its counts.
@@ -42,7 +43,8 @@ struct Shard {
 pub struct Inputs<'a> {
     pub config: &'a Config,
     pub rules_dir: &'a std::path::Path,
-    pub profiles: &'a [(String, Value)],
+    /// Every user's profile, read by every shard.
+    pub profiles: &'a Arc<ProfileTable>,
     pub events: &'a [Recorded],
     pub prices: &'a BTreeMap<String, f64>,
 }
@@ -100,10 +102,6 @@ pub fn replay_parallel(
         for shard in 0..jobs {
             let (owners, times, offsets, done) = (&owners, &times, &offsets, &done);
             let (tallied, sent) = (&tallied, sent.clone());
-            let mine: Vec<&(String, Value)> = profiles
-                .iter()
-                .filter(|(u, _)| shard_of(u) == shard)
-                .collect();
             scope.spawn(move || {
                 let own = Own {
                     shard,
@@ -116,7 +114,7 @@ pub fn replay_parallel(
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())
-                    .and_then(|rt| rt.block_on(run_shard(config, rules_dir, &mine, events, own)))
+                    .and_then(|rt| rt.block_on(run_shard(config, rules_dir, profiles, events, own)))
                     .map(Arc::new);
                 let kept = result.as_ref().ok().map(Arc::clone);
                 let _ = sent.send(result);
@@ -194,7 +192,7 @@ struct Own<'a> {
 async fn run_shard(
     config: &Config,
     rules_dir: &std::path::Path,
-    profiles: &[&(String, Value)],
+    profiles: &Arc<ProfileTable>,
     events: &[Recorded],
     own: Own<'_>,
 ) -> Result<Shard, String> {
@@ -205,10 +203,8 @@ async fn run_shard(
         offsets,
         done,
     } = own;
-    let offline = Offline::new(config, rules_dir).map_err(|e| e.to_string())?;
-    for (user, p) in profiles {
-        offline.profile(user, p);
-    }
+    let offline = Offline::with_profiles(config, rules_dir, Arc::clone(profiles))
+        .map_err(|e| e.to_string())?;
     let mut decisions = Vec::new();
     drive(
         &offline,
@@ -247,7 +243,12 @@ mod tests {
         let config = Config::read(&root.join("config/herald.toml")).unwrap();
         let rules = root.join("rules");
         let mut generator = Generator::new(7, 400, 20);
-        let profiles = generator.profiles();
+        let profiles = crate::profile::ProfileTable::new();
+        let metrics = crate::metrics::Metrics::new();
+        for (user, p) in generator.profiles() {
+            let bytes = serde_json::to_vec(&p).unwrap();
+            assert!(profiles.apply(Some(user.as_bytes()), Some(&bytes), &metrics));
+        }
         let start = 1_795_514_400_000;
         let events: Vec<Recorded> = (0..std::env::var("HERALD_TEST_EVENTS")
             .ok()

@@ -8,14 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::Write;
 
-use serde_json::Value;
-
 use std::sync::Arc;
 
 use super::Offline;
 use crate::config::Config;
 use crate::engine::Decision;
 use crate::outcome::{Outcome, Status};
+use crate::profile::ProfileTable;
 
 use super::recorded::event_times;
 use super::recorded::Recorded;
@@ -65,16 +64,14 @@ pub struct Report {
 pub async fn replay(
     config: &Config,
     rules_dir: &std::path::Path,
-    profiles: &[(String, Value)],
+    profiles: &Arc<ProfileTable>,
     events: &[Recorded],
     prices: &BTreeMap<String, f64>,
     mut out: Option<&mut dyn Write>,
     mut progress: impl FnMut(usize),
 ) -> Result<Report, String> {
-    let offline = Offline::new(config, rules_dir).map_err(|e| e.to_string())?;
-    for (user, p) in profiles {
-        offline.profile(user, p);
-    }
+    let offline = Offline::with_profiles(config, rules_dir, Arc::clone(profiles))
+        .map_err(|e| e.to_string())?;
     let mut totals: BTreeMap<String, RuleTotals> = BTreeMap::new();
     let times = event_times(config, events);
     let offsets = offsets_of(events);

@@ -123,31 +123,51 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
         }
         (None, None) => return Err("give --input FILE or --from-topic TOPIC --since TIME".into()),
     };
-    let profiles: Vec<(String, serde_json::Value)> = match (&args.profiles, &args.from_topic) {
+    // Profiles go to a table on disk (a temporary store), not into memory:
+    // a million profiles fit in well under a gigabyte this way.
+    let profiles = herald::profile::ProfileTable::on_disk(
+        herald::store::Store::temporary(64 << 20)
+            .and_then(|store| store.table("profiles", herald::profile::ProfileTable::FORMAT))
+            .map_err(|e| e.to_string())?,
+        50_000,
+    );
+    let metrics = herald::metrics::Metrics::new();
+    let loaded = match (&args.profiles, &args.from_topic) {
         (Some(path), _) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            text.lines()
+            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            #[derive(serde::Deserialize)]
+            struct Keyed {
+                user_id: String,
+            }
+            let records = std::io::BufRead::lines(std::io::BufReader::new(file))
+                .map_while(Result::ok)
                 .filter(|l| !l.trim().is_empty())
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter_map(|p| Some((p["user_id"].as_str()?.to_string(), p)))
-                .collect()
+                .filter_map(|l| {
+                    let user = serde_json::from_str::<Keyed>(&l).ok()?.user_id;
+                    Some((user.into_bytes(), Some(l.into_bytes())))
+                });
+            profiles.load(records, &metrics)
         }
-        (None, Some(_)) => herald::analyst::read_back(
-            &client,
-            &config.topics.profiles,
-            herald::analyst::ReadFrom::Time(0),
-            i64::MAX,
-            READ_LIMIT,
-        )?
-        .into_iter()
-        .filter_map(|r| Some((r.key?, serde_json::from_slice(&r.payload).ok()?)))
-        .collect(),
+        (None, Some(_)) => {
+            let records = herald::analyst::read_back(
+                &client,
+                &config.topics.profiles,
+                herald::analyst::ReadFrom::Time(0),
+                i64::MAX,
+                READ_LIMIT,
+            )?
+            .into_iter()
+            .filter_map(|r| Some((r.key?.into_bytes(), Some(r.payload))));
+            profiles.load(records, &metrics)
+        }
         (None, None) => {
             eprintln!("warning: no --profiles: every message will be suppressed as no_profile");
-            Vec::new()
+            0
         }
     };
+    if loaded > 0 {
+        eprintln!("{loaded} profiles loaded");
+    }
     let prices: BTreeMap<String, f64> = args
         .price
         .as_deref()
