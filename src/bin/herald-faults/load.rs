@@ -15,6 +15,7 @@ use super::world::Broker;
 pub const USERS: usize = 40;
 
 /// The topics of one scenario, with fresh names.
+#[derive(Clone)]
 pub struct Topics {
     pub transactions: String,
     pub profiles: String,

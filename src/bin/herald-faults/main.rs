@@ -10,6 +10,7 @@
 mod load;
 mod scenarios;
 mod scene;
+mod state;
 mod tally;
 mod world;
 
@@ -31,7 +32,7 @@ pub struct Options {
     /// The short version (CI): fewer kills, shorter outages.
     #[arg(long)]
     short: bool,
-    /// Run only these scenarios (kill9, sigterm, group, group-eager,
+    /// Run only these scenarios (kill9, kill9-state, sigterm, group, group-eager,
     /// broker-leader, broker-freeze, provider-down, provider-flaky, hostile).
     #[arg(long = "only")]
     only: Vec<String>,
@@ -96,6 +97,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
     let mut reports = Vec::new();
     let single = [
         "kill9",
+        "kill9-state",
         "kill9-group",
         "sigterm",
         "group",
@@ -116,6 +118,9 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         }
         if step("kill9") {
             reports.push(scenarios::kill9(opts, &broker, if short { 4 } else { 20 }).await?);
+        }
+        if step("kill9-state") {
+            reports.push(scenarios::kill9_state(opts, &broker, if short { 5 } else { 20 }).await?);
         }
         if step("kill9-group") {
             reports.push(scenarios::kill9_group(opts, &broker, if short { 3 } else { 20 }).await?);
@@ -175,7 +180,10 @@ The run fails (exit 1) on any lost event, any duplicate not reported as
 `unknown_after_crash`, and any hostile record not dead-lettered with its
 expected reason. State lives in Kafka (docs/engineers/state.md): the send ledger, caps
 and pattern windows are restored by each partition's next owner, so a
-restarted or surviving instance knows every decision made before a kill.
+restarted or surviving instance knows every decision made before a kill;
+profiles are kept on local disk with the topic offsets they hold, and
+`kill9-state` compares that table, after 20 kills during heavy profile
+writes, with a rebuild from the topic.
 This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`
 (fewer kills, shorter outages) runs in CI.
 

@@ -9,6 +9,7 @@ use tokio::time::sleep;
 
 use super::load;
 use super::scene::{Report, Scene};
+use super::state;
 use super::world::Broker;
 use super::Options;
 
@@ -47,9 +48,57 @@ pub async fn kill9(opts: &Options, broker: &Broker, kills: usize) -> Result<Repo
     sleep(secs(5)).await;
     s.stop_load().await;
     s.notes.push(format!(
-        "{kills} kills at random moments 1–6 s after each start (some during start-up); recovery includes start-up and the group's wait for the dead member's session (6 s)"
+        "{kills} kills at random moments 1–6 s after each start (some during start-up); recovery includes start-up (profiles from the state directory, only the tail of the topic read) and rejoining the group as the same static member, with no wait for the dead member's session"
     ));
     close(s).await
+}
+
+/// kill -9 of the only instance at random moments while profiles are
+/// rewritten at a high rate (and swipes stream in), restarted at once; then
+/// the profile table it left on disk is compared, user by user and with its
+/// checkpoint, with a rebuild from the profiles topic.
+pub async fn kill9_state(opts: &Options, broker: &Broker, kills: usize) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "kill9-state", "").await?;
+    let mut i = s.spawn()?;
+    s.ready(i).await?;
+    s.start_load(RATE);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(state::rewrite_profiles(
+        s.producer.clone(),
+        s.topics.clone(),
+        stopped,
+    ));
+    for k in 0..kills {
+        sleep(random_ms(1_000, 6_000)).await;
+        let start = now_ms();
+        s.instances[i].kill9();
+        s.instances[i].exited(secs(10)).await;
+        i = s.spawn()?;
+        s.fault(format!("kill -9 #{}", k + 1), start);
+    }
+    let _ = stop.send(true);
+    let written = writer.await.map_err(|e| e.to_string())?;
+    s.ready(i).await?;
+    sleep(secs(5)).await;
+    s.stop_load().await;
+    let (state_dir, bootstrap, topic) = (
+        s.state_dir(),
+        broker.bootstrap.clone(),
+        s.topics.profiles.clone(),
+    );
+    s.settle(secs(40), secs(240)).await;
+    let mut report = s.finish().await?;
+    let (users, differ) = tokio::task::spawn_blocking(move || {
+        state::compare_profiles(&state_dir, &bootstrap, &topic)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    report.notes.push(format!(
+        "{kills} kills 1–6 s apart while {written} profile records were written; the profile table on disk against a rebuild from the topic: {users} users, {} differ",
+        differ.len()
+    ));
+    report.problems.extend(differ.into_iter().take(20));
+    Ok(report)
 }
 
 /// kill -9 of one member of a three-instance group at random moments,

@@ -29,6 +29,9 @@ pub struct Report {
     /// The first not-ready answer seen during a fault, if any.
     pub not_ready: Option<String>,
     pub notes: Vec<String>,
+    /// What the scenario found wrong besides the events (a store that
+    /// differs from its rebuild).
+    pub problems: Vec<String>,
 }
 
 impl Report {
@@ -50,6 +53,7 @@ impl Report {
             ));
         }
         out.extend(f.dead_letter_mismatch.iter().cloned());
+        out.extend(self.problems.iter().cloned());
         if f.events == 0 {
             out.push("no events produced".into());
         }
@@ -135,6 +139,11 @@ impl Scene {
             load: None,
             spawned: 0,
         })
+    }
+
+    /// The state directory every instance of the scene shares (a slot each).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("herald-state")
     }
 
     /// Starts one more herald instance; its index in `instances`.
@@ -327,6 +336,7 @@ impl Scene {
             pauses_ms,
             not_ready,
             notes: self.notes.clone(),
+            problems: Vec::new(),
         })
     }
 }
