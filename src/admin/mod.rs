@@ -110,7 +110,8 @@ fn readiness(state: &AdminState) -> serde_json::Value {
     if !profiles {
         let mut reason = format!(
             "profiles are still loading: {} of {} records read",
-            loading.read, loading.total
+            loading.read,
+            loading.total()
         );
         if let Some(eta) = loading.eta_ms() {
             reason.push_str(&format!(", about {} s left", eta.div_ceil(1000)));
@@ -157,7 +158,7 @@ fn readiness(state: &AdminState) -> serde_json::Value {
         "profiles_caught_up": profiles,
         "profiles_loading": {
             "read": loading.read,
-            "total": loading.total,
+            "total": loading.total(),
             "eta_ms": loading.eta_ms(),
         },
         "feedback_caught_up": feedback,

@@ -86,6 +86,10 @@ pub struct Metrics {
     pub partitions_assigned: IntGauge,
     /// 1 while a channel's circuit is open (its provider failing), per channel.
     pub circuit_open: IntGaugeVec,
+    /// Per state table: keys held, bytes on disk, records read since the
+    /// start and records to read to catch up (`what`: `keys`, `disk_bytes`,
+    /// `loaded`, `to_load`).
+    pub state_table: IntGaugeVec,
     /// Records (outcomes, dead letters, …) that failed to write and are being retried.
     pub writes_failing: IntGauge,
     /// Producers rebuilt after a fatal error.
@@ -172,6 +176,17 @@ impl Metrics {
         registry
             .register(Box::new(circuit_open.clone()))
             .expect("unique metric");
+        let state_table = IntGaugeVec::new(
+            Opts::new(
+                "herald_state_table",
+                "Per state table on local disk: keys, disk_bytes, loaded (records read since the start) and to_load (records to read to catch up)",
+            ),
+            &["table", "what"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(state_table.clone()))
+            .expect("unique metric");
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "herald_consumer_lag",
@@ -198,6 +213,7 @@ impl Metrics {
                 &["channel", "kind", "result"],
             ),
             circuit_open,
+            state_table,
             producer_rebuilds,
             writes_failing: gauge(
                 "herald_writes_failing",
@@ -341,7 +357,10 @@ impl Metrics {
                 &["result"],
             ),
             rules_loaded: gauge("herald_rules_loaded", "Rules in the active rule set"),
-            profiles: gauge("herald_profiles", "Profiles held in memory"),
+            profiles: gauge(
+                "herald_profiles",
+                "Profiles held (on disk, or in memory in the offline tools)",
+            ),
             profile_errors,
             partitions_assigned: gauge(
                 "herald_partitions_assigned",

@@ -20,6 +20,8 @@ use super::Profile;
 use crate::kafka::follow::{Follower, Progress as FollowProgress, Start};
 use crate::metrics::Metrics;
 use crate::store::{StoreError, Table, TableBatch};
+
+use super::record::{self, Change};
 use crate::util::{fingerprint, FastDashMap};
 
 /// Records applied per atomic write while loading.
@@ -57,6 +59,12 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Records to read: at least those read (records written while loading
+    /// count too).
+    pub fn total(&self) -> u64 {
+        self.total.max(self.read)
+    }
+
     /// Estimated milliseconds left at the rate so far.
     pub fn eta_ms(&self) -> Option<u64> {
         (self.read > 0 && self.total > self.read)
@@ -79,7 +87,7 @@ impl Default for ProfileTable {
 
 impl ProfileTable {
     /// The format of a profile on disk; a table of another format is rebuilt.
-    pub const FORMAT: u32 = 1;
+    pub const FORMAT: u32 = record::FORMAT;
 
     /// An empty table in memory (the offline tools, tests).
     pub fn new() -> Arc<ProfileTable> {
@@ -121,7 +129,7 @@ impl ProfileTable {
                         return None;
                     }
                 };
-                let profile = Arc::new(decode(user, &stored)?);
+                let profile = Arc::new(record::decode(user, &stored)?);
                 cache.insert(user.to_string(), Arc::clone(&profile));
                 Some(profile)
             }
@@ -172,50 +180,24 @@ impl ProfileTable {
         let _ = signal.wait_for(|caught_up| *caught_up).await;
     }
 
-    /// Applies one record of the profiles topic: a value upserts, a tombstone
-    /// deletes. Returns false when the record was refused (counted and logged
-    /// without content). On disk, the write goes into `batch`.
-    fn apply_into(
-        &self,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        metrics: &Metrics,
-        batch: Option<&mut TableBatch>,
-    ) -> bool {
-        let Some(user) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
-            metrics.profile_errors.inc();
-            warn!("profile record without a UTF-8 key ignored");
-            return false;
-        };
-        let profile = match value {
-            None => None,
-            Some(bytes) => match Profile::parse(user, bytes) {
-                Ok((profile, problems)) => {
-                    for problem in &problems {
-                        metrics.profile_errors.inc();
-                        warn!(user = %fingerprint(user), %problem, "profile part left out");
-                    }
-                    Some(profile)
-                }
-                Err(e) => {
-                    metrics.profile_errors.inc();
-                    warn!(user = %fingerprint(user), error = %e, "profile record refused");
-                    return false;
-                }
-            },
-        };
-        match (&self.backing, profile) {
-            (Backing::Memory(map), Some(p)) => {
-                map.insert(user.to_string(), Arc::new(p));
+    /// Applies one parsed record. In memory at once; on disk into `batch`.
+    fn apply_change(&self, change: Change, batch: Option<&mut TableBatch>) -> bool {
+        match (&self.backing, change) {
+            (_, Change::Refused) => return false,
+            (Backing::Memory(map), Change::Upsert { user, profile }) => {
+                map.insert(user, Arc::from(profile));
             }
-            (Backing::Memory(map), None) => {
-                map.remove(user);
+            (Backing::Memory(map), Change::Delete { user }) => {
+                map.remove(&user);
             }
-            (Backing::Disk { .. }, profile) => {
+            (Backing::Disk { .. }, change) => {
                 if let Some(batch) = batch {
-                    match &profile {
-                        Some(p) => batch.put(user.as_bytes(), encode(p)),
-                        None => batch.delete(user.as_bytes()),
+                    match change {
+                        Change::Upsert { user, profile } => {
+                            batch.put(user.as_bytes(), record::encode(&profile))
+                        }
+                        Change::Delete { user } => batch.delete(user.as_bytes()),
+                        Change::Refused => {}
                     }
                 }
             }
@@ -226,22 +208,42 @@ impl ProfileTable {
     /// Applies one profile record (the offline tools' way in).
     pub fn apply(&self, key: Option<&[u8]>, value: Option<&[u8]>, metrics: &Metrics) -> bool {
         match &self.backing {
-            Backing::Memory(_) => self.apply_into(key, value, metrics, None),
-            Backing::Disk { table, .. } => {
-                let mut pending = Pending {
-                    batch: Some(table.batch()),
-                    users: key
-                        .and_then(|k| std::str::from_utf8(k).ok())
-                        .map(str::to_string)
-                        .into_iter()
-                        .collect(),
-                    failed: None,
-                };
-                let applied = self.apply_into(key, value, metrics, pending.batch.as_mut());
-                self.flush(&mut pending);
-                applied
+            Backing::Memory(_) => self.apply_change(record::parse(key, value, metrics), None),
+            Backing::Disk { .. } => {
+                let mut pending = Pending::default();
+                pending.push(key, value, None);
+                let applied = self.flush(&mut pending, metrics);
+                applied == 1
             }
         }
+    }
+
+    /// Loads profile records — (key, value; `None` a tombstone) as the topic
+    /// would bring them — in batches parsed on every core: the offline
+    /// tools' profile files. Returns the records applied.
+    pub fn load(
+        &self,
+        records: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+        metrics: &Metrics,
+    ) -> usize {
+        let mut pending = Pending::default();
+        let mut applied = 0;
+        for (key, value) in records {
+            if let Backing::Memory(_) = &self.backing {
+                let change = record::parse(Some(&key), value.as_deref(), metrics);
+                applied += usize::from(self.apply_change(change, None));
+                continue;
+            }
+            pending.raw.push(Raw {
+                key: Some(key),
+                value,
+                read_to: None,
+            });
+            if pending.raw.len() >= BATCH {
+                applied += self.flush(&mut pending, metrics);
+            }
+        }
+        applied + self.flush(&mut pending, metrics)
     }
 
     /// Reads the profiles topic into this table — on disk from the table's
@@ -314,27 +316,45 @@ impl ProfileTable {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), ReadFailed> {
         let began = Instant::now();
+        let said = Mutex::new(Instant::now());
         let pending = Mutex::new(Pending::default());
         let reading = follower.run_with(
             start,
             shutdown,
             |m| {
                 let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
-                if let Backing::Disk { table, .. } = &self.backing {
-                    let batch = pending.batch.get_or_insert_with(|| table.batch());
-                    batch.read_to(m.partition(), m.offset() + 1);
-                    if let Some(user) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
-                        pending.users.push(user.to_string());
+                match &self.backing {
+                    Backing::Memory(_) => {
+                        self.apply_change(record::parse(m.key(), m.payload(), metrics), None);
                     }
-                }
-                self.apply_into(m.key(), m.payload(), metrics, pending.batch.as_mut());
-                // Once caught up, every record is written as it comes.
-                if pending.len() >= BATCH || self.status() == TableStatus::CaughtUp {
-                    self.flush(&mut pending);
+                    Backing::Disk { .. } => {
+                        pending.push(m.key(), m.payload(), Some((m.partition(), m.offset() + 1)));
+                        // Once caught up, every record is written as it comes.
+                        if pending.raw.len() >= BATCH || self.status() == TableStatus::CaughtUp {
+                            self.flush(&mut pending, metrics);
+                        }
+                    }
                 }
                 let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
                 progress.read += 1;
-                progress.elapsed_ms = began.elapsed().as_millis() as u64;
+                // Said here, not by the watcher below: while records keep
+                // coming, this callback is all its task runs.
+                if progress.read % 4096 == 0 {
+                    progress.elapsed_ms = began.elapsed().as_millis() as u64;
+                    let mut said = said.lock().unwrap_or_else(|p| p.into_inner());
+                    if said.elapsed() >= Duration::from_secs(5) {
+                        *said = Instant::now();
+                        let p = *progress;
+                        drop(progress);
+                        info!(
+                            read = p.read,
+                            total = p.total(),
+                            eta_s = p.eta_ms().map(|ms| ms / 1000),
+                            "profiles loading"
+                        );
+                        self.export(metrics);
+                    }
+                }
             },
             |event| match event {
                 FollowProgress::ToRead(n) => {
@@ -345,12 +365,14 @@ impl ProfileTable {
                 }
                 // What was read is written before the end counts as reached.
                 FollowProgress::PartitionEnd(_) => {
-                    self.flush(&mut pending.lock().unwrap_or_else(|p| p.into_inner()));
+                    self.flush(
+                        &mut pending.lock().unwrap_or_else(|p| p.into_inner()),
+                        metrics,
+                    );
                 }
             },
         );
         let watch = async {
-            let mut said = Instant::now();
             loop {
                 if let Some(e) = pending
                     .lock()
@@ -363,22 +385,14 @@ impl ProfileTable {
                 if follower.is_caught_up() {
                     break;
                 }
-                if said.elapsed() >= Duration::from_secs(5) {
-                    said = Instant::now();
-                    let p = self.progress();
-                    info!(
-                        read = p.read,
-                        total = p.total,
-                        eta_s = p.eta_ms().map(|ms| ms / 1000),
-                        "profiles loading"
-                    );
-                }
-                metrics.profiles.set(self.len() as i64);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            self.flush(&mut pending.lock().unwrap_or_else(|p| p.into_inner()));
+            self.flush(
+                &mut pending.lock().unwrap_or_else(|p| p.into_inner()),
+                metrics,
+            );
             self.caught_up.send_replace(true);
-            metrics.profiles.set(self.len() as i64);
+            self.export(metrics);
             let p = self.progress();
             info!(
                 profiles = self.len(),
@@ -386,8 +400,13 @@ impl ProfileTable {
                 seconds = began.elapsed().as_secs_f64(),
                 "profiles caught up"
             );
+            let mut exported = Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                if exported.elapsed() >= Duration::from_secs(5) {
+                    exported = Instant::now();
+                    self.export(metrics);
+                }
                 if let Some(e) = pending
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -404,28 +423,85 @@ impl ProfileTable {
         }
     }
 
-    /// Writes the pending batch with its checkpoint, then drops its users'
-    /// cached profiles (after the write, so a lookup between cannot cache
-    /// the old one again). A failed write is logged and counted against the
-    /// store (`/readyz`); its records are read again from the checkpoint at
-    /// the next start.
-    fn flush(&self, pending: &mut Pending) {
-        let Some(batch) = pending.batch.take() else {
-            return;
+    /// Sets the table's gauges.
+    fn export(&self, metrics: &Metrics) {
+        metrics.profiles.set(self.len() as i64);
+        if let Backing::Disk { table, .. } = &self.backing {
+            let p = self.progress();
+            let set = |what: &str, v: u64| {
+                metrics
+                    .state_table
+                    .with_label_values(&[table.name(), what])
+                    .set(v as i64)
+            };
+            set("keys", table.approximate_len() as u64);
+            set("disk_bytes", table.disk_bytes());
+            set("loaded", p.read);
+            set("to_load", p.total());
+        }
+    }
+
+    /// Parses the pending records (on every core: validating a phone number
+    /// is most of a profile's cost), writes them with their checkpoint in
+    /// one batch, then drops their users' cached profiles (after the write,
+    /// so a lookup between cannot cache the old one again). A failed write
+    /// is logged and counted against the store (`/readyz`), and reading
+    /// starts again from the checkpoint. Returns the records applied.
+    fn flush(&self, pending: &mut Pending, metrics: &Metrics) -> usize {
+        let Backing::Disk { table, cache } = &self.backing else {
+            return 0;
         };
-        if batch.is_empty() {
-            return;
+        if pending.raw.is_empty() {
+            return 0;
+        }
+        let raw = std::mem::take(&mut pending.raw);
+        let changes = parse_all(&raw, metrics);
+        let mut batch = table.batch();
+        let mut users = Vec::with_capacity(raw.len());
+        let mut applied = 0;
+        for (raw, change) in raw.iter().zip(changes) {
+            if let Change::Upsert { user, .. } | Change::Delete { user } = &change {
+                users.push(user.clone());
+            }
+            if self.apply_change(change, Some(&mut batch)) {
+                applied += 1;
+            }
+            if let Some((partition, next)) = raw.read_to {
+                batch.read_to(partition, next);
+            }
         }
         if let Err(e) = batch.commit() {
             warn!(error = %e, "profiles not written to the state store; reading again from the checkpoint");
             pending.failed = Some(e);
+            return 0;
         }
-        if let Backing::Disk { cache, .. } = &self.backing {
-            for user in pending.users.drain(..) {
-                cache.remove(&user);
-            }
+        for user in users {
+            cache.remove(&user);
         }
+        applied
     }
+}
+
+/// Parses records on up to four threads, in order.
+fn parse_all(raw: &[Raw], metrics: &Metrics) -> Vec<Change> {
+    let parse = |r: &Raw| record::parse(r.key.as_deref(), r.value.as_deref(), metrics);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    if threads == 1 || raw.len() < 256 {
+        return raw.iter().map(parse).collect();
+    }
+    let chunk = raw.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = raw
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().expect("profile parsing does not panic"))
+            .collect()
+    })
 }
 
 /// Why one reading of the topic stopped.
@@ -434,50 +510,28 @@ enum ReadFailed {
     Store(StoreError),
 }
 
-/// Profile writes not yet committed, and whose cached copies they replace.
+/// One record as read, not yet parsed.
+struct Raw {
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    /// The partition and next offset the table holds once it is applied.
+    read_to: Option<(i32, i64)>,
+}
+
+/// Records read and not yet written.
 #[derive(Default)]
 struct Pending {
-    batch: Option<TableBatch>,
-    users: Vec<String>,
+    raw: Vec<Raw>,
     /// A write failed: reading stops, to start again from the checkpoint.
     failed: Option<StoreError>,
 }
 
 impl Pending {
-    fn len(&self) -> usize {
-        self.batch.as_ref().map_or(0, TableBatch::len)
+    fn push(&mut self, key: Option<&[u8]>, value: Option<&[u8]>, read_to: Option<(i32, i64)>) {
+        self.raw.push(Raw {
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            read_to,
+        });
     }
-}
-
-/// A profile as kept on disk: a format byte, flags for what validation
-/// found, then the validated profile's JSON (its phone already E.164).
-fn encode(profile: &Profile) -> Vec<u8> {
-    let flags = u8::from(profile.phone_invalid) | u8::from(profile.time_zone_invalid) << 1;
-    let mut bytes = vec![ProfileTable::FORMAT as u8, flags];
-    // A profile always serializes; its fields are plain data.
-    serde_json::to_writer(&mut bytes, profile).expect("a profile serializes");
-    bytes
-}
-
-/// The profile `encode` wrote; `None` (and a warning) when it cannot be read.
-fn decode(user: &str, bytes: &[u8]) -> Option<Profile> {
-    let [format, flags, json @ ..] = bytes else {
-        warn!(user = %fingerprint(user), "profile on disk is truncated");
-        return None;
-    };
-    if u32::from(*format) != ProfileTable::FORMAT {
-        warn!(user = %fingerprint(user), "profile on disk has another format");
-        return None;
-    }
-    let mut profile: Profile = match serde_json::from_slice(json) {
-        Ok(p) => p,
-        Err(e) => {
-            warn!(user = %fingerprint(user), error = %e, "profile on disk cannot be read");
-            return None;
-        }
-    };
-    profile.phone_invalid = flags & 1 != 0;
-    profile.time_zone_invalid = flags & 2 != 0;
-    profile.phone_sha256 = profile.phone.as_deref().map(crate::util::phone_sha256);
-    Some(profile)
 }
