@@ -6,7 +6,8 @@
 //! peak RSS and bytes on disk. `store-bench crash DIR ROUNDS` runs a
 //! writer child, kills it with SIGKILL at a random moment, reopens the store
 //! and checks that every batch up to the checkpoint is whole and nothing past
-//! it is half there; it prints the reopen times.
+//! it is half there; it prints the reopen times. `store-bench commits DIR N`
+//! makes N commits of 10 keys each, as herald's live path does.
 //!
 //! Every engine writes without fsync but crash-safe for a process crash
 //! (RocksDB and fjall: write-ahead log flushed to the OS per batch), except
@@ -219,14 +220,41 @@ fn load(dir: &Path, n: u64) {
     );
 }
 
+/// Small commits, as herald's live path makes them: `commits` batches of 10
+/// keys each (and the checkpoint), into a store of 1,000,000 keys.
+fn small_commits(dir: &Path, commits: u64) {
+    let mut db = engine::open(dir);
+    let mut items = Vec::with_capacity(10);
+    let started = Instant::now();
+    for c in 0..commits {
+        items.clear();
+        for k in 0..10 {
+            let i = (c * 10 + k) % 1_000_000;
+            items.push((key(i), value(i, c)));
+        }
+        db.write(&items, c + 1);
+    }
+    let took = started.elapsed();
+    println!(
+        "{} small commits={commits} (10 keys each) commits_per_s={:.0}",
+        engine::NAME,
+        commits as f64 / took.as_secs_f64()
+    );
+}
+
 /// The child: rewrites keys 0..1,000,000 round after round, printing each
-/// committed checkpoint, until killed.
+/// committed checkpoint, until killed. It goes on from the checkpoint it
+/// finds, so every batch number (and every value) is new.
 fn write_forever(dir: &Path) {
     let mut db = engine::open(dir);
     let mut out = std::io::stdout();
     let keys = 1_000_000;
     let mut items = Vec::with_capacity(BATCH as usize);
-    for batch in 1u64.. {
+    let from = db
+        .get(CHECKPOINT)
+        .map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+        .unwrap_or(0);
+    for batch in from + 1.. {
         items.clear();
         let first = (batch - 1) * BATCH % keys;
         for i in first..first + BATCH {
@@ -310,6 +338,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("load") => load(Path::new(&args[2]), args[3].parse().unwrap()),
         Some("crash") => crash(Path::new(&args[2]), args[3].parse().unwrap()),
+        Some("commits") => small_commits(Path::new(&args[2]), args[3].parse().unwrap()),
         Some("write-forever") => write_forever(Path::new(&args[2])),
         _ => {
             eprintln!("usage: store-bench load DIR N | crash DIR ROUNDS (built with one engine feature)");
