@@ -115,10 +115,14 @@ pub struct KafkaConfig {
     /// Consumer group id; every instance of one deployment shares it.
     #[serde(default = "defaults::group_id")]
     pub group_id: String,
-    /// Static membership (`group.instance.id`): a restarted instance takes
-    /// its partitions back without a rebalance. Unset: the host name and the
-    /// instance's state slot (`myhost-1`), the same across restarts and
-    /// different for each instance on one host; `""` turns it off.
+    /// Static membership (`group.instance.id`). Unset: the host name and
+    /// the instance's state slot (`myhost-1`), the same across restarts and
+    /// different for each instance on one host; any other value is used as
+    /// it is; `""` turns it off (dynamic membership). A restarted static
+    /// member takes its partitions back without a rebalance. librdkafka
+    /// fences a static member whose group coordinator was unreachable for
+    /// longer than the session timeout (librdkafka issue 3437); herald then
+    /// exits for its supervisor to restart it. See docs/operators/running.md.
     #[serde(default)]
     pub instance_id: Option<String>,
     /// Extra librdkafka properties (e.g. `security.protocol = "SASL_SSL"`,

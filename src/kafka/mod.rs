@@ -162,7 +162,6 @@ pub fn consumer_config(kafka: &KafkaConfig, instance_id: Option<&str>) -> Client
 pub fn instance_id(kafka: &KafkaConfig, slot: u32) -> Option<String> {
     match kafka.instance_id.as_deref() {
         Some("") => None,
-        Some(id) => Some(id.to_string()),
         None => {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
@@ -172,6 +171,7 @@ pub fn instance_id(kafka: &KafkaConfig, slot: u32) -> Option<String> {
                 .unwrap_or_else(|| "herald".into());
             Some(format!("{host}-{slot}"))
         }
+        Some(id) => Some(id.to_string()),
     }
 }
 

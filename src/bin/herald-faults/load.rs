@@ -69,6 +69,8 @@ pub struct Setup<'a> {
     pub provider: &'a str,
     /// More `[kafka.properties]` lines (the eager-rebalance comparison).
     pub extra_kafka: &'a str,
+    /// Dynamic membership (`instance_id = ""`) instead of herald's static default.
+    pub dynamic_member: bool,
 }
 
 impl Setup<'_> {
@@ -104,7 +106,7 @@ impl Setup<'_> {
             r#"[kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "{group}"
-
+{instance_id}
 [kafka.properties]
 "session.timeout.ms" = "6000"
 {extra_kafka}
@@ -140,6 +142,11 @@ token_env = "HERALD_FAULTS_FCM_TOKEN"
 concurrency = 32
 "#,
             bootstrap = self.bootstrap,
+            instance_id = if self.dynamic_member {
+                "instance_id = \"\""
+            } else {
+                ""
+            },
             transactions = topics.transactions,
             profiles = topics.profiles,
             outcomes = topics.outcomes,

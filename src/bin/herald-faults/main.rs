@@ -32,7 +32,7 @@ pub struct Options {
     /// The short version (CI): fewer kills, shorter outages.
     #[arg(long)]
     short: bool,
-    /// Run only these scenarios (kill9, kill9-state, sigterm, group, group-eager,
+    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, sigterm, group, group-eager,
     /// broker-leader, broker-freeze, provider-down, provider-flaky, hostile).
     #[arg(long = "only")]
     only: Vec<String>,
@@ -97,6 +97,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
     let mut reports = Vec::new();
     let single = [
         "kill9",
+        "kill9-dynamic",
         "kill9-state",
         "kill9-group",
         "sigterm",
@@ -117,7 +118,10 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
             reports.push(scenarios::hostile(opts, &broker).await?);
         }
         if step("kill9") {
-            reports.push(scenarios::kill9(opts, &broker, if short { 4 } else { 20 }).await?);
+            reports.push(scenarios::kill9(opts, &broker, if short { 4 } else { 20 }, false).await?);
+        }
+        if !short && step("kill9-dynamic") {
+            reports.push(scenarios::kill9(opts, &broker, 20, true).await?);
         }
         if step("kill9-state") {
             reports.push(scenarios::kill9_state(opts, &broker, if short { 5 } else { 20 }).await?);

@@ -30,9 +30,21 @@ async fn close(s: Scene) -> Result<Report, String> {
     s.finish().await
 }
 
-/// kill -9 of the only instance at random moments, restarted at once.
-pub async fn kill9(opts: &Options, broker: &Broker, kills: usize) -> Result<Report, String> {
-    let mut s = Scene::new(opts, broker, "kill9", "").await?;
+/// kill -9 of the only instance at random moments, restarted at once; with
+/// `dynamic_member`, as a dynamic member of the group (`instance_id = ""`).
+pub async fn kill9(
+    opts: &Options,
+    broker: &Broker,
+    kills: usize,
+    dynamic_member: bool,
+) -> Result<Report, String> {
+    let name = if dynamic_member {
+        "kill9-dynamic"
+    } else {
+        "kill9"
+    };
+    let mut s = Scene::new(opts, broker, name, "").await?;
+    s.dynamic_member = dynamic_member;
     let mut i = s.spawn()?;
     s.ready(i).await?;
     s.start_load(RATE);
@@ -47,9 +59,11 @@ pub async fn kill9(opts: &Options, broker: &Broker, kills: usize) -> Result<Repo
     s.ready(i).await?;
     sleep(secs(5)).await;
     s.stop_load().await;
-    s.notes.push(format!(
-        "{kills} kills at random moments 1–6 s after each start (some during start-up); recovery includes start-up (profiles from the state directory, only the tail of the topic read) and rejoining the group as the same static member, with no wait for the dead member's session"
-    ));
+    s.notes.push(if dynamic_member {
+        format!("{kills} kills at random moments 1–6 s after each start (some during start-up); dynamic membership (`instance_id = \"\"`): recovery includes the group's wait for the dead member's session (6 s)")
+    } else {
+        format!("{kills} kills at random moments 1–6 s after each start (some during start-up); the restarted instance takes its state slot and static member id back, and its partitions at once")
+    });
     close(s).await
 }
 
@@ -222,14 +236,18 @@ pub async fn leader(opts: &Options, broker: &Broker, down: u64) -> Result<Report
     let node = broker.busiest_leader(&s.topics.transactions)?;
     let start = now_ms();
     tokio::task::block_in_place(|| broker.kill_node(node))?;
-    sleep(secs(down)).await;
+    // A static member whose coordinator was away longer than its session is
+    // fenced by librdkafka and exits; the supervisor every deployment has
+    // restarts it (docs/operators/running.md).
+    s.supervise_for(secs(down)).await?;
     tokio::task::block_in_place(|| broker.restart_node(node))?;
     s.fault(
         format!("broker {node} (leader) kill -9, restarted after {down} s"),
         start,
     );
-    sleep(secs(10)).await;
+    s.supervise_for(secs(10)).await?;
     s.stop_load().await;
+    s.supervise_for(secs(100)).await?;
     close(s).await
 }
 

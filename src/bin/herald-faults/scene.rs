@@ -77,6 +77,8 @@ pub struct Scene {
     herald_bin: PathBuf,
     group: String,
     extra_kafka: String,
+    /// Instances are dynamic members of the group (`instance_id = ""`).
+    pub dynamic_member: bool,
     watched: Arc<Mutex<Vec<(String, std::net::SocketAddr)>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     watcher: JoinHandle<()>,
@@ -133,6 +135,7 @@ impl Scene {
             herald_bin: opts.herald.clone(),
             group: format!("herald-faults-{run}"),
             extra_kafka: extra_kafka.to_string(),
+            dynamic_member: false,
             watched,
             seen,
             watcher,
@@ -158,6 +161,7 @@ impl Scene {
             group: &self.group,
             provider: &provider,
             extra_kafka: &self.extra_kafka,
+            dynamic_member: self.dynamic_member,
         };
         let config = setup.write(&self.dir, admin, n)?;
         let name = format!("herald-{n}");

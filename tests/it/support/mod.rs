@@ -490,10 +490,9 @@ pub fn group_of(config_text: &str) -> String {
 
 /// Commits offset 0 for every partition of `topic` in `group` (no member
 /// running): the next start reads the topic again from the beginning, as
-/// after a crash before any commit. herald's instances are static members,
-/// which stay in the group until their session times out after they stop:
-/// until then the broker refuses the commit (as it refuses an operator's
-/// offset reset), so this retries for up to 30 s.
+/// after a crash before any commit. Until the group has emptied (a static
+/// member stays until its session times out) the broker refuses the commit,
+/// as it refuses an operator's offset reset, so this retries for up to 30 s.
 pub fn rewind_group(group: &str, topic: &str) {
     use rdkafka::consumer::CommitMode;
     let consumer: BaseConsumer = ClientConfig::new()
