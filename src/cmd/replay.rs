@@ -110,7 +110,7 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
                 return Err(format!("no events in `{topic}` in that range"));
             }
             let mut out = Vec::new();
-            for (n, r) in records.into_iter().enumerate() {
+            for (n, r) in records.into_iter().filter(|r| !r.tombstone).enumerate() {
                 match Recorded::parse(topic.clone(), r.key, &r.payload, &wanted) {
                     Ok(event) => out.push(event),
                     Err(e) => {
@@ -157,7 +157,8 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
                 READ_LIMIT,
             )?
             .into_iter()
-            .filter_map(|r| Some((r.key?.into_bytes(), Some(r.payload))));
+            // A tombstone deletes the profile, as on the topic.
+            .filter_map(|r| Some((r.key?.into_bytes(), (!r.tombstone).then_some(r.payload))));
             profiles.load(records, &metrics)
         }
         (None, None) => {

@@ -418,7 +418,10 @@ impl Follower {
 /// One record read back from a topic.
 pub struct Read {
     pub key: Option<String>,
+    /// The value; empty for a tombstone.
     pub payload: Vec<u8>,
+    /// A record without a value (a deletion on a compacted topic).
+    pub tombstone: bool,
     pub timestamp_ms: i64,
 }
 
@@ -504,16 +507,15 @@ pub fn read_back(
                     open.remove(&m.partition());
                     continue;
                 }
-                if let Some(p) = m.payload() {
-                    out.push(Read {
-                        key: m
-                            .key()
-                            .and_then(|k| std::str::from_utf8(k).ok())
-                            .map(str::to_string),
-                        payload: p.to_vec(),
-                        timestamp_ms: ts,
-                    });
-                }
+                out.push(Read {
+                    key: m
+                        .key()
+                        .and_then(|k| std::str::from_utf8(k).ok())
+                        .map(str::to_string),
+                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    tombstone: m.payload().is_none(),
+                    timestamp_ms: ts,
+                });
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);

@@ -1,5 +1,7 @@
 //! One record of the profiles topic: parsed and validated once (the phone to E.164, the time zone), and the compact form it is kept in on disk.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
 use tracing::warn;
 
 use super::Profile;
@@ -19,12 +21,35 @@ pub enum Change {
     Refused,
 }
 
+/// At most one warning a second about profile records (a CRM that sends
+/// many bad phone numbers must not flood the log); every problem is still
+/// counted in `herald_profile_errors_total`. Returns whether this one may be
+/// logged, and how many were not since the last.
+fn may_warn() -> Option<u64> {
+    static LAST_S: AtomicI64 = AtomicI64::new(i64::MIN);
+    static UNSAID: AtomicU64 = AtomicU64::new(0);
+    let now_s = crate::util::now_ms() / 1000;
+    let last = LAST_S.load(Ordering::Relaxed);
+    if last != now_s
+        && LAST_S
+            .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        Some(UNSAID.swap(0, Ordering::Relaxed))
+    } else {
+        UNSAID.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 /// Parses and validates one record of the profiles topic. Pure but for
 /// counting and logging, so records can be parsed on several threads.
 pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>, metrics: &Metrics) -> Change {
     let Some(user) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
         metrics.profile_errors.inc();
-        warn!("profile record without a UTF-8 key ignored");
+        if let Some(unsaid) = may_warn() {
+            warn!(unsaid, "profile record without a UTF-8 key ignored");
+        }
         return Change::Refused;
     };
     let Some(bytes) = value else {
@@ -36,7 +61,9 @@ pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>, metrics: &Metrics) -> Cha
         Ok((profile, problems)) => {
             for problem in &problems {
                 metrics.profile_errors.inc();
-                warn!(user = %fingerprint(user), %problem, "profile part left out");
+                if let Some(unsaid) = may_warn() {
+                    warn!(user = %fingerprint(user), %problem, unsaid, "profile part left out");
+                }
             }
             Change::Upsert {
                 user: user.to_string(),
@@ -45,7 +72,9 @@ pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>, metrics: &Metrics) -> Cha
         }
         Err(e) => {
             metrics.profile_errors.inc();
-            warn!(user = %fingerprint(user), error = %e, "profile record refused");
+            if let Some(unsaid) = may_warn() {
+                warn!(user = %fingerprint(user), error = %e, unsaid, "profile record refused");
+            }
             Change::Refused
         }
     }

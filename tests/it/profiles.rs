@@ -1,7 +1,8 @@
 //! Profiles on local disk: a restart after kill -9 reads only the profile
 //! records written since the table's checkpoint, and decides with the
 //! profiles as the topic has them (updated, deleted, added while stopped); a
-//! profiles topic made again while herald was stopped rebuilds the table.
+//! profiles topic made again while herald was stopped rebuilds the table; a
+//! replay from the topics deletes what a tombstone deletes.
 
 use std::time::Duration;
 
@@ -197,4 +198,71 @@ async fn a_profiles_topic_made_again_while_stopped_rebuilds_the_table() {
         "a profile of the old topic is not used"
     );
     assert!(log.contains("profile table cleared"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_the_topics_honours_a_profile_deleted_on_the_profiles_topic() {
+    let topics = Topics::create(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("every.yaml"),
+        every_swipe_rule(&topics.transactions, ""),
+    )
+    .unwrap();
+    for u in ["u-kept", "u-gone"] {
+        publish_profile(&topics, u, true, false).await;
+    }
+    publish_tombstone(&topics.profiles, "u-gone").await;
+    let p = producer();
+    for u in ["u-kept", "u-gone"] {
+        publish(
+            &p,
+            &topics.transactions,
+            u,
+            &swipe(u, 9.0, "approved", "US"),
+        )
+        .await;
+    }
+    let (config, _) = load_config(
+        dir.path(),
+        &config_text(&topics, &rules, "http://127.0.0.1:9", ""),
+    );
+    let out = dir.path().join("outcomes.jsonl");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["replay", "--from-topic", &topics.transactions])
+        .args(["--since", "2020-01-01T00:00:00Z", "--config"])
+        .arg(&config)
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{said}");
+    let outcomes: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |user: &str| {
+        outcomes
+            .iter()
+            .find(|o| o["user"] == user)
+            .unwrap_or_else(|| panic!("no outcome for {user}: {said}"))
+            .clone()
+    };
+    assert_eq!(of("u-kept")["status"], "sent", "{said}");
+    assert_eq!(of("u-gone")["status"], "suppressed");
+    assert_eq!(
+        of("u-gone")["reason"],
+        "no_profile",
+        "the tombstone deleted it"
+    );
 }
