@@ -11,6 +11,18 @@ use serde_json::Value;
 use crate::support::provider::Provider;
 use crate::support::*;
 
+/// A rules folder in `dir` with one rule that pushes every swipe.
+fn every_swipe_rules(dir: &std::path::Path, topics: &Topics) -> std::path::PathBuf {
+    let rules = dir.join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("every.yaml"),
+        every_swipe_rule(&topics.transactions, ""),
+    )
+    .unwrap();
+    rules
+}
+
 /// A config for the real binary, with its admin port, and its address.
 fn binary_config(
     dir: &std::path::Path,
@@ -42,13 +54,7 @@ async fn after_kill_9_a_restart_reads_only_the_new_profile_records_and_uses_them
     let topics = Topics::create(2).await;
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(
-        rules.join("every.yaml"),
-        every_swipe_rule(&topics.transactions, ""),
-    )
-    .unwrap();
+    let rules = every_swipe_rules(dir.path(), &topics);
     for u in 0..30 {
         let user = format!("u-{u}");
         publish_profile(&topics, &user, true, false).await;
@@ -134,13 +140,7 @@ async fn a_profiles_topic_made_again_while_stopped_rebuilds_the_table() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(
-        rules.join("every.yaml"),
-        every_swipe_rule(&topics.transactions, ""),
-    )
-    .unwrap();
+    let rules = every_swipe_rules(dir.path(), &topics);
     for u in 0..20 {
         publish_profile(&topics, &format!("u-{u}"), true, false).await;
     }
@@ -154,7 +154,7 @@ async fn a_profiles_topic_made_again_while_stopped_rebuilds_the_table() {
     delete_topics(&[&topics.profiles]).await;
     let mut made = false;
     for _ in 0..60 {
-        if try_create_topics(&[(&topics.profiles, 1)]).await {
+        if try_create_topics(&[(&topics.profiles, 1)]).await.is_ok() {
             made = true;
             break;
         }
@@ -204,13 +204,7 @@ async fn a_profiles_topic_made_again_while_stopped_rebuilds_the_table() {
 async fn a_replay_from_the_topics_honours_a_profile_deleted_on_the_profiles_topic() {
     let topics = Topics::create(1).await;
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(
-        rules.join("every.yaml"),
-        every_swipe_rule(&topics.transactions, ""),
-    )
-    .unwrap();
+    let rules = every_swipe_rules(dir.path(), &topics);
     for u in ["u-kept", "u-gone"] {
         publish_profile(&topics, u, true, false).await;
     }

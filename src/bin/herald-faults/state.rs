@@ -1,17 +1,15 @@
 //! The state scenario's tools: profile rewrites at a high rate while herald is killed, and the comparison of its profile table on disk with a rebuild from the profiles topic.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use herald::profile::ProfileTable;
 use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::load::{Topics, USERS};
+use super::tally;
 
 /// Rewrites profiles of the scenario's users (and of as many again that
 /// come and go) until `stop`: new consent, locale and attributes, some
@@ -74,63 +72,6 @@ pub async fn rewrite_profiles(
     written
 }
 
-/// Every record of `topic` in partition order: (partition, offset, key, value).
-type Records = Vec<(i32, i64, Option<Vec<u8>>, Option<Vec<u8>>)>;
-
-fn read_topic(bootstrap: &str, topic: &str) -> Result<(Records, BTreeMap<i32, i64>), String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "herald-faults-state")
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    let mut open = BTreeMap::new();
-    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        ends.insert(p.id(), high);
-        if high > low {
-            open.insert(p.id(), high);
-            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    let mut out = Vec::new();
-    if open.is_empty() {
-        return Ok((out, ends));
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !open.is_empty() && std::time::Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let m = m.map_err(|e| e.to_string())?;
-        out.push((
-            m.partition(),
-            m.offset(),
-            m.key().map(<[u8]>::to_vec),
-            m.payload().map(<[u8]>::to_vec),
-        ));
-        if open
-            .get(&m.partition())
-            .is_some_and(|&end| m.offset() + 1 >= end)
-        {
-            open.remove(&m.partition());
-        }
-    }
-    if !open.is_empty() {
-        return Err(format!("{topic} not read to its end within 120 s"));
-    }
-    Ok((out, ends))
-}
-
 /// Compares the profile table herald left in `state_dir` (its first slot)
 /// with one rebuilt from the whole profiles topic: every key of the topic,
 /// its profile (or its absence) and the table's checkpoint. Returns the
@@ -146,7 +87,11 @@ pub fn compare_profiles(
         .map_err(|e| e.to_string())?;
     let checkpoint = table.checkpoint().map_err(|e| e.to_string())?;
     let disk = ProfileTable::on_disk(table, 1_000);
-    let (records, ends) = read_topic(bootstrap, topic)?;
+    let read = tally::read_records(bootstrap, topic, Duration::from_secs(120))?;
+    if !read.complete {
+        return Err(format!("{topic} not read to its end within 120 s"));
+    }
+    let (records, ends) = (read.records, read.ends);
     let rebuilt = ProfileTable::new();
     let metrics = herald::metrics::Metrics::new();
     let mut users = std::collections::BTreeSet::new();

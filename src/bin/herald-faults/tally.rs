@@ -20,8 +20,20 @@ pub struct Fault {
     pub end_ms: i64,
 }
 
-/// Every record of a topic, from the start to its current end.
-pub fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<(i32, i64, Vec<u8>)>, String> {
+/// One record as read back: partition, offset, key and value (`None` for a tombstone).
+pub type Record = (i32, i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What [`read_records`] found: the records in each partition's order, every
+/// partition's end offset, and whether every end was reached within the limit.
+pub struct ReadBack {
+    pub records: Vec<Record>,
+    pub ends: BTreeMap<i32, i64>,
+    pub complete: bool,
+}
+
+/// Every record of a topic, from the start to its end as it was when called,
+/// reading for at most `limit`.
+pub fn read_records(bootstrap: &str, topic: &str, limit: Duration) -> Result<ReadBack, String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "herald-faults-reader")
@@ -33,41 +45,57 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<(i32, i64, Vec<u8>)>
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
+    let mut ends = BTreeMap::new();
+    let mut open = HashMap::new();
     for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
         let (low, high) = consumer
             .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
+        ends.insert(p.id(), high);
         if high > low {
-            ends.insert(p.id(), high);
+            open.insert(p.id(), high);
             tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
                 .map_err(|e| e.to_string())?;
         }
     }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
+    let mut records = Vec::new();
+    if !open.is_empty() {
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
     }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !ends.is_empty() && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + limit;
+    while !open.is_empty() && std::time::Instant::now() < deadline {
         let Some(m) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
         let m = m.map_err(|e| e.to_string())?;
-        out.push((
+        records.push((
             m.partition(),
             m.offset(),
-            m.payload().unwrap_or_default().to_vec(),
+            m.key().map(<[u8]>::to_vec),
+            m.payload().map(<[u8]>::to_vec),
         ));
-        if ends
+        if open
             .get(&m.partition())
             .is_some_and(|&end| m.offset() + 1 >= end)
         {
-            ends.remove(&m.partition());
+            open.remove(&m.partition());
         }
     }
-    Ok(out)
+    Ok(ReadBack {
+        records,
+        ends,
+        complete: open.is_empty(),
+    })
+}
+
+/// Every record's value (empty for a tombstone) of a topic, from the start
+/// to its current end, reading for at most a minute.
+pub fn read_all(bootstrap: &str, topic: &str) -> Result<Vec<(i32, i64, Vec<u8>)>, String> {
+    Ok(read_records(bootstrap, topic, Duration::from_secs(60))?
+        .records
+        .into_iter()
+        .map(|(p, o, _, value)| (p, o, value.unwrap_or_default()))
+        .collect())
 }
 
 /// The event id in a notice's text (`eid=<id> …`).

@@ -113,6 +113,14 @@ impl Topics {
 
 /// Creates topics (name, partitions) on the test broker.
 pub async fn create_topics(specs: &[(&String, i32)]) {
+    if let Err(e) = try_create_topics(specs).await {
+        panic!("topics not created: {e}");
+    }
+}
+
+/// Creates topics; the broker's refusal when it refuses (e.g. a deleted
+/// topic of the same name is still being removed).
+pub async fn try_create_topics(specs: &[(&String, i32)]) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
@@ -124,27 +132,11 @@ pub async fn create_topics(specs: &[(&String, i32)]) {
     let results = admin
         .create_topics(&new, &AdminOptions::new())
         .await
-        .expect("create topics");
+        .map_err(|e| e.to_string())?;
     for r in results {
-        r.expect("topic created");
+        r.map_err(|(topic, e)| format!("{topic}: {e}"))?;
     }
-}
-
-/// Creates topics; false when the broker refuses (e.g. a deleted topic of
-/// the same name is still being removed).
-pub async fn try_create_topics(specs: &[(&String, i32)]) -> bool {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic> = specs
-        .iter()
-        .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
-        .collect();
-    match admin.create_topics(&new, &AdminOptions::new()).await {
-        Ok(results) => results.iter().all(|r| r.is_ok()),
-        Err(_) => false,
-    }
+    Ok(())
 }
 
 /// Deletes topics from the test broker.
