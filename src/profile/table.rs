@@ -207,15 +207,8 @@ impl ProfileTable {
 
     /// Applies one profile record (the offline tools' way in).
     pub fn apply(&self, key: Option<&[u8]>, value: Option<&[u8]>, metrics: &Metrics) -> bool {
-        match &self.backing {
-            Backing::Memory(_) => self.apply_change(record::parse(key, value, metrics), None),
-            Backing::Disk { .. } => {
-                let mut pending = Pending::default();
-                pending.push(key, value, None);
-                let applied = self.flush(&mut pending, metrics);
-                applied == 1
-            }
-        }
+        let raw = Raw::copy(key, value, None);
+        self.take(&mut Pending::default(), raw, true, metrics) == 1
     }
 
     /// Loads profile records — (key, value; `None` a tombstone) as the topic
@@ -229,21 +222,30 @@ impl ProfileTable {
         let mut pending = Pending::default();
         let mut applied = 0;
         for (key, value) in records {
-            if let Backing::Memory(_) = &self.backing {
-                let change = record::parse(Some(&key), value.as_deref(), metrics);
-                applied += usize::from(self.apply_change(change, None));
-                continue;
-            }
-            pending.raw.push(Raw {
+            let raw = Raw {
                 key: Some(key),
                 value,
                 read_to: None,
-            });
-            if pending.raw.len() >= BATCH {
-                applied += self.flush(&mut pending, metrics);
-            }
+            };
+            applied += self.take(&mut pending, raw, false, metrics);
         }
         applied + self.flush(&mut pending, metrics)
+    }
+
+    /// Takes one record: in memory, applied at once; on disk, added to
+    /// `pending` and written with it when the batch is full, or at once with
+    /// `now`. Returns the records applied.
+    fn take(&self, pending: &mut Pending, raw: Raw, now: bool, metrics: &Metrics) -> usize {
+        if let Backing::Memory(_) = &self.backing {
+            let change = record::parse(raw.key.as_deref(), raw.value.as_deref(), metrics);
+            return usize::from(self.apply_change(change, None));
+        }
+        pending.raw.push(raw);
+        if now || pending.raw.len() >= BATCH {
+            self.flush(pending, metrics)
+        } else {
+            0
+        }
     }
 
     /// Reads the profiles topic into this table — on disk from the table's
@@ -322,19 +324,12 @@ impl ProfileTable {
             start,
             shutdown,
             |m| {
+                let raw = Raw::copy(m.key(), m.payload(), Some((m.partition(), m.offset() + 1)));
+                // Once caught up, every record is written as it comes.
+                let now = self.status() == TableStatus::CaughtUp;
                 let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
-                match &self.backing {
-                    Backing::Memory(_) => {
-                        self.apply_change(record::parse(m.key(), m.payload(), metrics), None);
-                    }
-                    Backing::Disk { .. } => {
-                        pending.push(m.key(), m.payload(), Some((m.partition(), m.offset() + 1)));
-                        // Once caught up, every record is written as it comes.
-                        if pending.raw.len() >= BATCH || self.status() == TableStatus::CaughtUp {
-                            self.flush(&mut pending, metrics);
-                        }
-                    }
-                }
+                self.take(&mut pending, raw, now, metrics);
+                drop(pending);
                 let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
                 progress.read += 1;
                 // Said here, not by the watcher below: while records keep
@@ -526,12 +521,13 @@ struct Pending {
     failed: Option<StoreError>,
 }
 
-impl Pending {
-    fn push(&mut self, key: Option<&[u8]>, value: Option<&[u8]>, read_to: Option<(i32, i64)>) {
-        self.raw.push(Raw {
+impl Raw {
+    /// A record read from the topic (or given to `apply`), copied.
+    fn copy(key: Option<&[u8]>, value: Option<&[u8]>, read_to: Option<(i32, i64)>) -> Raw {
+        Raw {
             key: key.map(<[u8]>::to_vec),
             value: value.map(<[u8]>::to_vec),
             read_to,
-        });
+        }
     }
 }
