@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
@@ -162,9 +162,12 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         .map_err(|e| Error::Fatal(e.to_string()))?;
     let instance_id = kafka::instance_id(&config.kafka, store.slot());
     info!(dir = %store.dir().display(), instance_id = instance_id.as_deref().unwrap_or("(dynamic membership)"), "state store open");
+    if let crate::store::KeySource::File(path) = store.key_source() {
+        warn!(key_file = %path.display(), "HERALD_STATE_KEY is not set: profiles on disk are sealed with a key kept in the state directory, which protects a copy of the tables but not of the whole directory; set it from your secret store (64 hex digits)");
+    }
     let profiles = ProfileTable::on_disk(
         store
-            .table("profiles", ProfileTable::FORMAT)
+            .sealed_table("profiles", ProfileTable::FORMAT)
             .map_err(|e| Error::Fatal(e.to_string()))?,
         config.state.profile_cache,
     );

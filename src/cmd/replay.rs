@@ -127,7 +127,7 @@ fn run(args: &ReplayArgs) -> Result<(), String> {
     // a million profiles fit in well under a gigabyte this way.
     let profiles = herald::profile::ProfileTable::on_disk(
         herald::store::Store::temporary(64 << 20)
-            .and_then(|store| store.table("profiles", herald::profile::ProfileTable::FORMAT))
+            .and_then(|store| store.sealed_table("profiles", herald::profile::ProfileTable::FORMAT))
             .map_err(|e| e.to_string())?,
         50_000,
     );

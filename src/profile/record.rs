@@ -8,8 +8,9 @@ use super::Profile;
 use crate::metrics::Metrics;
 use crate::util::fingerprint;
 
-/// The format of a profile on disk; a table of another format is rebuilt.
-pub const FORMAT: u32 = 1;
+/// The format of a profile on disk (2: sealed under the state key); a table
+/// of another format is rebuilt.
+pub const FORMAT: u32 = 2;
 
 /// What one record of the profiles topic does to the table.
 pub enum Change {

@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 
+pub mod seal;
+
+pub use seal::{KeySource, Sealer};
+
 /// Why the store cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -33,6 +37,8 @@ pub struct Store {
     meta: fjall::Keyspace,
     dir: PathBuf,
     slot: u32,
+    /// What sealed tables' values are sealed with.
+    sealer: Sealer,
     /// The last write error, until a write succeeds again: `/readyz` says it.
     fault: Arc<Mutex<Option<StoreError>>>,
     /// A temporary store's directory, removed with the last handle.
@@ -54,6 +60,25 @@ pub struct Table {
     store: Store,
     data: fjall::Keyspace,
     name: String,
+    /// Whether values are sealed (`Store::sealed_table`).
+    sealed: bool,
+}
+
+/// A value read from a table: as stored, or opened from its seal.
+#[derive(Debug)]
+pub enum Value {
+    Plain(fjall::Slice),
+    Opened(Vec<u8>),
+}
+
+impl std::ops::Deref for Value {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Value::Plain(slice) => slice,
+            Value::Opened(bytes) => bytes,
+        }
+    }
 }
 
 /// The next offset to read per partition, for the topic a table is filled from.
@@ -67,7 +92,19 @@ impl Store {
     /// deployment (a global table's rows are the same everywhere). A slot
     /// that will not open (damaged, or written by an incompatible version)
     /// is moved aside and started empty: its tables are rebuilt from Kafka.
+    /// Sealed tables use the key of `HERALD_STATE_KEY`, or else one kept
+    /// in `dir/state.key` ([`Sealer::for_dir`]).
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let failed = |e: &dyn std::fmt::Display| StoreError::Open {
+            dir: dir.to_owned(),
+            detail: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+        let sealer = Sealer::for_dir(dir).map_err(|e| failed(&e))?;
+        Store::open_with(dir, cache_bytes, sealer)
+    }
+
+    fn open_with(dir: &Path, cache_bytes: u64, sealer: Sealer) -> Result<Store, StoreError> {
         const SLOTS: u32 = 16;
         let failed = |e: &dyn std::fmt::Display| StoreError::Open {
             dir: dir.to_owned(),
@@ -100,6 +137,7 @@ impl Store {
                 meta,
                 dir: path,
                 slot,
+                sealer,
                 fault: Arc::new(Mutex::new(None)),
                 removal: None,
             });
@@ -117,7 +155,7 @@ impl Store {
             std::process::id(),
             rand::random::<u32>()
         ));
-        let mut store = Store::open(&dir, cache_bytes)?;
+        let mut store = Store::open_with(&dir, cache_bytes, Sealer::ephemeral())?;
         store.removal = Some(Arc::new(Removal(dir)));
         Ok(store)
     }
@@ -133,9 +171,43 @@ impl Store {
         &self.dir
     }
 
+    /// Where the state key came from.
+    pub fn key_source(&self) -> &KeySource {
+        &self.sealer.source
+    }
+
     /// The table `name`, holding records of `format`: a table written with
     /// another format (an older herald's) is cleared with its checkpoint.
     pub fn table(&self, name: &str, format: u32) -> Result<Table, StoreError> {
+        self.open_table(name, format, false)
+    }
+
+    /// [`Store::table`] whose values are sealed under the state key (rows
+    /// that hold phone numbers or push tokens). Sealed under another key
+    /// (the key changed), the table is cleared and rebuilt from Kafka.
+    pub fn sealed_table(&self, name: &str, format: u32) -> Result<Table, StoreError> {
+        let table = self.open_table(name, format, true)?;
+        let key = table.meta_key("seal");
+        let io = |e: fjall::Error| table.io(e);
+        let opens = self
+            .meta
+            .get(&key)
+            .map_err(io)?
+            .is_some_and(|check| self.sealer.open(&key, &check).is_some());
+        if !opens {
+            warn!(
+                table = name,
+                "state table sealed under another key (or not at all); rebuilding it from Kafka"
+            );
+            table.clear()?;
+            self.meta
+                .insert(&key, self.sealer.seal(&key, b"herald"))
+                .map_err(io)?;
+        }
+        Ok(table)
+    }
+
+    fn open_table(&self, name: &str, format: u32, sealed: bool) -> Result<Table, StoreError> {
         let io = |e: fjall::Error| StoreError::Io {
             table: name.to_string(),
             detail: e.to_string(),
@@ -148,6 +220,7 @@ impl Store {
             store: self.clone(),
             data,
             name: name.to_string(),
+            sealed,
         };
         let key = table.meta_key("format");
         let found = self.meta.get(&key).map_err(io)?;
@@ -203,9 +276,19 @@ impl Table {
         &self.name
     }
 
-    /// The value of `key`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<fjall::Slice>, StoreError> {
-        self.data.get(key).map_err(|e| self.io(e))
+    /// The value of `key`. A sealed value that does not open (altered on
+    /// disk) is an error.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Value>, StoreError> {
+        let Some(stored) = self.data.get(key).map_err(|e| self.io(e))? else {
+            return Ok(None);
+        };
+        if !self.sealed {
+            return Ok(Some(Value::Plain(stored)));
+        }
+        match self.store.sealer.open(key, &stored) {
+            Some(plain) => Ok(Some(Value::Opened(plain))),
+            None => Err(self.io("a value does not open with the state key")),
+        }
     }
 
     /// About how many keys the table holds (cheap; exact after compaction).
@@ -270,6 +353,10 @@ pub struct TableBatch {
 impl TableBatch {
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
+        let value = match self.table.sealed {
+            true => self.table.store.sealer.seal(key, &value),
+            false => value,
+        };
         self.batch.insert(&self.table.data, key, value);
         self.len += 1;
     }
@@ -344,7 +431,7 @@ mod tests {
         assert!(store.dir().ends_with("instance-1"), "{:?}", store.dir());
         let table = store.table("profiles", 1).unwrap();
         assert_eq!(table.get(b"u-1").unwrap().as_deref(), Some(&b"one"[..]));
-        assert_eq!(table.get(b"u-2").unwrap(), None);
+        assert_eq!(table.get(b"u-2").unwrap().as_deref(), None);
         assert_eq!(
             table.checkpoint().unwrap(),
             Checkpoint::from([(0, 3), (3, 7)])
@@ -370,13 +457,56 @@ mod tests {
         let store = Store::open(dir.path(), 8 << 20).unwrap();
         let table = store.table("profiles", 2).unwrap();
         assert_eq!(
-            table.get(b"u-1").unwrap(),
+            table.get(b"u-1").unwrap().as_deref(),
             None,
             "rebuilt, not read as the new format"
         );
         assert!(table.checkpoint().unwrap().is_empty());
         let other = store.table("ledger", 1).unwrap();
         assert!(other.get(b"k").unwrap().is_some(), "other tables are kept");
+    }
+
+    #[test]
+    fn a_sealed_table_keeps_no_clear_text_and_is_rebuilt_under_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let phone = b"+33612345678";
+        {
+            let store = Store::open(dir.path(), 8 << 20).unwrap();
+            assert!(matches!(store.key_source(), KeySource::File(_)));
+            let table = store.sealed_table("profiles", 2).unwrap();
+            let mut batch = table.batch();
+            batch.put(b"u-1", phone.to_vec());
+            batch.read_to(0, 1);
+            batch.commit().unwrap();
+            assert_eq!(table.get(b"u-1").unwrap().as_deref(), Some(&phone[..]));
+        }
+        let clear_on_disk = walk(dir.path())
+            .iter()
+            .any(|f| std::fs::read(f).unwrap().windows(phone.len()).any(|w| w == phone));
+        assert!(!clear_on_disk, "the phone number is nowhere on disk in clear");
+        {
+            let store = Store::open(dir.path(), 8 << 20).unwrap();
+            let table = store.sealed_table("profiles", 2).unwrap();
+            assert_eq!(table.get(b"u-1").unwrap().as_deref(), Some(&phone[..]));
+            assert_eq!(table.checkpoint().unwrap(), Checkpoint::from([(0, 1)]));
+        }
+        std::fs::write(dir.path().join("state.key"), hex::encode([7u8; 32])).unwrap();
+        let store = Store::open(dir.path(), 8 << 20).unwrap();
+        let table = store.sealed_table("profiles", 2).unwrap();
+        assert_eq!(table.get(b"u-1").unwrap().as_deref(), None, "rebuilt");
+        assert!(table.checkpoint().unwrap().is_empty());
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            match path.is_dir() {
+                true => files.extend(walk(&path)),
+                false => files.push(path),
+            }
+        }
+        files
     }
 
     #[test]

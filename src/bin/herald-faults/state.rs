@@ -83,7 +83,7 @@ pub fn compare_profiles(
 ) -> Result<(usize, Vec<String>), String> {
     let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
     let table = store
-        .table("profiles", ProfileTable::FORMAT)
+        .sealed_table("profiles", ProfileTable::FORMAT)
         .map_err(|e| e.to_string())?;
     let checkpoint = table.checkpoint().map_err(|e| e.to_string())?;
     let disk = ProfileTable::on_disk(table, 1_000);
