@@ -1,7 +1,10 @@
-//! Restore time of the send ledger: 1,000,000 keys written to one changelog
-//! partition on a real broker, then read back by `SendLedger::restore` (what
-//! an instance does when an intents partition is assigned), beside the bare
-//! read of the same records in the same run.
+//! Restore time of the send ledger on disk: 1,000,000 keys written to one
+//! changelog partition on a real broker, then read back by
+//! `SendLedger::restore` into an empty state directory (a partition that
+//! moves to an instance that never had it), beside the bare read of the same
+//! records in the same run; then 10,000 more records and a restore by a new
+//! ledger on the same directory (a restart: only the tail past the
+//! checkpoint), and the bytes on disk per entry.
 //!
 //! Needs a broker: `HERALD_BENCH_BROKERS=127.0.0.1:19092 cargo bench --bench
 //! restore` (`scripts/broker.sh start` runs one). Without it, it says so and
@@ -118,22 +121,56 @@ fn main() {
     ));
     let writer = Arc::new(KafkaWriter::new(client.clone(), health).unwrap());
     let recorder = Recorder::new(writer, "unused".into(), "unused".into());
-    let ledger = SendLedger::new(
-        1,
-        Changelog::new(topic.clone(), recorder, client.clone()),
-        keys * 2,
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let store = herald::store::Store::open(dir.path(), 256 << 20).unwrap();
+        let table = store
+            .table("ledger", herald::state::ledger_store::FORMAT)
+            .unwrap();
+        let changelog = Changelog::new(topic.clone(), recorder.clone(), client.clone());
+        (store, SendLedger::new(1, changelog, Some(table)))
+    };
+    let (store, ledger) = open();
     let restore = Instant::now();
     let restored = ledger.restore(&[0], now, Duration::from_secs(30)).unwrap();
     let restore = restore.elapsed();
     assert_eq!(restored.records, keys);
-    assert_eq!(ledger.len(), keys);
+    let sends = ledger.sends_of("user-7", now - 86_400_000).len();
+    assert_eq!(sends, keys / 200_000, "every send of a user counted");
+
+    // A restart: 10,000 more records, then a new ledger on the same directory.
+    let tail = 10_000;
+    runtime.block_on(async {
+        let writes: Vec<_> = (0..tail)
+            .map(|i| {
+                let entry = LedgerEntry {
+                    user: format!("user-{i}").into(),
+                    status: LedgerStatus::Sent,
+                    at_ms: now,
+                    category: "transactional".into(),
+                    rule: "purchase-notice".into(),
+                    idempotency_key: "".into(),
+                };
+                recorder.publish_to(
+                    &topic,
+                    0,
+                    &format!("transactions/0/tail-{i}/purchase-notice/push"),
+                    Some(serde_json::to_vec(&entry).unwrap()),
+                )
+            })
+            .collect();
+        futures::future::join_all(writes).await;
+    });
+    drop((ledger, store));
+    let size = dir_bytes(dir.path());
+    let (_store, ledger) = open();
+    let again = Instant::now();
+    let tail_read = ledger.restore(&[0], now, Duration::from_secs(30)).unwrap();
+    let again = again.elapsed();
+    assert_eq!(tail_read.records, tail, "only the tail past the checkpoint");
 
     let per_s = |d: Duration| keys as f64 / d.as_secs_f64();
-    println!(
-        "send-ledger restore, {keys} keys on one changelog partition ({} users):",
-        restored.users
-    );
+    println!("send-ledger restore, {keys} keys on one changelog partition (200,000 users):");
     println!(
         "  written in          {:>7.2} s ({:>9.0} records/s)",
         written.as_secs_f64(),
@@ -145,9 +182,31 @@ fn main() {
         per_s(bare)
     );
     println!(
-        "  SendLedger::restore {:>7.2} s ({:>9.0} records/s), {} sends for the caps",
+        "  restore to disk     {:>7.2} s ({:>9.0} records/s): a partition new to this instance",
         restore.as_secs_f64(),
-        per_s(restore),
-        restored.sends.len()
+        per_s(restore)
     );
+    println!(
+        "  restart             {:>7.3} s: {} records past the checkpoint, {} skipped",
+        again.as_secs_f64(),
+        tail_read.records,
+        tail_read.skipped
+    );
+    println!(
+        "  state directory     {:>7.1} MB, {:.0} bytes per entry (entries and send rows, journal included)",
+        size as f64 / 1e6,
+        size as f64 / (keys + tail) as f64
+    );
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| match e.path().is_dir() {
+            true => dir_bytes(&e.path()),
+            false => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
 }

@@ -171,6 +171,12 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
             .map_err(|e| Error::Fatal(e.to_string()))?,
         config.state.profile_cache,
     );
+    let ledger_table = store
+        .table("ledger", crate::state::ledger_store::FORMAT)
+        .map_err(|e| Error::Fatal(e.to_string()))?;
+    if config.limits.ledger_entries.is_some() {
+        warn!("limits.ledger_entries is no longer used (the send ledger is on disk and keeps every entry for eight days); remove it");
+    }
     let feedback = FeedbackState::new(
         kafka::profile_reader_config(&config.kafka),
         config.topics.feedback.clone(),
@@ -260,6 +266,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         feedback,
         channels,
         changelogs: Some(with_changelog),
+        ledger: Some(ledger_table),
     };
     let engine = Arc::new(Engine::new(parts, &config));
     let stores: Arc<dyn crate::ingest::PartitionStores> = Arc::clone(&engine) as _;

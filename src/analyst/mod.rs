@@ -72,7 +72,7 @@ pub struct Offline {
     offsets: Mutex<HashMap<String, i64>>,
     feedback_topic: String,
     dead_letter_topic: String,
-    written: crate::outcome::Written,
+    written: crate::outcome::Kept,
 }
 
 impl Offline {
@@ -142,6 +142,7 @@ impl Offline {
             feedback: Arc::clone(&feedback),
             channels,
             changelogs: None,
+            ledger: None,
         };
         let engine = Engine::new(parts, config);
         let decisions = Mutex::new(engine.watch_decisions());

@@ -75,6 +75,10 @@ pub struct StateConfig {
     /// Block cache of the store, in megabytes.
     #[serde(default = "defaults::block_cache_mb")]
     pub block_cache_mb: u64,
+    /// Users whose send history (what caps count) is kept in memory; the
+    /// rest are read from the send ledger on disk when needed.
+    #[serde(default = "defaults::caps_cache")]
+    pub caps_cache: usize,
 }
 
 impl Default for StateConfig {
@@ -83,6 +87,7 @@ impl Default for StateConfig {
             dir: defaults::state_dir(),
             profile_cache: defaults::profile_cache(),
             block_cache_mb: defaults::block_cache_mb(),
+            caps_cache: defaults::caps_cache(),
         }
     }
 }
@@ -239,11 +244,11 @@ pub struct LimitsConfig {
     /// evicted (logged, `herald_pattern_keys_evicted_total{rule}`).
     #[serde(default = "defaults::pattern_keys_per_rule")]
     pub pattern_keys_per_rule: usize,
-    /// Send-ledger entries held by one instance (over the intents partitions
-    /// it owns); past it the oldest are evicted (logged,
-    /// `herald_ledger_evicted_total`). Entries older than 8 days go anyway.
-    #[serde(default = "defaults::ledger_entries")]
-    pub ledger_entries: usize,
+    /// No longer used: the send ledger is on disk and keeps every entry for
+    /// eight days. Accepted so that older files still load; a start with it
+    /// set says it is ignored.
+    #[serde(default)]
+    pub ledger_entries: Option<usize>,
 }
 
 pub(crate) mod defaults {
@@ -286,8 +291,8 @@ pub(crate) mod defaults {
     pub fn intents_partitions() -> i32 {
         12
     }
-    pub fn ledger_entries() -> usize {
-        2_000_000
+    pub fn caps_cache() -> usize {
+        200_000
     }
     pub fn rules_dir() -> PathBuf {
         PathBuf::from("rules")
@@ -360,7 +365,7 @@ impl Default for LimitsConfig {
             lane_queue: defaults::lane_queue(),
             shutdown_grace_ms: defaults::shutdown_grace_ms(),
             pattern_keys_per_rule: defaults::pattern_keys_per_rule(),
-            ledger_entries: defaults::ledger_entries(),
+            ledger_entries: None,
         }
     }
 }

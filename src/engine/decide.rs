@@ -107,7 +107,7 @@ impl Decider {
         d: &mut Decided,
     ) -> Option<Suppression> {
         let key = d.ledger_key.as_deref().unwrap_or_default();
-        let settled = match self.ledger.seen(key) {
+        let settled = match self.ledger.seen(&job.event.user, key) {
             Seen::New => return None,
             Seen::Held if job.release => return None,
             // A redelivered intent (a restart, a rebalance, a replayed
@@ -128,7 +128,10 @@ impl Decider {
                 Suppression::UnknownAfterCrash
             }
         };
-        d.outcome.idempotency_key = self.ledger.idempotency_key(key).unwrap_or_default();
+        d.outcome.idempotency_key = self
+            .ledger
+            .idempotency_key(&job.event.user, key)
+            .unwrap_or_default();
         if settled == Suppression::Duplicate {
             d.ledger_key = None;
         }
@@ -215,6 +218,7 @@ impl Decider {
         if let Some(write) = self.ledger.record(key, attempt) {
             write.await;
         }
+        self.policy.recorded(draft);
         let Some(message) = &d.message else {
             return;
         };

@@ -24,7 +24,7 @@ use crate::ingest::{ConsumerHealth, Incoming, RestoreFailed};
 use crate::metrics::activity::Happened;
 use crate::metrics::StageEvent;
 use crate::outcome::{DeadLetter, DeadLetterCode, Hop, Outcome, Pending, Status};
-use crate::policy::{Policy, Suppression, SuppressionCode};
+use crate::policy::{FrequencyCaps, Policy, Suppression, SuppressionCode};
 use crate::rules::Loaded;
 use crate::state::{
     Changelog, Intent, Kept, LedgerEntry, LedgerStatus, Partitioning, SendLedger, StateTable,
@@ -91,7 +91,7 @@ pub struct Decider {
     /// The durable copy of held messages, shared by all instances.
     held_log: Arc<HeldLog>,
     /// Every decision by intent and channel, per intents partition.
-    pub(super) ledger: SendLedger,
+    pub(super) ledger: Arc<SendLedger>,
     /// The intents topic, whose partitions say which users this instance
     /// decides for; `None` offline (all of them).
     intents_topic: Option<String>,
@@ -107,6 +107,7 @@ impl Decider {
         feedback: Arc<FeedbackState>,
         channels: Arc<FastMap<String, ChannelRuntime>>,
         intents_topic: Option<String>,
+        ledger_table: Option<crate::store::Table>,
         config: &Config,
     ) -> Decider {
         let reader = crate::kafka::profile_reader_config(&config.kafka);
@@ -118,23 +119,36 @@ impl Decider {
             }
             _ => Changelog::offline(),
         };
+        let ledger = Arc::new(SendLedger::new(
+            config.topics.intents_partitions,
+            changelog,
+            ledger_table,
+        ));
+        // On disk, the caps hold a bounded cache of users' histories in
+        // front of the ledger; offline, every history in memory.
+        let caps = match ledger.is_on_disk() {
+            true => {
+                let source = Arc::clone(&ledger);
+                Arc::new(FrequencyCaps::cached(
+                    config.state.caps_cache,
+                    Arc::new(move |user: &str, since| source.sends_of(user, since)),
+                ))
+            }
+            false => Arc::new(FrequencyCaps::default()),
+        };
         let suppression_counters = SuppressionCode::ALL
             .iter()
             .map(|code| cx.metrics.suppressions.with_label_values(&[code.as_str()]))
             .collect();
         Decider {
             channels,
-            policy: Policy::new(config.policy.clone()),
+            policy: Policy::with_caps(config.policy.clone(), caps),
             feedback,
             feedback_config: config.feedback.clone(),
             feedback_topic: config.topics.feedback.clone(),
             held: HeldQueue::default(),
             held_log: Arc::new(HeldLog::new(config.topics.held.clone(), reader)),
-            ledger: SendLedger::new(
-                config.topics.intents_partitions,
-                changelog,
-                config.limits.ledger_entries,
-            ),
+            ledger,
             intents_topic,
             suppression_counters,
             decisions: tokio::sync::broadcast::channel(4096).0,
@@ -153,7 +167,7 @@ impl Decider {
                 key: "user",
                 partitioning: Partitioning::IntentsPartition,
                 kept: Kept::DerivedFrom("send ledger"),
-                bound: "512 sends per user; a week",
+                bound: "512 sends per user; a week; state.caps_cache users in memory",
             },
             StateTable {
                 name: "held messages",
@@ -180,7 +194,7 @@ impl Decider {
                 cleanup: "compact,delete",
                 retention_ms: Some(crate::state::ledger::HORIZON_MS),
             },
-            bound: "limits.ledger_entries entries; eight days",
+            bound: "eight days, on disk",
         }
     }
 
@@ -716,7 +730,8 @@ impl Decider {
         ]
     }
 
-    /// Restores the send ledger of intents partitions, and the caps it feeds.
+    /// Brings the send ledger of intents partitions up to their
+    /// changelog's end (the tail past its checkpoint on disk).
     pub(super) fn restore(&self, partitions: &[i32]) -> Result<(), RestoreFailed> {
         let started = Instant::now();
         let restored = self
@@ -726,15 +741,11 @@ impl Decider {
                 store: "send ledger",
                 cause: Box::new(e),
             })?;
-        // Forgotten first, so a restore retried after a failure counts once.
-        let caps = self.policy.caps();
-        let mut seen = std::collections::HashSet::new();
-        for e in &restored.sends {
-            if seen.insert(&*e.user) {
-                caps.forget(&e.user);
-            }
-            caps.remember(&e.user, &e.category, &e.rule, e.at_ms);
-        }
+        // Histories cached before this partition was taken away are stale.
+        let ledger = &self.ledger;
+        self.policy
+            .caps()
+            .forget_where(|user| partitions.contains(&ledger.partition_of(user)));
         self.cx.metrics.emit(StageEvent::Restored {
             store: "ledger",
             records: restored.records,
@@ -744,8 +755,8 @@ impl Decider {
         info!(
             ?partitions,
             records = restored.records,
-            users = restored.users,
-            in_flight = restored.in_flight,
+            from_checkpoint = restored.skipped,
+            rebuilt = restored.rebuilt,
             unreadable = restored.unreadable,
             ms = started.elapsed().as_millis() as u64,
             "send ledger restored"
@@ -753,25 +764,39 @@ impl Decider {
         Ok(())
     }
 
-    /// Forgets an intents partition's ledger and caps: another instance owns it.
+    /// Stops deciding for an intents partition: another instance owns it.
+    /// Its rows stay on disk, behind their checkpoint, for when it returns.
     pub(super) fn drop_partition(&self, partition: i32) {
-        let caps = self.policy.caps();
-        for user in self.ledger.drop_partition(partition) {
-            caps.forget(&user);
-        }
+        self.ledger.drop_partition(partition);
+        let ledger = &self.ledger;
+        self.policy
+            .caps()
+            .forget_where(|user| ledger.partition_of(user) == partition);
         self.emit_ledger_size();
     }
 
-    /// Sweeps the ledger's entries past their horizon.
-    pub(super) fn sweep(&self) {
-        self.ledger.sweep(self.cx.clock.now_ms());
+    /// Removes the ledger's entries past their horizon (a scan of the
+    /// table, off the runtime's threads).
+    pub(super) async fn sweep(self: &Arc<Self>) {
+        let decider = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || {
+            let gone = decider.ledger.sweep(decider.cx.clock.now_ms());
+            if gone > 0 {
+                info!(
+                    entries = gone,
+                    "send-ledger entries past eight days removed"
+                );
+            }
+        })
+        .await;
         self.emit_ledger_size();
     }
 
     fn emit_ledger_size(&self) {
         self.cx.metrics.emit(StageEvent::LedgerSize {
-            entries: self.ledger.len(),
-            evicted: self.ledger.evicted(),
+            rows: self.ledger.len(),
+            disk_bytes: self.ledger.disk_bytes(),
+            cached_users: self.policy.caps().cached_users(),
         });
     }
 }

@@ -110,6 +110,8 @@ pub struct Parts {
     /// The source topics whose pattern state has a changelog (those that
     /// existed at start); `None` offline, where all state is in memory.
     pub changelogs: Option<BTreeSet<String>>,
+    /// The send ledger's table on disk; `None` offline (in memory).
+    pub ledger: Option<crate::store::Table>,
 }
 
 /// The router between ingest and the stages.
@@ -132,6 +134,7 @@ impl Engine {
             feedback,
             channels,
             changelogs,
+            ledger,
         } = parts;
         let durable = context.recorder.is_kafka();
         let intents_topic = durable.then(|| config.intents_topic());
@@ -141,6 +144,7 @@ impl Engine {
             Arc::clone(&feedback),
             Arc::clone(&channels),
             intents_topic.clone(),
+            ledger,
             config,
         ));
         let changelogs = if durable { changelogs } else { None };
@@ -274,7 +278,7 @@ impl Engine {
                 let mut writes = Vec::new();
                 stores::after_writes(&mut writes, self.matcher.sweep());
                 futures::future::join_all(writes).await;
-                self.decider.sweep();
+                self.decider.sweep().await;
             }
         }
     }

@@ -48,8 +48,12 @@ pub enum StageEvent<'a> {
     /// A held message ended: `sent`, `held_again`, `stale`, `suppressed`,
     /// `failed`, `collapsed`, `delivered`, `rule_removed`.
     HeldEnded(&'static str),
-    /// The send ledger's size, and its evictions since start.
-    LedgerSize { entries: usize, evicted: u64 },
+    /// The send ledger's size on disk, and the caps' users in memory.
+    LedgerSize {
+        rows: usize,
+        disk_bytes: u64,
+        cached_users: usize,
+    },
     /// A store's partitions restored from their changelog.
     Restored {
         store: &'static str,
@@ -101,10 +105,20 @@ impl Metrics {
             }
             StageEvent::HeldNow(n) => self.held.set(n as i64),
             StageEvent::HeldEnded(how) => self.held_released.with_label_values(&[how]).inc(),
-            StageEvent::LedgerSize { entries, evicted } => {
-                self.ledger_entries.set(entries as i64);
-                let counted = self.ledger_evicted.get();
-                self.ledger_evicted.inc_by(evicted.saturating_sub(counted));
+            StageEvent::LedgerSize {
+                rows,
+                disk_bytes,
+                cached_users,
+            } => {
+                self.ledger_entries.set(rows as i64);
+                let set = |what, v: u64| {
+                    self.state_table
+                        .with_label_values(&["ledger", what])
+                        .set(v as i64)
+                };
+                set("keys", rows as u64);
+                set("disk_bytes", disk_bytes);
+                set("cached_users", cached_users as u64);
             }
             StageEvent::Restored {
                 store,

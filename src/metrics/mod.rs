@@ -53,8 +53,6 @@ pub struct Metrics {
     pub pattern_state_bytes: IntGauge,
     /// Send-ledger entries held (intents partitions owned here).
     pub ledger_entries: IntGauge,
-    /// Send-ledger entries evicted at `limits.ledger_entries`.
-    pub ledger_evicted: IntCounter,
     /// Sends found attempted without an answer after a crash, per channel
     /// and what was done (`resend`, `skip`).
     pub unknown_after_crash: IntCounterVec,
@@ -179,7 +177,7 @@ impl Metrics {
         let state_table = IntGaugeVec::new(
             Opts::new(
                 "herald_state_table",
-                "Per state table on local disk: keys, disk_bytes, loaded (records read since the start) and to_load (records to read to catch up)",
+                "Per state table on local disk: keys, disk_bytes, loaded (records read since the start), to_load (records to read to catch up), cached_users (the ledger: users whose send history the caps hold in memory)",
             ),
             &["table", "what"],
         )
@@ -299,17 +297,8 @@ impl Metrics {
             ),
             ledger_entries: gauge(
                 "herald_ledger_entries",
-                "Send-ledger entries held for the intents partitions owned here",
+                "Send-ledger rows on local disk (entries and the sends caps count; about)",
             ),
-            ledger_evicted: {
-                let c = IntCounter::new(
-                    "herald_ledger_evicted_total",
-                    "Send-ledger entries evicted at limits.ledger_entries",
-                )
-                .expect("metric");
-                registry.register(Box::new(c.clone())).expect("register");
-                c
-            },
             unknown_after_crash: counter_vec(
                 "herald_unknown_after_crash_total",
                 "Sends found attempted without an answer after a crash, by what was done",

@@ -302,6 +302,10 @@ impl Original {
 /// has acknowledged it. It retries until it succeeds: a decision is never dropped.
 pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// A write to a given partition that resolves to its offset once the broker
+/// has it (`-1` when nothing was written: a record not kept offline).
+pub type Written = std::pin::Pin<Box<dyn std::future::Future<Output = i64> + Send>>;
+
 /// A write with nothing to wait for (a record not kept offline): a future
 /// of no size, so boxing it allocates nothing.
 pub fn done() -> Pending {
@@ -332,11 +336,11 @@ pub struct Recorder {
 #[derive(Clone)]
 enum Sink {
     Kafka(std::sync::Arc<KafkaWriter>),
-    Memory(Written),
+    Memory(Kept),
 }
 
 /// Records kept in memory, in write order: (topic, key, value; `None` a tombstone).
-pub type Written = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Option<Vec<u8>>)>>>;
+pub type Kept = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Option<Vec<u8>>)>>>;
 
 impl Recorder {
     /// A recorder over a Kafka writer.
@@ -357,8 +361,8 @@ impl Recorder {
     /// read only the dead letters back; keeping every outcome and feedback
     /// record of a month-long replay would cost memory and the time to
     /// write them, for nothing.
-    pub fn in_memory(outcomes_topic: String, dead_letter_topic: String) -> (Recorder, Written) {
-        let written = Written::default();
+    pub fn in_memory(outcomes_topic: String, dead_letter_topic: String) -> (Recorder, Kept) {
+        let written = Kept::default();
         let recorder = Recorder {
             sink: Sink::Memory(std::sync::Arc::clone(&written)),
             outcomes_topic,
@@ -428,6 +432,28 @@ impl Recorder {
         payload: Option<Vec<u8>>,
     ) -> Pending {
         self.send(topic.to_string(), Some(partition), key.to_string(), payload)
+    }
+
+    /// [`Recorder::publish_to`], resolving to the record's offset.
+    pub fn publish_at(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: Option<Vec<u8>>,
+    ) -> Written {
+        match &self.sink {
+            Sink::Kafka(writer) => {
+                writer.write_at(topic.to_string(), Some(partition), key.to_string(), payload)
+            }
+            Sink::Memory(_) => {
+                let kept = self.publish_to(topic, partition, key, payload);
+                Box::pin(async move {
+                    kept.await;
+                    -1
+                })
+            }
+        }
     }
 
     /// Whether records leave the process (false for rule tests and replays).

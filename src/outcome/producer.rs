@@ -117,6 +117,21 @@ impl KafkaWriter {
         key: String,
         payload: Option<Vec<u8>>,
     ) -> super::Pending {
+        let written = self.write_at(topic, partition, key, payload);
+        Box::pin(async move {
+            written.await;
+        })
+    }
+
+    /// [`KafkaWriter::write`], resolving to the offset the record was
+    /// written at (a store that mirrors a changelog checkpoints by it).
+    pub fn write_at(
+        self: &Arc<Self>,
+        topic: String,
+        partition: Option<i32>,
+        key: String,
+        payload: Option<Vec<u8>>,
+    ) -> super::Written {
         let writer = Arc::clone(self);
         let mut producer = writer.producer();
         let mut attempt = producer
@@ -125,10 +140,10 @@ impl KafkaWriter {
         Box::pin(async move {
             let mut wait = Duration::from_millis(100);
             let mut counted = false;
-            loop {
+            let offset = loop {
                 let error = match attempt {
                     Ok(delivery) => match delivery.await {
-                        Ok(Ok(_)) => break,
+                        Ok(Ok(delivered)) => break delivered.offset,
                         Ok(Err((e, _))) => e,
                         Err(_) => KafkaError::Canceled,
                     },
@@ -155,10 +170,11 @@ impl KafkaWriter {
                 attempt = producer
                     .send_result(record(&topic, partition, &key, &payload))
                     .map_err(|(e, _)| e);
-            }
+            };
             if counted {
                 writer.health.recovered();
             }
+            offset
         })
     }
 

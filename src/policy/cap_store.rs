@@ -3,15 +3,15 @@
 //! A send reserves its place before the request and gives it back if the send
 //! fails, so two lanes sending to one user at once cannot both slip past a cap.
 
-use crate::util::FastDashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::config::policy::Cap;
+use crate::state::CountedSend;
 
 /// Longest window any cap can have (a week); older sends are forgotten.
-const HORIZON_MS: i64 = 604_800_000;
+pub const HORIZON_MS: i64 = 604_800_000;
 /// Most sends remembered per user; the oldest go first.
 const PER_USER: usize = 512;
 
@@ -20,7 +20,42 @@ struct Sent {
     at_ms: i64,
     category: Arc<str>,
     rule: Arc<str>,
+    /// Whether the send ledger holds it yet (as `attempted`): until then
+    /// the reservation lives here only, and the user's history stays in
+    /// the cache.
+    recorded: bool,
 }
+
+/// A user's recent sends.
+type History = Arc<Mutex<VecDeque<Sent>>>;
+
+/// Where a user's history comes from when the cache does not hold it:
+/// the send ledger's sends since a time.
+pub type Source = Arc<dyn Fn(&str, i64) -> Vec<CountedSend> + Send + Sync>;
+
+/// Keeps a history with a reservation the ledger does not hold yet.
+#[derive(Clone)]
+struct PinUnrecorded;
+
+impl quick_cache::Lifecycle<String, History> for PinUnrecorded {
+    type RequestState = ();
+    fn is_pinned(&self, _: &String, history: &History) -> bool {
+        lock(history).iter().any(|s| !s.recorded)
+    }
+    fn on_evict(&self, _: &mut (), _: String, _: History) {}
+}
+
+fn lock(history: &History) -> std::sync::MutexGuard<'_, VecDeque<Sent>> {
+    history.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Cache = quick_cache::sync::Cache<
+    String,
+    History,
+    quick_cache::UnitWeighter,
+    quick_cache::DefaultHashBuilder,
+    PinUnrecorded,
+>;
 
 /// Which cap stopped a send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +73,15 @@ pub struct Limits<'a> {
     pub rule: &'a [Cap],
 }
 
+/// The send a reservation is asked for.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    category: &'a str,
+    rule: &'a str,
+    limits: &'a Limits<'a>,
+    now_ms: i64,
+}
+
 /// A reserved place under the caps; give it back with [`FrequencyCaps::release`] if the send fails.
 #[derive(Debug, Clone)]
 pub struct Reservation {
@@ -45,14 +89,63 @@ pub struct Reservation {
     id: u64,
 }
 
-/// Recent sends per user.
-#[derive(Default)]
+/// Recent sends per user: a cache in front of the send ledger, bounded by
+/// users (in service), or everything in memory (the offline tools).
 pub struct FrequencyCaps {
-    users: FastDashMap<String, VecDeque<Sent>>,
+    users: Cache,
+    source: Option<Source>,
     next_id: AtomicU64,
 }
 
+impl Default for FrequencyCaps {
+    /// Every user's history in memory, with nothing behind it.
+    fn default() -> Self {
+        FrequencyCaps::with(u64::MAX, None)
+    }
+}
+
 impl FrequencyCaps {
+    /// At most `users` histories in memory; a user's is read from `source`
+    /// (the send ledger) when it is not.
+    pub fn cached(users: usize, source: Source) -> FrequencyCaps {
+        FrequencyCaps::with(users.max(1) as u64, Some(source))
+    }
+
+    fn with(capacity: u64, source: Option<Source>) -> FrequencyCaps {
+        FrequencyCaps {
+            users: Cache::with(
+                capacity.min(65_536) as usize,
+                capacity,
+                quick_cache::UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                PinUnrecorded,
+            ),
+            source,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// A user's history as the ledger has it.
+    fn load(&self, user: &str, now_ms: i64) -> VecDeque<Sent> {
+        let sends = self
+            .source
+            .as_ref()
+            .map(|source| source(user, now_ms - HORIZON_MS))
+            .unwrap_or_default();
+        let skip = sends.len().saturating_sub(PER_USER);
+        sends
+            .into_iter()
+            .skip(skip)
+            .map(|s| Sent {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                at_ms: s.at_ms,
+                category: s.category,
+                rule: s.rule,
+                recorded: true,
+            })
+            .collect()
+    }
+
     /// Checks every cap and, when all allow it, reserves a place for this send.
     pub fn reserve(
         &self,
@@ -62,7 +155,40 @@ impl FrequencyCaps {
         limits: &Limits<'_>,
         now_ms: i64,
     ) -> Result<Reservation, CapHit> {
-        let mut sent = self.users.entry(user.to_string()).or_default();
+        let send = Asked {
+            category,
+            rule,
+            limits,
+            now_ms,
+        };
+        match self.users.get_value_or_guard(user, None) {
+            quick_cache::sync::GuardResult::Value(history) => {
+                self.take(user, &mut lock(&history), &send)
+            }
+            quick_cache::sync::GuardResult::Guard(guard) => {
+                // Reserved before the history is cached, so that it enters
+                // the cache pinned by its reservation.
+                let mut sent = self.load(user, now_ms);
+                let taken = self.take(user, &mut sent, &send);
+                let _ = guard.insert(Arc::new(Mutex::new(sent)));
+                taken
+            }
+            quick_cache::sync::GuardResult::Timeout => unreachable!("no timeout given"),
+        }
+    }
+
+    fn take(
+        &self,
+        user: &str,
+        sent: &mut VecDeque<Sent>,
+        send: &Asked<'_>,
+    ) -> Result<Reservation, CapHit> {
+        let Asked {
+            category,
+            rule,
+            limits,
+            now_ms,
+        } = *send;
         while sent.front().is_some_and(|s| s.at_ms <= now_ms - HORIZON_MS) {
             sent.pop_front();
         }
@@ -91,6 +217,7 @@ impl FrequencyCaps {
             at_ms: now_ms,
             category: Arc::from(category),
             rule: Arc::from(rule),
+            recorded: self.source.is_none(),
         });
         if sent.len() > PER_USER {
             sent.pop_front();
@@ -101,36 +228,32 @@ impl FrequencyCaps {
         })
     }
 
-    /// Counts a send made before this process knew the user (restored from
-    /// the send ledger when the user's partition was assigned).
-    pub fn remember(&self, user: &str, category: &str, rule: &str, at_ms: i64) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut sent = self.users.entry(user.to_string()).or_default();
-        let at = sent.partition_point(|s| s.at_ms <= at_ms);
-        sent.insert(
-            at,
-            Sent {
-                id,
-                at_ms,
-                category: Arc::from(category),
-                rule: Arc::from(rule),
-            },
-        );
-        if sent.len() > PER_USER {
-            sent.pop_front();
+    /// Says that the send ledger now holds the reservation's send (as
+    /// `attempted`): the user's history may leave the cache, to be read
+    /// back from the ledger.
+    pub fn recorded(&self, reservation: &Reservation) {
+        if let Some(history) = self.users.get(&reservation.user) {
+            if let Some(s) = lock(&history).iter_mut().find(|s| s.id == reservation.id) {
+                s.recorded = true;
+            }
         }
     }
 
-    /// Forgets a user whose partition moved to another instance.
-    pub fn forget(&self, user: &str) {
-        self.users.remove(user);
+    /// Forgets the users `moved` says moved to another instance.
+    pub fn forget_where(&self, moved: impl Fn(&str) -> bool) {
+        self.users.retain(|user, _| !moved(user));
     }
 
     /// Gives back a reservation whose send did not happen.
     pub fn release(&self, reservation: &Reservation) {
-        if let Some(mut sent) = self.users.get_mut(&reservation.user) {
-            sent.retain(|s| s.id != reservation.id);
+        if let Some(history) = self.users.get(&reservation.user) {
+            lock(&history).retain(|s| s.id != reservation.id);
         }
+    }
+
+    /// Users whose history is in memory now.
+    pub fn cached_users(&self) -> usize {
+        self.users.len()
     }
 }
 
@@ -200,25 +323,52 @@ mod tests {
     }
 
     #[test]
-    fn remembered_sends_count_until_the_user_is_forgotten() {
-        let f = FrequencyCaps::default();
+    fn a_history_is_read_from_the_ledger_and_a_reservation_stays_until_recorded() {
+        let t0 = 1_795_514_400_000;
+        let source: Source = Arc::new(move |user: &str, since: i64| {
+            let send = |at_ms| CountedSend {
+                at_ms,
+                category: "marketing".into(),
+                rule: "r".into(),
+            };
+            match user {
+                "u" => vec![send(t0), send(t0 + 10)],
+                _ => Vec::new(),
+            }
+            .into_iter()
+            .filter(|s| s.at_ms >= since)
+            .collect()
+        });
+        let f = FrequencyCaps::cached(1, source);
         let daily = caps(&["2/day"]);
         let limits = Limits {
             global: &daily,
             category: &[],
             rule: &[],
         };
-        let t0 = 1_795_514_400_000;
-        f.remember("u", "marketing", "r", t0 + 10);
-        f.remember("u", "marketing", "r", t0);
         assert_eq!(
             f.reserve("u", "marketing", "r", &limits, t0 + HOUR)
                 .unwrap_err(),
             CapHit::All(daily[0]),
-            "two sends restored from the ledger fill a 2/day cap"
+            "two sends read from the ledger fill a 2/day cap"
         );
-        f.forget("u");
-        assert!(f.reserve("u", "marketing", "r", &limits, t0 + HOUR).is_ok());
+        // One user fits: v's reservation, not in the ledger yet, keeps v's
+        // history in memory while u's is read again from the ledger.
+        let first = f.reserve("v", "marketing", "r", &limits, t0).unwrap();
+        assert!(f
+            .reserve("u", "marketing", "r", &limits, t0 + HOUR)
+            .is_err());
+        assert!(f.reserve("v", "marketing", "r", &limits, t0 + 1).is_ok());
+        assert!(
+            f.reserve("v", "marketing", "r", &limits, t0 + 2).is_err(),
+            "both of v's reservations still count"
+        );
+        f.recorded(&first);
+        f.forget_where(|user| user == "v");
+        assert!(
+            f.reserve("v", "marketing", "r", &limits, t0 + 3).is_ok(),
+            "forgotten, v's history is the ledger's (empty here)"
+        );
     }
 
     #[test]

@@ -56,7 +56,11 @@ impl Policy {
     /// The chain with these settings. The order of the steps is here and
     /// nowhere else.
     pub fn new(settings: PolicyConfig) -> Policy {
-        let caps = Arc::new(FrequencyCaps::default());
+        Policy::with_caps(settings, Arc::new(FrequencyCaps::default()))
+    }
+
+    /// The chain with these settings, counting caps in `caps`.
+    pub fn with_caps(settings: PolicyConfig, caps: Arc<FrequencyCaps>) -> Policy {
         let steps: Vec<Box<dyn Step>> = vec![
             Box::new(consent::Consent),
             Box::new(category::CategoryPreference),
@@ -129,7 +133,14 @@ impl Policy {
         }
     }
 
-    /// The send history of a user's partition, restored from the send ledger.
+    /// Says that the send ledger holds the draft's send now (`attempted`).
+    pub fn recorded(&self, draft: &Draft<'_>) {
+        if let Some(r) = &draft.reservation {
+            self.caps.recorded(r);
+        }
+    }
+
+    /// The users' send histories the caps count, in front of the send ledger.
     pub fn caps(&self) -> &FrequencyCaps {
         &self.caps
     }

@@ -78,6 +78,17 @@ impl Changelog {
         Some(recorder.publish_to(&self.topic, partition, key, value))
     }
 
+    /// [`Changelog::write`], resolving to the record's offset.
+    pub fn write_at(
+        &self,
+        partition: i32,
+        key: &str,
+        value: Option<Vec<u8>>,
+    ) -> Option<crate::outcome::Written> {
+        let recorder = self.recorder.as_ref()?;
+        Some(recorder.publish_at(&self.topic, partition, key, value))
+    }
+
     /// Reads `partitions` from their start to the end they have now, newest
     /// value per key last, with one consumer: an assignment of many
     /// partitions restores in about the time of its largest one. Blocking:
@@ -89,17 +100,24 @@ impl Changelog {
         partitions: &[i32],
         patience: Duration,
     ) -> Result<HashMap<i32, Vec<Change>>, RestoreError> {
-        let mut out: HashMap<i32, Vec<Change>> = HashMap::new();
+        let mut out: HashMap<i32, Vec<Change>> =
+            partitions.iter().map(|&p| (p, Vec::new())).collect();
         if !self.is_durable() || partitions.is_empty() {
             return Ok(out);
         }
-        let topic = self.topic.clone();
-        let kafka = |source| RestoreError::Kafka {
-            topic: topic.clone(),
-            source,
-        };
-        let consumer: BaseConsumer = self
-            .reader
+        let ranges: Vec<(i32, i64, i64)> = self
+            .watermarks(partitions, patience)?
+            .into_iter()
+            .map(|(p, (low, high))| (p, low, high))
+            .collect();
+        self.read_ranges(&ranges, patience, |partition, _, change| {
+            out.entry(partition).or_default().push(change)
+        })?;
+        Ok(out)
+    }
+
+    fn reader(&self) -> Result<BaseConsumer, RestoreError> {
+        self.reader
             .clone()
             .set("group.id", format!("herald-restore-{}", std::process::id()))
             .set("enable.auto.commit", "false")
@@ -108,53 +126,93 @@ impl Changelog {
             .set("fetch.max.bytes", "52428800")
             .set("max.partition.fetch.bytes", "10485760")
             .create()
-            .map_err(kafka)?;
+            .map_err(|source| self.failed(source))
+    }
+
+    fn failed(&self, source: rdkafka::error::KafkaError) -> RestoreError {
+        RestoreError::Kafka {
+            topic: self.topic.clone(),
+            source,
+        }
+    }
+
+    /// The first offset and the end (next offset) of each of `partitions`.
+    pub fn watermarks(
+        &self,
+        partitions: &[i32],
+        patience: Duration,
+    ) -> Result<HashMap<i32, (i64, i64)>, RestoreError> {
+        let consumer = self.reader()?;
+        partitions
+            .iter()
+            .map(|&p| {
+                consumer
+                    .fetch_watermarks(&self.topic, p, patience)
+                    .map(|w| (p, w))
+                    .map_err(|e| self.failed(e))
+            })
+            .collect()
+    }
+
+    /// Reads each `(partition, from, to)` range (`to` excluded), handing
+    /// every record to `apply` with its offset, in offset order per
+    /// partition. Blocking; gives up when the broker stops answering for
+    /// `patience`.
+    pub fn read_ranges(
+        &self,
+        ranges: &[(i32, i64, i64)],
+        patience: Duration,
+        mut apply: impl FnMut(i32, i64, Change),
+    ) -> Result<(), RestoreError> {
         let mut tpl = TopicPartitionList::new();
         let mut ends = HashMap::new();
-        for &partition in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&self.topic, partition, patience)
-                .map_err(kafka)?;
-            out.insert(partition, Vec::new());
-            if high > low {
-                ends.insert(partition, (high, high - low));
-                tpl.add_partition_offset(&self.topic, partition, Offset::Offset(low))
-                    .map_err(kafka)?;
+        for &(partition, from, to) in ranges {
+            if to > from {
+                ends.insert(partition, (to, to - from, 0i64));
+                tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))
+                    .map_err(|e| self.failed(e))?;
             }
         }
         if ends.is_empty() {
-            return Ok(out);
+            return Ok(());
         }
-        consumer.assign(&tpl).map_err(kafka)?;
+        let consumer = self.reader()?;
+        consumer.assign(&tpl).map_err(|e| self.failed(e))?;
         let mut last_progress = Instant::now();
         let started = Instant::now();
         while !ends.is_empty() {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     last_progress = Instant::now();
+                    let Some((to, _, read)) = ends.get_mut(&m.partition()) else {
+                        continue;
+                    };
+                    if m.offset() >= *to {
+                        continue;
+                    }
+                    *read += 1;
+                    let done = m.offset() + 1 >= *to;
                     let key = m
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
                         .unwrap_or_default();
-                    out.entry(m.partition()).or_default().push(Change {
+                    let change = Change {
                         key,
                         value: m.payload().map(<[u8]>::to_vec),
-                    });
-                    if ends
-                        .get(&m.partition())
-                        .is_some_and(|(high, _)| m.offset() + 1 >= *high)
-                    {
+                    };
+                    apply(m.partition(), m.offset(), change);
+                    if done {
                         ends.remove(&m.partition());
                     }
                 }
-                Some(Err(e)) => return Err(kafka(e)),
+                Some(Err(e)) => return Err(self.failed(e)),
                 None if last_progress.elapsed() > patience => {
-                    let (&partition, &(_, expected)) =
+                    let (&partition, &(_, expected, read)) =
                         ends.iter().next().expect("a partition still open");
                     return Err(RestoreError::Incomplete {
                         topic: self.topic.clone(),
                         partition,
-                        read: out.get(&partition).map_or(0, Vec::len) as i64,
+                        read,
                         expected,
                         waited_s: started.elapsed().as_secs(),
                     });
@@ -162,7 +220,7 @@ impl Changelog {
                 None => {}
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -9,15 +9,16 @@
 //! nobody heard: the channel's `on_unknown` decides whether it is repeated.
 
 use crate::util::FastDashMap;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::changelog::{Changelog, RestoreError};
+use super::changelog::Changelog;
+use super::ledger_store::{CountedSend, DiskLedger, LedgerRestoreError};
 use crate::outcome::Pending;
+use crate::store::Table;
 
 /// Entries older than this are forgotten (the longest cap window is a week;
 /// the changelog topic deletes what is older than this, too).
@@ -75,28 +76,31 @@ pub enum Seen {
 pub struct SendLedger {
     partitions: i32,
     changelog: Changelog,
-    entries: FastDashMap<String, LedgerEntry>,
-    /// When `entries` may have passed `capacity`.
-    size: crate::util::SizeWatch,
-    /// Users per owned partition, to drop them on revoke.
-    users: FastDashMap<i32, HashSet<String>>,
-    /// Most entries held before the oldest are evicted.
-    capacity: usize,
-    /// Entries evicted so far (for `herald_ledger_evicted_total`).
-    evicted: std::sync::atomic::AtomicU64,
+    rows: Rows,
+}
+
+/// Where the entries are.
+enum Rows {
+    /// On local disk, mirrored from the changelog (in service).
+    Disk(Arc<DiskLedger>),
+    /// In memory, with no changelog (rule tests, replays): nothing to
+    /// restore, nothing revoked.
+    Memory(FastDashMap<String, LedgerEntry>),
 }
 
 impl SendLedger {
-    /// A ledger over `partitions` intents partitions, written to `changelog`.
-    pub fn new(partitions: i32, changelog: Changelog, capacity: usize) -> SendLedger {
+    /// A ledger over `partitions` intents partitions, written to
+    /// `changelog` and kept in `table` on disk; in memory when there is no
+    /// changelog (offline).
+    pub fn new(partitions: i32, changelog: Changelog, table: Option<Table>) -> SendLedger {
+        let rows = match table {
+            Some(table) if changelog.is_durable() => Rows::Disk(Arc::new(DiskLedger::new(table))),
+            _ => Rows::Memory(FastDashMap::default()),
+        };
         SendLedger {
             partitions: partitions.max(1),
             changelog,
-            entries: FastDashMap::default(),
-            size: crate::util::SizeWatch::default(),
-            users: FastDashMap::default(),
-            capacity,
-            evicted: std::sync::atomic::AtomicU64::new(0),
+            rows,
         }
     }
 
@@ -115,17 +119,23 @@ impl SendLedger {
         &self.changelog.topic
     }
 
-    /// The idempotency key recorded for `key`, if any.
-    pub fn idempotency_key(&self, key: &str) -> Option<Arc<str>> {
-        self.entries
-            .get(key)
-            .map(|e| e.idempotency_key.clone())
+    fn get(&self, user: &str, key: &str) -> Option<LedgerEntry> {
+        match &self.rows {
+            Rows::Disk(disk) => disk.get(self.partition_of(user), key),
+            Rows::Memory(entries) => entries.get(key).map(|e| e.clone()),
+        }
+    }
+
+    /// The idempotency key recorded for `key` of `user`, if any.
+    pub fn idempotency_key(&self, user: &str, key: &str) -> Option<Arc<str>> {
+        self.get(user, key)
+            .map(|e| e.idempotency_key)
             .filter(|k| !k.is_empty())
     }
 
-    /// What is known of `key` (intent id and channel).
-    pub fn seen(&self, key: &str) -> Seen {
-        match self.entries.get(key).map(|e| e.status) {
+    /// What is known of `key` (intent id and channel) of `user`.
+    pub fn seen(&self, user: &str, key: &str) -> Seen {
+        match self.get(user, key).map(|e| e.status) {
             None => Seen::New,
             Some(LedgerStatus::Attempted) => Seen::InFlight,
             Some(LedgerStatus::Held) => Seen::Held,
@@ -134,162 +144,121 @@ impl SendLedger {
     }
 
     /// Records a decision; the returned write resolves once the changelog has
-    /// it (`None` offline).
+    /// it and it is on disk (`None` offline).
     pub fn record(&self, key: &str, entry: LedgerEntry) -> Option<Pending> {
-        let partition = self.partition_of(&entry.user);
-        // Offline (replays, rule tests) there is no changelog to write to.
-        let value = self
-            .changelog
-            .is_durable()
-            .then(|| crate::util::json_bytes(&entry));
-        let mut users = self.users.entry(partition).or_default();
-        if !users.contains(&*entry.user) {
-            users.insert(entry.user.to_string());
-        }
-        drop(users);
-        // A send's final entry replaces its `attempted` one under the same
-        // key, which is then not copied again.
-        match self.entries.get_mut(key) {
-            Some(mut known) => *known = entry,
-            None => {
-                self.entries.insert(key.to_string(), entry);
-                if self.size.grew_past(self.capacity) {
-                    self.bound();
-                }
+        let disk = match &self.rows {
+            Rows::Memory(entries) => {
+                entries.insert(key.to_string(), entry);
+                return None;
             }
-        }
-        self.changelog.write(partition, key, value)
+            Rows::Disk(disk) => Arc::clone(disk),
+        };
+        let partition = self.partition_of(&entry.user);
+        let value = crate::util::json_bytes(&entry);
+        let seq = disk.begin(partition, key, entry.clone());
+        let written = self.changelog.write_at(partition, key, Some(value))?;
+        let key = key.to_string();
+        Some(Box::pin(async move {
+            let offset = written.await;
+            disk.applied(partition, &key, seq, &entry, offset).await;
+        }))
     }
 
-    /// Evicts the oldest tenth when over capacity, with a log line; the
-    /// caller counts it.
-    fn bound(&self) -> usize {
-        let len = self.entries.len();
-        self.size.counted(len);
-        if len <= self.capacity {
-            return 0;
-        }
-        let mut ages: Vec<(i64, String)> = self
-            .entries
-            .iter()
-            .map(|e| (e.at_ms, e.key().clone()))
-            .collect();
-        ages.sort_unstable();
-        let n = (self.capacity / 10).max(1).min(ages.len());
-        for (_, key) in &ages[..n] {
-            self.entries.remove(key);
-        }
-        self.size.counted(self.entries.len());
-        warn!(evicted = n, cap = self.capacity, "send ledger full; oldest entries evicted (a redelivery of those intents would be decided again)");
-        self.evicted
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        n
-    }
-
-    /// Reads the changelog of `partitions` to its end. Returns, besides the
-    /// counts, the entries caps must count (sends made or attempted), oldest
-    /// first.
+    /// Brings the ledger of `partitions` up to their changelog's end: only
+    /// the tail past each one's checkpoint on disk.
     pub fn restore(
         &self,
         partitions: &[i32],
         now_ms: i64,
         patience: Duration,
-    ) -> Result<Restored, RestoreError> {
-        let mut restored = Restored::default();
-        let mut all_users = HashSet::new();
-        for (partition, changes) in self.changelog.restore_all(partitions, patience)? {
-            let users = self.apply(changes, now_ms, &mut restored);
-            all_users.extend(users.iter().cloned());
-            self.users.entry(partition).or_default().extend(users);
+    ) -> Result<Restored, LedgerRestoreError> {
+        match &self.rows {
+            Rows::Disk(disk) => disk.restore(&self.changelog, partitions, now_ms, patience),
+            Rows::Memory(_) => Ok(Restored::default()),
         }
-        for e in self.entries.iter() {
-            if all_users.contains(&*e.user) {
-                if e.status == LedgerStatus::Attempted {
-                    restored.in_flight += 1;
-                }
-                if e.counts_for_caps() {
-                    restored.sends.push(e.value().clone());
-                }
+    }
+
+    /// Stops deciding for a revoked partition.
+    pub fn drop_partition(&self, partition: i32) {
+        if let Rows::Disk(disk) = &self.rows {
+            disk.forget(partition);
+        }
+    }
+
+    /// The sends caps count for `user` since `since_ms`, oldest first.
+    pub fn sends_of(&self, user: &str, since_ms: i64) -> Vec<CountedSend> {
+        match &self.rows {
+            Rows::Disk(disk) => disk.sends_of(self.partition_of(user), user, since_ms),
+            Rows::Memory(entries) => {
+                let mut sends: Vec<CountedSend> = entries
+                    .iter()
+                    .filter(|e| &*e.user == user && e.counts_for_caps() && e.at_ms >= since_ms)
+                    .map(|e| CountedSend {
+                        at_ms: e.at_ms,
+                        category: e.category.clone(),
+                        rule: e.rule.clone(),
+                    })
+                    .collect();
+                sends.sort_by_key(|s| s.at_ms);
+                sends
             }
         }
-        restored.sends.sort_by_key(|e| e.at_ms);
-        restored.users = all_users.len();
-        self.size.counted(self.entries.len());
-        Ok(restored)
     }
 
-    /// Applies one partition's changelog records; returns its users.
-    fn apply(
-        &self,
-        changes: Vec<super::Change>,
-        now_ms: i64,
-        restored: &mut Restored,
-    ) -> HashSet<String> {
-        let mut users = HashSet::new();
-        for change in changes {
-            restored.records += 1;
-            let Some(value) = change.value else {
-                self.entries.remove(&change.key);
-                continue;
-            };
-            let Ok(entry) = serde_json::from_slice::<LedgerEntry>(&value) else {
-                restored.unreadable += 1;
-                continue;
-            };
-            if now_ms - entry.at_ms > HORIZON_MS {
-                continue;
+    /// Forgets entries past the horizon; returns how many.
+    pub fn sweep(&self, now_ms: i64) -> usize {
+        match &self.rows {
+            Rows::Disk(disk) => disk.sweep(now_ms).unwrap_or_else(|e| {
+                warn!(error = %e, "send-ledger sweep failed; retried at the next");
+                0
+            }),
+            Rows::Memory(entries) => {
+                let before = entries.len();
+                entries.retain(|_, e| now_ms - e.at_ms <= HORIZON_MS);
+                before - entries.len()
             }
-            users.insert(entry.user.to_string());
-            self.entries.insert(change.key, entry);
         }
-        users
     }
 
-    /// Forgets a revoked partition; returns its users (for the caps).
-    pub fn drop_partition(&self, partition: i32) -> HashSet<String> {
-        let users = self
-            .users
-            .remove(&partition)
-            .map(|(_, u)| u)
-            .unwrap_or_default();
-        self.entries.retain(|_, e| !users.contains(&*e.user));
-        users
-    }
-
-    /// Forgets entries past the horizon.
-    pub fn sweep(&self, now_ms: i64) {
-        self.entries.retain(|_, e| now_ms - e.at_ms <= HORIZON_MS);
-    }
-
-    /// Entries evicted at the capacity since start.
-    pub fn evicted(&self) -> u64 {
-        self.evicted.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Entries held now.
+    /// Rows held now (on disk: entries and their send rows, about).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match &self.rows {
+            Rows::Disk(disk) => disk.rows(),
+            Rows::Memory(entries) => entries.len(),
+        }
+    }
+
+    /// Whether the entries are on disk (in service) rather than in memory.
+    pub fn is_on_disk(&self) -> bool {
+        matches!(self.rows, Rows::Disk(_))
+    }
+
+    /// Bytes on disk (0 in memory).
+    pub fn disk_bytes(&self) -> u64 {
+        match &self.rows {
+            Rows::Disk(disk) => disk.disk_bytes(),
+            Rows::Memory(_) => 0,
+        }
     }
 
     /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
 /// What a restore read.
 #[derive(Debug, Default)]
 pub struct Restored {
-    /// Changelog records read.
+    /// Changelog records read (the tail past the checkpoint).
     pub records: usize,
+    /// Records before the checkpoint, not read again.
+    pub skipped: usize,
+    /// Partitions read from their changelog's start (no checkpoint, or one
+    /// outside the changelog).
+    pub rebuilt: usize,
     /// Records that were not ledger entries (skipped, counted).
     pub unreadable: usize,
-    /// Users with entries.
-    pub users: usize,
-    /// Entries left `attempted`: requests in flight when the last owner stopped.
-    pub in_flight: usize,
-    /// Sends the caps must count, oldest first.
-    pub sends: Vec<LedgerEntry>,
 }
 
 #[cfg(test)]
@@ -309,49 +278,35 @@ mod tests {
 
     #[test]
     fn a_decision_is_seen_again_and_a_held_one_waits_for_its_release() {
-        let l = SendLedger::new(4, Changelog::offline(), 100);
-        assert_eq!(l.seen("i1/push"), Seen::New);
+        let l = SendLedger::new(4, Changelog::offline(), None);
+        assert_eq!(l.seen("u", "i1/push"), Seen::New);
         assert!(l
             .record("i1/push", entry("u", LedgerStatus::Attempted, 1))
             .is_none());
-        assert_eq!(l.seen("i1/push"), Seen::InFlight);
+        assert_eq!(l.seen("u", "i1/push"), Seen::InFlight);
         l.record("i1/push", entry("u", LedgerStatus::Sent, 2));
-        assert_eq!(l.seen("i1/push"), Seen::Decided(LedgerStatus::Sent));
+        assert_eq!(l.seen("u", "i1/push"), Seen::Decided(LedgerStatus::Sent));
         l.record("i2/sms", entry("u", LedgerStatus::Held, 3));
-        assert_eq!(l.seen("i2/sms"), Seen::Held);
-        assert_eq!(l.seen("i1/sms"), Seen::New, "per channel");
+        assert_eq!(l.seen("u", "i2/sms"), Seen::Held);
+        assert_eq!(l.seen("u", "i1/sms"), Seen::New, "per channel");
     }
 
     #[test]
-    fn a_revoked_partition_is_forgotten_with_its_users_only() {
-        let l = SendLedger::new(8, Changelog::offline(), 100);
-        let (a, b) = ("alice", "bob");
-        assert_ne!(
-            l.partition_of(a),
-            l.partition_of(b),
-            "pick users on two partitions"
-        );
-        l.record("i1/push", entry(a, LedgerStatus::Sent, 1));
-        l.record("i2/push", entry(b, LedgerStatus::Sent, 1));
-        let gone = l.drop_partition(l.partition_of(a));
-        assert_eq!(gone, HashSet::from([a.to_string()]));
-        assert_eq!(l.seen("i1/push"), Seen::New);
-        assert_eq!(l.seen("i2/push"), Seen::Decided(LedgerStatus::Sent));
-    }
-
-    #[test]
-    fn bounded_and_swept() {
-        let l = SendLedger::new(1, Changelog::offline(), 10);
-        for i in 0..11 {
-            l.record(&format!("i{i}/push"), entry("u", LedgerStatus::Sent, i));
+    fn caps_count_sends_made_or_attempted_and_the_horizon_sweeps() {
+        let l = SendLedger::new(1, Changelog::offline(), None);
+        for i in 0..6 {
+            let status = [LedgerStatus::Sent, LedgerStatus::Failed][i % 2];
+            l.record(&format!("i{i}/push"), entry("u", status, i as i64));
         }
-        assert_eq!(l.len(), 10, "the oldest was evicted");
-        assert_eq!(l.seen("i0/push"), Seen::New);
-        l.sweep(HORIZON_MS + 5);
+        l.record("i9/push", entry("u", LedgerStatus::Attempted, 9));
+        l.record("j/push", entry("v", LedgerStatus::Sent, 9));
+        let at: Vec<i64> = l.sends_of("u", 1).iter().map(|s| s.at_ms).collect();
+        assert_eq!(at, [2, 4, 9], "sent and attempted, since 1, oldest first");
         assert_eq!(
-            l.len(),
-            6,
-            "entries at 1..=4 are past the horizon, 5..=10 not"
+            l.sweep(HORIZON_MS + 5),
+            5,
+            "entries at 0..=4 are past the horizon"
         );
+        assert_eq!(l.len(), 3);
     }
 }

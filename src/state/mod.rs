@@ -19,11 +19,13 @@
 pub mod changelog;
 pub mod intent;
 pub mod ledger;
+pub mod ledger_store;
 pub mod table;
 
 pub use changelog::{Change, Changelog};
 pub use intent::Intent;
 pub use ledger::{LedgerEntry, LedgerStatus, Seen, SendLedger};
+pub use ledger_store::CountedSend;
 pub use table::{Kept, Partitioning, StateTable};
 
 /// The partition of `key` among `partitions`, as Kafka's Java clients choose

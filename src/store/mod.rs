@@ -279,14 +279,53 @@ impl Table {
     /// The value of `key`. A sealed value that does not open (altered on
     /// disk) is an error.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>, StoreError> {
-        let Some(stored) = self.data.get(key).map_err(|e| self.io(e))? else {
-            return Ok(None);
-        };
+        match self.data.get(key).map_err(|e| self.io(e))? {
+            Some(stored) => self.opened(key, stored).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The rows whose key starts with `prefix`, in key order.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(fjall::Slice, Value)>, StoreError> {
+        let mut rows = Vec::new();
+        for kv in self.data.prefix(prefix) {
+            let (key, value) = kv.into_inner().map_err(|e| self.io(e))?;
+            let value = self.opened(&key, value)?;
+            rows.push((key, value));
+        }
+        Ok(rows)
+    }
+
+    /// The keys that start with `prefix`.
+    pub fn keys(&self, prefix: &[u8]) -> Result<Vec<fjall::Slice>, StoreError> {
+        self.data
+            .prefix(prefix)
+            .map(|kv| kv.key().map_err(|e| self.io(e)))
+            .collect()
+    }
+
+    /// Every row `keep` keeps, reading the whole table (a sweep).
+    pub fn scan_where(
+        &self,
+        keep: impl Fn(&[u8], &[u8]) -> bool,
+    ) -> Result<Vec<(fjall::Slice, Value)>, StoreError> {
+        let mut rows = Vec::new();
+        for kv in self.data.iter() {
+            let (key, value) = kv.into_inner().map_err(|e| self.io(e))?;
+            let value = self.opened(&key, value)?;
+            if keep(&key, &value) {
+                rows.push((key, value));
+            }
+        }
+        Ok(rows)
+    }
+
+    fn opened(&self, key: &[u8], stored: fjall::Slice) -> Result<Value, StoreError> {
         if !self.sealed {
-            return Ok(Some(Value::Plain(stored)));
+            return Ok(Value::Plain(stored));
         }
         match self.store.sealer.open(key, &stored) {
-            Some(plain) => Ok(Some(Value::Opened(plain))),
+            Some(plain) => Ok(Value::Opened(plain)),
             None => Err(self.io("a value does not open with the state key")),
         }
     }
@@ -480,10 +519,16 @@ mod tests {
             batch.commit().unwrap();
             assert_eq!(table.get(b"u-1").unwrap().as_deref(), Some(&phone[..]));
         }
-        let clear_on_disk = walk(dir.path())
-            .iter()
-            .any(|f| std::fs::read(f).unwrap().windows(phone.len()).any(|w| w == phone));
-        assert!(!clear_on_disk, "the phone number is nowhere on disk in clear");
+        let clear_on_disk = walk(dir.path()).iter().any(|f| {
+            std::fs::read(f)
+                .unwrap()
+                .windows(phone.len())
+                .any(|w| w == phone)
+        });
+        assert!(
+            !clear_on_disk,
+            "the phone number is nowhere on disk in clear"
+        );
         {
             let store = Store::open(dir.path(), 8 << 20).unwrap();
             let table = store.sealed_table("profiles", 2).unwrap();

@@ -40,7 +40,9 @@ pub struct Sealer {
 /// Why the state key cannot be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum KeyError {
-    #[error("{KEY_VARIABLE} must be 64 hex digits (32 bytes); generate one with `openssl rand -hex 32`")]
+    #[error(
+        "{KEY_VARIABLE} must be 64 hex digits (32 bytes); generate one with `openssl rand -hex 32`"
+    )]
     Malformed,
     #[error("state key file {path}: {detail}")]
     File { path: PathBuf, detail: String },

@@ -1,0 +1,572 @@
+//! The send ledger on local disk: each intents partition's entries, and the sends caps count by user, mirrored from the changelog with a checkpoint, so a restart reads only the tail.
+//!
+//! A decision is first kept in memory (`pending`, read before the disk)
+//! and written to its changelog; once the broker has it, it goes to disk
+//! with its offset. So the disk never holds an entry the changelog lacks: a
+//! crash can only leave it behind the changelog, and the tail past the
+//! checkpoint catches it up. The checkpoint is an offset below which every
+//! entry of the partition is on disk: writes acknowledged out of order (a
+//! retried write lands after a later one) hold it back until the earlier
+//! ones are applied.
+//!
+//! Rows, all in the table `ledger`, prefixed by the partition (4 bytes,
+//! big-endian) and a kind byte:
+//! - `e` + ledger key → the entry's time (8 bytes) and its changelog JSON;
+//! - `s` + user + `\0` + time (8 bytes) + ledger key → `category\0rule`,
+//!   for each entry caps count (`sent`, `attempted`): a user's sends are one
+//!   prefix scan.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::changelog::{Change, Changelog, RestoreError};
+use super::ledger::{LedgerEntry, Restored, HORIZON_MS};
+use crate::store::{StoreError, Table, TableBatch};
+use crate::util::FastDashMap;
+
+/// The format of the ledger's rows; a table of another is rebuilt.
+pub const FORMAT: u32 = 1;
+
+/// Why a restore failed: the changelog, or the disk.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerRestoreError {
+    #[error(transparent)]
+    Changelog(#[from] RestoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One send a cap counts, as the ledger holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountedSend {
+    pub at_ms: i64,
+    pub category: Arc<str>,
+    pub rule: Arc<str>,
+}
+
+/// The ledger of one instance on disk.
+pub struct DiskLedger {
+    table: Table,
+    /// Entries written to the changelog and not yet on disk, by ledger key,
+    /// with their sequence number.
+    pending: FastDashMap<String, (u64, LedgerEntry)>,
+    next_seq: AtomicU64,
+    /// Per owned partition, what the checkpoint may advance to.
+    marks: Mutex<HashMap<i32, Mark>>,
+}
+
+/// How far a partition's disk rows are known to follow its changelog.
+#[derive(Default)]
+struct Mark {
+    /// Sequence numbers recorded and not yet on disk.
+    unapplied: BTreeSet<u64>,
+    /// The highest changelog offset on disk.
+    max_offset: i64,
+    /// A checkpoint waiting to be written: (offset, sequence): once every
+    /// entry recorded before `sequence` is on disk, all of the changelog
+    /// below `offset` is.
+    candidate: Option<(i64, u64)>,
+}
+
+fn prefix(partition: i32, kind: u8) -> Vec<u8> {
+    let mut row = partition.to_be_bytes().to_vec();
+    row.push(kind);
+    row
+}
+
+fn entry_row(partition: i32, key: &str) -> Vec<u8> {
+    let mut row = prefix(partition, b'e');
+    row.extend_from_slice(key.as_bytes());
+    row
+}
+
+fn user_prefix(partition: i32, user: &str) -> Vec<u8> {
+    let mut row = prefix(partition, b's');
+    row.extend_from_slice(user.as_bytes());
+    row.push(0);
+    row
+}
+
+fn send_row(partition: i32, entry: &LedgerEntry, key: &str) -> Vec<u8> {
+    let mut row = user_prefix(partition, &entry.user);
+    row.extend_from_slice(&entry.at_ms.to_be_bytes());
+    row.extend_from_slice(key.as_bytes());
+    row
+}
+
+/// An entry row's value: its time, then the changelog's JSON.
+fn entry_value(entry: &LedgerEntry) -> Vec<u8> {
+    let mut value = entry.at_ms.to_be_bytes().to_vec();
+    serde_json::to_writer(&mut value, entry).expect("a ledger entry serializes");
+    value
+}
+
+fn read_entry(value: &[u8]) -> Option<LedgerEntry> {
+    serde_json::from_slice(value.get(8..)?).ok()
+}
+
+/// Writes `entry` (or its absence) for `key`, replacing `old` and its send row.
+fn put(
+    batch: &mut TableBatch,
+    partition: i32,
+    key: &str,
+    old: Option<&LedgerEntry>,
+    new: Option<&LedgerEntry>,
+) {
+    if let Some(old) = old.filter(|o| o.counts_for_caps()) {
+        batch.delete(&send_row(partition, old, key));
+    }
+    match new {
+        Some(entry) => {
+            batch.put(&entry_row(partition, key), entry_value(entry));
+            if entry.counts_for_caps() {
+                let mut what = entry.category.as_bytes().to_vec();
+                what.push(0);
+                what.extend_from_slice(entry.rule.as_bytes());
+                batch.put(&send_row(partition, entry, key), what);
+            }
+        }
+        None => batch.delete(&entry_row(partition, key)),
+    }
+}
+
+impl DiskLedger {
+    pub fn new(table: Table) -> DiskLedger {
+        DiskLedger {
+            table,
+            pending: FastDashMap::default(),
+            next_seq: AtomicU64::new(0),
+            marks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The entry of `key` on `partition`: the newest recorded, on disk or not.
+    pub fn get(&self, partition: i32, key: &str) -> Option<LedgerEntry> {
+        if let Some(p) = self.pending.get(key) {
+            return Some(p.1.clone());
+        }
+        self.stored(partition, key)
+    }
+
+    fn stored(&self, partition: i32, key: &str) -> Option<LedgerEntry> {
+        match self.table.get(&entry_row(partition, key)) {
+            Ok(value) => value.and_then(|v| read_entry(&v)),
+            Err(e) => {
+                warn!(error = %e, "send-ledger entry cannot be read from the state store");
+                None
+            }
+        }
+    }
+
+    /// Keeps `entry` in memory until its changelog write is acknowledged;
+    /// returns its sequence number for [`DiskLedger::applied`].
+    pub fn begin(&self, partition: i32, key: &str, entry: LedgerEntry) -> u64 {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        if let Some(mark) = self.lock().get_mut(&partition) {
+            mark.unapplied.insert(seq);
+        }
+        self.pending.insert(key.to_string(), (seq, entry));
+        seq
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Mark>> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts `entry`, recorded as `seq`, on disk now that the changelog has
+    /// it at `offset`, with the checkpoint this allows. Retries a failing
+    /// disk every second (the store's fault is on `/readyz` meanwhile): the
+    /// write's caller waits, so nothing after it is taken as done.
+    ///
+    /// One key's entries are applied in the order they were recorded: stage
+    /// 2 records a key's next entry only after the previous one's write has
+    /// resolved (`attempted` before the request, the answer after it).
+    pub async fn applied(
+        &self,
+        partition: i32,
+        key: &str,
+        seq: u64,
+        entry: &LedgerEntry,
+        offset: i64,
+    ) {
+        loop {
+            match self.apply(partition, key, seq, entry, offset) {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(error = %e, "send-ledger entry cannot be written to the state store; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        partition: i32,
+        key: &str,
+        seq: u64,
+        entry: &LedgerEntry,
+        offset: i64,
+    ) -> Result<(), StoreError> {
+        let old = self.stored(partition, key);
+        let mut batch = self.table.batch();
+        put(&mut batch, partition, key, old.as_ref(), Some(entry));
+        self.settle(partition, seq, offset, batch)?;
+        // A newer entry of the key, recorded since, stays until it is on disk.
+        self.pending.remove_if(key, |_, p| p.0 == seq);
+        Ok(())
+    }
+
+    /// Marks `seq` applied, committing `batch` with the checkpoint it allows.
+    fn settle(
+        &self,
+        partition: i32,
+        seq: u64,
+        offset: i64,
+        mut batch: TableBatch,
+    ) -> Result<(), StoreError> {
+        let mut marks = self.lock();
+        let Some(mark) = marks.get_mut(&partition) else {
+            // Not restored here (or revoked meanwhile): no checkpoint can be
+            // claimed; the tail past the old one is read at the next restore.
+            return batch.commit();
+        };
+        let max_offset = mark.max_offset.max(offset);
+        let earliest = mark.unapplied.iter().find(|&&s| s != seq).copied();
+        let reached = mark
+            .candidate
+            .filter(|&(_, below)| earliest.is_none_or(|e| e >= below));
+        if let Some((next, _)) = reached {
+            batch.read_to(partition, next);
+        }
+        batch.commit()?;
+        mark.unapplied.remove(&seq);
+        mark.max_offset = max_offset;
+        if reached.is_some() || mark.candidate.is_none() {
+            mark.candidate = Some((max_offset + 1, self.next_seq.load(Ordering::Relaxed)));
+        }
+        Ok(())
+    }
+
+    /// Brings `partitions` up to their changelog's end: from the checkpoint
+    /// when it is within the changelog, else cleared and read from the start.
+    pub fn restore(
+        &self,
+        changelog: &Changelog,
+        partitions: &[i32],
+        now_ms: i64,
+        patience: Duration,
+    ) -> Result<Restored, LedgerRestoreError> {
+        let mut restored = Restored::default();
+        let checkpoint = self.table.checkpoint()?;
+        let watermarks = changelog.watermarks(partitions, patience)?;
+        let mut ranges = Vec::new();
+        for (&partition, &(low, high)) in &watermarks {
+            let from = match checkpoint.get(&partition) {
+                Some(&next) if (low..=high).contains(&next) => next,
+                found => {
+                    if found.is_some() {
+                        warn!(
+                            partition,
+                            "send-ledger checkpoint outside its changelog; rebuilding the partition"
+                        );
+                    }
+                    self.clear(partition, low)?;
+                    restored.rebuilt += 1;
+                    low
+                }
+            };
+            restored.skipped += (from - low).max(0) as usize;
+            ranges.push((partition, from, high));
+        }
+        let mut tail = Tail::new(self);
+        let mut failed = None;
+        changelog.read_ranges(&ranges, patience, |partition, offset, change| {
+            if failed.is_none() {
+                if let Err(e) = tail.add(partition, offset, change, now_ms, &mut restored) {
+                    failed = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        tail.commit()?;
+        for (&partition, &(_, high)) in &watermarks {
+            self.follow(partition, high);
+        }
+        Ok(restored)
+    }
+
+    /// From now on, checkpoints `partition`, whose rows follow its
+    /// changelog up to `end` (excluded).
+    fn follow(&self, partition: i32, end: i64) {
+        self.lock().insert(
+            partition,
+            Mark {
+                max_offset: end - 1,
+                ..Mark::default()
+            },
+        );
+    }
+
+    /// Removes a partition's rows; its checkpoint becomes `next`.
+    fn clear(&self, partition: i32, next: i64) -> Result<(), StoreError> {
+        let mut batch = self.table.batch();
+        for key in self.table.keys(&partition.to_be_bytes())? {
+            batch.delete(&key);
+            if batch.len() >= 4096 {
+                std::mem::replace(&mut batch, self.table.batch()).commit()?;
+            }
+        }
+        batch.read_to(partition, next);
+        batch.commit()
+    }
+
+    /// Stops following a revoked partition (its rows stay, behind its
+    /// checkpoint, for the day it comes back).
+    pub fn forget(&self, partition: i32) {
+        self.lock().remove(&partition);
+    }
+
+    /// The sends caps count for `user` since `since_ms`, oldest first:
+    /// those on disk and those recorded since.
+    pub fn sends_of(&self, partition: i32, user: &str, since_ms: i64) -> Vec<CountedSend> {
+        let mut newer: HashMap<String, LedgerEntry> = self
+            .pending
+            .iter()
+            .filter(|p| &*p.value().1.user == user)
+            .map(|p| (p.key().clone(), p.value().1.clone()))
+            .collect();
+        let prefix = user_prefix(partition, user);
+        let mut sends = Vec::new();
+        let rows = self.table.scan(&prefix).unwrap_or_else(|e| {
+            warn!(error = %e, "sends of a user cannot be read from the state store");
+            Vec::new()
+        });
+        for (row, what) in rows {
+            let Some(at) = row.get(prefix.len()..prefix.len() + 8) else {
+                continue;
+            };
+            let at_ms = i64::from_be_bytes(at.try_into().expect("8 bytes"));
+            let key = String::from_utf8_lossy(&row[prefix.len() + 8..]);
+            if newer.contains_key(&*key) || at_ms < since_ms {
+                continue;
+            }
+            let mut parts = what.splitn(2, |&b| b == 0);
+            let category = String::from_utf8_lossy(parts.next().unwrap_or_default());
+            let rule = String::from_utf8_lossy(parts.next().unwrap_or_default());
+            sends.push(CountedSend {
+                at_ms,
+                category: category.into(),
+                rule: rule.into(),
+            });
+        }
+        sends.extend(
+            newer
+                .drain()
+                .map(|(_, e)| e)
+                .filter(|e| e.counts_for_caps() && e.at_ms >= since_ms)
+                .map(|e| CountedSend {
+                    at_ms: e.at_ms,
+                    category: e.category,
+                    rule: e.rule,
+                }),
+        );
+        sends.sort_by_key(|s| s.at_ms);
+        sends
+    }
+
+    /// Removes the entries past the horizon, with their send rows; returns
+    /// how many.
+    pub fn sweep(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let mut gone = 0;
+        let mut batch = self.table.batch();
+        for (row, value) in self.table.scan_where(|row, value| {
+            row.get(4) == Some(&b'e')
+                && value.get(..8).is_some_and(|at| {
+                    now_ms - i64::from_be_bytes(at.try_into().expect("8")) > HORIZON_MS
+                })
+        })? {
+            let partition = i32::from_be_bytes(row[..4].try_into().expect("4 bytes"));
+            let key = String::from_utf8_lossy(&row[5..]).into_owned();
+            if self.pending.contains_key(&key) {
+                continue;
+            }
+            put(
+                &mut batch,
+                partition,
+                &key,
+                read_entry(&value).as_ref(),
+                None,
+            );
+            gone += 1;
+            if batch.len() >= 4096 {
+                std::mem::replace(&mut batch, self.table.batch()).commit()?;
+            }
+        }
+        batch.commit()?;
+        Ok(gone)
+    }
+
+    /// Rows on disk (entries and their send rows; about).
+    pub fn rows(&self) -> usize {
+        self.table.approximate_len()
+    }
+
+    /// Bytes on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.table.disk_bytes()
+    }
+}
+
+/// A changelog tail being applied in batches, each with the offsets it
+/// brings its partitions to.
+struct Tail<'a> {
+    ledger: &'a DiskLedger,
+    batch: TableBatch,
+    /// What this batch wrote, by partition and key, for the next record of
+    /// a key (the disk does not have it yet).
+    written: HashMap<(i32, String), Option<LedgerEntry>>,
+}
+
+impl<'a> Tail<'a> {
+    fn new(ledger: &'a DiskLedger) -> Tail<'a> {
+        Tail {
+            ledger,
+            batch: ledger.table.batch(),
+            written: HashMap::new(),
+        }
+    }
+
+    fn add(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        change: Change,
+        now_ms: i64,
+        restored: &mut Restored,
+    ) -> Result<(), StoreError> {
+        restored.records += 1;
+        let new = match change.value {
+            None => None,
+            Some(value) => match serde_json::from_slice::<LedgerEntry>(&value) {
+                Ok(entry) if now_ms - entry.at_ms <= HORIZON_MS => Some(entry),
+                Ok(_) => None,
+                Err(_) => {
+                    restored.unreadable += 1;
+                    None
+                }
+            },
+        };
+        let slot = (partition, change.key);
+        let old = match self.written.get(&slot) {
+            Some(known) => known.clone(),
+            None => self.ledger.stored(partition, &slot.1),
+        };
+        put(
+            &mut self.batch,
+            partition,
+            &slot.1,
+            old.as_ref(),
+            new.as_ref(),
+        );
+        self.batch.read_to(partition, offset + 1);
+        self.written.insert(slot, new);
+        if self.batch.len() >= 4096 {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.written.clear();
+        std::mem::replace(&mut self.batch, self.ledger.table.batch()).commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::LedgerStatus;
+
+    fn entry(user: &str, status: LedgerStatus, at_ms: i64) -> LedgerEntry {
+        LedgerEntry {
+            user: user.into(),
+            status,
+            at_ms,
+            category: "marketing".into(),
+            rule: "offer".into(),
+            idempotency_key: "".into(),
+        }
+    }
+
+    fn ledger() -> (crate::store::Store, DiskLedger) {
+        let store = crate::store::Store::temporary(8 << 20).unwrap();
+        let table = store.table("ledger", FORMAT).unwrap();
+        (store, DiskLedger::new(table))
+    }
+
+    #[test]
+    fn the_checkpoint_waits_for_every_entry_written_before_it() {
+        let (_store, l) = ledger();
+        l.follow(0, 0);
+        let now = crate::util::now_ms();
+        let a = entry("u", LedgerStatus::Sent, now);
+        let b = entry("u", LedgerStatus::Sent, now + 1);
+        let c = entry("v", LedgerStatus::Attempted, now + 2);
+        let sa = l.begin(0, "a/push", a.clone());
+        let sb = l.begin(0, "b/push", b.clone());
+        assert_eq!(
+            l.get(0, "a/push"),
+            Some(a.clone()),
+            "read before it is on disk"
+        );
+        // a's first write failed and went again: b landed first, at 5.
+        l.apply(0, "b/push", sb, &b, 5).unwrap();
+        let sc = l.begin(0, "c/push", c.clone());
+        l.apply(0, "c/push", sc, &c, 7).unwrap();
+        assert!(
+            l.table.checkpoint().unwrap().is_empty(),
+            "a, written before b, is not on disk yet"
+        );
+        l.apply(0, "a/push", sa, &a, 8).unwrap();
+        assert_eq!(
+            l.table.checkpoint().unwrap().get(&0),
+            Some(&6),
+            "everything below 6 (b) is on disk; 7 and 8 are read again after a crash"
+        );
+        assert_eq!(l.stored(0, "a/push"), Some(a));
+        let at: Vec<i64> = l.sends_of(0, "u", 0).iter().map(|s| s.at_ms).collect();
+        assert_eq!(at, [now, now + 1]);
+        assert_eq!(l.sends_of(0, "v", 0).len(), 1, "attempted counts");
+        // c's answer replaces its attempted entry, and its send row with it.
+        let failed = entry("v", LedgerStatus::Failed, now + 3);
+        let sf = l.begin(0, "c/push", failed.clone());
+        l.apply(0, "c/push", sf, &failed, 9).unwrap();
+        assert!(
+            l.sends_of(0, "v", 0).is_empty(),
+            "a failed send does not count"
+        );
+        assert_eq!(l.table.checkpoint().unwrap().get(&0), Some(&9));
+    }
+
+    #[test]
+    fn the_sweep_removes_what_is_past_the_horizon() {
+        let (_store, l) = ledger();
+        l.follow(0, 0);
+        let old = entry("u", LedgerStatus::Sent, 1_000);
+        let new = entry("u", LedgerStatus::Sent, HORIZON_MS + 1_000);
+        let so = l.begin(0, "old/push", old.clone());
+        l.apply(0, "old/push", so, &old, 0).unwrap();
+        let sn = l.begin(0, "new/push", new.clone());
+        l.apply(0, "new/push", sn, &new, 1).unwrap();
+        assert_eq!(l.sweep(HORIZON_MS + 2_000).unwrap(), 1);
+        assert_eq!(l.get(0, "old/push"), None);
+        assert_eq!(l.sends_of(0, "u", 0).len(), 1);
+    }
+}
