@@ -7,57 +7,21 @@
 //! broker) before the provider request, then `sent` or `failed`. An entry
 //! still `attempted` when a new owner restores it is a request whose answer
 //! nobody heard: the channel's `on_unknown` decides whether it is repeated.
+//!
+//! In service the entries are on local disk (`ledger_store.rs`), every one
+//! kept for eight days whatever the volume; offline, in memory.
 
 use crate::util::FastDashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::changelog::Changelog;
+pub use super::ledger_entry::{LedgerEntry, LedgerStatus, Restored, HORIZON_MS};
 use super::ledger_store::{CountedSend, DiskLedger, LedgerRestoreError};
 use crate::outcome::Pending;
 use crate::store::Table;
-
-/// Entries older than this are forgotten (the longest cap window is a week;
-/// the changelog topic deletes what is older than this, too).
-pub const HORIZON_MS: i64 = 8 * 24 * 3_600_000;
-
-/// Where a decision stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LedgerStatus {
-    /// The provider request is about to go out, or went out unanswered.
-    Attempted,
-    Sent,
-    Failed,
-    Suppressed,
-    /// Held for quiet hours or a delivery receipt; its release decides again.
-    Held,
-}
-
-/// One decision of one intent on one channel.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LedgerEntry {
-    pub user: Arc<str>,
-    pub status: LedgerStatus,
-    /// When it was decided (for `attempted`: when the request was made), epoch ms.
-    pub at_ms: i64,
-    pub category: Arc<str>,
-    pub rule: Arc<str>,
-    /// The decision's idempotency key (a hash; empty when it was suppressed
-    /// before an address was chosen), for the outcome of a redelivery.
-    #[serde(default, skip_serializing_if = "str::is_empty")]
-    pub idempotency_key: Arc<str>,
-}
-
-impl LedgerEntry {
-    /// Whether frequency caps count it: a send made, or one that may have been.
-    pub fn counts_for_caps(&self) -> bool {
-        matches!(self.status, LedgerStatus::Sent | LedgerStatus::Attempted)
-    }
-}
 
 /// What the ledger knows of an intent on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +83,8 @@ impl SendLedger {
         &self.changelog.topic
     }
 
-    fn get(&self, user: &str, key: &str) -> Option<LedgerEntry> {
+    /// The entry of `key` (intent id and channel) of `user`, if any.
+    pub fn entry(&self, user: &str, key: &str) -> Option<LedgerEntry> {
         match &self.rows {
             Rows::Disk(disk) => disk.get(self.partition_of(user), key),
             Rows::Memory(entries) => entries.get(key).map(|e| e.clone()),
@@ -128,14 +93,14 @@ impl SendLedger {
 
     /// The idempotency key recorded for `key` of `user`, if any.
     pub fn idempotency_key(&self, user: &str, key: &str) -> Option<Arc<str>> {
-        self.get(user, key)
+        self.entry(user, key)
             .map(|e| e.idempotency_key)
             .filter(|k| !k.is_empty())
     }
 
     /// What is known of `key` (intent id and channel) of `user`.
     pub fn seen(&self, user: &str, key: &str) -> Seen {
-        match self.get(user, key).map(|e| e.status) {
+        match self.entry(user, key).map(|e| e.status) {
             None => Seen::New,
             Some(LedgerStatus::Attempted) => Seen::InFlight,
             Some(LedgerStatus::Held) => Seen::Held,
@@ -245,20 +210,6 @@ impl SendLedger {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// What a restore read.
-#[derive(Debug, Default)]
-pub struct Restored {
-    /// Changelog records read (the tail past the checkpoint).
-    pub records: usize,
-    /// Records before the checkpoint, not read again.
-    pub skipped: usize,
-    /// Partitions read from their changelog's start (no checkpoint, or one
-    /// outside the changelog).
-    pub rebuilt: usize,
-    /// Records that were not ledger entries (skipped, counted).
-    pub unreadable: usize,
 }
 
 #[cfg(test)]

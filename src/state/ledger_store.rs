@@ -24,7 +24,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::changelog::{Change, Changelog, RestoreError};
-use super::ledger::{LedgerEntry, Restored, HORIZON_MS};
+use super::ledger_entry::{LedgerEntry, Restored, HORIZON_MS};
 use crate::store::{StoreError, Table, TableBatch};
 use crate::util::FastDashMap;
 

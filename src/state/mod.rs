@@ -19,6 +19,7 @@
 pub mod changelog;
 pub mod intent;
 pub mod ledger;
+pub mod ledger_entry;
 pub mod ledger_store;
 pub mod table;
 

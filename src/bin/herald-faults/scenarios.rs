@@ -100,18 +100,24 @@ pub async fn kill9_state(opts: &Options, broker: &Broker, kills: usize) -> Resul
         broker.bootstrap.clone(),
         s.topics.profiles.clone(),
     );
+    let changelog = format!("{}.ledger-changelog", s.group);
     s.settle(secs(40), secs(240)).await;
     let mut report = s.finish().await?;
-    let (users, differ) = tokio::task::spawn_blocking(move || {
-        state::compare_profiles(&state_dir, &bootstrap, &topic)
+    let compared = tokio::task::spawn_blocking(move || {
+        let profiles = state::compare_profiles(&state_dir, &bootstrap, &topic)?;
+        let ledger = state::compare_ledger(&state_dir, &bootstrap, &changelog)?;
+        Ok::<_, String>((profiles, ledger))
     })
     .await
-    .map_err(|e| e.to_string())??;
+    .map_err(|e| e.to_string())?;
+    let ((users, differ), (keys, tail, ledger_differ)) = compared?;
     report.notes.push(format!(
-        "{kills} kills 1–6 s apart while {written} profile records were written; the profile table on disk against a rebuild from the topic: {users} users, {} differ",
-        differ.len()
+        "{kills} kills 1–6 s apart while {written} profile records were written; the profile table on disk against a rebuild from the topic: {users} users, {} differ; the send ledger on disk, brought up from its checkpoint ({tail} records past it), against a rebuild from its changelog: {keys} keys, {} differ",
+        differ.len(),
+        ledger_differ.len()
     ));
     report.problems.extend(differ.into_iter().take(20));
+    report.problems.extend(ledger_differ.into_iter().take(20));
     Ok(report)
 }
 

@@ -75,7 +75,7 @@ pub struct Scene {
     pub notes: Vec<String>,
     bootstrap: String,
     herald_bin: PathBuf,
-    group: String,
+    pub group: String,
     extra_kafka: String,
     /// Instances are dynamic members of the group (`instance_id = ""`).
     pub dynamic_member: bool,

@@ -1,4 +1,4 @@
-//! The state scenario's tools: profile rewrites at a high rate while herald is killed, and the comparison of its profile table on disk with a rebuild from the profiles topic.
+//! The state scenario's tools: profile rewrites at a high rate while herald is killed, and the comparison of its tables on disk (profiles, send ledger) with rebuilds from their topics.
 
 use std::path::Path;
 use std::time::Duration;
@@ -126,4 +126,73 @@ pub fn compare_profiles(
         }
     }
     Ok((users.len(), differ))
+}
+
+/// Compares the send ledger herald left in `state_dir` (its first slot)
+/// with one rebuilt from its whole changelog: the ledger on disk is first
+/// brought up to the changelog's end from its checkpoint, as a restart
+/// does, then every key's entry and every user's counted sends must be the
+/// rebuild's. Returns the keys compared, the records the restart read past
+/// the checkpoint, and every difference.
+pub fn compare_ledger(
+    state_dir: &Path,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<(usize, usize, Vec<String>), String> {
+    use herald::state::{Changelog, LedgerEntry, SendLedger};
+    let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
+    let table = store
+        .table("ledger", herald::state::ledger_store::FORMAT)
+        .map_err(|e| e.to_string())?;
+    let read = tally::read_records(bootstrap, topic, Duration::from_secs(120))?;
+    if !read.complete {
+        return Err(format!("{topic} not read to its end within 120 s"));
+    }
+    let partitions: Vec<i32> = read.ends.keys().copied().collect();
+    let (recorder, _) = herald::outcome::Recorder::in_memory(String::new(), String::new());
+    let reader = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .clone();
+    let ledger = SendLedger::new(
+        partitions.len() as i32,
+        Changelog::new(topic.to_string(), recorder, reader),
+        Some(table.clone()),
+    );
+    let restored = ledger
+        .restore(&partitions, herald::util::now_ms(), Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    let mut newest = std::collections::BTreeMap::new();
+    for (_, _, key, value) in read.records {
+        let key = String::from_utf8_lossy(&key.unwrap_or_default()).to_string();
+        let entry = value.and_then(|v| serde_json::from_slice::<LedgerEntry>(&v).ok());
+        newest.insert(key, entry);
+    }
+    let mut differ = Vec::new();
+    let mut counted: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (key, entry) in &newest {
+        let Some(entry) = entry else { continue };
+        if entry.counts_for_caps() {
+            counted.entry(entry.user.to_string()).or_default().push(entry.at_ms);
+        }
+        let on_disk = ledger.entry(&entry.user, key);
+        if on_disk.as_ref() != Some(entry) {
+            differ.push(format!("{key}: on disk {on_disk:?}, rebuilt {entry:?}"));
+        }
+    }
+    for (user, mut at) in counted {
+        at.sort_unstable();
+        let on_disk: Vec<i64> = ledger.sends_of(&user, 0).iter().map(|s| s.at_ms).collect();
+        if on_disk != at {
+            differ.push(format!("sends of {user}: on disk {on_disk:?}, rebuilt {at:?}"));
+        }
+    }
+    // No entry on disk that the changelog never had.
+    let rows = table.scan(&[]).map_err(|e| e.to_string())?;
+    for (row, _) in rows.iter().filter(|(row, _)| row.get(4) == Some(&b'e')) {
+        let key = String::from_utf8_lossy(&row[5..]).to_string();
+        if !newest.contains_key(&key) {
+            differ.push(format!("{key}: on disk, never in the changelog"));
+        }
+    }
+    Ok((newest.len(), restored.records, differ))
 }
