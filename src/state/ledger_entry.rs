@@ -56,4 +56,3 @@ pub struct Restored {
     /// Records that were not ledger entries (skipped, counted).
     pub unreadable: usize,
 }
-

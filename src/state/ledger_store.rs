@@ -98,10 +98,14 @@ fn send_row(partition: i32, entry: &LedgerEntry, key: &str) -> Vec<u8> {
     row
 }
 
-/// An entry row's value: its time, then the changelog's JSON.
-fn entry_value(entry: &LedgerEntry) -> Vec<u8> {
+/// An entry row's value: its time, then the changelog's JSON (`json`, when
+/// the record is at hand).
+fn entry_value(entry: &LedgerEntry, json: Option<&[u8]>) -> Vec<u8> {
     let mut value = entry.at_ms.to_be_bytes().to_vec();
-    serde_json::to_writer(&mut value, entry).expect("a ledger entry serializes");
+    match json {
+        Some(json) => value.extend_from_slice(json),
+        None => serde_json::to_writer(&mut value, entry).expect("a ledger entry serializes"),
+    }
     value
 }
 
@@ -115,14 +119,14 @@ fn put(
     partition: i32,
     key: &str,
     old: Option<&LedgerEntry>,
-    new: Option<&LedgerEntry>,
+    new: Option<(&LedgerEntry, Option<&[u8]>)>,
 ) {
     if let Some(old) = old.filter(|o| o.counts_for_caps()) {
         batch.delete(&send_row(partition, old, key));
     }
     match new {
-        Some(entry) => {
-            batch.put(&entry_row(partition, key), entry_value(entry));
+        Some((entry, json)) => {
+            batch.put(&entry_row(partition, key), entry_value(entry, json));
             if entry.counts_for_caps() {
                 let mut what = entry.category.as_bytes().to_vec();
                 what.push(0);
@@ -214,7 +218,13 @@ impl DiskLedger {
     ) -> Result<(), StoreError> {
         let old = self.stored(partition, key);
         let mut batch = self.table.batch();
-        put(&mut batch, partition, key, old.as_ref(), Some(entry));
+        put(
+            &mut batch,
+            partition,
+            key,
+            old.as_ref(),
+            Some((entry, None)),
+        );
         self.settle(partition, seq, offset, batch)?;
         // A newer entry of the key, recorded since, stays until it is on disk.
         self.pending.remove_if(key, |_, p| p.0 == seq);
@@ -452,9 +462,9 @@ impl<'a> Tail<'a> {
         restored: &mut Restored,
     ) -> Result<(), StoreError> {
         restored.records += 1;
-        let new = match change.value {
+        let new = match &change.value {
             None => None,
-            Some(value) => match serde_json::from_slice::<LedgerEntry>(&value) {
+            Some(value) => match serde_json::from_slice::<LedgerEntry>(value) {
                 Ok(entry) if now_ms - entry.at_ms <= HORIZON_MS => Some(entry),
                 Ok(_) => None,
                 Err(_) => {
@@ -468,12 +478,13 @@ impl<'a> Tail<'a> {
             Some(known) => known.clone(),
             None => self.ledger.stored(partition, &slot.1),
         };
+        let json = change.value.as_deref();
         put(
             &mut self.batch,
             partition,
             &slot.1,
             old.as_ref(),
-            new.as_ref(),
+            new.as_ref().map(|e| (e, json)),
         );
         self.batch.read_to(partition, offset + 1);
         self.written.insert(slot, new);

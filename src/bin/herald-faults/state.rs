@@ -172,7 +172,10 @@ pub fn compare_ledger(
     for (key, entry) in &newest {
         let Some(entry) = entry else { continue };
         if entry.counts_for_caps() {
-            counted.entry(entry.user.to_string()).or_default().push(entry.at_ms);
+            counted
+                .entry(entry.user.to_string())
+                .or_default()
+                .push(entry.at_ms);
         }
         let on_disk = ledger.entry(&entry.user, key);
         if on_disk.as_ref() != Some(entry) {
@@ -183,7 +186,9 @@ pub fn compare_ledger(
         at.sort_unstable();
         let on_disk: Vec<i64> = ledger.sends_of(&user, 0).iter().map(|s| s.at_ms).collect();
         if on_disk != at {
-            differ.push(format!("sends of {user}: on disk {on_disk:?}, rebuilt {at:?}"));
+            differ.push(format!(
+                "sends of {user}: on disk {on_disk:?}, rebuilt {at:?}"
+            ));
         }
     }
     // No entry on disk that the changelog never had.
