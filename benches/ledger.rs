@@ -20,9 +20,9 @@ fn entry(i: usize, now: i64) -> LedgerEntry {
         at_ms: now - (i as i64 % 86_400_000),
         category: "transactional".into(),
         rule: "purchase-notice".into(),
-        idempotency_key: herald::util::digest_hex(&herald::util::stable_digest(&[
-            &i.to_be_bytes()
-        ])),
+        idempotency_key: herald::util::digest_hex(&herald::util::stable_digest(
+            &[&i.to_be_bytes()],
+        )),
     }
 }
 

@@ -231,7 +231,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         metrics: Arc::clone(&metrics),
         rules: Arc::clone(&rules),
         profiles: Arc::clone(&profiles),
-        store: Some(store),
+        store: Some(store.clone()),
         feedback: Arc::clone(&feedback),
         config: Arc::new(config.clone()),
         consumer: Arc::clone(&health),
@@ -267,6 +267,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         channels,
         changelogs: Some(with_changelog),
         ledger: Some(ledger_table),
+        store: Some(store.clone()),
     };
     let engine = Arc::new(Engine::new(parts, &config));
     let stores: Arc<dyn crate::ingest::PartitionStores> = Arc::clone(&engine) as _;

@@ -143,6 +143,7 @@ impl Offline {
             channels,
             changelogs: None,
             ledger: None,
+            store: None,
         };
         let engine = Engine::new(parts, config);
         let decisions = Mutex::new(engine.watch_decisions());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
-use tracing::{info, trace};
+use tracing::{error, info, trace};
 
 use super::stores::StateChange;
 use super::{Job, StageContext};
@@ -58,10 +58,12 @@ pub struct Matched {
 
 impl Matcher {
     /// Stage 1 for the configured sources; `changelogs` names the source
-    /// topics whose pattern state has a changelog (`None`: all in memory).
+    /// topics whose pattern state has a changelog (`None`: all in memory),
+    /// each copied to a table of `store` when there is one.
     pub fn new(
         cx: StageContext,
         changelogs: Option<&BTreeSet<String>>,
+        store: Option<&crate::store::Store>,
         config: &Config,
     ) -> Matcher {
         let sources = config
@@ -84,7 +86,7 @@ impl Matcher {
                 changelogs?.contains(source).then(|| {
                     let log =
                         Changelog::new(topic.to_string(), cx.recorder.clone(), reader.clone());
-                    (source.clone(), Arc::new(log))
+                    (source.clone(), Arc::new(Self::mirrored(log, store)))
                 })
             })
             .collect();
@@ -94,6 +96,24 @@ impl Matcher {
             max_event_bytes: config.limits.max_event_bytes,
             changelogs,
             cx,
+        }
+    }
+
+    /// `log` with its copy on disk in `store`, sealed (open patterns hold
+    /// their events, card numbers included); without one (offline, or a
+    /// table that will not open: logged) it is restored from the changelog
+    /// alone, as before the store.
+    fn mirrored(log: Changelog, store: Option<&crate::store::Store>) -> Changelog {
+        let Some(store) = store else {
+            return log;
+        };
+        let name = crate::state::mirror::Mirror::table_name(&log.topic);
+        match store.sealed_table(&name, crate::state::mirror::FORMAT) {
+            Ok(table) => log.mirrored(table),
+            Err(e) => {
+                error!(topic = %log.topic, error = %e, "pattern state's copy on disk cannot be opened; it is restored from its changelog alone");
+                log
+            }
         }
     }
 
@@ -291,7 +311,8 @@ impl Matcher {
 
     /// Forgets a source partition's pattern state: another instance owns it.
     pub fn drop_partition(&self, topic: &str, partition: i32) {
-        if self.changelogs.contains_key(topic) {
+        if let Some(changelog) = self.changelogs.get(topic) {
+            changelog.forget(partition);
             drop(self.patterns.take_partition(topic, partition));
         }
     }

@@ -112,6 +112,9 @@ pub struct Parts {
     pub changelogs: Option<BTreeSet<String>>,
     /// The send ledger's table on disk; `None` offline (in memory).
     pub ledger: Option<crate::store::Table>,
+    /// The state directory, for the pattern state's copy on disk; `None`
+    /// offline.
+    pub store: Option<crate::store::Store>,
 }
 
 /// The router between ingest and the stages.
@@ -135,6 +138,7 @@ impl Engine {
             channels,
             changelogs,
             ledger,
+            store,
         } = parts;
         let durable = context.recorder.is_kafka();
         let intents_topic = durable.then(|| config.intents_topic());
@@ -149,7 +153,7 @@ impl Engine {
         ));
         let changelogs = if durable { changelogs } else { None };
         Engine {
-            matcher: Matcher::new(context.clone(), changelogs.as_ref(), config),
+            matcher: Matcher::new(context.clone(), changelogs.as_ref(), store.as_ref(), config),
             decider,
             replies: Replies::new(context.clone(), feedback, channels, config),
             feedback_topic: config.topics.feedback.clone(),

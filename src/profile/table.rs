@@ -295,7 +295,15 @@ impl ProfileTable {
         let Backing::Disk { table, .. } = &self.backing else {
             return Start::Beginning;
         };
-        match table.checkpoint() {
+        let fresh = table.fresh_checkpoint().and_then(|fresh| {
+            // A stale partition: the table is read again whole (every
+            // partition feeds one table).
+            match fresh.len() == table.checkpoint()?.len() {
+                true => Ok(fresh),
+                false => table.clear().map(|()| Default::default()),
+            }
+        });
+        match fresh {
             Ok(offsets) if !offsets.is_empty() => {
                 info!(%topic, profiles = table.approximate_len(), "profiles on disk; reading the topic from their checkpoint");
                 Start::Offsets(offsets)

@@ -22,6 +22,12 @@ pub struct Change {
 /// Why a changelog partition could not be read back.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RestoreError {
+    #[error("changelog {topic}: its copy on disk: {source}")]
+    Disk {
+        topic: String,
+        #[source]
+        source: crate::store::StoreError,
+    },
     #[error("changelog {topic}: {source}")]
     Kafka {
         topic: String,
@@ -45,6 +51,9 @@ pub struct Changelog {
     pub topic: String,
     recorder: Option<Recorder>,
     reader: ClientConfig,
+    /// Its copy on local disk, if it has one: then a restore reads the
+    /// rows from disk and only the tail past the checkpoint.
+    mirror: Option<std::sync::Arc<super::mirror::Mirror>>,
 }
 
 impl Changelog {
@@ -55,7 +64,14 @@ impl Changelog {
             topic,
             recorder: Some(recorder),
             reader,
+            mirror: None,
         }
+    }
+
+    /// This changelog with a copy on local disk in `table`.
+    pub fn mirrored(mut self, table: crate::store::Table) -> Changelog {
+        self.mirror = Some(std::sync::Arc::new(super::mirror::Mirror::new(table)));
+        self
     }
 
     /// No topic behind it: the store lives in memory only.
@@ -64,6 +80,7 @@ impl Changelog {
             topic: String::new(),
             recorder: None,
             reader: ClientConfig::new(),
+            mirror: None,
         }
     }
 
@@ -72,10 +89,30 @@ impl Changelog {
         self.recorder.is_some()
     }
 
-    /// Writes one change to `partition`; resolves once the broker has it.
+    /// Writes one change to `partition`; resolves once the broker has it
+    /// (and, mirrored, once it is on disk too).
     pub fn write(&self, partition: i32, key: &str, value: Option<Vec<u8>>) -> Option<Pending> {
         let recorder = self.recorder.as_ref()?;
-        Some(recorder.publish_to(&self.topic, partition, key, value))
+        let Some(mirror) = &self.mirror else {
+            return Some(recorder.publish_to(&self.topic, partition, key, value));
+        };
+        let mirror = std::sync::Arc::clone(mirror);
+        let seq = mirror.begin(partition);
+        let written = recorder.publish_at(&self.topic, partition, key, value.clone());
+        let key = key.to_string();
+        Some(Box::pin(async move {
+            let offset = written.await;
+            mirror
+                .applied(partition, &key, value.as_deref(), seq, offset)
+                .await;
+        }))
+    }
+
+    /// Stops following a revoked partition's copy on disk.
+    pub fn forget(&self, partition: i32) {
+        if let Some(mirror) = &self.mirror {
+            mirror.forget(partition);
+        }
     }
 
     /// [`Changelog::write`], resolving to the record's offset.
@@ -103,6 +140,12 @@ impl Changelog {
         let mut out: HashMap<i32, Vec<Change>> =
             partitions.iter().map(|&p| (p, Vec::new())).collect();
         if !self.is_durable() || partitions.is_empty() {
+            return Ok(out);
+        }
+        if let Some(mirror) = &self.mirror {
+            let (changes, read) = mirror.restore(self, partitions, patience)?;
+            tracing::debug!(topic = %self.topic, ?read, "changelog copy on disk brought up to date");
+            out.extend(changes);
             return Ok(out);
         }
         let ranges: Vec<(i32, i64, i64)> = self

@@ -16,15 +16,15 @@
 //!   for each entry caps count (`sent`, `attempted`): a user's sends are one
 //!   prefix scan.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::warn;
 
 use super::changelog::{Change, Changelog, RestoreError};
 use super::ledger_entry::{LedgerEntry, Restored, HORIZON_MS};
+use super::watermark::Watermarks;
 use crate::store::{StoreError, Table, TableBatch};
 use crate::util::FastDashMap;
 
@@ -54,22 +54,8 @@ pub struct DiskLedger {
     /// Entries written to the changelog and not yet on disk, by ledger key,
     /// with their sequence number.
     pending: FastDashMap<String, (u64, LedgerEntry)>,
-    next_seq: AtomicU64,
     /// Per owned partition, what the checkpoint may advance to.
-    marks: Mutex<HashMap<i32, Mark>>,
-}
-
-/// How far a partition's disk rows are known to follow its changelog.
-#[derive(Default)]
-struct Mark {
-    /// Sequence numbers recorded and not yet on disk.
-    unapplied: BTreeSet<u64>,
-    /// The highest changelog offset on disk.
-    max_offset: i64,
-    /// A checkpoint waiting to be written: (offset, sequence): once every
-    /// entry recorded before `sequence` is on disk, all of the changelog
-    /// below `offset` is.
-    candidate: Option<(i64, u64)>,
+    marks: Watermarks,
 }
 
 fn prefix(partition: i32, kind: u8) -> Vec<u8> {
@@ -143,8 +129,7 @@ impl DiskLedger {
         DiskLedger {
             table,
             pending: FastDashMap::default(),
-            next_seq: AtomicU64::new(0),
-            marks: Mutex::new(HashMap::new()),
+            marks: Watermarks::default(),
         }
     }
 
@@ -169,16 +154,9 @@ impl DiskLedger {
     /// Keeps `entry` in memory until its changelog write is acknowledged;
     /// returns its sequence number for [`DiskLedger::applied`].
     pub fn begin(&self, partition: i32, key: &str, entry: LedgerEntry) -> u64 {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        if let Some(mark) = self.lock().get_mut(&partition) {
-            mark.unapplied.insert(seq);
-        }
+        let seq = self.marks.begin(partition);
         self.pending.insert(key.to_string(), (seq, entry));
         seq
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Mark>> {
-        self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Puts `entry`, recorded as `seq`, on disk now that the changelog has
@@ -225,40 +203,9 @@ impl DiskLedger {
             old.as_ref(),
             Some((entry, None)),
         );
-        self.settle(partition, seq, offset, batch)?;
+        self.marks.settle(partition, seq, offset, batch)?;
         // A newer entry of the key, recorded since, stays until it is on disk.
         self.pending.remove_if(key, |_, p| p.0 == seq);
-        Ok(())
-    }
-
-    /// Marks `seq` applied, committing `batch` with the checkpoint it allows.
-    fn settle(
-        &self,
-        partition: i32,
-        seq: u64,
-        offset: i64,
-        mut batch: TableBatch,
-    ) -> Result<(), StoreError> {
-        let mut marks = self.lock();
-        let Some(mark) = marks.get_mut(&partition) else {
-            // Not restored here (or revoked meanwhile): no checkpoint can be
-            // claimed; the tail past the old one is read at the next restore.
-            return batch.commit();
-        };
-        let max_offset = mark.max_offset.max(offset);
-        let earliest = mark.unapplied.iter().find(|&&s| s != seq).copied();
-        let reached = mark
-            .candidate
-            .filter(|&(_, below)| earliest.is_none_or(|e| e >= below));
-        if let Some((next, _)) = reached {
-            batch.read_to(partition, next);
-        }
-        batch.commit()?;
-        mark.unapplied.remove(&seq);
-        mark.max_offset = max_offset;
-        if reached.is_some() || mark.candidate.is_none() {
-            mark.candidate = Some((max_offset + 1, self.next_seq.load(Ordering::Relaxed)));
-        }
         Ok(())
     }
 
@@ -312,16 +259,8 @@ impl DiskLedger {
         Ok(restored)
     }
 
-    /// From now on, checkpoints `partition`, whose rows follow its
-    /// changelog up to `end` (excluded).
     fn follow(&self, partition: i32, end: i64) {
-        self.lock().insert(
-            partition,
-            Mark {
-                max_offset: end - 1,
-                ..Mark::default()
-            },
-        );
+        self.marks.follow(partition, end);
     }
 
     /// Removes a partition's rows; its checkpoint becomes `next`.
@@ -340,7 +279,7 @@ impl DiskLedger {
     /// Stops following a revoked partition (its rows stay, behind its
     /// checkpoint, for the day it comes back).
     pub fn forget(&self, partition: i32) {
-        self.lock().remove(&partition);
+        self.marks.forget(partition);
     }
 
     /// The sends caps count for `user` since `since_ms`, oldest first:

@@ -21,7 +21,9 @@ pub mod intent;
 pub mod ledger;
 pub mod ledger_entry;
 pub mod ledger_store;
+pub mod mirror;
 pub mod table;
+pub mod watermark;
 
 pub use changelog::{Change, Changelog};
 pub use intent::Intent;

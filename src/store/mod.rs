@@ -84,6 +84,11 @@ impl std::ops::Deref for Value {
 /// The next offset to read per partition, for the topic a table is filled from.
 pub type Checkpoint = BTreeMap<i32, i64>;
 
+/// How long a compacted topic keeps a tombstone (Kafka's default
+/// `delete.retention.ms`, a day). A table whose checkpoint is older may
+/// have missed a deletion the topic no longer holds, so it is rebuilt.
+pub const TOMBSTONES_KEPT_MS: i64 = 86_400_000;
+
 impl Store {
     /// Opens (or creates) the store under `dir`, with `cache_bytes` of block
     /// cache. Each running instance takes the first free slot,
@@ -258,6 +263,12 @@ impl Table {
         format!("{}\0{what}", self.name).into_bytes()
     }
 
+    fn at_key(&self, partition: i32) -> Vec<u8> {
+        let mut key = self.meta_key("at\0");
+        key.extend_from_slice(&partition.to_be_bytes());
+        key
+    }
+
     fn checkpoint_key(&self, partition: i32) -> Vec<u8> {
         let mut key = self.meta_key("offset\0");
         key.extend_from_slice(&partition.to_be_bytes());
@@ -369,6 +380,33 @@ impl Table {
         Ok(offsets)
     }
 
+    /// [`Table::checkpoint`] without the partitions whose checkpoint was
+    /// written longer than [`TOMBSTONES_KEPT_MS`] ago (logged), for a table
+    /// filled from a compacted topic whose tombstones may be gone since:
+    /// those partitions are to be rebuilt.
+    pub fn fresh_checkpoint(&self) -> Result<Checkpoint, StoreError> {
+        let now = crate::util::now_ms();
+        let mut checkpoint = self.checkpoint()?;
+        let mut stale = Vec::new();
+        for &partition in checkpoint.keys() {
+            let at = self
+                .store
+                .meta
+                .get(self.at_key(partition))
+                .map_err(|e| self.io(e))?
+                .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+                .map(i64::from_be_bytes);
+            if at.is_none_or(|at| now - at > TOMBSTONES_KEPT_MS) {
+                stale.push(partition);
+            }
+        }
+        if !stale.is_empty() {
+            warn!(table = %self.name, partitions = ?stale, "checkpoint older than a compacted topic keeps its tombstones; those partitions are rebuilt from Kafka");
+        }
+        checkpoint.retain(|p, _| !stale.contains(p));
+        Ok(checkpoint)
+    }
+
     /// Empties the table and forgets its checkpoint: it is read again from
     /// the topic's start.
     pub fn clear(&self) -> Result<(), StoreError> {
@@ -444,12 +482,14 @@ impl TableBatch {
             offsets,
             ..
         } = self;
+        let now = crate::util::now_ms().to_be_bytes();
         for (partition, next) in offsets {
             batch.insert(
                 &table.store.meta,
                 table.checkpoint_key(partition),
                 next.to_be_bytes(),
             );
+            batch.insert(&table.store.meta, table.at_key(partition), now);
         }
         let result = batch.commit().map_err(|e| table.io(e));
         table.store.note(result)

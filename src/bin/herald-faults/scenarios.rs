@@ -73,6 +73,27 @@ pub async fn kill9(
 /// checkpoint, with a rebuild from the profiles topic.
 pub async fn kill9_state(opts: &Options, broker: &Broker, kills: usize) -> Result<Report, String> {
     let mut s = Scene::new(opts, broker, "kill9-state", "").await?;
+    // Pattern state to compare too: a streak of swipes per card, whose
+    // notices carry no `eid` and are not counted.
+    s.add_rules(
+        "streak.yaml",
+        &format!(
+            r#"rules:
+  - id: swipe-streak
+    description: Five approved swipes on one card within ten minutes (pattern state for the comparison; not counted).
+    sources: [{source}]
+    match: {{ status: approved }}
+    pattern: {{ window: {{ count: 5, within: 10m }} }}
+    channels: [push]
+    category: transactional
+    priority: high
+    template:
+      title: "streak"
+      body: "{{{{ pattern.count }}}} swipes on one card"
+"#,
+            source = s.topics.transactions
+        ),
+    )?;
     let mut i = s.spawn()?;
     s.ready(i).await?;
     s.start_load(RATE);
@@ -101,23 +122,31 @@ pub async fn kill9_state(opts: &Options, broker: &Broker, kills: usize) -> Resul
         s.topics.profiles.clone(),
     );
     let changelog = format!("{}.ledger-changelog", s.group);
+    let patterns = format!("{}.patterns-{}-changelog", s.group, s.topics.transactions);
     s.settle(secs(40), secs(240)).await;
     let mut report = s.finish().await?;
     let compared = tokio::task::spawn_blocking(move || {
         let profiles = state::compare_profiles(&state_dir, &bootstrap, &topic)?;
         let ledger = state::compare_ledger(&state_dir, &bootstrap, &changelog)?;
-        Ok::<_, String>((profiles, ledger))
+        let patterns = state::compare_mirror(&state_dir, &bootstrap, &patterns)?;
+        Ok::<_, String>((profiles, ledger, patterns))
     })
     .await
     .map_err(|e| e.to_string())?;
-    let ((users, differ), (keys, tail, ledger_differ)) = compared?;
+    let (
+        (users, differ),
+        (keys, tail, ledger_differ),
+        (pattern_keys, pattern_tail, pattern_differ),
+    ) = compared?;
     report.notes.push(format!(
-        "{kills} kills 1–6 s apart while {written} profile records were written; the profile table on disk against a rebuild from the topic: {users} users, {} differ; the send ledger on disk, brought up from its checkpoint ({tail} records past it), against a rebuild from its changelog: {keys} keys, {} differ",
+        "{kills} kills 1–6 s apart while {written} profile records were written; the profile table on disk against a rebuild from the topic: {users} users, {} differ; the send ledger on disk, brought up from its checkpoint ({tail} records past it), against a rebuild from its changelog: {keys} keys, {} differ; the pattern state's copy on disk, the same way ({pattern_tail} records past its checkpoint): {pattern_keys} keys, {} differ",
         differ.len(),
-        ledger_differ.len()
+        ledger_differ.len(),
+        pattern_differ.len()
     ));
     report.problems.extend(differ.into_iter().take(20));
     report.problems.extend(ledger_differ.into_iter().take(20));
+    report.problems.extend(pattern_differ.into_iter().take(20));
     Ok(report)
 }
 

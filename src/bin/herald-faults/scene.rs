@@ -144,6 +144,13 @@ impl Scene {
         })
     }
 
+    /// Adds a rule file every instance started from now on loads.
+    pub fn add_rules(&self, file: &str, yaml: &str) -> Result<(), String> {
+        let rules = self.dir.join("rules");
+        std::fs::create_dir_all(&rules).map_err(|e| e.to_string())?;
+        std::fs::write(rules.join(file), yaml).map_err(|e| e.to_string())
+    }
+
     /// The state directory every instance of the scene shares (a slot each).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("herald-state")

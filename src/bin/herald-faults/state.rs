@@ -201,3 +201,69 @@ pub fn compare_ledger(
     }
     Ok((newest.len(), restored.records, differ))
 }
+
+/// Compares a changelog's copy on disk (pattern state) with a rebuild
+/// from the whole changelog: brought up from its checkpoint as a restart
+/// does, every key's newest value must be the changelog's, and no key the
+/// changelog deleted may remain. Returns the keys compared, the records
+/// read past the checkpoint, and every difference.
+pub fn compare_mirror(
+    state_dir: &Path,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<(usize, usize, Vec<String>), String> {
+    use herald::state::mirror::{Mirror, FORMAT};
+    let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
+    let table = store
+        .sealed_table(&Mirror::table_name(topic), FORMAT)
+        .map_err(|e| e.to_string())?;
+    let read = tally::read_records(bootstrap, topic, Duration::from_secs(120))?;
+    if !read.complete {
+        return Err(format!("{topic} not read to its end within 120 s"));
+    }
+    let partitions: Vec<i32> = read.ends.keys().copied().collect();
+    let (recorder, _) = herald::outcome::Recorder::in_memory(String::new(), String::new());
+    let reader = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .clone();
+    let changelog =
+        herald::state::Changelog::new(topic.to_string(), recorder, reader).mirrored(table.clone());
+    let before = table.checkpoint().map_err(|e| e.to_string())?;
+    let restored = changelog
+        .restore_all(&partitions, Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    let tail: i64 = read
+        .ends
+        .iter()
+        .map(|(p, end)| end - before.get(p).copied().unwrap_or(0))
+        .sum();
+    let mut on_disk = std::collections::BTreeMap::new();
+    for (partition, changes) in restored {
+        for change in changes {
+            on_disk.insert((partition, change.key), change.value);
+        }
+    }
+    let mut rebuilt = std::collections::BTreeMap::new();
+    for (partition, _, key, value) in read.records {
+        let key = String::from_utf8_lossy(&key.unwrap_or_default()).to_string();
+        rebuilt.insert((partition, key), value);
+    }
+    on_disk.retain(|_, v| v.is_some());
+    rebuilt.retain(|_, v| v.is_some());
+    let mut differ = Vec::new();
+    for (key, value) in &rebuilt {
+        if on_disk.get(key) != Some(value) {
+            differ.push(format!(
+                "{key:?}: on disk differs from the changelog's newest"
+            ));
+        }
+    }
+    for key in on_disk.keys() {
+        if !rebuilt.contains_key(key) {
+            differ.push(format!(
+                "{key:?}: on disk, deleted or never in the changelog"
+            ));
+        }
+    }
+    Ok((rebuilt.len(), tail.max(0) as usize, differ))
+}

@@ -167,7 +167,8 @@ pub fn figures(
         let Ok(o) = serde_json::from_slice::<Value>(payload) else {
             continue;
         };
-        if o["source"]["topic"] != source {
+        // Only the counted rule's outcomes (a scenario may add others).
+        if o["source"]["topic"] != source || o["rule"] != "purchase-notice" {
             continue;
         }
         let at = (
