@@ -12,37 +12,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::outcome::{Pending, Recorder};
 
-/// One record of a changelog: a key and its newest value (`None`: deleted).
-#[derive(Debug, Clone)]
-pub struct Change {
-    pub key: String,
-    pub value: Option<Vec<u8>>,
-}
-
-/// Why a changelog partition could not be read back.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RestoreError {
-    #[error("changelog {topic}: its copy on disk: {source}")]
-    Disk {
-        topic: String,
-        #[source]
-        source: crate::store::StoreError,
-    },
-    #[error("changelog {topic}: {source}")]
-    Kafka {
-        topic: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
-    },
-    #[error("changelog {topic}[{partition}]: read {read} of {expected} records in {waited_s} s; the broker stopped answering")]
-    Incomplete {
-        topic: String,
-        partition: i32,
-        read: i64,
-        expected: i64,
-        waited_s: u64,
-    },
-}
+pub use super::change::{Change, RestoreError};
 
 /// A store's changelog: where its changes are written and read back from.
 /// Offline (rule tests, replays) it has no topic and writes nothing.
@@ -143,10 +113,7 @@ impl Changelog {
             return Ok(out);
         }
         if let Some(mirror) = &self.mirror {
-            let (changes, read) = mirror.restore(self, partitions, patience)?;
-            tracing::debug!(topic = %self.topic, ?read, "changelog copy on disk brought up to date");
-            out.extend(changes);
-            return Ok(out);
+            return self.restore_mirrored(mirror, partitions, patience);
         }
         let ranges: Vec<(i32, i64, i64)> = self
             .watermarks(partitions, patience)?
@@ -156,6 +123,43 @@ impl Changelog {
         self.read_ranges(&ranges, patience, |partition, _, change| {
             out.entry(partition).or_default().push(change)
         })?;
+        Ok(out)
+    }
+
+    /// [`Changelog::restore_all`] from the copy on disk: each partition's
+    /// rows, then the tail past its checkpoint (written to disk as it is
+    /// read); a partition without a usable checkpoint is cleared and read
+    /// from the start.
+    fn restore_mirrored(
+        &self,
+        mirror: &super::mirror::Mirror,
+        partitions: &[i32],
+        patience: Duration,
+    ) -> Result<HashMap<i32, Vec<Change>>, RestoreError> {
+        let disk = |source| RestoreError::Disk {
+            topic: self.topic.clone(),
+            source,
+        };
+        let watermarks = self.watermarks(partitions, patience)?;
+        let checkpoint = mirror.checkpoint().map_err(disk)?;
+        let mut out = HashMap::new();
+        let mut ranges = Vec::new();
+        for (&partition, &(low, high)) in &watermarks {
+            let (from, rows) = mirror
+                .start(partition, low, high, checkpoint.get(&partition).copied())
+                .map_err(disk)?;
+            out.insert(partition, rows);
+            ranges.push((partition, from, high));
+        }
+        let mut tail = mirror.tail();
+        self.read_ranges(&ranges, patience, |partition, offset, change| {
+            tail.add(partition, offset, &change);
+            out.entry(partition).or_default().push(change);
+        })?;
+        tail.commit().map_err(disk)?;
+        for (&partition, &(_, high)) in &watermarks {
+            mirror.follow(partition, high);
+        }
         Ok(out)
     }
 

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use super::changelog::{Change, Changelog, RestoreError};
+use super::change::{Change, RestoreError};
+use super::changelog::Changelog;
 use super::ledger_entry::{LedgerEntry, Restored, HORIZON_MS};
 use super::watermark::Watermarks;
 use crate::store::{StoreError, Table, TableBatch};

@@ -1,21 +1,23 @@
 //! A changelog's copy on local disk, per partition, with a checkpoint: a restore reads the rows from disk and only the tail of the changelog past the checkpoint (pattern state).
 //!
-//! Rows are `partition (4 bytes, big-endian) · changelog key` → the
-//! newest value; a tombstone removes the row. A change goes to disk once
+//! Rows are `partition (4 bytes, big-endian) · the changelog key blinded`
+//! → `the key's length (4 bytes) · the key · the newest value`, sealed by
+//! the table (a pattern key may be a card number); a tombstone removes the
+//! row. A change goes to disk once
 //! the broker has it, with the checkpoint [`Watermarks`] allows, so the disk
 //! is the changelog up to the checkpoint, plus some of what follows it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tracing::warn;
 
-use super::changelog::{Change, Changelog, RestoreError};
+use super::change::Change;
 use super::watermark::Watermarks;
 use crate::store::{StoreError, Table, TableBatch};
 
-/// The format of a mirror's rows; a table of another is rebuilt.
-pub const FORMAT: u32 = 1;
+/// The format of a mirror's rows (2: keys blinded); a table of another is
+/// rebuilt.
+pub const FORMAT: u32 = 2;
 
 /// One changelog's partitions on disk.
 pub struct Mirror {
@@ -23,28 +25,69 @@ pub struct Mirror {
     marks: Watermarks,
 }
 
-/// What a restore read, besides the changes it returns.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct MirrorRead {
-    /// Rows read from disk.
-    pub from_disk: usize,
-    /// Changelog records read past the checkpoints.
-    pub tail: usize,
-    /// Partitions read from their changelog's start.
-    pub rebuilt: usize,
+/// A tail of the changelog on its way to disk.
+pub struct Tail<'a> {
+    mirror: &'a Mirror,
+    batch: TableBatch,
+    failed: Option<StoreError>,
 }
 
-fn row(partition: i32, key: &str) -> Vec<u8> {
+impl Tail<'_> {
+    /// Adds the record at `offset` of `partition`.
+    pub fn add(&mut self, partition: i32, offset: i64, change: &Change) {
+        let table = &self.mirror.table;
+        put(
+            &mut self.batch,
+            table,
+            partition,
+            &change.key,
+            change.value.as_deref(),
+        );
+        self.batch.read_to(partition, offset + 1);
+        if self.batch.len() >= 4096 {
+            let full = std::mem::replace(&mut self.batch, table.batch());
+            if let Err(e) = full.commit() {
+                self.failed.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Writes what is left; the first failure, if any.
+    pub fn commit(self) -> Result<(), StoreError> {
+        match self.failed {
+            Some(e) => Err(e),
+            None => self.batch.commit(),
+        }
+    }
+}
+
+fn row(table: &Table, partition: i32, key: &str) -> Vec<u8> {
     let mut row = partition.to_be_bytes().to_vec();
-    row.extend_from_slice(key.as_bytes());
+    row.extend_from_slice(&table.blind(key.as_bytes()));
     row
 }
 
-fn put(batch: &mut TableBatch, partition: i32, key: &str, value: Option<&[u8]>) {
+fn put(batch: &mut TableBatch, table: &Table, partition: i32, key: &str, value: Option<&[u8]>) {
+    let row = row(table, partition, key);
     match value {
-        Some(v) => batch.put(&row(partition, key), v.to_vec()),
-        None => batch.delete(&row(partition, key)),
+        Some(v) => {
+            let mut stored = (key.len() as u32).to_be_bytes().to_vec();
+            stored.extend_from_slice(key.as_bytes());
+            stored.extend_from_slice(v);
+            batch.put(&row, stored);
+        }
+        None => batch.delete(&row),
     }
+}
+
+/// The changelog key and value a row holds.
+fn unpack(stored: &[u8]) -> Option<Change> {
+    let len = u32::from_be_bytes(stored.get(..4)?.try_into().ok()?) as usize;
+    let key = stored.get(4..4 + len)?;
+    Some(Change {
+        key: String::from_utf8_lossy(key).into_owned(),
+        value: Some(stored[4 + len..].to_vec()),
+    })
 }
 
 impl Mirror {
@@ -87,7 +130,7 @@ impl Mirror {
     ) {
         loop {
             let mut batch = self.table.batch();
-            put(&mut batch, partition, key, value);
+            put(&mut batch, &self.table, partition, key, value);
             match self.marks.settle(partition, seq, offset, batch) {
                 Ok(()) => return,
                 Err(e) => {
@@ -98,74 +141,59 @@ impl Mirror {
         }
     }
 
-    /// Every row of `partitions`, from disk and from the changelog past
-    /// their checkpoints (the tail is written to disk as it is read), as
-    /// changes: a key's newest last.
-    pub fn restore(
+    /// The checkpoint, without partitions too old to trust
+    /// ([`Table::fresh_checkpoint`]).
+    pub fn checkpoint(&self) -> Result<crate::store::Checkpoint, StoreError> {
+        self.table.fresh_checkpoint()
+    }
+
+    /// Where to read `partition`'s changelog (whose records are `low..high`)
+    /// from, and its rows on disk: from `checkpoint` with the rows, when it
+    /// is within the changelog; else from `low`, the partition cleared.
+    pub fn start(
         &self,
-        changelog: &Changelog,
-        partitions: &[i32],
-        patience: Duration,
-    ) -> Result<(HashMap<i32, Vec<Change>>, MirrorRead), RestoreError> {
-        let disk = |source| RestoreError::Disk {
-            topic: changelog.topic.clone(),
-            source,
-        };
-        let mut out: HashMap<i32, Vec<Change>> = HashMap::new();
-        let mut read = MirrorRead::default();
-        let checkpoint = self.table.fresh_checkpoint().map_err(disk)?;
-        let watermarks = changelog.watermarks(partitions, patience)?;
-        let mut ranges = Vec::new();
-        for (&partition, &(low, high)) in &watermarks {
-            let changes = out.entry(partition).or_default();
-            let from = match checkpoint.get(&partition) {
-                Some(&next) if (low..=high).contains(&next) => {
-                    let rows = self.table.scan(&partition.to_be_bytes()).map_err(disk)?;
-                    for (key, value) in rows {
-                        changes.push(Change {
-                            key: String::from_utf8_lossy(&key[4..]).into_owned(),
-                            value: Some(value.to_vec()),
-                        });
-                    }
-                    read.from_disk += changes.len();
-                    next
-                }
-                found => {
-                    if found.is_some() {
-                        warn!(
-                            table = self.table.name(),
-                            partition, "checkpoint outside its changelog; rebuilding the partition"
-                        );
-                    }
-                    self.clear(partition, low).map_err(disk)?;
-                    read.rebuilt += 1;
-                    low
-                }
-            };
-            ranges.push((partition, from, high));
-        }
-        let mut batch = self.table.batch();
-        let mut failed = None;
-        changelog.read_ranges(&ranges, patience, |partition, offset, change| {
-            read.tail += 1;
-            put(&mut batch, partition, &change.key, change.value.as_deref());
-            batch.read_to(partition, offset + 1);
-            if batch.len() >= 4096 {
-                let full = std::mem::replace(&mut batch, self.table.batch());
-                if let Err(e) = full.commit() {
-                    failed.get_or_insert(e);
-                }
+        partition: i32,
+        low: i64,
+        high: i64,
+        checkpoint: Option<i64>,
+    ) -> Result<(i64, Vec<Change>), StoreError> {
+        match checkpoint {
+            Some(next) if (low..=high).contains(&next) => {
+                let rows = self.table.scan(&partition.to_be_bytes())?;
+                Ok((
+                    next,
+                    rows.iter()
+                        .filter_map(|(_, stored)| unpack(stored))
+                        .collect(),
+                ))
             }
-            out.entry(partition).or_default().push(change);
-        })?;
-        if let Some(e) = failed {
-            return Err(disk(e));
+            found => {
+                if found.is_some() {
+                    warn!(
+                        table = self.table.name(),
+                        partition, "checkpoint outside its changelog; rebuilding the partition"
+                    );
+                }
+                self.clear(partition, low)?;
+                Ok((low, Vec::new()))
+            }
         }
-        batch.commit().map_err(disk)?;
-        for (&partition, &(_, high)) in &watermarks {
-            self.marks.follow(partition, high);
+    }
+
+    /// A changelog tail being written to disk, in batches with the offsets
+    /// they bring their partitions to.
+    pub fn tail(&self) -> Tail<'_> {
+        Tail {
+            mirror: self,
+            batch: self.table.batch(),
+            failed: None,
         }
-        Ok((out, read))
+    }
+
+    /// From now on, checkpoints `partition`, whose rows follow its
+    /// changelog up to `end` (excluded).
+    pub fn follow(&self, partition: i32, end: i64) {
+        self.marks.follow(partition, end);
     }
 
     /// Removes a partition's rows; its checkpoint becomes `next`.

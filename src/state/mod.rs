@@ -16,6 +16,7 @@
 //! rebalance callback, before the consumer hands out any record of the
 //! partition, and dropped when the partition is revoked.
 
+pub mod change;
 pub mod changelog;
 pub mod intent;
 pub mod ledger;

@@ -282,6 +282,11 @@ impl Table {
         }
     }
 
+    /// `key` blinded under the state key ([`Sealer::blind`]).
+    pub fn blind(&self, key: &[u8]) -> [u8; 16] {
+        self.store.sealer.blind(key)
+    }
+
     /// The table's name.
     pub fn name(&self) -> &str {
         &self.name

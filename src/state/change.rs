@@ -1,0 +1,33 @@
+//! One change of a changelog as read back, and why a changelog could not be read back.
+
+/// One record of a changelog: a key and its newest value (`None`: deleted).
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Why a changelog partition could not be read back.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RestoreError {
+    #[error("changelog {topic}: its copy on disk: {source}")]
+    Disk {
+        topic: String,
+        #[source]
+        source: crate::store::StoreError,
+    },
+    #[error("changelog {topic}: {source}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("changelog {topic}[{partition}]: read {read} of {expected} records in {waited_s} s; the broker stopped answering")]
+    Incomplete {
+        topic: String,
+        partition: i32,
+        read: i64,
+        expected: i64,
+        waited_s: u64,
+    },
+}
