@@ -304,12 +304,23 @@ impl Table {
     /// The rows whose key starts with `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(fjall::Slice, Value)>, StoreError> {
         let mut rows = Vec::new();
+        self.for_each(prefix, |key, value| rows.push((key, value)))?;
+        Ok(rows)
+    }
+
+    /// Hands each row whose key starts with `prefix` to `f`, in key order,
+    /// without collecting them.
+    pub fn for_each(
+        &self,
+        prefix: &[u8],
+        mut f: impl FnMut(fjall::Slice, Value),
+    ) -> Result<(), StoreError> {
         for kv in self.data.prefix(prefix) {
             let (key, value) = kv.into_inner().map_err(|e| self.io(e))?;
             let value = self.opened(&key, value)?;
-            rows.push((key, value));
+            f(key, value);
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// The keys that start with `prefix`.
