@@ -31,10 +31,12 @@ fn key(i: usize) -> String {
 }
 
 fn bench_ledger(c: &mut Criterion) {
+    // Under `cargo test` (no `--bench`), a quick pass over a small ledger.
+    let benching = std::env::args().any(|a| a == "--bench");
     let keys: usize = std::env::var("HERALD_BENCH_KEYS")
         .ok()
         .and_then(|k| k.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(if benching { 1_000_000 } else { 2_000 });
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let store = herald::store::Store::temporary(256 << 20).unwrap();
     let table = store

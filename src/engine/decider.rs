@@ -775,8 +775,8 @@ impl Decider {
         self.emit_ledger_size();
     }
 
-    /// Removes the ledger's entries past their horizon (a scan of the
-    /// table, off the runtime's threads).
+    /// Removes the ledger's entries past their horizon, hourly (a scan of
+    /// the table, off the runtime's threads).
     pub(super) async fn sweep(self: &Arc<Self>) {
         let decider = Arc::clone(self);
         let _ = tokio::task::spawn_blocking(move || {

@@ -41,7 +41,14 @@ pub struct SendLedger {
     partitions: i32,
     changelog: Changelog,
     rows: Rows,
+    /// When the last sweep ran (epoch ms; `i64::MIN`: none yet).
+    swept_ms: std::sync::atomic::AtomicI64,
 }
+
+/// How often the entries past the horizon are removed: a sweep reads the
+/// whole table, and an entry a little past eight days harms nothing (caps
+/// count by time).
+pub const SWEEP_EVERY_MS: i64 = 3_600_000;
 
 /// Where the entries are.
 enum Rows {
@@ -65,6 +72,7 @@ impl SendLedger {
             partitions: partitions.max(1),
             changelog,
             rows,
+            swept_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -170,8 +178,23 @@ impl SendLedger {
         }
     }
 
-    /// Forgets entries past the horizon; returns how many.
+    /// Forgets entries past the horizon, at most every [`SWEEP_EVERY_MS`]
+    /// (the first call only starts the clock); returns how many.
     pub fn sweep(&self, now_ms: i64) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.swept_ms.load(Relaxed);
+        if last == i64::MIN {
+            self.swept_ms.store(now_ms, Relaxed);
+            return 0;
+        }
+        if now_ms - last < SWEEP_EVERY_MS
+            || self
+                .swept_ms
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_err()
+        {
+            return 0;
+        }
         match &self.rows {
             Rows::Disk(disk) => disk.sweep(now_ms).unwrap_or_else(|e| {
                 warn!(error = %e, "send-ledger sweep failed; retried at the next");
