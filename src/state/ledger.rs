@@ -276,11 +276,14 @@ mod tests {
         l.record("j/push", entry("v", LedgerStatus::Sent, 9));
         let at: Vec<i64> = l.sends_of("u", 1).iter().map(|s| s.at_ms).collect();
         assert_eq!(at, [2, 4, 9], "sent and attempted, since 1, oldest first");
+        assert_eq!(l.sweep(0), 0, "the first call starts the clock");
         assert_eq!(
             l.sweep(HORIZON_MS + 5),
             5,
             "entries at 0..=4 are past the horizon"
         );
         assert_eq!(l.len(), 3);
+        l.record("old/push", entry("w", LedgerStatus::Sent, 0));
+        assert_eq!(l.sweep(HORIZON_MS + 6), 0, "not again within the hour");
     }
 }
