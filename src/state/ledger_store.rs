@@ -220,6 +220,9 @@ impl DiskLedger {
         patience: Duration,
     ) -> Result<Restored, LedgerRestoreError> {
         let mut restored = Restored::default();
+        // Not `fresh_checkpoint`: the ledger never deletes a key (entries
+        // age out), so an old checkpoint misses no tombstone; one the
+        // changelog has deleted past is outside it and rebuilds.
         let checkpoint = self.table.checkpoint()?;
         let watermarks = changelog.watermarks(partitions, patience)?;
         let mut ranges = Vec::new();
