@@ -107,7 +107,9 @@ impl Decider {
         d: &mut Decided,
     ) -> Option<Suppression> {
         let key = d.ledger_key.as_deref().unwrap_or_default();
-        let settled = match self.ledger.seen(&job.event.user, key) {
+        // One read of the ledger (on disk in service) for both questions.
+        let known = self.ledger.entry(&job.event.user, key);
+        let settled = match Seen::of(known.as_ref()) {
             Seen::New => return None,
             Seen::Held if job.release => return None,
             // A redelivered intent (a restart, a rebalance, a replayed
@@ -128,9 +130,9 @@ impl Decider {
                 Suppression::UnknownAfterCrash
             }
         };
-        d.outcome.idempotency_key = self
-            .ledger
-            .idempotency_key(&job.event.user, key)
+        d.outcome.idempotency_key = known
+            .map(|e| e.idempotency_key)
+            .filter(|k| !k.is_empty())
             .unwrap_or_default();
         if settled == Suppression::Duplicate {
             d.ledger_key = None;

@@ -36,6 +36,18 @@ pub enum Seen {
     InFlight,
 }
 
+impl Seen {
+    /// What `entry` (the ledger's, if any) says of its intent.
+    pub fn of(entry: Option<&LedgerEntry>) -> Seen {
+        match entry.map(|e| e.status) {
+            None => Seen::New,
+            Some(LedgerStatus::Attempted) => Seen::InFlight,
+            Some(LedgerStatus::Held) => Seen::Held,
+            Some(s) => Seen::Decided(s),
+        }
+    }
+}
+
 /// The ledger of the intents partitions this instance owns.
 pub struct SendLedger {
     partitions: i32,
@@ -99,21 +111,9 @@ impl SendLedger {
         }
     }
 
-    /// The idempotency key recorded for `key` of `user`, if any.
-    pub fn idempotency_key(&self, user: &str, key: &str) -> Option<Arc<str>> {
-        self.entry(user, key)
-            .map(|e| e.idempotency_key)
-            .filter(|k| !k.is_empty())
-    }
-
     /// What is known of `key` (intent id and channel) of `user`.
     pub fn seen(&self, user: &str, key: &str) -> Seen {
-        match self.entry(user, key).map(|e| e.status) {
-            None => Seen::New,
-            Some(LedgerStatus::Attempted) => Seen::InFlight,
-            Some(LedgerStatus::Held) => Seen::Held,
-            Some(s) => Seen::Decided(s),
-        }
+        Seen::of(self.entry(user, key).as_ref())
     }
 
     /// Records a decision; the returned write resolves once the changelog has

@@ -176,15 +176,10 @@ impl DiskLedger {
         entry: &LedgerEntry,
         offset: i64,
     ) {
-        loop {
-            match self.apply(partition, key, seq, entry, offset) {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(error = %e, "send-ledger entry cannot be written to the state store; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
+        Table::until_written("send-ledger entry", || {
+            self.apply(partition, key, seq, entry, offset)
+        })
+        .await;
     }
 
     fn apply(
@@ -236,7 +231,7 @@ impl DiskLedger {
                             "send-ledger checkpoint outside its changelog; rebuilding the partition"
                         );
                     }
-                    self.clear(partition, low)?;
+                    self.table.clear_partition(partition, low)?;
                     restored.rebuilt += 1;
                     low
                 }
@@ -265,19 +260,6 @@ impl DiskLedger {
 
     fn follow(&self, partition: i32, end: i64) {
         self.marks.follow(partition, end);
-    }
-
-    /// Removes a partition's rows; its checkpoint becomes `next`.
-    fn clear(&self, partition: i32, next: i64) -> Result<(), StoreError> {
-        let mut batch = self.table.batch();
-        for key in self.table.keys(&partition.to_be_bytes())? {
-            batch.delete(&key);
-            if batch.len() >= 4096 {
-                std::mem::replace(&mut batch, self.table.batch()).commit()?;
-            }
-        }
-        batch.read_to(partition, next);
-        batch.commit()
     }
 
     /// Stops following a revoked partition (its rows stay, behind its

@@ -7,8 +7,6 @@
 //! the broker has it, with the checkpoint [`Watermarks`] allows, so the disk
 //! is the changelog up to the checkpoint, plus some of what follows it.
 
-use std::time::Duration;
-
 use tracing::warn;
 
 use super::change::Change;
@@ -128,17 +126,12 @@ impl Mirror {
         seq: u64,
         offset: i64,
     ) {
-        loop {
+        Table::until_written(self.table.name(), || {
             let mut batch = self.table.batch();
             put(&mut batch, &self.table, partition, key, value);
-            match self.marks.settle(partition, seq, offset, batch) {
-                Ok(()) => return,
-                Err(e) => {
-                    warn!(table = self.table.name(), error = %e, "changelog copy cannot be written to the state store; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
+            self.marks.settle(partition, seq, offset, batch)
+        })
+        .await;
     }
 
     /// The checkpoint, without partitions too old to trust
@@ -174,7 +167,7 @@ impl Mirror {
                         partition, "checkpoint outside its changelog; rebuilding the partition"
                     );
                 }
-                self.clear(partition, low)?;
+                self.table.clear_partition(partition, low)?;
                 Ok((low, Vec::new()))
             }
         }
@@ -194,19 +187,6 @@ impl Mirror {
     /// changelog up to `end` (excluded).
     pub fn follow(&self, partition: i32, end: i64) {
         self.marks.follow(partition, end);
-    }
-
-    /// Removes a partition's rows; its checkpoint becomes `next`.
-    fn clear(&self, partition: i32, next: i64) -> Result<(), StoreError> {
-        let mut batch = self.table.batch();
-        for key in self.table.keys(&partition.to_be_bytes())? {
-            batch.delete(&key);
-            if batch.len() >= 4096 {
-                std::mem::replace(&mut batch, self.table.batch()).commit()?;
-            }
-        }
-        batch.read_to(partition, next);
-        batch.commit()
     }
 
     /// Stops following a revoked partition. Its rows and checkpoint stay:

@@ -423,6 +423,31 @@ impl Table {
         Ok(checkpoint)
     }
 
+    /// Removes the rows of `partition` (those whose key starts with its
+    /// four big-endian bytes), in batches, and sets its checkpoint to `next`
+    /// with the last: a partition read again from `next`.
+    pub fn clear_partition(&self, partition: i32, next: i64) -> Result<(), StoreError> {
+        let mut batch = self.batch();
+        for key in self.keys(&partition.to_be_bytes())? {
+            batch.delete(&key);
+            if batch.len() >= 4096 {
+                std::mem::replace(&mut batch, self.batch()).commit()?;
+            }
+        }
+        batch.read_to(partition, next);
+        batch.commit()
+    }
+
+    /// Runs `write` until it succeeds, every second, with a warning naming
+    /// `what` (the store's fault is on `/readyz` meanwhile): its caller
+    /// waits, so nothing after it is taken as done.
+    pub async fn until_written(what: &str, mut write: impl FnMut() -> Result<(), StoreError>) {
+        while let Err(e) = write() {
+            warn!(error = %e, "{what} cannot be written to the state store; retrying");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
     /// Empties the table and forgets its checkpoint: it is read again from
     /// the topic's start.
     pub fn clear(&self) -> Result<(), StoreError> {

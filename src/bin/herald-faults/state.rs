@@ -87,10 +87,7 @@ pub fn compare_profiles(
         .map_err(|e| e.to_string())?;
     let checkpoint = table.checkpoint().map_err(|e| e.to_string())?;
     let disk = ProfileTable::on_disk(table, 1_000);
-    let read = tally::read_records(bootstrap, topic, Duration::from_secs(120))?;
-    if !read.complete {
-        return Err(format!("{topic} not read to its end within 120 s"));
-    }
+    let read = read_whole(bootstrap, topic)?;
     let (records, ends) = (read.records, read.ends);
     let rebuilt = ProfileTable::new();
     let metrics = herald::metrics::Metrics::new();
@@ -128,6 +125,24 @@ pub fn compare_profiles(
     Ok((users.len(), differ))
 }
 
+/// The whole of `topic`, read to its end (an error when it cannot be).
+fn read_whole(bootstrap: &str, topic: &str) -> Result<tally::ReadBack, String> {
+    let read = tally::read_records(bootstrap, topic, Duration::from_secs(120))?;
+    match read.complete {
+        true => Ok(read),
+        false => Err(format!("{topic} not read to its end within 120 s")),
+    }
+}
+
+/// A changelog on `topic` as herald restores it, writing nowhere.
+fn changelog_of(bootstrap: &str, topic: &str) -> herald::state::Changelog {
+    let (recorder, _) = herald::outcome::Recorder::in_memory(String::new(), String::new());
+    let reader = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .clone();
+    herald::state::Changelog::new(topic.to_string(), recorder, reader)
+}
+
 /// Compares the send ledger herald left in `state_dir` (its first slot)
 /// with one rebuilt from its whole changelog: the ledger on disk is first
 /// brought up to the changelog's end from its checkpoint, as a restart
@@ -139,23 +154,16 @@ pub fn compare_ledger(
     bootstrap: &str,
     topic: &str,
 ) -> Result<(usize, usize, Vec<String>), String> {
-    use herald::state::{Changelog, LedgerEntry, SendLedger};
+    use herald::state::{LedgerEntry, SendLedger};
     let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
     let table = store
         .table("ledger", herald::state::ledger_store::FORMAT)
         .map_err(|e| e.to_string())?;
-    let read = tally::read_records(bootstrap, topic, Duration::from_secs(120))?;
-    if !read.complete {
-        return Err(format!("{topic} not read to its end within 120 s"));
-    }
+    let read = read_whole(bootstrap, topic)?;
     let partitions: Vec<i32> = read.ends.keys().copied().collect();
-    let (recorder, _) = herald::outcome::Recorder::in_memory(String::new(), String::new());
-    let reader = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .clone();
     let ledger = SendLedger::new(
         partitions.len() as i32,
-        Changelog::new(topic.to_string(), recorder, reader),
+        changelog_of(bootstrap, topic),
         Some(table.clone()),
     );
     let restored = ledger
@@ -217,17 +225,9 @@ pub fn compare_mirror(
     let table = store
         .sealed_table(&Mirror::table_name(topic), FORMAT)
         .map_err(|e| e.to_string())?;
-    let read = tally::read_records(bootstrap, topic, Duration::from_secs(120))?;
-    if !read.complete {
-        return Err(format!("{topic} not read to its end within 120 s"));
-    }
+    let read = read_whole(bootstrap, topic)?;
     let partitions: Vec<i32> = read.ends.keys().copied().collect();
-    let (recorder, _) = herald::outcome::Recorder::in_memory(String::new(), String::new());
-    let reader = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .clone();
-    let changelog =
-        herald::state::Changelog::new(topic.to_string(), recorder, reader).mirrored(table.clone());
+    let changelog = changelog_of(bootstrap, topic).mirrored(table.clone());
     let before = table.checkpoint().map_err(|e| e.to_string())?;
     let restored = changelog
         .restore_all(&partitions, Duration::from_secs(60))
