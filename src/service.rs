@@ -98,7 +98,16 @@ impl Running {
 /// an error, after stopping, when the instance could not go on (a fatal
 /// consumer error), so the process exits non-zero and is restarted.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let running = start(config).await?;
+    tokio::pin!(shutdown);
+    // Start-up may wait (a state directory that will not open); a signal
+    // meanwhile ends it, with nothing consumed yet.
+    let running = tokio::select! {
+        running = start(config) => running?,
+        _ = &mut shutdown => {
+            info!("stopped during start-up");
+            return Ok(());
+        }
+    };
     let fatal = tokio::select! {
         _ = shutdown => None,
         reason = running.failed() => Some(reason),
@@ -158,8 +167,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         recorder.clone(),
         metrics.twilio_webhooks.clone(),
     );
-    let store = crate::store::Store::open(&config.state.dir, config.state.block_cache_mb << 20)
-        .map_err(|e| Error::Fatal(e.to_string()))?;
+    let store = open_store(&config).await?;
     let instance_id = kafka::instance_id(&config.kafka, store.slot());
     info!(dir = %store.dir().display(), instance_id = instance_id.as_deref().unwrap_or("(dynamic membership)"), "state store open");
     if let crate::store::KeySource::File(path) = store.key_source() {
@@ -253,6 +261,13 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         shutdown_rx.clone(),
     )));
 
+    let restart = Arc::clone(&health);
+    background.push(tokio::spawn(crate::store::watch::watch_disk(
+        store.clone(),
+        move |reason| restart.set_fatal(reason),
+        shutdown_rx.clone(),
+    )));
+
     let table = Arc::clone(&profiles);
     let state_loaded = Arc::clone(&feedback);
     let parts = crate::engine::Parts {
@@ -332,6 +347,56 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         consumer: consumer_task,
         background,
     })
+}
+
+/// Opens the state store. While it will not open — a full, read-only or
+/// missing disk — serves `/readyz` 503 with the reason and tries again every
+/// two seconds: the operator sees why, and the instance starts once the disk
+/// is fixed, with no restart loop.
+async fn open_store(config: &Config) -> Result<crate::store::Store, Error> {
+    let (dir, cache) = (config.state.dir.clone(), config.state.block_cache_mb << 20);
+    let open = move || crate::store::Store::open(&dir, cache);
+    let not_opened = |e: crate::store::StoreError| format!("the state store cannot be opened: {e}");
+    let first = match open() {
+        Ok(store) => return Ok(store),
+        Err(e) => not_opened(e),
+    };
+    warn!(error = %first, "waiting for the state directory; /readyz says why; trying again every 2 s");
+    let listener = admin::bind(config.admin.listen)
+        .await
+        .map_err(|source| Error::Admin {
+            addr: config.admin.listen,
+            source,
+        })?;
+    let reason = Arc::new(std::sync::Mutex::new(first));
+    let mut page = AbortOnDrop(tokio::spawn(admin::serve_not_ready(
+        listener,
+        Arc::clone(&reason),
+    )));
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let open = open.clone();
+        match tokio::task::spawn_blocking(open).await {
+            Ok(Ok(store)) => {
+                // The listener is free again before the admin endpoints bind it.
+                page.0.abort();
+                let _ = (&mut page.0).await;
+                info!("state store open after waiting for its directory");
+                return Ok(store);
+            }
+            Ok(Err(e)) => *reason.lock().unwrap_or_else(|p| p.into_inner()) = not_opened(e),
+            Err(e) => return Err(Error::Fatal(e.to_string())),
+        }
+    }
+}
+
+/// A task aborted when its handle is dropped (start-up cancelled by a signal).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Creates herald's internal topics when missing: the intents topic, and

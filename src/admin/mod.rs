@@ -45,6 +45,23 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Serves what an instance that cannot start yet can say: `/healthz` ok,
+/// and `/readyz` (and every other path) 503 with the current `reason`, until
+/// the task is aborted.
+pub async fn serve_not_ready(listener: TcpListener, reason: Arc<std::sync::Mutex<String>>) {
+    let answer = move || {
+        let reason = reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        async move {
+            let body = json!({ "ready": false, "not_ready": [reason] });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+        }
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(answer);
+    let _ = axum::serve(listener, app).await;
+}
+
 /// Serves the admin endpoints until `shutdown` changes.
 pub async fn serve(
     listener: TcpListener,
@@ -118,8 +135,13 @@ fn readiness(state: &AdminState) -> serde_json::Value {
         }
         not_ready.push(reason);
     }
-    if let Some(fault) = state.store.as_ref().and_then(|s| s.fault()) {
-        not_ready.push(format!("the state store cannot be written: {fault}"));
+    if let Some(store) = &state.store {
+        if let Some(fault) = store.fault() {
+            not_ready.push(format!(
+                "the state directory {} cannot be written: {fault}",
+                store.dir().display()
+            ));
+        }
     }
     if !feedback {
         not_ready.push("the feedback topic is still being read".to_string());

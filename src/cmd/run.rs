@@ -11,10 +11,13 @@ use super::{init_logging, runtime, Failure, Outcome};
 pub fn run(config_path: &Path) -> Outcome {
     let config = Config::load(config_path).map_err(Failure::input)?;
     init_logging("info,rdkafka=warn", config.log.format);
-    runtime()?
-        .block_on(herald::run(config, shutdown_signal()))
-        .map(|()| ExitCode::SUCCESS)
-        .map_err(Failure::run)
+    let runtime = runtime()?;
+    let result = runtime.block_on(herald::run(config, shutdown_signal()));
+    // `herald::run` has stopped every stage within its grace; a blocking
+    // call still running (a write waiting on a broken disk, a client call
+    // on a frozen broker) must not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result.map(|()| ExitCode::SUCCESS).map_err(Failure::run)
 }
 
 async fn shutdown_signal() {

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use tracing::warn;
 
 pub mod seal;
+pub mod watch;
 
 pub use seal::{KeySource, Sealer};
 
@@ -111,11 +112,15 @@ impl Store {
 
     fn open_with(dir: &Path, cache_bytes: u64, sealer: Sealer) -> Result<Store, StoreError> {
         const SLOTS: u32 = 16;
-        let failed = |e: &dyn std::fmt::Display| StoreError::Open {
+        let failed = |e: &fjall::Error| StoreError::Open {
+            dir: dir.to_owned(),
+            detail: explain(e),
+        };
+        let io_failed = |e: std::io::Error| StoreError::Open {
             dir: dir.to_owned(),
             detail: e.to_string(),
         };
-        std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+        std::fs::create_dir_all(dir).map_err(io_failed)?;
         for slot in 1..=SLOTS {
             let path = dir.join(format!("instance-{slot}"));
             let open = || {
@@ -126,11 +131,14 @@ impl Store {
             let db = match open() {
                 Ok(db) => db,
                 Err(fjall::Error::Locked) => continue,
+                // A full, read-only or missing disk: the store is not
+                // damaged; opening it again later may succeed.
+                Err(e) if is_io(&e) => return Err(failed(&e)),
                 Err(e) => {
                     let aside =
                         dir.join(format!("instance-{slot}.unusable-{}", std::process::id()));
                     warn!(dir = %path.display(), error = %e, moved_to = %aside.display(), "state store will not open; starting it empty, to be rebuilt from Kafka");
-                    std::fs::rename(&path, &aside).map_err(|e| failed(&e))?;
+                    std::fs::rename(&path, &aside).map_err(io_failed)?;
                     open().map_err(|e| failed(&e))?
                 }
             };
@@ -147,9 +155,10 @@ impl Store {
                 removal: None,
             });
         }
-        Err(failed(&format_args!(
-            "all {SLOTS} instance slots are in use by running instances"
-        )))
+        Err(StoreError::Open {
+            dir: dir.to_owned(),
+            detail: format!("all {SLOTS} instance slots are in use by running instances"),
+        })
     }
 
     /// A store in a fresh temporary directory, removed when its last handle
@@ -252,9 +261,39 @@ impl Store {
         let mut fault = self.fault.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(()) => *fault = None,
+            // fjall refuses every write after a failed one ("poisoned"):
+            // the first error is the one that says why.
+            Err(_) if fault.is_some() => {}
             Err(e) => *fault = Some(e.clone()),
         }
         result
+    }
+}
+
+/// The file system's error under a fjall error (full, read-only, missing),
+/// rather than one about what fjall found in its files.
+fn io_error(e: &fjall::Error) -> Option<&std::io::Error> {
+    match e {
+        fjall::Error::Io(e) | fjall::Error::Storage(fjall::LsmError::Io(e)) => Some(e),
+        _ => None,
+    }
+}
+
+fn is_io(e: &fjall::Error) -> bool {
+    io_error(e).is_some()
+}
+
+/// An error as an operator reads it: a fjall error that comes from the file
+/// system as the system's own words ("No space left on device (os error
+/// 28)"), not fjall's debug form.
+fn explain<E: std::fmt::Display + 'static>(e: &E) -> String {
+    let any: &dyn std::any::Any = e;
+    match any.downcast_ref::<fjall::Error>().and_then(io_error) {
+        Some(io) => io.to_string(),
+        None if matches!(any.downcast_ref(), Some(fjall::Error::Poisoned)) => {
+            "the store refuses writes after an earlier failed one".into()
+        }
+        None => e.to_string(),
     }
 }
 
@@ -275,10 +314,10 @@ impl Table {
         key
     }
 
-    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+    fn io(&self, e: impl std::fmt::Display + 'static) -> StoreError {
         StoreError::Io {
             table: self.name.clone(),
-            detail: e.to_string(),
+            detail: explain(&e),
         }
     }
 
@@ -442,8 +481,24 @@ impl Table {
     /// `what` (the store's fault is on `/readyz` meanwhile): its caller
     /// waits, so nothing after it is taken as done.
     pub async fn until_written(what: &str, mut write: impl FnMut() -> Result<(), StoreError>) {
+        /// When the last warning was logged: one every ten seconds for all
+        /// waiting writers together, not one per write.
+        static WARNED_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
         while let Err(e) = write() {
-            warn!(error = %e, "{what} cannot be written to the state store; retrying");
+            let now = crate::util::now_ms();
+            let last = WARNED_MS.load(std::sync::atomic::Ordering::Relaxed);
+            if now - last >= 10_000
+                && WARNED_MS
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                warn!(error = %e, "{what} cannot be written to the state store; every write retries each second (this warning repeats every 10 s)");
+            }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }

@@ -7,6 +7,7 @@
 //! Run it with `scripts/faults.sh` (full; writes RELIABILITY.md) or
 //! `scripts/faults.sh --short` (what CI runs).
 
+mod disk;
 mod load;
 mod scenarios;
 mod scene;
@@ -107,6 +108,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         "provider-down",
         "provider-flaky",
         "hostile",
+        "disk",
     ];
     if single.iter().any(|s| wanted(opts, s)) {
         let broker = tokio::task::block_in_place(|| Broker::single(&opts.root))?;
@@ -145,6 +147,9 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         if step("provider-flaky") {
             reports
                 .push(scenarios::provider_flaky(opts, &broker, if short { 15 } else { 45 }).await?);
+        }
+        if !short && step("disk") {
+            reports.push(disk::disk(opts, &broker, 20).await?);
         }
         if step("broker-freeze") {
             reports.push(scenarios::freeze(opts, &broker, if short { 20 } else { 60 }).await?);

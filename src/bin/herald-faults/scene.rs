@@ -256,6 +256,32 @@ impl Scene {
             .count()
     }
 
+    /// The first `/readyz` 503 at or after `since_ms` whose reasons contain
+    /// `containing`, waited for up to `limit`: when, and the reasons.
+    pub async fn not_ready_since(
+        &self,
+        since_ms: i64,
+        containing: &str,
+        limit: Duration,
+    ) -> Option<(i64, String)> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let found = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(at, _, status, _)| *at >= since_ms && *status == 503)
+                .map(|(at, _, _, body)| (*at, reasons(body)))
+                .find(|(_, reasons)| reasons.contains(containing));
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        None
+    }
+
     /// Waits until every valid event was sent or has a final outcome, or
     /// nothing changed for `quiet`, or `limit` passed.
     pub async fn settle(&self, quiet: Duration, limit: Duration) {
