@@ -6,6 +6,10 @@
 #!
 #!   scripts/state-scale.sh N        (the broker must run: scripts/broker.sh start)
 #!
+#! With HERALD_SCALE_FEEDBACK=M, M `herald_sent` records (a day of sends, a
+#! third of them SMS) are published to the feedback topic first: the first
+#! start reads them into the feedback table, a restart only its tail.
+#!
 #! Uses target/release/herald (cargo build --release first); CARGO_TARGET_DIR honoured.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +31,25 @@ started=$(date +%s.%N)
 "$BIN" simulate --brokers "$BROKERS" --users "$N" --sites 0 --count 0 --duration 0 \
   --profiles-topic "$PROFILES" --transactions-topic "$SOURCE" >/dev/null
 echo "published $N profiles in $(echo "$(date +%s.%N) - $started" | bc) s"
+
+FEEDBACK_RECORDS="${HERALD_SCALE_FEEDBACK:-0}"
+if [ "$FEEDBACK_RECORDS" -gt 0 ]; then
+  JARS="${HERALD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald}/kafka-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/scripts/kafka/pom.xml")/jars"
+  started=$(date +%s.%N)
+  python3 - "$FEEDBACK_RECORDS" <<'PY' | java -Xmx512m -cp "$JARS/*" org.apache.kafka.tools.ConsoleProducer \
+      --bootstrap-server "$BROKERS" --topic "scale-feedback-$SUFFIX" \
+      --producer-property linger.ms=20 --producer-property batch.size=262144 >/dev/null
+import hashlib, json, sys, time
+m = int(sys.argv[1]); now = int(time.time() * 1000)
+for i in range(m):
+    sms = i % 3 == 0
+    phone = hashlib.sha256(f"+1415555{i % 10000:04d}".encode()).hexdigest() if sms else None
+    print(json.dumps({"type": "herald_sent", "user": f"u{i % 1000000}", "rule": "purchase-notice",
+        "key": f"card-{i}", "idempotency_key": f"{i:016x}", "channel": "sms" if sms else "push",
+        "time": now - (m - i) * 86_400_000 // m, "phone_sha256": phone}))
+PY
+  echo "published $FEEDBACK_RECORDS herald_sent records in $(echo "$(date +%s.%N) - $started" | bc) s"
+fi
 
 mkdir -p "$WORK/rules"
 cat > "$WORK/herald.toml" <<EOF

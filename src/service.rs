@@ -185,11 +185,17 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     if config.limits.ledger_entries.is_some() {
         warn!("limits.ledger_entries is no longer used (the send ledger is on disk and keeps every entry for eight days); remove it");
     }
-    let feedback = FeedbackState::new(
+    let sealed = |name: &str| {
+        store
+            .sealed_table(name, crate::feedback::disk::FORMAT)
+            .map_err(|e| Error::Fatal(e.to_string()))
+    };
+    let feedback = FeedbackState::on_disk(
         kafka::profile_reader_config(&config.kafka),
         config.topics.feedback.clone(),
         config.topics.consent.clone(),
         config.feedback.lookback.ms(),
+        crate::feedback::disk::FeedbackDisk::new(sealed("feedback")?, sealed("consent")?),
     );
     let tracker = Arc::new(OffsetTracker::default());
     let health = Arc::new(ConsumerHealth::default());

@@ -279,9 +279,7 @@ impl Decider {
             .cx
             .recorder
             .publish_built(&self.feedback_topic, &event.user, || record.to_bytes());
-        self.feedback
-            .sent
-            .record_digest(record.sent, record.phone_sha256);
+        self.feedback.record_sent(&record);
         d.writes.push(shared);
     }
 

@@ -121,7 +121,7 @@ impl Replies {
                 let known = e.user.is_some()
                     || e.message
                         .as_deref()
-                        .is_some_and(|k| self.feedback.sent.by_key(k, now).is_some());
+                        .is_some_and(|k| self.feedback.sent_by_key(k, now).is_some());
                 self.count_feedback(
                     "engagement",
                     if known { "applied" } else { "unknown_message" },
@@ -141,7 +141,7 @@ impl Replies {
         // (the topic unreadable for now) goes on with what is known.
         let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
         let _ = self.feedback.consent_barrier(wait).await;
-        let original = self.feedback.sent.last_sms_to(&sms.from, now);
+        let original = self.feedback.last_sms_to(&sms.from, now);
         match Keyword::of(&sms.body) {
             Some(keyword @ (Keyword::OptOut | Keyword::OptIn)) => {
                 let consent = keyword == Keyword::OptIn;
@@ -189,8 +189,7 @@ impl Replies {
         // this instance sent it, else the echoed rule and user are used.
         let original = self
             .feedback
-            .sent
-            .by_key(&action.idempotency_key, now)
+            .sent_by_key(&action.idempotency_key, now)
             .map(|s| (*s).clone())
             .or_else(|| {
                 let rule = action.rule.clone()?;

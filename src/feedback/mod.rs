@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::outcome::DeadLetterCode;
 
+pub mod disk;
 pub mod sent;
 pub mod state;
 

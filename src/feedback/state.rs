@@ -1,34 +1,35 @@
 //! Per-instance feedback state: engagement per user, herald's own SMS opt-out
-//! list, and the readers that keep both current on every instance.
+//! list, the messages sent (for replies), and the readers that keep them
+//! current on every instance.
 //!
-//! Every instance reads the whole feedback topic (from `lookback` ago) and the
-//! whole consent topic (from the start). A STOP therefore takes effect on every
-//! instance as soon as it is read, and [`FeedbackState::consent_barrier`] lets
-//! an SMS wait until every STOP written so far has been read.
+//! Every instance reads the whole feedback topic (from `lookback` ago, or
+//! its checkpoint) and the whole consent topic (from the start, or its
+//! checkpoint). A STOP therefore takes effect on every instance as soon as
+//! it is read, and [`FeedbackState::consent_barrier`] lets an SMS wait until
+//! every STOP written so far has been read. The service keeps this state on
+//! disk ([`FeedbackDisk`]); the offline tools keep it in memory.
 
 use crate::util::FastDashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Message};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tracing::warn;
 
-use super::{Feedback, Keyword, SentIndex};
+use super::disk::{Engaged, FeedbackDisk};
+use super::{Feedback, Keyword, SentIndex, SentRecord, SentRef};
 use crate::kafka::follow::{BarrierError, Follower, Start};
+use crate::store::{Table, TableBatch};
 
-/// Engagements kept per user; the oldest go first.
+/// Engagements kept per user in memory; the oldest go first.
 const PER_USER: usize = 64;
 
-#[derive(Debug, Clone)]
-struct Engaged {
-    kind: Arc<str>,
-    campaign: Option<Arc<str>>,
-    /// The idempotency key of the message engaged with, when named.
-    message: Option<Arc<str>>,
-    at_ms: i64,
-}
+/// How often the tables on disk are swept of what is past its age.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// A consent change herald made from an SMS keyword, as written to the consent topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,10 +50,7 @@ pub struct ConsentChange {
 
 /// Engagement, opt-outs and the messages sent, for the policy stage.
 pub struct FeedbackState {
-    engagements: FastDashMap<String, VecDeque<Engaged>>,
-    /// Phone (E.164) → (opted out, when).
-    opt_outs: FastDashMap<String, (bool, i64)>,
-    pub sent: SentIndex,
+    backing: Backing,
     lookback_ms: i64,
     feedback: Follower,
     consent: Follower,
@@ -60,27 +58,84 @@ pub struct FeedbackState {
     offline: bool,
 }
 
+enum Backing {
+    /// In memory: the offline tools, and tests.
+    Memory {
+        engagements: FastDashMap<String, VecDeque<Engaged>>,
+        /// Phone (E.164) → (opted out, when).
+        opt_outs: FastDashMap<String, (bool, i64)>,
+        sent: SentIndex,
+    },
+    /// On local disk, with checkpoints.
+    Disk(FeedbackDisk),
+}
+
+/// Which table a change goes to: the feedback topic's, or the consent topic's.
+#[derive(Clone, Copy)]
+enum Which {
+    Feedback,
+    Consent,
+}
+
 impl FeedbackState {
-    /// State fed from `feedback_topic` (from `lookback_ms` ago) and `consent_topic`.
+    /// State in memory fed from `feedback_topic` (from `lookback_ms` ago) and
+    /// `consent_topic`.
     pub fn new(
         client: ClientConfig,
         feedback_topic: String,
         consent_topic: String,
         lookback_ms: i64,
     ) -> Arc<FeedbackState> {
-        Self::build(client, feedback_topic, consent_topic, lookback_ms, false)
+        let backing = Self::memory();
+        Self::build(
+            client,
+            feedback_topic,
+            consent_topic,
+            lookback_ms,
+            backing,
+            false,
+        )
+    }
+
+    /// State kept in `disk`, fed from both topics from their checkpoints.
+    pub fn on_disk(
+        client: ClientConfig,
+        feedback_topic: String,
+        consent_topic: String,
+        lookback_ms: i64,
+        disk: FeedbackDisk,
+    ) -> Arc<FeedbackState> {
+        let backing = Backing::Disk(disk);
+        Self::build(
+            client,
+            feedback_topic,
+            consent_topic,
+            lookback_ms,
+            backing,
+            false,
+        )
     }
 
     /// State with no topics behind it, fed only through [`FeedbackState::apply`]
     /// (rule tests, replays, evaluation).
     pub fn offline(lookback_ms: i64) -> Arc<FeedbackState> {
+        let (client, none) = (ClientConfig::new(), String::new());
         Self::build(
-            ClientConfig::new(),
-            String::new(),
-            String::new(),
+            client,
+            none.clone(),
+            none,
             lookback_ms,
+            Self::memory(),
             true,
         )
+    }
+
+    fn memory() -> Backing {
+        Backing::Memory {
+            engagements: FastDashMap::default(),
+            opt_outs: FastDashMap::default(),
+            sent: SentIndex::default(),
+        }
     }
 
     fn build(
@@ -88,12 +143,11 @@ impl FeedbackState {
         feedback_topic: String,
         consent_topic: String,
         lookback_ms: i64,
+        backing: Backing,
         offline: bool,
     ) -> Arc<FeedbackState> {
         Arc::new(FeedbackState {
-            engagements: FastDashMap::default(),
-            opt_outs: FastDashMap::default(),
-            sent: SentIndex::default(),
+            backing,
             lookback_ms,
             feedback: Follower::new(feedback_topic, client.clone()),
             consent: Follower::new(consent_topic, client),
@@ -112,26 +166,119 @@ impl FeedbackState {
         self.consent.wait_caught_up().await;
     }
 
-    /// Reads both topics until `shutdown`.
+    /// Reads both topics until `shutdown`: on disk from the tables'
+    /// checkpoints, and sweeping them hourly.
     pub async fn follow(self: Arc<Self>, shutdown: watch::Receiver<bool>, now_ms: i64) {
         let since = Start::Since(now_ms - self.lookback_ms);
-        let feedback = self.feedback.run(since, shutdown.clone(), |m| {
-            if let Some(payload) = m.payload() {
-                let fallback = m.timestamp().to_millis().unwrap_or(now_ms);
-                if let Ok(record) = Feedback::parse(payload, fallback) {
-                    self.apply(&record, crate::util::now_ms());
-                }
-            }
+        let feedback = self.read(Which::Feedback, since, shutdown.clone(), |m| {
+            let fallback = m.timestamp().to_millis().unwrap_or(now_ms);
+            let record = m.payload().and_then(|p| Feedback::parse(p, fallback).ok());
+            self.apply_read(record.as_ref(), m);
         });
-        let consent = self.consent.run(Start::Beginning, shutdown, |m| {
-            if let Some(change) = m
+        let consent = self.read(Which::Consent, Start::Beginning, shutdown.clone(), |m| {
+            let change = m
                 .payload()
-                .and_then(|p| serde_json::from_slice::<ConsentChange>(p).ok())
-            {
-                self.set_opt_out(&change.phone, !change.consent, change.at_ms);
+                .and_then(|p| serde_json::from_slice::<ConsentChange>(p).ok());
+            self.write(Which::Consent, Some(m), |batch, disk| {
+                if let Some(c) = &change {
+                    disk.set_opt_out(batch, &disk.consent, &c.phone, !c.consent, c.at_ms);
+                }
+            });
+            if let (Backing::Memory { .. }, Some(c)) = (&self.backing, &change) {
+                self.set_opt_out(&c.phone, !c.consent, c.at_ms);
             }
         });
-        tokio::join!(feedback, consent);
+        tokio::join!(feedback, consent, Arc::clone(&self).sweep(shutdown));
+    }
+
+    /// Reads one topic into its table from its checkpoint (else `fallback`);
+    /// a checkpoint past the topic's end clears the table and reads again.
+    async fn read(
+        &self,
+        into: Which,
+        fallback: Start,
+        shutdown: watch::Receiver<bool>,
+        mut apply: impl FnMut(&BorrowedMessage<'_>),
+    ) {
+        let (follower, table) = match into {
+            Which::Feedback => (&self.feedback, self.table(into)),
+            Which::Consent => (&self.consent, self.table(into)),
+        };
+        loop {
+            let start = match table {
+                Some(table) => FeedbackDisk::start(table, fallback.clone()),
+                None => fallback.clone(),
+            };
+            let read = follower
+                .run_with(start, shutdown.clone(), &mut apply, |_| {})
+                .await;
+            match (read, table) {
+                (Err(e), Some(table)) => {
+                    warn!(error = %e, "feedback table cleared; reading its topic again");
+                    let _ = table.clear();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn table(&self, into: Which) -> Option<&Table> {
+        match (&self.backing, into) {
+            (Backing::Disk(disk), Which::Feedback) => Some(&disk.feedback),
+            (Backing::Disk(disk), Which::Consent) => Some(&disk.consent),
+            (Backing::Memory { .. }, _) => None,
+        }
+    }
+
+    /// On disk: runs `change` on a batch of `into`'s table, marks `read`'s
+    /// record as applied, and commits. In memory: nothing.
+    fn write(
+        &self,
+        into: Which,
+        read: Option<&BorrowedMessage<'_>>,
+        change: impl FnOnce(&mut TableBatch, &FeedbackDisk),
+    ) {
+        let (Backing::Disk(disk), Some(table)) = (&self.backing, self.table(into)) else {
+            return;
+        };
+        let mut batch = table.batch();
+        change(&mut batch, disk);
+        if let Some(m) = read {
+            batch.read_to(m.partition(), m.offset() + 1);
+        }
+        if let Err(e) = batch.commit() {
+            // `/readyz` says so; the store's watcher restarts herald once the
+            // disk takes writes again, and the record is read again then.
+            warn!(error = %e, "feedback state not written to the state store");
+        }
+    }
+
+    /// Sweeps the tables on disk at start and hourly until `shutdown`.
+    async fn sweep(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if !matches!(self.backing, Backing::Disk(_)) {
+            return;
+        }
+        self.wait_caught_up().await;
+        loop {
+            let state = Arc::clone(&self);
+            let swept = tokio::task::spawn_blocking(move || match &state.backing {
+                Backing::Disk(disk) => disk.sweep(crate::util::now_ms(), state.lookback_ms),
+                Backing::Memory { .. } => Ok(0),
+            });
+            match swept.await {
+                Ok(Ok(removed)) => tracing::info!(
+                    removed,
+                    opted_out = self.opt_out_count(),
+                    "feedback state swept"
+                ),
+                Ok(Err(e)) => warn!(error = %e, "feedback state sweep failed"),
+                Err(e) => warn!(error = %e, "feedback state sweep failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// Waits until every record written to the feedback topic before this
@@ -145,81 +292,142 @@ impl FeedbackState {
 
     /// Applies one feedback record to the state (on every instance).
     pub fn apply(&self, record: &Feedback, now_ms: i64) {
+        self.apply_at(record, now_ms, None);
+    }
+
+    /// Applies a record read from the feedback topic (`None`: not
+    /// feedback), marking it read on disk.
+    fn apply_read(&self, record: Option<&Feedback>, m: &BorrowedMessage<'_>) {
+        match record {
+            Some(record) => self.apply_at(record, crate::util::now_ms(), Some(m)),
+            None => self.write(Which::Feedback, Some(m), |_, _| {}),
+        }
+    }
+
+    fn apply_at(&self, record: &Feedback, now_ms: i64, read: Option<&BorrowedMessage<'_>>) {
+        let opt_out = |phone: &str, opted_out: bool, at_ms: i64| {
+            self.write(Which::Feedback, read, |batch, disk| {
+                disk.set_opt_out(batch, &disk.feedback, phone, opted_out, at_ms)
+            });
+            if let Backing::Memory { .. } = self.backing {
+                self.set_opt_out(phone, opted_out, at_ms);
+            }
+        };
         match record {
             Feedback::Inbound(sms) => match Keyword::of(&sms.body) {
-                Some(Keyword::OptOut) => self.set_opt_out(&sms.from, true, sms.time_ms),
-                Some(Keyword::OptIn) => self.set_opt_out(&sms.from, false, sms.time_ms),
-                _ => {}
+                Some(Keyword::OptOut) => opt_out(&sms.from, true, sms.time_ms),
+                Some(Keyword::OptIn) => opt_out(&sms.from, false, sms.time_ms),
+                _ => self.write(Which::Feedback, read, |_, _| {}),
             },
             Feedback::Engagement(e) => {
                 let user = e.user.clone().or_else(|| {
                     let key = e.message.as_deref()?;
-                    Some(self.sent.by_key(key, now_ms)?.user.to_string())
+                    Some(self.sent_by_key(key, now_ms)?.user.to_string())
                 });
-                if let Some(user) = user {
-                    self.record(
-                        &user,
-                        &e.kind,
-                        e.campaign.as_deref(),
-                        e.message.as_deref(),
-                        e.time_ms,
-                    );
-                }
+                let engaged = Engaged {
+                    kind: e.kind.clone(),
+                    campaign: e.campaign.clone(),
+                    message: e.message.clone(),
+                    at_ms: e.time_ms,
+                };
+                self.record(user.as_deref(), engaged, read);
             }
-            Feedback::Sent(s) => self
-                .sent
-                .record_digest(s.sent.clone(), s.phone_sha256.clone()),
+            Feedback::Sent(s) => self.record_sent_at(s, read),
             Feedback::PushAction(a) => {
-                if let Some(user) = &a.user {
-                    self.record(
-                        user,
-                        "push_action",
-                        None,
-                        Some(&a.idempotency_key),
-                        a.time_ms,
-                    );
-                }
+                let engaged = Engaged {
+                    kind: "push_action".into(),
+                    campaign: None,
+                    message: Some(a.idempotency_key.clone()),
+                    at_ms: a.time_ms,
+                };
+                self.record(a.user.as_deref(), engaged, read);
             }
+        }
+    }
+
+    /// Remembers a message sent: by this instance at once, by every
+    /// instance when its `herald_sent` record is read.
+    pub fn record_sent(&self, record: &SentRecord) {
+        self.record_sent_at(record, None);
+    }
+
+    fn record_sent_at(&self, record: &SentRecord, read: Option<&BorrowedMessage<'_>>) {
+        match &self.backing {
+            Backing::Memory { sent, .. } => {
+                sent.record_digest(record.sent.clone(), record.phone_sha256.clone())
+            }
+            Backing::Disk(_) => self.write(Which::Feedback, read, |batch, disk| {
+                disk.record_sent(batch, record)
+            }),
+        }
+    }
+
+    /// The message with this idempotency key, if sent within a week.
+    pub fn sent_by_key(&self, key: &str, now_ms: i64) -> Option<Arc<SentRef>> {
+        match &self.backing {
+            Backing::Memory { sent, .. } => sent.by_key(key, now_ms),
+            Backing::Disk(disk) => fresh(disk.sent_by_key(key), now_ms),
+        }
+    }
+
+    /// The last SMS to this number, if sent within a week.
+    pub fn last_sms_to(&self, phone: &str, now_ms: i64) -> Option<Arc<SentRef>> {
+        match &self.backing {
+            Backing::Memory { sent, .. } => sent.last_sms_to(phone, now_ms),
+            Backing::Disk(disk) => fresh(
+                disk.last_sms_by_digest(&super::sent::phone_sha256(phone)),
+                now_ms,
+            ),
         }
     }
 
     /// Records that `user` engaged (`kind`) at `at_ms`.
     pub fn engaged_now(&self, user: &str, kind: &str, campaign: Option<&str>, at_ms: i64) {
-        self.record(user, kind, campaign, None, at_ms);
+        let engaged = Engaged {
+            kind: kind.into(),
+            campaign: campaign.map(str::to_string),
+            message: None,
+            at_ms,
+        };
+        self.record(Some(user), engaged, None);
     }
 
-    fn record(
-        &self,
-        user: &str,
-        kind: &str,
-        campaign: Option<&str>,
-        message: Option<&str>,
-        at_ms: i64,
-    ) {
-        let mut list = self.engagements.entry(user.to_string()).or_default();
-        let horizon = at_ms - self.lookback_ms;
-        while list.front().is_some_and(|e| e.at_ms < horizon) {
-            list.pop_front();
+    fn record(&self, user: Option<&str>, engaged: Engaged, read: Option<&BorrowedMessage<'_>>) {
+        let Some(user) = user else {
+            return self.write(Which::Feedback, read, |_, _| {});
+        };
+        match &self.backing {
+            Backing::Memory { engagements, .. } => {
+                let mut list = engagements.entry(user.to_string()).or_default();
+                let horizon = engaged.at_ms - self.lookback_ms;
+                while list.front().is_some_and(|e| e.at_ms < horizon) {
+                    list.pop_front();
+                }
+                list.push_back(engaged);
+                if list.len() > PER_USER {
+                    list.pop_front();
+                }
+            }
+            Backing::Disk(_) => self.write(Which::Feedback, read, |batch, disk| {
+                disk.engage(batch, user, &engaged)
+            }),
         }
-        list.push_back(Engaged {
-            kind: Arc::from(kind),
-            campaign: campaign.map(Arc::from),
-            message: message.map(Arc::from),
-            at_ms,
-        });
-        if list.len() > PER_USER {
-            list.pop_front();
+    }
+
+    /// `user`'s engagements at or after `since_ms` that `keep` keeps: any?
+    fn any_engagement(&self, user: &str, since_ms: i64, keep: impl Fn(&Engaged) -> bool) -> bool {
+        match &self.backing {
+            Backing::Memory { engagements, .. } => engagements
+                .get(user)
+                .is_some_and(|list| list.iter().any(|e| e.at_ms >= since_ms && keep(e))),
+            Backing::Disk(disk) => disk.engagements(user, since_ms).iter().any(keep),
         }
     }
 
     /// Whether `user` engaged (`kind`, with `campaign` when given) at or after `since_ms`.
     pub fn engaged(&self, user: &str, kind: &str, campaign: Option<&str>, since_ms: i64) -> bool {
-        self.engagements.get(user).is_some_and(|list| {
-            list.iter().any(|e| {
-                &*e.kind == kind
-                    && e.at_ms >= since_ms
-                    && campaign.is_none_or(|c| e.campaign.as_deref() == Some(c))
-            })
+        self.any_engagement(user, since_ms, |e| {
+            e.kind == kind && campaign.is_none_or(|c| e.campaign.as_deref() == Some(c))
         })
     }
 
@@ -228,32 +436,66 @@ impl FeedbackState {
     /// or never will (Twilio's `sms_sent`, `sms_undelivered`, `sms_failed`, …)
     /// are not receipts.
     pub fn heard_of(&self, user: &str, message: &str) -> bool {
-        self.engagements.get(user).is_some_and(|list| {
-            list.iter()
-                .any(|e| e.message.as_deref() == Some(message) && arrived(&e.kind))
+        self.any_engagement(user, i64::MIN, |e| {
+            e.message.as_deref() == Some(message) && arrived(&e.kind)
         })
     }
 
-    /// Sets a number's opt-out, unless a later change is already known.
+    /// Sets a number's opt-out, unless a later change is already known
+    /// (this instance's own STOP, at once; its record follows).
     pub fn set_opt_out(&self, phone: &str, opted_out: bool, at_ms: i64) {
-        let mut entry = self
-            .opt_outs
-            .entry(phone.to_string())
-            .or_insert((opted_out, at_ms));
-        if at_ms >= entry.1 {
-            *entry = (opted_out, at_ms);
+        match &self.backing {
+            Backing::Memory { opt_outs, .. } => {
+                let mut entry = opt_outs
+                    .entry(phone.to_string())
+                    .or_insert((opted_out, at_ms));
+                if at_ms >= entry.1 {
+                    *entry = (opted_out, at_ms);
+                }
+            }
+            Backing::Disk(_) => self.write(Which::Feedback, None, |batch, disk| {
+                disk.set_opt_out(batch, &disk.feedback, phone, opted_out, at_ms)
+            }),
         }
     }
 
-    /// Whether this number replied STOP (and not START since).
+    /// Whether this number replied STOP (and not START since). A state that
+    /// cannot be read counts as opted out: no SMS goes on a guess.
     pub fn opted_out(&self, phone: &str) -> bool {
-        self.opt_outs.get(phone).is_some_and(|e| e.0)
+        match &self.backing {
+            Backing::Memory { opt_outs, .. } => opt_outs.get(phone).is_some_and(|e| e.0),
+            Backing::Disk(disk) => match disk.opt_out(phone) {
+                Ok(state) => state.is_some_and(|(opted, _)| opted),
+                Err(e) => {
+                    warn!(error = %e, "opt-out state unreadable; the SMS is not sent");
+                    true
+                }
+            },
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn disk_for_tests(&self) -> Option<&FeedbackDisk> {
+        match &self.backing {
+            Backing::Disk(disk) => Some(disk),
+            Backing::Memory { .. } => None,
+        }
     }
 
     /// Numbers currently opted out.
     pub fn opt_out_count(&self) -> usize {
-        self.opt_outs.iter().filter(|e| e.0).count()
+        match &self.backing {
+            Backing::Memory { opt_outs, .. } => opt_outs.iter().filter(|e| e.0).count(),
+            Backing::Disk(disk) => disk.opt_out_count(),
+        }
     }
+}
+
+/// A message sent within the week a reply can find it.
+fn fresh(found: Option<SentRef>, now_ms: i64) -> Option<Arc<SentRef>> {
+    found
+        .filter(|s| now_ms - s.sent_ms <= super::disk::SENT_KEPT_MS)
+        .map(Arc::new)
 }
 
 /// Statuses that say a message has not reached the device (yet).
@@ -329,8 +571,8 @@ mod tests {
         );
         assert!(!s.engaged("u1", "push_opened", None, 0));
         // By message reference: known message → its user; unknown → dropped.
-        s.sent.record(
-            crate::feedback::SentRef {
+        s.record_sent(&SentRecord {
+            sent: crate::feedback::SentRef {
                 user: "u2".into(),
                 rule: "r".into(),
                 key: None,
@@ -338,12 +580,12 @@ mod tests {
                 channel: "push".into(),
                 sent_ms: 0,
             },
-            None,
-        );
+            phone_sha256: None,
+        });
         s.apply(&opened(None, Some("k2"), 5), 5);
         assert!(s.engaged("u2", "email_opened", None, 0));
         s.apply(&opened(None, Some("nope"), 5), 5);
-        assert_eq!(s.engagements.len(), 2);
+        assert!(!s.engaged("nope", "email_opened", None, 0));
     }
 
     #[test]

@@ -367,6 +367,9 @@ impl Follower {
                 });
             if let (Some(&end), Some(from)) = (targets.get(p), from) {
                 if from >= end {
+                    // Read up to `from` already (a checkpoint at the end):
+                    // a barrier needs no record to know it.
+                    self.advance(*p, from);
                     reached(*p, &mut at_end);
                 }
             }
