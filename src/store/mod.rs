@@ -82,6 +82,12 @@ impl std::ops::Deref for Value {
     }
 }
 
+/// The most journal the store keeps before it flushes memtables to its
+/// files (fjall's default is 512 MiB): a start replays what is in the
+/// journal, at ~60 MB/s here, so this bounds that part of a restart to
+/// about a second (BENCHMARKS.md, "Feedback state on disk").
+const JOURNAL_BYTES: u64 = 64 << 20;
+
 /// The next offset to read per partition, for the topic a table is filled from.
 pub type Checkpoint = BTreeMap<i32, i64>;
 
@@ -126,6 +132,7 @@ impl Store {
             let open = || {
                 fjall::Database::builder(&path)
                     .cache_size(cache_bytes)
+                    .max_journaling_size(JOURNAL_BYTES)
                     .open()
             };
             let db = match open() {
