@@ -67,7 +67,7 @@ enum Backing {
         sent: SentIndex,
     },
     /// On local disk, with checkpoints.
-    Disk(FeedbackDisk),
+    Disk(Box<FeedbackDisk>),
 }
 
 /// Which table a change goes to: the feedback topic's, or the consent topic's.
@@ -105,7 +105,7 @@ impl FeedbackState {
         lookback_ms: i64,
         disk: FeedbackDisk,
     ) -> Arc<FeedbackState> {
-        let backing = Backing::Disk(disk);
+        let backing = Backing::Disk(Box::new(disk));
         Self::build(
             client,
             feedback_topic,
