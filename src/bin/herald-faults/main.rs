@@ -192,7 +192,9 @@ and pattern windows are restored by each partition's next owner, so a
 restarted or surviving instance knows every decision made before a kill;
 profiles are kept on local disk with the topic offsets they hold, and
 `kill9-state` compares that table, after 20 kills during heavy profile
-writes, with a rebuild from the topic.
+writes, with a rebuild from the topic. `disk` (full suite only; it mounts a
+tmpfs, so it needs root) fills the state directory while herald runs, makes
+it read-only while herald starts, and deletes it while herald is stopped.
 This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`
 (fewer kills, shorter outages) runs in CI.
 
