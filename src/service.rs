@@ -212,12 +212,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     let topics: Vec<String> = config.consumed_topics();
     let consumer = Arc::new(consumer);
 
-    let listener = admin::bind(config.admin.listen)
-        .await
-        .map_err(|source| Error::Admin {
-            addr: config.admin.listen,
-            source,
-        })?;
+    let listener = bind_admin(&config).await?;
     let admin_addr = listener.local_addr().map_err(|source| Error::Admin {
         addr: config.admin.listen,
         source,
@@ -368,12 +363,7 @@ async fn open_store(config: &Config) -> Result<crate::store::Store, Error> {
         Err(e) => not_opened(e),
     };
     warn!(error = %first, "waiting for the state directory; /readyz says why; trying again every 2 s");
-    let listener = admin::bind(config.admin.listen)
-        .await
-        .map_err(|source| Error::Admin {
-            addr: config.admin.listen,
-            source,
-        })?;
+    let listener = bind_admin(config).await?;
     let reason = Arc::new(std::sync::Mutex::new(first));
     let mut page = AbortOnDrop(tokio::spawn(admin::serve_not_ready(
         listener,
@@ -394,6 +384,16 @@ async fn open_store(config: &Config) -> Result<crate::store::Store, Error> {
             Err(e) => return Err(Error::Fatal(e.to_string())),
         }
     }
+}
+
+/// Binds the admin listener of `config`.
+async fn bind_admin(config: &Config) -> Result<tokio::net::TcpListener, Error> {
+    admin::bind(config.admin.listen)
+        .await
+        .map_err(|source| Error::Admin {
+            addr: config.admin.listen,
+            source,
+        })
 }
 
 /// A task aborted when its handle is dropped (start-up cancelled by a signal).
