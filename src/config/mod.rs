@@ -79,6 +79,10 @@ pub struct StateConfig {
     /// rest are read from the send ledger on disk when needed.
     #[serde(default = "defaults::caps_cache")]
     pub caps_cache: usize,
+    /// Pattern keys kept in memory per rule (most recently seen); the rest
+    /// are read from disk when their next event, timer or expiry comes.
+    #[serde(default = "defaults::pattern_cache")]
+    pub pattern_cache: usize,
 }
 
 impl Default for StateConfig {
@@ -88,6 +92,7 @@ impl Default for StateConfig {
             profile_cache: defaults::profile_cache(),
             block_cache_mb: defaults::block_cache_mb(),
             caps_cache: defaults::caps_cache(),
+            pattern_cache: defaults::pattern_cache(),
         }
     }
 }
@@ -240,8 +245,11 @@ pub struct LimitsConfig {
     /// (uncommitted, so it is processed again after restart), in milliseconds.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
-    /// Keys of pattern state per rule; past it the least recently seen are
-    /// evicted (logged, `herald_pattern_keys_evicted_total{rule}`).
+    /// Keys of pattern state per rule held in memory where there is no state
+    /// directory (`herald replay`, `rules test`); past it the least recently
+    /// seen are evicted (logged, `herald_pattern_keys_evicted_total{rule}`).
+    /// `herald run` keeps every key on disk and `state.pattern_cache` of them
+    /// in memory.
     #[serde(default = "defaults::pattern_keys_per_rule")]
     pub pattern_keys_per_rule: usize,
     /// No longer used: the send ledger is on disk and keeps every entry for
@@ -293,6 +301,9 @@ pub(crate) mod defaults {
     }
     pub fn caps_cache() -> usize {
         200_000
+    }
+    pub fn pattern_cache() -> usize {
+        100_000
     }
     pub fn rules_dir() -> PathBuf {
         PathBuf::from("rules")

@@ -32,7 +32,7 @@ pub struct Matcher {
     sources: FastMap<String, (Arc<str>, SourceConfig, IntCounter)>,
     max_event_bytes: usize,
     /// Per (rule, key) state of rules with a pattern.
-    pub(super) patterns: PatternStore,
+    pub(super) patterns: Arc<PatternStore>,
     /// Pattern-state changes, one changelog per source topic (none offline).
     pub(super) changelogs: FastMap<String, Arc<Changelog>>,
 }
@@ -76,7 +76,7 @@ impl Matcher {
             })
             .collect();
         let reader = crate::kafka::profile_reader_config(&config.kafka);
-        let changelogs = Self::tables(config)
+        let changelogs: FastMap<String, Arc<Changelog>> = Self::tables(config)
             .into_iter()
             .filter_map(|table| {
                 let Partitioning::Source(source) = &table.partitioning else {
@@ -90,8 +90,14 @@ impl Matcher {
                 })
             })
             .collect();
+        let mut patterns = PatternStore::new(config.limits.pattern_keys_per_rule);
+        for (source, log) in &changelogs {
+            if let Some(mirror) = log.mirror() {
+                patterns.on_disk(source, Arc::clone(mirror), config.state.pattern_cache);
+            }
+        }
         Matcher {
-            patterns: PatternStore::new(config.limits.pattern_keys_per_rule),
+            patterns: Arc::new(patterns),
             sources,
             max_event_bytes: config.limits.max_event_bytes,
             changelogs,
@@ -109,7 +115,7 @@ impl Matcher {
         };
         let name = crate::state::mirror::Mirror::table_name(&log.topic);
         match store.sealed_table(&name, crate::state::mirror::FORMAT) {
-            Ok(table) => log.mirrored(table),
+            Ok(table) => log.mirrored(table, crate::patterns::on_disk::wake_of),
             Err(e) => {
                 error!(topic = %log.topic, error = %e, "pattern state's copy on disk cannot be opened; it is restored from its changelog alone");
                 log
@@ -133,7 +139,7 @@ impl Matcher {
                     cleanup: "compact",
                     retention_ms: None,
                 },
-                bound: "limits.pattern_keys_per_rule keys per rule; idle keys swept",
+                bound: "on disk, state.pattern_cache keys per rule in memory; idle and expired keys swept",
             })
             .collect()
     }
@@ -280,9 +286,9 @@ impl Matcher {
                 cause: Box::new(e),
             })?;
         let loaded = self.cx.rules.current();
-        let (mut records, mut keys, mut unreadable) = (0, 0, 0);
-        for (partition, changes) in all {
-            records += changes.len();
+        let (records, mut keys, mut unreadable) = (all.read, 0, 0);
+        // On disk, nothing comes back into memory: keys are read when needed.
+        for (partition, changes) in all.changes {
             let (k, u) = self.patterns.restore_changelog(
                 topic,
                 partition,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::matcher::{Matched, Seen};
-use super::stores::StateChange;
+use super::stores::{Saved, StateChange};
 use super::{Job, Matcher};
 use crate::ingest::decode::Event;
 use crate::metrics::StageEvent;
@@ -69,6 +69,7 @@ impl Matcher {
                         rule: rule.id.to_string(),
                         key,
                         source: (Arc::clone(&event.source), event.partition),
+                        held: self.patterns.is_on_disk(&event.source),
                     };
                     for gone in evicted.iter().chain([&at]) {
                         self.pattern_change(gone, changes);
@@ -132,8 +133,10 @@ impl Matcher {
         let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
         let due = self.patterns.due(self.cx.clock.now_ms(), pattern_of);
         let mut out = Matched::default();
-        for (at, fired) in due {
-            self.pattern_change(&at, &mut out.changes);
+        for at in &due.changed {
+            self.pattern_change(at, &mut out.changes);
+        }
+        for (at, fired) in due.fired {
             let Some(i) = loaded.set.position(&at.rule) else {
                 continue;
             };
@@ -147,7 +150,29 @@ impl Matcher {
     pub(super) fn sweep(&self) -> Vec<StateChange> {
         let loaded = self.cx.rules.current();
         let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
-        let gone = self.patterns.sweep(self.cx.clock.now_ms(), pattern_of);
+        let rules = crate::util::stable_digest(
+            &loaded
+                .set
+                .rules
+                .iter()
+                .filter_map(|r| {
+                    r.pattern
+                        .as_ref()
+                        .map(|p| (r.id.as_bytes(), p.fingerprint.as_bytes()))
+                })
+                .flat_map(|(id, print)| [id, b"\0", print, b"\n"])
+                .collect::<Vec<_>>(),
+        );
+        let rules = u64::from_be_bytes(rules[..8].try_into().unwrap_or_default());
+        let now = self.cx.clock.now_ms();
+        // A change of rules reads the whole disk once: off the runtime's
+        // other work where it can.
+        let gone = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| self.patterns.sweep(now, rules, pattern_of))
+            }
+            _ => self.patterns.sweep(now, rules, pattern_of),
+        };
         let mut changes = Vec::new();
         for at in &gone {
             self.pattern_change(at, &mut changes);
@@ -164,11 +189,25 @@ impl Matcher {
         let Some(changelog) = self.changelogs.get(&*at.source.0) else {
             return;
         };
+        let pattern = self
+            .cx
+            .rules
+            .current()
+            .set
+            .get(&at.rule)
+            .and_then(|r| r.pattern.clone());
         changes.push(StateChange {
             changelog: Arc::clone(changelog),
             partition: at.source.1,
             key: changelog_key(&at.rule, &at.key),
-            value: self.patterns.snapshot(&at.rule, &at.key),
+            value: self
+                .patterns
+                .snapshot(&at.rule, &at.key, pattern.as_deref()),
+            saved: at.held.then(|| Saved {
+                patterns: Arc::clone(&self.patterns),
+                rule: at.rule.clone(),
+                key: at.key.clone(),
+            }),
         });
     }
 }

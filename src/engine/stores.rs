@@ -11,6 +11,16 @@ pub(super) struct StateChange {
     pub partition: i32,
     pub key: String,
     pub value: Option<Vec<u8>>,
+    /// Told once the change is on disk (an entry of pattern state kept in
+    /// memory until then).
+    pub saved: Option<Saved>,
+}
+
+/// Whom to tell that a pattern key's change is on disk.
+pub(super) struct Saved {
+    pub patterns: Arc<crate::patterns::PatternStore>,
+    pub rule: String,
+    pub key: String,
 }
 
 /// Writes `changes` once every write before them is acknowledged: a
@@ -25,10 +35,17 @@ pub(super) fn after_writes(writes: &mut Vec<Pending>, changes: Vec<StateChange>)
     let before = std::mem::take(writes);
     writes.push(Box::pin(async move {
         futures::future::join_all(before).await;
-        let written: Vec<Pending> = changes
-            .into_iter()
-            .filter_map(|c| c.changelog.write(c.partition, &c.key, c.value))
-            .collect();
+        let written = changes.into_iter().map(|c| {
+            let write = c.changelog.write(c.partition, &c.key, c.value);
+            async move {
+                if let Some(write) = write {
+                    write.await;
+                }
+                if let Some(s) = c.saved {
+                    s.patterns.saved(&s.rule, &s.key);
+                }
+            }
+        });
         futures::future::join_all(written).await;
     }));
 }

@@ -29,10 +29,13 @@ pub mod kinds {
     pub mod sequence;
     pub mod window;
 }
+pub mod on_disk;
 pub mod spec;
 pub mod store;
 pub mod window;
 
+#[cfg(test)]
+mod on_disk_tests;
 #[cfg(test)]
 mod tests;
 

@@ -1,10 +1,11 @@
-//! The state of every (rule, key), in memory: bounded per rule, dropped as
-//! soon as no pattern can complete with it, kept across reloads while a
-//! rule's pattern is unchanged, with event-time timers (and a processing-time
-//! fallback) for absences and dwell, and a per-partition take/restore
-//! interface for snapshots.
+//! The state of every (rule, key): in memory, bounded per rule (on a source
+//! topic with a copy on disk, a cache in front of it: [`super::on_disk`]),
+//! dropped as soon as no pattern can complete with it, kept across reloads
+//! while a rule's pattern is unchanged, with event-time timers (and a
+//! processing-time fallback) for absences and dwell.
 
-use crate::util::FastDashMap;
+use crate::state::mirror::Mirror;
+use crate::util::{FastDashMap, FastMap};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use super::detect::{Input, Observed};
-use super::{Fired, KeyState, LateAction, Pattern};
+use super::on_disk::Due;
+use super::{KeyState, LateAction, Pattern};
 
 /// The state of one key of one rule.
 #[derive(Debug, Clone)]
@@ -29,6 +31,13 @@ pub struct Entry {
     /// Restored from the changelog: events of its partition up to `applied`
     /// were applied by the last owner, and are skipped when redelivered.
     pub restored: bool,
+    /// Changes of the entry whose changelog record is not on disk yet (a
+    /// topic with a copy on disk): until they are, the entry stays in memory,
+    /// where a lookup finds it, and disk is not read for it.
+    pub unsaved: u32,
+    /// Dropped (idle, swept, its rule gone) with its tombstone on the way:
+    /// a lookup finds a fresh state, not the disk's.
+    pub gone: bool,
 }
 
 /// One key's state as written to its source topic's changelog.
@@ -40,6 +49,12 @@ pub struct PatternRecord {
     pub newest_ms: i64,
     pub touched_ms: i64,
     pub applied: i64,
+    /// Its earliest timer, event time, if it has one (the disk's index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<i64>,
+    /// When the state runs out of time, wall clock, if it can (the disk's index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<i64>,
     pub state: KeyState,
 }
 
@@ -52,6 +67,10 @@ struct PatternRecordRef<'a> {
     newest_ms: i64,
     touched_ms: i64,
     applied: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    due_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_ms: Option<i64>,
     state: &'a KeyState,
 }
 
@@ -63,6 +82,9 @@ pub struct KeyRef {
     pub rule: String,
     pub key: String,
     pub source: (Arc<str>, i32),
+    /// The entry counts this change as unsaved ([`Entry::unsaved`]): once
+    /// its record is on disk, [`PatternStore::saved`] is to be called.
+    pub held: bool,
 }
 
 /// The changelog key of (rule, key).
@@ -70,11 +92,11 @@ pub fn changelog_key(rule: &str, key: &str) -> String {
     format!("{rule}\u{0}{key}")
 }
 
-struct RuleState {
-    fingerprint: String,
-    keys: FastDashMap<String, Entry>,
+pub(super) struct RuleState {
+    pub(super) fingerprint: String,
+    pub(super) keys: FastDashMap<String, Entry>,
     /// When `keys` may have passed the cap per rule.
-    size: crate::util::SizeWatch,
+    pub(super) size: crate::util::SizeWatch,
 }
 
 /// Why an event was not applied.
@@ -86,14 +108,20 @@ pub struct Late {
 
 /// All pattern state of an instance.
 pub struct PatternStore {
-    rules: FastDashMap<String, Arc<RuleState>>,
+    pub(super) rules: FastDashMap<String, Arc<RuleState>>,
     /// (deadline in event time, seq) → (rule, key).
     timers: Mutex<BTreeMap<(i64, u64), (String, String)>>,
     seq: AtomicU64,
     /// The newest event time seen by this instance.
-    stream_ms: AtomicI64,
+    pub(super) stream_ms: AtomicI64,
     /// Keys per rule before the least recently seen are evicted.
     pub max_keys_per_rule: usize,
+    /// Source topics whose state is on disk, and their copies: there
+    /// memory is a cache of `cache_keys_per_rule` keys per rule.
+    pub(super) disks: FastMap<Arc<str>, Arc<Mirror>>,
+    pub(super) cache_keys_per_rule: usize,
+    /// The rules (and fingerprints) whose keys the disk was last swept for.
+    pub(super) swept_for: Mutex<u64>,
 }
 
 impl PatternStore {
@@ -105,10 +133,20 @@ impl PatternStore {
             seq: AtomicU64::new(0),
             stream_ms: AtomicI64::new(i64::MIN),
             max_keys_per_rule,
+            disks: FastMap::default(),
+            cache_keys_per_rule: max_keys_per_rule,
+            swept_for: Mutex::new(0),
         }
     }
 
-    fn rule(&self, rule: &str, pattern: &Pattern) -> Arc<RuleState> {
+    /// Keeps the state of `topic` on disk in `mirror`, `cache_keys` keys per
+    /// rule in memory.
+    pub fn on_disk(&mut self, topic: &str, mirror: Arc<Mirror>, cache_keys: usize) {
+        self.disks.insert(Arc::from(topic), mirror);
+        self.cache_keys_per_rule = cache_keys;
+    }
+
+    pub(super) fn rule(&self, rule: &str, pattern: &Pattern) -> Arc<RuleState> {
         if let Some(r) = self.rules.get(rule) {
             if r.fingerprint == pattern.fingerprint {
                 return Arc::clone(&r);
@@ -145,9 +183,19 @@ impl PatternStore {
     ) -> Result<(Observed, Vec<KeyRef>), Late> {
         let event = input.event;
         let state = self.rule(rule, pattern);
+        let disk = self.disks.get(&*event.source);
+        let mut new_key = false;
+        if let Some(mirror) = disk {
+            if !state.keys.contains_key(key) {
+                let loaded = self.load(mirror, event.partition, rule, pattern, key, &event.source);
+                if let Some(entry) = loaded {
+                    state.keys.entry(key.to_string()).or_insert(entry);
+                    new_key = true;
+                }
+            }
+        }
         // A key already followed is found without copying its name.
         let found = state.keys.get_mut(key);
-        let mut new_key = false;
         let mut entry = found.unwrap_or_else(|| {
             new_key = true;
             state.keys.entry(key.to_string()).or_insert_with(|| Entry {
@@ -157,14 +205,25 @@ impl PatternStore {
                 source: (Arc::clone(&event.source), event.partition),
                 applied: -1,
                 restored: false,
+                unsaved: 0,
+                gone: false,
             })
         });
+        if entry.gone {
+            entry.gone = false;
+            entry.state = pattern.kind.new_state();
+            entry.newest_ms = event.time_ms;
+            entry.applied = -1;
+            entry.restored = false;
+        }
         if entry.restored
             && event.offset <= entry.applied
             && *entry.source.0 == *event.source
             && entry.source.1 == event.partition
         {
             // Redelivered after a restore: the last owner applied it already.
+            // Its record is written again (unchanged): counted as unsaved.
+            entry.unsaved += u32::from(disk.is_some());
             return Ok((Observed::default(), Vec::new()));
         }
         let behind_ms = entry.newest_ms - event.time_ms;
@@ -178,23 +237,44 @@ impl PatternStore {
         entry.applied = event.offset;
         entry.restored = false;
         let idle = entry.state.is_idle();
-        drop(entry);
-        if idle {
-            state.keys.remove_if(key, |_, e| e.state.is_idle());
-        }
-        if let Some(deadline) = observed.timer {
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            self.timers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((deadline, seq), (rule.to_string(), key.to_string()));
+        if disk.is_some() {
+            // Its record is on its way; an idle key is dropped once it is.
+            entry.unsaved += 1;
+            entry.gone = idle;
+            drop(entry);
+        } else {
+            drop(entry);
+            if idle {
+                state.keys.remove_if(key, |_, e| e.state.is_idle());
+            }
+            if let Some(deadline) = observed.timer {
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                self.timers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((deadline, seq), (rule.to_string(), key.to_string()));
+            }
         }
         self.stream_ms.fetch_max(event.time_ms, Ordering::Relaxed);
-        let evicted = match new_key && state.size.grew_past(self.max_keys_per_rule) {
-            true => self.bound(rule, &state),
-            false => Vec::new(),
+        let evicted = match (
+            new_key && state.size.grew_past(self.cap(disk.is_some())),
+            disk,
+        ) {
+            (false, _) => Vec::new(),
+            (true, None) => self.bound(rule, &state),
+            (true, Some(_)) => {
+                self.shed(rule, &state);
+                Vec::new()
+            }
         };
         Ok((observed, evicted))
+    }
+
+    fn cap(&self, on_disk: bool) -> usize {
+        match on_disk {
+            true => self.cache_keys_per_rule,
+            false => self.max_keys_per_rule,
+        }
     }
 
     /// Evicts the least recently seen keys (a tenth) when over the cap.
@@ -222,6 +302,7 @@ impl PatternStore {
                     rule: rule.to_string(),
                     key,
                     source: e.source,
+                    held: false,
                 });
             }
         }
@@ -232,14 +313,11 @@ impl PatternStore {
 
     /// Fires the timers that are due: by event time (the newest event seen
     /// has passed the deadline) or, for a key gone silent, by processing time
-    /// (the wall clock has passed the deadline plus the pattern's lateness).
-    pub fn due(
-        &self,
-        now_ms: i64,
-        pattern_of: impl Fn(&str) -> Option<Arc<Pattern>>,
-    ) -> Vec<(KeyRef, Fired)> {
+    /// (the wall clock has passed the deadline plus the pattern's lateness);
+    /// in memory, and on disk ([`super::on_disk`]).
+    pub fn due(&self, now_ms: i64, pattern_of: impl Fn(&str) -> Option<Arc<Pattern>>) -> Due {
         let stream = self.stream_ms.load(Ordering::Relaxed);
-        let mut fired = Vec::new();
+        let mut due = Due::default();
         let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
         let candidates: Vec<((i64, u64), (String, String))> = timers
             .range(..(now_ms.max(stream) + 1, 0))
@@ -263,14 +341,17 @@ impl PatternStore {
             }
             let idle = match state.keys.get_mut(&key) {
                 Some(mut entry) => {
-                    for f in entry.state.expire(&pattern, effective) {
-                        let at = KeyRef {
-                            rule: rule.clone(),
-                            key: key.clone(),
-                            source: entry.source.clone(),
-                        };
-                        fired.push((at, f));
+                    let at = KeyRef {
+                        rule: rule.clone(),
+                        key: key.clone(),
+                        source: entry.source.clone(),
+                        held: false,
+                    };
+                    let fired = entry.state.expire(&pattern, effective);
+                    if !fired.is_empty() {
+                        due.changed.push(at.clone());
                     }
+                    due.fired.extend(fired.into_iter().map(|f| (at.clone(), f)));
                     entry.state.is_idle()
                 }
                 None => false,
@@ -279,7 +360,9 @@ impl PatternStore {
                 state.keys.remove_if(&key, |_, e| e.state.is_idle());
             }
         }
-        fired
+        drop(timers);
+        self.due_on_disk(now_ms, &pattern_of, &mut due);
+        due
     }
 
     /// Drops the state of rules no longer loaded (or changed), and keys whose
@@ -288,6 +371,7 @@ impl PatternStore {
     pub fn sweep(
         &self,
         now_ms: i64,
+        rules: u64,
         pattern_of: impl Fn(&str) -> Option<Arc<Pattern>>,
     ) -> Vec<KeyRef> {
         let mut gone = Vec::new();
@@ -297,6 +381,7 @@ impl PatternStore {
                     rule: rule.to_string(),
                     key: e.key().clone(),
                     source: e.source.clone(),
+                    held: false,
                 });
             }
         };
@@ -305,13 +390,24 @@ impl PatternStore {
                 let horizon = p.kind.horizon_ms().map(|w| w + p.lateness_ms);
                 if let Some(h) = horizon {
                     state.keys.retain(|key, e| {
+                        let on_disk = self.disks.contains_key(&e.source.0);
+                        if on_disk && (e.gone || e.unsaved > 0) {
+                            return true;
+                        }
                         let keep = now_ms - e.touched_ms <= h && !e.state.is_idle();
                         if !keep {
                             gone.push(KeyRef {
                                 rule: rule.clone(),
                                 key: key.clone(),
                                 source: e.source.clone(),
+                                held: on_disk,
                             });
+                        }
+                        if on_disk && !keep {
+                            // Leaves memory once its tombstone is on disk.
+                            e.unsaved += 1;
+                            e.gone = true;
+                            return true;
                         }
                         keep
                     });
@@ -328,6 +424,10 @@ impl PatternStore {
                 false
             }
         });
+        self.sweep_disk(now_ms, rules, &pattern_of, &mut gone);
+        // A key dropped from memory and found on disk too: one tombstone.
+        let mut seen = std::collections::HashSet::new();
+        gone.retain(|k| seen.insert((k.rule.clone(), k.key.clone(), k.source.1)));
         gone
     }
 
@@ -373,10 +473,17 @@ impl PatternStore {
     }
 
     /// The changelog value of (rule, key) now: `None` when it holds no state
-    /// (a tombstone).
-    pub fn snapshot(&self, rule: &str, key: &str) -> Option<Vec<u8>> {
+    /// (a tombstone). `pattern`: the rule's, for the times the disk indexes.
+    pub fn snapshot(&self, rule: &str, key: &str, pattern: Option<&Pattern>) -> Option<Vec<u8>> {
         let state = self.rules.get(rule)?;
         let entry = state.keys.get(key)?;
+        if entry.gone {
+            return None;
+        }
+        let due_ms = pattern.and_then(|p| entry.state.deadlines(p).into_iter().min());
+        let expires_ms = pattern
+            .and_then(|p| p.kind.horizon_ms().map(|w| w + p.lateness_ms))
+            .map(|h| entry.touched_ms.saturating_add(h));
         Some(crate::util::json_bytes(&PatternRecordRef {
             rule,
             fingerprint: &state.fingerprint,
@@ -384,8 +491,15 @@ impl PatternStore {
             newest_ms: entry.newest_ms,
             touched_ms: entry.touched_ms,
             applied: entry.applied,
+            due_ms,
+            expires_ms,
             state: &entry.state,
         }))
+    }
+
+    /// Whether the state of `topic`'s events is on disk.
+    pub fn is_on_disk(&self, topic: &str) -> bool {
+        self.disks.contains_key(topic)
     }
 
     /// Puts back the state of one source partition read from its changelog
@@ -439,6 +553,8 @@ impl PatternStore {
                 source: (Arc::clone(&source), partition),
                 applied: record.applied,
                 restored: true,
+                unsaved: 0,
+                gone: false,
             };
             if state.keys.insert(record.key, entry).is_none() {
                 state.size.inserted();
@@ -461,13 +577,14 @@ impl PatternStore {
         (keys, bytes)
     }
 
-    /// Whether any timer is waiting.
+    /// Whether any timer is waiting (on disk, one may be).
     pub fn has_timers(&self) -> bool {
-        !self
-            .timers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        !self.disks.is_empty()
+            || !self
+                .timers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
     }
 
     /// Keys held for one rule.

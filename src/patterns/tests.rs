@@ -12,7 +12,7 @@ use crate::rules::compile::Known;
 use crate::rules::load::load_texts;
 use crate::rules::{RuleSet, Verdict};
 
-const MIN: i64 = 60_000;
+pub(super) const MIN: i64 = 60_000;
 
 /// Loads one rule file (written in `dir`, so geofence files resolve there).
 fn rules_in(dir: &std::path::Path, yaml: &str) -> RuleSet {
@@ -25,12 +25,12 @@ fn rules_in(dir: &std::path::Path, yaml: &str) -> RuleSet {
     load_texts(&[(path, yaml.to_string())], &known).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn rules(yaml: &str) -> RuleSet {
+pub(super) fn rules(yaml: &str) -> RuleSet {
     let dir = tempfile::tempdir().unwrap();
     rules_in(dir.path(), yaml)
 }
 
-fn event(n: i64, at_ms: i64, fields: Value) -> Arc<Event> {
+pub(super) fn event(n: i64, at_ms: i64, fields: Value) -> Arc<Event> {
     Arc::new(Event {
         source: Arc::from("tx"),
         partition: 0,
@@ -71,12 +71,13 @@ fn due(set: &RuleSet, store: &PatternStore, now_ms: i64) -> Vec<Fired> {
     let pattern = set.rules[0].pattern.clone();
     store
         .due(now_ms, |_| pattern.clone())
+        .fired
         .into_iter()
         .map(|(_, f)| f)
         .collect()
 }
 
-const VELOCITY: &str = r#"
+pub(super) const VELOCITY: &str = r#"
 rules:
   - id: declined-velocity
     sources: [tx]
@@ -276,7 +277,7 @@ rules:
     );
 }
 
-const ABSENCE: &str = r#"
+pub(super) const ABSENCE: &str = r#"
 rules:
   - id: browsed-no-purchase
     sources: [tx]

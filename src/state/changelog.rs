@@ -14,6 +14,13 @@ use crate::outcome::{Pending, Recorder};
 
 pub use super::change::{Change, RestoreError};
 
+/// What a restore read: each partition's changes, newest per key last
+/// (none for a changelog with a copy on disk), and the records read.
+pub struct Restored {
+    pub changes: HashMap<i32, Vec<Change>>,
+    pub read: usize,
+}
+
 /// A store's changelog: where its changes are written and read back from.
 /// Offline (rule tests, replays) it has no topic and writes nothing.
 #[derive(Clone)]
@@ -38,10 +45,20 @@ impl Changelog {
         }
     }
 
-    /// This changelog with a copy on local disk in `table`.
-    pub fn mirrored(mut self, table: crate::store::Table) -> Changelog {
-        self.mirror = Some(std::sync::Arc::new(super::mirror::Mirror::new(table)));
+    /// This changelog with a copy on local disk in `table`, whose values'
+    /// wake-up times `wake` reads.
+    pub fn mirrored(
+        mut self,
+        table: crate::store::Table,
+        wake: fn(&[u8]) -> super::mirror::Wake,
+    ) -> Changelog {
+        self.mirror = Some(std::sync::Arc::new(super::mirror::Mirror::new(table, wake)));
         self
+    }
+
+    /// Its copy on local disk, if it has one.
+    pub fn mirror(&self) -> Option<&std::sync::Arc<super::mirror::Mirror>> {
+        self.mirror.as_ref()
     }
 
     /// No topic behind it: the store lives in memory only.
@@ -98,7 +115,9 @@ impl Changelog {
 
     /// Reads `partitions` from their start to the end they have now, newest
     /// value per key last, with one consumer: an assignment of many
-    /// partitions restores in about the time of its largest one. Blocking:
+    /// partitions restores in about the time of its largest one. With a copy
+    /// on disk, only the tail past its checkpoint is read, into the copy,
+    /// and no change is returned: the copy is read key by key. Blocking:
     /// runs in the rebalance callback, before any record of the partitions is
     /// handed out. Gives up with an error when the broker stops answering for
     /// `patience`.
@@ -106,61 +125,63 @@ impl Changelog {
         &self,
         partitions: &[i32],
         patience: Duration,
-    ) -> Result<HashMap<i32, Vec<Change>>, RestoreError> {
+    ) -> Result<Restored, RestoreError> {
         let mut out: HashMap<i32, Vec<Change>> =
             partitions.iter().map(|&p| (p, Vec::new())).collect();
         if !self.is_durable() || partitions.is_empty() {
-            return Ok(out);
+            return Ok(Restored {
+                changes: out,
+                read: 0,
+            });
         }
         if let Some(mirror) = &self.mirror {
-            return self.restore_mirrored(mirror, partitions, patience);
+            let read = self.restore_mirrored(mirror, partitions, patience)?;
+            return Ok(Restored { changes: out, read });
         }
+        let mut read = 0;
         let ranges: Vec<(i32, i64, i64)> = self
             .watermarks(partitions, patience)?
             .into_iter()
             .map(|(p, (low, high))| (p, low, high))
             .collect();
         self.read_ranges(&ranges, patience, |partition, _, change| {
+            read += 1;
             out.entry(partition).or_default().push(change)
         })?;
-        Ok(out)
+        Ok(Restored { changes: out, read })
     }
 
-    /// [`Changelog::restore_all`] from the copy on disk: each partition's
-    /// rows, then the tail past its checkpoint (written to disk as it is
-    /// read); a partition without a usable checkpoint is cleared and read
-    /// from the start.
+    /// [`Changelog::restore_all`] into the copy on disk: the tail past each
+    /// partition's checkpoint; a partition without a usable checkpoint is
+    /// cleared and read from the start. The records read.
     fn restore_mirrored(
         &self,
         mirror: &super::mirror::Mirror,
         partitions: &[i32],
         patience: Duration,
-    ) -> Result<HashMap<i32, Vec<Change>>, RestoreError> {
+    ) -> Result<usize, RestoreError> {
         let disk = |source| RestoreError::Disk {
             topic: self.topic.clone(),
             source,
         };
         let watermarks = self.watermarks(partitions, patience)?;
         let checkpoint = mirror.checkpoint().map_err(disk)?;
-        let mut out = HashMap::new();
         let mut ranges = Vec::new();
         for (&partition, &(low, high)) in &watermarks {
-            let (from, rows) = mirror
+            let from = mirror
                 .start(partition, low, high, checkpoint.get(&partition).copied())
                 .map_err(disk)?;
-            out.insert(partition, rows);
             ranges.push((partition, from, high));
         }
         let mut tail = mirror.tail();
         self.read_ranges(&ranges, patience, |partition, offset, change| {
-            tail.add(partition, offset, &change);
-            out.entry(partition).or_default().push(change);
+            tail.add(partition, offset, change);
         })?;
-        tail.commit().map_err(disk)?;
+        let read = tail.commit().map_err(disk)?;
         for (&partition, &(_, high)) in &watermarks {
             mirror.follow(partition, high);
         }
-        Ok(out)
+        Ok(read)
     }
 
     fn reader(&self) -> Result<BaseConsumer, RestoreError> {

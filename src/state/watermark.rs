@@ -59,6 +59,13 @@ impl Watermarks {
         );
     }
 
+    /// The partitions followed, in order.
+    pub fn followed(&self) -> Vec<i32> {
+        let mut partitions: Vec<i32> = self.lock().keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
     /// Stops checkpointing a revoked partition.
     pub fn forget(&self, partition: i32) {
         self.lock().remove(&partition);

@@ -377,6 +377,21 @@ impl Table {
             .collect()
     }
 
+    /// The keys from `from` to `to` (both included), in key order, at most
+    /// `limit` of them; values are not read (index rows).
+    pub fn keys_between(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<fjall::Slice>, StoreError> {
+        self.data
+            .range(from..=to)
+            .take(limit)
+            .map(|kv| kv.key().map_err(|e| self.io(e)))
+            .collect()
+    }
+
     /// Every row `keep` keeps, reading the whole table (a sweep).
     pub fn scan_where(
         &self,
@@ -550,6 +565,13 @@ impl TableBatch {
             false => value,
         };
         self.batch.insert(&self.table.data, key, value);
+        self.len += 1;
+    }
+
+    /// Sets `key` to an empty value, not sealed: a row of an index whose
+    /// key says everything (read with [`Table::keys_between`], never opened).
+    pub fn put_marker(&mut self, key: &[u8]) {
+        self.batch.insert(&self.table.data, key, []);
         self.len += 1;
     }
 

@@ -227,7 +227,8 @@ pub fn compare_mirror(
         .map_err(|e| e.to_string())?;
     let read = read_whole(bootstrap, topic)?;
     let partitions: Vec<i32> = read.ends.keys().copied().collect();
-    let changelog = changelog_of(bootstrap, topic).mirrored(table.clone());
+    let changelog =
+        changelog_of(bootstrap, topic).mirrored(table.clone(), herald::patterns::on_disk::wake_of);
     let before = table.checkpoint().map_err(|e| e.to_string())?;
     let restored = changelog
         .restore_all(&partitions, Duration::from_secs(60))
@@ -237,11 +238,14 @@ pub fn compare_mirror(
         .iter()
         .map(|(p, end)| end - before.get(p).copied().unwrap_or(0))
         .sum();
+    let mirror = changelog.mirror().ok_or("no copy on disk")?;
     let mut on_disk = std::collections::BTreeMap::new();
-    for (partition, changes) in restored {
-        for change in changes {
-            on_disk.insert((partition, change.key), change.value);
-        }
+    for &partition in restored.changes.keys() {
+        mirror
+            .for_each(partition, |key, value| {
+                on_disk.insert((partition, key.to_string()), Some(value.to_vec()));
+            })
+            .map_err(|e| e.to_string())?;
     }
     let mut rebuilt = std::collections::BTreeMap::new();
     for (partition, _, key, value) in read.records {
