@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::held::{AlreadyHeld, Held, HeldMessage, HeldQueue};
+use super::held::{Held, HeldMessage, HeldQueue};
 use super::held_log::HeldLog;
 use super::job::Job;
 use super::{ChannelRuntime, Decision, StageContext};
@@ -87,14 +87,14 @@ pub struct Decider {
     pub(super) feedback_config: FeedbackConfig,
     /// Where every instance learns of a send (`herald_sent`) and of a STOP.
     pub(super) feedback_topic: String,
-    held: HeldQueue<HeldMessage>,
+    pub(super) held: HeldQueue<HeldMessage>,
     /// The durable copy of held messages, shared by all instances.
-    held_log: Arc<HeldLog>,
+    pub(super) held_log: Arc<HeldLog>,
     /// Every decision by intent and channel, per intents partition.
     pub(super) ledger: Arc<SendLedger>,
     /// The intents topic, whose partitions say which users this instance
     /// decides for; `None` offline (all of them).
-    intents_topic: Option<String>,
+    pub(super) intents_topic: Option<String>,
     /// `herald_suppressions_total{reason}`, by [`Suppression::code_index`].
     pub(super) suppression_counters: Vec<IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
@@ -108,6 +108,7 @@ impl Decider {
         channels: Arc<FastMap<String, ChannelRuntime>>,
         intents_topic: Option<String>,
         ledger_table: Option<crate::store::Table>,
+        held_table: Option<crate::store::Table>,
         config: &Config,
     ) -> Decider {
         let reader = crate::kafka::profile_reader_config(&config.kafka);
@@ -136,6 +137,14 @@ impl Decider {
             }
             false => Arc::new(FrequencyCaps::default()),
         };
+        let partitions = Arc::clone(&ledger);
+        let held_log = HeldLog::new(config.topics.held.clone(), reader, move |user| {
+            partitions.partition_of(user)
+        });
+        let held_log = match held_table {
+            Some(table) => held_log.on_disk(table),
+            None => held_log,
+        };
         let suppression_counters = SuppressionCode::ALL
             .iter()
             .map(|code| cx.metrics.suppressions.with_label_values(&[code.as_str()]))
@@ -147,7 +156,7 @@ impl Decider {
             feedback_config: config.feedback.clone(),
             feedback_topic: config.topics.feedback.clone(),
             held: HeldQueue::default(),
-            held_log: Arc::new(HeldLog::new(config.topics.held.clone(), reader)),
+            held_log: Arc::new(held_log),
             ledger,
             intents_topic,
             suppression_counters,
@@ -175,7 +184,7 @@ impl Decider {
                 key: "hold key",
                 partitioning: Partitioning::IntentsPartition,
                 kept: Kept::Topic(config.topics.held.clone()),
-                bound: "one per idempotency key; the newest per collapse key",
+                bound: "one per idempotency key; the newest per collapse key; on disk, those due within a minute in memory",
             },
         ]
     }
@@ -349,7 +358,7 @@ impl Decider {
     }
 
     /// Counts a decision and hands its records to the producer.
-    fn record(&self, mut decided: Decided, writes: &mut Vec<Pending>) {
+    pub(super) fn record(&self, mut decided: Decided, writes: &mut Vec<Pending>) {
         self.count(&decided);
         let o = &decided.outcome;
         writes.append(&mut decided.writes);
@@ -432,12 +441,7 @@ impl Decider {
                         d.writes.push(record);
                         if let Some(old) = replaced {
                             let mut gone = self.collapsed(old.item);
-                            self.held_log.forget(&old.idempotency_key);
-                            gone.writes.push(
-                                self.cx
-                                    .recorder
-                                    .tombstone(&self.held_log.topic, &old.idempotency_key),
-                            );
+                            gone.writes.push(self.unhold(&old.idempotency_key));
                             decided.push(gone);
                         }
                         decided.push(d);
@@ -518,201 +522,6 @@ impl Decider {
             },
         };
         self.defer(held).ok().map(|(record, _)| record)
-    }
-
-    /// Defers a decision: holds the message until its release time, when
-    /// its chain runs again from the first policy step, and writes it to the
-    /// held topic. The one mechanism behind every deferral (quiet hours, a
-    /// wait for a delivery receipt). Returns the held topic's write and the
-    /// message it replaced (same collapse key), or [`AlreadyHeld`].
-    pub(super) fn defer(
-        &self,
-        held: Held<HeldMessage>,
-    ) -> Result<(Pending, Option<Held<HeldMessage>>), AlreadyHeld> {
-        let record =
-            self.cx
-                .recorder
-                .publish_built(&self.held_log.topic, &held.idempotency_key, || {
-                    crate::util::json_bytes(&super::held_log::HeldRecord::of(&held))
-                });
-        let replaced = self.held.hold(held)?;
-        self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
-        Ok((record, replaced))
-    }
-
-    /// The outcome of a held message replaced by a newer one with its collapse key.
-    fn collapsed(&self, old: HeldMessage) -> Decided {
-        let mut outcome = old.outcome;
-        outcome.status = Status::Suppressed;
-        outcome.because("collapsed", "collapsed");
-        outcome.release_ms = None;
-        self.cx.metrics.emit(StageEvent::HeldEnded("collapsed"));
-        let key = format!("{}/{}", old.job.intent, outcome.channel);
-        Decided::new(&old.job, outcome, key)
-    }
-
-    /// Releases held messages when due, until `shutdown`: the ones this
-    /// instance held, and the ones it adopts from the held topic for the
-    /// users whose intents partitions it owns. What is still held at shutdown stays on the
-    /// held topic for the next owner.
-    async fn release_held(
-        self: Arc<Self>,
-        health: Arc<ConsumerHealth>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        loop {
-            self.adopt(&health);
-            let wait = self.held.next_ms().map_or(Duration::from_secs(1), |at| {
-                Duration::from_millis((at - self.cx.clock.now_ms()).clamp(0, 1000) as u64)
-            });
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.held.woken() => continue,
-                _ = shutdown.changed() => break,
-            }
-            for held in self.held.due(self.cx.clock.now_ms()) {
-                self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
-                if !self.owns_user(&health, &held.item.job.event.user) {
-                    // Its user's partition moved: the new owner adopts it from the held topic.
-                    continue;
-                }
-                // Not to be adopted again from the held topic meanwhile.
-                self.held_log.forget(&held.idempotency_key);
-                let decider = Arc::clone(&self);
-                tokio::spawn(async move { decider.release(held).await });
-            }
-        }
-        if !self.held.is_empty() {
-            info!(
-                held = self.held.len(),
-                "stopping with held messages; they stay on the held topic"
-            );
-        }
-        self.cx.metrics.emit(StageEvent::HeldNow(0));
-    }
-
-    /// Whether this instance decides for `user` now: it owns the user's
-    /// intents partition (offline, with no broker, it decides for everyone).
-    fn owns_user(&self, health: &ConsumerHealth, user: &str) -> bool {
-        match &self.intents_topic {
-            Some(topic) => health.owns(topic, self.ledger.partition_of(user)),
-            None => true,
-        }
-    }
-
-    /// Takes over held records of owned partitions that are not queued here.
-    fn adopt(&self, health: &ConsumerHealth) {
-        let records = self.held_log.adoptable(
-            |record| self.owns_user(health, &record.event.user),
-            |key| self.held.contains(key),
-        );
-        if records.is_empty() {
-            return;
-        }
-        let loaded = self.cx.rules.current();
-        for record in records {
-            let Some(rule) = loaded.set.position(&record.rule) else {
-                warn!(rule = %record.rule, "held message of a rule that no longer exists; dropped");
-                self.held_log.forget(&record.key);
-                self.cx.metrics.emit(StageEvent::HeldEnded("rule_removed"));
-                tokio::spawn(
-                    self.cx
-                        .recorder
-                        .tombstone(&self.held_log.topic, &record.key),
-                );
-                continue;
-            };
-            let held = Held {
-                release_ms: record.release_ms,
-                idempotency_key: record.key.clone(),
-                collapse: record.collapse.clone(),
-                item: HeldMessage {
-                    job: Job {
-                        intent: record
-                            .intent
-                            .clone()
-                            .unwrap_or_else(|| record.key.clone())
-                            .into(),
-                        release: true,
-                        loaded: Arc::clone(&loaded),
-                        rule,
-                        event: Arc::new(record.event.to_event()),
-                        profile: None,
-                        matched_ms: record.outcome.timings.matched_ms,
-                        pattern: record.pattern_context.as_ref().map(|context| {
-                            let event = Arc::new(record.event.to_event());
-                            Arc::new(crate::patterns::Fired {
-                                event,
-                                context: context.clone(),
-                                summary: record.outcome.pattern.clone().unwrap_or_default(),
-                            })
-                        }),
-                    },
-                    chain: record.chain.clone(),
-                    hops: record.hops.clone(),
-                    outcome: record.outcome.clone(),
-                    unless_heard_of: record.unless_heard_of.clone(),
-                },
-            };
-            if self.held.hold(held).is_ok() {
-                info!(rule = %record.rule, release_ms = record.release_ms, "adopted a held message");
-            }
-        }
-        self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
-    }
-
-    /// Runs a held message's decision again, now that its quiet hours ended:
-    /// consent, freshness and caps are checked anew with the current profile.
-    pub(super) async fn release(&self, entry: Held<HeldMessage>) {
-        let key = entry.idempotency_key;
-        let mut writes = Vec::new();
-        self.release_one(entry.item, &mut writes).await;
-        // Re-held (quiet again): its new record replaced the old one.
-        if !self.held.contains(&key) {
-            writes.push(self.cx.recorder.tombstone(&self.held_log.topic, &key));
-        }
-        futures::future::join_all(writes).await;
-    }
-
-    async fn release_one(&self, mut held: HeldMessage, writes: &mut Vec<Pending>) {
-        if let Some(key) = &held.unless_heard_of {
-            let wait = Duration::from_millis(self.feedback_config.consent_wait_ms);
-            // Unsure (feedback unreadable) counts as not delivered: reach the user.
-            let _ = self.feedback.consent_barrier(wait).await;
-            if self.feedback.heard_of(&held.job.event.user, key) {
-                self.cx.metrics.emit(StageEvent::HeldEnded("delivered"));
-                return;
-            }
-        }
-        held.job.profile = self.cx.profiles.get(&held.job.event.user);
-        let decided = self
-            .run_chain(&held.job, &held.chain, held.hops.clone())
-            .await;
-        for d in decided {
-            let result = match (d.outcome.status, d.outcome.reason_code) {
-                (Status::Sent, _) => "sent",
-                (Status::Held, _) => "held_again",
-                (Status::Suppressed, Some("stale")) => "stale",
-                (Status::Suppressed, _) => "suppressed",
-                (Status::Failed, _) => "failed",
-            };
-            self.cx.metrics.emit(StageEvent::HeldEnded(result));
-            self.record(d, writes);
-        }
-    }
-
-    /// Releases the held messages due at the clock's time, one after the
-    /// other (rule tests and replays, on a virtual clock).
-    pub(super) async fn release_due(&self) {
-        for held in self.held.due(self.cx.clock.now_ms()) {
-            self.held_log.forget(&held.idempotency_key);
-            self.release(held).await;
-        }
-    }
-
-    /// Whether a message is held.
-    pub(super) fn holds_any(&self) -> bool {
-        !self.held.is_empty()
     }
 
     /// Starts stage 2's background tasks until `shutdown`: the held topic's

@@ -3,8 +3,9 @@
 //! message with the same collapse key replacing an older one, and released by
 //! `Decider::release_held` when due.
 //!
-//! The queue is this instance's share; the held topic ([`super::held_log`])
-//! is the durable copy that survives restarts and follows partition moves.
+//! The queue is this instance's share (with a state directory, only what is
+//! due within a minute); the held topic ([`super::held_log`]) is the durable
+//! copy that survives restarts and follows partition moves.
 
 use crate::util::FastMap;
 use std::collections::BTreeMap;
@@ -87,6 +88,20 @@ impl<T> HeldQueue<T> {
         drop(inner);
         self.wake.notify_one();
         Ok(replaced)
+    }
+
+    /// Takes out the message holding collapse key `collapse`, if any.
+    pub fn take_collapse(&self, collapse: &str) -> Option<Held<T>> {
+        let mut inner = self.lock();
+        let slot = inner.by_collapse.remove(collapse)?;
+        let held = inner.by_time.remove(&slot)?;
+        inner.by_key.remove(&held.idempotency_key);
+        Some(held)
+    }
+
+    /// Wakes the release loop (a message was held elsewhere: on disk).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Takes every message due at `now_ms`.

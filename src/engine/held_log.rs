@@ -1,81 +1,85 @@
 //! The held topic: every held message is also a record on a compacted topic,
 //! keyed by its hold key, and a tombstone once it is released or replaced.
 //!
-//! Every instance reads the whole topic. An instance releases only the held
-//! messages of users whose intents partition it owns: after a restart, or when a
-//! rebalance moves the partition, the next owner adopts them from here. The
-//! event's offset is committed only after its hold record is written, so a
-//! held message is never lost between the two.
+//! Every instance reads the whole topic, into a table on disk (from its
+//! checkpoint; [`super::held_disk`]) or, without a state directory, into
+//! memory. An instance releases only the held messages of users whose
+//! intents partition it owns, reading them from here when they come due:
+//! after a restart, or when a rebalance moves the partition, the next owner
+//! finds them here. The event's offset is committed only after its hold
+//! record is written, so a held message is never lost between the two.
+//!
+//! What this instance wrote and has not read back yet is kept aside (the
+//! overlay): until the topic gives it back, the instance's own view wins
+//! over a copy that is behind.
 
-use crate::util::FastDashMap;
-use std::sync::Arc;
+use crate::util::{FastDashMap, FastMap};
+use std::sync::{Arc, Mutex};
 
-use dashmap::DashSet;
 use rdkafka::{ClientConfig, Message};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::watch;
 
-use super::held::{Held, HeldMessage};
+pub use super::held_disk::HeldRecord;
+use super::held_disk::HeldTable;
 use crate::kafka::follow::{Follower, Start};
-use crate::outcome::{Hop, Outcome};
-pub use crate::state::intent::EventRecord;
 
-/// One held message as written to the held topic.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HeldRecord {
-    pub key: String,
-    /// The intent held (its send-ledger key with the channel).
-    #[serde(default)]
-    pub intent: Option<String>,
-    pub release_ms: i64,
-    #[serde(default)]
-    pub collapse: Option<String>,
-    pub rule: String,
-    pub event: EventRecord,
-    pub chain: Vec<String>,
-    #[serde(default)]
-    pub hops: Vec<Hop>,
-    pub outcome: Outcome,
-    #[serde(default)]
-    pub unless_heard_of: Option<String>,
-    /// What completed the rule's pattern, for templates at release.
-    #[serde(default)]
-    pub pattern_context: Option<Value>,
+/// Where the held topic's records are kept.
+enum Backing {
+    /// Held records by key, whoever holds them.
+    Memory(FastDashMap<String, Arc<HeldRecord>>),
+    Disk(HeldTable),
 }
 
-impl HeldRecord {
-    /// The record of a held message. Of the event and the pattern's context
-    /// it keeps only what the rule's templates read, card numbers masked
-    /// (see docs/engineers/topics.md): a message held overnight does not
-    /// carry the whole transaction at rest.
-    pub fn of(held: &Held<HeldMessage>) -> HeldRecord {
-        let m = &held.item;
-        let e = &m.job.event;
-        let reads = &m.job.rule().reads;
-        let mut event = EventRecord::of(e);
-        event.fields = reads.event.keep(&e.fields);
-        crate::outcome::redact::mask_fields(&mut event.fields);
-        let pattern_context = m.job.pattern.as_ref().map(|p| {
-            let mut context = match &p.context {
-                Value::Object(fields) => Value::Object(reads.pattern.keep(fields)),
-                other => other.clone(),
-            };
-            crate::outcome::redact::mask_json(&mut context);
-            context
+/// One key this instance wrote to the held topic and has not read back.
+struct Pending {
+    /// Writes not read back yet.
+    writes: u32,
+    /// What they leave: the record, or `None` (released or replaced).
+    now: Option<Arc<HeldRecord>>,
+    /// Released or replaced here, its tombstone not written yet.
+    tombstone_due: bool,
+}
+
+#[derive(Default)]
+struct Overlay {
+    keys: FastMap<String, Pending>,
+    /// Collapse key → hold key, of the records in `keys`.
+    collapse: FastMap<String, String>,
+}
+
+impl Overlay {
+    fn set(&mut self, key: &str, now: Option<Arc<HeldRecord>>, write: bool) {
+        let pending = self.keys.entry(key.to_string()).or_insert(Pending {
+            writes: 0,
+            now: None,
+            tombstone_due: false,
         });
-        HeldRecord {
-            key: held.idempotency_key.clone(),
-            intent: Some(m.job.intent.to_string()),
-            release_ms: held.release_ms,
-            collapse: held.collapse.clone(),
-            rule: m.job.loaded.set.rules[m.job.rule].id.to_string(),
-            event,
-            chain: m.chain.clone(),
-            hops: m.hops.clone(),
-            outcome: m.outcome.clone(),
-            unless_heard_of: m.unless_heard_of.clone(),
-            pattern_context,
+        if let Some(c) = pending.now.as_ref().and_then(|r| r.collapse.as_ref()) {
+            if self.collapse.get(c).is_some_and(|k| k == key) {
+                self.collapse.remove(c);
+            }
+        }
+        if let Some(c) = now.as_ref().and_then(|r| r.collapse.clone()) {
+            self.collapse.insert(c, key.to_string());
+        }
+        pending.writes += u32::from(write);
+        pending.tombstone_due = !write && now.is_none();
+        pending.now = now;
+    }
+
+    /// The topic gave back a write of `key`.
+    fn read_back(&mut self, key: &str) {
+        let Some(pending) = self.keys.get_mut(key) else {
+            return;
+        };
+        pending.writes = pending.writes.saturating_sub(1);
+        if pending.writes == 0 && !pending.tombstone_due {
+            if let Some(c) = pending.now.as_ref().and_then(|r| r.collapse.as_ref()) {
+                if self.collapse.get(c).is_some_and(|k| k == key) {
+                    self.collapse.remove(c);
+                }
+            }
+            self.keys.remove(key);
         }
     }
 }
@@ -83,48 +87,105 @@ impl HeldRecord {
 /// What the held topic says is held, on every instance.
 pub struct HeldLog {
     pub topic: String,
-    /// Held records by key, whoever holds them.
-    dormant: FastDashMap<String, Arc<HeldRecord>>,
-    /// Keys this instance released or replaced whose tombstone it has not
-    /// read back yet: a late copy of their record must not be adopted.
-    gone: DashSet<String>,
+    backing: Backing,
+    overlay: Mutex<Overlay>,
     follower: Follower,
+    /// A user's intents partition.
+    partition_of: Box<dyn Fn(&str) -> i32 + Send + Sync>,
 }
 
 impl HeldLog {
-    /// A log over `topic`.
-    pub fn new(topic: String, client: ClientConfig) -> HeldLog {
+    /// A log over `topic`, kept in memory; `partition_of` gives a user's
+    /// intents partition.
+    pub fn new(
+        topic: String,
+        client: ClientConfig,
+        partition_of: impl Fn(&str) -> i32 + Send + Sync + 'static,
+    ) -> HeldLog {
         HeldLog {
-            dormant: FastDashMap::default(),
-            gone: DashSet::new(),
+            backing: Backing::Memory(FastDashMap::default()),
+            overlay: Mutex::new(Overlay::default()),
             follower: Follower::new(topic.clone(), client),
+            partition_of: Box::new(partition_of),
             topic,
         }
     }
 
-    /// Reads the held topic from the start until `shutdown`.
+    /// This log kept on disk in `table`.
+    pub fn on_disk(mut self, table: crate::store::Table) -> HeldLog {
+        self.backing = Backing::Disk(HeldTable::new(table));
+        self
+    }
+
+    /// Whether the records are on disk (else in memory, and every held
+    /// message of this instance is in its queue).
+    pub fn is_on_disk(&self) -> bool {
+        matches!(self.backing, Backing::Disk(_))
+    }
+
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the held topic until `shutdown`: on disk from its checkpoint,
+    /// in memory from the start.
     pub async fn follow(&self, shutdown: watch::Receiver<bool>) {
-        self.follower
-            .run(Start::Beginning, shutdown, |m| {
-                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-                    return;
-                };
-                match m.payload() {
-                    None => {
-                        self.dormant.remove(key);
-                        self.gone.remove(key);
-                    }
-                    Some(p) => {
-                        if self.gone.contains(key) {
-                            return;
-                        }
-                        if let Ok(record) = serde_json::from_slice::<HeldRecord>(p) {
-                            self.dormant.insert(key.to_string(), Arc::new(record));
-                        }
-                    }
+        let table = match &self.backing {
+            Backing::Disk(disk) => Some(disk.table()),
+            Backing::Memory(_) => None,
+        };
+        loop {
+            let start = match table {
+                Some(t) => crate::feedback::disk::FeedbackDisk::start(t, Start::Beginning),
+                None => Start::Beginning,
+            };
+            let read = self
+                .follower
+                .run_with(start, shutdown.clone(), |m| self.apply(m), |_| {})
+                .await;
+            match (read, table) {
+                (Err(e), Some(t)) => {
+                    tracing::warn!(error = %e, "held table cleared; reading its topic again");
+                    let _ = t.clear();
                 }
-            })
-            .await;
+                _ => return,
+            }
+        }
+    }
+
+    /// One record of the held topic.
+    fn apply(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            return;
+        };
+        let record = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<HeldRecord>(p).ok());
+        self.overlay().read_back(key);
+        match &self.backing {
+            Backing::Memory(dormant) => match record {
+                Some(r) => {
+                    dormant.insert(key.to_string(), Arc::new(r));
+                }
+                None => {
+                    dormant.remove(key);
+                }
+            },
+            Backing::Disk(disk) => {
+                let mut batch = disk.table().batch();
+                match &record {
+                    Some(r) => disk.put(&mut batch, r, (self.partition_of)(&r.event.user)),
+                    None => disk.remove(&mut batch, key),
+                }
+                batch.read_to(m.partition(), m.offset() + 1);
+                if let Err(e) = batch.commit() {
+                    // `/readyz` says so; the store's watcher restarts herald
+                    // once the disk takes writes again, and the record is
+                    // read again then.
+                    tracing::warn!(error = %e, "held message not written to the state store");
+                }
+            }
+        }
     }
 
     /// Whether the topic was read to its end once.
@@ -132,23 +193,102 @@ impl HeldLog {
         self.follower.is_caught_up()
     }
 
-    /// This instance released or replaced `key`: not to be adopted again.
-    pub fn forget(&self, key: &str) {
-        self.gone.insert(key.to_string());
-        self.dormant.remove(key);
+    /// This instance is writing `record` for `key` to the topic (`None`: a
+    /// tombstone).
+    pub fn wrote(&self, key: &str, record: Option<Arc<HeldRecord>>) {
+        self.overlay().set(key, record, true);
     }
 
-    /// Held records this instance should take over: their user's partition
-    /// is owned here and they are not in its queue yet.
+    /// This instance released or replaced `key`: not to be taken up again,
+    /// whatever a copy behind says, until its tombstone is read back (or a
+    /// new record of it).
+    pub fn forget(&self, key: &str) {
+        self.overlay().set(key, None, false);
+        if let Backing::Memory(dormant) = &self.backing {
+            dormant.remove(key);
+        }
+    }
+
+    /// Held records this instance should take over (in memory): their
+    /// user's partition is owned here and they are not in its queue yet.
     pub fn adoptable(
         &self,
         owns: impl Fn(&HeldRecord) -> bool,
         queued: impl Fn(&str) -> bool,
     ) -> Vec<Arc<HeldRecord>> {
-        self.dormant
+        let Backing::Memory(dormant) = &self.backing else {
+            return Vec::new();
+        };
+        let overlay = self.overlay();
+        dormant
             .iter()
+            .filter(|r| overlay.keys.get(r.key()).is_none_or(|p| p.now.is_some()))
             .filter(|r| owns(r.value()) && !queued(r.key()))
             .map(|r| Arc::clone(r.value()))
             .collect()
+    }
+
+    /// Whether a message is held under `key` (on disk).
+    pub fn holds(&self, key: &str) -> bool {
+        if let Some(p) = self.overlay().keys.get(key) {
+            return p.now.is_some();
+        }
+        match &self.backing {
+            Backing::Disk(disk) => disk.get(key).ok().flatten().is_some(),
+            Backing::Memory(dormant) => dormant.contains_key(key),
+        }
+    }
+
+    /// The held record with collapse key `collapse` (on disk), if any.
+    pub fn holder(&self, collapse: &str) -> Option<Arc<HeldRecord>> {
+        let overlay = self.overlay();
+        if let Some(key) = overlay.collapse.get(collapse) {
+            return overlay.keys.get(key).and_then(|p| p.now.clone());
+        }
+        let Backing::Disk(disk) = &self.backing else {
+            return None;
+        };
+        let record = disk.holder(collapse).ok().flatten()?;
+        // Replaced or released here meanwhile: not the holder any more.
+        let superseded = overlay.keys.contains_key(&record.key);
+        (!superseded).then(|| Arc::new(record))
+    }
+
+    /// The held records of intents `partitions` due at or before `upto`
+    /// (on disk, and written here but not read back), not `queued`, at most
+    /// about `limit` per partition.
+    pub fn due(
+        &self,
+        partitions: &[i32],
+        upto: i64,
+        limit: usize,
+        queued: impl Fn(&str) -> bool,
+    ) -> Vec<Arc<HeldRecord>> {
+        let Backing::Disk(disk) = &self.backing else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for &partition in partitions {
+            match disk.due(partition, upto, limit) {
+                Ok(records) => out.extend(records.into_iter().map(Arc::new)),
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "held messages cannot be read from disk")
+                }
+            }
+        }
+        let overlay = self.overlay();
+        // The overlay's view of a key wins over the disk's.
+        out.retain(|r| !overlay.keys.contains_key(&r.key));
+        out.extend(
+            overlay
+                .keys
+                .values()
+                .filter_map(|p| p.now.clone())
+                .filter(|r| {
+                    r.release_ms <= upto && partitions.contains(&(self.partition_of)(&r.event.user))
+                }),
+        );
+        out.retain(|r| !queued(&r.key));
+        out
     }
 }

@@ -36,7 +36,9 @@ mod decide;
 mod decider;
 mod dedup;
 mod held;
+mod held_disk;
 mod held_log;
+mod holding;
 mod job;
 mod matcher;
 mod patterns;
@@ -143,12 +145,25 @@ impl Engine {
         let durable = context.recorder.is_kafka();
         let intents_topic = durable.then(|| config.intents_topic());
         let channels = Arc::new(channels);
+        // Held messages on disk (sealed: they carry the event's fields);
+        // a table that will not open leaves them in memory, as before.
+        let held = match (&store, durable) {
+            (Some(store), true) => match store.sealed_table("held", held_disk::FORMAT) {
+                Ok(table) => Some(table),
+                Err(e) => {
+                    tracing::error!(error = %e, "the held table cannot be opened; held messages are kept in memory");
+                    None
+                }
+            },
+            _ => None,
+        };
         let decider = Arc::new(Decider::new(
             context.clone(),
             Arc::clone(&feedback),
             Arc::clone(&channels),
             intents_topic.clone(),
             ledger,
+            held,
             config,
         ));
         let changelogs = if durable { changelogs } else { None };

@@ -35,8 +35,6 @@ pub mod store;
 pub mod window;
 
 #[cfg(test)]
-mod on_disk_tests;
-#[cfg(test)]
 mod tests;
 
 pub use spec::{FenceEvent, LateAction, PatternSpec};

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tracing::{error, info};
 
-use super::store::{Entry, KeyRef, PatternRecord, PatternStore, RuleState};
-use super::{Fired, Pattern};
+use crate::patterns::store::{Entry, KeyRef, PatternRecord, PatternStore, RuleState};
+use crate::patterns::{Fired, Pattern};
 use crate::state::mirror::{Mirror, Wake, NEVER};
 
 /// What the timers due now did.
@@ -71,7 +71,7 @@ impl PatternStore {
         key: &str,
         source: &Arc<str>,
     ) -> Option<Entry> {
-        match mirror.get(partition, &super::store::changelog_key(rule, key)) {
+        match mirror.get(partition, &crate::patterns::store::changelog_key(rule, key)) {
             Ok(value) => Self::entry_of(&value?, pattern, source, partition),
             Err(e) => {
                 error!(%rule, error = %e, "pattern state cannot be read from disk; the key starts fresh");
@@ -322,3 +322,6 @@ impl PatternStore {
         gone.push(at);
     }
 }
+
+#[cfg(test)]
+mod tests;

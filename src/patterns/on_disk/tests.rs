@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::detect::Input;
-use super::store::{changelog_key, PatternStore};
-use super::tests::{event, rules, ABSENCE, MIN, VELOCITY};
-use super::Fired;
 use crate::ingest::decode::Event;
+use crate::patterns::detect::Input;
+use crate::patterns::store::{changelog_key, PatternStore};
+use crate::patterns::tests::{event, rules, ABSENCE, MIN, VELOCITY};
+use crate::patterns::Fired;
 use crate::rules::{RuleSet, Verdict};
 use crate::state::mirror::Mirror;
 use crate::store::Store;
@@ -19,7 +19,7 @@ fn mirror(store: &Store) -> Arc<Mirror> {
     let table = store
         .sealed_table("mirror.tx-changelog", crate::state::mirror::FORMAT)
         .unwrap();
-    let mirror = Mirror::new(table, super::on_disk::wake_of);
+    let mirror = Mirror::new(table, super::wake_of);
     let next = mirror.checkpoint().unwrap().get(&0).copied().unwrap_or(0);
     mirror.follow(0, next);
     Arc::new(mirror)

@@ -1,0 +1,286 @@
+//! Stage 2's held messages: deferring a decision (quiet hours, a wait for a delivery receipt), replacing one by its collapse key, and releasing them when due — from memory, or, with a state directory, from the held table on disk a minute ahead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::decider::{Decided, Decider};
+use super::held::{AlreadyHeld, Held, HeldMessage};
+use super::held_log::HeldRecord;
+use super::job::Job;
+use crate::ingest::ConsumerHealth;
+use crate::metrics::StageEvent;
+use crate::outcome::{Pending, Status};
+use crate::rules::Loaded;
+
+/// With the held table on disk, messages due within this much are read into
+/// memory ahead of their time; the rest stay on disk.
+const AHEAD_MS: i64 = 60_000;
+/// With the held table on disk, at most this many held messages in memory
+/// (due ones first); more wait on disk for the next round.
+const IN_MEMORY: usize = 20_000;
+
+impl Decider {
+    /// Defers a decision: holds the message until its release time, when
+    /// its chain runs again from the first policy step, and writes it to the
+    /// held topic. The one mechanism behind every deferral (quiet hours, a
+    /// wait for a delivery receipt). Returns the held topic's write and the
+    /// message it replaced (same collapse key), or [`AlreadyHeld`].
+    /// With the held table on disk, a message due later than
+    /// [`AHEAD_MS`] is not kept in memory: it is read back when due.
+    pub(super) fn defer(
+        &self,
+        held: Held<HeldMessage>,
+    ) -> Result<(Pending, Option<Held<HeldMessage>>), AlreadyHeld> {
+        let record = Arc::new(HeldRecord::of(&held));
+        let key = held.idempotency_key.clone();
+        let replaced = match self.held_log.is_on_disk() {
+            false => self.held.hold(held)?,
+            true => {
+                if self.held.contains(&key) || self.held_log.holds(&key) {
+                    return Err(AlreadyHeld);
+                }
+                let replaced = held.collapse.as_deref().and_then(|c| {
+                    self.held.take_collapse(c).or_else(|| {
+                        let old = self.held_log.holder(c).filter(|r| r.key != key)?;
+                        self.restore_held(&old, &self.cx.rules.current())
+                    })
+                });
+                if held.release_ms <= self.cx.clock.now_ms() + AHEAD_MS {
+                    // Nothing of its key or collapse key is queued now.
+                    let _ = self.held.hold(held);
+                } else {
+                    self.held.wake();
+                }
+                replaced
+            }
+        };
+        self.held_log.wrote(&key, Some(Arc::clone(&record)));
+        let write = self
+            .cx
+            .recorder
+            .publish_built(&self.held_log.topic, &key, || {
+                crate::util::json_bytes(&*record)
+            });
+        self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
+        Ok((write, replaced))
+    }
+
+    /// Ends the hold of `key` (released, replaced, its rule gone): its
+    /// tombstone on the held topic.
+    pub(super) fn unhold(&self, key: &str) -> Pending {
+        self.held_log.forget(key);
+        self.held_log.wrote(key, None);
+        self.cx.recorder.tombstone(&self.held_log.topic, key)
+    }
+
+    /// Whether a message is held under `key`, in memory or on disk.
+    fn is_held(&self, key: &str) -> bool {
+        self.held.contains(key) || (self.held_log.is_on_disk() && self.held_log.holds(key))
+    }
+
+    /// The outcome of a held message replaced by a newer one with its collapse key.
+    pub(super) fn collapsed(&self, old: HeldMessage) -> Decided {
+        let mut outcome = old.outcome;
+        outcome.status = Status::Suppressed;
+        outcome.because("collapsed", "collapsed");
+        outcome.release_ms = None;
+        self.cx.metrics.emit(StageEvent::HeldEnded("collapsed"));
+        let key = format!("{}/{}", old.job.intent, outcome.channel);
+        Decided::new(&old.job, outcome, key)
+    }
+
+    /// Releases held messages when due, until `shutdown`: the ones this
+    /// instance held, and the ones it takes up from the held topic (or its
+    /// table on disk) for the users whose intents partitions it owns. What
+    /// is still held at shutdown stays on the held topic for the next owner.
+    pub(super) async fn release_held(
+        self: Arc<Self>,
+        health: Arc<ConsumerHealth>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            self.take_up(&health);
+            let wait = self.held.next_ms().map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis((at - self.cx.clock.now_ms()).clamp(0, 1000) as u64)
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.held.woken() => continue,
+                _ = shutdown.changed() => break,
+            }
+            for held in self.held.due(self.cx.clock.now_ms()) {
+                self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
+                if !self.owns_user(&health, &held.item.job.event.user) {
+                    // Its user's partition moved: the new owner takes it up from the held topic.
+                    continue;
+                }
+                // Not to be taken up again from the held topic meanwhile.
+                self.held_log.forget(&held.idempotency_key);
+                let decider = Arc::clone(&self);
+                tokio::spawn(async move { decider.release(held).await });
+            }
+        }
+        if !self.held.is_empty() {
+            info!(
+                held = self.held.len(),
+                "stopping with held messages; they stay on the held topic"
+            );
+        }
+        self.cx.metrics.emit(StageEvent::HeldNow(0));
+    }
+
+    /// Whether this instance decides for `user` now: it owns the user's
+    /// intents partition (offline, with no broker, it decides for everyone).
+    fn owns_user(&self, health: &ConsumerHealth, user: &str) -> bool {
+        match &self.intents_topic {
+            Some(topic) => health.owns(topic, self.ledger.partition_of(user)),
+            None => true,
+        }
+    }
+
+    /// Takes into memory the held messages of owned partitions that are not
+    /// queued here: in memory, every one the held topic has; on disk, those
+    /// due within [`AHEAD_MS`], up to [`IN_MEMORY`].
+    fn take_up(&self, health: &ConsumerHealth) {
+        let records = match self.held_log.is_on_disk() {
+            false => self.held_log.adoptable(
+                |record| self.owns_user(health, &record.event.user),
+                |key| self.held.contains(key),
+            ),
+            true => {
+                let room = IN_MEMORY.saturating_sub(self.held.len());
+                if room == 0 || !self.held_log.is_caught_up() {
+                    return;
+                }
+                let owned: Vec<i32> = match &self.intents_topic {
+                    Some(topic) => (0..self.ledger.partitions())
+                        .filter(|&p| health.owns(topic, p))
+                        .collect(),
+                    None => (0..self.ledger.partitions()).collect(),
+                };
+                let upto = self.cx.clock.now_ms() + AHEAD_MS;
+                let mut due = self
+                    .held_log
+                    .due(&owned, upto, room, |key| self.held.contains(key));
+                due.sort_by_key(|r| r.release_ms);
+                due.truncate(room);
+                due
+            }
+        };
+        if records.is_empty() {
+            return;
+        }
+        let loaded = self.cx.rules.current();
+        for record in records {
+            let Some(held) = self.restore_held(&record, &loaded) else {
+                warn!(rule = %record.rule, "held message of a rule that no longer exists; dropped");
+                self.cx.metrics.emit(StageEvent::HeldEnded("rule_removed"));
+                tokio::spawn(self.unhold(&record.key));
+                continue;
+            };
+            if self.held.hold(held).is_ok() && !self.held_log.is_on_disk() {
+                info!(rule = %record.rule, release_ms = record.release_ms, "adopted a held message");
+            }
+        }
+        self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
+    }
+
+    /// A held message from its record, with the rules as `loaded` now
+    /// (`None`: its rule no longer exists).
+    pub(super) fn restore_held(
+        &self,
+        record: &HeldRecord,
+        loaded: &Arc<Loaded>,
+    ) -> Option<Held<HeldMessage>> {
+        let rule = loaded.set.position(&record.rule)?;
+        let event = Arc::new(record.event.to_event());
+        Some(Held {
+            release_ms: record.release_ms,
+            idempotency_key: record.key.clone(),
+            collapse: record.collapse.clone(),
+            item: HeldMessage {
+                job: Job {
+                    intent: record
+                        .intent
+                        .clone()
+                        .unwrap_or_else(|| record.key.clone())
+                        .into(),
+                    release: true,
+                    loaded: Arc::clone(loaded),
+                    rule,
+                    event: Arc::clone(&event),
+                    profile: None,
+                    matched_ms: record.outcome.timings.matched_ms,
+                    pattern: record.pattern_context.as_ref().map(|context| {
+                        Arc::new(crate::patterns::Fired {
+                            event,
+                            context: context.clone(),
+                            summary: record.outcome.pattern.clone().unwrap_or_default(),
+                        })
+                    }),
+                },
+                chain: record.chain.clone(),
+                hops: record.hops.clone(),
+                outcome: record.outcome.clone(),
+                unless_heard_of: record.unless_heard_of.clone(),
+            },
+        })
+    }
+
+    /// Runs a held message's decision again, now that its quiet hours ended:
+    /// consent, freshness and caps are checked anew with the current profile.
+    pub(super) async fn release(&self, entry: Held<HeldMessage>) {
+        let key = entry.idempotency_key;
+        let mut writes = Vec::new();
+        self.release_one(entry.item, &mut writes).await;
+        // Re-held (quiet again): its new record replaced the old one.
+        if !self.is_held(&key) {
+            writes.push(self.unhold(&key));
+        }
+        futures::future::join_all(writes).await;
+    }
+
+    async fn release_one(&self, mut held: HeldMessage, writes: &mut Vec<Pending>) {
+        if let Some(key) = &held.unless_heard_of {
+            let wait = Duration::from_millis(self.feedback_config.consent_wait_ms);
+            // Unsure (feedback unreadable) counts as not delivered: reach the user.
+            let _ = self.feedback.consent_barrier(wait).await;
+            if self.feedback.heard_of(&held.job.event.user, key) {
+                self.cx.metrics.emit(StageEvent::HeldEnded("delivered"));
+                return;
+            }
+        }
+        held.job.profile = self.cx.profiles.get(&held.job.event.user);
+        let decided = self
+            .run_chain(&held.job, &held.chain, held.hops.clone())
+            .await;
+        for d in decided {
+            let result = match (d.outcome.status, d.outcome.reason_code) {
+                (Status::Sent, _) => "sent",
+                (Status::Held, _) => "held_again",
+                (Status::Suppressed, Some("stale")) => "stale",
+                (Status::Suppressed, _) => "suppressed",
+                (Status::Failed, _) => "failed",
+            };
+            self.cx.metrics.emit(StageEvent::HeldEnded(result));
+            self.record(d, writes);
+        }
+    }
+
+    /// Releases the held messages due at the clock's time, one after the
+    /// other (rule tests and replays, on a virtual clock).
+    pub(super) async fn release_due(&self) {
+        for held in self.held.due(self.cx.clock.now_ms()) {
+            self.held_log.forget(&held.idempotency_key);
+            self.release(held).await;
+        }
+    }
+
+    /// Whether a message is held.
+    pub(super) fn holds_any(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
