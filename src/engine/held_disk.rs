@@ -203,6 +203,17 @@ impl HeldTable {
         }
     }
 
+    /// Hands every held record on disk to `f`.
+    pub fn for_each(&self, mut f: impl FnMut(HeldRecord)) -> Result<(), StoreError> {
+        self.table.for_each(&[HELD], |_, stored| {
+            let record =
+                unpack(&stored).and_then(|(_, _, _, json)| serde_json::from_slice(json).ok());
+            if let Some(r) = record {
+                f(r);
+            }
+        })
+    }
+
     /// The records of intents `partition` due at or before `upto`, earliest
     /// first, at most `limit`. Stale index rows are deleted.
     pub fn due(

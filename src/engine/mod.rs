@@ -48,6 +48,7 @@ pub use channels::ChannelRuntime;
 pub use decider::Decider;
 pub use dedup::RecentSends;
 pub use held::{AlreadyHeld, Held, HeldMessage, HeldQueue};
+pub use held_disk::{HeldTable, FORMAT as HELD_FORMAT};
 pub use held_log::{HeldLog, HeldRecord};
 pub use job::Job;
 pub use matcher::{Matched, Matcher};

@@ -8,6 +8,7 @@
 //! `scripts/faults.sh --short` (what CI runs).
 
 mod disk;
+mod held;
 mod load;
 mod scenarios;
 mod scene;
@@ -33,7 +34,7 @@ pub struct Options {
     /// The short version (CI): fewer kills, shorter outages.
     #[arg(long)]
     short: bool,
-    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, sigterm, group, group-eager,
+    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, sigterm, group, group-eager,
     /// broker-leader, broker-freeze, provider-down, provider-flaky, hostile).
     #[arg(long = "only")]
     only: Vec<String>,
@@ -100,6 +101,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         "kill9",
         "kill9-dynamic",
         "kill9-state",
+        "kill9-held",
         "kill9-group",
         "sigterm",
         "group",
@@ -127,6 +129,9 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         }
         if step("kill9-state") {
             reports.push(scenarios::kill9_state(opts, &broker, if short { 5 } else { 20 }).await?);
+        }
+        if step("kill9-held") {
+            reports.push(held::kill9_held(opts, &broker, if short { 4 } else { 20 }).await?);
         }
         if step("kill9-group") {
             reports.push(scenarios::kill9_group(opts, &broker, if short { 3 } else { 20 }).await?);
@@ -192,7 +197,11 @@ and pattern windows are restored by each partition's next owner, so a
 restarted or surviving instance knows every decision made before a kill;
 profiles are kept on local disk with the topic offsets they hold, and
 `kill9-state` compares that table, after 20 kills during heavy profile
-writes, with a rebuild from the topic. `disk` (full suite only; it mounts a
+writes, with a rebuild from the topic (the send ledger and the pattern
+state's copy on disk too, from their changelogs). `kill9-held` holds every
+swipe by quiet hours that end two minutes later, kills herald during the
+hold and around the release, and compares the held table on disk with the
+held topic: every held notice must go out once. `disk` (full suite only; it mounts a
 tmpfs, so it needs root) fills the state directory while herald runs, makes
 it read-only while herald starts, and deletes it while herald is stopped.
 This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`

@@ -126,7 +126,7 @@ pub fn compare_profiles(
 }
 
 /// The whole of `topic`, read to its end (an error when it cannot be).
-fn read_whole(bootstrap: &str, topic: &str) -> Result<tally::ReadBack, String> {
+pub fn read_whole(bootstrap: &str, topic: &str) -> Result<tally::ReadBack, String> {
     let read = tally::read_records(bootstrap, topic, Duration::from_secs(120))?;
     match read.complete {
         true => Ok(read),
