@@ -123,13 +123,15 @@ pub async fn kill9_state(opts: &Options, broker: &Broker, kills: usize) -> Resul
     );
     let changelog = format!("{}.ledger-changelog", s.group);
     let patterns = format!("{}.patterns-{}-changelog", s.group, s.topics.transactions);
+    let feedback = s.topics.feedback.clone();
     s.settle(secs(40), secs(240)).await;
     let mut report = s.finish().await?;
     let compared = tokio::task::spawn_blocking(move || {
         let profiles = state::compare_profiles(&state_dir, &bootstrap, &topic)?;
         let ledger = state::compare_ledger(&state_dir, &bootstrap, &changelog)?;
         let patterns = state::compare_mirror(&state_dir, &bootstrap, &patterns)?;
-        Ok::<_, String>((profiles, ledger, patterns))
+        let feedback = state::compare_feedback(&state_dir, &bootstrap, &feedback)?;
+        Ok::<_, String>((profiles, ledger, patterns, feedback))
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -137,16 +139,21 @@ pub async fn kill9_state(opts: &Options, broker: &Broker, kills: usize) -> Resul
         (users, differ),
         (keys, tail, ledger_differ),
         (pattern_keys, pattern_tail, pattern_differ),
+        (sends, feedback_missing),
     ) = compared?;
     report.notes.push(format!(
-        "{kills} kills 1–6 s apart while {written} profile records were written; the profile table on disk against a rebuild from the topic: {users} users, {} differ; the send ledger on disk, brought up from its checkpoint ({tail} records past it), against a rebuild from its changelog: {keys} keys, {} differ; the pattern state's copy on disk, the same way ({pattern_tail} records past its checkpoint): {pattern_keys} keys, {} differ",
+        "{kills} kills 1–6 s apart while {written} profile records were written; the profile table on disk against a rebuild from the topic: {users} users, {} differ; the send ledger on disk, brought up from its checkpoint ({tail} records past it), against a rebuild from its changelog: {keys} keys, {} differ; the pattern state's copy on disk, the same way ({pattern_tail} records past its checkpoint): {pattern_keys} keys, {} differ; the feedback table against its topic up to its checkpoint: {sends} sends, {} missing",
         differ.len(),
         ledger_differ.len(),
-        pattern_differ.len()
+        pattern_differ.len(),
+        feedback_missing.len()
     ));
     report.problems.extend(differ.into_iter().take(20));
     report.problems.extend(ledger_differ.into_iter().take(20));
     report.problems.extend(pattern_differ.into_iter().take(20));
+    report
+        .problems
+        .extend(feedback_missing.into_iter().take(20));
     Ok(report)
 }
 

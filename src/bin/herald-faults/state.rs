@@ -271,3 +271,43 @@ pub fn compare_mirror(
     }
     Ok((rebuilt.len(), tail.max(0) as usize, differ))
 }
+
+/// Compares the feedback table herald left in `state_dir` (its first slot)
+/// with the feedback topic up to the table's checkpoint: every message the
+/// topic says was sent (`herald_sent`) is on disk under its idempotency
+/// key, as replies and engagement look it up. Returns the sends compared
+/// and every one missing.
+pub fn compare_feedback(
+    state_dir: &Path,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<(usize, Vec<String>), String> {
+    use herald::feedback::disk::{FeedbackDisk, FORMAT};
+    let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
+    let table = |name| store.sealed_table(name, FORMAT).map_err(|e| e.to_string());
+    let feedback = table("feedback")?;
+    let checkpoint = feedback.checkpoint().map_err(|e| e.to_string())?;
+    let disk = FeedbackDisk::new(feedback, table("consent")?);
+    let read = read_whole(bootstrap, topic)?;
+    let (mut compared, mut missing) = (0, Vec::new());
+    for (partition, offset, _, value) in read.records {
+        if offset >= checkpoint.get(&partition).copied().unwrap_or(0) {
+            continue;
+        }
+        let record: serde_json::Value = match value.map(|v| serde_json::from_slice(&v)) {
+            Some(Ok(r)) => r,
+            _ => continue,
+        };
+        if record["type"] != "herald_sent" {
+            continue;
+        }
+        let key = record["idempotency_key"].as_str().unwrap_or_default();
+        compared += 1;
+        if disk.sent_by_key(key).is_none() {
+            missing.push(format!(
+                "feedback: herald_sent {key} (partition {partition}, offset {offset}) below the checkpoint, not on disk"
+            ));
+        }
+    }
+    Ok((compared, missing))
+}
