@@ -34,7 +34,9 @@ enum Backing {
 struct Pending {
     /// Writes not read back yet.
     writes: u32,
-    /// What they leave: the record, or `None` (released or replaced).
+    /// What they leave: held (with the record, on disk), or not (released
+    /// or replaced).
+    held: bool,
     now: Option<Arc<HeldRecord>>,
     /// Released or replaced here, its tombstone not written yet.
     tombstone_due: bool,
@@ -48,9 +50,10 @@ struct Overlay {
 }
 
 impl Overlay {
-    fn set(&mut self, key: &str, now: Option<Arc<HeldRecord>>, write: bool) {
+    fn set(&mut self, key: &str, held: bool, now: Option<Arc<HeldRecord>>, write: bool) {
         let pending = self.keys.entry(key.to_string()).or_insert(Pending {
             writes: 0,
+            held: false,
             now: None,
             tombstone_due: false,
         });
@@ -63,7 +66,8 @@ impl Overlay {
             self.collapse.insert(c, key.to_string());
         }
         pending.writes += u32::from(write);
-        pending.tombstone_due = !write && now.is_none();
+        pending.tombstone_due = !write && !held;
+        pending.held = held;
         pending.now = now;
     }
 
@@ -193,17 +197,22 @@ impl HeldLog {
         self.follower.is_caught_up()
     }
 
-    /// This instance is writing `record` for `key` to the topic (`None`: a
-    /// tombstone).
-    pub fn wrote(&self, key: &str, record: Option<Arc<HeldRecord>>) {
-        self.overlay().set(key, record, true);
+    /// This instance is writing a hold of `key` to the topic (its record:
+    /// needed on disk, where it is looked up before it is read back).
+    pub fn wrote_hold(&self, key: &str, record: Option<Arc<HeldRecord>>) {
+        self.overlay().set(key, true, record, true);
+    }
+
+    /// This instance is writing `key`'s tombstone to the topic.
+    pub fn wrote_tombstone(&self, key: &str) {
+        self.overlay().set(key, false, None, true);
     }
 
     /// This instance released or replaced `key`: not to be taken up again,
     /// whatever a copy behind says, until its tombstone is read back (or a
     /// new record of it).
     pub fn forget(&self, key: &str) {
-        self.overlay().set(key, None, false);
+        self.overlay().set(key, false, None, false);
         if let Backing::Memory(dormant) = &self.backing {
             dormant.remove(key);
         }
@@ -222,7 +231,7 @@ impl HeldLog {
         let overlay = self.overlay();
         dormant
             .iter()
-            .filter(|r| overlay.keys.get(r.key()).is_none_or(|p| p.now.is_some()))
+            .filter(|r| overlay.keys.get(r.key()).is_none_or(|p| p.held))
             .filter(|r| owns(r.value()) && !queued(r.key()))
             .map(|r| Arc::clone(r.value()))
             .collect()
@@ -231,7 +240,7 @@ impl HeldLog {
     /// Whether a message is held under `key` (on disk).
     pub fn holds(&self, key: &str) -> bool {
         if let Some(p) = self.overlay().keys.get(key) {
-            return p.now.is_some();
+            return p.held;
         }
         match &self.backing {
             Backing::Disk(disk) => disk.get(key).ok().flatten().is_some(),

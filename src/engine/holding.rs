@@ -34,36 +34,47 @@ impl Decider {
         &self,
         held: Held<HeldMessage>,
     ) -> Result<(Pending, Option<Held<HeldMessage>>), AlreadyHeld> {
-        let record = Arc::new(HeldRecord::of(&held));
         let key = held.idempotency_key.clone();
-        let replaced = match self.held_log.is_on_disk() {
-            false => self.held.hold(held)?,
-            true => {
-                if self.held.contains(&key) || self.held_log.holds(&key) {
-                    return Err(AlreadyHeld);
-                }
-                let replaced = held.collapse.as_deref().and_then(|c| {
-                    self.held.take_collapse(c).or_else(|| {
-                        let old = self.held_log.holder(c).filter(|r| r.key != key)?;
-                        self.restore_held(&old, &self.cx.rules.current())
-                    })
-                });
-                if held.release_ms <= self.cx.clock.now_ms() + AHEAD_MS {
-                    // Nothing of its key or collapse key is queued now.
-                    let _ = self.held.hold(held);
-                } else {
-                    self.held.wake();
-                }
-                replaced
+        // On disk the record is looked up before the topic gives it back;
+        // in memory (offline tools, whose recorder keeps no held topic) it
+        // is built only if it is written.
+        let record = self
+            .held_log
+            .is_on_disk()
+            .then(|| Arc::new(HeldRecord::of(&held)));
+        let mut replaced = None;
+        if record.is_some() {
+            if self.held.contains(&key) || self.held_log.holds(&key) {
+                return Err(AlreadyHeld);
             }
-        };
-        self.held_log.wrote(&key, Some(Arc::clone(&record)));
+            replaced = held.collapse.as_deref().and_then(|c| {
+                self.held.take_collapse(c).or_else(|| {
+                    let old = self.held_log.holder(c).filter(|r| r.key != key)?;
+                    self.restore_held(&old, &self.cx.rules.current())
+                })
+            });
+        }
+        self.held_log.wrote_hold(&key, record.clone());
         let write = self
             .cx
             .recorder
-            .publish_built(&self.held_log.topic, &key, || {
-                crate::util::json_bytes(&*record)
+            .publish_built(&self.held_log.topic, &key, || match &record {
+                Some(r) => crate::util::json_bytes(&**r),
+                None => crate::util::json_bytes(&HeldRecord::of(&held)),
             });
+        let replaced = match record {
+            // In memory every held message is queued.
+            None => self.held.hold(held)?,
+            // Nothing of its key or collapse key is queued now.
+            Some(_) if held.release_ms <= self.cx.clock.now_ms() + AHEAD_MS => {
+                let _ = self.held.hold(held);
+                replaced
+            }
+            Some(_) => {
+                self.held.wake();
+                replaced
+            }
+        };
         self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
         Ok((write, replaced))
     }
@@ -72,7 +83,7 @@ impl Decider {
     /// tombstone on the held topic.
     pub(super) fn unhold(&self, key: &str) -> Pending {
         self.held_log.forget(key);
-        self.held_log.wrote(key, None);
+        self.held_log.wrote_tombstone(key);
         self.cx.recorder.tombstone(&self.held_log.topic, key)
     }
 
