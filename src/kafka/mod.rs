@@ -185,7 +185,10 @@ pub fn profile_reader_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
-/// The producer for outcomes and dead letters: acknowledged by all replicas, idempotent.
+/// The producer for outcomes and dead letters: acknowledged by all replicas,
+/// idempotent, and never timing a record out (librdkafka retries it until
+/// the broker has it, so a record is written once: see
+/// `outcome::producer`).
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     client_config(
         kafka,
@@ -194,7 +197,7 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
             ("linger.ms", "1"),
             ("acks", "all"),
             ("enable.idempotence", "true"),
-            ("message.timeout.ms", "30000"),
+            ("message.timeout.ms", "0"),
         ],
     )
 }

@@ -9,6 +9,15 @@
 //! (librdkafka's idempotent producer fenced or out of sequence) ends that
 //! producer for good: the first write to see it builds a new one, and every
 //! write in flight retries on it.
+//!
+//! Each record is written once: librdkafka never times a record out
+//! (`message.timeout.ms = 0`) and retries it itself, idempotently (sequence
+//! numbers per partition), until the broker has it; a write not
+//! acknowledged within [`SLOW`] counts as failing for readiness while it
+//! still waits. herald sends a record again only after a definite error
+//! (the record was refused, never written) or on a rebuilt producer; before,
+//! it sent again after librdkafka's 30 s timeout, and a record that had
+//! landed after all was written twice.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +29,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use tracing::{error, warn};
+
+/// How long a write may wait for its acknowledgement before it counts as
+/// failing (readiness names it).
+const SLOW: Duration = Duration::from_secs(30);
 
 /// What the readiness check needs to know about writes.
 pub struct WriteHealth {
@@ -142,11 +155,27 @@ impl KafkaWriter {
             let mut counted = false;
             let offset = loop {
                 let error = match attempt {
-                    Ok(delivery) => match delivery.await {
-                        Ok(Ok(delivered)) => break delivered.offset,
-                        Ok(Err((e, _))) => e,
-                        Err(_) => KafkaError::Canceled,
-                    },
+                    Ok(delivery) => {
+                        tokio::pin!(delivery);
+                        // Not sent again while it waits: it may yet land.
+                        let answered = tokio::select! {
+                            answered = &mut delivery => answered,
+                            _ = tokio::time::sleep(SLOW) => {
+                                if !counted {
+                                    counted = true;
+                                    let slow = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+                                    writer.health.failed(&topic, &slow);
+                                }
+                                warn!(%topic, "record not acknowledged after 30 s; still waiting (its offset is held back)");
+                                delivery.await
+                            }
+                        };
+                        match answered {
+                            Ok(Ok(delivered)) => break delivered.offset,
+                            Ok(Err((e, _))) => e,
+                            Err(_) => KafkaError::Canceled,
+                        }
+                    }
                     Err(e) => e,
                 };
                 // A full local queue is back-pressure, not a failure.
@@ -161,8 +190,8 @@ impl KafkaWriter {
                 if let Some((code, reason)) = producer.client().fatal_error() {
                     writer.rebuild(&producer, code, &reason);
                 } else if !backpressure {
-                    // librdkafka already retried for message.timeout.ms.
-                    warn!(%topic, %error, "record not written yet; retrying (its offset is held back)");
+                    // Refused, not timed out (librdkafka does not time records out).
+                    warn!(%topic, %error, "record not written; sending it again (its offset is held back)");
                 }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
