@@ -1,4 +1,4 @@
-//! admin: the operator's HTTP endpoints — `/metrics`, `/healthz`, `/readyz`, `GET /rules`.
+//! admin: the operator's HTTP endpoints — `/metrics`, `/livez` (and `/healthz`), `/readyz`, `GET /rules`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -58,6 +58,7 @@ pub async fn serve_not_ready(listener: TcpListener, reason: Arc<std::sync::Mutex
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/livez", get(|| async { "ok\n" }))
         .fallback(answer);
     let _ = axum::serve(listener, app).await;
 }
@@ -71,6 +72,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/", get(page))
         .route("/rules/live", get(live))
@@ -155,9 +157,11 @@ fn readiness(state: &AdminState) -> serde_json::Value {
     if let Some(problem) = state.writes.problem() {
         not_ready.push(problem);
     }
-    if !state.breakers.is_empty() && open.len() == state.breakers.len() {
+    // A channel's circuit opens only when its sends fail: messages wait on
+    // it, whatever the other channels do.
+    if !open.is_empty() {
         not_ready.push(format!(
-            "every channel's provider is failing; circuits open: {}",
+            "messages wait on a failing provider; circuits open: {}",
             open.join(", ")
         ));
     }
@@ -173,9 +177,18 @@ fn readiness(state: &AdminState) -> serde_json::Value {
             lost.as_secs()
         ));
     }
+    // Not a reason to stop routing to this instance, but for an operator.
+    let mut warnings = Vec::new();
+    let orphaned = state.metrics.held_orphaned.get();
+    if orphaned > 0 {
+        warnings.push(format!(
+            "{orphaned} held message(s) wait for a rule that is not loaded; kept held, each dead-lettered once as held_rule_removed: restore the rule, or re-publish or drop them"
+        ));
+    }
     json!({
         "ready": not_ready.is_empty(),
         "not_ready": not_ready,
+        "warnings": warnings,
         "rules_loaded": true,
         "profiles_caught_up": profiles,
         "profiles_loading": {

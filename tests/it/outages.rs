@@ -29,23 +29,6 @@ async fn start(
     (dir, running)
 }
 
-/// Polls an admin endpoint until `done` holds (30 s at most); its body then.
-async fn admin_until(
-    addr: std::net::SocketAddr,
-    path: &str,
-    done: impl Fn(u16, &str) -> bool,
-) -> Option<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        let (code, body) = admin_get(addr, path).await;
-        if done(code, &body) {
-            return Some(body);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_outage_opens_the_circuit_and_every_message_goes_out_once_after_it() {
     let topics = Topics::create(1).await;
@@ -72,8 +55,17 @@ async fn a_provider_outage_opens_the_circuit_and_every_message_goes_out_once_aft
     })
     .await;
     assert!(open.is_some(), "the push circuit opens during the outage");
-    let (_, ready) = admin_get(addr, "/readyz").await;
+    // The SMS channel is configured too, and idle: readiness still says
+    // that push messages wait.
+    let (code, ready) = admin_get(addr, "/readyz").await;
     assert!(ready.contains("\"push (open"), "{ready}");
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready.contains("messages wait on a failing provider; circuits open: push"),
+        "{ready}"
+    );
+    let (live, _) = admin_get(addr, "/livez").await;
+    assert_eq!(live, 200, "alive while not ready");
 
     let outcomes = read_json(&topics.outcomes, 10, Duration::from_secs(60), |_| true);
     assert!(

@@ -269,6 +269,25 @@ pub fn read_json_from(
 
 /// Reads every record of `topic` from the beginning, stopping once nothing new
 /// has arrived for `quiet` (after the first record) or after `limit`.
+/// A record's key and payload (`None`: a tombstone).
+pub type KeyAndPayload = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Every record of `topic` as (key, payload; `None` a tombstone), until none
+/// came for `quiet` (or `limit` passed).
+pub fn read_all_records(topic: &str, quiet: Duration, limit: Duration) -> Vec<KeyAndPayload> {
+    let consumer = reader(&brokers(), topic);
+    let deadline = Instant::now() + limit;
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while Instant::now() < deadline && (out.is_empty() || last.elapsed() < quiet) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+            out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+            last = Instant::now();
+        }
+    }
+    out
+}
+
 pub fn read_all_json(topic: &str, quiet: Duration, limit: Duration) -> Vec<Value> {
     let consumer = reader(&brokers(), topic);
     let deadline = Instant::now() + limit;
@@ -445,6 +464,23 @@ pub fn profile_json(user: &str, push: bool, sms: bool) -> Value {
         "consent": {"push": push, "sms": sms},
         "preferences": {"marketing": false},
     })
+}
+
+/// Polls an admin endpoint until `done` holds (30 s at most); its body then.
+pub async fn admin_until(
+    addr: std::net::SocketAddr,
+    path: &str,
+    done: impl Fn(u16, &str) -> bool,
+) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let (code, body) = admin_get(addr, path).await;
+        if done(code, &body) {
+            return Some(body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// Admin GET, body as text.
