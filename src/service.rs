@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
@@ -112,6 +112,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ = shutdown => None,
         reason = running.failed() => Some(reason),
     };
+    exit_guard(running.grace + STOP_BOUND);
     running.stop().await;
     match fatal {
         Some(reason) => Err(Error::Fatal(reason)),
@@ -119,11 +120,62 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 }
 
+/// Beyond the grace, how long stopping may take (the stages' clients closing,
+/// the runtime's blocking calls) before the process is ended regardless.
+const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// Guarantees the process ends once it is stopping, whatever hangs (a
+/// Kafka client's close on a frozen broker, a blocked worker): a thread of
+/// its own, with its own runtime so it runs when every worker is stuck,
+/// exits non-zero once `bound` has passed, and at once on a second SIGTERM
+/// or SIGINT (143 or 130, as the shell reports a signal). A stop that ends
+/// in time returns from `main` first, which ends the thread with the
+/// process. Only [`run`], the binary's loop, arms it.
+fn exit_guard(bound: Duration) {
+    let guard = move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let second_signal = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => 130,
+                _ = term.recv() => 143,
+            }
+        };
+        let code = match &runtime {
+            Ok(rt) => rt.block_on(async { tokio::time::timeout(bound, second_signal).await.ok() }),
+            Err(_) => {
+                std::thread::sleep(bound);
+                None
+            }
+        };
+        match code {
+            Some(_) => error!("a second stop signal: exiting at once, without finishing the stop"),
+            None => error!(
+                seconds = bound.as_secs(),
+                "stopping did not end in time (a client or a disk that does not answer); exiting"
+            ),
+        }
+        std::process::exit(code.unwrap_or(1));
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("herald-exit-guard".into())
+        .spawn(guard)
+    {
+        warn!(error = %e, "the exit guard did not start; a hung stop is not bounded");
+    }
+}
+
 /// Starts an instance: loads rules (refusing to start on any error), connects
 /// to Kafka, follows profiles, watches the rules, serves admin and consumes.
 pub async fn start(mut config: Config) -> Result<Running, Error> {
     let metrics = Arc::new(Metrics::new());
-    let with_changelog = internal_topics(&mut config).await.map_err(Error::Fatal)?;
+    // Rules first: a broken or empty rules directory is said before any
+    // topic is touched.
     let channel_names: BTreeSet<String> = config.channels.keys().cloned().collect();
     let source_names: BTreeSet<String> = config.sources.keys().cloned().collect();
     let rules = LiveRules::load(
@@ -131,7 +183,9 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         channel_names,
         source_names,
         Arc::clone(&metrics),
+        config.rules.allow_empty,
     )?;
+    let with_changelog = internal_topics(&mut config).await.map_err(Error::Fatal)?;
 
     let http = http_client();
     let mut built = std::collections::BTreeMap::new();

@@ -95,6 +95,8 @@ impl Offline {
             config.channels.keys().cloned().collect(),
             config.sources.keys().cloned().collect(),
             Arc::clone(&metrics),
+            // The analyst tools report what the rules do; none is an answer.
+            true,
         )?;
         Ok(Offline::with_rules(config, rules, metrics, profiles))
     }

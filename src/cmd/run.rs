@@ -27,5 +27,5 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutdown signal received");
+    tracing::info!("shutdown signal received; stopping (a second signal ends herald at once)");
 }

@@ -217,6 +217,10 @@ pub struct RulesConfig {
     /// How long file changes are gathered before one reload, in milliseconds.
     #[serde(default = "defaults::reload_debounce_ms")]
     pub debounce_ms: u64,
+    /// Whether `herald run` may start, or a reload leave it, with no rule
+    /// (it would consume every event and send nothing).
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 /// Admin HTTP server.
@@ -356,6 +360,7 @@ impl Default for RulesConfig {
             dir: defaults::rules_dir(),
             watch: true,
             debounce_ms: defaults::reload_debounce_ms(),
+            allow_empty: false,
         }
     }
 }

@@ -90,6 +90,9 @@ pub struct Decider {
     pub(super) held: HeldQueue<HeldMessage>,
     /// The durable copy of held messages, shared by all instances.
     pub(super) held_log: Arc<HeldLog>,
+    /// Held messages whose rule is not loaded, by hold key → rule: kept held,
+    /// reported once, taken up again when the rule is back.
+    pub(super) orphans: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     /// Every decision by intent and channel, per intents partition.
     pub(super) ledger: Arc<SendLedger>,
     /// The intents topic, whose partitions say which users this instance
@@ -157,6 +160,7 @@ impl Decider {
             feedback_topic: config.topics.feedback.clone(),
             held: HeldQueue::default(),
             held_log: Arc::new(held_log),
+            orphans: Default::default(),
             ledger,
             intents_topic,
             suppression_counters,

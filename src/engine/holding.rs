@@ -156,11 +156,18 @@ impl Decider {
     /// queued here: in memory, every one the held topic has; on disk, those
     /// due within [`AHEAD_MS`], up to [`IN_MEMORY`].
     fn take_up(&self, health: &ConsumerHealth) {
+        let loaded = self.cx.rules.current();
+        let orphans: std::collections::BTreeSet<String> = {
+            let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+            // A rule back: its messages are taken up again (late ones at once).
+            orphans.retain(|_, rule| loaded.set.position(rule).is_none());
+            orphans.keys().cloned().collect()
+        };
+        let skip = |key: &str| self.held.contains(key) || orphans.contains(key);
         let records = match self.held_log.is_on_disk() {
-            false => self.held_log.adoptable(
-                |record| self.owns_user(health, &record.event.user),
-                |key| self.held.contains(key),
-            ),
+            false => self
+                .held_log
+                .adoptable(|record| self.owns_user(health, &record.event.user), skip),
             true => {
                 let room = IN_MEMORY.saturating_sub(self.held.len());
                 if room == 0 || !self.held_log.is_caught_up() {
@@ -173,9 +180,7 @@ impl Decider {
                     None => (0..self.ledger.partitions()).collect(),
                 };
                 let upto = self.cx.clock.now_ms() + AHEAD_MS;
-                let mut due = self
-                    .held_log
-                    .due(&owned, upto, room, |key| self.held.contains(key));
+                let mut due = self.held_log.due(&owned, upto, room + orphans.len(), skip);
                 due.sort_by_key(|r| r.release_ms);
                 due.truncate(room);
                 due
@@ -184,12 +189,9 @@ impl Decider {
         if records.is_empty() {
             return;
         }
-        let loaded = self.cx.rules.current();
         for record in records {
             let Some(held) = self.restore_held(&record, &loaded) else {
-                warn!(rule = %record.rule, "held message of a rule that no longer exists; dropped");
-                self.cx.metrics.emit(StageEvent::HeldEnded("rule_removed"));
-                tokio::spawn(self.unhold(&record.key));
+                self.orphaned(&record);
                 continue;
             };
             if self.held.hold(held).is_ok() && !self.held_log.is_on_disk() {
@@ -197,6 +199,45 @@ impl Decider {
             }
         }
         self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
+    }
+
+    /// A held message whose rule is not loaded (removed, renamed, or a
+    /// deployment with other rules on the same held topic): never dropped.
+    /// It stays held on the topic, is counted (`herald_held_orphaned`, and a
+    /// warning on `/readyz`), and a copy of its whole record goes to the
+    /// dead-letter topic once, for an operator to re-publish or let go; it
+    /// is released when its rule is back.
+    fn orphaned(&self, record: &HeldRecord) {
+        let mut orphans = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        if orphans
+            .insert(record.key.clone(), record.rule.clone())
+            .is_some()
+        {
+            return;
+        }
+        warn!(rule = %record.rule, "held message of a rule that is not loaded; kept held until the rule is back (dead-lettered as held_rule_removed for an operator)");
+        self.cx
+            .metrics
+            .emit(StageEvent::HeldOrphaned(orphans.len()));
+        let code = crate::outcome::DeadLetterCode::HeldRuleRemoved;
+        self.cx.metrics.emit(StageEvent::DeadLettered {
+            reason: code.as_str(),
+        });
+        let json = crate::util::json_bytes(record);
+        tokio::spawn(self.cx.recorder.dead_letter(&crate::outcome::DeadLetter {
+            reason: code.into(),
+            detail: format!(
+                "held message of rule `{}`, which is not loaded; it stays held and is released when the rule is back; the original is its held-topic record (key `{}`)",
+                record.rule, record.key
+            ),
+            topic: self.held_log.topic.clone(),
+            partition: -1,
+            offset: -1,
+            original: crate::outcome::Original::of(Some(record.key.as_bytes()), Some(&json)),
+            rule: Some(record.rule.clone()),
+            channel: None,
+            at_ms: self.cx.clock.now_ms(),
+        }));
     }
 
     /// A held message from its record, with the rules as `loaded` now

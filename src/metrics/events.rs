@@ -45,8 +45,10 @@ pub enum StageEvent<'a> {
     },
     /// Messages held now.
     HeldNow(usize),
+    /// Held messages kept for a rule that is not loaded.
+    HeldOrphaned(usize),
     /// A held message ended: `sent`, `held_again`, `stale`, `suppressed`,
-    /// `failed`, `collapsed`, `delivered`, `rule_removed`.
+    /// `failed`, `collapsed`, `delivered`.
     HeldEnded(&'static str),
     /// The send ledger's size on disk, and the caps' users in memory.
     LedgerSize {
@@ -104,6 +106,7 @@ impl Metrics {
                 self.consume_to_send.observe(consume_to_send_s);
             }
             StageEvent::HeldNow(n) => self.held.set(n as i64),
+            StageEvent::HeldOrphaned(n) => self.held_orphaned.set(n as i64),
             StageEvent::HeldEnded(how) => self.held_released.with_label_values(&[how]).inc(),
             StageEvent::LedgerSize {
                 rows,

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub rule_suppressions: IntCounterVec,
     /// Messages held now: for the end of quiet hours, or awaiting a delivery receipt.
     pub held: IntGauge,
+    /// Held messages kept for a rule that is not loaded (waiting for it, or
+    /// for an operator).
+    pub held_orphaned: IntGauge,
     /// Held messages by how they ended (`sent`, `stale`, `suppressed`,
     /// `failed`, `collapsed`, `shutdown`), and delivery waits that ended `delivered`.
     pub held_released: IntCounterVec,
@@ -264,6 +267,10 @@ impl Metrics {
             held: gauge(
                 "herald_held_messages",
                 "Messages held for quiet hours or awaiting a delivery receipt",
+            ),
+            held_orphaned: gauge(
+                "herald_held_orphaned",
+                "Held messages kept for a rule that is not loaded",
             ),
             held_released: counter_vec(
                 "herald_held_released_total",

@@ -190,6 +190,9 @@ crate::reason_codes! {
         BadIntent = "bad_intent",
         /// An intent of a rule no longer loaded.
         RuleRemoved = "rule_removed",
+        /// A held message whose rule is no longer loaded: kept held (a copy
+        /// of its record here, to re-publish to the held topic if wanted).
+        HeldRuleRemoved = "held_rule_removed",
         /// A message that failed: `send_failed:<the failure's reason>`.
         SendFailed = "send_failed",
         FeedbackEmpty = "feedback_empty",

@@ -58,21 +58,44 @@ pub struct LiveRules {
     channels: BTreeSet<String>,
     sources: BTreeSet<String>,
     metrics: Arc<Metrics>,
+    /// Whether a set with no rule may run (`rules.allow_empty`).
+    allow_empty: bool,
+}
+
+/// The error of a load that found no rule where one is required: the
+/// instance would consume and send nothing, silently.
+fn no_rules(dir: &std::path::Path, reload: bool) -> RuleErrors {
+    let message = match reload {
+        false => "no rules in this directory: herald would consume every event and send nothing; add a rule file, or set `rules.allow_empty = true` to run without rules",
+        true => "the files now define no rule: this reload would remove every rule and is refused; the previous rules keep running (set `rules.allow_empty = true` to allow it)",
+    };
+    RuleErrors(vec![RuleError {
+        file: dir.to_path_buf(),
+        line: 1,
+        column: 1,
+        rule: None,
+        message: message.to_string(),
+    }])
 }
 
 impl LiveRules {
-    /// Loads the rules once; fails with every error when the files are broken.
+    /// Loads the rules once; fails with every error when the files are
+    /// broken, and when they define no rule unless `allow_empty`.
     pub fn load(
         dir: PathBuf,
         channels: BTreeSet<String>,
         sources: BTreeSet<String>,
         metrics: Arc<Metrics>,
+        allow_empty: bool,
     ) -> Result<Arc<LiveRules>, RuleErrors> {
         let known = Known {
             channels: Some(&channels),
             sources: Some(&sources),
         };
         let set = load_dir(&dir, &known)?;
+        if set.rules.is_empty() && !allow_empty {
+            return Err(no_rules(&dir, false));
+        }
         let loaded = with_metrics(set, &metrics, 1);
         info!(rules = loaded.set.rules.len(), dir = %dir.display(), "rules loaded");
         Ok(Arc::new(LiveRules {
@@ -82,6 +105,7 @@ impl LiveRules {
             channels,
             sources,
             metrics,
+            allow_empty,
         }))
     }
 
@@ -106,7 +130,14 @@ impl LiveRules {
             channels: Some(&self.channels),
             sources: Some(&self.sources),
         };
-        match load_dir(&self.dir, &known) {
+        let loaded = load_dir(&self.dir, &known).and_then(|set| {
+            let removes_all = set.rules.is_empty() && !self.current.load().set.rules.is_empty();
+            match removes_all && !self.allow_empty {
+                true => Err(no_rules(&self.dir, true)),
+                false => Ok(set),
+            }
+        });
+        match loaded {
             Ok(set) => {
                 let generation = self.current.load().generation + 1;
                 let loaded = with_metrics(set, &self.metrics, generation);

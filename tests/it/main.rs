@@ -24,6 +24,7 @@ mod patterns;
 
 // State that survives restarts, kills and a second instance.
 mod faults;
+mod held;
 mod profiles;
 mod restart;
 mod state;

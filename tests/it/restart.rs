@@ -194,9 +194,8 @@ async fn a_json_log_is_one_object_per_line_without_colour_or_start_up_noise() {
         assert!(line["fields"]["message"].is_string(), "{line}");
     }
     assert!(
-        lines
-            .iter()
-            .any(|l| l["fields"]["message"] == "shutdown signal received"),
+        lines.iter().any(|l| l["fields"]["message"]
+            == "shutdown signal received; stopping (a second signal ends herald at once)"),
         "{text}"
     );
     for noise in [
@@ -207,4 +206,68 @@ async fn a_json_log_is_one_object_per_line_without_colour_or_start_up_noise() {
     ] {
         assert!(!text.contains(noise), "log holds {noise:?}:\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_a_stop_that_waits_on_a_provider() {
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    // Requests hang far longer than the stop's grace.
+    provider.delay(Duration::from_secs(120));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("every.yaml"),
+        format!(
+            "rules:\n  - id: every-swipe\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      title: \"{{{{ event.seq }}}}\"\n      body: \"swipe\"\n",
+            topics.transactions
+        ),
+    )
+    .unwrap();
+    let p = producer();
+    publish(&p, &topics.profiles, "u-1", &profile("u-1", true, false)).await;
+    let (config, _) = load_config(
+        dir.path(),
+        &config_text(&topics, &rules, &provider.base_url(), "")
+            .replace("shutdown_grace_ms = 5000", "shutdown_grace_ms = 60000"),
+    );
+    let log = dir.path().join("herald.log");
+    let mut herald = spawn_herald(&config, &log);
+    let event = serde_json::json!({"user_id": "u-1", "ts": herald::util::now_ms(), "seq": 1, "status": "approved"});
+    publish(
+        &p,
+        &topics.transactions,
+        "card-1",
+        &serde_json::to_vec(&event).unwrap(),
+    )
+    .await;
+    let waiting = eventually(Duration::from_secs(30), || {
+        (!provider.received_by("fcm").is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        waiting.is_some(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let term = |pid: u32| {
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    let pid = herald.id();
+    term(pid);
+    // The stop waits for the request in flight (a 60 s grace)...
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(herald.try_wait().unwrap().is_none(), "still stopping");
+    // ...until a second signal ends it.
+    term(pid);
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut herald, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(143), "{text}");
+    assert!(text.contains("a second stop signal"), "{text}");
 }
