@@ -13,6 +13,7 @@ mod load;
 mod scenarios;
 mod scene;
 mod state;
+mod stuck;
 mod tally;
 mod world;
 
@@ -34,7 +35,7 @@ pub struct Options {
     /// The short version (CI): fewer kills, shorter outages.
     #[arg(long)]
     short: bool,
-    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, sigterm, group, group-eager,
+    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, sigterm, sigterm-frozen, freeze-group, group, group-eager,
     /// broker-leader, broker-freeze, provider-down, provider-flaky, hostile).
     #[arg(long = "only")]
     only: Vec<String>,
@@ -107,6 +108,8 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         "group",
         "group-eager",
         "broker-freeze",
+        "freeze-group",
+        "sigterm-frozen",
         "provider-down",
         "provider-flaky",
         "hostile",
@@ -159,6 +162,16 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         if step("broker-freeze") {
             reports.push(scenarios::freeze(opts, &broker, if short { 20 } else { 60 }).await?);
         }
+        if step("freeze-group") {
+            let (runs, frozen) = if short { (1, 20) } else { (5, 60) };
+            reports.push(stuck::freeze_group(opts, &broker, 2, runs, frozen).await?);
+            if !short {
+                reports.push(stuck::freeze_group(opts, &broker, 3, runs, frozen).await?);
+            }
+        }
+        if step("sigterm-frozen") {
+            reports.push(stuck::sigterm_frozen(opts, &broker, if short { 2 } else { 10 }).await?);
+        }
     }
     if wanted(opts, "broker-leader") {
         eprintln!("faults: == broker-leader (three nodes)");
@@ -201,7 +214,11 @@ writes, with a rebuild from the topic (the send ledger and the pattern
 state's copy on disk too, from their changelogs). `kill9-held` holds every
 swipe by quiet hours that end two minutes later, kills herald during the
 hold and around the release, and compares the held table on disk with the
-held topic: every held notice must go out once. `disk` (full suite only; it mounts a
+held topic: every held notice must go out once. `freeze-group` freezes the
+broker under two instances (and three, in the full run) and fails on a
+process that neither regains its work nor exits; `sigterm-frozen` sends
+SIGTERM and freezes the broker half a second later, and fails unless herald
+exits within 20 s. `disk` (full suite only; it mounts a
 tmpfs, so it needs root) fills the state directory while herald runs, makes
 it read-only while herald starts, and deletes it while herald is stopped.
 This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`
