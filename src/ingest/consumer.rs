@@ -396,7 +396,7 @@ pub async fn consume<H: Handler>(
         }
     }
     let deadline = health.shutdown_within(limits.shutdown_grace());
-    info!("stopping: no more fetching; draining in-flight messages");
+    info!("stopping: no more fetching; finishing the message each lane is handling (queued ones are left for the next owner)");
     drop(senders);
     let drain = futures::future::join_all(tasks.iter_mut());
     if tokio::time::timeout_at(deadline.into(), drain)
@@ -411,6 +411,7 @@ pub async fn consume<H: Handler>(
             t.abort();
         }
     }
+    tracker.abandon_in_flight();
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => info!("offsets committed"),
         Err(e) => debug!(error = %e, "final commit"),
@@ -506,6 +507,13 @@ struct Handled {
 /// A message whose partition was revoked while it waited is skipped: its
 /// partition's next owner handles it, so this instance must not (that would
 /// be a duplicate), and no offset at or past it is stored.
+///
+/// Once shutdown begins, a lane starts no further message: the one it is
+/// handling finishes (its requests answered and recorded within the grace),
+/// and those still queued are left unhandled and uncommitted, for the
+/// partition's next owner or the restart. Draining a long queue (one user's
+/// backlog) used to run into the grace's end mid-request: that request went
+/// out, was never recorded, and was repeated after the restart.
 async fn lane<H: Handler>(
     mut rx: mpsc::Receiver<Incoming>,
     handler: Arc<H>,
@@ -513,6 +521,13 @@ async fn lane<H: Handler>(
     written: mpsc::Sender<Handled>,
 ) {
     while let Some(m) = rx.recv().await {
+        if health.shutting_down() {
+            debug!(
+                left = rx.len() + 1,
+                "stopping: queued messages left for the next owner"
+            );
+            return;
+        }
         let (topic, partition, offset) = (m.topic.clone(), m.partition, m.offset);
         let skipped = !health.owns(&topic, partition);
         let writes = if skipped {

@@ -111,6 +111,18 @@ impl OffsetTracker {
         }
     }
 
+    /// Forgets every message in flight, once every lane has stopped at
+    /// shutdown: those left were never started and belong to the partition's
+    /// next owner (their offsets were never stored), so the revocation that
+    /// follows need not wait for them.
+    pub fn abandon_in_flight(&self) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        for t in parts.values_mut() {
+            t.in_flight.clear();
+        }
+        self.idle.notify_all();
+    }
+
     /// Forgets partitions this instance no longer owns.
     pub fn forget(&self, partitions: &[(String, i32)]) {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());

@@ -271,3 +271,113 @@ async fn a_second_sigterm_ends_a_stop_that_waits_on_a_provider() {
     assert_eq!(code, Some(143), "{text}");
     assert!(text.contains("a second stop signal"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_one_users_backlog_leaves_the_rest_for_the_restart_and_repeats_nothing() {
+    const BACKLOG: usize = 300;
+    let topics = Topics::create(1).await;
+    let provider = Provider::start().await;
+    // A provider answering in 40 ms: one user's messages go one at a time.
+    provider.delay(Duration::from_millis(40));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("every.yaml"),
+        format!(
+            "rules:\n  - id: every-reading\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      title: \"{{{{ event.seq }}}}\"\n      body: \"reading\"\n",
+            topics.transactions
+        ),
+    )
+    .unwrap();
+    let p = producer();
+    publish(
+        &p,
+        &topics.profiles,
+        "fleet",
+        &profile("fleet", true, false),
+    )
+    .await;
+    for seq in 0..BACKLOG {
+        let event = serde_json::json!({"user_id": "fleet", "ts": herald::util::now_ms(), "seq": seq, "status": "approved"});
+        publish(
+            &p,
+            &topics.transactions,
+            &format!("freezer-{seq}"),
+            &serde_json::to_vec(&event).unwrap(),
+        )
+        .await;
+    }
+    // A grace far longer than the backlog's stop should take.
+    let (config, _) = load_config(
+        dir.path(),
+        &config_text(&topics, &rules, &provider.base_url(), "")
+            .replace("shutdown_grace_ms = 5000", "shutdown_grace_ms = 30000"),
+    );
+    let mut first = spawn_herald(&config, &dir.path().join("first.log"));
+    let busy = eventually(Duration::from_secs(60), || {
+        (provider.received_by("fcm").len() >= 30).then_some(())
+    })
+    .await;
+    assert!(
+        busy.is_some(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("first.log")).unwrap()
+    );
+    let stopped = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut first, Duration::from_secs(40)))
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    let sent_before = provider.received_by("fcm").len();
+    assert!(
+        sent_before < BACKLOG,
+        "stopped before the backlog's end ({sent_before})"
+    );
+    // The queue was left, not drained: the stop took far less than the
+    // 30 s grace (no timing asserted beyond that bound).
+    assert!(stopped.elapsed() < Duration::from_secs(30), "{log}");
+    assert!(!log.contains("did not finish in time"), "{log}");
+
+    let mut second = spawn_herald(&config, &dir.path().join("second.log"));
+    let all = eventually(Duration::from_secs(90), || {
+        (seq_counts(&provider).len() == BACKLOG).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status();
+    let _ =
+        tokio::task::spawn_blocking(move || wait_exit(&mut second, Duration::from_secs(20))).await;
+    let counts = seq_counts(&provider);
+    assert!(
+        all.is_some(),
+        "every reading sent: {} of {BACKLOG}",
+        counts.len()
+    );
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "sent twice across the restart: {repeated:?}"
+    );
+    let outcomes = read_all_json(
+        &topics.outcomes,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    );
+    let unknown: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o["unknown_after_crash"] == true)
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "a clean stop leaves no request unrecorded: {unknown:?}"
+    );
+}
