@@ -51,6 +51,17 @@ fn feed(
     e: &Arc<Event>,
     now_ms: i64,
 ) -> Result<Vec<Fired>, Late> {
+    feed_key(set, store, "card-1", e, now_ms)
+}
+
+/// [`feed`] for the state of `key`.
+pub(super) fn feed_key(
+    set: &RuleSet,
+    store: &PatternStore,
+    key: &str,
+    e: &Arc<Event>,
+    now_ms: i64,
+) -> Result<Vec<Fired>, Late> {
     let rule = &set.rules[0];
     let pattern = rule.pattern.as_ref().unwrap();
     let scope = set.conditions.scope(&e.fields, None);
@@ -63,7 +74,7 @@ fn feed(
         scope: None,
     };
     store
-        .observe(&rule.id, pattern, "card-1", &input, now_ms)
+        .observe(&rule.id, pattern, key, &input, now_ms)
         .map(|(o, _)| o.fired)
 }
 

@@ -23,13 +23,10 @@ fn seq_counts(provider: &Provider) -> BTreeMap<u64, usize> {
     counts
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_mid_stream_then_restart_handles_every_event_exactly_once() {
-    let topics = Topics::create(3).await;
-    let provider = Provider::start().await;
-    provider.delay(Duration::from_millis(50));
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
+/// A rules directory in `dir` with one rule: a push for every swipe, titled
+/// with the swipe's `seq`.
+fn every_swipe_rules(dir: &std::path::Path, topics: &Topics) -> std::path::PathBuf {
+    let rules = dir.join("rules");
     std::fs::create_dir(&rules).unwrap();
     std::fs::write(
         rules.join("every.yaml"),
@@ -39,6 +36,16 @@ async fn sigterm_mid_stream_then_restart_handles_every_event_exactly_once() {
         ),
     )
     .unwrap();
+    rules
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_then_restart_handles_every_event_exactly_once() {
+    let topics = Topics::create(3).await;
+    let provider = Provider::start().await;
+    provider.delay(Duration::from_millis(50));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = every_swipe_rules(dir.path(), &topics);
     let p = producer();
     for u in 0..10 {
         publish(
@@ -215,16 +222,7 @@ async fn a_second_sigterm_ends_a_stop_that_waits_on_a_provider() {
     // Requests hang far longer than the stop's grace.
     provider.delay(Duration::from_secs(120));
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(
-        rules.join("every.yaml"),
-        format!(
-            "rules:\n  - id: every-swipe\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      title: \"{{{{ event.seq }}}}\"\n      body: \"swipe\"\n",
-            topics.transactions
-        ),
-    )
-    .unwrap();
+    let rules = every_swipe_rules(dir.path(), &topics);
     let p = producer();
     publish(&p, &topics.profiles, "u-1", &profile("u-1", true, false)).await;
     let (config, _) = load_config(
@@ -280,16 +278,7 @@ async fn sigterm_during_one_users_backlog_leaves_the_rest_for_the_restart_and_re
     // A provider answering in 40 ms: one user's messages go one at a time.
     provider.delay(Duration::from_millis(40));
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::write(
-        rules.join("every.yaml"),
-        format!(
-            "rules:\n  - id: every-reading\n    sources: [{}]\n    channels: [push]\n    category: transactional\n    template:\n      title: \"{{{{ event.seq }}}}\"\n      body: \"reading\"\n",
-            topics.transactions
-        ),
-    )
-    .unwrap();
+    let rules = every_swipe_rules(dir.path(), &topics);
     let p = producer();
     publish(
         &p,

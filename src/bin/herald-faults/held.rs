@@ -110,7 +110,7 @@ pub fn compare_held(
     bootstrap: &str,
     topic: &str,
 ) -> Result<(usize, usize, Vec<String>), String> {
-    let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
+    let store = state::open_store(state_dir)?;
     let table = store
         .sealed_table("held", herald::engine::HELD_FORMAT)
         .map_err(|e| e.to_string())?;

@@ -81,7 +81,7 @@ pub fn compare_profiles(
     bootstrap: &str,
     topic: &str,
 ) -> Result<(usize, Vec<String>), String> {
-    let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
+    let store = open_store(state_dir)?;
     let table = store
         .sealed_table("profiles", ProfileTable::FORMAT)
         .map_err(|e| e.to_string())?;
@@ -125,6 +125,12 @@ pub fn compare_profiles(
     Ok((users.len(), differ))
 }
 
+/// The store herald left in `state_dir` (its first slot, the one a lone
+/// instance takes), opened as a restart would.
+pub fn open_store(state_dir: &Path) -> Result<herald::store::Store, String> {
+    herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())
+}
+
 /// The whole of `topic`, read to its end (an error when it cannot be).
 pub fn read_whole(bootstrap: &str, topic: &str) -> Result<tally::ReadBack, String> {
     let read = tally::read_records(bootstrap, topic, Duration::from_secs(120))?;
@@ -155,7 +161,7 @@ pub fn compare_ledger(
     topic: &str,
 ) -> Result<(usize, usize, Vec<String>), String> {
     use herald::state::{LedgerEntry, SendLedger};
-    let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
+    let store = open_store(state_dir)?;
     let table = store
         .table("ledger", herald::state::ledger_store::FORMAT)
         .map_err(|e| e.to_string())?;
@@ -221,7 +227,7 @@ pub fn compare_mirror(
     topic: &str,
 ) -> Result<(usize, usize, Vec<String>), String> {
     use herald::state::mirror::{Mirror, FORMAT};
-    let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
+    let store = open_store(state_dir)?;
     let table = store
         .sealed_table(&Mirror::table_name(topic), FORMAT)
         .map_err(|e| e.to_string())?;
@@ -283,7 +289,7 @@ pub fn compare_feedback(
     topic: &str,
 ) -> Result<(usize, Vec<String>), String> {
     use herald::feedback::disk::{FeedbackDisk, FORMAT};
-    let store = herald::store::Store::open(state_dir, 16 << 20).map_err(|e| e.to_string())?;
+    let store = open_store(state_dir)?;
     let table = |name| store.sealed_table(name, FORMAT).map_err(|e| e.to_string());
     let feedback = table("feedback")?;
     let checkpoint = feedback.checkpoint().map_err(|e| e.to_string())?;

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::ingest::decode::Event;
-use crate::patterns::detect::Input;
 use crate::patterns::store::{changelog_key, PatternStore};
-use crate::patterns::tests::{event, rules, ABSENCE, MIN, VELOCITY};
+use crate::patterns::tests::{event, feed_key, rules, ABSENCE, MIN, VELOCITY};
 use crate::patterns::Fired;
-use crate::rules::{RuleSet, Verdict};
+use crate::rules::RuleSet;
 use crate::state::mirror::Mirror;
 use crate::store::Store;
 
@@ -31,23 +30,9 @@ fn on_disk(mirror: &Arc<Mirror>, cache: usize) -> PatternStore {
     patterns
 }
 
-/// Rule 0 applied to event `e` of `key`, as the engine does.
+/// Rule 0 applied to event `e` of `key`, as the engine does, at the event's time.
 fn feed(set: &RuleSet, store: &PatternStore, key: &str, e: &Arc<Event>) -> Vec<Fired> {
-    let rule = &set.rules[0];
-    let pattern = rule.pattern.as_ref().unwrap();
-    let scope = set.conditions.scope(&e.fields, None);
-    let matched = set.check(0, &e.fields, Some(&scope)) == Verdict::Match;
-    let input = Input {
-        event: e,
-        matched,
-        profile: None,
-        conditions: &set.conditions,
-        scope: None,
-    };
-    let (observed, _) = store
-        .observe(&rule.id, pattern, key, &input, e.time_ms)
-        .unwrap();
-    observed.fired
+    feed_key(set, store, key, e, e.time_ms).unwrap()
 }
 
 /// Writes the key's record as the changelog would have it, then tells the

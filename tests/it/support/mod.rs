@@ -267,44 +267,47 @@ pub fn read_json_from(
     out
 }
 
-/// Reads every record of `topic` from the beginning, stopping once nothing new
-/// has arrived for `quiet` (after the first record) or after `limit`.
 /// A record's key and payload (`None`: a tombstone).
 pub type KeyAndPayload = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// Every record of `topic` as (key, payload; `None` a tombstone), until none
-/// came for `quiet` (or `limit` passed).
-pub fn read_all_records(topic: &str, quiet: Duration, limit: Duration) -> Vec<KeyAndPayload> {
+/// Reads every record of `topic` from the beginning as (key, payload),
+/// stopping once no record that `keep` keeps has arrived for `quiet` (after
+/// the first) or after `limit`.
+fn read_until_quiet<T>(
+    topic: &str,
+    quiet: Duration,
+    limit: Duration,
+    keep: impl Fn(KeyAndPayload) -> Option<T>,
+) -> Vec<T> {
     let consumer = reader(&brokers(), topic);
     let deadline = Instant::now() + limit;
     let mut last = Instant::now();
     let mut out = Vec::new();
     while Instant::now() < deadline && (out.is_empty() || last.elapsed() < quiet) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-            out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
-            last = Instant::now();
-        }
-    }
-    out
-}
-
-pub fn read_all_json(topic: &str, quiet: Duration, limit: Duration) -> Vec<Value> {
-    let consumer = reader(&brokers(), topic);
-    let deadline = Instant::now() + limit;
-    let mut last = Instant::now();
-    let mut out = Vec::new();
-    while Instant::now() < deadline && (out.is_empty() || last.elapsed() < quiet) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-            if let Some(v) = m
-                .payload()
-                .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-            {
+            let record = (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec));
+            if let Some(v) = keep(record) {
                 out.push(v);
                 last = Instant::now();
             }
         }
     }
     out
+}
+
+/// Every record of `topic` as (key, payload; `None` a tombstone), until none
+/// came for `quiet` (or `limit` passed).
+pub fn read_all_records(topic: &str, quiet: Duration, limit: Duration) -> Vec<KeyAndPayload> {
+    read_until_quiet(topic, quiet, limit, Some)
+}
+
+/// Reads every JSON record of `topic` from the beginning, stopping once
+/// nothing new has arrived for `quiet` (after the first record) or after
+/// `limit`.
+pub fn read_all_json(topic: &str, quiet: Duration, limit: Duration) -> Vec<Value> {
+    read_until_quiet(topic, quiet, limit, |(_, payload)| {
+        payload.and_then(|p| serde_json::from_slice::<Value>(&p).ok())
+    })
 }
 
 /// Polls `check` every 50 ms until it returns `Some` or `limit` passes.
