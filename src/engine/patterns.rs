@@ -72,7 +72,7 @@ impl Matcher {
                         held: self.patterns.is_on_disk(&event.source),
                     };
                     for gone in evicted.iter().chain([&at]) {
-                        self.pattern_change(gone, changes);
+                        self.pattern_change(gone, Some(pattern), changes);
                     }
                 }
                 Ok(observed.fired)
@@ -134,7 +134,7 @@ impl Matcher {
         let due = self.patterns.due(self.cx.clock.now_ms(), pattern_of);
         let mut out = Matched::default();
         for at in &due.changed {
-            self.pattern_change(at, &mut out.changes);
+            self.pattern_change(at, pattern_of(&at.rule).as_deref(), &mut out.changes);
         }
         for (at, fired) in due.fired {
             let Some(i) = loaded.set.position(&at.rule) else {
@@ -175,7 +175,7 @@ impl Matcher {
         };
         let mut changes = Vec::new();
         for at in &gone {
-            self.pattern_change(at, &mut changes);
+            self.pattern_change(at, pattern_of(&at.rule).as_deref(), &mut changes);
         }
         let (keys, bytes) = self.patterns.size();
         self.cx
@@ -184,25 +184,22 @@ impl Matcher {
         changes
     }
 
-    /// The change of (rule, key) now, if its source topic has a changelog.
-    fn pattern_change(&self, at: &KeyRef, changes: &mut Vec<StateChange>) {
+    /// The change of (rule, key) now, if its source topic has a changelog;
+    /// `pattern`: the rule's, for the times the disk indexes.
+    fn pattern_change(
+        &self,
+        at: &KeyRef,
+        pattern: Option<&crate::patterns::Pattern>,
+        changes: &mut Vec<StateChange>,
+    ) {
         let Some(changelog) = self.changelogs.get(&*at.source.0) else {
             return;
         };
-        let pattern = self
-            .cx
-            .rules
-            .current()
-            .set
-            .get(&at.rule)
-            .and_then(|r| r.pattern.clone());
         changes.push(StateChange {
             changelog: Arc::clone(changelog),
             partition: at.source.1,
             key: changelog_key(&at.rule, &at.key),
-            value: self
-                .patterns
-                .snapshot(&at.rule, &at.key, pattern.as_deref()),
+            value: self.patterns.snapshot(&at.rule, &at.key, pattern),
             saved: at.held.then(|| Saved {
                 patterns: Arc::clone(&self.patterns),
                 rule: at.rule.clone(),
