@@ -126,9 +126,13 @@ pub fn consumer_config(kafka: &KafkaConfig, instance_id: Option<&str>) -> Client
             ("auto.offset.reset", "earliest"),
             ("fetch.wait.max.ms", "50"),
             ("session.timeout.ms", "10000"),
-            // Incremental rebalancing: when an instance joins or leaves, only
-            // the partitions that move stop; the rest keep flowing.
-            ("partition.assignment.strategy", "cooperative-sticky"),
+            // Per topic: each topic's partitions split evenly over the
+            // instances (cooperative-sticky balances the total count, so one
+            // instance could hold every source partition and another only
+            // intents). Eager, but with the state on disk a rebalance pauses
+            // sends less than cooperative-sticky's two rounds (the fault
+            // suite's `group` and `group-cooperative`, RELIABILITY.md).
+            ("partition.assignment.strategy", "range"),
             // An ApiVersion request caught by a frozen broker must not time
             // out into librdkafka's "broker older than 0.10" fallback.
             ("api.version.request.timeout.ms", "60000"),

@@ -35,7 +35,7 @@ pub struct Options {
     /// The short version (CI): fewer kills, shorter outages.
     #[arg(long)]
     short: bool,
-    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, sigterm, sigterm-frozen, freeze-group, group, group-eager,
+    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, sigterm, sigterm-frozen, freeze-group, group, group-cooperative,
     /// broker-leader, broker-freeze, provider-down, provider-flaky, hostile).
     #[arg(long = "only")]
     only: Vec<String>,
@@ -106,7 +106,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         "kill9-group",
         "sigterm",
         "group",
-        "group-eager",
+        "group-cooperative",
         "broker-freeze",
         "freeze-group",
         "sigterm-frozen",
@@ -145,7 +145,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         if step("group") {
             reports.push(scenarios::group(opts, &broker, false).await?);
         }
-        if !short && step("group-eager") {
+        if !short && step("group-cooperative") {
             reports.push(scenarios::group(opts, &broker, true).await?);
         }
         if step("provider-down") {

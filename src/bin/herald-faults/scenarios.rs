@@ -230,12 +230,15 @@ pub async fn sigterm(opts: &Options, broker: &Broker, stops: usize) -> Result<Re
 }
 
 /// Three instances join one by one, then one leaves by SIGTERM and one by
-/// kill -9. `eager` uses the eager `range` assignor, for comparison.
-pub async fn group(opts: &Options, broker: &Broker, eager: bool) -> Result<Report, String> {
-    let (name, extra) = if eager {
+/// kill -9; after each change every topic's partitions must be spread evenly
+/// over the live instances (herald's `range` assignor). `cooperative` uses
+/// `cooperative-sticky` instead, for comparison: its spread is reported, not
+/// required.
+pub async fn group(opts: &Options, broker: &Broker, cooperative: bool) -> Result<Report, String> {
+    let (name, extra) = if cooperative {
         (
-            "group-eager",
-            "\"partition.assignment.strategy\" = \"range\"",
+            "group-cooperative",
+            "\"partition.assignment.strategy\" = \"cooperative-sticky\"",
         )
     } else {
         ("group", "")
@@ -245,19 +248,25 @@ pub async fn group(opts: &Options, broker: &Broker, eager: bool) -> Result<Repor
     s.ready(a).await?;
     s.start_load(RATE);
     sleep(secs(8)).await;
+    let mut live = vec![a];
     for who in ["B", "C"] {
         let start = now_ms();
         let n = s.spawn()?;
         s.ready(n).await?;
         s.fault(format!("{who} joins"), start);
+        live.push(n);
         sleep(secs(10)).await;
+        s.check_spread(&format!("after {who} joins"), &live, !cooperative)
+            .await;
     }
     let start = now_ms();
     s.instances[1].sigterm();
     let code = s.instances[1].exited(secs(30)).await;
     s.fault("B leaves (SIGTERM)".into(), start);
     s.notes.push(format!("B exit code {code:?}"));
+    live.retain(|&i| i != 1);
     sleep(secs(10)).await;
+    s.check_spread("after B leaves", &live, !cooperative).await;
     let start = now_ms();
     s.instances[2].kill9();
     s.instances[2].exited(secs(10)).await;

@@ -1,6 +1,7 @@
 //! One scenario's stage: fresh topics and profiles, the provider stand-in,
 //! herald instances, the event stream, a readiness watcher, and the final tally.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +74,8 @@ pub struct Scene {
     pub instances: Vec<Herald>,
     pub faults: Vec<Fault>,
     pub notes: Vec<String>,
+    /// What the scenario found wrong besides the events.
+    pub problems: Vec<String>,
     bootstrap: String,
     herald_bin: PathBuf,
     pub group: String,
@@ -131,6 +134,7 @@ impl Scene {
             instances: Vec::new(),
             faults: Vec::new(),
             notes: Vec::new(),
+            problems: Vec::new(),
             bootstrap: broker.bootstrap.clone(),
             herald_bin: opts.herald.clone(),
             group: format!("herald-faults-{run}"),
@@ -208,6 +212,48 @@ impl Scene {
         if let Some((stop, task)) = self.load.take() {
             let _ = stop.send(true);
             let _ = task.await;
+        }
+    }
+
+    /// Each live instance's partitions per topic, from its `/readyz`; a note
+    /// with the spread, and a problem when `required` and some topic's
+    /// partitions are not split evenly (counts differing by more than one).
+    pub async fn check_spread(&mut self, when: &str, live: &[usize], required: bool) {
+        let mut per_topic: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (n, &i) in live.iter().enumerate() {
+            let (_, body) = self.instances[i].readyz(&self.http).await;
+            let owned: Vec<String> = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| serde_json::from_value(v["partitions"].clone()).ok())
+                .unwrap_or_default();
+            for tp in owned {
+                let topic = tp.rsplit_once('[').map_or(tp.as_str(), |(t, _)| t);
+                per_topic
+                    .entry(topic.to_string())
+                    .or_insert_with(|| vec![0; live.len()])[n] += 1;
+            }
+        }
+        let mut uneven = Vec::new();
+        let spread: Vec<String> = per_topic
+            .iter()
+            .map(|(topic, counts)| {
+                let (lo, hi) = (counts.iter().min(), counts.iter().max());
+                if hi.zip(lo).is_some_and(|(h, l)| h - l > 1) {
+                    uneven.push(topic.clone());
+                }
+                let short = topic
+                    .rsplit_once(['.', '-'])
+                    .map_or(topic.as_str(), |(_, t)| t);
+                format!("{short} {counts:?}")
+            })
+            .collect();
+        self.notes
+            .push(format!("partitions per instance {when}: {}", spread.join(", ")));
+        if required && !uneven.is_empty() {
+            self.problems.push(format!(
+                "{when}: partitions not spread evenly on {}",
+                uneven.join(", ")
+            ));
         }
     }
 
@@ -373,7 +419,7 @@ impl Scene {
             pauses_ms,
             not_ready,
             notes: self.notes.clone(),
-            problems: Vec::new(),
+            problems: self.problems.clone(),
         })
     }
 }
