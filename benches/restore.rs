@@ -50,13 +50,9 @@ fn main() {
     }
 
     runtime
-        .block_on(herald::state::changelog::ensure_topics(
+        .block_on(herald::kafka::topics::create_with(
             &client,
-            &[herald::state::changelog::TopicSpec {
-                name: topic.clone(),
-                partitions: 1,
-                configs: vec![("cleanup.policy", "compact".to_string())],
-            }],
+            &[herald::kafka::topics::Need::compacted(&topic, 1)],
         ))
         .unwrap();
     let written = Instant::now();
@@ -234,13 +230,9 @@ fn patterns(
 ) {
     let topic = format!("bench-patterns-{}", std::process::id());
     runtime
-        .block_on(herald::state::changelog::ensure_topics(
+        .block_on(herald::kafka::topics::create_with(
             client,
-            &[herald::state::changelog::TopicSpec {
-                name: topic.clone(),
-                partitions: 1,
-                configs: vec![("cleanup.policy", "compact".to_string())],
-            }],
+            &[herald::kafka::topics::Need::compacted(&topic, 1)],
         ))
         .unwrap();
     let now = herald::util::now_ms();

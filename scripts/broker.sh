@@ -5,7 +5,7 @@
 #   scripts/broker.sh start              one node on 127.0.0.1:${HERALD_BROKER_PORT:-19092}; waits until it serves
 #   scripts/broker.sh stop               stop the node this script started (its data goes with it)
 #   scripts/broker.sh status             say whether it runs
-#   scripts/broker.sh topics [-p N] T…   create topics (idempotent; N partitions, default 3)
+#   scripts/broker.sh topics [-p N] [-c] T…   create topics (idempotent; N partitions, default 3; -c compacted)
 #   scripts/broker.sh free-port          print 19092 if it and 19093 are free, else two free ports' first
 #   scripts/broker.sh cluster start|stop|status|bootstrap
 #   scripts/broker.sh cluster kill|restart|freeze|thaw|pid N
@@ -163,10 +163,11 @@ stop_single() {
 
 create_topics() {
   install_kafka
-  local partitions=3 replication=1 bootstrap="127.0.0.1:$PORT"
+  local partitions=3 replication=1 bootstrap="127.0.0.1:$PORT" configs=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
       -p) partitions="$2"; shift 2 ;;
+      -c) configs=(--config cleanup.policy=compact); shift ;;
       -r) replication="$2"; shift 2 ;;
       -b) bootstrap="$2"; shift 2 ;;
       *) break ;;
@@ -174,7 +175,7 @@ create_topics() {
   done
   for t in "$@"; do
     java_cmd org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" --create \
-      --if-not-exists --topic "$t" --partitions "$partitions" --replication-factor "$replication" >/dev/null
+      --if-not-exists --topic "$t" --partitions "$partitions" --replication-factor "$replication" "${configs[@]}" >/dev/null
   done
 }
 

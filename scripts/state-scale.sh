@@ -29,9 +29,10 @@ PROFILES="scale-profiles-$SUFFIX"
 SOURCE="scale-tx-$SUFFIX"
 ADMIN_PORT=$((20000 + RANDOM % 20000))
 
-"$ROOT/scripts/broker.sh" topics -p 6 "$PROFILES" >/dev/null
+"$ROOT/scripts/broker.sh" topics -p 6 -c "$PROFILES" >/dev/null
+"$ROOT/scripts/broker.sh" topics -p 1 -c "scale-consent-$SUFFIX" "scale-held-$SUFFIX" >/dev/null
 "$ROOT/scripts/broker.sh" topics -p 1 "$SOURCE" "scale-outcomes-$SUFFIX" "scale-dlq-$SUFFIX" \
-  "scale-feedback-$SUFFIX" "scale-consent-$SUFFIX" "scale-replies-$SUFFIX" "scale-held-$SUFFIX" >/dev/null
+  "scale-feedback-$SUFFIX" "scale-replies-$SUFFIX" >/dev/null
 
 started=$(date +%s.%N)
 "$BIN" simulate --brokers "$BROKERS" --users "$N" --sites 0 --count 0 --duration 0 \

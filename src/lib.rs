@@ -74,4 +74,4 @@ pub mod store;
 pub mod util;
 
 mod service;
-pub use service::{run, start, Error, Running};
+pub use service::{run, start, topic_check, Error, Running};

@@ -35,6 +35,8 @@ pub enum Error {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("cannot go on: {0}")]
     Fatal(String),
+    #[error("topics are not as herald needs them (`herald check --config …` says the same without starting):\n{0}")]
+    Topics(String),
     #[error("admin listener on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -185,7 +187,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         Arc::clone(&metrics),
         config.rules.allow_empty,
     )?;
-    let with_changelog = internal_topics(&mut config).await.map_err(Error::Fatal)?;
+    let with_changelog = check_topics(&mut config).await?;
 
     let http = http_client();
     let mut built = std::collections::BTreeMap::new();
@@ -332,6 +334,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
             recorder,
             metrics: Arc::clone(&metrics),
             clock: Arc::new(crate::util::SystemClock),
+            deployment: config.kafka.group_id.as_str().into(),
         },
         feedback,
         channels,
@@ -459,57 +462,53 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Creates herald's internal topics when missing: the intents topic, and
-/// the changelog of every state table the stages declare
-/// ([`Engine::tables`]), with as many partitions as the table's partitioning
-/// (the intents topic's, or its source topic's). An existing intents topic
-/// keeps its partition count, which then wins over
-/// `topics.intents_partitions`. Returns the sources that have a changelog
-/// (a source topic that does not exist yet has none: its pattern state
-/// lives in memory until the next start, with a warning).
-async fn internal_topics(config: &mut Config) -> Result<BTreeSet<String>, String> {
-    use crate::state::changelog::{ensure_topics, partitions_of, TopicSpec};
+/// Checks every topic herald reads or writes before anything is consumed
+/// ([`kafka::topics`]): refuses to start, naming each problem and its fix,
+/// or creates herald's own missing topics (the intents topic, the held
+/// topic, the changelogs). Returns the sources that have a changelog.
+async fn check_topics(config: &mut Config) -> Result<BTreeSet<String>, Error> {
+    let checked = topic_check(config).await.map_err(Error::Fatal)?;
+    for warning in &checked.warnings {
+        warn!("{warning}");
+    }
+    if !checked.problems.is_empty() {
+        let each: Vec<String> = checked.problems.iter().map(|p| format!("- {p}")).collect();
+        return Err(Error::Topics(each.join("\n")));
+    }
+    kafka::topics::create(config, &checked.to_create)
+        .await
+        .map_err(Error::Fatal)?;
+    Ok(checked.with_changelog)
+}
+
+/// The checks `herald run` makes of every topic before it consumes (and
+/// `herald check` makes alone): those the config names and the changelog of
+/// every state table the stages declare. `Err` when the brokers cannot be asked.
+pub async fn topic_check(config: &mut Config) -> Result<kafka::topics::Checked, String> {
+    let changelogs = changelogs(config);
+    kafka::topics::check(config, &changelogs).await
+}
+
+/// The changelog of every state table the stages declare ([`Engine::tables`]).
+fn changelogs(config: &Config) -> Vec<kafka::topics::Changelog> {
     use crate::state::Partitioning;
-    let client = kafka::client_config(&config.kafka, kafka::Role::Admin, &[]);
-    let intents = config.intents_topic();
-    if let Some(n) = partitions_of(&client, &intents)? {
-        config.topics.intents_partitions = n;
-    }
-    let n = config.topics.intents_partitions;
-    let mut specs = vec![TopicSpec {
-        name: intents,
-        partitions: n,
-        configs: Vec::new(),
-    }];
-    let mut with_changelog = BTreeSet::new();
-    for table in Engine::tables(config) {
-        let Some((topic, cleanup, retention_ms)) = table.changelog() else {
-            continue;
-        };
-        let partitions = match &table.partitioning {
-            Partitioning::IntentsPartition => n,
-            Partitioning::Global => 1,
-            Partitioning::Source(source) => match partitions_of(&client, source)? {
-                Some(p) => {
-                    with_changelog.insert(source.clone());
-                    p
-                }
-                None => {
-                    tracing::warn!(%source, "source topic does not exist yet; its pattern state has no changelog until herald starts again");
-                    continue;
-                }
-            },
-        };
-        let mut configs = vec![("cleanup.policy", cleanup.to_string())];
-        configs.extend(retention_ms.map(|ms| ("retention.ms", ms.to_string())));
-        specs.push(TopicSpec {
-            name: topic.to_string(),
-            partitions,
-            configs,
-        });
-    }
-    ensure_topics(&client, &specs).await?;
-    Ok(with_changelog)
+    Engine::tables(config)
+        .iter()
+        .filter_map(|table| {
+            let (topic, cleanup, retention_ms) = table.changelog()?;
+            Some(kafka::topics::Changelog {
+                topic: topic.to_string(),
+                table: table.name.to_string(),
+                partitioned_by: match &table.partitioning {
+                    Partitioning::IntentsPartition => Some(config.intents_topic()),
+                    Partitioning::Global => None,
+                    Partitioning::Source(source) => Some(source.clone()),
+                },
+                cleanup,
+                retention_ms,
+            })
+        })
+        .collect()
 }
 
 /// After a lost assignment, how long the consumer may wait for a new one,

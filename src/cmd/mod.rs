@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check;
 #[cfg(feature = "tools")]
 mod demo;
 #[cfg(feature = "tools")]
@@ -66,6 +67,10 @@ enum Command {
         #[arg(long, short, default_value = "herald.toml")]
         config: PathBuf,
     },
+    /// Check what `herald run` checks before it starts — rules, channels,
+    /// every topic (exists, partitions, compaction, permissions) — without
+    /// starting; exit 1 with each problem and its fix.
+    Check(check::CheckArgs),
     /// Run the demo: sample rules, a realistic stream, a provider stand-in, a live feed.
     #[cfg(feature = "tools")]
     Demo(demo::DemoArgs),
@@ -107,6 +112,7 @@ enum RulesCommand {
 pub fn dispatch(args: Args) -> Outcome {
     match args.command {
         Command::Run { config } => run::run(&config),
+        Command::Check(args) => check::check(&args),
         #[cfg(feature = "tools")]
         Command::Simulate(args) => simulate::simulate(&args),
         #[cfg(feature = "tools")]

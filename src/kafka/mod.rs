@@ -1,7 +1,9 @@
 //! kafka: client settings shared by the source consumer, the profile reader
 //! and the producer, and [`follow`], which reads a whole topic and keeps up.
 
+pub mod describe;
 pub mod follow;
+pub mod topics;
 
 use rdkafka::ClientConfig;
 

@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
@@ -290,81 +288,4 @@ impl Changelog {
         }
         Ok(())
     }
-}
-
-/// One internal topic herald needs: name, partitions, topic configs.
-#[derive(Debug, Clone)]
-pub struct TopicSpec {
-    pub name: String,
-    pub partitions: i32,
-    pub configs: Vec<(&'static str, String)>,
-}
-
-/// Creates the topics that do not exist yet (replication: the broker's
-/// default) and checks the partition count of those that do: a changelog
-/// whose partitions do not match its stage's would restore the wrong state.
-pub async fn ensure_topics(client: &ClientConfig, specs: &[TopicSpec]) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> =
-        client.create().map_err(|e| format!("admin client: {e}"))?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| format!("cannot read topic metadata: {e}"))?;
-    let existing = |name: &str| {
-        metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().len() as i32)
-    };
-    let mut missing = Vec::new();
-    for spec in specs {
-        match existing(&spec.name) {
-            Some(n) if n == spec.partitions => {}
-            Some(n) => {
-                return Err(format!(
-                    "topic {} has {n} partitions, herald needs {}: a changelog has as many partitions as the topic its stage reads (recreate it, or set the intents partition count to {n})",
-                    spec.name, spec.partitions
-                ))
-            }
-            None => missing.push(spec),
-        }
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let new: Vec<NewTopic<'_>> = missing
-        .iter()
-        .map(|s| {
-            s.configs.iter().fold(
-                NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(-1)),
-                |t, (k, v)| t.set(k, v),
-            )
-        })
-        .collect();
-    let results = admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .map_err(|e| format!("cannot create topics: {e}"))?;
-    for r in results {
-        match r {
-            Ok(_) => {}
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
-        }
-    }
-    Ok(())
-}
-
-/// The partition count of `topic`, from the broker.
-pub fn partitions_of(client: &ClientConfig, topic: &str) -> Result<Option<i32>, String> {
-    let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().len() as i32))
 }

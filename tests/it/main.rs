@@ -28,6 +28,7 @@ mod held;
 mod profiles;
 mod restart;
 mod state;
+mod topics;
 
 // Rules: checking, reloading, the live page.
 mod page;

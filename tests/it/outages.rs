@@ -86,8 +86,10 @@ async fn a_record_herald_cannot_write_makes_it_not_ready_until_it_is_written() {
     let topics = Topics::create(1).await;
     let provider = Provider::start().await;
     publish_profile(&topics, "u-1", true, false).await;
-    // The dead-letter topic does not exist (and the broker creates none).
+    // The dead-letter topic exists at start (herald refuses to start
+    // without it) and is deleted while herald runs; the broker creates none.
     let missing = unique("dlq-missing");
+    create_topics(&[(&missing, 1)]).await;
     let (_dir, running) = start(&topics, &provider, |t| {
         t.replace(&topics.dlq, &missing).replace(
             "[kafka.properties]",
@@ -97,6 +99,7 @@ async fn a_record_herald_cannot_write_makes_it_not_ready_until_it_is_written() {
     .await;
     let addr = running.admin_addr();
     wait_ready(addr).await;
+    delete_topics(&[&missing]).await;
     publish(&producer(), &topics.transactions, "card", b"not json").await;
     let stuck = admin_until(addr, "/readyz", |code, body| {
         code == 503 && body.contains(&missing)
@@ -107,7 +110,15 @@ async fn a_record_herald_cannot_write_makes_it_not_ready_until_it_is_written() {
     let (_, metrics) = admin_get(addr, "/metrics").await;
     assert!(metrics.contains("herald_writes_failing 1"), "{metrics}");
 
-    create_topics(&[(&missing, 1)]).await;
+    let mut made = false;
+    for _ in 0..60 {
+        if try_create_topics(&[(&missing, 1)]).await.is_ok() {
+            made = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(made, "dead-letter topic made again");
     let dead = read_json(&missing, 1, Duration::from_secs(30), |_| true);
     assert_eq!(
         dead[0]["reason"], "not_json",

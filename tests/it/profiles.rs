@@ -154,7 +154,10 @@ async fn a_profiles_topic_made_again_while_stopped_rebuilds_the_table() {
     delete_topics(&[&topics.profiles]).await;
     let mut made = false;
     for _ in 0..60 {
-        if try_create_topics(&[(&topics.profiles, 1)]).await.is_ok() {
+        if try_create_topics_with(&[(&topics.profiles, 1)], &[("cleanup.policy", "compact")])
+            .await
+            .is_ok()
+        {
             made = true;
             break;
         }

@@ -43,18 +43,19 @@ impl Topics {
         }
     }
 
-    /// Creates them: six source partitions, three for feedback, one for the rest.
+    /// Creates them: six source partitions, three for feedback, one for the
+    /// rest; profiles, consent and held compacted, as herald requires.
     pub async fn create(&self, broker: &Broker) -> Result<(), String> {
         broker
             .create_topics(&[
-                (&self.transactions, 6),
-                (&self.profiles, 1),
-                (&self.outcomes, 3),
-                (&self.dead_letter, 1),
-                (&self.feedback, 3),
-                (&self.consent, 1),
-                (&self.replies, 1),
-                (&self.held, 1),
+                (&self.transactions, 6, false),
+                (&self.profiles, 1, true),
+                (&self.outcomes, 3, false),
+                (&self.dead_letter, 1, false),
+                (&self.feedback, 3, false),
+                (&self.consent, 1, true),
+                (&self.replies, 1, false),
+                (&self.held, 1, true),
             ])
             .await
     }

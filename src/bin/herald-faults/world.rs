@@ -110,8 +110,8 @@ impl Broker {
             .ok_or_else(|| "no leader".to_string())
     }
 
-    /// Creates topics with `partitions` each.
-    pub async fn create_topics(&self, names: &[(&str, i32)]) -> Result<(), String> {
+    /// Creates topics: name, partitions, compacted.
+    pub async fn create_topics(&self, names: &[(&str, i32, bool)]) -> Result<(), String> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()
@@ -119,7 +119,14 @@ impl Broker {
         let replication = self.replication();
         let new: Vec<NewTopic> = names
             .iter()
-            .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(replication)))
+            .map(|(name, p, compact)| {
+                let topic = NewTopic::new(name, *p, TopicReplication::Fixed(replication));
+                if *compact {
+                    topic.set("cleanup.policy", "compact")
+                } else {
+                    topic
+                }
+            })
             .collect();
         for result in admin
             .create_topics(&new, &AdminOptions::new())

@@ -103,10 +103,24 @@ impl Topics {
         ]
     }
 
-    /// Creates a fresh set of topics on the broker.
+    /// The topics herald reads whole at start, which it requires compacted.
+    pub fn compacted(&self) -> [&String; 3] {
+        [&self.profiles, &self.consent, &self.held]
+    }
+
+    /// Creates a fresh set of topics on the broker, as an operator would:
+    /// profiles, consent and held compacted.
     pub async fn create(partitions: i32) -> Topics {
         let t = Topics::fresh();
-        create_topics(&t.specs(partitions)).await;
+        let compacted = t.compacted();
+        let (whole, rest): (Vec<_>, Vec<_>) = t
+            .specs(partitions)
+            .into_iter()
+            .partition(|(name, _)| compacted.contains(name));
+        create_topics(&rest).await;
+        if let Err(e) = try_create_topics_with(&whole, &[("cleanup.policy", "compact")]).await {
+            panic!("topics not created: {e}");
+        }
         t
     }
 }
@@ -121,13 +135,26 @@ pub async fn create_topics(specs: &[(&String, i32)]) {
 /// Creates topics; the broker's refusal when it refuses (e.g. a deleted
 /// topic of the same name is still being removed).
 pub async fn try_create_topics(specs: &[(&String, i32)]) -> Result<(), String> {
+    try_create_topics_with(specs, &[]).await
+}
+
+/// Creates topics with these topic configs.
+pub async fn try_create_topics_with(
+    specs: &[(&String, i32)],
+    configs: &[(&str, &str)],
+) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("admin client");
     let new: Vec<NewTopic> = specs
         .iter()
-        .map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1)))
+        .map(|(name, p)| {
+            configs.iter().fold(
+                NewTopic::new(name, *p, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
         .collect();
     let results = admin
         .create_topics(&new, &AdminOptions::new())
