@@ -140,6 +140,7 @@ impl Offline {
                 recorder,
                 metrics: Arc::clone(&metrics),
                 clock: Arc::clone(&clock) as Arc<dyn crate::util::Clock>,
+                deployment: config.kafka.group_id.as_str().into(),
             },
             feedback: Arc::clone(&feedback),
             channels,

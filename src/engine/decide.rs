@@ -268,6 +268,7 @@ impl Decider {
             idempotency_key: o.idempotency_key.clone(),
             channel: o.channel.clone(),
             sent_ms,
+            deployment: Some(self.cx.deployment.clone()),
         };
         let record = SentRecord {
             sent: sent_ref,

@@ -141,9 +141,12 @@ impl Decider {
             false => Arc::new(FrequencyCaps::default()),
         };
         let partitions = Arc::clone(&ledger);
-        let held_log = HeldLog::new(config.topics.held.clone(), reader, move |user| {
-            partitions.partition_of(user)
-        });
+        let held_log = HeldLog::new(
+            config.topics.held.clone(),
+            &config.kafka.group_id,
+            reader,
+            move |user| partitions.partition_of(user),
+        );
         let held_log = match held_table {
             Some(table) => held_log.on_disk(table),
             None => held_log,

@@ -96,6 +96,9 @@ pub struct HeldLog {
     follower: Follower,
     /// A user's intents partition.
     partition_of: Box<dyn Fn(&str) -> i32 + Send + Sync>,
+    /// This deployment (`kafka.group_id`): its records' keys on the topic
+    /// are `<deployment>/<idempotency key>`, and it reads no other's.
+    deployment: String,
 }
 
 impl HeldLog {
@@ -103,6 +106,7 @@ impl HeldLog {
     /// intents partition.
     pub fn new(
         topic: String,
+        deployment: &str,
         client: ClientConfig,
         partition_of: impl Fn(&str) -> i32 + Send + Sync + 'static,
     ) -> HeldLog {
@@ -112,6 +116,27 @@ impl HeldLog {
             follower: Follower::new(topic.clone(), client),
             partition_of: Box::new(partition_of),
             topic,
+            deployment: deployment.to_string(),
+        }
+    }
+
+    /// The topic key of the held message `key`: the deployment's name
+    /// first, so two deployments sharing the topic never write the same key.
+    pub fn topic_key(&self, key: &str) -> String {
+        format!("{}/{key}", self.deployment)
+    }
+
+    /// The held message's key from a topic key, when it is this
+    /// deployment's: its own prefix, or none at all (written before keys
+    /// carried a deployment; idempotency keys have no `/`).
+    fn own_key<'a>(&self, topic_key: &'a str) -> Option<&'a str> {
+        match topic_key
+            .strip_prefix(self.deployment.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+        {
+            Some(key) => Some(key),
+            None if topic_key.contains('/') => None,
+            None => Some(topic_key),
         }
     }
 
@@ -159,7 +184,16 @@ impl HeldLog {
 
     /// One record of the held topic.
     fn apply(&self, m: &rdkafka::message::BorrowedMessage<'_>) {
-        let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+        let Some(topic_key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            return;
+        };
+        let Some(key) = self.own_key(topic_key) else {
+            if let Backing::Disk(disk) = &self.backing {
+                // Only the checkpoint moves.
+                let mut batch = disk.table().batch();
+                batch.read_to(m.partition(), m.offset() + 1);
+                let _ = batch.commit();
+            }
             return;
         };
         let record = m

@@ -55,13 +55,14 @@ impl Decider {
             });
         }
         self.held_log.wrote_hold(&key, record.clone());
-        let write = self
-            .cx
-            .recorder
-            .publish_built(&self.held_log.topic, &key, || match &record {
+        let write = self.cx.recorder.publish_built(
+            &self.held_log.topic,
+            &self.held_log.topic_key(&key),
+            || match &record {
                 Some(r) => crate::util::json_bytes(&**r),
                 None => crate::util::json_bytes(&HeldRecord::of(&held)),
-            });
+            },
+        );
         let replaced = match record {
             // In memory every held message is queued.
             None => self.held.hold(held)?,
@@ -84,7 +85,13 @@ impl Decider {
     pub(super) fn unhold(&self, key: &str) -> Pending {
         self.held_log.forget(key);
         self.held_log.wrote_tombstone(key);
-        self.cx.recorder.tombstone(&self.held_log.topic, key)
+        // Its key as written now, and as written before keys carried the
+        // deployment (a message held across the upgrade): neither comes back.
+        let legacy = self.cx.recorder.tombstone(&self.held_log.topic, key);
+        tokio::spawn(legacy);
+        self.cx
+            .recorder
+            .tombstone(&self.held_log.topic, &self.held_log.topic_key(key))
     }
 
     /// Whether a message is held under `key`, in memory or on disk.

@@ -73,6 +73,10 @@ pub struct StageContext {
     pub metrics: Arc<Metrics>,
     /// The wall clock in service; a virtual one in rule tests and replays.
     pub clock: Arc<dyn Clock>,
+    /// The deployment (its `kafka.group_id`): carried by the records herald
+    /// writes to topics several deployments may share (held, feedback), so
+    /// that each acts only on its own.
+    pub deployment: Arc<str>,
 }
 
 impl StageContext {

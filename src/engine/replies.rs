@@ -142,6 +142,12 @@ impl Replies {
         let wait = std::time::Duration::from_millis(self.feedback_config.consent_wait_ms);
         let _ = self.feedback.consent_barrier(wait).await;
         let original = self.feedback.last_sms_to(&sms.from, now);
+        // Another deployment sent the SMS this answers: it acts (publishes
+        // the consent change, answers HELP, publishes the reply); this one
+        // only applies a STOP or START to its own opt-out list.
+        let theirs = original
+            .as_deref()
+            .is_some_and(|o| !o.sent_by(&self.cx.deployment));
         match Keyword::of(&sms.body) {
             Some(keyword @ (Keyword::OptOut | Keyword::OptIn)) => {
                 let consent = keyword == Keyword::OptIn;
@@ -152,6 +158,9 @@ impl Replies {
                 self.cx.metrics.emit(StageEvent::SmsOptOuts(opted_out));
                 self.count_feedback(if consent { "start" } else { "stop" }, "applied");
                 info!(phone = %fingerprint(&sms.from), consent, "SMS consent changed by keyword");
+                if theirs {
+                    return Vec::new();
+                }
                 let change = ConsentChange {
                     phone: sms.from.clone(),
                     channel: "sms".into(),
@@ -159,12 +168,17 @@ impl Replies {
                     keyword: sms.body.trim().to_ascii_uppercase(),
                     at_ms: sms.time_ms,
                     user: original.map(|o| o.user.to_string()),
+                    deployment: Some(self.cx.deployment.to_string()),
                 };
                 let payload = serde_json::to_vec(&change).unwrap_or_default();
                 vec![self
                     .cx
                     .recorder
                     .publish(&self.consent_topic, &sms.from, payload)]
+            }
+            Some(Keyword::Help) if theirs => {
+                self.count_feedback("help", "other_deployment");
+                Vec::new()
             }
             Some(Keyword::Help) => {
                 self.count_feedback("help", "applied");
@@ -175,6 +189,10 @@ impl Replies {
                     self.count_feedback("reply", "unknown_message");
                     return Vec::new();
                 };
+                if theirs {
+                    self.count_feedback("reply", "other_deployment");
+                    return Vec::new();
+                }
                 self.count_feedback("reply", "applied");
                 let mut extra = Map::new();
                 extra.insert("text".into(), Value::from(sms.body.trim()));
@@ -201,12 +219,17 @@ impl Replies {
                     idempotency_key: action.idempotency_key.as_str().into(),
                     channel: "push".into(),
                     sent_ms: action.time_ms,
+                    deployment: None,
                 })
             });
         let Some(original) = original else {
             self.count_feedback("push_action", "unknown_message");
             return Vec::new();
         };
+        if !original.sent_by(&self.cx.deployment) {
+            self.count_feedback("push_action", "other_deployment");
+            return Vec::new();
+        }
         self.count_feedback("push_action", "applied");
         let mut extra = Map::new();
         extra.insert("action".into(), Value::from(action.action));

@@ -287,6 +287,7 @@ mod tests {
                 idempotency_key: key.into(),
                 channel: "sms".into(),
                 sent_ms: at,
+                deployment: None,
             },
             phone_sha256: phone.map(crate::util::phone_sha256),
         }

@@ -57,7 +57,8 @@ impl SentRecord {
             .str("idempotency_key", &s.idempotency_key)
             .str("channel", &s.channel)
             .int("time", s.sent_ms)
-            .str_or_null("phone_sha256", self.phone_sha256.as_deref());
+            .str_or_null("phone_sha256", self.phone_sha256.as_deref())
+            .str_or_null("deployment", s.deployment.as_deref());
         o.close();
         out
     }
@@ -200,6 +201,7 @@ impl Feedback {
                     idempotency_key: need("idempotency_key")?.into(),
                     channel: need("channel")?.into(),
                     sent_ms: time_ms,
+                    deployment: text("deployment").map(std::sync::Arc::from),
                 },
                 phone_sha256: text("phone_sha256"),
             }));
@@ -285,6 +287,7 @@ mod tests {
                     idempotency_key: "k1".into(),
                     channel: "sms".into(),
                     sent_ms: 1_795_514_400_123,
+                    deployment: key.map(|_| "herald-prod".into()),
                 },
                 phone_sha256: phone.map(str::to_string),
             };

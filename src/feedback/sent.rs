@@ -17,6 +17,17 @@ pub struct SentRef {
     pub idempotency_key: Arc<str>,
     pub channel: Arc<str>,
     pub sent_ms: i64,
+    /// The deployment that sent it (`kafka.group_id`); `None` in records
+    /// written before deployments were told apart.
+    pub deployment: Option<Arc<str>>,
+}
+
+impl SentRef {
+    /// Whether `deployment` sent it (a record without a deployment counts
+    /// as everyone's: it predates the field).
+    pub fn sent_by(&self, deployment: &str) -> bool {
+        self.deployment.as_deref().is_none_or(|d| d == deployment)
+    }
 }
 
 pub use crate::util::phone_sha256;
@@ -111,6 +122,7 @@ mod tests {
             idempotency_key: key.into(),
             channel: "sms".into(),
             sent_ms: at,
+            deployment: None,
         }
     }
 

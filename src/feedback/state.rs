@@ -46,6 +46,10 @@ pub struct ConsentChange {
     /// The user of the last message to this number, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The deployment that wrote it (`kafka.group_id`). Every deployment
+    /// applies every consent change: a STOP is the person's, whoever sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 /// Engagement, opt-outs and the messages sent, for the policy stage.
@@ -579,6 +583,7 @@ mod tests {
                 idempotency_key: "k2".into(),
                 channel: "push".into(),
                 sent_ms: 0,
+                deployment: None,
             },
             phone_sha256: None,
         });

@@ -122,7 +122,10 @@ pub fn compare_held(
         std::collections::BTreeMap::new(),
     );
     for (partition, offset, key, value) in read.records {
+        // `<deployment>/<idempotency key>`; a bare key is a tombstone of a
+        // key as written before deployments were told apart.
         let key = String::from_utf8_lossy(&key.unwrap_or_default()).to_string();
+        let key = key.rsplit('/').next().unwrap_or_default().to_string();
         let release = value
             .and_then(|v| serde_json::from_slice::<herald::engine::HeldRecord>(&v).ok())
             .map(|r| r.release_ms);
