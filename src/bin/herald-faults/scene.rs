@@ -247,8 +247,10 @@ impl Scene {
                 format!("{short} {counts:?}")
             })
             .collect();
-        self.notes
-            .push(format!("partitions per instance {when}: {}", spread.join(", ")));
+        self.notes.push(format!(
+            "partitions per instance {when}: {}",
+            spread.join(", ")
+        ));
         if required && !uneven.is_empty() {
             self.problems.push(format!(
                 "{when}: partitions not spread evenly on {}",
