@@ -39,12 +39,22 @@ impl Job {
         }
     }
 
-    /// The intent stage 1 writes for this job, card numbers masked: stage 2
-    /// only renders and sends, and a template shows a card as `mask_card`.
+    /// The intent stage 1 writes for this job, card numbers masked (its
+    /// fields, and its key when events are keyed by card): stage 2 only
+    /// renders and sends, and a template shows a card as `mask_card`. So
+    /// what stage 2 writes (outcomes, held messages, sent records, replies,
+    /// a push's `data.key`) holds no card number either.
     pub fn intent(&self) -> Intent {
         let rule = self.rule();
         let mut event = EventRecord::of(&self.event);
         crate::outcome::redact::mask_fields(&mut event.fields);
+        if let Some(masked) = event
+            .key
+            .as_deref()
+            .and_then(crate::outcome::redact::mask_text)
+        {
+            event.key = Some(masked.into());
+        }
         Intent {
             id: self.intent.to_string(),
             rule: rule.id.clone(),

@@ -42,6 +42,13 @@ pub fn mask_json(value: &mut Value) {
     }
 }
 
+/// `text` with every card number masked, or `None` when it holds none (a
+/// record's key: a card number when events are keyed by card).
+pub fn mask_text(text: &str) -> Option<String> {
+    mask_runs(text.as_bytes())
+        .map(|m| String::from_utf8(m).expect("only ASCII digits were replaced"))
+}
+
 /// Masks card numbers in every field of a JSON object, in place.
 pub fn mask_fields(fields: &mut serde_json::Map<String, Value>) {
     fields.values_mut().for_each(mask_json);
