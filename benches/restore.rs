@@ -219,9 +219,9 @@ fn main() {
 }
 
 /// Pattern state: `keys` window states (three events each, as the
-/// changelog holds them) on one changelog partition, restored through its
-/// sealed copy on disk — first into an empty directory, then, as a restart,
-/// from the disk and the checkpoint.
+/// changelog holds them: keys blinded, values sealed) on one changelog
+/// partition, restored through its sealed copy on disk — first into an
+/// empty directory, then, as a restart, from the disk and the checkpoint.
 fn patterns(
     runtime: &tokio::runtime::Runtime,
     client: &ClientConfig,
@@ -236,6 +236,17 @@ fn patterns(
         ))
         .unwrap();
     let now = herald::util::now_ms();
+    let dir = tempfile::tempdir().unwrap();
+    // The state key the restores use (made in the directory by the first open).
+    let sealer = herald::store::Store::open(dir.path(), 64 << 20)
+        .unwrap()
+        .sealer()
+        .clone();
+    let seal = std::sync::Arc::new(herald::state::sealed::ChangelogSeal::new(
+        sealer,
+        None,
+        herald::patterns::store::identity,
+    ));
     runtime.block_on(async {
         for chunk in (0..keys).collect::<Vec<_>>().chunks(50_000) {
             let writes: Vec<_> = chunk
@@ -249,18 +260,14 @@ fn patterns(
                         "newest_ms": now, "touched_ms": now, "applied": i * 3 + 2,
                         "state": {"Window": {"events": events}},
                     });
-                    recorder.publish_to(
-                        &topic,
-                        0,
-                        &format!("declined-velocity\u{0}card-{i}"),
-                        Some(serde_json::to_vec(&record).unwrap()),
-                    )
+                    let key = seal.key("declined-velocity", &format!("card-{i}"));
+                    let value = seal.seal(&key, &serde_json::to_vec(&record).unwrap());
+                    recorder.publish_to(&topic, 0, &key, Some(value))
                 })
                 .collect();
             futures::future::join_all(writes).await;
         }
     });
-    let dir = tempfile::tempdir().unwrap();
     let restore = || {
         let opened = Instant::now();
         let store = herald::store::Store::open(dir.path(), 256 << 20).unwrap();
@@ -270,6 +277,7 @@ fn patterns(
             .sealed_table(&name, herald::state::mirror::FORMAT)
             .unwrap();
         let changelog = Changelog::new(topic.clone(), recorder.clone(), client.clone())
+            .sealed(std::sync::Arc::clone(&seal))
             .mirrored(table, herald::patterns::on_disk::wake_of);
         let started = Instant::now();
         let read = changelog
@@ -286,7 +294,7 @@ fn patterns(
         let looked = Instant::now();
         let lookups = 20_000.min(keys);
         for i in 0..lookups {
-            let key = format!("declined-velocity\u{0}card-{}", (i * 7919) % keys);
+            let key = seal.key("declined-velocity", &format!("card-{}", (i * 7919) % keys));
             assert!(mirror.get(0, &key).unwrap().is_some());
         }
         println!(

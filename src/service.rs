@@ -227,7 +227,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     let instance_id = kafka::instance_id(&config.kafka, store.slot());
     info!(dir = %store.dir().display(), instance_id = instance_id.as_deref().unwrap_or("(dynamic membership)"), "state store open");
     if let crate::store::KeySource::File(path) = store.key_source() {
-        warn!(key_file = %path.display(), "HERALD_STATE_KEY is not set: profiles on disk are sealed with a key kept in the state directory, which protects a copy of the tables but not of the whole directory; set it from your secret store (64 hex digits)");
+        warn!(key_file = %path.display(), "HERALD_STATE_KEY is not set: the state on disk and the pattern changelogs' records are sealed with a key kept in the state directory, which protects a copy of the tables but not of the whole directory, and which instances on other hosts do not have (a source partition moving to one starts its pattern state fresh); set it from your secret store, the same on every instance (64 hex digits)");
     }
     let profiles = ProfileTable::on_disk(
         store

@@ -18,6 +18,7 @@ use crate::outcome::Pending;
 use crate::patterns::PatternStore;
 use crate::profile::Profile;
 use crate::rules::Verdict;
+use crate::state::sealed::ChangelogSeal;
 use crate::state::{Changelog, Intent, Kept, Partitioning, StateTable};
 use crate::util::FastMap;
 
@@ -76,6 +77,7 @@ impl Matcher {
             })
             .collect();
         let reader = crate::kafka::profile_reader_config(&config.kafka);
+        let seal = store.map(Self::seal);
         let changelogs: FastMap<String, Arc<Changelog>> = Self::tables(config)
             .into_iter()
             .filter_map(|table| {
@@ -84,13 +86,19 @@ impl Matcher {
                 };
                 let (topic, _, _) = table.changelog()?;
                 changelogs?.contains(source).then(|| {
-                    let log =
+                    let mut log =
                         Changelog::new(topic.to_string(), cx.recorder.clone(), reader.clone());
+                    if let Some(seal) = &seal {
+                        log = log.sealed(Arc::clone(seal));
+                    }
                     (source.clone(), Arc::new(Self::mirrored(log, store)))
                 })
             })
             .collect();
         let mut patterns = PatternStore::new(config.limits.pattern_keys_per_rule);
+        if let Some(seal) = seal {
+            patterns.sealed(seal);
+        }
         for (source, log) in &changelogs {
             if let Some(mirror) = log.mirror() {
                 patterns.on_disk(source, Arc::clone(mirror), config.state.pattern_cache);
@@ -103,6 +111,21 @@ impl Matcher {
             changelogs,
             cx,
         }
+    }
+
+    /// What seals the pattern changelogs' records and blinds their keys: the
+    /// state key (a pattern key may be a card number, and open patterns
+    /// hold their events), and the key before a rotation, if set.
+    fn seal(store: &crate::store::Store) -> Arc<ChangelogSeal> {
+        let previous = crate::store::Sealer::previous().unwrap_or_else(|e| {
+            error!(error = %e, "HERALD_STATE_KEY_PREVIOUS is not a key; records sealed under the previous key cannot be read");
+            None
+        });
+        Arc::new(ChangelogSeal::new(
+            store.sealer().clone(),
+            previous,
+            crate::patterns::store::identity,
+        ))
     }
 
     /// `log` with its copy on disk in `store`, sealed (open patterns hold
@@ -285,6 +308,7 @@ impl Matcher {
                 store: "pattern state",
                 cause: Box::new(e),
             })?;
+        self.write_moved(changelog);
         let loaded = self.cx.rules.current();
         let (records, mut keys, mut unreadable) = (all.read, 0, 0);
         // On disk, nothing comes back into memory: keys are read when needed.
@@ -313,6 +337,27 @@ impl Matcher {
             "pattern state restored"
         );
         Ok(())
+    }
+
+    /// Writes again, under its current key, each record a restore read in
+    /// clear or under the previous state key, and deletes it under the key
+    /// it was read from: the topic keeps no card number in clear, and no
+    /// record a rotated key would have to open. Queued before any event of
+    /// the partitions is handled, so it comes before their changes.
+    fn write_moved(&self, changelog: &Changelog) {
+        let moved = changelog.take_moved();
+        if moved.is_empty() {
+            return;
+        }
+        info!(topic = %changelog.topic, records = moved.len(), "pattern changelog records written again under their current key (written in clear, or sealed under the previous key)");
+        let mut writes = Vec::with_capacity(2 * moved.len());
+        for (partition, from, change) in moved {
+            writes.extend(changelog.write(partition, &change.key, change.value));
+            writes.extend(changelog.write(partition, &from, None));
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(futures::future::join_all(writes));
+        }
     }
 
     /// Forgets a source partition's pattern state: another instance owns it.

@@ -10,7 +10,7 @@ use crate::ingest::decode::Event;
 use crate::metrics::StageEvent;
 use crate::outcome::{DeadLetter, DeadLetterCode, Pending};
 use crate::patterns::detect::Input;
-use crate::patterns::store::{changelog_key, KeyRef};
+use crate::patterns::store::KeyRef;
 use crate::patterns::{Fired, Pattern};
 use crate::rules::Loaded;
 
@@ -198,7 +198,7 @@ impl Matcher {
         changes.push(StateChange {
             changelog: Arc::clone(changelog),
             partition: at.source.1,
-            key: changelog_key(&at.rule, &at.key),
+            key: self.patterns.changelog_key(&at.rule, &at.key),
             value: self.patterns.snapshot(&at.rule, &at.key, pattern),
             saved: at.held.then(|| Saved {
                 patterns: Arc::clone(&self.patterns),

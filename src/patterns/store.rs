@@ -92,6 +92,18 @@ pub fn changelog_key(rule: &str, key: &str) -> String {
     format!("{rule}\u{0}{key}")
 }
 
+/// The rule and key a record's value is of (the changelog key may not show
+/// the key: [`crate::state::sealed`]).
+pub fn identity(value: &[u8]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Identity {
+        rule: String,
+        key: String,
+    }
+    let id: Identity = serde_json::from_slice(value).ok()?;
+    Some((id.rule, id.key))
+}
+
 pub(super) struct RuleState {
     pub(super) fingerprint: String,
     pub(super) keys: FastDashMap<String, Entry>,
@@ -122,6 +134,8 @@ pub struct PatternStore {
     pub(super) cache_keys_per_rule: usize,
     /// The rules (and fingerprints) whose keys the disk was last swept for.
     pub(super) swept_for: Mutex<u64>,
+    /// Blinds the keys of the changelogs' records, when they are sealed.
+    seal: Option<Arc<crate::state::sealed::ChangelogSeal>>,
 }
 
 impl PatternStore {
@@ -136,6 +150,22 @@ impl PatternStore {
             disks: FastMap::default(),
             cache_keys_per_rule: max_keys_per_rule,
             swept_for: Mutex::new(0),
+            seal: None,
+        }
+    }
+
+    /// Changelog keys blinded by `seal` (the changelogs' records are sealed
+    /// with it).
+    pub fn sealed(&mut self, seal: Arc<crate::state::sealed::ChangelogSeal>) {
+        self.seal = Some(seal);
+    }
+
+    /// The changelog key of (`rule`, `key`): blinded when the changelogs
+    /// are sealed, else [`changelog_key`].
+    pub fn changelog_key(&self, rule: &str, key: &str) -> String {
+        match &self.seal {
+            Some(seal) => seal.key(rule, key),
+            None => changelog_key(rule, key),
         }
     }
 

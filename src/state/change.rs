@@ -1,7 +1,7 @@
 //! One change of a changelog as read back, and why a changelog could not be read back.
 
 /// One record of a changelog: a key and its newest value (`None`: deleted).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub key: String,
     pub value: Option<Vec<u8>>,

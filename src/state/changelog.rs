@@ -3,6 +3,7 @@
 //! is assigned; and the creation of herald's internal topics.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -11,6 +12,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use crate::outcome::{Pending, Recorder};
 
 pub use super::change::{Change, RestoreError};
+use super::sealed::{ChangelogSeal, Opened};
 
 /// What a restore read: each partition's changes, newest per key last
 /// (none for a changelog with a copy on disk), and the records read.
@@ -29,7 +31,17 @@ pub struct Changelog {
     /// Its copy on local disk, if it has one: then a restore reads the
     /// rows from disk and only the tail past the checkpoint.
     mirror: Option<std::sync::Arc<super::mirror::Mirror>>,
+    /// Seals its records' values on the topic (keys are blinded by whoever
+    /// makes them, with the same seal), if it is sealed.
+    seal: Option<Arc<ChangelogSeal>>,
+    /// Records a restore read in clear or under the previous key: to be
+    /// written again under their current key ([`Changelog::take_moved`]).
+    moved: Arc<Mutex<Vec<Moved>>>,
 }
+
+/// A record read under a key it no longer has: its partition, the key it
+/// was read from, and its change under its current key.
+pub type Moved = (i32, String, Change);
 
 impl Changelog {
     /// A changelog on `topic`, written through `recorder`, read back with a
@@ -40,7 +52,22 @@ impl Changelog {
             recorder: Some(recorder),
             reader,
             mirror: None,
+            seal: None,
+            moved: Arc::default(),
         }
+    }
+
+    /// This changelog with its records sealed by `seal`.
+    pub fn sealed(mut self, seal: Arc<ChangelogSeal>) -> Changelog {
+        self.seal = Some(seal);
+        self
+    }
+
+    /// The records the restores so far read under a key they no longer
+    /// have; each is to be written under its current key, and its old key
+    /// deleted.
+    pub fn take_moved(&self) -> Vec<Moved> {
+        std::mem::take(&mut *self.moved.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// This changelog with a copy on local disk in `table`, whose values'
@@ -66,6 +93,8 @@ impl Changelog {
             recorder: None,
             reader: ClientConfig::new(),
             mirror: None,
+            seal: None,
+            moved: Arc::default(),
         }
     }
 
@@ -79,11 +108,17 @@ impl Changelog {
     pub fn write(&self, partition: i32, key: &str, value: Option<Vec<u8>>) -> Option<Pending> {
         let recorder = self.recorder.as_ref()?;
         let Some(mirror) = &self.mirror else {
+            let value = self.on_topic(key, value);
             return Some(recorder.publish_to(&self.topic, partition, key, value));
         };
         let mirror = std::sync::Arc::clone(mirror);
         let seq = mirror.begin(partition);
-        let written = recorder.publish_at(&self.topic, partition, key, value.clone());
+        let written = recorder.publish_at(
+            &self.topic,
+            partition,
+            key,
+            self.on_topic(key, value.clone()),
+        );
         let key = key.to_string();
         Some(Box::pin(async move {
             let offset = written.await;
@@ -91,6 +126,14 @@ impl Changelog {
                 .applied(partition, &key, value.as_deref(), seq, offset)
                 .await;
         }))
+    }
+
+    /// A value as the topic keeps it: sealed, if this changelog is.
+    fn on_topic(&self, key: &str, value: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        match (&self.seal, value) {
+            (Some(seal), Some(v)) => Some(seal.seal(key, &v)),
+            (_, value) => value,
+        }
     }
 
     /// Stops following a revoked partition's copy on disk.
@@ -108,6 +151,7 @@ impl Changelog {
         value: Option<Vec<u8>>,
     ) -> Option<crate::outcome::Written> {
         let recorder = self.recorder.as_ref()?;
+        let value = self.on_topic(key, value);
         Some(recorder.publish_at(&self.topic, partition, key, value))
     }
 
@@ -244,6 +288,7 @@ impl Changelog {
         }
         let consumer = self.reader()?;
         consumer.assign(&tpl).map_err(|e| self.failed(e))?;
+        let (mut moved, mut unreadable) = (HashMap::new(), 0usize);
         let mut last_progress = Instant::now();
         let started = Instant::now();
         while !ends.is_empty() {
@@ -266,7 +311,10 @@ impl Changelog {
                         key,
                         value: m.payload().map(<[u8]>::to_vec),
                     };
-                    apply(m.partition(), m.offset(), change);
+                    match self.opened(m.partition(), change, &mut moved) {
+                        Some(change) => apply(m.partition(), m.offset(), change),
+                        None => unreadable += 1,
+                    }
                     if done {
                         ends.remove(&m.partition());
                     }
@@ -286,6 +334,35 @@ impl Changelog {
                 None => {}
             }
         }
+        if unreadable > 0 {
+            tracing::warn!(topic = %self.topic, records = unreadable, "changelog records sealed under a key herald does not have (set HERALD_STATE_KEY_PREVIOUS to the key before a rotation) or altered; their state starts fresh");
+        }
         Ok(())
+    }
+
+    /// A record as read, opened if the changelog is sealed (`None`:
+    /// unreadable); one read under a key it no longer has is noted to be
+    /// written again.
+    fn opened(
+        &self,
+        partition: i32,
+        change: Change,
+        moved: &mut HashMap<String, String>,
+    ) -> Option<Change> {
+        let Some(seal) = &self.seal else {
+            return Some(change);
+        };
+        match seal.open(change, moved) {
+            Opened::Current(change) => Some(change),
+            Opened::Moved { from, change } => {
+                self.moved.lock().unwrap_or_else(|p| p.into_inner()).push((
+                    partition,
+                    from,
+                    change.clone(),
+                ));
+                Some(change)
+            }
+            Opened::Unreadable => None,
+        }
     }
 }

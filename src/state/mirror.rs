@@ -27,8 +27,11 @@ use super::watermark::Watermarks;
 use crate::store::{StoreError, Table, TableBatch};
 
 /// The format of a mirror's rows (3: data rows with their wake-up times,
-/// and the index rows); a table of another is rebuilt.
-pub const FORMAT: u32 = 3;
+/// and the index rows; 4: the same, of a changelog whose keys may be
+/// blinded, so that a table of 3 is read again from the topic and its
+/// records in clear are moved to their blinded keys); a table of another
+/// is rebuilt.
+pub const FORMAT: u32 = 4;
 
 /// A wake-up time a key does not have.
 pub const NEVER: i64 = i64::MAX;

@@ -23,6 +23,7 @@ pub mod ledger;
 pub mod ledger_entry;
 pub mod ledger_store;
 pub mod mirror;
+pub mod sealed;
 pub mod table;
 pub mod watermark;
 

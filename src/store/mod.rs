@@ -197,6 +197,12 @@ impl Store {
         &self.sealer.source
     }
 
+    /// The state key (for what is sealed outside the store: the pattern
+    /// changelogs' records).
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
     /// The table `name`, holding records of `format`: a table written with
     /// another format (an older herald's) is cleared with its checkpoint.
     pub fn table(&self, name: &str, format: u32) -> Result<Table, StoreError> {

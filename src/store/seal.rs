@@ -14,6 +14,11 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 /// digits.
 pub const KEY_VARIABLE: &str = "HERALD_STATE_KEY";
 
+/// The environment variable that holds the state key before a rotation:
+/// what was sealed under it (a pattern changelog's records) is still read,
+/// and written again under the new key.
+pub const PREVIOUS_KEY_VARIABLE: &str = "HERALD_STATE_KEY_PREVIOUS";
+
 const NONCE: usize = 24;
 const TAG: usize = 16;
 
@@ -36,6 +41,8 @@ pub struct Sealer {
     cipher: XChaCha20Poly1305,
     /// The key row keys are blinded with, derived from the state key.
     blinding: [u8; 32],
+    /// Names the key without showing it (a value sealed under it says so).
+    id: [u8; 4],
     pub source: KeySource,
 }
 
@@ -73,6 +80,19 @@ impl Sealer {
         }
     }
 
+    /// The key before a rotation, from `HERALD_STATE_KEY_PREVIOUS`, if set.
+    pub fn previous() -> Result<Option<Sealer>, KeyError> {
+        match std::env::var(PREVIOUS_KEY_VARIABLE) {
+            Ok(hex) => Sealer::from_hex(hex.trim(), KeySource::Environment).map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Four bytes that name this key (derived from it, showing nothing of it).
+    pub fn id(&self) -> [u8; 4] {
+        self.id
+    }
+
     /// A random key that lives as long as the process.
     pub fn ephemeral() -> Sealer {
         Sealer::new(&rand::random::<[u8; 32]>(), KeySource::Ephemeral)
@@ -88,6 +108,9 @@ impl Sealer {
         Sealer {
             cipher: XChaCha20Poly1305::new(key.into()),
             blinding: hmac_sha256(key, b"herald row keys"),
+            id: hmac_sha256(key, b"herald key id")[..4]
+                .try_into()
+                .expect("4 of 32 bytes"),
             source,
         }
     }

@@ -20,6 +20,7 @@ mod twilio_hooks;
 mod policy;
 
 // Patterns over time.
+mod card_numbers;
 mod patterns;
 
 // State that survives restarts, kills and a second instance.

@@ -245,9 +245,26 @@ async fn a_restart_of_every_instance_remembers_caps_and_windows() {
 }
 
 /// The pattern changelog's records for `card` (newest last).
-fn window_of(topic: &str, card: &str) -> Option<usize> {
-    read_all_json(topic, Duration::from_millis(500), Duration::from_secs(5))
+/// The window's length of `card` in the pattern changelog `topic`, its
+/// records opened with the state key herald keeps in `state_dir`.
+fn window_of(topic: &str, state_dir: &std::path::Path, card: &str) -> Option<usize> {
+    let sealer = herald::store::Sealer::for_dir(state_dir).ok()?;
+    let seal =
+        herald::state::sealed::ChangelogSeal::new(sealer, None, herald::patterns::store::identity);
+    let mut moved = std::collections::HashMap::new();
+    read_all_records(topic, Duration::from_millis(500), Duration::from_secs(5))
         .into_iter()
+        .filter_map(|(key, value)| {
+            let change = herald::state::Change {
+                key: String::from_utf8(key?).ok()?,
+                value,
+            };
+            match seal.open(change, &mut moved) {
+                herald::state::sealed::Opened::Current(c) => c.value,
+                _ => None,
+            }
+        })
+        .filter_map(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
         .rfind(|r| r["key"] == card)
         .and_then(|r| r["state"]["Window"]["entries"].as_array().map(Vec::len))
 }
@@ -298,7 +315,7 @@ async fn three_declines_with_a_kill_9_between_the_second_and_third_send_one_sms_
     )
     .await;
     let two = eventually(Duration::from_secs(30), || {
-        (window_of(&changelog, "card-3") == Some(2)).then_some(())
+        (window_of(&changelog, &dir.path().join("herald-state"), "card-3") == Some(2)).then_some(())
     })
     .await;
     assert!(

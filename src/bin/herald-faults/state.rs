@@ -233,8 +233,15 @@ pub fn compare_mirror(
         .map_err(|e| e.to_string())?;
     let read = read_whole(bootstrap, topic)?;
     let partitions: Vec<i32> = read.ends.keys().copied().collect();
-    let changelog =
-        changelog_of(bootstrap, topic).mirrored(table.clone(), herald::patterns::on_disk::wake_of);
+    // Its records are sealed under herald's state key, their keys blinded.
+    let seal = std::sync::Arc::new(herald::state::sealed::ChangelogSeal::new(
+        store.sealer().clone(),
+        herald::store::Sealer::previous().ok().flatten(),
+        herald::patterns::store::identity,
+    ));
+    let changelog = changelog_of(bootstrap, topic)
+        .sealed(std::sync::Arc::clone(&seal))
+        .mirrored(table.clone(), herald::patterns::on_disk::wake_of);
     let before = table.checkpoint().map_err(|e| e.to_string())?;
     let restored = changelog
         .restore_all(&partitions, Duration::from_secs(60))
@@ -254,9 +261,21 @@ pub fn compare_mirror(
             .map_err(|e| e.to_string())?;
     }
     let mut rebuilt = std::collections::BTreeMap::new();
+    let mut moved = std::collections::HashMap::new();
     for (partition, _, key, value) in read.records {
         let key = String::from_utf8_lossy(&key.unwrap_or_default()).to_string();
-        rebuilt.insert((partition, key), value);
+        let change = herald::state::Change { key, value };
+        match seal.open(change, &mut moved) {
+            herald::state::sealed::Opened::Current(c)
+            | herald::state::sealed::Opened::Moved { change: c, .. } => {
+                rebuilt.insert((partition, c.key), c.value);
+            }
+            herald::state::sealed::Opened::Unreadable => {
+                return Err(format!(
+                    "{topic}[{partition}]: a record herald's key does not open"
+                ))
+            }
+        }
     }
     on_disk.retain(|_, v| v.is_some());
     rebuilt.retain(|_, v| v.is_some());

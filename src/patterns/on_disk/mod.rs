@@ -33,9 +33,10 @@ pub fn wake_of(value: &[u8]) -> Wake {
     }
 }
 
-/// (rule, key) of a changelog key.
-fn split(changelog_key: &str) -> Option<(&str, &str)> {
-    changelog_key.split_once('\u{0}')
+/// (rule, key) of a row: from its value, since its changelog key may not
+/// show the key.
+fn split(value: Option<&[u8]>) -> Option<(String, String)> {
+    crate::patterns::store::identity(value?)
 }
 
 impl PatternStore {
@@ -71,7 +72,7 @@ impl PatternStore {
         key: &str,
         source: &Arc<str>,
     ) -> Option<Entry> {
-        match mirror.get(partition, &crate::patterns::store::changelog_key(rule, key)) {
+        match mirror.get(partition, &self.changelog_key(rule, key)) {
             Ok(value) => Self::entry_of(&value?, pattern, source, partition),
             Err(e) => {
                 error!(%rule, error = %e, "pattern state cannot be read from disk; the key starts fresh");
@@ -164,9 +165,10 @@ impl PatternStore {
                     }
                 };
                 for row in rows {
-                    let Some((rule, key)) = split(&row.key) else {
+                    let Some((rule, key)) = split(row.value.as_deref()) else {
                         continue;
                     };
+                    let (rule, key) = (rule.as_str(), key.as_str());
                     let (Some(pattern), Some(value)) = (pattern_of(rule), row.value.as_deref())
                     else {
                         continue;
@@ -219,7 +221,6 @@ impl PatternStore {
                             self.expire_row(
                                 topic,
                                 partition,
-                                &row.key,
                                 row.value.as_deref(),
                                 now_ms,
                                 pattern_of,
@@ -241,21 +242,21 @@ impl PatternStore {
         let before = gone.len();
         for (topic, mirror) in &self.disks {
             for partition in mirror.partitions() {
-                let scanned = mirror.for_each(partition, |changelog_key, value| {
+                let scanned = mirror.for_each(partition, |_, value| {
                     #[derive(serde::Deserialize)]
                     struct Head {
                         fingerprint: String,
                     }
-                    let Some((rule, key)) = split(changelog_key) else {
+                    let Some((rule, key)) = split(Some(value)) else {
                         return;
                     };
-                    let current = pattern_of(rule);
+                    let current = pattern_of(&rule);
                     let head = serde_json::from_slice::<Head>(value).ok();
                     let fits = matches!((&current, &head), (Some(p), Some(h)) if p.fingerprint == h.fingerprint);
                     if !fits {
                         gone.push(KeyRef {
-                            rule: rule.to_string(),
-                            key: key.to_string(),
+                            rule,
+                            key,
                             source: (Arc::clone(topic), partition),
                             held: false,
                         });
@@ -281,15 +282,15 @@ impl PatternStore {
         &self,
         topic: &Arc<str>,
         partition: i32,
-        changelog_key: &str,
         value: Option<&[u8]>,
         now_ms: i64,
         pattern_of: &impl Fn(&str) -> Option<Arc<Pattern>>,
         gone: &mut Vec<KeyRef>,
     ) {
-        let Some((rule, key)) = split(changelog_key) else {
+        let Some((rule, key)) = split(value) else {
             return;
         };
+        let (rule, key) = (rule.as_str(), key.as_str());
         let mut at = KeyRef {
             rule: rule.to_string(),
             key: key.to_string(),
