@@ -16,7 +16,7 @@ const RATE: u32 = 50;
 /// Quiet hours (Europe/Paris, the world's users' zone) from a minute ago to
 /// the first whole minute at least 90 s from now: the window for
 /// `policy.categories.<c>.quiet_hours`, and when it ends (epoch ms).
-fn quiet_window() -> Result<(String, i64), String> {
+pub(super) fn quiet_window() -> Result<(String, i64), String> {
     let now = jiff::Timestamp::now()
         .in_tz("Europe/Paris")
         .map_err(|e| e.to_string())?;
@@ -40,15 +40,19 @@ fn quiet_window() -> Result<(String, i64), String> {
     ))
 }
 
+/// The config that holds every swipe's notice through quiet hours `window`
+/// (appended after `[kafka.properties]`: its own table).
+pub(super) fn hold_policy(window: &str) -> String {
+    format!(
+        "\n[policy.categories.transactional]\nquiet_hours = \"{window}\"\non_quiet_hours = \"hold\"\nbypass = [\"caps\"]\nmax_age_s = 3600\n"
+    )
+}
+
 /// kill -9 at random moments while every swipe is held by quiet hours, and
 /// around their end, when the held messages are released.
 pub async fn kill9_held(opts: &Options, broker: &Broker, kills: usize) -> Result<Report, String> {
     let (window, ends_ms) = quiet_window()?;
-    // Appended to the config after `[kafka.properties]`: its own table.
-    let policy = format!(
-        "\n[policy.categories.transactional]\nquiet_hours = \"{window}\"\non_quiet_hours = \"hold\"\nbypass = [\"caps\"]\nmax_age_s = 3600\n"
-    );
-    let mut s = Scene::new(opts, broker, "kill9-held", &policy).await?;
+    let mut s = Scene::new(opts, broker, "kill9-held", &hold_policy(&window)).await?;
     let mut i = s.spawn()?;
     s.ready(i).await?;
     s.start_load(RATE);

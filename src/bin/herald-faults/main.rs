@@ -10,6 +10,7 @@
 mod disk;
 mod held;
 mod load;
+mod operator;
 mod scenarios;
 mod scene;
 mod state;
@@ -27,6 +28,9 @@ use world::Broker;
 
 /// The access token herald and the stand-in share in the suite.
 pub const FCM_TOKEN: &str = "herald-faults-token";
+/// The Twilio account the stand-in accepts (an SMS channel's scenarios).
+pub const TWILIO_SID: &str = "AC00000000000000000000000000000000";
+pub const TWILIO_TOKEN: &str = "herald-faults-twilio-token";
 
 /// The suite's options.
 #[derive(Parser, Debug, Clone)]
@@ -35,7 +39,7 @@ pub struct Options {
     /// The short version (CI): fewer kills, shorter outages.
     #[arg(long)]
     short: bool,
-    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, sigterm, sigterm-frozen, freeze-group, group, group-cooperative,
+    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, second-deployment, missing-topic, sigterm, sigterm-frozen, freeze-group, group, group-cooperative, provider-down-sms,
     /// broker-leader, broker-freeze, provider-down, provider-flaky, hostile).
     #[arg(long = "only")]
     only: Vec<String>,
@@ -111,7 +115,10 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         "freeze-group",
         "sigterm-frozen",
         "provider-down",
+        "provider-down-sms",
         "provider-flaky",
+        "missing-topic",
+        "second-deployment",
         "hostile",
         "disk",
     ];
@@ -136,6 +143,12 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         if step("kill9-held") {
             reports.push(held::kill9_held(opts, &broker, if short { 4 } else { 20 }).await?);
         }
+        if step("second-deployment") {
+            reports.push(operator::second_deployment(opts, &broker).await?);
+        }
+        if step("missing-topic") {
+            reports.push(operator::missing_topic(opts, &broker).await?);
+        }
         if step("kill9-group") {
             reports.push(scenarios::kill9_group(opts, &broker, if short { 3 } else { 20 }).await?);
         }
@@ -151,6 +164,12 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         if step("provider-down") {
             reports
                 .push(scenarios::provider_down(opts, &broker, if short { 20 } else { 60 }).await?);
+        }
+        if step("provider-down-sms") {
+            reports.push(
+                operator::provider_down_with_sms(opts, &broker, if short { 20 } else { 60 })
+                    .await?,
+            );
         }
         if step("provider-flaky") {
             reports
@@ -218,7 +237,14 @@ held topic: every held notice must go out once. `freeze-group` freezes the
 broker under two instances (and three, in the full run) and fails on a
 process that neither regains its work nor exits; `sigterm-frozen` sends
 SIGTERM and freezes the broker half a second later, and fails unless herald
-exits within 20 s. `disk` (full suite only; it mounts a
+exits within 20 s. `second-deployment` holds every swipe by quiet hours
+and starts a second deployment (its own group id, no rule for them) on the
+same topics: it must leave the held messages alone, and each goes out once.
+`missing-topic` deletes the outcomes topic before the start: herald must
+exit 1 naming it and the command that creates it. `provider-down-sms`
+takes the push provider down with an idle SMS channel configured:
+`/readyz` must say push is failing. `group` fails unless each topic's
+partitions are spread evenly after every change. `disk` (full suite only; it mounts a
 tmpfs, so it needs root) fills the state directory while herald runs, makes
 it read-only while herald starts, and deletes it while herald is stopped.
 This file is rewritten by `scripts/faults.sh`; `scripts/faults.sh --short`

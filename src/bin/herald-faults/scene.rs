@@ -2,7 +2,7 @@
 //! herald instances, the event stream, a readiness watcher, and the final tally.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,8 +108,8 @@ impl Scene {
             ([127, 0, 0, 1], 0).into(),
             Credentials {
                 fcm_token: super::FCM_TOKEN.into(),
-                twilio_sid: "AC0".into(),
-                twilio_token: "unused".into(),
+                twilio_sid: super::TWILIO_SID.into(),
+                twilio_token: super::TWILIO_TOKEN.into(),
             },
         )
         .await
@@ -148,6 +148,12 @@ impl Scene {
         })
     }
 
+    /// Adds `text` to the config of every instance started from now on
+    /// (after `[kafka.properties]`: whole tables).
+    pub fn append_config(&mut self, text: &str) {
+        self.extra_kafka.push_str(text);
+    }
+
     /// Adds a rule file every instance started from now on loads.
     pub fn add_rules(&self, file: &str, yaml: &str) -> Result<(), String> {
         let rules = self.dir.join("rules");
@@ -162,26 +168,51 @@ impl Scene {
 
     /// Starts one more herald instance; its index in `instances`.
     pub fn spawn(&mut self) -> Result<usize, String> {
-        let admin = free_addr();
         let n = self.spawned;
         self.spawned += 1;
+        let (dir, group) = (self.dir.clone(), self.group.clone());
+        self.spawn_in(&dir, &group, &format!("herald-{n}"), n, None)
+    }
+
+    /// Starts an instance of another deployment on the scene's topics: its
+    /// own group id (`<group>-<name>`), state directory and rules
+    /// (`rules_yaml`); its index in `instances`.
+    pub fn spawn_deployment(&mut self, name: &str, rules_yaml: &str) -> Result<usize, String> {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let group = format!("{}-{name}", self.group);
+        self.spawn_in(&dir, &group, &format!("{name}-0"), 0, Some(rules_yaml))
+    }
+
+    fn spawn_in(
+        &mut self,
+        dir: &Path,
+        group: &str,
+        name: &str,
+        n: usize,
+        rules_yaml: Option<&str>,
+    ) -> Result<usize, String> {
+        let admin = free_addr();
         let provider = self.standin.base_url();
         let setup = load::Setup {
             bootstrap: &self.bootstrap,
             topics: &self.topics,
-            group: &self.group,
+            group,
             provider: &provider,
             extra_kafka: &self.extra_kafka,
             dynamic_member: self.dynamic_member,
         };
-        let config = setup.write(&self.dir, admin, n)?;
-        let name = format!("herald-{n}");
+        let config = setup.write(dir, admin, n)?;
+        if let Some(yaml) = rules_yaml {
+            std::fs::write(dir.join("rules").join("notices.yaml"), yaml)
+                .map_err(|e| e.to_string())?;
+        }
         let log = self.dir.join(format!("{name}.log"));
-        let h = Herald::spawn(&self.herald_bin, &name, &config, admin, &log)?;
+        let h = Herald::spawn(&self.herald_bin, name, &config, admin, &log)?;
         self.watched
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((name, admin));
+            .push((name.to_string(), admin));
         self.instances.push(h);
         Ok(self.instances.len() - 1)
     }

@@ -110,6 +110,32 @@ impl Broker {
             .ok_or_else(|| "no leader".to_string())
     }
 
+    /// Deletes topics, and waits until the broker no longer lists them.
+    pub async fn delete_topics(&self, names: &[&str]) -> Result<(), String> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .map_err(|e| e.to_string())?;
+        for result in admin
+            .delete_topics(names, &AdminOptions::new())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            result.map_err(|(topic, e)| format!("deleting {topic}: {e}"))?;
+        }
+        for _ in 0..100 {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            if !metadata.topics().iter().any(|t| names.contains(&t.name())) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!("{names:?} still listed 20 s after their deletion"))
+    }
+
     /// Creates topics: name, partitions, compacted.
     pub async fn create_topics(&self, names: &[(&str, i32, bool)]) -> Result<(), String> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -195,6 +221,8 @@ impl Herald {
             .args(["run", "--config"])
             .arg(config)
             .env("HERALD_FAULTS_FCM_TOKEN", super::FCM_TOKEN)
+            .env("HERALD_FAULTS_TWILIO_SID", super::TWILIO_SID)
+            .env("HERALD_FAULTS_TWILIO_TOKEN", super::TWILIO_TOKEN)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -251,6 +279,11 @@ impl Herald {
             Ok(Ok(status)) => Some(status.code().unwrap_or(-1)),
             _ => None,
         }
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.command.2).unwrap_or_default()
     }
 
     /// Whether the process still runs.
