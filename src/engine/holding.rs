@@ -85,13 +85,19 @@ impl Decider {
     pub(super) fn unhold(&self, key: &str) -> Pending {
         self.held_log.forget(key);
         self.held_log.wrote_tombstone(key);
-        // Its key as written now, and as written before keys carried the
-        // deployment (a message held across the upgrade): neither comes back.
-        let legacy = self.cx.recorder.tombstone(&self.held_log.topic, key);
-        tokio::spawn(legacy);
-        self.cx
+        let current = self
+            .cx
             .recorder
-            .tombstone(&self.held_log.topic, &self.held_log.topic_key(key))
+            .tombstone(&self.held_log.topic, &self.held_log.topic_key(key));
+        if !self.held_log.is_on_disk() {
+            return current;
+        }
+        // In service, also its key as written before keys carried the
+        // deployment (a message held across the upgrade): it never comes back.
+        let legacy = self.cx.recorder.tombstone(&self.held_log.topic, key);
+        Box::pin(async move {
+            futures::future::join(current, legacy).await;
+        })
     }
 
     /// Whether a message is held under `key`, in memory or on disk.
