@@ -39,7 +39,7 @@ pub struct Options {
     /// The short version (CI): fewer kills, shorter outages.
     #[arg(long)]
     short: bool,
-    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, second-deployment, missing-topic, sigterm, sigterm-frozen, freeze-group, group, group-cooperative, provider-down-sms,
+    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, second-deployment, missing-topic, sigterm-backlog, sigterm, sigterm-frozen, freeze-group, group, group-cooperative, provider-down-sms,
     /// broker-leader, broker-freeze, provider-down, provider-flaky, hostile).
     #[arg(long = "only")]
     only: Vec<String>,
@@ -119,6 +119,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         "provider-flaky",
         "missing-topic",
         "second-deployment",
+        "sigterm-backlog",
         "hostile",
         "disk",
     ];
@@ -145,6 +146,11 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         }
         if step("second-deployment") {
             reports.push(operator::second_deployment(opts, &broker).await?);
+        }
+        if step("sigterm-backlog") {
+            reports.push(
+                operator::sigterm_backlog(opts, &broker, 2_000, if short { 2 } else { 5 }).await?,
+            );
         }
         if step("missing-topic") {
             reports.push(operator::missing_topic(opts, &broker).await?);
@@ -240,7 +246,8 @@ SIGTERM and freezes the broker half a second later, and fails unless herald
 exits within 20 s. `second-deployment` holds every swipe by quiet hours
 and starts a second deployment (its own group id, no rule for them) on the
 same topics: it must leave the held messages alone, and each goes out once.
-`missing-topic` deletes the outcomes topic before the start: herald must
+`sigterm-backlog` sends SIGTERM while one user's 2,000 alerts drain (a
+rolling deploy) and fails on any alert sent twice. `missing-topic` deletes the outcomes topic before the start: herald must
 exit 1 naming it and the command that creates it. `provider-down-sms`
 takes the push provider down with an idle SMS channel configured:
 `/readyz` must say push is failing. `group` fails unless each topic's

@@ -1,6 +1,7 @@
 //! Operators' mistakes and the faults they combine: a topic missing at
-//! start, a second deployment started on the same topics, and a push outage
-//! while an idle SMS channel is configured.
+//! start, a second deployment started on the same topics, a push outage
+//! while an idle SMS channel is configured, and a SIGTERM (a rolling
+//! deploy) while one user's long backlog drains.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use herald::util::now_ms;
 use tokio::time::sleep;
 
 use super::held::{hold_policy, quiet_window};
+use super::load;
 use super::scene::{Report, Scene};
 use super::world::Broker;
 use super::Options;
@@ -160,6 +162,78 @@ pub async fn provider_down_with_sms(
         report.problems.push(format!(
             "readiness did not name the failing push channel during the outage: {:?}",
             report.not_ready
+        ));
+    }
+    Ok(report)
+}
+
+/// One user's backlog of `backlog` alerts, the provider answering in 40 ms,
+/// and `stops` SIGTERMs while it drains, each instance started again once
+/// it has exited (a rolling deploy): no alert may go twice, not even one
+/// reported `unknown_after_crash`, and every exit must be clean.
+pub async fn sigterm_backlog(
+    opts: &Options,
+    broker: &Broker,
+    backlog: usize,
+    stops: usize,
+) -> Result<Report, String> {
+    let mut s = Scene::new(opts, broker, "sigterm-backlog", "").await?;
+    let mut i = s.spawn()?;
+    s.ready(i).await?;
+    s.standin.delay(Duration::from_millis(40));
+    let topic = s.topics.transactions.clone();
+    let mut sends = tokio::task::JoinSet::new();
+    for k in 0..backlog {
+        // User u0 every time: one user's messages, decided in order.
+        let (key, payload) = load::swipe(&format!("backlog-{k}"), k * load::USERS);
+        let (producer, topic, ledger) = (s.producer.clone(), topic.clone(), s.ledger.clone());
+        sends.spawn(async move {
+            load::send(
+                &producer,
+                &topic,
+                &ledger,
+                format!("backlog-{k}"),
+                Some(&key),
+                Some(&payload),
+                None,
+            )
+            .await
+        });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.map_err(|e| e.to_string())??;
+    }
+    let (mut codes, mut longest) = (Vec::new(), Duration::ZERO);
+    for k in 0..stops {
+        sleep(secs(6)).await;
+        let start = now_ms();
+        let began = Instant::now();
+        s.instances[i].sigterm();
+        let code = s.instances[i].exited(secs(30)).await;
+        longest = longest.max(began.elapsed());
+        codes.push(code);
+        if code.is_none() {
+            s.instances[i].kill9();
+        }
+        i = s.spawn()?;
+        s.ready(i).await?;
+        s.fault(format!("SIGTERM #{} during the backlog", k + 1), start);
+    }
+    s.standin.delay(Duration::ZERO);
+    let clean = codes.iter().filter(|c| **c == Some(0)).count();
+    s.notes.push(format!(
+        "{backlog} alerts for one user, the provider answering in 40 ms; {stops} SIGTERMs 6 s apart while they drained, each instance restarted once it had exited; {clean}/{stops} exits with code 0, the longest {:.1} s after its SIGTERM (shutdown_grace_ms 5000)",
+        longest.as_secs_f64()
+    ));
+    if clean != stops {
+        s.problems
+            .push(format!("exit codes after SIGTERM: {codes:?}"));
+    }
+    let mut report = close(s).await?;
+    if report.figures.duplicates > 0 {
+        report.problems.push(format!(
+            "{} alert(s) sent twice across a SIGTERM (a clean stop must repeat nothing)",
+            report.figures.duplicates
         ));
     }
     Ok(report)
