@@ -4,7 +4,7 @@
 #! hostile records; reports lost / duplicate / failed / recovery per scenario
 #! and exits non-zero when a guarantee does not hold.
 #!
-#!   scripts/faults.sh            the full suite (~25 min); writes RELIABILITY.md
+#!   scripts/faults.sh            the full suite (~60 min); writes RELIABILITY.md
 #!   scripts/faults.sh --short    the short version CI runs (~6 min)
 #!   scripts/faults.sh --only kill9 --only hostile    chosen scenarios
 #!

@@ -188,7 +188,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
             reports.push(scenarios::freeze(opts, &broker, if short { 20 } else { 60 }).await?);
         }
         if step("freeze-group") {
-            let (runs, frozen) = if short { (1, 20) } else { (5, 60) };
+            let (runs, frozen) = if short { (1, 20) } else { (10, 60) };
             reports.push(stuck::freeze_group(opts, &broker, 2, runs, frozen).await?);
             if !short {
                 reports.push(stuck::freeze_group(opts, &broker, 3, runs, frozen).await?);
