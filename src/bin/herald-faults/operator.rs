@@ -10,16 +10,13 @@ use tokio::time::sleep;
 
 use super::held::{hold_policy, quiet_window};
 use super::load;
+use super::scenarios::{close, provider_outage, secs};
 use super::scene::{Report, Scene};
 use super::world::Broker;
 use super::Options;
 
 /// Swipes per second.
 const RATE: u32 = 50;
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
 
 /// The outcomes topic deleted before herald starts: herald must exit
 /// non-zero at once, naming the topic and the command that creates it; once
@@ -138,26 +135,11 @@ pub async fn provider_down_with_sms(
         s.standin.base_url()
     );
     s.append_config(&sms);
-    let i = s.spawn()?;
-    s.ready(i).await?;
-    s.start_load(RATE);
-    sleep(secs(8)).await;
-    let start = now_ms();
-    s.standin.fail_per_mille(1000);
-    sleep(secs(down)).await;
-    s.standin.fail_per_mille(0);
-    s.fault(
-        format!("push provider down (503) {down} s, SMS idle"),
-        start,
-    );
-    sleep(secs(10)).await;
-    s.stop_load().await;
-    let report = close(s).await?;
+    let mut report = provider_outage(s, down, "push provider down (503), SMS idle,").await?;
     let said = report
         .not_ready
         .as_deref()
         .is_some_and(|r| r.contains("circuits open: push"));
-    let mut report = report;
     if !said {
         report.problems.push(format!(
             "readiness did not name the failing push channel during the outage: {:?}",
@@ -237,10 +219,4 @@ pub async fn sigterm_backlog(
         ));
     }
     Ok(report)
-}
-
-/// Settles and counts, with the suite's usual patience.
-async fn close(s: Scene) -> Result<Report, String> {
-    s.settle(secs(40), secs(240)).await;
-    s.finish().await
 }

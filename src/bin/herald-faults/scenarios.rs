@@ -16,7 +16,7 @@ use super::Options;
 /// Swipes per second during a scenario.
 const RATE: u32 = 50;
 
-fn secs(s: u64) -> Duration {
+pub(super) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
@@ -25,7 +25,7 @@ fn random_ms(low: u64, high: u64) -> Duration {
 }
 
 /// Settles and counts, with the suite's usual patience.
-async fn close(s: Scene) -> Result<Report, String> {
+pub(super) async fn close(s: Scene) -> Result<Report, String> {
     s.settle(secs(40), secs(240)).await;
     s.finish().await
 }
@@ -324,7 +324,13 @@ pub async fn freeze(opts: &Options, broker: &Broker, frozen: u64) -> Result<Repo
 
 /// The provider answering 503 to every request for a while.
 pub async fn provider_down(opts: &Options, broker: &Broker, down: u64) -> Result<Report, String> {
-    let mut s = Scene::new(opts, broker, "provider-down", "").await?;
+    let s = Scene::new(opts, broker, "provider-down", "").await?;
+    provider_outage(s, down, "provider down (503)").await
+}
+
+/// One instance of scene `s` under load, the stand-in answering 503 to
+/// every request for `down` s (the fault named `what`).
+pub(super) async fn provider_outage(mut s: Scene, down: u64, what: &str) -> Result<Report, String> {
     let i = s.spawn()?;
     s.ready(i).await?;
     s.start_load(RATE);
@@ -333,7 +339,7 @@ pub async fn provider_down(opts: &Options, broker: &Broker, down: u64) -> Result
     s.standin.fail_per_mille(1000);
     sleep(secs(down)).await;
     s.standin.fail_per_mille(0);
-    s.fault(format!("provider down (503) {down} s"), start);
+    s.fault(format!("{what} {down} s"), start);
     sleep(secs(10)).await;
     s.stop_load().await;
     close(s).await
