@@ -272,11 +272,41 @@ async fn evaluate(
             request.profile = serde_json::to_value(&*profile).ok();
         }
     }
-    match crate::analyst::evaluate::evaluate(&state.config, state.rules.dir(), &request).await {
-        Ok(answer) => Json(answer).into_response(),
-        Err(error) => (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response(),
+    // The evaluation runs on its own thread and runtime, apart from the live
+    // pipeline's, and answers within a bound: a slow one is a 503, never a
+    // request left hanging.
+    let config = Arc::clone(&state.config);
+    let dir = state.rules.dir().to_path_buf();
+    let work = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(crate::analyst::evaluate::evaluate(&config, &dir, &request)))
+    });
+    match tokio::time::timeout(EVALUATE_BOUND, work).await {
+        Ok(Ok(Ok(answer))) => Json(answer).into_response(),
+        Ok(Ok(Err(error))) => {
+            (StatusCode::BAD_REQUEST, Json(json!({ "error": error }))).into_response()
+        }
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!(
+                bound_s = EVALUATE_BOUND.as_secs(),
+                "an evaluation did not finish"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": format!(
+                    "the evaluation did not finish within {} s", EVALUATE_BOUND.as_secs()
+                ) })),
+            )
+                .into_response()
+        }
     }
 }
+
+/// How long `POST /rules/evaluate` may take before it answers 503.
+const EVALUATE_BOUND: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// `GET /`: the live rules page (one HTML file, no build step).
 async fn page() -> Response {

@@ -29,11 +29,25 @@ pub struct LoadtestArgs {
     /// Where the JSON, SVG and PNG go.
     #[arg(long, default_value = "target/loadtest")]
     out: std::path::PathBuf,
+    /// Instead of a rate: drain a backlog of this many swipes published
+    /// before herald starts (with `--rules one` or `sample`).
+    #[arg(long, conflicts_with = "burst")]
+    drain: Option<u64>,
+    /// Instead of a rate: this many approved swipes of one user published
+    /// at once; reports how long until all reached the provider.
+    #[arg(long)]
+    burst: Option<u64>,
+    /// The provider stand-in's answer time, ms (drain and burst).
+    #[arg(long, default_value_t = 0)]
+    provider_ms: u64,
 }
 
 /// `herald loadtest`.
 pub fn loadtest(args: &LoadtestArgs) -> Outcome {
     init_quiet_logging();
+    if let Some(count) = args.drain.or(args.burst) {
+        return drain(args, count);
+    }
     let rules = match args.rules.as_str() {
         "sample" => herald::loadtest::RuleLoad::Sample,
         n => match n.parse() {
@@ -61,4 +75,42 @@ pub fn loadtest(args: &LoadtestArgs) -> Outcome {
         .block_on(herald::loadtest::run(options, credentials))
         .map(|_| ExitCode::SUCCESS)
         .map_err(Failure::run)
+}
+
+/// `herald loadtest --drain N` / `--burst N`.
+fn drain(args: &LoadtestArgs, count: u64) -> Outcome {
+    use herald::loadtest::drain::{DrainOptions, DrainRules};
+    let rules = match args.rules.as_str() {
+        "one" => DrainRules::One,
+        "sample" => DrainRules::Sample,
+        other => {
+            return Err(Failure::input(format!(
+                "--drain and --burst take --rules `one` or `sample`; got `{other}`"
+            )))
+        }
+    };
+    let credentials = herald::demo::credentials();
+    herald::demo::export_credentials(&credentials);
+    let options = DrainOptions {
+        brokers: args.brokers.clone(),
+        count,
+        burst: args.burst.is_some(),
+        provider_ms: args.provider_ms,
+        rules,
+        sample_rules: std::path::PathBuf::from("rules"),
+        partitions: args.partitions,
+        users: args.users,
+    };
+    let report = runtime()?
+        .block_on(herald::loadtest::drain::run(options, credentials))
+        .map_err(Failure::run)?;
+    std::fs::create_dir_all(&args.out).map_err(|e| Failure::run(e.to_string()))?;
+    let name = if report.burst { "burst" } else { "drain" };
+    let path = args
+        .out
+        .join(format!("{name}-{:?}-{}.json", report.rules, report.events).to_lowercase());
+    let json = serde_json::to_string_pretty(&report).map_err(|e| Failure::run(e.to_string()))?;
+    std::fs::write(&path, json).map_err(|e| Failure::run(e.to_string()))?;
+    println!("wrote {}", path.display());
+    Ok(ExitCode::SUCCESS)
 }

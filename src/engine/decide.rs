@@ -11,6 +11,7 @@ use tracing::warn;
 
 use super::decider::Decided;
 use super::job::Job;
+use super::order::Gate;
 use super::{ChannelRuntime, Decider};
 use crate::config::OnUnknown;
 use crate::deliver::{send_with_retry, Address, ChannelKind, Message, SendError};
@@ -29,16 +30,16 @@ use crate::state::{LedgerEntry, LedgerStatus, Seen};
 impl Decider {
     /// One (rule, channel) decision for an event: the send ledger, the
     /// policy chain, rendering, the send.
-    pub(super) async fn decide(&self, job: &Job, channel: &ChannelRuntime) -> Decided {
+    pub(super) async fn decide(&self, job: &Job, channel: &ChannelRuntime, gate: &Gate) -> Decided {
         let ledger_key = crate::util::slash_joined(&[&job.intent, &channel.channel.name]);
         let mut d = Decided::new(job, outcome_of(job, channel), ledger_key);
-        self.decide_into(job, channel, &mut d).await;
+        self.decide_into(job, channel, &mut d, gate).await;
         d
     }
 
     /// [`Decider::decide`] into a decision made in one place and filled in
     /// where it is (a decision is large: moving it costs more than most steps).
-    async fn decide_into(&self, job: &Job, channel: &ChannelRuntime, d: &mut Decided) {
+    async fn decide_into(&self, job: &Job, channel: &ChannelRuntime, d: &mut Decided, gate: &Gate) {
         if let Some(why) = self.settled_by_ledger(job, channel, d) {
             return self.suppressed(d, why);
         }
@@ -94,7 +95,7 @@ impl Decider {
             d.ledger_key = None;
             return;
         }
-        self.send(job, channel, d, &mut draft, address).await;
+        self.send(job, channel, d, &mut draft, address, gate).await;
     }
 
     /// The send ledger's word: the reason when it settles the decision (a
@@ -192,6 +193,10 @@ impl Decider {
     /// finds it. Retried while the message is fresh (its freshness limit by
     /// event time, on the pipeline's clock so replays agree), or for the
     /// channel's retry window when it has none.
+    ///
+    /// The `attempted` entry and the caps' place are in memory before the
+    /// gate opens: the user's next decision sees them while this one waits
+    /// for the broker and the provider.
     async fn send(
         &self,
         job: &Job,
@@ -199,6 +204,7 @@ impl Decider {
         d: &mut Decided,
         draft: &mut Draft<'_>,
         address: Address,
+        gate: &Gate,
     ) {
         let (event, rule, now) = (&*job.event, job.rule(), draft.now_ms);
         let budget = match self.policy.max_age_s(draft) {
@@ -217,10 +223,12 @@ impl Decider {
             idempotency_key: d.outcome.idempotency_key.clone(),
         };
         let key = d.ledger_key.as_deref().unwrap_or_default();
-        if let Some(write) = self.ledger.record(key, attempt) {
+        let write = self.ledger.record(key, attempt);
+        self.policy.recorded(draft);
+        gate.open();
+        if let Some(write) = write {
             write.await;
         }
-        self.policy.recorded(draft);
         let Some(message) = &d.message else {
             return;
         };

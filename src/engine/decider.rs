@@ -16,6 +16,7 @@ use tracing::info;
 use super::held::{Held, HeldMessage, HeldQueue};
 use super::held_log::HeldLog;
 use super::job::Job;
+use super::order::{Gate, UserSlots};
 use super::{ChannelRuntime, Decision, StageContext};
 use crate::config::{Config, FeedbackConfig};
 use crate::deliver::Message;
@@ -101,6 +102,8 @@ pub struct Decider {
     /// `herald_suppressions_total{reason}`, by [`Suppression::code_index`].
     pub(super) suppression_counters: Vec<IntCounter>,
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
+    /// Per user, the messages between their decision and their record.
+    slots: Arc<UserSlots>,
 }
 
 impl Decider {
@@ -168,6 +171,7 @@ impl Decider {
             intents_topic,
             suppression_counters,
             decisions: tokio::sync::broadcast::channel(4096).0,
+            slots: Arc::new(UserSlots::new(config.limits.sends_per_user)),
             cx,
         }
     }
@@ -224,13 +228,20 @@ impl Decider {
         self.decisions.subscribe()
     }
 
-    /// Stage 2 for jobs: every decision chain, concurrently; the lane waits
-    /// for all of them, which keeps a user's intents in order.
+    /// Stage 2 for jobs: every decision chain, concurrently; the caller
+    /// waits for all of them (offline, where a lane's jobs are decided whole
+    /// one after another, so a rule test or replay is deterministic).
     pub(super) async fn decide_jobs(&self, jobs: &[Job], writes: &mut Vec<Pending>) {
-        let mut chains = Vec::new();
         for job in jobs {
-            chains.extend(self.chains(job));
+            let gates: Vec<Gate> = (0..self.chain_count(job)).map(|_| Gate::none()).collect();
+            self.decide_job(job, &gates, writes).await;
         }
+    }
+
+    /// One job's decision chains, concurrently, each opening its gate once
+    /// the user's next decision may begin; their records into `writes`.
+    async fn decide_job(&self, job: &Job, gates: &[Gate], writes: &mut Vec<Pending>) {
+        let chains = self.chains(job, gates);
         // One chain (one rule, one channel) is awaited as it is, not moved
         // into a join of one.
         let all = match <[_; 1]>::try_from(chains) {
@@ -244,38 +255,79 @@ impl Decider {
         }
     }
 
-    /// Stage 2 for one record of the intents topic.
-    pub async fn handle_intent(&self, msg: Incoming) -> Vec<Pending> {
+    /// Stage 2 for one record of the intents topic: decided in order with
+    /// the user's earlier intents, then sent and recorded while the lane
+    /// goes on (see `order.rs`). The returned write resolves once the
+    /// decision and all its records are written.
+    pub async fn handle_intent(self: &Arc<Self>, msg: Incoming) -> Vec<Pending> {
+        let job = match self.job_of(&msg) {
+            Ok(job) => job,
+            Err(dead_letter) => return vec![dead_letter],
+        };
+        let slot = self.slots.acquire(&job.event.user).await;
+        let (gates, opened): (Vec<Gate>, Vec<_>) =
+            (0..self.chain_count(&job)).map(|_| Gate::pair()).unzip();
+        let decider = Arc::clone(self);
+        let mut decision = Box::pin(async move {
+            let mut writes = Vec::new();
+            decider.decide_job(&job, &gates, &mut writes).await;
+            drop(slot);
+            writes
+        });
+        // Decided here, in the lane, up to every gate; then the rest (the
+        // broker's acknowledgement, the request, the records) goes on by
+        // itself while the lane takes its next record. A decision with no
+        // request (suppressed, held) is over at once: its records are
+        // awaited as any other record's.
+        let all_open = futures::future::join_all(opened);
+        tokio::select! {
+            biased;
+            writes = &mut decision => return writes,
+            _ = all_open => {}
+        }
+        let rest = tokio::spawn(async move {
+            futures::future::join_all(decision.await).await;
+        });
+        vec![Box::pin(async move {
+            if let Err(e) = rest.await {
+                tracing::error!(error = %e, "an intent's decision did not finish");
+            }
+        })]
+    }
+
+    /// The job an intent record asks for, or the dead letter saying why it
+    /// cannot be decided.
+    fn job_of(&self, msg: &Incoming) -> Result<Job, Pending> {
         let intent = match msg.payload.as_deref().map(serde_json::from_slice::<Intent>) {
             Some(Ok(i)) => i,
             Some(Err(e)) => {
-                return vec![self.cx.dead_letter(
-                    &msg,
+                return Err(self.cx.dead_letter(
+                    msg,
                     DeadLetterCode::BadIntent,
                     format!("intent cannot be read (written by another herald version?): {e}"),
-                )]
+                ))
             }
             None => {
-                return vec![self.cx.dead_letter(
-                    &msg,
+                return Err(self.cx.dead_letter(
+                    msg,
                     DeadLetterCode::BadIntent,
                     "intent has no payload".into(),
-                )]
+                ))
             }
         };
         let loaded = self.cx.rules.current();
         let Some(rule) = loaded.set.position(&intent.rule) else {
-            return vec![self.cx.dead_letter(
-                &msg,
+            return Err(self.cx.dead_letter(
+                msg,
                 DeadLetterCode::RuleRemoved,
                 format!(
                     "rule `{}` fired in stage 1 but is no longer loaded",
                     intent.rule
                 ),
-            )];
+            ));
         };
         let event = Arc::new(intent.event.to_event());
-        let job = Job {
+        Ok(Job {
             intent: intent.id.into(),
             profile: self.cx.profiles.get(&event.user),
             pattern: intent.pattern.map(|p| {
@@ -290,25 +342,37 @@ impl Decider {
             event,
             matched_ms: intent.matched_ms,
             release: false,
-        };
-        let mut writes = Vec::new();
-        self.decide_jobs(std::slice::from_ref(&job), &mut writes)
-            .await;
-        writes
+        })
     }
 
-    /// The decision chains of one job: one per channel, or one fallback chain.
+    /// How many decision chains a job has: one per channel, or one
+    /// fallback chain.
+    fn chain_count(&self, job: &Job) -> usize {
+        let rule = job.rule();
+        if rule.fallback {
+            1
+        } else {
+            rule.channels.len()
+        }
+    }
+
+    /// The decision chains of one job, one per gate: one per channel, or
+    /// one fallback chain.
     fn chains<'a>(
         &'a self,
         job: &'a Job,
+        gates: &'a [Gate],
     ) -> Vec<impl std::future::Future<Output = Vec<Decided>> + 'a> {
         let rule = &job.loaded.set.rules[job.rule];
         if rule.fallback {
-            vec![self.run_chain(job, &rule.channels, Vec::new())]
+            vec![self.run_chain(job, &rule.channels, Vec::new(), &gates[0])]
         } else {
             rule.channels
                 .iter()
-                .map(|channel| self.run_chain(job, std::slice::from_ref(channel), Vec::new()))
+                .zip(gates)
+                .map(|(channel, gate)| {
+                    self.run_chain(job, std::slice::from_ref(channel), Vec::new(), gate)
+                })
                 .collect()
         }
     }
@@ -410,11 +474,27 @@ impl Decider {
 
     /// Decides `chain` in order for one rule and event: each channel's decision,
     /// stopping at the first that is not passed over.
+    ///
+    /// `gate` opens at the first decision's send (see `order.rs`), or when
+    /// the chain ends.
     pub(super) async fn run_chain(
         &self,
         job: &Job,
         chain: &[String],
+        hops: Vec<Hop>,
+        gate: &Gate,
+    ) -> Vec<Decided> {
+        let decided = self.run_chain_gated(job, chain, hops, gate).await;
+        gate.open();
+        decided
+    }
+
+    async fn run_chain_gated(
+        &self,
+        job: &Job,
+        chain: &[String],
         mut hops: Vec<Hop>,
+        gate: &Gate,
     ) -> Vec<Decided> {
         let mut decided = Vec::new();
         for (i, name) in chain.iter().enumerate() {
@@ -424,7 +504,7 @@ impl Decider {
             // Boxed: a decision holds much across its awaits, and a chain
             // future that held it inline would be copied whole each time it
             // moves (into the list of chains, into the join).
-            let mut d = Box::pin(self.decide(job, channel)).await;
+            let mut d = Box::pin(self.decide(job, channel, gate)).await;
             d.outcome.hops = hops.clone();
             if let Some(release_ms) = d.hold_until {
                 let held = Held {

@@ -10,6 +10,7 @@ use super::decider::{Decided, Decider};
 use super::held::{AlreadyHeld, Held, HeldMessage};
 use super::held_log::HeldRecord;
 use super::job::Job;
+use super::order::Gate;
 use crate::ingest::ConsumerHealth;
 use crate::metrics::StageEvent;
 use crate::outcome::{Pending, Status};
@@ -320,7 +321,7 @@ impl Decider {
         }
         held.job.profile = self.cx.profiles.get(&held.job.event.user);
         let decided = self
-            .run_chain(&held.job, &held.chain, held.hops.clone())
+            .run_chain(&held.job, &held.chain, held.hops.clone(), &Gate::none())
             .await;
         for d in decided {
             let result = match (d.outcome.status, d.outcome.reason_code) {

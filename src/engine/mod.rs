@@ -41,6 +41,7 @@ mod held_log;
 mod holding;
 mod job;
 mod matcher;
+mod order;
 mod patterns;
 mod replies;
 mod stores;

@@ -419,6 +419,9 @@ pub async fn consume<H: Handler>(
     consumer.unsubscribe();
 }
 
+/// Messages parked (their lanes full) before fetching is paused.
+const PAUSE_AT: usize = 4096;
+
 /// The fetching side of [`consume`]: messages parked while every lane they
 /// need is full, and the pause that goes with them.
 struct Fetch<'a> {
@@ -432,19 +435,26 @@ struct Fetch<'a> {
 }
 
 impl Fetch<'_> {
-    /// Parks a message and makes sure its partition, and every other
-    /// assigned one, is paused.
+    /// Parks a message; once [`PAUSE_AT`] are parked, pauses fetching from
+    /// every assigned partition (and from one assigned since).
+    ///
+    /// A lane full for a moment (one key's burst) is not a reason to pause:
+    /// librdkafka drops what it prefetched for a paused partition and
+    /// fetches it again on resume. Parking a bounded number first keeps the
+    /// fetch flowing through short waits (a drain went from 3,400 to 4,600
+    /// swipes/s, BENCHMARKS.md); a long one (a provider outage) still
+    /// pauses, and the consumer keeps polling, so it stays in the group.
     fn park(&mut self, lane: usize, m: Incoming) {
-        if self.parked.is_empty() {
-            debug!("lanes full; pausing fetch");
-            self.metrics.fetch_paused.set(1);
-        }
-        // Pause once, and again only for a partition assigned since.
         let known = self
             .paused
             .iter()
             .any(|(t, p)| *t == m.topic && *p == m.partition);
-        if !known {
+        let pause = !known && (!self.paused.is_empty() || self.parked.len() + 1 >= PAUSE_AT);
+        if pause {
+            if self.paused.is_empty() {
+                debug!(parked = self.parked.len() + 1, "lanes full; pausing fetch");
+                self.metrics.fetch_paused.set(1);
+            }
             if let Ok(assigned) = self.consumer.assignment() {
                 if let Err(e) = self.consumer.pause(&assigned) {
                     warn!(error = %e, "cannot pause fetching");
@@ -468,7 +478,7 @@ impl Fetch<'_> {
             permit.send(m);
         }
         self.metrics.parked.set(self.parked.len() as i64);
-        if self.parked.is_empty() {
+        if self.parked.is_empty() && !self.paused.is_empty() {
             debug!("lanes have room; resuming fetch");
             if let Ok(assigned) = self.consumer.assignment() {
                 if let Err(e) = self.consumer.resume(&assigned) {

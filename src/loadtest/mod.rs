@@ -17,6 +17,7 @@ use crate::demo::{create_topics, wait_ready, RunTopics};
 use crate::simulate::{self, Generator, Schedule, StreamTopics};
 use crate::standin::{Credentials, StandIn};
 
+pub mod drain;
 mod floor;
 pub mod plot;
 

@@ -113,6 +113,20 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
+    /// Records of `topic` consumed so far.
+    pub fn consumed_of(&self, topic: &str) -> u64 {
+        sum(&self.events_consumed, |labels| {
+            labels.iter().any(|l| l.value() == topic)
+        })
+    }
+
+    /// Decisions recorded `sent` so far, all channels.
+    pub fn sent_total(&self) -> u64 {
+        sum(&self.decisions, |labels| {
+            labels.iter().any(|l| l.value() == "sent")
+        })
+    }
+
     /// Registers every metric in a fresh registry.
     pub fn new() -> Metrics {
         let registry = Registry::new();
@@ -412,4 +426,16 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// The sum of a counter family's series whose labels pass `keep`.
+fn sum(family: &IntCounterVec, keep: impl Fn(&[prometheus::proto::LabelPair]) -> bool) -> u64 {
+    use prometheus::core::Collector;
+    family
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| keep(m.get_label()))
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }

@@ -47,6 +47,9 @@ pub struct Arrival {
     pub event_ms: Option<i64>,
     /// The rule that sent it (FCM `data.rule`).
     pub rule: Option<String>,
+    /// The message's idempotency key (FCM `data.idempotency_key`): the same
+    /// key twice is a message sent twice.
+    pub key: Option<String>,
     pub recipient: String,
     pub title: Option<String>,
     pub text: String,
@@ -256,6 +259,7 @@ async fn fcm(
         at_ms,
         event_ms: data["event_ms"].as_str().and_then(|s| s.parse().ok()),
         rule: data["rule"].as_str().map(str::to_string),
+        key: data["idempotency_key"].as_str().map(str::to_string),
         recipient: mask_token(token),
         title: message["notification"]["title"]
             .as_str()
@@ -358,6 +362,7 @@ async fn twilio(
         at_ms,
         event_ms: None,
         rule: None,
+        key: None,
         recipient: mask_phone(&to),
         title: None,
         text: text.clone(),

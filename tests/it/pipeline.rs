@@ -403,7 +403,12 @@ async fn evaluate_answers_what_would_be_sent_without_sending_or_counting() {
     wait_ready(h.running.admin_addr()).await;
     let event = serde_json::json!({"user_id": "u-9", "card_last4": "4242", "merchant": "Harrods",
         "amount": 80.0, "currency": "USD", "country": "GB", "home_country": "US", "status": "approved"});
-    let answer: Value = reqwest::Client::new()
+    // A bound on every request: a hung endpoint fails the test, not CI.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let answer: Value = client
         .post(format!("http://{}/rules/evaluate", h.running.admin_addr()))
         .json(&serde_json::json!({"topic": h.topics.transactions, "key": "card-9", "event": event}))
         .send()
@@ -429,7 +434,7 @@ async fn evaluate_answers_what_would_be_sent_without_sending_or_counting() {
         foreign["reason"], "no_consent:sms",
         "the live profile was used"
     );
-    let bad: Value = reqwest::Client::new()
+    let bad: Value = client
         .post(format!("http://{}/rules/evaluate", h.running.admin_addr()))
         .json(&serde_json::json!({"topic": "nope", "event": {}}))
         .send()

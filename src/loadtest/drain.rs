@@ -1,0 +1,410 @@
+//! `herald loadtest --drain N` and `--burst N`: a backlog drained, and one
+//! user's burst, each beside a bare consumer on the same broker in the same
+//! run, with what herald wrote to the broker per event and whose CPU it was.
+//!
+//! Not a timed test: it prints figures; BENCHMARKS.md records them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use crate::demo::{wait_ready, RunTopics};
+use crate::simulate::{self, Generator};
+use crate::standin::{Credentials, StandIn};
+
+/// The rules a drain runs.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainRules {
+    /// One rule: a push for every approved swipe (the sample purchase notice).
+    One,
+    /// The sample rules.
+    Sample,
+}
+
+/// What to drain.
+#[derive(Debug, Clone)]
+pub struct DrainOptions {
+    pub brokers: String,
+    /// Swipes in the backlog (`--drain`), or one user's alerts (`--burst`).
+    pub count: u64,
+    /// All for one user, published at once, the provider answering after
+    /// `provider_ms`.
+    pub burst: bool,
+    pub provider_ms: u64,
+    pub rules: DrainRules,
+    pub sample_rules: PathBuf,
+    pub partitions: i32,
+    pub users: usize,
+}
+
+/// Records and bytes herald wrote to one topic during the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Written {
+    pub topic: String,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The figures of one drain.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainReport {
+    pub rules: DrainRules,
+    pub burst: bool,
+    pub events: u64,
+    /// The bare consumer over the same backlog, events per second.
+    pub floor_rate: f64,
+    /// Source events per second from herald ready to its last push.
+    pub herald_rate: f64,
+    /// From herald ready (burst: the first push) to the last push, ms.
+    pub span_ms: u64,
+    pub pushes: u64,
+    /// Pushes whose idempotency key had arrived before.
+    pub duplicates: u64,
+    /// herald's decisions recorded `sent`: pushes short of it were lost.
+    pub sent: u64,
+    pub written: Vec<Written>,
+    pub records_per_event: f64,
+    pub bytes_per_event: f64,
+    /// Shares of the machine's CPU time during the drain, in % of all cores.
+    pub cpu_herald_pct: f64,
+    pub cpu_broker_pct: f64,
+}
+
+/// Runs one drain (or burst) and prints its figures.
+pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<DrainReport, String> {
+    let id = format!("{:08x}", rand::random::<u32>());
+    let brokers = &options.brokers;
+    let topics = RunTopics::new(&format!("lt-{id}"));
+    topics.create(brokers, options.partitions).await?;
+    let standin = StandIn::start(([127, 0, 0, 1], 0).into(), credentials)
+        .await
+        .map_err(|e| e.to_string())?;
+    if options.provider_ms > 0 {
+        standin.delay(Duration::from_millis(options.provider_ms));
+    }
+    let rules = std::env::temp_dir().join(format!("herald-drain-{id}"));
+    let rule_count = write_rules(&options, &topics, &rules)?;
+    let producer = simulate::producer(brokers, &[]).map_err(|e| e.to_string())?;
+    let mut generator = Generator::new(7, options.users, 5);
+    simulate::publish_profiles(&producer, &topics.profiles, &mut generator)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // The backlog, then the floor over it.
+    let published = publish(&producer, &topics.transactions, &options).await?;
+    let floor = crate::loadtest::floor::consumer(brokers, &topics.transactions)?;
+    let (read, span) =
+        crate::loadtest::floor::measure(&floor, published, Duration::from_secs(120)).await;
+    let floor_rate = span.map_or(0.0, |(a, b)| {
+        read.len() as f64 / (b - a).as_secs_f64().max(1e-6)
+    });
+    drop(floor);
+    println!("drain {id}: {published} events, {rule_count} rule(s); floor {floor_rate:.0}/s");
+
+    let pushes = Arc::new(Mutex::new(Pushes::default()));
+    let sink = Arc::clone(&pushes);
+    let mut arrivals = standin.arrivals();
+    let collector = tokio::spawn(async move {
+        while let Ok(a) = arrivals.recv().await {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).add(a.key);
+        }
+    });
+    let config = topics.config(brokers, &standin.base_url(), &rules, false)?;
+    let group = config.kafka.group_id.clone();
+    let running = crate::start(config).await.map_err(|e| e.to_string())?;
+    wait_ready(running.admin_addr(), Duration::from_secs(120)).await?;
+    let ready = Instant::now();
+    let cpu_before = Cpu::now();
+    // Done once every event is consumed and no push has arrived for 2 s.
+    let deadline = ready + Duration::from_secs(600);
+    let mut shown = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if shown.elapsed() >= Duration::from_secs(1) {
+            shown = Instant::now();
+            let m = running.metrics();
+            println!(
+                "  {:>5.1} s: source {:>7}  pushes {:>7}  parked {:>6} paused {}",
+                ready.elapsed().as_secs_f64(),
+                m.consumed_of(&topics.transactions),
+                pushes.lock().unwrap_or_else(|p| p.into_inner()).count,
+                m.parked.get(),
+                m.fetch_paused.get(),
+            );
+        }
+        let last = pushes.lock().unwrap_or_else(|p| p.into_inner()).last;
+        let consumed = running.metrics().consumed_of(&topics.transactions);
+        let quiet = last.is_none_or(|t| t.elapsed() > Duration::from_secs(2));
+        if (consumed >= published && quiet) || Instant::now() > deadline {
+            break;
+        }
+    }
+    let cpu = Cpu::now().since(&cpu_before);
+    let sent = running.metrics().sent_total();
+    running.stop().await;
+    collector.abort();
+    let _ = std::fs::remove_dir_all(&rules);
+    let p = pushes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let from = if options.burst { p.first } else { Some(ready) };
+    let span_ms = match (from, p.last) {
+        (Some(a), Some(b)) => b.saturating_duration_since(a).as_millis() as u64,
+        _ => 0,
+    };
+    let herald_rate = published as f64 / (span_ms.max(1) as f64 / 1000.0);
+    let written = written(brokers, &topics, &[&format!("lt-{id}"), &group])?;
+    let (records, bytes) = written
+        .iter()
+        .fold((0, 0), |(r, b), w| (r + w.records, b + w.bytes));
+    let report = DrainReport {
+        rules: options.rules,
+        burst: options.burst,
+        events: published,
+        floor_rate,
+        herald_rate,
+        span_ms,
+        pushes: p.count,
+        duplicates: p.duplicates,
+        sent,
+        records_per_event: records as f64 / published.max(1) as f64,
+        bytes_per_event: bytes as f64 / published.max(1) as f64,
+        written,
+        cpu_herald_pct: cpu.herald_pct,
+        cpu_broker_pct: cpu.broker_pct,
+    };
+    print(&report);
+    Ok(report)
+}
+
+/// The pushes that arrived: how many, keys seen twice, first and last.
+#[derive(Default, Clone)]
+struct Pushes {
+    count: u64,
+    duplicates: u64,
+    keys: std::collections::HashSet<String>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Pushes {
+    fn add(&mut self, key: Option<String>) {
+        let now = Instant::now();
+        self.count += 1;
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        if let Some(k) = key {
+            if !self.keys.insert(k) {
+                self.duplicates += 1;
+            }
+        }
+    }
+}
+
+/// The rules: the sample rules, or the purchase notice alone.
+fn write_rules(options: &DrainOptions, topics: &RunTopics, dir: &PathBuf) -> Result<usize, String> {
+    match options.rules {
+        DrainRules::Sample => topics.copy_rules(&options.sample_rules, dir),
+        DrainRules::One => {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            let text = format!(
+                "rules:\n  - id: purchase-notice\n    sources: [{}]\n    match: {{ status: approved }}\n    channels: [push]\n    category: transactional\n    priority: high\n    ttl_seconds: 600\n    template:\n      title: \"{{{{ event.amount | money(event.currency) }}}} at {{{{ event.merchant }}}}\"\n      body: \"Card {{{{ event.card_last4 | mask_card }}}} was used at {{{{ event.ts | local_time }}}}.\"\n",
+                topics.transactions
+            );
+            std::fs::write(dir.join("one.yaml"), text).map_err(|e| e.to_string())?;
+            Ok(1)
+        }
+    }
+}
+
+/// Publishes the backlog: generated swipes over the population, or (a
+/// burst) approved swipes all of one user and card. Returns how many.
+async fn publish(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    options: &DrainOptions,
+) -> Result<u64, String> {
+    let mut generator = Generator::new(11, options.users, 5);
+    let now = crate::util::now_ms();
+    let mut sends = futures::stream::FuturesUnordered::new();
+    use futures::StreamExt;
+    for _ in 0..options.count {
+        let mut record = generator.transaction(now);
+        if options.burst {
+            record.key = "card-burst".into();
+            record.value["user_id"] = Generator::user_id(0).into();
+            record.value["status"] = "approved".into();
+        }
+        let payload = serde_json::to_vec(&record.value).map_err(|e| e.to_string())?;
+        let key = record.key.clone();
+        let future = producer.send_result(FutureRecord::to(topic).key(&key).payload(&payload));
+        sends.push(future.map_err(|(e, _)| e.to_string())?);
+        while sends.len() > 10_000 {
+            sends.next().await;
+        }
+    }
+    while sends.next().await.is_some() {}
+    Ok(options.count)
+}
+
+/// Every record of the run's topics other than its inputs: what herald wrote.
+fn written(brokers: &str, topics: &RunTopics, prefixes: &[&str]) -> Result<Vec<Written>, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("drain-count-{}", prefixes[0]))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let inputs = [&topics.transactions, &topics.profiles];
+    let mut out = Vec::new();
+    for t in metadata.topics() {
+        let name = t.name();
+        let ours = prefixes.iter().any(|p| name.starts_with(p));
+        if !ours || inputs.contains(&&name.to_string()) {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut want = HashMap::new();
+        for p in t.partitions() {
+            let (lo, hi) = consumer
+                .fetch_watermarks(name, p.id(), Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            if hi > lo {
+                want.insert(p.id(), hi);
+                tpl.add_partition_offset(name, p.id(), Offset::Offset(lo))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let mut w = Written {
+            topic: name.to_string(),
+            records: 0,
+            bytes: 0,
+        };
+        if !want.is_empty() {
+            consumer.assign(&tpl).map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !want.is_empty() && Instant::now() < deadline {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
+                    continue;
+                };
+                w.records += 1;
+                w.bytes +=
+                    (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
+                if want
+                    .get(&m.partition())
+                    .is_some_and(|hi| m.offset() + 1 >= *hi)
+                {
+                    want.remove(&m.partition());
+                }
+            }
+        }
+        if w.records > 0 {
+            out.push(w);
+        }
+    }
+    out.sort_by_key(|w| std::cmp::Reverse(w.records));
+    Ok(out)
+}
+
+/// CPU time so far: this process (herald, the stand-in and the publisher)
+/// and the broker (every `kafka.Kafka` JVM on the machine), in clock ticks.
+struct Cpu {
+    at: Instant,
+    own: u64,
+    broker: u64,
+}
+
+/// CPU shares over an interval.
+struct Shares {
+    herald_pct: f64,
+    broker_pct: f64,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let mut broker = 0;
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let path = entry.path();
+                let is_broker = std::fs::read(path.join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains("kafka.Kafka"))
+                    .unwrap_or(false);
+                if is_broker {
+                    broker += ticks(&path.join("stat"));
+                }
+            }
+        }
+        Cpu {
+            at: Instant::now(),
+            own: ticks(std::path::Path::new("/proc/self/stat")),
+            broker,
+        }
+    }
+
+    fn since(&self, before: &Cpu) -> Shares {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // Linux's USER_HZ is 100 on every platform herald runs on.
+        let wall_ticks = (self.at - before.at).as_secs_f64() * 100.0 * cores;
+        let pct = |a: u64, b: u64| 100.0 * a.saturating_sub(b) as f64 / wall_ticks.max(1.0);
+        Shares {
+            herald_pct: pct(self.own, before.own),
+            broker_pct: pct(self.broker, before.broker),
+        }
+    }
+}
+
+/// utime + stime of a `/proc/<pid>/stat`.
+fn ticks(stat: &std::path::Path) -> u64 {
+    let Ok(text) = std::fs::read_to_string(stat) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces), 1-based 14 and 15.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+fn print(r: &DrainReport) {
+    let what = if r.burst { "burst (one user)" } else { "drain" };
+    println!("\n{what}: {} events, rules {:?}", r.events, r.rules);
+    println!(
+        "  floor (bare consumer)     {:>10.0} events/s",
+        r.floor_rate
+    );
+    println!(
+        "  herald                    {:>10.0} events/s  ({} ms to the last push)",
+        r.herald_rate, r.span_ms
+    );
+    println!(
+        "  pushes {} (sent {}), duplicates {}",
+        r.pushes, r.sent, r.duplicates
+    );
+    println!(
+        "  written per event: {:.2} records, {:.0} bytes",
+        r.records_per_event, r.bytes_per_event
+    );
+    for w in &r.written {
+        println!(
+            "    {:<60} {:>9} records {:>12} bytes",
+            w.topic, w.records, w.bytes
+        );
+    }
+    println!(
+        "  CPU: herald process {:.0}%, broker {:.0}% of the machine",
+        r.cpu_herald_pct, r.cpu_broker_pct
+    );
+}
