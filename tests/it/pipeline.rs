@@ -348,6 +348,10 @@ async fn unregistered_token_is_not_used_again() {
         &swipe("u-7", 1.0, "approved", "US"),
     )
     .await;
+    // Once herald has the provider's answer, the token is not used again
+    // (a message decided while the first request was in flight may still
+    // try it: one user's sends overlap).
+    read_json(&h.topics.outcomes, 1, Duration::from_secs(25), |_| true);
     publish(
         &p,
         &h.topics.transactions,
