@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod check;
 #[cfg(feature = "tools")]
 mod demo;
+mod inspect;
 #[cfg(feature = "tools")]
 mod loadtest;
 mod replay;
@@ -71,6 +72,9 @@ enum Command {
     /// every topic (exists, partitions, compaction, permissions) — without
     /// starting; exit 1 with each problem and its fix.
     Check(check::CheckArgs),
+    /// Print the newest records of a topic herald writes as JSON lines, its
+    /// binary intents decoded.
+    Inspect(inspect::InspectArgs),
     /// Run the demo: sample rules, a realistic stream, a provider stand-in, a live feed.
     #[cfg(feature = "tools")]
     Demo(demo::DemoArgs),
@@ -113,6 +117,7 @@ pub fn dispatch(args: Args) -> Outcome {
     match args.command {
         Command::Run { config } => run::run(&config),
         Command::Check(args) => check::check(&args),
+        Command::Inspect(args) => inspect::inspect(&args),
         #[cfg(feature = "tools")]
         Command::Simulate(args) => simulate::simulate(&args),
         #[cfg(feature = "tools")]

@@ -32,7 +32,8 @@ impl Decider {
     /// policy chain, rendering, the send.
     pub(super) async fn decide(&self, job: &Job, channel: &ChannelRuntime, gate: &Gate) -> Decided {
         let ledger_key = crate::util::slash_joined(&[&job.intent, &channel.channel.name]);
-        let mut d = Decided::new(job, outcome_of(job, channel), ledger_key);
+        let decided_ms = self.cx.clock.now_ms();
+        let mut d = Decided::new(job, outcome_of(job, channel, decided_ms), ledger_key);
         self.decide_into(job, channel, &mut d, gate).await;
         d
     }
@@ -377,7 +378,7 @@ impl Decider {
 }
 
 /// The outcome of a decision not yet made: suppressed, with no reason yet.
-fn outcome_of(job: &Job, channel: &ChannelRuntime) -> Outcome {
+fn outcome_of(job: &Job, channel: &ChannelRuntime, decided_ms: i64) -> Outcome {
     let (event, rule) = (&*job.event, job.rule());
     Outcome {
         rule: rule.id.clone(),
@@ -409,6 +410,8 @@ fn outcome_of(job: &Job, channel: &ChannelRuntime) -> Outcome {
             event_ms: event.time_ms,
             consumed_ms: event.consumed_ms,
             matched_ms: job.matched_ms,
+            received_ms: job.received_ms,
+            decided_ms,
             ..Timings::default()
         },
     }

@@ -28,7 +28,7 @@ use crate::outcome::{DeadLetter, DeadLetterCode, Hop, Outcome, Pending, Status};
 use crate::policy::{FrequencyCaps, Policy, Suppression, SuppressionCode};
 use crate::rules::Loaded;
 use crate::state::{
-    Changelog, Intent, Kept, LedgerEntry, LedgerStatus, Partitioning, SendLedger, StateTable,
+    Changelog, Kept, LedgerEntry, LedgerStatus, Partitioning, SendLedger, StateTable,
 };
 use crate::util::FastMap;
 
@@ -298,13 +298,17 @@ impl Decider {
     /// The job an intent record asks for, or the dead letter saying why it
     /// cannot be decided.
     fn job_of(&self, msg: &Incoming) -> Result<Job, Pending> {
-        let intent = match msg.payload.as_deref().map(serde_json::from_slice::<Intent>) {
+        let intent = match msg
+            .payload
+            .as_deref()
+            .map(crate::state::wire::decode_intent)
+        {
             Some(Ok(i)) => i,
             Some(Err(e)) => {
                 return Err(self.cx.dead_letter(
                     msg,
                     DeadLetterCode::BadIntent,
-                    format!("intent cannot be read (written by another herald version?): {e}"),
+                    format!("intent cannot be read: {e}"),
                 ))
             }
             None => {
@@ -341,6 +345,7 @@ impl Decider {
             rule,
             event,
             matched_ms: intent.matched_ms,
+            received_ms: msg.consumed_ms,
             release: false,
         })
     }

@@ -280,6 +280,7 @@ impl Decider {
                     event: Arc::clone(&event),
                     profile: None,
                     matched_ms: record.outcome.timings.matched_ms,
+                    received_ms: record.outcome.timings.received_ms,
                     pattern: record.pattern_context.as_ref().map(|context| {
                         Arc::new(crate::patterns::Fired {
                             event,

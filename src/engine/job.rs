@@ -20,6 +20,9 @@ pub struct Job {
     pub event: Arc<Event>,
     pub profile: Option<Arc<Profile>>,
     pub matched_ms: i64,
+    /// When stage 2 took its intent from the intents topic (`matched_ms`
+    /// where both stages run in one process).
+    pub received_ms: i64,
     /// For a rule with a pattern: what completed it.
     pub pattern: Option<Arc<crate::patterns::Fired>>,
     /// Decided again at the release of a hold (the ledger says `held`).

@@ -270,6 +270,7 @@ impl Matcher {
                 event: Arc::clone(&event),
                 profile: profile.clone(),
                 matched_ms,
+                received_ms: matched_ms,
                 pattern: None,
                 release: false,
             })

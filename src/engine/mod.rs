@@ -220,7 +220,7 @@ impl Engine {
                     let intent = job.intent();
                     let user = &intent.event.user;
                     let partition = self.decider.partition_of(user);
-                    let payload = Some(crate::util::json_bytes(&intent));
+                    let payload = Some(crate::state::wire::encode_intent(&intent));
                     writes.push(self.recorder.publish_to(topic, partition, user, payload));
                 }
             }

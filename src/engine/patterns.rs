@@ -113,6 +113,7 @@ impl Matcher {
         fired: Fired,
         timer: bool,
     ) -> Job {
+        let now = self.cx.clock.now_ms();
         Job {
             intent: crate::state::Intent::id_of(&fired.event, &loaded.set.rules[i].id, timer)
                 .into(),
@@ -121,7 +122,8 @@ impl Matcher {
             rule: i,
             profile: self.cx.profiles.get(&fired.event.user),
             event: Arc::clone(&fired.event),
-            matched_ms: self.cx.clock.now_ms(),
+            matched_ms: now,
+            received_ms: now,
             pattern: Some(Arc::new(fired)),
         }
     }

@@ -215,6 +215,8 @@ fn timings(t: &mut Obj<'_>, timings: &Timings) {
     t.int("event_ms", timings.event_ms)
         .int("consumed_ms", timings.consumed_ms)
         .int("matched_ms", timings.matched_ms)
+        .int("received_ms", timings.received_ms)
+        .int("decided_ms", timings.decided_ms)
         .int("request_sent_ms", timings.request_sent_ms)
         .int("answered_ms", timings.answered_ms);
 }
@@ -296,6 +298,8 @@ mod tests {
                     event_ms: rng.random(),
                     consumed_ms: rng.random(),
                     matched_ms: i64::MIN,
+                    received_ms: rng.random(),
+                    decided_ms: -1,
                     request_sent_ms: i64::MAX,
                     answered_ms: 0,
                 },

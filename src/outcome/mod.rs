@@ -61,6 +61,14 @@ pub struct Timings {
     pub event_ms: i64,
     pub consumed_ms: i64,
     pub matched_ms: i64,
+    /// Stage 2 took the intent from the intents topic (the matched time
+    /// where both stages run in one process, and for a held message).
+    #[serde(default)]
+    pub received_ms: i64,
+    /// Stage 2 began the decision, after the user's earlier ones: from
+    /// `received_ms`, the time the intent queued in stage 2.
+    #[serde(default)]
+    pub decided_ms: i64,
     pub request_sent_ms: i64,
     pub answered_ms: i64,
 }

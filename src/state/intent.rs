@@ -79,7 +79,8 @@ pub struct Intent {
     pub event: EventRecord,
     /// When stage 1 matched it, epoch ms.
     pub matched_ms: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Always written (`null` when none): the binary encoding is positional.
+    #[serde(default)]
     pub pattern: Option<FiredRecord>,
 }
 

@@ -26,6 +26,7 @@ pub mod mirror;
 pub mod sealed;
 pub mod table;
 pub mod watermark;
+pub mod wire;
 
 pub use changelog::{Change, Changelog};
 pub use intent::Intent;

@@ -281,10 +281,7 @@ pub fn read_json_from(
     let mut out = Vec::new();
     while out.len() < want && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            if let Some(v) = m
-                .payload()
-                .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-            {
+            if let Some(v) = m.payload().and_then(herald::state::wire::to_json) {
                 if keep(&v) {
                     out.push(v);
                 }
