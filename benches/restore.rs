@@ -78,7 +78,7 @@ fn main() {
                 ])),
             };
             let key = format!("transactions/0/{i}/purchase-notice/push");
-            let value = serde_json::to_vec(&entry).unwrap();
+            let value = herald::state::wire::encode_ledger(&entry);
             let record = FutureRecord::to(&topic)
                 .partition(0)
                 .key(&key)

@@ -127,7 +127,7 @@ impl SendLedger {
             Rows::Disk(disk) => Arc::clone(disk),
         };
         let partition = self.partition_of(&entry.user);
-        let value = crate::util::json_bytes(&entry);
+        let value = super::wire::encode_ledger(&entry);
         let seq = disk.begin(partition, key, entry.clone());
         let written = self.changelog.write_at(partition, key, Some(value))?;
         let key = key.to_string();

@@ -32,7 +32,8 @@ pub struct LedgerEntry {
     pub rule: Arc<str>,
     /// The decision's idempotency key (a hash; empty when it was suppressed
     /// before an address was chosen), for the outcome of a redelivery.
-    #[serde(default, skip_serializing_if = "str::is_empty")]
+    /// Always written: the binary encoding is positional.
+    #[serde(default)]
     pub idempotency_key: Arc<str>,
 }
 

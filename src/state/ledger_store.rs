@@ -389,7 +389,7 @@ impl<'a> Tail<'a> {
         restored.records += 1;
         let new = match &change.value {
             None => None,
-            Some(value) => match serde_json::from_slice::<LedgerEntry>(value) {
+            Some(value) => match super::wire::decode_ledger(value) {
                 Ok(entry) if now_ms - entry.at_ms <= HORIZON_MS => Some(entry),
                 Ok(_) => None,
                 Err(_) => {

@@ -160,7 +160,7 @@ pub fn compare_ledger(
     bootstrap: &str,
     topic: &str,
 ) -> Result<(usize, usize, Vec<String>), String> {
-    use herald::state::{LedgerEntry, SendLedger};
+    use herald::state::SendLedger;
     let store = open_store(state_dir)?;
     let table = store
         .table("ledger", herald::state::ledger_store::FORMAT)
@@ -178,7 +178,7 @@ pub fn compare_ledger(
     let mut newest = std::collections::BTreeMap::new();
     for (_, _, key, value) in read.records {
         let key = String::from_utf8_lossy(&key.unwrap_or_default()).to_string();
-        let entry = value.and_then(|v| serde_json::from_slice::<LedgerEntry>(&v).ok());
+        let entry = value.and_then(|v| herald::state::wire::decode_ledger(&v).ok());
         newest.insert(key, entry);
     }
     let mut differ = Vec::new();
