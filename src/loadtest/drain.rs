@@ -116,7 +116,9 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
             sink.lock().unwrap_or_else(|p| p.into_inner()).add(a.key);
         }
     });
-    let config = topics.config(brokers, &standin.base_url(), &rules, false)?;
+    let mut config = topics.config(brokers, &standin.base_url(), &rules, false)?;
+    // Its own state directory: another run's tables belong to other topics.
+    config.state.dir = rules.join("state");
     let group = config.kafka.group_id.clone();
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     wait_ready(running.admin_addr(), Duration::from_secs(120)).await?;

@@ -239,7 +239,9 @@ async fn measure_herald(
     simulate::publish_profiles(&producer, &topics.profiles, &mut generator)
         .await
         .map_err(|e| e.to_string())?;
-    let config = topics.config(brokers, &standin.base_url(), &rules, false)?;
+    let mut config = topics.config(brokers, &standin.base_url(), &rules, false)?;
+    // Its own state directory: another run's tables belong to other topics.
+    config.state.dir = rules.join("state");
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     wait_ready(running.admin_addr(), Duration::from_secs(60)).await?;
 
