@@ -40,6 +40,22 @@ pub struct LoadtestArgs {
     /// The provider stand-in's answer time, ms (drain and burst).
     #[arg(long, default_value_t = 0)]
     provider_ms: u64,
+    /// herald's `limits.lanes`, to compare settings (default: the config's).
+    #[arg(long)]
+    lanes: Option<usize>,
+    /// herald's `limits.sends_per_user` (1: each of a user's sends waits
+    /// for the last one's answer, as before 2026-12-05).
+    #[arg(long)]
+    sends_per_user: Option<usize>,
+}
+
+impl LoadtestArgs {
+    fn limits(&self) -> herald::loadtest::LimitOverrides {
+        herald::loadtest::LimitOverrides {
+            lanes: self.lanes,
+            sends_per_user: self.sends_per_user,
+        }
+    }
 }
 
 /// `herald loadtest`.
@@ -70,6 +86,7 @@ pub fn loadtest(args: &LoadtestArgs) -> Outcome {
         out_dir: args.out.clone(),
         partitions: args.partitions,
         users: args.users,
+        limits: args.limits(),
     };
     runtime()?
         .block_on(herald::loadtest::run(options, credentials))
@@ -100,6 +117,7 @@ fn drain(args: &LoadtestArgs, count: u64) -> Outcome {
         sample_rules: std::path::PathBuf::from("rules"),
         partitions: args.partitions,
         users: args.users,
+        limits: args.limits(),
     };
     let report = runtime()?
         .block_on(herald::loadtest::drain::run(options, credentials))

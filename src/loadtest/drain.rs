@@ -42,6 +42,7 @@ pub struct DrainOptions {
     pub sample_rules: PathBuf,
     pub partitions: i32,
     pub users: usize,
+    pub limits: crate::loadtest::LimitOverrides,
 }
 
 /// Records and bytes herald wrote to one topic during the run.
@@ -119,6 +120,7 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
     let mut config = topics.config(brokers, &standin.base_url(), &rules, false)?;
     // Its own state directory: another run's tables belong to other topics.
     config.state.dir = rules.join("state");
+    options.limits.apply(&mut config);
     let group = config.kafka.group_id.clone();
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     wait_ready(running.admin_addr(), Duration::from_secs(120)).await?;

@@ -51,6 +51,27 @@ pub struct LoadOptions {
     pub out_dir: PathBuf,
     pub partitions: i32,
     pub users: usize,
+    /// herald's limits, for comparing settings in one build.
+    pub limits: LimitOverrides,
+}
+
+/// Settings of `limits` a run may change (`--lanes`, `--sends-per-user`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitOverrides {
+    pub lanes: Option<usize>,
+    pub sends_per_user: Option<usize>,
+}
+
+impl LimitOverrides {
+    /// Applies these to a config.
+    pub fn apply(self, config: &mut crate::config::Config) {
+        if let Some(n) = self.lanes {
+            config.limits.lanes = n;
+        }
+        if let Some(n) = self.sends_per_user {
+            config.limits.sends_per_user = n;
+        }
+    }
 }
 
 /// One side of the comparison.
@@ -242,6 +263,7 @@ async fn measure_herald(
     let mut config = topics.config(brokers, &standin.base_url(), &rules, false)?;
     // Its own state directory: another run's tables belong to other topics.
     config.state.dir = rules.join("state");
+    options.limits.apply(&mut config);
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     wait_ready(running.admin_addr(), Duration::from_secs(60)).await?;
 
