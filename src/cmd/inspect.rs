@@ -30,7 +30,8 @@ pub struct InspectArgs {
 /// per record, oldest first per partition; a value that is neither a
 /// versioned record nor JSON (a sealed changelog value) is shown by size.
 pub fn inspect(args: &InspectArgs) -> Outcome {
-    let config = Config::load(&args.config).map_err(Failure::input)?;
+    // Only the Kafka settings are used: no channel credential is needed.
+    let config = Config::read(&args.config).map_err(Failure::input)?;
     let mut client = herald::kafka::profile_reader_config(&config.kafka);
     client.set("group.id", "herald-inspect");
     let consumer: BaseConsumer = client.create().map_err(Failure::run)?;
@@ -44,8 +45,28 @@ pub fn inspect(args: &InspectArgs) -> Outcome {
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
+        // Name the topics it may have meant: those whose name contains it.
+        let like: Vec<String> = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .filter(|n| n.contains(&args.topic))
+                    .take(20)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hint = match like.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; topics with `{}` in their name: {}",
+                args.topic,
+                like.join(", ")
+            ),
+        };
         return Err(Failure::input(format!(
-            "topic `{}` does not exist (or this client may not describe it)",
+            "topic `{}` does not exist (or this client may not describe it){hint}",
             args.topic
         )));
     }
