@@ -85,19 +85,21 @@ fn send_row(partition: i32, entry: &LedgerEntry, key: &str) -> Vec<u8> {
     row
 }
 
-/// An entry row's value: its time, then the changelog's JSON (`json`, when
-/// the record is at hand).
-fn entry_value(entry: &LedgerEntry, json: Option<&[u8]>) -> Vec<u8> {
+/// An entry row's value: its time, then the changelog record's bytes
+/// (`record`, when it is at hand; else the entry encoded as on the topic).
+/// Either is read by [`read_entry`]: the versioned encoding, or the JSON
+/// that rows written before it hold.
+fn entry_value(entry: &LedgerEntry, record: Option<&[u8]>) -> Vec<u8> {
     let mut value = entry.at_ms.to_be_bytes().to_vec();
-    match json {
-        Some(json) => value.extend_from_slice(json),
-        None => serde_json::to_writer(&mut value, entry).expect("a ledger entry serializes"),
+    match record {
+        Some(record) => value.extend_from_slice(record),
+        None => value.extend_from_slice(&super::wire::encode_ledger(entry)),
     }
     value
 }
 
 fn read_entry(value: &[u8]) -> Option<LedgerEntry> {
-    serde_json::from_slice(value.get(8..)?).ok()
+    super::wire::decode_ledger(value.get(8..)?).ok()
 }
 
 /// Writes `entry` (or its absence) for `key`, replacing `old` and its send row.

@@ -20,7 +20,8 @@
 
 use serde_json::Value;
 
-use super::{Intent, LedgerEntry};
+use super::intent::Intent;
+use super::ledger_entry::LedgerEntry;
 
 /// An intent in MessagePack, its structs as arrays of their fields in
 /// declaration order.
