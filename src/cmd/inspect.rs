@@ -38,12 +38,7 @@ pub fn inspect(args: &InspectArgs) -> Outcome {
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
         .map_err(Failure::run)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = herald::kafka::follow::partition_ids(&metadata);
     if partitions.is_empty() {
         // Name the topics it may have meant: those whose name contains it.
         let like: Vec<String> = consumer

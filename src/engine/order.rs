@@ -71,15 +71,11 @@ impl UserSlots {
                 .or_insert_with(|| Arc::new(Semaphore::new(self.per_user)))
                 .value(),
         );
-        let permit = Arc::clone(&semaphore)
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = semaphore.acquire_owned().await.expect("never closed");
         UserSlot {
             slots: Arc::clone(self),
             user: Arc::clone(user),
             permit: Some(permit),
-            semaphore: Some(semaphore),
         }
     }
 
@@ -95,14 +91,13 @@ impl UserSlots {
 pub struct UserSlot {
     slots: Arc<UserSlots>,
     user: Arc<str>,
+    /// Holds the user's semaphore until dropped.
     permit: Option<OwnedSemaphorePermit>,
-    semaphore: Option<Arc<Semaphore>>,
 }
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
         drop(self.permit.take());
-        drop(self.semaphore.take());
         let per_user = self.slots.per_user;
         // Only the map holds it and every permit is back: nobody is
         // waiting or sending for this user. Checked under the map's lock,

@@ -461,12 +461,7 @@ pub fn read_back(
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| e.to_string())?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = partition_ids(&md);
     if partitions.is_empty() {
         return Err(format!("topic `{topic}` does not exist"));
     }
@@ -529,4 +524,15 @@ pub fn read_back(
     }
     out.sort_by_key(|r| r.timestamp_ms);
     Ok(out)
+}
+
+/// The partitions of the topics a metadata answer describes without error
+/// (none for a topic that does not exist).
+pub fn partition_ids(metadata: &rdkafka::metadata::Metadata) -> Vec<i32> {
+    metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
 }

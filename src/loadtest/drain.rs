@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::demo::{wait_ready, RunTopics};
 use crate::simulate::{self, Generator};
-use crate::standin::{Credentials, StandIn};
+use crate::standin::Credentials;
 
 /// The rules a drain runs.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -82,11 +82,8 @@ pub struct DrainReport {
 pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<DrainReport, String> {
     let id = format!("{:08x}", rand::random::<u32>());
     let brokers = &options.brokers;
-    let topics = RunTopics::new(&format!("lt-{id}"));
-    topics.create(brokers, options.partitions).await?;
-    let standin = StandIn::start(([127, 0, 0, 1], 0).into(), credentials)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (topics, standin) =
+        super::topics_and_standin(brokers, &id, options.partitions, credentials).await?;
     if options.provider_ms > 0 {
         standin.delay(Duration::from_millis(options.provider_ms));
     }
@@ -211,7 +208,11 @@ impl Pushes {
 }
 
 /// The rules: the sample rules, or the purchase notice alone.
-fn write_rules(options: &DrainOptions, topics: &RunTopics, dir: &PathBuf) -> Result<usize, String> {
+fn write_rules(
+    options: &DrainOptions,
+    topics: &RunTopics,
+    dir: &std::path::Path,
+) -> Result<usize, String> {
     match options.rules {
         DrainRules::Sample => topics.copy_rules(&options.sample_rules, dir),
         DrainRules::One => {

@@ -248,11 +248,8 @@ async fn measure_herald(
     floor_sorted: Vec<f64>,
 ) -> Result<(Side, usize, Vec<f64>, Vec<f64>), String> {
     let brokers = &options.brokers;
-    let topics = RunTopics::new(&format!("lt-{id}"));
-    topics.create(brokers, options.partitions).await?;
-    let standin = StandIn::start(([127, 0, 0, 1], 0).into(), credentials)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (topics, standin) =
+        topics_and_standin(brokers, id, options.partitions, credentials).await?;
     let rules = tempfile_dir(id)?;
     let rule_count = write_rules(&options.sample_rules, &rules, &topics, options.rules)?;
     let producer = simulate::producer(brokers, &[]).map_err(|e| e.to_string())?;
@@ -333,6 +330,21 @@ async fn measure_herald(
         sorted,
         floor_sorted,
     ))
+}
+
+/// A run's topics (`lt-<id>-…`), created, and a provider stand-in for it.
+async fn topics_and_standin(
+    brokers: &str,
+    id: &str,
+    partitions: i32,
+    credentials: Credentials,
+) -> Result<(RunTopics, StandIn), String> {
+    let topics = RunTopics::new(&format!("lt-{id}"));
+    topics.create(brokers, partitions).await?;
+    let standin = StandIn::start(([127, 0, 0, 1], 0).into(), credentials)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((topics, standin))
 }
 
 fn tempfile_dir(id: &str) -> Result<PathBuf, String> {
