@@ -214,15 +214,17 @@ impl HeldTable {
         })
     }
 
-    /// The records of intents `partition` due at or before `upto`, earliest
-    /// first, at most `limit`. Stale index rows are deleted.
+    /// The records of intents `partition` due after `after` and at or
+    /// before `upto`, earliest first, at most `limit`. Stale index rows are
+    /// deleted.
     pub fn due(
         &self,
         partition: i32,
+        after: i64,
         upto: i64,
         limit: usize,
     ) -> Result<Vec<HeldRecord>, StoreError> {
-        let from = Self::due_row(partition, i64::MIN, &[]);
+        let from = Self::due_row(partition, after.saturating_add(1), &[]);
         let to = Self::due_row(partition, upto, &[0xFF; 17]);
         let mut out = Vec::new();
         let mut stale = self.table.batch();
@@ -287,24 +289,29 @@ mod tests {
         put(&held, &record("a", "u2", 100, None), 3);
         put(&held, &record("c", "u3", 150, None), 4);
         put(&held, &record("d", "u4", -5, None), 3);
-        assert_eq!(keys(held.due(3, 150, 100).unwrap()), ["d", "a"]);
+        assert_eq!(keys(held.due(3, i64::MIN, 150, 100).unwrap()), ["d", "a"]);
         assert_eq!(
-            keys(held.due(3, 1_000, 1).unwrap()),
+            keys(held.due(3, i64::MIN, 1_000, 1).unwrap()),
             ["d"],
             "at most the limit"
         );
         assert_eq!(
-            keys(held.due(4, 1_000, 100).unwrap()),
+            keys(held.due(4, i64::MIN, 1_000, 100).unwrap()),
             ["c"],
             "only its partition"
         );
         // Moved later: found at its new time only.
         put(&held, &record("a", "u2", 500, None), 3);
-        assert_eq!(keys(held.due(3, 300, 100).unwrap()), ["d", "b"]);
+        assert_eq!(keys(held.due(3, i64::MIN, 300, 100).unwrap()), ["d", "b"]);
+        assert_eq!(
+            keys(held.due(3, 150, 1_000, 100).unwrap()),
+            ["b", "a"],
+            "only those due after what was read before"
+        );
         let mut batch = held.table().batch();
         held.remove(&mut batch, "d");
         batch.commit().unwrap();
-        assert_eq!(keys(held.due(3, 1_000, 100).unwrap()), ["b", "a"]);
+        assert_eq!(keys(held.due(3, i64::MIN, 1_000, 100).unwrap()), ["b", "a"]);
         assert!(held.get("d").unwrap().is_none());
         assert_eq!(held.get("a").unwrap().unwrap().release_ms, 500);
     }

@@ -298,22 +298,27 @@ impl HeldLog {
     }
 
     /// The held records of intents `partitions` due at or before `upto`
-    /// (on disk, and written here but not read back), not `queued`, at most
-    /// about `limit` per partition.
+    /// (on disk: those due after the partition's `after`; and all written
+    /// here but not read back), not `queued`, at most about `limit` per
+    /// partition. Whether a partition gave `limit` (so more may wait).
     pub fn due(
         &self,
-        partitions: &[i32],
+        partitions: &[(i32, i64)],
         upto: i64,
         limit: usize,
         queued: impl Fn(&str) -> bool,
-    ) -> Vec<Arc<HeldRecord>> {
+    ) -> (Vec<Arc<HeldRecord>>, bool) {
         let Backing::Disk(disk) = &self.backing else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
         let mut out = Vec::new();
-        for &partition in partitions {
-            match disk.due(partition, upto, limit) {
-                Ok(records) => out.extend(records.into_iter().map(Arc::new)),
+        let mut full = false;
+        for &(partition, after) in partitions {
+            match disk.due(partition, after, upto, limit) {
+                Ok(records) => {
+                    full |= records.len() >= limit;
+                    out.extend(records.into_iter().map(Arc::new));
+                }
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "held messages cannot be read from disk")
                 }
@@ -328,10 +333,11 @@ impl HeldLog {
                 .values()
                 .filter_map(|p| p.now.clone())
                 .filter(|r| {
-                    r.release_ms <= upto && partitions.contains(&(self.partition_of)(&r.event.user))
+                    let partition = (self.partition_of)(&r.event.user);
+                    r.release_ms <= upto && partitions.iter().any(|&(p, _)| p == partition)
                 }),
         );
         out.retain(|r| !queued(&r.key));
-        out
+        (out, full)
     }
 }

@@ -99,6 +99,9 @@ impl Matcher {
         if let Some(seal) = seal {
             patterns.sealed(seal);
         }
+        if !changelogs.is_empty() {
+            patterns.logged();
+        }
         for (source, log) in &changelogs {
             if let Some(mirror) = log.mirror() {
                 patterns.on_disk(source, Arc::clone(mirror), config.state.pattern_cache);

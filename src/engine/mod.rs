@@ -314,6 +314,10 @@ impl crate::ingest::Handler for Engine {
     fn handle(&self, m: Incoming) -> impl std::future::Future<Output = Vec<Pending>> + Send {
         Engine::handle(self, m)
     }
+
+    fn first_topics(&self) -> Vec<String> {
+        self.intents_topic.iter().cloned().collect()
+    }
 }
 
 /// Each stage restores and drops the stores of its own partitions: stage 2

@@ -71,7 +71,9 @@ impl Matcher {
                         source: (Arc::clone(&event.source), event.partition),
                         held: self.patterns.is_on_disk(&event.source),
                     };
-                    for gone in evicted.iter().chain([&at]) {
+                    // An event that left the state as it was writes nothing.
+                    let changed = observed.changed.then_some(&at);
+                    for gone in evicted.iter().chain(changed) {
                         self.pattern_change(gone, Some(pattern), changes);
                     }
                 }

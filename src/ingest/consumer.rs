@@ -2,15 +2,14 @@
 //! lane by (partition, key), and stores offsets as lanes finish.
 //!
 //! A lane is a tokio task that handles its messages one at a time, so a key's
-//! events are handled in order while different keys proceed in parallel. The
-//! lane queues are bounded: when one is full (a provider outage, a record
-//! that cannot be written), the consumer pauses every assigned partition and
-//! parks what it already fetched, but keeps polling, so it stays in the group
-//! however long the wait; it resumes once the parked messages have a place.
+//! events are handled in order while different keys proceed in parallel.
+//! Intents have lanes of their own and go ahead of source records
+//! (`fetch.rs`). The lane queues are bounded: when they stay full (a
+//! provider outage, a record that cannot be written), the consumer pauses
+//! the partitions of that class of record and parks what it already
+//! fetched, but keeps polling, so it stays in the group however long the
+//! wait; it resumes once the parked messages have a place.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use super::fetch::{Class, Fetch};
 use super::offsets::OffsetTracker;
 use super::{Handler, Incoming};
 use crate::config::LimitsConfig;
@@ -296,7 +296,7 @@ impl ConsumerContext for HeraldContext {
     }
 }
 
-fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+pub(super) fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements()
         .iter()
         .map(|e| (e.topic().to_string(), e.partition()))
@@ -316,9 +316,10 @@ pub async fn consume<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let lanes = limits.lanes;
-    let mut senders = Vec::with_capacity(lanes);
-    let mut tasks = Vec::with_capacity(2 * lanes);
-    for _ in 0..lanes {
+    // Each class of record has `lanes` lanes of its own (fetch.rs).
+    let mut senders = Vec::with_capacity(2 * lanes);
+    let mut tasks = Vec::with_capacity(4 * lanes);
+    for _ in 0..2 * lanes {
         let (tx, rx) = mpsc::channel::<Incoming>(limits.lane_queue);
         let (written_tx, written_rx) = mpsc::channel::<Handled>(limits.lane_queue);
         senders.push(tx);
@@ -334,22 +335,27 @@ pub async fn consume<H: Handler>(
             Arc::clone(&consumer),
         )));
     }
-    let mut fetch = Fetch {
-        consumer: &consumer,
-        tracker: &tracker,
-        health: &health,
-        metrics: &metrics,
-        parked: VecDeque::new(),
-        paused: Vec::new(),
-    };
+    let mut fetch = Fetch::new(
+        &consumer,
+        &tracker,
+        &health,
+        &metrics,
+        lanes,
+        handler.first_topics(),
+    );
     loop {
-        let lane = fetch.parked.front().map(|(lane, _)| *lane);
+        let (first, rest) = (fetch.waiting(Class::First), fetch.waiting(Class::Rest));
         let received = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
-            permit = async { senders[lane.unwrap_or(0)].reserve().await }, if lane.is_some() => {
+            permit = async { senders[first.unwrap_or(0)].reserve().await }, if first.is_some() => {
                 let Ok(permit) = permit else { break };
-                fetch.unpark(permit);
+                fetch.unpark(Class::First, permit);
+                continue;
+            }
+            permit = async { senders[rest.unwrap_or(0)].reserve().await }, if rest.is_some() => {
+                let Ok(permit) = permit else { break };
+                fetch.unpark(Class::Rest, permit);
                 continue;
             }
             m = consumer.recv() => m,
@@ -379,11 +385,11 @@ pub async fn consume<H: Handler>(
             consumed_ms: now_ms(),
         };
         drop(m);
-        let lane = lane_of(&incoming, lanes);
-        if !fetch.parked.is_empty() {
+        let (class, lane) = fetch.lane_of(&incoming);
+        if fetch.has_parked(class) {
             // Fetched before the pause took effect, or from a partition
-            // assigned since: behind the parked ones, in order.
-            fetch.park(lane, incoming);
+            // assigned since: behind the parked ones of its class, in order.
+            fetch.park(class, lane, incoming);
             continue;
         }
         match senders[lane].try_reserve() {
@@ -391,7 +397,7 @@ pub async fn consume<H: Handler>(
                 tracker.begin(&incoming.topic, incoming.partition, incoming.offset);
                 permit.send(incoming);
             }
-            Err(mpsc::error::TrySendError::Full(())) => fetch.park(lane, incoming),
+            Err(mpsc::error::TrySendError::Full(())) => fetch.park(class, lane, incoming),
             Err(mpsc::error::TrySendError::Closed(())) => break,
         }
     }
@@ -417,87 +423,6 @@ pub async fn consume<H: Handler>(
         Err(e) => debug!(error = %e, "final commit"),
     }
     consumer.unsubscribe();
-}
-
-/// Messages parked (their lanes full) before fetching is paused.
-const PAUSE_AT: usize = 4096;
-
-/// The fetching side of [`consume`]: messages parked while every lane they
-/// need is full, and the pause that goes with them.
-struct Fetch<'a> {
-    consumer: &'a StreamConsumer<HeraldContext>,
-    tracker: &'a OffsetTracker,
-    health: &'a ConsumerHealth,
-    metrics: &'a crate::metrics::Metrics,
-    parked: VecDeque<(usize, Incoming)>,
-    /// The partitions paused now (the assignment when they were paused).
-    paused: Vec<(String, i32)>,
-}
-
-impl Fetch<'_> {
-    /// Parks a message; once [`PAUSE_AT`] are parked, pauses fetching from
-    /// every assigned partition (and from one assigned since).
-    ///
-    /// A lane full for a moment (one key's burst) is not a reason to pause:
-    /// librdkafka drops what it prefetched for a paused partition and
-    /// fetches it again on resume. Parking a bounded number first keeps the
-    /// fetch flowing through short waits (a drain went from 3,400 to 4,600
-    /// swipes/s, BENCHMARKS.md); a long one (a provider outage) still
-    /// pauses, and the consumer keeps polling, so it stays in the group.
-    fn park(&mut self, lane: usize, m: Incoming) {
-        let known = self
-            .paused
-            .iter()
-            .any(|(t, p)| *t == m.topic && *p == m.partition);
-        let pause = !known && (!self.paused.is_empty() || self.parked.len() + 1 >= PAUSE_AT);
-        if pause {
-            if self.paused.is_empty() {
-                debug!(parked = self.parked.len() + 1, "lanes full; pausing fetch");
-                self.metrics.fetch_paused.set(1);
-            }
-            if let Ok(assigned) = self.consumer.assignment() {
-                if let Err(e) = self.consumer.pause(&assigned) {
-                    warn!(error = %e, "cannot pause fetching");
-                }
-                self.paused = partitions(&assigned);
-            }
-        }
-        self.parked.push_back((lane, m));
-        self.metrics.parked.set(self.parked.len() as i64);
-    }
-
-    /// Hands the first parked message to its lane (dropping it unhandled if
-    /// its partition was revoked meanwhile: the next owner reads it from the
-    /// committed offset); resumes fetching once none is left.
-    fn unpark(&mut self, permit: mpsc::Permit<'_, Incoming>) {
-        let Some((_, m)) = self.parked.pop_front() else {
-            return;
-        };
-        if self.health.owns(&m.topic, m.partition) {
-            self.tracker.begin(&m.topic, m.partition, m.offset);
-            permit.send(m);
-        }
-        self.metrics.parked.set(self.parked.len() as i64);
-        if self.parked.is_empty() && !self.paused.is_empty() {
-            debug!("lanes have room; resuming fetch");
-            if let Ok(assigned) = self.consumer.assignment() {
-                if let Err(e) = self.consumer.resume(&assigned) {
-                    warn!(error = %e, "cannot resume fetching");
-                }
-            }
-            self.paused.clear();
-            self.metrics.fetch_paused.set(0);
-        }
-    }
-}
-
-/// Messages of one key (or, without a key, of one partition) share a lane.
-fn lane_of(m: &Incoming, lanes: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    m.topic.hash(&mut h);
-    m.partition.hash(&mut h);
-    m.key.hash(&mut h);
-    (h.finish() % lanes as u64) as usize
 }
 
 /// A handled message whose outcome and dead-letter writes may still be in flight.

@@ -3,6 +3,7 @@
 
 pub mod consumer;
 pub mod decode;
+mod fetch;
 pub mod fields;
 pub mod offsets;
 
@@ -28,4 +29,10 @@ pub struct Incoming {
 pub trait Handler: Send + Sync + 'static {
     /// Handles one record; the writes its offset must wait for.
     fn handle(&self, m: Incoming) -> impl std::future::Future<Output = Vec<Pending>> + Send;
+
+    /// The topics whose records are handled ahead of the others, in lanes
+    /// of their own (the engine's intents: decisions waiting to be sent).
+    fn first_topics(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

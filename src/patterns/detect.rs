@@ -24,6 +24,9 @@ pub struct Observed {
     /// A deadline (event time, ms) at which the kind's `expire` must run for
     /// this key.
     pub timer: Option<i64>,
+    /// Set by the store, not the kind: the key's state differs from what its
+    /// changelog last had (an event that changed nothing writes no record).
+    pub changed: bool,
 }
 
 /// What one event offers a pattern.

@@ -38,6 +38,9 @@ pub struct Entry {
     /// Dropped (idle, swept, its rule gone) with its tombstone on the way:
     /// a lookup finds a fresh state, not the disk's.
     pub gone: bool,
+    /// A digest of the state as its changelog last had it (0: not known):
+    /// an event that leaves the state as it was writes no record.
+    pub written: u64,
 }
 
 /// One key's state as written to its source topic's changelog.
@@ -136,6 +139,9 @@ pub struct PatternStore {
     pub(super) swept_for: Mutex<u64>,
     /// Blinds the keys of the changelogs' records, when they are sealed.
     seal: Option<Arc<crate::state::sealed::ChangelogSeal>>,
+    /// Changes go to changelogs: an event's [`Observed::changed`] is
+    /// worked out (else every event counts as a change).
+    logged: bool,
 }
 
 impl PatternStore {
@@ -151,7 +157,37 @@ impl PatternStore {
             cache_keys_per_rule: max_keys_per_rule,
             swept_for: Mutex::new(0),
             seal: None,
+            logged: false,
         }
+    }
+
+    /// Changes are written to changelogs: [`Observed::changed`] tells an
+    /// event that left its key's state as it was, whose record is skipped.
+    pub fn logged(&mut self) {
+        self.logged = true;
+    }
+
+    /// A digest of `state` as its record would carry it (never 0 in
+    /// practice; 0 marks "not known").
+    fn digest(&self, state: &KeyState) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        struct Sink<H>(H);
+        impl<H: Hasher> std::io::Write for Sink<H> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.write(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        if !self.logged {
+            return 0;
+        }
+        let mut sink = Sink(foldhash::fast::FixedState::default().build_hasher());
+        // Serializing a state to a sink that cannot fail does not fail.
+        let _ = serde_json::to_writer(&mut sink, state);
+        sink.0.finish() | 1
     }
 
     /// Changelog keys blinded by `seal` (the changelogs' records are sealed
@@ -228,8 +264,10 @@ impl PatternStore {
         let found = state.keys.get_mut(key);
         let mut entry = found.unwrap_or_else(|| {
             new_key = true;
+            let fresh = pattern.kind.new_state();
+            let written = self.digest(&fresh);
             state.keys.entry(key.to_string()).or_insert_with(|| Entry {
-                state: pattern.kind.new_state(),
+                state: fresh,
                 newest_ms: event.time_ms,
                 touched_ms: now_ms,
                 source: (Arc::clone(&event.source), event.partition),
@@ -237,14 +275,18 @@ impl PatternStore {
                 restored: false,
                 unsaved: 0,
                 gone: false,
+                written,
             })
         });
+        let was_gone = entry.gone;
         if entry.gone {
             entry.gone = false;
             entry.state = pattern.kind.new_state();
             entry.newest_ms = event.time_ms;
             entry.applied = -1;
             entry.restored = false;
+            // Its tombstone (a fresh state) is what the changelog will have.
+            entry.written = self.digest(&entry.state);
         }
         if entry.restored
             && event.offset <= entry.applied
@@ -252,26 +294,42 @@ impl PatternStore {
             && entry.source.1 == event.partition
         {
             // Redelivered after a restore: the last owner applied it already.
-            // Its record is written again (unchanged): counted as unsaved.
-            entry.unsaved += u32::from(disk.is_some());
             return Ok((Observed::default(), Vec::new()));
         }
         let behind_ms = entry.newest_ms - event.time_ms;
         if behind_ms > pattern.lateness_ms && pattern.late == LateAction::Ignore {
             return Err(Late { behind_ms });
         }
-        let observed = entry.state.observe(pattern, input);
+        let mut observed = entry.state.observe(pattern, input);
         entry.newest_ms = entry.newest_ms.max(event.time_ms);
         entry.touched_ms = now_ms;
         entry.source = (Arc::clone(&event.source), event.partition);
         entry.applied = event.offset;
         entry.restored = false;
+        observed.changed = match self.logged {
+            true => {
+                let digest = self.digest(&entry.state);
+                std::mem::replace(&mut entry.written, digest) != digest
+            }
+            false => true,
+        };
         let idle = entry.state.is_idle();
         if disk.is_some() {
-            // Its record is on its way; an idle key is dropped once it is.
-            entry.unsaved += 1;
-            entry.gone = idle;
+            if observed.changed {
+                // Its record is on its way; an idle key is dropped once it is.
+                entry.unsaved += 1;
+                entry.gone = idle;
+            } else {
+                // Nothing to write: a tombstone on its way stays so.
+                entry.gone = was_gone && idle;
+            }
             drop(entry);
+            if idle && !observed.changed {
+                // A key that came and went (nothing written) leaves memory now.
+                state
+                    .keys
+                    .remove_if(key, |_, e| e.state.is_idle() && e.unsaved == 0);
+            }
         } else {
             drop(entry);
             if idle {
@@ -585,6 +643,7 @@ impl PatternStore {
                 restored: true,
                 unsaved: 0,
                 gone: false,
+                written: 0,
             };
             if state.keys.insert(record.key, entry).is_none() {
                 state.size.inserted();

@@ -62,6 +62,17 @@ pub(super) fn feed_key(
     e: &Arc<Event>,
     now_ms: i64,
 ) -> Result<Vec<Fired>, Late> {
+    observe_key(set, store, key, e, now_ms).map(|o| o.fired)
+}
+
+/// What rule 0 made of event `e` of `key` at `now_ms`.
+pub(super) fn observe_key(
+    set: &RuleSet,
+    store: &PatternStore,
+    key: &str,
+    e: &Arc<Event>,
+    now_ms: i64,
+) -> Result<crate::patterns::detect::Observed, Late> {
     let rule = &set.rules[0];
     let pattern = rule.pattern.as_ref().unwrap();
     let scope = set.conditions.scope(&e.fields, None);
@@ -75,7 +86,7 @@ pub(super) fn feed_key(
     };
     store
         .observe(&rule.id, pattern, key, &input, now_ms)
-        .map(|(o, _)| o.fired)
+        .map(|(o, _)| o)
 }
 
 fn due(set: &RuleSet, store: &PatternStore, now_ms: i64) -> Vec<Fired> {

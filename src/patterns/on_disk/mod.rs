@@ -58,6 +58,7 @@ impl PatternStore {
             restored: true,
             unsaved: 0,
             gone: false,
+            written: 0,
         })
     }
 

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::ingest::decode::Event;
 use crate::patterns::store::{changelog_key, PatternStore};
-use crate::patterns::tests::{event, feed_key, rules, ABSENCE, MIN, VELOCITY};
+use crate::patterns::tests::{event, feed_key, observe_key, rules, ABSENCE, MIN, VELOCITY};
 use crate::patterns::Fired;
 use crate::rules::RuleSet;
 use crate::state::mirror::Mirror;
@@ -198,4 +198,70 @@ async fn a_dropped_key_starts_fresh_before_its_tombstone_is_on_disk() {
         due.changed.iter().all(|k| k.key != "u-1"),
         "the dropped key's timer must not fire from its stale disk row"
     );
+}
+
+#[tokio::test]
+async fn an_event_that_changes_nothing_writes_no_record_and_a_restart_still_counts_right() {
+    let set = rules(VELOCITY);
+    let disk = Store::temporary(8 << 20).unwrap();
+    let mut offset = 0;
+    let (declined, approved) = (json!({"status": "declined"}), json!({"status": "approved"}));
+    {
+        let mirror = mirror(&disk);
+        let mut store = on_disk(&mirror, 100);
+        store.logged();
+        let first = observe_key(&set, &store, "card-1", &event(1, 0, approved.clone()), 0).unwrap();
+        assert!(
+            !first.changed,
+            "an approved swipe leaves a decline window as it was"
+        );
+        assert_eq!(
+            store.keys_of("declined-velocity"),
+            0,
+            "a key that came and went is not kept"
+        );
+        let decline = observe_key(
+            &set,
+            &store,
+            "card-1",
+            &event(2, MIN, declined.clone()),
+            MIN,
+        )
+        .unwrap();
+        assert!(decline.changed);
+        save(&set, &store, &mirror, "card-1", &mut offset).await;
+        for n in 3..6 {
+            let e = event(n, n * MIN / 2, approved.clone());
+            let o = observe_key(&set, &store, "card-1", &e, n * MIN / 2).unwrap();
+            assert!(!o.changed, "swipe {n} changed nothing");
+        }
+        let again = observe_key(
+            &set,
+            &store,
+            "card-1",
+            &event(6, 3 * MIN, declined.clone()),
+            3 * MIN,
+        )
+        .unwrap();
+        assert!(again.changed);
+        save(&set, &store, &mirror, "card-1", &mut offset).await;
+    }
+    // A restart: the two declines are on disk; the third fires.
+    let mirror = mirror(&disk);
+    let mut store = on_disk(&mirror, 100);
+    store.logged();
+    let third = feed_key(
+        &set,
+        &store,
+        "card-1",
+        &event(7, 4 * MIN, declined),
+        4 * MIN,
+    )
+    .unwrap();
+    assert_eq!(
+        third.len(),
+        1,
+        "the third decline within five minutes fires"
+    );
+    assert_eq!(third[0].context["count"], 3);
 }
