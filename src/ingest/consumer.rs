@@ -21,7 +21,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use super::fetch::{Class, Fetch};
+use super::fetch::{partitions, Class, Fetch};
 use super::offsets::OffsetTracker;
 use super::{Handler, Incoming};
 use crate::config::LimitsConfig;
@@ -296,13 +296,6 @@ impl ConsumerContext for HeraldContext {
     }
 }
 
-pub(super) fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
-    tpl.elements()
-        .iter()
-        .map(|e| (e.topic().to_string(), e.partition()))
-        .collect()
-}
-
 /// Consumes until `shutdown` changes, then drains the lanes (within the
 /// shutdown bound), stores and commits offsets, and returns. A fatal consumer
 /// error ends it early and is reported through `health`.
@@ -335,10 +328,11 @@ pub async fn consume<H: Handler>(
             Arc::clone(&consumer),
         )));
     }
+    let owns = |topic: &str, partition: i32| health.owns(topic, partition);
     let mut fetch = Fetch::new(
         &consumer,
         &tracker,
-        &health,
+        &owns,
         &metrics,
         lanes,
         handler.first_topics(),

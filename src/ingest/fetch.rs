@@ -11,12 +11,11 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::consumer::{ConsumerHealth, HeraldContext};
 use super::offsets::OffsetTracker;
 use super::Incoming;
 
@@ -34,10 +33,12 @@ pub(super) enum Class {
 }
 
 /// Parked messages and paused partitions, per class.
-pub(super) struct Fetch<'a> {
-    pub consumer: &'a StreamConsumer<HeraldContext>,
+pub(super) struct Fetch<'a, C: ConsumerContext + 'static> {
+    pub consumer: &'a StreamConsumer<C>,
     pub tracker: &'a OffsetTracker,
-    pub health: &'a ConsumerHealth,
+    /// Whether this instance owns a partition now (a parked message of one
+    /// revoked meanwhile is dropped unhandled).
+    pub owns: &'a (dyn Fn(&str, i32) -> bool + Sync),
     pub metrics: &'a crate::metrics::Metrics,
     /// Lanes per class: class `c`'s lanes are `c * lanes .. (c + 1) * lanes`.
     pub lanes: usize,
@@ -48,19 +49,19 @@ pub(super) struct Fetch<'a> {
     paused: [Vec<(String, i32)>; 2],
 }
 
-impl<'a> Fetch<'a> {
+impl<'a, C: ConsumerContext + 'static> Fetch<'a, C> {
     pub fn new(
-        consumer: &'a StreamConsumer<HeraldContext>,
+        consumer: &'a StreamConsumer<C>,
         tracker: &'a OffsetTracker,
-        health: &'a ConsumerHealth,
+        owns: &'a (dyn Fn(&str, i32) -> bool + Sync),
         metrics: &'a crate::metrics::Metrics,
         lanes: usize,
         first: Vec<String>,
-    ) -> Fetch<'a> {
+    ) -> Fetch<'a, C> {
         Fetch {
             consumer,
             tracker,
-            health,
+            owns,
             metrics,
             lanes,
             first,
@@ -128,7 +129,7 @@ impl<'a> Fetch<'a> {
                 if let Err(e) = self.consumer.pause(&of_class) {
                     warn!(error = %e, "cannot pause fetching");
                 }
-                self.paused[c] = super::consumer::partitions(&of_class);
+                self.paused[c] = partitions(&of_class);
             }
         }
         self.parked[c].push_back((lane, m));
@@ -144,7 +145,7 @@ impl<'a> Fetch<'a> {
         let Some((_, m)) = self.parked[c].pop_front() else {
             return;
         };
-        if self.health.owns(&m.topic, m.partition) {
+        if (self.owns)(&m.topic, m.partition) {
             self.tracker.begin(&m.topic, m.partition, m.offset);
             permit.send(m);
         }
@@ -178,4 +179,12 @@ impl<'a> Fetch<'a> {
         let paused = self.paused.iter().any(|p| !p.is_empty());
         self.metrics.fetch_paused.set(i64::from(paused));
     }
+}
+
+/// The (topic, partition) pairs of a list.
+pub(super) fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }

@@ -12,6 +12,7 @@ struct Harness {
     _rules: tempfile::TempDir,
     running: herald::Running,
     group: String,
+    config: std::path::PathBuf,
 }
 
 async fn harness(profiles: &[(&str, Vec<u8>)]) -> Harness {
@@ -23,7 +24,7 @@ async fn harness(profiles: &[(&str, Vec<u8>)]) -> Harness {
         publish(&producer, &topics.profiles, user, p).await;
     }
     let text = config_text(&topics, rules.path(), &provider.base_url(), "");
-    let (_, config) = load_config(rules.path(), &text);
+    let (path, config) = load_config(rules.path(), &text);
     let running = herald::start(config).await.expect("herald starts");
     Harness {
         topics,
@@ -31,7 +32,24 @@ async fn harness(profiles: &[(&str, Vec<u8>)]) -> Harness {
         _rules: rules,
         running,
         group: group_of(&text),
+        config: path,
     }
+}
+
+/// `herald inspect <args> --config <config>`: exit code, stdout, stderr.
+fn inspect(args: &[&str], config: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("inspect")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn outcomes(h: &Harness, want: usize) -> Vec<Value> {
@@ -88,6 +106,24 @@ async fn card_swipe_becomes_an_fcm_push_with_rendered_text() {
     );
     assert_eq!(intents[0]["event"]["fields"]["pan"], "**** **** **** 1111");
     assert_eq!(intents[0]["event"]["fields"]["card_last4"], "4242");
+    // An operator reads the binary intents as JSON with `herald inspect`.
+    let intents_topic = format!("{}.intents", h.group);
+    let (code, out, err) = inspect(&[&intents_topic, "--last", "5"], &h.config);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["value"]["rule"], "purchase-notice", "{out}");
+    assert_eq!(
+        lines[0]["value"]["event"]["fields"]["pan"],
+        "**** **** **** 1111"
+    );
+    // A name that is not a topic: the topics it may have meant.
+    let (code, _, err) = inspect(&[&h.group, "--last", "1"], &h.config);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&intents_topic), "{err}");
 
     let sent = outcomes(&h, 1);
     assert_eq!(sent.len(), 1, "one decision: the purchase notice");
