@@ -86,6 +86,9 @@ impl Decider {
                 return self.failed(job, channel, d, "render_error", detail);
             }
         };
+        if channel.channel.kind() == ChannelKind::Sms {
+            d.outcome.sms = Some(crate::outcome::sms::measure(&message.body));
+        }
         d.message = Some(message);
         if rule.shadow {
             // Would be sent: recorded as such, marked shadow; nothing leaves,
@@ -398,6 +401,7 @@ fn outcome_of(job: &Job, channel: &ChannelRuntime, decided_ms: i64) -> Outcome {
         next_channel: None,
         release_ms: None,
         pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
+        sms: None,
         delivery: None,
         shadow: false,
         unknown_after_crash: false,

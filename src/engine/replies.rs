@@ -302,6 +302,7 @@ impl Replies {
             next_channel: None,
             release_ms: None,
             pattern: None,
+            sms: None,
             delivery: None,
             shadow: false,
             unknown_after_crash: false,

@@ -197,6 +197,13 @@ impl Outcome {
         if let Some(pattern) = &self.pattern {
             o.value("pattern", pattern);
         }
+        if let Some(sms) = &self.sms {
+            o.obj("sms", |s| {
+                s.str("encoding", sms.encoding.as_str())
+                    .int("units", i64::from(sms.units))
+                    .int("segments", i64::from(sms.segments));
+            });
+        }
         o.str_if("delivery", self.delivery.as_deref())
             .true_if("shadow", self.shadow)
             .true_if("unknown_after_crash", self.unknown_after_crash)
@@ -286,6 +293,7 @@ mod tests {
                 pattern: rng.random_bool(0.5).then(|| {
                     serde_json::json!({"kind": text(&mut rng), "count": rng.random::<u32>(), "x": [1.5, null]})
                 }),
+                sms: maybe(&mut rng).map(|t| crate::outcome::sms::measure(&t)),
                 delivery: maybe(&mut rng),
                 shadow: rng.random(),
                 unknown_after_crash: rng.random(),

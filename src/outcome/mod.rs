@@ -11,6 +11,7 @@ use std::sync::Arc;
 pub mod json;
 mod producer;
 pub mod redact;
+pub mod sms;
 pub use producer::{KafkaWriter, WriteHealth};
 
 /// What became of one (rule, channel) decision.
@@ -124,6 +125,10 @@ pub struct Outcome {
     /// completed it (topic, partition, offset, time; no event fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<serde_json::Value>,
+    /// For an SMS rendered: its encoding and segments (what the carrier
+    /// bills), see [`sms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<sms::SmsSize>,
     /// For `sent`: the delivery status when the provider accepted it
     /// (`accepted` for push and webhooks, Twilio's `queued`); later statuses
     /// arrive as delivery records (see [`DeliveryRecord`]).

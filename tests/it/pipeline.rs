@@ -198,6 +198,13 @@ async fn foreign_purchase_becomes_a_twilio_sms_with_form_fields() {
         .unwrap();
     assert_eq!(sms["status"], "sent");
     assert_eq!(sms["recipient"], "+141******71");
+    // What the carrier bills: the mask's bullets are not GSM-7, so the 72
+    // characters go as UCS-2, in two segments.
+    assert_eq!(
+        sms["sms"],
+        serde_json::json!({"encoding": "UCS-2", "units": 72, "segments": 2})
+    );
+    assert!(push.get("sms").is_none(), "a push has no SMS size");
     assert!(
         h.provider.received_by("fcm").is_empty(),
         "no push without consent"
