@@ -138,7 +138,9 @@ fn bench_render(c: &mut Criterion) {
         .iter()
         .map(|p| std::sync::Arc::new(serde_json::from_slice(p).unwrap()))
         .collect();
+    let en = herald::render::TextLocale::default_locale();
     let scope = |f: &std::sync::Arc<herald::ingest::fields::Fields>| Scope {
+        locale: &en,
         event: std::sync::Arc::clone(f) as _,
         profile: None,
         rule: RuleScope {

@@ -24,6 +24,7 @@ use crate::outcome::{
 use crate::policy::{Draft, Suppression, Unknown, Verdict};
 use crate::profile::Profile;
 use crate::render::{JsonFields, RuleScope, Scope};
+use crate::rules::texts::Picked;
 use crate::rules::Rule;
 use crate::state::{LedgerEntry, LedgerStatus, Seen};
 
@@ -79,7 +80,14 @@ impl Decider {
             self.policy.give_back(&mut draft);
             return self.suppressed(d, s);
         };
-        let message = match render(job, channel, &d.outcome.idempotency_key) {
+        let wanted = job.profile.as_ref().and_then(|p| p.locale.as_deref());
+        let picked = rule.texts.pick(wanted);
+        d.outcome.locale = Some(crate::outcome::LocaleUsed {
+            used: picked.used.clone(),
+            wanted: picked.wanted.clone(),
+            fell_back: picked.fell_back,
+        });
+        let message = match render(job, channel, &d.outcome.idempotency_key, &picked) {
             Ok(m) => m,
             Err(detail) => {
                 self.policy.give_back(&mut draft);
@@ -402,6 +410,7 @@ fn outcome_of(job: &Job, channel: &ChannelRuntime, decided_ms: i64) -> Outcome {
         release_ms: None,
         pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
         sms: None,
+        locale: None,
         delivery: None,
         shadow: false,
         unknown_after_crash: false,
@@ -427,6 +436,7 @@ fn render(
     job: &Job,
     channel: &ChannelRuntime,
     idempotency_key: &Arc<str>,
+    picked: &Picked,
 ) -> Result<Message, String> {
     let (rule, event, templates) = (job.rule(), &*job.event, &job.loaded.set.templates);
     let seen = Scope {
@@ -438,16 +448,12 @@ fn render(
             description: &rule.description,
         },
         pattern: job.pattern.as_ref().map(|p| &p.context),
+        locale: &picked.locale,
     };
     let names = &rule.template_names;
     let part = |name: &str| {
-        let full = match name {
-            "title" => &names.title,
-            "body" => &names.body,
-            _ => &names.text,
-        };
         templates
-            .render(full, &seen)
+            .render(&picked.name(names, name), &seen)
             .map_err(|e| format!("template.{name}: {e}"))
     };
     let push = channel.channel.kind() == ChannelKind::Push;
@@ -470,12 +476,16 @@ fn render(
     if let Some(actions) = &rule.push_actions {
         data.insert("actions", actions.buttons.join(","));
     }
+    let mut body = part(body_part)?;
+    if channel.channel.kind() == ChannelKind::Sms {
+        body = crate::outcome::sms::plain_spaces(body);
+    }
     Ok(Message {
         rule_id: rule.id.clone(),
         category: rule.category.clone(),
         priority: rule.priority,
         title,
-        body: part(body_part)?,
+        body,
         collapse_key: rule.collapse_key.clone(),
         ttl_seconds: rule.ttl_seconds,
         action_category: rule.push_actions.as_ref().map(|a| a.category.clone()),

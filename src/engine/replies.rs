@@ -303,6 +303,7 @@ impl Replies {
             release_ms: None,
             pattern: None,
             sms: None,
+            locale: None,
             delivery: None,
             shadow: false,
             unknown_after_crash: false,

@@ -63,6 +63,12 @@ impl<'a> Obj<'a> {
     }
 
     /// `true`, left out when false.
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key)
+            .extend_from_slice(if value { b"true" } else { b"false" });
+        self
+    }
+
     pub fn true_if(&mut self, key: &str, value: bool) -> &mut Self {
         if value {
             self.key(key).extend_from_slice(b"true");
@@ -204,6 +210,13 @@ impl Outcome {
                     .int("segments", i64::from(sms.segments));
             });
         }
+        if let Some(l) = &self.locale {
+            o.obj("locale", |o| {
+                o.str("used", &l.used)
+                    .str_if("wanted", l.wanted.as_deref())
+                    .bool("fell_back", l.fell_back);
+            });
+        }
         o.str_if("delivery", self.delivery.as_deref())
             .true_if("shadow", self.shadow)
             .true_if("unknown_after_crash", self.unknown_after_crash)
@@ -294,6 +307,11 @@ mod tests {
                     serde_json::json!({"kind": text(&mut rng), "count": rng.random::<u32>(), "x": [1.5, null]})
                 }),
                 sms: maybe(&mut rng).map(|t| crate::outcome::sms::measure(&t)),
+                locale: rng.random_bool(0.5).then(|| crate::outcome::LocaleUsed {
+                    used: text(&mut rng),
+                    wanted: maybe(&mut rng),
+                    fell_back: rng.random(),
+                }),
                 delivery: maybe(&mut rng),
                 shadow: rng.random(),
                 unknown_after_crash: rng.random(),

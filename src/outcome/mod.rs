@@ -129,6 +129,10 @@ pub struct Outcome {
     /// bills), see [`sms`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sms: Option<sms::SmsSize>,
+    /// For a message rendered: the locale of its texts, the recipient's,
+    /// and whether the rule had none in the recipient's language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<LocaleUsed>,
     /// For `sent`: the delivery status when the provider accepted it
     /// (`accepted` for push and webhooks, Twilio's `queued`); later statuses
     /// arrive as delivery records (see [`DeliveryRecord`]).
@@ -143,6 +147,18 @@ pub struct Outcome {
     pub unknown_after_crash: bool,
     pub source: SourceRef,
     pub timings: Timings,
+}
+
+/// The locale a message's texts were picked in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocaleUsed {
+    /// The texts' locale (`fr` for a recipient in `fr-BE`).
+    pub used: String,
+    /// The recipient's locale, if their profile has one that parses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted: Option<String>,
+    /// No texts in the recipient's language: the rule's default was used.
+    pub fell_back: bool,
 }
 
 impl Outcome {

@@ -106,6 +106,17 @@ pub fn measure(text: &str) -> SmsSize {
     }
 }
 
+/// `text` with its no-break and thin spaces (U+00A0, U+202F, U+2009) as
+/// plain spaces: GSM-7 has none, and one would make the whole SMS UCS-2
+/// (CLDR writes them in French and German amounts: `1 130,93 €`). Twilio's
+/// Smart Encoding does the same.
+pub fn plain_spaces(text: String) -> String {
+    if !text.contains(['\u{a0}', '\u{202f}', '\u{2009}']) {
+        return text;
+    }
+    text.replace(['\u{a0}', '\u{202f}', '\u{2009}'], " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +160,15 @@ mod tests {
         assert_eq!(size(&"ê".repeat(71)), (Ucs2, 71, 2));
         assert_eq!(size(&"ê".repeat(134)), (Ucs2, 134, 2));
         assert_eq!(size(&"ê".repeat(135)), (Ucs2, 135, 3));
+    }
+
+    #[test]
+    fn a_french_amount_stays_gsm_7_once_its_no_break_spaces_are_plain() {
+        let text = "Paiement de 1\u{202f}130,93\u{a0}€ chez Fnac".to_string();
+        assert_eq!(measure(&text).encoding, SmsEncoding::Ucs2);
+        let plain = plain_spaces(text);
+        assert_eq!(plain, "Paiement de 1 130,93 € chez Fnac");
+        assert_eq!(size(&plain), (SmsEncoding::Gsm7, 33, 1));
     }
 
     #[test]

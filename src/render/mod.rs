@@ -13,11 +13,13 @@ use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 
 use crate::util;
 
+pub mod locale;
 mod names;
 mod plan;
 mod reads;
 #[cfg(test)]
 mod tests;
+pub use locale::TextLocale;
 pub use reads::Reads;
 
 use plan::Plan;
@@ -38,6 +40,9 @@ pub struct Scope<'a> {
     pub profile: Option<Arc<dyn JsonFields>>,
     pub rule: RuleScope<'a>,
     pub pattern: Option<&'a serde_json::Value>,
+    /// The locale the text is written in: money, numbers and plurals
+    /// follow it (`locale` in templates).
+    pub locale: &'a TextLocale,
 }
 
 /// A template that failed to compile: the message and its 1-based line and
@@ -64,6 +69,8 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.add_filter("money", money);
+        env.add_filter("number", number);
+        env.add_filter("plural", plural);
         env.add_filter("mask_card", |v: Value| util::mask_card(&v.to_string()));
         env.add_filter("mask_phone", |v: Value| util::mask_phone(&v.to_string()));
         env.add_filter("local_time", local_time);
@@ -125,6 +132,7 @@ impl Templates {
             profile => scope.profile.clone().map(|p| Value::from_object(Fields(p))),
             rule => Serde(&scope.rule),
             pattern => Serde(scope.pattern),
+            locale => Value::from_object(LocaleValue(scope.locale.clone())),
         };
         template.render(context).map(|s| s.trim().to_string())
     }
@@ -216,85 +224,72 @@ pub struct RuleScope<'a> {
     pub description: &'a str,
 }
 
-/// `{{ event.amount | money(event.currency) }}` → `$1,234.50`, `€8.00`, `¥1200`, `12.00 CHF`.
-fn money(amount: Value, currency: Option<String>) -> Result<String, Error> {
-    let value: f64 = match amount.as_str() {
-        Some(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| invalid("money: amount is not a number"))?,
-        None => f64::try_from(amount).map_err(|_| invalid("money: amount is not a number"))?,
-    };
-    Ok(money_text(value, currency.as_deref().unwrap_or("USD")))
+/// `{{ event.amount | money(event.currency) }}` in the text's locale:
+/// `$1,234.50` (en), `1 234,50 €` (fr), `￥1,200` (ja), `CHF 12.00` (de-CH).
+fn money(state: &State, amount: Value, currency: Option<String>) -> Result<String, Error> {
+    let value = amount_of(&amount).ok_or_else(|| invalid("money: amount is not a number"))?;
+    let locale = locale_of(state);
+    Ok(locale.money(value, currency.as_deref().unwrap_or("USD")))
 }
 
-/// An amount in a currency, as [`money`] writes it.
-fn money_text(value: f64, currency: &str) -> String {
-    let known = [
-        ("USD", "$", 2),
-        ("EUR", "€", 2),
-        ("GBP", "£", 2),
-        ("JPY", "¥", 0),
-        ("INR", "₹", 2),
-    ];
-    let (symbol, decimals) = known
-        .iter()
-        .find(|(code, ..)| code.eq_ignore_ascii_case(currency))
-        .map_or((None, 2), |&(_, symbol, decimals)| (Some(symbol), decimals));
-    let (int, frac) = fixed_digits(value.abs(), decimals);
-    let mut out = String::with_capacity(int.len() + frac.len() + int.len() / 3 + 8);
-    if value < 0.0 {
-        out.push('-');
-    }
-    if let Some(sym) = symbol {
-        out.push_str(sym);
-    }
-    // Thousands grouped: 1234567.5 → 1,234,567.50.
-    for (i, c) in int.char_indices() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
-            out.push(',');
+/// `{{ event.value | number }}`, `{{ event.value | number(1) }}`: grouped
+/// and with the decimal sign of the text's locale, rounded to the places given.
+fn number(state: &State, value: Value, decimals: Option<u8>) -> Result<String, Error> {
+    let value = amount_of(&value).ok_or_else(|| invalid("number: value is not a number"))?;
+    Ok(locale_of(state).number(value, decimals))
+}
+
+/// `{{ pattern.count | plural(one="# decline", other="# declines") }}`: the
+/// form of the count's CLDR plural category in the text's locale (`zero`,
+/// `one`, `two`, `few`, `many`, `other`; `other` when the category has no
+/// form given), `#` replaced by the count as the locale writes it.
+fn plural(state: &State, count: Value, forms: minijinja::value::Kwargs) -> Result<String, Error> {
+    let n = amount_of(&count).ok_or_else(|| invalid("plural: count is not a number"))?;
+    let locale = locale_of(state);
+    let category = locale.plural(n);
+    let other: String = forms.get("other")?;
+    let mut form = None;
+    for name in ["zero", "one", "two", "few", "many"] {
+        let given: Option<String> = forms.get(name)?;
+        if name == category {
+            form = given;
         }
-        out.push(c);
     }
-    if !frac.is_empty() {
-        out.push('.');
-        out.push_str(&frac);
-    }
-    if symbol.is_none() {
-        out.push(' ');
-        out.push_str(&currency.to_ascii_uppercase());
-    }
-    out
+    forms.assert_all_used()?;
+    let form = form.unwrap_or(other);
+    Ok(form.replace('#', &locale.number(n, None)))
 }
 
-/// A non-negative amount's digits before and after the point, rounded to
-/// `decimals` places exactly as `format!("{:.*}", decimals, amount)` rounds.
-/// Amounts below a billion units that are not within a millionth of a
-/// half-way point are scaled and rounded in integers (the product's error
-/// is far below that millionth, so the rounding is the exact one); the rest
-/// go through `format!`.
-fn fixed_digits(amount: f64, decimals: usize) -> (String, String) {
-    let scale = [1.0, 10.0, 100.0][decimals.min(2)];
-    let scaled = amount * scale;
-    let tie = (scaled - scaled.floor() - 0.5).abs() < 1e-6;
-    if decimals <= 2 && scaled < 1e9 && !tie {
-        let units = scaled.round() as u64;
-        let step = scale as u64;
-        let mut buffer = itoa::Buffer::new();
-        let int = buffer.format(units / step).to_string();
-        let frac = match decimals {
-            0 => String::new(),
-            _ => {
-                let digits = buffer.format(step + units % step);
-                digits[1..].to_string()
-            }
-        };
-        return (int, frac);
+/// A number, or text holding one.
+fn amount_of(value: &Value) -> Option<f64> {
+    match value.as_str() {
+        Some(s) => s.trim().parse().ok(),
+        None => f64::try_from(value.clone()).ok(),
     }
-    let fixed = format!("{amount:.decimals$}");
-    match fixed.split_once('.') {
-        Some((int, frac)) => (int.to_string(), frac.to_string()),
-        None => (fixed, String::new()),
+}
+
+/// The text's locale, as the render put it in the context.
+fn locale_of(state: &State) -> TextLocale {
+    state
+        .lookup("locale")
+        .and_then(|v| v.downcast_object_ref::<LocaleValue>().map(|l| l.0.clone()))
+        .unwrap_or_else(TextLocale::default_locale)
+}
+
+/// The locale in a template's context: prints as its tag (`fr-BE`).
+#[derive(Debug)]
+struct LocaleValue(TextLocale);
+
+impl Object for LocaleValue {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result
+    where
+        Self: Sized + 'static,
+    {
+        f.write_str(&self.0.tag)
     }
 }
 

@@ -280,10 +280,11 @@ fn apply(
                 Val::F64(f) => *f,
             };
             let currency = arg.as_ref().map(text);
-            Some(super::money_text(
-                amount,
-                currency.as_deref().unwrap_or("USD"),
-            ))
+            Some(
+                scope
+                    .locale
+                    .money(amount, currency.as_deref().unwrap_or("USD")),
+            )
         }
         Filter::LocalTime => {
             let ms = match &value {

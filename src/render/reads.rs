@@ -35,6 +35,11 @@ impl Reads {
         reads
     }
 
+    /// The top-level fields read below the root (none when it is read whole).
+    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
+        self.0.keys().filter(|k| k.as_str() != WHOLE).cloned()
+    }
+
     /// Whether everything is read (the root itself was read whole).
     pub fn keeps_everything(&self) -> bool {
         self.0.contains_key(WHOLE)

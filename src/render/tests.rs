@@ -15,11 +15,16 @@ fn render(src: &str, event: serde_json::Value, profile: Option<&Profile>) -> Res
         category: "transactional",
         description: "",
     };
+    let locale = profile
+        .and_then(|p| p.locale.as_deref())
+        .and_then(TextLocale::parse)
+        .unwrap_or_else(TextLocale::default_locale);
     let scope = Scope {
         event: Arc::new(event.as_object().unwrap().clone()),
         profile: profile.map(|p| Arc::new(p.clone()) as Arc<dyn JsonFields>),
         rule: scope,
         pattern: None,
+        locale: &locale,
     };
     t.render("r/body", &scope)
 }
@@ -39,7 +44,7 @@ fn money_and_masks() {
         None,
     )
     .unwrap();
-    assert_eq!(out, "¥1,200 12.00 CHF");
+    assert_eq!(out, "¥1,200 CHF\u{a0}12.00");
 }
 
 #[test]
@@ -390,7 +395,10 @@ fn the_planned_path_renders_what_minijinja_renders() {
         let event = random_event(&mut rng);
         let profile = random_profile(&mut rng);
         let pattern = random_pattern(&mut rng);
+        let tags = ["en", "fr-FR", "ja-JP", "de-CH"];
+        let locale = TextLocale::parse(tags[rng.random_range(0..tags.len())]).unwrap();
         let scope = Scope {
+            locale: &locale,
             event: Arc::new(event.as_object().unwrap().clone()),
             profile,
             rule: RuleScope {
@@ -429,7 +437,9 @@ fn the_planned_path_renders_what_minijinja_renders() {
     // A well-formed card transaction renders every planned sample on its plan.
     let event = serde_json::json!({"amount": 592.84, "currency": "USD", "merchant": "Shell",
         "card_last4": "0331", "ts": 1795514400000i64, "country": "US", "balance_after": 82.5});
+    let en = TextLocale::default_locale();
     let scope = Scope {
+        locale: &en,
         event: Arc::new(event.as_object().unwrap().clone()),
         profile: random_profile(&mut StdRng::seed_from_u64(3)),
         rule: RuleScope {
@@ -465,50 +475,55 @@ fn the_planned_path_renders_what_minijinja_renders() {
     }
 }
 
-/// Amounts rounded as `format!("{:.2}")` rounds them: random amounts, amounts
-/// on and next to half-way points, and large ones, each in every currency shape.
+/// Money in the default locale (`en`) when the recipient has none: the
+/// currency's own decimals, negative amounts, unknown codes.
 #[test]
-fn money_rounds_as_format_does() {
-    let by_format = |amount: f64, decimals: usize| {
-        let text = format!("{amount:.decimals$}");
-        match text.split_once('.') {
-            Some((int, frac)) => (int.to_string(), frac.to_string()),
-            None => (text, String::new()),
-        }
+fn money_in_the_default_locale() {
+    let en = TextLocale::default_locale();
+    assert_eq!(en.money(-1234.5, "usd"), "-$1,234.50");
+    assert_eq!(en.money(1200.4, "JPY"), "¥1,200");
+    assert_eq!(en.money(12.0, "chf"), "CHF\u{a0}12.00");
+    assert_eq!(
+        en.money(0.125, "EUR"),
+        "€0.13",
+        "half away from zero, as ICU4X rounds money"
+    );
+    assert_eq!(en.money(1e12, "USD"), "$1,000,000,000,000.00");
+}
+
+#[test]
+fn money_numbers_and_plurals_follow_the_recipients_locale() {
+    let french = Profile {
+        locale: Some("fr-FR".into()),
+        ..Profile::default()
     };
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut amounts: Vec<f64> = (0..20_000)
-        .map(|i| match i % 4 {
-            0 => rng.random_range(0.0..100.0),
-            1 => f64::from(rng.random_range(0..1_000_000u32)) / 100.0,
-            2 => (f64::from(rng.random_range(0..100_000u32)) + 0.5) / 100.0,
-            _ => rng.random_range(0.0..1e12),
-        })
+    let out = render(
+        "{{ event.amount | money(event.currency) }}, {{ event.n | plural(one=\"# refus\", other=\"# refus\") }}, {{ 1234.5 | number(1) }} ({{ locale }})",
+        serde_json::json!({"amount": 1130.93, "currency": "EUR", "n": 0}),
+        Some(&french),
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        "1\u{202f}130,93\u{a0}€, 0 refus, 1\u{202f}234,5 (fr-FR)"
+    );
+    let polish = Profile {
+        locale: Some("pl".into()),
+        ..Profile::default()
+    };
+    let forms = "{{ event.n | plural(one=\"# karta\", few=\"# karty\", many=\"# kart\", other=\"# karty\") }}";
+    let said: Vec<String> = [1, 3, 5, 22]
+        .iter()
+        .map(|n| render(forms, serde_json::json!({"n": n}), Some(&polish)).unwrap())
         .collect();
-    amounts.extend([
-        0.0,
-        0.005,
-        0.015,
-        0.125,
-        1.005,
-        2.675,
-        0.5,
-        1.5,
-        2.5,
-        9_999_999.995,
-        1e9,
-        1e15,
-    ]);
-    for amount in amounts {
-        for decimals in [0, 2] {
-            assert_eq!(
-                super::fixed_digits(amount, decimals),
-                by_format(amount, decimals),
-                "{amount} to {decimals} places"
-            );
-        }
-    }
-    assert_eq!(super::money_text(-1234.5, "usd"), "-$1,234.50");
-    assert_eq!(super::money_text(1200.4, "JPY"), "¥1,200");
-    assert_eq!(super::money_text(12.0, "chf"), "12.00 CHF");
+    assert_eq!(said, ["1 karta", "3 karty", "5 kart", "22 karty"]);
+    let err = render("{{ 2 | plural(one=\"x\") }}", serde_json::json!({}), None).unwrap_err();
+    assert!(err.to_string().contains("other"), "{err}");
+    let err = render(
+        "{{ 2 | plural(other=\"x\", fwe=\"y\") }}",
+        serde_json::json!({}),
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("fwe"), "{err}");
 }

@@ -9,6 +9,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::error::RuleError;
 use super::model::{Priority, RuleSpec, Scalar};
+use super::texts::{inner_position, TemplateNames};
 use crate::expr::condition::{Condition, Conditions};
 use crate::render::Templates;
 
@@ -47,6 +48,8 @@ pub struct Rule {
     pub has_text: bool,
     /// The templates' names (`<id>/title`, `<id>/body`, `<id>/text`), made once.
     pub template_names: TemplateNames,
+    /// The rule's texts per locale, and how a recipient's are picked.
+    pub texts: super::texts::Texts,
     /// SHA-256 prefix of the rule's definition, to tell versions apart.
     pub version: Arc<str>,
     /// Not errors, but worth the analyst's eye (`herald rules check` prints them).
@@ -54,23 +57,6 @@ pub struct Rule {
     /// What the rule's templates read of the event and the pattern: all a
     /// held message keeps of them at rest.
     pub reads: TemplateReads,
-}
-
-/// A rule's template names, by part, whether or not the rule has that part.
-pub struct TemplateNames {
-    pub title: String,
-    pub body: String,
-    pub text: String,
-}
-
-impl TemplateNames {
-    fn of(id: &str) -> TemplateNames {
-        TemplateNames {
-            title: format!("{id}/title"),
-            body: format!("{id}/body"),
-            text: format!("{id}/text"),
-        }
-    }
 }
 
 /// The event fields and pattern context a rule's templates read.
@@ -300,23 +286,38 @@ pub fn compile_rule(
             }
         }
     };
-    let warnings = push_size_warnings(file, &id, t);
+    let mut warnings = push_size_warnings(file, &id, t);
     let has_title = add("title", &t.title);
     let has_body = add("body", &t.body);
     let has_text = add("text", &t.text);
     if errors.len() > before {
         return None;
     }
-    let names: Vec<String> = [("title", has_title), ("body", has_body), ("text", has_text)]
+    let template_names = TemplateNames::of(&id);
+    let source = super::texts::Source {
+        file,
+        text,
+        id: &id,
+        has: [has_title, has_body, has_text],
+    };
+    let texts = super::texts::compile(
+        &source,
+        t,
+        &template_names,
+        templates,
+        errors,
+        &mut warnings,
+    )?;
+    let mut names: Vec<String> = [("title", has_title), ("body", has_body), ("text", has_text)]
         .into_iter()
         .filter(|(_, has)| *has)
         .map(|(part, _)| format!("{id}/{part}"))
         .collect();
+    names.extend(texts.names(&template_names));
     let reads = TemplateReads {
         event: crate::render::Reads::of(templates, &names, "event"),
         pattern: crate::render::Reads::of(templates, &names, "pattern"),
     };
-    let template_names = TemplateNames::of(&id);
     Some(Rule {
         id: id.into(),
         description: spec.description,
@@ -341,6 +342,7 @@ pub fn compile_rule(
         has_body,
         has_text,
         template_names,
+        texts,
         version: version.into(),
         warnings,
         reads,
@@ -404,25 +406,4 @@ fn list_names(names: &BTreeSet<String>) -> String {
         .map(String::as_str)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Maps a 1-based position inside a scalar's text to the file. Exact for plain
-/// and quoted one-line scalars and for literal blocks (`|`), whose lines keep
-/// their indentation; for folded text the line is exact, the column approximate.
-fn inner_position(
-    text: &str,
-    scalar: &Spanned<String>,
-    line: usize,
-    column: usize,
-) -> (usize, usize) {
-    let start_line = scalar.referenced.line() as usize;
-    let start_col = scalar.referenced.column() as usize;
-    let first = scalar
-        .referenced
-        .span()
-        .byte_offset()
-        .and_then(|o| text.as_bytes().get(o as usize).copied());
-    let quoted = matches!(first, Some(b'"' | b'\'')) && line == 1;
-    let shift = usize::from(quoted);
-    (start_line + line - 1, start_col + column - 1 + shift)
 }

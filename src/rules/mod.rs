@@ -3,8 +3,8 @@
 //! [`model`] is the file format, [`parse`] reads one file rule by rule,
 //! [`load`] reads a directory, [`compile`] checks and compiles one rule
 //! (conditions through `crate::expr`, templates through `crate::render`,
-//! patterns through `crate::patterns`), [`set`] is the index and matcher, and
-//! [`live`] swaps sets on reload.
+//! patterns through `crate::patterns`), [`texts`] the texts per locale,
+//! [`set`] is the index and matcher, and [`live`] swaps sets on reload.
 
 pub mod compile;
 pub mod error;
@@ -13,6 +13,7 @@ pub mod load;
 pub mod model;
 pub mod parse;
 pub mod set;
+pub mod texts;
 
 pub use compile::{Known, Rule};
 pub use error::{RuleError, RuleErrors};

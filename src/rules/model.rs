@@ -128,6 +128,26 @@ pub struct TemplateSpec {
     /// SMS text (and console/webhook text); defaults to the body.
     #[serde(default)]
     pub text: Option<Spanned<String>>,
+    /// The locale of the texts above (BCP 47, `en` when not given).
+    #[serde(default)]
+    pub locale: Option<Spanned<String>>,
+    /// The same texts in other locales (`fr`, `fr-BE`, `ja`), each part
+    /// optional: a part a locale lacks comes from the next locale of the
+    /// recipient's fallback chain, then from the texts above.
+    #[serde(default)]
+    pub locales: std::collections::BTreeMap<String, LocaleTextsSpec>,
+}
+
+/// One locale's texts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocaleTextsSpec {
+    #[serde(default)]
+    pub title: Option<Spanned<String>>,
+    #[serde(default)]
+    pub body: Option<Spanned<String>>,
+    #[serde(default)]
+    pub text: Option<Spanned<String>>,
 }
 
 fn yes() -> bool {

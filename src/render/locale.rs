@@ -1,0 +1,206 @@
+//! The recipient's locale in templates: money, numbers and plural forms formatted by ICU4X from CLDR's data (compiled in), and the fallback chain from a recipient's locale to the texts a rule has.
+//!
+//! Chosen by measurement (BENCHMARKS.md, "Localisation library"): ICU4X is
+//! the Unicode Consortium's own implementation of CLDR, used by Firefox and
+//! Chrome; Fluent (fluent-bundle) formats messages and plurals but not
+//! money or grouping for a locale. Formatters are built once per thread and
+//! (locale, currency), a few microseconds, then format in ~0.2 µs.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use icu::locale::fallback::{LocaleFallbackConfig, LocaleFallbacker};
+use icu::locale::Locale;
+use icu::plurals::{PluralCategory, PluralRules};
+use icu_experimental::dimension::currency::formatter::CurrencyFormatter;
+use icu_experimental::dimension::currency::CurrencyType;
+
+/// The locale texts are in when neither the rule nor the config says.
+pub const DEFAULT: &str = "en";
+
+/// A recipient's locale, parsed once per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextLocale {
+    /// As BCP 47 writes it (`fr-BE`).
+    pub tag: String,
+    icu: Locale,
+}
+
+impl TextLocale {
+    /// `tag` parsed (`fr_BE` and `fr-be` are read as `fr-BE`), or `None`
+    /// when it is no locale.
+    pub fn parse(tag: &str) -> Option<TextLocale> {
+        let icu = Locale::try_from_str(&tag.replace('_', "-")).ok()?;
+        (!icu.id.language.is_unknown()).then(|| TextLocale {
+            tag: icu.to_string(),
+            icu,
+        })
+    }
+
+    /// The default locale, `en`.
+    pub fn default_locale() -> TextLocale {
+        TextLocale::parse(DEFAULT).expect("`en` is a locale")
+    }
+
+    /// The locales to look for texts in, most specific first, ending with
+    /// the language alone (CLDR's fallback: `fr-BE` → `fr`; `zh-TW` →
+    /// `zh-Hant`, not `zh`, which is Simplified); the rule's default locale
+    /// comes after.
+    pub fn chain(&self) -> Vec<String> {
+        let fallbacker = LocaleFallbacker::new().for_config(LocaleFallbackConfig::default());
+        let mut it = fallbacker.fallback_for((&self.icu).into());
+        let mut out = vec![self.tag.clone()];
+        loop {
+            let here = it.get();
+            if here.is_unknown() {
+                break;
+            }
+            let tag = here.to_string();
+            if !out.contains(&tag) {
+                out.push(tag);
+            }
+            it.step();
+        }
+        out
+    }
+
+    /// `amount` in `currency` (ISO 4217) as this locale writes money:
+    /// `1 130,93 €` (fr), `￥1,131` (ja), `CHF 1'130.93` (de-CH), with the
+    /// currency's own decimals. An unknown currency code is written after
+    /// the number.
+    pub fn money(&self, amount: f64, currency: &str) -> String {
+        let code = currency.trim().to_ascii_lowercase();
+        let formatted = CURRENCY.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let key = (self.tag.clone(), code.clone());
+            if !cache.contains_key(&key) {
+                let built = CurrencyType::try_from_str(&code).ok().and_then(|c| {
+                    CurrencyFormatter::try_new_symbol((&self.icu).into(), c, Default::default())
+                        .ok()
+                });
+                cache.insert(key.clone(), built);
+            }
+            let formatter = cache.get(&key)?.as_ref()?;
+            let value = decimal(amount)?;
+            let text = formatter.format_fixed_decimal(&value).to_string();
+            Some(text)
+        });
+        formatted.unwrap_or_else(|| {
+            format!(
+                "{} {}",
+                self.number(amount, Some(2)),
+                currency.trim().to_ascii_uppercase()
+            )
+        })
+    }
+
+    /// `value` as this locale writes numbers (`1 130,5` in fr, `1,130.5`
+    /// in en), rounded to `decimals` places when given.
+    pub fn number(&self, value: f64, decimals: Option<u8>) -> String {
+        let Some(mut d) = decimal(value) else {
+            return value.to_string();
+        };
+        if let Some(places) = decimals {
+            d.round(-i16::from(places));
+            d.pad_end(-i16::from(places));
+        }
+        DECIMAL.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let formatter = cache.entry(self.tag.clone()).or_insert_with(|| {
+                icu::decimal::DecimalFormatter::try_new((&self.icu).into(), Default::default()).ok()
+            });
+            match formatter {
+                Some(f) => f.format(&d).to_string(),
+                None => d.to_string(),
+            }
+        })
+    }
+
+    /// The CLDR plural category of `n` here: `zero`, `one`, `two`, `few`,
+    /// `many` or `other`.
+    pub fn plural(&self, n: f64) -> &'static str {
+        let Some(d) = decimal(n) else {
+            return "other";
+        };
+        PLURALS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let rules = cache
+                .entry(self.tag.clone())
+                .or_insert_with(|| PluralRules::try_new_cardinal((&self.icu).into()).ok());
+            match rules.as_ref().map(|r| r.category_for(&d)) {
+                Some(PluralCategory::Zero) => "zero",
+                Some(PluralCategory::One) => "one",
+                Some(PluralCategory::Two) => "two",
+                Some(PluralCategory::Few) => "few",
+                Some(PluralCategory::Many) => "many",
+                _ => "other",
+            }
+        })
+    }
+}
+
+/// `value` as a decimal, exactly as Rust prints it (shortest round trip).
+fn decimal(value: f64) -> Option<icu::decimal::input::Decimal> {
+    if !value.is_finite() {
+        return None;
+    }
+    icu::decimal::input::Decimal::from_str(&format!("{value}")).ok()
+}
+
+type Formatters<K, V> = RefCell<HashMap<K, Option<V>>>;
+
+thread_local! {
+    static CURRENCY: Formatters<(String, String), CurrencyFormatter<icu::decimal::DecimalFormatter>> = RefCell::default();
+    static DECIMAL: Formatters<String, icu::decimal::DecimalFormatter> = RefCell::default();
+    static PLURALS: Formatters<String, PluralRules> = RefCell::default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(tag: &str) -> TextLocale {
+        TextLocale::parse(tag).unwrap()
+    }
+
+    #[test]
+    fn money_is_written_as_cldr_writes_it_for_the_locale() {
+        // CLDR's own forms, separators included: U+202F (narrow no-break
+        // space) groups French thousands, U+00A0 comes before the symbol.
+        assert_eq!(at("fr-FR").money(1130.93, "EUR"), "1\u{202f}130,93\u{a0}€");
+        assert_eq!(at("de-DE").money(1130.93, "EUR"), "1.130,93\u{a0}€");
+        assert_eq!(at("ja-JP").money(1130.93, "JPY"), "￥1,131");
+        assert_eq!(at("de-CH").money(1130.93, "CHF"), "CHF\u{a0}1'130.93");
+        assert_eq!(at("en-US").money(1234.5, "usd"), "$1,234.50");
+        assert_eq!(at("en").money(-8.0, "EUR"), "-€8.00");
+        assert_eq!(at("en").money(12.0, "XYZ"), "XYZ\u{a0}12.00");
+        assert_eq!(at("en").money(12.0, "not a code"), "12.00 NOT A CODE");
+    }
+
+    #[test]
+    fn numbers_and_plural_categories_follow_the_locale() {
+        assert_eq!(at("fr").number(1130.5, None), "1\u{202f}130,5");
+        assert_eq!(at("en").number(1130.5, Some(2)), "1,130.50");
+        assert_eq!(at("en").plural(1.0), "one");
+        assert_eq!(at("en").plural(0.0), "other");
+        assert_eq!(at("fr").plural(0.0), "one", "French says 0 in the singular");
+        assert_eq!(at("ja").plural(1.0), "other", "Japanese has one form");
+        let polish: Vec<&str> = [1.0, 2.0, 5.0, 22.0]
+            .iter()
+            .map(|n| at("pl").plural(*n))
+            .collect();
+        assert_eq!(polish, ["one", "few", "many", "few"]);
+        assert_eq!(at("ar").plural(2.0), "two");
+    }
+
+    #[test]
+    fn the_fallback_chain_goes_from_region_to_language() {
+        assert_eq!(at("fr-BE").chain(), ["fr-BE", "fr"]);
+        assert_eq!(at("fr_be").chain(), ["fr-BE", "fr"]);
+        assert_eq!(at("ja").chain(), ["ja"]);
+        assert_eq!(at("zh-TW").chain(), ["zh-TW", "zh-Hant"]);
+        assert!(TextLocale::parse("not a locale!").is_none());
+        assert!(TextLocale::parse("und").is_none());
+    }
+}
