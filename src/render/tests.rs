@@ -173,9 +173,21 @@ fn sample_templates() -> Vec<(String, String)> {
             let Some(parts) = rule["template"].as_object() else {
                 continue;
             };
+            let id = rule["id"].as_str().unwrap();
             for (part, source) in parts {
-                let id = rule["id"].as_str().unwrap();
-                out.push((format!("{id}/{part}"), source.as_str().unwrap().to_string()));
+                match source.as_str() {
+                    Some(text) => out.push((format!("{id}/{part}"), text.to_string())),
+                    // `locales`: each locale's parts.
+                    None if part == "locales" => {
+                        for (tag, texts) in source.as_object().unwrap() {
+                            for (part, text) in texts.as_object().unwrap() {
+                                let text = text.as_str().unwrap().to_string();
+                                out.push((format!("{id}/{part}@{tag}"), text));
+                            }
+                        }
+                    }
+                    None => {}
+                }
             }
         }
     }

@@ -299,6 +299,7 @@ pub fn compile_rule(
         text,
         id: &id,
         has: [has_title, has_body, has_text],
+        max_sms_segments: spec.max_sms_segments,
     };
     let texts = super::texts::compile(
         &source,

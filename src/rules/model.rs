@@ -90,6 +90,10 @@ pub struct RuleSpec {
     /// How long the provider may hold an undelivered push, in seconds.
     #[serde(default)]
     pub ttl_seconds: Option<u32>,
+    /// The SMS segments a message may take: `rules check` warns about a
+    /// text (in any locale) that takes more before any value is filled in.
+    #[serde(default)]
+    pub max_sms_segments: Option<u32>,
     /// Context over time: a window, run, sequence, absence, crossing or
     /// geofence that must complete before the rule sends (see `patterns::spec`).
     #[serde(default)]

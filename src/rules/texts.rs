@@ -120,6 +120,63 @@ pub(super) struct Source<'a> {
     pub id: &'a str,
     /// Which default parts the rule has (title, body, text).
     pub has: [bool; 3],
+    /// The rule's `max_sms_segments`.
+    pub max_sms_segments: Option<u32>,
+}
+
+/// The part an SMS is made of: the `text`, else the body.
+fn sms_part(parts: [&Option<Spanned<String>>; 3]) -> Option<&Spanned<String>> {
+    parts[2].as_ref().or(parts[1].as_ref())
+}
+
+/// The SMS size of a template's own text, before any value is filled in:
+/// what a message will take at least.
+fn sms_floor(source: &str) -> crate::outcome::sms::SmsSize {
+    let mut literal = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find(['{']) {
+        let (before, from) = rest.split_at(start);
+        literal.push_str(before);
+        let close = match from.get(1..2) {
+            Some("{") => "}}",
+            Some("%") => "%}",
+            Some("#") => "#}",
+            _ => {
+                literal.push('{');
+                rest = &from[1..];
+                continue;
+            }
+        };
+        match from.find(close) {
+            Some(end) => rest = &from[end + 2..],
+            None => rest = "",
+        }
+    }
+    literal.push_str(rest);
+    crate::outcome::sms::measure(&crate::outcome::sms::plain_spaces(literal))
+}
+
+/// A warning when an SMS template (`part`, in `locale`) takes more than
+/// `max` segments before any value is filled in.
+fn segments_warning(
+    src: &Source<'_>,
+    at: &Spanned<String>,
+    what: &str,
+    max: u32,
+) -> Option<String> {
+    let floor = sms_floor(&at.value);
+    (floor.segments > max).then(|| {
+        format!(
+            "{}:{}:{}: rule \"{}\": {what} takes at least {} SMS segments ({}, {} units before any value is filled in), over the rule's max_sms_segments {max}",
+            src.file.display(),
+            at.referenced.line(),
+            at.referenced.column(),
+            src.id,
+            floor.segments,
+            floor.encoding.as_str(),
+            floor.units,
+        )
+    })
 }
 
 /// Compiles `t.locales` into `templates` and checks them: a locale's part
@@ -170,6 +227,9 @@ pub(super) fn compile(
         .map(|(n, _)| n.clone())
         .collect();
     let known: BTreeSet<String> = Reads::of(templates, &defaults, "event").names().collect();
+    if let (Some(max), Some(at)) = (src.max_sms_segments, sms_part([&t.title, &t.body, &t.text])) {
+        warnings.extend(segments_warning(src, at, "template (SMS text)", max));
+    }
     let mut locales = Vec::new();
     for (tag, texts) in &t.locales {
         let first = [&texts.title, &texts.body, &texts.text]
@@ -186,6 +246,10 @@ pub(super) fn compile(
             continue;
         };
         let parts = [&texts.title, &texts.body, &texts.text];
+        if let (Some(max), Some(at)) = (src.max_sms_segments, sms_part(parts)) {
+            let what = format!("template.locales.{tag} (SMS text)");
+            warnings.extend(segments_warning(src, at, &what, max));
+        }
         let mut has = [false; 3];
         for (i, source) in parts.into_iter().enumerate() {
             let part = PARTS[i];
@@ -279,6 +343,7 @@ pub(super) fn inner_position(
 
 #[cfg(test)]
 mod tests {
+    use super::sms_floor;
     use crate::rules::{load::load_texts, Known, RuleSet};
 
     fn refused(yaml: &str) -> String {
@@ -353,6 +418,49 @@ rules:
                 .any(|w| w.contains("locales.ja has no title")),
             "{:?}",
             rule.warnings
+        );
+    }
+
+    #[test]
+    fn an_sms_text_past_the_rules_segments_is_warned_about_per_locale() {
+        let yaml = r#"
+rules:
+  - id: fraud
+    sources: [transactions]
+    channels: [sms]
+    category: fraud
+    max_sms_segments: 1
+    template:
+      text: "Card {{ event.card_last4 }} was used at {{ event.merchant }}. Not you? Reply NO."
+      locales:
+        fr:
+          text: "La carte {{ event.card_last4 }} a été utilisée chez {{ event.merchant }}. Ce n'est pas vous ? Répondez NON, ou appelez-nous : nous bloquerons la carte aussitôt."
+        ja:
+          text: "カード{{ event.card_last4 }}が{{ event.merchant }}で使われました。お心当たりがない場合は「NO」と返信してください。カードはすぐに停止されます。ご不明な点がございましたら、カード裏面の番号までお電話ください。"
+"#;
+        let set = load(yaml).unwrap();
+        let warnings = &set.rules[0].warnings;
+        // The English text fits; the French one would in GSM-7, but the ô
+        // of « aussitôt » makes it UCS-2; Japanese is UCS-2 by nature.
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains(
+                "template.locales.fr (SMS text) takes at least 2 SMS segments (UCS-2, 118 units"
+            ),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1]
+                .contains("template.locales.ja (SMS text) takes at least 2 SMS segments (UCS-2"),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            sms_floor("a {{ x }} b {% if y %}c{% endif %} {# no #}").units,
+            7
+        );
+        assert_eq!(
+            sms_floor("é {{ x }}").encoding,
+            crate::outcome::sms::SmsEncoding::Gsm7
         );
     }
 

@@ -25,7 +25,22 @@ const TIME_ZONES: &[&str] = &[
     "America/Chicago",
     "America/Los_Angeles",
     "Europe/Paris",
+    "America/New_York",
+    "Europe/Zurich",
+    "America/Chicago",
+    "Asia/Tokyo",
 ];
+
+/// A cardholder's home by time zone: locale, country, currency, and the
+/// currency's units per US dollar (amounts are generated in dollars).
+fn home(tz: &str) -> (&'static str, &'static str, &'static str, f64) {
+    match tz {
+        "Europe/Paris" => ("fr-FR", "FR", "EUR", 0.92),
+        "Europe/Zurich" => ("de-CH", "CH", "CHF", 0.88),
+        "Asia/Tokyo" => ("ja-JP", "JP", "JPY", 150.0),
+        _ => ("en-US", "US", "USD", 1.0),
+    }
+}
 /// Stores with a geofence-worthy location (lat, lon) in San Francisco.
 const STORES: &[(&str, f64, f64)] = &[
     ("store-42", 37.7849, -122.4075),
@@ -105,7 +120,7 @@ impl Generator {
                 "push_tokens": [{"token": format!("fcm:{}:{:016x}", user, self.rng.random::<u64>()), "platform": platform}],
                 "phone": format!("+1415555{:04}", 2000 + i % 8000),
                 "time_zone": tz,
-                "locale": if tz == "Europe/Paris" { "fr-FR" } else { "en-US" },
+                "locale": home(tz).0,
                 "consent": {"push": self.rng.random_bool(0.9), "sms": self.rng.random_bool(0.7)},
                 "preferences": {"marketing": self.rng.random_bool(0.3)},
                 "attributes": {"first_name": FIRST_NAMES[i % FIRST_NAMES.len()]},
@@ -149,11 +164,21 @@ impl Generator {
         let last4 = format!("{:04}", (i * 7919) % 10_000);
         let (merchant, category, typical) = MERCHANTS[self.rng.random_range(0..MERCHANTS.len())];
         let amount = (typical * self.rng.random_range(0.4..1.8) * 100.0).round() / 100.0;
+        let (_, home_country, currency, rate) = home(TIME_ZONES[i % TIME_ZONES.len()]);
         let abroad = self.rng.random_bool(0.05);
+        let elsewhere: Vec<&str> = ["US", "FR", "MX", "GB", "JP"]
+            .into_iter()
+            .filter(|c| *c != home_country)
+            .collect();
         let country = if abroad {
-            ["FR", "MX", "GB", "JP"][self.rng.random_range(0..4)]
+            elsewhere[self.rng.random_range(0..4)]
         } else {
-            "US"
+            home_country
+        };
+        // Amounts in the cardholder's currency (whole yen).
+        let local = |usd: f64| match currency {
+            "JPY" => (usd * rate).round(),
+            _ => (usd * rate * 100.0).round() / 100.0,
         };
         let declined = self.rng.random_bool(0.08);
         if !declined {
@@ -173,12 +198,12 @@ impl Generator {
                 "card_last4": last4,
                 "merchant": merchant,
                 "category": category,
-                "amount": amount,
-                "currency": "USD",
+                "amount": local(amount),
+                "currency": currency,
                 "country": country,
-                "home_country": "US",
+                "home_country": home_country,
                 "status": if declined { "declined" } else { "approved" },
-                "balance_after": (self.balances[i] * 100.0).round() / 100.0,
+                "balance_after": local(self.balances[i]),
             }),
         }
     }
