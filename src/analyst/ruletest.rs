@@ -45,6 +45,9 @@ pub struct TestCase {
     /// Profiles by user id, as on the profiles topic.
     #[serde(default)]
     pub profiles: BTreeMap<String, Value>,
+    /// The locale of every profile of the case that names none (`fr-BE`).
+    #[serde(default)]
+    pub locale: Option<String>,
     pub events: Vec<Spanned<Step>>,
     /// The decisions, in order; `[]`: nothing at all.
     pub expect: Vec<Spanned<Expected>>,
@@ -87,6 +90,9 @@ pub struct Expected {
     /// A regular expression the text (push body or SMS) must match.
     #[serde(default)]
     pub text_matches: Option<String>,
+    /// The locale of the texts sent (`fr` for a recipient in `fr-BE`).
+    #[serde(default)]
+    pub locale: Option<String>,
 }
 
 /// The result of one case.
@@ -161,7 +167,13 @@ pub async fn run_file(
             }
         }
         for (user, profile) in &case.profiles {
-            offline.profile(user, profile);
+            let mut profile = profile.clone();
+            if let (Some(locale), Some(fields)) = (&case.locale, profile.as_object_mut()) {
+                fields
+                    .entry("locale")
+                    .or_insert_with(|| locale.as_str().into());
+            }
+            offline.profile(user, &profile);
         }
         let mut seen = Vec::new();
         for step in &case.events {
@@ -256,6 +268,8 @@ fn compare(expected: &[Spanned<Expected>], seen: &[Seen]) -> Option<String> {
         check("user", &e.value.user, got("user"));
         check("title", &e.value.title, s.title.clone().unwrap_or_default());
         check("text", &e.value.text, s.text.clone().unwrap_or_default());
+        let used = s.outcome["locale"]["used"].as_str().unwrap_or("");
+        check("locale", &e.value.locale, used.to_string());
         for (name, pattern, have) in [
             (
                 "title",
