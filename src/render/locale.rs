@@ -38,6 +38,11 @@ impl TextLocale {
         })
     }
 
+    /// Its language subtag (`fr` for `fr-BE`).
+    pub fn language(&self) -> &str {
+        self.icu.id.language.as_str()
+    }
+
     /// The default locale, `en`.
     pub fn default_locale() -> TextLocale {
         TextLocale::parse(DEFAULT).expect("`en` is a locale")
@@ -73,15 +78,19 @@ impl TextLocale {
         let code = currency.trim().to_ascii_lowercase();
         let formatted = CURRENCY.with(|cache| {
             let mut cache = cache.borrow_mut();
-            let key = (self.tag.clone(), code.clone());
-            if !cache.contains_key(&key) {
+            let of_locale = match cache.get_mut(&self.tag) {
+                Some(found) => found,
+                None => cache.entry(self.tag.clone()).or_default(),
+            }
+            .get_or_insert_with(HashMap::new);
+            if !of_locale.contains_key(&code) {
                 let built = CurrencyType::try_from_str(&code).ok().and_then(|c| {
                     CurrencyFormatter::try_new_symbol((&self.icu).into(), c, Default::default())
                         .ok()
                 });
-                cache.insert(key.clone(), built);
+                of_locale.insert(code.clone(), built);
             }
-            let formatter = cache.get(&key)?.as_ref()?;
+            let formatter = of_locale.get(&code)?.as_ref()?;
             let value = decimal(amount)?;
             let text = formatter.format_fixed_decimal(&value).to_string();
             Some(text)
@@ -149,9 +158,11 @@ fn decimal(value: f64) -> Option<icu::decimal::input::Decimal> {
 }
 
 type Formatters<K, V> = RefCell<HashMap<K, Option<V>>>;
+type Money = CurrencyFormatter<icu::decimal::DecimalFormatter>;
 
 thread_local! {
-    static CURRENCY: Formatters<(String, String), CurrencyFormatter<icu::decimal::DecimalFormatter>> = RefCell::default();
+    /// Per locale, per currency code.
+    static CURRENCY: Formatters<String, HashMap<String, Option<Money>>> = RefCell::default();
     static DECIMAL: Formatters<String, icu::decimal::DecimalFormatter> = RefCell::default();
     static PLURALS: Formatters<String, PluralRules> = RefCell::default();
 }

@@ -61,7 +61,10 @@ impl Texts {
     /// their fallback chain that has it, else the rule's own text.
     pub fn pick(&self, wanted: Option<&str>) -> Picked {
         let wanted = wanted.and_then(TextLocale::parse);
-        let chain = wanted.as_ref().map(TextLocale::chain).unwrap_or_default();
+        let chain = match (&wanted, self.locales.is_empty()) {
+            (Some(w), false) => w.chain(),
+            _ => Vec::new(),
+        };
         let parts: [Option<String>; 3] = std::array::from_fn(|i| {
             chain.iter().find_map(|tag| {
                 self.locales
@@ -72,11 +75,7 @@ impl Texts {
         });
         // The locale of the message's main part (the SMS text or the body).
         let main = parts[2].as_ref().or(parts[1].as_ref()).cloned();
-        let same_language = |w: &TextLocale| {
-            chain_of(&self.default)
-                .iter()
-                .any(|t| w.chain().contains(t))
-        };
+        let same_language = |w: &TextLocale| w.language() == self.default.language();
         let (used, fell_back, locale) = match (&wanted, main) {
             (Some(w), Some(tag)) => (tag, false, w.clone()),
             (Some(w), None) if same_language(w) => (self.default.tag.clone(), false, w.clone()),
@@ -107,10 +106,6 @@ impl Texts {
         }
         out
     }
-}
-
-fn chain_of(locale: &TextLocale) -> Vec<String> {
-    locale.chain()
 }
 
 /// What compiling a rule's locales needs of the rule.
