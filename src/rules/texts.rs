@@ -221,7 +221,10 @@ pub(super) fn compile(
         .filter(|(_, has)| *has)
         .map(|(n, _)| n.clone())
         .collect();
-    let known: BTreeSet<String> = Reads::of(templates, &defaults, "event").names().collect();
+    let default_reads = Reads::of(templates, &defaults, "event");
+    // Default texts that read the event whole (`{% for k in event %}`) know every field.
+    let every_field = default_reads.keeps_everything();
+    let known: BTreeSet<String> = default_reads.names().collect();
     if let (Some(max), Some(at)) = (src.max_sms_segments, sms_part([&t.title, &t.body, &t.text])) {
         warnings.extend(segments_warning(src, at, "template (SMS text)", max));
     }
@@ -268,7 +271,7 @@ pub(super) fn compile(
                     let unknown: Vec<String> =
                         Reads::of(templates, std::slice::from_ref(&name), "event")
                             .names()
-                            .filter(|f| !known.contains(f))
+                            .filter(|f| !every_field && !known.contains(f))
                             .collect();
                     if unknown.is_empty() {
                         has[i] = true;
