@@ -186,6 +186,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         source_names,
         Arc::clone(&metrics),
         config.rules.allow_empty,
+        config.rules.default_locale.clone(),
     )?;
     let with_changelog = check_topics(&mut config).await?;
 

@@ -97,6 +97,7 @@ impl Offline {
             Arc::clone(&metrics),
             // The analyst tools report what the rules do; none is an answer.
             true,
+            config.rules.default_locale.clone(),
         )?;
         Ok(Offline::with_rules(config, rules, metrics, profiles))
     }

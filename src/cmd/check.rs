@@ -38,6 +38,7 @@ pub fn check(args: &CheckArgs) -> Outcome {
         sources,
         Arc::clone(&metrics),
         config.rules.allow_empty,
+        config.rules.default_locale.clone(),
     ) {
         Ok(rules) => println!(
             "ok    rules: {} loaded from {}",

@@ -30,9 +30,11 @@ pub fn check(args: &CheckArgs) -> Outcome {
         .as_ref()
         .map(|c| c.channels.keys().cloned().collect());
     let sources = config.as_ref().map(|c| c.sources.keys().cloned().collect());
+    let default_locale = config.as_ref().and_then(|c| c.rules.default_locale.clone());
     let known = Known {
         channels: channels.as_ref(),
         sources: sources.as_ref(),
+        default_locale: default_locale.as_deref(),
     };
     match load_dir(dir, &known) {
         Ok(set) => {

@@ -221,6 +221,9 @@ pub struct RulesConfig {
     /// (it would consume every event and send nothing).
     #[serde(default)]
     pub allow_empty: bool,
+    /// The locale of rule texts whose `template.locale` names none (`en`).
+    #[serde(default)]
+    pub default_locale: Option<String>,
 }
 
 /// Admin HTTP server.
@@ -372,6 +375,7 @@ impl Default for RulesConfig {
             watch: true,
             debounce_ms: defaults::reload_debounce_ms(),
             allow_empty: false,
+            default_locale: None,
         }
     }
 }
@@ -514,6 +518,13 @@ impl Config {
                 None => problems.push(format!(
                     "feedback.help_channel `{help}` is not a configured channel"
                 )),
+            }
+        }
+        if let Some(tag) = &self.rules.default_locale {
+            if icu::locale::Locale::try_from_str(&tag.replace('_', "-")).is_err() {
+                problems.push(format!(
+                    "rules.default_locale `{tag}` is not a BCP 47 locale, e.g. `en`, `fr-BE`"
+                ));
             }
         }
         if self.limits.lanes == 0 || self.limits.lane_queue == 0 || self.limits.sends_per_user == 0

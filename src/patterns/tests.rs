@@ -21,6 +21,7 @@ fn rules_in(dir: &std::path::Path, yaml: &str) -> RuleSet {
     let known = Known {
         channels: None,
         sources: None,
+        default_locale: None,
     };
     load_texts(&[(path, yaml.to_string())], &known).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -498,6 +499,7 @@ fn mistakes_in_patterns_point_at_the_rule() {
         let known = Known {
             channels: None,
             sources: None,
+            default_locale: None,
         };
         load_texts(&[(path, yaml.to_string())], &known)
             .err()

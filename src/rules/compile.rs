@@ -72,6 +72,9 @@ pub struct Known<'a> {
     pub channels: Option<&'a BTreeSet<String>>,
     /// Source topics from the config; `None` when checking without a config.
     pub sources: Option<&'a BTreeSet<String>>,
+    /// The config's `rules.default_locale`: the locale of texts whose rule
+    /// names none (`None`: `en`).
+    pub default_locale: Option<&'a str>,
 }
 
 /// What compiling a rule set shares between its rules.
@@ -300,6 +303,7 @@ pub fn compile_rule(
         id: &id,
         has: [has_title, has_body, has_text],
         max_sms_segments: spec.max_sms_segments,
+        default_locale: known.default_locale,
     };
     let texts = super::texts::compile(
         &source,

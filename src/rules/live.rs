@@ -60,6 +60,8 @@ pub struct LiveRules {
     metrics: Arc<Metrics>,
     /// Whether a set with no rule may run (`rules.allow_empty`).
     allow_empty: bool,
+    /// `rules.default_locale`.
+    default_locale: Option<String>,
 }
 
 /// The error of a load that found no rule where one is required: the
@@ -87,10 +89,12 @@ impl LiveRules {
         sources: BTreeSet<String>,
         metrics: Arc<Metrics>,
         allow_empty: bool,
+        default_locale: Option<String>,
     ) -> Result<Arc<LiveRules>, RuleErrors> {
         let known = Known {
             channels: Some(&channels),
             sources: Some(&sources),
+            default_locale: default_locale.as_deref(),
         };
         let set = load_dir(&dir, &known)?;
         if set.rules.is_empty() && !allow_empty {
@@ -106,6 +110,7 @@ impl LiveRules {
             sources,
             metrics,
             allow_empty,
+            default_locale,
         }))
     }
 
@@ -129,6 +134,7 @@ impl LiveRules {
         let known = Known {
             channels: Some(&self.channels),
             sources: Some(&self.sources),
+            default_locale: self.default_locale.as_deref(),
         };
         let loaded = load_dir(&self.dir, &known).and_then(|set| {
             let removes_all = set.rules.is_empty() && !self.current.load().set.rules.is_empty();

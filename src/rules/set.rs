@@ -220,6 +220,7 @@ rules:
         let known = Known {
             channels: None,
             sources: None,
+            default_locale: None,
         };
         load_texts(&[(PathBuf::from("rules/a.yaml"), FILE.to_string())], &known).unwrap()
     }

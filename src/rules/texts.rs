@@ -117,6 +117,8 @@ pub(super) struct Source<'a> {
     pub has: [bool; 3],
     /// The rule's `max_sms_segments`.
     pub max_sms_segments: Option<u32>,
+    /// The config's `rules.default_locale`, if set.
+    pub default_locale: Option<&'a str>,
 }
 
 /// The part an SMS is made of: the `text`, else the body.
@@ -200,7 +202,10 @@ pub(super) fn compile(
         }
     };
     let default = match &t.locale {
-        None => TextLocale::default_locale(),
+        None => match src.default_locale.and_then(TextLocale::parse) {
+            Some(configured) => configured,
+            None => TextLocale::default_locale(),
+        },
         Some(tag) => match TextLocale::parse(&tag.value) {
             Some(l) => l,
             None => {
@@ -357,6 +362,7 @@ mod tests {
         let known = Known {
             channels: None,
             sources: None,
+            default_locale: None,
         };
         load_texts(&[(path, yaml.to_string())], &known).map_err(|e| e.to_string())
     }
@@ -459,6 +465,26 @@ rules:
         assert_eq!(
             sms_floor("é {{ x }}").encoding,
             crate::outcome::sms::SmsEncoding::Gsm7
+        );
+    }
+
+    #[test]
+    fn the_configs_default_locale_names_texts_that_name_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.yaml");
+        let french_only = PURCHASE.replace("        fr:\n", "        en:\n");
+        let known = Known {
+            channels: None,
+            sources: None,
+            default_locale: Some("fr"),
+        };
+        let set = load_texts(&[(path, french_only)], &known).unwrap_or_else(|e| panic!("{e}"));
+        let texts = &set.rules[0].texts;
+        assert_eq!(texts.default.tag, "fr");
+        let be = texts.pick(Some("fr-BE"));
+        assert_eq!(
+            (be.used.as_str(), be.fell_back, be.locale.tag.as_str()),
+            ("fr", false, "fr-BE")
         );
     }
 
