@@ -54,6 +54,7 @@ fn rule_set(dir: &Path, yaml: &str) -> RuleSet {
     let known = Known {
         channels: None,
         sources: None,
+        default_locale: None,
     };
     load_texts(&[(path, yaml.to_string())], &known).unwrap()
 }

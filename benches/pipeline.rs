@@ -51,6 +51,7 @@ fn rules(n: usize) -> RuleSet {
     let known = Known {
         channels: None,
         sources: None,
+        default_locale: None,
     };
     load_texts(&[(PathBuf::from("bench.yaml"), text)], &known).unwrap()
 }
