@@ -150,9 +150,19 @@ impl TextLocale {
 }
 
 /// `value` as a decimal, exactly as Rust prints it (shortest round trip).
+/// An amount of whole cents (most money) is built from its integer, without
+/// printing and parsing it: `c / 100` is the shortest decimal of a float
+/// that `c as f64 / 100.0` gives back exactly.
 fn decimal(value: f64) -> Option<icu::decimal::input::Decimal> {
     if !value.is_finite() {
         return None;
+    }
+    let cents = (value * 100.0).round();
+    if cents.abs() < 1e15 && cents / 100.0 == value {
+        let mut d = icu::decimal::input::Decimal::from(cents as i64);
+        d.multiply_pow10(-2);
+        d.absolute.trim_end();
+        return Some(d);
     }
     icu::decimal::input::Decimal::from_str(&format!("{value}")).ok()
 }
@@ -187,6 +197,21 @@ mod tests {
         assert_eq!(at("en").money(-8.0, "EUR"), "-€8.00");
         assert_eq!(at("en").money(12.0, "XYZ"), "XYZ\u{a0}12.00");
         assert_eq!(at("en").money(12.0, "not a code"), "12.00 NOT A CODE");
+    }
+
+    #[test]
+    fn decimals_are_the_shortest_that_give_the_float_back() {
+        for (value, text) in [
+            (0.29, "0.29"),
+            (12.5, "12.5"),
+            (1130.93, "1130.93"),
+            (-8.0, "-8"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1e20, "100000000000000000000"),
+            (0.125, "0.125"),
+        ] {
+            assert_eq!(decimal(value).unwrap().to_string(), text, "{value}");
+        }
     }
 
     #[test]
