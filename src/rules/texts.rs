@@ -258,8 +258,10 @@ pub(super) fn compile(
             let part = PARTS[i];
             let Some(source) = source else {
                 if src.has[i] {
+                    let (line, column) =
+                        first.map_or((1, 1), |s| (s.referenced.line(), s.referenced.column()));
                     warnings.push(format!(
-                        "{}: rule \"{}\": template.locales.{tag} has no {part}; recipients in {tag} get the next locale's (last, {}'s)",
+                        "{}:{line}:{column}: rule \"{}\": template.locales.{tag} has no {part}; recipients in {tag} get the next locale's (last, {}'s)",
                         src.file.display(), src.id, default.tag
                     ));
                 }
