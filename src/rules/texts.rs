@@ -41,7 +41,7 @@ pub struct Picked {
 impl Picked {
     /// The template name of `part` (`title`, `body`, `text`) for this
     /// recipient.
-    pub fn name(&self, names: &TemplateNames, part: &str) -> String {
+    pub fn name<'a>(&self, names: &'a TemplateNames, part: &str) -> std::borrow::Cow<'a, str> {
         let i = PARTS.iter().position(|p| *p == part).unwrap_or(2);
         let base = match i {
             0 => &names.title,
@@ -49,8 +49,8 @@ impl Picked {
             _ => &names.text,
         };
         match &self.parts[i] {
-            Some(tag) => format!("{base}@{tag}"),
-            None => base.clone(),
+            Some(tag) => format!("{base}@{tag}").into(),
+            None => base.as_str().into(),
         }
     }
 }
