@@ -128,6 +128,9 @@ impl Decider {
             // A redelivered intent (a restart, a rebalance, a replayed
             // event): decided before, by this owner or the last one.
             Seen::Held | Seen::Decided(_) => Suppression::Duplicate,
+            // This process is sending it now: the same intent delivered
+            // twice (its event replayed by stage 1), not a crash.
+            Seen::InFlight if self.sending.contains(key) => Suppression::Duplicate,
             Seen::InFlight => {
                 // Recorded attempted, never answered: the request was in
                 // flight when its owner died. The channel decides.
@@ -235,6 +238,7 @@ impl Decider {
             idempotency_key: d.outcome.idempotency_key.clone(),
         };
         let key = d.ledger_key.as_deref().unwrap_or_default();
+        d.sending = Some(self.sending.begin(key));
         let write = self.ledger.record(key, attempt);
         self.policy.recorded(draft);
         gate.open();

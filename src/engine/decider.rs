@@ -57,6 +57,9 @@ pub struct Decided {
     /// The send-ledger key to record this decision under; `None` for a
     /// redelivery the ledger already knew.
     pub ledger_key: Option<String>,
+    /// Its key in the sends running here, from its `attempted` entry until
+    /// the decision is recorded.
+    pub(super) sending: Option<super::order::SendingKey>,
 }
 
 impl Decided {
@@ -74,6 +77,7 @@ impl Decided {
             hold_until: None,
             writes: Vec::new(),
             ledger_key: Some(ledger_key),
+            sending: None,
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct Decider {
     decisions: tokio::sync::broadcast::Sender<Arc<Decision>>,
     /// Per user, the messages between their decision and their record.
     slots: Arc<UserSlots>,
+    /// The sends running in this process, by ledger key.
+    pub(super) sending: Arc<super::order::Sending>,
 }
 
 impl Decider {
@@ -172,6 +178,7 @@ impl Decider {
             suppression_counters,
             decisions: tokio::sync::broadcast::channel(4096).0,
             slots: Arc::new(UserSlots::new(config.limits.sends_per_user)),
+            sending: Arc::default(),
             cx,
         }
     }

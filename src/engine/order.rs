@@ -108,9 +108,57 @@ impl Drop for UserSlot {
     }
 }
 
+/// The send-ledger keys whose request is running in this process. An
+/// intent delivered again meanwhile (stage 1 replayed its event after a
+/// restart, writing the intent twice) finds its key `attempted` with no
+/// answer yet: that is this process's send, not one lost in a crash, and it
+/// is not sent again. The first delivery's offset is stored only once its
+/// send is recorded, so a crash before then redelivers both.
+#[derive(Default)]
+pub(super) struct Sending(FastDashMap<String, ()>);
+
+/// A key in [`Sending`] until dropped (once its send's final entry is in
+/// the ledger, or the decision ends).
+pub(super) struct SendingKey {
+    sending: Arc<Sending>,
+    key: String,
+}
+
+impl Sending {
+    /// Marks `key` as sent by this process until the guard is dropped.
+    pub(super) fn begin(self: &Arc<Self>, key: &str) -> SendingKey {
+        self.0.insert(key.to_string(), ());
+        SendingKey {
+            sending: Arc::clone(self),
+            key: key.to_string(),
+        }
+    }
+
+    /// Whether this process is sending under `key` now.
+    pub(super) fn contains(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+}
+
+impl Drop for SendingKey {
+    fn drop(&mut self) {
+        self.sending.0.remove(&self.key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_being_sent_until_its_guard_is_dropped() {
+        let sending = Arc::new(Sending::default());
+        let guard = sending.begin("tx/0/7/purchase/push");
+        assert!(sending.contains("tx/0/7/purchase/push"));
+        assert!(!sending.contains("tx/0/8/purchase/push"));
+        drop(guard);
+        assert!(!sending.contains("tx/0/7/purchase/push"));
+    }
 
     #[tokio::test]
     async fn a_user_has_at_most_their_slots_and_is_forgotten_when_idle() {

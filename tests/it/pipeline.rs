@@ -504,3 +504,44 @@ async fn evaluate_answers_what_would_be_sent_without_sending_or_counting() {
     );
     h.running.stop().await;
 }
+
+/// Stage 1 writes an intent again when it replays an event after a restart;
+/// the copy can reach stage 2 while the first one's request is still out.
+/// That is the same decision, not a send lost in a crash: one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_delivered_twice_while_its_push_is_in_flight_is_sent_once() {
+    let h = harness(&[("u-1", profile("u-1", true, true))]).await;
+    wait_ready(h.running.admin_addr()).await;
+    // Under the client's 2 s timeout: one request, answered late.
+    h.provider.delay(Duration::from_millis(1500));
+    let swipe = swipe("u-1", 12.5, "approved", "US");
+    publish(&producer(), &h.topics.transactions, "card-1", &swipe).await;
+    let intents = format!("{}.intents", h.group);
+    let written = eventually(Duration::from_secs(20), || {
+        let r = read_all_records(&intents, Duration::from_millis(50), Duration::from_secs(2));
+        (!r.is_empty()).then_some(r)
+    })
+    .await
+    .expect("the intent");
+    let (key, payload) = written[0].clone();
+    let key = String::from_utf8(key.expect("intents are keyed")).unwrap();
+    publish(&producer(), &intents, &key, &payload.expect("an intent")).await;
+    eventually(Duration::from_secs(20), || {
+        (!h.provider.received_by("fcm").is_empty()).then_some(())
+    })
+    .await
+    .expect("the push");
+    // Long enough for a second send, had the copy been taken for a crash.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let all = read_json(&h.topics.outcomes, 2, Duration::from_secs(10), |_| true);
+    let sent: Vec<&Value> = all.iter().filter(|o| o["status"] == "sent").collect();
+    assert_eq!(sent.len(), 1, "one send: {all:?}");
+    assert!(sent[0].get("unknown_after_crash").is_none(), "{all:?}");
+    assert_eq!(h.provider.received_by("fcm").len(), 1, "one push: {all:?}");
+    let copy: Vec<&Value> = all.iter().filter(|o| o["status"] != "sent").collect();
+    assert!(
+        copy.iter().all(|o| o["reason"] == "duplicate"),
+        "the copy is a duplicate: {all:?}"
+    );
+    h.running.stop().await;
+}
