@@ -177,14 +177,13 @@ async fn no_topic_herald_writes_holds_a_card_number_in_clear_and_sealed_state_re
     }
     running.stop().await;
     for changelog in &changelogs {
-        let records = read_all_records(
-            changelog,
-            Duration::from_millis(500),
-            Duration::from_secs(10),
-        );
+        // A quiet of 2 s: on a loaded machine a partition's records can
+        // follow the last one's by more than half a second.
+        let records = read_all_records(changelog, Duration::from_secs(2), Duration::from_secs(20));
         assert!(
             records.len() >= 4,
-            "{changelog} has the patterns' state: {records:?}"
+            "{changelog} has the patterns' state: {} records",
+            records.len()
         );
     }
 
