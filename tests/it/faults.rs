@@ -91,22 +91,29 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
         .unwrap();
     }
     assert!(
-        eventually(Duration::from_secs(20), || (seqs(&provider).len() == 10)
+        eventually(Duration::from_secs(60), || (seqs(&provider).len() == 10)
             .then_some(()))
         .await
-        .is_some()
+        .is_some(),
+        "the first ten events sent: {:?}",
+        seqs(&provider)
     );
 
     mock.broker_down(1).unwrap();
-    let mut not_ready = false;
-    for _ in 0..100 {
-        if admin_get(addr, "/readyz").await.0 == 503 {
-            not_ready = true;
+    // Generous: a loaded CI machine runs ninety tests beside this one; the
+    // outage must show, how soon is not what this test measures.
+    let mut last = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let (code, body) = admin_get(addr, "/readyz").await;
+        if code == 503 {
+            last = None;
             break;
         }
+        last = Some(body);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(not_ready, "readyz reports the broker outage");
+    assert!(last.is_none(), "readyz reports the broker outage: {last:?}");
     // Published during the outage: the producer holds them until the broker is back.
     let pending: Vec<_> = (10..20)
         .map(|seq| {
@@ -123,7 +130,7 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
         p.await.unwrap().expect("delivered after the outage");
     }
 
-    let all = eventually(Duration::from_secs(40), || {
+    let all = eventually(Duration::from_secs(90), || {
         (seqs(&provider).len() == 20).then_some(())
     })
     .await;
@@ -137,7 +144,13 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
         counts.values().all(|n| *n == 1),
         "nothing sent twice: {counts:?}"
     );
-    assert_eq!(admin_get(addr, "/readyz").await.0, 200, "ready again");
+    let mut again = admin_get(addr, "/readyz").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while again.0 != 200 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        again = admin_get(addr, "/readyz").await;
+    }
+    assert_eq!(again.0, 200, "ready again: {}", again.1);
     let outcomes = read_json_from(
         &mock_brokers,
         &topics.outcomes,
