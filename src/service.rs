@@ -284,6 +284,12 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         Arc::clone(&metrics),
         shutdown_rx.clone(),
     )));
+    background.push(tokio::spawn(Arc::clone(&profiles).follow_preferences(
+        kafka::profile_reader_config(&config.kafka),
+        config.topics.preferences.clone(),
+        Arc::clone(&metrics),
+        shutdown_rx.clone(),
+    )));
     background.push(tokio::spawn(
         Arc::clone(&feedback).follow(shutdown_rx.clone(), crate::util::now_ms()),
     ));
@@ -304,6 +310,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         writes,
         breakers,
         twilio: Arc::new(twilio_hooks),
+        api: Arc::new(admin::preferences::Api::from_config(&config)),
     };
     background.push(tokio::spawn(admin::serve(
         listener,

@@ -79,6 +79,18 @@ impl Clock for ManualClock {
     }
 }
 
+/// Whether a warning kept in `last` (epoch s of its last time) may be said
+/// now: at most once a second, so a stream of one bad value cannot flood the log.
+pub fn once_a_second(last: &std::sync::atomic::AtomicI64) -> bool {
+    use std::sync::atomic::Ordering;
+    let now_s = now_ms() / 1000;
+    let before = last.load(Ordering::Relaxed);
+    before != now_s
+        && last
+            .compare_exchange(before, now_s, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 /// A short, stable, non-reversible reference to a personal value (user id, token,
 /// phone) for logs and outcome records: the first 12 hex digits of its
 /// [`stable_digest`].

@@ -1,4 +1,4 @@
-//! admin: the operator's HTTP endpoints — `/metrics`, `/livez` (and `/healthz`), `/readyz`, `GET /rules`.
+//! admin: the operator's HTTP endpoints — `/metrics`, `/livez` (and `/healthz`), `/readyz`, `GET /rules` — and the preference API under `/api/v1`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -12,12 +12,13 @@ use axum::Router;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+pub mod preferences;
 pub mod twilio;
 
 use crate::metrics::Metrics;
 
 use crate::ingest::ConsumerHealth;
-use crate::profile::{ProfileTable, TableStatus};
+use crate::profile::ProfileTable;
 use crate::rules::LiveRules;
 
 /// What the admin endpoints read.
@@ -38,6 +39,8 @@ pub struct AdminState {
     pub breakers: Vec<(String, Arc<crate::deliver::breaker::Breaker>)>,
     /// Twilio channels with webhooks (inbound SMS, status callbacks).
     pub twilio: Arc<twilio::TwilioHooks>,
+    /// The preference API's producer, secrets and rate limits.
+    pub api: Arc<preferences::Api>,
 }
 
 /// Binds the admin listener (so the port is known before serving).
@@ -79,6 +82,16 @@ pub async fn serve(
         .route("/rules", get(rules))
         .route("/rules/evaluate", post(evaluate))
         .route("/twilio/{channel}/{kind}", post(twilio::receive))
+        .route(
+            "/api/v1/users/{user}/preferences",
+            get(preferences::get)
+                .put(preferences::put)
+                .delete(preferences::delete)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    state.config.admin.api_max_body_bytes,
+                )),
+        )
+        .route("/api/v1/openapi.yaml", get(preferences::openapi))
         .with_state(state);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -111,7 +124,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 /// Whether this instance can make progress, and every reason it cannot.
 fn readiness(state: &AdminState) -> serde_json::Value {
-    let profiles = state.profiles.status() == TableStatus::CaughtUp;
+    let profiles = state.profiles.profiles_caught_up();
     let feedback = state.feedback.is_caught_up();
     let assigned = state.consumer.assigned.load(Ordering::Acquire);
     let broker = state.consumer.broker_ok.load(Ordering::Acquire);
@@ -147,6 +160,9 @@ fn readiness(state: &AdminState) -> serde_json::Value {
     }
     if !feedback {
         not_ready.push("the feedback topic is still being read".to_string());
+    }
+    if state.profiles.preferences_loading() {
+        not_ready.push("the preferences topic is still being read".to_string());
     }
     if !assigned {
         not_ready.push("no source partition assigned".to_string());

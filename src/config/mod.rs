@@ -191,6 +191,11 @@ pub struct TopicsConfig {
     /// user's intents partition to its next owner.
     #[serde(default = "defaults::held_topic")]
     pub held: String,
+    /// Users' own preferences, written by the preference API, keyed by user
+    /// id, compacted; every instance reads it whole and follows it, and its
+    /// fields override the profile's. herald creates it at start when missing.
+    #[serde(default = "defaults::preferences_topic")]
+    pub preferences: String,
     /// The internal topic between the two stages: one intent per fired rule
     /// and user, keyed (and partitioned) by user, so all of a user's messages
     /// are decided by one owner at a time. Default `<group_id>.intents`.
@@ -233,6 +238,23 @@ pub struct AdminConfig {
     /// Listen address; port 0 picks a free port (logged at start).
     #[serde(default = "defaults::admin_listen")]
     pub listen: SocketAddr,
+    /// The environment variable holding the preference API's backend
+    /// secret (`Authorization: Bearer …`); unset or empty: no backend access.
+    #[serde(default = "defaults::api_token_env")]
+    pub api_token_env: String,
+    /// The environment variable holding the key of apps' per-user tokens
+    /// (`Authorization: User <HMAC-SHA256 of the user id>`); unset: no app access.
+    #[serde(default = "defaults::user_hmac_key_env")]
+    pub user_hmac_key_env: String,
+    /// Largest preference API request body, bytes (413 above).
+    #[serde(default = "defaults::api_max_body_bytes")]
+    pub api_max_body_bytes: usize,
+    /// Preference API requests a second one user may make (429 above).
+    #[serde(default = "defaults::api_requests_per_s")]
+    pub api_requests_per_s: u32,
+    /// Preference API requests a second the backend may make (429 above).
+    #[serde(default = "defaults::api_backend_requests_per_s")]
+    pub api_backend_requests_per_s: u32,
 }
 
 /// Bounds on the per-event path.
@@ -308,6 +330,24 @@ pub(crate) mod defaults {
     pub fn held_topic() -> String {
         "herald.held".into()
     }
+    pub fn preferences_topic() -> String {
+        "herald.preferences".into()
+    }
+    pub fn api_token_env() -> String {
+        "HERALD_API_TOKEN".into()
+    }
+    pub fn user_hmac_key_env() -> String {
+        "HERALD_USER_HMAC_KEY".into()
+    }
+    pub fn api_max_body_bytes() -> usize {
+        16 * 1024
+    }
+    pub fn api_requests_per_s() -> u32 {
+        5
+    }
+    pub fn api_backend_requests_per_s() -> u32 {
+        500
+    }
     pub fn intents_partitions() -> i32 {
         12
     }
@@ -362,6 +402,7 @@ impl Default for TopicsConfig {
             consent: defaults::consent_topic(),
             replies: defaults::replies_topic(),
             held: defaults::held_topic(),
+            preferences: defaults::preferences_topic(),
             intents: None,
             intents_partitions: defaults::intents_partitions(),
         }
@@ -384,6 +425,11 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: defaults::admin_listen(),
+            api_token_env: defaults::api_token_env(),
+            user_hmac_key_env: defaults::user_hmac_key_env(),
+            api_max_body_bytes: defaults::api_max_body_bytes(),
+            api_requests_per_s: defaults::api_requests_per_s(),
+            api_backend_requests_per_s: defaults::api_backend_requests_per_s(),
         }
     }
 }

@@ -85,6 +85,8 @@ fn yes() -> bool {
 pub enum Step {
     QuietHours,
     Caps,
+    /// The user's pause (`paused_until`).
+    Pause,
 }
 
 /// Per-rule overrides in a rule file (`policy:` of a rule).
@@ -301,7 +303,8 @@ fn default_global_caps() -> Vec<Cap> {
 /// rules require for marketing texts), at most 3 a day and 1 an hour, and
 /// useless after an hour; transactional, fraud and operations (alerts such as
 /// a warm freezer) bypass quiet hours and caps on purpose, and are useless
-/// after ten minutes.
+/// after ten minutes; fraud alone also bypasses a user's pause (a card used
+/// while its holder travels is when the alert matters most).
 fn default_categories() -> BTreeMap<String, CategoryPolicy> {
     let urgent = CategoryPolicy {
         max_age_s: Some(600),
@@ -329,7 +332,13 @@ fn default_categories() -> BTreeMap<String, CategoryPolicy> {
         ),
         ("transactional".to_string(), urgent.clone()),
         ("operations".to_string(), urgent.clone()),
-        ("fraud".to_string(), urgent),
+        (
+            "fraud".to_string(),
+            CategoryPolicy {
+                bypass: vec![Step::QuietHours, Step::Caps, Step::Pause],
+                ..urgent
+            },
+        ),
     ])
 }
 
@@ -366,7 +375,7 @@ mod tests {
         );
         assert_eq!(
             p.category("fraud").bypass,
-            vec![Step::QuietHours, Step::Caps],
+            vec![Step::QuietHours, Step::Caps, Step::Pause],
             "others keep their defaults"
         );
         assert_eq!(p.caps, vec!["20/day".parse().unwrap()]);

@@ -415,6 +415,10 @@ fn outcome_of(job: &Job, channel: &ChannelRuntime, decided_ms: i64) -> Outcome {
         pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
         sms: None,
         locale: None,
+        subscription: job
+            .subscription
+            .as_ref()
+            .and_then(|s| serde_json::to_value(&**s).ok()),
         delivery: None,
         shadow: false,
         unknown_after_crash: false,

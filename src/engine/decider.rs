@@ -354,17 +354,17 @@ impl Decider {
             matched_ms: intent.matched_ms,
             received_ms: msg.consumed_ms,
             release: false,
+            subscription: intent.subscription.map(Arc::new),
         })
     }
 
     /// How many decision chains a job has: one per channel, or one
     /// fallback chain.
     fn chain_count(&self, job: &Job) -> usize {
-        let rule = job.rule();
-        if rule.fallback {
+        if job.rule().fallback {
             1
         } else {
-            rule.channels.len()
+            job.channels().len()
         }
     }
 
@@ -376,17 +376,26 @@ impl Decider {
         gates: &'a [Gate],
     ) -> Vec<impl std::future::Future<Output = Vec<Decided>> + 'a> {
         let rule = &job.loaded.set.rules[job.rule];
+        let channels = job.channels();
         if rule.fallback {
-            vec![self.run_chain(job, &rule.channels, Vec::new(), &gates[0])]
+            vec![self.owned_chain(job, channels.into_owned(), &gates[0])]
         } else {
-            rule.channels
+            channels
                 .iter()
                 .zip(gates)
-                .map(|(channel, gate)| {
-                    self.run_chain(job, std::slice::from_ref(channel), Vec::new(), gate)
-                })
+                .map(|(channel, gate)| self.owned_chain(job, vec![channel.clone()], gate))
                 .collect()
         }
+    }
+
+    /// [`Self::run_chain`] over a chain it owns.
+    fn owned_chain<'a>(
+        &'a self,
+        job: &'a Job,
+        chain: Vec<String>,
+        gate: &'a Gate,
+    ) -> impl std::future::Future<Output = Vec<Decided>> + 'a {
+        async move { self.run_chain(job, &chain, Vec::new(), gate).await }
     }
 
     /// Counts a decision: in this one place for every decision of a rule

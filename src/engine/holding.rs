@@ -356,6 +356,12 @@ impl Decider {
                             summary: record.outcome.pattern.clone().unwrap_or_default(),
                         })
                     }),
+                    subscription: record
+                        .outcome
+                        .subscription
+                        .as_ref()
+                        .and_then(|s| serde_json::from_value(s.clone()).ok())
+                        .map(Arc::new),
                 },
                 chain: record.chain.clone(),
                 hops: record.hops.clone(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::ingest::decode::Event;
 use crate::profile::Profile;
 use crate::rules::{Loaded, Rule};
-use crate::state::intent::{EventRecord, FiredRecord};
+use crate::state::intent::{EventRecord, FiredRecord, SubscriptionUsed};
 use crate::state::Intent;
 
 /// The inputs of one rule's decision for one event, owned so a held message
@@ -27,11 +27,37 @@ pub struct Job {
     pub pattern: Option<Arc<crate::patterns::Fired>>,
     /// Decided again at the release of a hold (the ledger says `held`).
     pub release: bool,
+    /// For a subscription rule: the user's values its match used.
+    pub subscription: Option<Arc<SubscriptionUsed>>,
 }
 
 impl Job {
     pub(super) fn rule(&self) -> &Rule {
         &self.loaded.set.rules[self.rule]
+    }
+
+    /// The channels decided: the rule's, or those of them the user chose
+    /// for a subscription (all of the rule's when none of the user's is
+    /// still the rule's: the rule changed since they chose).
+    pub(super) fn channels(&self) -> std::borrow::Cow<'_, [String]> {
+        let rule = self.rule();
+        let chosen = self.subscription.as_ref().and_then(|s| s.channels.as_ref());
+        match chosen {
+            Some(chosen) => {
+                let kept: Vec<String> = rule
+                    .channels
+                    .iter()
+                    .filter(|c| chosen.contains(c))
+                    .cloned()
+                    .collect();
+                if kept.is_empty() {
+                    rule.channels.as_slice().into()
+                } else {
+                    kept.into()
+                }
+            }
+            None => rule.channels.as_slice().into(),
+        }
     }
 
     /// The job as a hold keeps it: decided again at its release.
@@ -72,6 +98,7 @@ impl Job {
                     summary: p.summary.clone(),
                 }
             }),
+            subscription: self.subscription.as_deref().cloned(),
         }
     }
 }

@@ -222,6 +222,13 @@ impl Matcher {
             let mut built = None;
             for i in candidates {
                 let rule = &set.rules[i];
+                let sub = match &rule.subscription {
+                    None => None,
+                    Some(declared) => match self.subscribed(rule, declared, profile.as_deref()) {
+                        Some(used) => Some(used),
+                        None => continue,
+                    },
+                };
                 let needs = rule.condition.is_some()
                     || rule
                         .pattern
@@ -234,7 +241,12 @@ impl Matcher {
                 } else {
                     None
                 };
-                let verdict = set.check(i, &event.fields, scope);
+                let verdict = set.check_with_sub(
+                    i,
+                    &event.fields,
+                    scope,
+                    sub.as_deref().map(|s| &s.parameters),
+                );
                 if let Verdict::Error(_) = verdict {
                     loaded.condition_errors[i].inc();
                 }
@@ -242,7 +254,7 @@ impl Matcher {
                 let Some(pattern) = &rule.pattern else {
                     if is_match {
                         self.count_match(&loaded, i);
-                        matched.push(i);
+                        matched.push((i, sub));
                     }
                     continue;
                 };
@@ -256,7 +268,7 @@ impl Matcher {
                     Ok(done) => {
                         for f in done {
                             self.count_match(&loaded, i);
-                            fired.push((i, f));
+                            fired.push((i, f, sub.clone()));
                         }
                     }
                     Err(dead_letter) => out.writes.push(dead_letter),
@@ -265,8 +277,8 @@ impl Matcher {
         }
         let matched_ms = self.cx.clock.now_ms();
         out.jobs = matched
-            .iter()
-            .map(|&rule| Job {
+            .into_iter()
+            .map(|(rule, subscription)| Job {
                 intent: Intent::id_of(&event, &set.rules[rule].id, false).into(),
                 loaded: Arc::clone(&loaded),
                 rule,
@@ -276,14 +288,62 @@ impl Matcher {
                 received_ms: matched_ms,
                 pattern: None,
                 release: false,
+                subscription,
             })
             .collect();
         out.jobs.extend(
             fired
                 .into_iter()
-                .map(|(i, f)| self.fired_job(&loaded, i, f, false)),
+                .map(|(i, f, sub)| self.fired_job(&loaded, i, f, false, sub)),
         );
         out
+    }
+
+    /// A subscription rule's values for this user, or `None` when the rule
+    /// is skipped for them: not subscribed, or a value of theirs that is not
+    /// of its parameter's type (counted, and logged at most once a second
+    /// with the parameter and reason, never the value).
+    pub(super) fn subscribed(
+        &self,
+        rule: &crate::rules::Rule,
+        declared: &crate::rules::subscription::Subscription,
+        profile: Option<&crate::profile::Profile>,
+    ) -> Option<Arc<crate::state::intent::SubscriptionUsed>> {
+        use crate::rules::subscription::Resolved;
+        let mine = profile.and_then(|p| p.subscriptions.get(&*rule.id));
+        match declared.resolve(mine) {
+            Resolved::On { values, channels } => {
+                Some(Arc::new(crate::state::intent::SubscriptionUsed {
+                    parameters: values,
+                    channels,
+                }))
+            }
+            Resolved::Off => {
+                self.cx
+                    .metrics
+                    .subscription_skips
+                    .with_label_values(&[&*rule.id, "off"])
+                    .inc();
+                None
+            }
+            Resolved::Invalid { parameter, reason } => {
+                self.cx
+                    .metrics
+                    .subscription_skips
+                    .with_label_values(&[&*rule.id, "invalid"])
+                    .inc();
+                if crate::util::once_a_second(&INVALID_SAID) {
+                    tracing::warn!(
+                        rule = %rule.id,
+                        user = %crate::util::fingerprint(profile.map_or("", |p| &p.user_id)),
+                        parameter = %parameter,
+                        %reason,
+                        "subscription skipped for a user: their value cannot be used"
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Counts a match (or a pattern firing) of rule `i`.
@@ -372,3 +432,6 @@ impl Matcher {
         }
     }
 }
+
+/// When an unusable subscription value was last logged, epoch s.
+static INVALID_SAID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);

@@ -114,6 +114,7 @@ impl Matcher {
         i: usize,
         fired: Fired,
         timer: bool,
+        subscription: Option<Arc<crate::state::intent::SubscriptionUsed>>,
     ) -> Job {
         let now = self.cx.clock.now_ms();
         Job {
@@ -127,6 +128,7 @@ impl Matcher {
             matched_ms: now,
             received_ms: now,
             pattern: Some(Arc::new(fired)),
+            subscription,
         }
     }
 
@@ -144,8 +146,20 @@ impl Matcher {
             let Some(i) = loaded.set.position(&at.rule) else {
                 continue;
             };
+            // A timer's firing asks the user's subscription now.
+            let rule = &loaded.set.rules[i];
+            let sub = match &rule.subscription {
+                None => None,
+                Some(declared) => {
+                    let profile = self.cx.profiles.get(&fired.event.user);
+                    match self.subscribed(rule, declared, profile.as_deref()) {
+                        Some(used) => Some(used),
+                        None => continue,
+                    }
+                }
+            };
             self.count_match(&loaded, i);
-            out.jobs.push(self.fired_job(&loaded, i, fired, true));
+            out.jobs.push(self.fired_job(&loaded, i, fired, true, sub));
         }
         out
     }

@@ -304,6 +304,7 @@ impl Replies {
             pattern: None,
             sms: None,
             locale: None,
+            subscription: None,
             delivery: None,
             shadow: false,
             unknown_after_crash: false,

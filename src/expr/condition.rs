@@ -1,4 +1,4 @@
-//! CEL conditions: compiled once at load, evaluated per candidate rule against `event` and `profile`.
+//! CEL conditions: compiled once at load, evaluated per candidate rule against `event`, `profile` and, for a subscription rule, `sub`.
 
 use std::cell::OnceCell;
 use std::sync::Arc;
@@ -64,11 +64,16 @@ static NO_PROFILE: std::sync::LazyLock<serde_json::Map<String, serde_json::Value
     std::sync::LazyLock::new(serde_json::Map::new);
 
 impl Scope<'_> {
-    fn roots<'s>(&'s self, steps: Option<super::eval::Steps<'s>>) -> Roots<'s> {
+    fn roots<'s>(
+        &'s self,
+        steps: Option<super::eval::Steps<'s>>,
+        sub: Option<&'s serde_json::Map<String, serde_json::Value>>,
+    ) -> Roots<'s> {
         Roots {
             event: self.event,
             profile: self.profile.map_or(&*NO_PROFILE, |p| p.condition_view()),
             steps,
+            sub: sub.unwrap_or(&NO_PROFILE),
         }
     }
 }
@@ -159,7 +164,7 @@ impl Conditions {
         steps: super::eval::Steps<'_>,
     ) -> Result<bool, EvalError> {
         match &condition.fast {
-            Some(fast) => verdict(fast.test(&scope.roots(Some(steps)))),
+            Some(fast) => verdict(fast.test(&scope.roots(Some(steps), None))),
             None => self.interpret_with_steps(condition, scope, steps),
         }
     }
@@ -185,7 +190,7 @@ impl Conditions {
     /// number as text; `None` when it fails or gives anything else.
     pub fn key(&self, expression: &Condition, scope: &Scope<'_>) -> Option<String> {
         match &expression.fast {
-            Some(fast) => fast.eval(&scope.roots(None)).ok()?.key_text(),
+            Some(fast) => fast.eval(&scope.roots(None, None)).ok()?.key_text(),
             None => match expression.program.execute(self.interpreter(scope)).ok()? {
                 Value::String(s) => Some(s.to_string()),
                 Value::Int(n) => Some(n.to_string()),
@@ -198,9 +203,25 @@ impl Conditions {
 
     /// Evaluates a condition in a scope.
     pub fn eval(&self, condition: &Condition, scope: &Scope<'_>) -> Result<bool, EvalError> {
-        match &condition.fast {
-            Some(fast) => verdict(fast.test(&scope.roots(None))),
-            None => self.interpret(condition, scope),
+        self.eval_with_sub(condition, scope, None)
+    }
+
+    /// Evaluates a subscription rule's condition: `sub` is the user's
+    /// parameters for it.
+    pub fn eval_with_sub(
+        &self,
+        condition: &Condition,
+        scope: &Scope<'_>,
+        sub: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<bool, EvalError> {
+        match (&condition.fast, sub) {
+            (Some(fast), _) => verdict(fast.test(&scope.roots(None, sub))),
+            (None, None) => self.interpret(condition, scope),
+            (None, Some(sub)) => {
+                let mut inner = self.interpreter(scope).new_inner_scope();
+                inner.add_variable_from_value("sub", cel::to_value(sub).unwrap_or(Value::Null));
+                interpreted(condition.program.execute(&inner))
+            }
         }
     }
 
@@ -208,6 +229,11 @@ impl Conditions {
     /// the differential test holds herald's evaluator to.
     pub fn interpret(&self, condition: &Condition, scope: &Scope<'_>) -> Result<bool, EvalError> {
         interpreted(condition.program.execute(self.interpreter(scope)))
+    }
+
+    /// Whether the condition names the variable `name` (`sub`, `profile`).
+    pub fn reads_variable(condition: &Condition, name: &str) -> bool {
+        condition.program.references().has_variable(name)
     }
 
     /// Whether herald's evaluator runs this condition (else the interpreter does).

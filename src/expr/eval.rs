@@ -19,6 +19,8 @@ pub struct Roots<'a> {
     pub event: Obj<'a>,
     pub profile: &'a Map<String, Value>,
     pub steps: Option<Steps<'a>>,
+    /// A subscription rule's parameters for the user; empty for other rules.
+    pub sub: &'a Map<String, Value>,
 }
 
 /// A sequence's earlier steps: each step's name and its event's fields.
@@ -170,6 +172,7 @@ impl Expr {
             Expr::Text(s) => Val::Text(Cow::Borrowed(s)),
             Expr::Root(Root::Event) => Val::Object(roots.event),
             Expr::Root(Root::Profile) => Val::Object(Obj::Map(roots.profile)),
+            Expr::Root(Root::Sub) => Val::Object(Obj::Map(roots.sub)),
             Expr::Step(name) => {
                 let steps = roots.steps.ok_or(Failed)?;
                 let found = steps.iter().find(|(n, _)| **n == **name).ok_or(Failed)?;

@@ -23,6 +23,8 @@ pub use eval::{Failed, Obj, Roots, Val};
 pub enum Root {
     Event,
     Profile,
+    /// A subscription rule's parameters for the user (`sub.threshold`).
+    Sub,
 }
 
 /// A compiled expression node.
@@ -119,6 +121,7 @@ impl Expr {
             Ast::Ident(name) => match name.as_str() {
                 "event" => Expr::Root(Root::Event),
                 "profile" => Expr::Root(Root::Profile),
+                "sub" => Expr::Root(Root::Sub),
                 // Only as `steps.<name>`, below.
                 "steps" => return None,
                 _ => Expr::Undeclared,

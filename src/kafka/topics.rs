@@ -353,6 +353,13 @@ fn needs(
             n,
             compact(),
         ),
+        own(
+            t.preferences.clone(),
+            "users' preferences, read whole by every instance",
+            None,
+            3,
+            compact(),
+        ),
     ];
     let intents = config.intents_topic();
     for changelog in changelogs {

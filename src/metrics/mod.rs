@@ -25,6 +25,9 @@ pub struct Metrics {
     pub rule_decisions: IntCounterVec,
     /// Conditions that could not be evaluated, per rule.
     pub condition_errors: IntCounterVec,
+    /// A subscription rule skipped for a user: not subscribed (`off`), or a
+    /// value of theirs not of its parameter's type (`invalid`), per rule.
+    pub subscription_skips: IntCounterVec,
     /// Decisions per channel and status (`sent`, `suppressed`, `failed`).
     pub decisions: IntCounterVec,
     /// Suppressions per reason code.
@@ -262,6 +265,11 @@ impl Metrics {
                 "herald_condition_errors_total",
                 "Conditions that failed to evaluate",
                 &["rule"],
+            ),
+            subscription_skips: counter_vec(
+                "herald_subscription_skips_total",
+                "Subscription rules skipped for a user: not subscribed, or a value of theirs unusable",
+                &["rule", "reason"],
             ),
             decisions: counter_vec(
                 "herald_decisions_total",

@@ -217,6 +217,9 @@ impl Outcome {
                     .bool("fell_back", l.fell_back);
             });
         }
+        if let Some(subscription) = &self.subscription {
+            o.value("subscription", subscription);
+        }
         o.str_if("delivery", self.delivery.as_deref())
             .true_if("shadow", self.shadow)
             .true_if("unknown_after_crash", self.unknown_after_crash)
@@ -311,6 +314,9 @@ mod tests {
                     used: text(&mut rng),
                     wanted: maybe(&mut rng),
                     fell_back: rng.random(),
+                }),
+                subscription: rng.random_bool(0.5).then(|| {
+                    serde_json::json!({"parameters": {"threshold": {"amount": 250.0, "currency": text(&mut rng)}}})
                 }),
                 delivery: maybe(&mut rng),
                 shadow: rng.random(),

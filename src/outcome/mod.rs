@@ -133,6 +133,10 @@ pub struct Outcome {
     /// and whether the rule had none in the recipient's language.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locale: Option<LocaleUsed>,
+    /// For a subscription rule: the user's parameters the match used, and
+    /// the channels they chose (`{"parameters": {...}, "channels": [...]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<serde_json::Value>,
     /// For `sent`: the delivery status when the provider accepted it
     /// (`accepted` for push and webhooks, Twilio's `queued`); later statuses
     /// arrive as delivery records (see [`DeliveryRecord`]).

@@ -3,7 +3,7 @@
 //! The chain, in the order [`Policy::new`] lists it (and
 //! `docs/analysts/policy.md` documents; a test holds the two together):
 //! consent (a profile, the channel's consent, herald's STOP list) → the
-//! category is not turned off → freshness → quiet hours (drop, or defer until
+//! category is not turned off → the user has not paused messages → freshness → quiet hours (drop, or defer until
 //! they end) → an address on the channel → cross-channel engagement →
 //! frequency caps. Caps come last so that only a send that will really be
 //! attempted takes a place under them.
@@ -24,6 +24,7 @@ mod category;
 mod consent;
 mod engagement;
 mod freshness;
+mod pause;
 mod quiet_hours;
 mod reason;
 mod step;
@@ -64,6 +65,7 @@ impl Policy {
         let steps: Vec<Box<dyn Step>> = vec![
             Box::new(consent::Consent),
             Box::new(category::CategoryPreference),
+            Box::new(pause::Pause),
             Box::new(freshness::Freshness),
             Box::new(quiet_hours::QuietHoursStep),
             Box::new(address::Reachable),

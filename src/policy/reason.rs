@@ -23,6 +23,7 @@ crate::reason_codes! {
         UnknownAfterCrash = "unknown_after_crash",
         SuppressedBy = "suppressed_by",
         InvalidTimeZone = "invalid_time_zone",
+        Paused = "paused",
     }
 }
 
@@ -40,6 +41,10 @@ pub enum Suppression {
     },
     CategoryOff {
         category: Arc<str>,
+    },
+    /// The user paused their messages until this time (RFC 3339, as they gave it).
+    Paused {
+        until: String,
     },
     NoAddress {
         channel: Arc<str>,
@@ -83,6 +88,7 @@ impl Suppression {
                 SuppressionCode::NoConsent
             }
             Suppression::CategoryOff { .. } => SuppressionCode::CategoryOff,
+            Suppression::Paused { .. } => SuppressionCode::Paused,
             Suppression::Stale { .. } => SuppressionCode::Stale,
             Suppression::QuietHours { .. } => SuppressionCode::QuietHours,
             Suppression::NoAddress { .. } => SuppressionCode::NoAddress,
@@ -142,6 +148,7 @@ impl Suppression {
                 part(&mut out, "opted_out");
             }
             Suppression::CategoryOff { category } => part(&mut out, category),
+            Suppression::Paused { until } => part(&mut out, until),
             Suppression::SuppressedBy { engagement } => part(&mut out, engagement),
             Suppression::Stale { age_s, max_s } => {
                 part(&mut out, itoa::Buffer::new().format(*age_s));

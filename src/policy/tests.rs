@@ -176,6 +176,9 @@ fn every_reason_code_has_a_metric_handle() {
             engagement: "email_opened".into(),
         },
         Suppression::InvalidTimeZone,
+        Suppression::Paused {
+            until: "2026-12-24T00:00:00Z".into(),
+        },
     ];
     for (i, s) in all.iter().enumerate() {
         assert_eq!(s.code_index(), i, "{} is out of place in ALL", s.code());
@@ -199,6 +202,7 @@ fn every_reason_code_has_a_metric_handle() {
             "unknown_after_crash",
             "suppressed_by:email_opened",
             "invalid_time_zone",
+            "paused:2026-12-24T00:00:00Z",
         ]
     );
     let more = [

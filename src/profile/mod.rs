@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod preferences;
 mod record;
 mod table;
+pub use preferences::Preferences;
 pub use table::{ProfileTable, TableStatus};
 
 /// Push platform of one token.
@@ -67,6 +69,14 @@ pub struct Profile {
     /// Free-form attributes (name, tier, …) for conditions and templates.
     #[serde(default)]
     pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The user's alert subscriptions, by rule id: on or off, their
+    /// parameters, their channels (`rules::subscription`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subscriptions: BTreeMap<String, crate::rules::subscription::UserSubscription>,
+    /// Until when (RFC 3339) the user paused their messages: the `pause`
+    /// policy step suppresses them, but for categories that bypass it (fraud).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<String>,
     /// A phone was given but is not valid (so SMS is suppressed with that reason).
     #[serde(skip)]
     pub phone_invalid: bool,
@@ -208,6 +218,15 @@ impl Profile {
             "quiet_hours" => take(&mut self.quiet_hours, value),
             "caps" => take(&mut self.caps, value),
             "attributes" => take(&mut self.attributes, value),
+            "subscriptions" => take(&mut self.subscriptions, value),
+            "paused_until" => {
+                let until: Option<String> = serde_json::from_str(value.get()).map_err(|_| ())?;
+                if until.as_deref().is_some_and(|t| paused_until_ms(t).is_none()) {
+                    return Err(());
+                }
+                self.paused_until = until;
+                Ok(())
+            }
             _ => Err(()),
         }
     }
@@ -239,10 +258,22 @@ impl Profile {
         self.consent.get(channel).copied().unwrap_or(false)
     }
 
+    /// Until when the user paused their messages, epoch ms.
+    pub fn paused_until_ms(&self) -> Option<i64> {
+        self.paused_until.as_deref().and_then(paused_until_ms)
+    }
+
     /// Whether the user accepts messages of `category` (on unless turned off).
     pub fn accepts_category(&self, category: &str) -> bool {
         self.preferences.get(category).copied().unwrap_or(true)
     }
+}
+
+/// An RFC 3339 time (`2026-12-24T00:00:00Z`) as epoch ms.
+pub fn paused_until_ms(text: &str) -> Option<i64> {
+    text.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 /// Validates a phone number and returns it in E.164, or `None` when it is not a

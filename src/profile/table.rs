@@ -35,6 +35,12 @@ pub struct ProfileTable {
     caught_up: tokio::sync::watch::Sender<bool>,
     /// While loading: records read and the total to read.
     progress: Mutex<Progress>,
+    /// Users' own preferences (the preference API's topic), laid over
+    /// their profiles on lookup.
+    pub(super) preferences: FastDashMap<String, Arc<super::preferences::Stored>>,
+    /// False from the start of following the preferences topic until every
+    /// partition was read once (true when it is not followed: the tools).
+    pub(super) preferences_caught_up: tokio::sync::watch::Sender<bool>,
 }
 
 enum Backing {
@@ -109,6 +115,8 @@ impl ProfileTable {
             dead_tokens: DashSet::new(),
             caught_up: tokio::sync::watch::Sender::new(false),
             progress: Mutex::new(Progress::default()),
+            preferences: FastDashMap::default(),
+            preferences_caught_up: tokio::sync::watch::Sender::new(true),
         }
     }
 
@@ -116,6 +124,18 @@ impl ProfileTable {
     /// is logged and treated as absent (the message is suppressed
     /// `no_profile`, never sent with a guess).
     pub fn get(&self, user: &str) -> Option<Arc<Profile>> {
+        let base = self.profile(user)?;
+        if self.preferences.is_empty() {
+            return Some(base);
+        }
+        match self.preferences.get(user) {
+            Some(stored) => Some(stored.over(&base)),
+            None => Some(base),
+        }
+    }
+
+    /// The profile as the CRM published it, without the user's preferences.
+    fn profile(&self, user: &str) -> Option<Arc<Profile>> {
         match &self.backing {
             Backing::Memory(map) => map.get(user).map(|p| Arc::clone(&p)),
             Backing::Disk { table, cache } => {
@@ -162,11 +182,16 @@ impl ProfileTable {
 
     /// Loading until every partition of the topic was read to its end once.
     pub fn status(&self) -> TableStatus {
-        if *self.caught_up.borrow() {
+        if *self.caught_up.borrow() && *self.preferences_caught_up.borrow() {
             TableStatus::CaughtUp
         } else {
             TableStatus::Loading
         }
+    }
+
+    /// Whether the profiles topic (not the preferences) was read to its end once.
+    pub fn profiles_caught_up(&self) -> bool {
+        *self.caught_up.borrow()
     }
 
     /// How far loading has come.
@@ -177,6 +202,8 @@ impl ProfileTable {
     /// Waits until the table has caught up with the topic.
     pub async fn wait_caught_up(&self) {
         let mut signal = self.caught_up.subscribe();
+        let _ = signal.wait_for(|caught_up| *caught_up).await;
+        let mut signal = self.preferences_caught_up.subscribe();
         let _ = signal.wait_for(|caught_up| *caught_up).await;
     }
 

@@ -40,6 +40,8 @@ pub struct Rule {
     pub ttl_seconds: Option<u32>,
     /// Per-rule policy overrides.
     pub policy: crate::policy::RulePolicy,
+    /// For an alert users subscribe to: its parameters and default.
+    pub subscription: Option<Arc<super::subscription::Subscription>>,
     /// Context over time, when the rule has a `pattern`.
     pub pattern: Option<std::sync::Arc<crate::patterns::Pattern>>,
     /// Template names present for this rule (`<id>/title`, `<id>/body`, `<id>/text`).
@@ -228,6 +230,8 @@ pub fn compile_rule(
                 None
             }
         });
+    let subscription =
+        super::subscription::compile(&spec, condition.as_ref(), |at, m| errors.push(err(at, m)));
     let pattern = match &spec.pattern {
         None => {
             if let Some(k) = &spec.key {
@@ -342,6 +346,7 @@ pub fn compile_rule(
         collapse_key: spec.collapse_key,
         ttl_seconds: spec.ttl_seconds,
         policy: spec.policy,
+        subscription,
         pattern,
         has_title,
         has_body,

@@ -4,6 +4,7 @@
 //! [`load`] reads a directory, [`compile`] checks and compiles one rule
 //! (conditions through `crate::expr`, templates through `crate::render`,
 //! patterns through `crate::patterns`), [`texts`] the texts per locale,
+//! [`subscription`] the alerts users subscribe to with their own values,
 //! [`set`] is the index and matcher, and [`live`] swaps sets on reload.
 
 pub mod compile;
@@ -13,6 +14,7 @@ pub mod load;
 pub mod model;
 pub mod parse;
 pub mod set;
+pub mod subscription;
 pub mod texts;
 
 pub use compile::{Known, Rule};

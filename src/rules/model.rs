@@ -105,6 +105,10 @@ pub struct RuleSpec {
     /// Overrides of the category's delivery policy for this rule.
     #[serde(default)]
     pub policy: crate::policy::RulePolicy,
+    /// Makes the rule an alert users subscribe to, with their own
+    /// parameters (`sub.<name>` in the condition): see `subscription`.
+    #[serde(default)]
+    pub subscription: Option<super::subscription::SubscriptionSpec>,
 }
 
 /// Interactive push: the notification category the app registered (APNs

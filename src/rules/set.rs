@@ -129,6 +129,17 @@ impl RuleSet {
         fields: &O,
         scope: Option<&Scope>,
     ) -> Verdict {
+        self.check_with_sub(rule, fields, scope, None)
+    }
+
+    /// [`Self::check`] for a subscription rule: `sub` is the user's parameters.
+    pub fn check_with_sub<O: Object + ?Sized>(
+        &self,
+        rule: usize,
+        fields: &O,
+        scope: Option<&Scope>,
+        sub: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Verdict {
         let rule = &self.rules[rule];
         for (field, expected) in &rule.match_fields {
             if !lookup(fields, field).is_some_and(|v| scalar_eq(expected, v)) {
@@ -137,7 +148,7 @@ impl RuleSet {
         }
         match (&rule.condition, scope) {
             (None, _) => Verdict::Match,
-            (Some(condition), Some(scope)) => match self.conditions.eval(condition, scope) {
+            (Some(condition), Some(scope)) => match self.conditions.eval_with_sub(condition, scope, sub) {
                 Ok(true) => Verdict::Match,
                 Ok(false) => Verdict::NoMatch,
                 Err(e) => Verdict::Error(e),

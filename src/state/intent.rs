@@ -82,6 +82,21 @@ pub struct Intent {
     /// Always written (`null` when none): the binary encoding is positional.
     #[serde(default)]
     pub pattern: Option<FiredRecord>,
+    /// For a subscription rule: the user's values the match used (from
+    /// version 0x02 on; an 0x01 intent has none).
+    #[serde(default)]
+    pub subscription: Option<SubscriptionUsed>,
+}
+
+/// What a subscription rule's match used of the user's settings: recorded in
+/// the outcome, and the channels they chose are the ones decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionUsed {
+    /// Every parameter's value (the user's, or the rule's default).
+    pub parameters: Map<String, Value>,
+    /// The rule's channels the user wants it on; `None`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
 }
 
 impl Intent {

@@ -10,7 +10,8 @@
 //! people and other systems read them.
 //!
 //! Versions: the first byte says what the record is and how the rest is
-//! written: [`INTENT_V1`] (`0x01`), [`LEDGER_V1`] (`0x21`: kind 2, version
+//! written: [`INTENT_V2`] (`0x02`: an intent with the subscription values
+//! its match used; [`INTENT_V1`], `0x01`, without, is still read), [`LEDGER_V1`] (`0x21`: kind 2, version
 //! 1); `{` is a record written as JSON by herald before this encoding,
 //! still read, so an upgrade loses nothing in flight. Any other first byte
 //! is refused with a reason naming it (a newer herald's intent is
@@ -24,8 +25,11 @@ use super::intent::Intent;
 use super::ledger_entry::LedgerEntry;
 
 /// An intent in MessagePack, its structs as arrays of their fields in
-/// declaration order.
+/// declaration order, up to `pattern`.
 pub const INTENT_V1: u8 = 0x01;
+
+/// [`INTENT_V1`] and the intent's `subscription` after it.
+pub const INTENT_V2: u8 = 0x02;
 
 /// A send-ledger entry in MessagePack, as an array of its fields.
 pub const LEDGER_V1: u8 = 0x21;
@@ -36,7 +40,7 @@ pub enum WireError {
     #[error("the record is empty")]
     Empty,
     #[error(
-        "schema version {0:#04x} is not one this herald reads (0x01 intents, 0x21 ledger entries, or JSON): written by a newer herald?"
+        "schema version {0:#04x} is not one this herald reads (0x01 and 0x02 intents, 0x21 ledger entries, or JSON): written by a newer herald?"
     )]
     UnknownVersion(u8),
     #[error("version {version} record cannot be read: {detail}")]
@@ -45,12 +49,16 @@ pub enum WireError {
 
 /// The bytes of an intent on the intents topic.
 pub fn encode_intent(intent: &Intent) -> Vec<u8> {
-    encode(INTENT_V1, intent, 384)
+    encode(INTENT_V2, intent, 384)
 }
 
-/// An intent from the intents topic, whichever version wrote it.
+/// An intent from the intents topic, whichever version wrote it. Version
+/// 1's array ends before `subscription`, which then reads as none.
 pub fn decode_intent(bytes: &[u8]) -> Result<Intent, WireError> {
-    decode(INTENT_V1, bytes)
+    match bytes.first() {
+        Some(&INTENT_V1) => decode(INTENT_V1, bytes),
+        _ => decode(INTENT_V2, bytes),
+    }
 }
 
 /// The bytes of a send-ledger entry on its changelog.
@@ -93,7 +101,7 @@ fn decode<T: serde::de::DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T
 /// decoded, a JSON record as it is; `None` for neither.
 pub fn to_json(bytes: &[u8]) -> Option<Value> {
     match bytes.first() {
-        Some(&INTENT_V1) => decode_intent(bytes)
+        Some(&INTENT_V1 | &INTENT_V2) => decode_intent(bytes)
             .ok()
             .and_then(|i| serde_json::to_value(i).ok()),
         Some(&LEDGER_V1) => decode_ledger(bytes)
@@ -132,6 +140,13 @@ mod tests {
                 context: json!({"count": 3, "first": {"ts": 1}}),
                 summary: json!({"kind": "window", "count": 3}),
             }),
+            subscription: pattern.then(|| crate::state::intent::SubscriptionUsed {
+                parameters: json!({"threshold": {"amount": 250.0, "currency": "EUR"}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                channels: Some(vec!["push".into()]),
+            }),
         }
     }
 
@@ -140,7 +155,7 @@ mod tests {
         for pattern in [false, true] {
             let i = intent(pattern);
             let bytes = encode_intent(&i);
-            assert_eq!(bytes[0], INTENT_V1);
+            assert_eq!(bytes[0], INTENT_V2);
             let back = decode_intent(&bytes).unwrap();
             assert_eq!(
                 serde_json::to_value(&back).unwrap(),
@@ -150,6 +165,23 @@ mod tests {
             assert!(bytes.len() < json.len(), "{} < {}", bytes.len(), json.len());
             assert_eq!(to_json(&bytes), Some(serde_json::to_value(&i).unwrap()));
         }
+    }
+
+    #[test]
+    fn a_version_1_intent_reads_with_no_subscription() {
+        // Version 1 as an older herald wrote it: the same array, one field shorter.
+        let i = intent(true);
+        let mut v1 = vec![INTENT_V1];
+        rmp_serde::encode::write(
+            &mut v1,
+            &(&i.id, &i.rule, &i.rule_version, &i.event, i.matched_ms, &i.pattern),
+        )
+        .unwrap();
+        let back = decode_intent(&v1).unwrap();
+        assert_eq!(back.id, i.id);
+        assert_eq!(back.event.fields, i.event.fields);
+        assert!(back.pattern.is_some() && back.subscription.is_none());
+        assert_eq!(to_json(&v1).unwrap()["rule"], "purchase-notice");
     }
 
     #[test]
@@ -170,7 +202,7 @@ mod tests {
         let mut cut = encode_intent(&intent(false));
         cut.truncate(cut.len() / 2);
         let e = decode_intent(&cut).unwrap_err().to_string();
-        assert!(e.starts_with("version 0x01 record cannot be read"), "{e}");
+        assert!(e.starts_with("version 0x02 record cannot be read"), "{e}");
         assert!(matches!(decode_intent(&[]), Err(WireError::Empty)));
         // A ledger entry is not an intent, and the reverse.
         let entry = ledger_entry("");

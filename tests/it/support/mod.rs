@@ -381,6 +381,7 @@ feedback = "{feedback}"
 consent = "{consent}"
 replies = "{replies}"
 held = "{held}"
+preferences = "{preferences}"
 intents_partitions = 4
 
 [rules]
@@ -426,9 +427,15 @@ max_backoff_ms = 200
         consent = topics.consent,
         replies = topics.replies,
         held = topics.held,
+        preferences = preferences_topic(topics),
         rules = rules_dir.display(),
         base = provider_base,
     )
+}
+
+/// The test's own preferences topic (herald creates it).
+pub fn preferences_topic(topics: &Topics) -> String {
+    topics.profiles.replace("-profiles", "-preferences")
 }
 
 /// Copies the sample rules into a fresh folder, pointing them at this test's topics.
