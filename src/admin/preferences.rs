@@ -72,7 +72,8 @@ impl Api {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if let (Some(token), Some(expected)) = (given.strip_prefix("Bearer "), &self.backend_token) {
+        if let (Some(token), Some(expected)) = (given.strip_prefix("Bearer "), &self.backend_token)
+        {
             if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) {
                 return Ok(Caller::Backend);
             }
@@ -113,7 +114,11 @@ impl Api {
         let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(rate);
         if tokens < 1.0 {
             *entry = (tokens, now);
-            let mut r = refuse(StatusCode::TOO_MANY_REQUESTS, "too many requests; retry in a second", None);
+            let mut r = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests; retry in a second",
+                None,
+            );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
             return Err(r);
@@ -379,8 +384,14 @@ mod tests {
         let token = user_token(key, "u-1");
         assert_eq!(token.len(), 64);
         let tag = hex_decode(&token).unwrap();
-        assert!(user_hmac(key).chain_update("u-1").verify_slice(&tag).is_ok());
-        assert!(user_hmac(key).chain_update("u-2").verify_slice(&tag).is_err());
+        assert!(user_hmac(key)
+            .chain_update("u-1")
+            .verify_slice(&tag)
+            .is_ok());
+        assert!(user_hmac(key)
+            .chain_update("u-2")
+            .verify_slice(&tag)
+            .is_err());
         assert!(hex_decode("zz").is_none() && hex_decode("abc").is_none());
         assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd"));
     }

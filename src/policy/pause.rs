@@ -21,7 +21,13 @@ impl Step for Pause {
         let paused = profile
             .paused_until_ms()
             .is_some_and(|until| draft.now_ms < until);
-        if !paused || cx.settings.category(draft.category).bypass.contains(&Bypass::Pause) {
+        if !paused
+            || cx
+                .settings
+                .category(draft.category)
+                .bypass
+                .contains(&Bypass::Pause)
+        {
             return Verdict::Continue;
         }
         Verdict::Suppress(Suppression::Paused {

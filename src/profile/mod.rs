@@ -72,7 +72,7 @@ pub struct Profile {
     /// The user's alert subscriptions, by rule id: on or off, their
     /// parameters, their channels (`rules::subscription`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub subscriptions: BTreeMap<String, crate::rules::subscription::UserSubscription>,
+    pub subscriptions: BTreeMap<String, UserSubscription>,
     /// Until when (RFC 3339) the user paused their messages: the `pause`
     /// policy step suppresses them, but for categories that bypass it (fraud).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +92,21 @@ pub struct Profile {
     /// with the profile (a cache, not part of the record).
     #[serde(skip)]
     pub view: ConditionView,
+}
+
+/// A user's own settings for one subscription, as preferences and profiles carry them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSubscription {
+    /// Subscribed or not; absent: the rule's `on_by_default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<bool>,
+    /// The rule's channels this user wants it on (a subset); absent: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    /// Values by parameter name.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A profile's JSON view for conditions: built once per profile version, not
@@ -221,7 +236,10 @@ impl Profile {
             "subscriptions" => take(&mut self.subscriptions, value),
             "paused_until" => {
                 let until: Option<String> = serde_json::from_str(value.get()).map_err(|_| ())?;
-                if until.as_deref().is_some_and(|t| paused_until_ms(t).is_none()) {
+                if until
+                    .as_deref()
+                    .is_some_and(|t| paused_until_ms(t).is_none())
+                {
                     return Err(());
                 }
                 self.paused_until = until;

@@ -566,3 +566,89 @@ impl Raw {
         }
     }
 }
+
+impl ProfileTable {
+    /// The preferences `user` set, as stored (`None`: never set, or reset).
+    pub fn preferences_of(&self, user: &str) -> Option<Arc<super::preferences::Stored>> {
+        self.preferences.get(user).map(|s| Arc::clone(&s))
+    }
+
+    /// Applies one record of the preferences topic: a document, or a
+    /// tombstone (back to the profile alone). A record that is not a
+    /// preferences document (never written by herald's API) is counted,
+    /// logged without content and skipped.
+    pub fn apply_preferences(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        written_ms: i64,
+        metrics: &crate::metrics::Metrics,
+    ) {
+        let Some(user) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+            metrics.profile_errors.inc();
+            return;
+        };
+        match value.map(serde_json::from_slice::<super::Preferences>) {
+            None => {
+                self.preferences.remove(user);
+            }
+            Some(Ok(preferences)) => {
+                self.preferences.insert(
+                    user.to_string(),
+                    Arc::new(super::preferences::Stored::new(preferences, written_ms)),
+                );
+            }
+            Some(Err(e)) => {
+                metrics.profile_errors.inc();
+                tracing::warn!(user = %crate::util::fingerprint(user), error = %e, "preferences record refused");
+            }
+        }
+    }
+
+    /// Whether the preferences topic is still being read for the first time.
+    pub fn preferences_loading(&self) -> bool {
+        !*self.preferences_caught_up.borrow()
+    }
+
+    /// Reads the whole preferences topic, then follows it until shutdown:
+    /// a change made through any instance's API reaches every instance's
+    /// table within the follower's poll. Kept in memory (a preferences
+    /// document is ~200 bytes, and only users who set something have one).
+    pub async fn follow_preferences(
+        self: Arc<Self>,
+        client: rdkafka::ClientConfig,
+        topic: String,
+        metrics: Arc<crate::metrics::Metrics>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use rdkafka::Message;
+        self.preferences_caught_up.send_replace(false);
+        let follower = crate::kafka::follow::Follower::new(topic.clone(), client);
+        let reading = follower.run_with(
+            crate::kafka::follow::Start::Beginning,
+            shutdown,
+            |m| {
+                let at = m
+                    .timestamp()
+                    .to_millis()
+                    .unwrap_or_else(crate::util::now_ms);
+                self.apply_preferences(m.key(), m.payload(), at, &metrics);
+            },
+            |_| {},
+        );
+        let caught_up = async {
+            follower.wait_caught_up().await;
+            self.preferences_caught_up.send_replace(true);
+            tracing::info!(%topic, users = self.preferences.len(), "preferences read");
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            r = reading => {
+                if let Err(e) = r {
+                    tracing::error!(%topic, error = %e, "preferences topic cannot be followed");
+                }
+            }
+            () = caught_up => {}
+        }
+    }
+}

@@ -230,8 +230,12 @@ pub fn compile_rule(
                 None
             }
         });
-    let subscription =
-        super::subscription::compile(&spec, condition.as_ref(), |at, m| errors.push(err(at, m)));
+    let subscription = super::subscription::compile(
+        spec.subscription.as_ref(),
+        spec.condition.as_ref().zip(condition.as_ref()),
+        spec.id.referenced,
+        |at, m| errors.push(err(at, m)),
+    );
     let pattern = match &spec.pattern {
         None => {
             if let Some(k) = &spec.key {

@@ -148,11 +148,13 @@ impl RuleSet {
         }
         match (&rule.condition, scope) {
             (None, _) => Verdict::Match,
-            (Some(condition), Some(scope)) => match self.conditions.eval_with_sub(condition, scope, sub) {
-                Ok(true) => Verdict::Match,
-                Ok(false) => Verdict::NoMatch,
-                Err(e) => Verdict::Error(e),
-            },
+            (Some(condition), Some(scope)) => {
+                match self.conditions.eval_with_sub(condition, scope, sub) {
+                    Ok(true) => Verdict::Match,
+                    Ok(false) => Verdict::NoMatch,
+                    Err(e) => Verdict::Error(e),
+                }
+            }
             (Some(_), None) => Verdict::Error(EvalError::Failed),
         }
     }

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 
+pub use crate::profile::UserSubscription;
+
 /// A rule's `subscription:` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,10 +89,9 @@ impl Kind {
     pub fn normalise(self, value: &Value) -> Result<Value, String> {
         match (self, value) {
             (Kind::Money, Value::String(s)) => {
-                let (amount, currency) = s
-                    .trim()
-                    .rsplit_once(' ')
-                    .ok_or("money is written `500 USD` or {\"amount\": 500, \"currency\": \"USD\"}")?;
+                let (amount, currency) = s.trim().rsplit_once(' ').ok_or(
+                    "money is written `500 USD` or {\"amount\": 500, \"currency\": \"USD\"}",
+                )?;
                 let amount: f64 = amount
                     .trim()
                     .parse()
@@ -118,10 +119,14 @@ impl Kind {
             (Kind::Countries, Value::Array(items)) => items
                 .iter()
                 .map(|c| match c.as_str() {
-                    Some(code) if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    Some(code)
+                        if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()) =>
+                    {
                         Ok(Value::String(code.to_ascii_uppercase()))
                     }
-                    _ => Err("countries are ISO 3166-1 alpha-2 codes, e.g. [\"FR\", \"JP\"]".to_string()),
+                    _ => Err(
+                        "countries are ISO 3166-1 alpha-2 codes, e.g. [\"FR\", \"JP\"]".to_string(),
+                    ),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
@@ -173,21 +178,6 @@ pub struct Subscription {
     pub parameters: Vec<Parameter>,
 }
 
-/// A user's own settings for one subscription, as preferences and profiles carry them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserSubscription {
-    /// Subscribed or not; absent: the rule's `on_by_default`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on: Option<bool>,
-    /// The rule's channels this user wants it on (a subset); absent: all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channels: Option<Vec<String>>,
-    /// Values by parameter name.
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub parameters: Map<String, Value>,
-}
-
 /// What a subscription is for one user.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolved {
@@ -229,7 +219,7 @@ impl Subscription {
                 Some(Err(reason)) => {
                     problems.push((
                         p.kind.referenced,
-                        format!("subscription parameter `{name}`: default is {reason}"),
+                        format!("subscription parameter `{name}`: its default: {reason}"),
                     ));
                     continue;
                 }
@@ -343,22 +333,21 @@ impl Subscription {
 /// `sub` read by a rule without one, an undeclared parameter, a bad type or
 /// default are each reported through `error` at their position.
 pub fn compile(
-    spec: &super::model::RuleSpec,
-    condition: Option<&crate::expr::Condition>,
+    declared: Option<&SubscriptionSpec>,
+    condition: Option<(&Spanned<String>, &crate::expr::Condition)>,
+    rule_at: serde_saphyr::Location,
     error: impl FnMut(&serde_saphyr::Location, String),
 ) -> Option<std::sync::Arc<Subscription>> {
     let mut error = error;
     let reads_sub =
-        condition.is_some_and(|c| crate::expr::Conditions::reads_variable(c, "sub"));
-    let at = spec
-        .condition
-        .as_ref()
-        .map_or(spec.id.referenced, |c| c.referenced);
-    let Some(declared) = &spec.subscription else {
+        condition.is_some_and(|(_, c)| crate::expr::Conditions::reads_variable(c, "sub"));
+    let at = condition.map_or(rule_at, |(source, _)| source.referenced);
+    let Some(declared) = declared else {
         if reads_sub {
             error(
                 &at,
-                "condition reads `sub`, but the rule declares no `subscription:` (its parameters)".into(),
+                "condition reads `sub`, but the rule declares no `subscription:` (its parameters)"
+                    .into(),
             );
         }
         return None;
@@ -372,7 +361,7 @@ pub fn compile(
             return None;
         }
     };
-    if let Some(source) = &spec.condition {
+    if let Some((source, _)) = condition {
         if let Err((_, message)) = compiled.check_reads(&source.value) {
             error(&at, message);
             return None;
@@ -388,7 +377,8 @@ pub fn sub_reads(condition: &str) -> Vec<(usize, String)> {
     let mut from = 0;
     while let Some(i) = condition[from..].find("sub").map(|i| i + from) {
         from = i + 3;
-        let before_ok = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || matches!(bytes[i - 1], b'_' | b'.'));
+        let before_ok = i == 0
+            || !(bytes[i - 1].is_ascii_alphanumeric() || matches!(bytes[i - 1], b'_' | b'.'));
         if !before_ok {
             continue;
         }
@@ -444,7 +434,10 @@ mod tests {
         let Resolved::On { values, channels } = sub.resolve(Some(&on)) else {
             panic!("on")
         };
-        assert_eq!(values["threshold"], json!({"amount": 500.0, "currency": "USD"}));
+        assert_eq!(
+            values["threshold"],
+            json!({"amount": 500.0, "currency": "USD"})
+        );
         assert_eq!(values["countries"], json!([]));
         assert_eq!(channels, None);
     }
@@ -455,20 +448,27 @@ mod tests {
         let mine = UserSubscription {
             on: Some(true),
             channels: Some(vec!["push".into()]),
-            parameters: json!({"threshold": {"amount": 250, "currency": "eur"}, "countries": ["fr", "JP"]})
-                .as_object()
-                .unwrap()
-                .clone(),
+            parameters:
+                json!({"threshold": {"amount": 250, "currency": "eur"}, "countries": ["fr", "JP"]})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
         };
         let Resolved::On { values, channels } = sub.resolve(Some(&mine)) else {
             panic!("on")
         };
-        assert_eq!(values["threshold"], json!({"amount": 250.0, "currency": "EUR"}));
+        assert_eq!(
+            values["threshold"],
+            json!({"amount": 250.0, "currency": "EUR"})
+        );
         assert_eq!(values["countries"], json!(["FR", "JP"]));
         assert_eq!(channels, Some(vec!["push".to_string()]));
         let bad = UserSubscription {
             on: Some(true),
-            parameters: json!({"threshold": "lots USD"}).as_object().unwrap().clone(),
+            parameters: json!({"threshold": "lots USD"})
+                .as_object()
+                .unwrap()
+                .clone(),
             ..Default::default()
         };
         assert_eq!(
@@ -480,11 +480,22 @@ mod tests {
         );
         let bad = UserSubscription {
             on: Some(true),
-            parameters: json!({"countries": ["France"]}).as_object().unwrap().clone(),
+            parameters: json!({"countries": ["France"]})
+                .as_object()
+                .unwrap()
+                .clone(),
             ..Default::default()
         };
-        assert!(matches!(sub.resolve(Some(&bad)), Resolved::Invalid { parameter, .. } if parameter == "countries"));
-        assert_eq!(sub.resolve(Some(&UserSubscription { on: Some(false), ..mine })), Resolved::Off);
+        assert!(
+            matches!(sub.resolve(Some(&bad)), Resolved::Invalid { parameter, .. } if parameter == "countries")
+        );
+        assert_eq!(
+            sub.resolve(Some(&UserSubscription {
+                on: Some(false),
+                ..mine
+            })),
+            Resolved::Off
+        );
     }
 
     #[test]
@@ -495,11 +506,20 @@ mod tests {
             ..Default::default()
         };
         let channels = ["push".to_string(), "sms".to_string()];
-        assert!(sub.validate(&user(json!({"threshold": "20 USD"})), &channels).is_ok());
-        let (field, reason) = sub.validate(&user(json!({"limit": 3})), &channels).unwrap_err();
+        assert!(sub
+            .validate(&user(json!({"threshold": "20 USD"})), &channels)
+            .is_ok());
+        let (field, reason) = sub
+            .validate(&user(json!({"limit": 3})), &channels)
+            .unwrap_err();
         assert_eq!(field, "parameters.limit");
-        assert!(reason.contains("threshold, countries") || reason.contains("countries"), "{reason}");
-        let (field, _) = sub.validate(&user(json!({"threshold": true})), &channels).unwrap_err();
+        assert!(
+            reason.contains("threshold, countries") || reason.contains("countries"),
+            "{reason}"
+        );
+        let (field, _) = sub
+            .validate(&user(json!({"threshold": true})), &channels)
+            .unwrap_err();
         assert_eq!(field, "parameters.threshold");
         let email = UserSubscription {
             channels: Some(vec!["email".into()]),

@@ -174,7 +174,14 @@ mod tests {
         let mut v1 = vec![INTENT_V1];
         rmp_serde::encode::write(
             &mut v1,
-            &(&i.id, &i.rule, &i.rule_version, &i.event, i.matched_ms, &i.pattern),
+            &(
+                &i.id,
+                &i.rule,
+                &i.rule_version,
+                &i.event,
+                i.matched_ms,
+                &i.pattern,
+            ),
         )
         .unwrap();
         let back = decode_intent(&v1).unwrap();

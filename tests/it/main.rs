@@ -26,6 +26,7 @@ mod patterns;
 // State that survives restarts, kills and a second instance.
 mod faults;
 mod held;
+mod preferences;
 mod profiles;
 mod restart;
 mod state;

@@ -22,10 +22,10 @@ fn sample_rules_pass_with_a_summary_per_file() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         out,
-        "rules/cold-chain.yaml: ok, 1 rules (1 enabled)\n\
+        "rules/cold-chain.yaml: ok, 2 rules (2 enabled)\n\
          rules/offers.yaml: ok, 2 rules (2 enabled)\n\
-         rules/payments.yaml: ok, 6 rules (6 enabled)\n\
-         9 rules in 3 files\n"
+         rules/payments.yaml: ok, 7 rules (7 enabled)\n\
+         11 rules in 3 files\n"
     );
 }
 
@@ -55,7 +55,7 @@ fn expect_error(fixture: &str, expected: &str) {
 fn unknown_field() {
     expect_error(
         "unknown-field.yaml",
-        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy",
+        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy, subscription",
     );
 }
 
@@ -72,6 +72,21 @@ fn unknown_function() {
     expect_error(
         "unknown-function.yaml",
         "tests/fixtures/broken/unknown-function.yaml:4:40: rule \"abroad\": condition: unknown function `is_abroad`; available: CEL's standard functions and lower, upper, abs, max, min",
+    );
+}
+
+#[test]
+fn subscription_parameters_are_checked_against_the_condition() {
+    let f = "tests/fixtures/broken/subscriptions.yaml";
+    expect_error(
+        "subscriptions.yaml",
+        &[
+            format!("{f}:4:16: rule \"reads-sub-without-one\": condition reads `sub`, but the rule declares no `subscription:` (its parameters)"),
+            format!("{f}:13:16: rule \"undeclared-parameter\": condition reads `sub.limit`, which the subscription does not declare (it has: threshold)"),
+            format!("{f}:21:24: rule \"bad-type-and-default\": subscription parameter `limit`: unknown type `temperature`; one of money, number, text, bool, countries, list"),
+            format!("{f}:22:28: rule \"bad-type-and-default\": subscription parameter `threshold`: its default: money is written `500 USD` or {{\"amount\": 500, \"currency\": \"USD\"}}"),
+        ]
+        .join("\n"),
     );
 }
 
@@ -119,7 +134,7 @@ fn six_broken_rules_of_one_file_give_every_error_in_one_run() {
         "six-broken-rules.yaml",
         &[
             format!("{f}:5:5: rule \"one\": missing field `category`"),
-            format!("{f}:11:5: rule \"two\": unknown field `colour`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy"),
+            format!("{f}:11:5: rule \"two\": unknown field `colour`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy, subscription"),
             format!("{f}:18:30: rule \"three\": condition: Syntax error: mismatched input '<EOF>' expecting {{'[', '{{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}}"),
             format!("{f}:20:32: rule \"three\": template.body: unknown filter `monee`; herald's filters are money, number, plural, mask_card, mask_phone and local_time, beside minijinja's (upper, default, round, …)"),
             format!("{f}:25:15: rule \"four\": unknown variant `urgent`, expected one of high, normal"),

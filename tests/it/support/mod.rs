@@ -27,6 +27,11 @@ pub fn brokers() -> String {
     )
 }
 
+/// The preference API's backend secret in the tests.
+pub const API_TOKEN: &str = "test-backend-secret-3f9a";
+/// The key of the tests' per-user tokens.
+pub const USER_HMAC_KEY: &str = "test-user-key-77c1";
+
 /// Sets the provider credentials herald reads from the environment, once per process.
 pub fn credentials() {
     static ONCE: Once = Once::new();
@@ -41,6 +46,9 @@ pub fn credentials() {
         std::env::set_var("HERALD_TEST_TWILIO_SID", TWILIO_SID);
         std::env::set_var("HERALD_TEST_TWILIO_TOKEN", TWILIO_TOKEN);
         std::env::set_var("HERALD_TEST_WEBHOOK_SECRET", WEBHOOK_SECRET);
+        // The preference API's secrets, under the names herald reads by default.
+        std::env::set_var("HERALD_API_TOKEN", API_TOKEN);
+        std::env::set_var("HERALD_USER_HMAC_KEY", USER_HMAC_KEY);
         // What the sample config files name (config/*.toml).
         for var in [
             "HERALD_FCM_ACCESS_TOKEN",
