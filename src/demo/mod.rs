@@ -19,6 +19,7 @@ use crate::outcome::Status;
 use crate::simulate::{self, Generator, Schedule, StreamTopics};
 use crate::standin::{Credentials, StandIn};
 
+mod scene;
 pub mod stats;
 use stats::{Latencies, Tally};
 
@@ -37,6 +38,8 @@ pub struct DemoOptions {
 pub const ENV_FCM: &str = "HERALD_DEMO_FCM_TOKEN";
 pub const ENV_SID: &str = "HERALD_DEMO_TWILIO_SID";
 pub const ENV_TOKEN: &str = "HERALD_DEMO_TWILIO_TOKEN";
+/// The preference API's backend secret, under the name herald reads by default.
+pub const ENV_API: &str = "HERALD_API_TOKEN";
 
 /// Demo credentials: made up for this run, shared by herald and the stand-in.
 pub fn credentials() -> Credentials {
@@ -380,6 +383,12 @@ pub async fn run(
         }
     });
 
+    // A cardholder sets, then raises, their own alert amount through the API.
+    let api_token = std::env::var(ENV_API).unwrap_or_default();
+    if let Err(e) = scene::threshold(&producer, &topics, running.admin_addr(), &api_token).await {
+        println!("(the subscription scene did not run: {e})");
+    }
+
     // A few broken messages, as real producers sometimes send: they go to the
     // dead-letter topic and the stream goes on.
     for (key, bad) in [
@@ -494,4 +503,8 @@ pub fn export_credentials(c: &Credentials) {
     std::env::set_var(ENV_FCM, &c.fcm_token);
     std::env::set_var(ENV_SID, &c.twilio_sid);
     std::env::set_var(ENV_TOKEN, &c.twilio_token);
+    // The preference API's backend secret (the demo's scene calls the API).
+    if std::env::var(ENV_API).map_or(true, |v| v.is_empty()) {
+        std::env::set_var(ENV_API, format!("demo-api-{:x}", rand::random::<u64>()));
+    }
 }
