@@ -87,7 +87,9 @@ async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(format!("the preference for {amount} did not reach herald in 5 s"))
+    Err(format!(
+        "the preference for {amount} did not reach herald in 5 s"
+    ))
 }
 
 async fn purchase(

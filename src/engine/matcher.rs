@@ -224,10 +224,12 @@ impl Matcher {
                 let rule = &set.rules[i];
                 let sub = match &rule.subscription {
                     None => None,
-                    Some(declared) => match self.subscribed(rule, declared, profile.as_deref()) {
-                        Some(used) => Some(used),
-                        None => continue,
-                    },
+                    Some(declared) => {
+                        match self.subscribed(&loaded, i, declared, profile.as_deref()) {
+                            Some(used) => Some(used),
+                            None => continue,
+                        }
+                    }
                 };
                 let needs = rule.condition.is_some()
                     || rule
@@ -305,11 +307,18 @@ impl Matcher {
     /// with the parameter and reason, never the value).
     pub(super) fn subscribed(
         &self,
-        rule: &crate::rules::Rule,
+        loaded: &crate::rules::Loaded,
+        i: usize,
         declared: &crate::rules::subscription::Subscription,
         profile: Option<&crate::profile::Profile>,
     ) -> Option<Arc<crate::state::intent::SubscriptionUsed>> {
         use crate::rules::subscription::Resolved;
+        let rule = &loaded.set.rules[i];
+        let skipped = |reason: usize| {
+            if let Some(counters) = &loaded.subscription_skips[i] {
+                counters[reason].inc();
+            }
+        };
         let mine = profile.and_then(|p| p.subscriptions.get(&*rule.id));
         match declared.resolve(mine) {
             Resolved::On { values, channels } => {
@@ -319,19 +328,11 @@ impl Matcher {
                 }))
             }
             Resolved::Off => {
-                self.cx
-                    .metrics
-                    .subscription_skips
-                    .with_label_values(&[&*rule.id, "off"])
-                    .inc();
+                skipped(0);
                 None
             }
             Resolved::Invalid { parameter, reason } => {
-                self.cx
-                    .metrics
-                    .subscription_skips
-                    .with_label_values(&[&*rule.id, "invalid"])
-                    .inc();
+                skipped(1);
                 if crate::util::once_a_second(&INVALID_SAID) {
                     tracing::warn!(
                         rule = %rule.id,

@@ -152,7 +152,7 @@ impl Matcher {
                 None => None,
                 Some(declared) => {
                     let profile = self.cx.profiles.get(&fired.event.user);
-                    match self.subscribed(rule, declared, profile.as_deref()) {
+                    match self.subscribed(&loaded, i, declared, profile.as_deref()) {
                         Some(used) => Some(used),
                         None => continue,
                     }

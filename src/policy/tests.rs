@@ -278,6 +278,38 @@ fn consent_and_preferences_come_first() {
 }
 
 #[test]
+fn a_pause_silences_all_but_the_categories_that_bypass_it_until_it_ends() {
+    let policy = Policy::default();
+    let ch = console("push");
+    let none = RulePolicy::default();
+    let now = ms("2026-07-01T15:00:00Z");
+    let mut p = Profile {
+        user_id: "u1".into(),
+        paused_until: Some("2026-07-10T00:00:00Z".into()),
+        ..Profile::default()
+    };
+    p.consent.insert("push".into(), true);
+    let purchase = subject("transactional", &none, now);
+    assert_eq!(
+        admit(&policy, Some(&p), &purchase, &ch, now)
+            .unwrap_err()
+            .to_string(),
+        "paused:2026-07-10T00:00:00Z"
+    );
+    let fraud = subject("fraud", &none, now);
+    assert!(
+        admit(&policy, Some(&p), &fraud, &ch, now).is_ok(),
+        "fraud bypasses the pause"
+    );
+    let later = ms("2026-07-10T00:00:01Z");
+    let purchase = subject("transactional", &none, later);
+    assert!(
+        admit(&policy, Some(&p), &purchase, &ch, later).is_ok(),
+        "the pause has ended"
+    );
+}
+
+#[test]
 fn stale_messages_are_dropped_by_event_age() {
     let policy = Policy::default();
     let ch = console("push");

@@ -28,6 +28,9 @@ pub struct Loaded {
     pub matches: Vec<IntCounter>,
     /// `herald_condition_errors_total{rule}` per rule, by rule index.
     pub condition_errors: Vec<IntCounter>,
+    /// `herald_subscription_skips_total{rule,reason}` (`off`, `invalid`)
+    /// per subscription rule, by rule index (`None` for other rules).
+    pub subscription_skips: Vec<Option<[IntCounter; 2]>>,
     /// `herald_rule_decisions_total{rule,status}` per rule, by rule index:
     /// sent, suppressed, failed, held (see `Status::index`).
     pub decisions: Vec<[IntCounter; 4]>,
@@ -220,6 +223,19 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
         .iter()
         .map(|r| metrics.condition_errors.with_label_values(&[&*r.id]))
         .collect();
+    let subscription_skips = set
+        .rules
+        .iter()
+        .map(|r| {
+            r.subscription.as_ref().map(|_| {
+                ["off", "invalid"].map(|reason| {
+                    metrics
+                        .subscription_skips
+                        .with_label_values(&[&*r.id, reason])
+                })
+            })
+        })
+        .collect();
     let decisions = set
         .rules
         .iter()
@@ -241,6 +257,7 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
         set,
         matches,
         condition_errors,
+        subscription_skips,
         decisions,
         suppressions,
         generation,
