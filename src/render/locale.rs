@@ -1,4 +1,4 @@
-//! The recipient's locale in templates: money, numbers and plural forms formatted by ICU4X from CLDR's data (compiled in), and the fallback chain from a recipient's locale to the texts a rule has.
+//! The recipient's locale in templates: money, numbers, dates and plural forms formatted by ICU4X from CLDR's data (compiled in), and the fallback chain from a recipient's locale to the texts a rule has.
 //!
 //! Chosen by measurement (BENCHMARKS.md, "Localisation library"): ICU4X is
 //! the Unicode Consortium's own implementation of CLDR, used by Firefox and
@@ -10,6 +10,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::str::FromStr;
 
+use icu::datetime::fieldsets::{YMD, YMDT};
+use icu::datetime::input::{Date, DateTime, Time};
+use icu::datetime::DateTimeFormatter;
 use icu::locale::fallback::{LocaleFallbackConfig, LocaleFallbacker};
 use icu::locale::Locale;
 use icu::plurals::{PluralCategory, PluralRules};
@@ -126,6 +129,34 @@ impl TextLocale {
         })
     }
 
+    /// A calendar date (and, with `time`, its hour and minute) as this
+    /// locale writes it at CLDR's medium length: `Nov 24, 2026, 3:05 PM` in
+    /// en, `24 nov. 2026, 15:05` in fr, `24.11.2026, 15:05` in de,
+    /// `2026/11/24 15:05` in ja. `None` for a date that does not exist.
+    pub fn date(&self, year: i32, month: u8, day: u8, time: Option<(u8, u8)>) -> Option<String> {
+        let date = Date::try_new_iso(year, month, day).ok()?;
+        match time {
+            None => DATES.with(|cache| {
+                let mut cache = cache.borrow_mut();
+                let f = cache.entry(self.tag.clone()).or_insert_with(|| {
+                    DateTimeFormatter::try_new((&self.icu).into(), YMD::medium()).ok()
+                });
+                Some(f.as_ref()?.format(&date).to_string())
+            }),
+            Some((hour, minute)) => {
+                let time = Time::try_new(hour, minute, 0, 0).ok()?;
+                DATE_TIMES.with(|cache| {
+                    let mut cache = cache.borrow_mut();
+                    let f = cache.entry(self.tag.clone()).or_insert_with(|| {
+                        DateTimeFormatter::try_new((&self.icu).into(), YMD::medium().with_time_hm())
+                            .ok()
+                    });
+                    Some(f.as_ref()?.format(&DateTime { date, time }).to_string())
+                })
+            }
+        }
+    }
+
     /// The CLDR plural category of `n` here: `zero`, `one`, `two`, `few`,
     /// `many` or `other`.
     pub fn plural(&self, n: f64) -> &'static str {
@@ -171,6 +202,8 @@ type Formatters<K, V> = RefCell<HashMap<K, Option<V>>>;
 type Money = CurrencyFormatter<icu::decimal::DecimalFormatter>;
 
 thread_local! {
+    static DATES: Formatters<String, DateTimeFormatter<YMD>> = RefCell::default();
+    static DATE_TIMES: Formatters<String, DateTimeFormatter<YMDT>> = RefCell::default();
     /// Per locale, per currency code.
     static CURRENCY: Formatters<String, HashMap<String, Option<Money>>> = RefCell::default();
     static DECIMAL: Formatters<String, icu::decimal::DecimalFormatter> = RefCell::default();
@@ -228,6 +261,26 @@ mod tests {
             .collect();
         assert_eq!(polish, ["one", "few", "many", "few"]);
         assert_eq!(at("ar").plural(2.0), "two");
+    }
+
+    #[test]
+    fn dates_are_written_as_cldr_writes_them_for_the_locale() {
+        let cases = [
+            ("en", "Nov 24, 2026", "Nov 24, 2026, 3:05\u{202f}PM"),
+            ("fr", "24 nov. 2026", "24 nov. 2026, 15:05"),
+            ("de", "24.11.2026", "24.11.2026, 15:05"),
+            ("ja", "2026/11/24", "2026/11/24 15:05"),
+        ];
+        for (tag, date, date_time) in cases {
+            let l = at(tag);
+            assert_eq!(l.date(2026, 11, 24, None).as_deref(), Some(date), "{tag}");
+            assert_eq!(
+                l.date(2026, 11, 24, Some((15, 5))).as_deref(),
+                Some(date_time),
+                "{tag}"
+            );
+        }
+        assert_eq!(at("en").date(2026, 2, 30, None), None, "no such day");
     }
 
     #[test]

@@ -74,6 +74,12 @@ impl Templates {
         env.add_filter("mask_card", |v: Value| util::mask_card(&v.to_string()));
         env.add_filter("mask_phone", |v: Value| util::mask_phone(&v.to_string()));
         env.add_filter("local_time", local_time);
+        env.add_filter("local_date", |state: &State, when: Value| {
+            local_date(state, when, false)
+        });
+        env.add_filter("local_datetime", |state: &State, when: Value| {
+            local_date(state, when, true)
+        });
         Templates {
             env,
             plans: foldhash::HashMap::default(),
@@ -307,6 +313,34 @@ fn local_time(state: &State, when: Value, format: Option<String>) -> Result<Stri
         .and_then(|p| p.get_attr("time_zone").ok())
         .and_then(|z| z.as_str().map(str::to_string));
     local_time_text(ms, tz_name.as_deref(), format.as_deref())
+}
+
+/// `{{ event.ts | local_date }}` → `24 nov. 2026` (and `local_datetime` →
+/// `24 nov. 2026, 15:05`): the day in the recipient's time zone, written as
+/// the text's locale writes dates (CLDR's medium length, through ICU4X).
+fn local_date(state: &State, when: Value, with_time: bool) -> Result<String, Error> {
+    let ms = match when.as_str() {
+        Some(s) => crate::ingest::decode::parse_time(&serde_json::Value::String(s.to_string())),
+        None => when.as_i64(),
+    }
+    .ok_or_else(|| invalid("local_date: value is not RFC 3339 text or epoch milliseconds"))?;
+    let zone = state
+        .lookup("profile")
+        .and_then(|p| p.get_attr("time_zone").ok())
+        .and_then(|z| z.as_str().and_then(util::time_zone))
+        .unwrap_or(jiff::tz::TimeZone::UTC);
+    let local = jiff::Timestamp::from_millisecond(ms)
+        .map_err(|_| invalid("local_date: time out of range"))?
+        .to_zoned_datetime(zone);
+    let time = with_time.then(|| (local.hour() as u8, local.minute() as u8));
+    locale_of(state)
+        .date(
+            i32::from(local.year()),
+            local.month() as u8,
+            local.day() as u8,
+            time,
+        )
+        .ok_or_else(|| invalid("local_date: the date cannot be written"))
 }
 
 /// Epoch milliseconds as [`local_time`] writes them, in `zone` (else UTC).

@@ -72,7 +72,7 @@ pub(super) fn unknown_names(env: &Environment<'static>, name: &str) -> Vec<Templ
 
 /// What herald adds to minijinja's own filters, for the error's hint.
 const FILTERS_HINT: &str =
-    "herald's filters are money, number, plural, mask_card, mask_phone and local_time, beside minijinja's (upper, default, round, …)";
+    "herald's filters are money, number, plural, mask_card, mask_phone, local_time, local_date and local_datetime, beside minijinja's (upper, default, round, …)";
 
 /// Each instruction with its index.
 fn numbered<'i, 's>(

@@ -136,7 +136,7 @@ fn six_broken_rules_of_one_file_give_every_error_in_one_run() {
             format!("{f}:5:5: rule \"one\": missing field `category`"),
             format!("{f}:11:5: rule \"two\": unknown field `colour`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy, subscription"),
             format!("{f}:18:30: rule \"three\": condition: Syntax error: mismatched input '<EOF>' expecting {{'[', '{{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}}"),
-            format!("{f}:20:32: rule \"three\": template.body: unknown filter `monee`; herald's filters are money, number, plural, mask_card, mask_phone and local_time, beside minijinja's (upper, default, round, …)"),
+            format!("{f}:20:32: rule \"three\": template.body: unknown filter `monee`; herald's filters are money, number, plural, mask_card, mask_phone, local_time, local_date and local_datetime, beside minijinja's (upper, default, round, …)"),
             format!("{f}:25:15: rule \"four\": unknown variant `urgent`, expected one of high, normal"),
             format!("{f}:33:31: rule \"five\": template.body: unknown test `oddly` (after `is`)"),
             format!("{f}:33:54: rule \"five\": template.body: unknown function `nofunc`"),
