@@ -67,7 +67,7 @@ impl Api {
     }
 
     /// The caller, or the answer refusing them.
-    fn caller(&self, headers: &HeaderMap, user: &str) -> Result<Caller, Response> {
+    fn caller(&self, headers: &HeaderMap, user: &str) -> Result<Caller, Refusal> {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -90,20 +90,15 @@ impl Api {
                 )),
             };
         }
-        let mut r = refuse(
+        Err(refuse(
             StatusCode::UNAUTHORIZED,
             "send `Authorization: Bearer <backend secret>` or `Authorization: User <HMAC-SHA256 of the user id>`",
             None,
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer, User"),
-        );
-        Err(r)
+        ))
     }
 
     /// Takes one request from the caller's bucket; `Err` with the answer when empty.
-    fn admit(&self, caller: &Caller) -> Result<(), Response> {
+    fn admit(&self, caller: &Caller) -> Result<(), Refusal> {
         let (key, rate) = match caller {
             Caller::Backend => ("\0backend".to_string(), self.per_backend),
             Caller::User(u) => (u.clone(), self.per_user),
@@ -114,21 +109,18 @@ impl Api {
         let tokens = (tokens + now.duration_since(at).as_secs_f64() * rate).min(rate);
         if tokens < 1.0 {
             *entry = (tokens, now);
-            let mut r = refuse(
+            return Err(refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many requests; retry in a second",
                 None,
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return Err(r);
+            ));
         }
         *entry = (tokens - 1.0, now);
         Ok(())
     }
 
     /// Writes a user's document (`None`: a tombstone) and waits for the broker.
-    async fn write(&self, user: &str, document: Option<Vec<u8>>) -> Result<(), Response> {
+    async fn write(&self, user: &str, document: Option<Vec<u8>>) -> Result<(), Refusal> {
         let Some(producer) = &self.producer else {
             return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "no producer", None));
         };
@@ -176,16 +168,44 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn refuse(code: StatusCode, error: &str, field: Option<&str>) -> Response {
-    let mut body = json!({ "error": error });
-    if let Some(field) = field {
-        body["field"] = json!(field);
+/// A refused request: its status, and what the body says (and which field).
+pub struct Refusal {
+    code: StatusCode,
+    error: String,
+    field: Option<String>,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.error });
+        if let Some(field) = self.field {
+            body["field"] = json!(field);
+        }
+        let mut r = (self.code, Json(body)).into_response();
+        if self.code == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if self.code == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer, User"),
+            );
+        }
+        r
     }
-    (code, Json(body)).into_response()
+}
+
+fn refuse(code: StatusCode, error: &str, field: Option<&str>) -> Refusal {
+    Refusal {
+        code,
+        error: error.to_string(),
+        field: field.map(str::to_string),
+    }
 }
 
 /// Checks the path's user id: text a key can be, bounded.
-fn user_id(user: &str) -> Result<(), Response> {
+fn user_id(user: &str) -> Result<(), Refusal> {
     if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -204,7 +224,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = guard(&state, &headers, &user) {
-        return r;
+        return r.into_response();
     }
     let stored = state.profiles.preferences_of(&user);
     let loaded = state.rules.current();
@@ -243,15 +263,17 @@ pub async fn put(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(r) = guard(&state, &headers, &user) {
-        return r;
+        return r.into_response();
     }
     let preferences = match validate(&state, &body) {
         Ok(p) => p,
-        Err((field, error)) => return refuse(StatusCode::BAD_REQUEST, &error, Some(&field)),
+        Err((field, error)) => {
+            return refuse(StatusCode::BAD_REQUEST, &error, Some(&field)).into_response()
+        }
     };
     let bytes = serde_json::to_vec(&preferences).unwrap_or_default();
     if let Err(r) = state.api.write(&user, Some(bytes)).await {
-        return r;
+        return r.into_response();
     }
     (
         StatusCode::OK,
@@ -267,11 +289,11 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = guard(&state, &headers, &user) {
-        return r;
+        return r.into_response();
     }
     match state.api.write(&user, None).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -280,7 +302,7 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
 }
 
-fn guard(state: &AdminState, headers: &HeaderMap, user: &str) -> Result<(), Response> {
+fn guard(state: &AdminState, headers: &HeaderMap, user: &str) -> Result<(), Refusal> {
     user_id(user)?;
     let caller = state.api.caller(headers, user)?;
     state.api.admit(&caller)

@@ -389,13 +389,8 @@ impl Decider {
     }
 
     /// [`Self::run_chain`] over a chain it owns.
-    fn owned_chain<'a>(
-        &'a self,
-        job: &'a Job,
-        chain: Vec<String>,
-        gate: &'a Gate,
-    ) -> impl std::future::Future<Output = Vec<Decided>> + 'a {
-        async move { self.run_chain(job, &chain, Vec::new(), gate).await }
+    async fn owned_chain(&self, job: &Job, chain: Vec<String>, gate: &Gate) -> Vec<Decided> {
+        self.run_chain(job, &chain, Vec::new(), gate).await
     }
 
     /// Counts a decision: in this one place for every decision of a rule
