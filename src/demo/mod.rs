@@ -243,6 +243,9 @@ impl RunTopics {
                 "consent": self.consent,
                 "replies": self.replies,
                 "held": self.held,
+                // The run's own, as its other topics: a demo run starts
+                // with no user's preferences.
+                "preferences": self.held.replace("-held", "-preferences"),
             },
             "rules": { "dir": rules, "watch": watch },
             "admin": { "listen": "127.0.0.1:0" },
