@@ -327,20 +327,32 @@ fn local_date(state: &State, when: Value, with_time: bool) -> Result<String, Err
     let zone = state
         .lookup("profile")
         .and_then(|p| p.get_attr("time_zone").ok())
-        .and_then(|z| z.as_str().and_then(util::time_zone))
+        .and_then(|z| z.as_str().map(str::to_string));
+    local_date_text(ms, zone.as_deref(), &locale_of(state), with_time)
+        .ok_or_else(|| invalid("local_date: the date cannot be written"))
+}
+
+/// Epoch milliseconds as [`local_date`] writes them, in `zone` (else UTC;
+/// an unknown zone is UTC too, as for `local_time`'s callers that check it).
+fn local_date_text(
+    ms: i64,
+    zone: Option<&str>,
+    locale: &TextLocale,
+    with_time: bool,
+) -> Option<String> {
+    let zone = zone
+        .and_then(util::time_zone)
         .unwrap_or(jiff::tz::TimeZone::UTC);
     let local = jiff::Timestamp::from_millisecond(ms)
-        .map_err(|_| invalid("local_date: time out of range"))?
+        .ok()?
         .to_zoned_datetime(zone);
     let time = with_time.then(|| (local.hour() as u8, local.minute() as u8));
-    locale_of(state)
-        .date(
-            i32::from(local.year()),
-            local.month() as u8,
-            local.day() as u8,
-            time,
-        )
-        .ok_or_else(|| invalid("local_date: the date cannot be written"))
+    locale.date(
+        i32::from(local.year()),
+        local.month() as u8,
+        local.day() as u8,
+        time,
+    )
 }
 
 /// Epoch milliseconds as [`local_time`] writes them, in `zone` (else UTC).

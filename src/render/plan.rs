@@ -64,6 +64,10 @@ enum Filter {
     MaskCard,
     MaskPhone,
     LocalTime,
+    /// `local_date`, or with the hour and minute `local_datetime`.
+    LocalDate {
+        with_time: bool,
+    },
 }
 
 /// A value met while rendering, as minijinja would hold it.
@@ -163,6 +167,8 @@ fn filter(name: &str, argc: usize) -> Option<Filter> {
         "mask_card" => (Filter::MaskCard, 1),
         "mask_phone" => (Filter::MaskPhone, 1),
         "local_time" => (Filter::LocalTime, 2),
+        "local_date" => (Filter::LocalDate { with_time: false }, 1),
+        "local_datetime" => (Filter::LocalDate { with_time: true }, 1),
         _ => return None,
     };
     (1..=most).contains(&argc).then_some(filter)
@@ -286,7 +292,7 @@ fn apply(
                     .money(amount, currency.as_deref().unwrap_or("USD")),
             )
         }
-        Filter::LocalTime => {
+        Filter::LocalTime | Filter::LocalDate { .. } => {
             let ms = match &value {
                 Val::Str(s) => crate::ingest::decode::parse_time_text(s)?,
                 Val::U64(u) => i64::try_from(*u).ok()?,
@@ -298,8 +304,15 @@ fn apply(
                 .as_ref()
                 .and_then(|p| p.json_field("time_zone"))
                 .and_then(Value::as_str);
-            let format = arg.as_ref().map(text);
-            super::local_time_text(ms, zone, format.as_deref()).ok()
+            match filter {
+                Filter::LocalDate { with_time } => {
+                    super::local_date_text(ms, zone, &scope.locale, with_time)
+                }
+                _ => {
+                    let format = arg.as_ref().map(text);
+                    super::local_time_text(ms, zone, format.as_deref()).ok()
+                }
+            }
         }
     }
 }
