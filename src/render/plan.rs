@@ -306,7 +306,7 @@ fn apply(
                 .and_then(Value::as_str);
             match filter {
                 Filter::LocalDate { with_time } => {
-                    super::local_date_text(ms, zone, &scope.locale, with_time)
+                    super::local_date_text(ms, zone, scope.locale, with_time)
                 }
                 _ => {
                     let format = arg.as_ref().map(text);
