@@ -49,17 +49,27 @@ enum Caller {
 impl Api {
     /// The API of an instance: its producer, topic, secrets from the environment.
     pub fn from_config(config: &crate::config::Config) -> Api {
-        let producer = crate::kafka::producer_config(&config.kafka)
-            .set("message.timeout.ms", "10000")
-            .create()
-            .map_err(|e| tracing::warn!(error = %e, "preference API cannot write: no producer"))
-            .ok();
         let secret = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let backend_token = secret(&config.admin.api_token_env);
+        let user_key = secret(&config.admin.user_hmac_key_env).map(String::into_bytes);
+        // Without a secret every call is refused before it could write: no
+        // producer (and its threads) for an API nobody may call.
+        let producer = (backend_token.is_some() || user_key.is_some())
+            .then(|| {
+                crate::kafka::producer_config(&config.kafka)
+                    .set("message.timeout.ms", "10000")
+                    .create()
+                    .map_err(
+                        |e| tracing::warn!(error = %e, "preference API cannot write: no producer"),
+                    )
+                    .ok()
+            })
+            .flatten();
         Api {
             producer,
             topic: config.topics.preferences.clone(),
-            backend_token: secret(&config.admin.api_token_env),
-            user_key: secret(&config.admin.user_hmac_key_env).map(String::into_bytes),
+            backend_token,
+            user_key,
             per_user: f64::from(config.admin.api_requests_per_s.max(1)),
             per_backend: f64::from(config.admin.api_backend_requests_per_s.max(1)),
             buckets: Default::default(),

@@ -303,32 +303,34 @@ impl Object for LocaleValue {
 /// (`profile.time_zone`, else UTC); an optional strftime format:
 /// `local_time("%b %d, %H:%M")`.
 fn local_time(state: &State, when: Value, format: Option<String>) -> Result<String, Error> {
-    let ms = match when.as_str() {
+    let ms = epoch_ms(&when)
+        .ok_or_else(|| invalid("local_time: value is not RFC 3339 text or epoch milliseconds"))?;
+    local_time_text(ms, zone_of(state).as_deref(), format.as_deref())
+}
+
+/// The time a time filter was given: RFC 3339 text or epoch milliseconds.
+fn epoch_ms(when: &Value) -> Option<i64> {
+    match when.as_str() {
         Some(s) => crate::ingest::decode::parse_time(&serde_json::Value::String(s.to_string())),
         None => when.as_i64(),
     }
-    .ok_or_else(|| invalid("local_time: value is not RFC 3339 text or epoch milliseconds"))?;
-    let tz_name = state
+}
+
+/// The recipient's time zone name, from the template's `profile`.
+fn zone_of(state: &State) -> Option<String> {
+    state
         .lookup("profile")
         .and_then(|p| p.get_attr("time_zone").ok())
-        .and_then(|z| z.as_str().map(str::to_string));
-    local_time_text(ms, tz_name.as_deref(), format.as_deref())
+        .and_then(|z| z.as_str().map(str::to_string))
 }
 
 /// `{{ event.ts | local_date }}` → `24 nov. 2026` (and `local_datetime` →
 /// `24 nov. 2026, 15:05`): the day in the recipient's time zone, written as
 /// the text's locale writes dates (CLDR's medium length, through ICU4X).
 fn local_date(state: &State, when: Value, with_time: bool) -> Result<String, Error> {
-    let ms = match when.as_str() {
-        Some(s) => crate::ingest::decode::parse_time(&serde_json::Value::String(s.to_string())),
-        None => when.as_i64(),
-    }
-    .ok_or_else(|| invalid("local_date: value is not RFC 3339 text or epoch milliseconds"))?;
-    let zone = state
-        .lookup("profile")
-        .and_then(|p| p.get_attr("time_zone").ok())
-        .and_then(|z| z.as_str().map(str::to_string));
-    local_date_text(ms, zone.as_deref(), &locale_of(state), with_time)
+    let ms = epoch_ms(&when)
+        .ok_or_else(|| invalid("local_date: value is not RFC 3339 text or epoch milliseconds"))?;
+    local_date_text(ms, zone_of(state).as_deref(), &locale_of(state), with_time)
         .ok_or_else(|| invalid("local_date: the date cannot be written"))
 }
 

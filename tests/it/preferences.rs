@@ -258,23 +258,27 @@ async fn a_threshold_raised_through_one_instance_is_used_by_the_other() {
     wait_ready(a.admin_addr()).await;
     wait_ready(b.admin_addr()).await;
     let producer = producer();
+    // u-1's purchase `seq` of `amount` USD, on one card: handled in order.
+    let buy = |seq: u64, amount: f64| {
+        let payload = purchase("u-1", seq, amount);
+        let (producer, topic) = (&producer, &topics.transactions);
+        async move { publish(producer, topic, "card-1", &payload).await }
+    };
+    let provider = &provider;
+    let wait_pushed = |seq: u64| async move {
+        eventually(Duration::from_secs(30), || {
+            pushed(provider).contains_key(&seq).then_some(())
+        })
+        .await
+        .is_some()
+    };
 
     // The default threshold (10 USD): a 50 USD purchase is pushed.
-    publish(
-        &producer,
-        &topics.transactions,
-        "card-1",
-        &purchase("u-1", 1, 50.0),
-    )
-    .await;
+    buy(1, 50.0).await;
     assert!(
-        eventually(Duration::from_secs(30), || pushed(&provider)
-            .contains_key(&1)
-            .then_some(()))
-        .await
-        .is_some(),
+        wait_pushed(1).await,
         "the purchase over the default threshold is pushed: {:?}",
-        pushed(&provider)
+        pushed(provider)
     );
 
     // The user raises it to 100 USD through instance a.
@@ -312,30 +316,14 @@ async fn a_threshold_raised_through_one_instance_is_used_by_the_other() {
 
     // A small purchase is not pushed any more; a large one is, and its
     // outcome records the threshold used. Same card: handled in order.
-    publish(
-        &producer,
-        &topics.transactions,
-        "card-1",
-        &purchase("u-1", 2, 50.0),
-    )
-    .await;
-    publish(
-        &producer,
-        &topics.transactions,
-        "card-1",
-        &purchase("u-1", 3, 150.0),
-    )
-    .await;
+    buy(2, 50.0).await;
+    buy(3, 150.0).await;
     assert!(
-        eventually(Duration::from_secs(30), || pushed(&provider)
-            .contains_key(&3)
-            .then_some(()))
-        .await
-        .is_some(),
+        wait_pushed(3).await,
         "the purchase over the raised threshold is pushed: {:?}",
-        pushed(&provider)
+        pushed(provider)
     );
-    let counts = pushed(&provider);
+    let counts = pushed(provider);
     assert!(
         !counts.contains_key(&2),
         "the small purchase is not pushed: {counts:?}"
