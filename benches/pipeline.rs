@@ -150,6 +150,7 @@ fn bench_render(c: &mut Criterion) {
             description: "",
         },
         pattern: None,
+        digest: None,
     };
     let mut group = c.benchmark_group("render");
     group.throughput(Throughput::Elements(fields.len() as u64));

@@ -14,6 +14,8 @@
 //!       - { at: "2026-11-24T15:30:00Z" }  # no event: only time passes (timers, held messages)
 //!     expect:
 //!       - { rule: declined-velocity, channel: sms, status: sent, text_matches: "^herald: 3 declined" }
+//!       # also: reason, reason_matches, title, title_matches, text, locale,
+//!       # digest_count (the items of a digest's send)
 //! ```
 
 use std::collections::BTreeMap;
@@ -90,6 +92,12 @@ pub struct Expected {
     /// A regular expression the text (push body or SMS) must match.
     #[serde(default)]
     pub text_matches: Option<String>,
+    /// A regular expression the reason must match (`^digested:`).
+    #[serde(default)]
+    pub reason_matches: Option<String>,
+    /// For a digest's send: how many items it carries.
+    #[serde(default)]
+    pub digest_count: Option<u64>,
     /// The locale of the texts sent (`fr` for a recipient in `fr-BE`).
     #[serde(default)]
     pub locale: Option<String>,
@@ -270,6 +278,10 @@ fn compare(expected: &[Spanned<Expected>], seen: &[Seen]) -> Option<String> {
         check("text", &e.value.text, s.text.clone().unwrap_or_default());
         let used = s.outcome["locale"]["used"].as_str().unwrap_or("");
         check("locale", &e.value.locale, used.to_string());
+        let count = s.outcome["digest"]["count"].as_u64();
+        if let (Some(want), false) = (e.value.digest_count, e.value.digest_count == count) {
+            differ.push(format!("digest_count: expected {want}, got {count:?}"));
+        }
         for (name, pattern, have) in [
             (
                 "title",
@@ -281,6 +293,7 @@ fn compare(expected: &[Spanned<Expected>], seen: &[Seen]) -> Option<String> {
                 &e.value.text_matches,
                 s.text.clone().unwrap_or_default(),
             ),
+            ("reason", &e.value.reason_matches, got("reason")),
         ] {
             if let Some(p) = pattern {
                 match regex::Regex::new(p) {
@@ -336,6 +349,7 @@ fn describe_expected(e: &Expected) -> String {
     parts.extend(e.channel.iter().cloned());
     parts.extend(e.status.iter().cloned());
     parts.extend(e.reason.iter().map(|r| format!("({r})")));
+    parts.extend(e.reason_matches.iter().map(|r| format!("(/{r}/)")));
     parts.extend(e.title.iter().map(|t| format!("{t:?}")));
     parts.extend(e.title_matches.iter().map(|t| format!("/{t}/")));
     parts.extend(e.text.iter().map(|t| format!("{t:?}")));

@@ -40,7 +40,8 @@ pub struct CategoryPolicy {
     /// Per user caps on this category's sends, e.g. `["3/day", "1/hour"]`.
     #[serde(default)]
     pub caps: Vec<Cap>,
-    /// Steps this category skips: `quiet_hours`, `caps` (the global caps too).
+    /// Steps this category skips: `quiet_hours`, `caps` (the global caps
+    /// too), `pause`, `digest`.
     /// Explicit, so that e.g. fraud alerts reach people at night on purpose.
     #[serde(default)]
     pub bypass: Vec<Step>,
@@ -87,6 +88,8 @@ pub enum Step {
     Caps,
     /// The user's pause (`paused_until`).
     Pause,
+    /// A rule's `digest:` (its messages sent one by one instead).
+    Digest,
 }
 
 /// Per-rule overrides in a rule file (`policy:` of a rule).
@@ -335,7 +338,7 @@ fn default_categories() -> BTreeMap<String, CategoryPolicy> {
         (
             "fraud".to_string(),
             CategoryPolicy {
-                bypass: vec![Step::QuietHours, Step::Caps, Step::Pause],
+                bypass: vec![Step::QuietHours, Step::Caps, Step::Pause, Step::Digest],
                 ..urgent
             },
         ),
@@ -375,7 +378,7 @@ mod tests {
         );
         assert_eq!(
             p.category("fraud").bypass,
-            vec![Step::QuietHours, Step::Caps, Step::Pause],
+            vec![Step::QuietHours, Step::Caps, Step::Pause, Step::Digest],
             "others keep their defaults"
         );
         assert_eq!(p.caps, vec!["20/day".parse().unwrap()]);

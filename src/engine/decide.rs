@@ -35,6 +35,7 @@ impl Decider {
         let ledger_key = crate::util::slash_joined(&[&job.intent, &channel.channel.name]);
         let decided_ms = self.cx.clock.now_ms();
         let mut d = Decided::new(job, outcome_of(job, channel, decided_ms), ledger_key);
+        (d.digest_role, d.digest_key) = self.digest_role(job, &channel.channel.name);
         self.decide_into(job, channel, &mut d, gate).await;
         d
     }
@@ -58,6 +59,7 @@ impl Decider {
             now_ms: self.cx.clock.now_ms(),
             address: None,
             reservation: None,
+            digest: d.digest_role,
         };
         let wait = Duration::from_millis(self.feedback_config.consent_wait_ms);
         let cx = self.policy.context(&self.feedback, &self.cx.profiles, wait);
@@ -66,8 +68,13 @@ impl Decider {
         // recipient and the key, whatever later steps say.
         if let Some(address) = &draft.address {
             d.outcome.recipient = Some(address.masked());
-            d.outcome.idempotency_key =
-                idempotency_key(rule, event, &channel.channel.name, address);
+            d.outcome.idempotency_key = idempotency_key_of(
+                rule,
+                event,
+                &channel.channel.name,
+                address,
+                job.digest.as_ref().map(|s| s.id.as_str()),
+            );
         }
         if verdict != Verdict::Continue {
             return self.stopped(job, channel, d, verdict);
@@ -167,6 +174,8 @@ impl Decider {
             Verdict::Defer { until_ms, because } => {
                 self.deferred(job, channel, d, until_ms, because)
             }
+            // Collected by the chain's caller, which knows the rest of the chain.
+            Verdict::Digest => d.collect = true,
             Verdict::Fail(unknown, detail) => {
                 if unknown == Unknown::Consent {
                     self.cx.metrics.emit(StageEvent::ConsentWaitFailed);
@@ -199,7 +208,13 @@ impl Decider {
             d.outcome.recipient = Some(a.masked());
         }
         let to = to.unwrap_or_else(|| Address::User(event.user.to_string()));
-        d.outcome.idempotency_key = idempotency_key(rule, event, &channel.channel.name, &to);
+        d.outcome.idempotency_key = idempotency_key_of(
+            rule,
+            event,
+            &channel.channel.name,
+            &to,
+            job.digest.as_ref().map(|s| s.id.as_str()),
+        );
         d.hold_until = Some(until_ms);
     }
 
@@ -419,6 +434,7 @@ fn outcome_of(job: &Job, channel: &ChannelRuntime, decided_ms: i64) -> Outcome {
             .subscription
             .as_ref()
             .and_then(|s| serde_json::to_value(&**s).ok()),
+        digest: job.digest.as_ref().map(|s| s.sent_record()),
         delivery: None,
         shadow: false,
         unknown_after_crash: false,
@@ -456,7 +472,19 @@ fn render(
             description: &rule.description,
         },
         pattern: job.pattern.as_ref().map(|p| &p.context),
+        digest: None,
         locale: &picked.locale,
+    };
+    let digest = job.digest.as_ref().map(|s| {
+        let shown = rule
+            .digest
+            .as_ref()
+            .map_or(0..s.items.len(), |d| d.shown(s.items.len()));
+        s.view(shown)
+    });
+    let seen = Scope {
+        digest: digest.as_ref(),
+        ..seen
     };
     let names = &rule.template_names;
     let part = |name: &str| {
@@ -504,21 +532,30 @@ fn render(
 }
 
 /// Stable per (rule, triggering event, channel, recipient): a re-delivered
-/// event yields the same key.
-fn idempotency_key(rule: &Rule, event: &Event, channel: &str, to: &Address) -> Arc<str> {
+/// event yields the same key. A digest's send adds its id (its last item's event is no message of its own).
+fn idempotency_key_of(
+    rule: &Rule,
+    event: &Event,
+    channel: &str,
+    to: &Address,
+    digest: Option<&str>,
+) -> Arc<str> {
     let recipient = match to {
         Address::Push(t) => t.token.as_str(),
         Address::Phone(p) => p.as_str(),
         Address::User(u) => u.as_str(),
     };
-    let digest = crate::util::stable_digest(&[
+    let (partition, offset) = (event.partition.to_be_bytes(), event.offset.to_be_bytes());
+    let parts: [&[u8]; 7] = [
         rule.id.as_bytes(),
         event.source.as_bytes(),
         channel.as_bytes(),
         recipient.as_bytes(),
-        &event.partition.to_be_bytes(),
-        &event.offset.to_be_bytes(),
-    ]);
+        &partition,
+        &offset,
+        digest.unwrap_or("").as_bytes(),
+    ];
+    let digest = crate::util::stable_digest(&parts[..6 + usize::from(digest.is_some())]);
     crate::util::digest_hex(&digest)
 }
 

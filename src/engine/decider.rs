@@ -52,6 +52,11 @@ pub struct Decided {
     pub(super) may_hop: bool,
     /// Deferred: hold the message until then, epoch ms.
     pub(super) hold_until: Option<i64>,
+    /// What the decision is to a digest, and the digest an item goes to.
+    pub(super) digest_role: crate::policy::DigestRole,
+    pub(super) digest_key: Option<super::digest::DigestKey>,
+    /// The chain said to collect it into its digest.
+    pub(super) collect: bool,
     /// Writes besides the outcome and dead letter (the held topic).
     pub writes: Vec<Pending>,
     /// The send-ledger key to record this decision under; `None` for a
@@ -75,6 +80,9 @@ impl Decided {
             requested: false,
             may_hop: false,
             hold_until: None,
+            digest_role: crate::policy::DigestRole::None,
+            digest_key: None,
+            collect: false,
             writes: Vec::new(),
             ledger_key: Some(ledger_key),
             sending: None,
@@ -98,6 +106,10 @@ pub struct Decider {
     /// Held messages whose rule is not loaded, by hold key → rule: kept held,
     /// reported once, taken up again when the rule is back.
     pub(super) orphans: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Held while a digest is read and written again (an item, a
+    /// withdrawal) and while due messages are taken for release: an item
+    /// never joins a digest whose release has begun.
+    pub(super) digesting: std::sync::Mutex<()>,
     /// Every decision by intent and channel, per intents partition.
     pub(super) ledger: Arc<SendLedger>,
     /// The intents topic, whose partitions say which users this instance
@@ -173,6 +185,7 @@ impl Decider {
             held: HeldQueue::default(),
             held_log: Arc::new(held_log),
             orphans: Default::default(),
+            digesting: std::sync::Mutex::new(()),
             ledger,
             intents_topic,
             suppression_counters,
@@ -248,6 +261,11 @@ impl Decider {
     /// One job's decision chains, concurrently, each opening its gate once
     /// the user's next decision may begin; their records into `writes`.
     async fn decide_job(&self, job: &Job, gates: &[Gate], writes: &mut Vec<Pending>) {
+        if job.withdraw {
+            self.withdraw(job, writes);
+            gates.iter().for_each(Gate::open);
+            return;
+        }
         let chains = self.chains(job, gates);
         // One chain (one rule, one channel) is awaited as it is, not moved
         // into a join of one.
@@ -355,6 +373,8 @@ impl Decider {
             received_ms: msg.consumed_ms,
             release: false,
             subscription: intent.subscription.map(Arc::new),
+            digest: None,
+            withdraw: intent.withdraw,
         })
     }
 
@@ -522,14 +542,25 @@ impl Decider {
             // moves (into the list of chains, into the join).
             let mut d = Box::pin(self.decide(job, channel, gate)).await;
             d.outcome.hops = hops.clone();
+            if let (true, Some(key)) = (d.collect, d.digest_key.take()) {
+                decided.push(self.collect(job, &chain[i..], &hops, key, d));
+                break;
+            }
+            if let (Some(key), Status::Sent) = (d.digest_key.take(), d.outcome.status) {
+                // The first of a window, gone at once: the rest collect.
+                let opened = self.open_after_first(job, &chain[i..], &hops, key, &d.outcome);
+                d.writes.extend(opened);
+            }
             if let Some(release_ms) = d.hold_until {
                 let held = Held {
                     release_ms,
                     idempotency_key: d.outcome.idempotency_key.to_string(),
+                    // A digest's send waiting out quiet hours replaces nothing.
                     collapse: job
                         .rule()
                         .collapse_key
                         .as_ref()
+                        .filter(|_| job.digest.is_none())
                         .map(|c| format!("{}\u{0}{}\u{0}{c}", job.event.user, job.rule().id)),
                     item: HeldMessage {
                         job: job.for_release(),

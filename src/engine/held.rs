@@ -99,6 +99,13 @@ impl<T> HeldQueue<T> {
         Some(held)
     }
 
+    /// Reads the message holding collapse key `collapse`, if any, leaving it held.
+    pub fn peek_collapse<R>(&self, collapse: &str, read: impl FnOnce(&Held<T>) -> R) -> Option<R> {
+        let inner = self.lock();
+        let slot = inner.by_collapse.get(collapse)?;
+        inner.by_time.get(slot).map(read)
+    }
+
     /// Wakes the release loop (a message was held elsewhere: on disk).
     pub fn wake(&self) {
         self.wake.notify_one();

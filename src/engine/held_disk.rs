@@ -41,6 +41,10 @@ pub struct HeldRecord {
     /// What completed the rule's pattern, for templates at release.
     #[serde(default)]
     pub pattern_context: Option<Value>,
+    /// A digest: its items (events masked), while its window is open or
+    /// while its send waits (quiet hours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<super::job::DigestState>,
 }
 
 impl HeldRecord {
@@ -75,6 +79,7 @@ impl HeldRecord {
             outcome: m.outcome.clone(),
             unless_heard_of: m.unless_heard_of.clone(),
             pattern_context,
+            digest: m.job.digest.as_deref().cloned(),
         }
     }
 }

@@ -199,6 +199,8 @@ impl Decider {
                 _ = self.held.woken() => continue,
                 _ = shutdown.changed() => break,
             }
+            // No item joins a digest while it is taken for release.
+            let _one = self.digesting.lock().unwrap_or_else(|p| p.into_inner());
             for held in self.held.due(self.cx.clock.now_ms()) {
                 self.cx.metrics.emit(StageEvent::HeldNow(self.held.len()));
                 if !self.owns_user(&health, &held.item.job.event.user) {
@@ -210,6 +212,7 @@ impl Decider {
                 let decider = Arc::clone(&self);
                 tokio::spawn(async move { decider.release(held).await });
             }
+            drop(_one);
         }
         if !self.held.is_empty() {
             info!(
@@ -362,6 +365,8 @@ impl Decider {
                         .as_ref()
                         .and_then(|s| serde_json::from_value(s.clone()).ok())
                         .map(Arc::new),
+                    digest: record.digest.clone().map(Arc::new),
+                    withdraw: false,
                 },
                 chain: record.chain.clone(),
                 hops: record.hops.clone(),
@@ -385,6 +390,9 @@ impl Decider {
     }
 
     async fn release_one(&self, mut held: HeldMessage, writes: &mut Vec<Pending>) {
+        if !self.close_digest(&mut held) {
+            return;
+        }
         if let Some(key) = &held.unless_heard_of {
             let wait = Duration::from_millis(self.feedback_config.consent_wait_ms);
             // Unsure (feedback unreadable) counts as not delivered: reach the user.

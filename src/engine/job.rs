@@ -7,6 +7,7 @@ use crate::ingest::decode::Event;
 use crate::profile::Profile;
 use crate::rules::{Loaded, Rule};
 use crate::state::intent::{EventRecord, FiredRecord, SubscriptionUsed};
+
 use crate::state::Intent;
 
 /// The inputs of one rule's decision for one event, owned so a held message
@@ -29,6 +30,81 @@ pub struct Job {
     pub release: bool,
     /// For a subscription rule: the user's values its match used.
     pub subscription: Option<Arc<SubscriptionUsed>>,
+    /// A digest: collecting (its window open), or its send once closed.
+    pub digest: Option<Arc<DigestState>>,
+    /// Not a message: a later event that may take waiting items out of
+    /// the recipient's digests of this rule (`digest.withdraw`).
+    pub withdraw: bool,
+}
+
+/// A digest of one recipient, rule, group and channel chain: its items
+/// while its window is open, kept in its held record (durable as every
+/// held message), then the one message they go as.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DigestState {
+    /// Deterministic: from the recipient, rule, group, chain and first item.
+    pub id: String,
+    #[serde(default)]
+    pub group: Option<String>,
+    pub opened_ms: i64,
+    pub last_ms: i64,
+    pub closes_ms: i64,
+    /// Bumped at each change: the held record's key is `<id>/<revision>`.
+    pub revision: u32,
+    /// The window closed: this is the digest's send.
+    #[serde(default)]
+    pub closed: bool,
+    pub items: Vec<DigestItem>,
+}
+
+/// One collected message: its intent and what templates may show of it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DigestItem {
+    pub intent: String,
+    /// When it was collected, epoch ms.
+    pub at_ms: i64,
+    /// Its event, card numbers masked.
+    pub event: EventRecord,
+    /// What completed its pattern, masked.
+    #[serde(default)]
+    pub pattern: Option<serde_json::Value>,
+}
+
+impl DigestState {
+    /// What templates see as `digest`.
+    pub fn view(&self, shown: std::ops::Range<usize>) -> serde_json::Value {
+        let count = self.items.len();
+        let items: Vec<serde_json::Value> = self.items
+            [shown.start.min(count)..shown.end.min(count)]
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "event": serde_json::Value::Object(i.event.fields.clone()),
+                    "pattern": i.pattern,
+                    "at_ms": i.at_ms,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.id,
+            "count": count,
+            "more": count - items.len(),
+            "items": items,
+            "group": self.group,
+            "first_ms": self.items.first().map(|i| i.at_ms),
+            "last_ms": self.items.last().map(|i| i.at_ms),
+        })
+    }
+
+    /// The outcome's `digest` for the digest's send.
+    pub fn sent_record(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "count": self.items.len(),
+            "items": self.items.iter().map(|i| i.intent.as_str()).collect::<Vec<_>>(),
+            "group": self.group,
+        })
+    }
 }
 
 impl Job {
@@ -99,6 +175,7 @@ impl Job {
                 }
             }),
             subscription: self.subscription.as_deref().cloned(),
+            withdraw: self.withdraw,
         }
     }
 }

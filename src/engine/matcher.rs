@@ -211,6 +211,25 @@ impl Matcher {
         let loaded = self.cx.rules.current();
         let set = &loaded.set;
         let profile = self.cx.profiles.get(&event.user);
+        for rule in set.withdrawals(&event.source, &event.fields) {
+            let matched_ms = self.cx.clock.now_ms();
+            let mut intent = Intent::id_of(&event, &set.rules[rule].id, false);
+            intent.push_str("/withdraw");
+            out.jobs.push(Job {
+                intent: intent.into(),
+                loaded: Arc::clone(&loaded),
+                rule,
+                event: Arc::clone(&event),
+                profile: profile.clone(),
+                matched_ms,
+                received_ms: matched_ms,
+                pattern: None,
+                release: false,
+                subscription: None,
+                digest: None,
+                withdraw: true,
+            });
+        }
         let candidates = set.candidates(&event.source, &event.fields);
         if candidates.is_empty() {
             return out;
@@ -278,9 +297,8 @@ impl Matcher {
             }
         }
         let matched_ms = self.cx.clock.now_ms();
-        out.jobs = matched
-            .into_iter()
-            .map(|(rule, subscription)| Job {
+        out.jobs
+            .extend(matched.into_iter().map(|(rule, subscription)| Job {
                 intent: Intent::id_of(&event, &set.rules[rule].id, false).into(),
                 loaded: Arc::clone(&loaded),
                 rule,
@@ -291,8 +309,9 @@ impl Matcher {
                 pattern: None,
                 release: false,
                 subscription,
-            })
-            .collect();
+                digest: None,
+                withdraw: false,
+            }));
         out.jobs.extend(
             fired
                 .into_iter()

@@ -35,6 +35,7 @@ mod channels;
 mod decide;
 mod decider;
 mod dedup;
+mod digest;
 mod held;
 mod held_disk;
 mod held_log;

@@ -129,6 +129,8 @@ impl Matcher {
             received_ms: now,
             pattern: Some(Arc::new(fired)),
             subscription,
+            digest: None,
+            withdraw: false,
         }
     }
 

@@ -305,6 +305,7 @@ impl Replies {
             sms: None,
             locale: None,
             subscription: None,
+            digest: None,
             delivery: None,
             shadow: false,
             unknown_after_crash: false,

@@ -182,6 +182,9 @@ impl Conditions {
             .map(|(name, fields)| (name.to_string(), serde_json::Value::Object(fields.to_map())))
             .collect();
         let mut inner = self.interpreter(scope).new_inner_scope();
+        if let Some(item) = named.get("item") {
+            inner.add_variable_from_value("item", cel::to_value(item).unwrap_or(Value::Null));
+        }
         inner.add_variable_from_value("steps", cel::to_value(&named).unwrap_or(Value::Null));
         interpreted(condition.program.execute(&inner))
     }

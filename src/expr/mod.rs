@@ -124,6 +124,9 @@ impl Expr {
                 "sub" => Expr::Root(Root::Sub),
                 // Only as `steps.<name>`, below.
                 "steps" => return None,
+                // A digest's waiting item, in a `withdraw` condition: the
+                // step of that name.
+                "item" => Expr::Step("item".into()),
                 _ => Expr::Undeclared,
             },
             Ast::Select(select) if matches!(&select.operand.expr, Ast::Ident(n) if n == "steps") => {

@@ -50,6 +50,8 @@ pub enum StageEvent<'a> {
     /// A held message ended: `sent`, `held_again`, `stale`, `suppressed`,
     /// `failed`, `collapsed`, `delivered`.
     HeldEnded(&'static str),
+    /// Digest items: `collected`, `withdrawn`, or `closed` in a digest.
+    DigestItems { result: &'static str, count: usize },
     /// The send ledger's size on disk, and the caps' users in memory.
     LedgerSize {
         rows: usize,
@@ -108,6 +110,10 @@ impl Metrics {
             StageEvent::HeldNow(n) => self.held.set(n as i64),
             StageEvent::HeldOrphaned(n) => self.held_orphaned.set(n as i64),
             StageEvent::HeldEnded(how) => self.held_released.with_label_values(&[how]).inc(),
+            StageEvent::DigestItems { result, count } => self
+                .digest_items
+                .with_label_values(&[result])
+                .inc_by(count as u64),
             StageEvent::LedgerSize {
                 rows,
                 disk_bytes,

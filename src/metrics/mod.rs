@@ -42,6 +42,9 @@ pub struct Metrics {
     /// Held messages by how they ended (`sent`, `stale`, `suppressed`,
     /// `failed`, `collapsed`, `shutdown`), and delivery waits that ended `delivered`.
     pub held_released: IntCounterVec,
+    /// Digest items by what happened to them: `collected`, `withdrawn`,
+    /// `closed` (in a digest whose window closed, to be sent).
+    pub digest_items: IntCounterVec,
     /// Feedback records per kind (`engagement`, `stop`, `start`, `help`, `reply`,
     /// `push_action`) and result (`applied`, `unknown_message`, `invalid`).
     pub feedback: IntCounterVec,
@@ -297,6 +300,11 @@ impl Metrics {
             held_released: counter_vec(
                 "herald_held_released_total",
                 "Held messages by how they ended",
+                &["result"],
+            ),
+            digest_items: counter_vec(
+                "herald_digest_items_total",
+                "Digest items collected, withdrawn, and in a digest whose window closed",
                 &["result"],
             ),
             feedback: counter_vec(

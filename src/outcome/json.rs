@@ -220,6 +220,9 @@ impl Outcome {
         if let Some(subscription) = &self.subscription {
             o.value("subscription", subscription);
         }
+        if let Some(digest) = &self.digest {
+            o.value("digest", digest);
+        }
         o.str_if("delivery", self.delivery.as_deref())
             .true_if("shadow", self.shadow)
             .true_if("unknown_after_crash", self.unknown_after_crash)
@@ -317,6 +320,9 @@ mod tests {
                 }),
                 subscription: rng.random_bool(0.5).then(|| {
                     serde_json::json!({"parameters": {"threshold": {"amount": 250.0, "currency": text(&mut rng)}}})
+                }),
+                digest: rng.random_bool(0.5).then(|| {
+                    serde_json::json!({"id": text(&mut rng), "count": rng.random::<u8>(), "items": [text(&mut rng)]})
                 }),
                 delivery: maybe(&mut rng),
                 shadow: rng.random(),

@@ -137,6 +137,11 @@ pub struct Outcome {
     /// the channels they chose (`{"parameters": {...}, "channels": [...]}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<serde_json::Value>,
+    /// For a rule that digests. An item's outcome (`held`, `digested:<id>`, or
+    /// `withdrawn`): `{"id", "closes_ms"}`. The digest's own send:
+    /// `{"id", "count", "items": [intent ids], "group"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<serde_json::Value>,
     /// For `sent`: the delivery status when the provider accepted it
     /// (`accepted` for push and webhooks, Twilio's `queued`); later statuses
     /// arrive as delivery records (see [`DeliveryRecord`]).

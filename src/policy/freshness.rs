@@ -1,6 +1,6 @@
-//! Policy step: the event is not too old to be worth a message (`max_age_s`, by event time).
+//! Policy step: the event is not too old to be worth a message (`max_age_s`, by event time); a digest's send is not checked (its items were, when collected).
 
-use super::step::{Context, Draft, Step, Verdict};
+use super::step::{Context, DigestRole, Draft, Step, Verdict};
 use super::{PolicyConfig, Suppression};
 
 /// A late contextual message is worse than none.
@@ -21,6 +21,10 @@ impl Step for Freshness {
     }
 
     fn check(&self, draft: &mut Draft<'_>, cx: &Context<'_>) -> Verdict {
+        // A digest is late by design: its items were fresh when collected.
+        if draft.digest == DigestRole::Send {
+            return Verdict::Continue;
+        }
         let Some(max_s) = max_age_s(cx.settings, draft) else {
             return Verdict::Continue;
         };

@@ -3,7 +3,8 @@
 //! The chain, in the order [`Policy::new`] lists it (and
 //! `docs/analysts/policy.md` documents; a test holds the two together):
 //! consent (a profile, the channel's consent, herald's STOP list) → the
-//! category is not turned off → the user has not paused messages → freshness → quiet hours (drop, or defer until
+//! category is not turned off → the user has not paused messages → freshness
+//! → digest (collected, when the rule digests) → quiet hours (drop, or defer until
 //! they end) → an address on the channel → cross-channel engagement →
 //! frequency caps. Caps come last so that only a send that will really be
 //! attempted takes a place under them.
@@ -22,6 +23,7 @@ mod cap_store;
 mod caps;
 mod category;
 mod consent;
+mod digest;
 mod engagement;
 mod freshness;
 mod pause;
@@ -37,7 +39,7 @@ pub use address::address;
 pub use cap_store::{CapHit, FrequencyCaps, Limits, Reservation};
 pub use caps::CapsStep;
 pub use reason::{Suppression, SuppressionCode};
-pub use step::{Context, Draft, Step, Unknown, Verdict};
+pub use step::{Context, DigestRole, Draft, Step, Unknown, Verdict};
 
 /// The policy stage: its settings, its chain of steps, and the per-user send
 /// history the caps count.
@@ -67,6 +69,7 @@ impl Policy {
             Box::new(category::CategoryPreference),
             Box::new(pause::Pause),
             Box::new(freshness::Freshness),
+            Box::new(digest::Digesting),
             Box::new(quiet_hours::QuietHoursStep),
             Box::new(address::Reachable),
             Box::new(engagement::Engagement),

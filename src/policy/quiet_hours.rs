@@ -1,13 +1,14 @@
 //! Policy step: quiet hours in the recipient's time zone — drop the message, or hold it until they end.
 
 use super::freshness::max_age_s;
-use super::step::{Context, Draft, Step, Verdict};
+use super::step::{Context, DigestRole, Draft, Step, Verdict};
 use super::{Bypass, QuietAction, QuietHours, QuietHoursSetting, Suppression};
 
 /// The window is the rule's (`quiet_hours`, or `off`), else its category's
 /// unless the category bypasses quiet hours; the user's own window replaces
 /// whichever applies but never adds one. A held message is released when the
 /// window ends, if it will still be fresh then; otherwise it is dropped now.
+/// A digest's send is always held, never dropped.
 pub struct QuietHoursStep;
 
 impl Step for QuietHoursStep {
@@ -52,7 +53,9 @@ impl Step for QuietHoursStep {
             .unwrap_or(category.on_quiet_hours);
         let fresh_then = max_age_s(cx.settings, draft)
             .is_none_or(|max| until_ms - draft.event_ms <= max as i64 * 1000);
-        if action == QuietAction::Hold && fresh_then {
+        // A digest is held through quiet hours whatever `on_quiet_hours`
+        // says: dropping it would drop every item it collected.
+        if draft.digest == DigestRole::Send || (action == QuietAction::Hold && fresh_then) {
             Verdict::Defer { until_ms, because }
         } else {
             Verdict::Suppress(because)

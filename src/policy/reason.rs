@@ -24,6 +24,7 @@ crate::reason_codes! {
         SuppressedBy = "suppressed_by",
         InvalidTimeZone = "invalid_time_zone",
         Paused = "paused",
+        Withdrawn = "withdrawn",
     }
 }
 
@@ -77,6 +78,11 @@ pub enum Suppression {
     SuppressedBy {
         engagement: String,
     },
+    /// A digest item a later event took back (`digest.withdraw`): that
+    /// event, as `topic/partition/offset`.
+    Withdrawn {
+        by: String,
+    },
 }
 
 impl Suppression {
@@ -99,6 +105,7 @@ impl Suppression {
             Suppression::UnknownAfterCrash => SuppressionCode::UnknownAfterCrash,
             Suppression::SuppressedBy { .. } => SuppressionCode::SuppressedBy,
             Suppression::InvalidTimeZone => SuppressionCode::InvalidTimeZone,
+            Suppression::Withdrawn { .. } => SuppressionCode::Withdrawn,
         }
     }
 
@@ -150,6 +157,7 @@ impl Suppression {
             Suppression::CategoryOff { category } => part(&mut out, category),
             Suppression::Paused { until } => part(&mut out, until),
             Suppression::SuppressedBy { engagement } => part(&mut out, engagement),
+            Suppression::Withdrawn { by } => part(&mut out, by),
             Suppression::Stale { age_s, max_s } => {
                 part(&mut out, itoa::Buffer::new().format(*age_s));
                 out.push_str("s>");

@@ -25,6 +25,20 @@ pub struct Draft<'a> {
     pub address: Option<Address>,
     /// Taken by the caps step; given back when the send does not happen.
     pub reservation: Option<Reservation>,
+    /// What the draft is to a digest.
+    pub digest: DigestRole,
+}
+
+/// What a draft is to a digest (a rule's `digest:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestRole {
+    /// Its rule does not digest (or this message goes at once: the first
+    /// of a window with `first_at_once`).
+    None,
+    /// An item its rule would collect into the recipient's digest.
+    Item,
+    /// The digest itself, sent when its window closed.
+    Send,
 }
 
 /// What the steps read besides the draft: settings and the shared state.
@@ -49,6 +63,9 @@ pub enum Verdict {
     /// Not now: kept and decided again, from the first step, at `until_ms`.
     /// `because` is the outcome's reason meanwhile.
     Defer { until_ms: i64, because: Suppression },
+    /// Not alone: collected into the recipient's digest, sent when its
+    /// window closes (stage 2 keeps it).
+    Digest,
     /// Cannot be decided: the message fails, dead-lettered with `detail`.
     Fail(Unknown, String),
 }

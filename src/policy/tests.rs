@@ -68,6 +68,7 @@ fn draft<'a>(
         now_ms,
         address: None,
         reservation: None,
+        digest: crate::policy::DigestRole::None,
     }
 }
 
@@ -113,6 +114,7 @@ fn admit(
         Verdict::Continue => Ok(()),
         Verdict::Suppress(s) | Verdict::Defer { because: s, .. } => Err(s),
         Verdict::Fail(..) => panic!("no step fails offline"),
+        Verdict::Digest => panic!("no rule of these tests digests"),
     }
 }
 
@@ -179,6 +181,9 @@ fn every_reason_code_has_a_metric_handle() {
         Suppression::Paused {
             until: "2026-12-24T00:00:00Z".into(),
         },
+        Suppression::Withdrawn {
+            by: "transactions/3/1187".into(),
+        },
     ];
     for (i, s) in all.iter().enumerate() {
         assert_eq!(s.code_index(), i, "{} is out of place in ALL", s.code());
@@ -203,6 +208,7 @@ fn every_reason_code_has_a_metric_handle() {
             "suppressed_by:email_opened",
             "invalid_time_zone",
             "paused:2026-12-24T00:00:00Z",
+            "withdrawn:transactions/3/1187",
         ]
     );
     let more = [

@@ -40,6 +40,9 @@ pub struct Scope<'a> {
     pub profile: Option<Arc<dyn JsonFields>>,
     pub rule: RuleScope<'a>,
     pub pattern: Option<&'a serde_json::Value>,
+    /// For a digest's send: `count`, `items` (those its `show` picks, each
+    /// with its `event`, `pattern` and `at_ms`), `more`, `group`, `id`.
+    pub digest: Option<&'a serde_json::Value>,
     /// The locale the text is written in: money, numbers and plurals
     /// follow it (`locale` in templates).
     pub locale: &'a TextLocale,
@@ -138,6 +141,7 @@ impl Templates {
             profile => scope.profile.clone().map(|p| Value::from_object(Fields(p))),
             rule => Serde(&scope.rule),
             pattern => Serde(scope.pattern),
+            digest => Serde(scope.digest),
             locale => Value::from_object(LocaleValue(scope.locale.clone())),
         };
         template.render(context).map(|s| s.trim().to_string())

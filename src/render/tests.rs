@@ -24,6 +24,7 @@ fn render(src: &str, event: serde_json::Value, profile: Option<&Profile>) -> Res
         profile: profile.map(|p| Arc::new(p.clone()) as Arc<dyn JsonFields>),
         rule: scope,
         pattern: None,
+        digest: None,
         locale: &locale,
     };
     t.render("r/body", &scope)
@@ -391,9 +392,17 @@ fn the_planned_path_renders_what_minijinja_renders() {
         t.add(name.clone(), source.clone()).unwrap();
         names.push(name.clone());
     }
-    // Every sample template but the one with arithmetic takes the plan.
+    // Every sample template but the one with arithmetic and the digest's
+    // (a loop over its items) takes the plan.
     let unplanned: Vec<&String> = names.iter().filter(|n| !t.is_planned(n)).collect();
-    assert_eq!(unplanned, ["declined-velocity/text"]);
+    assert_eq!(
+        unplanned,
+        [
+            "cashback-digest/body",
+            "cashback-digest/title",
+            "declined-velocity/text"
+        ]
+    );
     let generated = generated_templates(&mut rng, 300);
     for (i, source) in generated.iter().enumerate() {
         let name = format!("gen-{i}/body");
@@ -419,6 +428,7 @@ fn the_planned_path_renders_what_minijinja_renders() {
                 description: "A rule",
             },
             pattern: pattern.as_ref(),
+            digest: None,
         };
         for name in &names {
             let planned = t.plans.get(name.as_str()).and_then(|p| p.render(&scope));
@@ -459,6 +469,7 @@ fn the_planned_path_renders_what_minijinja_renders() {
             category: "fraud",
             description: "",
         },
+        digest: None,
         pattern: Some(
             &serde_json::json!({"steps": {"home": {"merchant": "Shell"}, "abroad": {"merchant": "Fnac", "country": "FR"}}}),
         ),

@@ -42,6 +42,8 @@ pub struct Rule {
     pub policy: crate::policy::RulePolicy,
     /// For an alert users subscribe to: its parameters and default.
     pub subscription: Option<Arc<super::subscription::Subscription>>,
+    /// Its messages collected per recipient and sent as one, when it digests.
+    pub digest: Option<Arc<super::digest::Digest>>,
     /// Context over time, when the rule has a `pattern`.
     pub pattern: Option<std::sync::Arc<crate::patterns::Pattern>>,
     /// Template names present for this rule (`<id>/title`, `<id>/body`, `<id>/text`).
@@ -236,6 +238,14 @@ pub fn compile_rule(
         spec.id.referenced,
         |at, m| errors.push(err(at, m)),
     );
+    let digest = super::digest::compile(
+        spec.digest.as_ref(),
+        &spec.category,
+        &spec.sources.value,
+        conditions,
+        |at, m| errors.push(err(at, m)),
+    )
+    .map(Arc::new);
     let pattern = match &spec.pattern {
         None => {
             if let Some(k) = &spec.key {
@@ -327,6 +337,14 @@ pub fn compile_rule(
         .map(|(part, _)| format!("{id}/{part}"))
         .collect();
     names.extend(texts.names(&template_names));
+    let digest_reads = crate::render::Reads::of(templates, &names, "digest");
+    if digest.is_none() && digest_reads != crate::render::Reads::default() {
+        errors.push(err(
+            &spec.id.referenced,
+            "the template reads `digest`, but the rule has no `digest:`".into(),
+        ));
+        return None;
+    }
     let reads = TemplateReads {
         event: crate::render::Reads::of(templates, &names, "event"),
         pattern: crate::render::Reads::of(templates, &names, "pattern"),
@@ -351,6 +369,7 @@ pub fn compile_rule(
         ttl_seconds: spec.ttl_seconds,
         policy: spec.policy,
         subscription,
+        digest,
         pattern,
         has_title,
         has_body,

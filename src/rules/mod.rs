@@ -8,6 +8,7 @@
 //! [`set`] is the index and matcher, and [`live`] swaps sets on reload.
 
 pub mod compile;
+pub mod digest;
 pub mod error;
 pub mod live;
 pub mod load;

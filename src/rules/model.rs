@@ -109,6 +109,10 @@ pub struct RuleSpec {
     /// parameters (`sub.<name>` in the condition): see `subscription`.
     #[serde(default)]
     pub subscription: Option<super::subscription::SubscriptionSpec>,
+    /// Collects the rule's messages to one recipient over a window and
+    /// sends them as one (see `rules::digest`).
+    #[serde(default)]
+    pub digest: Option<super::digest::DigestSpec>,
 }
 
 /// Interactive push: the notification category the app registered (APNs

@@ -28,6 +28,8 @@ pub struct RuleSet {
     pub conditions: Conditions,
     pub files: Vec<FileSummary>,
     index: FastMap<String, SourceIndex>,
+    /// The enabled rules whose digest a later event can withdraw items from.
+    withdrawing: Vec<usize>,
 }
 
 /// Per source topic: rules with no `match:` (always candidates), and rules
@@ -82,12 +84,19 @@ impl RuleSet {
                 }
             }
         }
+        let withdrawing = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.enabled && r.digest.as_ref().is_some_and(|d| d.withdraw.is_some()))
+            .map(|(i, _)| i)
+            .collect();
         RuleSet {
             rules,
             templates,
             conditions,
             files,
             index,
+            withdrawing,
         }
     }
 
@@ -99,6 +108,29 @@ impl RuleSet {
             Conditions::default(),
             Vec::new(),
         )
+    }
+
+    /// The rules whose digest this event of `source` may withdraw items
+    /// from: its `withdraw.sources` and `match` (the condition, which reads
+    /// the waiting items, runs in stage 2).
+    pub fn withdrawals<'a, O: Object + ?Sized>(
+        &'a self,
+        source: &'a str,
+        fields: &'a O,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.withdrawing.iter().copied().filter(move |&i| {
+            let Some(w) = self.rules[i]
+                .digest
+                .as_ref()
+                .and_then(|d| d.withdraw.as_ref())
+            else {
+                return false;
+            };
+            w.sources.iter().any(|s| s == source)
+                && w.match_fields.iter().all(|(field, expected)| {
+                    lookup(fields, field).is_some_and(|v| scalar_eq(expected, v))
+                })
+        })
     }
 
     /// Candidate rules for an event of `source`, in file order, without duplicates.

@@ -86,6 +86,10 @@ pub struct Intent {
     /// version 0x02 on; an 0x01 intent has none).
     #[serde(default)]
     pub subscription: Option<SubscriptionUsed>,
+    /// Not a message: a later event that may withdraw waiting items from
+    /// the user's digests of the rule (version 0x03; false before).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdraw: bool,
 }
 
 /// What a subscription rule's match used of the user's settings: recorded in

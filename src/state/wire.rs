@@ -11,7 +11,10 @@
 //!
 //! Versions: the first byte says what the record is and how the rest is
 //! written: [`INTENT_V2`] (`0x02`: an intent with the subscription values
-//! its match used; [`INTENT_V1`], `0x01`, without, is still read), [`LEDGER_V1`] (`0x21`: kind 2, version
+//! its match used; [`INTENT_V1`], `0x01`, without, is still read),
+//! [`INTENT_V3`] (`0x03`: version 2 and `withdraw` after it, written only
+//! for a digest's withdrawal, so an instance of the version before reads
+//! every other intent during a rolling upgrade), [`LEDGER_V1`] (`0x21`: kind 2, version
 //! 1); `{` is a record written as JSON by herald before this encoding,
 //! still read, so an upgrade loses nothing in flight. Any other first byte
 //! is refused with a reason naming it (a newer herald's intent is
@@ -40,16 +43,42 @@ pub enum WireError {
     #[error("the record is empty")]
     Empty,
     #[error(
-        "schema version {0:#04x} is not one this herald reads (0x01 and 0x02 intents, 0x21 ledger entries, or JSON): written by a newer herald?"
+        "schema version {0:#04x} is not one this herald reads (0x01 to 0x03 intents, 0x21 ledger entries, or JSON): written by a newer herald?"
     )]
     UnknownVersion(u8),
     #[error("version {version} record cannot be read: {detail}")]
     Malformed { version: String, detail: String },
 }
 
-/// The bytes of an intent on the intents topic.
+/// [`INTENT_V2`] and the intent's `withdraw` after it.
+pub const INTENT_V3: u8 = 0x03;
+
+/// The bytes of an intent on the intents topic: version 2 (whose array
+/// ends before `withdraw`) unless it is a withdrawal.
 pub fn encode_intent(intent: &Intent) -> Vec<u8> {
-    encode(INTENT_V2, intent, 384)
+    if intent.withdraw {
+        return encode(INTENT_V3, intent, 384);
+    }
+    encode(INTENT_V2, &IntentV2(intent), 384)
+}
+
+/// An intent written as version 2: every field but `withdraw`.
+struct IntentV2<'a>(&'a Intent);
+
+impl serde::Serialize for IntentV2<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let i = self.0;
+        let mut st = s.serialize_struct("Intent", 7)?;
+        st.serialize_field("id", &i.id)?;
+        st.serialize_field("rule", &i.rule)?;
+        st.serialize_field("rule_version", &i.rule_version)?;
+        st.serialize_field("event", &i.event)?;
+        st.serialize_field("matched_ms", &i.matched_ms)?;
+        st.serialize_field("pattern", &i.pattern)?;
+        st.serialize_field("subscription", &i.subscription)?;
+        st.end()
+    }
 }
 
 /// An intent from the intents topic, whichever version wrote it. Version
@@ -57,6 +86,7 @@ pub fn encode_intent(intent: &Intent) -> Vec<u8> {
 pub fn decode_intent(bytes: &[u8]) -> Result<Intent, WireError> {
     match bytes.first() {
         Some(&INTENT_V1) => decode(INTENT_V1, bytes),
+        Some(&INTENT_V3) => decode(INTENT_V3, bytes),
         _ => decode(INTENT_V2, bytes),
     }
 }
@@ -101,7 +131,7 @@ fn decode<T: serde::de::DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T
 /// decoded, a JSON record as it is; `None` for neither.
 pub fn to_json(bytes: &[u8]) -> Option<Value> {
     match bytes.first() {
-        Some(&INTENT_V1 | &INTENT_V2) => decode_intent(bytes)
+        Some(&INTENT_V1 | &INTENT_V2 | &INTENT_V3) => decode_intent(bytes)
             .ok()
             .and_then(|i| serde_json::to_value(i).ok()),
         Some(&LEDGER_V1) => decode_ledger(bytes)
@@ -147,7 +177,22 @@ mod tests {
                     .clone(),
                 channels: Some(vec!["push".into()]),
             }),
+            withdraw: false,
         }
+    }
+
+    #[test]
+    fn a_withdrawal_is_version_3_and_every_other_intent_stays_version_2() {
+        let mut i = intent(true);
+        assert_eq!(encode_intent(&i)[0], INTENT_V2);
+        i.withdraw = true;
+        let bytes = encode_intent(&i);
+        assert_eq!(bytes[0], INTENT_V3);
+        let back = decode_intent(&bytes).unwrap();
+        assert!(back.withdraw);
+        assert_eq!(back.subscription, i.subscription);
+        i.withdraw = false;
+        assert!(!decode_intent(&encode_intent(&i)).unwrap().withdraw);
     }
 
     #[test]
