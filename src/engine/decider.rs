@@ -542,9 +542,11 @@ impl Decider {
             // moves (into the list of chains, into the join).
             let mut d = Box::pin(self.decide(job, channel, gate)).await;
             d.outcome.hops = hops.clone();
-            if let (true, Some(key)) = (d.collect, d.digest_key.take()) {
-                decided.push(self.collect(job, &chain[i..], &hops, key, d));
-                break;
+            if d.collect {
+                if let Some(key) = d.digest_key.take() {
+                    decided.push(self.collect(job, &chain[i..], &hops, key, d));
+                    break;
+                }
             }
             if let (Some(key), Status::Sent) = (d.digest_key.take(), d.outcome.status) {
                 // The first of a window, gone at once: the rest collect.

@@ -108,6 +108,15 @@ fn the_sample_rules_pass_their_rule_tests() {
 }
 
 #[test]
+fn digest_windows_close_on_time_on_the_virtual_clock() {
+    // Across a DST change, in two time zones, early at max_items, sliding,
+    // the first at once, per group, and held through quiet hours.
+    let (code, out, err) = herald(&["rules", "test", "tests/fixtures/digests"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("7 passed, 0 failed\n"), "{out}");
+}
+
+#[test]
 fn a_failing_rule_test_shows_expected_against_got_at_its_line() {
     let (code, out, _) = herald(&["rules", "test", "tests/fixtures/ruletest"]);
     assert_eq!(code, 1);

@@ -55,7 +55,7 @@ fn expect_error(fixture: &str, expected: &str) {
 fn unknown_field() {
     expect_error(
         "unknown-field.yaml",
-        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy, subscription",
+        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy, subscription, digest",
     );
 }
 
@@ -85,6 +85,23 @@ fn subscription_parameters_are_checked_against_the_condition() {
             format!("{f}:13:16: rule \"undeclared-parameter\": condition reads `sub.limit`, which the subscription does not declare (it has: threshold)"),
             format!("{f}:21:24: rule \"bad-type-and-default\": subscription parameter `limit`: unknown type `temperature`; one of money, number, text, bool, countries, list"),
             format!("{f}:22:28: rule \"bad-type-and-default\": subscription parameter `threshold`: its default: money is written `500 USD` or {{\"amount\": 500, \"currency\": \"USD\"}}"),
+        ]
+        .join("\n"),
+    );
+}
+
+#[test]
+fn digests_are_checked_and_never_for_fraud() {
+    let f = "tests/fixtures/broken/digests.yaml";
+    expect_error(
+        "digests.yaml",
+        &[
+            format!("{f}:6:23: rule \"fraud-digest\": a `fraud` message must never wait: a digest is not allowed in this category"),
+            format!("{f}:8:9: rule \"reads-digest-without-one\": the template reads `digest`, but the rule has no `digest:`"),
+            format!("{f}:18:15: rule \"bad-windows\": window.at `25:00` is not a time of day such as \"08:00\""),
+            format!("{f}:19:18: rule \"bad-windows\": max_items must be 1 to 500: each waiting item's event is kept until the digest goes"),
+            format!("{f}:26:15: rule \"sliding-without-longest\": a sliding window needs `at_most` too, e.g. {{ quiet_for: 15m, at_most: 2h }}"),
+            format!("{f}:27:13: rule \"sliding-without-longest\": show takes one of {{ first: N }} or {{ last: N }}, N at least 1"),
         ]
         .join("\n"),
     );
