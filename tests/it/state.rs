@@ -511,3 +511,88 @@ async fn an_intent_that_cannot_be_read_is_dead_lettered_and_the_stream_goes_on()
     assert_eq!(provider.received_by("fcm").len(), 1);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digests_waiting_items_survive_a_kill_9_and_it_goes_once_without_the_withdrawn_one() {
+    let topics = Topics::create(2).await;
+    let provider = Provider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        format!(
+            r#"rules:
+  - id: swipe-summary
+    sources: [{}]
+    match: {{ status: approved }}
+    channels: [push]
+    category: news
+    digest:
+      window: {{ after_first: 25s }}
+      withdraw: {{ match: {{ status: reversed }}, condition: "event.reverses == item.seq" }}
+    template:
+      body: "{{{{ digest.count }}}}: {{% for i in digest.items %}}{{{{ i.event.seq }}}} {{% endfor %}}"
+"#,
+            topics.transactions
+        ),
+    )
+    .unwrap();
+    publish_profile(&topics, "u-5", true, false).await;
+    let (text, port) = config_with_admin(&topics, dir.path(), &provider.base_url());
+    let (config_path, _) = load_config(dir.path(), &text);
+
+    let mut owner = spawn_herald(&config_path, &dir.path().join("owner.log"));
+    wait_ready_at(port).await;
+    let p = producer();
+    for seq in 1..=3 {
+        publish(
+            &p,
+            &topics.transactions,
+            "card-5",
+            &swipe_of("u-5", "approved", seq),
+        )
+        .await;
+    }
+    let reversal = json!({"user_id": "u-5", "ts": herald::util::now_ms(), "status": "reversed", "reverses": 2});
+    publish(
+        &p,
+        &topics.transactions,
+        "card-5",
+        reversal.to_string().as_bytes(),
+    )
+    .await;
+    let before = read_json(&topics.outcomes, 4, Duration::from_secs(30), |o| {
+        o["user"] == "u-5"
+    });
+    let kinds: Vec<String> = before
+        .iter()
+        .map(|o| {
+            let reason = o["reason"].as_str().unwrap_or("");
+            let code = reason.split(':').next().unwrap_or("");
+            format!("{} {} {code}", o["rule"], o["status"]).replace('"', "")
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "swipe-summary held digested",
+            "swipe-summary held digested",
+            "swipe-summary held digested",
+            "swipe-summary suppressed withdrawn"
+        ],
+        "{before:?}"
+    );
+    kill_9(&mut owner);
+
+    let (_, config) = load_config(dir.path(), &text.replace(&port.to_string(), "0"));
+    let running = herald::start(config).await.expect("herald starts");
+    let sent = read_json(&topics.outcomes, 1, Duration::from_secs(100), |o| {
+        o["user"] == "u-5" && o["status"] == "sent"
+    });
+    assert_eq!(sent[0]["digest"]["count"], 2, "{sent:?}");
+    assert_eq!(sent[0]["digest"]["items"].as_array().unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pushes = provider.received_by("fcm");
+    assert_eq!(pushes.len(), 1, "the digest goes once");
+    assert_eq!(pushes[0].json["message"]["notification"]["body"], "2: 1 3");
+    running.stop().await;
+}
