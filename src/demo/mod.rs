@@ -133,6 +133,7 @@ fn rename_sources(text: &str, renames: &[(&str, &str)]) -> String {
 
 /// The topics of one run of the demo or the load test: fresh names, so a
 /// broker that outlives a run does not replay the last run's events into this one.
+#[derive(Clone)]
 pub struct RunTopics {
     pub transactions: String,
     pub sensors: String,
@@ -194,9 +195,11 @@ impl RunTopics {
         }
     }
 
-    /// The sample rules copied into `dir`, pointed at these topics; returns the rule count.
+    /// The sample rules copied into `dir`, pointed at these topics; returns
+    /// the rule count. The cashback digest closes [`scene::DIGEST_WINDOW`]
+    /// after its first item instead of at 08:00, so the demo shows it go.
     pub fn copy_rules(&self, samples: &Path, dir: &Path) -> Result<usize, String> {
-        copy_rules(
+        let count = copy_rules(
             samples,
             dir,
             &[
@@ -204,7 +207,16 @@ impl RunTopics {
                 ("sensors", &self.sensors),
                 ("locations", &self.locations),
             ],
-        )
+        )?;
+        let offers = dir.join("offers.yaml");
+        if let Ok(text) = std::fs::read_to_string(&offers) {
+            let demo = text.replace(
+                r#"window: { at: "08:00" }"#,
+                &format!("window: {{ after_first: {} }}", scene::DIGEST_WINDOW),
+            );
+            std::fs::write(&offers, demo).map_err(|e| e.to_string())?;
+        }
+        Ok(count)
     }
 
     /// Config for an in-process herald on these topics, sending to the stand-in
@@ -334,7 +346,10 @@ pub async fn run(
             match o.status {
                 Status::Sent => {
                     let ms = (o.timings.request_sent_ms - o.timings.event_ms) as f64;
-                    latency.push(ms);
+                    // A digest waits on purpose: not a latency.
+                    if o.digest.is_none() {
+                        latency.push(ms);
+                    }
                     sent.add(format!("{} → {}", o.rule, o.channel));
                     let text = match (&d.title, &d.text) {
                         (Some(t), Some(b)) => format!("{t} — {b}"),
@@ -347,11 +362,18 @@ pub async fn run(
                     );
                 }
                 Status::Held => {
+                    let (why, tally) = match o.reason_code {
+                        Some("digested") => ("collected into a digest", "collected into a digest"),
+                        Some("awaiting_delivery") => {
+                            ("until a delivery receipt", "awaiting delivery")
+                        }
+                        _ => ("until quiet hours end", "held for quiet hours"),
+                    };
                     println!(
-                        "  held        {:<5} {:<26} {:<22}          until quiet hours end",
+                        "  held        {:<5} {:<26} {:<22}          {why}",
                         o.channel, o.rule, to
                     );
-                    suppressed.add("held for quiet hours");
+                    suppressed.add(tally);
                 }
                 Status::Suppressed => {
                     let reason = o.reason.clone().unwrap_or_default();
@@ -377,6 +399,10 @@ pub async fn run(
     let door_samples = Arc::clone(&at_door);
     let door = tokio::spawn(async move {
         while let Ok(a) = arrivals.recv().await {
+            // The digest waits on purpose: not a latency.
+            if a.rule.as_deref() == Some(scene::DIGEST_RULE) {
+                continue;
+            }
             if let Some(event_ms) = a.event_ms {
                 door_samples
                     .lock()
@@ -391,6 +417,14 @@ pub async fn run(
     if let Err(e) = scene::threshold(&producer, &topics, running.admin_addr(), &api_token).await {
         println!("(the subscription scene did not run: {e})");
     }
+    // Cashback collected into one push while the stream runs.
+    let digest_producer = producer.clone();
+    let digest_topics = topics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = scene::cashback(&digest_producer, &digest_topics).await {
+            println!("(the digest scene did not run: {e})");
+        }
+    });
 
     // A few broken messages, as real producers sometimes send: they go to the
     // dead-letter topic and the stream goes on.

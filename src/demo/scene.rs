@@ -1,4 +1,4 @@
-//! The demo's scripted scene before the generated stream: a cardholder subscribes to purchase alerts at 20 USD through the preference API, gets one for a 45 USD purchase, raises the amount to 100 USD, and gets none for the next 45 USD purchase but one for 150 USD.
+//! The demo's scripted scenes: a cardholder subscribes to purchase alerts at 20 USD through the preference API, gets one for a 45 USD purchase, raises the amount to 100 USD, and gets none for the next 45 USD purchase but one for 150 USD; another earns cashback at three shops, one purchase is reversed, and one push says what is left.
 
 use std::time::Duration;
 
@@ -68,6 +68,75 @@ pub async fn threshold(
     tokio::time::sleep(Duration::from_millis(1500)).await;
     println!("\n== the generated stream");
     Ok(())
+}
+
+/// The cashback scene's cardholder.
+const SAVER: &str = "demo-bob";
+/// The sample digest rule the cashback scene shows.
+pub const DIGEST_RULE: &str = "cashback-digest";
+/// How long the demo's cashback digest collects (08:00 local in the sample rule).
+pub const DIGEST_WINDOW: &str = "12s";
+
+/// Three purchases with cashback and a reversal of the second: collected
+/// into the cashback digest, which goes [`DIGEST_WINDOW`] after the first
+/// as one push naming the two left. The cardholder lives where it is day
+/// now, so marketing's quiet hours do not hold it.
+pub async fn cashback(producer: &FutureProducer, topics: &RunTopics) -> Result<(), String> {
+    let zone = daytime_zone();
+    let profile = json!({
+        "user_id": SAVER,
+        "push_tokens": [{"token": "fcm:demo-bob:9a1e", "platform": "android"}],
+        "time_zone": zone,
+        "consent": {"push": true},
+        "preferences": {"marketing": true},
+    });
+    send(producer, &topics.profiles, SAVER, &profile).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("\n== {SAVER} ({zone}) earns cashback at three shops; the second purchase is reversed. One push, {DIGEST_WINDOW} after the first (08:00 local outside the demo):");
+    let shops = [
+        ("c-1", "Blue Bottle", 0.25),
+        ("c-2", "Target", 2.0),
+        ("c-3", "Fnac", 1.5),
+    ];
+    for (txn, merchant, cashback) in shops {
+        let now = crate::util::now_ms();
+        let event = json!({
+            "user_id": SAVER, "ts": now, "produced_ms": now, "txn_id": txn, "card_last4": "5100",
+            "merchant": merchant, "category": "shopping", "amount": cashback * 50.0,
+            "cashback": cashback, "currency": "USD", "country": "US", "home_country": "US",
+            "status": "approved", "balance_after": 1800.0,
+        });
+        send(producer, &topics.transactions, "card-5100-bob", &event).await?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let now = crate::util::now_ms();
+    let reversal = json!({
+        "user_id": SAVER, "ts": now, "txn_id": "c-9", "reverses": "c-2", "merchant": "Target",
+        "currency": "USD", "status": "reversed",
+    });
+    send(producer, &topics.transactions, "card-5100-bob", &reversal).await
+}
+
+/// A zone where it is between 09:00 and 20:00 now.
+fn daytime_zone() -> &'static str {
+    const ZONES: [&str; 7] = [
+        "Pacific/Honolulu",
+        "America/Los_Angeles",
+        "America/New_York",
+        "Europe/Paris",
+        "Asia/Kolkata",
+        "Asia/Tokyo",
+        "Australia/Sydney",
+    ];
+    let now = jiff::Timestamp::now();
+    ZONES
+        .into_iter()
+        .find(|z| {
+            crate::util::time_zone(z)
+                .map(|tz| (9..20).contains(&now.to_zoned_datetime(tz).hour()))
+                .unwrap_or(false)
+        })
+        .unwrap_or("UTC")
 }
 
 /// Waits until the instance's table has the threshold (it follows the topic).

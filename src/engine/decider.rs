@@ -54,7 +54,7 @@ pub struct Decided {
     pub(super) hold_until: Option<i64>,
     /// What the decision is to a digest, and the digest an item goes to.
     pub(super) digest_role: crate::policy::DigestRole,
-    pub(super) digest_key: Option<super::digest::DigestKey>,
+    pub(super) digest_key: Option<super::job::DigestKey>,
     /// The chain said to collect it into its digest.
     pub(super) collect: bool,
     /// Writes besides the outcome and dead letter (the held topic).

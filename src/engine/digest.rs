@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::decider::{Decided, Decider};
 use super::held::{Held, HeldMessage};
-use super::job::{DigestItem, DigestState, Job};
+use super::job::{DigestItem, DigestKey, DigestState, Job};
 use crate::metrics::StageEvent;
 use crate::outcome::{Hop, Pending, Status};
 use crate::policy::{DigestRole, Suppression};
@@ -24,13 +24,6 @@ use crate::state::intent::EventRecord;
 
 /// When a digest group that could not be computed was last logged (epoch s).
 static GROUP_FAILED_SAID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
-/// Where an item of a job goes: its group and the digest's collapse key.
-#[derive(Debug, Clone)]
-pub(super) struct DigestKey {
-    pub group: Option<String>,
-    pub collapse: String,
-}
 
 impl Decider {
     /// What this decision is to a digest, and the key of the digest an

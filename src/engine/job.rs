@@ -37,6 +37,13 @@ pub struct Job {
     pub withdraw: bool,
 }
 
+/// Where an item of a job goes: its group and the digest's collapse key.
+#[derive(Debug, Clone)]
+pub struct DigestKey {
+    pub group: Option<String>,
+    pub collapse: String,
+}
+
 /// A digest of one recipient, rule, group and channel chain: its items
 /// while its window is open, kept in its held record (durable as every
 /// held message), then the one message they go as.

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use super::model::Scalar;
 use crate::expr::condition::{Condition, Conditions};
+use crate::expr::Scalar;
 use crate::util::Span;
 
 /// Categories that must never wait for a digest, whatever the config says.
