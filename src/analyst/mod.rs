@@ -22,6 +22,7 @@ use crate::util::ManualClock;
 
 pub mod diff;
 pub mod evaluate;
+pub mod experiment;
 pub mod parallel;
 pub mod recorded;
 pub mod replay;
@@ -72,6 +73,7 @@ pub struct Offline {
     offsets: Mutex<HashMap<String, i64>>,
     feedback_topic: String,
     dead_letter_topic: String,
+    conversions_topic: String,
     written: crate::outcome::Kept,
 }
 
@@ -132,6 +134,7 @@ impl Offline {
             config.topics.outcomes.clone(),
             config.topics.dead_letter.clone(),
         );
+        let recorder = recorder.keeping(config.topics.conversions.clone());
         let feedback = FeedbackState::offline(config.feedback.lookback.ms());
         let clock = Arc::new(ManualClock::default());
         let parts = Parts {
@@ -162,6 +165,7 @@ impl Offline {
             offsets: Mutex::new(HashMap::new()),
             feedback_topic: config.topics.feedback.clone(),
             dead_letter_topic: config.topics.dead_letter.clone(),
+            conversions_topic: config.topics.conversions.clone(),
             written,
         }
     }
@@ -173,6 +177,20 @@ impl Offline {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|(topic, _, _)| *topic == self.dead_letter_topic)
+            .filter_map(|(_, _, v)| v.as_deref().and_then(|b| serde_json::from_slice(b).ok()))
+            .collect()
+    }
+
+    /// The conversion records written so far (as JSON), taken: each is
+    /// returned once.
+    pub fn take_conversions(&self) -> Vec<Value> {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let (conversions, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *written)
+            .into_iter()
+            .partition(|(topic, _, _)| *topic == self.conversions_topic);
+        *written = rest;
+        conversions
+            .into_iter()
             .filter_map(|(_, _, v)| v.as_deref().and_then(|b| serde_json::from_slice(b).ok()))
             .collect()
     }

@@ -36,6 +36,8 @@ struct Shard {
     decisions: Vec<(usize, Arc<Decision>)>,
     matches: Vec<(String, u64)>,
     dead: BTreeMap<String, u64>,
+    /// Experiments' conversions (a user's are all in their shard).
+    conversions: Vec<serde_json::Value>,
 }
 
 /// What a replay reads: config, rules, profiles, events, and prices per channel.
@@ -166,6 +168,11 @@ fn tally_shards(
     for (_, d) in decisions {
         tally(&mut totals, &d.outcome, out)?;
     }
+    if let Some(w) = out.as_mut() {
+        for shard in shards {
+            super::replay::write_conversions(&mut **w, &shard.conversions)?;
+        }
+    }
     let mut dead = BTreeMap::new();
     for shard in shards {
         for (rule, n) in &shard.matches {
@@ -224,6 +231,7 @@ async fn run_shard(
         decisions,
         matches,
         dead: dead_letter_counts(&offline),
+        conversions: offline.take_conversions(),
     })
 }
 

@@ -87,6 +87,9 @@ pub async fn replay(
         },
     )
     .await?;
+    if let Some(w) = out.as_mut() {
+        write_conversions(w, &offline.take_conversions())?;
+    }
     progress(events.len());
     for (rule, n) in rule_matches(&offline) {
         totals.entry(rule).or_default().matches = n;
@@ -94,6 +97,18 @@ pub async fn replay(
     let mut report = render(events.len(), &totals, prices);
     add_dead_letters(&mut report, dead_letter_counts(&offline));
     Ok(report)
+}
+
+/// Writes experiments' conversion records after the outcomes, one JSON
+/// line each (`"kind": "conversion"`; `herald experiment report` reads both).
+pub(super) fn write_conversions(
+    w: &mut dyn Write,
+    conversions: &[serde_json::Value],
+) -> Result<(), String> {
+    for c in conversions {
+        writeln!(w, "{c}").map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// Runs `events` (with each one's time and offset) through `offline`:

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod check;
 #[cfg(feature = "tools")]
 mod demo;
+mod experiment;
 mod inspect;
 #[cfg(feature = "tools")]
 mod loadtest;
@@ -95,6 +96,19 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Experiments: what each arm did against its control arm.
+    Experiment {
+        #[command(subcommand)]
+        command: ExperimentCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExperimentCommand {
+    /// Per arm: users, sends, conversions, rate, and the lift over the
+    /// control arm with a 95 % interval, from the outcomes and conversions
+    /// topics or a replay's output; `--chart` draws it.
+    Report(experiment::ReportArgs),
 }
 
 #[derive(Subcommand)]
@@ -127,6 +141,9 @@ pub fn dispatch(args: Args) -> Outcome {
         #[cfg(feature = "tools")]
         Command::Standin(args) => standin::standin(&args),
         Command::Replay(args) => replay::replay(&args),
+        Command::Experiment { command } => match command {
+            ExperimentCommand::Report(args) => experiment::report(&args),
+        },
         Command::Rules { command } => match command {
             RulesCommand::Check(args) => rules_check::check(&args),
             RulesCommand::Diff(args) => rules_diff::diff(&args),

@@ -196,6 +196,12 @@ pub struct TopicsConfig {
     /// fields override the profile's. herald creates it at start when missing.
     #[serde(default = "defaults::preferences_topic")]
     pub preferences: String,
+    /// Conversions: a later event meeting an experiment's goal, attributed
+    /// to the user's last message (or would-be message) of that experiment,
+    /// one JSON record each, keyed by user. herald creates it at start when
+    /// missing; `herald experiment report` reads it with the outcomes.
+    #[serde(default = "defaults::conversions_topic")]
+    pub conversions: String,
     /// The internal topic between the two stages: one intent per fired rule
     /// and user, keyed (and partitioned) by user, so all of a user's messages
     /// are decided by one owner at a time. Default `<group_id>.intents`.
@@ -333,6 +339,10 @@ pub(crate) mod defaults {
     pub fn preferences_topic() -> String {
         "herald.preferences".into()
     }
+
+    pub fn conversions_topic() -> String {
+        "herald.conversions".into()
+    }
     pub fn api_token_env() -> String {
         "HERALD_API_TOKEN".into()
     }
@@ -403,6 +413,7 @@ impl Default for TopicsConfig {
             replies: defaults::replies_topic(),
             held: defaults::held_topic(),
             preferences: defaults::preferences_topic(),
+            conversions: defaults::conversions_topic(),
             intents: None,
             intents_partitions: defaults::intents_partitions(),
         }

@@ -105,6 +105,18 @@ impl Decider {
             d.outcome.sms = Some(crate::outcome::sms::measure(&message.body));
         }
         d.message = Some(message);
+        if let Some((experiment, arm)) = job.arm().filter(|(_, arm)| arm.control) {
+            // The control arm: it would have been sent; nothing leaves, and
+            // no place under the caps is kept.
+            let _ = arm;
+            self.policy.give_back(&mut draft);
+            return self.suppressed(
+                d,
+                Suppression::Holdout {
+                    experiment: experiment.id.clone(),
+                },
+            );
+        }
         if rule.shadow {
             // Would be sent: recorded as such, marked shadow; nothing leaves,
             // and no place under the caps is kept.
@@ -435,6 +447,9 @@ fn outcome_of(job: &Job, channel: &ChannelRuntime, decided_ms: i64) -> Outcome {
             .as_ref()
             .and_then(|s| serde_json::to_value(&**s).ok()),
         digest: job.digest.as_ref().map(|s| s.sent_record()),
+        experiment: job
+            .arm()
+            .map(|(e, arm)| serde_json::json!({"id": e.id, "arm": arm.name})),
         delivery: None,
         shadow: false,
         unknown_after_crash: false,
@@ -487,9 +502,22 @@ fn render(
         ..seen
     };
     let names = &rule.template_names;
+    let arm = job.arm();
     let part = |name: &str| {
+        let own = arm.filter(|(_, arm)| match name {
+            "title" => arm.texts[0],
+            "body" => arm.texts[1],
+            _ => arm.texts[2],
+        });
+        let template = match own {
+            Some((_, arm)) => {
+                crate::rules::experiment::Experiment::template_name(&rule.id, &arm.name, name)
+                    .into()
+            }
+            None => picked.name(names, name),
+        };
         templates
-            .render(&picked.name(names, name), &seen)
+            .render(&template, &seen)
             .map_err(|e| format!("template.{name}: {e}"))
     };
     let push = channel.channel.kind() == ChannelKind::Push;

@@ -27,6 +27,7 @@ use crate::metrics::StageEvent;
 use crate::outcome::{DeadLetter, DeadLetterCode, Hop, Outcome, Pending, Status};
 use crate::policy::{FrequencyCaps, Policy, Suppression, SuppressionCode};
 use crate::rules::Loaded;
+use crate::state::intent::Purpose;
 use crate::state::{
     Changelog, Kept, LedgerEntry, LedgerStatus, Partitioning, SendLedger, StateTable,
 };
@@ -100,6 +101,8 @@ pub struct Decider {
     pub(super) feedback_config: FeedbackConfig,
     /// Where every instance learns of a send (`herald_sent`) and of a STOP.
     pub(super) feedback_topic: String,
+    /// Where experiments' conversions are written.
+    pub(super) conversions_topic: String,
     pub(super) held: HeldQueue<HeldMessage>,
     /// The durable copy of held messages, shared by all instances.
     pub(super) held_log: Arc<HeldLog>,
@@ -182,6 +185,7 @@ impl Decider {
             feedback,
             feedback_config: config.feedback.clone(),
             feedback_topic: config.topics.feedback.clone(),
+            conversions_topic: config.topics.conversions.clone(),
             held: HeldQueue::default(),
             held_log: Arc::new(held_log),
             orphans: Default::default(),
@@ -261,10 +265,18 @@ impl Decider {
     /// One job's decision chains, concurrently, each opening its gate once
     /// the user's next decision may begin; their records into `writes`.
     async fn decide_job(&self, job: &Job, gates: &[Gate], writes: &mut Vec<Pending>) {
-        if job.withdraw {
-            self.withdraw(job, writes);
-            gates.iter().for_each(Gate::open);
-            return;
+        match job.purpose {
+            Purpose::Message => {}
+            Purpose::Withdraw => {
+                self.withdraw(job, writes);
+                gates.iter().for_each(Gate::open);
+                return;
+            }
+            Purpose::Goal => {
+                self.convert(job, writes);
+                gates.iter().for_each(Gate::open);
+                return;
+            }
         }
         let chains = self.chains(job, gates);
         // One chain (one rule, one channel) is awaited as it is, not moved
@@ -374,7 +386,7 @@ impl Decider {
             release: false,
             subscription: intent.subscription.map(Arc::new),
             digest: None,
-            withdraw: intent.withdraw,
+            purpose: intent.purpose,
         })
     }
 
@@ -495,6 +507,9 @@ impl Decider {
         if let Some(record) = &decided.dead_letter {
             writes.push(self.cx.recorder.dead_letter(record));
         }
+        if let Some(write) = self.exposed(&decided) {
+            writes.push(write);
+        }
         writes.push(self.cx.recorder.outcome(&decided.outcome));
         if self.decisions.receiver_count() > 0 {
             let (title, text) = decided
@@ -543,6 +558,7 @@ impl Decider {
             let mut d = Box::pin(self.decide(job, channel, gate)).await;
             d.outcome.hops = hops.clone();
             if d.collect {
+                self.held_read().await;
                 if let Some(key) = d.digest_key.take() {
                     decided.push(self.collect(job, &chain[i..], &hops, key, d));
                     break;

@@ -1,9 +1,10 @@
 //! Stage 2's digests: a rule's items collected per recipient, group and channel into one held record (durable as every held message: the held topic, restored after a restart, a kill -9 or a partition move), closed when its window ends or it is full, and items withdrawn by a later event.
 //!
 //! A digest is a held message whose job carries its items
-//! ([`DigestState`]). Each new item writes the digest again under a new
-//! revision (`<id>/<revision>`) with the same collapse key, which replaces
-//! the one before; at its release time the digest closes and its chain runs
+//! ([`DigestState`]), held under its id. Each new item writes the digest
+//! again under the same key (so every version lands on one partition of the
+//! held topic, in order, and a crash leaves the last one written); at its
+//! release time the digest closes and its chain runs
 //! once, from the first policy step, as one message. Its send is keyed in
 //! the send ledger by `<digest id>/<channel>`, so a digest released twice (a
 //! crash between its send and its tombstone) is sent once.
@@ -21,6 +22,7 @@ use crate::outcome::{Hop, Pending, Status};
 use crate::policy::{DigestRole, Suppression};
 use crate::rules::digest::Digest;
 use crate::state::intent::EventRecord;
+use crate::state::{LedgerEntry, LedgerStatus};
 
 /// When a digest group that could not be computed was last logged (epoch s).
 static GROUP_FAILED_SAID: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
@@ -77,8 +79,9 @@ impl Decider {
     }
 
     /// The digest open (collecting) under `collapse`, in memory or on disk.
+    /// One past its closing time still collects until its release takes it
+    /// (under [`Decider::digesting`]): the release then sends the item too.
     fn open_digest(&self, collapse: &str) -> Option<Arc<DigestState>> {
-        let now = self.cx.clock.now_ms();
         let held = self
             .held
             .peek_collapse(collapse, |h| h.item.job.digest.clone())
@@ -90,8 +93,8 @@ impl Decider {
                     .flatten()
                     .and_then(|r| r.digest.clone().map(Arc::new))
             })?;
-        // Closing (its release is running) or closed: a new one opens.
-        (!held.closed && now < held.closes_ms).then_some(held)
+        // Closed (its send waits out quiet hours): a new one opens.
+        (!held.closed).then_some(held)
     }
 
     /// Collects the item the chain said to digest: into the open digest, or
@@ -122,6 +125,13 @@ impl Decider {
                 items: Vec::new(),
             },
         };
+        if state.items.iter().any(|i| *i.intent == *job.intent) {
+            // Its intent again (a redelivery whose ledger entry was not
+            // written before a crash): it is in the digest already.
+            d.ledger_key = None;
+            self.suppressed(&mut d, Suppression::Duplicate);
+            return d;
+        }
         state.items.push(item_of(job, now));
         self.advance(&mut state, &spec, job, now);
         self.cx.metrics.emit(StageEvent::DigestItems {
@@ -135,9 +145,30 @@ impl Decider {
         d.outcome.digest = Some(json!({"id": state.id, "closes_ms": state.closes_ms}));
         let outcome = d.outcome.clone();
         match self.hold_digest(job, chain, hops, key, state, outcome) {
-            Some(writes) => d.writes.extend(writes),
+            Some(writes) => {
+                // The item's `held` ledger entry only once the digest that
+                // holds it is on the held topic: a crash between the two
+                // leaves the intent undecided (taken again), never decided
+                // and in no digest.
+                let entry = LedgerEntry {
+                    user: job.event.user.clone(),
+                    status: LedgerStatus::Held,
+                    at_ms: now,
+                    category: job.rule().category.clone(),
+                    rule: job.rule().id.clone(),
+                    idempotency_key: Arc::default(),
+                };
+                let ledger = Arc::clone(&self.ledger);
+                let ledger_key = d.ledger_key.take();
+                d.writes.push(Box::pin(async move {
+                    futures::future::join_all(writes).await;
+                    if let Some(write) = ledger_key.and_then(|k| ledger.record(&k, entry)) {
+                        write.await;
+                    }
+                }));
+            }
             None => {
-                // This revision is held already: the same item again.
+                // Held already and not to be written again.
                 d.ledger_key = None;
                 self.suppressed(&mut d, Suppression::Duplicate);
             }
@@ -198,8 +229,8 @@ impl Decider {
         };
     }
 
-    /// Holds the digest's new revision, replacing the one before: the held
-    /// topic's writes, or `None` when this revision is held already.
+    /// Holds the digest's new version under its id, replacing the one
+    /// before: the held topic's writes, or `None` when it cannot be held.
     fn hold_digest(
         &self,
         job: &Job,
@@ -209,9 +240,17 @@ impl Decider {
         state: DigestState,
         outcome: crate::outcome::Outcome,
     ) -> Option<Vec<Pending>> {
+        // Its version before leaves the queue here: the new one takes its key.
+        let before = self
+            .held
+            .peek_collapse(&key.collapse, |h| h.idempotency_key == state.id)
+            .unwrap_or(false);
+        if before {
+            self.held.take_collapse(&key.collapse);
+        }
         let held = Held {
             release_ms: state.closes_ms,
-            idempotency_key: format!("{}/{}", state.id, state.revision),
+            idempotency_key: state.id.clone(),
             collapse: Some(key.collapse),
             item: HeldMessage {
                 job: Job {
@@ -227,11 +266,23 @@ impl Decider {
                 unless_heard_of: None,
             },
         };
-        let (write, replaced) = self.defer(held).ok()?;
-        let mut writes = vec![write];
-        if let Some(old) = replaced {
-            writes.push(self.unhold(&old.idempotency_key));
-        }
+        let id = held.idempotency_key.clone();
+        let (write, replaced) = self.hold_record(held, true).ok()?;
+        let writes = match replaced {
+            // Its own version before (on disk): the new one, same key, replaces it.
+            Some(old) if old.idempotency_key == id => vec![write],
+            // Another digest under the same key, not seen as open when this
+            // one began (the held topic not read to its end yet after a
+            // start): never replaced; it goes at its own time.
+            Some(other) => {
+                let _ = self.held.hold(Held {
+                    collapse: None,
+                    ..other
+                });
+                vec![write]
+            }
+            None => vec![write],
+        };
         Some(writes)
     }
 
@@ -280,7 +331,7 @@ impl Decider {
             }
             state.items = kept;
             state.revision += 1;
-            let held_key = format!("{}/{}", open.id, open.revision);
+            let held_key = open.id.clone();
             if state.items.is_empty() {
                 // Nothing left to send: let the digest go.
                 self.held.take_collapse(&key.collapse);
@@ -368,6 +419,7 @@ impl Decider {
             locale: None,
             subscription: None,
             digest: Some(json!({"id": state.id, "closes_ms": state.closes_ms})),
+            experiment: None,
             delivery: None,
             shadow: false,
             unknown_after_crash: false,
@@ -397,6 +449,26 @@ impl Decider {
         if state.items.is_empty() {
             self.cx.metrics.emit(StageEvent::HeldEnded("digest_empty"));
             return false;
+        }
+        // Each item's `held` entry, in case its own was lost with a crash:
+        // its intent, delivered again, is then a duplicate, not a new item.
+        if let Some(channel) = held.chain.first() {
+            for item in &state.items {
+                let key = crate::util::slash_joined(&[&item.intent, channel]);
+                if self.ledger.entry(&held.job.event.user, &key).is_none() {
+                    let entry = LedgerEntry {
+                        user: held.job.event.user.clone(),
+                        status: LedgerStatus::Held,
+                        at_ms: self.cx.clock.now_ms(),
+                        category: held.job.rule().category.clone(),
+                        rule: held.job.rule().id.clone(),
+                        idempotency_key: Arc::default(),
+                    };
+                    if let Some(write) = self.ledger.record(&key, entry) {
+                        tokio::spawn(write);
+                    }
+                }
+            }
         }
         let mut closed = (**state).clone();
         closed.closed = true;

@@ -1,5 +1,6 @@
 //! Stage 2's held messages: deferring a decision (quiet hours, a wait for a delivery receipt), replacing one by its collapse key, and releasing them when due — from memory, or, with a state directory, from the held table on disk a minute ahead.
 
+use crate::state::intent::Purpose;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,18 @@ impl Decider {
         &self,
         held: Held<HeldMessage>,
     ) -> Result<(Pending, Option<Held<HeldMessage>>), AlreadyHeld> {
+        self.hold_record(held, false)
+    }
+
+    /// [`Decider::defer`]; with `update`, the message may be held under its
+    /// key already and is written again (a digest's new item: one key per
+    /// digest, so every version lands on one partition of the held topic,
+    /// in order, and a crash leaves the last version written).
+    pub(super) fn hold_record(
+        &self,
+        held: Held<HeldMessage>,
+        update: bool,
+    ) -> Result<(Pending, Option<Held<HeldMessage>>), AlreadyHeld> {
         let key = held.idempotency_key.clone();
         // On disk the record is looked up before the topic gives it back;
         // in memory (offline tools, whose recorder keeps no held topic) it
@@ -105,7 +118,7 @@ impl Decider {
             .then(|| Arc::new(HeldRecord::of(&held)));
         let mut replaced = None;
         if record.is_some() {
-            if self.held.contains(&key) || self.held_log.holds(&key) {
+            if !update && (self.held.contains(&key) || self.held_log.holds(&key)) {
                 return Err(AlreadyHeld);
             }
             replaced = held.collapse.as_deref().and_then(|c| {
@@ -159,6 +172,17 @@ impl Decider {
         Box::pin(async move {
             futures::future::join(current, legacy).await;
         })
+    }
+
+    /// Waits (up to five seconds) until the held topic is read to its end,
+    /// so that a digest written before a restart is found, not begun again.
+    pub(super) async fn held_read(&self) {
+        for _ in 0..100 {
+            if !self.held_log.is_on_disk() || self.held_log.is_caught_up() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Whether a message is held under `key`, in memory or on disk.
@@ -366,7 +390,7 @@ impl Decider {
                         .and_then(|s| serde_json::from_value(s.clone()).ok())
                         .map(Arc::new),
                     digest: record.digest.clone().map(Arc::new),
-                    withdraw: false,
+                    purpose: Purpose::Message,
                 },
                 chain: record.chain.clone(),
                 hops: record.hops.clone(),

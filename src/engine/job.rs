@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use crate::ingest::decode::Event;
 use crate::profile::Profile;
+use crate::rules::experiment::{Arm, Experiment};
 use crate::rules::{Loaded, Rule};
-use crate::state::intent::{EventRecord, FiredRecord, SubscriptionUsed};
+use crate::state::intent::{EventRecord, FiredRecord, Purpose, SubscriptionUsed};
 
 use crate::state::Intent;
 
@@ -32,9 +33,9 @@ pub struct Job {
     pub subscription: Option<Arc<SubscriptionUsed>>,
     /// A digest: collecting (its window open), or its send once closed.
     pub digest: Option<Arc<DigestState>>,
-    /// Not a message: a later event that may take waiting items out of
-    /// the recipient's digests of this rule (`digest.withdraw`).
-    pub withdraw: bool,
+    /// A message; or a later event that may take waiting items out of the
+    /// recipient's digests of this rule, or that meets its experiment's goal.
+    pub purpose: Purpose,
 }
 
 /// Where an item of a job goes: its group and the digest's collapse key.
@@ -56,7 +57,7 @@ pub struct DigestState {
     pub opened_ms: i64,
     pub last_ms: i64,
     pub closes_ms: i64,
-    /// Bumped at each change: the held record's key is `<id>/<revision>`.
+    /// Bumped at each change (items added or withdrawn).
     pub revision: u32,
     /// The window closed: this is the digest's send.
     #[serde(default)]
@@ -124,7 +125,11 @@ impl Job {
     /// still the rule's: the rule changed since they chose).
     pub(super) fn channels(&self) -> std::borrow::Cow<'_, [String]> {
         let rule = self.rule();
-        let chosen = self.subscription.as_ref().and_then(|s| s.channels.as_ref());
+        let chosen = self
+            .subscription
+            .as_ref()
+            .and_then(|s| s.channels.as_ref())
+            .or_else(|| self.arm().and_then(|(_, arm)| arm.channels.as_ref()));
         match chosen {
             Some(chosen) => {
                 let kept: Vec<String> = rule
@@ -141,6 +146,13 @@ impl Job {
             }
             None => rule.channels.as_slice().into(),
         }
+    }
+
+    /// The experiment of its rule and the arm its user is in, when the rule
+    /// runs one (the same arm on every instance, restart and replay).
+    pub(super) fn arm(&self) -> Option<(&Experiment, &Arm)> {
+        let experiment = self.rule().experiment.as_deref()?;
+        Some((experiment, experiment.assign(&self.event.user)))
     }
 
     /// The job as a hold keeps it: decided again at its release.
@@ -182,7 +194,7 @@ impl Job {
                 }
             }),
             subscription: self.subscription.as_deref().cloned(),
-            withdraw: self.withdraw,
+            purpose: self.purpose,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Stage 1: a source record decoded, matched against the rules, its patterns' state updated; the jobs of the rules it fired.
 
+use crate::state::intent::Purpose;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -211,10 +212,28 @@ impl Matcher {
         let loaded = self.cx.rules.current();
         let set = &loaded.set;
         let profile = self.cx.profiles.get(&event.user);
-        for rule in set.withdrawals(&event.source, &event.fields) {
+        let goals = set.goals(&event.source, &event.fields).filter(|&i| {
+            let goal = set.rules[i]
+                .experiment
+                .as_ref()
+                .and_then(|e| e.goal.as_ref());
+            match goal.and_then(|g| g.condition.as_ref()) {
+                None => true,
+                Some(condition) => {
+                    let scope = set.conditions.scope(&event.fields, profile.as_deref());
+                    set.conditions.eval(condition, &scope).unwrap_or(false)
+                }
+            }
+        });
+        let purposes = set
+            .withdrawals(&event.source, &event.fields)
+            .map(|i| (i, Purpose::Withdraw, "/withdraw"))
+            .chain(goals.map(|i| (i, Purpose::Goal, "/goal")))
+            .collect::<Vec<_>>();
+        for (rule, purpose, suffix) in purposes {
             let matched_ms = self.cx.clock.now_ms();
             let mut intent = Intent::id_of(&event, &set.rules[rule].id, false);
-            intent.push_str("/withdraw");
+            intent.push_str(suffix);
             out.jobs.push(Job {
                 intent: intent.into(),
                 loaded: Arc::clone(&loaded),
@@ -227,7 +246,7 @@ impl Matcher {
                 release: false,
                 subscription: None,
                 digest: None,
-                withdraw: true,
+                purpose,
             });
         }
         let candidates = set.candidates(&event.source, &event.fields);
@@ -310,7 +329,7 @@ impl Matcher {
                 release: false,
                 subscription,
                 digest: None,
-                withdraw: false,
+                purpose: Purpose::Message,
             }));
         out.jobs.extend(
             fired

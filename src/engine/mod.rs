@@ -36,6 +36,7 @@ mod decide;
 mod decider;
 mod dedup;
 mod digest;
+mod experiment;
 mod held;
 mod held_disk;
 mod held_log;

@@ -1,5 +1,6 @@
 //! Stage 1's rules with a pattern: the key, the state update, the firings; the timers (absence, dwell) and the sweep of expired state.
 
+use crate::state::intent::Purpose;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,7 +131,7 @@ impl Matcher {
             pattern: Some(Arc::new(fired)),
             subscription,
             digest: None,
-            withdraw: false,
+            purpose: Purpose::Message,
         }
     }
 

@@ -306,6 +306,7 @@ impl Replies {
             locale: None,
             subscription: None,
             digest: None,
+            experiment: None,
             delivery: None,
             shadow: false,
             unknown_after_crash: false,

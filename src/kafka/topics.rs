@@ -360,6 +360,13 @@ fn needs(
             3,
             compact(),
         ),
+        own(
+            t.conversions.clone(),
+            "experiments' conversions, read by `herald experiment report`",
+            None,
+            3,
+            Vec::new(),
+        ),
     ];
     let intents = config.intents_topic();
     for changelog in changelogs {

@@ -52,6 +52,8 @@ pub enum StageEvent<'a> {
     HeldEnded(&'static str),
     /// Digest items: `collected`, `withdrawn`, or `closed` in a digest.
     DigestItems { result: &'static str, count: usize },
+    /// A later event met an experiment's goal: a conversion recorded.
+    Converted,
     /// The send ledger's size on disk, and the caps' users in memory.
     LedgerSize {
         rows: usize,
@@ -110,6 +112,7 @@ impl Metrics {
             StageEvent::HeldNow(n) => self.held.set(n as i64),
             StageEvent::HeldOrphaned(n) => self.held_orphaned.set(n as i64),
             StageEvent::HeldEnded(how) => self.held_released.with_label_values(&[how]).inc(),
+            StageEvent::Converted => self.conversions.inc(),
             StageEvent::DigestItems { result, count } => self
                 .digest_items
                 .with_label_values(&[result])

@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Digest items by what happened to them: `collected`, `withdrawn`,
     /// `closed` (in a digest whose window closed, to be sent).
     pub digest_items: IntCounterVec,
+    /// Conversions recorded for experiments.
+    pub conversions: IntCounter,
     /// Feedback records per kind (`engagement`, `stop`, `start`, `help`, `reply`,
     /// `push_action`) and result (`applied`, `unknown_message`, `invalid`).
     pub feedback: IntCounterVec,
@@ -178,6 +180,14 @@ impl Metrics {
         registry
             .register(Box::new(profile_errors.clone()))
             .expect("unique metric");
+        let conversions = IntCounter::new(
+            "herald_experiment_conversions_total",
+            "Later events that met an experiment's goal, attributed to an exposure",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(conversions.clone()))
+            .expect("unique metric");
         let consent_waits_failed = IntCounter::new(
             "herald_consent_waits_failed_total",
             "SMS not sent because the feedback topic could not be read in time",
@@ -302,6 +312,7 @@ impl Metrics {
                 "Held messages by how they ended",
                 &["result"],
             ),
+            conversions,
             digest_items: counter_vec(
                 "herald_digest_items_total",
                 "Digest items collected, withdrawn, and in a digest whose window closed",

@@ -223,6 +223,9 @@ impl Outcome {
         if let Some(digest) = &self.digest {
             o.value("digest", digest);
         }
+        if let Some(experiment) = &self.experiment {
+            o.value("experiment", experiment);
+        }
         o.str_if("delivery", self.delivery.as_deref())
             .true_if("shadow", self.shadow)
             .true_if("unknown_after_crash", self.unknown_after_crash)
@@ -323,6 +326,9 @@ mod tests {
                 }),
                 digest: rng.random_bool(0.5).then(|| {
                     serde_json::json!({"id": text(&mut rng), "count": rng.random::<u8>(), "items": [text(&mut rng)]})
+                }),
+                experiment: rng.random_bool(0.5).then(|| {
+                    serde_json::json!({"id": text(&mut rng), "arm": text(&mut rng)})
                 }),
                 delivery: maybe(&mut rng),
                 shadow: rng.random(),

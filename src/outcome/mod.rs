@@ -142,6 +142,11 @@ pub struct Outcome {
     /// `{"id", "count", "items": [intent ids], "group"}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<serde_json::Value>,
+    /// For a rule that runs an experiment: `{"id", "arm"}`; a control arm's
+    /// decision that passed the policy chain is `suppressed`, `holdout:<id>`
+    /// (it would have been sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<serde_json::Value>,
     /// For `sent`: the delivery status when the provider accepted it
     /// (`accepted` for push and webhooks, Twilio's `queued`); later statuses
     /// arrive as delivery records (see [`DeliveryRecord`]).
@@ -371,6 +376,8 @@ pub struct Recorder {
     sink: Sink,
     outcomes_topic: String,
     dead_letter_topic: String,
+    /// In memory, another topic kept besides the dead letters.
+    also_kept: Option<String>,
 }
 
 /// Where records go: Kafka, or memory (rule tests, replays, evaluation).
@@ -394,6 +401,7 @@ impl Recorder {
             sink: Sink::Kafka(writer),
             outcomes_topic,
             dead_letter_topic,
+            also_kept: None,
         }
     }
 
@@ -408,15 +416,24 @@ impl Recorder {
             sink: Sink::Memory(std::sync::Arc::clone(&written)),
             outcomes_topic,
             dead_letter_topic,
+            also_kept: None,
         };
         (recorder, written)
+    }
+
+    /// In memory, also keeps what is written to `topic`.
+    pub fn keeping(mut self, topic: String) -> Recorder {
+        self.also_kept = Some(topic);
+        self
     }
 
     /// Whether a record written to `topic` is kept (always, on Kafka).
     pub fn keeps(&self, topic: &str) -> bool {
         match &self.sink {
             Sink::Kafka(_) => true,
-            Sink::Memory(_) => topic == self.dead_letter_topic,
+            Sink::Memory(_) => {
+                topic == self.dead_letter_topic || self.also_kept.as_deref() == Some(topic)
+            }
         }
     }
 

@@ -25,6 +25,7 @@ crate::reason_codes! {
         InvalidTimeZone = "invalid_time_zone",
         Paused = "paused",
         Withdrawn = "withdrawn",
+        Holdout = "holdout",
     }
 }
 
@@ -83,6 +84,11 @@ pub enum Suppression {
     Withdrawn {
         by: String,
     },
+    /// The user is in the control arm of the rule's experiment: the message
+    /// passed every step and would have been sent.
+    Holdout {
+        experiment: String,
+    },
 }
 
 impl Suppression {
@@ -106,6 +112,7 @@ impl Suppression {
             Suppression::SuppressedBy { .. } => SuppressionCode::SuppressedBy,
             Suppression::InvalidTimeZone => SuppressionCode::InvalidTimeZone,
             Suppression::Withdrawn { .. } => SuppressionCode::Withdrawn,
+            Suppression::Holdout { .. } => SuppressionCode::Holdout,
         }
     }
 
@@ -158,6 +165,7 @@ impl Suppression {
             Suppression::Paused { until } => part(&mut out, until),
             Suppression::SuppressedBy { engagement } => part(&mut out, engagement),
             Suppression::Withdrawn { by } => part(&mut out, by),
+            Suppression::Holdout { experiment } => part(&mut out, experiment),
             Suppression::Stale { age_s, max_s } => {
                 part(&mut out, itoa::Buffer::new().format(*age_s));
                 out.push_str("s>");

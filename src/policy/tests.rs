@@ -184,6 +184,9 @@ fn every_reason_code_has_a_metric_handle() {
         Suppression::Withdrawn {
             by: "transactions/3/1187".into(),
         },
+        Suppression::Holdout {
+            experiment: "cashback-copy".into(),
+        },
     ];
     for (i, s) in all.iter().enumerate() {
         assert_eq!(s.code_index(), i, "{} is out of place in ALL", s.code());
@@ -209,6 +212,7 @@ fn every_reason_code_has_a_metric_handle() {
             "invalid_time_zone",
             "paused:2026-12-24T00:00:00Z",
             "withdrawn:transactions/3/1187",
+            "holdout:cashback-copy",
         ]
     );
     let more = [

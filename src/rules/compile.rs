@@ -44,6 +44,8 @@ pub struct Rule {
     pub subscription: Option<Arc<super::subscription::Subscription>>,
     /// Its messages collected per recipient and sent as one, when it digests.
     pub digest: Option<Arc<super::digest::Digest>>,
+    /// Its arms, control group and goal, when it runs an experiment.
+    pub experiment: Option<Arc<super::experiment::Experiment>>,
     /// Context over time, when the rule has a `pattern`.
     pub pattern: Option<std::sync::Arc<crate::patterns::Pattern>>,
     /// Template names present for this rule (`<id>/title`, `<id>/body`, `<id>/text`).
@@ -246,6 +248,16 @@ pub fn compile_rule(
         |at, m| errors.push(err(at, m)),
     )
     .map(Arc::new);
+    let experiment = super::experiment::compile(
+        spec.experiment.as_ref(),
+        &id,
+        &spec.category.value,
+        &channels,
+        &spec.sources.value,
+        conditions,
+        |at, m| errors.push(err(at, m)),
+    )
+    .map(Arc::new);
     let pattern = match &spec.pattern {
         None => {
             if let Some(k) = &spec.key {
@@ -311,6 +323,36 @@ pub fn compile_rule(
     let has_title = add("title", &t.title);
     let has_body = add("body", &t.body);
     let has_text = add("text", &t.text);
+    let mut arm_names = Vec::new();
+    for arm in spec.experiment.iter().flat_map(|e| &e.arms.value) {
+        let Some(own) = &arm.template else { continue };
+        for (part, source) in [
+            ("title", &own.title),
+            ("body", &own.body),
+            ("text", &own.text),
+        ] {
+            let Some(source) = source else { continue };
+            let full = super::experiment::Experiment::template_name(&id, &arm.name, part);
+            match templates.add(full.clone(), source.value.clone()) {
+                Ok(()) => arm_names.push(full),
+                Err(problems) => {
+                    for e in problems {
+                        let (line, column) = inner_position(text, source, e.line, e.column);
+                        errors.push(RuleError {
+                            file: file.to_owned(),
+                            line,
+                            column,
+                            rule: Some(id.clone()),
+                            message: format!(
+                                "experiment arm `{}`: template.{part}: {}",
+                                arm.name, e.message
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
     if errors.len() > before {
         return None;
     }
@@ -337,6 +379,7 @@ pub fn compile_rule(
         .map(|(part, _)| format!("{id}/{part}"))
         .collect();
     names.extend(texts.names(&template_names));
+    names.extend(arm_names);
     let digest_reads = crate::render::Reads::of(templates, &names, "digest");
     if digest.is_none() && digest_reads != crate::render::Reads::default() {
         errors.push(err(
@@ -370,6 +413,7 @@ pub fn compile_rule(
         policy: spec.policy,
         subscription,
         digest,
+        experiment,
         pattern,
         has_title,
         has_body,

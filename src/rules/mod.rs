@@ -10,6 +10,7 @@
 pub mod compile;
 pub mod digest;
 pub mod error;
+pub mod experiment;
 pub mod live;
 pub mod load;
 pub mod model;

@@ -113,6 +113,10 @@ pub struct RuleSpec {
     /// sends them as one (see `rules::digest`).
     #[serde(default)]
     pub digest: Option<super::digest::DigestSpec>,
+    /// Arms with weights and a control group, and the goal that counts as a
+    /// conversion (see `rules::experiment`).
+    #[serde(default)]
+    pub experiment: Option<super::experiment::ExperimentSpec>,
 }
 
 /// Interactive push: the notification category the app registered (APNs

@@ -30,6 +30,8 @@ pub struct RuleSet {
     index: FastMap<String, SourceIndex>,
     /// The enabled rules whose digest a later event can withdraw items from.
     withdrawing: Vec<usize>,
+    /// The enabled rules whose experiment has a goal.
+    with_goals: Vec<usize>,
 }
 
 /// Per source topic: rules with no `match:` (always candidates), and rules
@@ -90,6 +92,12 @@ impl RuleSet {
             .filter(|(_, r)| r.enabled && r.digest.as_ref().is_some_and(|d| d.withdraw.is_some()))
             .map(|(i, _)| i)
             .collect();
+        let with_goals = rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.enabled && r.experiment.as_ref().is_some_and(|e| e.goal.is_some()))
+            .map(|(i, _)| i)
+            .collect();
         RuleSet {
             rules,
             templates,
@@ -97,6 +105,7 @@ impl RuleSet {
             files,
             index,
             withdrawing,
+            with_goals,
         }
     }
 
@@ -128,6 +137,28 @@ impl RuleSet {
             };
             w.sources.iter().any(|s| s == source)
                 && w.match_fields.iter().all(|(field, expected)| {
+                    lookup(fields, field).is_some_and(|v| scalar_eq(expected, v))
+                })
+        })
+    }
+
+    /// The rules whose experiment goal this event of `source` may meet: its
+    /// goal's `sources` and `match` (the caller evaluates the condition).
+    pub fn goals<'a, O: Object + ?Sized>(
+        &'a self,
+        source: &'a str,
+        fields: &'a O,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.with_goals.iter().copied().filter(move |&i| {
+            let Some(g) = self.rules[i]
+                .experiment
+                .as_ref()
+                .and_then(|e| e.goal.as_ref())
+            else {
+                return false;
+            };
+            g.sources.iter().any(|s| s == source)
+                && g.match_fields.iter().all(|(field, expected)| {
                     lookup(fields, field).is_some_and(|v| scalar_eq(expected, v))
                 })
         })

@@ -86,10 +86,30 @@ pub struct Intent {
     /// version 0x02 on; an 0x01 intent has none).
     #[serde(default)]
     pub subscription: Option<SubscriptionUsed>,
-    /// Not a message: a later event that may withdraw waiting items from
-    /// the user's digests of the rule (version 0x03; false before).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub withdraw: bool,
+    /// What the intent asks of stage 2 (version 0x03; a message before).
+    #[serde(default, skip_serializing_if = "Purpose::is_message")]
+    pub purpose: Purpose,
+}
+
+/// What an intent asks of stage 2.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// A message of the rule, to decide.
+    #[default]
+    Message,
+    /// A later event that may take waiting items out of the user's digests
+    /// of the rule (`digest.withdraw`).
+    Withdraw,
+    /// A later event that meets the goal of the rule's experiment: a
+    /// conversion, if the user got (or would have got) its message.
+    Goal,
+}
+
+impl Purpose {
+    pub fn is_message(&self) -> bool {
+        *self == Purpose::Message
+    }
 }
 
 /// What a subscription rule's match used of the user's settings: recorded in

@@ -12,8 +12,8 @@
 //! Versions: the first byte says what the record is and how the rest is
 //! written: [`INTENT_V2`] (`0x02`: an intent with the subscription values
 //! its match used; [`INTENT_V1`], `0x01`, without, is still read),
-//! [`INTENT_V3`] (`0x03`: version 2 and `withdraw` after it, written only
-//! for a digest's withdrawal, so an instance of the version before reads
+//! [`INTENT_V3`] (`0x03`: version 2 and `purpose` after it, written only
+//! for a digest's withdrawal or an experiment's goal, so an instance of the version before reads
 //! every other intent during a rolling upgrade), [`LEDGER_V1`] (`0x21`: kind 2, version
 //! 1); `{` is a record written as JSON by herald before this encoding,
 //! still read, so an upgrade loses nothing in flight. Any other first byte
@@ -50,19 +50,19 @@ pub enum WireError {
     Malformed { version: String, detail: String },
 }
 
-/// [`INTENT_V2`] and the intent's `withdraw` after it.
+/// [`INTENT_V2`] and the intent's `purpose` after it.
 pub const INTENT_V3: u8 = 0x03;
 
 /// The bytes of an intent on the intents topic: version 2 (whose array
-/// ends before `withdraw`) unless it is a withdrawal.
+/// ends before `purpose`) unless it asks for more than a message.
 pub fn encode_intent(intent: &Intent) -> Vec<u8> {
-    if intent.withdraw {
+    if !intent.purpose.is_message() {
         return encode(INTENT_V3, intent, 384);
     }
     encode(INTENT_V2, &IntentV2(intent), 384)
 }
 
-/// An intent written as version 2: every field but `withdraw`.
+/// An intent written as version 2: every field but `purpose`.
 struct IntentV2<'a>(&'a Intent);
 
 impl serde::Serialize for IntentV2<'_> {
@@ -177,22 +177,30 @@ mod tests {
                     .clone(),
                 channels: Some(vec!["push".into()]),
             }),
-            withdraw: false,
+            purpose: crate::state::intent::Purpose::Message,
         }
     }
 
     #[test]
-    fn a_withdrawal_is_version_3_and_every_other_intent_stays_version_2() {
+    fn a_withdrawal_or_a_goal_is_version_3_and_every_message_stays_version_2() {
         let mut i = intent(true);
         assert_eq!(encode_intent(&i)[0], INTENT_V2);
-        i.withdraw = true;
+        i.purpose = crate::state::intent::Purpose::Withdraw;
         let bytes = encode_intent(&i);
         assert_eq!(bytes[0], INTENT_V3);
         let back = decode_intent(&bytes).unwrap();
-        assert!(back.withdraw);
+        assert_eq!(back.purpose, crate::state::intent::Purpose::Withdraw);
         assert_eq!(back.subscription, i.subscription);
-        i.withdraw = false;
-        assert!(!decode_intent(&encode_intent(&i)).unwrap().withdraw);
+        i.purpose = crate::state::intent::Purpose::Goal;
+        assert_eq!(
+            decode_intent(&encode_intent(&i)).unwrap().purpose,
+            crate::state::intent::Purpose::Goal
+        );
+        i.purpose = crate::state::intent::Purpose::Message;
+        assert!(decode_intent(&encode_intent(&i))
+            .unwrap()
+            .purpose
+            .is_message());
     }
 
     #[test]

@@ -226,3 +226,101 @@ fn the_demo_installs_no_browser_and_the_tests_do() {
     let demo_script = std::fs::read_to_string(root.join("scripts/demo.sh")).unwrap();
     assert!(demo_script.contains("scripts/install-deps.sh demo\n"));
 }
+
+#[test]
+fn an_experiment_report_over_a_replay_matches_a_tally_by_hand() {
+    // 300 opted-in coffee drinkers buy a coffee on day one (each gets the
+    // offer, or is held out); every third comes back for another on day
+    // two: a conversion in whichever arm they are.
+    let dir = tempfile::tempdir().unwrap();
+    let (events, profiles, out, chart) = (
+        dir.path().join("events.jsonl"),
+        dir.path().join("profiles.jsonl"),
+        dir.path().join("out.jsonl"),
+        dir.path().join("chart.svg"),
+    );
+    let (mut ev, mut pr) = (String::new(), String::new());
+    for i in 0..300 {
+        let user = format!("c-{i}");
+        pr.push_str(&format!(
+            "{{\"user_id\":\"{user}\",\"push_tokens\":[{{\"token\":\"t-{i}\",\"platform\":\"ios\"}}],\"time_zone\":\"UTC\",\"consent\":{{\"push\":true}},\"preferences\":{{\"marketing\":true}}}}\n"
+        ));
+        let coffee = |day: u32| {
+            format!(
+                "{{\"topic\":\"transactions\",\"key\":\"card-{i}\",\"event\":{{\"user_id\":\"{user}\",\"ts\":\"2026-11-{day}T16:{:02}:{:02}Z\",\"merchant\":\"Blue Bottle\",\"category\":\"coffee\",\"amount\":4.5,\"currency\":\"USD\",\"status\":\"approved\"}}}}\n",
+                i / 60,
+                i % 60
+            )
+        };
+        ev.push_str(&coffee(24));
+        if i % 3 == 0 {
+            ev.push_str(&coffee(25));
+        }
+    }
+    // Day two's events after day one's.
+    let mut lines: Vec<&str> = ev.lines().collect();
+    lines.sort_by_key(|l| l.contains("2026-11-25"));
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    std::fs::write(&profiles, pr).unwrap();
+    let (code, stdout, err) = herald(&[
+        "replay",
+        "--input",
+        events.to_str().unwrap(),
+        "--profiles",
+        profiles.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let (code, report, err) = herald(&[
+        "experiment",
+        "report",
+        "coffee-offer-2026-12",
+        "--from",
+        out.to_str().unwrap(),
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{report}{err}");
+    // By hand: each user's arm by the same stable hash the rule uses.
+    let arms: Vec<herald::rules::experiment::Arm> =
+        [("control", 20.0), ("discount", 40.0), ("pastry", 40.0)]
+            .into_iter()
+            .map(|(name, weight)| herald::rules::experiment::Arm {
+                name: name.into(),
+                weight,
+                control: name == "control",
+                texts: [false; 3],
+                channels: None,
+            })
+            .collect();
+    let mut expected: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for i in 0..300 {
+        let arm =
+            herald::rules::experiment::assign("coffee-offer-2026-12", &arms, &format!("c-{i}"));
+        let e = expected.entry(arm.name.as_str()).or_default();
+        e.0 += 1;
+        e.1 += usize::from(i % 3 == 0);
+    }
+    for (arm, (users, converted)) in &expected {
+        let label = if *arm == "control" {
+            "control (control)".to_string()
+        } else {
+            arm.to_string()
+        };
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("no row for {arm}: {report}"));
+        let cells: Vec<&str> = row[label.len()..].split_whitespace().collect();
+        assert_eq!(cells[0], users.to_string(), "{arm} users: {row}");
+        assert_eq!(cells[2], converted.to_string(), "{arm} conversions: {row}");
+        let rate = 100.0 * *converted as f64 / *users as f64;
+        assert_eq!(cells[3], format!("{rate:.2}"), "{arm} rate: {row}");
+    }
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.contains("coffee-offer-2026-12") && svg.contains("pastry"),
+        "{svg}"
+    );
+}

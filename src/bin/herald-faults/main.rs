@@ -7,6 +7,7 @@
 //! Run it with `scripts/faults.sh` (full; writes RELIABILITY.md) or
 //! `scripts/faults.sh --short` (what CI runs).
 
+mod digest;
 mod disk;
 mod held;
 mod load;
@@ -39,7 +40,7 @@ pub struct Options {
     /// The short version (CI): fewer kills, shorter outages.
     #[arg(long)]
     short: bool,
-    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, second-deployment, missing-topic, sigterm-backlog, sigterm, sigterm-frozen, freeze-group, group, group-cooperative, provider-down-sms,
+    /// Run only these scenarios (kill9, kill9-dynamic, kill9-state, kill9-held, kill9-digest, second-deployment, missing-topic, sigterm-backlog, sigterm, sigterm-frozen, freeze-group, group, group-cooperative, provider-down-sms,
     /// broker-leader, broker-freeze, provider-down, provider-flaky, hostile).
     #[arg(long = "only")]
     only: Vec<String>,
@@ -107,6 +108,7 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         "kill9-dynamic",
         "kill9-state",
         "kill9-held",
+        "kill9-digest",
         "kill9-group",
         "sigterm",
         "group",
@@ -143,6 +145,9 @@ async fn run(opts: &Options) -> Result<Vec<Report>, String> {
         }
         if step("kill9-held") {
             reports.push(held::kill9_held(opts, &broker, if short { 4 } else { 20 }).await?);
+        }
+        if step("kill9-digest") {
+            reports.push(digest::kill9_digest(opts, &broker, if short { 3 } else { 15 }).await?);
         }
         if step("second-deployment") {
             reports.push(operator::second_deployment(opts, &broker).await?);
