@@ -354,6 +354,63 @@ pub fn svg(r: &Report) -> String {
     s
 }
 
+/// Every record of `topic` (JSON values), from its start to its end now.
+pub fn read_topic(config: &crate::config::Config, topic: &str) -> Result<Vec<Value>, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    use std::time::{Duration, Instant};
+    let mut client = crate::kafka::profile_reader_config(&config.kafka);
+    client.set("group.id", "herald-experiment-report");
+    let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let partitions = crate::kafka::follow::partition_ids(&metadata);
+    if partitions.is_empty() {
+        return Err(format!("topic `{topic}` does not exist"));
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .map_err(|e| e.to_string())?;
+            ends.insert(p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut last = Instant::now();
+    while !ends.is_empty() && last.elapsed() < Duration::from_secs(30) {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.map_err(|e| e.to_string())?;
+        last = Instant::now();
+        if let Some(v) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+            out.push(v);
+        }
+        if ends
+            .get(&m.partition())
+            .is_some_and(|&end| m.offset() + 1 >= end)
+        {
+            ends.remove(&m.partition());
+        }
+    }
+    if !ends.is_empty() {
+        return Err(format!(
+            "`{topic}` was not read to its end (no record for 30 s)"
+        ));
+    }
+    Ok(out)
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -3,11 +3,8 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use herald::config::Config;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
 use super::{Failure, Outcome};
@@ -89,56 +86,6 @@ fn from_file(path: &std::path::Path) -> Result<Vec<Value>, Failure> {
     Ok(out)
 }
 
-/// Every record of `topic`, from its start to its end now.
 fn read_topic(config: &Config, topic: &str) -> Result<Vec<Value>, Failure> {
-    let mut client = herald::kafka::profile_reader_config(&config.kafka);
-    client.set("group.id", "herald-experiment-report");
-    let consumer: BaseConsumer = client.create().map_err(Failure::run)?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(Failure::run)?;
-    let partitions = herald::kafka::follow::partition_ids(&metadata);
-    if partitions.is_empty() {
-        return Err(Failure::input(format!("topic `{topic}` does not exist")));
-    }
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = std::collections::HashMap::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .map_err(Failure::run)?;
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))
-                .map_err(Failure::run)?;
-            ends.insert(p, high);
-        }
-    }
-    let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl).map_err(Failure::run)?;
-    let mut last = Instant::now();
-    while !ends.is_empty() && last.elapsed() < Duration::from_secs(30) {
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let m = m.map_err(Failure::run)?;
-        last = Instant::now();
-        if let Some(v) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-            out.push(v);
-        }
-        if ends
-            .get(&m.partition())
-            .is_some_and(|&end| m.offset() + 1 >= end)
-        {
-            ends.remove(&m.partition());
-        }
-    }
-    if !ends.is_empty() {
-        return Err(Failure::run(format!(
-            "`{topic}` was not read to its end (no record for 30 s)"
-        )));
-    }
-    Ok(out)
+    herald::analyst::experiment::read_topic(config, topic).map_err(Failure::run)
 }

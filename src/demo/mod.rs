@@ -258,6 +258,7 @@ impl RunTopics {
                 // The run's own, as its other topics: a demo run starts
                 // with no user's preferences.
                 "preferences": self.held.replace("-held", "-preferences"),
+                "conversions": self.held.replace("-held", "-conversions"),
             },
             "rules": { "dir": rules, "watch": watch },
             "admin": { "listen": "127.0.0.1:0" },
@@ -326,6 +327,7 @@ pub async fn run(
     println!("published {profiles} profiles");
 
     let config = topics.config(brokers, &standin.base_url(), &rules, true)?;
+    let report_config = config.clone();
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     println!(
         "herald admin on http://{} (metrics, readyz, rules)",
@@ -513,7 +515,36 @@ pub async fn run(
         "event produced → push request received at the provider (ms):  p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}  ({} pushes)",
         d.p50, d.p90, d.p99, d.max, d.count
     );
+    experiment_report(report_config).await;
     Ok(())
+}
+
+/// The sample experiment's report over this run's outcomes and
+/// conversions (`herald experiment report` does the same on any topics).
+async fn experiment_report(config: Config) {
+    let read = tokio::task::spawn_blocking(move || {
+        let mut records = crate::analyst::experiment::read_topic(&config, &config.topics.outcomes)?;
+        records.extend(crate::analyst::experiment::read_topic(
+            &config,
+            &config.topics.conversions,
+        )?);
+        Ok::<_, String>(records)
+    })
+    .await;
+    let records = match read {
+        Ok(Ok(records)) => records,
+        Ok(Err(e)) => return println!("(no experiment report: {e})"),
+        Err(e) => return println!("(no experiment report: {e})"),
+    };
+    let report = crate::analyst::experiment::report(scene::EXPERIMENT, records);
+    if report.arms.is_empty() {
+        return;
+    }
+    println!(
+        "\n== the coffee offer experiment so far (`herald experiment report {}`)",
+        scene::EXPERIMENT
+    );
+    print!("{}", crate::analyst::experiment::text(&report));
 }
 
 /// Waits until an instance's `/readyz` answers 200, up to `limit`.

@@ -72,6 +72,8 @@ pub async fn threshold(
 
 /// The cashback scene's cardholder.
 const SAVER: &str = "demo-bob";
+/// The sample experiment the demo reports on at its end.
+pub const EXPERIMENT: &str = "coffee-offer-2026-12";
 /// The sample digest rule the cashback scene shows.
 pub const DIGEST_RULE: &str = "cashback-digest";
 /// How long the demo's cashback digest collects (08:00 local in the sample rule).

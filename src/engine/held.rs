@@ -90,6 +90,36 @@ impl<T> HeldQueue<T> {
         Ok(replaced)
     }
 
+    /// Holds a message in place of the one of its key, if any (a digest's
+    /// new version), in one step: no reader of the held topic can put an
+    /// older version back in between.
+    pub fn put(&self, held: Held<T>) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.by_key.remove(&held.idempotency_key) {
+            if let Some(old) = inner.by_time.remove(&slot) {
+                if let Some(c) = &old.collapse {
+                    if inner.by_collapse.get(c) == Some(&slot) {
+                        inner.by_collapse.remove(c);
+                    }
+                }
+            }
+        }
+        inner.seq += 1;
+        let slot = (held.release_ms, inner.seq);
+        inner.by_key.insert(held.idempotency_key.clone(), slot);
+        if let Some(c) = &held.collapse {
+            if let Some(other) = inner.by_collapse.insert(c.clone(), slot) {
+                // Another message had the collapse key: it stays, without it.
+                if let Some(h) = inner.by_time.get_mut(&other) {
+                    h.collapse = None;
+                }
+            }
+        }
+        inner.by_time.insert(slot, held);
+        drop(inner);
+        self.wake.notify_one();
+    }
+
     /// Takes out the message holding collapse key `collapse`, if any.
     pub fn take_collapse(&self, collapse: &str) -> Option<Held<T>> {
         let mut inner = self.lock();
@@ -202,6 +232,20 @@ mod tests {
         assert_eq!(q.len(), 1);
         assert_eq!(q.drain().len(), 1);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_new_version_takes_its_keys_place_and_another_holder_keeps_its_own() {
+        let q = HeldQueue::default();
+        q.hold(held("d1", 100, Some("u1/digest"))).unwrap();
+        q.put(held("d1", 300, Some("u1/digest")));
+        assert_eq!(q.len(), 1, "one version per key");
+        assert_eq!(q.next_ms(), Some(300), "the new version's time");
+        // A second digest under the same collapse key: the first stays held.
+        q.put(held("d2", 200, Some("u1/digest")));
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.take_collapse("u1/digest").unwrap().idempotency_key, "d2");
+        assert_eq!(q.due(300).len(), 1, "d1 is released at its own time");
     }
 
     #[test]

@@ -138,6 +138,12 @@ impl Decider {
             },
         );
         let replaced = match record {
+            // A new version of a message held under its key: in memory now,
+            // whenever it is due (an older one must not be released).
+            _ if update => {
+                self.held.put(held);
+                replaced
+            }
             // In memory every held message is queued.
             None => self.held.hold(held)?,
             // Nothing of its key or collapse key is queued now.
