@@ -21,7 +21,6 @@ use crate::metrics::StageEvent;
 use crate::outcome::{Hop, Pending, Status};
 use crate::policy::{DigestRole, Suppression};
 use crate::rules::digest::Digest;
-use crate::state::intent::EventRecord;
 use crate::state::{LedgerEntry, LedgerStatus};
 
 /// When a digest group that could not be computed was last logged (epoch s).
@@ -114,16 +113,11 @@ impl Decider {
         let now = self.cx.clock.now_ms();
         let mut state = match self.open_digest(&key.collapse) {
             Some(open) => (*open).clone(),
-            None => DigestState {
-                id: digest_id(&key.collapse, &job.intent),
-                group: key.group.clone(),
-                opened_ms: now,
-                last_ms: now,
-                closes_ms: now,
-                revision: 0,
-                closed: false,
-                items: Vec::new(),
-            },
+            None => DigestState::open(
+                digest_id(&key.collapse, &job.intent),
+                key.group.clone(),
+                now,
+            ),
         };
         if state.items.iter().any(|i| *i.intent == *job.intent) {
             // Its intent again (a redelivery whose ledger entry was not
@@ -194,16 +188,11 @@ impl Decider {
         if self.open_digest(&key.collapse).is_some() {
             return Vec::new();
         }
-        let mut state = DigestState {
-            id: digest_id(&key.collapse, &job.intent),
-            group: key.group.clone(),
-            opened_ms: now,
-            last_ms: now,
-            closes_ms: now,
-            revision: 0,
-            closed: false,
-            items: Vec::new(),
-        };
+        let mut state = DigestState::open(
+            digest_id(&key.collapse, &job.intent),
+            key.group.clone(),
+            now,
+        );
         self.advance(&mut state, &spec, job, now);
         let mut outcome = sent.clone();
         outcome.status = Status::Held;
@@ -491,19 +480,10 @@ fn digest_id(collapse: &str, first: &str) -> String {
 /// What a digest keeps of a job: its intent, its event (card numbers
 /// masked), what completed its pattern.
 fn item_of(job: &Job, now: i64) -> DigestItem {
-    let mut event = EventRecord::of(&job.event);
-    crate::outcome::redact::mask_fields(&mut event.fields);
-    if let Some(masked) = event
-        .key
-        .as_deref()
-        .and_then(crate::outcome::redact::mask_text)
-    {
-        event.key = Some(masked.into());
-    }
     DigestItem {
         intent: job.intent.to_string(),
         at_ms: now,
-        event,
+        event: job.masked_event(),
         pattern: job.pattern.as_ref().map(|p| {
             let mut context = p.context.clone();
             crate::outcome::redact::mask_json(&mut context);

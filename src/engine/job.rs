@@ -79,6 +79,20 @@ pub struct DigestItem {
 }
 
 impl DigestState {
+    /// A digest opening now, with no item yet.
+    pub fn open(id: String, group: Option<String>, now_ms: i64) -> DigestState {
+        DigestState {
+            id,
+            group,
+            opened_ms: now_ms,
+            last_ms: now_ms,
+            closes_ms: now_ms,
+            revision: 0,
+            closed: false,
+            items: Vec::new(),
+        }
+    }
+
     /// What templates see as `digest`.
     pub fn view(&self, shown: std::ops::Range<usize>) -> serde_json::Value {
         let count = self.items.len();
@@ -155,6 +169,21 @@ impl Job {
         Some((experiment, experiment.assign(&self.event.user)))
     }
 
+    /// Its event as records at rest keep it: card numbers masked in its
+    /// fields, and in its key when events are keyed by card.
+    pub(super) fn masked_event(&self) -> EventRecord {
+        let mut event = EventRecord::of(&self.event);
+        crate::outcome::redact::mask_fields(&mut event.fields);
+        if let Some(masked) = event
+            .key
+            .as_deref()
+            .and_then(crate::outcome::redact::mask_text)
+        {
+            event.key = Some(masked.into());
+        }
+        event
+    }
+
     /// The job as a hold keeps it: decided again at its release.
     pub(super) fn for_release(&self) -> Job {
         Job {
@@ -170,15 +199,7 @@ impl Job {
     /// a push's `data.key`) holds no card number either.
     pub fn intent(&self) -> Intent {
         let rule = self.rule();
-        let mut event = EventRecord::of(&self.event);
-        crate::outcome::redact::mask_fields(&mut event.fields);
-        if let Some(masked) = event
-            .key
-            .as_deref()
-            .and_then(crate::outcome::redact::mask_text)
-        {
-            event.key = Some(masked.into());
-        }
+        let event = self.masked_event();
         Intent {
             id: self.intent.to_string(),
             rule: rule.id.clone(),

@@ -300,9 +300,10 @@ pub fn compile_rule(
             "template needs a `body` (push) or a `text` (SMS)".into(),
         ));
     }
-    let mut add = |part: &str, source: &Option<Spanned<String>>| -> bool {
-        let Some(source) = source else { return false };
-        match templates.add(format!("{id}/{part}"), source.value.clone()) {
+    // A template of the rule under `name`, its errors at their place in
+    // the file, each said as `what` says it.
+    let mut add_named = |name: String, what: &str, source: &Spanned<String>| -> bool {
+        match templates.add(name, source.value.clone()) {
             Ok(()) => true,
             Err(problems) => {
                 for e in problems {
@@ -312,14 +313,21 @@ pub fn compile_rule(
                         line,
                         column,
                         rule: Some(id.clone()),
-                        message: format!("template.{part}: {}", e.message),
+                        message: format!("{what}: {}", e.message),
                     });
                 }
                 false
             }
         }
     };
-    let mut warnings = push_size_warnings(file, &id, t);
+    let mut add = |part: &str, source: &Option<Spanned<String>>| -> bool {
+        let Some(source) = source else { return false };
+        add_named(format!("{id}/{part}"), &format!("template.{part}"), source)
+    };
+    let shown = digest
+        .as_ref()
+        .map(|d| d.shown(super::digest::MOST_ITEMS).len());
+    let mut warnings = push_size_warnings(file, &id, t, shown);
     let has_title = add("title", &t.title);
     let has_body = add("body", &t.body);
     let has_text = add("text", &t.text);
@@ -333,23 +341,9 @@ pub fn compile_rule(
         ] {
             let Some(source) = source else { continue };
             let full = super::experiment::Experiment::template_name(&id, &arm.name, part);
-            match templates.add(full.clone(), source.value.clone()) {
-                Ok(()) => arm_names.push(full),
-                Err(problems) => {
-                    for e in problems {
-                        let (line, column) = inner_position(text, source, e.line, e.column);
-                        errors.push(RuleError {
-                            file: file.to_owned(),
-                            line,
-                            column,
-                            rule: Some(id.clone()),
-                            message: format!(
-                                "experiment arm `{}`: template.{part}: {}",
-                                arm.name, e.message
-                            ),
-                        });
-                    }
-                }
+            let what = format!("experiment arm `{}`: template.{part}", arm.name);
+            if add_named(full.clone(), &what, source) {
+                arm_names.push(full);
             }
         }
     }
@@ -453,7 +447,15 @@ fn push_size_warnings(
     file: &std::path::Path,
     id: &str,
     t: &super::model::TemplateSpec,
+    digest_shown: Option<usize>,
 ) -> Vec<String> {
+    // A loop over a digest's items shows at most `show` of them: a few
+    // cannot outgrow the payload.
+    let bounded = |text: &str| {
+        digest_shown.is_some_and(|n| n <= 10)
+            && text.matches("{% for").count() + text.matches("{%- for").count()
+                == text.matches(" in digest.items").count()
+    };
     let mut warnings = Vec::new();
     for (part, source) in [("title", &t.title), ("body", &t.body)] {
         let Some(source) = source else { continue };
@@ -468,7 +470,9 @@ fn push_size_warnings(
                 "{at} is {} bytes before any value is filled in, over FCM's {PUSH_PAYLOAD_BYTES}-byte payload; such pushes fail `payload_too_large`",
                 source.value.len()
             ));
-        } else if source.value.contains("{% for") || source.value.contains("{%- for") {
+        } else if (source.value.contains("{% for") || source.value.contains("{%- for"))
+            && !bounded(&source.value)
+        {
             warnings.push(format!(
                 "{at} has a loop: its output can grow past FCM's {PUSH_PAYLOAD_BYTES}-byte payload, and such pushes fail `payload_too_large`"
             ));

@@ -127,18 +127,9 @@ impl RuleSet {
         source: &'a str,
         fields: &'a O,
     ) -> impl Iterator<Item = usize> + 'a {
-        self.withdrawing.iter().copied().filter(move |&i| {
-            let Some(w) = self.rules[i]
-                .digest
-                .as_ref()
-                .and_then(|d| d.withdraw.as_ref())
-            else {
-                return false;
-            };
-            w.sources.iter().any(|s| s == source)
-                && w.match_fields.iter().all(|(field, expected)| {
-                    lookup(fields, field).is_some_and(|v| scalar_eq(expected, v))
-                })
+        self.later_events(&self.withdrawing, source, fields, |r| {
+            let w = r.digest.as_ref()?.withdraw.as_ref()?;
+            Some((&w.sources, &w.match_fields))
         })
     }
 
@@ -149,16 +140,27 @@ impl RuleSet {
         source: &'a str,
         fields: &'a O,
     ) -> impl Iterator<Item = usize> + 'a {
-        self.with_goals.iter().copied().filter(move |&i| {
-            let Some(g) = self.rules[i]
-                .experiment
-                .as_ref()
-                .and_then(|e| e.goal.as_ref())
-            else {
+        self.later_events(&self.with_goals, source, fields, |r| {
+            let g = r.experiment.as_ref()?.goal.as_ref()?;
+            Some((&g.sources, &g.match_fields))
+        })
+    }
+
+    /// Of `rules`, those whose later-event filter (`filter`: its sources and
+    /// exact fields) this event of `source` passes.
+    fn later_events<'a, O: Object + ?Sized>(
+        &'a self,
+        rules: &'a [usize],
+        source: &'a str,
+        fields: &'a O,
+        filter: impl Fn(&'a Rule) -> Option<(&'a Vec<String>, &'a Vec<(String, Scalar)>)> + 'a,
+    ) -> impl Iterator<Item = usize> + 'a {
+        rules.iter().copied().filter(move |&i| {
+            let Some((sources, match_fields)) = filter(&self.rules[i]) else {
                 return false;
             };
-            g.sources.iter().any(|s| s == source)
-                && g.match_fields.iter().all(|(field, expected)| {
+            sources.iter().any(|s| s == source)
+                && match_fields.iter().all(|(field, expected)| {
                     lookup(fields, field).is_some_and(|v| scalar_eq(expected, v))
                 })
         })

@@ -23,9 +23,9 @@ fn sample_rules_pass_with_a_summary_per_file() {
     assert_eq!(
         out,
         "rules/cold-chain.yaml: ok, 2 rules (2 enabled)\n\
-         rules/offers.yaml: ok, 2 rules (2 enabled)\n\
+         rules/offers.yaml: ok, 3 rules (3 enabled)\n\
          rules/payments.yaml: ok, 7 rules (7 enabled)\n\
-         11 rules in 3 files\n"
+         12 rules in 3 files\n"
     );
 }
 
@@ -55,7 +55,7 @@ fn expect_error(fixture: &str, expected: &str) {
 fn unknown_field() {
     expect_error(
         "unknown-field.yaml",
-        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy, subscription, digest",
+        "tests/fixtures/broken/unknown-field.yaml:7:5: rule \"declined-velocity\": unknown field `withn`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy, subscription, digest, experiment",
     );
 }
 
@@ -151,7 +151,7 @@ fn six_broken_rules_of_one_file_give_every_error_in_one_run() {
         "six-broken-rules.yaml",
         &[
             format!("{f}:5:5: rule \"one\": missing field `category`"),
-            format!("{f}:11:5: rule \"two\": unknown field `colour`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy, subscription"),
+            format!("{f}:11:5: rule \"two\": unknown field `colour`, expected one of id, description, enabled, shadow, sources, match, condition, channels, fallback, await_delivery, campaign, push_actions, category, priority, template, collapse_key, ttl_seconds, max_sms_segments, pattern, key, policy, subscription, digest, experiment"),
             format!("{f}:18:30: rule \"three\": condition: Syntax error: mismatched input '<EOF>' expecting {{'[', '{{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, IDENTIFIER}}"),
             format!("{f}:20:32: rule \"three\": template.body: unknown filter `monee`; herald's filters are money, number, plural, mask_card, mask_phone, local_time, local_date and local_datetime, beside minijinja's (upper, default, round, …)"),
             format!("{f}:25:15: rule \"four\": unknown variant `urgent`, expected one of high, normal"),
