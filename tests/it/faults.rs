@@ -67,6 +67,7 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
     mock.create_topic(&config.intents_topic(), n, 1).unwrap();
     mock.create_topic(&config.ledger_changelog(), n, 1).unwrap();
     mock.create_topic(&config.topics.preferences, 3, 1).unwrap();
+    mock.create_topic(&config.topics.conversions, 3, 1).unwrap();
     for source in config.sources.keys() {
         mock.create_topic(&config.pattern_changelog(source), 2, 1)
             .unwrap();
