@@ -58,7 +58,12 @@ async fn call(
     auth: Option<String>,
     body: Option<Vec<u8>>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new().request(
+    // A call that gets no answer fails the test with its name, not hangs it.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut request = client.request(
         method,
         format!("http://{addr}/api/v1/users/{user}/preferences"),
     );
@@ -70,7 +75,10 @@ async fn call(
             .header("content-type", "application/json")
             .body(body);
     }
-    let response = request.send().await.expect("the API answers");
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{user}: the API does not answer within 60 s: {e}"));
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
