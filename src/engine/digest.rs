@@ -62,7 +62,14 @@ impl Decider {
         let group = expression.and_then(|e| {
             let conditions = &job.loaded.set.conditions;
             let scope = conditions.scope(&job.event.fields, job.profile.as_deref());
-            let group = conditions.key(e, &scope);
+            // Kept at rest (the held record, the outcome) and shown to
+            // templates: a card number in it keeps only its last four
+            // digits, as everywhere herald keeps an event. The recipient is
+            // in the key too, so only one user's cards that share their
+            // last four digits would share a group.
+            let group = conditions
+                .key(e, &scope)
+                .map(|g| crate::outcome::redact::mask_text(&g).unwrap_or(g));
             if group.is_none() && crate::util::once_a_second(&GROUP_FAILED_SAID) {
                 warn!(rule = %rule.id, "digest group could not be computed for an event; it joins the digest without a group");
             }
