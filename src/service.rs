@@ -83,13 +83,27 @@ impl Running {
 
     /// Stops fetching, drains in-flight sends, commits offsets and stops every
     /// task, all within one bound: `limits.shutdown_grace_ms` from now.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let deadline = self.health.shutdown_within(self.grace);
         let _ = self.shutdown.send(true);
-        let _ = self.consumer.await;
+        // The consumer drains its lanes within the grace, then commits
+        // (blocking, on the broker's answer). Bounded too: a stop that
+        // waited on it for ever would hang an embedding process (the tests,
+        // the load test), where `run`'s exit guard does not watch.
+        let commit = deadline + STOP_BOUND / 2;
+        if tokio::time::timeout_at(commit.into(), &mut self.consumer)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                waited_s = (self.grace + STOP_BOUND / 2).as_secs(),
+                "the consumer did not stop in time; stopping without its last commit (its messages are handled again after the restart, as after a crash)"
+            );
+            self.consumer.abort();
+        }
         // Background tasks stop on the same signal; a second or so beyond the
         // grace lets them close their clients cleanly.
-        let limit = deadline + Duration::from_secs(1);
+        let limit = std::time::Instant::now().max(deadline) + Duration::from_secs(1);
         let _ =
             tokio::time::timeout_at(limit.into(), futures::future::join_all(self.background)).await;
         info!("stopped");

@@ -18,7 +18,7 @@ async fn standin_command_serves_fcm_and_twilio_with_credentials_from_the_environ
     let first = lines.next().unwrap().unwrap();
     let base = first.rsplit(' ').next().unwrap().to_string();
     assert!(base.starts_with("http://127.0.0.1:"), "{first}");
-    let http = reqwest::Client::new();
+    let http = crate::support::http();
     let body = serde_json::json!({"message": {"token": "t-1", "notification": {"body": "hello"}, "data": {"rule": "r"}}});
     let url = format!("{base}/v1/projects/p/messages:send");
     assert_eq!(

@@ -221,7 +221,9 @@ async fn no_user_can_read_or_change_anothers_preferences_and_bad_values_name_the
     assert!(statuses.contains(&200), "{statuses:?}");
 
     // The description is served, and names these calls.
-    let spec = reqwest::get(format!("http://{addr}/api/v1/openapi.yaml"))
+    let spec = crate::support::http()
+        .get(format!("http://{addr}/api/v1/openapi.yaml"))
+        .send()
         .await
         .unwrap()
         .text()

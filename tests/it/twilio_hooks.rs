@@ -45,7 +45,7 @@ async fn post(
     form: &[(String, String)],
     token: &str,
 ) -> (u16, String, String) {
-    let r = reqwest::Client::new()
+    let r = crate::support::http()
         .post(format!("http://{addr}{path}"))
         .header(
             "X-Twilio-Signature",

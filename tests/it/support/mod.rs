@@ -527,17 +527,28 @@ pub async fn admin_until(
 
 /// Admin GET, body as text.
 pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let r = reqwest::get(format!("http://{addr}{path}"))
+    let r = http()
+        .get(format!("http://{addr}{path}"))
+        .send()
         .await
-        .expect("admin answers");
+        .unwrap_or_else(|e| panic!("admin answers GET {path}: {e}"));
     (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// An HTTP client whose every request is bounded (60 s): a hung endpoint
+/// fails the test with the call's name instead of hanging CI.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
 }
 
 /// Waits until `/readyz` answers 200.
 pub async fn wait_ready(addr: std::net::SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await {
+        if let Ok(r) = http().get(format!("http://{addr}/readyz")).send().await {
             if r.status().is_success() {
                 return;
             }
