@@ -47,6 +47,17 @@ pub struct LoadtestArgs {
     /// for the last one's answer, as before 2026-12-05).
     #[arg(long)]
     sends_per_user: Option<usize>,
+    /// A librdkafka property for herald's clients, `KEY=VALUE` (repeat it),
+    /// to compare settings: `--kafka linger.ms=5`.
+    #[arg(long, value_parser = property)]
+    kafka: Vec<(String, String)>,
+}
+
+fn property(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
 impl LoadtestArgs {
@@ -54,6 +65,7 @@ impl LoadtestArgs {
         herald::loadtest::LimitOverrides {
             lanes: self.lanes,
             sends_per_user: self.sends_per_user,
+            kafka: self.kafka.clone(),
         }
     }
 }

@@ -55,22 +55,25 @@ pub struct LoadOptions {
     pub limits: LimitOverrides,
 }
 
-/// Settings of `limits` a run may change (`--lanes`, `--sends-per-user`).
-#[derive(Debug, Clone, Copy, Default)]
+/// Settings a run may change (`--lanes`, `--sends-per-user`, `--kafka`).
+#[derive(Debug, Clone, Default)]
 pub struct LimitOverrides {
     pub lanes: Option<usize>,
     pub sends_per_user: Option<usize>,
+    /// librdkafka properties for herald's clients (`linger.ms=5`).
+    pub kafka: Vec<(String, String)>,
 }
 
 impl LimitOverrides {
     /// Applies these to a config.
-    pub fn apply(self, config: &mut crate::config::Config) {
+    pub fn apply(&self, config: &mut crate::config::Config) {
         if let Some(n) = self.lanes {
             config.limits.lanes = n;
         }
         if let Some(n) = self.sends_per_user {
             config.limits.sends_per_user = n;
         }
+        config.kafka.properties.extend(self.kafka.iter().cloned());
     }
 }
 
