@@ -18,9 +18,7 @@ use crate::deliver::{send_with_retry, Address, ChannelKind, Message, SendError};
 use crate::feedback::{SentRecord, SentRef};
 use crate::ingest::decode::Event;
 use crate::metrics::StageEvent;
-use crate::outcome::{
-    DeadLetter, DeadLetterCode, DeadLetterReason, Outcome, SourceRef, Status, Timings,
-};
+use crate::outcome::{DeadLetter, DeadLetterCode, DeadLetterReason, Status};
 use crate::policy::{Draft, Suppression, Unknown, Verdict};
 use crate::profile::Profile;
 use crate::render::{JsonFields, RuleScope, Scope};
@@ -34,7 +32,11 @@ impl Decider {
     pub(super) async fn decide(&self, job: &Job, channel: &ChannelRuntime, gate: &Gate) -> Decided {
         let ledger_key = crate::util::slash_joined(&[&job.intent, &channel.channel.name]);
         let decided_ms = self.cx.clock.now_ms();
-        let mut d = Decided::new(job, outcome_of(job, channel, decided_ms), ledger_key);
+        let mut d = Decided::new(
+            job,
+            job.outcome(&channel.channel.name, decided_ms),
+            ledger_key,
+        );
         (d.digest_role, d.digest_key) = self.digest_role(job, &channel.channel.name);
         self.decide_into(job, channel, &mut d, gate).await;
         d
@@ -416,56 +418,6 @@ impl Decider {
             channel: Some(channel.channel.name.to_string()),
             at_ms: self.cx.clock.now_ms(),
         }
-    }
-}
-
-/// The outcome of a decision not yet made: suppressed, with no reason yet.
-fn outcome_of(job: &Job, channel: &ChannelRuntime, decided_ms: i64) -> Outcome {
-    let (event, rule) = (&*job.event, job.rule());
-    Outcome {
-        rule: rule.id.clone(),
-        rule_version: rule.version.clone(),
-        category: rule.category.clone(),
-        user: event.user.clone(),
-        channel: channel.channel.name.clone(),
-        status: Status::Suppressed,
-        reason: None,
-        reason_code: None,
-        idempotency_key: Arc::default(),
-        recipient: None,
-        provider_message_id: None,
-        attempts: 0,
-        key: event.key.clone(),
-        hops: Vec::new(),
-        next_channel: None,
-        release_ms: None,
-        pattern: job.pattern.as_ref().map(|p| p.summary.clone()),
-        sms: None,
-        locale: None,
-        subscription: job
-            .subscription
-            .as_ref()
-            .and_then(|s| serde_json::to_value(&**s).ok()),
-        digest: job.digest.as_ref().map(|s| s.sent_record()),
-        experiment: job
-            .arm()
-            .map(|(e, arm)| serde_json::json!({"id": e.id, "arm": arm.name})),
-        delivery: None,
-        shadow: false,
-        unknown_after_crash: false,
-        source: SourceRef {
-            topic: Arc::clone(&event.source),
-            partition: event.partition,
-            offset: event.offset,
-        },
-        timings: Timings {
-            event_ms: event.time_ms,
-            consumed_ms: event.consumed_ms,
-            matched_ms: job.matched_ms,
-            received_ms: job.received_ms,
-            decided_ms,
-            ..Timings::default()
-        },
     }
 }
 

@@ -368,25 +368,27 @@ impl Decider {
             ));
         };
         let event = Arc::new(intent.event.to_event());
+        let profile = self.cx.profiles.get(&event.user);
+        let pattern = intent.pattern.map(|p| {
+            Arc::new(crate::patterns::Fired {
+                event: Arc::clone(&event),
+                context: p.context,
+                summary: p.summary,
+            })
+        });
         Ok(Job {
-            intent: intent.id.into(),
-            profile: self.cx.profiles.get(&event.user),
-            pattern: intent.pattern.map(|p| {
-                Arc::new(crate::patterns::Fired {
-                    event: Arc::clone(&event),
-                    context: p.context,
-                    summary: p.summary,
-                })
-            }),
-            loaded,
-            rule,
-            event,
-            matched_ms: intent.matched_ms,
             received_ms: msg.consumed_ms,
-            release: false,
+            pattern,
             subscription: intent.subscription.map(Arc::new),
-            digest: None,
             purpose: intent.purpose,
+            ..Job::matched(
+                intent.id.into(),
+                &loaded,
+                rule,
+                event,
+                profile,
+                intent.matched_ms,
+            )
         })
     }
 

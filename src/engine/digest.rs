@@ -391,54 +391,22 @@ impl Decider {
         channel: &str,
         state: &DigestState,
     ) -> crate::outcome::Outcome {
-        let rule = job.rule();
-        let now = self.cx.clock.now_ms();
+        let channel: Arc<str> = channel.into();
         crate::outcome::Outcome {
-            rule: rule.id.clone(),
-            rule_version: rule.version.clone(),
-            category: rule.category.clone(),
-            user: job.event.user.clone(),
-            channel: channel.into(),
-            status: Status::Suppressed,
-            reason: None,
-            reason_code: None,
-            idempotency_key: Arc::default(),
-            recipient: None,
-            provider_message_id: None,
-            attempts: 0,
-            key: job.event.key.clone(),
-            hops: Vec::new(),
-            next_channel: None,
             release_ms: Some(state.closes_ms),
             pattern: None,
-            sms: None,
-            locale: None,
             subscription: None,
             digest: Some(json!({"id": state.id, "closes_ms": state.closes_ms})),
             experiment: None,
-            delivery: None,
-            shadow: false,
-            unknown_after_crash: false,
-            source: crate::outcome::SourceRef {
-                topic: Arc::clone(&job.event.source),
-                partition: job.event.partition,
-                offset: job.event.offset,
-            },
-            timings: crate::outcome::Timings {
-                event_ms: job.event.time_ms,
-                consumed_ms: job.event.consumed_ms,
-                matched_ms: job.matched_ms,
-                received_ms: job.received_ms,
-                decided_ms: now,
-                ..Default::default()
-            },
+            ..job.outcome(&channel, self.cx.clock.now_ms())
         }
     }
 
     /// At its release, a collecting digest closes: `false` when it holds
     /// no item (all withdrawn, or only a first that went at once), so
-    /// nothing is sent.
-    pub(super) fn close_digest(&self, held: &mut HeldMessage) -> bool {
+    /// nothing is sent. The items' missing ledger entries go into `writes`,
+    /// awaited with the digest's own records.
+    pub(super) fn close_digest(&self, held: &mut HeldMessage, writes: &mut Vec<Pending>) -> bool {
         let Some(state) = held.job.digest.as_ref().filter(|s| !s.closed) else {
             return true;
         };
@@ -460,9 +428,7 @@ impl Decider {
                         rule: held.job.rule().id.clone(),
                         idempotency_key: Arc::default(),
                     };
-                    if let Some(write) = self.ledger.record(&key, entry) {
-                        tokio::spawn(write);
-                    }
+                    writes.extend(self.ledger.record(&key, entry));
                 }
             }
         }

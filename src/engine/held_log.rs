@@ -231,6 +231,11 @@ impl HeldLog {
         self.follower.is_caught_up()
     }
 
+    /// Waits until the topic was read to its end once.
+    pub async fn wait_caught_up(&self) {
+        self.follower.wait_caught_up().await
+    }
+
     /// This instance is writing a hold of `key` to the topic (its record:
     /// needed on disk, where it is looked up before it is read back).
     pub fn wrote_hold(&self, key: &str, record: Option<Arc<HeldRecord>>) {

@@ -1,6 +1,5 @@
 //! Stage 2's held messages: deferring a decision (quiet hours, a wait for a delivery receipt), replacing one by its collapse key, and releasing them when due — from memory, or, with a state directory, from the held table on disk a minute ahead.
 
-use crate::state::intent::Purpose;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -183,12 +182,10 @@ impl Decider {
     /// Waits (up to five seconds) until the held topic is read to its end,
     /// so that a digest written before a restart is found, not begun again.
     pub(super) async fn held_read(&self) {
-        for _ in 0..100 {
-            if !self.held_log.is_on_disk() || self.held_log.is_caught_up() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if !self.held_log.is_on_disk() || self.held_log.is_caught_up() {
+            return;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.held_log.wait_caught_up()).await;
     }
 
     /// Whether a message is held under `key`, in memory or on disk.
@@ -370,21 +367,11 @@ impl Decider {
             collapse: record.collapse.clone(),
             item: HeldMessage {
                 job: Job {
-                    intent: record
-                        .intent
-                        .clone()
-                        .unwrap_or_else(|| record.key.clone())
-                        .into(),
                     release: true,
-                    loaded: Arc::clone(loaded),
-                    rule,
-                    event: Arc::clone(&event),
-                    profile: None,
-                    matched_ms: record.outcome.timings.matched_ms,
                     received_ms: record.outcome.timings.received_ms,
                     pattern: record.pattern_context.as_ref().map(|context| {
                         Arc::new(crate::patterns::Fired {
-                            event,
+                            event: Arc::clone(&event),
                             context: context.clone(),
                             summary: record.outcome.pattern.clone().unwrap_or_default(),
                         })
@@ -396,7 +383,18 @@ impl Decider {
                         .and_then(|s| serde_json::from_value(s.clone()).ok())
                         .map(Arc::new),
                     digest: record.digest.clone().map(Arc::new),
-                    purpose: Purpose::Message,
+                    ..Job::matched(
+                        record
+                            .intent
+                            .clone()
+                            .unwrap_or_else(|| record.key.clone())
+                            .into(),
+                        loaded,
+                        rule,
+                        event,
+                        None,
+                        record.outcome.timings.matched_ms,
+                    )
                 },
                 chain: record.chain.clone(),
                 hops: record.hops.clone(),
@@ -420,7 +418,7 @@ impl Decider {
     }
 
     async fn release_one(&self, mut held: HeldMessage, writes: &mut Vec<Pending>) {
-        if !self.close_digest(&mut held) {
+        if !self.close_digest(&mut held, writes) {
             return;
         }
         if let Some(key) = &held.unless_heard_of {

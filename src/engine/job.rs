@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::ingest::decode::Event;
+use crate::outcome::{Outcome, SourceRef, Status, Timings};
 use crate::profile::Profile;
 use crate::rules::experiment::{Arm, Experiment};
 use crate::rules::{Loaded, Rule};
@@ -36,6 +37,9 @@ pub struct Job {
     /// A message; or a later event that may take waiting items out of the
     /// recipient's digests of this rule, or that meets its experiment's goal.
     pub purpose: Purpose,
+    /// Its user's arm of the rule's experiment, once asked ([`Job::arm`]:
+    /// asked once per channel and step, computed once).
+    pub(super) arm: std::sync::OnceLock<usize>,
 }
 
 /// Where an item of a job goes: its group and the digest's collapse key.
@@ -130,6 +134,85 @@ impl DigestState {
 }
 
 impl Job {
+    /// A job of rule `rule` matched now (`matched_ms`) for `event`: a
+    /// message, taken up where it was matched; the other fields set by
+    /// the caller where they differ.
+    pub(super) fn matched(
+        intent: Arc<str>,
+        loaded: &Arc<Loaded>,
+        rule: usize,
+        event: Arc<Event>,
+        profile: Option<Arc<Profile>>,
+        matched_ms: i64,
+    ) -> Job {
+        Job {
+            intent,
+            loaded: Arc::clone(loaded),
+            rule,
+            event,
+            profile,
+            matched_ms,
+            received_ms: matched_ms,
+            pattern: None,
+            release: false,
+            subscription: None,
+            digest: None,
+            purpose: Purpose::Message,
+            arm: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The outcome of a decision on `channel` not yet made: suppressed,
+    /// with no reason yet, decided at `decided_ms`.
+    pub(super) fn outcome(&self, channel: &Arc<str>, decided_ms: i64) -> Outcome {
+        let (event, rule) = (&*self.event, self.rule());
+        Outcome {
+            rule: rule.id.clone(),
+            rule_version: rule.version.clone(),
+            category: rule.category.clone(),
+            user: event.user.clone(),
+            channel: Arc::clone(channel),
+            status: Status::Suppressed,
+            reason: None,
+            reason_code: None,
+            idempotency_key: Arc::default(),
+            recipient: None,
+            provider_message_id: None,
+            attempts: 0,
+            key: event.key.clone(),
+            hops: Vec::new(),
+            next_channel: None,
+            release_ms: None,
+            pattern: self.pattern.as_ref().map(|p| p.summary.clone()),
+            sms: None,
+            locale: None,
+            subscription: self
+                .subscription
+                .as_ref()
+                .and_then(|s| serde_json::to_value(&**s).ok()),
+            digest: self.digest.as_ref().map(|s| s.sent_record()),
+            experiment: self
+                .arm()
+                .map(|(e, arm)| serde_json::json!({"id": e.id, "arm": arm.name})),
+            delivery: None,
+            shadow: false,
+            unknown_after_crash: false,
+            source: SourceRef {
+                topic: Arc::clone(&event.source),
+                partition: event.partition,
+                offset: event.offset,
+            },
+            timings: Timings {
+                event_ms: event.time_ms,
+                consumed_ms: event.consumed_ms,
+                matched_ms: self.matched_ms,
+                received_ms: self.received_ms,
+                decided_ms,
+                ..Timings::default()
+            },
+        }
+    }
+
     pub(super) fn rule(&self) -> &Rule {
         &self.loaded.set.rules[self.rule]
     }
@@ -166,7 +249,10 @@ impl Job {
     /// runs one (the same arm on every instance, restart and replay).
     pub(super) fn arm(&self) -> Option<(&Experiment, &Arm)> {
         let experiment = self.rule().experiment.as_deref()?;
-        Some((experiment, experiment.assign(&self.event.user)))
+        let at = *self
+            .arm
+            .get_or_init(|| experiment.assign_index(&self.event.user));
+        Some((experiment, &experiment.arms[at]))
     }
 
     /// Its event as records at rest keep it: card numbers masked in its

@@ -212,6 +212,8 @@ impl Matcher {
         let loaded = self.cx.rules.current();
         let set = &loaded.set;
         let profile = self.cx.profiles.get(&event.user);
+        // The conditions' scope: built once, only if a goal or a candidate needs it.
+        let mut built = None;
         let goals = set.goals(&event.source, &event.fields).filter(|&i| {
             let goal = set.rules[i]
                 .experiment
@@ -220,8 +222,10 @@ impl Matcher {
             match goal.and_then(|g| g.condition.as_ref()) {
                 None => true,
                 Some(condition) => {
-                    let scope = set.conditions.scope(&event.fields, profile.as_deref());
-                    set.conditions.eval(condition, &scope).unwrap_or(false)
+                    let scope = built.get_or_insert_with(|| {
+                        set.conditions.scope(&event.fields, profile.as_deref())
+                    });
+                    set.conditions.eval(condition, scope).unwrap_or(false)
                 }
             }
         });
@@ -235,18 +239,15 @@ impl Matcher {
             let mut intent = Intent::id_of(&event, &set.rules[rule].id, false);
             intent.push_str(suffix);
             out.jobs.push(Job {
-                intent: intent.into(),
-                loaded: Arc::clone(&loaded),
-                rule,
-                event: Arc::clone(&event),
-                profile: profile.clone(),
-                matched_ms,
-                received_ms: matched_ms,
-                pattern: None,
-                release: false,
-                subscription: None,
-                digest: None,
                 purpose,
+                ..Job::matched(
+                    intent.into(),
+                    &loaded,
+                    rule,
+                    Arc::clone(&event),
+                    profile.clone(),
+                    matched_ms,
+                )
             });
         }
         let candidates = set.candidates(&event.source, &event.fields);
@@ -256,8 +257,6 @@ impl Matcher {
         let mut matched = Vec::new();
         let mut fired = Vec::new();
         {
-            // Built only if a candidate needs it; dropped before the jobs.
-            let mut built = None;
             for i in candidates {
                 let rule = &set.rules[i];
                 let sub = match &rule.subscription {
@@ -318,18 +317,15 @@ impl Matcher {
         let matched_ms = self.cx.clock.now_ms();
         out.jobs
             .extend(matched.into_iter().map(|(rule, subscription)| Job {
-                intent: Intent::id_of(&event, &set.rules[rule].id, false).into(),
-                loaded: Arc::clone(&loaded),
-                rule,
-                event: Arc::clone(&event),
-                profile: profile.clone(),
-                matched_ms,
-                received_ms: matched_ms,
-                pattern: None,
-                release: false,
                 subscription,
-                digest: None,
-                purpose: Purpose::Message,
+                ..Job::matched(
+                    Intent::id_of(&event, &set.rules[rule].id, false).into(),
+                    &loaded,
+                    rule,
+                    Arc::clone(&event),
+                    profile.clone(),
+                    matched_ms,
+                )
             }));
         out.jobs.extend(
             fired

@@ -1,6 +1,5 @@
 //! Stage 1's rules with a pattern: the key, the state update, the firings; the timers (absence, dwell) and the sweep of expired state.
 
-use crate::state::intent::Purpose;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,20 +117,13 @@ impl Matcher {
         subscription: Option<Arc<crate::state::intent::SubscriptionUsed>>,
     ) -> Job {
         let now = self.cx.clock.now_ms();
+        let intent = crate::state::Intent::id_of(&fired.event, &loaded.set.rules[i].id, timer);
+        let event = Arc::clone(&fired.event);
+        let profile = self.cx.profiles.get(&event.user);
         Job {
-            intent: crate::state::Intent::id_of(&fired.event, &loaded.set.rules[i].id, timer)
-                .into(),
-            release: false,
-            loaded: Arc::clone(loaded),
-            rule: i,
-            profile: self.cx.profiles.get(&fired.event.user),
-            event: Arc::clone(&fired.event),
-            matched_ms: now,
-            received_ms: now,
-            pattern: Some(Arc::new(fired)),
             subscription,
-            digest: None,
-            purpose: Purpose::Message,
+            pattern: Some(Arc::new(fired)),
+            ..Job::matched(intent.into(), loaded, i, event, profile, now)
         }
     }
 
@@ -171,20 +163,7 @@ impl Matcher {
     pub(super) fn sweep(&self) -> Vec<StateChange> {
         let loaded = self.cx.rules.current();
         let pattern_of = |id: &str| loaded.set.get(id).and_then(|r| r.pattern.clone());
-        let rules = crate::util::stable_digest(
-            &loaded
-                .set
-                .rules
-                .iter()
-                .filter_map(|r| {
-                    r.pattern
-                        .as_ref()
-                        .map(|p| (r.id.as_bytes(), p.fingerprint.as_bytes()))
-                })
-                .flat_map(|(id, print)| [id, b"\0", print, b"\n"])
-                .collect::<Vec<_>>(),
-        );
-        let rules = u64::from_be_bytes(rules[..8].try_into().unwrap_or_default());
+        let rules = loaded.patterns_print;
         let now = self.cx.clock.now_ms();
         // A change of rules reads the whole disk once: off the runtime's
         // other work where it can.

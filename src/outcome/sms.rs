@@ -88,12 +88,13 @@ fn segments(widths: impl Iterator<Item = u32> + Clone, single: u32, part: u32) -
 /// The size of SMS `text`. An empty text is one segment (it is never sent:
 /// rules check refuses an empty template).
 pub fn measure(text: &str) -> SmsSize {
-    let gsm = text.chars().map(septets).collect::<Option<Vec<u32>>>();
+    // Walked again rather than collected: no allocation per message.
+    let gsm = text.chars().map(septets).sum::<Option<u32>>();
     match gsm {
-        Some(widths) => SmsSize {
+        Some(units) => SmsSize {
             encoding: SmsEncoding::Gsm7,
-            units: widths.iter().sum(),
-            segments: segments(widths.iter().copied(), 160, 153),
+            units,
+            segments: segments(text.chars().map(|c| septets(c).unwrap_or(1)), 160, 153),
         },
         None => {
             let widths = text.chars().map(|c| c.len_utf16() as u32);

@@ -120,7 +120,12 @@ pub struct Experiment {
 impl Experiment {
     /// The arm of `user`: the lowest `-ln(u) / weight` (weighted rendezvous).
     pub fn assign(&self, user: &str) -> &Arm {
-        assign(&self.id, &self.arms, user)
+        &self.arms[self.assign_index(user)]
+    }
+
+    /// The index of [`Self::assign`]'s arm in `arms`.
+    pub fn assign_index(&self, user: &str) -> usize {
+        assign_index(&self.id, &self.arms, user)
     }
 
     /// The name of an arm's own template part (`<rule>@<arm>/title`).
@@ -131,6 +136,10 @@ impl Experiment {
 
 /// [`Experiment::assign`] over any arms (tests change weights).
 pub fn assign<'a>(experiment: &str, arms: &'a [Arm], user: &str) -> &'a Arm {
+    &arms[assign_index(experiment, arms, user)]
+}
+
+fn assign_index(experiment: &str, arms: &[Arm], user: &str) -> usize {
     let mut best = (f64::INFINITY, 0);
     for (i, arm) in arms.iter().enumerate() {
         if arm.weight <= 0.0 {
@@ -141,7 +150,7 @@ pub fn assign<'a>(experiment: &str, arms: &'a [Arm], user: &str) -> &'a Arm {
             best = (score, i);
         }
     }
-    &arms[best.1]
+    best.1
 }
 
 /// A stable number in (0, 1] from the experiment, the arm and the user.

@@ -42,6 +42,9 @@ pub struct Loaded {
     pub generation: u64,
     /// When this set was loaded, epoch ms.
     pub loaded_ms: i64,
+    /// The set's pattern rules and their fingerprints, as one number: a
+    /// sweep of pattern state on disk reads it all again when it changes.
+    pub patterns_print: u64,
 }
 
 /// What the last reload attempt found.
@@ -253,7 +256,19 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
         .map(|_| std::array::from_fn(|_| OnceLock::new()))
         .collect();
     metrics.rules_loaded.set(set.rules.len() as i64);
+    let patterns_print = crate::util::stable_digest(
+        &set.rules
+            .iter()
+            .filter_map(|r| {
+                r.pattern
+                    .as_ref()
+                    .map(|p| (r.id.as_bytes(), p.fingerprint.as_bytes()))
+            })
+            .flat_map(|(id, print)| [id, b"\0", print, b"\n"])
+            .collect::<Vec<_>>(),
+    );
     Loaded {
+        patterns_print: u64::from_be_bytes(patterns_print[..8].try_into().unwrap_or_default()),
         set,
         matches,
         condition_errors,
