@@ -164,8 +164,20 @@ impl ConsumerHealth {
         parts
     }
 
-    fn set_owned(&self, parts: Vec<(String, i32)>) {
-        *self.owned.lock().unwrap_or_else(|p| p.into_inner()) = parts.into_iter().collect();
+    /// Adds newly assigned partitions; returns how many are owned now.
+    fn add_owned(&self, parts: Vec<(String, i32)>) -> usize {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.extend(parts);
+        owned.len()
+    }
+
+    /// Removes revoked partitions; returns how many are owned now.
+    fn remove_owned(&self, parts: &[(String, i32)]) -> usize {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        for p in parts {
+            owned.remove(p);
+        }
+        owned.len()
     }
 }
 
@@ -245,14 +257,7 @@ impl ConsumerContext for HeraldContext {
             }
             let parts = partitions(tpl);
             // No longer ours from here on: held messages stay for the next owner.
-            let kept = consumer
-                .assignment()
-                .map(|a| partitions(&a))
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|p| !parts.contains(p))
-                .collect();
-            self.health.set_owned(kept);
+            self.health.remove_owned(&parts);
             // Lanes skip queued messages of these partitions (see `lane`), so
             // this waits only for the messages being handled right now.
             if !self
@@ -275,17 +280,22 @@ impl ConsumerContext for HeraldContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            self.restore(&partitions(tpl));
-            self.health.set_lost(false);
-        }
-        let assignment = consumer
-            .assignment()
-            .map(|a| partitions(&a))
-            .unwrap_or_default();
-        let owned = assignment.len();
-        self.health.set_owned(assignment);
+    /// What this instance owns is kept from the callbacks' own lists, not
+    /// asked of the consumer: `rd_kafka_assignment` called from the revoke
+    /// that closing the consumer raises waits for ever (librdkafka#4041 is
+    /// the same for the rebalance protocol), and it blocked a runtime thread
+    /// at every such close (found in a hung integration run).
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let owned = match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = partitions(tpl);
+                self.restore(&parts);
+                self.health.set_lost(false);
+                self.health.add_owned(parts)
+            }
+            Rebalance::Revoke(tpl) => self.health.remove_owned(&partitions(tpl)),
+            Rebalance::Error(_) => self.health.remove_owned(&[]),
+        };
         self.metrics.partitions_assigned.set(owned as i64);
         self.health.assigned.store(owned > 0, Ordering::Release);
         match rebalance {
