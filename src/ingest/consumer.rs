@@ -171,6 +171,11 @@ impl ConsumerHealth {
         owned.len()
     }
 
+    /// How many partitions this instance owns now.
+    fn owned_count(&self) -> usize {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Removes revoked partitions; returns how many are owned now.
     fn remove_owned(&self, parts: &[(String, i32)]) -> usize {
         let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
@@ -294,7 +299,7 @@ impl ConsumerContext for HeraldContext {
                 self.health.add_owned(parts)
             }
             Rebalance::Revoke(tpl) => self.health.remove_owned(&partitions(tpl)),
-            Rebalance::Error(_) => self.health.remove_owned(&[]),
+            Rebalance::Error(_) => self.health.owned_count(),
         };
         self.metrics.partitions_assigned.set(owned as i64);
         self.health.assigned.store(owned > 0, Ordering::Release);
