@@ -298,10 +298,25 @@ mod tests {
         let store = Store::temporary(1 << 20).unwrap();
         let now = crate::util::now_ms();
         let s = state(&store);
+        // This instance's sends are found at once, before their records
+        // are read back from the feedback topic.
         s.record_sent(&sent("k1", Some("+14155552671"), now - 2_000));
         s.record_sent(&sent("k2", Some("+14155552671"), now - 1_000));
-        // An older record read late does not replace the last SMS.
-        s.record_sent(&sent("k0", Some("+14155552671"), now - 3_000));
+        assert_eq!(
+            &*s.last_sms_to("+14155552671", now).unwrap().idempotency_key,
+            "k2"
+        );
+        assert_eq!(&*s.sent_by_key("k1", now).unwrap().user, "u1");
+        // Read back, each is written to disk once. An older record read
+        // late (another instance's) does not replace the last SMS.
+        for record in [
+            sent("k1", Some("+14155552671"), now - 2_000),
+            sent("k2", Some("+14155552671"), now - 1_000),
+            sent("k0", Some("+14155552671"), now - 3_000),
+        ] {
+            s.apply(&Feedback::Sent(record), now);
+        }
+        assert_eq!(s.unread_for_tests(), 0, "read back: kept on disk only");
         assert_eq!(
             &*s.last_sms_to("+14155552671", now).unwrap().idempotency_key,
             "k2"

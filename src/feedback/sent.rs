@@ -74,12 +74,12 @@ impl SentIndex {
         let key = sent.idempotency_key.clone();
         if self.by_key.insert(key.clone(), Arc::clone(&sent)).is_some() {
             if let Some(phone) = phone {
-                self.by_phone.insert(phone, sent);
+                self.set_last_sms(phone, sent);
             }
             return;
         }
         if let Some(phone) = &phone {
-            self.by_phone.insert(phone.clone(), sent);
+            self.set_last_sms(phone.clone(), sent);
         }
         let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         order.push_back((key, phone));
@@ -94,6 +94,18 @@ impl SentIndex {
         }
     }
 
+    /// The last SMS to a number, unless one sent later is known.
+    fn set_last_sms(&self, phone: String, sent: Arc<SentRef>) {
+        self.by_phone
+            .entry(phone)
+            .and_modify(|known| {
+                if known.sent_ms <= sent.sent_ms {
+                    *known = Arc::clone(&sent);
+                }
+            })
+            .or_insert_with(|| Arc::clone(&sent));
+    }
+
     /// The message with this idempotency key, if sent within the age limit.
     pub fn by_key(&self, key: &str, now_ms: i64) -> Option<Arc<SentRef>> {
         let found = self.by_key.get(key).map(|s| Arc::clone(&s))?;
@@ -102,11 +114,38 @@ impl SentIndex {
 
     /// The last SMS to this number, if sent within the age limit.
     pub fn last_sms_to(&self, phone: &str, now_ms: i64) -> Option<Arc<SentRef>> {
-        let found = self
-            .by_phone
-            .get(&phone_sha256(phone))
-            .map(|s| Arc::clone(&s))?;
+        self.last_sms_by_digest(&phone_sha256(phone), now_ms)
+    }
+
+    /// [`SentIndex::last_sms_to`] by the number's SHA-256.
+    pub fn last_sms_by_digest(&self, digest: &str, now_ms: i64) -> Option<Arc<SentRef>> {
+        let found = self.by_phone.get(digest).map(|s| Arc::clone(&s))?;
         (now_ms - found.sent_ms <= self.max_age_ms).then_some(found)
+    }
+
+    /// Forgets a message (kept elsewhere now). Messages are forgotten
+    /// about in the order they were recorded, so the order's front is
+    /// dropped up to the first one still known.
+    pub fn forget(&self, key: &str, phone: Option<&str>) {
+        if self.by_key.remove(key).is_none() {
+            return;
+        }
+        if let Some(phone) = phone {
+            self.by_phone
+                .remove_if(phone, |_, s| &*s.idempotency_key == key);
+        }
+        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        while order
+            .front()
+            .is_some_and(|(k, _)| !self.by_key.contains_key(k))
+        {
+            order.pop_front();
+        }
+    }
+
+    /// How many messages it holds.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
     }
 }
 
@@ -150,5 +189,23 @@ mod tests {
             "b".into(),
             "evicting an older message keeps the phone's newer one"
         );
+    }
+
+    #[test]
+    fn forgotten_messages_are_not_found_and_leave_no_order_behind() {
+        let index = SentIndex::new(100, 1_000);
+        index.record(sent("a", 0), Some("+14155552671"));
+        index.record(sent("b", 10), None);
+        index.record(sent("c", 20), Some("+14155552672"));
+        index.forget("a", Some(&phone_sha256("+14155552671")));
+        assert!(index.by_key("a", 30).is_none());
+        assert!(index.last_sms_to("+14155552671", 30).is_none());
+        assert_eq!(index.by_key("b", 30).unwrap().idempotency_key, "b".into());
+        // Out of order: c first, then b; the order empties once both are gone.
+        index.forget("c", Some(&phone_sha256("+14155552672")));
+        assert_eq!(index.order.lock().unwrap().len(), 2, "b still known");
+        index.forget("b", None);
+        assert_eq!(index.len(), 0);
+        assert!(index.order.lock().unwrap().is_empty());
     }
 }

@@ -55,6 +55,13 @@ pub struct ConsentChange {
 /// Engagement, opt-outs and the messages sent, for the policy stage.
 pub struct FeedbackState {
     backing: Backing,
+    /// On disk: this instance's sends whose `herald_sent` record the
+    /// feedback reader has not read back yet. A reply finds them here at
+    /// once; their row is written once, by the reader, with the record's
+    /// offset, so a crash before that reads the record, and writes the
+    /// row, again. (Each send wrote its row twice before: here, then again
+    /// when read back.)
+    unread: SentIndex,
     lookback_ms: i64,
     feedback: Follower,
     consent: Follower,
@@ -152,6 +159,7 @@ impl FeedbackState {
     ) -> Arc<FeedbackState> {
         Arc::new(FeedbackState {
             backing,
+            unread: SentIndex::default(),
             lookback_ms,
             feedback: Follower::new(feedback_topic, client.clone()),
             consent: Follower::new(consent_topic, client),
@@ -352,17 +360,30 @@ impl FeedbackState {
     /// Remembers a message sent: by this instance at once, by every
     /// instance when its `herald_sent` record is read.
     pub fn record_sent(&self, record: &SentRecord) {
-        self.record_sent_at(record, None);
+        let sent = record.sent.clone();
+        match &self.backing {
+            Backing::Memory { sent: index, .. } => {
+                index.record_digest(sent, record.phone_sha256.clone())
+            }
+            Backing::Disk(_) => self.unread.record_digest(sent, record.phone_sha256.clone()),
+        }
     }
 
+    /// A `herald_sent` record read from the feedback topic (`read`), or
+    /// applied offline: its row written, with the record's offset.
     fn record_sent_at(&self, record: &SentRecord, read: Option<&BorrowedMessage<'_>>) {
         match &self.backing {
             Backing::Memory { sent, .. } => {
                 sent.record_digest(record.sent.clone(), record.phone_sha256.clone())
             }
-            Backing::Disk(_) => self.write(Which::Feedback, read, |batch, disk| {
-                disk.record_sent(batch, record)
-            }),
+            Backing::Disk(_) => {
+                self.write(Which::Feedback, read, |batch, disk| {
+                    disk.record_sent(batch, record)
+                });
+                // On disk now: no longer needed here.
+                self.unread
+                    .forget(&record.sent.idempotency_key, record.phone_sha256.as_deref());
+            }
         }
     }
 
@@ -370,7 +391,10 @@ impl FeedbackState {
     pub fn sent_by_key(&self, key: &str, now_ms: i64) -> Option<Arc<SentRef>> {
         match &self.backing {
             Backing::Memory { sent, .. } => sent.by_key(key, now_ms),
-            Backing::Disk(disk) => fresh(disk.sent_by_key(key), now_ms),
+            Backing::Disk(disk) => self
+                .unread
+                .by_key(key, now_ms)
+                .or_else(|| fresh(disk.sent_by_key(key), now_ms)),
         }
     }
 
@@ -378,10 +402,17 @@ impl FeedbackState {
     pub fn last_sms_to(&self, phone: &str, now_ms: i64) -> Option<Arc<SentRef>> {
         match &self.backing {
             Backing::Memory { sent, .. } => sent.last_sms_to(phone, now_ms),
-            Backing::Disk(disk) => fresh(
-                disk.last_sms_by_digest(&super::sent::phone_sha256(phone)),
-                now_ms,
-            ),
+            Backing::Disk(disk) => {
+                let digest = super::sent::phone_sha256(phone);
+                let unread = self.unread.last_sms_by_digest(&digest, now_ms);
+                let on_disk = fresh(disk.last_sms_by_digest(&digest), now_ms);
+                // The later of the two: another instance's SMS to the number
+                // may have been read after this one's own.
+                match (unread, on_disk) {
+                    (Some(a), Some(b)) => Some(if b.sent_ms > a.sent_ms { b } else { a }),
+                    (a, b) => a.or(b),
+                }
+            }
         }
     }
 
@@ -476,6 +507,12 @@ impl FeedbackState {
                 }
             },
         }
+    }
+
+    /// This instance's sends not read back yet.
+    #[cfg(test)]
+    pub(crate) fn unread_for_tests(&self) -> usize {
+        self.unread.len()
     }
 
     #[cfg(test)]
