@@ -147,6 +147,10 @@ impl SentIndex {
     pub fn len(&self) -> usize {
         self.by_key.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
 }
 
 #[cfg(test)]
