@@ -195,12 +195,18 @@ pub fn profile_reader_config(kafka: &KafkaConfig) -> ClientConfig {
 /// idempotent, and never timing a record out (librdkafka retries it until
 /// the broker has it, so a record is written once: see
 /// `outcome::producer`).
+///
+/// `linger.ms=0`: a record goes out at once. An event's path waits for two
+/// acknowledgements in a row (its intent, its `attempted` entry), and 1 ms
+/// of linger cost ~3 ms at p50 at 200 events/s (BENCHMARKS.md, "linger");
+/// under load librdkafka still batches what gathers while requests are in
+/// flight.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     client_config(
         kafka,
         Role::Producer,
         &[
-            ("linger.ms", "1"),
+            ("linger.ms", "0"),
             ("acks", "all"),
             ("enable.idempotence", "true"),
             ("message.timeout.ms", "0"),
