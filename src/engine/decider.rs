@@ -38,7 +38,9 @@ const RESTORE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// One (rule, channel) decision and what must be written for it.
 pub struct Decided {
-    pub outcome: Outcome,
+    /// Boxed: a decision is moved many times on its way (out of its future,
+    /// into its chain's list, into the record), and the outcome is half of it.
+    pub outcome: Box<Outcome>,
     pub message: Option<Message>,
     pub dead_letter: Option<DeadLetter>,
     /// The rules the decision was made with, and its rule's place there
@@ -72,7 +74,7 @@ impl Decided {
     /// A decision not yet made, recorded under `ledger_key`.
     pub(super) fn new(job: &Job, outcome: Outcome, ledger_key: String) -> Decided {
         Decided {
-            outcome,
+            outcome: Box::new(outcome),
             message: None,
             dead_letter: None,
             loaded: Arc::clone(&job.loaded),
@@ -518,7 +520,7 @@ impl Decider {
                 .message
                 .map_or((None, None), |m| (m.title, Some(m.body)));
             let _ = self.decisions.send(Arc::new(Decision {
-                outcome: decided.outcome,
+                outcome: *decided.outcome,
                 title,
                 text,
             }));
@@ -586,7 +588,7 @@ impl Decider {
                         job: job.for_release(),
                         chain: chain[i..].to_vec(),
                         hops: hops.clone(),
-                        outcome: d.outcome.clone(),
+                        outcome: (*d.outcome).clone(),
                         unless_heard_of: None,
                     },
                 };

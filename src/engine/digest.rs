@@ -144,7 +144,7 @@ impl Decider {
             .because("digested", format!("digested:{}", state.id));
         d.outcome.release_ms = Some(state.closes_ms);
         d.outcome.digest = Some(json!({"id": state.id, "closes_ms": state.closes_ms}));
-        let outcome = d.outcome.clone();
+        let outcome = (*d.outcome).clone();
         match self.hold_digest(job, chain, hops, key, state, outcome) {
             Some(writes) => {
                 // The item's `held` ledger entry only once the digest that
