@@ -20,6 +20,7 @@ use crate::standin::{Credentials, StandIn};
 pub mod drain;
 mod floor;
 pub mod plot;
+mod stages;
 
 /// Which rules herald runs under load.
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +104,8 @@ pub struct Report {
     pub herald: Side,
     /// herald ÷ floor, per percentile.
     pub ratio: Ratios,
+    /// herald's sent pushes, their time split by stage.
+    pub herald_stages: Vec<stages::StageFigures>,
 }
 
 /// Latency ratios herald ÷ floor.
@@ -132,7 +135,7 @@ pub async fn run(options: LoadOptions, credentials: Credentials) -> Result<Repor
         "floor:  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
         f.p50, f.p99, f.max
     );
-    let (herald, rule_count, herald_sorted, floor_sorted) =
+    let (herald, rule_count, herald_sorted, floor_sorted, herald_stages) =
         measure_herald(&options, &id, count, credentials, floor.1).await?;
     let floor = floor.0;
     let ratio = |h: f64, f: f64| if f > 0.0 { h / f } else { 0.0 };
@@ -149,8 +152,10 @@ pub async fn run(options: LoadOptions, credentials: Credentials) -> Result<Repor
         },
         floor,
         herald,
+        herald_stages,
     };
     print_table(&report);
+    stages::print(&report.herald_stages);
     std::fs::create_dir_all(&options.out_dir).map_err(|e| e.to_string())?;
     let stem = options
         .out_dir
@@ -249,7 +254,7 @@ async fn measure_herald(
     count: u64,
     credentials: Credentials,
     floor_sorted: Vec<f64>,
-) -> Result<(Side, usize, Vec<f64>, Vec<f64>), String> {
+) -> Result<(Side, usize, Vec<f64>, Vec<f64>, Vec<stages::StageFigures>), String> {
     let brokers = &options.brokers;
     let (topics, standin) =
         topics_and_standin(brokers, id, options.partitions, credentials).await?;
@@ -266,6 +271,7 @@ async fn measure_herald(
     options.limits.apply(&mut config);
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     wait_ready(running.admin_addr(), Duration::from_secs(60)).await?;
+    let (stage_samples, stage_task) = stages::StageSamples::collect(running.watch_decisions());
 
     let samples = Arc::new(Mutex::new(Latencies::default()));
     let sink = Arc::clone(&samples);
@@ -316,6 +322,11 @@ async fn measure_herald(
     let handled = consumed();
     running.stop().await;
     collector.abort();
+    stage_task.abort();
+    let herald_stages = stage_samples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .figures();
     let _ = std::fs::remove_dir_all(&rules);
     let latency = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let sustained = done_at.map_or(0.0, |t| handled as f64 / (t - start).as_secs_f64());
@@ -332,6 +343,7 @@ async fn measure_herald(
         rule_count,
         sorted,
         floor_sorted,
+        herald_stages,
     ))
 }
 
