@@ -79,6 +79,8 @@ pub async fn kill9_digest(opts: &Options, broker: &Broker, kills: usize) -> Resu
         tally = count(&s.standin.recorded(), &produced);
     }
     let (bootstrap, outcomes) = (broker.bootstrap.clone(), s.topics.outcomes.clone());
+    let kept = [outcomes.clone(), s.topics.held.clone()];
+    let dir = s.dir().to_path_buf();
     let mut report = s.finish().await?;
     // A digest whose request was in flight at a kill is sent again
     // (`on_unknown = "resend"`) and its outcome says so: reported.
@@ -112,6 +114,17 @@ pub async fn kill9_digest(opts: &Options, broker: &Broker, kills: usize) -> Resu
             tally.missing,
             tally.missing_examples.join(", ")
         ));
+        // The broker's data goes with the run: what it held is kept beside
+        // the herald logs, to find where the item went.
+        match keep_topics(&broker.bootstrap, &kept, &dir).await {
+            Ok(()) => report.notes.push(format!(
+                "the outcomes and held topics are kept in {}",
+                dir.display()
+            )),
+            Err(e) => report
+                .notes
+                .push(format!("the topics could not be kept: {e}")),
+        }
     }
     if tally.twice > 0 {
         report
@@ -174,4 +187,34 @@ fn count(arrivals: &[herald::standin::Arrival], produced: &[String]) -> Tally {
         }
     }
     t
+}
+
+/// Writes every record of `topics` to `<dir>/<topic>.jsonl` (partition,
+/// offset, the value as text: outcomes are JSON, held records MessagePack).
+async fn keep_topics(
+    bootstrap: &str,
+    topics: &[String],
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    for topic in topics {
+        let (bootstrap, name) = (bootstrap.to_string(), topic.to_string());
+        let records =
+            tokio::task::spawn_blocking(move || super::tally::read_all(&bootstrap, &name))
+                .await
+                .map_err(|e| e.to_string())??;
+        let lines: Vec<String> = records
+            .iter()
+            .map(|(partition, offset, value)| {
+                serde_json::json!({
+                    "partition": partition,
+                    "offset": offset,
+                    "value": String::from_utf8_lossy(value),
+                })
+                .to_string()
+            })
+            .collect();
+        std::fs::write(dir.join(format!("{topic}.jsonl")), lines.join("\n"))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

@@ -90,6 +90,11 @@ pub struct Scene {
 }
 
 impl Scene {
+    /// Where the scenario's herald logs and configs are.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Sets the stage on `broker`: topics, profiles, a recording stand-in.
     pub async fn new(
         opts: &Options,
