@@ -360,13 +360,11 @@ impl FeedbackState {
     /// Remembers a message sent: by this instance at once, by every
     /// instance when its `herald_sent` record is read.
     pub fn record_sent(&self, record: &SentRecord) {
-        let sent = record.sent.clone();
-        match &self.backing {
-            Backing::Memory { sent: index, .. } => {
-                index.record_digest(sent, record.phone_sha256.clone())
-            }
-            Backing::Disk(_) => self.unread.record_digest(sent, record.phone_sha256.clone()),
-        }
+        let index = match &self.backing {
+            Backing::Memory { sent, .. } => sent,
+            Backing::Disk(_) => &self.unread,
+        };
+        index.record_digest(record.sent.clone(), record.phone_sha256.clone());
     }
 
     /// A `herald_sent` record read from the feedback topic (`read`), or
