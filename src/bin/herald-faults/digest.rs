@@ -190,7 +190,7 @@ fn count(arrivals: &[herald::standin::Arrival], produced: &[String]) -> Tally {
 }
 
 /// Writes every record of `topics` to `<dir>/<topic>.jsonl` (partition,
-/// offset, the value as text: outcomes are JSON, held records MessagePack).
+/// offset, the value as text, or as hex when it is binary: held records).
 async fn keep_topics(
     bootstrap: &str,
     topics: &[String],
@@ -205,12 +205,14 @@ async fn keep_topics(
         let lines: Vec<String> = records
             .iter()
             .map(|(partition, offset, value)| {
-                serde_json::json!({
-                    "partition": partition,
-                    "offset": offset,
-                    "value": String::from_utf8_lossy(value),
-                })
-                .to_string()
+                // Text when it is (outcomes), else hex: lossy text would
+                // lose the bytes of a binary record.
+                let value = match std::str::from_utf8(value) {
+                    Ok(text) => serde_json::json!({ "text": text }),
+                    Err(_) => serde_json::json!({ "hex": hex::encode(value) }),
+                };
+                serde_json::json!({ "partition": partition, "offset": offset, "value": value })
+                    .to_string()
             })
             .collect();
         std::fs::write(dir.join(format!("{topic}.jsonl")), lines.join("\n"))
