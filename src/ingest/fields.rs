@@ -7,15 +7,81 @@
 //! one vector in the order they came, a lookup compares lengths first, and
 //! the list is written out in name order, as the map would write it. Nested
 //! objects stay `serde_json` values.
+//!
+//! Field names are interned: a source sends the same dozen names in every
+//! event, so each worker thread keeps one shared copy of each name it has
+//! read (up to [`MAX_NAMES`], so a stream of made-up names cannot grow it
+//! without bound) and an event's names point at those copies instead of
+//! each being allocated, copied and freed again.
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 /// The top-level fields of a JSON object. A name given twice keeps its last
 /// value, as serde_json's map does.
 #[derive(Debug, Clone, Default)]
-pub struct Fields(Vec<(String, Value)>);
+pub struct Fields(Vec<(Name, Value)>);
+
+/// A field's name, shared by every event read on this thread that has it.
+type Name = Arc<str>;
+
+/// How many names one thread keeps; names past it are allocated per event,
+/// as they were before names were shared.
+pub const MAX_NAMES: usize = 4096;
+
+/// The names this thread has read, and the names of the last object it read
+/// by position: a source writes its fields in the same order event after
+/// event, so most names are found by one comparison, without hashing.
+#[derive(Default)]
+struct Names {
+    kept: HashSet<Name, foldhash::fast::RandomState>,
+    last: Vec<Name>,
+}
+
+/// Positions remembered of the last object read.
+const LAST_POSITIONS: usize = 64;
+
+thread_local! {
+    static NAMES: RefCell<Names> = RefCell::new(Names::default());
+}
+
+/// The shared copy of `name`, the `at`-th field of its object (a new copy,
+/// kept while there is room).
+fn intern_at(name: &str, at: usize) -> Name {
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(last) = names.last.get(at) {
+            if **last == *name {
+                return Arc::clone(last);
+            }
+        }
+        let found = match names.kept.get(name) {
+            Some(kept) => Arc::clone(kept),
+            None => {
+                let made: Name = Arc::from(name);
+                if names.kept.len() < MAX_NAMES {
+                    names.kept.insert(Arc::clone(&made));
+                }
+                made
+            }
+        };
+        if at < LAST_POSITIONS {
+            names.last.truncate(at);
+            names.last.push(Arc::clone(&found));
+        }
+        found
+    })
+}
+
+/// The shared copy of `name`.
+fn intern(name: &str) -> Name {
+    intern_at(name, LAST_POSITIONS)
+}
 
 impl Fields {
     /// The field called `name`.
@@ -31,12 +97,20 @@ impl Fields {
     fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
         self.0
             .iter_mut()
-            .find(|(k, _)| k.as_str() == name)
+            .find(|(k, _)| &**k == name)
             .map(|(_, v)| v)
     }
 
     /// Sets a field, replacing the value of one already there.
-    pub fn insert(&mut self, name: String, value: Value) {
+    pub fn insert(&mut self, name: &str, value: Value) {
+        match self.get_mut(name) {
+            Some(old) => *old = value,
+            None => self.0.push((intern(name), value)),
+        }
+    }
+
+    /// [`Self::insert`] with a name already shared.
+    fn insert_name(&mut self, name: Name, value: Value) {
         match self.get_mut(&name) {
             Some(old) => *old = value,
             None => self.0.push((name, value)),
@@ -53,18 +127,21 @@ impl Fields {
 
     /// Every field, in the order they came.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
+        self.0.iter().map(|(k, v)| (&**k, v))
     }
 
     /// The fields as a `serde_json` map (a copy), for what needs one: a
     /// pattern's context, the cel interpreter.
     pub fn to_map(&self) -> Map<String, Value> {
-        self.0.iter().cloned().collect()
+        self.0
+            .iter()
+            .map(|(k, v)| (String::from(&**k), v.clone()))
+            .collect()
     }
 
     /// The fields in name order, as a map writes them.
-    fn sorted(&self) -> Vec<&(String, Value)> {
-        let mut sorted: Vec<&(String, Value)> = self.0.iter().collect();
+    fn sorted(&self) -> Vec<&(Name, Value)> {
+        let mut sorted: Vec<&(Name, Value)> = self.0.iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         sorted
     }
@@ -72,7 +149,7 @@ impl Fields {
 
 impl From<Map<String, Value>> for Fields {
     fn from(map: Map<String, Value>) -> Fields {
-        Fields(map.into_iter().collect())
+        Fields(map.into_iter().map(|(k, v)| (intern(&k), v)).collect())
     }
 }
 
@@ -87,7 +164,7 @@ impl Serialize for Fields {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (k, v) in self.sorted() {
-            map.serialize_entry(k, v)?;
+            map.serialize_entry(&**k, v)?;
         }
         map.end()
     }
@@ -126,9 +203,11 @@ impl<'de> Visitor<'de> for TopVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Top, A::Error> {
         let mut fields = Fields(Vec::with_capacity(access.size_hint().unwrap_or(12)));
-        while let Some(name) = access.next_key::<String>()? {
+        let mut at = 0;
+        while let Some(name) = access.next_key_seed(NameSeed(at))? {
             let value = access.next_value::<Value>()?;
-            fields.insert(name, value);
+            fields.insert_name(name, value);
+            at += 1;
         }
         Ok(Top::Object(fields))
     }
@@ -165,6 +244,30 @@ impl<'de> Visitor<'de> for TopVisitor {
     }
 }
 
+/// Reads a field's name (the object's `.0`-th) as its shared copy, without
+/// an owned string of its own when the text has no escapes.
+struct NameSeed(usize);
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Name;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Name, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = Name;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E>(self, name: &str) -> Result<Name, E> {
+        Ok(intern_at(name, self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +290,28 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    /// Two events of one shape share their names, whatever the order of
+    /// their fields; a thread that has read more than [`MAX_NAMES`] names
+    /// still reads every one right.
+    #[test]
+    fn names_are_shared_and_many_names_still_read_right() {
+        let a: Fields = serde_json::from_str(r#"{"user_id": "u-1", "amount": 5}"#).unwrap();
+        let b: Fields = serde_json::from_str(r#"{"amount": 7, "user_id": "u-2"}"#).unwrap();
+        let name =
+            |f: &Fields, n: &str| Arc::clone(&f.0.iter().find(|(k, _)| &**k == n).unwrap().0);
+        assert!(Arc::ptr_eq(&name(&a, "user_id"), &name(&b, "user_id")));
+        assert!(Arc::ptr_eq(&name(&a, "amount"), &name(&b, "amount")));
+        for i in 0..MAX_NAMES + 50 {
+            let text = format!(r#"{{"f{i}": {i}, "g{i}": "x", "f{i}": {}}}"#, i + 1);
+            let fields: Fields = serde_json::from_str(&text).unwrap();
+            assert_eq!(fields.len(), 2);
+            assert_eq!(fields.get(&format!("f{i}")), Some(&Value::from(i + 1)));
+            assert_eq!(fields.get(&format!("g{i}")), Some(&Value::from("x")));
+        }
+        let kept = NAMES.with(|n| n.borrow().kept.len());
+        assert_eq!(kept, MAX_NAMES);
     }
 
     proptest! {
