@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use tokio::sync::watch;
 
 use super::world::Broker;
 
@@ -166,8 +166,13 @@ concurrency = 32
 
 /// A producer that waits out broker faults rather than dropping events.
 pub fn producer(broker: &Broker) -> Result<FutureProducer, String> {
+    producer_to(&broker.bootstrap)
+}
+
+/// [`producer`], given the broker's address.
+pub fn producer_to(bootstrap: &str) -> Result<FutureProducer, String> {
     ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "2")
@@ -234,6 +239,30 @@ pub fn swipe(eid: &str, n: usize) -> (String, Vec<u8>) {
     )
 }
 
+/// Why a record was not written.
+#[derive(Debug)]
+pub enum Unsent {
+    /// Taken out of a stalled producer's queue before it was ever sent
+    /// (see `feed`): safe to write again with another producer.
+    Purged,
+    Failed(String),
+}
+
+impl std::fmt::Display for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsent::Purged => f.write_str("purged from a stalled producer's queue"),
+            Unsent::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<Unsent> for String {
+    fn from(unsent: Unsent) -> String {
+        unsent.to_string()
+    }
+}
+
 /// Writes one record and notes where it went.
 pub async fn send(
     producer: &FutureProducer,
@@ -243,7 +272,7 @@ pub async fn send(
     key: Option<&str>,
     payload: Option<&[u8]>,
     expect: Option<&'static str>,
-) -> Result<(), String> {
+) -> Result<(), Unsent> {
     let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
     if let Some(k) = key {
         record = record.key(k);
@@ -254,7 +283,10 @@ pub async fn send(
     let delivery = producer
         .send(record, Duration::from_secs(600))
         .await
-        .map_err(|(e, _)| format!("producing {eid}: {e}"))?;
+        .map_err(|(e, _)| match e {
+            KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue) => Unsent::Purged,
+            e => Unsent::Failed(format!("producing {eid}: {e}")),
+        })?;
     ledger
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -266,47 +298,4 @@ pub async fn send(
             expect,
         });
     Ok(())
-}
-
-/// Produces swipes at `rate` per second until `stop` turns true; each write is
-/// awaited in the background so a slow broker delays acknowledgements, not the pace.
-pub async fn stream(
-    producer: FutureProducer,
-    topic: String,
-    ledger: Ledger,
-    prefix: String,
-    rate: u32,
-    mut stop: watch::Receiver<bool>,
-) -> usize {
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate as u64));
-    let mut inflight = tokio::task::JoinSet::new();
-    let mut n = 0;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => break,
-        }
-        let eid = format!("{prefix}-{n}");
-        let (key, payload) = swipe(&eid, n);
-        let (producer, topic, ledger) = (producer.clone(), topic.clone(), Arc::clone(&ledger));
-        inflight.spawn(async move {
-            if let Err(e) = send(
-                &producer,
-                &topic,
-                &ledger,
-                eid,
-                Some(&key),
-                Some(&payload),
-                None,
-            )
-            .await
-            {
-                eprintln!("faults: {e}");
-            }
-        });
-        n += 1;
-        while inflight.try_join_next().is_some() {}
-    }
-    while inflight.join_next().await.is_some() {}
-    n
 }

@@ -9,6 +9,7 @@
 
 mod digest;
 mod disk;
+mod feed;
 mod held;
 mod load;
 mod operator;

@@ -12,6 +12,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::feed;
 use super::load::{self, Ledger, Topics};
 use super::tally::{self, Fault, Figures};
 use super::world::{free_addr, Broker, Herald};
@@ -85,7 +86,7 @@ pub struct Scene {
     watched: Arc<Mutex<Vec<(String, std::net::SocketAddr)>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     watcher: JoinHandle<()>,
-    load: Option<(watch::Sender<bool>, JoinHandle<usize>)>,
+    load: Option<(watch::Sender<bool>, JoinHandle<feed::Fed>)>,
     spawned: usize,
 }
 
@@ -232,8 +233,9 @@ impl Scene {
     /// Starts producing swipes at `rate` per second.
     pub fn start_load(&mut self, rate: u32) {
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(load::stream(
+        let task = tokio::spawn(feed::stream(
             self.producer.clone(),
+            self.bootstrap.clone(),
             self.topics.transactions.clone(),
             Arc::clone(&self.ledger),
             self.name.clone(),
@@ -243,11 +245,20 @@ impl Scene {
         self.load = Some((tx, task));
     }
 
-    /// Stops producing and waits for every event to be acknowledged.
+    /// Stops producing and waits for every event to be acknowledged (a
+    /// note when the suite's producer had to be replaced meanwhile).
     pub async fn stop_load(&mut self) {
         if let Some((stop, task)) = self.load.take() {
             let _ = stop.send(true);
-            let _ = task.await;
+            if let Ok(fed) = task.await {
+                if fed.replaced > 0 {
+                    self.notes.push(format!(
+                        "the suite's own producer stalled (no acknowledgement for {} s) and was replaced {} time(s); the swipes it had not sent were written by the new one",
+                        feed::stall().as_secs(),
+                        fed.replaced
+                    ));
+                }
+            }
         }
     }
 
