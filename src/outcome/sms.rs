@@ -66,11 +66,10 @@ fn septets(c: char) -> Option<u32> {
     }
 }
 
-/// Segments of a message whose characters take `widths` units each, with
-/// `single` units in one segment and `part` per segment once split; a
-/// character is never split across two segments.
-fn segments(widths: impl Iterator<Item = u32> + Clone, single: u32, part: u32) -> u32 {
-    let total: u32 = widths.clone().sum();
+/// Segments of a message of `total` units whose characters take `widths`
+/// units each, with `single` units in one segment and `part` per segment
+/// once split; a character is never split across two segments.
+fn segments(total: u32, widths: impl Iterator<Item = u32>, single: u32, part: u32) -> u32 {
     if total <= single {
         return 1;
     }
@@ -88,20 +87,33 @@ fn segments(widths: impl Iterator<Item = u32> + Clone, single: u32, part: u32) -
 /// The size of SMS `text`. An empty text is one segment (it is never sent:
 /// rules check refuses an empty template).
 pub fn measure(text: &str) -> SmsSize {
-    // Walked again rather than collected: no allocation per message.
-    let gsm = text.chars().map(septets).sum::<Option<u32>>();
+    // Walked again rather than collected: no allocation per message; the
+    // split into segments is walked only for a text longer than one.
+    let gsm = match text.is_ascii() {
+        true => text
+            .bytes()
+            .map(|b| septets(char::from(b)))
+            .sum::<Option<u32>>(),
+        false => text.chars().map(septets).sum::<Option<u32>>(),
+    };
     match gsm {
         Some(units) => SmsSize {
             encoding: SmsEncoding::Gsm7,
             units,
-            segments: segments(text.chars().map(|c| septets(c).unwrap_or(1)), 160, 153),
+            segments: segments(
+                units,
+                text.chars().map(|c| septets(c).unwrap_or(1)),
+                160,
+                153,
+            ),
         },
         None => {
             let widths = text.chars().map(|c| c.len_utf16() as u32);
+            let units = widths.clone().sum();
             SmsSize {
                 encoding: SmsEncoding::Ucs2,
-                units: widths.clone().sum(),
-                segments: segments(widths, 70, 67),
+                units,
+                segments: segments(units, widths, 70, 67),
             }
         }
     }
