@@ -102,15 +102,7 @@ impl Fields {
     }
 
     /// Sets a field, replacing the value of one already there.
-    pub fn insert(&mut self, name: &str, value: Value) {
-        match self.get_mut(name) {
-            Some(old) => *old = value,
-            None => self.0.push((intern(name), value)),
-        }
-    }
-
-    /// [`Self::insert`] with a name already shared.
-    fn insert_name(&mut self, name: Name, value: Value) {
+    fn insert(&mut self, name: Name, value: Value) {
         match self.get_mut(&name) {
             Some(old) => *old = value,
             None => self.0.push((name, value)),
@@ -206,7 +198,7 @@ impl<'de> Visitor<'de> for TopVisitor {
         let mut at = 0;
         while let Some(name) = access.next_key_seed(NameSeed(at))? {
             let value = access.next_value::<Value>()?;
-            fields.insert_name(name, value);
+            fields.insert(name, value);
             at += 1;
         }
         Ok(Top::Object(fields))
