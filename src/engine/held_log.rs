@@ -187,19 +187,34 @@ impl HeldLog {
         let Some(topic_key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
             return;
         };
-        let Some(key) = self.own_key(topic_key) else {
-            if let Backing::Disk(disk) = &self.backing {
-                // Only the checkpoint moves.
-                let mut batch = disk.table().batch();
-                batch.read_to(m.partition(), m.offset() + 1);
-                let _ = batch.commit();
+        match self.own_key(topic_key) {
+            Some(key) => self.read(key, m.payload(), m.partition(), m.offset()),
+            None => {
+                if let Backing::Disk(disk) = &self.backing {
+                    // Only the checkpoint moves.
+                    let mut batch = disk.table().batch();
+                    batch.read_to(m.partition(), m.offset() + 1);
+                    let _ = batch.commit();
+                }
             }
-            return;
-        };
-        let record = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<HeldRecord>(p).ok());
-        self.overlay().read_back(key);
+        }
+    }
+
+    /// This deployment's record of `key` (its payload, `None`: a tombstone)
+    /// read at `offset` of the topic's `partition`.
+    ///
+    /// The record is put where readers look (memory or disk) before the
+    /// overlay lets go of the key, both under the overlay's lock, which
+    /// [`HeldLog::holder`], [`HeldLog::due`] and [`HeldLog::holds`] hold
+    /// while they look on disk: no reader sees the key in neither. (With
+    /// the overlay let go first, a digest released here was, for the moment
+    /// its tombstone's removal took, found on disk again as the open digest
+    /// of its user; an item joined it and was suppressed with its next
+    /// release as the digest's duplicate: the item lost of the full fault
+    /// suite's `kill9-digest` on 2026-12-05 and 2026-12-06.)
+    fn read(&self, key: &str, payload: Option<&[u8]>, partition: i32, offset: i64) {
+        let record = payload.and_then(|p| serde_json::from_slice::<HeldRecord>(p).ok());
+        let mut overlay = self.overlay();
         match &self.backing {
             Backing::Memory(dormant) => match record {
                 Some(r) => {
@@ -215,7 +230,7 @@ impl HeldLog {
                     Some(r) => disk.put(&mut batch, r, (self.partition_of)(&r.event.user)),
                     None => disk.remove(&mut batch, key),
                 }
-                batch.read_to(m.partition(), m.offset() + 1);
+                batch.read_to(partition, offset + 1);
                 if let Err(e) = batch.commit() {
                     // `/readyz` says so; the store's watcher restarts herald
                     // once the disk takes writes again, and the record is
@@ -224,6 +239,7 @@ impl HeldLog {
                 }
             }
         }
+        overlay.read_back(key);
     }
 
     /// Whether the topic was read to its end once.
@@ -278,7 +294,8 @@ impl HeldLog {
 
     /// Whether a message is held under `key` (on disk).
     pub fn holds(&self, key: &str) -> bool {
-        if let Some(p) = self.overlay().keys.get(key) {
+        let overlay = self.overlay();
+        if let Some(p) = overlay.keys.get(key) {
             return p.held;
         }
         match &self.backing {
@@ -318,6 +335,8 @@ impl HeldLog {
         };
         let mut out = Vec::new();
         let mut full = false;
+        // Held while the disk is read: see `read`.
+        let overlay = self.overlay();
         for &(partition, after) in partitions {
             match disk.due(partition, after, upto, limit) {
                 Ok(records) => {
@@ -329,7 +348,6 @@ impl HeldLog {
                 }
             }
         }
-        let overlay = self.overlay();
         // The overlay's view of a key wins over the disk's.
         out.retain(|r| !overlay.keys.contains_key(&r.key));
         out.extend(
@@ -344,5 +362,77 @@ impl HeldLog {
         );
         out.retain(|r| !queued(&r.key));
         (out, full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use super::*;
+
+    const COLLAPSE: &str = "digest\0u35\0swipe-digest\0\0push";
+
+    fn record(key: &str) -> HeldRecord {
+        serde_json::from_value(serde_json::json!({
+            "key": key, "release_ms": 100, "collapse": COLLAPSE, "rule": "swipe-digest",
+            "event": {"source": "tx", "partition": 0, "offset": 1, "user": "u35", "time_ms": 1,
+                      "fields": {}, "consumed_ms": 1},
+            "chain": ["push"],
+            "outcome": {"rule": "swipe-digest", "rule_version": "v1", "category": "digestible",
+                        "user": "u35", "channel": "push", "status": "held", "idempotency_key": "",
+                        "attempts": 0, "source": {"topic": "tx", "partition": 0, "offset": 1},
+                        "timings": {"event_ms": 1, "consumed_ms": 1, "matched_ms": 1,
+                                    "request_sent_ms": 0, "answered_ms": 0}},
+        }))
+        .unwrap()
+    }
+
+    /// A digest released here is never its user's open digest again, not
+    /// even while its tombstone is being read back: one thread holds,
+    /// releases and reads back digest after digest as the service does;
+    /// another asks for the open digest all the while. Before the record
+    /// and the overlay were changed under one lock, the second found the
+    /// released digest in the moment between the two, and an item joined
+    /// it (the item lost of `kill9-digest`).
+    #[test]
+    fn a_released_digest_is_never_found_open_while_its_tombstone_is_read_back() {
+        let store = crate::store::Store::temporary(8 << 20).unwrap();
+        let table = store
+            .sealed_table("held", super::super::held_disk::FORMAT)
+            .unwrap();
+        let log = HeldLog::new("held".into(), "herald", ClientConfig::new(), |_| 0).on_disk(table);
+        // Even: held (or nothing); odd: released, its tombstone not yet read back.
+        let phase = AtomicU64::new(0);
+        let done = AtomicBool::new(false);
+        let mut found_released = 0u64;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for n in 0..500u64 {
+                    let key = format!("digest-{n}");
+                    let held = Arc::new(record(&key));
+                    let payload = serde_json::to_vec(&*held).unwrap();
+                    log.wrote_hold(&key, Some(held));
+                    log.read(&key, Some(&payload), 0, 2 * n as i64);
+                    // Released: as `release_held` and `unhold` do.
+                    log.forget(&key);
+                    log.wrote_tombstone(&key);
+                    phase.store(2 * n + 1, Ordering::SeqCst);
+                    log.read(&key, None, 0, 2 * n as i64 + 1);
+                    phase.store(2 * n + 2, Ordering::SeqCst);
+                }
+                done.store(true, Ordering::SeqCst);
+            });
+            while !done.load(Ordering::SeqCst) {
+                let before = phase.load(Ordering::SeqCst);
+                let open = log.holder(COLLAPSE);
+                let after = phase.load(Ordering::SeqCst);
+                if before % 2 == 1 && before == after && open.is_some() {
+                    found_released += 1;
+                }
+            }
+        });
+        assert_eq!(found_released, 0, "released digests found open");
+        assert!(log.holder(COLLAPSE).is_none());
     }
 }
