@@ -43,6 +43,10 @@ pub struct LoadtestArgs {
     /// herald's `limits.lanes`, to compare settings (default: the config's).
     #[arg(long)]
     lanes: Option<usize>,
+    /// herald's `limits.lane_batch` (1: one record at a time, as before
+    /// 2026-12-06).
+    #[arg(long)]
+    lane_batch: Option<usize>,
     /// herald's `limits.sends_per_user` (1: each of a user's sends waits
     /// for the last one's answer, as before 2026-12-05).
     #[arg(long)]
@@ -64,6 +68,7 @@ impl LoadtestArgs {
     fn limits(&self) -> herald::loadtest::LimitOverrides {
         herald::loadtest::LimitOverrides {
             lanes: self.lanes,
+            lane_batch: self.lane_batch,
             sends_per_user: self.sends_per_user,
             kafka: self.kafka.clone(),
         }

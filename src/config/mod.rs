@@ -276,6 +276,13 @@ pub struct LimitsConfig {
     /// Events queued per lane before the consumer waits.
     #[serde(default = "defaults::lane_queue")]
     pub lane_queue: usize,
+    /// Records a lane takes at once, as one batch: their writes are awaited
+    /// together, each pattern key's state is written once for the batch
+    /// (its last value), and their offsets are stored together (1: one
+    /// record at a time, as before 2026-12-06). A lane takes only what is
+    /// already queued, so a quiet stream's records are never held back.
+    #[serde(default = "defaults::lane_batch")]
+    pub lane_batch: usize,
     /// One user's messages whose requests may be in flight at once: they
     /// are decided in order, one after another, and their requests overlap
     /// up to this many (1: each waits for the last one's answer).
@@ -391,6 +398,9 @@ pub(crate) mod defaults {
     pub fn lane_queue() -> usize {
         256
     }
+    pub fn lane_batch() -> usize {
+        64
+    }
     pub fn sends_per_user() -> usize {
         16
     }
@@ -451,6 +461,7 @@ impl Default for LimitsConfig {
             max_event_bytes: defaults::max_event_bytes(),
             lanes: defaults::lanes(),
             lane_queue: defaults::lane_queue(),
+            lane_batch: defaults::lane_batch(),
             sends_per_user: defaults::sends_per_user(),
             shutdown_grace_ms: defaults::shutdown_grace_ms(),
             pattern_keys_per_rule: defaults::pattern_keys_per_rule(),
@@ -584,10 +595,17 @@ impl Config {
                 ));
             }
         }
-        if self.limits.lanes == 0 || self.limits.lane_queue == 0 || self.limits.sends_per_user == 0
+        let limits = &self.limits;
+        if [
+            limits.lanes,
+            limits.lane_queue,
+            limits.lane_batch,
+            limits.sends_per_user,
+        ]
+        .contains(&0)
         {
             problems.push(
-                "limits.lanes, limits.lane_queue and limits.sends_per_user must be at least 1"
+                "limits.lanes, limits.lane_queue, limits.lane_batch and limits.sends_per_user must be at least 1"
                     .into(),
             );
         }

@@ -196,14 +196,22 @@ impl Engine {
     /// Handles one record: hands it to its stage. The record is final once
     /// all returned writes have resolved.
     pub async fn handle(&self, msg: Incoming) -> Vec<Pending> {
+        let (mut writes, changes) = self.handle_deferring(msg).await;
+        stores::after_writes(&mut writes, changes.0);
+        writes
+    }
+
+    /// [`Engine::handle`], leaving the pattern-state changes to the end of
+    /// the record's batch.
+    async fn handle_deferring(&self, msg: Incoming) -> (Vec<Pending>, stores::StateChanges) {
         if msg.topic == self.feedback_topic && !self.matcher.reads(&msg.topic) {
-            return self.replies.handle(msg).await;
+            return (self.replies.handle(msg).await, Default::default());
         }
         if self.intents_topic.as_deref() == Some(msg.topic.as_str()) {
-            return self.decider.handle_intent(msg).await;
+            return (self.decider.handle_intent(msg).await, Default::default());
         }
         let matched = self.matcher.observe(&msg);
-        self.hand_over(matched).await
+        self.pass_on(matched).await
     }
 
     /// The end of stage 1: in service, one intent per job on the intents
@@ -211,6 +219,13 @@ impl Engine {
     /// offline, stage 2 at once, in this process. A pattern's state changes
     /// are written after the intents they caused.
     async fn hand_over(&self, matched: Matched) -> Vec<Pending> {
+        let (mut writes, changes) = self.pass_on(matched).await;
+        stores::after_writes(&mut writes, changes.0);
+        writes
+    }
+
+    /// [`Engine::hand_over`], returning the state changes unwritten.
+    async fn pass_on(&self, matched: Matched) -> (Vec<Pending>, stores::StateChanges) {
         let Matched {
             jobs,
             mut writes,
@@ -229,8 +244,7 @@ impl Engine {
             None if !jobs.is_empty() => self.decider.decide_jobs(&jobs, &mut writes).await,
             None => {}
         }
-        stores::after_writes(&mut writes, changes);
-        writes
+        (writes, stores::StateChanges(changes))
     }
 
     /// Fires the pattern timers due now (absences, dwell) and waits until
@@ -313,8 +327,19 @@ impl Engine {
 
 /// The engine is what ingest hands each consumed record to.
 impl crate::ingest::Handler for Engine {
-    fn handle(&self, m: Incoming) -> impl std::future::Future<Output = Vec<Pending>> + Send {
-        Engine::handle(self, m)
+    type Deferred = stores::StateChanges;
+
+    fn handle(
+        &self,
+        m: Incoming,
+    ) -> impl std::future::Future<Output = (Vec<Pending>, stores::StateChanges)> + Send {
+        self.handle_deferring(m)
+    }
+
+    /// A batch's pattern-state changes, each key's last one only, after all
+    /// the batch's intents.
+    fn close_batch(&self, deferred: Vec<stores::StateChanges>, writes: &mut Vec<Pending>) {
+        stores::after_writes(writes, stores::last_per_key(deferred));
     }
 
     fn first_topics(&self) -> Vec<String> {

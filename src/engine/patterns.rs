@@ -200,11 +200,15 @@ impl Matcher {
             partition: at.source.1,
             key: self.patterns.changelog_key(&at.rule, &at.key),
             value: self.patterns.snapshot(&at.rule, &at.key, pattern),
-            saved: at.held.then(|| Saved {
-                patterns: Arc::clone(&self.patterns),
-                rule: at.rule.clone(),
-                key: at.key.clone(),
-            }),
+            saved: at
+                .held
+                .then(|| Saved {
+                    patterns: Arc::clone(&self.patterns),
+                    rule: at.rule.clone(),
+                    key: at.key.clone(),
+                })
+                .into_iter()
+                .collect(),
         });
     }
 }

@@ -2,7 +2,9 @@
 //! lane by (partition, key), and stores offsets as lanes finish.
 //!
 //! A lane is a tokio task that handles its messages one at a time, so a key's
-//! events are handled in order while different keys proceed in parallel.
+//! events are handled in order while different keys proceed in parallel; it
+//! takes what is queued as one batch, whose writes are awaited and whose
+//! offsets are stored together.
 //! Intents have lanes of their own and go ahead of source records
 //! (`fetch.rs`). The lane queues are bounded: when they stay full (a
 //! provider outage, a record that cannot be written), the consumer pauses
@@ -336,6 +338,7 @@ pub async fn consume<H: Handler>(
             Arc::clone(&handler),
             Arc::clone(&health),
             written_tx,
+            limits.lane_batch.max(1),
         )));
         tasks.push(tokio::spawn(acknowledge(
             written_rx,
@@ -434,27 +437,37 @@ pub async fn consume<H: Handler>(
     consumer.unsubscribe();
 }
 
-/// A handled message whose outcome and dead-letter writes may still be in flight.
+/// A handled batch whose writes may still be in flight.
 struct Handled {
+    /// The batch's records, in the order they were taken.
+    records: Vec<Taken>,
+    /// Every write of the batch, its deferred ones last.
+    writes: Vec<Pending>,
+}
+
+/// One record of a batch.
+struct Taken {
     topic: String,
     partition: i32,
     offset: i64,
-    writes: Vec<Pending>,
     /// Not handled: its partition was revoked while it waited in the lane.
     skipped: bool,
 }
 
-/// Handles a lane's messages one at a time: a key's sends happen in order.
-/// The writes of each message are awaited by the lane's acknowledger, so the
-/// next message does not wait for the broker's acknowledgement of the last.
+/// Handles a lane's records one at a time, in batches of what is queued
+/// (up to `batch`): a key's sends happen in order. A batch's writes are
+/// awaited by the lane's acknowledger, so the next batch does not wait for
+/// the broker's acknowledgement of the last; what its records deferred
+/// (pattern state, once per key) is written after all of them.
 ///
-/// A message whose partition was revoked while it waited is skipped: its
+/// A record whose partition was revoked while it waited is skipped: its
 /// partition's next owner handles it, so this instance must not (that would
 /// be a duplicate), and no offset at or past it is stored.
 ///
-/// Once shutdown begins, a lane starts no further message: the one it is
+/// Once shutdown begins, a lane starts no further record: the one it is
 /// handling finishes (its requests answered and recorded within the grace),
-/// and those still queued are left unhandled and uncommitted, for the
+/// the batch's records handled so far are written and acknowledged, and
+/// those not started are left unhandled and uncommitted, for the
 /// partition's next owner or the restart. Draining a long queue (one user's
 /// backlog) used to run into the grace's end mid-request: that request went
 /// out, was never recorded, and was repeated after the restart.
@@ -463,60 +476,87 @@ async fn lane<H: Handler>(
     handler: Arc<H>,
     health: Arc<ConsumerHealth>,
     written: mpsc::Sender<Handled>,
+    batch: usize,
 ) {
-    while let Some(m) = rx.recv().await {
-        if health.shutting_down() {
-            debug!(
-                left = rx.len() + 1,
-                "stopping: queued messages left for the next owner"
-            );
+    let mut taken = Vec::with_capacity(batch);
+    while rx.recv_many(&mut taken, batch).await > 0 {
+        let mut handled = Handled {
+            records: Vec::with_capacity(taken.len()),
+            writes: Vec::new(),
+        };
+        let mut deferred = Vec::new();
+        let mut left = 0;
+        for m in taken.drain(..) {
+            if left > 0 || health.shutting_down() {
+                left += 1;
+                continue;
+            }
+            let record = Taken {
+                topic: m.topic.clone(),
+                partition: m.partition,
+                offset: m.offset,
+                skipped: !health.owns(&m.topic, m.partition),
+            };
+            if !record.skipped {
+                let (writes, later) = handler.handle(m).await;
+                handled.writes.extend(writes);
+                deferred.push(later);
+            }
+            handled.records.push(record);
+        }
+        handler.close_batch(deferred, &mut handled.writes);
+        if !handled.records.is_empty() && written.send(handled).await.is_err() {
             return;
         }
-        let (topic, partition, offset) = (m.topic.clone(), m.partition, m.offset);
-        let skipped = !health.owns(&topic, partition);
-        let writes = if skipped {
-            Vec::new()
-        } else {
-            handler.handle(m).await
-        };
-        let handled = Handled {
-            topic,
-            partition,
-            offset,
-            writes,
-            skipped,
-        };
-        if written.send(handled).await.is_err() {
+        if left > 0 {
+            debug!(
+                left = left + rx.len(),
+                "stopping: queued messages left for the next owner"
+            );
             return;
         }
     }
 }
 
-/// Waits for each handled message's writes, in order, then marks it final and
-/// stores the partition's offset when it advanced.
+/// Waits for each handled batch's writes, in order, then marks its records
+/// final and stores each partition's offset once, when it advanced.
 async fn acknowledge(
     mut rx: mpsc::Receiver<Handled>,
     tracker: Arc<OffsetTracker>,
     consumer: Arc<StreamConsumer<HeraldContext>>,
 ) {
     while let Some(h) = rx.recv().await {
-        if h.skipped {
-            tracker.skip(&h.topic, h.partition, h.offset);
-            continue;
-        }
         for write in h.writes {
             write.await;
         }
-        if let Some(next) = tracker.complete(&h.topic, h.partition, h.offset) {
+        // The offset to store per partition: the last that advanced.
+        let mut advanced: Vec<(String, i32, i64)> = Vec::new();
+        for r in h.records {
+            if r.skipped {
+                tracker.skip(&r.topic, r.partition, r.offset);
+                continue;
+            }
+            let Some(next) = tracker.complete(&r.topic, r.partition, r.offset) else {
+                continue;
+            };
+            match advanced
+                .iter_mut()
+                .find(|(t, p, _)| *p == r.partition && *t == r.topic)
+            {
+                Some(at) => at.2 = at.2.max(next),
+                None => advanced.push((r.topic, r.partition, next)),
+            }
+        }
+        for (topic, partition, next) in advanced {
             let mut tpl = TopicPartitionList::new();
             if tpl
-                .add_partition_offset(&h.topic, h.partition, Offset::Offset(next))
+                .add_partition_offset(&topic, partition, Offset::Offset(next))
                 .is_ok()
             {
                 // Fails only for a partition no longer assigned; its next owner
                 // resumes from the last commit.
                 if let Err(e) = consumer.store_offsets(&tpl) {
-                    debug!(error = %e, topic = %h.topic, partition = h.partition, "offset not stored");
+                    debug!(error = %e, %topic, partition, "offset not stored");
                 }
             }
         }

@@ -56,10 +56,11 @@ pub struct LoadOptions {
     pub limits: LimitOverrides,
 }
 
-/// Settings a run may change (`--lanes`, `--sends-per-user`, `--kafka`).
+/// Settings a run may change (`--lanes`, `--lane-batch`, `--sends-per-user`, `--kafka`).
 #[derive(Debug, Clone, Default)]
 pub struct LimitOverrides {
     pub lanes: Option<usize>,
+    pub lane_batch: Option<usize>,
     pub sends_per_user: Option<usize>,
     /// librdkafka properties for herald's clients (`linger.ms=5`).
     pub kafka: Vec<(String, String)>,
@@ -70,6 +71,9 @@ impl LimitOverrides {
     pub fn apply(&self, config: &mut crate::config::Config) {
         if let Some(n) = self.lanes {
             config.limits.lanes = n;
+        }
+        if let Some(n) = self.lane_batch {
+            config.limits.lane_batch = n;
         }
         if let Some(n) = self.sends_per_user {
             config.limits.sends_per_user = n;
