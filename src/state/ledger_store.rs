@@ -24,6 +24,7 @@ use tracing::warn;
 
 use super::change::{Change, RestoreError};
 use super::changelog::Changelog;
+use super::group::GroupCommit;
 use super::ledger_entry::{LedgerEntry, Restored, HORIZON_MS};
 use super::watermark::Watermarks;
 use crate::store::{StoreError, Table, TableBatch};
@@ -57,6 +58,17 @@ pub struct DiskLedger {
     pending: FastDashMap<String, (u64, LedgerEntry)>,
     /// Per owned partition, what the checkpoint may advance to.
     marks: Watermarks,
+    /// Entries the broker has, waiting for the next commit to disk.
+    group: GroupCommit<Acked>,
+}
+
+/// An entry the changelog has, on its way to disk.
+struct Acked {
+    partition: i32,
+    key: String,
+    seq: u64,
+    entry: LedgerEntry,
+    offset: i64,
 }
 
 fn prefix(partition: i32, kind: u8) -> Vec<u8> {
@@ -133,6 +145,7 @@ impl DiskLedger {
             table,
             pending: FastDashMap::default(),
             marks: Watermarks::default(),
+            group: GroupCommit::default(),
         }
     }
 
@@ -163,7 +176,8 @@ impl DiskLedger {
     }
 
     /// Puts `entry`, recorded as `seq`, on disk now that the changelog has
-    /// it at `offset`, with the checkpoint this allows. Retries a failing
+    /// it at `offset`, with the checkpoint this allows, in one commit with
+    /// the entries acknowledged meanwhile (`group.rs`). Retries a failing
     /// disk every second (the store's fault is on `/readyz` meanwhile): the
     /// write's caller waits, so nothing after it is taken as done.
     ///
@@ -178,32 +192,41 @@ impl DiskLedger {
         entry: &LedgerEntry,
         offset: i64,
     ) {
-        Table::until_written("send-ledger entry", || {
-            self.apply(partition, key, seq, entry, offset)
-        })
-        .await;
+        let acked = Acked {
+            partition,
+            key: key.to_string(),
+            seq,
+            entry: entry.clone(),
+            offset,
+        };
+        self.group
+            .write("send-ledger entry", acked, |group| self.apply(group))
+            .await;
     }
 
-    fn apply(
-        &self,
-        partition: i32,
-        key: &str,
-        seq: u64,
-        entry: &LedgerEntry,
-        offset: i64,
-    ) -> Result<(), StoreError> {
-        let old = self.stored(partition, key);
+    /// Puts a group of acknowledged entries on disk, in one commit.
+    fn apply(&self, group: &[Acked]) -> Result<(), StoreError> {
         let mut batch = self.table.batch();
-        put(
-            &mut batch,
-            partition,
-            key,
-            old.as_ref(),
-            Some((entry, None)),
-        );
-        self.marks.settle(partition, seq, offset, batch)?;
-        // A newer entry of the key, recorded since, stays until it is on disk.
-        self.pending.remove_if(key, |_, p| p.0 == seq);
+        // A key's entry earlier in this group is what the disk will hold
+        // before this one (one key's entries are recorded in order).
+        let mut earlier: crate::util::FastMap<&str, &LedgerEntry> = Default::default();
+        for a in group {
+            let old = match earlier.insert(&a.key, &a.entry) {
+                Some(before) => Some(before.clone()),
+                None => self.stored(a.partition, &a.key),
+            };
+            let new = Some((&a.entry, None));
+            put(&mut batch, a.partition, &a.key, old.as_ref(), new);
+        }
+        let settled: Vec<(i32, u64, i64)> = group
+            .iter()
+            .map(|a| (a.partition, a.seq, a.offset))
+            .collect();
+        self.marks.settle_all(&settled, batch)?;
+        // A newer entry of a key, recorded since, stays until it is on disk.
+        for a in group {
+            self.pending.remove_if(&a.key, |_, p| p.0 == a.seq);
+        }
         Ok(())
     }
 
@@ -443,6 +466,21 @@ mod tests {
         }
     }
 
+    fn acked(key: &str, seq: u64, entry: &LedgerEntry, offset: i64) -> Acked {
+        Acked {
+            partition: 0,
+            key: key.into(),
+            seq,
+            entry: entry.clone(),
+            offset,
+        }
+    }
+
+    /// One entry of partition 0, committed alone.
+    fn apply(l: &DiskLedger, key: &str, seq: u64, entry: &LedgerEntry, offset: i64) {
+        l.apply(&[acked(key, seq, entry, offset)]).unwrap();
+    }
+
     fn ledger() -> (crate::store::Store, DiskLedger) {
         let store = crate::store::Store::temporary(8 << 20).unwrap();
         let table = store.table("ledger", FORMAT).unwrap();
@@ -465,14 +503,14 @@ mod tests {
             "read before it is on disk"
         );
         // a's first write failed and went again: b landed first, at 5.
-        l.apply(0, "b/push", sb, &b, 5).unwrap();
+        apply(&l, "b/push", sb, &b, 5);
         let sc = l.begin(0, "c/push", c.clone());
-        l.apply(0, "c/push", sc, &c, 7).unwrap();
+        apply(&l, "c/push", sc, &c, 7);
         assert!(
             l.table.checkpoint().unwrap().is_empty(),
             "a, written before b, is not on disk yet"
         );
-        l.apply(0, "a/push", sa, &a, 8).unwrap();
+        apply(&l, "a/push", sa, &a, 8);
         assert_eq!(
             l.table.checkpoint().unwrap().get(&0),
             Some(&6),
@@ -485,12 +523,52 @@ mod tests {
         // c's answer replaces its attempted entry, and its send row with it.
         let failed = entry("v", LedgerStatus::Failed, now + 3);
         let sf = l.begin(0, "c/push", failed.clone());
-        l.apply(0, "c/push", sf, &failed, 9).unwrap();
+        apply(&l, "c/push", sf, &failed, 9);
         assert!(
             l.sends_of(0, "v", 0).is_empty(),
             "a failed send does not count"
         );
         assert_eq!(l.table.checkpoint().unwrap().get(&0), Some(&9));
+    }
+
+    #[test]
+    fn a_group_commit_holds_a_key_answered_within_it_once_with_its_answer() {
+        let (_store, l) = ledger();
+        l.follow(0, 0);
+        let now = crate::util::now_ms();
+        let tried = entry("u", LedgerStatus::Attempted, now);
+        let sent = entry("u", LedgerStatus::Sent, now + 1);
+        let other = entry("v", LedgerStatus::Attempted, now + 2);
+        let st = l.begin(0, "a/push", tried.clone());
+        let so = l.begin(0, "b/push", other.clone());
+        let ss = l.begin(0, "a/push", sent.clone());
+        let group = [
+            acked("a/push", st, &tried, 0),
+            acked("b/push", so, &other, 1),
+            acked("a/push", ss, &sent, 2),
+        ];
+        l.apply(&group).unwrap();
+        assert_eq!(
+            l.stored(0, "a/push"),
+            Some(sent),
+            "the answer, not the attempt"
+        );
+        let at: Vec<i64> = l.sends_of(0, "u", 0).iter().map(|s| s.at_ms).collect();
+        assert_eq!(
+            at,
+            [now + 1],
+            "one send row for the key: the attempt's replaced"
+        );
+        assert_eq!(l.sends_of(0, "v", 0).len(), 1);
+        // The checkpoint a commit allows is written with the next one.
+        let later = entry("w", LedgerStatus::Sent, now + 3);
+        let sl = l.begin(0, "c/push", later.clone());
+        apply(&l, "c/push", sl, &later, 3);
+        assert_eq!(
+            l.table.checkpoint().unwrap().get(&0),
+            Some(&3),
+            "the group's three are on disk: read from 3 after a crash"
+        );
     }
 
     #[test]
@@ -500,9 +578,9 @@ mod tests {
         let old = entry("u", LedgerStatus::Sent, 1_000);
         let new = entry("u", LedgerStatus::Sent, HORIZON_MS + 1_000);
         let so = l.begin(0, "old/push", old.clone());
-        l.apply(0, "old/push", so, &old, 0).unwrap();
+        apply(&l, "old/push", so, &old, 0);
         let sn = l.begin(0, "new/push", new.clone());
-        l.apply(0, "new/push", sn, &new, 1).unwrap();
+        apply(&l, "new/push", sn, &new, 1);
         assert_eq!(l.sweep(HORIZON_MS + 2_000).unwrap(), 1);
         assert_eq!(l.get(0, "old/push"), None);
         assert_eq!(l.sends_of(0, "u", 0).len(), 1);

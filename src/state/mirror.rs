@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use tracing::warn;
 
 use super::change::Change;
+use super::group::GroupCommit;
 use super::watermark::Watermarks;
 use crate::store::{StoreError, Table, TableBatch};
 
@@ -64,6 +65,20 @@ pub struct Mirror {
     marks: Watermarks,
     /// Reads a value's wake-up times.
     wake: fn(&[u8]) -> Wake,
+    /// Changes the changelog has, waiting for the next commit to disk.
+    group: GroupCommit<Applied>,
+}
+
+/// A change the changelog has, on its way to disk. A key's changes are
+/// written one after another (the next once the last is on disk), so a
+/// group holds one change per key; were there two, the first's index rows
+/// would be left stale, which readers already skip.
+struct Applied {
+    partition: i32,
+    key: String,
+    value: Option<Vec<u8>>,
+    seq: u64,
+    offset: i64,
 }
 
 /// A key's newest change in a tail: partition, changelog key, value.
@@ -150,6 +165,7 @@ impl Mirror {
             table,
             marks: Watermarks::default(),
             wake,
+            group: GroupCommit::default(),
         }
     }
 
@@ -221,7 +237,8 @@ impl Mirror {
         self.marks.begin(partition)
     }
 
-    /// Puts change `seq` on disk now that the changelog has it at `offset`;
+    /// Puts change `seq` on disk now that the changelog has it at `offset`,
+    /// in one commit with the changes acknowledged meanwhile (`group.rs`);
     /// retries a failing disk every second (the store's fault is on
     /// `/readyz` meanwhile), and the write's caller waits.
     pub async fn applied(
@@ -232,13 +249,27 @@ impl Mirror {
         seq: u64,
         offset: i64,
     ) {
-        let row = self.data_row(partition, key);
-        Table::until_written(self.table.name(), || {
-            let mut batch = self.table.batch();
-            self.put_row(&mut batch, partition, &row, key, value);
-            self.marks.settle(partition, seq, offset, batch)
-        })
-        .await;
+        let change = Applied {
+            partition,
+            key: key.to_string(),
+            value: value.map(<[u8]>::to_vec),
+            seq,
+            offset,
+        };
+        self.group
+            .write(self.table.name(), change, |group| {
+                let mut batch = self.table.batch();
+                for c in group {
+                    let row = self.data_row(c.partition, &c.key);
+                    self.put_row(&mut batch, c.partition, &row, &c.key, c.value.as_deref());
+                }
+                let settled: Vec<(i32, u64, i64)> = group
+                    .iter()
+                    .map(|c| (c.partition, c.seq, c.offset))
+                    .collect();
+                self.marks.settle_all(&settled, batch)
+            })
+            .await;
     }
 
     /// The newest value of `key` on `partition` that is on disk.

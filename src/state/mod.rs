@@ -18,6 +18,7 @@
 
 pub mod change;
 pub mod changelog;
+pub mod group;
 pub mod intent;
 pub mod ledger;
 pub mod ledger_entry;

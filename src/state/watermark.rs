@@ -80,25 +80,61 @@ impl Watermarks {
         partition: i32,
         seq: u64,
         offset: i64,
+        batch: TableBatch,
+    ) -> Result<(), StoreError> {
+        self.settle_all(&[(partition, seq, offset)], batch)
+    }
+
+    /// [`Watermarks::settle`] for a group of changes, each `(partition,
+    /// seq, offset)`, committed in one batch.
+    pub fn settle_all(
+        &self,
+        changes: &[(i32, u64, i64)],
         mut batch: TableBatch,
     ) -> Result<(), StoreError> {
         let mut marks = self.lock();
-        let Some(mark) = marks.get_mut(&partition) else {
-            return batch.commit();
-        };
-        let max_offset = mark.max_offset.max(offset);
-        let earliest = mark.unapplied.iter().find(|&&s| s != seq).copied();
-        let reached = mark
-            .candidate
-            .filter(|&(_, below)| earliest.is_none_or(|e| e >= below));
-        if let Some((next, _)) = reached {
-            batch.read_to(partition, next);
+        let mut seqs: Vec<u64> = changes.iter().map(|c| c.1).collect();
+        seqs.sort_unstable();
+        let mut partitions: Vec<i32> = changes.iter().map(|c| c.0).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        // Per followed partition: its highest offset on disk once this
+        // commits, and the checkpoint reached with it, if one is.
+        let mut settled = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let Some(mark) = marks.get(&partition) else {
+                continue;
+            };
+            let max_offset = changes
+                .iter()
+                .filter(|c| c.0 == partition)
+                .fold(mark.max_offset, |max, c| max.max(c.2));
+            let earliest = mark
+                .unapplied
+                .iter()
+                .find(|s| seqs.binary_search(s).is_err())
+                .copied();
+            let reached = mark
+                .candidate
+                .filter(|&(_, below)| earliest.is_none_or(|e| e >= below));
+            if let Some((next, _)) = reached {
+                batch.read_to(partition, next);
+            }
+            settled.push((partition, max_offset, reached.is_some()));
         }
         batch.commit()?;
-        mark.unapplied.remove(&seq);
-        mark.max_offset = max_offset;
-        if reached.is_some() || mark.candidate.is_none() {
-            mark.candidate = Some((max_offset + 1, self.next_seq.load(Ordering::Relaxed)));
+        let next_seq = self.next_seq.load(Ordering::Relaxed);
+        for (partition, max_offset, reached) in settled {
+            let Some(mark) = marks.get_mut(&partition) else {
+                continue;
+            };
+            for c in changes.iter().filter(|c| c.0 == partition) {
+                mark.unapplied.remove(&c.1);
+            }
+            mark.max_offset = max_offset;
+            if reached || mark.candidate.is_none() {
+                mark.candidate = Some((max_offset + 1, next_seq));
+            }
         }
         Ok(())
     }
