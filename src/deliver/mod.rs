@@ -246,6 +246,13 @@ pub enum ChannelError {
     /// A key file (FCM service account, APNs `.p8`) that cannot be used.
     #[error("channels.{channel}: {detail}")]
     Key { channel: String, detail: String },
+    /// A provider address that is not a URL.
+    #[error("channels.{channel}: `{url}` is not a URL: {detail}")]
+    Url {
+        channel: String,
+        url: String,
+        detail: String,
+    },
 }
 
 impl Channel {

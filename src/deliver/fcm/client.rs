@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::auth::FcmAuth;
 use crate::config::ProviderKind;
@@ -16,72 +17,134 @@ use crate::deliver::{
 /// static one, or minted from a service-account key.
 pub struct Fcm {
     pub http: reqwest::Client,
-    /// `{base}/v1/projects/{project}/messages:send`.
-    pub url: String,
+    /// `{base}/v1/projects/{project}/messages:send`, parsed once.
+    pub url: reqwest::Url,
     pub auth: FcmAuth,
     pub timeout: Duration,
 }
 
-/// The v1 request body for one message to one token.
-pub fn request_body(message: &Message, token: &str) -> Value {
-    let mut android = serde_json::Map::new();
-    android.insert(
-        "priority".into(),
-        json!(if message.priority == Priority::High {
-            "HIGH"
-        } else {
-            "NORMAL"
-        }),
-    );
-    if let Some(ttl) = message.ttl_seconds {
-        android.insert("ttl".into(), json!(format!("{ttl}s")));
-    }
-    if let Some(key) = &message.collapse_key {
-        android.insert("collapse_key".into(), json!(key));
-    }
-    if let Some(category) = &message.action_category {
-        android.insert("notification".into(), json!({ "click_action": category }));
-    }
-    let mut apns_headers = serde_json::Map::new();
-    apns_headers.insert(
-        "apns-priority".into(),
-        json!(if message.priority == Priority::High {
-            "10"
-        } else {
-            "5"
-        }),
-    );
-    if let Some(key) = &message.collapse_key {
-        apns_headers.insert("apns-collapse-id".into(), json!(key));
-    }
-    if let Some(ttl) = message.ttl_seconds {
-        let expires = crate::util::now_ms() / 1000 + i64::from(ttl);
-        apns_headers.insert("apns-expiration".into(), json!(expires.to_string()));
-    }
-    let mut notification = serde_json::Map::new();
-    if let Some(title) = &message.title {
-        notification.insert("title".into(), json!(title));
-    }
-    notification.insert("body".into(), json!(message.body));
-    let mut data = serde_json::Map::new();
-    for (k, v) in &message.data {
-        data.insert(k.to_string(), json!(v));
-    }
-    data.insert("rule".into(), json!(message.rule_id));
-    data.insert("idempotency_key".into(), json!(message.idempotency_key));
-    let mut apns = json!({ "headers": apns_headers });
-    if let Some(category) = &message.action_category {
-        apns["payload"] = json!({ "aps": { "category": category } });
-    }
-    json!({
-        "message": {
-            "token": token,
-            "notification": notification,
-            "data": data,
-            "android": android,
-            "apns": apns,
+/// The v1 request body for one message to one token, borrowed from the
+/// message and serialized once (`{"message": {token, notification, data,
+/// android, apns}}`).
+#[derive(Serialize)]
+pub struct Request<'a> {
+    message: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    token: &'a str,
+    notification: Notification<'a>,
+    data: Data<'a>,
+    android: Android<'a>,
+    apns: Apns<'a>,
+}
+
+#[derive(Serialize)]
+struct Notification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    body: &'a str,
+}
+
+/// The app's data: the message's own, then its rule and idempotency key
+/// (which win over data of the same name).
+struct Data<'a>(&'a Message);
+
+impl Serialize for Data<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let m = self.0;
+        let own = m
+            .data
+            .iter()
+            .filter(|(k, _)| !matches!(**k, "rule" | "idempotency_key"));
+        let mut map = serializer.serialize_map(None)?;
+        for (k, v) in own {
+            map.serialize_entry(k, v)?;
         }
-    })
+        map.serialize_entry("rule", &*m.rule_id)?;
+        map.serialize_entry("idempotency_key", &*m.idempotency_key)?;
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Android<'a> {
+    priority: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collapse_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<ClickAction<'a>>,
+}
+
+#[derive(Serialize)]
+struct ClickAction<'a> {
+    click_action: &'a str,
+}
+
+#[derive(Serialize)]
+struct Apns<'a> {
+    headers: ApnsHeaders<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<ApnsPayload<'a>>,
+}
+
+#[derive(Serialize)]
+struct ApnsHeaders<'a> {
+    #[serde(rename = "apns-priority")]
+    priority: &'static str,
+    #[serde(rename = "apns-collapse-id", skip_serializing_if = "Option::is_none")]
+    collapse_id: Option<&'a str>,
+    #[serde(rename = "apns-expiration", skip_serializing_if = "Option::is_none")]
+    expiration: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ApnsPayload<'a> {
+    aps: Aps<'a>,
+}
+
+#[derive(Serialize)]
+struct Aps<'a> {
+    category: &'a str,
+}
+
+/// The request for `message` to `token`.
+pub fn request_body<'a>(message: &'a Message, token: &'a str) -> Request<'a> {
+    let high = message.priority == Priority::High;
+    let collapse_key = message.collapse_key.as_deref();
+    let category = message.action_category.as_deref();
+    Request {
+        message: Body {
+            token,
+            notification: Notification {
+                title: message.title.as_deref(),
+                body: &message.body,
+            },
+            data: Data(message),
+            android: Android {
+                priority: if high { "HIGH" } else { "NORMAL" },
+                ttl: message.ttl_seconds.map(|ttl| format!("{ttl}s")),
+                collapse_key,
+                notification: category.map(|c| ClickAction { click_action: c }),
+            },
+            apns: Apns {
+                headers: ApnsHeaders {
+                    priority: if high { "10" } else { "5" },
+                    collapse_id: collapse_key,
+                    expiration: message
+                        .ttl_seconds
+                        .map(|ttl| (crate::util::now_ms() / 1000 + i64::from(ttl)).to_string()),
+                },
+                payload: category.map(|category| ApnsPayload {
+                    aps: Aps { category },
+                }),
+            },
+        },
+    }
 }
 
 impl Provider for Fcm {
@@ -105,13 +168,18 @@ impl Provider for Fcm {
                     limit: MAX_PAYLOAD_BYTES,
                 });
             }
+            let body = serde_json::to_vec(&request).map_err(|e| SendError::Rejected {
+                status: 0,
+                detail: format!("fcm request not encoded: {e}"),
+            })?;
             let bearer = self.auth.bearer().await?;
             let response = self
                 .http
-                .post(&self.url)
+                .post(self.url.clone())
                 .bearer_auth(bearer.expose_secret())
                 .timeout(self.timeout)
-                .json(&request)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
                 .send()
                 .await
                 .map_err(transport)?;
@@ -175,13 +243,27 @@ fn answer(
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 
 /// The bytes FCM counts against [`MAX_PAYLOAD_BYTES`]: the notification and
-/// the data, as sent.
-fn payload_bytes(request: &Value) -> usize {
-    let message = &request["message"];
-    ["notification", "data"]
-        .iter()
-        .map(|part| serde_json::to_vec(&message[*part]).map_or(0, |v| v.len()))
-        .sum()
+/// the data, as sent (counted, not copied).
+fn payload_bytes(request: &Request<'_>) -> usize {
+    let mut counted = Counted(0);
+    let message = &request.message;
+    let _ = serde_json::to_writer(&mut counted, &message.notification);
+    let _ = serde_json::to_writer(&mut counted, &message.data);
+    counted.0
+}
+
+/// A writer that only counts what it is given.
+struct Counted(usize);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// FCM's documented minimum wait after `QUOTA_EXCEEDED`.
@@ -193,6 +275,88 @@ fn fcm_error_code(body: &Value) -> Option<&str> {
         .as_array()?
         .iter()
         .find_map(|d| d.get("errorCode").and_then(Value::as_str))
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn message() -> Message {
+        Message {
+            rule_id: "purchase".into(),
+            category: "transactional".into(),
+            priority: Priority::High,
+            title: Some("Card used".into()),
+            body: "€12.50 at Café \"Zoë\"".into(),
+            collapse_key: Some("purchase".into()),
+            ttl_seconds: Some(600),
+            action_category: Some("FRAUD".into()),
+            idempotency_key: "tx/0/7/purchase/push".into(),
+            data: [
+                ("merchant", "Café".to_string()),
+                ("rule", "spoofed".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            user: "u-1".into(),
+        }
+    }
+
+    #[test]
+    fn the_request_is_fcm_v1s_shape_with_every_option() {
+        let m = message();
+        let sent: Value = serde_json::to_value(request_body(&m, "tok-1")).unwrap();
+        let expires = sent["message"]["apns"]["headers"]["apns-expiration"].clone();
+        let expires: i64 = expires.as_str().unwrap().parse().unwrap();
+        assert!((expires - crate::util::now_ms() / 1000 - 600).abs() <= 2);
+        assert_eq!(
+            sent,
+            json!({"message": {
+                "token": "tok-1",
+                "notification": {"title": "Card used", "body": "€12.50 at Café \"Zoë\""},
+                "data": {"merchant": "Café", "rule": "purchase", "idempotency_key": "tx/0/7/purchase/push"},
+                "android": {"priority": "HIGH", "ttl": "600s", "collapse_key": "purchase",
+                            "notification": {"click_action": "FRAUD"}},
+                "apns": {"headers": {"apns-priority": "10", "apns-collapse-id": "purchase",
+                                     "apns-expiration": expires.to_string()},
+                         "payload": {"aps": {"category": "FRAUD"}}},
+            }})
+        );
+        let counted = payload_bytes(&request_body(&m, "tok-1"));
+        let notification = serde_json::to_vec(&sent["message"]["notification"]).unwrap();
+        assert_eq!(
+            counted,
+            notification.len()
+                + r#"{"merchant":"Café","rule":"purchase","idempotency_key":"tx/0/7/purchase/push"}"#
+                    .len(),
+            "the notification and the data, as sent"
+        );
+    }
+
+    #[test]
+    fn a_plain_message_carries_only_what_it_has() {
+        let m = Message {
+            priority: Priority::Normal,
+            title: None,
+            collapse_key: None,
+            ttl_seconds: None,
+            action_category: None,
+            data: Default::default(),
+            ..message()
+        };
+        let sent: Value = serde_json::to_value(request_body(&m, "tok-1")).unwrap();
+        assert_eq!(
+            sent["message"],
+            json!({
+                "token": "tok-1",
+                "notification": {"body": "€12.50 at Café \"Zoë\""},
+                "data": {"rule": "purchase", "idempotency_key": "tx/0/7/purchase/push"},
+                "android": {"priority": "NORMAL"},
+                "apns": {"headers": {"apns-priority": "5"}},
+            })
+        );
+    }
 }
 
 #[cfg(test)]

@@ -28,13 +28,19 @@ pub(super) fn build(
         ),
         None => auth::FcmAuth::Static(secret(name, config.token_env.as_deref())?),
     };
+    let url = format!(
+        "{}/v1/projects/{}/messages:send",
+        config.base_url.trim_end_matches('/'),
+        config.project_id
+    );
+    let url = reqwest::Url::parse(&url).map_err(|e| ChannelError::Url {
+        channel: name.into(),
+        url,
+        detail: e.to_string(),
+    })?;
     Ok(Arc::new(Fcm {
         http,
-        url: format!(
-            "{}/v1/projects/{}/messages:send",
-            config.base_url.trim_end_matches('/'),
-            config.project_id
-        ),
+        url,
         auth,
         timeout,
     }))
