@@ -143,6 +143,7 @@ impl Decider {
         let key = d.ledger_key.as_deref().unwrap_or_default();
         // One read of the ledger (on disk in service) for both questions.
         let known = self.ledger.entry(&job.event.user, key);
+        d.ledger_before = crate::state::Replacing::Read(known.clone());
         let settled = match Seen::of(known.as_ref()) {
             Seen::New => return None,
             Seen::Held if job.release => return None,
@@ -268,7 +269,11 @@ impl Decider {
         };
         let key = d.ledger_key.as_deref().unwrap_or_default();
         d.sending = Some(self.sending.begin(key));
-        let write = self.ledger.record(key, attempt);
+        let before = std::mem::replace(
+            &mut d.ledger_before,
+            crate::state::Replacing::Read(Some(attempt.clone())),
+        );
+        let write = self.ledger.record_over(key, attempt, before);
         self.policy.recorded(draft);
         gate.open();
         if let Some(write) = write {

@@ -65,6 +65,9 @@ pub struct Decided {
     /// The send-ledger key to record this decision under; `None` for a
     /// redelivery the ledger already knew.
     pub ledger_key: Option<String>,
+    /// What the ledger held for `ledger_key`, once the decision read it
+    /// (the entry it records replaces it on disk).
+    pub(super) ledger_before: crate::state::Replacing,
     /// Its key in the sends running here, from its `attempted` entry until
     /// the decision is recorded.
     pub(super) sending: Option<super::order::SendingKey>,
@@ -88,6 +91,7 @@ impl Decided {
             collect: false,
             writes: Vec::new(),
             ledger_key: Some(ledger_key),
+            ledger_before: crate::state::Replacing::Unread,
             sending: None,
         }
     }
@@ -506,7 +510,8 @@ impl Decider {
                 rule: o.rule.clone(),
                 idempotency_key: o.idempotency_key.clone(),
             };
-            writes.extend(self.ledger.record(&key, entry));
+            let before = std::mem::take(&mut decided.ledger_before);
+            writes.extend(self.ledger.record_over(&key, entry, before));
         }
         if let Some(record) = &decided.dead_letter {
             writes.push(self.cx.recorder.dead_letter(record));

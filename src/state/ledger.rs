@@ -48,6 +48,19 @@ impl Seen {
     }
 }
 
+/// What a key's new entry replaces on disk, when its decision read it.
+#[derive(Debug, Clone, Default)]
+pub enum Replacing {
+    /// Not read: the disk is read when the entry is written.
+    #[default]
+    Unread,
+    /// What the ledger held for the key when it was read (`None`:
+    /// nothing). A key's entries are recorded one after another, so it is
+    /// what the disk holds when this one is written, and reading it again
+    /// (a third of the entry's cost on disk) is not needed.
+    Read(Option<LedgerEntry>),
+}
+
 /// The ledger of the intents partitions this instance owns.
 pub struct SendLedger {
     partitions: i32,
@@ -119,6 +132,16 @@ impl SendLedger {
     /// Records a decision; the returned write resolves once the changelog has
     /// it and it is on disk (`None` offline).
     pub fn record(&self, key: &str, entry: LedgerEntry) -> Option<Pending> {
+        self.record_over(key, entry, Replacing::Unread)
+    }
+
+    /// [`SendLedger::record`], told what the entry replaces.
+    pub fn record_over(
+        &self,
+        key: &str,
+        entry: LedgerEntry,
+        replacing: Replacing,
+    ) -> Option<Pending> {
         let disk = match &self.rows {
             Rows::Memory(entries) => {
                 entries.insert(key.to_string(), entry);
@@ -133,7 +156,8 @@ impl SendLedger {
         let key = key.to_string();
         Some(Box::pin(async move {
             let offset = written.await;
-            disk.applied(partition, &key, seq, &entry, offset).await;
+            disk.applied(partition, &key, seq, &entry, offset, replacing)
+                .await;
         }))
     }
 

@@ -25,6 +25,7 @@ use tracing::warn;
 use super::change::{Change, RestoreError};
 use super::changelog::Changelog;
 use super::group::GroupCommit;
+use super::ledger::Replacing;
 use super::ledger_entry::{LedgerEntry, Restored, HORIZON_MS};
 use super::watermark::Watermarks;
 use crate::store::{StoreError, Table, TableBatch};
@@ -69,6 +70,8 @@ struct Acked {
     seq: u64,
     entry: LedgerEntry,
     offset: i64,
+    /// What it replaces, when its decision read that.
+    replacing: Replacing,
 }
 
 fn prefix(partition: i32, kind: u8) -> Vec<u8> {
@@ -191,6 +194,7 @@ impl DiskLedger {
         seq: u64,
         entry: &LedgerEntry,
         offset: i64,
+        replacing: Replacing,
     ) {
         let acked = Acked {
             partition,
@@ -198,6 +202,7 @@ impl DiskLedger {
             seq,
             entry: entry.clone(),
             offset,
+            replacing,
         };
         self.group
             .write("send-ledger entry", acked, |group| self.apply(group))
@@ -211,9 +216,10 @@ impl DiskLedger {
         // before this one (one key's entries are recorded in order).
         let mut earlier: crate::util::FastMap<&str, &LedgerEntry> = Default::default();
         for a in group {
-            let old = match earlier.insert(&a.key, &a.entry) {
-                Some(before) => Some(before.clone()),
-                None => self.stored(a.partition, &a.key),
+            let old = match (earlier.insert(&a.key, &a.entry), &a.replacing) {
+                (Some(before), _) => Some(before.clone()),
+                (None, Replacing::Read(old)) => old.clone(),
+                (None, Replacing::Unread) => self.stored(a.partition, &a.key),
             };
             let new = Some((&a.entry, None));
             put(&mut batch, a.partition, &a.key, old.as_ref(), new);
@@ -473,6 +479,7 @@ mod tests {
             seq,
             entry: entry.clone(),
             offset,
+            replacing: Replacing::Unread,
         }
     }
 
@@ -569,6 +576,30 @@ mod tests {
             Some(&3),
             "the group's three are on disk: read from 3 after a crash"
         );
+    }
+
+    #[test]
+    fn an_answer_told_what_it_replaces_moves_the_send_row_without_reading() {
+        let (_store, l) = ledger();
+        l.follow(0, 0);
+        let now = crate::util::now_ms();
+        let tried = entry("u", LedgerStatus::Attempted, now);
+        let st = l.begin(0, "a/push", tried.clone());
+        let first = Acked {
+            replacing: Replacing::Read(None),
+            ..acked("a/push", st, &tried, 0)
+        };
+        l.apply(&[first]).unwrap();
+        let sent = entry("u", LedgerStatus::Sent, now + 40);
+        let ss = l.begin(0, "a/push", sent.clone());
+        let answer = Acked {
+            replacing: Replacing::Read(Some(tried)),
+            ..acked("a/push", ss, &sent, 1)
+        };
+        l.apply(&[answer]).unwrap();
+        let at: Vec<i64> = l.sends_of(0, "u", 0).iter().map(|s| s.at_ms).collect();
+        assert_eq!(at, [now + 40], "the attempt's row replaced by the answer's");
+        assert_eq!(l.stored(0, "a/push"), Some(sent));
     }
 
     #[test]

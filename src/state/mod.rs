@@ -31,7 +31,7 @@ pub mod wire;
 
 pub use changelog::{Change, Changelog};
 pub use intent::Intent;
-pub use ledger::{LedgerEntry, LedgerStatus, Seen, SendLedger};
+pub use ledger::{LedgerEntry, LedgerStatus, Replacing, Seen, SendLedger};
 pub use ledger_store::CountedSend;
 pub use table::{Kept, Partitioning, StateTable};
 
