@@ -18,7 +18,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::changelog::Changelog;
-pub use super::ledger_entry::{LedgerEntry, LedgerStatus, Restored, HORIZON_MS};
+pub use super::ledger_entry::{LedgerEntry, LedgerStatus, Replacing, Restored, HORIZON_MS};
 use super::ledger_store::{CountedSend, DiskLedger, LedgerRestoreError};
 use crate::outcome::Pending;
 use crate::store::Table;
@@ -46,19 +46,6 @@ impl Seen {
             Some(s) => Seen::Decided(s),
         }
     }
-}
-
-/// What a key's new entry replaces on disk, when its decision read it.
-#[derive(Debug, Clone, Default)]
-pub enum Replacing {
-    /// Not read: the disk is read when the entry is written.
-    #[default]
-    Unread,
-    /// What the ledger held for the key when it was read (`None`:
-    /// nothing). A key's entries are recorded one after another, so it is
-    /// what the disk holds when this one is written, and reading it again
-    /// (a third of the entry's cost on disk) is not needed.
-    Read(Option<LedgerEntry>),
 }
 
 /// The ledger of the intents partitions this instance owns.

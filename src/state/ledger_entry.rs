@@ -57,3 +57,16 @@ pub struct Restored {
     /// Records that were not ledger entries (skipped, counted).
     pub unreadable: usize,
 }
+
+/// What a key's new entry replaces on disk, when its decision read it.
+#[derive(Debug, Clone, Default)]
+pub enum Replacing {
+    /// Not read: the disk is read when the entry is written.
+    #[default]
+    Unread,
+    /// What the ledger held for the key when it was read (`None`:
+    /// nothing). A key's entries are recorded one after another, so it is
+    /// what the disk holds when this one is written, and reading it again
+    /// (a third of the entry's cost on disk) is not needed.
+    Read(Option<LedgerEntry>),
+}
