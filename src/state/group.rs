@@ -1,14 +1,17 @@
 //! Group commit: a table's writes that arrive while one commit is on disk go to disk together, in the next one.
 //!
-//! The first writer to find no commit running commits, for itself and for
-//! every write queued meanwhile, until the queue is empty; the others wait
-//! to be told their write is on disk. Under load a commit carries many
-//! writes (one journal write and one checkpoint for all); alone, a write is
-//! committed at once, as before. A commit that fails is retried every
-//! second by its committer ([`Table::until_written`]), and every writer of
-//! the group waits for it: nothing after them is taken as done.
+//! A writer that finds no commit running commits one round: every write
+//! queued then, its own among them. Writers that arrive meanwhile queue and
+//! wait; when the round is on disk, its committer tells each of its writers,
+//! and hands the turn to the first writer still queued, who commits the
+//! next round. So each commit carries what gathered during the last (one
+//! journal write and one checkpoint for all of them), no writer waits
+//! longer than about two commits, and nobody commits for others for ever
+//! under a steady stream. Alone, a write is committed at once, as before. A
+//! commit that fails is retried every second by its committer
+//! ([`Table::until_written`]), and every writer of the round waits for it:
+//! nothing after them is taken as done.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
@@ -17,24 +20,37 @@ use crate::store::{StoreError, Table};
 
 /// The writes of one table waiting for the next commit.
 pub struct GroupCommit<T> {
-    queue: Mutex<Vec<Queued<T>>>,
-    committing: AtomicBool,
+    state: Mutex<Queue<T>>,
 }
 
-type Queued<T> = (T, oneshot::Sender<()>);
+struct Queue<T> {
+    waiting: Vec<(T, Option<oneshot::Sender<Turn>>)>,
+    /// A round is being committed, or its turn handed to a writer.
+    committing: bool,
+}
+
+/// What a waiting writer is told.
+enum Turn {
+    /// Its write is on disk.
+    OnDisk,
+    /// It commits the next round (its own write among it).
+    Commit,
+}
 
 impl<T> Default for GroupCommit<T> {
     fn default() -> Self {
         GroupCommit {
-            queue: Mutex::new(Vec::new()),
-            committing: AtomicBool::new(false),
+            state: Mutex::new(Queue {
+                waiting: Vec::new(),
+                committing: false,
+            }),
         }
     }
 }
 
 impl<T> GroupCommit<T> {
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Queued<T>>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, Queue<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resolves once `write` is on disk: committed by `commit`, with the
@@ -45,65 +61,79 @@ impl<T> GroupCommit<T> {
         write: T,
         commit: impl Fn(&[T]) -> Result<(), StoreError>,
     ) {
-        let (done, on_disk) = oneshot::channel();
-        self.queue().push((write, done));
-        self.lead(what, &commit).await;
-        // Told by whoever committed it; a committer dropped mid-commit put
-        // its group back (`Leading`), and the next writer commits it.
-        if on_disk.await.is_err() {
-            tracing::error!("{what}: a group commit ended without its writes");
+        let (tell, told) = oneshot::channel();
+        let first = {
+            let mut state = self.state();
+            state.waiting.push((write, Some(tell)));
+            !std::mem::replace(&mut state.committing, true)
+        };
+        if !first {
+            match told.await {
+                Ok(Turn::OnDisk) => return,
+                Ok(Turn::Commit) => {}
+                Err(_) => {
+                    // Its committer was dropped mid-round (a shutdown's
+                    // abort): the round went back to the queue, and the
+                    // turn to its first writer.
+                    tracing::error!("{what}: a group commit ended without its writes");
+                    return;
+                }
+            }
         }
+        self.commit_round(what, &commit).await;
     }
 
-    /// Commits what is queued until nothing is, unless another writer is
-    /// committing already (it will find what was queued).
-    async fn lead(&self, what: &str, commit: &impl Fn(&[T]) -> Result<(), StoreError>) {
-        // Queued after the committer's last look but before it let go: seen
-        // here, by the check that follows its letting go.
-        while !self.queue().is_empty() {
-            if self.committing.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            let mut leading = Leading {
-                group: self,
-                writes: Vec::new(),
-                done: Vec::new(),
-            };
-            loop {
-                let queued = std::mem::take(&mut *self.queue());
-                if queued.is_empty() {
-                    break;
-                }
-                (leading.writes, leading.done) = queued.into_iter().unzip();
-                Table::until_written(what, || commit(&leading.writes)).await;
-                leading.writes.clear();
-                for done in leading.done.drain(..) {
-                    let _ = done.send(());
-                }
-            }
+    /// Commits every write queued now, tells their writers, and hands the
+    /// turn on.
+    async fn commit_round(&self, what: &str, commit: &impl Fn(&[T]) -> Result<(), StoreError>) {
+        let queued = std::mem::take(&mut self.state().waiting);
+        let mut round = Round {
+            group: self,
+            writes: Vec::with_capacity(queued.len()),
+            tell: Vec::with_capacity(queued.len()),
+        };
+        (round.writes, round.tell) = queued.into_iter().unzip();
+        Table::until_written(what, || commit(&round.writes)).await;
+        round.writes.clear();
+        for tell in round.tell.drain(..).flatten() {
+            let _ = tell.send(Turn::OnDisk);
         }
     }
 }
 
-/// The committer's turn: when it ends (or its future is dropped mid-way,
-/// which only a shutdown's abort does), a group not yet on disk goes back
-/// to the queue's front and another writer may commit.
-struct Leading<'a, T> {
+/// A round being committed. When it ends (or its future is dropped
+/// mid-way, which only a shutdown's abort does), writes not yet on disk go
+/// back to the queue's front, and the turn goes to the first queued writer
+/// still waiting, or is let go when none is.
+struct Round<'a, T> {
     group: &'a GroupCommit<T>,
     writes: Vec<T>,
-    done: Vec<oneshot::Sender<()>>,
+    tell: Vec<Option<oneshot::Sender<Turn>>>,
 }
 
-impl<T> Drop for Leading<'_, T> {
+impl<T> Drop for Round<'_, T> {
     fn drop(&mut self) {
-        if !self.done.is_empty() {
-            let mut queue = self.group.queue();
-            let later = std::mem::take(&mut *queue);
+        let mut state = self.group.state();
+        if !self.writes.is_empty() {
+            let later = std::mem::take(&mut state.waiting);
             let back = std::mem::take(&mut self.writes).into_iter();
-            queue.extend(back.zip(std::mem::take(&mut self.done)));
-            queue.extend(later);
+            state
+                .waiting
+                .extend(back.zip(std::mem::take(&mut self.tell)));
+            state.waiting.extend(later);
         }
-        self.group.committing.store(false, Ordering::Release);
+        for (_, tell) in state.waiting.iter_mut() {
+            if let Some(t) = tell.take() {
+                match t.send(Turn::Commit) {
+                    Ok(()) => return,
+                    // Dropped meanwhile: its write is committed by the
+                    // next one to take the turn.
+                    Err(_) => continue,
+                }
+            }
+        }
+        // Nobody waiting to take the turn: the next writer commits.
+        state.committing = false;
     }
 }
 
