@@ -72,10 +72,10 @@ impl<T> GroupCommit<T> {
                 Ok(Turn::OnDisk) => return,
                 Ok(Turn::Commit) => {}
                 Err(_) => {
-                    // Its committer was dropped mid-round (a shutdown's
-                    // abort): the round went back to the queue, and the
-                    // turn to its first writer.
-                    tracing::error!("{what}: a group commit ended without its writes");
+                    // Only when the table's writer itself is dropped (the
+                    // process ending): a committer dropped mid-round puts
+                    // its writes, and their writers' turns, back.
+                    tracing::error!("{what}: the table closed before this write was on disk");
                     return;
                 }
             }
