@@ -143,7 +143,7 @@ impl SendLedger {
         let key = key.to_string();
         Some(Box::pin(async move {
             let offset = written.await;
-            disk.applied(partition, &key, seq, &entry, offset, replacing)
+            disk.applied(partition, key, seq, entry, offset, replacing)
                 .await;
         }))
     }

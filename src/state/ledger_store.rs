@@ -189,17 +189,17 @@ impl DiskLedger {
     pub async fn applied(
         &self,
         partition: i32,
-        key: &str,
+        key: String,
         seq: u64,
-        entry: &LedgerEntry,
+        entry: LedgerEntry,
         offset: i64,
         replacing: Replacing,
     ) {
         let acked = Acked {
             partition,
-            key: key.to_string(),
+            key,
             seq,
-            entry: entry.clone(),
+            entry,
             offset,
             replacing,
         };

@@ -71,22 +71,11 @@ impl Watermarks {
         self.lock().remove(&partition);
     }
 
-    /// Commits `batch`, which puts change `seq` (at `offset` in the
-    /// changelog) on disk, with the checkpoint this allows. A partition not
-    /// followed (not restored here, or revoked meanwhile) gets no
+    /// Commits `batch`, which puts a group of changes on disk, each
+    /// `(partition, seq, offset)`: change `seq`, at `offset` in its
+    /// partition's changelog; with the checkpoints this allows. A partition
+    /// not followed (not restored here, or revoked meanwhile) gets no
     /// checkpoint: the tail past its old one is read at the next restore.
-    pub fn settle(
-        &self,
-        partition: i32,
-        seq: u64,
-        offset: i64,
-        batch: TableBatch,
-    ) -> Result<(), StoreError> {
-        self.settle_all(&[(partition, seq, offset)], batch)
-    }
-
-    /// [`Watermarks::settle`] for a group of changes, each `(partition,
-    /// seq, offset)`, committed in one batch.
     pub fn settle_all(
         &self,
         changes: &[(i32, u64, i64)],
