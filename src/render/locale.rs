@@ -78,33 +78,49 @@ impl TextLocale {
     /// currency's own decimals. An unknown currency code is written after
     /// the number.
     pub fn money(&self, amount: f64, currency: &str) -> String {
-        let code = currency.trim().to_ascii_lowercase();
-        let formatted = CURRENCY.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let of_locale = match cache.get_mut(&self.tag) {
-                Some(found) => found,
-                None => cache.entry(self.tag.clone()).or_default(),
+        let mut out = String::new();
+        self.write_money(&mut out, amount, currency);
+        out
+    }
+
+    /// [`TextLocale::money`] written onto `out`. The formatter is found by
+    /// the locale's tag and the code, lower-cased on the stack: nothing is
+    /// allocated for an amount but the text itself.
+    pub fn write_money(&self, out: &mut String, amount: f64, currency: &str) {
+        let trimmed = currency.trim();
+        let mut lower = [0u8; 8];
+        let code: std::borrow::Cow<'_, str> = match lower.get_mut(..trimmed.len()) {
+            Some(short) => {
+                short.copy_from_slice(trimmed.as_bytes());
+                short.make_ascii_lowercase();
+                // Only ASCII bytes changed: still the UTF-8 it was.
+                std::str::from_utf8(short).map_or_else(|_| trimmed.into(), Into::into)
             }
-            .get_or_insert_with(HashMap::new);
-            if !of_locale.contains_key(&code) {
+            None => trimmed.to_ascii_lowercase().into(),
+        };
+        let written = CURRENCY.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if !cache.contains_key(self.tag.as_str()) {
+                cache.insert(self.tag.clone(), foldhash::HashMap::default());
+            }
+            let of_locale = cache.get_mut(self.tag.as_str())?;
+            if !of_locale.contains_key(&*code) {
                 let built = CurrencyType::try_from_str(&code).ok().and_then(|c| {
                     CurrencyFormatter::try_new_symbol((&self.icu).into(), c, Default::default())
                         .ok()
                 });
-                of_locale.insert(code.clone(), built);
+                of_locale.insert(code.to_string(), built);
             }
-            let formatter = of_locale.get(&code)?.as_ref()?;
+            let formatter = of_locale.get(&*code)?.as_ref()?;
             let value = decimal(amount)?;
-            let text = formatter.format_fixed_decimal(&value).to_string();
-            Some(text)
+            let _ = writeable::Writeable::write_to(&formatter.format_fixed_decimal(&value), out);
+            Some(())
         });
-        formatted.unwrap_or_else(|| {
-            format!(
-                "{} {}",
-                self.number(amount, Some(2)),
-                currency.trim().to_ascii_uppercase()
-            )
-        })
+        if written.is_none() {
+            out.push_str(&self.number(amount, Some(2)));
+            out.push(' ');
+            out.push_str(&trimmed.to_ascii_uppercase());
+        }
     }
 
     /// `value` as this locale writes numbers (`1 130,5` in fr, `1,130.5`
@@ -204,8 +220,9 @@ type Money = CurrencyFormatter<icu::decimal::DecimalFormatter>;
 thread_local! {
     static DATES: Formatters<String, DateTimeFormatter<YMD>> = RefCell::default();
     static DATE_TIMES: Formatters<String, DateTimeFormatter<YMDT>> = RefCell::default();
-    /// Per locale, per currency code.
-    static CURRENCY: Formatters<String, HashMap<String, Option<Money>>> = RefCell::default();
+    /// Per locale, per currency code (lower case); looked up per amount,
+    /// so on foldhash rather than SipHash.
+    static CURRENCY: RefCell<foldhash::HashMap<String, foldhash::HashMap<String, Option<Money>>>> = RefCell::default();
     static DECIMAL: Formatters<String, icu::decimal::DecimalFormatter> = RefCell::default();
     static PLURALS: Formatters<String, PluralRules> = RefCell::default();
 }

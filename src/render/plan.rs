@@ -122,7 +122,7 @@ impl Plan {
         for piece in &self.pieces {
             match piece {
                 Piece::Text(text) => out.push_str(text),
-                Piece::Out(expr) => write(&mut out, &eval(expr, scope)?),
+                Piece::Out(expr) => put(&mut out, expr, scope)?,
             }
         }
         let trimmed = out.trim();
@@ -174,6 +174,24 @@ fn filter(name: &str, argc: usize) -> Option<Filter> {
     (1..=most).contains(&argc).then_some(filter)
 }
 
+/// An output written onto the text: a filter's text straight onto it.
+fn put(out: &mut String, expr: &Expr, scope: &Scope<'_>) -> Option<()> {
+    match expr {
+        Expr::Filter(filter, value, args) => {
+            let value = eval(value, scope)?;
+            let arg = match args.first() {
+                Some(a) => Some(eval(a, scope)?),
+                None => None,
+            };
+            apply(*filter, value, arg, scope, out)
+        }
+        _ => {
+            write(out, &eval(expr, scope)?);
+            Some(())
+        }
+    }
+}
+
 fn eval<'a>(expr: &'a Expr, scope: &'a Scope<'_>) -> Option<Val<'a>> {
     match expr {
         Expr::Path(root, path) => lookup(*root, path, scope),
@@ -189,7 +207,9 @@ fn eval<'a>(expr: &'a Expr, scope: &'a Scope<'_>) -> Option<Val<'a>> {
                 Some(a) => Some(eval(a, scope)?),
                 None => None,
             };
-            apply(*filter, value, arg, scope).map(|s| Val::Str(Cow::Owned(s)))
+            let mut text = String::new();
+            apply(*filter, value, arg, scope, &mut text)?;
+            Some(Val::Str(Cow::Owned(text)))
         }
     }
 }
@@ -269,15 +289,17 @@ fn text<'a>(value: &'a Val<'a>) -> Cow<'a, str> {
     }
 }
 
+/// A filter's text written onto `out` (`None`: minijinja renders it).
 fn apply(
     filter: Filter,
     value: Val<'_>,
     arg: Option<Val<'_>>,
     scope: &Scope<'_>,
-) -> Option<String> {
-    match filter {
-        Filter::MaskCard => Some(util::mask_card(&text(&value))),
-        Filter::MaskPhone => Some(util::mask_phone(&text(&value))),
+    out: &mut String,
+) -> Option<()> {
+    let text = match filter {
+        Filter::MaskCard => util::mask_card(&text(&value)),
+        Filter::MaskPhone => util::mask_phone(&text(&value)),
         Filter::Money => {
             let amount = match &value {
                 Val::Str(s) => s.trim().parse().ok()?,
@@ -286,11 +308,9 @@ fn apply(
                 Val::F64(f) => *f,
             };
             let currency = arg.as_ref().map(text);
-            Some(
-                scope
-                    .locale
-                    .money(amount, currency.as_deref().unwrap_or("USD")),
-            )
+            let currency = currency.as_deref().unwrap_or("USD");
+            scope.locale.write_money(out, amount, currency);
+            return Some(());
         }
         Filter::LocalTime | Filter::LocalDate { .. } => {
             let ms = match &value {
@@ -306,13 +326,15 @@ fn apply(
                 .and_then(Value::as_str);
             match filter {
                 Filter::LocalDate { with_time } => {
-                    super::local_date_text(ms, zone, scope.locale, with_time)
+                    super::local_date_text(ms, zone, scope.locale, with_time)?
                 }
                 _ => {
                     let format = arg.as_ref().map(text);
-                    super::local_time_text(ms, zone, format.as_deref()).ok()
+                    super::local_time_text(ms, zone, format.as_deref()).ok()?
                 }
             }
         }
-    }
+    };
+    out.push_str(&text);
+    Some(())
 }
