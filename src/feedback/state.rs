@@ -81,6 +81,14 @@ enum Backing {
     Disk(Box<FeedbackDisk>),
 }
 
+/// The feedback table's writes gathered for one commit (`table` is `None`
+/// in memory), and the sends among them to drop from the unread index once
+/// it is committed: (idempotency key, phone digest).
+struct Rows {
+    table: Option<TableBatch>,
+    forget: Vec<(String, Option<String>)>,
+}
+
 /// Which table a change goes to: the feedback topic's, or the consent topic's.
 #[derive(Clone, Copy)]
 enum Which {
@@ -182,24 +190,29 @@ impl FeedbackState {
     /// checkpoints, and sweeping them hourly.
     pub async fn follow(self: Arc<Self>, shutdown: watch::Receiver<bool>, now_ms: i64) {
         let since = Start::Since(now_ms - self.lookback_ms);
-        let feedback = self.read(Which::Feedback, since, shutdown.clone(), |m| {
-            let fallback = m.timestamp().to_millis().unwrap_or(now_ms);
-            let record = m.payload().and_then(|p| Feedback::parse(p, fallback).ok());
-            self.apply_read(record.as_ref(), m);
+        let feedback = self.read(Which::Feedback, since, shutdown.clone(), |batch| {
+            self.apply_read(batch, now_ms)
         });
-        let consent = self.read(Which::Consent, Start::Beginning, shutdown.clone(), |m| {
-            let change = m
-                .payload()
-                .and_then(|p| serde_json::from_slice::<ConsentChange>(p).ok());
-            self.write(Which::Consent, Some(m), |batch, disk| {
-                if let Some(c) = &change {
-                    disk.set_opt_out(batch, &disk.consent, &c.phone, !c.consent, c.at_ms);
+        let consent = self.read(
+            Which::Consent,
+            Start::Beginning,
+            shutdown.clone(),
+            |batch| {
+                for m in batch {
+                    let change = m
+                        .payload()
+                        .and_then(|p| serde_json::from_slice::<ConsentChange>(p).ok());
+                    self.write(Which::Consent, Some(m), |batch, disk| {
+                        if let Some(c) = &change {
+                            disk.set_opt_out(batch, &disk.consent, &c.phone, !c.consent, c.at_ms);
+                        }
+                    });
+                    if let (Backing::Memory { .. }, Some(c)) = (&self.backing, &change) {
+                        self.set_opt_out(&c.phone, !c.consent, c.at_ms);
+                    }
                 }
-            });
-            if let (Backing::Memory { .. }, Some(c)) = (&self.backing, &change) {
-                self.set_opt_out(&c.phone, !c.consent, c.at_ms);
-            }
-        });
+            },
+        );
         tokio::join!(feedback, consent, Arc::clone(&self).sweep(shutdown));
     }
 
@@ -210,7 +223,7 @@ impl FeedbackState {
         into: Which,
         fallback: Start,
         shutdown: watch::Receiver<bool>,
-        mut apply: impl FnMut(&BorrowedMessage<'_>),
+        mut apply: impl FnMut(&[BorrowedMessage<'_>]),
     ) {
         let (follower, table) = match into {
             Which::Feedback => (&self.feedback, self.table(into)),
@@ -222,7 +235,7 @@ impl FeedbackState {
                 None => fallback.clone(),
             };
             let read = follower
-                .run_with(start, shutdown.clone(), &mut apply, |_| {})
+                .run_batches(start, shutdown.clone(), &mut apply, |_| {})
                 .await;
             match (read, table) {
                 (Err(e), Some(table)) => {
@@ -304,36 +317,77 @@ impl FeedbackState {
 
     /// Applies one feedback record to the state (on every instance).
     pub fn apply(&self, record: &Feedback, now_ms: i64) {
-        self.apply_at(record, now_ms, None);
+        let mut rows = self.rows();
+        self.apply_into(record, now_ms, &mut rows);
+        self.commit(rows);
     }
 
-    /// Applies a record read from the feedback topic (`None`: not
-    /// feedback), marking it read on disk.
-    fn apply_read(&self, record: Option<&Feedback>, m: &BorrowedMessage<'_>) {
-        match record {
-            Some(record) => self.apply_at(record, crate::util::now_ms(), Some(m)),
-            None => self.write(Which::Feedback, Some(m), |_, _| {}),
+    /// Applies records read together from the feedback topic (those that
+    /// are no feedback are only marked read): their rows, and the offsets
+    /// they bring the table to, in one commit.
+    fn apply_read(&self, batch: &[BorrowedMessage<'_>], now_ms: i64) {
+        let mut rows = self.rows();
+        let applied_ms = crate::util::now_ms();
+        for m in batch {
+            let fallback = m.timestamp().to_millis().unwrap_or(now_ms);
+            if let Some(record) = m.payload().and_then(|p| Feedback::parse(p, fallback).ok()) {
+                self.apply_into(&record, applied_ms, &mut rows);
+            }
+            if let Some(table) = &mut rows.table {
+                table.read_to(m.partition(), m.offset() + 1);
+            }
+        }
+        self.commit(rows);
+    }
+
+    /// The feedback table's writes to come, for one commit (none in memory).
+    fn rows(&self) -> Rows {
+        Rows {
+            table: self.table(Which::Feedback).map(Table::batch),
+            forget: Vec::new(),
         }
     }
 
-    fn apply_at(&self, record: &Feedback, now_ms: i64, read: Option<&BorrowedMessage<'_>>) {
-        let opt_out = |phone: &str, opted_out: bool, at_ms: i64| {
-            self.write(Which::Feedback, read, |batch, disk| {
-                disk.set_opt_out(batch, &disk.feedback, phone, opted_out, at_ms)
-            });
-            if let Backing::Memory { .. } = self.backing {
-                self.set_opt_out(phone, opted_out, at_ms);
+    /// Commits `rows`; the sends written are then looked up on disk, no
+    /// longer in this instance's unread index.
+    fn commit(&self, rows: Rows) {
+        let Some(table) = rows.table else { return };
+        if table.is_empty() {
+            return;
+        }
+        if let Err(e) = table.commit() {
+            // `/readyz` says so; the store's watcher restarts herald once the
+            // disk takes writes again, and the records are read again then.
+            warn!(error = %e, "feedback state not written to the state store");
+            return;
+        }
+        for (key, phone) in rows.forget {
+            self.unread.forget(&key, phone.as_deref());
+        }
+    }
+
+    fn apply_into(&self, record: &Feedback, now_ms: i64, rows: &mut Rows) {
+        let opt_out = |rows: &mut Rows, phone: &str, opted_out: bool, at_ms: i64| match (
+            &self.backing,
+            &mut rows.table,
+        ) {
+            (Backing::Disk(disk), Some(table)) => {
+                disk.set_opt_out(table, &disk.feedback, phone, opted_out, at_ms)
             }
+            _ => self.set_opt_out(phone, opted_out, at_ms),
         };
         match record {
             Feedback::Inbound(sms) => match Keyword::of(&sms.body) {
-                Some(Keyword::OptOut) => opt_out(&sms.from, true, sms.time_ms),
-                Some(Keyword::OptIn) => opt_out(&sms.from, false, sms.time_ms),
-                _ => self.write(Which::Feedback, read, |_, _| {}),
+                Some(Keyword::OptOut) => opt_out(rows, &sms.from, true, sms.time_ms),
+                Some(Keyword::OptIn) => opt_out(rows, &sms.from, false, sms.time_ms),
+                _ => {}
             },
             Feedback::Engagement(e) => {
                 let user = e.user.clone().or_else(|| {
                     let key = e.message.as_deref()?;
+                    // A send read in this same batch is on disk only once
+                    // the batch is: commit what came before, then look.
+                    self.flush(rows);
                     Some(self.sent_by_key(key, now_ms)?.user.to_string())
                 });
                 let engaged = Engaged {
@@ -342,9 +396,9 @@ impl FeedbackState {
                     message: e.message.clone(),
                     at_ms: e.time_ms,
                 };
-                self.record(user.as_deref(), engaged, read);
+                self.record(user.as_deref(), engaged, rows);
             }
-            Feedback::Sent(s) => self.record_sent_at(s, read),
+            Feedback::Sent(s) => self.record_sent_into(s, rows),
             Feedback::PushAction(a) => {
                 let engaged = Engaged {
                     kind: "push_action".into(),
@@ -352,9 +406,15 @@ impl FeedbackState {
                     message: Some(a.idempotency_key.clone()),
                     at_ms: a.time_ms,
                 };
-                self.record(a.user.as_deref(), engaged, read);
+                self.record(a.user.as_deref(), engaged, rows);
             }
         }
+    }
+
+    /// Commits the rows gathered so far and starts again.
+    fn flush(&self, rows: &mut Rows) {
+        let done = std::mem::replace(rows, self.rows());
+        self.commit(done);
     }
 
     /// Remembers a message sent: by this instance at once, by every
@@ -367,21 +427,20 @@ impl FeedbackState {
         index.record_digest(record.sent.clone(), record.phone_sha256.clone());
     }
 
-    /// A `herald_sent` record read from the feedback topic (`read`), or
-    /// applied offline: its row written, with the record's offset.
-    fn record_sent_at(&self, record: &SentRecord, read: Option<&BorrowedMessage<'_>>) {
-        match &self.backing {
-            Backing::Memory { sent, .. } => {
+    /// A `herald_sent` record read from the feedback topic, or applied
+    /// offline: its row among `rows` (on disk), to be looked up there once
+    /// they are committed.
+    fn record_sent_into(&self, record: &SentRecord, rows: &mut Rows) {
+        match (&self.backing, &mut rows.table) {
+            (Backing::Memory { sent, .. }, _) => {
                 sent.record_digest(record.sent.clone(), record.phone_sha256.clone())
             }
-            Backing::Disk(_) => {
-                self.write(Which::Feedback, read, |batch, disk| {
-                    disk.record_sent(batch, record)
-                });
-                // On disk now: no longer needed here.
-                self.unread
-                    .forget(&record.sent.idempotency_key, record.phone_sha256.as_deref());
+            (Backing::Disk(disk), Some(table)) => {
+                disk.record_sent(table, record);
+                let key = record.sent.idempotency_key.to_string();
+                rows.forget.push((key, record.phone_sha256.clone()));
             }
+            (Backing::Disk(_), None) => {}
         }
     }
 
@@ -422,15 +481,15 @@ impl FeedbackState {
             message: None,
             at_ms,
         };
-        self.record(Some(user), engaged, None);
+        let mut rows = self.rows();
+        self.record(Some(user), engaged, &mut rows);
+        self.commit(rows);
     }
 
-    fn record(&self, user: Option<&str>, engaged: Engaged, read: Option<&BorrowedMessage<'_>>) {
-        let Some(user) = user else {
-            return self.write(Which::Feedback, read, |_, _| {});
-        };
-        match &self.backing {
-            Backing::Memory { engagements, .. } => {
+    fn record(&self, user: Option<&str>, engaged: Engaged, rows: &mut Rows) {
+        let Some(user) = user else { return };
+        match (&self.backing, &mut rows.table) {
+            (Backing::Memory { engagements, .. }, _) => {
                 let mut list = engagements.entry(user.to_string()).or_default();
                 let horizon = engaged.at_ms - self.lookback_ms;
                 while list.front().is_some_and(|e| e.at_ms < horizon) {
@@ -441,9 +500,8 @@ impl FeedbackState {
                     list.pop_front();
                 }
             }
-            Backing::Disk(_) => self.write(Which::Feedback, read, |batch, disk| {
-                disk.engage(batch, user, &engaged)
-            }),
+            (Backing::Disk(disk), Some(table)) => disk.engage(table, user, &engaged),
+            (Backing::Disk(_), None) => {}
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -65,6 +66,9 @@ pub enum FollowError {
         checkpoint: i64,
     },
 }
+
+/// The most records [`Follower::run_batches`] hands over at once.
+pub const FOLLOW_BATCH: usize = 256;
 
 /// End offset per partition.
 type Ends = Vec<(i32, i64)>;
@@ -238,8 +242,23 @@ impl Follower {
     pub async fn run_with(
         &self,
         start: Start,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
         mut apply: impl FnMut(&BorrowedMessage<'_>),
+        progress: impl FnMut(Progress),
+    ) -> Result<(), FollowError> {
+        let each = |batch: &[BorrowedMessage<'_>]| batch.iter().for_each(&mut apply);
+        self.run_batches(start, shutdown, each, progress).await
+    }
+
+    /// As [`Follower::run_with`], handing `apply` the records already
+    /// fetched together, up to [`FOLLOW_BATCH`], in order: a caller that
+    /// writes what it reads commits once per batch. A record counts as read
+    /// (for [`Follower::barrier`]) once `apply` returns for its batch.
+    pub async fn run_batches(
+        &self,
+        start: Start,
+        mut shutdown: watch::Receiver<bool>,
+        mut apply: impl FnMut(&[BorrowedMessage<'_>]),
         mut progress: impl FnMut(Progress),
     ) -> Result<(), FollowError> {
         let consumer: StreamConsumer<EndIsNormal> = match self
@@ -374,14 +393,24 @@ impl Follower {
                 }
             }
         }
+        let mut batch = Vec::with_capacity(FOLLOW_BATCH);
         loop {
             let next = tokio::select! {
                 m = consumer.recv() => m,
                 _ = shutdown.changed() => return Ok(()),
             };
-            match next {
-                Ok(message) => {
-                    apply(&message);
+            // What else is fetched already comes along, without waiting.
+            let mut next = Some(next);
+            while let Some(Ok(message)) = next {
+                batch.push(message);
+                next = match batch.len() < FOLLOW_BATCH {
+                    true => consumer.recv().now_or_never(),
+                    false => None,
+                };
+            }
+            if !batch.is_empty() {
+                apply(&batch);
+                for message in batch.drain(..) {
                     let (p, next) = (
                         rdkafka::Message::partition(&message),
                         rdkafka::Message::offset(&message) + 1,
@@ -398,7 +427,10 @@ impl Follower {
                         tokio::task::yield_now().await;
                     }
                 }
-                Err(KafkaError::PartitionEOF(p)) => {
+            }
+            match next {
+                None | Some(Ok(_)) => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
                     // At the end: the fetch position is the end offset.
                     if let Ok(position) = consumer.position() {
                         if let Some(Offset::Offset(o)) =
@@ -409,7 +441,7 @@ impl Follower {
                     }
                     reached(p, &mut at_end);
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     debug!(%topic, error = %e, "topic reader error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

@@ -596,3 +596,97 @@ async fn a_digests_waiting_items_survive_a_kill_9_and_it_goes_once_without_the_w
     assert_eq!(pushes[0].json["message"]["notification"]["body"], "2: 1 3");
     running.stop().await;
 }
+
+/// The feedback topic is read in batches, each committed to disk once: every
+/// record of a batch is applied — a send another instance made, a click
+/// naming that send in the same batch, a STOP — and the table's checkpoint
+/// ends where the topic does, so a restart reads none of it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feedback_topic_read_in_batches_applies_every_record_and_checkpoints_its_end() {
+    use herald::feedback::disk::{FeedbackDisk, FORMAT};
+    use herald::kafka::follow::Start;
+    let topics = Topics::create(1).await;
+    let p = producer();
+    let now = herald::util::now_ms();
+    let sends = 400;
+    let mut published = 0i64;
+    for i in 0..sends {
+        let sent = json!({"type": "herald_sent", "user": format!("u-{i}"), "rule": "notice",
+            "key": null, "idempotency_key": format!("k-{i}"), "channel": "push",
+            "time": now, "phone_sha256": null, "deployment": "elsewhere"});
+        publish(
+            &p,
+            &topics.feedback,
+            &format!("u-{i}"),
+            sent.to_string().as_bytes(),
+        )
+        .await;
+        published += 1;
+        if i == 10 {
+            // A click that names the send just before it, not its user.
+            let click = json!({"type": "link_clicked", "message": "k-10", "time": now});
+            publish(&p, &topics.feedback, "k-10", click.to_string().as_bytes()).await;
+            published += 1;
+        }
+    }
+    let stop = json!({"MessageSid": "SM9", "From": "+14155552671", "To": "+15005550006",
+        "Body": "STOP", "NumMedia": "0"});
+    publish(
+        &p,
+        &topics.feedback,
+        "+14155552671",
+        stop.to_string().as_bytes(),
+    )
+    .await;
+    published += 1;
+
+    let store = herald::store::Store::temporary(8 << 20).unwrap();
+    let disk = FeedbackDisk::new(
+        store.sealed_table("feedback", FORMAT).unwrap(),
+        store.sealed_table("consent", FORMAT).unwrap(),
+    );
+    let client = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("feedback-reader"))
+        .clone();
+    let state = herald::feedback::FeedbackState::on_disk(
+        client,
+        topics.feedback.clone(),
+        topics.consent.clone(),
+        86_400_000,
+        disk,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let follow = tokio::spawn(std::sync::Arc::clone(&state).follow(stop_rx, now));
+    tokio::time::timeout(Duration::from_secs(60), state.wait_caught_up())
+        .await
+        .expect("both topics read to their end");
+
+    let found = (0..sends)
+        .filter(|i| {
+            state
+                .sent_by_key(&format!("k-{i}"), now)
+                .is_some_and(|s| &*s.user == format!("u-{i}"))
+        })
+        .count();
+    assert_eq!(
+        found, sends,
+        "every send another instance made is found by its key"
+    );
+    assert!(
+        state.engaged("u-10", "link_clicked", None, now - 1),
+        "the click found its send's user, read in the same batch"
+    );
+    assert!(state.opted_out("+14155552671"), "the STOP holds");
+    let table = store.sealed_table("feedback", FORMAT).unwrap();
+    match FeedbackDisk::start(&table, Start::Beginning) {
+        Start::Offsets(offsets) => assert_eq!(
+            offsets.into_iter().collect::<Vec<_>>(),
+            vec![(0, published)],
+            "the checkpoint is the topic's end"
+        ),
+        other => panic!("no checkpoint: {other:?}"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), follow).await;
+}
