@@ -666,7 +666,7 @@ async fn the_feedback_topic_read_in_batches_applies_every_record_and_checkpoints
         .filter(|i| {
             state
                 .sent_by_key(&format!("k-{i}"), now)
-                .is_some_and(|s| &*s.user == format!("u-{i}"))
+                .is_some_and(|s| *s.user == format!("u-{i}"))
         })
         .count();
     assert_eq!(
