@@ -5,12 +5,14 @@
 
 use std::io::BufRead;
 
-use serde_json::{Map, Value};
+use std::sync::Arc;
+
+use serde_json::Value;
 
 use super::scan::{NotJson, Scan};
 
 use crate::config::{Config, SourceConfig};
-use crate::ingest::decode::{lookup, parse_time};
+use crate::ingest::decode::{field, parse_time};
 
 /// One event to replay: its bytes as they were recorded, handed to the
 /// pipeline as a consumed record's payload, and the top-level fields the
@@ -20,24 +22,24 @@ pub struct Recorded {
     pub key: Option<String>,
     pub payload: Vec<u8>,
     /// The top-level fields named by [`Wanted`] (all of them for [`Recorded::new`]).
-    fields: Map<String, Value>,
+    fields: Vec<(Arc<str>, Value)>,
 }
 
 /// The top-level fields a replay reads of each event before the run: every
 /// source's user and time field (their first segment, for a dotted path).
-pub struct Wanted(Vec<String>);
+pub struct Wanted(Vec<Arc<str>>);
 
 impl Wanted {
     pub fn of(config: &Config) -> Wanted {
-        let mut names: Vec<String> = config
+        let mut names: Vec<&str> = config
             .sources
             .values()
             .flat_map(|m| std::iter::once(&m.user_field).chain(m.time_field.as_ref()))
-            .map(|f| f.split('.').next().unwrap_or(f).to_string())
+            .map(|f| f.split('.').next().unwrap_or(f))
             .collect();
         names.sort();
         names.dedup();
-        Wanted(names)
+        Wanted(names.into_iter().map(Arc::from).collect())
     }
 }
 
@@ -46,8 +48,8 @@ impl Recorded {
     pub fn new(topic: String, key: Option<String>, event: Value) -> Recorded {
         let payload = crate::util::json_bytes(&event);
         let fields = match event {
-            Value::Object(fields) => fields,
-            _ => Map::new(),
+            Value::Object(fields) => fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            _ => Vec::new(),
         };
         Recorded {
             topic,
@@ -79,7 +81,14 @@ impl Recorded {
 
     /// A field the replay reads before the run, by its dotted path.
     pub fn field(&self, path: &str) -> Option<&Value> {
-        lookup(&self.fields, path)
+        let mut parts = path.split('.');
+        let first = parts.next()?;
+        let (_, top) = self
+            .fields
+            .iter()
+            .rev()
+            .find(|(name, _)| &**name == first)?;
+        parts.try_fold(top, |at, part| field(at.as_object()?, part))
     }
 }
 
@@ -240,7 +249,7 @@ struct Parts<'a> {
     topic: Option<&'a [u8]>,
     key: Option<&'a [u8]>,
     event: Option<&'a [u8]>,
-    fields: Option<Map<String, Value>>,
+    fields: Option<Vec<(Arc<str>, Value)>>,
     /// A part given twice: then the line is not taken as an envelope.
     repeated: bool,
 }
@@ -260,8 +269,8 @@ fn string(raw: &[u8]) -> Option<String> {
 /// Reads the next value, keeping the top-level fields named by `wanted`
 /// when it is an object (a repeated field: its last value, as serde_json
 /// keeps). Any other value is read and gives no fields.
-fn event_fields(scan: &mut Scan<'_>, wanted: &Wanted) -> Result<Map<String, Value>, NotJson> {
-    let mut out = Map::new();
+fn event_fields(scan: &mut Scan<'_>, wanted: &Wanted) -> Result<Vec<(Arc<str>, Value)>, NotJson> {
+    let mut out = Vec::new();
     if !scan.at_object() {
         scan.value()?;
         return Ok(out);
@@ -270,9 +279,17 @@ fn event_fields(scan: &mut Scan<'_>, wanted: &Wanted) -> Result<Map<String, Valu
         let value = scan.value()?;
         if let Some(want) = wanted.0.iter().find(|w| name.is(w)) {
             // Text the scan took as JSON; only a lone surrogate in a string
-            // still fails here, and such a field is left out.
-            if let Ok(v) = serde_json::from_slice::<Value>(value) {
-                out.insert(want.clone(), v);
+            // still fails here, and such a field is left out. A string with
+            // no escape is taken as it is written. A repeated name: the last
+            // is found first (`Recorded::field` looks from the end).
+            let plain = match value {
+                [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => {
+                    std::str::from_utf8(inner).ok().map(|s| Value::from(s))
+                }
+                _ => None,
+            };
+            if let Some(v) = plain.or_else(|| serde_json::from_slice::<Value>(value).ok()) {
+                out.push((Arc::clone(want), v));
             }
         }
         Ok(())
