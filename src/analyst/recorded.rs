@@ -284,7 +284,7 @@ fn event_fields(scan: &mut Scan<'_>, wanted: &Wanted) -> Result<Vec<(Arc<str>, V
             // is found first (`Recorded::field` looks from the end).
             let plain = match value {
                 [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => {
-                    std::str::from_utf8(inner).ok().map(|s| Value::from(s))
+                    std::str::from_utf8(inner).ok().map(Value::from)
                 }
                 _ => None,
             };
