@@ -83,21 +83,29 @@ fn intern(name: &str) -> Name {
     intern_at(name, LAST_POSITIONS)
 }
 
+/// Whether two names are the same: length and first byte compared inline
+/// (most names differ there), the rest by `memcmp` only when both agree.
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.first() == b.first() && a == b
+}
+
 impl Fields {
     /// The field called `name`.
     pub fn get(&self, name: &str) -> Option<&Value> {
         let name = name.as_bytes();
         self.0
             .iter()
-            .find(|(k, _)| k.len() == name.len() && k.as_bytes() == name)
+            .find(|(k, _)| same_name(k.as_bytes(), name))
             .map(|(_, v)| v)
     }
 
     /// The field called `name`, to change it.
     fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
+        let name = name.as_bytes();
         self.0
             .iter_mut()
-            .find(|(k, _)| &**k == name)
+            .find(|(k, _)| same_name(k.as_bytes(), name))
             .map(|(_, v)| v)
     }
 

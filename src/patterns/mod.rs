@@ -314,10 +314,10 @@ pub fn compile(
             .iter()
             .map(|st| step(st, &mut problems, &mut canonical))
             .collect();
-        Kind::Sequence(kinds::sequence::SequenceKind {
+        Kind::Sequence(kinds::sequence::SequenceKind::new(
             steps,
-            within_ms: s.within.value.ms(),
-        })
+            s.within.value.ms(),
+        ))
     } else if let Some(a) = &spec.absence {
         canonical.push_str(&format!("absence {}|", a.within.value.ms()));
         let after = step(&a.after, &mut problems, &mut canonical);

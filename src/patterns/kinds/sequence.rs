@@ -16,6 +16,19 @@ use crate::patterns::{Fired, Step};
 pub struct SequenceKind {
     pub steps: Vec<Step>,
     pub within_ms: i64,
+    /// Whether a step has a geofence (then every ping moves its presence).
+    has_geofence: bool,
+}
+
+impl SequenceKind {
+    pub fn new(steps: Vec<Step>, within_ms: i64) -> SequenceKind {
+        let has_geofence = steps.iter().any(|s| s.geofence.is_some());
+        SequenceKind {
+            steps,
+            within_ms,
+            has_geofence,
+        }
+    }
 }
 
 /// The events of the steps matched so far, and each step's geofence presence.
@@ -58,20 +71,25 @@ impl Detector for SequenceKind {
         {
             matched.clear();
         }
-        // Geofence steps see every ping, so their presence stays current.
-        let crossings: Vec<Vec<Crossing>> = steps
-            .iter()
-            .zip(presence.iter_mut())
-            .map(|(s, p)| {
-                s.geofence
-                    .as_ref()
-                    .map_or_else(Vec::new, |g| ping(g, p, event))
-            })
-            .collect();
+        // Geofence steps see every ping, so their presence stays current
+        // (nothing is gathered for a sequence without one).
+        let crossings: Vec<Vec<Crossing>> = match self.has_geofence {
+            true => steps
+                .iter()
+                .zip(presence.iter_mut())
+                .map(|(s, p)| {
+                    s.geofence
+                        .as_ref()
+                        .map_or_else(Vec::new, |g| ping(g, p, event))
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        let crossed = |at: usize| crossings.get(at).map_or(&[][..], Vec::as_slice);
         let next = matched.len();
-        if step_matches(&steps[next], &crossings[next], input, matched, steps) {
+        if step_matches(&steps[next], crossed(next), input, matched, steps) {
             matched.push(Arc::clone(event));
-        } else if next > 0 && step_matches(&steps[0], &crossings[0], input, &[], steps) {
+        } else if next > 0 && step_matches(&steps[0], crossed(0), input, &[], steps) {
             // A newer first step: start again from it.
             *matched = vec![Arc::clone(event)];
         }
