@@ -86,7 +86,7 @@ enum Backing {
 /// it is committed: (idempotency key, phone digest).
 struct Rows {
     table: Option<TableBatch>,
-    forget: Vec<(String, Option<String>)>,
+    forget: Vec<(Arc<str>, Option<String>)>,
 }
 
 /// Which table a change goes to: the feedback topic's, or the consent topic's.
@@ -437,7 +437,7 @@ impl FeedbackState {
             }
             (Backing::Disk(disk), Some(table)) => {
                 disk.record_sent(table, record);
-                let key = record.sent.idempotency_key.to_string();
+                let key = Arc::clone(&record.sent.idempotency_key);
                 rows.forget.push((key, record.phone_sha256.clone()));
             }
             (Backing::Disk(_), None) => {}
