@@ -29,7 +29,7 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::expr::condition::{Condition, Conditions};
 use crate::expr::Scalar;
-use crate::util::Span;
+use crate::util::{DigestPrefix, Span};
 
 /// Categories whose messages are never held out: no control arm.
 pub const EXEMPT: [&str; 3] = ["fraud", "security", "regulatory"];
@@ -115,6 +115,10 @@ pub struct Experiment {
     pub id: String,
     pub arms: Vec<Arm>,
     pub goal: Option<Goal>,
+    /// Each arm's digest state after the experiment's id and the arm's
+    /// name: an assignment hashes only the user (the same digests as
+    /// [`assign`]'s).
+    arm_digests: Vec<DigestPrefix>,
 }
 
 impl Experiment {
@@ -125,7 +129,12 @@ impl Experiment {
 
     /// The index of [`Self::assign`]'s arm in `arms`.
     pub fn assign_index(&self, user: &str) -> usize {
-        assign_index(&self.id, &self.arms, user)
+        best_score(
+            self.arms
+                .iter()
+                .zip(&self.arm_digests)
+                .map(|(arm, digest)| (arm.weight, uniform_of(digest.finish(&[user.as_bytes()])))),
+        )
     }
 
     /// The name of an arm's own template part (`<rule>@<arm>/title`).
@@ -140,12 +149,32 @@ pub fn assign<'a>(experiment: &str, arms: &'a [Arm], user: &str) -> &'a Arm {
 }
 
 fn assign_index(experiment: &str, arms: &[Arm], user: &str) -> usize {
+    best_score(arms.iter().map(|arm| {
+        let digest = crate::util::stable_digest(&[
+            experiment.as_bytes(),
+            &[0],
+            arm.name.as_bytes(),
+            &[0],
+            user.as_bytes(),
+        ]);
+        (arm.weight, uniform_of(digest))
+    }))
+}
+
+/// The digest state [`assign_index`] reaches before the user, for one arm.
+fn arm_digest(experiment: &str, arm: &str) -> DigestPrefix {
+    DigestPrefix::new(&[experiment.as_bytes(), &[0], arm.as_bytes(), &[0]])
+}
+
+/// The index of the lowest `-ln(u) / weight` of (weight, u) per arm; arms
+/// weighted zero or less never win.
+fn best_score(arms: impl Iterator<Item = (f64, f64)>) -> usize {
     let mut best = (f64::INFINITY, 0);
-    for (i, arm) in arms.iter().enumerate() {
-        if arm.weight <= 0.0 {
+    for (i, (weight, u)) in arms.enumerate() {
+        if weight <= 0.0 {
             continue;
         }
-        let score = -uniform(experiment, &arm.name, user).ln() / arm.weight;
+        let score = -u.ln() / weight;
         if score < best.0 {
             best = (score, i);
         }
@@ -153,15 +182,8 @@ fn assign_index(experiment: &str, arms: &[Arm], user: &str) -> usize {
     best.1
 }
 
-/// A stable number in (0, 1] from the experiment, the arm and the user.
-fn uniform(experiment: &str, arm: &str, user: &str) -> f64 {
-    let digest = crate::util::stable_digest(&[
-        experiment.as_bytes(),
-        &[0],
-        arm.as_bytes(),
-        &[0],
-        user.as_bytes(),
-    ]);
+/// A stable number in (0, 1] from a digest of the experiment, the arm and the user.
+fn uniform_of(digest: [u8; 16]) -> f64 {
     let bits = u64::from_be_bytes(digest[..8].try_into().unwrap_or_default()) >> 11;
     (bits as f64 + 1.0) / (1u64 << 53) as f64
 }
@@ -277,8 +299,10 @@ pub fn compile(
             within_ms,
         }
     });
+    let id = spec.id.clone().unwrap_or_else(|| rule.to_string());
     Some(Experiment {
-        id: spec.id.clone().unwrap_or_else(|| rule.to_string()),
+        arm_digests: compiled.iter().map(|a| arm_digest(&id, &a.name)).collect(),
+        id,
         arms: compiled,
         goal,
     })
@@ -329,6 +353,28 @@ mod tests {
                 arm.name,
                 4.0 * sd
             );
+        }
+    }
+
+    #[test]
+    fn a_compiled_experiment_assigns_every_user_the_arm_of_the_stable_hash() {
+        let a = arms(&[
+            ("control", 10.0),
+            ("plain", 45.0),
+            ("playful", 0.0),
+            ("bold", 45.0),
+        ]);
+        let experiment = Experiment {
+            id: "exp-1".into(),
+            arm_digests: a.iter().map(|arm| arm_digest("exp-1", &arm.name)).collect(),
+            arms: a.clone(),
+            goal: None,
+        };
+        for u in 0..5000 {
+            let user = format!("user-{u}");
+            let got = &experiment.assign(&user).name;
+            assert_eq!(got, &assign("exp-1", &a, &user).name, "{user}");
+            assert_ne!(got, "playful", "{user}: an arm weighted 0 never wins");
         }
     }
 
