@@ -17,6 +17,7 @@
 //! Engagement older than the look-back and messages older than a week are
 //! swept hourly.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,32 @@ pub struct Engaged {
     pub message: Option<String>,
     #[serde(skip)]
     pub at_ms: i64,
+}
+
+/// Opt-out changes gathered for one commit: the newest per number (at
+/// equal times, the one read later), which is what applying them one at a
+/// time leaves. [`FeedbackDisk::set_opt_out`] compares a change with the
+/// table as committed, so a batch holds at most one change per number.
+#[derive(Default)]
+pub struct OptOutChanges(HashMap<String, (bool, i64)>);
+
+impl OptOutChanges {
+    pub fn add(&mut self, phone: &str, opted_out: bool, at_ms: i64) {
+        match self.0.get_mut(phone) {
+            Some(newest) if newest.1 > at_ms => {}
+            Some(newest) => *newest = (opted_out, at_ms),
+            None => {
+                self.0.insert(phone.to_string(), (opted_out, at_ms));
+            }
+        }
+    }
+
+    /// Puts each number's newest change into `batch`, for `table`.
+    pub fn write(&mut self, disk: &FeedbackDisk, batch: &mut TableBatch, table: &Table) {
+        for (phone, (opted_out, at_ms)) in self.0.drain() {
+            disk.set_opt_out(batch, table, &phone, opted_out, at_ms);
+        }
+    }
 }
 
 /// The two tables.
@@ -369,6 +396,46 @@ mod tests {
                 file.display()
             );
         }
+    }
+
+    #[test]
+    fn stop_and_start_read_in_one_batch_leave_the_newest() {
+        let store = Store::temporary(1 << 20).unwrap();
+        let now = crate::util::now_ms();
+        let s = state(&store);
+        let sms = |body: &str, at| {
+            Feedback::Inbound(InboundSms {
+                from: "+14155552671".into(),
+                body: body.into(),
+                sid: None,
+                time_ms: at,
+            })
+        };
+        // A START older than the STOP before it in the batch does not undo it.
+        s.apply_together_for_tests(&[sms("STOP", now - 300), sms("START", now - 400)], now);
+        assert!(s.opted_out("+14155552671"));
+        assert_eq!(s.opt_out_count(), 1);
+        // STOP then START at the same time: the one read later wins, once.
+        s.apply_together_for_tests(
+            &[
+                sms("START", now - 100),
+                sms("STOP", now - 50),
+                sms("START", now - 50),
+            ],
+            now,
+        );
+        assert!(!s.opted_out("+14155552671"));
+        assert_eq!(s.opt_out_count(), 0);
+        // The consent topic's batch: the same rule.
+        let disk = s.disk_for_tests().unwrap();
+        let mut changes = OptOutChanges::default();
+        changes.add("+14155552671", true, now - 10);
+        changes.add("+14155552671", false, now - 20);
+        let mut batch = disk.consent.batch();
+        changes.write(disk, &mut batch, &disk.consent);
+        batch.commit().unwrap();
+        assert!(s.opted_out("+14155552671"));
+        assert_eq!(s.opt_out_count(), 1);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::disk::{Engaged, FeedbackDisk};
+use super::disk::{Engaged, FeedbackDisk, OptOutChanges};
 use super::{Feedback, Keyword, SentIndex, SentRecord, SentRef};
 use crate::kafka::follow::{BarrierError, Follower, Start};
 use crate::store::{Table, TableBatch};
@@ -87,6 +87,7 @@ enum Backing {
 struct Rows {
     table: Option<TableBatch>,
     forget: Vec<(Arc<str>, Option<String>)>,
+    opt_outs: OptOutChanges,
 }
 
 /// Which table a change goes to: the feedback topic's, or the consent topic's.
@@ -193,26 +194,26 @@ impl FeedbackState {
         let feedback = self.read(Which::Feedback, since, shutdown.clone(), |batch| {
             self.apply_read(batch, now_ms)
         });
-        let consent = self.read(
-            Which::Consent,
-            Start::Beginning,
-            shutdown.clone(),
-            |batch| {
-                for m in batch {
-                    let change = m
-                        .payload()
-                        .and_then(|p| serde_json::from_slice::<ConsentChange>(p).ok());
-                    self.write(Which::Consent, Some(m), |batch, disk| {
-                        if let Some(c) = &change {
-                            disk.set_opt_out(batch, &disk.consent, &c.phone, !c.consent, c.at_ms);
-                        }
-                    });
-                    if let (Backing::Memory { .. }, Some(c)) = (&self.backing, &change) {
-                        self.set_opt_out(&c.phone, !c.consent, c.at_ms);
-                    }
+        let consent = self.read(Which::Consent, Start::Beginning, shutdown.clone(), |read| {
+            // In the topic's order: a START after a STOP wins, and the
+            // batch goes to disk in one commit with its last offsets.
+            let mut changes = OptOutChanges::default();
+            for m in read {
+                let Some(c) = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<ConsentChange>(p).ok())
+                else {
+                    continue;
+                };
+                match &self.backing {
+                    Backing::Disk(_) => changes.add(&c.phone, !c.consent, c.at_ms),
+                    Backing::Memory { .. } => self.set_opt_out(&c.phone, !c.consent, c.at_ms),
                 }
-            },
-        );
+            }
+            self.write(Which::Consent, read, |batch, disk| {
+                changes.write(disk, batch, &disk.consent)
+            });
+        });
         tokio::join!(feedback, consent, Arc::clone(&self).sweep(shutdown));
     }
 
@@ -255,12 +256,12 @@ impl FeedbackState {
         }
     }
 
-    /// On disk: runs `change` on a batch of `into`'s table, marks `read`'s
-    /// record as applied, and commits. In memory: nothing.
+    /// On disk: runs `change` on a batch of `into`'s table, marks the
+    /// `read` records as applied, and commits. In memory: nothing.
     fn write(
         &self,
         into: Which,
-        read: Option<&BorrowedMessage<'_>>,
+        read: &[BorrowedMessage<'_>],
         change: impl FnOnce(&mut TableBatch, &FeedbackDisk),
     ) {
         let (Backing::Disk(disk), Some(table)) = (&self.backing, self.table(into)) else {
@@ -268,7 +269,7 @@ impl FeedbackState {
         };
         let mut batch = table.batch();
         change(&mut batch, disk);
-        if let Some(m) = read {
+        for m in read {
             batch.read_to(m.partition(), m.offset() + 1);
         }
         if let Err(e) = batch.commit() {
@@ -345,13 +346,17 @@ impl FeedbackState {
         Rows {
             table: self.table(Which::Feedback).map(Table::batch),
             forget: Vec::new(),
+            opt_outs: OptOutChanges::default(),
         }
     }
 
     /// Commits `rows`; the sends written are then looked up on disk, no
     /// longer in this instance's unread index.
-    fn commit(&self, rows: Rows) {
-        let Some(table) = rows.table else { return };
+    fn commit(&self, mut rows: Rows) {
+        let Some(mut table) = rows.table else { return };
+        if let Backing::Disk(disk) = &self.backing {
+            rows.opt_outs.write(disk, &mut table, &disk.feedback);
+        }
         if table.is_empty() {
             return;
         }
@@ -369,11 +374,9 @@ impl FeedbackState {
     fn apply_into(&self, record: &Feedback, now_ms: i64, rows: &mut Rows) {
         let opt_out = |rows: &mut Rows, phone: &str, opted_out: bool, at_ms: i64| match (
             &self.backing,
-            &mut rows.table,
+            &rows.table,
         ) {
-            (Backing::Disk(disk), Some(table)) => {
-                disk.set_opt_out(table, &disk.feedback, phone, opted_out, at_ms)
-            }
+            (Backing::Disk(_), Some(_)) => rows.opt_outs.add(phone, opted_out, at_ms),
             _ => self.set_opt_out(phone, opted_out, at_ms),
         };
         match record {
@@ -544,7 +547,7 @@ impl FeedbackState {
                     *entry = (opted_out, at_ms);
                 }
             }
-            Backing::Disk(_) => self.write(Which::Feedback, None, |batch, disk| {
+            Backing::Disk(_) => self.write(Which::Feedback, &[], |batch, disk| {
                 disk.set_opt_out(batch, &disk.feedback, phone, opted_out, at_ms)
             }),
         }
@@ -569,6 +572,16 @@ impl FeedbackState {
     #[cfg(test)]
     pub(crate) fn unread_for_tests(&self) -> usize {
         self.unread.len()
+    }
+
+    /// Applies `records` in one commit, as a batch read from the topic is.
+    #[cfg(test)]
+    pub(crate) fn apply_together_for_tests(&self, records: &[Feedback], now_ms: i64) {
+        let mut rows = self.rows();
+        for record in records {
+            self.apply_into(record, now_ms, &mut rows);
+        }
+        self.commit(rows);
     }
 
     #[cfg(test)]
