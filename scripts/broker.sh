@@ -15,7 +15,8 @@
 #
 # Needs Java 17+ and Maven (scripts/install-deps.sh installs them). Each start
 # formats fresh storage, so a run never sees an earlier run's topics.
-# HERALD_CACHE moves the cache; HERALD_KAFKA_HEAP sets the JVM heap (default 512m).
+# HERALD_CACHE moves the cache; HERALD_KAFKA_HEAP sets the JVM heap (default 512m),
+# HERALD_KAFKA_GC the collector's options; each node logs its pauses to gc.log beside broker.log.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +27,7 @@ RUN="$CACHE/kafka-run"
 PORT="${HERALD_BROKER_PORT:-19092}"
 CLUSTER_PORT="${HERALD_CLUSTER_PORT:-29092}"
 HEAP="${HERALD_KAFKA_HEAP:-512m}"
+JVM_GC="${HERALD_KAFKA_GC:--XX:+UseG1GC}"
 LOG4J="$ROOT/scripts/kafka/log4j2.properties"
 LOG4J_TOOLS="$ROOT/scripts/kafka/log4j2-tools.properties"
 
@@ -97,7 +99,7 @@ write_properties() {
 launch() {
   local dir="$1"
   : >"$dir/broker.log"
-  nohup bash -c "exec java -Xms128m -Xmx$HEAP -XX:+UseG1GC -Djava.awt.headless=true \
+  nohup bash -c "exec java -Xms128m -Xmx$HEAP $JVM_GC -Xlog:gc:file='$dir/gc.log':uptime -Djava.awt.headless=true \
     -Dlog4j2.configurationFile='$LOG4J' -cp '$JARS/*' kafka.Kafka '$dir/node.properties'" \
     >>"$dir/broker.log" 2>&1 &
   echo $! >"$dir/pid"
