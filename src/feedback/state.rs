@@ -195,8 +195,8 @@ impl FeedbackState {
             self.apply_read(batch, now_ms)
         });
         let consent = self.read(Which::Consent, Start::Beginning, shutdown.clone(), |read| {
-            // In the topic's order: a START after a STOP wins, and the
-            // batch goes to disk in one commit with its last offsets.
+            // The batch goes to disk in one commit with its last offsets;
+            // a number's newest change wins (equal times: the one read later).
             let mut changes = OptOutChanges::default();
             for m in read {
                 let Some(c) = m
