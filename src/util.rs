@@ -164,22 +164,22 @@ pub struct DigestPrefix(SipHasher13);
 
 impl DigestPrefix {
     pub fn new(parts: &[&[u8]]) -> DigestPrefix {
-        let mut h = SipHasher13::new_with_keys(0x6865_7261_6c64_0001, 0x6865_7261_6c64_0002);
-        for part in parts {
-            h.write(part);
-            h.write_u8(0);
-        }
-        DigestPrefix(h)
+        let start = SipHasher13::new_with_keys(0x6865_7261_6c64_0001, 0x6865_7261_6c64_0002);
+        DigestPrefix(start).then(parts)
     }
 
     /// The digest of the prefix's parts followed by `parts`.
     pub fn finish(&self, parts: &[&[u8]]) -> [u8; 16] {
-        let mut h = self.0;
+        self.then(parts).0.finish128().as_bytes()
+    }
+
+    /// The state after `parts` too, each followed by a zero byte.
+    fn then(mut self, parts: &[&[u8]]) -> DigestPrefix {
         for part in parts {
-            h.write(part);
-            h.write_u8(0);
+            self.0.write(part);
+            self.0.write_u8(0);
         }
-        h.finish128().as_bytes()
+        self
     }
 }
 
