@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod allocator;
 mod cmd;
 
 /// mimalloc: the per-event path allocates small, short-lived strings and
 /// maps; glibc's malloc and free cost about a quarter of its instructions
-/// (BENCHMARKS.md).
+/// (BENCHMARKS.md). [`allocator`] asks it for plain blocks where it can.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 fn main() -> ExitCode {
     match cmd::dispatch(cmd::Args::parse()) {
