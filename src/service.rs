@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::deliver::{http_client, Channel};
+use crate::deliver::{http_client, idle_connections_for, Channel};
 use crate::engine::{ChannelRuntime, Engine, StageContext};
 use crate::feedback::FeedbackState;
 use crate::ingest::offsets::OffsetTracker;
@@ -204,7 +204,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     )?;
     let with_changelog = check_topics(&mut config).await?;
 
-    let http = http_client();
+    let http = http_client(idle_connections_for(config.channels.values()));
     let mut built = std::collections::BTreeMap::new();
     for (name, channel_config) in &config.channels {
         let circuit = metrics.circuit_open.with_label_values(&[name]);

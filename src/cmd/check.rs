@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use herald::config::Config;
-use herald::deliver::{http_client, Channel};
+use herald::deliver::{http_client, idle_connections_for, Channel};
 use herald::kafka::topics::Creator;
 use herald::metrics::Metrics;
 use herald::rules::LiveRules;
@@ -50,7 +50,7 @@ pub fn check(args: &CheckArgs) -> Outcome {
             println!("FAIL  rules: {e}");
         }
     }
-    let http = http_client();
+    let http = http_client(idle_connections_for(config.channels.values()));
     for (name, channel) in &config.channels {
         let circuit = metrics.circuit_open.with_label_values(&[name]);
         match Channel::from_config(name, channel, http.clone(), circuit) {

@@ -400,14 +400,27 @@ fn http2_client() -> reqwest::Client {
 }
 
 /// One HTTP client for every provider: pooled keep-alive connections.
-pub fn http_client() -> reqwest::Client {
+///
+/// `idle_per_host` bounds the connections kept open to one host between
+/// requests; give it the channels' concurrency summed
+/// ([`idle_connections_for`]). With fewer, every burst beyond the bound
+/// closes its extra connections as their answers arrive and opens them
+/// again for the next requests (a drain at 256 concurrent pushes opened a
+/// connection every ~26 pushes with 64).
+pub fn http_client(idle_per_host: usize) -> reqwest::Client {
     reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(idle_per_host.max(1))
         .tcp_nodelay(true)
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("the TLS backend initialises")
+}
+
+/// How many idle connections per host the shared client keeps: every
+/// channel's concurrency, summed, since channels may share a host.
+pub fn idle_connections_for<'a>(channels: impl IntoIterator<Item = &'a ChannelConfig>) -> usize {
+    channels.into_iter().map(|c| c.delivery().concurrency).sum()
 }
 
 /// Reads a `Retry-After` header given in seconds (HTTP dates are treated as absent).
@@ -453,5 +466,81 @@ pub(crate) fn transport(e: reqwest::Error) -> SendError {
         status: None,
         retry_after: None,
         detail: what.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A keep-alive HTTP/1.1 server that answers each request once `round`
+    /// requests wait together, and counts the connections it accepts.
+    async fn counting_server(round: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(round));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    let mut read = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let Ok(n) = socket.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        read.extend_from_slice(&buf[..n]);
+                        while let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+                            read.drain(..end + 4);
+                            barrier.wait().await;
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if socket.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    /// A provider's connections are opened once: a channel sending at its
+    /// full concurrency, round after round, keeps them all open between
+    /// rounds. (With the pool bounded below the concurrency, each round
+    /// closed the connections beyond the bound and opened them again.)
+    #[tokio::test]
+    async fn a_channel_at_full_concurrency_keeps_its_connections_between_rounds() {
+        const CONCURRENCY: usize = 150;
+        let channels: BTreeMap<String, ChannelConfig> = toml::from_str(&format!(
+            "[push]\nprovider = \"console\"\nconcurrency = {CONCURRENCY}\n"
+        ))
+        .unwrap();
+        let http = http_client(idle_connections_for(channels.values()));
+        let (url, accepted) = counting_server(CONCURRENCY).await;
+        for round in 1..=3 {
+            let requests = (0..CONCURRENCY).map(|_| {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    let answer = http.get(&url).send().await.unwrap();
+                    assert_eq!(answer.text().await.unwrap(), "ok");
+                }
+            });
+            futures::future::join_all(requests).await;
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                CONCURRENCY,
+                "connections opened by round {round}"
+            );
+        }
     }
 }
