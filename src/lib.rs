@@ -8,7 +8,8 @@
 //! (`tests/it/layers.rs` checks both). Ingest hands records to a handler trait
 //! ([`ingest::Handler`]), which the engine implements.
 //!
-//! 1. [`util`] — small helpers: durations, masks, fast hashing, JSON bytes.
+//! 1. [`util`] — small helpers: durations, masks, fast hashing, JSON bytes;
+//!    [`allocator`], the `herald` binary's allocator (mimalloc).
 //! 2. [`metrics`], [`outcome`], [`config`] — shared vocabulary below the
 //!    stages: the Prometheus handles every stage counts into; outcome,
 //!    dead-letter and delivery records and the producer that writes them
@@ -46,6 +47,7 @@
 //!     [`loadtest`] (herald against a bare consumer, same broker, same run).
 
 pub mod admin;
+pub mod allocator;
 pub mod analyst;
 pub mod config;
 pub mod deliver;

@@ -5,14 +5,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-mod allocator;
 mod cmd;
 
 /// mimalloc: the per-event path allocates small, short-lived strings and
 /// maps; glibc's malloc and free cost about a quarter of its instructions
-/// (BENCHMARKS.md). [`allocator`] asks it for plain blocks where it can.
+/// (BENCHMARKS.md). [`herald::allocator`] asks it for plain blocks where it can.
 #[global_allocator]
-static ALLOCATOR: allocator::Allocator = allocator::Allocator;
+static ALLOCATOR: herald::allocator::Allocator = herald::allocator::Allocator;
 
 fn main() -> ExitCode {
     match cmd::dispatch(cmd::Args::parse()) {
