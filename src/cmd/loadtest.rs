@@ -30,7 +30,8 @@ pub struct LoadtestArgs {
     #[arg(long, default_value = "target/loadtest")]
     out: std::path::PathBuf,
     /// Instead of a rate: drain a backlog of this many swipes published
-    /// before herald starts (with `--rules one` or `sample`).
+    /// before herald starts (with `--rules one` or `sample`); timed from
+    /// the first swipe herald takes to its last push.
     #[arg(long, conflicts_with = "burst")]
     drain: Option<u64>,
     /// Instead of a rate: this many approved swipes of one user published

@@ -61,10 +61,22 @@ pub struct DrainReport {
     pub events: u64,
     /// The bare consumer over the same backlog, events per second.
     pub floor_rate: f64,
-    /// Source events per second from herald ready to its last push.
+    /// Source events per second from the first source event herald took
+    /// to its last push.
     pub herald_rate: f64,
-    /// From herald ready (burst: the first push) to the last push, ms.
+    /// From the first source event taken (burst: the first push) to the
+    /// last push, ms.
     pub span_ms: u64,
+    /// Source events per second from `/readyz` ready to the last push: how
+    /// drains were timed before 2026-12-07. Stage 1 starts before ready, so
+    /// this overstates the rate.
+    pub from_ready_rate: f64,
+    /// Source events stage 1 had taken when herald said ready.
+    pub taken_before_ready: u64,
+    /// From the first source event taken to the last one, ms: a
+    /// drain much shorter than `span_ms` here is limited by stage 2 (the
+    /// decisions and sends), not by reading and matching.
+    pub source_read_ms: u64,
     pub pushes: u64,
     /// Pushes whose idempotency key had arrived before.
     pub duplicates: u64,
@@ -73,7 +85,8 @@ pub struct DrainReport {
     pub written: Vec<Written>,
     pub records_per_event: f64,
     pub bytes_per_event: f64,
-    /// Shares of the machine's CPU time from herald ready to the last push,
+    /// Shares of the machine's CPU time from the first event taken to the
+    /// last push,
     /// in % of all cores. herald's process holds the load generator and the
     /// provider stand-in too (in production, another machine answers).
     pub cpu_herald_pct: f64,
@@ -121,17 +134,37 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
     config.state.dir = rules.join("state");
     options.limits.apply(&mut config);
     let group = config.kafka.group_id.clone();
-    let running = crate::start(config).await.map_err(|e| e.to_string())?;
-    wait_ready(running.admin_addr(), Duration::from_secs(120)).await?;
-    let ready = Instant::now();
     let brokers_procs = broker_procs();
-    let cpu_before = Cpu::now(&brokers_procs);
+    let running = crate::start(config).await.map_err(|e| e.to_string())?;
+    // Stage 1 takes source events before `/readyz` says ready (stage 2's
+    // restore is what readiness waits for), so the drain is timed from the
+    // first event taken, watched while waiting for ready.
+    let first_taken = {
+        let ready = wait_ready(running.admin_addr(), Duration::from_secs(120));
+        tokio::pin!(ready);
+        let mut first = None;
+        loop {
+            tokio::select! {
+                done = &mut ready => break done.map(|()| first)?,
+                () = tokio::time::sleep(Duration::from_millis(2)), if first.is_none() => {
+                    if running.metrics().consumed_of(&topics.transactions) > 0 {
+                        first = Some((Instant::now(), Cpu::now(&brokers_procs)));
+                    }
+                }
+            }
+        }
+    };
+    let ready = Instant::now();
+    let taken_before_ready = running.metrics().consumed_of(&topics.transactions);
+    let (first_taken, cpu_before) =
+        first_taken.unwrap_or_else(|| (ready, Cpu::now(&brokers_procs)));
     // The CPU used up to the last push: the 2 s of quiet that tell the
     // drain is over would dilute the shares.
     let (mut cpu_at_last, mut pushes_seen) = (Cpu::now(&brokers_procs), 0);
     // Done once every event is consumed and no push has arrived for 2 s.
     let deadline = ready + Duration::from_secs(600);
     let mut shown = Instant::now();
+    let mut source_read = None;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if shown.elapsed() >= Duration::from_secs(1) {
@@ -154,6 +187,9 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
             (cpu_at_last, pushes_seen) = (Cpu::now(&brokers_procs), count);
         }
         let consumed = running.metrics().consumed_of(&topics.transactions);
+        if consumed >= published && source_read.is_none() {
+            source_read = Some(first_taken.elapsed());
+        }
         let quiet = last.is_none_or(|t| t.elapsed() > Duration::from_secs(2));
         if (consumed >= published && quiet) || Instant::now() > deadline {
             break;
@@ -165,12 +201,23 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
     collector.abort();
     let _ = std::fs::remove_dir_all(&rules);
     let p = pushes.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let from = if options.burst { p.first } else { Some(ready) };
+    let from = if options.burst {
+        p.first
+    } else {
+        Some(first_taken)
+    };
     let span_ms = match (from, p.last) {
         (Some(a), Some(b)) => b.saturating_duration_since(a).as_millis() as u64,
         _ => 0,
     };
     let herald_rate = published as f64 / (span_ms.max(1) as f64 / 1000.0);
+    let from_ready_rate = p.last.map_or(0.0, |last| {
+        published as f64
+            / last
+                .saturating_duration_since(ready)
+                .as_secs_f64()
+                .max(1e-3)
+    });
     let written = written(brokers, &topics, &[&format!("lt-{id}"), &group])?;
     let (records, bytes) = written
         .iter()
@@ -182,6 +229,9 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
         floor_rate,
         herald_rate,
         span_ms,
+        from_ready_rate,
+        taken_before_ready,
+        source_read_ms: source_read.map_or(0, |d| d.as_millis() as u64),
         pushes: p.count,
         duplicates: p.duplicates,
         sent,
@@ -409,6 +459,19 @@ fn print(r: &DrainReport) {
         "  herald                    {:>10.0} events/s  ({} ms to the last push)",
         r.herald_rate, r.span_ms
     );
+    if !r.burst {
+        println!(
+            "  timed from ready, as before 2026-12-07: {:>6.0} events/s  ({} events were taken before ready)",
+            r.from_ready_rate, r.taken_before_ready
+        );
+    }
+    if r.source_read_ms > 0 && !r.burst {
+        println!(
+            "  of which stage 1 read the source at {:>6.0} events/s  ({} ms to its last event)",
+            r.events as f64 / (r.source_read_ms as f64 / 1000.0),
+            r.source_read_ms
+        );
+    }
     println!(
         "  pushes {} (sent {}), duplicates {}",
         r.pushes, r.sent, r.duplicates
