@@ -86,9 +86,9 @@ pub struct DrainReport {
     pub records_per_event: f64,
     pub bytes_per_event: f64,
     /// Shares of the machine's CPU time from the first event taken to the
-    /// last push,
-    /// in % of all cores. herald's process holds the load generator and the
-    /// provider stand-in too (in production, another machine answers).
+    /// last push, in % of all cores. herald's process holds the load
+    /// generator and the provider stand-in too (in production, another
+    /// machine answers).
     pub cpu_herald_pct: f64,
     pub cpu_broker_pct: f64,
 }
@@ -464,13 +464,13 @@ fn print(r: &DrainReport) {
             "  timed from ready, as before 2026-12-07: {:>6.0} events/s  ({} events were taken before ready)",
             r.from_ready_rate, r.taken_before_ready
         );
-    }
-    if r.source_read_ms > 0 && !r.burst {
-        println!(
-            "  of which stage 1 read the source at {:>6.0} events/s  ({} ms to its last event)",
-            r.events as f64 / (r.source_read_ms as f64 / 1000.0),
-            r.source_read_ms
-        );
+        if r.source_read_ms > 0 {
+            println!(
+                "  of which stage 1 read the source at {:>6.0} events/s  ({} ms to its last event)",
+                r.events as f64 / (r.source_read_ms as f64 / 1000.0),
+                r.source_read_ms
+            );
+        }
     }
     println!(
         "  pushes {} (sent {}), duplicates {}",
