@@ -13,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::demo::{wait_ready, RunTopics};
 use crate::simulate::{self, Generator};
@@ -125,8 +126,14 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
     let sink = Arc::clone(&pushes);
     let mut arrivals = standin.arrivals();
     let collector = tokio::spawn(async move {
-        while let Ok(a) = arrivals.recv().await {
-            sink.lock().unwrap_or_else(|p| p.into_inner()).add(a.key);
+        loop {
+            let arrival = arrivals.recv().await;
+            let mut p = sink.lock().unwrap_or_else(|p| p.into_inner());
+            match arrival {
+                Ok(a) => p.add(a.key),
+                Err(RecvError::Lagged(n)) => p.missed += n,
+                Err(RecvError::Closed) => break,
+            }
         }
     });
     let mut config = topics.config(brokers, &standin.base_url(), &rules, false)?;
@@ -201,6 +208,13 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
     collector.abort();
     let _ = std::fs::remove_dir_all(&rules);
     let p = pushes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if p.missed > 0 {
+        // The last push seen would be early and the rate too high.
+        return Err(format!(
+            "the run is void: the push counter fell {} arrivals behind the stand-in",
+            p.missed
+        ));
+    }
     let from = if options.burst {
         p.first
     } else {
@@ -253,6 +267,8 @@ struct Pushes {
     keys: std::collections::HashSet<String>,
     first: Option<Instant>,
     last: Option<Instant>,
+    /// Arrivals the counter missed (it fell behind the stand-in's queue).
+    missed: u64,
 }
 
 impl Pushes {

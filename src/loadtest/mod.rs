@@ -281,7 +281,13 @@ async fn measure_herald(
     let sink = Arc::clone(&samples);
     let mut arrivals = standin.arrivals();
     let collector = tokio::spawn(async move {
-        while let Ok(a) = arrivals.recv().await {
+        loop {
+            // A lag loses only those samples; the rest still count.
+            let a = match arrivals.recv().await {
+                Ok(a) => a,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
             if let (Some(e), "fcm") = (a.event_ms, a.api) {
                 sink.lock()
                     .unwrap_or_else(|p| p.into_inner())
