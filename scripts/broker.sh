@@ -15,8 +15,13 @@
 #
 # Needs Java 17+ and Maven (scripts/install-deps.sh installs them). Each start
 # formats fresh storage, so a run never sees an earlier run's topics.
-# HERALD_CACHE moves the cache; HERALD_KAFKA_HEAP sets the JVM heap (default 512m),
-# HERALD_KAFKA_GC the collector's options; each node logs its pauses to gc.log beside broker.log.
+# HERALD_CACHE moves the cache; HERALD_KAFKA_HEAP sets the JVM heap (default 1g, reserved
+# whole at start), HERALD_KAFKA_GC the collector's options (default: those Kafka's own
+# kafka-run-class.sh passes); each node logs its pauses to gc.log beside broker.log.
+# A heap that started at 128m and grew on demand kept G1's young generation at ~10 MB:
+# under herald's load test (1,000 events/s, ~8 records each) it collected 3-25 times a
+# second, 22-59 ms of pauses each second; at 1g from the start, every ~2 s, 5-10 ms a
+# second in pauses of 8-22 ms (BENCHMARKS.md, "the broker's collector").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,8 +31,8 @@ JARS="$CACHE/kafka-$KAFKA_VERSION/jars"
 RUN="$CACHE/kafka-run"
 PORT="${HERALD_BROKER_PORT:-19092}"
 CLUSTER_PORT="${HERALD_CLUSTER_PORT:-29092}"
-HEAP="${HERALD_KAFKA_HEAP:-512m}"
-JVM_GC="${HERALD_KAFKA_GC:--XX:+UseG1GC}"
+HEAP="${HERALD_KAFKA_HEAP:-1g}"
+JVM_GC="${HERALD_KAFKA_GC:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}"
 LOG4J="$ROOT/scripts/kafka/log4j2.properties"
 LOG4J_TOOLS="$ROOT/scripts/kafka/log4j2-tools.properties"
 
@@ -99,7 +104,7 @@ write_properties() {
 launch() {
   local dir="$1"
   : >"$dir/broker.log"
-  nohup bash -c "exec java -Xms128m -Xmx$HEAP $JVM_GC -Xlog:gc:file='$dir/gc.log':uptime -Djava.awt.headless=true \
+  nohup bash -c "exec java -Xms$HEAP -Xmx$HEAP $JVM_GC -Xlog:gc:file='$dir/gc.log':uptime -Djava.awt.headless=true \
     -Dlog4j2.configurationFile='$LOG4J' -cp '$JARS/*' kafka.Kafka '$dir/node.properties'" \
     >>"$dir/broker.log" 2>&1 &
   echo $! >"$dir/pid"

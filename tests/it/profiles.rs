@@ -2,7 +2,9 @@
 //! records written since the table's checkpoint, and decides with the
 //! profiles as the topic has them (updated, deleted, added while stopped); a
 //! profiles topic made again while herald was stopped rebuilds the table; a
-//! replay from the topics deletes what a tombstone deletes.
+//! replay from the topics deletes what a tombstone deletes; a followed topic
+//! whose writer uses transactions (its last offset a commit marker, not a
+//! record) is read to its end.
 
 use std::time::Duration;
 
@@ -262,4 +264,81 @@ async fn a_replay_from_the_topics_honours_a_profile_deleted_on_the_profiles_topi
         "no_profile",
         "the tombstone deleted it"
     );
+}
+
+/// A CRM that writes profiles (or a consent service that writes STOPs) in
+/// Kafka transactions leaves a commit marker at the end of the partition:
+/// the high watermark is one past the last record. The follower must take
+/// the read position librdkafka reports at the partition's end, not "last
+/// record + 1": with the latter, a barrier (every SMS's STOP check waits on
+/// one) waits out its time and fails, and the SMS with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_written_in_transactions_is_read_to_its_end_past_the_commit_marker() {
+    use herald::kafka::follow::{Follower, Start};
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+    let topic = unique("txn-profiles");
+    create_topics(&[(&topic, 1)]).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("transactional.id", unique("txn-writer"))
+        .create()
+        .unwrap();
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    producer.begin_transaction().unwrap();
+    for user in ["u-1", "u-2", "u-3"] {
+        let payload = profile(user, true, true);
+        producer
+            .send(
+                FutureRecord::to(&topic).key(user).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
+
+    let client = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("txn-reader"))
+        .clone();
+    let follower = std::sync::Arc::new(Follower::new(topic.clone(), client));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let (follower, read) = (
+            std::sync::Arc::clone(&follower),
+            std::sync::Arc::clone(&read),
+        );
+        tokio::spawn(async move {
+            follower
+                .run_with(
+                    Start::Beginning,
+                    shutdown,
+                    |_| {
+                        read.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    },
+                    |_| {},
+                )
+                .await
+        })
+    };
+    let caught_up = tokio::time::timeout(Duration::from_secs(30), follower.wait_caught_up()).await;
+    assert!(
+        caught_up.is_ok(),
+        "the follower never reached the partition's end"
+    );
+    assert_eq!(
+        read.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "each record read once"
+    );
+    follower
+        .barrier(Duration::from_secs(10))
+        .await
+        .expect("a barrier passes at once: everything written before it was read");
+    stop.send(true).unwrap();
+    reader.await.unwrap().unwrap();
 }
