@@ -188,7 +188,11 @@ impl Follower {
         }
     }
 
-    /// Each partition's end offset, from the broker.
+    /// Each partition's end offset, from the broker: one ListOffsets request
+    /// per partition leader for all the partitions at once (timestamp -1,
+    /// "latest"). `fetch_watermarks` asked one partition at a time, a round
+    /// trip each, so a STOP check on a 48-partition feedback topic waited
+    /// for 48 round trips in a row.
     async fn fetch_ends(
         &self,
         consumer: std::sync::Arc<BaseConsumer>,
@@ -201,18 +205,32 @@ impl Follower {
             detail,
         };
         tokio::task::spawn_blocking(move || {
+            let mut latest = TopicPartitionList::new();
+            for p in &partitions {
+                latest
+                    .add_partition_offset(&topic, *p, Offset::End)
+                    .map_err(|e| e.to_string())?;
+            }
+            let found = consumer
+                .offsets_for_times(latest, timeout)
+                .map_err(|e| e.to_string())?;
             partitions
                 .iter()
                 .map(|p| {
-                    consumer
-                        .fetch_watermarks(&topic, *p, timeout)
-                        .map(|(_, high)| (*p, high))
+                    let e = found
+                        .find_partition(&topic, *p)
+                        .ok_or_else(|| format!("no end offset for partition {p}"))?;
+                    e.error().map_err(|err| format!("partition {p}: {err}"))?;
+                    match e.offset() {
+                        Offset::Offset(end) => Ok((*p, end)),
+                        other => Err(format!("partition {p}: no end offset ({other:?})")),
+                    }
                 })
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, String>>()
         })
         .await
         .map_err(|e| failed(e.to_string()))?
-        .map_err(|e| failed(e.to_string()))
+        .map_err(failed)
     }
 
     fn positions(&self) -> std::sync::MutexGuard<'_, HashMap<i32, i64>> {
