@@ -89,6 +89,21 @@ impl Source {
         quiet > stall().as_millis() as i64
     }
 
+    /// Replaces the producer when `waiting` writes have had no
+    /// acknowledgement for [`stall()`].
+    fn replace_if_stalled(&self, prefix: &str, waiting: usize) {
+        if waiting == 0 || !self.stalled() {
+            return;
+        }
+        eprintln!(
+            "faults: {prefix}: no swipe acknowledged for {} s with {waiting} waiting; replacing the suite's producer",
+            stall().as_secs(),
+        );
+        if let Err(e) = self.replace() {
+            eprintln!("faults: {prefix}: a new producer: {e}");
+        }
+    }
+
     /// Starts a new producer and empties the old one's queue (its purged
     /// records fail with `PurgeQueue` and are written again by `send`).
     fn replace(&self) -> Result<(), String> {
@@ -142,18 +157,20 @@ pub async fn stream(
         inflight.spawn(async move { writer.send(&topic, &ledger, eid, &key, &payload).await });
         n += 1;
         while inflight.try_join_next().is_some() {}
-        if !inflight.is_empty() && source.stalled() {
-            eprintln!(
-                "faults: {prefix}: no swipe acknowledged for {} s with {} waiting; replacing the suite's producer",
-                stall().as_secs(),
-                inflight.len()
-            );
-            if let Err(e) = source.replace() {
-                eprintln!("faults: {prefix}: a new producer: {e}");
+        source.replace_if_stalled(&prefix, inflight.len());
+    }
+    // The writes still waiting when the stream stops. A producer that stalls
+    // now (a broker thawed a moment ago) is replaced as it is mid-stream:
+    // a CI run's `sigterm-frozen` waited here for ever, its last swipes
+    // never acknowledged by the old producer.
+    loop {
+        tokio::select! {
+            joined = inflight.join_next() => if joined.is_none() { break },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                source.replace_if_stalled(&prefix, inflight.len());
             }
         }
     }
-    while inflight.join_next().await.is_some() {}
     Fed {
         replaced: source.replaced.load(Ordering::Relaxed),
     }
