@@ -471,7 +471,7 @@ impl Follower {
 /// rdkafka's `Consumer::position` first asks the consumer's own thread for
 /// the whole assignment and blocks until it answers. Called at every
 /// partition end of a topic written while it is followed (the feedback
-/// topic, ~275 times a second at 1,000 events/s), that wait held a runtime
+/// topic, ~240 times a second at 1,000 events/s), that wait held a runtime
 /// worker each time. `rd_kafka_position` for the one partition reads the
 /// same position without asking.
 fn position_of<C: ConsumerContext>(
