@@ -189,10 +189,8 @@ impl Follower {
     }
 
     /// Each partition's end offset, from the broker: one ListOffsets request
-    /// per partition leader for all the partitions at once (timestamp -1,
-    /// "latest"). `fetch_watermarks` asked one partition at a time, a round
-    /// trip each, so a STOP check on a 48-partition feedback topic waited
-    /// for 48 round trips in a row.
+    /// per partition leader for all the partitions at once
+    /// ([`super::offsets`]).
     async fn fetch_ends(
         &self,
         consumer: std::sync::Arc<BaseConsumer>,
@@ -205,28 +203,9 @@ impl Follower {
             detail,
         };
         tokio::task::spawn_blocking(move || {
-            let mut latest = TopicPartitionList::new();
-            for p in &partitions {
-                latest
-                    .add_partition_offset(&topic, *p, Offset::End)
-                    .map_err(|e| e.to_string())?;
-            }
-            let found = consumer
-                .offsets_for_times(latest, timeout)
-                .map_err(|e| e.to_string())?;
-            partitions
-                .iter()
-                .map(|p| {
-                    let e = found
-                        .find_partition(&topic, *p)
-                        .ok_or_else(|| format!("no end offset for partition {p}"))?;
-                    e.error().map_err(|err| format!("partition {p}: {err}"))?;
-                    match e.offset() {
-                        Offset::Offset(end) => Ok((*p, end)),
-                        other => Err(format!("partition {p}: no end offset ({other:?})")),
-                    }
-                })
-                .collect::<Result<Vec<_>, String>>()
+            super::offsets::list_offsets(&*consumer, &topic, &partitions, Offset::End, timeout)
+                .map(|ends| ends.into_iter().collect())
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| failed(e.to_string()))?
@@ -331,11 +310,12 @@ impl Follower {
         let mut to_read = 0u64;
         let mut targets: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
         let mut tpl = TopicPartitionList::new();
+        // Unknown watermarks (a slow broker) check nothing and count nothing.
+        let all_marks =
+            super::offsets::watermarks(&consumer, topic, &partitions, Duration::from_secs(10))
+                .unwrap_or_default();
         for p in &partitions {
-            // Unknown watermarks (a slow broker) check nothing and count nothing.
-            let marks = consumer
-                .fetch_watermarks(topic, *p, Duration::from_secs(10))
-                .ok();
+            let marks = all_marks.get(p).copied();
             let offset = match &start {
                 Start::Beginning => Offset::Beginning,
                 Start::Since(ms) => Offset::Offset(*ms),
@@ -543,15 +523,16 @@ pub fn read_back(
         return Err(format!("topic `{topic}` does not exist"));
     }
     let mut tpl = TopicPartitionList::new();
+    let marks = match from {
+        ReadFrom::Last(_) => super::offsets::watermarks(&consumer, topic, &partitions, timeout)
+            .map_err(|e| e.to_string())?,
+        ReadFrom::Time(_) => HashMap::new(),
+    };
     for p in &partitions {
-        let offset = match from {
-            ReadFrom::Time(ms) => Offset::Offset(ms),
-            ReadFrom::Last(n) => {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, *p, timeout)
-                    .map_err(|e| e.to_string())?;
-                Offset::Offset((high - n).max(low))
-            }
+        let offset = match (from, marks.get(p)) {
+            (ReadFrom::Time(ms), _) => Offset::Offset(ms),
+            (ReadFrom::Last(n), Some(&(low, high))) => Offset::Offset((high - n).max(low)),
+            (ReadFrom::Last(_), None) => return Err(format!("no offsets for partition {p}")),
         };
         tpl.add_partition_offset(topic, *p, offset)
             .map_err(|e| e.to_string())?;

@@ -3,6 +3,7 @@
 
 pub mod describe;
 pub mod follow;
+pub mod offsets;
 pub mod topics;
 
 use rdkafka::ClientConfig;

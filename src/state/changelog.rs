@@ -253,15 +253,8 @@ impl Changelog {
         patience: Duration,
     ) -> Result<HashMap<i32, (i64, i64)>, RestoreError> {
         let consumer = self.reader()?;
-        partitions
-            .iter()
-            .map(|&p| {
-                consumer
-                    .fetch_watermarks(&self.topic, p, patience)
-                    .map(|w| (p, w))
-                    .map_err(|e| self.failed(e))
-            })
-            .collect()
+        crate::kafka::offsets::watermarks(&consumer, &self.topic, partitions, patience)
+            .map_err(|e| self.failed(e))
     }
 
     /// Reads each `(partition, from, to)` range (`to` excluded), handing
