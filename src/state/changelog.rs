@@ -37,6 +37,12 @@ pub struct Changelog {
     /// Records a restore read in clear or under the previous key: to be
     /// written again under their current key ([`Changelog::take_moved`]).
     moved: Arc<Mutex<Vec<Moved>>>,
+    /// The client that asks for the partitions' offsets, kept from one
+    /// restore to the next: a new librdkafka client waits up to 100 ms for
+    /// the partitions' leaders before its first request
+    /// (`rd_kafka_topic_partition_list_query_leaders`), and a rebalance
+    /// restores each changelog inside the consumer's poll.
+    offsets_reader: Arc<Mutex<Option<Arc<BaseConsumer>>>>,
 }
 
 /// A record read under a key it no longer has: its partition, the key it
@@ -54,6 +60,7 @@ impl Changelog {
             mirror: None,
             seal: None,
             moved: Arc::default(),
+            offsets_reader: Arc::default(),
         }
     }
 
@@ -95,6 +102,7 @@ impl Changelog {
             mirror: None,
             seal: None,
             moved: Arc::default(),
+            offsets_reader: Arc::default(),
         }
     }
 
@@ -252,8 +260,17 @@ impl Changelog {
         partitions: &[i32],
         patience: Duration,
     ) -> Result<HashMap<i32, (i64, i64)>, RestoreError> {
-        let consumer = self.reader()?;
-        crate::kafka::offsets::watermarks(&consumer, &self.topic, partitions, patience)
+        let consumer = {
+            let mut kept = self
+                .offsets_reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match &*kept {
+                Some(c) => Arc::clone(c),
+                None => Arc::clone(kept.insert(Arc::new(self.reader()?))),
+            }
+        };
+        crate::kafka::offsets::watermarks(&*consumer, &self.topic, partitions, patience)
             .map_err(|e| self.failed(e))
     }
 
