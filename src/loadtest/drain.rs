@@ -111,11 +111,24 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
         .await
         .map_err(|e| e.to_string())?;
 
+    let mut config = topics.config(brokers, &standin.base_url(), &rules, false)?;
+    // Its own state directory: another run's tables belong to other topics.
+    config.state.dir = rules.join("state");
+    options.limits.apply(&mut config);
+    let prefixes = [format!("lt-{id}"), config.kafka.group_id.clone()];
+    let warmed_events = warm(&producer, &topics, config.clone(), &options).await?;
+    let warmed = ends(brokers, &prefixes)?;
+
     // The backlog, then the floor over it.
-    let published = publish(&producer, &topics.transactions, &options).await?;
+    let published = publish(&producer, &topics.transactions, &options, 11).await?;
     let floor = crate::loadtest::floor::consumer(brokers, &topics.transactions)?;
-    let (read, span) =
-        crate::loadtest::floor::measure(&floor, published, Duration::from_secs(120)).await;
+    // From the start of the topic: the warm-up's events and the backlog.
+    let (read, span) = crate::loadtest::floor::measure(
+        &floor,
+        warmed_events + published,
+        Duration::from_secs(120),
+    )
+    .await;
     let floor_rate = span.map_or(0.0, |(a, b)| {
         read.len() as f64 / (b - a).as_secs_f64().max(1e-6)
     });
@@ -136,11 +149,6 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
             }
         }
     });
-    let mut config = topics.config(brokers, &standin.base_url(), &rules, false)?;
-    // Its own state directory: another run's tables belong to other topics.
-    config.state.dir = rules.join("state");
-    options.limits.apply(&mut config);
-    let group = config.kafka.group_id.clone();
     let brokers_procs = broker_procs();
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     // Stage 1 takes source events before `/readyz` says ready (stage 2's
@@ -232,7 +240,7 @@ pub async fn run(options: DrainOptions, credentials: Credentials) -> Result<Drai
                 .as_secs_f64()
                 .max(1e-3)
     });
-    let written = written(brokers, &topics, &[&format!("lt-{id}"), &group])?;
+    let written = written(brokers, &topics, &prefixes, &warmed)?;
     let (records, bytes) = written
         .iter()
         .fold((0, 0), |(r, b), w| (r + w.records, b + w.bytes));
@@ -311,8 +319,9 @@ async fn publish(
     producer: &rdkafka::producer::FutureProducer,
     topic: &str,
     options: &DrainOptions,
+    seed: u64,
 ) -> Result<u64, String> {
-    let mut generator = Generator::new(11, options.users, 5);
+    let mut generator = Generator::new(seed, options.users, 5);
     let now = crate::util::now_ms();
     let mut sends = futures::stream::FuturesUnordered::new();
     use futures::StreamExt;
@@ -335,8 +344,76 @@ async fn publish(
     Ok(options.count)
 }
 
-/// Every record of the run's topics other than its inputs: what herald wrote.
-fn written(brokers: &str, topics: &RunTopics, prefixes: &[&str]) -> Result<Vec<Written>, String> {
+/// Herald run once over a few seconds' swipes and stopped, before the
+/// backlog is published: the run's topics are new, and the broker holds the
+/// first write to each new partition (~20 ms each, one after another:
+/// `loadtest::WARM_SECONDS`), which a deployment's topics have long paid.
+/// The drain is then a restart onto a backlog, the way a backlog arises.
+async fn warm(
+    producer: &rdkafka::producer::FutureProducer,
+    topics: &RunTopics,
+    config: crate::config::Config,
+    options: &DrainOptions,
+) -> Result<u64, String> {
+    let running = crate::start(config).await.map_err(|e| e.to_string())?;
+    wait_ready(running.admin_addr(), Duration::from_secs(120)).await?;
+    let warm = DrainOptions {
+        count: 3_000,
+        burst: false,
+        ..options.clone()
+    };
+    let count = publish(producer, &topics.transactions, &warm, 12).await?;
+    // Taken, and no send for 1 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut sent, mut since) = (0, Instant::now());
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = running.metrics();
+        if m.sent_total() != sent {
+            (sent, since) = (m.sent_total(), Instant::now());
+        }
+        if m.consumed_of(&topics.transactions) >= count && since.elapsed() > Duration::from_secs(1)
+        {
+            running.stop().await;
+            return Ok(count);
+        }
+    }
+    running.stop().await;
+    Err(format!(
+        "herald did not take the warm-up's {count} events within 60 s"
+    ))
+}
+
+/// The run's topics (names starting with one of `prefixes`) and their
+/// partitions' ends.
+fn ends(brokers: &str, prefixes: &[String]) -> Result<HashMap<(String, i32), i64>, String> {
+    let (consumer, topics) = run_topics(brokers, prefixes)?;
+    let mut out = HashMap::new();
+    for (name, partitions) in topics {
+        let marks = crate::kafka::offsets::watermarks(
+            &consumer,
+            &name,
+            &partitions,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| e.to_string())?;
+        out.extend(
+            marks
+                .into_iter()
+                .map(|(p, (_, hi))| ((name.clone(), p), hi)),
+        );
+    }
+    Ok(out)
+}
+
+/// Topics by name, each with its partitions.
+type TopicPartitions = Vec<(String, Vec<i32>)>;
+
+/// A client to ask offsets with, and the run's topics with their partitions.
+fn run_topics(
+    brokers: &str,
+    prefixes: &[String],
+) -> Result<(BaseConsumer, TopicPartitions), String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("drain-count-{}", prefixes[0]))
@@ -346,28 +423,54 @@ fn written(brokers: &str, topics: &RunTopics, prefixes: &[&str]) -> Result<Vec<W
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
+    let topics = metadata
+        .topics()
+        .iter()
+        .filter(|t| prefixes.iter().any(|p| t.name().starts_with(p.as_str())))
+        .map(|t| {
+            (
+                t.name().to_string(),
+                t.partitions().iter().map(|p| p.id()).collect(),
+            )
+        })
+        .collect();
+    Ok((consumer, topics))
+}
+
+/// Every record of the run's topics other than its inputs written after
+/// `from` (each partition's end then): what herald wrote.
+fn written(
+    brokers: &str,
+    topics: &RunTopics,
+    prefixes: &[String],
+    from: &HashMap<(String, i32), i64>,
+) -> Result<Vec<Written>, String> {
+    let (consumer, run_topics) = run_topics(brokers, prefixes)?;
     let inputs = [&topics.transactions, &topics.profiles];
     let mut out = Vec::new();
-    for t in metadata.topics() {
-        let name = t.name();
-        let ours = prefixes.iter().any(|p| name.starts_with(p));
-        if !ours || inputs.contains(&&name.to_string()) {
+    for (name, partitions) in run_topics {
+        if inputs.contains(&&name) {
             continue;
         }
+        let marks = crate::kafka::offsets::watermarks(
+            &consumer,
+            &name,
+            &partitions,
+            Duration::from_secs(10),
+        )
+        .map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
         let mut want = HashMap::new();
-        for p in t.partitions() {
-            let (lo, hi) = consumer
-                .fetch_watermarks(name, p.id(), Duration::from_secs(10))
-                .map_err(|e| e.to_string())?;
+        for (p, (lo, hi)) in marks {
+            let lo = lo.max(from.get(&(name.clone(), p)).copied().unwrap_or(0));
             if hi > lo {
-                want.insert(p.id(), hi);
-                tpl.add_partition_offset(name, p.id(), Offset::Offset(lo))
+                want.insert(p, hi);
+                tpl.add_partition_offset(&name, p, Offset::Offset(lo))
                     .map_err(|e| e.to_string())?;
             }
         }
         let mut w = Written {
-            topic: name.to_string(),
+            topic: name.clone(),
             records: 0,
             bytes: 0,
         };

@@ -66,16 +66,18 @@ pub struct StageFigures {
 }
 
 impl StageSamples {
-    /// Collects the timings of every sent decision from `decisions` until
-    /// the task is aborted.
+    /// Collects the timings of every sent decision from `decisions` whose
+    /// event is from `since_ms` on, until the task is aborted.
     pub fn collect(
         mut decisions: tokio::sync::broadcast::Receiver<Arc<Decision>>,
+        since_ms: i64,
     ) -> (Arc<Mutex<StageSamples>>, tokio::task::JoinHandle<()>) {
         let samples = Arc::new(Mutex::new(StageSamples::default()));
         let sink = Arc::clone(&samples);
         let task = tokio::spawn(async move {
             loop {
                 match decisions.recv().await {
+                    Ok(d) if d.outcome.timings.event_ms < since_ms => continue,
                     Ok(d) => sink
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
