@@ -357,7 +357,7 @@ pub fn svg(r: &Report) -> String {
 /// Every record of `topic` (JSON values), from its start to its end now.
 pub fn read_topic(config: &crate::config::Config, topic: &str) -> Result<Vec<Value>, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Message, Offset, TopicPartitionList};
+    use rdkafka::Message;
     use std::time::{Duration, Instant};
     let mut client = crate::kafka::profile_reader_config(&config.kafka);
     client.set("group.id", "herald-experiment-report");
@@ -369,23 +369,15 @@ pub fn read_topic(config: &crate::config::Config, topic: &str) -> Result<Vec<Val
     if partitions.is_empty() {
         return Err(format!("topic `{topic}` does not exist"));
     }
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = std::collections::HashMap::new();
-    for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Offset(low))
-                .map_err(|e| e.to_string())?;
-            ends.insert(p, high);
-        }
-    }
+    let mut ends = crate::kafka::offsets::assign_to_ends(
+        &consumer,
+        topic,
+        &partitions,
+        Duration::from_secs(10),
+        |_, low, _| low,
+    )
+    .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let mut last = Instant::now();
     while !ends.is_empty() && last.elapsed() < Duration::from_secs(30) {
         let Some(m) = consumer.poll(Duration::from_millis(500)) else {

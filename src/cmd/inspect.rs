@@ -65,10 +65,15 @@ pub fn inspect(args: &InspectArgs) -> Outcome {
             args.topic
         )));
     }
+    let marks = herald::kafka::offsets::watermarks(
+        &consumer,
+        &args.topic,
+        &partitions,
+        Duration::from_secs(10),
+    )
+    .map_err(Failure::run)?;
     for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&args.topic, partition, Duration::from_secs(10))
-            .map_err(Failure::run)?;
+        let (low, high) = marks[&partition];
         let from = (high - args.last.max(0)).max(low);
         if from >= high {
             continue;

@@ -61,3 +61,29 @@ pub fn watermarks<C: ConsumerContext>(
         .map(|(p, low)| (p, (low, high.get(&p).copied().unwrap_or(low))))
         .collect())
 }
+
+/// Assigns `consumer` each of `partitions` that has records from `start`
+/// on (`start` picks the offset from a partition's first kept offset and
+/// end) and returns those partitions' ends: a reader has read one when it
+/// has taken the record before its end. Blocking.
+pub fn assign_to_ends<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+    mut start: impl FnMut(i32, i64, i64) -> i64,
+) -> Result<HashMap<i32, i64>, KafkaError> {
+    let mut assigned = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for (p, (low, high)) in watermarks(consumer, topic, partitions, timeout)? {
+        let from = start(p, low, high).max(low);
+        if from < high {
+            assigned.add_partition_offset(topic, p, Offset::Offset(from))?;
+            ends.insert(p, high);
+        }
+    }
+    if !ends.is_empty() {
+        consumer.assign(&assigned)?;
+    }
+    Ok(ends)
+}

@@ -1,6 +1,8 @@
 //! `herald loadtest`: open-loop load against the real broker, measuring herald
 //! (produce → request received at the provider stand-in) against the floor (a
 //! bare rdkafka consumer that only decodes the same events) in the same run.
+//! Each side is measured after 3 s of unmeasured traffic through its own
+//! topics, as a running deployment's topics are ([`WARM_SECONDS`]).
 //!
 //! Not a timed test: it reports figures; BENCHMARKS.md records them.
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use herald::standin::Arrival;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message};
 use serde_json::Value;
 
 use super::load::Produced;
@@ -44,24 +44,25 @@ pub fn read_records(bootstrap: &str, topic: &str, limit: Duration) -> Result<Rea
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
-    let mut tpl = TopicPartitionList::new();
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| p.id())
+        .collect();
     let mut ends = BTreeMap::new();
-    let mut open = HashMap::new();
-    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        ends.insert(p.id(), high);
-        if high > low {
-            open.insert(p.id(), high);
-            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
-                .map_err(|e| e.to_string())?;
-        }
-    }
+    let mut open = herald::kafka::offsets::assign_to_ends(
+        &consumer,
+        topic,
+        &partitions,
+        Duration::from_secs(10),
+        |p, low, high| {
+            ends.insert(p, high);
+            low
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let mut records = Vec::new();
-    if !open.is_empty() {
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    }
     let deadline = std::time::Instant::now() + limit;
     while !open.is_empty() && std::time::Instant::now() < deadline {
         let Some(m) = consumer.poll(Duration::from_millis(500)) else {
