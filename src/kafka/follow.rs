@@ -80,9 +80,10 @@ pub struct Follower {
     positions: Mutex<HashMap<i32, i64>>,
     /// True once every partition was read to its end once.
     caught_up: watch::Sender<bool>,
-    /// For watermark queries; made on the first [`Follower::barrier`].
+    /// For its consumer, and the kept client of its watermark queries
+    /// (built on the first [`Follower::barrier`]).
     client: ClientConfig,
-    watermarks: Mutex<Option<std::sync::Arc<BaseConsumer>>>,
+    watermarks: super::offsets::KeptClient,
     /// The last end offsets fetched and when the fetch began: callers that
     /// began waiting before it share it (one broker round trip for many SMS).
     last_ends: tokio::sync::Mutex<Option<(Instant, Ends)>>,
@@ -104,8 +105,8 @@ impl Follower {
             topic,
             positions: Mutex::new(HashMap::new()),
             caught_up: watch::Sender::new(false),
+            watermarks: super::offsets::KeptClient::new(client.clone()),
             client,
-            watermarks: Mutex::new(None),
             last_ends: tokio::sync::Mutex::new(None),
         }
     }
@@ -131,24 +132,13 @@ impl Follower {
     /// partition's end offset, then waits for the read position to reach it.
     pub async fn barrier(&self, timeout: Duration) -> Result<(), BarrierError> {
         let began = Instant::now();
-        let consumer = {
-            let mut slot = self.watermarks.lock().unwrap_or_else(|p| p.into_inner());
-            match &*slot {
-                Some(c) => std::sync::Arc::clone(c),
-                None => {
-                    let c: BaseConsumer =
-                        self.client
-                            .create()
-                            .map_err(|e: KafkaError| BarrierError::Watermarks {
-                                topic: self.topic.clone(),
-                                detail: e.to_string(),
-                            })?;
-                    let c = std::sync::Arc::new(c);
-                    *slot = Some(std::sync::Arc::clone(&c));
-                    c
-                }
-            }
-        };
+        let consumer = self
+            .watermarks
+            .get()
+            .map_err(|e| BarrierError::Watermarks {
+                topic: self.topic.clone(),
+                detail: e.to_string(),
+            })?;
         let partitions: Vec<i32> = self.positions().keys().copied().collect();
         if partitions.is_empty() {
             return Err(BarrierError::Behind {

@@ -9,11 +9,41 @@
 //! to be written), the same two offsets `fetch_watermarks` returns.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// A client for offsets and reads, built on first use and then kept: a new
+/// librdkafka client waits for the partitions' leaders before its first
+/// request, checking every 100 ms
+/// (`rd_kafka_topic_partition_list_query_leaders`), and restores and
+/// barriers run where 100 ms is a pause in sends (a rebalance, an SMS).
+pub struct KeptClient {
+    config: ClientConfig,
+    kept: Mutex<Option<Arc<BaseConsumer>>>,
+}
+
+impl KeptClient {
+    /// A client to be built from `config` when first asked for.
+    pub fn new(config: ClientConfig) -> KeptClient {
+        KeptClient {
+            config,
+            kept: Mutex::new(None),
+        }
+    }
+
+    /// The client, built now if it was not yet.
+    pub fn get(&self) -> Result<Arc<BaseConsumer>, KafkaError> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        match &*kept {
+            Some(c) => Ok(Arc::clone(c)),
+            None => Ok(Arc::clone(kept.insert(Arc::new(self.config.create()?)))),
+        }
+    }
+}
 
 /// Each of `partitions`' offset `at` [`Offset::Beginning`] (its first
 /// kept record) or [`Offset::End`] (the next to be written). Blocking.

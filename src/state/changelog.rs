@@ -27,7 +27,13 @@ pub struct Restored {
 pub struct Changelog {
     pub topic: String,
     recorder: Option<Recorder>,
-    reader: ClientConfig,
+    /// The client its restores ask offsets of and read through, kept from
+    /// one restore to the next (a rebalance restores each changelog inside
+    /// the consumer's poll, where a new client's wait for the partitions'
+    /// leaders, up to 100 ms, is a pause in sends).
+    reader: Arc<crate::kafka::offsets::KeptClient>,
+    /// Held while a restore reads through `reader` (it assigns partitions).
+    reading: Arc<Mutex<()>>,
     /// Its copy on local disk, if it has one: then a restore reads the
     /// rows from disk and only the tail past the checkpoint.
     mirror: Option<std::sync::Arc<super::mirror::Mirror>>,
@@ -37,12 +43,19 @@ pub struct Changelog {
     /// Records a restore read in clear or under the previous key: to be
     /// written again under their current key ([`Changelog::take_moved`]).
     moved: Arc<Mutex<Vec<Moved>>>,
-    /// The client that asks for the partitions' offsets, kept from one
-    /// restore to the next: a new librdkafka client waits up to 100 ms for
-    /// the partitions' leaders before its first request
-    /// (`rd_kafka_topic_partition_list_query_leaders`), and a rebalance
-    /// restores each changelog inside the consumer's poll.
-    offsets_reader: Arc<Mutex<Option<Arc<BaseConsumer>>>>,
+}
+
+/// A restore's client settings on top of `reader`'s (brokers, security):
+/// no group offsets, large fetches, a short fetch wait.
+fn restore_client(mut reader: ClientConfig) -> ClientConfig {
+    reader
+        .set("group.id", format!("herald-restore-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760");
+    reader
 }
 
 /// A record read under a key it no longer has: its partition, the key it
@@ -56,11 +69,13 @@ impl Changelog {
         Changelog {
             topic,
             recorder: Some(recorder),
-            reader,
+            reader: Arc::new(crate::kafka::offsets::KeptClient::new(restore_client(
+                reader,
+            ))),
+            reading: Arc::default(),
             mirror: None,
             seal: None,
             moved: Arc::default(),
-            offsets_reader: Arc::default(),
         }
     }
 
@@ -98,11 +113,11 @@ impl Changelog {
         Changelog {
             topic: String::new(),
             recorder: None,
-            reader: ClientConfig::new(),
+            reader: Arc::new(crate::kafka::offsets::KeptClient::new(ClientConfig::new())),
+            reading: Arc::default(),
             mirror: None,
             seal: None,
             moved: Arc::default(),
-            offsets_reader: Arc::default(),
         }
     }
 
@@ -234,17 +249,8 @@ impl Changelog {
         Ok(read)
     }
 
-    fn reader(&self) -> Result<BaseConsumer, RestoreError> {
-        self.reader
-            .clone()
-            .set("group.id", format!("herald-restore-{}", std::process::id()))
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "10")
-            .set("fetch.max.bytes", "52428800")
-            .set("max.partition.fetch.bytes", "10485760")
-            .create()
-            .map_err(|source| self.failed(source))
+    fn reader(&self) -> Result<Arc<BaseConsumer>, RestoreError> {
+        self.reader.get().map_err(|source| self.failed(source))
     }
 
     fn failed(&self, source: rdkafka::error::KafkaError) -> RestoreError {
@@ -260,16 +266,7 @@ impl Changelog {
         partitions: &[i32],
         patience: Duration,
     ) -> Result<HashMap<i32, (i64, i64)>, RestoreError> {
-        let consumer = {
-            let mut kept = self
-                .offsets_reader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match &*kept {
-                Some(c) => Arc::clone(c),
-                None => Arc::clone(kept.insert(Arc::new(self.reader()?))),
-            }
-        };
+        let consumer = self.reader()?;
         crate::kafka::offsets::watermarks(&*consumer, &self.topic, partitions, patience)
             .map_err(|e| self.failed(e))
     }
@@ -288,7 +285,7 @@ impl Changelog {
         let mut ends = HashMap::new();
         for &(partition, from, to) in ranges {
             if to > from {
-                ends.insert(partition, (to, to - from, 0i64));
+                ends.insert(partition, (from, to, 0i64));
                 tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))
                     .map_err(|e| self.failed(e))?;
             }
@@ -296,19 +293,45 @@ impl Changelog {
         if ends.is_empty() {
             return Ok(());
         }
+        let _reading = self.reading.lock().unwrap_or_else(|p| p.into_inner());
         let consumer = self.reader()?;
         consumer.assign(&tpl).map_err(|e| self.failed(e))?;
-        let (mut moved, mut unreadable) = (HashMap::new(), 0usize);
+        let mut unreadable = 0usize;
+        let read = self.read_assigned(&consumer, &mut ends, patience, &mut unreadable, &mut apply);
+        // Kept for the next restore: it fetches nothing meanwhile.
+        let unassigned = consumer.unassign().map_err(|e| self.failed(e));
+        read.and(unassigned)?;
+        if unreadable > 0 {
+            tracing::warn!(topic = %self.topic, records = unreadable, "changelog records sealed under a key herald does not have (set HERALD_STATE_KEY_PREVIOUS to the key before a rotation) or altered; their state starts fresh");
+        }
+        Ok(())
+    }
+
+    /// Polls `consumer` (assigned each partition of `ends` from its
+    /// `(from, to, read)`) until every partition was read up to `to`,
+    /// handing each record to `apply`; counts in `unreadable` the records
+    /// it could not open.
+    fn read_assigned(
+        &self,
+        consumer: &BaseConsumer,
+        ends: &mut HashMap<i32, (i64, i64, i64)>,
+        patience: Duration,
+        unreadable: &mut usize,
+        apply: &mut impl FnMut(i32, i64, Change),
+    ) -> Result<(), RestoreError> {
+        let mut moved = HashMap::new();
         let mut last_progress = Instant::now();
         let started = Instant::now();
         while !ends.is_empty() {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     last_progress = Instant::now();
-                    let Some((to, _, read)) = ends.get_mut(&m.partition()) else {
+                    let Some((from, to, read)) = ends.get_mut(&m.partition()) else {
                         continue;
                     };
-                    if m.offset() >= *to {
+                    // Outside the range asked (the kept client read other
+                    // ranges before): not this restore's.
+                    if m.offset() < *from || m.offset() >= *to {
                         continue;
                     }
                     *read += 1;
@@ -323,7 +346,7 @@ impl Changelog {
                     };
                     match self.opened(m.partition(), change, &mut moved) {
                         Some(change) => apply(m.partition(), m.offset(), change),
-                        None => unreadable += 1,
+                        None => *unreadable += 1,
                     }
                     if done {
                         ends.remove(&m.partition());
@@ -331,21 +354,18 @@ impl Changelog {
                 }
                 Some(Err(e)) => return Err(self.failed(e)),
                 None if last_progress.elapsed() > patience => {
-                    let (&partition, &(_, expected, read)) =
+                    let (&partition, &(from, to, read)) =
                         ends.iter().next().expect("a partition still open");
                     return Err(RestoreError::Incomplete {
                         topic: self.topic.clone(),
                         partition,
                         read,
-                        expected,
+                        expected: to - from,
                         waited_s: started.elapsed().as_secs(),
                     });
                 }
                 None => {}
             }
-        }
-        if unreadable > 0 {
-            tracing::warn!(topic = %self.topic, records = unreadable, "changelog records sealed under a key herald does not have (set HERALD_STATE_KEY_PREVIOUS to the key before a rotation) or altered; their state starts fresh");
         }
         Ok(())
     }
