@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::core::Collector;
 use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 
@@ -280,19 +279,7 @@ async fn measure_herald(
     options.limits.apply(&mut config);
     let running = crate::start(config).await.map_err(|e| e.to_string())?;
     wait_ready(running.admin_addr(), Duration::from_secs(60)).await?;
-    let consumed = || -> u64 {
-        running
-            .metrics()
-            .events_consumed
-            .collect()
-            .iter()
-            .flat_map(|f| {
-                f.get_metric()
-                    .iter()
-                    .map(|m| m.get_counter().get_value() as u64)
-            })
-            .sum()
-    };
+    let consumed = || running.metrics().consumed_of(&topics.transactions);
     let wait_consumed = |want: u64| async move {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
