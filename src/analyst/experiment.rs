@@ -358,7 +358,7 @@ pub fn svg(r: &Report) -> String {
 pub fn read_topic(config: &crate::config::Config, topic: &str) -> Result<Vec<Value>, String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let mut client = crate::kafka::profile_reader_config(&config.kafka);
     client.set("group.id", "herald-experiment-report");
     let consumer: BaseConsumer = client.create().map_err(|e| e.to_string())?;
@@ -369,7 +369,7 @@ pub fn read_topic(config: &crate::config::Config, topic: &str) -> Result<Vec<Val
     if partitions.is_empty() {
         return Err(format!("topic `{topic}` does not exist"));
     }
-    let mut ends = crate::kafka::offsets::assign_to_ends(
+    let ends = crate::kafka::offsets::assign_to_ends(
         &consumer,
         topic,
         &partitions,
@@ -378,24 +378,18 @@ pub fn read_topic(config: &crate::config::Config, topic: &str) -> Result<Vec<Val
     )
     .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    let mut last = Instant::now();
-    while !ends.is_empty() && last.elapsed() < Duration::from_secs(30) {
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let m = m.map_err(|e| e.to_string())?;
-        last = Instant::now();
-        if let Some(v) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-            out.push(v);
-        }
-        if ends
-            .get(&m.partition())
-            .is_some_and(|&end| m.offset() + 1 >= end)
-        {
-            ends.remove(&m.partition());
-        }
-    }
-    if !ends.is_empty() {
+    let unread = crate::kafka::offsets::read_to_ends(
+        &consumer,
+        ends,
+        crate::kafka::offsets::ReadLimit::Quiet(Duration::from_secs(30)),
+        |m| {
+            if let Some(v) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+                out.push(v);
+            }
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if !unread.is_empty() {
         return Err(format!(
             "`{topic}` was not read to its end (no record for 30 s)"
         ));

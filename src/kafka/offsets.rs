@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 /// A client for offsets and reads, built on first use and then kept: a new
 /// librdkafka client waits for the partitions' leaders before its first
@@ -114,6 +115,49 @@ pub fn assign_to_ends<C: ConsumerContext>(
     }
     if !ends.is_empty() {
         consumer.assign(&assigned)?;
+    }
+    Ok(ends)
+}
+
+/// How long [`read_to_ends`] goes on.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadLimit {
+    /// At most this long in all.
+    Total(Duration),
+    /// Until no record has come for this long.
+    Quiet(Duration),
+}
+
+/// Reads `consumer`, assigned by [`assign_to_ends`], handing `each` every
+/// record, until each partition of `ends` has given the record before its
+/// end or `limit` passes. Returns the partitions not read to their end
+/// (empty when all were); a consumer error ends the read with that error.
+/// Blocking.
+pub fn read_to_ends<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    mut ends: HashMap<i32, i64>,
+    limit: ReadLimit,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<HashMap<i32, i64>, KafkaError> {
+    let started = Instant::now();
+    let mut last = started;
+    let over = |last: Instant| match limit {
+        ReadLimit::Total(d) => started.elapsed() >= d,
+        ReadLimit::Quiet(d) => last.elapsed() >= d,
+    };
+    while !ends.is_empty() && !over(last) {
+        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m?;
+        last = Instant::now();
+        each(&m);
+        if ends
+            .get(&m.partition())
+            .is_some_and(|&end| m.offset() + 1 >= end)
+        {
+            ends.remove(&m.partition());
+        }
     }
     Ok(ends)
 }

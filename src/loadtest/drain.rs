@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::demo::{wait_ready, RunTopics};
+use crate::kafka::offsets::ReadLimit;
 use crate::simulate::{self, Generator};
 use crate::standin::Credentials;
 
@@ -454,7 +455,7 @@ fn written(
         if inputs.contains(&&name) {
             continue;
         }
-        let mut want = crate::kafka::offsets::assign_to_ends(
+        let want = crate::kafka::offsets::assign_to_ends(
             &consumer,
             &name,
             &partitions,
@@ -467,22 +468,19 @@ fn written(
             records: 0,
             bytes: 0,
         };
-        if !want.is_empty() {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !want.is_empty() && Instant::now() < deadline {
-                let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else {
-                    continue;
-                };
+        let unread = crate::kafka::offsets::read_to_ends(
+            &consumer,
+            want,
+            ReadLimit::Total(Duration::from_secs(60)),
+            |m| {
                 w.records += 1;
                 w.bytes +=
                     (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64;
-                if want
-                    .get(&m.partition())
-                    .is_some_and(|hi| m.offset() + 1 >= *hi)
-                {
-                    want.remove(&m.partition());
-                }
-            }
+            },
+        )
+        .map_err(|e| format!("`{name}`: {e}"))?;
+        if !unread.is_empty() {
+            return Err(format!("`{name}` was not read to its end within 60 s"));
         }
         if w.records > 0 {
             out.push(w);

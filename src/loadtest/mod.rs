@@ -222,10 +222,17 @@ async fn measure_floor(
     let producer = simulate::producer(brokers, &[]).map_err(|e| e.to_string())?;
     let warm = warm_count(options);
     let produce = publish_transactions(&producer, &topic, options, 6, options.rate, warm);
-    tokio::join!(
+    let (_, (warmed, _)) = tokio::join!(
         produce,
         floor::measure(&consumer, warm, Duration::from_secs(30))
     );
+    // Every warm-up event read, or the measured part would count the rest.
+    if (warmed.len() as u64) < warm {
+        return Err(format!(
+            "the floor consumer read {} of the warm-up's {warm} events within 30 s",
+            warmed.len()
+        ));
+    }
     let start = Instant::now();
     let produce = publish_transactions(&producer, &topic, options, 7, options.rate, count);
     let consume = floor::measure(&consumer, count, options.duration + Duration::from_secs(30));

@@ -51,7 +51,7 @@ pub fn read_records(bootstrap: &str, topic: &str, limit: Duration) -> Result<Rea
         .map(|p| p.id())
         .collect();
     let mut ends = BTreeMap::new();
-    let mut open = herald::kafka::offsets::assign_to_ends(
+    let open = herald::kafka::offsets::assign_to_ends(
         &consumer,
         topic,
         &partitions,
@@ -63,25 +63,20 @@ pub fn read_records(bootstrap: &str, topic: &str, limit: Duration) -> Result<Rea
     )
     .map_err(|e| e.to_string())?;
     let mut records = Vec::new();
-    let deadline = std::time::Instant::now() + limit;
-    while !open.is_empty() && std::time::Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let m = m.map_err(|e| e.to_string())?;
-        records.push((
-            m.partition(),
-            m.offset(),
-            m.key().map(<[u8]>::to_vec),
-            m.payload().map(<[u8]>::to_vec),
-        ));
-        if open
-            .get(&m.partition())
-            .is_some_and(|&end| m.offset() + 1 >= end)
-        {
-            open.remove(&m.partition());
-        }
-    }
+    let open = herald::kafka::offsets::read_to_ends(
+        &consumer,
+        open,
+        herald::kafka::offsets::ReadLimit::Total(limit),
+        |m| {
+            records.push((
+                m.partition(),
+                m.offset(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+            ))
+        },
+    )
+    .map_err(|e| e.to_string())?;
     Ok(ReadBack {
         records,
         ends,
