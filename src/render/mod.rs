@@ -14,6 +14,7 @@ use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 use crate::util;
 
 pub mod locale;
+mod money;
 mod names;
 mod plan;
 mod reads;
@@ -372,7 +373,23 @@ fn local_time_text(ms: i64, zone: Option<&str>, format: Option<&str>) -> Result<
     let ts = jiff::Timestamp::from_millisecond(ms)
         .map_err(|_| invalid("local_time: time out of range"))?;
     let zoned = ts.to_zoned_datetime(tz);
-    Ok(zoned.strftime(format.unwrap_or("%H:%M")).to_string())
+    match format {
+        // The default, written without reading a format.
+        None | Some("%H:%M") => {
+            let (hour, minute) = (zoned.hour(), zoned.minute());
+            let digit = |n: i8| char::from(b'0' + n as u8);
+            Ok([
+                digit(hour / 10),
+                digit(hour % 10),
+                ':',
+                digit(minute / 10),
+                digit(minute % 10),
+            ]
+            .iter()
+            .collect())
+        }
+        Some(format) => Ok(zoned.strftime(format).to_string()),
+    }
 }
 
 fn invalid(msg: &'static str) -> Error {
