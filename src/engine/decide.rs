@@ -3,7 +3,6 @@
 //! chains, which move to their next channel only when the reason is about
 //! the channel (no consent, no address, dead tokens, a failed send).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -490,16 +489,17 @@ fn render(
     // The event time travels with the message so the app (and the stand-in
     // provider) can tell how fresh it is; rule and key let a push action or
     // reply name the message it answers.
-    let mut data = BTreeMap::from([("event_ms", event.time_ms.to_string())]);
-    if let Some(key) = &event.key {
-        data.insert("key", key.to_string());
-    }
-    if let Some(actions) = &rule.push_actions {
-        data.insert("actions", actions.buttons.join(","));
-    }
+    let data = crate::deliver::MessageData {
+        event_ms: Some(event.time_ms),
+        key: event.key.clone(),
+        actions: rule
+            .push_actions
+            .as_ref()
+            .map(|a| a.buttons.join(",").into()),
+    };
     let mut body = part(body_part)?;
     if channel.channel.kind() == ChannelKind::Sms {
-        body = crate::outcome::sms::plain_spaces(body);
+        body = crate::outcome::sms::for_sms(body);
     }
     Ok(Message {
         rule_id: rule.id.clone(),

@@ -89,14 +89,7 @@ fn segments(total: u32, widths: impl Iterator<Item = u32>, single: u32, part: u3
 pub fn measure(text: &str) -> SmsSize {
     // Walked again rather than collected: no allocation per message; the
     // split into segments is walked only for a text longer than one.
-    let gsm = match text.is_ascii() {
-        true => text
-            .bytes()
-            .map(|b| septets(char::from(b)))
-            .sum::<Option<u32>>(),
-        false => text.chars().map(septets).sum::<Option<u32>>(),
-    };
-    match gsm {
+    match gsm_septets(text) {
         Some(units) => SmsSize {
             encoding: SmsEncoding::Gsm7,
             units,
@@ -109,7 +102,13 @@ pub fn measure(text: &str) -> SmsSize {
         },
         None => {
             let widths = text.chars().map(|c| c.len_utf16() as u32);
-            let units = widths.clone().sum();
+            // UTF-16 units without decoding: one per byte that starts a
+            // character (not a continuation byte), and one more per
+            // four-byte character (a surrogate pair).
+            let units = text
+                .bytes()
+                .map(|b| u32::from(b & 0xc0 != 0x80) + u32::from(b >= 0xf0))
+                .sum();
             SmsSize {
                 encoding: SmsEncoding::Ucs2,
                 units,
@@ -119,12 +118,102 @@ pub fn measure(text: &str) -> SmsSize {
     }
 }
 
+/// Septets of each ASCII byte in GSM-7 (0: not in the alphabet), from
+/// [`septets`], so the common all-ASCII text is a table walk.
+const ASCII_SEPTETS: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = match b as u8 {
+            b'^' | b'{' | b'}' | b'\\' | b'[' | b']' | b'~' | b'|' | 0x0c => 2,
+            b'`' => 0,
+            b' '..=b'~' | b'\n' | b'\r' => 1,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// The septets of `text` in GSM-7, or `None` at its first character
+/// outside the alphabet.
+fn gsm_septets(text: &str) -> Option<u32> {
+    let mut units = 0u32;
+    let mut rest = text;
+    loop {
+        // The ASCII run up to the next other character, by table.
+        let run = rest.bytes().take_while(u8::is_ascii).count();
+        for &b in &rest.as_bytes()[..run] {
+            match ASCII_SEPTETS[usize::from(b)] {
+                0 => return None,
+                n => units += u32::from(n),
+            }
+        }
+        let mut chars = rest[run..].chars();
+        match chars.next() {
+            None => return Some(units),
+            Some(c) => units += septets(c)?,
+        }
+        rest = chars.as_str();
+    }
+}
+
+/// Whether UTF-8 `text` has U+00A0 (`c2 a0`), U+202F (`e2 80 af`) or
+/// U+2009 (`e2 80 89`): a byte walk, since most texts have none.
+fn has_special_space(text: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(i) = text[at..].iter().position(|&b| b == 0xc2 || b == 0xe2) {
+        let start = at + i;
+        match &text[start..] {
+            [0xc2, 0xa0, ..] | [0xe2, 0x80, 0xaf | 0x89, ..] => return true,
+            _ => at = start + 1,
+        }
+    }
+    false
+}
+
+/// `text` as herald sends it by SMS, as Twilio's Smart Encoding sends it:
+/// its no-break and thin spaces always as plain spaces (GSM-7 has none;
+/// CLDR writes them in French and German amounts: `1 130,93 €`), and
+/// typographic look-alikes (`•` of `mask_card`, curly quotes, dashes, `…`,
+/// the minus sign) as their GSM-7 forms (`*`, `'`, `"`, `-`, `...`) when
+/// that makes the whole text GSM-7, 160 characters a segment instead of
+/// 70. A text that stays UCS-2 anyway (an `ê`, Japanese, an emoji) keeps
+/// them as written.
+pub fn for_sms(text: String) -> String {
+    let text = plain_spaces(text);
+    if gsm_septets(&text).is_some() || !text.chars().any(|c| look_alike(c).is_some()) {
+        return text;
+    }
+    let mut plain = String::with_capacity(text.len());
+    for c in text.chars() {
+        match look_alike(c) {
+            Some(gsm) => plain.push_str(gsm),
+            None => plain.push(c),
+        }
+    }
+    match gsm_septets(&plain) {
+        Some(_) => plain,
+        None => text,
+    }
+}
+
+/// The GSM-7 form of a typographic character outside the alphabet.
+fn look_alike(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{2022}' | '\u{2219}' => "*",
+        '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{201b}' | '\u{2032}' => "'",
+        '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{201f}' | '\u{2033}' => "\"",
+        '\u{2010}'..='\u{2015}' | '\u{2212}' => "-",
+        '\u{2026}' => "...",
+        _ => return None,
+    })
+}
+
 /// `text` with its no-break and thin spaces (U+00A0, U+202F, U+2009) as
-/// plain spaces: GSM-7 has none, and one would make the whole SMS UCS-2
-/// (CLDR writes them in French and German amounts: `1 130,93 €`). Twilio's
-/// Smart Encoding does the same.
-pub fn plain_spaces(text: String) -> String {
-    if !text.contains(['\u{a0}', '\u{202f}', '\u{2009}']) {
+/// plain spaces.
+fn plain_spaces(text: String) -> String {
+    if !has_special_space(text.as_bytes()) {
         return text;
     }
     text.replace(['\u{a0}', '\u{202f}', '\u{2009}'], " ")
@@ -179,7 +268,7 @@ mod tests {
     fn a_french_amount_stays_gsm_7_once_its_no_break_spaces_are_plain() {
         let text = "Paiement de 1\u{202f}130,93\u{a0}€ chez Fnac".to_string();
         assert_eq!(measure(&text).encoding, SmsEncoding::Ucs2);
-        let plain = plain_spaces(text);
+        let plain = for_sms(text);
         assert_eq!(plain, "Paiement de 1 130,93 € chez Fnac");
         assert_eq!(size(&plain), (SmsEncoding::Gsm7, 33, 1));
     }
@@ -191,5 +280,72 @@ mod tests {
         // 66 units, then a pair: the pair starts the second segment.
         let text = format!("{}🎉{}", "ê".repeat(66), "ê".repeat(5));
         assert_eq!(size(&text), (Ucs2, 73, 2));
+    }
+
+    /// The size by the definition, a character at a time.
+    fn size_by_characters(text: &str) -> (SmsEncoding, u32, u32) {
+        match text.chars().map(septets).sum::<Option<u32>>() {
+            Some(units) => (
+                SmsEncoding::Gsm7,
+                units,
+                segments(
+                    units,
+                    text.chars().map(|c| septets(c).unwrap_or(1)),
+                    160,
+                    153,
+                ),
+            ),
+            None => {
+                let units = text.chars().map(|c| c.len_utf16() as u32).sum();
+                let widths = text.chars().map(|c| c.len_utf16() as u32);
+                (SmsEncoding::Ucs2, units, segments(units, widths, 70, 67))
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_table_walk_measures_as_the_definition_does(
+            text in "[ -~\\n\\r\u{c}`€£éçê•\u{a0}🎉カ]{0,400}"
+        ) {
+            proptest::prop_assert_eq!(size(&text), size_by_characters(&text));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_byte_walk_finds_the_spaces_the_characters_have(
+            text in "[ a-z•€\u{a0}\u{202f}\u{2009}\u{2008}\u{a1}]{0,40}"
+        ) {
+            let by_chars = text.contains(['\u{a0}', '\u{202f}', '\u{2009}']);
+            proptest::prop_assert_eq!(has_special_space(text.as_bytes()), by_chars);
+        }
+    }
+
+    #[test]
+    fn look_alikes_go_as_gsm_7_when_that_makes_the_whole_text_gsm_7() {
+        use SmsEncoding::{Gsm7, Ucs2};
+        let fraud = "herald: $80.00 at Blue Bottle (FR) on card •••• 4242. Not you? Reply NO.";
+        assert_eq!(
+            size(fraud),
+            (Ucs2, 72, 2),
+            "the bullets alone bill two segments"
+        );
+        let sent = for_sms(fraud.to_string());
+        assert_eq!(
+            sent,
+            "herald: $80.00 at Blue Bottle (FR) on card **** 4242. Not you? Reply NO."
+        );
+        assert_eq!(size(&sent), (Gsm7, 72, 1));
+        assert_eq!(
+            for_sms("“Back soon” – it’s… −5\u{a0}°".replace('°', "C")),
+            "\"Back soon\" - it's... -5 C"
+        );
+        // Still UCS-2 with them replaced (ê, Japanese): kept as written.
+        let french = "Carte •••• 4242 utilisée à 09:00 — fenêtre".to_string();
+        assert_eq!(for_sms(french.clone()), french);
+        let japanese = "カード•••• 4242が使われました".to_string();
+        assert_eq!(for_sms(japanese.clone()), japanese);
+        assert_eq!(for_sms("plain ASCII".into()), "plain ASCII");
     }
 }

@@ -150,7 +150,7 @@ fn sms_floor(source: &str) -> crate::outcome::sms::SmsSize {
         }
     }
     literal.push_str(rest);
-    crate::outcome::sms::measure(&crate::outcome::sms::plain_spaces(literal))
+    crate::outcome::sms::measure(&crate::outcome::sms::for_sms(literal))
 }
 
 /// A warning when an SMS template (`part`, in `locale`) takes more than

@@ -109,7 +109,7 @@ rules:
         outcomes[0]["pattern"]["events"].as_array().unwrap().len(),
         3
     );
-    assert_eq!(sms_bodies(&h), ["3 declines on •••• 4242, first at Uber"]);
+    assert_eq!(sms_bodies(&h), ["3 declines on **** 4242, first at Uber"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         sms_bodies(&h).len(),

@@ -182,7 +182,7 @@ async fn foreign_purchase_becomes_a_twilio_sms_with_form_fields() {
     assert_eq!(req.form["From"], "+15005550006");
     assert_eq!(
         req.form["Body"],
-        "herald: $80.00 at Blue Bottle (FR) on card •••• 4242. Not you? Reply NO."
+        "herald: $80.00 at Blue Bottle (FR) on card **** 4242. Not you? Reply NO."
     );
     // The purchase notice is also matched but push consent is off.
     let all = outcomes(&h, 2);
@@ -198,11 +198,12 @@ async fn foreign_purchase_becomes_a_twilio_sms_with_form_fields() {
         .unwrap();
     assert_eq!(sms["status"], "sent");
     assert_eq!(sms["recipient"], "+141******71");
-    // What the carrier bills: the mask's bullets are not GSM-7, so the 72
-    // characters go as UCS-2, in two segments.
+    // What the carrier bills: the mask's bullets are not GSM-7, so they go
+    // as `*` (as Twilio's Smart Encoding sends them) and the 72 characters
+    // fit one GSM-7 segment instead of two UCS-2 ones.
     assert_eq!(
         sms["sms"],
-        serde_json::json!({"encoding": "UCS-2", "units": 72, "segments": 2})
+        serde_json::json!({"encoding": "GSM-7", "units": 72, "segments": 1})
     );
     assert!(push.get("sms").is_none(), "a push has no SMS size");
     assert!(
