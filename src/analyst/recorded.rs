@@ -170,22 +170,35 @@ pub fn decode_rate(config: &Config, events: &[Recorded], jobs: usize) -> f64 {
 /// event of `default_topic`. Malformed lines are reported with their number
 /// (and the rest goes on). The event's own text is kept as it was, not rewritten.
 pub fn read_lines(
-    reader: impl BufRead,
+    mut reader: impl BufRead,
     default_topic: Option<&str>,
     wanted: &Wanted,
     mut bad: impl FnMut(usize, String),
 ) -> Vec<Recorded> {
     let mut out = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line_no = n + 1;
-        let Ok(line) = line else {
+    // One buffer for every line: nothing is allocated per line but the
+    // event it keeps.
+    let mut buffer = Vec::new();
+    for line_no in 1.. {
+        buffer.clear();
+        match reader.read_until(b'\n', &mut buffer) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                bad(line_no, format!("not read ({e})"));
+                break;
+            }
+        }
+        let bytes = buffer.strip_suffix(b"\n").unwrap_or(&buffer);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let Ok(line) = std::str::from_utf8(bytes) else {
             bad(line_no, "not text".into());
             continue;
         };
         if line.trim().is_empty() {
             continue;
         }
-        match envelope(&line, default_topic, wanted) {
+        match envelope(line, default_topic, wanted) {
             Ok(Some(r)) => out.push(r),
             Ok(None) => bad(
                 line_no,
@@ -344,5 +357,15 @@ mod tests {
             |_, w| panic!("{w}"),
         );
         assert_eq!(bare[0].field("user_id"), Some(&Value::from("u")));
+    }
+
+    #[test]
+    fn a_line_not_utf_8_is_reported_by_its_number_and_crlf_lines_are_read() {
+        let lines: &[u8] = b"{\"topic\": \"t\", \"event\": {\"user_id\": \"a\"}}\r\n\xff\xfe\n{\"topic\": \"t\", \"event\": {\"user_id\": \"b\"}}";
+        let mut bad = Vec::new();
+        let read = read_lines(lines, None, &wanted(), |n, why| bad.push((n, why)));
+        assert_eq!(bad, [(2, "not text".to_string())]);
+        let users: Vec<_> = read.iter().map(|r| r.field("user_id").cloned()).collect();
+        assert_eq!(users, [Some(Value::from("a")), Some(Value::from("b"))]);
     }
 }

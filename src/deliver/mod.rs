@@ -1,7 +1,6 @@
 //! deliver: one adapter per provider behind the [`Provider`] trait, with bounded
 //! concurrency, connection reuse, timeouts and retries (see [`retry`]).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,9 +53,58 @@ pub struct Message {
     /// Stable per (rule, event, channel, recipient): the same event never makes two keys.
     pub idempotency_key: Arc<str>,
     /// Extra key/value data for the app (push `data`, webhook JSON).
-    pub data: BTreeMap<&'static str, String>,
+    pub data: MessageData,
     /// The user the message is for.
     pub user: Arc<str>,
+}
+
+/// The data a message carries for the app, each value a string as FCM's
+/// `data` requires: the triggering event's time, its key, and the rule's
+/// push buttons. Written as a map in name order (`actions`, `event_ms`,
+/// `key`), the parts given only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageData {
+    /// The event's time in epoch milliseconds, so the app (and the stand-in
+    /// provider) can tell how fresh it is.
+    pub event_ms: Option<i64>,
+    /// The event's key, so a push action or reply names what it answers.
+    pub key: Option<Arc<str>>,
+    /// The rule's push buttons, comma-separated.
+    pub actions: Option<Arc<str>>,
+}
+
+impl MessageData {
+    /// Its entries in name order.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, std::borrow::Cow<'_, str>)> {
+        use std::borrow::Cow;
+        let actions = self
+            .actions
+            .as_deref()
+            .map(|a| ("actions", Cow::Borrowed(a)));
+        let event_ms = self
+            .event_ms
+            .map(|ms| ("event_ms", Cow::Owned(ms.to_string())));
+        let key = self.key.as_deref().map(|k| ("key", Cow::Borrowed(k)));
+        actions.into_iter().chain(event_ms).chain(key)
+    }
+}
+
+impl serde::Serialize for MessageData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(actions) = &self.actions {
+            map.serialize_entry("actions", &**actions)?;
+        }
+        if let Some(ms) = self.event_ms {
+            // As a string, written without an allocation.
+            map.serialize_entry("event_ms", &format_args!("{ms}"))?;
+        }
+        if let Some(key) = &self.key {
+            map.serialize_entry("key", &**key)?;
+        }
+        map.end()
+    }
 }
 
 /// Where a message goes.
@@ -520,7 +568,7 @@ mod tests {
     #[tokio::test]
     async fn a_channel_at_full_concurrency_keeps_its_connections_between_rounds() {
         const CONCURRENCY: usize = 150;
-        let channels: BTreeMap<String, ChannelConfig> = toml::from_str(&format!(
+        let channels: std::collections::BTreeMap<String, ChannelConfig> = toml::from_str(&format!(
             "[push]\nprovider = \"console\"\nconcurrency = {CONCURRENCY}\n"
         ))
         .unwrap();

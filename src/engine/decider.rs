@@ -5,6 +5,7 @@
 //! send history it restores, and the messages held until later (the held
 //! topic is their durable copy).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -416,20 +417,26 @@ impl Decider {
         gates: &'a [Gate],
     ) -> Vec<impl std::future::Future<Output = Vec<Decided>> + 'a> {
         let rule = &job.loaded.set.rules[job.rule];
-        let channels = job.channels();
-        if rule.fallback {
-            vec![self.owned_chain(job, channels.into_owned(), &gates[0])]
-        } else {
-            channels
+        match (job.channels(), rule.fallback) {
+            (channels, true) => vec![self.owned_chain(job, channels, &gates[0])],
+            // The rule's own channels: each chain borrows its one channel.
+            (Cow::Borrowed(channels), false) => channels
                 .iter()
                 .zip(gates)
-                .map(|(channel, gate)| self.owned_chain(job, vec![channel.clone()], gate))
-                .collect()
+                .map(|(channel, gate)| {
+                    self.owned_chain(job, Cow::Borrowed(std::slice::from_ref(channel)), gate)
+                })
+                .collect(),
+            (Cow::Owned(channels), false) => channels
+                .into_iter()
+                .zip(gates)
+                .map(|(channel, gate)| self.owned_chain(job, Cow::Owned(vec![channel]), gate))
+                .collect(),
         }
     }
 
-    /// [`Self::run_chain`] over a chain it owns.
-    async fn owned_chain(&self, job: &Job, chain: Vec<String>, gate: &Gate) -> Vec<Decided> {
+    /// [`Self::run_chain`] over a chain it holds.
+    async fn owned_chain(&self, job: &Job, chain: Cow<'_, [String]>, gate: &Gate) -> Vec<Decided> {
         self.run_chain(job, &chain, Vec::new(), gate).await
     }
 
@@ -525,7 +532,7 @@ impl Decider {
                 .message
                 .map_or((None, None), |m| (m.title, Some(m.body)));
             let _ = self.decisions.send(Arc::new(Decision {
-                outcome: *decided.outcome,
+                outcome: decided.outcome,
                 title,
                 text,
             }));

@@ -61,7 +61,7 @@ pub use replies::Replies;
 /// demo prints them). Not written anywhere: outcomes never carry message text.
 #[derive(Debug, Clone)]
 pub struct Decision {
-    pub outcome: Outcome,
+    pub outcome: Box<Outcome>,
     pub title: Option<String>,
     pub text: Option<String>,
 }

@@ -142,8 +142,8 @@ pub fn payload(message: &Message) -> Value {
         aps["category"] = json!(category);
     }
     let mut body = json!({ "aps": aps });
-    for (k, v) in &message.data {
-        body[*k] = json!(v);
+    for (k, v) in message.data.entries() {
+        body[k] = json!(v);
     }
     body["rule"] = json!(message.rule_id);
     body["idempotency_key"] = json!(message.idempotency_key);

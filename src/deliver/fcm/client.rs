@@ -55,13 +55,9 @@ impl Serialize for Data<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let m = self.0;
-        let own = m
-            .data
-            .iter()
-            .filter(|(k, _)| !matches!(**k, "rule" | "idempotency_key"));
         let mut map = serializer.serialize_map(None)?;
-        for (k, v) in own {
-            map.serialize_entry(k, v)?;
+        for (k, v) in m.data.entries() {
+            map.serialize_entry(k, &v)?;
         }
         map.serialize_entry("rule", &*m.rule_id)?;
         map.serialize_entry("idempotency_key", &*m.idempotency_key)?;
@@ -293,12 +289,11 @@ mod request_tests {
             ttl_seconds: Some(600),
             action_category: Some("FRAUD".into()),
             idempotency_key: "tx/0/7/purchase/push".into(),
-            data: [
-                ("merchant", "Café".to_string()),
-                ("rule", "spoofed".to_string()),
-            ]
-            .into_iter()
-            .collect(),
+            data: crate::deliver::MessageData {
+                event_ms: Some(1_795_514_400_000),
+                key: Some("card-9".into()),
+                actions: Some("confirm,deny".into()),
+            },
             user: "u-1".into(),
         }
     }
@@ -315,7 +310,8 @@ mod request_tests {
             json!({"message": {
                 "token": "tok-1",
                 "notification": {"title": "Card used", "body": "€12.50 at Café \"Zoë\""},
-                "data": {"merchant": "Café", "rule": "purchase", "idempotency_key": "tx/0/7/purchase/push"},
+                "data": {"actions": "confirm,deny", "event_ms": "1795514400000", "key": "card-9",
+                         "rule": "purchase", "idempotency_key": "tx/0/7/purchase/push"},
                 "android": {"priority": "HIGH", "ttl": "600s", "collapse_key": "purchase",
                             "notification": {"click_action": "FRAUD"}},
                 "apns": {"headers": {"apns-priority": "10", "apns-collapse-id": "purchase",
@@ -328,7 +324,7 @@ mod request_tests {
         assert_eq!(
             counted,
             notification.len()
-                + r#"{"merchant":"Café","rule":"purchase","idempotency_key":"tx/0/7/purchase/push"}"#
+                + r#"{"actions":"confirm,deny","event_ms":"1795514400000","key":"card-9","rule":"purchase","idempotency_key":"tx/0/7/purchase/push"}"#
                     .len(),
             "the notification and the data, as sent"
         );
