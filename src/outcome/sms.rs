@@ -138,38 +138,23 @@ const ASCII_SEPTETS: [u8; 128] = {
 /// The septets of `text` in GSM-7, or `None` at its first character
 /// outside the alphabet.
 fn gsm_septets(text: &str) -> Option<u32> {
-    let mut units = 0u32;
-    let mut rest = text;
-    loop {
-        // The ASCII run up to the next other character, by table.
-        let run = rest.bytes().take_while(u8::is_ascii).count();
-        for &b in &rest.as_bytes()[..run] {
+    let bytes = text.as_bytes();
+    let (mut units, mut at) = (0u32, 0);
+    while let Some(&b) = bytes.get(at) {
+        if b.is_ascii() {
+            // The common case, by table.
             match ASCII_SEPTETS[usize::from(b)] {
                 0 => return None,
                 n => units += u32::from(n),
             }
-        }
-        let mut chars = rest[run..].chars();
-        match chars.next() {
-            None => return Some(units),
-            Some(c) => units += septets(c)?,
-        }
-        rest = chars.as_str();
-    }
-}
-
-/// Whether UTF-8 `text` has U+00A0 (`c2 a0`), U+202F (`e2 80 af`) or
-/// U+2009 (`e2 80 89`): a byte walk, since most texts have none.
-fn has_special_space(text: &[u8]) -> bool {
-    let mut at = 0;
-    while let Some(i) = text[at..].iter().position(|&b| b == 0xc2 || b == 0xe2) {
-        let start = at + i;
-        match &text[start..] {
-            [0xc2, 0xa0, ..] | [0xe2, 0x80, 0xaf | 0x89, ..] => return true,
-            _ => at = start + 1,
+            at += 1;
+        } else {
+            let c = text[at..].chars().next()?;
+            units += septets(c)?;
+            at += c.len_utf8();
         }
     }
-    false
+    Some(units)
 }
 
 /// `text` as herald sends it by SMS, as Twilio's Smart Encoding sends it:
@@ -181,21 +166,53 @@ fn has_special_space(text: &[u8]) -> bool {
 /// 70. A text that stays UCS-2 anyway (an `ê`, Japanese, an emoji) keeps
 /// them as written.
 pub fn for_sms(text: String) -> String {
-    let text = plain_spaces(text);
-    if gsm_septets(&text).is_some() || !text.chars().any(|c| look_alike(c).is_some()) {
+    if text.is_ascii() {
+        // Nothing to replace (a backtick, the one ASCII character outside
+        // GSM-7, has no look-alike).
         return text;
     }
-    let mut plain = String::with_capacity(text.len());
+    // One walk: what would change, and whether the text would then be GSM-7.
+    let (mut spaces, mut alikes, mut gsm) = (false, false, true);
     for c in text.chars() {
-        match look_alike(c) {
-            Some(gsm) => plain.push_str(gsm),
-            None => plain.push(c),
+        if !c.is_ascii() {
+            if is_special_space(c) {
+                spaces = true;
+            } else if look_alike(c).is_some() {
+                alikes = true;
+            } else if septets(c).is_none() {
+                gsm = false;
+            }
+        } else if c == '`' {
+            gsm = false;
         }
     }
-    match gsm_septets(&plain) {
-        Some(_) => plain,
-        None => text,
+    let replace_alikes = alikes && gsm;
+    if !spaces && !replace_alikes {
+        return text;
     }
+    let mut sent = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (at, c) in text.char_indices() {
+        let with = match c {
+            _ if c.is_ascii() => continue,
+            _ if is_special_space(c) => " ",
+            _ => match look_alike(c) {
+                Some(gsm) if replace_alikes => gsm,
+                _ => continue,
+            },
+        };
+        sent.push_str(&text[copied..at]);
+        sent.push_str(with);
+        copied = at + c.len_utf8();
+    }
+    sent.push_str(&text[copied..]);
+    sent
+}
+
+/// The no-break and thin spaces CLDR writes in amounts (U+00A0, U+202F,
+/// U+2009): GSM-7 has none, an SMS sends them as plain spaces.
+fn is_special_space(c: char) -> bool {
+    matches!(c, '\u{a0}' | '\u{202f}' | '\u{2009}')
 }
 
 /// The GSM-7 form of a typographic character outside the alphabet.
@@ -208,15 +225,6 @@ fn look_alike(c: char) -> Option<&'static str> {
         '\u{2026}' => "...",
         _ => return None,
     })
-}
-
-/// `text` with its no-break and thin spaces (U+00A0, U+202F, U+2009) as
-/// plain spaces.
-fn plain_spaces(text: String) -> String {
-    if !has_special_space(text.as_bytes()) {
-        return text;
-    }
-    text.replace(['\u{a0}', '\u{202f}', '\u{2009}'], " ")
 }
 
 #[cfg(test)]
@@ -312,13 +320,28 @@ mod tests {
         }
     }
 
+    /// [`for_sms`] by its definition: the spaces always, the look-alikes
+    /// when the text is GSM-7 with them replaced.
+    fn for_sms_by_definition(text: &str) -> String {
+        let spaced = text.replace(['\u{a0}', '\u{202f}', '\u{2009}'], " ");
+        let plain: String = spaced
+            .chars()
+            .map(|c| look_alike(c).map_or_else(|| c.to_string(), str::to_string))
+            .collect();
+        let gsm = plain.chars().map(septets).sum::<Option<u32>>().is_some();
+        if gsm {
+            plain
+        } else {
+            spaced
+        }
+    }
+
     proptest::proptest! {
         #[test]
-        fn the_byte_walk_finds_the_spaces_the_characters_have(
-            text in "[ a-z•€\u{a0}\u{202f}\u{2009}\u{2008}\u{a1}]{0,40}"
+        fn one_walk_sends_what_the_definition_sends(
+            text in "[ a-z`é€•“”’–—…−\u{a0}\u{202f}\u{2009}\u{2008}êカ🎉]{0,60}"
         ) {
-            let by_chars = text.contains(['\u{a0}', '\u{202f}', '\u{2009}']);
-            proptest::prop_assert_eq!(has_special_space(text.as_bytes()), by_chars);
+            proptest::prop_assert_eq!(for_sms(text.clone()), for_sms_by_definition(&text));
         }
     }
 
