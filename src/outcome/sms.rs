@@ -167,8 +167,8 @@ fn gsm_septets(text: &str) -> Option<u32> {
 /// them as written.
 pub fn for_sms(text: String) -> String {
     if text.is_ascii() {
-        // Nothing to replace (a backtick, the one ASCII character outside
-        // GSM-7, has no look-alike).
+        // Nothing to replace: no ASCII character outside GSM-7 (a
+        // backtick, a tab) has a look-alike.
         return text;
     }
     // One walk: what would change, and whether the text would then be GSM-7.
@@ -182,7 +182,8 @@ pub fn for_sms(text: String) -> String {
             } else if septets(c).is_none() {
                 gsm = false;
             }
-        } else if c == '`' {
+        } else if ASCII_SEPTETS[usize::from(c as u8)] == 0 {
+            // A backtick, a tab, another control character.
             gsm = false;
         }
     }
@@ -339,7 +340,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn one_walk_sends_what_the_definition_sends(
-            text in "[ a-z`é€•“”’–—…−\u{a0}\u{202f}\u{2009}\u{2008}êカ🎉]{0,60}"
+            text in "[ a-z`\t\né€•“”’–—…−\u{a0}\u{202f}\u{2009}\u{2008}êカ🎉]{0,60}"
         ) {
             proptest::prop_assert_eq!(for_sms(text.clone()), for_sms_by_definition(&text));
         }
