@@ -485,7 +485,7 @@ impl Decider {
             Status::Held => Happened::Held,
         };
         self.cx.metrics.emit(StageEvent::Decided {
-            rule: &o.rule,
+            activity: &loaded.activity[d.rule],
             happened,
             at_ms: self.cx.clock.now_ms(),
         });

@@ -384,9 +384,11 @@ impl Matcher {
     /// Counts a match (or a pattern firing) of rule `i`.
     pub(super) fn count_match(&self, loaded: &crate::rules::Loaded, i: usize) {
         loaded.matches[i].inc();
-        let rule = &loaded.set.rules[i].id;
         let at_ms = self.cx.clock.now_ms();
-        self.cx.metrics.emit(StageEvent::Matched { rule, at_ms });
+        self.cx.metrics.emit(StageEvent::Matched {
+            activity: &loaded.activity[i],
+            at_ms,
+        });
     }
 
     /// Whether a pattern timer (absence, dwell) is waiting.

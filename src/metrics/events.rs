@@ -1,6 +1,6 @@
 //! What the stages report, as typed events (as Vector's `internal_events`): a stage says what happened, and [`Metrics::emit`] alone turns it into Prometheus series and the live page's activity.
 
-use super::activity::Happened;
+use super::activity::{Happened, RuleActivity};
 use super::Metrics;
 
 /// One thing a stage reports. Labels are bounded: topics, channels, rule
@@ -9,12 +9,16 @@ use super::Metrics;
 pub enum StageEvent<'a> {
     /// A record went to the dead-letter topic.
     DeadLettered { reason: &'static str },
-    /// A rule matched, or its pattern fired.
-    Matched { rule: &'a str, at_ms: i64 },
+    /// A rule matched, or its pattern fired: the rule's activity (from its
+    /// loaded set, `Loaded::activity`).
+    Matched {
+        activity: &'a RuleActivity,
+        at_ms: i64,
+    },
     /// A rule's decision, for the live page.
     Decided {
-        rule: &'a str,
-        happened: Happened<'a>,
+        activity: &'a RuleActivity,
+        happened: Happened,
         at_ms: i64,
     },
     /// Pattern keys evicted at the per-rule cap.
@@ -82,12 +86,12 @@ impl Metrics {
             StageEvent::DeadLettered { reason } => {
                 self.dead_letters.with_label_values(&[reason]).inc()
             }
-            StageEvent::Matched { rule, at_ms } => self.activity.matched(rule, at_ms),
+            StageEvent::Matched { activity, at_ms } => activity.matched(at_ms),
             StageEvent::Decided {
-                rule,
+                activity,
                 happened,
                 at_ms,
-            } => self.activity.decided(rule, happened, at_ms),
+            } => activity.decided(happened, at_ms),
             StageEvent::PatternKeysEvicted { rule, keys } => {
                 self.pattern_evicted.with_label_values(&[rule]).inc_by(keys)
             }

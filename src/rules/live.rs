@@ -17,6 +17,7 @@ use super::compile::Known;
 use super::error::{RuleError, RuleErrors};
 use super::load::load_dir;
 use super::set::RuleSet;
+use crate::metrics::activity::RuleActivity;
 use crate::metrics::Metrics;
 use crate::policy::SuppressionCode;
 use crate::util::now_ms;
@@ -38,6 +39,9 @@ pub struct Loaded {
     /// and reason code (`Suppression::code_index`); each made at its first
     /// use, so a rule shows only the reasons it has met.
     pub suppressions: Vec<[OnceLock<IntCounter>; SuppressionCode::ALL.len()]>,
+    /// Each rule's activity for the live page, by rule index (the same one
+    /// across reloads, by rule id).
+    pub activity: Vec<Arc<RuleActivity>>,
     /// Counts loads; 1 is the first.
     pub generation: u64,
     /// When this set was loaded, epoch ms.
@@ -255,6 +259,11 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
         .iter()
         .map(|_| std::array::from_fn(|_| OnceLock::new()))
         .collect();
+    let activity = set
+        .rules
+        .iter()
+        .map(|r| metrics.activity.of(&r.id))
+        .collect();
     metrics.rules_loaded.set(set.rules.len() as i64);
     let patterns_print = crate::util::stable_digest(
         &set.rules
@@ -275,6 +284,7 @@ fn with_metrics(set: RuleSet, metrics: &Metrics, generation: u64) -> Loaded {
         subscription_skips,
         decisions,
         suppressions,
+        activity,
         generation,
         loaded_ms: now_ms(),
     }
