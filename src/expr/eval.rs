@@ -23,6 +23,17 @@ pub struct Roots<'a> {
     pub sub: &'a Map<String, Value>,
 }
 
+impl<'a> Roots<'a> {
+    /// The object a variable names.
+    fn object(&self, root: Root) -> Obj<'a> {
+        match root {
+            Root::Event => self.event,
+            Root::Profile => Obj::Map(self.profile),
+            Root::Sub => Obj::Map(self.sub),
+        }
+    }
+}
+
 /// A sequence's earlier steps: each step's name and its event's fields.
 pub type Steps<'a> = &'a [(&'a str, &'a Fields)];
 
@@ -170,9 +181,7 @@ impl Expr {
             Expr::UInt(u) => Val::UInt(*u),
             Expr::Double(d) => Val::Double(*d),
             Expr::Text(s) => Val::Text(Cow::Borrowed(s)),
-            Expr::Root(Root::Event) => Val::Object(roots.event),
-            Expr::Root(Root::Profile) => Val::Object(Obj::Map(roots.profile)),
-            Expr::Root(Root::Sub) => Val::Object(Obj::Map(roots.sub)),
+            Expr::Root(root) => Val::Object(roots.object(*root)),
             Expr::Step(name) => {
                 let steps = roots.steps.ok_or(Failed)?;
                 let found = steps.iter().find(|(n, _)| **n == **name).ok_or(Failed)?;
@@ -189,6 +198,8 @@ impl Expr {
                     .map(|e| e.eval(roots))
                     .collect::<std::result::Result<_, _>>()?,
             ),
+            Expr::Field(root, field) => Val::of(roots.object(*root).get(field).ok_or(Failed)?),
+            Expr::HasField(root, field) => Val::Bool(roots.object(*root).get(field).is_some()),
             Expr::Select(operand, field) => match operand.eval(roots)? {
                 Val::Object(o) => Val::of(o.get(field).ok_or(Failed)?),
                 _ => return Err(Failed),

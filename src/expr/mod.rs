@@ -46,6 +46,11 @@ pub enum Expr {
     Step(Box<str>),
     /// `has(steps.home)`
     HasStep(Box<str>),
+    /// `event.amount`, `profile.tier`, `sub.max_c`: a variable's field,
+    /// read in one step (the common case of [`Expr::Select`]).
+    Field(Root, Box<str>),
+    /// `has(event.cashback)`: the common case of [`Expr::Has`].
+    HasField(Root, Box<str>),
     /// `a.b`
     Select(Box<Expr>, Box<str>),
     /// `has(a.b)`
@@ -140,6 +145,12 @@ impl Expr {
             Ast::Select(select) => {
                 let operand = boxed(&select.operand)?;
                 let field = select.field.as_str().into();
+                if let Expr::Root(root) = *operand {
+                    return Some(match select.test {
+                        true => Expr::HasField(root, field),
+                        false => Expr::Field(root, field),
+                    });
+                }
                 if select.test {
                     Expr::Has(operand, field)
                 } else {
