@@ -34,11 +34,21 @@ pub struct Name<'a> {
 }
 
 impl<'a> Name<'a> {
-    /// Whether the name is `want`.
+    /// Whether the name is `want`: length and first byte compared inline
+    /// (most names differ there), the rest only when both agree.
+    #[inline]
     pub fn is(&self, want: &str) -> bool {
         if !self.escaped {
-            return self.raw == want.as_bytes();
+            let want = want.as_bytes();
+            return self.raw.len() == want.len()
+                && self.raw.first() == want.first()
+                && self.raw == want;
         }
+        self.is_escaped(want)
+    }
+
+    #[cold]
+    fn is_escaped(&self, want: &str) -> bool {
         let mut quoted = Vec::with_capacity(self.raw.len() + 2);
         quoted.push(b'"');
         quoted.extend_from_slice(self.raw);
@@ -261,6 +271,17 @@ impl<'a> Scan<'a> {
         let start = self.at;
         let mut escaped = false;
         loop {
+            // Eight bytes at a time up to the first that is not plain (the
+            // byte loop below reads that one, and the last few).
+            while let Some(chunk) = self.text.get(self.at..self.at + 8) {
+                let word = u64::from_le_bytes(chunk.try_into().unwrap_or([b'"'; 8]));
+                let special = not_plain(word);
+                if special != 0 {
+                    self.at += (special.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                self.at += 8;
+            }
             while self
                 .text
                 .get(self.at)
@@ -307,6 +328,20 @@ impl<'a> Scan<'a> {
             _ => Err(self.fail("an escape")),
         }
     }
+}
+
+/// The bytes of `word` (eight of a string, read little-endian) that are `"`,
+/// `\` or control characters, each as its high bit. The lowest bit set is
+/// exact (a borrow only carries upwards), so it marks the first such byte;
+/// bytes past 0x7f (UTF-8) count as plain, as the byte loop takes them.
+#[inline]
+fn not_plain(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+    below(word, 0x20)
+        | below(word ^ (ONES * u64::from(b'"')), 1)
+        | below(word ^ (ONES * u64::from(b'\\')), 1)
 }
 
 /// The bytes a string holds as they are, in the scan's quick loop: ASCII
@@ -426,6 +461,18 @@ mod tests {
             let ours = Scan::whole(text.as_bytes()).is_ok();
             let theirs = serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok();
             prop_assert_eq!(ours, theirs, "{:?}", text);
+        }
+
+        /// Eight bytes at a time find the first byte a string cannot hold
+        /// as it is, as a look at each byte does.
+        #[test]
+        fn eight_bytes_find_the_first_byte_that_is_not_plain(
+            bytes in prop::array::uniform8(prop::sample::select(b"\"\\\x00\x1f !#[]a~\x7f\x80\xc3\xff".to_vec())),
+        ) {
+            let first = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            let special = not_plain(u64::from_le_bytes(bytes));
+            let found = (special != 0).then(|| (special.trailing_zeros() / 8) as usize);
+            prop_assert_eq!(found, first, "{:?}", bytes);
         }
 
         /// On any JSON value, the scan accepts it and gives back its whole text.
