@@ -326,12 +326,15 @@ pub(super) fn fired(kind: &str, events: &[Arc<Event>], stats: Value) -> Fired {
     }
     let mut context = stats.clone();
     context["kind"] = Value::from(kind);
-    context["first"] = Value::Object(first.fields.to_map());
-    context["last"] = Value::Object(last.fields.to_map());
-    context["events"] = events
+    // Each event's fields made a map once (a copy in name order); `first`
+    // and `last` are copies of those maps, not made and sorted again.
+    let maps: Vec<Value> = events
         .iter()
         .map(|e| Value::Object(e.fields.to_map()))
         .collect();
+    context["first"] = maps[0].clone();
+    context["last"] = maps[maps.len() - 1].clone();
+    context["events"] = Value::Array(maps);
     let mut summary = stats;
     summary["kind"] = Value::from(kind);
     summary["events"] = events

@@ -95,13 +95,17 @@ impl Detector for SequenceKind {
         }
         if matched.len() == steps.len() {
             let events = std::mem::take(matched);
-            let named: Map<String, Value> = steps
-                .iter()
-                .zip(&events)
-                .map(|(s, e)| (s.name.clone(), Value::Object(e.fields.to_map())))
-                .collect();
             let stats = json!({ "within_s": self.within_ms / 1000 });
             let mut f = fired(Self::NAME, &events, stats);
+            // Each step's event: its map in `events`, copied.
+            let named: Map<String, Value> = match &f.context["events"] {
+                Value::Array(maps) => steps
+                    .iter()
+                    .zip(maps)
+                    .map(|(s, m)| (s.name.clone(), m.clone()))
+                    .collect(),
+                _ => Map::new(),
+            };
             f.context["steps"] = Value::Object(named);
             f.summary["steps"] = steps.iter().map(|s| Value::from(s.name.as_str())).collect();
             out.fired.push(f);
