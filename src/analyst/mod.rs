@@ -46,7 +46,7 @@ impl Provider for Recording {
             *n += 1;
             Ok(Delivered {
                 delivery: None,
-                provider_message_id: Some(format!("recorded-{n}")),
+                provider_message_id: Some(["recorded-", itoa::Buffer::new().format(*n)].concat()),
             })
         })
     }

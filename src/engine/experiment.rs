@@ -13,7 +13,11 @@ use crate::state::{LedgerEntry, LedgerStatus};
 /// days, restores it with the user's intents partition, and so a goal's
 /// window can be a week.
 fn exposure_key(experiment: &str, user: &str) -> String {
-    format!("experiment/{experiment}/{user}")
+    let mut key = String::with_capacity(12 + experiment.len() + user.len());
+    for part in ["experiment/", experiment, "/", user] {
+        key.push_str(part);
+    }
+    key
 }
 
 impl Decider {

@@ -144,24 +144,21 @@ impl<T> HeldQueue<T> {
     /// Takes every message due at `now_ms`.
     pub fn due(&self, now_ms: i64) -> Vec<Held<T>> {
         let mut inner = self.lock();
-        // Most ticks find nothing due: no split (it copies tree nodes) then.
-        if inner
-            .by_time
-            .keys()
-            .next()
-            .is_none_or(|(at, _)| *at > now_ms)
-        {
-            return Vec::new();
-        }
-        let later = inner.by_time.split_off(&(now_ms + 1, 0));
-        let due = std::mem::replace(&mut inner.by_time, later);
-        for held in due.values() {
+        // Taken from the front one by one: most ticks find nothing or a few
+        // due, and a split would copy the tree's nodes past them.
+        let mut due = Vec::new();
+        while let Some(first) = inner.by_time.first_entry() {
+            if first.key().0 > now_ms {
+                break;
+            }
+            let held = first.remove();
             inner.by_key.remove(&held.idempotency_key);
             if let Some(c) = &held.collapse {
                 inner.by_collapse.remove(c);
             }
+            due.push(held);
         }
-        due.into_values().collect()
+        due
     }
 
     /// When the next message is due.
