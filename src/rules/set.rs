@@ -40,6 +40,9 @@ pub struct RuleSet {
 struct SourceIndex {
     always: Vec<usize>,
     by_field: Vec<(String, FastMap<String, Vec<usize>>)>,
+    /// The most candidates one event can have: `always` and the longest
+    /// list of each field. An event's list is made this long at once.
+    most: usize,
 }
 
 /// The outcome of checking one candidate rule.
@@ -85,6 +88,15 @@ impl RuleSet {
                     }
                 }
             }
+        }
+        for entry in index.values_mut() {
+            let widest = |values: &FastMap<String, Vec<usize>>| values.values().map(Vec::len).max();
+            entry.most = entry.always.len()
+                + entry
+                    .by_field
+                    .iter()
+                    .filter_map(|(_, values)| widest(values))
+                    .sum::<usize>();
         }
         let withdrawing = rules
             .iter()
@@ -171,7 +183,8 @@ impl RuleSet {
         let Some(index) = self.index.get(source) else {
             return Vec::new();
         };
-        let mut out = index.always.clone();
+        let mut out = Vec::with_capacity(index.most);
+        out.extend_from_slice(&index.always);
         for (field, by_value) in &index.by_field {
             if let Some(key) = lookup(fields, field).and_then(index_key) {
                 if let Some(rules) = by_value.get(&*key) {
