@@ -35,12 +35,15 @@ impl Step for QuietHoursStep {
         }
         let zone = profile.time_zone.as_deref().unwrap_or("UTC");
         let tz = crate::util::time_zone(zone).unwrap_or(jiff::tz::TimeZone::UTC);
-        let local = jiff::Timestamp::from_millisecond(draft.now_ms)
-            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-            .to_zoned_datetime(tz);
-        if !window.contains(local.hour() as u16 * 60 + local.minute() as u16) {
+        let now =
+            jiff::Timestamp::from_millisecond(draft.now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        // The local minute of the day from the zone's offset alone: the
+        // whole local date is worked out only inside the window.
+        let local_s = now.as_second() + i64::from(tz.to_offset(now).seconds());
+        if !window.contains((local_s.rem_euclid(86_400) / 60) as u16) {
             return Verdict::Continue;
         }
+        let local = now.to_zoned_datetime(tz);
         let until_ms = quiet_end_ms(&local, window);
         let because = Suppression::QuietHours {
             window,
