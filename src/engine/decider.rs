@@ -285,12 +285,16 @@ impl Decider {
                 return;
             }
         }
-        let chains = self.chains(job, gates);
-        // One chain (one rule, one channel) is awaited as it is, not moved
-        // into a join of one.
-        let all = match <[_; 1]>::try_from(chains) {
-            Ok([only]) => vec![only.await],
-            Err(chains) => futures::future::join_all(chains).await,
+        // One chain (one rule, one channel: the common case) is awaited
+        // where it is made, not put in a list and joined: a chain's future
+        // is large, and this one's state then holds it once, not twice.
+        let all = match (job.channels(), job.rule().fallback) {
+            (channels, true) => vec![self.run_chain(job, &channels, Vec::new(), &gates[0]).await],
+            (Cow::Borrowed([only]), false) => {
+                let only = std::slice::from_ref(only);
+                vec![self.run_chain(job, only, Vec::new(), &gates[0]).await]
+            }
+            _ => futures::future::join_all(self.chains(job, gates)).await,
         };
         for decided in all {
             for d in decided {
@@ -409,25 +413,23 @@ impl Decider {
         }
     }
 
-    /// The decision chains of one job, one per gate: one per channel, or
-    /// one fallback chain.
+    /// The decision chains of a job with more than one channel (a fallback
+    /// rule's one chain is [`Self::decide_job`]'s), one per gate.
     fn chains<'a>(
         &'a self,
         job: &'a Job,
         gates: &'a [Gate],
     ) -> Vec<impl std::future::Future<Output = Vec<Decided>> + 'a> {
-        let rule = &job.loaded.set.rules[job.rule];
-        match (job.channels(), rule.fallback) {
-            (channels, true) => vec![self.owned_chain(job, channels, &gates[0])],
+        match job.channels() {
             // The rule's own channels: each chain borrows its one channel.
-            (Cow::Borrowed(channels), false) => channels
+            Cow::Borrowed(channels) => channels
                 .iter()
                 .zip(gates)
                 .map(|(channel, gate)| {
                     self.owned_chain(job, Cow::Borrowed(std::slice::from_ref(channel)), gate)
                 })
                 .collect(),
-            (Cow::Owned(channels), false) => channels
+            Cow::Owned(channels) => channels
                 .into_iter()
                 .zip(gates)
                 .map(|(channel, gate)| self.owned_chain(job, Cow::Owned(vec![channel]), gate))
