@@ -265,30 +265,53 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A string, positioned at its opening quote; returns what is between the quotes.
+    /// A string, positioned at its opening quote; returns what is between
+    /// the quotes. The common string (plain ASCII, no escape) is read here,
+    /// inline; anything else goes on in [`Scan::string_rest`].
+    #[inline]
     fn string(&mut self) -> Result<Name<'a>, NotJson> {
         self.at += 1;
         let start = self.at;
+        self.plain_run();
+        if self.text.get(self.at) == Some(&b'"') {
+            let raw = &self.text[start..self.at];
+            self.at += 1;
+            return Ok(Name {
+                raw,
+                escaped: false,
+            });
+        }
+        self.string_rest(start)
+    }
+
+    /// Skips the string's plain bytes from where the scan is: eight at a
+    /// time up to the first that is not plain, then byte by byte.
+    #[inline]
+    fn plain_run(&mut self) {
+        while let Some(chunk) = self.text.get(self.at..self.at + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([b'"'; 8]));
+            let special = not_plain(word);
+            if special != 0 {
+                self.at += (special.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.at += 8;
+        }
+        while self
+            .text
+            .get(self.at)
+            .is_some_and(|&b| PLAIN_ASCII[usize::from(b)])
+        {
+            self.at += 1;
+        }
+    }
+
+    /// The rest of a string begun at `start`, from a byte the plain run
+    /// stopped at: an escape, UTF-8, a control character or the end.
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize) -> Result<Name<'a>, NotJson> {
         let mut escaped = false;
         loop {
-            // Eight bytes at a time up to the first that is not plain (the
-            // byte loop below reads that one, and the last few).
-            while let Some(chunk) = self.text.get(self.at..self.at + 8) {
-                let word = u64::from_le_bytes(chunk.try_into().unwrap_or([b'"'; 8]));
-                let special = not_plain(word);
-                if special != 0 {
-                    self.at += (special.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                self.at += 8;
-            }
-            while self
-                .text
-                .get(self.at)
-                .is_some_and(|&b| PLAIN_ASCII[usize::from(b)])
-            {
-                self.at += 1;
-            }
             let Some(&byte) = self.text.get(self.at) else {
                 return Err(self.fail("the string's closing quote"));
             };
@@ -306,6 +329,7 @@ impl<'a> Scan<'a> {
                 0x00..=0x1f => return Err(self.fail("no control character in a string")),
                 _ => self.at += 1,
             }
+            self.plain_run();
         }
     }
 
