@@ -191,9 +191,7 @@ impl Job {
                 .as_ref()
                 .and_then(|s| serde_json::to_value(&**s).ok()),
             digest: self.digest.as_ref().map(|s| s.sent_record()),
-            experiment: self
-                .arm()
-                .map(|(e, arm)| serde_json::json!({"id": e.id, "arm": arm.name})),
+            experiment: self.arm().map(|(_, arm)| std::sync::Arc::clone(&arm.tag)),
             delivery: None,
             shadow: false,
             unknown_after_crash: false,

@@ -328,7 +328,7 @@ mod tests {
                     serde_json::json!({"id": text(&mut rng), "count": rng.random::<u8>(), "items": [text(&mut rng)]})
                 }),
                 experiment: rng.random_bool(0.5).then(|| {
-                    serde_json::json!({"id": text(&mut rng), "arm": text(&mut rng)})
+                    std::sync::Arc::new(serde_json::json!({"id": text(&mut rng), "arm": text(&mut rng)}))
                 }),
                 delivery: maybe(&mut rng),
                 shadow: rng.random(),

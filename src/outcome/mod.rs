@@ -146,7 +146,7 @@ pub struct Outcome {
     /// decision that passed the policy chain is `suppressed`, `holdout:<id>`
     /// (it would have been sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub experiment: Option<serde_json::Value>,
+    pub experiment: Option<std::sync::Arc<serde_json::Value>>,
     /// For `sent`: the delivery status when the provider accepted it
     /// (`accepted` for push and webhooks, Twilio's `queued`); later statuses
     /// arrive as delivery records (see [`DeliveryRecord`]).

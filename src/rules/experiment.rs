@@ -100,6 +100,14 @@ pub struct Arm {
     /// Which parts have their own texts: title, body, text.
     pub texts: [bool; 3],
     pub channels: Option<Vec<String>>,
+    /// What an outcome of this arm says of its experiment,
+    /// `{"id": <experiment>, "arm": <name>}`: made once, shared by them all.
+    pub tag: std::sync::Arc<serde_json::Value>,
+}
+
+/// An outcome's `experiment`: the experiment's id and the arm's name.
+fn tag(experiment: &str, arm: &str) -> std::sync::Arc<serde_json::Value> {
+    std::sync::Arc::new(serde_json::json!({"id": experiment, "arm": arm}))
 }
 
 /// A goal, compiled.
@@ -201,6 +209,7 @@ pub fn compile(
     mut problem: impl FnMut(&Location, String),
 ) -> Option<Experiment> {
     let spec = spec?;
+    let id = spec.id.clone().unwrap_or_else(|| rule.to_string());
     let at = &spec.arms.referenced;
     let arms = &spec.arms.value;
     if arms.len() < 2 {
@@ -272,6 +281,7 @@ pub fn compile(
                 t.is_some_and(|t| t.text.is_some()),
             ],
             channels: arm.channels.clone(),
+            tag: tag(&id, &arm.name),
         });
     }
     if !compiled.is_empty() && compiled.iter().all(|a| a.control) {
@@ -299,7 +309,6 @@ pub fn compile(
             within_ms,
         }
     });
-    let id = spec.id.clone().unwrap_or_else(|| rule.to_string());
     Some(Experiment {
         arm_digests: compiled.iter().map(|a| arm_digest(&id, &a.name)).collect(),
         id,
@@ -321,6 +330,7 @@ mod tests {
                 control: *name == "control",
                 texts: [false; 3],
                 channels: None,
+                tag: tag("e", name),
             })
             .collect()
     }

@@ -292,6 +292,7 @@ fn an_experiment_report_over_a_replay_matches_a_tally_by_hand() {
                 control: name == "control",
                 texts: [false; 3],
                 channels: None,
+                tag: Default::default(),
             })
             .collect();
     let mut expected: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
