@@ -37,14 +37,12 @@ impl Step for QuietHoursStep {
         let tz = crate::util::time_zone(zone).unwrap_or(jiff::tz::TimeZone::UTC);
         let now =
             jiff::Timestamp::from_millisecond(draft.now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        // The local minute of the day from the zone's offset alone: the
-        // whole local date is worked out only inside the window.
-        let local_s = now.as_second() + i64::from(tz.to_offset(now).seconds());
-        if !window.contains((local_s.rem_euclid(86_400) / 60) as u16) {
+        // The zone is looked up once: its offset now gives the local time.
+        let local = tz.to_offset(now).to_datetime(now);
+        if !window.contains(local.hour() as u16 * 60 + local.minute() as u16) {
             return Verdict::Continue;
         }
-        let local = now.to_zoned_datetime(tz);
-        let until_ms = quiet_end_ms(&local, window);
+        let until_ms = quiet_end_ms(local.date(), &tz, draft.now_ms, window);
         let because = Suppression::QuietHours {
             window,
             zone: zone.to_string(),
@@ -66,23 +64,26 @@ impl Step for QuietHoursStep {
     }
 }
 
-/// When the quiet window that `local` falls in ends: the next local `end`
-/// time, in the same zone. A local time skipped by a daylight-saving change
+/// When the quiet window that `date` (local, now) falls in ends: the next
+/// local `end` time, in zone `tz`. A local time skipped by a daylight-saving change
 /// resolves to the instant after the gap.
-fn quiet_end_ms(local: &jiff::ZonedDateTime, window: QuietHours) -> i64 {
+fn quiet_end_ms(
+    date: jiff::civil::Date,
+    tz: &jiff::tz::TimeZone,
+    now_ms: i64,
+    window: QuietHours,
+) -> i64 {
     let end = jiff::civil::time((window.end / 60) as i8, (window.end % 60) as i8, 0, 0);
     let at = |date: jiff::civil::Date| {
         date.to_datetime(end)
-            .to_zoned_datetime(local.time_zone().clone())
+            .to_zoned_datetime(tz.clone())
             .map(|z| z.timestamp().as_millisecond())
     };
-    let today = at(local.date()).unwrap_or(i64::MAX);
-    if today > local.timestamp().as_millisecond() {
+    let today = at(date).unwrap_or(i64::MAX);
+    if today > now_ms {
         return today;
     }
-    local
-        .date()
-        .tomorrow()
+    date.tomorrow()
         .ok()
         .and_then(|d| at(d).ok())
         .unwrap_or(i64::MAX)
