@@ -357,7 +357,7 @@ impl<'a> Scan<'a> {
 /// The bytes of `word` (eight of a string, read little-endian) that are `"`,
 /// `\` or control characters, each as its high bit. The lowest bit set is
 /// exact (a borrow only carries upwards), so it marks the first such byte;
-/// bytes past 0x7f (UTF-8) count as plain, as the byte loop takes them.
+/// bytes past 0x7f (UTF-8) count as plain, as the scan accepts them.
 #[inline]
 fn not_plain(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;

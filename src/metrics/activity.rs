@@ -62,7 +62,7 @@ impl Default for Rings {
     }
 }
 
-/// What happened to one decision, for [`Activity::decided`].
+/// What happened to one decision, for [`RuleActivity::decided`].
 #[derive(Debug, Clone, Copy)]
 pub enum Happened {
     Sent { latency_ms: i64 },

@@ -41,9 +41,13 @@ struct SourceIndex {
     always: Vec<usize>,
     by_field: Vec<(String, FastMap<String, Vec<usize>>)>,
     /// The most candidates one event can have: `always` and the longest
-    /// list of each field. An event's list is made this long at once.
+    /// list of each field. An event's list is made this long at once (up to
+    /// [`ROOM`]: a set of thousands of rules grows it only when it must).
     most: usize,
 }
+
+/// The most room an event's list of candidates is given before it is filled.
+const ROOM: usize = 64;
 
 /// The outcome of checking one candidate rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +187,7 @@ impl RuleSet {
         let Some(index) = self.index.get(source) else {
             return Vec::new();
         };
-        let mut out = Vec::with_capacity(index.most);
+        let mut out = Vec::with_capacity(index.most.min(ROOM));
         out.extend_from_slice(&index.always);
         for (field, by_value) in &index.by_field {
             if let Some(key) = lookup(fields, field).and_then(index_key) {
