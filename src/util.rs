@@ -294,6 +294,21 @@ impl<'de> serde::Deserialize<'de> for Span {
     }
 }
 
+/// The bytes of `word` (eight bytes of a JSON string, read little-endian)
+/// that a JSON string cannot hold as they are: `"`, `\` and control
+/// characters, each marked by its high bit. Bytes past 0x7f (UTF-8) count
+/// as plain. The lowest bit set is exact (a borrow only carries upwards),
+/// so it marks the first such byte; higher bits may be set beside it.
+#[inline]
+pub fn json_string_specials(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+    below(word, 0x20)
+        | below(word ^ (ONES * u64::from(b'"')), 1)
+        | below(word ^ (ONES * u64::from(b'\\')), 1)
+}
+
 /// A record as JSON bytes, written into a buffer sized for herald's
 /// records at once (growing it by doubling cost more than the writing).
 pub fn json_bytes<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {

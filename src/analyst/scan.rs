@@ -290,7 +290,7 @@ impl<'a> Scan<'a> {
     fn plain_run(&mut self) {
         while let Some(chunk) = self.text.get(self.at..self.at + 8) {
             let word = u64::from_le_bytes(chunk.try_into().unwrap_or([b'"'; 8]));
-            let special = not_plain(word);
+            let special = crate::util::json_string_specials(word);
             if special != 0 {
                 self.at += (special.trailing_zeros() / 8) as usize;
                 return;
@@ -352,20 +352,6 @@ impl<'a> Scan<'a> {
             _ => Err(self.fail("an escape")),
         }
     }
-}
-
-/// The bytes of `word` (eight of a string, read little-endian) that are `"`,
-/// `\` or control characters, each as its high bit. The lowest bit set is
-/// exact (a borrow only carries upwards), so it marks the first such byte;
-/// bytes past 0x7f (UTF-8) count as plain, as the scan accepts them.
-#[inline]
-fn not_plain(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
-    below(word, 0x20)
-        | below(word ^ (ONES * u64::from(b'"')), 1)
-        | below(word ^ (ONES * u64::from(b'\\')), 1)
 }
 
 /// The bytes a string holds as they are, in the scan's quick loop: ASCII
@@ -494,7 +480,7 @@ mod tests {
             bytes in prop::array::uniform8(prop::sample::select(b"\"\\\x00\x1f !#[]a~\x7f\x80\xc3\xff".to_vec())),
         ) {
             let first = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
-            let special = not_plain(u64::from_le_bytes(bytes));
+            let special = crate::util::json_string_specials(u64::from_le_bytes(bytes));
             let found = (special != 0).then(|| (special.trailing_zeros() / 8) as usize);
             prop_assert_eq!(found, first, "{:?}", bytes);
         }

@@ -153,17 +153,11 @@ pub fn string(out: &mut Vec<u8>, s: &str) {
 
 /// Whether any byte is `"`, `\` or a control character, eight at a time.
 fn needs_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Exact for "is there any": a byte below n, or a zero byte of w ^ c.
-    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
-    let zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH;
-    let special = |w: u64| below(w, 0x20) | zero(w ^ (ONES * 0x22)) | zero(w ^ (ONES * 0x5c)) != 0;
     let mut chunks = bytes.chunks_exact(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        if special(u64::from_le_bytes(word)) {
+        if crate::util::json_string_specials(u64::from_le_bytes(word)) != 0 {
             return true;
         }
     }
