@@ -289,10 +289,10 @@ impl Decider {
         // where it is made, not put in a list and joined: a chain's future
         // is large, and this one's state then holds it once, not twice.
         let all = match (job.channels(), job.rule().fallback) {
-            (channels, true) => vec![self.run_chain(job, &channels, Vec::new(), &gates[0]).await],
+            (channels, true) => vec![self.owned_chain(job, channels, &gates[0]).await],
             (Cow::Borrowed([only]), false) => {
-                let only = std::slice::from_ref(only);
-                vec![self.run_chain(job, only, Vec::new(), &gates[0]).await]
+                let only = Cow::Borrowed(std::slice::from_ref(only));
+                vec![self.owned_chain(job, only, &gates[0]).await]
             }
             _ => futures::future::join_all(self.chains(job, gates)).await,
         };
