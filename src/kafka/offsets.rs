@@ -46,6 +46,18 @@ impl KeptClient {
     }
 }
 
+/// Whether a consumer's error ends a read of it: only when the client has
+/// failed fatally.
+/// The others (all brokers down, a transport failure, a leader moving) are
+/// librdkafka saying what it is recovering from; a client kept between
+/// reads queues them while nothing polls it, and hands them out at the
+/// next read, long after the broker came back. Taken as failures, each
+/// stopped a restore after a broker outage, to be retried seconds later,
+/// once per queued error.
+pub fn failed_fatally<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> bool {
+    consumer.client().fatal_error().is_some()
+}
+
 /// Each of `partitions`' offset `at` [`Offset::Beginning`] (its first
 /// kept record) or [`Offset::End`] (the next to be written). Blocking.
 pub fn list_offsets<C: ConsumerContext>(
@@ -149,7 +161,14 @@ pub fn read_to_ends<C: ConsumerContext>(
         let Some(m) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let m = m?;
+        let m = match m {
+            Ok(m) => m,
+            Err(e) if failed_fatally(consumer) => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "read: the client is recovering");
+                continue;
+            }
+        };
         last = Instant::now();
         each(&m);
         if ends

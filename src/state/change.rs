@@ -22,12 +22,16 @@ pub enum RestoreError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    #[error("changelog {topic}[{partition}]: read {read} of {expected} records in {waited_s} s; the broker stopped answering")]
+    #[error("changelog {topic}[{partition}]: read {read} of {expected} records in {waited_s} s; the broker stopped answering{}", last_error.as_ref().map(|e| format!(" (its client's last error: {e})")).unwrap_or_default())]
     Incomplete {
         topic: String,
         partition: i32,
         read: i64,
         expected: i64,
         waited_s: u64,
+        /// The last error the client reported meanwhile, if any: none of
+        /// them ends a read (see `kafka::offsets::failed_fatally`), but the last
+        /// one says why the broker did not answer.
+        last_error: Option<String>,
     },
 }

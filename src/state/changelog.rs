@@ -322,7 +322,11 @@ impl Changelog {
         let mut moved = HashMap::new();
         let mut last_progress = Instant::now();
         let started = Instant::now();
+        let mut last_error = None;
         while !ends.is_empty() {
+            if last_progress.elapsed() > patience {
+                return Err(self.incomplete(ends, started, last_error));
+            }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     last_progress = Instant::now();
@@ -352,22 +356,38 @@ impl Changelog {
                         ends.remove(&m.partition());
                     }
                 }
-                Some(Err(e)) => return Err(self.failed(e)),
-                None if last_progress.elapsed() > patience => {
-                    let (&partition, &(from, to, read)) =
-                        ends.iter().next().expect("a partition still open");
-                    return Err(RestoreError::Incomplete {
-                        topic: self.topic.clone(),
-                        partition,
-                        read,
-                        expected: to - from,
-                        waited_s: started.elapsed().as_secs(),
-                    });
+                Some(Err(e)) if crate::kafka::offsets::failed_fatally(consumer) => {
+                    return Err(self.failed(e))
+                }
+                // Queued while nothing polled this kept client (a broker
+                // outage between restores), or said while it recovers: the
+                // read goes on, within its patience.
+                Some(Err(e)) => {
+                    tracing::debug!(topic = %self.topic, error = %e, "changelog read: the client is recovering");
+                    last_error = Some(e.to_string());
                 }
                 None => {}
             }
         }
         Ok(())
+    }
+
+    /// A read that gave up with `ends` still open: which partition, how far.
+    fn incomplete(
+        &self,
+        ends: &HashMap<i32, (i64, i64, i64)>,
+        started: Instant,
+        last_error: Option<String>,
+    ) -> RestoreError {
+        let (&partition, &(from, to, read)) = ends.iter().next().expect("a partition still open");
+        RestoreError::Incomplete {
+            topic: self.topic.clone(),
+            partition,
+            read,
+            expected: to - from,
+            waited_s: started.elapsed().as_secs(),
+            last_error,
+        }
     }
 
     /// A record as read, opened if the changelog is sealed (`None`:

@@ -163,3 +163,56 @@ async fn broker_outage_means_not_ready_then_resume_without_loss_or_duplicates() 
     assert_eq!(outcomes.len(), 20, "every decision recorded");
     running.stop().await;
 }
+
+/// A state restore after a broker outage reads its changelog through: the
+/// errors its kept client queued while the broker was away (all brokers
+/// down, transport failures) are not taken for a failed read. Before, each
+/// restore after an outage stopped at the next queued error and was retried
+/// seconds later, so a rebalance after the outage left partitions without
+/// their state (and `/readyz` at 503) until the queue ran dry.
+#[test]
+fn a_restore_after_a_broker_outage_is_not_stopped_by_the_outages_queued_errors() {
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let brokers = mock.bootstrap_servers();
+    let topic = unique("changelog");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for i in 0..5 {
+        let key = format!("k{i}");
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::to(&topic)
+                    .key(&key)
+                    .payload("v"),
+            )
+            .unwrap();
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let (recorder, _) = herald::outcome::Recorder::in_memory(String::new(), String::new());
+    let reader = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .clone();
+    let changelog = herald::state::Changelog::new(topic.clone(), recorder, reader);
+    let read = |changelog: &herald::state::Changelog| {
+        let mut keys = Vec::new();
+        changelog
+            .read_ranges(&[(0, 0, 5)], Duration::from_secs(20), |_, _, change| {
+                keys.push(change.key)
+            })
+            .map(|()| keys)
+    };
+    assert_eq!(read(&changelog).unwrap().len(), 5, "read before the outage");
+
+    mock.broker_down(1).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    mock.broker_up(1).unwrap();
+    let after = read(&changelog);
+    assert_eq!(
+        after.as_ref().map(Vec::len).map_err(ToString::to_string),
+        Ok(5),
+        "the first restore after the outage reads every record"
+    );
+}
