@@ -4,7 +4,7 @@
 //! reached, the busiest users, messages per user per day, estimated cost) and
 //! the would-be outcomes as JSON lines.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
 
@@ -28,7 +28,7 @@ pub(super) struct RuleTotals {
     failed: u64,
     held: u64,
     /// Messages per user, and per day of each user's (day, messages).
-    per_user: HashMap<String, PerUser>,
+    per_user: crate::util::FastMap<String, PerUser>,
     per_channel: BTreeMap<String, u64>,
 }
 
@@ -203,10 +203,11 @@ pub(super) fn tally(
         line.push(b'\n');
         w.write_all(&line).map_err(|e| e.to_string())?;
     }
-    if !totals.contains_key(&*o.rule) {
-        totals.insert(o.rule.to_string(), RuleTotals::default());
-    }
-    let t = totals.get_mut(&*o.rule).expect("inserted above");
+    // One search for a rule seen before (every outcome but its first).
+    let t = match totals.get_mut(&*o.rule) {
+        Some(t) => t,
+        None => totals.entry(o.rule.to_string()).or_default(),
+    };
     match o.status {
         Status::Sent => {
             t.sent += 1;
