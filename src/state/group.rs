@@ -1,4 +1,4 @@
-//! Group commit: a table's writes that arrive while one commit is on disk go to disk together, in the next one.
+//! Group commit: a table's writes that arrive while one commit is on disk go to disk together, in the next one (or, for writes nobody waits for, behind).
 //!
 //! A writer that finds no commit running commits one round: every write
 //! queued then, its own among them. Writers that arrive meanwhile queue and
@@ -12,9 +12,9 @@
 //! ([`Table::until_written`]), and every writer of the round waits for it:
 //! nothing after them is taken as done.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::store::{StoreError, Table};
 
@@ -137,6 +137,82 @@ impl<T> Drop for Round<'_, T> {
     }
 }
 
+/// Writes their writers do not wait for: queued, and put on disk by one
+/// committer at a time, each round what gathered during the round before
+/// and a short linger. For a table whose every write is already durable
+/// elsewhere (a changelog mirrored to disk): its writers need the write
+/// ordered and bounded, not on disk, so a key written twice within a
+/// round can be written once. `room` bounds the writes queued or being
+/// committed: past it a writer waits (a failing disk stops its writers,
+/// as [`GroupCommit`]'s do).
+pub struct WriteBehind<T> {
+    state: Mutex<Behind<T>>,
+    room: Arc<Semaphore>,
+}
+
+struct Behind<T> {
+    writes: Vec<T>,
+    /// The room the queued writes hold, let go once they are on disk.
+    held: Option<OwnedSemaphorePermit>,
+    /// A committer is running: the next write need not start one.
+    committing: bool,
+}
+
+/// One round of a [`WriteBehind`], holding its writes' room until dropped.
+pub struct BehindRound<T> {
+    pub writes: Vec<T>,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+impl<T> WriteBehind<T> {
+    pub fn new(room: usize) -> WriteBehind<T> {
+        WriteBehind {
+            state: Mutex::new(Behind {
+                writes: Vec::new(),
+                held: None,
+                committing: false,
+            }),
+            room: Arc::new(Semaphore::new(room)),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Behind<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `write` once there is room, in the order of the calls that
+    /// got room. True when no committer is running: the caller starts one,
+    /// which takes [`WriteBehind::next_round`] until it gives `None`.
+    pub async fn queue(&self, write: T) -> bool {
+        let permit = Arc::clone(&self.room)
+            .acquire_owned()
+            .await
+            .expect("the room's semaphore is never closed");
+        let mut state = self.state();
+        state.writes.push(write);
+        match &mut state.held {
+            Some(held) => held.merge(permit),
+            None => state.held = Some(permit),
+        }
+        !std::mem::replace(&mut state.committing, true)
+    }
+
+    /// Every write queued now, for the committer to put on disk; `None`
+    /// when there is none, and the committer ends (the next write starts
+    /// another).
+    pub fn next_round(&self) -> Option<BehindRound<T>> {
+        let mut state = self.state();
+        if state.writes.is_empty() {
+            state.committing = false;
+            return None;
+        }
+        Some(BehindRound {
+            writes: std::mem::take(&mut state.writes),
+            _room: state.held.take(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +251,43 @@ mod tests {
             "writes queued during a commit went to disk together ({} commits)",
             commits.len()
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_behind_go_in_order_by_one_committer_and_wait_only_for_room() {
+        let behind = Arc::new(WriteBehind::<u32>::new(8));
+        let rounds = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let committers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut started = Vec::new();
+        for i in 0..100u32 {
+            if behind.queue(i).await {
+                let (behind, rounds, committers) = (
+                    Arc::clone(&behind),
+                    Arc::clone(&rounds),
+                    Arc::clone(&committers),
+                );
+                started.push(tokio::spawn(async move {
+                    let running = committers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    assert_eq!(running, 0, "one committer at a time");
+                    loop {
+                        // A disk that takes a while: writers fill the room.
+                        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                        let Some(round) = behind.next_round() else {
+                            committers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        };
+                        assert!(round.writes.len() <= 8, "no more than the room");
+                        rounds.lock().unwrap().push(round.writes.clone());
+                    }
+                }));
+            }
+        }
+        for s in started {
+            s.await.unwrap();
+        }
+        let rounds = rounds.lock().unwrap();
+        let written: Vec<u32> = rounds.iter().flatten().copied().collect();
+        assert_eq!(written, (0..100).collect::<Vec<_>>(), "each once, in order");
+        assert!(rounds.len() < 100, "rounds carried several writes");
     }
 }

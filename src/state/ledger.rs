@@ -117,7 +117,8 @@ impl SendLedger {
     }
 
     /// Records a decision; the returned write resolves once the changelog has
-    /// it and it is on disk (`None` offline).
+    /// it and it is queued for the disk, which is written behind and read
+    /// after the entries still in memory (`None` offline).
     pub fn record(&self, key: &str, entry: LedgerEntry) -> Option<Pending> {
         self.record_over(key, entry, Replacing::Unread)
     }

@@ -1,8 +1,10 @@
 //! The send ledger on local disk: each intents partition's entries, and the sends caps count by user, mirrored from the changelog with a checkpoint, so a restart reads only the tail.
 //!
 //! A decision is first kept in memory (`pending`, read before the disk)
-//! and written to its changelog; once the broker has it, it goes to disk
-//! with its offset. So the disk never holds an entry the changelog lacks: a
+//! and written to its changelog; once the broker has it, it is queued for
+//! the disk with its offset, and written behind, a round every few
+//! milliseconds, each key once per round (an `attempted` entry and its
+//! answer mostly share a round). So the disk never holds an entry the changelog lacks: a
 //! crash can only leave it behind the changelog, and the tail past the
 //! checkpoint catches it up. The checkpoint is an offset below which every
 //! entry of the partition is on disk: writes acknowledged out of order (a
@@ -24,7 +26,7 @@ use tracing::warn;
 
 use super::change::{Change, RestoreError};
 use super::changelog::Changelog;
-use super::group::GroupCommit;
+use super::group::WriteBehind;
 use super::ledger_entry::{LedgerEntry, Replacing, Restored, HORIZON_MS};
 use super::watermark::Watermarks;
 use crate::store::{StoreError, Table, TableBatch};
@@ -58,9 +60,20 @@ pub struct DiskLedger {
     pending: FastDashMap<String, (u64, LedgerEntry)>,
     /// Per owned partition, what the checkpoint may advance to.
     marks: Watermarks,
-    /// Entries the broker has, waiting for the next commit to disk.
-    group: GroupCommit<Acked>,
+    /// Entries the broker has, on their way to disk (written behind).
+    behind: WriteBehind<Acked>,
 }
+
+/// How long a round of entries gathers before it goes to disk: a key's
+/// `attempted` entry and its answer a few milliseconds later mostly share
+/// one round, and are written as one row. Its cost is memory, not
+/// latency: nobody waits for the disk, and `pending` holds the entries
+/// meanwhile (~10,000 entries a second: ~200).
+const LINGER: Duration = Duration::from_millis(20);
+
+/// Entries queued or being written to disk at most; past it, recording
+/// waits (a disk that fails, or falls behind, holds stage 2 back).
+const ROOM: usize = 16_384;
 
 /// An entry the changelog has, on its way to disk.
 struct Acked {
@@ -147,7 +160,7 @@ impl DiskLedger {
             table,
             pending: FastDashMap::default(),
             marks: Watermarks::default(),
-            group: GroupCommit::default(),
+            behind: WriteBehind::new(ROOM),
         }
     }
 
@@ -177,17 +190,21 @@ impl DiskLedger {
         seq
     }
 
-    /// Puts `entry`, recorded as `seq`, on disk now that the changelog has
-    /// it at `offset`, with the checkpoint this allows, in one commit with
-    /// the entries acknowledged meanwhile (`group.rs`). Retries a failing
-    /// disk every second (the store's fault is on `/readyz` meanwhile): the
-    /// write's caller waits, so nothing after it is taken as done.
+    /// Queues `entry`, recorded as `seq`, for the disk now that the
+    /// changelog has it at `offset`; a round of them is put on disk in one
+    /// commit, with the checkpoint it allows, by one committer at a time
+    /// ([`WriteBehind`]). Resolves once queued, not on disk: the changelog
+    /// is the entry's durable copy (a crash before the disk has it reads it
+    /// back from the tail past the checkpoint), and `pending` answers reads
+    /// until the disk does. Waits only for room, when [`ROOM`] entries are
+    /// not on disk yet (a failing disk is retried every second, and the
+    /// store's fault is on `/readyz` meanwhile).
     ///
-    /// One key's entries are applied in the order they were recorded: stage
+    /// One key's entries are queued in the order they were recorded: stage
     /// 2 records a key's next entry only after the previous one's write has
     /// resolved (`attempted` before the request, the answer after it).
     pub async fn applied(
-        &self,
+        self: &Arc<Self>,
         partition: i32,
         key: String,
         seq: u64,
@@ -203,25 +220,43 @@ impl DiskLedger {
             offset,
             replacing,
         };
-        self.group
-            .write("send-ledger entry", acked, |group| self.apply(group))
-            .await;
+        if self.behind.queue(acked).await {
+            let ledger = Arc::clone(self);
+            tokio::spawn(async move { ledger.write_behind().await });
+        }
     }
 
-    /// Puts a group of acknowledged entries on disk, in one commit.
+    /// The committer: a round every [`LINGER`], until nothing is queued.
+    async fn write_behind(&self) {
+        loop {
+            tokio::time::sleep(LINGER).await;
+            let Some(round) = self.behind.next_round() else {
+                return;
+            };
+            Table::until_written("send-ledger entry", || self.apply(&round.writes)).await;
+        }
+    }
+
+    /// Puts a group of acknowledged entries on disk, in one commit: each
+    /// key once, its last entry of the group over what the disk held before
+    /// the group (what its first entry replaces: one key's entries are
+    /// recorded in order, and the rounds go to disk one after another).
     fn apply(&self, group: &[Acked]) -> Result<(), StoreError> {
         let mut batch = self.table.batch();
-        // A key's entry earlier in this group is what the disk will hold
-        // before this one (one key's entries are recorded in order).
-        let mut earlier: crate::util::FastMap<&str, &LedgerEntry> = Default::default();
-        for a in group {
-            let old = match (earlier.insert(&a.key, &a.entry), &a.replacing) {
-                (Some(before), _) => Some(before.clone()),
-                (None, Replacing::Read(old)) => old.clone(),
-                (None, Replacing::Unread) => self.stored(a.partition, &a.key),
+        // Per key: its first and last entry in the group.
+        let mut keys: crate::util::FastMap<&str, (usize, usize)> = Default::default();
+        keys.reserve(group.len());
+        for (at, a) in group.iter().enumerate() {
+            keys.entry(&a.key).or_insert((at, at)).1 = at;
+        }
+        for (key, (first, last)) in keys {
+            let (first, last) = (&group[first], &group[last]);
+            let old = match &first.replacing {
+                Replacing::Read(old) => old.clone(),
+                Replacing::Unread => self.stored(first.partition, key),
             };
-            let new = Some((&a.entry, None));
-            put(&mut batch, a.partition, &a.key, old.as_ref(), new);
+            let new = Some((&last.entry, None));
+            put(&mut batch, last.partition, key, old.as_ref(), new);
         }
         let settled: Vec<(i32, u64, i64)> = group
             .iter()
@@ -599,6 +634,41 @@ mod tests {
         let at: Vec<i64> = l.sends_of(0, "u", 0).iter().map(|s| s.at_ms).collect();
         assert_eq!(at, [now + 40], "the attempt's row replaced by the answer's");
         assert_eq!(l.stored(0, "a/push"), Some(sent));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_are_written_behind_and_read_from_memory_until_then() {
+        let (_store, l) = ledger();
+        let l = Arc::new(l);
+        l.follow(0, 0);
+        let now = crate::util::now_ms();
+        let tried = entry("u", LedgerStatus::Attempted, now);
+        let sent = entry("u", LedgerStatus::Sent, now + 1);
+        let st = l.begin(0, "a/push", tried.clone());
+        l.applied(0, "a/push".into(), st, tried, 0, Replacing::Read(None))
+            .await;
+        let ss = l.begin(0, "a/push", sent.clone());
+        l.applied(0, "a/push".into(), ss, sent.clone(), 1, Replacing::Unread)
+            .await;
+        assert_eq!(l.get(0, "a/push"), Some(sent.clone()), "read at once");
+        let mut waited = 0;
+        while !l.pending.is_empty() && waited < 500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(l.stored(0, "a/push"), Some(sent), "on disk, behind");
+        let at: Vec<i64> = l.sends_of(0, "u", 0).iter().map(|s| s.at_ms).collect();
+        assert_eq!(at, [now + 1], "one send row, the answer's");
+        // The checkpoint the round allowed is written with the next one.
+        let later = entry("w", LedgerStatus::Sent, now + 2);
+        let sl = l.begin(0, "c/push", later.clone());
+        l.applied(0, "c/push".into(), sl, later, 2, Replacing::Unread)
+            .await;
+        while l.table.checkpoint().unwrap().get(&0) != Some(&2) && waited < 1000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(l.table.checkpoint().unwrap().get(&0), Some(&2));
     }
 
     #[test]
