@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::outcome::DeadLetterCode;
 
 pub mod disk;
+mod parse;
 pub mod sent;
 pub mod state;
 
@@ -167,67 +168,6 @@ impl FeedbackError {
             FeedbackError::BadPhone => DeadLetterCode::FeedbackBadPhone,
             FeedbackError::BadTime => DeadLetterCode::FeedbackBadTime,
         }
-    }
-}
-
-impl Feedback {
-    /// Decodes one record; `fallback_ms` (the Kafka timestamp) is used when it has no `time`.
-    pub fn parse(payload: &[u8], fallback_ms: i64) -> Result<Feedback, FeedbackError> {
-        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(payload) else {
-            return Err(FeedbackError::NotObject);
-        };
-        let text = |name: &str| fields.get(name).and_then(Value::as_str).map(str::to_string);
-        let time_ms = match fields.get("time") {
-            None => fallback_ms,
-            Some(v) => crate::ingest::decode::parse_time(v).ok_or(FeedbackError::BadTime)?,
-        };
-        if let (Some(from), Some(body)) = (text("From"), text("Body")) {
-            let from = crate::profile::normalize_e164(&from).ok_or(FeedbackError::BadPhone)?;
-            return Ok(Feedback::Inbound(InboundSms {
-                from,
-                body,
-                sid: text("MessageSid"),
-                time_ms,
-            }));
-        }
-        let kind = text("type").ok_or(FeedbackError::NoType)?;
-        if kind == "herald_sent" {
-            let need = |name: &'static str| text(name).ok_or(FeedbackError::MissingField(name));
-            return Ok(Feedback::Sent(SentRecord {
-                sent: SentRef {
-                    user: need("user")?.into(),
-                    rule: need("rule")?.into(),
-                    key: text("key").map(std::sync::Arc::from),
-                    idempotency_key: need("idempotency_key")?.into(),
-                    channel: need("channel")?.into(),
-                    sent_ms: time_ms,
-                    deployment: text("deployment").map(std::sync::Arc::from),
-                },
-                phone_sha256: text("phone_sha256"),
-            }));
-        }
-        if kind == "push_action" {
-            return Ok(Feedback::PushAction(PushAction {
-                action: text("action").ok_or(FeedbackError::MissingField("action"))?,
-                idempotency_key: text("idempotency_key")
-                    .ok_or(FeedbackError::MissingField("idempotency_key"))?,
-                rule: text("rule"),
-                key: text("key"),
-                user: text("user"),
-                time_ms,
-            }));
-        }
-        let engagement = Engagement {
-            kind,
-            user: text("user"),
-            campaign: text("campaign"),
-            message: text("message"),
-            time_ms,
-        };
-        if engagement.user.is_none() && engagement.message.is_none() {
-            return Err(FeedbackError::MissingField("user"));
-        }
-        Ok(Feedback::Engagement(engagement))
     }
 }
 
